@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command (`make test`; CI runs exactly this through .ci/run).
+# Set-up, then: offline core tests with no ROS in the environment, the ROS build, the Python
+# suite (live node tests over real DDS confined to loopback, parity against onnxruntime,
+# static launch/config checks, the colcon build check).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/bootstrap.sh
+
+echo "=== 1/3 core (no ROS environment) ==="
+env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo test --locked --no-default-features
+
+echo "=== 2/3 ROS build ==="
+source scripts/env.sh
+cargo build --locked --features ros --bins
+cargo test --locked --features ros --lib ros::
+
+echo "=== 3/3 Python suite (rclpy, onnxruntime, colcon) ==="
+source scripts/loopback.sh "${VAE_OOD_TEST_DOMAIN:-73}"
+set +e
+"$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -rs test/ "$@"
+rc=$?
+set -e
+exit $rc

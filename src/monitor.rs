@@ -1,0 +1,296 @@
+//! The per-frame monitor: frame in, verdict out. Used unchanged by the ROS node and by the
+//! offline tools, so a frame gets the same score and state wherever it is processed.
+//!
+//! Fail-safe by construction: every state except `Ok` reports out-of-distribution, and
+//! anything that goes wrong with a frame (rejected, stale, non-finite output, model error)
+//! puts the monitor in `Fault` for that frame.
+
+use crate::backend::{self, BackendOptions, Encoder};
+use crate::bundle::{Bundle, BundleError};
+use crate::frame::{self, FrameData, FrameError};
+use crate::preprocess::preprocess;
+use crate::score::{kl_per_latent, nonconformity};
+use image::RgbImage;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A bundle with its encoder loaded: scores frames.
+pub struct Detector {
+    pub bundle: Bundle,
+    encoder: Box<dyn Encoder>,
+}
+
+/// One frame's score and where the time went.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// The nonconformity score (KL summed over the selected latents).
+    pub score: f64,
+    /// KL per latent (all latents, not only the selected ones).
+    pub kl: Vec<f64>,
+    pub preprocess: Duration,
+    pub inference: Duration,
+}
+
+impl Detector {
+    pub fn load(dir: impl AsRef<Path>, opts: BackendOptions) -> Result<Self, BundleError> {
+        let bundle = Bundle::load(dir)?;
+        let encoder = backend::load(&bundle, opts)?;
+        Ok(Self { bundle, encoder })
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.bundle.model_id
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.encoder.backend()
+    }
+
+    /// Preprocesses, encodes and scores a decoded frame.
+    pub fn score_image(&mut self, img: &RgbImage) -> Result<Scored, Fault> {
+        let t0 = Instant::now();
+        let input = preprocess(img, &self.bundle.manifest.input);
+        let t1 = Instant::now();
+        let post = self
+            .encoder
+            .encode(&input)
+            .map_err(|e| Fault::Inference(e.0))?;
+        let t2 = Instant::now();
+        if post.mu.iter().chain(&post.logvar).any(|v| !v.is_finite()) {
+            return Err(Fault::NonFinite);
+        }
+        let kl = kl_per_latent(&post.mu, &post.logvar);
+        let score = nonconformity(&kl, &self.bundle.manifest.latents.selected);
+        if !score.is_finite() {
+            return Err(Fault::NonFinite);
+        }
+        Ok(Scored {
+            score,
+            kl,
+            preprocess: t1 - t0,
+            inference: t2 - t1,
+        })
+    }
+}
+
+/// The monitor's state after a frame. Only `Ok` means in-distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MonitorState {
+    /// No frame scored yet: reports OOD.
+    Starting,
+    /// The last frame was scored and judged in-distribution.
+    Ok,
+    /// The last frame was scored and judged out-of-distribution.
+    Ood,
+    /// The last frame could not be scored (rejected, stale, model error): reports OOD.
+    Fault,
+}
+
+impl MonitorState {
+    /// The verdict a consumer (the gate, a twist_mux lock) acts on: true = not safe to trust.
+    pub fn is_ood(self) -> bool {
+        self != Self::Ok
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "STARTING",
+            Self::Ok => "OK",
+            Self::Ood => "OOD",
+            Self::Fault => "FAULT",
+        }
+    }
+}
+
+/// Why a frame could not be scored.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Fault {
+    #[error("rejected frame: {0}")]
+    Rejected(#[from] FrameError),
+    #[error("stale frame: {age:?} old, max_frame_age is {max:?}")]
+    Stale { age: Duration, max: Duration },
+    #[error("encoder produced NaN or infinite values")]
+    NonFinite,
+    #[error("{0}")]
+    Inference(String),
+}
+
+impl Fault {
+    /// Stable counter key, e.g. `rejected.truncated`, `stale`, `non_finite`.
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Rejected(e) => format!("rejected.{}", e.kind()),
+            Self::Stale { .. } => "stale".into(),
+            Self::NonFinite => "non_finite".into(),
+            Self::Inference(_) => "inference_error".into(),
+        }
+    }
+}
+
+/// Decision parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorConfig {
+    /// A frame is OOD when its score exceeds this.
+    pub score_threshold: f64,
+    /// Frames older than this (receive time minus stamp) are rejected; `None` disables the check.
+    pub max_frame_age: Option<Duration>,
+}
+
+/// Time spent per stage for one frame.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTimes {
+    pub decode: Duration,
+    pub preprocess: Duration,
+    pub inference: Duration,
+}
+
+/// The outcome for one frame.
+#[derive(Debug, Clone)]
+pub struct FrameVerdict {
+    pub state: MonitorState,
+    /// Present when the frame was scored.
+    pub score: Option<f64>,
+    pub fault: Option<Fault>,
+    pub timing: StageTimes,
+}
+
+impl FrameVerdict {
+    pub fn is_ood(&self) -> bool {
+        self.state.is_ood()
+    }
+}
+
+/// Running totals for diagnostics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub frames: u64,
+    pub scored: u64,
+    pub ood: u64,
+    /// Faults by kind (see [`Fault::kind`]).
+    pub faults: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    pub fn total_faults(&self) -> u64 {
+        self.faults.values().sum()
+    }
+}
+
+pub struct Monitor {
+    detector: Detector,
+    config: MonitorConfig,
+    state: MonitorState,
+    counters: Counters,
+}
+
+impl Monitor {
+    pub fn new(detector: Detector, config: MonitorConfig) -> Self {
+        Self {
+            detector,
+            config,
+            state: MonitorState::Starting,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    pub fn config(&self) -> &MonitorConfig {
+        &self.config
+    }
+
+    pub fn set_score_threshold(&mut self, t: f64) {
+        self.config.score_threshold = t;
+    }
+
+    pub fn state(&self) -> MonitorState {
+        self.state
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Processes one frame. `age` is how old the frame is (now minus its stamp), if known.
+    pub fn process(&mut self, frame: &FrameData<'_>, age: Option<Duration>) -> FrameVerdict {
+        let mut timing = StageTimes::default();
+        let result = self.score(frame, age, &mut timing);
+        self.record(result, timing)
+    }
+
+    /// Processes an already decoded frame (image folders, tests).
+    pub fn process_image(&mut self, img: &RgbImage) -> FrameVerdict {
+        let mut timing = StageTimes::default();
+        let result = self.detector.score_image(img).map(|s| {
+            timing.preprocess = s.preprocess;
+            timing.inference = s.inference;
+            s.score
+        });
+        self.record(result, timing)
+    }
+
+    /// Records a frame the caller rejected before it reached the monitor (e.g. a message that
+    /// could not be deserialised), so it is counted and the verdict fails safe.
+    pub fn reject(&mut self, fault: Fault) -> FrameVerdict {
+        self.record(Err(fault), StageTimes::default())
+    }
+
+    fn score(
+        &mut self,
+        frame: &FrameData<'_>,
+        age: Option<Duration>,
+        timing: &mut StageTimes,
+    ) -> Result<f64, Fault> {
+        if let (Some(age), Some(max)) = (age, self.config.max_frame_age) {
+            if age > max {
+                return Err(Fault::Stale { age, max });
+            }
+        }
+        let t0 = Instant::now();
+        let img = frame::decode(frame)?;
+        timing.decode = t0.elapsed();
+        let s = self.detector.score_image(&img)?;
+        timing.preprocess = s.preprocess;
+        timing.inference = s.inference;
+        Ok(s.score)
+    }
+
+    fn record(&mut self, result: Result<f64, Fault>, timing: StageTimes) -> FrameVerdict {
+        self.counters.frames += 1;
+        let verdict = match result {
+            Ok(score) => {
+                self.counters.scored += 1;
+                let state = if score > self.config.score_threshold {
+                    MonitorState::Ood
+                } else {
+                    MonitorState::Ok
+                };
+                FrameVerdict {
+                    state,
+                    score: Some(score),
+                    fault: None,
+                    timing,
+                }
+            }
+            Err(fault) => {
+                *self.counters.faults.entry(fault.kind()).or_default() += 1;
+                FrameVerdict {
+                    state: MonitorState::Fault,
+                    score: None,
+                    fault: Some(fault),
+                    timing,
+                }
+            }
+        };
+        if verdict.is_ood() {
+            self.counters.ood += 1;
+        }
+        self.state = verdict.state;
+        verdict
+    }
+}

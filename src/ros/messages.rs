@@ -1,0 +1,214 @@
+//! Conversions between ROS messages and the core's types.
+
+use crate::frame::{FrameData, RawImage};
+use crate::monitor::{Counters, FrameVerdict, MonitorState};
+use r2r::builtin_interfaces::msg::Time;
+use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
+use r2r::sensor_msgs::msg::{CompressedImage, Image};
+use r2r::std_msgs::msg::Header;
+use std::time::Duration;
+
+/// A camera message as received, either transport.
+pub enum CameraMsg {
+    Raw(Image),
+    Compressed(CompressedImage),
+}
+
+impl CameraMsg {
+    pub fn header(&self) -> &Header {
+        match self {
+            Self::Raw(m) => &m.header,
+            Self::Compressed(m) => &m.header,
+        }
+    }
+
+    pub fn frame(&self) -> FrameData<'_> {
+        match self {
+            Self::Raw(m) => FrameData::Raw(RawImage {
+                width: m.width,
+                height: m.height,
+                encoding: &m.encoding,
+                is_bigendian: m.is_bigendian != 0,
+                step: m.step,
+                data: &m.data,
+            }),
+            Self::Compressed(m) => FrameData::Compressed {
+                format: &m.format,
+                data: &m.data,
+            },
+        }
+    }
+}
+
+pub fn time_to_nanos(t: &Time) -> i64 {
+    i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
+}
+
+/// A frame's age from its stamp and the node clock's `now`; `None` for an unset (zero) stamp.
+pub fn frame_age(stamp: &Time, now: Duration) -> Option<Duration> {
+    let stamp = time_to_nanos(stamp);
+    if stamp <= 0 {
+        return None;
+    }
+    let now = now.as_nanos() as i64;
+    Some(Duration::from_nanos(now.saturating_sub(stamp).max(0) as u64))
+}
+
+pub fn level_for(state: MonitorState) -> u8 {
+    match state {
+        MonitorState::Ok => DiagnosticStatus::OK as u8,
+        MonitorState::Ood | MonitorState::Starting => DiagnosticStatus::WARN as u8,
+        MonitorState::Fault => DiagnosticStatus::ERROR as u8,
+    }
+}
+
+fn kv(key: &str, value: impl ToString) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: value.to_string(),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+/// Everything the node knows about one frame, for the `~/verdict` record.
+pub struct VerdictRecord<'a> {
+    pub header: Header,
+    pub node_name: &'a str,
+    pub model_id: &'a str,
+    pub verdict: &'a FrameVerdict,
+    pub seq: u64,
+    pub publish: Duration,
+    pub total: Duration,
+    pub dropped: u64,
+}
+
+/// The stamped per-frame record tools and tests match on. `score` is printed as the f32
+/// published on `~/score` (shortest round-trip form), `score_f64` at full precision.
+pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
+    let v = r.verdict;
+    let mut values = vec![
+        kv("state", v.state.as_str()),
+        kv("ood", v.is_ood()),
+        kv(
+            "score",
+            v.score
+                .map_or("nan".to_string(), |s| (s as f32).to_string()),
+        ),
+        kv(
+            "score_f64",
+            v.score.map_or("nan".to_string(), |s| format!("{s:e}")),
+        ),
+        kv("seq", r.seq),
+        kv("model_id", r.model_id),
+        kv("decode_ms", ms(v.timing.decode)),
+        kv("preprocess_ms", ms(v.timing.preprocess)),
+        kv("inference_ms", ms(v.timing.inference)),
+        kv("publish_ms", ms(r.publish)),
+        kv("total_ms", ms(r.total)),
+        kv("frames_dropped", r.dropped),
+    ];
+    if let Some(f) = &v.fault {
+        values.push(kv("fault", f.kind()));
+        values.push(kv("fault_detail", f));
+    }
+    DiagnosticArray {
+        header: r.header.clone(),
+        status: vec![DiagnosticStatus {
+            level: level_for(v.state),
+            name: format!("{}: verdict", r.node_name),
+            message: v.state.as_str().to_string(),
+            hardware_id: r.model_id.to_string(),
+            values,
+        }],
+    }
+}
+
+/// The 1 Hz health summary on `/diagnostics`.
+pub struct Health<'a> {
+    pub node_name: &'a str,
+    pub model_id: &'a str,
+    pub backend: &'a str,
+    pub trained: bool,
+    pub state: MonitorState,
+    pub counters: &'a Counters,
+    pub received: u64,
+    pub dropped: u64,
+    /// Frames and drops/faults during the last period.
+    pub period: Duration,
+    pub recent_frames: u64,
+    pub recent_dropped: u64,
+    pub recent_faults: u64,
+    pub latency_p50: Option<Duration>,
+    pub latency_max: Option<Duration>,
+    pub topic: &'a str,
+}
+
+pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
+    let (level, message) = if h.recent_frames == 0 {
+        (
+            DiagnosticStatus::WARN as u8,
+            format!(
+                "no frames on {} in the last {:.1} s: verdict is OOD until frames arrive",
+                h.topic,
+                h.period.as_secs_f64()
+            ),
+        )
+    } else if h.state == MonitorState::Fault {
+        (
+            DiagnosticStatus::ERROR as u8,
+            "the last frame could not be scored (see ~/verdict fault)".to_string(),
+        )
+    } else if h.recent_faults > 0 || h.recent_dropped > 0 {
+        (
+            DiagnosticStatus::WARN as u8,
+            format!(
+                "{} faulted and {} dropped frames in the last period",
+                h.recent_faults, h.recent_dropped
+            ),
+        )
+    } else if !h.trained {
+        (
+            DiagnosticStatus::WARN as u8,
+            "running an UNTRAINED placeholder detector: verdicts are not meaningful".to_string(),
+        )
+    } else {
+        (
+            DiagnosticStatus::OK as u8,
+            format!("monitoring, state {}", h.state.as_str()),
+        )
+    };
+    let rate = h.recent_frames as f64 / h.period.as_secs_f64();
+    let mut values = vec![
+        kv("state", h.state.as_str()),
+        kv("model_id", h.model_id),
+        kv("backend", h.backend),
+        kv("trained", h.trained),
+        kv("input_rate_hz", format!("{rate:.2}")),
+        kv("frames_received", h.received),
+        kv("frames_scored", h.counters.scored),
+        kv("frames_dropped", h.dropped),
+        kv("frames_faulted", h.counters.total_faults()),
+        kv("frames_ood", h.counters.ood),
+        kv("latency_p50_ms", h.latency_p50.map_or("n/a".into(), ms)),
+        kv("latency_max_ms", h.latency_max.map_or("n/a".into(), ms)),
+    ];
+    for (kind, n) in &h.counters.faults {
+        values.push(kv(&format!("faults.{kind}"), n));
+    }
+    DiagnosticArray {
+        header: Header {
+            stamp,
+            frame_id: String::new(),
+        },
+        status: vec![DiagnosticStatus {
+            level,
+            name: format!("{}: health", h.node_name),
+            message,
+            hardware_id: h.model_id.to_string(),
+            values,
+        }],
+    }
+}

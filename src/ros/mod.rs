@@ -1,0 +1,5 @@
+//! The ROS 2 layer (feature `ros`): a thin r2r node over the core [`crate::monitor::Monitor`].
+
+pub mod messages;
+pub mod node;
+pub mod params;

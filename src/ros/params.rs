@@ -1,0 +1,168 @@
+//! The node's parameters: one table gives every name, default and description, so the node
+//! declares them (served by r2r's parameter services: `ros2 param list/get/describe`), the
+//! `--describe-parameters` flag prints them, and tests check config and launch files against
+//! them. Defaults here equal `config/monitor.yaml`.
+
+use r2r::ParameterValue;
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Default {
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Str(&'static str),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamDecl {
+    pub name: &'static str,
+    pub default: Default,
+    pub description: &'static str,
+}
+
+macro_rules! decl {
+    ($name:literal, $kind:ident($v:expr), $desc:literal) => {
+        ParamDecl {
+            name: $name,
+            default: Default::$kind($v),
+            description: $desc,
+        }
+    };
+}
+
+pub const PARAMS: &[ParamDecl] = &[
+    decl!("model_bundle", Str("models/default"), "Detector bundle directory. A relative path is looked up in the package's share directory, then the working directory."),
+    decl!("backend", Str("tract"), "Inference backend: 'tract' (CPU) or 'cuda' (NVIDIA GPU, planned)."),
+    decl!("threads", Int(1), "Inference threads (tract). 1 leaves the other cores to the rest of the robot."),
+    decl!("transport", Str("raw"), "Camera transport: 'raw' (sensor_msgs/Image on 'image') or 'compressed' (sensor_msgs/CompressedImage on 'image/compressed')."),
+    decl!("image_qos", Str("sensor_data"), "Camera subscription QoS: 'sensor_data' (best effort, as camera drivers publish) or 'reliable'."),
+    decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped."),
+    decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (KL summed over the selected latents) exceeds this is out of distribution."),
+    decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale (fail-safe). 0 disables the check."),
+    decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
+    decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
+];
+
+/// The typed, validated configuration read from the declared parameters.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub model_bundle: String,
+    pub backend: String,
+    pub threads: usize,
+    pub compressed: bool,
+    pub reliable_images: bool,
+    pub image_qos_depth: usize,
+    pub score_threshold: f64,
+    pub max_frame_age: Option<Duration>,
+    pub diagnostics_period: Duration,
+}
+
+fn to_value(d: &Default) -> ParameterValue {
+    match d {
+        Default::Bool(b) => ParameterValue::Bool(*b),
+        Default::Int(i) => ParameterValue::Integer(*i),
+        Default::Double(x) => ParameterValue::Double(*x),
+        Default::Str(s) => ParameterValue::String(s.to_string()),
+    }
+}
+
+/// Declares every parameter on the node: overrides from `--params-file`/`-p` are kept (after a
+/// type check), everything else gets its default. Returns a clear error for a wrong type.
+pub fn declare(node: &mut r2r::Node) -> Result<(), String> {
+    let mut params = node.params.lock().expect("parameter lock");
+    for d in PARAMS {
+        let default = to_value(&d.default);
+        let value = match params.get(d.name).map(|p| p.value.clone()) {
+            None | Some(ParameterValue::NotSet) => default,
+            // YAML `1` for a double parameter is a common slip: accept it as 1.0.
+            Some(ParameterValue::Integer(i)) if matches!(default, ParameterValue::Double(_)) => ParameterValue::Double(i as f64),
+            Some(v) if std::mem::discriminant(&v) == std::mem::discriminant(&default) => v,
+            Some(v) => return Err(format!("parameter '{}' has the wrong type: got {v:?}, expected the type of its default {default:?}", d.name)),
+        };
+        params.insert(
+            d.name.to_string(),
+            r2r::Parameter {
+                value,
+                description: d.description,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Reads and validates the configuration from the node's current parameters.
+pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
+    let params = node.params.lock().expect("parameter lock");
+    let get = |name: &str| {
+        params
+            .get(name)
+            .map(|p| p.value.clone())
+            .unwrap_or(ParameterValue::NotSet)
+    };
+    let string = |name: &str| match get(name) {
+        ParameterValue::String(s) => Ok(s),
+        v => Err(format!("parameter '{name}' must be a string, got {v:?}")),
+    };
+    let int = |name: &str| match get(name) {
+        ParameterValue::Integer(i) => Ok(i),
+        v => Err(format!("parameter '{name}' must be an integer, got {v:?}")),
+    };
+    let double = |name: &str| match get(name) {
+        ParameterValue::Double(x) if x.is_finite() => Ok(x),
+        v => Err(format!(
+            "parameter '{name}' must be a finite number, got {v:?}"
+        )),
+    };
+    let compressed = match string("transport")?.as_str() {
+        "raw" => false,
+        "compressed" => true,
+        other => {
+            return Err(format!(
+                "parameter 'transport' is '{other}'; expected 'raw' or 'compressed'"
+            ))
+        }
+    };
+    let reliable_images = match string("image_qos")?.as_str() {
+        "sensor_data" | "best_effort" => false,
+        "reliable" => true,
+        other => {
+            return Err(format!(
+                "parameter 'image_qos' is '{other}'; expected 'sensor_data' or 'reliable'"
+            ))
+        }
+    };
+    let threads = int("threads")?;
+    if !(1..=64).contains(&threads) {
+        return Err(format!("parameter 'threads' is {threads}; expected 1..=64"));
+    }
+    let depth = int("image_qos_depth")?;
+    if !(1..=100).contains(&depth) {
+        return Err(format!(
+            "parameter 'image_qos_depth' is {depth}; expected 1..=100"
+        ));
+    }
+    let age = double("max_frame_age")?;
+    let period = double("diagnostics_period")?;
+    if age < 0.0 || period <= 0.0 {
+        return Err("max_frame_age must be >= 0 and diagnostics_period > 0".into());
+    }
+    Ok(NodeConfig {
+        model_bundle: string("model_bundle")?,
+        backend: string("backend")?,
+        threads: threads as usize,
+        compressed,
+        reliable_images,
+        image_qos_depth: depth as usize,
+        score_threshold: double("score_threshold")?,
+        max_frame_age: (age > 0.0).then(|| Duration::from_secs_f64(age)),
+        diagnostics_period: Duration::from_secs_f64(period),
+    })
+}
+
+/// The parameter table as JSON, for `--describe-parameters` (no ROS needed).
+pub fn describe_json() -> String {
+    serde_json::to_string_pretty(PARAMS).expect("serialisable")
+}

@@ -1,0 +1,121 @@
+"""Shared helpers for the Python test suite.
+
+The suite uses independent tools on purpose: rclpy talks to the Rust node over real DDS,
+onnxruntime checks tract's numbers, colcon builds the package as a ROS user would.
+Every test that cannot run says so with a `SKIPPED: <why>` line (listed by .ci/run).
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+VAE_OOD = TARGET / "vae-ood"
+NODE = TARGET / "vae_ood_monitor"
+BUNDLE = ROOT / "models" / "default"
+
+
+def pytest_terminal_summary(terminalreporter):
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        terminalreporter.write_line(f"SKIPPED: {rep.nodeid}: {reason.removeprefix('Skipped: ')}")
+
+
+def require(path: pathlib.Path, what: str):
+    if not path.exists():
+        pytest.skip(f"{what} not built ({path}); run `make test`")
+
+
+def cli(*args, check=True) -> subprocess.CompletedProcess:
+    require(VAE_OOD, "vae-ood CLI")
+    return subprocess.run([str(VAE_OOD), *map(str, args)], capture_output=True, text=True, check=check, timeout=300)
+
+
+def offline_scores(paths, threshold=float("inf")):
+    """Scores image files with the offline core (`vae-ood score`): {path: record}."""
+    out = cli("score", "--bundle", BUNDLE, "--score-threshold", repr(threshold), *paths).stdout
+    return {rec["file"]: rec for rec in map(json.loads, out.splitlines())}
+
+
+def test_frames(n: int, width: int = 160, height: int = 120, seed: int = 0):
+    """Deterministic, structured RGB frames (gradients plus random blobs) as uint8 arrays."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    frames = []
+    for i in range(n):
+        img = np.stack([xx / width * 255, yy / height * 255, np.full_like(xx, 40.0 * (i % 6))], axis=-1)
+        for _ in range(6):
+            cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(5, 30)
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+            img[mask] = rng.uniform(0, 255, size=3)
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+    return frames
+
+
+def write_png(path, rgb):
+    """Writes an RGB uint8 array as PNG without extra dependencies (zlib + struct)."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    pathlib.Path(path).write_bytes(png)
+    return png
+
+
+class NodeProcess:
+    """The Rust monitor node as a child process, with a unique name and its own topics."""
+
+    def __init__(self, name, params=None, extra_args=()):
+        require(NODE, "vae_ood_monitor node")
+        self.name = name
+        args = [str(NODE), "--ros-args", "-r", f"__node:={name}",
+                "-r", f"image:=/{name}/cam", "-r", f"image/compressed:=/{name}/cam/compressed",
+                "--params-file", str(ROOT / "config" / "monitor.yaml"),
+                "-p", f"model_bundle:={BUNDLE}"]
+        for k, v in (params or {}).items():
+            args += ["-p", f"{k}:={v}"]
+        args += list(extra_args)
+        self.log_path = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self):
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGINT, timeout=10):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def wait_for(pred, timeout, step=None, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if step:
+            step()
+        if pred():
+            return True
+        if not step:
+            time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,215 @@
+"""Live tests: the Rust node over real DDS (loopback only), rclpy as the independent client.
+
+Frames are published one at a time; each `~/verdict` record is matched by header stamp and its
+score and state must equal what the offline core (`vae-ood score`) computes for the same frame.
+"""
+
+import array
+import os
+import time
+
+import numpy as np
+import pytest
+
+from conftest import NodeProcess, offline_scores, test_frames, wait_for, write_png
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Bool, Float32  # noqa: E402
+
+UID = f"{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+class Client:
+    """An rclpy node that feeds one monitor and records what it publishes."""
+
+    def __init__(self, monitor: str, compressed: bool):
+        self.node = rclpy.create_node(f"client_{monitor}")
+        self.verdicts = {}
+        self.scores = []
+        self.ood = []
+        self.diagnostics = []
+        if compressed:
+            self.pub = self.node.create_publisher(CompressedImage, f"/{monitor}/cam/compressed", 10)
+        else:
+            self.pub = self.node.create_publisher(Image, f"/{monitor}/cam", 10)
+        self.node.create_subscription(DiagnosticArray, f"/{monitor}/verdict", self._on_verdict, 50)
+        self.node.create_subscription(Float32, f"/{monitor}/score", lambda m: self.scores.append(m.data), 50)
+        latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(Bool, f"/{monitor}/ood", lambda m: self.ood.append(m.data), latched)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.monitor = monitor
+        self.next_stamp = None
+
+    def _on_verdict(self, msg):
+        st = msg.status[0]
+        rec = {kv.key: kv.value for kv in st.values}
+        rec["level"] = st.level
+        self.verdicts[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = rec
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.startswith(f"/{self.monitor}:"):
+                self.diagnostics.append({kv.key: kv.value for kv in st.values} | {"level": st.level, "message": st.message})
+
+    def spin(self):
+        rclpy.spin_once(self.node, timeout_sec=0.02)
+
+    def wait_matched(self):
+        wait_for(lambda: self.pub.get_subscription_count() > 0, 30, self.spin, "the monitor to subscribe")
+
+    def stamp(self, offset_s=0.0):
+        now = self.node.get_clock().now().nanoseconds + int(offset_s * 1e9)
+        # Strictly increasing, unique stamps.
+        self.next_stamp = max(now, (self.next_stamp or 0) + 1_000_000)
+        return self.next_stamp
+
+    def send(self, msg, offset_s=0.0, timeout=15):
+        ns = self.stamp(offset_s)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
+        msg.header.frame_id = "camera"
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        self.pub.publish(msg)
+        wait_for(lambda: key in self.verdicts, timeout, self.spin, f"the verdict for stamp {key}")
+        return self.verdicts[key]
+
+    def close(self):
+        self.node.destroy_node()
+
+
+def raw_image(rgb, encoding="rgb8", pad=0):
+    h, w, _ = rgb.shape
+    if encoding == "bgr8":
+        pix = rgb[:, :, ::-1]
+    elif encoding == "rgba8":
+        pix = np.concatenate([rgb, np.full((h, w, 1), 255, np.uint8)], axis=2)
+    else:
+        pix = rgb
+    rows = pix.reshape(h, -1)
+    if pad:
+        rows = np.concatenate([rows, np.zeros((h, pad), np.uint8)], axis=1)
+    msg = Image()
+    msg.height, msg.width, msg.encoding, msg.is_bigendian = h, w, encoding, 0
+    msg.step = rows.shape[1]
+    msg.data = array.array("B", rows.tobytes())
+    return msg
+
+
+def same_f32(a, b):
+    return np.float32(float(a)) == np.float32(float(b))
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    d = tmp_path_factory.mktemp("frames")
+    imgs = test_frames(6)
+    paths = [d / f"frame_{i:02d}.png" for i in range(len(imgs))]
+    for p, img in zip(paths, imgs):
+        write_png(p, img)
+    expected = offline_scores([str(p) for p in paths])
+    return imgs, paths, [expected[str(p)] for p in paths]
+
+
+def threshold_between(expected):
+    scores = sorted(e["score"] for e in expected)
+    return (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+
+
+def test_raw_frames_match_the_offline_core_and_malformed_frames_fail_safe(ros, frames):
+    imgs, _, expected = frames
+    thr = threshold_between(expected)
+    name = f"vae_ood_raw_{UID}"
+    node = NodeProcess(name, {"score_threshold": repr(thr), "transport": "raw"})
+    client = Client(name, compressed=False)
+    try:
+        # Before any frame the latched verdict is OOD (STARTING).
+        wait_for(lambda: len(client.ood) > 0, 30, client.spin, "the initial ~/ood")
+        assert client.ood[0] is True
+        client.wait_matched()
+
+        # Every encoding and row padding gives the core's score and state for the same pixels.
+        variants = [("rgb8", 0), ("bgr8", 0), ("rgba8", 0), ("rgb8", 13)]
+        for i, (img, exp) in enumerate(zip(imgs, expected)):
+            enc, pad = variants[i % len(variants)]
+            v = client.send(raw_image(img, enc, pad))
+            assert same_f32(v["score"], exp["score_f32"]), (enc, pad, v, exp)
+            want = "OOD" if exp["score"] > thr else "OK"
+            assert v["state"] == want and v["ood"] == str(want == "OOD").lower(), (v, exp)
+        states = {("OOD" if e["score"] > thr else "OK") for e in expected}
+        assert states == {"OK", "OOD"}, "the threshold must split the test frames"
+
+        # Malformed frames: flagged FAULT (OOD) with their kind, counted; the next good frame is scored.
+        good = raw_image(imgs[0])
+        bad = {
+            "rejected.bad_step": lambda m: setattr(m, "step", m.width * 3 - 1),
+            "rejected.truncated": lambda m: setattr(m, "data", m.data[: len(m.data) // 2]),
+            "rejected.zero_size": lambda m: (setattr(m, "height", 0), setattr(m, "data", array.array("B"))),
+            "rejected.unknown_encoding": lambda m: setattr(m, "encoding", "yuv422_yuy2"),
+        }
+        for kind, breaker in bad.items():
+            msg = raw_image(imgs[0])
+            breaker(msg)
+            v = client.send(msg)
+            assert v["state"] == "FAULT" and v["ood"] == "true" and v["fault"] == kind, (kind, v)
+            v = client.send(raw_image(imgs[0]))
+            assert same_f32(v["score"], expected[0]["score_f32"]), v
+        # A stale frame (stamped 10 s ago; max_frame_age is 0.5 s) is a fault too.
+        v = client.send(good, offset_s=-10.0)
+        assert v["state"] == "FAULT" and v["fault"] == "stale", v
+
+        # Diagnostics count every kind of fault.
+        def counted():
+            return any(all(d.get(f"faults.{k}") == "1" for k in [*bad, "stale"]) for d in client.diagnostics)
+        wait_for(counted, 5, client.spin, "/diagnostics to count every fault kind")
+        assert node.proc.poll() is None, "the node must survive malformed input"
+        # Scores were published on ~/score as well (one per scored frame).
+        wait_for(lambda: len(client.scores) >= len(imgs) + len(bad), 5, client.spin, "~/score messages")
+    finally:
+        client.close()
+        rc = node.stop()
+    assert rc == 0, node.output()
+    assert "UNTRAINED" in node.output()
+
+
+def test_compressed_transport(ros, frames, tmp_path):
+    imgs, paths, expected = frames
+    name = f"vae_ood_jpeg_{UID}"
+    node = NodeProcess(name, {"transport": "compressed", "score_threshold": "1.0e9"})
+    client = Client(name, compressed=True)
+    try:
+        client.wait_matched()
+        for p, exp in zip(paths[:3], expected[:3]):
+            msg = CompressedImage()
+            msg.format = "png"
+            msg.data = array.array("B", p.read_bytes())
+            v = client.send(msg)
+            assert same_f32(v["score"], exp["score_f32"]) and v["state"] == "OK", (v, exp)
+        msg = CompressedImage()
+        msg.format = "jpeg"
+        msg.data = array.array("B", b"\xff\xd8\xff\xe0" + b"\x00" * 64)
+        v = client.send(msg)
+        assert v["state"] == "FAULT" and v["fault"] == "rejected.decode_error", v
+    finally:
+        client.close()
+        node.stop()
+
+
+def test_bad_parameters_and_missing_bundle_fail_at_startup(ros, tmp_path):
+    for params, needle in [({"transport": "carrier_pigeon"}, "transport"),
+                           ({"model_bundle": str(tmp_path / "nope")}, "manifest.yaml")]:
+        node = NodeProcess(f"vae_ood_bad_{UID}_{len(needle)}", params)
+        try:
+            node.proc.wait(timeout=30)
+        finally:
+            node.stop()
+        assert node.proc.returncode != 0
+        assert needle in node.output(), node.output()

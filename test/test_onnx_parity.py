@@ -1,0 +1,62 @@
+"""tract (in the Rust core) against onnxruntime, an independent ONNX implementation, on the
+bundled encoder and on a PyTorch-style export with numeric output names; KL and score against
+an independent numpy computation."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import BUNDLE, cli
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: run scripts/bootstrap.sh")
+
+
+def run_both(bundle, tmp_path, seed):
+    manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    spec = manifest["input"]
+    shape = (1, 3, spec["height"], spec["width"])
+    x = np.random.default_rng(seed).uniform(0, 1, size=shape).astype(np.float32)
+    f = tmp_path / f"x{seed}.f32"
+    f.write_bytes(x.astype("<f4").tobytes())
+    rust = json.loads(cli("encode", "--bundle", bundle, f).stdout)
+    sess = ort.InferenceSession(str(bundle / manifest["encoder"]["path"]), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {sess.get_inputs()[0].name: x})
+    names = [o.name for o in sess.get_outputs()]
+
+    def pick(ref):
+        return outs[ref["index"]] if "index" in ref else outs[names.index(ref["name"])]
+
+    return rust, pick(manifest["outputs"]["mu"])[0], pick(manifest["outputs"]["logvar"])[0], manifest
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tract_matches_onnxruntime_and_kl_matches_numpy(tmp_path, seed):
+    rust, mu, logvar, manifest = run_both(BUNDLE, tmp_path, seed)
+    np.testing.assert_allclose(rust["mu"], mu, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rust["logvar"], logvar, rtol=1e-5, atol=1e-5)
+    mu64, lv64 = np.asarray(rust["mu"], np.float64), np.asarray(rust["logvar"], np.float64)
+    kl = 0.5 * (mu64**2 + np.exp(lv64) - lv64 - 1.0)
+    np.testing.assert_allclose(rust["kl"], kl, rtol=1e-12, atol=1e-12)
+    sel = manifest["latents"]["selected"]
+    assert abs(rust["score"] - kl[sel].sum()) <= 1e-9 * max(1.0, abs(rust["score"]))
+
+
+def test_numeric_output_names_are_addressed_by_index(tmp_path):
+    out = tmp_path / "pt_style"
+    cli("gen-seeded", "--out", out, "--seed", "3", "--numeric-outputs")
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    assert manifest["outputs"] == {"mu": {"index": 0}, "logvar": {"index": 1}}
+    sess = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["0", "1"]
+    rust, mu, logvar, _ = run_both(out, tmp_path, 5)
+    np.testing.assert_allclose(rust["mu"], mu, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rust["logvar"], logvar, rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_input_size_is_a_clear_error(tmp_path):
+    f = tmp_path / "short.f32"
+    f.write_bytes(b"\x00" * 12)
+    r = cli("encode", "--bundle", BUNDLE, f, check=False)
+    assert r.returncode != 0 and "needs" in r.stderr

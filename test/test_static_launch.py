@@ -1,0 +1,90 @@
+"""Static checks of launch files and config against the node's declared parameters.
+
+`ros2 launch` (launch, launch_ros) is not installable from PyPI, so the launch files are
+checked by parsing them: every parameter they set is declared by the node, every remap names
+one of the node's topics, the executable is the one the package installs, and the YAML config
+holds exactly the declared parameters with the declared defaults.
+"""
+
+import ast
+import json
+import subprocess
+import tomllib
+import xml.etree.ElementTree as ET
+
+import yaml
+
+from conftest import NODE, ROOT, require
+
+TOPICS = {"image", "image/compressed"}
+
+
+def declared():
+    require(NODE, "vae_ood_monitor node")
+    out = subprocess.run([str(NODE), "--describe-parameters"], capture_output=True, text=True, check=True).stdout
+    return {p["name"]: p for p in json.loads(out)}
+
+
+def node_executable_name():
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    bins = {b["name"]: b for b in cargo["bin"]}
+    assert "vae_ood_monitor" in bins and bins["vae_ood_monitor"].get("required-features") == ["ros"]
+    share = cargo["package"]["metadata"]["ros"]["install_to_share"]
+    assert {"launch", "config", "models"} <= set(share)
+    return "vae_ood_monitor"
+
+
+def test_config_yaml_matches_declared_defaults():
+    params = declared()
+    cfg = yaml.safe_load((ROOT / "config" / "monitor.yaml").read_text())
+    values = cfg["/**"]["ros__parameters"]
+    assert set(values) == set(params), set(values) ^ set(params)
+    for name, v in values.items():
+        d = params[name]["default"]
+        assert v == d and type(v) is type(d), (name, v, d)
+        assert params[name]["description"], name
+
+
+def test_python_launch_file():
+    params = declared()
+    tree = ast.parse((ROOT / "launch" / "monitor.launch.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    args = {c.args[0].value for c in calls if c.func.id == "DeclareLaunchArgument"}
+    configs = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration"}
+    assert configs <= args, f"launch configurations without arguments: {configs - args}"
+    nodes = [c for c in calls if c.func.id == "Node"]
+    assert len(nodes) == 1
+    kw = {k.arg: k.value for k in nodes[0].keywords}
+    assert kw["package"].value == "vae_ood_monitor"
+    assert kw["executable"].value == node_executable_name()
+    dicts = [e for e in kw["parameters"].elts if isinstance(e, ast.Dict)]
+    set_params = {k.value for d in dicts for k in d.keys}
+    assert set_params <= set(params), set_params - set(params)
+    assert {"model_bundle", "transport", "score_threshold", "threads"} <= set_params
+    assert {"model_bundle", "camera_topic", "transport", "score_threshold", "threads", "params_file"} <= args
+    remaps = {t.elts[0].value for t in kw["remappings"].elts}
+    assert remaps == TOPICS
+
+
+def test_xml_launch_file_mirrors_the_python_one():
+    params = declared()
+    root = ET.parse(ROOT / "launch" / "monitor.launch.xml").getroot()
+    args = {a.get("name") for a in root.iter("arg")}
+    (node,) = list(root.iter("node"))
+    assert node.get("pkg") == "vae_ood_monitor" and node.get("exec") == node_executable_name()
+    set_params = {p.get("name") for p in node.iter("param") if p.get("name")}
+    assert set_params <= set(params)
+    assert {r.get("from") for r in node.iter("remap")} == TOPICS
+    py_args = {c.args[0].value for c in ast.walk(ast.parse((ROOT / "launch" / "monitor.launch.py").read_text()))
+               if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "DeclareLaunchArgument"}
+    assert args == py_args
+
+
+def test_package_xml():
+    root = ET.parse(ROOT / "package.xml").getroot()
+    assert root.get("format") == "3"
+    assert root.find("name").text == "vae_ood_monitor"
+    assert root.find("export/build_type").text == "ament_cargo"
+    assert root.find("license").text == "Apache-2.0"
+    deps = {d.text for d in root.iter("depend")}
+    assert {"rcl", "std_msgs", "sensor_msgs", "diagnostic_msgs"} <= deps
