@@ -17,7 +17,7 @@ source scripts/loopback.sh "${VAE_OOD_DEMO_DOMAIN:-74}"
 
 echo "[demo] starting the monitor (model: models/default, UNTRAINED placeholder)" >&2
 target/debug/vae_ood_monitor --ros-args --params-file config/monitor.yaml \
-  -p model_bundle:="$ROOT/models/default" -p score_threshold:="${SCORE_THRESHOLD:-0.5}" \
+  -p model_bundle:="$ROOT/models/default" -p score_threshold:="${SCORE_THRESHOLD:-15.0}" \
   -r image:=/camera/image_raw &
 node_pid=$!
 trap 'kill -INT $node_pid 2>/dev/null; wait $node_pid 2>/dev/null' EXIT

@@ -44,7 +44,7 @@ def offline_scores(paths, threshold=float("inf")):
     return {rec["file"]: rec for rec in map(json.loads, out.splitlines())}
 
 
-def test_frames(n: int, width: int = 160, height: int = 120, seed: int = 0):
+def make_frames(n: int, width: int = 160, height: int = 120, seed: int = 0):
     """Deterministic, structured RGB frames (gradients plus random blobs) as uint8 arrays."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -94,7 +94,8 @@ class NodeProcess:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()
 
     def stop(self, sig=signal.SIGINT, timeout=10):

@@ -222,25 +222,77 @@ mod tests {
     fn frame_age_handles_unset_and_future_stamps() {
         let now = Duration::from_secs(100);
         assert_eq!(frame_age(&Time { sec: 0, nanosec: 0 }, now), None);
-        assert_eq!(frame_age(&Time { sec: 99, nanosec: 500_000_000 }, now), Some(Duration::from_millis(500)));
-        assert_eq!(frame_age(&Time { sec: 101, nanosec: 0 }, now), Some(Duration::ZERO));
+        assert_eq!(
+            frame_age(
+                &Time {
+                    sec: 99,
+                    nanosec: 500_000_000
+                },
+                now
+            ),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            frame_age(
+                &Time {
+                    sec: 101,
+                    nanosec: 0
+                },
+                now
+            ),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
     fn verdict_record_carries_stamp_state_score_and_fault() {
-        let header = Header { stamp: Time { sec: 5, nanosec: 7 }, frame_id: "cam".into() };
-        let ok = FrameVerdict { state: MonitorState::Ok, score: Some(1.0 / 3.0), fault: None, timing: StageTimes::default() };
-        let rec = VerdictRecord { header: header.clone(), node_name: "/m", model_id: "id", verdict: &ok, seq: 3, publish: Duration::ZERO, total: Duration::ZERO, dropped: 0 };
+        let header = Header {
+            stamp: Time { sec: 5, nanosec: 7 },
+            frame_id: "cam".into(),
+        };
+        let ok = FrameVerdict {
+            state: MonitorState::Ok,
+            score: Some(1.0 / 3.0),
+            fault: None,
+            timing: StageTimes::default(),
+        };
+        let rec = VerdictRecord {
+            header: header.clone(),
+            node_name: "/m",
+            model_id: "id",
+            verdict: &ok,
+            seq: 3,
+            publish: Duration::ZERO,
+            total: Duration::ZERO,
+            dropped: 0,
+        };
         let a = verdict_array(&rec);
         assert_eq!(a.header, header);
-        let get = |a: &DiagnosticArray, k: &str| a.status[0].values.iter().find(|kv| kv.key == k).map(|kv| kv.value.clone());
+        let get = |a: &DiagnosticArray, k: &str| {
+            a.status[0]
+                .values
+                .iter()
+                .find(|kv| kv.key == k)
+                .map(|kv| kv.value.clone())
+        };
         assert_eq!(get(&a, "state").unwrap(), "OK");
         assert_eq!(get(&a, "ood").unwrap(), "false");
-        assert_eq!(get(&a, "score").unwrap().parse::<f32>().unwrap(), (1.0f64 / 3.0) as f32);
+        assert_eq!(
+            get(&a, "score").unwrap().parse::<f32>().unwrap(),
+            (1.0f64 / 3.0) as f32
+        );
         assert_eq!(a.status[0].level, DiagnosticStatus::OK as u8);
 
-        let bad = FrameVerdict { state: MonitorState::Fault, score: None, fault: Some(Fault::NonFinite), timing: StageTimes::default() };
-        let a = verdict_array(&VerdictRecord { verdict: &bad, ..rec });
+        let bad = FrameVerdict {
+            state: MonitorState::Fault,
+            score: None,
+            fault: Some(Fault::NonFinite),
+            timing: StageTimes::default(),
+        };
+        let a = verdict_array(&VerdictRecord {
+            verdict: &bad,
+            ..rec
+        });
         assert_eq!(get(&a, "ood").unwrap(), "true");
         assert_eq!(get(&a, "fault").unwrap(), "non_finite");
         assert_eq!(a.status[0].level, DiagnosticStatus::ERROR as u8);
