@@ -14,11 +14,13 @@ fi
 source scripts/env.sh
 cargo build --locked --features ros --bins
 source scripts/loopback.sh "${VAE_OOD_DEMO_DOMAIN:-74}"
+# Reliable image QoS makes the replay lossless (every frame gets a verdict); live cameras
+# default to sensor_data (best effort), see config/monitor.yaml.
 
 echo "[demo] starting the monitor (model: models/default, UNTRAINED placeholder)" >&2
 target/debug/vae_ood_monitor --ros-args --params-file config/monitor.yaml \
   -p model_bundle:="$ROOT/models/default" -p score_threshold:="${SCORE_THRESHOLD:-15.0}" \
-  -r image:=/camera/image_raw &
+  -p image_qos:=reliable -r image:=/camera/image_raw &
 node_pid=$!
 trap 'kill -INT $node_pid 2>/dev/null; wait $node_pid 2>/dev/null' EXIT
 .venv/bin/python scripts/demo_replay.py --topic /camera/image_raw "$@"
