@@ -116,6 +116,9 @@ pub enum Fault {
     NonFinite,
     #[error("{0}")]
     Inference(String),
+    /// No frame arrived for the input timeout: the camera (or its driver) went silent.
+    #[error("no frame for {0:?} (input_timeout): camera silent")]
+    InputTimeout(Duration),
 }
 
 impl Fault {
@@ -126,6 +129,7 @@ impl Fault {
             Self::Stale { .. } => "stale".into(),
             Self::NonFinite => "non_finite".into(),
             Self::Inference(_) => "inference_error".into(),
+            Self::InputTimeout(_) => "input_timeout".into(),
         }
     }
 }

@@ -186,6 +186,17 @@ def test_raw_frames_match_the_offline_core_and_malformed_frames_fail_safe(ros, f
         assert node.proc.poll() is None, "the node must survive malformed input"
         # Scores were published on ~/score as well (one per scored frame).
         wait_for(lambda: len(client.scores) >= len(imgs) + len(bad), 5, client.spin, "~/score messages")
+
+        # The camera goes silent: within input_timeout (1.0 s) + 0.5 s slack the monitor faults
+        # and ~/ood says true. (Functional deadline; the slack covers scheduling and DDS.)
+        v = client.send(raw_image(imgs[0]))
+        assert v["state"] in ("OK", "OOD")
+        client.ood.clear()
+        t0 = time.monotonic()
+        wait_for(lambda: any(r.get("fault") == "input_timeout" for r in client.verdicts.values()), 1.5, client.spin,
+                 "the input_timeout fault")
+        assert time.monotonic() - t0 <= 1.5
+        wait_for(lambda: client.ood and client.ood[-1] is True, 1.0, client.spin, "~/ood = true after the timeout")
     finally:
         client.close()
         rc = node.stop()

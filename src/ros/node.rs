@@ -9,7 +9,7 @@
 use super::messages::{frame_age, health_array, verdict_array, CameraMsg, Health, VerdictRecord};
 use super::params::{self, NodeConfig};
 use crate::backend::{BackendKind, BackendOptions};
-use crate::monitor::{Counters, Detector, Monitor, MonitorConfig, MonitorState};
+use crate::monitor::{Counters, Detector, Fault, Monitor, MonitorConfig, MonitorState};
 use anyhow::{anyhow, Context as _, Result};
 use futures::StreamExt;
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
@@ -202,9 +202,16 @@ async fn run() -> Result<()> {
         let node_name = node_name.clone();
         let model_id = model_id.clone();
         let pubs = (pub_ood.clone(), pub_score.clone(), pub_verdict.clone());
+        let ctx = LoopCtx {
+            logger,
+            node_name,
+            model_id,
+            input_timeout: cfg.input_timeout,
+            clock: node.get_ros_clock(),
+        };
         std::thread::Builder::new()
             .name("inference".into())
-            .spawn(move || inference_loop(monitor, &shared, &logger, &node_name, &model_id, pubs))?
+            .spawn(move || inference_loop(monitor, &shared, &ctx, pubs))?
     };
 
     // Subscription task: newest frame wins.
@@ -255,7 +262,7 @@ async fn run() -> Result<()> {
         async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let (mut last_scored, mut last_faults, mut last_dropped) = (0u64, 0u64, 0u64);
+            let (mut last_received, mut last_faults, mut last_dropped) = (0u64, 0u64, 0u64);
             loop {
                 tick.tick().await;
                 let (state, counters, mut lat) = {
@@ -268,6 +275,7 @@ async fn run() -> Result<()> {
                 };
                 lat.sort();
                 let dropped = shared.dropped.load(Ordering::Relaxed);
+                let received = shared.received.load(Ordering::Relaxed);
                 let health = Health {
                     node_name: &node_name,
                     model_id: &model_id,
@@ -275,10 +283,10 @@ async fn run() -> Result<()> {
                     trained,
                     state,
                     counters: &counters,
-                    received: shared.received.load(Ordering::Relaxed),
+                    received,
                     dropped,
                     period,
-                    recent_frames: counters.frames - last_scored,
+                    recent_frames: received - last_received,
                     recent_dropped: dropped - last_dropped,
                     recent_faults: counters.total_faults() - last_faults,
                     latency_p50: lat.get(lat.len() / 2).copied(),
@@ -292,8 +300,8 @@ async fn run() -> Result<()> {
                     .map(|d| r2r::Clock::to_builtin_time(&d))
                     .unwrap_or_default();
                 let _ = pub_diag.publish(&health_array(&health, stamp));
-                (last_scored, last_faults, last_dropped) =
-                    (counters.frames, counters.total_faults(), dropped);
+                (last_received, last_faults, last_dropped) =
+                    (received, counters.total_faults(), dropped);
             }
         }
     });
@@ -338,29 +346,102 @@ type Pubs = (
     r2r::Publisher<DiagnosticArray>,
 );
 
+/// What the inference thread needs besides the monitor and publishers.
+struct LoopCtx {
+    logger: String,
+    node_name: String,
+    model_id: String,
+    input_timeout: Option<Duration>,
+    clock: Arc<Mutex<r2r::Clock>>,
+}
+
+/// Waits for the next frame: `None` on shutdown, `Some(None)` when `timeout` passes first.
+fn next_frame(shared: &Shared, timeout: Option<Duration>) -> Option<Option<Incoming>> {
+    let mut slot = shared.slot.lock().expect("slot lock");
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        if shared.shutdown.load(Ordering::Relaxed) {
+            return None;
+        }
+        if let Some(f) = slot.take() {
+            return Some(Some(f));
+        }
+        match deadline {
+            None => slot = shared.wake.wait(slot).expect("slot lock"),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Some(None);
+                }
+                slot = shared
+                    .wake
+                    .wait_timeout(slot, d - now)
+                    .expect("slot lock")
+                    .0;
+            }
+        }
+    }
+}
+
 fn inference_loop(
     mut monitor: Monitor,
     shared: &Shared,
-    logger: &str,
-    node_name: &str,
-    model_id: &str,
+    ctx: &LoopCtx,
     (pub_ood, pub_score, pub_verdict): Pubs,
 ) {
+    let LoopCtx {
+        logger,
+        node_name,
+        model_id,
+        input_timeout,
+        clock,
+    } = ctx;
     let mut seq = 0u64;
     let mut last_fault_log: Option<Instant> = None;
     let mut suppressed = 0u64;
     loop {
-        let incoming = {
-            let mut slot = shared.slot.lock().expect("slot lock");
-            loop {
-                if shared.shutdown.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Some(f) = slot.take() {
-                    break f;
-                }
-                slot = shared.wake.wait(slot).expect("slot lock");
+        let Some(next) = next_frame(shared, *input_timeout) else {
+            return;
+        };
+        let Some(incoming) = next else {
+            // Camera silent: fault (OOD) and say so on every output, once per input_timeout.
+            let timeout = input_timeout.expect("only with a timeout");
+            let verdict = monitor.reject(Fault::InputTimeout(timeout));
+            let _ = pub_ood.publish(&Bool { data: true });
+            let stamp = clock
+                .lock()
+                .ok()
+                .and_then(|mut c| c.get_now().ok())
+                .map(|d| r2r::Clock::to_builtin_time(&d))
+                .unwrap_or_default();
+            let header = r2r::std_msgs::msg::Header {
+                stamp,
+                frame_id: String::new(),
+            };
+            let record = VerdictRecord {
+                header,
+                node_name,
+                model_id,
+                verdict: &verdict,
+                seq,
+                publish: Duration::ZERO,
+                total: Duration::ZERO,
+                dropped: shared.dropped.load(Ordering::Relaxed),
+            };
+            let _ = pub_verdict.publish(&verdict_array(&record));
+            {
+                let mut s = shared.status.lock().expect("status lock");
+                s.state = verdict.state;
+                s.counters = monitor.counters().clone();
             }
+            if last_fault_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                r2r::log_warn!(
+                    logger,
+                    "no frame for {timeout:?}: verdict OOD until frames return"
+                );
+                last_fault_log = Some(Instant::now());
+            }
+            continue;
         };
         seq += 1;
         monitor.set_score_threshold(f64::from_bits(

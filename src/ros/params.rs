@@ -42,6 +42,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped."),
     decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (KL summed over the selected latents) exceeds this is out of distribution."),
     decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale (fail-safe). 0 disables the check."),
+    decl!("input_timeout", Double(1.0), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
 ];
@@ -57,6 +58,7 @@ pub struct NodeConfig {
     pub image_qos_depth: usize,
     pub score_threshold: f64,
     pub max_frame_age: Option<Duration>,
+    pub input_timeout: Option<Duration>,
     pub diagnostics_period: Duration,
 }
 
@@ -146,8 +148,9 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
     }
     let age = double("max_frame_age")?;
     let period = double("diagnostics_period")?;
-    if age < 0.0 || period <= 0.0 {
-        return Err("max_frame_age must be >= 0 and diagnostics_period > 0".into());
+    let timeout = double("input_timeout")?;
+    if age < 0.0 || timeout < 0.0 || period <= 0.0 {
+        return Err("max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into());
     }
     Ok(NodeConfig {
         model_bundle: string("model_bundle")?,
@@ -158,6 +161,7 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
         image_qos_depth: depth as usize,
         score_threshold: double("score_threshold")?,
         max_frame_age: (age > 0.0).then(|| Duration::from_secs_f64(age)),
+        input_timeout: (timeout > 0.0).then(|| Duration::from_secs_f64(timeout)),
         diagnostics_period: Duration::from_secs_f64(period),
     })
 }
