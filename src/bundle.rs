@@ -28,6 +28,33 @@ pub struct Manifest {
     pub outputs: Outputs,
     pub latents: Latents,
     pub provenance: Provenance,
+    /// Present once `vae-ood calibrate` has run: turns per-frame scores into a calibrated
+    /// sequential verdict. Without it the node falls back to a per-frame score threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationSection>,
+}
+
+/// Conformal calibration scores, the sequential pipeline's parameters and the data they came
+/// from (drive ids per role; the roles are disjoint by drive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSection {
+    pub pipeline: crate::detection::PipelineParams,
+    /// In-distribution false alarms the threshold was tuned for, as a share of frames.
+    pub target_false_alarm_rate: f64,
+    /// How `latents.selected` was chosen.
+    pub selection: String,
+    pub data: CalibrationData,
+    /// Nonconformity scores (selected latents) of the calibration frames.
+    pub scores: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationData {
+    pub calibration: Vec<String>,
+    pub tuning_id: Vec<String>,
+    pub validation_ood: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +200,11 @@ impl Bundle {
             return Err(bad("latents.selected lists a latent twice".into()));
         }
 
+        if let Some(c) = &manifest.calibration {
+            c.pipeline.validate().map_err(|e| bad(format!("calibration.pipeline: {e}")))?;
+            crate::detection::Calibration::new(c.scores.clone()).map_err(|e| bad(format!("calibration.scores: {e}")))?;
+        }
+
         let encoder = dir.join(&manifest.encoder.path);
         let bytes = std::fs::read(&encoder).map_err(|source| BundleError::Io {
             path: encoder.clone(),
@@ -223,7 +255,8 @@ impl Bundle {
 fn model_id(m: &Manifest) -> String {
     let mut h = Sha256::new();
     h.update(m.encoder.sha256.to_ascii_lowercase().as_bytes());
-    h.update(serde_json::to_vec(&(&m.input, &m.outputs, &m.latents)).expect("serialisable"));
+    // The calibration changes verdicts, not scores, but a verdict must trace to it too.
+    h.update(serde_json::to_vec(&(&m.input, &m.outputs, &m.latents, &m.calibration)).expect("serialisable"));
     format!("{}-{}", m.name, &hex(&h.finalize())[..12])
 }
 

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod bundle;
+pub mod detection;
 pub mod frame;
 pub mod monitor;
 pub mod onnx_gen;

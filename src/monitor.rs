@@ -7,6 +7,7 @@
 
 use crate::backend::{self, BackendOptions, Encoder};
 use crate::bundle::{Bundle, BundleError};
+use crate::detection::{Calibration, PipelineParams, SequentialDetector, Step};
 use crate::frame::{self, FrameData, FrameError};
 use crate::preprocess::preprocess;
 use crate::score::{kl_per_latent, nonconformity};
@@ -137,10 +138,67 @@ impl Fault {
 /// Decision parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct MonitorConfig {
-    /// A frame is OOD when its score exceeds this.
+    /// Per-frame decision, used when the bundle has no calibration section: a frame is OOD
+    /// when its score exceeds this.
     pub score_threshold: f64,
     /// Frames older than this (receive time minus stamp) are rejected; `None` disables the check.
     pub max_frame_age: Option<Duration>,
+    /// How a calibrated monitor leaves OOD.
+    pub recovery: Recovery,
+    /// Overrides the bundle's tuned `cusum_threshold` (calibrated bundles only).
+    pub cusum_threshold: Option<f64>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self { score_threshold: f64::INFINITY, max_frame_age: None, recovery: Recovery::Auto { frames: 10 }, cusum_threshold: None }
+    }
+}
+
+/// Leaving OOD (calibrated bundles): automatically once S is back under the threshold for
+/// `frames` consecutive scored frames, or only by an explicit [`Monitor::reset`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    Auto { frames: u32 },
+    Manual,
+}
+
+/// The sequential part of a calibrated monitor: the detector and the latched verdict that
+/// faults do not change.
+struct Sequential {
+    detector: SequentialDetector,
+    /// The state before any fault: STARTING, OK or OOD.
+    latched: MonitorState,
+    good_streak: u32,
+}
+
+impl Sequential {
+    fn next(&mut self, step: &Step, recovery: Recovery) -> MonitorState {
+        self.latched = match self.latched {
+            MonitorState::Starting | MonitorState::Ok | MonitorState::Fault if !step.window_full => MonitorState::Starting,
+            MonitorState::Starting | MonitorState::Ok | MonitorState::Fault => {
+                if step.alarm {
+                    self.good_streak = 0;
+                    MonitorState::Ood
+                } else {
+                    MonitorState::Ok
+                }
+            }
+            MonitorState::Ood => match recovery {
+                Recovery::Manual => MonitorState::Ood,
+                Recovery::Auto { frames } => {
+                    self.good_streak = if step.alarm { 0 } else { self.good_streak + 1 };
+                    if self.good_streak >= frames {
+                        self.good_streak = 0;
+                        MonitorState::Ok
+                    } else {
+                        MonitorState::Ood
+                    }
+                }
+            },
+        };
+        self.latched
+    }
 }
 
 /// Time spent per stage for one frame.
@@ -159,6 +217,8 @@ pub struct FrameVerdict {
     pub score: Option<f64>,
     pub fault: Option<Fault>,
     pub timing: StageTimes,
+    /// p-value, log M and S, for calibrated monitors and scored frames.
+    pub step: Option<Step>,
 }
 
 impl FrameVerdict {
@@ -188,16 +248,57 @@ pub struct Monitor {
     config: MonitorConfig,
     state: MonitorState,
     counters: Counters,
+    sequential: Option<Sequential>,
 }
 
 impl Monitor {
-    pub fn new(detector: Detector, config: MonitorConfig) -> Self {
-        Self {
-            detector,
-            config,
-            state: MonitorState::Starting,
-            counters: Counters::default(),
+    /// A calibrated bundle (one with a calibration section) gets the sequential pipeline;
+    /// otherwise the per-frame `score_threshold` decides.
+    pub fn new(detector: Detector, config: MonitorConfig) -> Result<Self, String> {
+        let sequential = match &detector.bundle.manifest.calibration {
+            None => None,
+            Some(c) => {
+                let mut params = c.pipeline.clone();
+                if let Some(t) = config.cusum_threshold {
+                    params.cusum_threshold = t;
+                }
+                let detector = SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
+                Some(Sequential { detector, latched: MonitorState::Starting, good_streak: 0 })
+            }
+        };
+        Ok(Self { detector, config, state: MonitorState::Starting, counters: Counters::default(), sequential })
+    }
+
+    /// True when verdicts come from the calibrated sequential pipeline.
+    pub fn is_calibrated(&self) -> bool {
+        self.sequential.is_some()
+    }
+
+    /// The pipeline parameters in force (calibrated monitors).
+    pub fn pipeline(&self) -> Option<&PipelineParams> {
+        self.sequential.as_ref().map(|s| s.detector.params())
+    }
+
+    pub fn set_cusum_threshold(&mut self, t: f64) {
+        if let Some(s) = &mut self.sequential {
+            s.detector.set_cusum_threshold(t);
         }
+    }
+
+    /// The operator's reset: zeroes S and leaves OOD (to OK, or STARTING while the window is
+    /// still filling). Returns the new state. A per-frame monitor has nothing to reset.
+    pub fn reset(&mut self) -> MonitorState {
+        if let Some(s) = &mut self.sequential {
+            s.detector.reset_cusum();
+            s.good_streak = 0;
+            if s.latched == MonitorState::Ood {
+                s.latched = MonitorState::Ok;
+            }
+            if self.state != MonitorState::Fault {
+                self.state = s.latched;
+            }
+        }
+        self.state
     }
 
     pub fn detector(&self) -> &Detector {
@@ -269,26 +370,20 @@ impl Monitor {
         let verdict = match result {
             Ok(score) => {
                 self.counters.scored += 1;
-                let state = if score > self.config.score_threshold {
-                    MonitorState::Ood
-                } else {
-                    MonitorState::Ok
+                let (state, step) = match &mut self.sequential {
+                    Some(seq) => {
+                        let step = seq.detector.step(score);
+                        (seq.next(&step, self.config.recovery), Some(step))
+                    }
+                    None if score > self.config.score_threshold => (MonitorState::Ood, None),
+                    None => (MonitorState::Ok, None),
                 };
-                FrameVerdict {
-                    state,
-                    score: Some(score),
-                    fault: None,
-                    timing,
-                }
+                FrameVerdict { state, score: Some(score), fault: None, timing, step }
             }
             Err(fault) => {
                 *self.counters.faults.entry(fault.kind()).or_default() += 1;
-                FrameVerdict {
-                    state: MonitorState::Fault,
-                    score: None,
-                    fault: Some(fault),
-                    timing,
-                }
+                // S and the latched verdict are left alone: a fault says nothing about the data.
+                FrameVerdict { state: MonitorState::Fault, score: None, fault: Some(fault), timing, step: None }
             }
         };
         if verdict.is_ood() {

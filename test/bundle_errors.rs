@@ -33,6 +33,7 @@ fn manifest(arch: &EncoderArch, outputs: Outputs) -> Manifest {
             count: arch.latents,
             selected: vec![0, 3, 5],
         },
+        calibration: None,
         provenance: Provenance {
             trained: false,
             created_by: "test".into(),
@@ -95,8 +96,9 @@ fn a_good_bundle_loads_and_scores() {
         MonitorConfig {
             score_threshold: f64::INFINITY,
             max_frame_age: None,
+            ..Default::default()
         },
-    );
+    ).unwrap();
     assert_eq!(mon.state(), MonitorState::Starting);
     let img = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([x as u8 * 3, y as u8 * 4, 77]));
     let v = mon.process_image(&img);

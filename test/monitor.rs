@@ -15,8 +15,9 @@ fn monitor(threshold: f64) -> Monitor {
         MonitorConfig {
             score_threshold: threshold,
             max_frame_age: Some(Duration::from_millis(500)),
+            ..Default::default()
         },
-    )
+    ).unwrap()
 }
 
 fn rgb(w: u32, h: u32) -> Vec<u8> {

@@ -215,8 +215,9 @@ fn score(
         MonitorConfig {
             score_threshold,
             max_frame_age: None,
+            ..Default::default()
         },
-    );
+    ).map_err(anyhow::Error::msg)?;
     for file in image_files(paths)? {
         // Same decoder as the node's CompressedImage path.
         let verdict = match std::fs::read(&file) {
@@ -339,8 +340,9 @@ fn bench(
         MonitorConfig {
             score_threshold: f64::INFINITY,
             max_frame_age: None,
+            ..Default::default()
         },
-    );
+    ).map_err(anyhow::Error::msg)?;
     let (mut dec, mut pre, mut inf, mut tot) = (vec![], vec![], vec![], vec![]);
     for i in 0..frames + 10 {
         let raw = RawImage {
@@ -423,6 +425,7 @@ fn gen_seeded(
         },
         outputs,
         latents: Latents { count: arch.latents, selected: (0..arch.latents).collect() },
+        calibration: None,
         provenance: Provenance {
             trained: false,
             created_by: format!("vae-ood gen-seeded --preset {preset} --seed {seed} --name {name}{}", if numeric_outputs { " --numeric-outputs" } else { "" }),

@@ -110,6 +110,13 @@ pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
         kv("total_ms", ms(r.total)),
         kv("frames_dropped", r.dropped),
     ];
+    if let Some(st) = &v.step {
+        values.push(kv("p_value", format!("{:e}", st.p_value)));
+        values.push(kv("log_martingale", format!("{:e}", st.log_martingale)));
+        values.push(kv("cusum", format!("{:e}", st.cusum)));
+        values.push(kv("window_full", st.window_full));
+        values.push(kv("alarm", st.alarm));
+    }
     if let Some(f) = &v.fault {
         values.push(kv("fault", f.kind()));
         values.push(kv("fault_detail", f));
@@ -255,6 +262,7 @@ mod tests {
             score: Some(1.0 / 3.0),
             fault: None,
             timing: StageTimes::default(),
+            step: None,
         };
         let rec = VerdictRecord {
             header: header.clone(),
@@ -288,6 +296,7 @@ mod tests {
             score: None,
             fault: Some(Fault::NonFinite),
             timing: StageTimes::default(),
+            step: None,
         };
         let a = verdict_array(&VerdictRecord {
             verdict: &bad,

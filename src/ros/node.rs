@@ -2,64 +2,28 @@
 //!
 //! Threads: r2r's executor spins in one blocking thread; a tokio task turns each camera
 //! message into a slot holding only the newest frame (older ones are dropped and counted);
-//! one inference thread takes frames from the slot, runs the core monitor and publishes.
-//! A slow model therefore never queues stale frames, and a stalled camera shows up as
-//! silence on `~/verdict` and a WARN on `/diagnostics`.
+//! one inference thread ([`super::inference`]) takes frames from the slot, runs the core
+//! monitor and publishes. A slow model therefore never queues stale frames; a silent camera
+//! faults after `input_timeout`; a hung pipeline stops the `~/ood` heartbeat.
 
-use super::messages::{frame_age, health_array, verdict_array, CameraMsg, Health, VerdictRecord};
+use super::inference::{self, Incoming, LoopCtx, Publishers, Shared};
+use super::messages::{frame_age, health_array, CameraMsg, Health};
 use super::params::{self, NodeConfig};
 use crate::backend::{BackendKind, BackendOptions};
-use crate::monitor::{Counters, Detector, Fault, Monitor, MonitorConfig, MonitorState};
+use crate::monitor::{Detector, Monitor, MonitorConfig};
 use anyhow::{anyhow, Context as _, Result};
 use futures::StreamExt;
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::sensor_msgs::msg::{CompressedImage, Image};
 use r2r::std_msgs::msg::{Bool, Float32};
+use r2r::std_srvs::srv::Trigger;
 use r2r::{ParameterValue, QosProfile};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_NODE_NAME: &str = "vae_ood_monitor";
-
-/// A frame waiting for inference.
-struct Incoming {
-    msg: CameraMsg,
-    age: Option<Duration>,
-    received: Instant,
-}
-
-/// State shared between the subscription task, the inference thread and the diagnostics task.
-#[derive(Default)]
-struct Shared {
-    slot: Mutex<Option<Incoming>>,
-    wake: Condvar,
-    shutdown: AtomicBool,
-    received: AtomicU64,
-    dropped: AtomicU64,
-    /// f64 bits of the live score threshold (changed with `ros2 param set`).
-    score_threshold: AtomicU64,
-    status: Mutex<Status>,
-}
-
-/// What the diagnostics task reports, updated by the inference thread.
-struct Status {
-    state: MonitorState,
-    counters: Counters,
-    /// Total per-frame latency (receive to publish) since the last diagnostics tick.
-    latencies: Vec<Duration>,
-}
-
-impl Default for Status {
-    fn default() -> Self {
-        Self {
-            state: MonitorState::Starting,
-            counters: Counters::default(),
-            latencies: vec![],
-        }
-    }
-}
 
 /// Entry point of the `vae_ood_monitor` executable.
 pub fn main() -> Result<()> {
@@ -67,10 +31,7 @@ pub fn main() -> Result<()> {
         println!("{}", params::describe_json());
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(run())
 }
 
@@ -84,26 +45,19 @@ fn resolve_bundle(p: &str) -> Result<PathBuf> {
     }
     let mut candidates = vec![];
     if let Ok(exe) = std::env::current_exe() {
-        if let Some(prefix) = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .and_then(|d| d.parent())
-        {
-            candidates.push(
-                prefix
-                    .join("share")
-                    .join(env!("CARGO_PKG_NAME"))
-                    .join(&path),
-            );
+        if let Some(prefix) = exe.parent().and_then(|d| d.parent()).and_then(|d| d.parent()) {
+            candidates.push(prefix.join("share").join(env!("CARGO_PKG_NAME")).join(&path));
         }
     }
     candidates.push(path.clone());
     candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&path));
-    candidates
-        .iter()
-        .find(|c| c.join(crate::bundle::MANIFEST_FILE).is_file())
-        .cloned()
-        .ok_or_else(|| anyhow!("detector bundle '{p}' not found; looked in {candidates:?}. Set the model_bundle parameter to a bundle directory"))
+    candidates.iter().find(|c| c.join(crate::bundle::MANIFEST_FILE).is_file()).cloned().ok_or_else(|| {
+        anyhow!("detector bundle '{p}' not found; looked in {candidates:?}. Set the model_bundle parameter to a bundle directory")
+    })
+}
+
+fn float_pub(node: &mut r2r::Node, topic: &str) -> Result<r2r::Publisher<Float32>> {
+    Ok(node.create_publisher::<Float32>(topic, QosProfile::default())?)
 }
 
 async fn run() -> Result<()> {
@@ -118,123 +72,98 @@ async fn run() -> Result<()> {
 
     // Publishers exist before the model loads, so consumers see OOD (STARTING) from the start.
     // ~/ood is reliable + transient-local: a gate that starts later still gets the last verdict.
-    let ood_qos = QosProfile::default()
-        .keep_last(1)
-        .reliable()
-        .transient_local();
-    let pub_ood = node.create_publisher::<Bool>("~/ood", ood_qos)?;
-    let pub_score = node.create_publisher::<Float32>("~/score", QosProfile::default())?;
-    let pub_verdict =
-        node.create_publisher::<DiagnosticArray>("~/verdict", QosProfile::default().keep_last(50))?;
-    let pub_diag =
-        node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
-    pub_ood.publish(&Bool { data: true })?;
+    let ood_qos = QosProfile::default().keep_last(1).reliable().transient_local();
+    let pubs = Publishers {
+        ood: node.create_publisher::<Bool>("~/ood", ood_qos)?,
+        score: float_pub(&mut node, "~/score")?,
+        p_value: float_pub(&mut node, "~/p_value")?,
+        martingale: float_pub(&mut node, "~/martingale")?,
+        cusum: float_pub(&mut node, "~/cusum")?,
+        verdict: node.create_publisher::<DiagnosticArray>("~/verdict", QosProfile::default().keep_last(50))?,
+    };
+    let pub_diag = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
+    pubs.ood.publish(&Bool { data: true })?;
 
     let bundle_dir = resolve_bundle(&cfg.model_bundle)?;
     let kind: BackendKind = cfg.backend.parse().map_err(|e: String| anyhow!(e))?;
-    let detector = Detector::load(
-        &bundle_dir,
-        BackendOptions {
-            kind,
-            threads: cfg.threads,
-        },
-    )
-    .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
+    let detector = Detector::load(&bundle_dir, BackendOptions { kind, threads: cfg.threads })
+        .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
     let model_id = detector.model_id().to_string();
     let trained = detector.bundle.manifest.provenance.trained;
     let backend = detector.backend();
-    r2r::log_info!(
-        &logger,
-        "loaded detector {} from {} on {} ({} thread(s)), score_threshold {}",
-        model_id,
-        bundle_dir.display(),
-        backend,
-        cfg.threads,
-        cfg.score_threshold
-    );
+    let monitor_cfg = MonitorConfig {
+        score_threshold: cfg.score_threshold,
+        max_frame_age: cfg.max_frame_age,
+        recovery: cfg.recovery,
+        cusum_threshold: cfg.cusum_threshold,
+    };
+    let monitor = Monitor::new(detector, monitor_cfg).map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
+    let decision = match monitor.pipeline() {
+        Some(p) => format!("calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}", p.window, p.decay, p.cusum_threshold, cfg.recovery),
+        None => format!("uncalibrated bundle: per-frame score_threshold {}", cfg.score_threshold),
+    };
+    r2r::log_info!(&logger, "loaded detector {model_id} from {} on {backend} ({} thread(s)); {decision}", bundle_dir.display(), cfg.threads);
     if !trained {
-        r2r::log_warn!(
-            &logger,
-            "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
-        );
+        r2r::log_warn!(&logger, "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful");
     }
-
-    let shared = Arc::new(Shared::default());
-    shared
-        .score_threshold
-        .store(cfg.score_threshold.to_bits(), Ordering::Relaxed);
-    let monitor = Monitor::new(
-        detector,
-        MonitorConfig {
-            score_threshold: cfg.score_threshold,
-            max_frame_age: cfg.max_frame_age,
-        },
-    );
+    let shared = Arc::new(Shared::new(cfg.score_threshold, cfg.cusum_threshold));
 
     // Camera subscription: relative, image_transport-style names, remappable.
-    let mut qos = if cfg.reliable_images {
-        QosProfile::default().reliable()
-    } else {
-        QosProfile::sensor_data()
-    };
-    qos = qos.keep_last(cfg.image_qos_depth);
-    let topic = if cfg.compressed {
-        "image/compressed"
-    } else {
-        "image"
-    };
-    let clock = node.get_ros_clock();
-    let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> = if cfg.compressed
-    {
-        Box::pin(
-            node.subscribe::<CompressedImage>(topic, qos)?
-                .map(CameraMsg::Compressed),
-        )
+    let qos = if cfg.reliable_images { QosProfile::default().reliable() } else { QosProfile::sensor_data() }.keep_last(cfg.image_qos_depth);
+    let topic = if cfg.compressed { "image/compressed" } else { "image" };
+    let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> = if cfg.compressed {
+        Box::pin(node.subscribe::<CompressedImage>(topic, qos)?.map(CameraMsg::Compressed))
     } else {
         Box::pin(node.subscribe::<Image>(topic, qos)?.map(CameraMsg::Raw))
     };
-    let resolved_topic = topic.to_string();
+    let mut resets = node.create_service::<Trigger::Service>("~/reset", QosProfile::services_default())?;
 
     // Inference thread.
     let worker = {
         let shared = shared.clone();
-        let logger = logger.clone();
-        let node_name = node_name.clone();
-        let model_id = model_id.clone();
-        let pubs = (pub_ood.clone(), pub_score.clone(), pub_verdict.clone());
-        let ctx = LoopCtx {
-            logger,
-            node_name,
-            model_id,
-            input_timeout: cfg.input_timeout,
-            clock: node.get_ros_clock(),
+        let ctx = LoopCtx { logger: logger.clone(), node_name: node_name.clone(), model_id: model_id.clone(), input_timeout: cfg.input_timeout, clock: node.get_ros_clock() };
+        let pubs = Publishers {
+            ood: pubs.ood.clone(),
+            score: pubs.score.clone(),
+            p_value: pubs.p_value.clone(),
+            martingale: pubs.martingale.clone(),
+            cusum: pubs.cusum.clone(),
+            verdict: pubs.verdict.clone(),
         };
-        std::thread::Builder::new()
-            .name("inference".into())
-            .spawn(move || inference_loop(monitor, &shared, &ctx, pubs))?
+        std::thread::Builder::new().name("inference".into()).spawn(move || inference::run(monitor, &shared, &ctx, &pubs))?
     };
 
     // Subscription task: newest frame wins.
     tokio::spawn({
         let shared = shared.clone();
+        let clock = node.get_ros_clock();
         let mut frames = frames;
         async move {
             while let Some(msg) = frames.next().await {
                 let received = Instant::now();
                 let now = clock.lock().ok().and_then(|mut c| c.get_now().ok());
                 let age = now.and_then(|now| frame_age(&msg.header().stamp, now));
-                shared.received.fetch_add(1, Ordering::Relaxed);
-                let mut slot = shared.slot.lock().expect("slot lock");
-                if slot.replace(Incoming { msg, age, received }).is_some() {
-                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                drop(slot);
-                shared.wake.notify_one();
+                shared.offer(Incoming { msg, age, received });
             }
         }
     });
 
-    // Parameter services, and live updates of the threshold.
+    // ~/reset (std_srvs/Trigger): zeroes S and leaves OOD.
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            while let Some(req) = resets.next().await {
+                let state = shared.request_reset().await;
+                let response = match state {
+                    Ok(s) => Trigger::Response { success: true, message: format!("CUSUM reset; state {}", s.as_str()) },
+                    Err(_) => Trigger::Response { success: false, message: "monitor is shutting down".into() },
+                };
+                let _ = req.respond(response);
+            }
+        }
+    });
+
+    // Parameter services, and live updates of the thresholds.
     tokio::spawn(param_handler);
     tokio::spawn({
         let shared = shared.clone();
@@ -246,7 +175,32 @@ async fn run() -> Result<()> {
                         shared.score_threshold.store(t.to_bits(), Ordering::Relaxed);
                         r2r::log_info!(&logger, "score_threshold set to {t}");
                     }
-                    (name, v) => r2r::log_warn!(&logger, "parameter '{name}' set to {v:?}: only score_threshold changes at run time; restart the node to apply others"),
+                    ("cusum_threshold", ParameterValue::Double(t)) if t.is_finite() && t > 0.0 => {
+                        shared.cusum_threshold.store(t.to_bits(), Ordering::Relaxed);
+                        r2r::log_info!(&logger, "cusum_threshold set to {t}");
+                    }
+                    (name, v) => r2r::log_warn!(&logger, "parameter '{name}' set to {v:?}: only score_threshold and cusum_threshold (> 0) change at run time; restart the node to apply others"),
+                }
+            }
+        }
+    });
+
+    // ~/ood heartbeat: only while the inference thread is alive, so a hung pipeline is silence.
+    tokio::spawn({
+        let shared = shared.clone();
+        let ood = pubs.ood.clone();
+        let period = cfg.heartbeat_period;
+        let alive_within = cfg.input_timeout.unwrap_or(Duration::from_secs(1)) + Duration::from_millis(500);
+        async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let (state, alive) = {
+                    let s = shared.status.lock().expect("status lock");
+                    (s.state, s.alive)
+                };
+                if !shared.shutdown.load(Ordering::Relaxed) && alive.elapsed() <= alive_within {
+                    let _ = ood.publish(&Bool { data: state.is_ood() });
                 }
             }
         }
@@ -256,7 +210,6 @@ async fn run() -> Result<()> {
     tokio::spawn({
         let shared = shared.clone();
         let (node_name, model_id) = (node_name.clone(), model_id.clone());
-        let topic = resolved_topic.clone();
         let clock = node.get_ros_clock();
         let period = cfg.diagnostics_period;
         async move {
@@ -267,11 +220,7 @@ async fn run() -> Result<()> {
                 tick.tick().await;
                 let (state, counters, mut lat) = {
                     let mut s = shared.status.lock().expect("status lock");
-                    (
-                        s.state,
-                        s.counters.clone(),
-                        std::mem::take(&mut s.latencies),
-                    )
+                    (s.state, s.counters.clone(), std::mem::take(&mut s.latencies))
                 };
                 lat.sort();
                 let dropped = shared.dropped.load(Ordering::Relaxed);
@@ -291,17 +240,11 @@ async fn run() -> Result<()> {
                     recent_faults: counters.total_faults() - last_faults,
                     latency_p50: lat.get(lat.len() / 2).copied(),
                     latency_max: lat.last().copied(),
-                    topic: &topic,
+                    topic,
                 };
-                let stamp = clock
-                    .lock()
-                    .ok()
-                    .and_then(|mut c| c.get_now().ok())
-                    .map(|d| r2r::Clock::to_builtin_time(&d))
-                    .unwrap_or_default();
+                let stamp = clock.lock().ok().and_then(|mut c| c.get_now().ok()).map(|d| r2r::Clock::to_builtin_time(&d)).unwrap_or_default();
                 let _ = pub_diag.publish(&health_array(&health, stamp));
-                (last_received, last_faults, last_dropped) =
-                    (received, counters.total_faults(), dropped);
+                (last_received, last_faults, last_dropped) = (received, counters.total_faults(), dropped);
             }
         }
     });
@@ -317,178 +260,20 @@ async fn run() -> Result<()> {
     };
 
     wait_for_shutdown().await;
-    r2r::log_info!(
-        &logger,
-        "shutting down: publishing OOD (monitor not running)"
-    );
-    let _ = pub_ood.publish(&Bool { data: true });
-    shared.shutdown.store(true, Ordering::Relaxed);
-    shared.wake.notify_all();
+    r2r::log_info!(&logger, "shutting down: publishing OOD (monitor not running)");
+    shared.stop();
+    let _ = worker.join();
+    let _ = pubs.ood.publish(&Bool { data: true });
     // Give DDS a moment to deliver the final verdict before the participant goes away.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = worker.join();
     let _ = spinner.await;
     Ok(())
 }
 
 async fn wait_for_shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-type Pubs = (
-    r2r::Publisher<Bool>,
-    r2r::Publisher<Float32>,
-    r2r::Publisher<DiagnosticArray>,
-);
-
-/// What the inference thread needs besides the monitor and publishers.
-struct LoopCtx {
-    logger: String,
-    node_name: String,
-    model_id: String,
-    input_timeout: Option<Duration>,
-    clock: Arc<Mutex<r2r::Clock>>,
-}
-
-/// Waits for the next frame: `None` on shutdown, `Some(None)` when `timeout` passes first.
-fn next_frame(shared: &Shared, timeout: Option<Duration>) -> Option<Option<Incoming>> {
-    let mut slot = shared.slot.lock().expect("slot lock");
-    let deadline = timeout.map(|t| Instant::now() + t);
-    loop {
-        if shared.shutdown.load(Ordering::Relaxed) {
-            return None;
-        }
-        if let Some(f) = slot.take() {
-            return Some(Some(f));
-        }
-        match deadline {
-            None => slot = shared.wake.wait(slot).expect("slot lock"),
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return Some(None);
-                }
-                slot = shared
-                    .wake
-                    .wait_timeout(slot, d - now)
-                    .expect("slot lock")
-                    .0;
-            }
-        }
-    }
-}
-
-fn inference_loop(
-    mut monitor: Monitor,
-    shared: &Shared,
-    ctx: &LoopCtx,
-    (pub_ood, pub_score, pub_verdict): Pubs,
-) {
-    let LoopCtx {
-        logger,
-        node_name,
-        model_id,
-        input_timeout,
-        clock,
-    } = ctx;
-    let mut seq = 0u64;
-    let mut last_fault_log: Option<Instant> = None;
-    let mut suppressed = 0u64;
-    loop {
-        let Some(next) = next_frame(shared, *input_timeout) else {
-            return;
-        };
-        let Some(incoming) = next else {
-            // Camera silent: fault (OOD) and say so on every output, once per input_timeout.
-            let timeout = input_timeout.expect("only with a timeout");
-            let verdict = monitor.reject(Fault::InputTimeout(timeout));
-            let _ = pub_ood.publish(&Bool { data: true });
-            let stamp = clock
-                .lock()
-                .ok()
-                .and_then(|mut c| c.get_now().ok())
-                .map(|d| r2r::Clock::to_builtin_time(&d))
-                .unwrap_or_default();
-            let header = r2r::std_msgs::msg::Header {
-                stamp,
-                frame_id: String::new(),
-            };
-            let record = VerdictRecord {
-                header,
-                node_name,
-                model_id,
-                verdict: &verdict,
-                seq,
-                publish: Duration::ZERO,
-                total: Duration::ZERO,
-                dropped: shared.dropped.load(Ordering::Relaxed),
-            };
-            let _ = pub_verdict.publish(&verdict_array(&record));
-            {
-                let mut s = shared.status.lock().expect("status lock");
-                s.state = verdict.state;
-                s.counters = monitor.counters().clone();
-            }
-            if last_fault_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                r2r::log_warn!(
-                    logger,
-                    "no frame for {timeout:?}: verdict OOD until frames return"
-                );
-                last_fault_log = Some(Instant::now());
-            }
-            continue;
-        };
-        seq += 1;
-        monitor.set_score_threshold(f64::from_bits(
-            shared.score_threshold.load(Ordering::Relaxed),
-        ));
-        let verdict = monitor.process(&incoming.msg.frame(), incoming.age);
-
-        let t_pub = Instant::now();
-        if let Some(score) = verdict.score {
-            let _ = pub_score.publish(&Float32 { data: score as f32 });
-        }
-        let _ = pub_ood.publish(&Bool {
-            data: verdict.is_ood(),
-        });
-        let publish = t_pub.elapsed();
-        let record = VerdictRecord {
-            header: incoming.msg.header().clone(),
-            node_name,
-            model_id,
-            verdict: &verdict,
-            seq,
-            publish,
-            total: incoming.received.elapsed(),
-            dropped: shared.dropped.load(Ordering::Relaxed),
-        };
-        let _ = pub_verdict.publish(&verdict_array(&record));
-        {
-            let mut s = shared.status.lock().expect("status lock");
-            s.state = verdict.state;
-            s.counters = monitor.counters().clone();
-            s.latencies.push(incoming.received.elapsed());
-        }
-
-        if let Some(fault) = &verdict.fault {
-            // Rate-limited: a broken camera must not flood the log.
-            if last_fault_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                let extra = if suppressed > 0 {
-                    format!(" ({suppressed} similar messages suppressed)")
-                } else {
-                    String::new()
-                };
-                r2r::log_warn!(logger, "frame {seq} faulted, verdict OOD: {fault}{extra}");
-                last_fault_log = Some(Instant::now());
-                suppressed = 0;
-            } else {
-                suppressed += 1;
-            }
-        }
     }
 }

@@ -3,6 +3,7 @@
 //! `--describe-parameters` flag prints them, and tests check config and launch files against
 //! them. Defaults here equal `config/monitor.yaml`.
 
+use crate::monitor::Recovery;
 use r2r::ParameterValue;
 use serde::Serialize;
 use std::time::Duration;
@@ -41,8 +42,12 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("image_qos", Str("sensor_data"), "Camera subscription QoS: 'sensor_data' (best effort, as camera drivers publish) or 'reliable'."),
     decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped."),
     decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (KL summed over the selected latents) exceeds this is out of distribution."),
+    decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it); 0 uses the threshold tuned into the bundle."),
+    decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service)."),
+    decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD."),
     decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale (fail-safe). 0 disables the check."),
     decl!("input_timeout", Double(1.0), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
+    decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence."),
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
 ];
@@ -59,6 +64,9 @@ pub struct NodeConfig {
     pub score_threshold: f64,
     pub max_frame_age: Option<Duration>,
     pub input_timeout: Option<Duration>,
+    pub cusum_threshold: Option<f64>,
+    pub recovery: Recovery,
+    pub heartbeat_period: Duration,
     pub diagnostics_period: Duration,
 }
 
@@ -149,6 +157,23 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
     let age = double("max_frame_age")?;
     let period = double("diagnostics_period")?;
     let timeout = double("input_timeout")?;
+    let heartbeat = double("heartbeat_period")?;
+    if heartbeat <= 0.0 {
+        return Err("heartbeat_period must be > 0".into());
+    }
+    let cusum = double("cusum_threshold")?;
+    if cusum < 0.0 {
+        return Err("cusum_threshold must be >= 0 (0 = the bundle's)".into());
+    }
+    let recovery_frames = int("recovery_frames")?;
+    if !(1..=100_000).contains(&recovery_frames) {
+        return Err(format!("parameter 'recovery_frames' is {recovery_frames}; expected 1..=100000"));
+    }
+    let recovery = match string("recovery")?.as_str() {
+        "auto" => Recovery::Auto { frames: recovery_frames as u32 },
+        "manual" => Recovery::Manual,
+        other => return Err(format!("parameter 'recovery' is '{other}'; expected 'auto' or 'manual'")),
+    };
     if age < 0.0 || timeout < 0.0 || period <= 0.0 {
         return Err("max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into());
     }
@@ -162,6 +187,9 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
         score_threshold: double("score_threshold")?,
         max_frame_age: (age > 0.0).then(|| Duration::from_secs_f64(age)),
         input_timeout: (timeout > 0.0).then(|| Duration::from_secs_f64(timeout)),
+        cusum_threshold: (cusum > 0.0).then_some(cusum),
+        recovery,
+        heartbeat_period: Duration::from_secs_f64(heartbeat),
         diagnostics_period: Duration::from_secs_f64(period),
     })
 }
