@@ -201,8 +201,11 @@ impl Bundle {
         }
 
         if let Some(c) = &manifest.calibration {
-            c.pipeline.validate().map_err(|e| bad(format!("calibration.pipeline: {e}")))?;
-            crate::detection::Calibration::new(c.scores.clone()).map_err(|e| bad(format!("calibration.scores: {e}")))?;
+            c.pipeline
+                .validate()
+                .map_err(|e| bad(format!("calibration.pipeline: {e}")))?;
+            crate::detection::Calibration::new(c.scores.clone())
+                .map_err(|e| bad(format!("calibration.scores: {e}")))?;
         }
 
         let encoder = dir.join(&manifest.encoder.path);
@@ -256,7 +259,10 @@ fn model_id(m: &Manifest) -> String {
     let mut h = Sha256::new();
     h.update(m.encoder.sha256.to_ascii_lowercase().as_bytes());
     // The calibration changes verdicts, not scores, but a verdict must trace to it too.
-    h.update(serde_json::to_vec(&(&m.input, &m.outputs, &m.latents, &m.calibration)).expect("serialisable"));
+    h.update(
+        serde_json::to_vec(&(&m.input, &m.outputs, &m.latents, &m.calibration))
+            .expect("serialisable"),
+    );
     format!("{}-{}", m.name, &hex(&h.finalize())[..12])
 }
 

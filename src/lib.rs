@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod onnx_gen;
 pub mod preprocess;
 pub mod score;
+pub mod tools;
 
 #[cfg(feature = "ros")]
 pub mod ros;

@@ -151,7 +151,12 @@ pub struct MonitorConfig {
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        Self { score_threshold: f64::INFINITY, max_frame_age: None, recovery: Recovery::Auto { frames: 10 }, cusum_threshold: None }
+        Self {
+            score_threshold: f64::INFINITY,
+            max_frame_age: None,
+            recovery: Recovery::Auto { frames: 10 },
+            cusum_threshold: None,
+        }
     }
 }
 
@@ -175,7 +180,11 @@ struct Sequential {
 impl Sequential {
     fn next(&mut self, step: &Step, recovery: Recovery) -> MonitorState {
         self.latched = match self.latched {
-            MonitorState::Starting | MonitorState::Ok | MonitorState::Fault if !step.window_full => MonitorState::Starting,
+            MonitorState::Starting | MonitorState::Ok | MonitorState::Fault
+                if !step.window_full =>
+            {
+                MonitorState::Starting
+            }
             MonitorState::Starting | MonitorState::Ok | MonitorState::Fault => {
                 if step.alarm {
                     self.good_streak = 0;
@@ -262,11 +271,22 @@ impl Monitor {
                 if let Some(t) = config.cusum_threshold {
                     params.cusum_threshold = t;
                 }
-                let detector = SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
-                Some(Sequential { detector, latched: MonitorState::Starting, good_streak: 0 })
+                let detector =
+                    SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
+                Some(Sequential {
+                    detector,
+                    latched: MonitorState::Starting,
+                    good_streak: 0,
+                })
             }
         };
-        Ok(Self { detector, config, state: MonitorState::Starting, counters: Counters::default(), sequential })
+        Ok(Self {
+            detector,
+            config,
+            state: MonitorState::Starting,
+            counters: Counters::default(),
+            sequential,
+        })
     }
 
     /// True when verdicts come from the calibrated sequential pipeline.
@@ -378,12 +398,24 @@ impl Monitor {
                     None if score > self.config.score_threshold => (MonitorState::Ood, None),
                     None => (MonitorState::Ok, None),
                 };
-                FrameVerdict { state, score: Some(score), fault: None, timing, step }
+                FrameVerdict {
+                    state,
+                    score: Some(score),
+                    fault: None,
+                    timing,
+                    step,
+                }
             }
             Err(fault) => {
                 *self.counters.faults.entry(fault.kind()).or_default() += 1;
                 // S and the latched verdict are left alone: a fault says nothing about the data.
-                FrameVerdict { state: MonitorState::Fault, score: None, fault: Some(fault), timing, step: None }
+                FrameVerdict {
+                    state: MonitorState::Fault,
+                    score: None,
+                    fault: Some(fault),
+                    timing,
+                    step: None,
+                }
             }
         };
         if verdict.is_ood() {

@@ -98,7 +98,8 @@ fn a_good_bundle_loads_and_scores() {
             max_frame_age: None,
             ..Default::default()
         },
-    ).unwrap();
+    )
+    .unwrap();
     assert_eq!(mon.state(), MonitorState::Starting);
     let img = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([x as u8 * 3, y as u8 * 4, 77]));
     let v = mon.process_image(&img);

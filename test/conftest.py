@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 VAE_OOD = TARGET / "vae-ood"
 NODE = TARGET / "vae_ood_monitor"
+GATE = TARGET / "ood_gate"
 BUNDLE = ROOT / "models" / "default"
 
 
@@ -77,15 +78,20 @@ def write_png(path, rgb):
 
 
 class NodeProcess:
-    """The Rust monitor node as a child process, with a unique name and its own topics."""
+    """A Rust node as a child process with a unique name. By default the monitor, reading
+    its camera on /<name>/cam; `gate=True` starts ood_gate instead (remaps via `remaps`)."""
 
-    def __init__(self, name, params=None, extra_args=()):
-        require(NODE, "vae_ood_monitor node")
+    def __init__(self, name, params=None, extra_args=(), gate=False, remaps=None, bundle=BUNDLE):
+        exe = GATE if gate else NODE
+        require(exe, exe.name)
         self.name = name
-        args = [str(NODE), "--ros-args", "-r", f"__node:={name}",
-                "-r", f"image:=/{name}/cam", "-r", f"image/compressed:=/{name}/cam/compressed",
-                "--params-file", str(ROOT / "config" / "monitor.yaml"),
-                "-p", f"model_bundle:={BUNDLE}"]
+        config = ROOT / "config" / ("gate.yaml" if gate else "monitor.yaml")
+        args = [str(exe), "--ros-args", "-r", f"__node:={name}", "--params-file", str(config)]
+        if not gate:
+            args += ["-r", f"image:=/{name}/cam", "-r", f"image/compressed:=/{name}/cam/compressed",
+                     "-p", f"model_bundle:={bundle}"]
+        for k, v in (remaps or {}).items():
+            args += ["-r", f"{k}:={v}"]
         for k, v in (params or {}).items():
             args += ["-p", f"{k}:={v}"]
         args += list(extra_args)

@@ -17,7 +17,8 @@ fn monitor(threshold: f64) -> Monitor {
             max_frame_age: Some(Duration::from_millis(500)),
             ..Default::default()
         },
-    ).unwrap()
+    )
+    .unwrap()
 }
 
 fn rgb(w: u32, h: u32) -> Vec<u8> {

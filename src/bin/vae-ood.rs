@@ -8,10 +8,13 @@ use vae_ood_monitor::backend::{BackendKind, BackendOptions};
 use vae_ood_monitor::bundle::{
     Bundle, EncoderFile, Latents, Manifest, OutputRef, Outputs, Provenance, FORMAT_VERSION,
 };
+use vae_ood_monitor::detection::tuning::Grid;
+use vae_ood_monitor::detection::{Calibration, PipelineParams};
 use vae_ood_monitor::frame::{FrameData, RawImage};
 use vae_ood_monitor::monitor::{Detector, Monitor, MonitorConfig};
 use vae_ood_monitor::onnx_gen::{seeded_encoder, EncoderArch, GraphNames};
 use vae_ood_monitor::preprocess::{ChannelOrder, Filter, InputSpec, Layout, Normalize, ResizeMode};
+use vae_ood_monitor::tools::calibrate::{calibrate, DriveArg, Options as CalibrateOptions};
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +80,47 @@ enum Cmd {
         /// File of little-endian f32 values.
         input: PathBuf,
     },
+    /// Calibrate a bundle from image-folder drives (one folder = one drive): conformal scores,
+    /// latent selection, CUSUM threshold for a target false-alarm rate, and window/decay/k by
+    /// least detection delay on validation OOD drives. Writes a new bundle.
+    Calibrate {
+        #[command(flatten)]
+        detector: DetectorArgs,
+        /// Output bundle directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// In-distribution calibration drives (conformal scores, latent ranking).
+        #[arg(long = "cal", required = true, num_args = 1..)]
+        cal: Vec<DriveArg>,
+        /// In-distribution tuning drives (CUSUM threshold).
+        #[arg(long = "tune-id", required = true, num_args = 1..)]
+        tune_id: Vec<DriveArg>,
+        /// Validation OOD drives as DIR or DIR:ONSET (first OOD frame; default 0).
+        #[arg(long = "val-ood", num_args = 1..)]
+        val_ood: Vec<DriveArg>,
+        /// Explicit latent indices (comma-separated) instead of ranking.
+        #[arg(long, value_delimiter = ',')]
+        latents: Option<Vec<usize>>,
+        /// Candidate numbers of latents.
+        #[arg(long, value_delimiter = ',', default_value = "5,10,15,20,30")]
+        k: Vec<usize>,
+        /// Candidate martingale windows.
+        #[arg(long, value_delimiter = ',', default_value = "10,20")]
+        windows: Vec<usize>,
+        /// Candidate CUSUM decays.
+        #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2")]
+        decays: Vec<f64>,
+        /// Target false alarms, as a share of in-distribution frames.
+        #[arg(long, default_value_t = 0.001)]
+        false_alarm_rate: f64,
+        #[arg(long, default_value_t = vae_ood_monitor::detection::default_grid())]
+        epsilon_grid: usize,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run the sequential pipeline on given scores (JSON: calibration, scores, window,
+    /// epsilon_grid, decay) and print p-values, log M and S. For reference-parity tests.
+    Sequential { input: PathBuf },
     /// Measure per-stage latency on synthetic raw camera frames.
     Bench {
         #[command(flatten)]
@@ -119,6 +163,37 @@ fn main() -> Result<()> {
             paths,
         } => score(&detector, score_threshold, kl, &paths),
         Cmd::Encode { detector, input } => encode(&detector, &input),
+        Cmd::Calibrate {
+            detector,
+            out,
+            cal,
+            tune_id,
+            val_ood,
+            latents,
+            k,
+            windows,
+            decays,
+            false_alarm_rate,
+            epsilon_grid,
+            quiet,
+        } => {
+            let opts = CalibrateOptions {
+                cal,
+                tune_id,
+                val_ood,
+                latents,
+                grid: Grid {
+                    k,
+                    window: windows,
+                    decay: decays,
+                },
+                epsilon_grid,
+                false_alarm_rate,
+                quiet,
+            };
+            calibrate_cmd(&detector, &out, &opts)
+        }
+        Cmd::Sequential { input } => sequential(&input),
         Cmd::Bench {
             detector,
             width,
@@ -217,7 +292,8 @@ fn score(
             max_frame_age: None,
             ..Default::default()
         },
-    ).map_err(anyhow::Error::msg)?;
+    )
+    .map_err(anyhow::Error::msg)?;
     for file in image_files(paths)? {
         // Same decoder as the node's CompressedImage path.
         let verdict = match std::fs::read(&file) {
@@ -261,6 +337,70 @@ fn monitor_kl(monitor: &Monitor, img: &image::RgbImage) -> Vec<f64> {
     let mut det =
         Detector::load(&b.dir, BackendOptions::default()).expect("bundle loaded once already");
     det.score_image(img).map(|s| s.kl).unwrap_or_default()
+}
+
+fn calibrate_cmd(args: &DetectorArgs, out: &Path, opts: &CalibrateOptions) -> Result<()> {
+    let mut det = args.load()?;
+    let o = calibrate(&args.bundle, out, &mut det, opts).map_err(anyhow::Error::msg)?;
+    let c = o.bundle.manifest.calibration.as_ref().expect("written");
+    println!("wrote {} (model id {})", out.display(), o.bundle.model_id);
+    println!("selected latents  {:?}", o.bundle.manifest.latents.selected);
+    println!("window            {}", c.pipeline.window);
+    println!("decay             {}", c.pipeline.decay);
+    println!(
+        "cusum_threshold   {:.4} (target false-alarm rate {} per frame)",
+        c.pipeline.cusum_threshold, c.target_false_alarm_rate
+    );
+    println!(
+        "calibration       {} scores from {:?}",
+        c.scores.len(),
+        c.data.calibration
+    );
+    if !c.data.validation_ood.is_empty() {
+        println!(
+            "validation delay  {:.2} frames mean, {} missed",
+            o.chosen.mean_delay, o.chosen.missed
+        );
+        println!("\n  k  window  decay  threshold  mean delay  missed");
+        for cand in o.candidates.iter().take(8) {
+            println!(
+                "{:3}  {:6}  {:5}  {:9.3}  {:10.2}  {:6}",
+                cand.k, cand.window, cand.decay, cand.cusum_threshold, cand.mean_delay, cand.missed
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct SequentialInput {
+    calibration: Vec<f64>,
+    scores: Vec<f64>,
+    window: usize,
+    epsilon_grid: usize,
+    decay: f64,
+}
+
+fn sequential(input: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let inp: SequentialInput =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", input.display()))?;
+    let cal = Calibration::new(inp.calibration).map_err(anyhow::Error::msg)?;
+    let params = PipelineParams {
+        window: inp.window,
+        epsilon_grid: inp.epsilon_grid,
+        decay: inp.decay,
+        cusum_threshold: f64::MAX,
+    };
+    let steps = vae_ood_monitor::detection::tuning::run(&cal, &params, &inp.scores);
+    let col =
+        |f: fn(&vae_ood_monitor::detection::Step) -> f64| steps.iter().map(f).collect::<Vec<_>>();
+    println!(
+        "{}",
+        serde_json::json!({ "p_value": col(|s| s.p_value), "log_martingale": col(|s| s.log_martingale), "cusum": col(|s| s.cusum) })
+    );
+    Ok(())
 }
 
 fn encode(args: &DetectorArgs, input: &Path) -> Result<()> {
@@ -342,7 +482,8 @@ fn bench(
             max_frame_age: None,
             ..Default::default()
         },
-    ).map_err(anyhow::Error::msg)?;
+    )
+    .map_err(anyhow::Error::msg)?;
     let (mut dec, mut pre, mut inf, mut tot) = (vec![], vec![], vec![], vec![]);
     for i in 0..frames + 10 {
         let raw = RawImage {

@@ -20,7 +20,12 @@ impl PowerMartingale {
     pub fn new(window: usize, grid: usize) -> Self {
         let eps: Vec<f64> = (0..grid).map(|k| (k as f64 + 0.5) / grid as f64).collect();
         let ln_eps = eps.iter().map(|e| e.ln()).collect();
-        Self { window, eps, ln_eps, ln_p: VecDeque::with_capacity(window + 1) }
+        Self {
+            window,
+            eps,
+            ln_eps,
+            ln_p: VecDeque::with_capacity(window + 1),
+        }
     }
 
     pub fn is_full(&self) -> bool {
@@ -33,7 +38,11 @@ impl PowerMartingale {
         if self.ln_p.len() > self.window {
             self.ln_p.pop_front();
         }
-        log_mixture(&self.ln_p.iter().copied().collect::<Vec<_>>(), &self.eps, &self.ln_eps)
+        log_mixture(
+            &self.ln_p.iter().copied().collect::<Vec<_>>(),
+            &self.eps,
+            &self.ln_eps,
+        )
     }
 }
 
@@ -41,7 +50,11 @@ impl PowerMartingale {
 fn log_mixture(ln_p: &[f64], eps: &[f64], ln_eps: &[f64]) -> f64 {
     let n = ln_p.len() as f64;
     let sum_ln_p: f64 = ln_p.iter().sum();
-    let terms: Vec<f64> = eps.iter().zip(ln_eps).map(|(e, le)| n * le + (e - 1.0) * sum_ln_p).collect();
+    let terms: Vec<f64> = eps
+        .iter()
+        .zip(ln_eps)
+        .map(|(e, le)| n * le + (e - 1.0) * sum_ln_p)
+        .collect();
     let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = terms.iter().map(|t| (t - max).exp()).sum();
     max + sum.ln() - (eps.len() as f64).ln()

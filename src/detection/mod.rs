@@ -40,7 +40,12 @@ pub fn default_grid() -> usize {
 
 impl Default for PipelineParams {
     fn default() -> Self {
-        Self { window: 20, epsilon_grid: default_grid(), decay: 2.0, cusum_threshold: 10.0 }
+        Self {
+            window: 20,
+            epsilon_grid: default_grid(),
+            decay: 2.0,
+            cusum_threshold: 10.0,
+        }
     }
 }
 
@@ -56,7 +61,10 @@ impl PipelineParams {
             return Err(format!("decay must be finite and >= 0, got {}", self.decay));
         }
         if !self.cusum_threshold.is_finite() || self.cusum_threshold <= 0.0 {
-            return Err(format!("cusum_threshold must be finite and > 0, got {}", self.cusum_threshold));
+            return Err(format!(
+                "cusum_threshold must be finite and > 0, got {}",
+                self.cusum_threshold
+            ));
         }
         Ok(())
     }
@@ -111,8 +119,18 @@ impl SequentialDetector {
         let window_full = self.martingale.is_full();
         // S only accumulates once the window is full: a partial window is not the statistic
         // the threshold was tuned for.
-        let cusum = if window_full { self.cusum.update(log_martingale) } else { self.cusum.value() };
-        Step { p_value, log_martingale, cusum, window_full, alarm: window_full && cusum > self.params.cusum_threshold }
+        let cusum = if window_full {
+            self.cusum.update(log_martingale)
+        } else {
+            self.cusum.value()
+        };
+        Step {
+            p_value,
+            log_martingale,
+            cusum,
+            window_full,
+            alarm: window_full && cusum > self.params.cusum_threshold,
+        }
     }
 
     /// Zeroes S (the operator's reset); the p-value window is kept.

@@ -6,16 +6,30 @@
 /// first (ties by index).
 pub fn rank_latents(kl: &[Vec<Vec<f64>>]) -> Result<Vec<(usize, f64)>, String> {
     if kl.len() < 2 {
-        return Err(format!("latent selection needs at least two in-distribution drives, got {}", kl.len()));
+        return Err(format!(
+            "latent selection needs at least two in-distribution drives, got {}",
+            kl.len()
+        ));
     }
-    let n = kl.iter().flatten().next().map(Vec::len).ok_or("latent selection got empty drives")?;
+    let n = kl
+        .iter()
+        .flatten()
+        .next()
+        .map(Vec::len)
+        .ok_or("latent selection got empty drives")?;
     let mut means = vec![vec![0.0; kl.len()]; n];
     for (d, drive) in kl.iter().enumerate() {
         if drive.len() < 2 {
-            return Err(format!("drive {d} has {} frame(s); latent selection needs at least two per drive", drive.len()));
+            return Err(format!(
+                "drive {d} has {} frame(s); latent selection needs at least two per drive",
+                drive.len()
+            ));
         }
         if let Some(f) = drive.iter().find(|f| f.len() != n) {
-            return Err(format!("drive {d} has a frame with {} latents, expected {n}", f.len()));
+            return Err(format!(
+                "drive {d} has a frame with {} latents, expected {n}",
+                f.len()
+            ));
         }
         for (j, m) in means.iter_mut().enumerate() {
             let total: f64 = drive.windows(2).map(|w| (w[1][j] - w[0][j]).abs()).sum();
@@ -27,7 +41,10 @@ pub fn rank_latents(kl: &[Vec<Vec<f64>>]) -> Result<Vec<(usize, f64)>, String> {
         .enumerate()
         .map(|(j, m)| {
             let mean = m.iter().sum::<f64>() / m.len() as f64;
-            (j, m.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / m.len() as f64)
+            (
+                j,
+                m.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / m.len() as f64,
+            )
         })
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

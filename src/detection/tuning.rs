@@ -33,10 +33,23 @@ pub fn run(cal: &Calibration, params: &PipelineParams, scores: &[f64]) -> Vec<St
 
 /// The smallest threshold such that at most `rate` of the in-distribution frames (with a full
 /// window) have S above it. Frames with S equal to the threshold do not alarm (`S > t`).
-pub fn threshold_for_rate(cal: &Calibration, params: &PipelineParams, id_scores: &[Vec<f64>], rate: f64) -> Result<f64, String> {
-    let mut s: Vec<f64> = id_scores.iter().flat_map(|d| run(cal, params, d)).filter(|st| st.window_full).map(|st| st.cusum).collect();
+pub fn threshold_for_rate(
+    cal: &Calibration,
+    params: &PipelineParams,
+    id_scores: &[Vec<f64>],
+    rate: f64,
+) -> Result<f64, String> {
+    let mut s: Vec<f64> = id_scores
+        .iter()
+        .flat_map(|d| run(cal, params, d))
+        .filter(|st| st.window_full)
+        .map(|st| st.cusum)
+        .collect();
     if s.is_empty() {
-        return Err(format!("no tuning frame filled the window of {}; use longer in-distribution tuning drives", params.window));
+        return Err(format!(
+            "no tuning frame filled the window of {}; use longer in-distribution tuning drives",
+            params.window
+        ));
     }
     s.sort_by(f64::total_cmp);
     let allowed = (rate.max(0.0) * s.len() as f64).floor() as usize;
@@ -47,7 +60,12 @@ pub fn threshold_for_rate(cal: &Calibration, params: &PipelineParams, id_scores:
 
 /// Frames from onset to the first alarm at or after it; `None` if never detected.
 pub fn detection_delay(steps: &[Step], onset: usize, threshold: f64) -> Option<usize> {
-    steps.iter().enumerate().skip(onset).find(|(_, st)| st.window_full && st.cusum > threshold).map(|(i, _)| i - onset)
+    steps
+        .iter()
+        .enumerate()
+        .skip(onset)
+        .find(|(_, st)| st.window_full && st.cusum > threshold)
+        .map(|(i, _)| i - onset)
 }
 
 /// One evaluated parameter set.
@@ -89,10 +107,18 @@ pub fn search(
         let sel = top_k(ranked, k);
         let cal_scores = Calibration::new(cal.iter().flat_map(|d| d.scores(&sel)).collect())?;
         let tune: Vec<Vec<f64>> = tune_id.iter().map(|d| d.scores(&sel)).collect();
-        let val: Vec<(Vec<f64>, usize)> = val_ood.iter().map(|d| (d.scores(&sel), d.onset.unwrap_or(0))).collect();
+        let val: Vec<(Vec<f64>, usize)> = val_ood
+            .iter()
+            .map(|d| (d.scores(&sel), d.onset.unwrap_or(0)))
+            .collect();
         for &window in &grid.window {
             for &decay in &grid.decay {
-                let mut params = PipelineParams { window, epsilon_grid, decay, cusum_threshold: 1.0 };
+                let mut params = PipelineParams {
+                    window,
+                    epsilon_grid,
+                    decay,
+                    cusum_threshold: 1.0,
+                };
                 let t = threshold_for_rate(&cal_scores, &params, &tune, rate)?;
                 params.cusum_threshold = t;
                 let (mut total, mut missed) = (0.0, 0);
@@ -106,12 +132,24 @@ pub fn search(
                         }
                     }
                 }
-                out.push(Candidate { k: sel.len(), window, decay, cusum_threshold: t, mean_delay: total / val.len().max(1) as f64, missed });
+                out.push(Candidate {
+                    k: sel.len(),
+                    window,
+                    decay,
+                    cusum_threshold: t,
+                    mean_delay: total / val.len().max(1) as f64,
+                    missed,
+                });
             }
         }
     }
     out.sort_by(|a, b| {
-        a.mean_delay.total_cmp(&b.mean_delay).then(a.missed.cmp(&b.missed)).then(a.window.cmp(&b.window)).then(a.k.cmp(&b.k)).then(a.decay.total_cmp(&b.decay))
+        a.mean_delay
+            .total_cmp(&b.mean_delay)
+            .then(a.missed.cmp(&b.missed))
+            .then(a.window.cmp(&b.window))
+            .then(a.k.cmp(&b.k))
+            .then(a.decay.total_cmp(&b.decay))
     });
     Ok(out)
 }
@@ -123,12 +161,27 @@ mod tests {
     #[test]
     fn threshold_allows_at_most_the_target_share_and_delay_counts_from_onset() {
         let cal = Calibration::new((0..100).map(f64::from).collect()).unwrap();
-        let params = PipelineParams { window: 5, epsilon_grid: 50, decay: 0.5, cusum_threshold: 1.0 };
-        let id: Vec<Vec<f64>> = (0..4).map(|d| (0..200).map(|i| ((i * 37 + d * 11) % 100) as f64).collect()).collect();
+        let params = PipelineParams {
+            window: 5,
+            epsilon_grid: 50,
+            decay: 0.5,
+            cusum_threshold: 1.0,
+        };
+        let id: Vec<Vec<f64>> = (0..4)
+            .map(|d| (0..200).map(|i| ((i * 37 + d * 11) % 100) as f64).collect())
+            .collect();
         let t = threshold_for_rate(&cal, &params, &id, 0.01).unwrap();
-        let frames: Vec<Step> = id.iter().flat_map(|d| run(&cal, &params, d)).filter(|s| s.window_full).collect();
+        let frames: Vec<Step> = id
+            .iter()
+            .flat_map(|d| run(&cal, &params, d))
+            .filter(|s| s.window_full)
+            .collect();
         let above = frames.iter().filter(|s| s.cusum > t).count();
-        assert!(above as f64 <= 0.01 * frames.len() as f64, "{above} of {}", frames.len());
+        assert!(
+            above as f64 <= 0.01 * frames.len() as f64,
+            "{above} of {}",
+            frames.len()
+        );
 
         // ID then far-out scores: an alarm follows the onset within a few frames.
         let mut drive: Vec<f64> = (0..50).map(|i| ((i * 37) % 100) as f64).collect();

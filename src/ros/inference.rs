@@ -45,14 +45,25 @@ impl Shared {
             dropped: AtomicU64::new(0),
             score_threshold: AtomicU64::new(score_threshold.to_bits()),
             cusum_threshold: AtomicU64::new(cusum_threshold.unwrap_or(0.0).to_bits()),
-            status: Mutex::new(Status { state: MonitorState::Starting, counters: Counters::default(), latencies: vec![], alive: Instant::now() }),
+            status: Mutex::new(Status {
+                state: MonitorState::Starting,
+                counters: Counters::default(),
+                latencies: vec![],
+                alive: Instant::now(),
+            }),
         }
     }
 
     /// Puts a frame in the slot; a frame still waiting there is dropped and counted.
     pub fn offer(&self, frame: Incoming) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        if self.slot.lock().expect("slot lock").replace(frame).is_some() {
+        if self
+            .slot
+            .lock()
+            .expect("slot lock")
+            .replace(frame)
+            .is_some()
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.wake.notify_one();
@@ -126,7 +137,11 @@ fn next_event(shared: &Shared, timeout: Option<Duration>) -> Event {
                 if now >= d {
                     return Event::Timeout(t);
                 }
-                shared.wake.wait_timeout(slot, d - now).expect("slot lock").0
+                shared
+                    .wake
+                    .wait_timeout(slot, d - now)
+                    .expect("slot lock")
+                    .0
             }
         };
     }
@@ -141,18 +156,30 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
             Event::Shutdown => return,
             Event::Reset(waiters) => {
                 let state = monitor.reset();
-                r2r::log_info!(&ctx.logger, "reset by request: CUSUM zeroed, state {}", state.as_str());
-                let _ = pubs.ood.publish(&Bool { data: state.is_ood() });
+                r2r::log_info!(
+                    &ctx.logger,
+                    "reset by request: CUSUM zeroed, state {}",
+                    state.as_str()
+                );
+                let _ = pubs.ood.publish(&Bool {
+                    data: state.is_ood(),
+                });
                 update_status(shared, &monitor, state, None);
                 for w in waiters {
                     let _ = w.send(state);
                 }
                 continue;
             }
-            Event::Timeout(t) => (monitor.reject(Fault::InputTimeout(t)), now_header(&ctx.clock), None),
+            Event::Timeout(t) => (
+                monitor.reject(Fault::InputTimeout(t)),
+                now_header(&ctx.clock),
+                None,
+            ),
             Event::Frame(f) => {
                 seq += 1;
-                monitor.set_score_threshold(f64::from_bits(shared.score_threshold.load(Ordering::Relaxed)));
+                monitor.set_score_threshold(f64::from_bits(
+                    shared.score_threshold.load(Ordering::Relaxed),
+                ));
                 let cusum = f64::from_bits(shared.cusum_threshold.load(Ordering::Relaxed));
                 if cusum > 0.0 {
                     monitor.set_cusum_threshold(cusum);
@@ -175,12 +202,21 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
             dropped: shared.dropped.load(Ordering::Relaxed),
         };
         let _ = pubs.verdict.publish(&verdict_array(&record));
-        update_status(shared, &monitor, verdict.state, received.map(|r| r.elapsed()));
+        update_status(
+            shared,
+            &monitor,
+            verdict.state,
+            received.map(|r| r.elapsed()),
+        );
 
         if let Some(fault) = &verdict.fault {
             // Rate-limited: a broken camera must not flood the log.
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                let extra = if suppressed > 0 { format!(" ({suppressed} similar messages suppressed)") } else { String::new() };
+                let extra = if suppressed > 0 {
+                    format!(" ({suppressed} similar messages suppressed)")
+                } else {
+                    String::new()
+                };
                 r2r::log_warn!(&ctx.logger, "frame {seq}: {fault}; verdict OOD{extra}");
                 last_log = Some(Instant::now());
                 suppressed = 0;
@@ -196,14 +232,25 @@ fn publish_outputs(pubs: &Publishers, v: &FrameVerdict) {
         let _ = pubs.score.publish(&Float32 { data: score as f32 });
     }
     if let Some(st) = &v.step {
-        let _ = pubs.p_value.publish(&Float32 { data: st.p_value as f32 });
-        let _ = pubs.martingale.publish(&Float32 { data: st.log_martingale as f32 });
-        let _ = pubs.cusum.publish(&Float32 { data: st.cusum as f32 });
+        let _ = pubs.p_value.publish(&Float32 {
+            data: st.p_value as f32,
+        });
+        let _ = pubs.martingale.publish(&Float32 {
+            data: st.log_martingale as f32,
+        });
+        let _ = pubs.cusum.publish(&Float32 {
+            data: st.cusum as f32,
+        });
     }
     let _ = pubs.ood.publish(&Bool { data: v.is_ood() });
 }
 
-fn update_status(shared: &Shared, monitor: &Monitor, state: MonitorState, latency: Option<Duration>) {
+fn update_status(
+    shared: &Shared,
+    monitor: &Monitor,
+    state: MonitorState,
+    latency: Option<Duration>,
+) {
     let mut s = shared.status.lock().expect("status lock");
     s.state = state;
     s.counters = monitor.counters().clone();
@@ -214,6 +261,14 @@ fn update_status(shared: &Shared, monitor: &Monitor, state: MonitorState, latenc
 }
 
 fn now_header(clock: &Mutex<r2r::Clock>) -> Header {
-    let stamp = clock.lock().ok().and_then(|mut c| c.get_now().ok()).map(|d| r2r::Clock::to_builtin_time(&d)).unwrap_or_default();
-    Header { stamp, frame_id: String::new() }
+    let stamp = clock
+        .lock()
+        .ok()
+        .and_then(|mut c| c.get_now().ok())
+        .map(|d| r2r::Clock::to_builtin_time(&d))
+        .unwrap_or_default();
+    Header {
+        stamp,
+        frame_id: String::new(),
+    }
 }

@@ -28,10 +28,13 @@ pub const DEFAULT_NODE_NAME: &str = "vae_ood_monitor";
 /// Entry point of the `vae_ood_monitor` executable.
 pub fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--describe-parameters") {
-        println!("{}", params::describe_json());
+        println!("{}", params::describe_json(params::PARAMS));
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run())
 }
 
@@ -45,8 +48,17 @@ fn resolve_bundle(p: &str) -> Result<PathBuf> {
     }
     let mut candidates = vec![];
     if let Ok(exe) = std::env::current_exe() {
-        if let Some(prefix) = exe.parent().and_then(|d| d.parent()).and_then(|d| d.parent()) {
-            candidates.push(prefix.join("share").join(env!("CARGO_PKG_NAME")).join(&path));
+        if let Some(prefix) = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .and_then(|d| d.parent())
+        {
+            candidates.push(
+                prefix
+                    .join("share")
+                    .join(env!("CARGO_PKG_NAME"))
+                    .join(&path),
+            );
         }
     }
     candidates.push(path.clone());
@@ -66,28 +78,41 @@ async fn run() -> Result<()> {
     let node_name = node.fully_qualified_name()?;
     let logger = node.logger().to_string();
 
-    params::declare(&mut node).map_err(|e| anyhow!(e))?;
+    params::declare(&mut node, params::PARAMS).map_err(|e| anyhow!(e))?;
     let (param_handler, mut param_events) = node.make_parameter_handler()?;
     let cfg: NodeConfig = params::read(&node).map_err(|e| anyhow!(e))?;
 
     // Publishers exist before the model loads, so consumers see OOD (STARTING) from the start.
     // ~/ood is reliable + transient-local: a gate that starts later still gets the last verdict.
-    let ood_qos = QosProfile::default().keep_last(1).reliable().transient_local();
+    let ood_qos = QosProfile::default()
+        .keep_last(1)
+        .reliable()
+        .transient_local();
     let pubs = Publishers {
         ood: node.create_publisher::<Bool>("~/ood", ood_qos)?,
         score: float_pub(&mut node, "~/score")?,
         p_value: float_pub(&mut node, "~/p_value")?,
         martingale: float_pub(&mut node, "~/martingale")?,
         cusum: float_pub(&mut node, "~/cusum")?,
-        verdict: node.create_publisher::<DiagnosticArray>("~/verdict", QosProfile::default().keep_last(50))?,
+        verdict: node.create_publisher::<DiagnosticArray>(
+            "~/verdict",
+            QosProfile::default().keep_last(50),
+        )?,
     };
-    let pub_diag = node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
+    let pub_diag =
+        node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
     pubs.ood.publish(&Bool { data: true })?;
 
     let bundle_dir = resolve_bundle(&cfg.model_bundle)?;
     let kind: BackendKind = cfg.backend.parse().map_err(|e: String| anyhow!(e))?;
-    let detector = Detector::load(&bundle_dir, BackendOptions { kind, threads: cfg.threads })
-        .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
+    let detector = Detector::load(
+        &bundle_dir,
+        BackendOptions {
+            kind,
+            threads: cfg.threads,
+        },
+    )
+    .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
     let model_id = detector.model_id().to_string();
     let trained = detector.bundle.manifest.provenance.trained;
     let backend = detector.backend();
@@ -97,31 +122,66 @@ async fn run() -> Result<()> {
         recovery: cfg.recovery,
         cusum_threshold: cfg.cusum_threshold,
     };
-    let monitor = Monitor::new(detector, monitor_cfg).map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
+    let monitor = Monitor::new(detector, monitor_cfg)
+        .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
     let decision = match monitor.pipeline() {
-        Some(p) => format!("calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}", p.window, p.decay, p.cusum_threshold, cfg.recovery),
-        None => format!("uncalibrated bundle: per-frame score_threshold {}", cfg.score_threshold),
+        Some(p) => format!(
+            "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
+            p.window, p.decay, p.cusum_threshold, cfg.recovery
+        ),
+        None => format!(
+            "uncalibrated bundle: per-frame score_threshold {}",
+            cfg.score_threshold
+        ),
     };
-    r2r::log_info!(&logger, "loaded detector {model_id} from {} on {backend} ({} thread(s)); {decision}", bundle_dir.display(), cfg.threads);
+    r2r::log_info!(
+        &logger,
+        "loaded detector {model_id} from {} on {backend} ({} thread(s)); {decision}",
+        bundle_dir.display(),
+        cfg.threads
+    );
     if !trained {
-        r2r::log_warn!(&logger, "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful");
+        r2r::log_warn!(
+            &logger,
+            "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
+        );
     }
     let shared = Arc::new(Shared::new(cfg.score_threshold, cfg.cusum_threshold));
 
     // Camera subscription: relative, image_transport-style names, remappable.
-    let qos = if cfg.reliable_images { QosProfile::default().reliable() } else { QosProfile::sensor_data() }.keep_last(cfg.image_qos_depth);
-    let topic = if cfg.compressed { "image/compressed" } else { "image" };
-    let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> = if cfg.compressed {
-        Box::pin(node.subscribe::<CompressedImage>(topic, qos)?.map(CameraMsg::Compressed))
+    let qos = if cfg.reliable_images {
+        QosProfile::default().reliable()
+    } else {
+        QosProfile::sensor_data()
+    }
+    .keep_last(cfg.image_qos_depth);
+    let topic = if cfg.compressed {
+        "image/compressed"
+    } else {
+        "image"
+    };
+    let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> = if cfg.compressed
+    {
+        Box::pin(
+            node.subscribe::<CompressedImage>(topic, qos)?
+                .map(CameraMsg::Compressed),
+        )
     } else {
         Box::pin(node.subscribe::<Image>(topic, qos)?.map(CameraMsg::Raw))
     };
-    let mut resets = node.create_service::<Trigger::Service>("~/reset", QosProfile::services_default())?;
+    let mut resets =
+        node.create_service::<Trigger::Service>("~/reset", QosProfile::services_default())?;
 
     // Inference thread.
     let worker = {
         let shared = shared.clone();
-        let ctx = LoopCtx { logger: logger.clone(), node_name: node_name.clone(), model_id: model_id.clone(), input_timeout: cfg.input_timeout, clock: node.get_ros_clock() };
+        let ctx = LoopCtx {
+            logger: logger.clone(),
+            node_name: node_name.clone(),
+            model_id: model_id.clone(),
+            input_timeout: cfg.input_timeout,
+            clock: node.get_ros_clock(),
+        };
         let pubs = Publishers {
             ood: pubs.ood.clone(),
             score: pubs.score.clone(),
@@ -130,7 +190,9 @@ async fn run() -> Result<()> {
             cusum: pubs.cusum.clone(),
             verdict: pubs.verdict.clone(),
         };
-        std::thread::Builder::new().name("inference".into()).spawn(move || inference::run(monitor, &shared, &ctx, &pubs))?
+        std::thread::Builder::new()
+            .name("inference".into())
+            .spawn(move || inference::run(monitor, &shared, &ctx, &pubs))?
     };
 
     // Subscription task: newest frame wins.
@@ -155,8 +217,14 @@ async fn run() -> Result<()> {
             while let Some(req) = resets.next().await {
                 let state = shared.request_reset().await;
                 let response = match state {
-                    Ok(s) => Trigger::Response { success: true, message: format!("CUSUM reset; state {}", s.as_str()) },
-                    Err(_) => Trigger::Response { success: false, message: "monitor is shutting down".into() },
+                    Ok(s) => Trigger::Response {
+                        success: true,
+                        message: format!("CUSUM reset; state {}", s.as_str()),
+                    },
+                    Err(_) => Trigger::Response {
+                        success: false,
+                        message: "monitor is shutting down".into(),
+                    },
                 };
                 let _ = req.respond(response);
             }
@@ -190,7 +258,8 @@ async fn run() -> Result<()> {
         let shared = shared.clone();
         let ood = pubs.ood.clone();
         let period = cfg.heartbeat_period;
-        let alive_within = cfg.input_timeout.unwrap_or(Duration::from_secs(1)) + Duration::from_millis(500);
+        let alive_within =
+            cfg.input_timeout.unwrap_or(Duration::from_secs(1)) + Duration::from_millis(500);
         async move {
             let mut tick = tokio::time::interval(period);
             loop {
@@ -200,7 +269,9 @@ async fn run() -> Result<()> {
                     (s.state, s.alive)
                 };
                 if !shared.shutdown.load(Ordering::Relaxed) && alive.elapsed() <= alive_within {
-                    let _ = ood.publish(&Bool { data: state.is_ood() });
+                    let _ = ood.publish(&Bool {
+                        data: state.is_ood(),
+                    });
                 }
             }
         }
@@ -220,7 +291,11 @@ async fn run() -> Result<()> {
                 tick.tick().await;
                 let (state, counters, mut lat) = {
                     let mut s = shared.status.lock().expect("status lock");
-                    (s.state, s.counters.clone(), std::mem::take(&mut s.latencies))
+                    (
+                        s.state,
+                        s.counters.clone(),
+                        std::mem::take(&mut s.latencies),
+                    )
                 };
                 lat.sort();
                 let dropped = shared.dropped.load(Ordering::Relaxed);
@@ -242,9 +317,15 @@ async fn run() -> Result<()> {
                     latency_max: lat.last().copied(),
                     topic,
                 };
-                let stamp = clock.lock().ok().and_then(|mut c| c.get_now().ok()).map(|d| r2r::Clock::to_builtin_time(&d)).unwrap_or_default();
+                let stamp = clock
+                    .lock()
+                    .ok()
+                    .and_then(|mut c| c.get_now().ok())
+                    .map(|d| r2r::Clock::to_builtin_time(&d))
+                    .unwrap_or_default();
                 let _ = pub_diag.publish(&health_array(&health, stamp));
-                (last_received, last_faults, last_dropped) = (received, counters.total_faults(), dropped);
+                (last_received, last_faults, last_dropped) =
+                    (received, counters.total_faults(), dropped);
             }
         }
     });
@@ -260,7 +341,10 @@ async fn run() -> Result<()> {
     };
 
     wait_for_shutdown().await;
-    r2r::log_info!(&logger, "shutting down: publishing OOD (monitor not running)");
+    r2r::log_info!(
+        &logger,
+        "shutting down: publishing OOD (monitor not running)"
+    );
     shared.stop();
     let _ = worker.join();
     let _ = pubs.ood.publish(&Bool { data: true });
@@ -271,7 +355,8 @@ async fn run() -> Result<()> {
 }
 
 async fn wait_for_shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

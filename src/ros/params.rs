@@ -10,7 +10,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
-pub enum Default {
+pub enum DefaultValue {
     Bool(bool),
     Int(i64),
     Double(f64),
@@ -20,7 +20,7 @@ pub enum Default {
 #[derive(Debug, Clone, Serialize)]
 pub struct ParamDecl {
     pub name: &'static str,
-    pub default: Default,
+    pub default: DefaultValue,
     pub description: &'static str,
 }
 
@@ -28,7 +28,7 @@ macro_rules! decl {
     ($name:literal, $kind:ident($v:expr), $desc:literal) => {
         ParamDecl {
             name: $name,
-            default: Default::$kind($v),
+            default: DefaultValue::$kind($v),
             description: $desc,
         }
     };
@@ -46,7 +46,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service)."),
     decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD."),
     decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale (fail-safe). 0 disables the check."),
-    decl!("input_timeout", Double(1.0), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
+    decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
     decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence."),
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
@@ -70,20 +70,20 @@ pub struct NodeConfig {
     pub diagnostics_period: Duration,
 }
 
-fn to_value(d: &Default) -> ParameterValue {
+fn to_value(d: &DefaultValue) -> ParameterValue {
     match d {
-        Default::Bool(b) => ParameterValue::Bool(*b),
-        Default::Int(i) => ParameterValue::Integer(*i),
-        Default::Double(x) => ParameterValue::Double(*x),
-        Default::Str(s) => ParameterValue::String(s.to_string()),
+        DefaultValue::Bool(b) => ParameterValue::Bool(*b),
+        DefaultValue::Int(i) => ParameterValue::Integer(*i),
+        DefaultValue::Double(x) => ParameterValue::Double(*x),
+        DefaultValue::Str(s) => ParameterValue::String(s.to_string()),
     }
 }
 
 /// Declares every parameter on the node: overrides from `--params-file`/`-p` are kept (after a
 /// type check), everything else gets its default. Returns a clear error for a wrong type.
-pub fn declare(node: &mut r2r::Node) -> Result<(), String> {
+pub fn declare(node: &mut r2r::Node, table: &[ParamDecl]) -> Result<(), String> {
     let mut params = node.params.lock().expect("parameter lock");
-    for d in PARAMS {
+    for d in table {
         let default = to_value(&d.default);
         let value = match params.get(d.name).map(|p| p.value.clone()) {
             None | Some(ParameterValue::NotSet) => default,
@@ -105,27 +105,10 @@ pub fn declare(node: &mut r2r::Node) -> Result<(), String> {
 
 /// Reads and validates the configuration from the node's current parameters.
 pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
-    let params = node.params.lock().expect("parameter lock");
-    let get = |name: &str| {
-        params
-            .get(name)
-            .map(|p| p.value.clone())
-            .unwrap_or(ParameterValue::NotSet)
-    };
-    let string = |name: &str| match get(name) {
-        ParameterValue::String(s) => Ok(s),
-        v => Err(format!("parameter '{name}' must be a string, got {v:?}")),
-    };
-    let int = |name: &str| match get(name) {
-        ParameterValue::Integer(i) => Ok(i),
-        v => Err(format!("parameter '{name}' must be an integer, got {v:?}")),
-    };
-    let double = |name: &str| match get(name) {
-        ParameterValue::Double(x) if x.is_finite() => Ok(x),
-        v => Err(format!(
-            "parameter '{name}' must be a finite number, got {v:?}"
-        )),
-    };
+    let r = Reader::new(node);
+    let string = |n: &str| r.string(n);
+    let int = |n: &str| r.int(n);
+    let double = |n: &str| r.double(n);
     let compressed = match string("transport")?.as_str() {
         "raw" => false,
         "compressed" => true,
@@ -167,12 +150,20 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
     }
     let recovery_frames = int("recovery_frames")?;
     if !(1..=100_000).contains(&recovery_frames) {
-        return Err(format!("parameter 'recovery_frames' is {recovery_frames}; expected 1..=100000"));
+        return Err(format!(
+            "parameter 'recovery_frames' is {recovery_frames}; expected 1..=100000"
+        ));
     }
     let recovery = match string("recovery")?.as_str() {
-        "auto" => Recovery::Auto { frames: recovery_frames as u32 },
+        "auto" => Recovery::Auto {
+            frames: recovery_frames as u32,
+        },
         "manual" => Recovery::Manual,
-        other => return Err(format!("parameter 'recovery' is '{other}'; expected 'auto' or 'manual'")),
+        other => {
+            return Err(format!(
+                "parameter 'recovery' is '{other}'; expected 'auto' or 'manual'"
+            ))
+        }
     };
     if age < 0.0 || timeout < 0.0 || period <= 0.0 {
         return Err("max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into());
@@ -195,6 +186,48 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
 }
 
 /// The parameter table as JSON, for `--describe-parameters` (no ROS needed).
-pub fn describe_json() -> String {
-    serde_json::to_string_pretty(PARAMS).expect("serialisable")
+pub fn describe_json(table: &[ParamDecl]) -> String {
+    serde_json::to_string_pretty(table).expect("serialisable")
+}
+
+/// Typed access to declared parameters; errors name the parameter and the expected type.
+pub struct Reader<'a> {
+    node: &'a r2r::Node,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(node: &'a r2r::Node) -> Self {
+        Self { node }
+    }
+
+    fn get(&self, name: &str) -> ParameterValue {
+        let params = self.node.params.lock().expect("parameter lock");
+        params
+            .get(name)
+            .map(|p| p.value.clone())
+            .unwrap_or(ParameterValue::NotSet)
+    }
+
+    pub fn string(&self, name: &str) -> Result<String, String> {
+        match self.get(name) {
+            ParameterValue::String(s) => Ok(s),
+            v => Err(format!("parameter '{name}' must be a string, got {v:?}")),
+        }
+    }
+
+    pub fn int(&self, name: &str) -> Result<i64, String> {
+        match self.get(name) {
+            ParameterValue::Integer(i) => Ok(i),
+            v => Err(format!("parameter '{name}' must be an integer, got {v:?}")),
+        }
+    }
+
+    pub fn double(&self, name: &str) -> Result<f64, String> {
+        match self.get(name) {
+            ParameterValue::Double(x) if x.is_finite() => Ok(x),
+            v => Err(format!(
+                "parameter '{name}' must be a finite number, got {v:?}"
+            )),
+        }
+    }
 }

@@ -1,0 +1,210 @@
+//! `vae-ood calibrate`: builds a bundle's calibration section from image-folder drives.
+//!
+//! Roles are disjoint by drive (a folder may serve one role only): calibration drives give the
+//! conformal scores (and, unless latents are given, the latent ranking), in-distribution tuning
+//! drives set `cusum_threshold` for the target false-alarm rate, validation OOD drives choose
+//! k, window and decay by the least detection delay.
+
+use super::drives::{kl_of_file, list_images};
+use crate::bundle::{Bundle, CalibrationData, CalibrationSection};
+use crate::detection::selection::{rank_latents, top_k};
+use crate::detection::tuning::{search, Candidate, Drive, Grid};
+use crate::detection::PipelineParams;
+use crate::monitor::Detector;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// A drive argument: a folder, and for OOD drives the first OOD frame (`DIR:ONSET`, default 0).
+#[derive(Debug, Clone)]
+pub struct DriveArg {
+    pub path: PathBuf,
+    pub onset: usize,
+}
+
+impl std::str::FromStr for DriveArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.rsplit_once(':') {
+            Some((p, n)) if n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty() => Ok(Self {
+                path: p.into(),
+                onset: n.parse().map_err(|e| format!("{s}: {e}"))?,
+            }),
+            _ => Ok(Self {
+                path: s.into(),
+                onset: 0,
+            }),
+        }
+    }
+}
+
+pub struct Options {
+    pub cal: Vec<DriveArg>,
+    pub tune_id: Vec<DriveArg>,
+    pub val_ood: Vec<DriveArg>,
+    /// Explicit latents; otherwise ranked on the calibration drives and k searched.
+    pub latents: Option<Vec<usize>>,
+    pub grid: Grid,
+    pub epsilon_grid: usize,
+    pub false_alarm_rate: f64,
+    pub quiet: bool,
+}
+
+pub struct Outcome {
+    pub bundle: Bundle,
+    pub chosen: Candidate,
+    pub candidates: Vec<Candidate>,
+}
+
+pub fn calibrate(
+    bundle_dir: &Path,
+    out: &Path,
+    det: &mut Detector,
+    opts: &Options,
+) -> Result<Outcome, String> {
+    if opts.cal.is_empty() || opts.tune_id.is_empty() {
+        return Err(
+            "calibration needs --cal and --tune-id drives (in-distribution, disjoint)".into(),
+        );
+    }
+    let mut seen = HashSet::new();
+    for d in opts.cal.iter().chain(&opts.tune_id).chain(&opts.val_ood) {
+        let canon = d
+            .path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", d.path.display()))?;
+        if !seen.insert(canon) {
+            return Err(format!("drive {} is used twice: calibration, tuning and validation drives must be disjoint", d.path.display()));
+        }
+    }
+
+    let all: Vec<(&DriveArg, Vec<PathBuf>)> = opts
+        .cal
+        .iter()
+        .chain(&opts.tune_id)
+        .chain(&opts.val_ood)
+        .map(|d| {
+            list_images(&d.path)
+                .map(|f| (d, f))
+                .map_err(|e| format!("{}: {e}", d.path.display()))
+        })
+        .collect::<Result<_, _>>()?;
+    let total: usize = all.iter().map(|(_, f)| f.len()).sum();
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("scoring {pos}/{len} frames [{bar:30}] {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let mut drives = vec![];
+    for (d, files) in &all {
+        if files.is_empty() {
+            return Err(format!("{}: no PNG or JPEG frames", d.path.display()));
+        }
+        let mut kl = Vec::with_capacity(files.len());
+        for f in files {
+            kl.push(kl_of_file(det, f)?);
+            bar.inc(1);
+        }
+        drives.push(Drive {
+            id: format!("{} ({} frames)", d.path.display(), files.len()),
+            kl,
+            onset: Some(d.onset),
+        });
+    }
+    bar.finish_and_clear();
+    let val = drives.split_off(opts.cal.len() + opts.tune_id.len());
+    let tune = drives.split_off(opts.cal.len());
+    let cal = drives;
+    if let Some(d) = val.iter().find(|d| d.onset.unwrap_or(0) >= d.kl.len()) {
+        return Err(format!(
+            "validation drive {}: onset is past its last frame",
+            d.id
+        ));
+    }
+
+    let n_latents = det.bundle.manifest.latents.count;
+    let (ranked, selection, grid) = match &opts.latents {
+        Some(l) => {
+            if let Some(bad) = l.iter().find(|&&j| j >= n_latents) {
+                return Err(format!(
+                    "latent {bad} does not exist (the encoder has {n_latents})"
+                ));
+            }
+            let ranked: Vec<(usize, f64)> = l.iter().map(|&j| (j, 0.0)).collect();
+            (
+                ranked,
+                format!("explicit list {l:?}"),
+                Grid {
+                    k: vec![l.len()],
+                    ..opts.grid.clone()
+                },
+            )
+        }
+        None => {
+            let ranked = rank_latents(&cal.iter().map(|d| d.kl.clone()).collect::<Vec<_>>())?;
+            let mut g = opts.grid.clone();
+            g.k.retain(|&k| k >= 1 && k <= n_latents);
+            if g.k.is_empty() {
+                g.k = vec![n_latents];
+            }
+            (ranked, "top k by variance across calibration drives of the mean absolute frame-to-frame KL change".to_string(), g)
+        }
+    };
+
+    // Without validation OOD drives there is no delay to minimise: take the grid's first values.
+    let grid = if val.is_empty() {
+        Grid {
+            k: vec![grid.k[0]],
+            window: vec![grid.window[0]],
+            decay: vec![grid.decay[0]],
+        }
+    } else {
+        grid
+    };
+    let candidates = search(
+        &ranked,
+        &cal,
+        &tune,
+        &val,
+        &grid,
+        opts.false_alarm_rate,
+        opts.epsilon_grid,
+    )?;
+    let chosen = candidates[0].clone();
+    let selected = top_k(&ranked, chosen.k);
+
+    let mut manifest = det.bundle.manifest.clone();
+    manifest.latents.selected = selected.clone();
+    manifest.calibration = Some(CalibrationSection {
+        pipeline: PipelineParams {
+            window: chosen.window,
+            epsilon_grid: opts.epsilon_grid,
+            decay: chosen.decay,
+            cusum_threshold: chosen.cusum_threshold,
+        },
+        target_false_alarm_rate: opts.false_alarm_rate,
+        selection,
+        data: CalibrationData {
+            calibration: cal.iter().map(|d| d.id.clone()).collect(),
+            tuning_id: tune.iter().map(|d| d.id.clone()).collect(),
+            validation_ood: val
+                .iter()
+                .map(|d| format!("{} onset {}", d.id, d.onset.unwrap_or(0)))
+                .collect(),
+        },
+        scores: cal.iter().flat_map(|d| d.scores(&selected)).collect(),
+    });
+    let encoder =
+        std::fs::read(bundle_dir.join(&manifest.encoder.path)).map_err(|e| e.to_string())?;
+    let bundle = Bundle::write(out, manifest, &encoder).map_err(|e| e.to_string())?;
+    Ok(Outcome {
+        bundle,
+        chosen,
+        candidates,
+    })
+}
