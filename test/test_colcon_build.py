@@ -39,11 +39,13 @@ def install(tmp_path_factory):
 
 
 def test_install_tree(install):
-    exe = install / "lib" / PKG / PKG
-    assert exe.is_file() and os.access(exe, os.X_OK)
+    for name in [PKG, "ood_gate"]:
+        exe = install / "lib" / PKG / name
+        assert exe.is_file() and os.access(exe, os.X_OK), name
     share = install / "share" / PKG
     for rel in ["package.xml", "launch/monitor.launch.py", "launch/monitor.launch.xml",
-                "config/monitor.yaml", "models/default/manifest.yaml", "models/default/encoder.onnx"]:
+                "launch/monitor_gate.launch.py", "config/monitor.yaml", "config/gate.yaml",
+                "models/default/manifest.yaml", "models/default/encoder.onnx"]:
         assert (share / rel).is_file(), rel
     assert (install / "share" / "ament_index" / "resource_index" / "packages" / PKG).is_file()
 

@@ -14,15 +14,26 @@ import xml.etree.ElementTree as ET
 
 import yaml
 
-from conftest import NODE, ROOT, require
+from conftest import GATE, NODE, ROOT, require
 
 TOPICS = {"image", "image/compressed"}
+GATE_TOPICS = {"ood", "cmd_vel_in", "cmd_vel_out"}
 
 
-def declared():
-    require(NODE, "vae_ood_monitor node")
-    out = subprocess.run([str(NODE), "--describe-parameters"], capture_output=True, text=True, check=True).stdout
+def declared(exe=NODE):
+    require(exe, exe.name)
+    out = subprocess.run([str(exe), "--describe-parameters"], capture_output=True, text=True, check=True).stdout
     return {p["name"]: p for p in json.loads(out)}
+
+
+def check_config(path, params):
+    cfg = yaml.safe_load(path.read_text())
+    values = cfg["/**"]["ros__parameters"]
+    assert set(values) == set(params), set(values) ^ set(params)
+    for name, v in values.items():
+        d = params[name]["default"]
+        assert v == d and type(v) is type(d), (name, v, d)
+        assert params[name]["description"], name
 
 
 def node_executable_name():
@@ -35,14 +46,30 @@ def node_executable_name():
 
 
 def test_config_yaml_matches_declared_defaults():
-    params = declared()
-    cfg = yaml.safe_load((ROOT / "config" / "monitor.yaml").read_text())
-    values = cfg["/**"]["ros__parameters"]
-    assert set(values) == set(params), set(values) ^ set(params)
-    for name, v in values.items():
-        d = params[name]["default"]
-        assert v == d and type(v) is type(d), (name, v, d)
-        assert params[name]["description"], name
+    check_config(ROOT / "config" / "monitor.yaml", declared())
+    check_config(ROOT / "config" / "gate.yaml", declared(GATE))
+
+
+def test_monitor_gate_launch_file():
+    monitor, gate = declared(), declared(GATE)
+    tree = ast.parse((ROOT / "launch" / "monitor_gate.launch.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    args = {c.args[0].value for c in calls if c.func.id == "DeclareLaunchArgument"}
+    configs = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration"}
+    assert configs <= args, configs - args
+    nodes = {}
+    for c in calls:
+        if c.func.id == "Node":
+            kw = {k.arg: k.value for k in c.keywords}
+            nodes[kw["executable"].value] = kw
+    assert set(nodes) == {"vae_ood_monitor", "ood_gate"}
+    for exe, params, topics in [("vae_ood_monitor", monitor, TOPICS), ("ood_gate", gate, GATE_TOPICS)]:
+        kw = nodes[exe]
+        set_params = {k.value for d in kw["parameters"].elts if isinstance(d, ast.Dict) for k in d.keys}
+        assert set_params <= set(params), (exe, set_params - set(params))
+        assert {t.elts[0].value for t in kw["remappings"].elts} == topics
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    assert {"vae_ood_monitor", "ood_gate"} <= {b["name"] for b in cargo["bin"]}
 
 
 def test_python_launch_file():

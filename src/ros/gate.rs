@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub const GATE_PARAMS: &[ParamDecl] = &[
     ParamDecl { name: "input_type", default: DefaultValue::Str("twist"), description: "Command message type on cmd_vel_in and cmd_vel_out: 'twist' (geometry_msgs/Twist) or 'twist_stamped' (geometry_msgs/TwistStamped)." },
     ParamDecl { name: "watchdog_timeout", default: DefaultValue::Double(0.5), description: "A verdict older than this many seconds counts as OOD (the monitor is dead, hung or cut off)." },
+    ParamDecl { name: "use_sim_time", default: DefaultValue::Bool(false), description: "Stamp TwistStamped zero commands with /clock time. The watchdog always uses the steady clock." },
     ParamDecl { name: "stop_rate", default: DefaultValue::Double(20.0), description: "Rate (Hz) at which zero velocity is published while commands are blocked." },
 ];
 
