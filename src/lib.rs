@@ -8,8 +8,10 @@
 //! (`--features ros`) is a thin layer over it in [`ros`].
 
 pub mod backend;
+pub mod bag;
 pub mod bundle;
 pub mod detection;
+pub mod eval;
 pub mod frame;
 pub mod monitor;
 pub mod onnx_gen;

@@ -10,8 +10,9 @@ use vae_ood_monitor::bundle::{
 };
 use vae_ood_monitor::detection::tuning::Grid;
 use vae_ood_monitor::detection::{Calibration, PipelineParams};
+use vae_ood_monitor::eval::{Input as EvalInput, Label, Options as EvalOptions, Range};
 use vae_ood_monitor::frame::{FrameData, RawImage};
-use vae_ood_monitor::monitor::{Detector, Monitor, MonitorConfig};
+use vae_ood_monitor::monitor::{Detector, Monitor, MonitorConfig, Recovery};
 use vae_ood_monitor::onnx_gen::{seeded_encoder, EncoderArch, GraphNames};
 use vae_ood_monitor::preprocess::{ChannelOrder, Filter, InputSpec, Layout, Normalize, ResizeMode};
 use vae_ood_monitor::tools::calibrate::{calibrate, DriveArg, Options as CalibrateOptions};
@@ -118,6 +119,78 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Evaluate a detector on recorded drives (rosbag2 bags, sqlite3 or MCAP, or image folders):
+    /// AUROC / AUPR / FPR@95TPR per OOD type on the score and the CUSUM statistic, detection
+    /// delay and false alarms, latency per stage. Writes report.json and frames.csv to --out.
+    /// Exit code 0: complete; 2: partial result (a damaged input); 1: error.
+    Eval {
+        #[command(flatten)]
+        detector: DetectorArgs,
+        /// Output directory for report.json and frames.csv.
+        #[arg(long)]
+        out: PathBuf,
+        /// In-distribution inputs (every frame ID).
+        #[arg(long, num_args = 1..)]
+        id: Vec<PathBuf>,
+        /// OOD inputs as PATH or PATH=TYPE (every frame OOD; TYPE defaults to the file name).
+        #[arg(long, num_args = 1..)]
+        ood: Vec<String>,
+        /// Inputs labelled by --labels ranges or by --label-topic.
+        #[arg(long, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// CSV with header `start,end,type`: header-stamp ranges in seconds that are OOD.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// std_msgs/Bool topic in the bags (true = OOD) labelling the --input bags.
+        #[arg(long)]
+        label_topic: Option<String>,
+        /// Image topic (needed when a bag has several).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Frame rate assumed for image folders.
+        #[arg(long, default_value_t = 15.0)]
+        fps: f64,
+        /// Per-frame threshold for uncalibrated bundles.
+        #[arg(long, default_value_t = f64::INFINITY)]
+        score_threshold: f64,
+        /// Override the bundle's CUSUM threshold.
+        #[arg(long)]
+        cusum_threshold: Option<f64>,
+        #[arg(long, default_value_t = 10)]
+        recovery_frames: u32,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Inspect a rosbag2 bag (sqlite3 or MCAP): its topics, or (with --dump TOPIC) one JSON
+    /// line per decoded camera frame: stamp, frame id, size, encoding, step, SHA-256 of the data.
+    Bag {
+        path: PathBuf,
+        #[arg(long)]
+        dump: Option<String>,
+    },
+    /// Publish a bag's camera topic (and --label-topic) at the recorded rate over ROS 2.
+    /// Needs a build with `--features ros`.
+    Replay {
+        bag: PathBuf,
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        label_topic: Option<String>,
+        /// Playback speed factor.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Start again at the end.
+        #[arg(long = "loop")]
+        repeat: bool,
+        /// Publish /clock from the recorded times (for use_sim_time).
+        #[arg(long)]
+        clock: bool,
+        /// Seconds to wait for a subscriber.
+        #[arg(long, default_value_t = 30.0)]
+        wait: f64,
+    },
+    /// Detection metrics for given scores and labels (JSON: {"scores": [...], "ood": [...]}).
+    Metrics { input: PathBuf },
     /// Run the sequential pipeline on given scores (JSON: calibration, scores, window,
     /// epsilon_grid, decay) and print p-values, log M and S. For reference-parity tests.
     Sequential { input: PathBuf },
@@ -194,6 +267,68 @@ fn main() -> Result<()> {
             calibrate_cmd(&detector, &out, &opts)
         }
         Cmd::Sequential { input } => sequential(&input),
+        Cmd::Bag { path, dump } => bag_cmd(&path, dump.as_deref()),
+        Cmd::Replay {
+            bag,
+            topic,
+            label_topic,
+            rate,
+            repeat,
+            clock,
+            wait,
+        } => replay_cmd(bag, topic, label_topic, rate, repeat, clock, wait),
+        Cmd::Metrics { input } => {
+            #[derive(serde::Deserialize)]
+            struct In {
+                scores: Vec<f64>,
+                ood: Vec<bool>,
+            }
+            let i: In = serde_json::from_str(&std::fs::read_to_string(&input)?)?;
+            let m = vae_ood_monitor::eval::metrics::metrics(&i.scores, &i.ood)
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
+        Cmd::Eval {
+            detector,
+            out,
+            id,
+            ood,
+            input,
+            labels,
+            label_topic,
+            topic,
+            fps,
+            score_threshold,
+            cusum_threshold,
+            recovery_frames,
+            quiet,
+        } => {
+            match eval_cmd(
+                &detector,
+                &out,
+                &id,
+                &ood,
+                &input,
+                labels.as_deref(),
+                label_topic,
+                topic,
+                fps,
+                MonitorConfig {
+                    score_threshold,
+                    max_frame_age: None,
+                    recovery: Recovery::Auto {
+                        frames: recovery_frames,
+                    },
+                    cusum_threshold,
+                },
+                quiet,
+            ) {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(2),
+                Err(e) => Err(e),
+            }
+        }
         Cmd::Bench {
             detector,
             width,
@@ -337,6 +472,276 @@ fn monitor_kl(monitor: &Monitor, img: &image::RgbImage) -> Vec<f64> {
     let mut det =
         Detector::load(&b.dir, BackendOptions::default()).expect("bundle loaded once already");
     det.score_image(img).map(|s| s.kl).unwrap_or_default()
+}
+
+#[cfg(feature = "ros")]
+fn replay_cmd(
+    bag: PathBuf,
+    topic: Option<String>,
+    label_topic: Option<String>,
+    rate: f64,
+    repeat: bool,
+    clock: bool,
+    wait: f64,
+) -> Result<()> {
+    use vae_ood_monitor::ros::replay::{replay, ReplayOptions};
+    let n = replay(&ReplayOptions {
+        bag,
+        topic,
+        label_topic,
+        rate,
+        repeat,
+        clock,
+        wait: std::time::Duration::from_secs_f64(wait),
+    })?;
+    eprintln!("replayed {n} messages");
+    Ok(())
+}
+
+#[cfg(not(feature = "ros"))]
+fn replay_cmd(
+    _: PathBuf,
+    _: Option<String>,
+    _: Option<String>,
+    _: f64,
+    _: bool,
+    _: bool,
+    _: f64,
+) -> Result<()> {
+    bail!("this vae-ood was built without ROS 2 support: rebuild with `cargo build --features ros` in a ROS 2 environment (source scripts/env.sh)")
+}
+
+fn bag_cmd(path: &Path, dump: Option<&str>) -> Result<()> {
+    use sha2::Digest;
+    use vae_ood_monitor::bag::{cdr, Bag, IMAGE};
+    let bag = Bag::open(path)?;
+    let Some(topic) = dump else {
+        for t in bag.topics()? {
+            println!("{}\t{}\t{}", t.name, t.msg_type, t.count);
+        }
+        return Ok(());
+    };
+    let ty = bag.check_topic(topic, &[IMAGE, vae_ood_monitor::bag::COMPRESSED_IMAGE])?;
+    let mut failure = None;
+    let r = bag.visit(&[topic], &mut |m| {
+        let decoded = if ty == IMAGE { cdr::decode_image(&m.data) } else { cdr::decode_compressed(&m.data) };
+        match decoded {
+            Ok(f) => {
+                let mut rec = serde_json::json!({ "log_time_ns": m.log_time_ns, "stamp_ns": f.stamp_ns, "frame_id": f.frame_id });
+                match &f.image {
+                    cdr::OwnedImage::Raw { width, height, encoding, is_bigendian, step, data } => {
+                        rec["width"] = (*width).into();
+                        rec["height"] = (*height).into();
+                        rec["encoding"] = encoding.clone().into();
+                        rec["is_bigendian"] = (*is_bigendian).into();
+                        rec["step"] = (*step).into();
+                        rec["sha256"] = format!("{:x}", sha2::Sha256::digest(data)).into();
+                    }
+                    cdr::OwnedImage::Compressed { format, data } => {
+                        rec["format"] = format.clone().into();
+                        rec["sha256"] = format!("{:x}", sha2::Sha256::digest(data)).into();
+                    }
+                }
+                println!("{rec}");
+            }
+            Err(e) => {
+                failure.get_or_insert(e.to_string());
+            }
+        }
+    });
+    r?;
+    if let Some(e) = failure {
+        bail!("undecodable message on {topic}: {e}");
+    }
+    Ok(())
+}
+
+/// Returns Ok(false) for a partial result.
+#[allow(clippy::too_many_arguments)]
+fn eval_cmd(
+    args: &DetectorArgs,
+    out: &Path,
+    id: &[PathBuf],
+    ood: &[String],
+    input: &[PathBuf],
+    labels: Option<&Path>,
+    label_topic: Option<String>,
+    topic: Option<String>,
+    fps: f64,
+    monitor: MonitorConfig,
+    quiet: bool,
+) -> Result<bool> {
+    let mut inputs: Vec<EvalInput> = id
+        .iter()
+        .map(|p| EvalInput {
+            path: p.clone(),
+            label: Label::Id,
+        })
+        .collect();
+    for o in ood {
+        let (path, ty) = match o.rsplit_once('=') {
+            Some((p, t)) => (PathBuf::from(p), t.to_string()),
+            None => (
+                PathBuf::from(o),
+                Path::new(o)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "ood".into()),
+            ),
+        };
+        inputs.push(EvalInput {
+            path,
+            label: Label::Ood(ty),
+        });
+    }
+    if !input.is_empty() {
+        let label = match (labels, &label_topic) {
+            (Some(f), None) => Label::Ranges(read_ranges(f)?),
+            (None, Some(t)) => Label::Topic(t.clone()),
+            _ => bail!("--input needs exactly one of --labels FILE or --label-topic TOPIC"),
+        };
+        inputs.extend(input.iter().map(|p| EvalInput {
+            path: p.clone(),
+            label: label.clone(),
+        }));
+    }
+    if inputs.is_empty() {
+        bail!("nothing to evaluate: give --id, --ood or --input");
+    }
+    let det = args.load()?;
+    let (model_id, calibrated) = (
+        det.model_id().to_string(),
+        det.bundle.manifest.calibration.is_some(),
+    );
+    drop(det);
+    let opts = EvalOptions {
+        bundle: args.bundle.clone(),
+        backend: BackendOptions {
+            kind: args.backend,
+            threads: args.threads.max(1),
+        },
+        monitor,
+        topic: topic.clone(),
+        folder_fps: fps,
+    };
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(
+            vae_ood_monitor::eval::count_frames(&inputs, topic.as_deref()) as u64,
+        )
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "evaluating {pos}/{len} frames [{bar:30}] {per_sec} {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    let t0 = std::time::Instant::now();
+    let (frames, results) = vae_ood_monitor::eval::run(&inputs, &opts, &|n| bar.inc(n as u64))
+        .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    let report = vae_ood_monitor::eval::report::build(
+        &model_id,
+        calibrated,
+        &frames,
+        results,
+        t0.elapsed().as_secs_f64(),
+    );
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    vae_ood_monitor::eval::report::write_csv(&out.join("frames.csv"), &frames)?;
+    print_report(&report, out);
+    Ok(!report.partial)
+}
+
+fn read_ranges(path: &Path) -> Result<Vec<Range>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    if lines.next().map(|h| h.replace(' ', "")) != Some("start,end,type".into()) {
+        bail!(
+            "{}: the first line must be the header `start,end,type`",
+            path.display()
+        );
+    }
+    lines
+        .enumerate()
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            let bad = || {
+                anyhow::anyhow!(
+                    "{} line {}: expected `start,end,type` with times in seconds, got `{l}`",
+                    path.display(),
+                    i + 2
+                )
+            };
+            if f.len() != 3 {
+                return Err(bad());
+            }
+            let (s, e): (f64, f64) = (
+                f[0].parse().map_err(|_| bad())?,
+                f[1].parse().map_err(|_| bad())?,
+            );
+            Ok(Range {
+                start_ns: (s * 1e9) as i64,
+                end_ns: (e * 1e9) as i64,
+                ood_type: f[2].to_string(),
+            })
+        })
+        .collect()
+}
+
+fn print_report(r: &vae_ood_monitor::eval::report::Report, out: &Path) {
+    use vae_ood_monitor::eval::report::Outcome;
+    println!(
+        "model {}  frames {} (scored {}, faulted {})  {:.1} frames/s  peak memory {:.0} MiB",
+        r.model_id,
+        r.frames,
+        r.scored,
+        r.faulted,
+        r.throughput_fps,
+        r.peak_memory_mib.unwrap_or(f64::NAN)
+    );
+    for i in &r.inputs {
+        println!(
+            "  input {}: {} frames{}",
+            i.path,
+            i.frames,
+            i.error
+                .as_ref()
+                .map(|e| format!("  PARTIAL: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for (name, table) in [("score", &r.score_metrics), ("cusum", &r.cusum_metrics)] {
+        for (ty, o) in table {
+            match o {
+                Outcome::Ok(m) => println!("  {name:5} {ty:<16} AUROC {:.4}  AUPR-in {:.4}  AUPR-out {:.4}  FPR@95TPR {:.4}  (OOD {}, ID {})", m.auroc, m.aupr_in, m.aupr_out, m.fpr_at_95_tpr, m.n_ood, m.n_id),
+                Outcome::Unavailable { error } => println!("  {name:5} {ty:<16} unavailable: {error}"),
+            }
+        }
+    }
+    if let Some(s) = &r.sequential {
+        println!(
+            "  sequential: {} OOD segment(s), {} detected, {} missed, mean delay {} frames ({} s); {} false alarm(s) in {} ID frames = {:.2} per 1000 frames{}",
+            s.segments.len(), s.detected, s.missed,
+            s.mean_delay_frames.map_or("n/a".into(), |d| format!("{d:.1}")),
+            s.mean_delay_s.map_or("n/a".into(), |d| format!("{d:.2}")),
+            s.false_alarms, s.id_frames, s.false_alarms_per_1000_id_frames,
+            s.false_alarms_per_hour.map_or(String::new(), |h| format!(", {h:.1} per hour"))
+        );
+    }
+    for (stage, p) in &r.latency_ms {
+        println!(
+            "  latency {stage:<10} p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3} ms",
+            p.p50, p.p90, p.p99, p.max
+        );
+    }
+    println!("wrote {}/report.json and frames.csv", out.display());
 }
 
 fn calibrate_cmd(args: &DetectorArgs, out: &Path, opts: &CalibrateOptions) -> Result<()> {

@@ -5,3 +5,4 @@ pub mod inference;
 pub mod messages;
 pub mod node;
 pub mod params;
+pub mod replay;

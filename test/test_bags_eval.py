@@ -1,0 +1,148 @@
+"""Bags written by an independent tool (PyPI `rosbags`, both storage formats) read back by
+`vae-ood bag` / `vae-ood eval`; metrics against scikit-learn; damaged bags give partial results."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import BUNDLE, VAE_OOD, cli, make_frames, require, write_png
+
+rosbags = pytest.importorskip("rosbags", reason="rosbags not installed: run scripts/bootstrap.sh")
+sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn not installed: run scripts/bootstrap.sh")
+from bag_helpers import write_bag  # noqa: E402
+
+def dump(bag):
+    return [json.loads(l) for l in cli("bag", bag, "--dump", "/camera/image_raw").stdout.splitlines()]
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_every_frame_is_read_with_stamp_size_encoding_and_bytes(tmp_path, storage, compressed):
+    frames = make_frames(9, width=40, height=30, seed=7)
+    written = write_bag(tmp_path / "bag", storage, frames, compressed=compressed, tmp=tmp_path)
+    got = dump(tmp_path / "bag")
+    assert len(got) == len(written)
+    for g, w in zip(got, written):
+        for k, v in w.items():
+            assert g[k] == v, (k, g, w)
+        assert g["frame_id"] == "camera" and g["log_time_ns"] == w["stamp_ns"] + 1000
+
+
+def test_split_bag_is_read_file_after_file(tmp_path):
+    frames = make_frames(6, width=20, height=10, seed=1)
+    write_bag(tmp_path / "a", "mcap", frames[:3])
+    write_bag(tmp_path / "b", "mcap", frames[3:])
+    bag = tmp_path / "split"
+    bag.mkdir()
+    meta = yaml.safe_load((tmp_path / "a" / "metadata.yaml").read_text())
+    names = []
+    for part in ["a", "b"]:
+        (src,) = (tmp_path / part).glob("*.mcap")
+        shutil.copy(src, bag / f"split_{part}.mcap")
+        names.append(f"split_{part}.mcap")
+    meta["rosbag2_bagfile_information"]["relative_file_paths"] = names
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    assert len(dump(bag)) == 6
+
+
+def test_eval_reports_metrics_delay_and_false_alarms(tmp_path):
+    """ID drives and an ID->OOD drive (overexposed frames, which the seeded encoder scores
+    higher) through a calibrated bundle; labels from the bag's Bool topic."""
+    def over(f):
+        return np.clip(f.astype(np.float32) * 2.5 + 60, 0, 255).astype(np.uint8)
+
+    drives = {}
+    for name, seed in [("cal0", 11), ("cal1", 12), ("tune0", 13), ("tune1", 14)]:
+        d = tmp_path / name
+        d.mkdir()
+        for i, f in enumerate(make_frames(30, seed=seed)):
+            write_png(d / f"{i:03d}.png", f)
+        drives[name] = d
+    cal = tmp_path / "calibrated"
+    cli("calibrate", "--out", cal, "--cal", drives["cal0"], drives["cal1"], "--tune-id", drives["tune0"], drives["tune1"],
+        "--k", "30", "--windows", "5", "--decays", "0.5", "--quiet")
+    mixed = make_frames(40, seed=21)
+    labels = [i >= 20 for i in range(40)]
+    write_bag(tmp_path / "drive", "mcap", [over(f) if l else f for f, l in zip(mixed, labels)], labels=labels)
+    write_bag(tmp_path / "id_drive", "sqlite3", make_frames(30, seed=22))
+    out = tmp_path / "report"
+    r = cli("eval", "--bundle", cal, "--out", out, "--id", tmp_path / "id_drive", "--input", tmp_path / "drive",
+            "--label-topic", "/ood_label", "--quiet")
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["calibrated"] and not report["partial"]
+    assert report["frames"] == 70 and report["scored"] == 70
+    m = report["score_metrics"]["/ood_label"]
+    assert m["n_ood"] == 20 and m["n_id"] == 50 and m["auroc"] > 0.9, m
+    seq = report["sequential"]
+    assert len(seq["segments"]) == 1 and seq["detected"] == 1 and seq["segments"][0]["delay_frames"] <= 10, seq
+    assert seq["id_frames"] == 50
+    assert abs(seq["segments"][0]["delay_s"] - seq["segments"][0]["delay_frames"] * 0.066) < 1e-6
+    assert set(report["latency_ms"]) == {"decode", "preprocess", "inference", "total"}
+    lines = (out / "frames.csv").read_text().splitlines()
+    assert len(lines) == 71 and lines[0].startswith("input,index,stamp_ns,ood")
+    assert "AUROC" in r.stdout
+
+
+def test_eval_scores_equal_offline_scores_of_the_same_frames(tmp_path):
+    frames = make_frames(5, seed=4)
+    write_bag(tmp_path / "b", "sqlite3", frames)
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        write_png(folder / f"{i}.png", f)
+    cli("eval", "--out", tmp_path / "r1", "--id", tmp_path / "b", "--ood", f"{folder}=same", "--quiet")
+    rows = [l.split(",") for l in (tmp_path / "r1" / "frames.csv").read_text().splitlines()[1:]]
+    bag_scores = [float(r[5]) for r in rows if r[0] == "0"]
+    png_scores = [float(r[5]) for r in rows if r[0] == "1"]
+    assert bag_scores == png_scores and len(bag_scores) == 5
+
+
+def test_metrics_match_scikit_learn_including_ties(tmp_path):
+    rng = np.random.default_rng(0)
+    for n_id, n_ood in [(100, 30), (7, 50), (500, 500)]:
+        s = np.concatenate([rng.normal(0, 1, n_id), rng.normal(1, 1, n_ood)]).round(1)  # many ties
+        y = np.array([False] * n_id + [True] * n_ood)
+        f = tmp_path / "m.json"
+        f.write_text(json.dumps({"scores": s.tolist(), "ood": y.tolist()}))
+        got = json.loads(cli("metrics", f).stdout)
+        fpr, tpr, _ = sklearn_metrics.roc_curve(y, s)
+        assert abs(got["auroc"] - sklearn_metrics.roc_auc_score(y, s)) < 1e-12
+        assert abs(got["aupr_out"] - sklearn_metrics.average_precision_score(y, s)) < 1e-12
+        assert abs(got["aupr_in"] - sklearn_metrics.average_precision_score(~y, -s)) < 1e-12
+        assert abs(got["fpr_at_95_tpr"] - fpr[np.searchsorted(tpr, 0.95, side="left")]) < 1e-12
+    f.write_text(json.dumps({"scores": [1.0, 2.0], "ood": [True, True]}))
+    r = cli("metrics", f, check=False)
+    assert r.returncode != 0 and "both classes" in r.stderr
+
+
+def test_damaged_bags_give_partial_results_and_clear_errors(tmp_path):
+    frames = make_frames(30, width=64, height=48, seed=9)
+    write_bag(tmp_path / "m", "mcap", frames)
+    (mcap,) = (tmp_path / "m").glob("*.mcap")
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[: int(len(data) * 0.6)])
+    require(VAE_OOD, "vae-ood CLI")
+    r = subprocess.run([str(VAE_OOD), "eval", "--out", tmp_path / "r", "--id", tmp_path / "m", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["partial"] and 0 < rep["frames"] < 30 and mcap.name in rep["inputs"][0]["error"], rep["inputs"]
+
+    write_bag(tmp_path / "s", "sqlite3", frames)
+    (db,) = (tmp_path / "s").glob("*.db3")
+    raw = db.read_bytes()
+    db.write_bytes(raw[: len(raw) // 2])
+    r = subprocess.run([str(VAE_OOD), "eval", "--out", tmp_path / "r2", "--id", tmp_path / "s", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    rep = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert rep["partial"] and db.name in rep["inputs"][0]["error"], rep["inputs"]
+
+    r = cli("eval", "--out", tmp_path / "r3", "--id", tmp_path / "m", "--topic", "/nope", "--quiet", check=False)
+    assert r.returncode != 0
+    meta = tmp_path / "m" / "metadata.yaml"
+    meta.write_text(meta.read_text().replace("storage_identifier: mcap", "storage_identifier: rocks"))
+    r = cli("bag", tmp_path / "m", check=False)
+    assert r.returncode != 0 and "unknown storage 'rocks'" in r.stderr
