@@ -5,7 +5,7 @@ pub mod metrics;
 pub mod report;
 
 use crate::backend::BackendOptions;
-use crate::bag::{cdr, Bag, BagError, BOOL, COMPRESSED_IMAGE, IMAGE};
+use crate::bag::{cdr, Bag, BOOL, COMPRESSED_IMAGE, IMAGE};
 use crate::frame::FrameData;
 use crate::monitor::{Detector, Monitor, MonitorConfig, MonitorState};
 use crate::tools::drives::list_images;
@@ -87,10 +87,7 @@ pub fn run(
         let det = Detector::load(&opts.bundle, opts.backend).map_err(|e| e.to_string())?;
         let mut monitor = Monitor::new(det, opts.monitor)?;
         let before = frames.len();
-        let error = match eval_input(i, input, opts, &mut monitor, &mut frames, progress) {
-            Ok(()) => None,
-            Err(e) => Some(e),
-        };
+        let error = eval_input(i, input, opts, &mut monitor, &mut frames, progress).err();
         results.push(InputResult {
             path: input.path.display().to_string(),
             frames: frames.len() - before,
@@ -291,7 +288,6 @@ fn eval_input(
     match result {
         Ok(0) => Err(format!("{}: topic {topic} has no messages", path.display())),
         Ok(_) => Ok(()),
-        Err(e @ BagError::Damaged { .. }) => Err(e.to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
