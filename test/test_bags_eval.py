@@ -13,7 +13,7 @@ from conftest import BUNDLE, VAE_OOD, cli, make_frames, require, write_png
 
 rosbags = pytest.importorskip("rosbags", reason="rosbags not installed: run scripts/bootstrap.sh")
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn not installed: run scripts/bootstrap.sh")
-from bag_helpers import write_bag  # noqa: E402
+from bag_helpers import T0, write_bag  # noqa: E402
 
 def dump(bag):
     return [json.loads(l) for l in cli("bag", bag, "--dump", "/camera/image_raw").stdout.splitlines()]
@@ -85,6 +85,12 @@ def test_eval_reports_metrics_delay_and_false_alarms(tmp_path):
     lines = (out / "frames.csv").read_text().splitlines()
     assert len(lines) == 71 and lines[0].startswith("input,index,stamp_ns,ood")
     assert "AUROC" in r.stdout
+    # Plots (PNG) and the one-page HTML report that links them.
+    assert report["plot_error"] is None, report["plot_error"]
+    assert set(report["plots"]) == {"roc_score.png", "roc_cusum.png", "timeline_0.png", "timeline_1.png"}
+    html = (out / "report.html").read_text()
+    for p in report["plots"]:
+        assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f'src="{p}"' in html
 
 
 def test_eval_scores_equal_offline_scores_of_the_same_frames(tmp_path):
@@ -99,6 +105,27 @@ def test_eval_scores_equal_offline_scores_of_the_same_frames(tmp_path):
     bag_scores = [float(r[5]) for r in rows if r[0] == "0"]
     png_scores = [float(r[5]) for r in rows if r[0] == "1"]
     assert bag_scores == png_scores and len(bag_scores) == 5
+
+
+def test_time_range_labels_and_unreadable_images(tmp_path):
+    frames = make_frames(20, width=40, height=30, seed=2)
+    write_bag(tmp_path / "b", "mcap", frames)  # stamps T0 + i * 66 ms
+    ranges = tmp_path / "ranges.csv"
+    start, end = (T0 + 5 * 66_000_000) / 1e9, (T0 + 9 * 66_000_000) / 1e9
+    ranges.write_text(f"start,end,type\n{start:.3f},{end:.3f},glare\n")
+    cli("eval", "--out", tmp_path / "r", "--input", tmp_path / "b", "--labels", ranges, "--quiet")
+    rows = [l.split(",") for l in (tmp_path / "r" / "frames.csv").read_text().splitlines()[1:]]
+    assert [int(r[1]) for r in rows if r[3] == "true"] == [5, 6, 7, 8, 9]
+    assert {r[4] for r in rows if r[3] == "true"} == {"glare"}
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, f in enumerate(frames[:4]):
+        write_png(folder / f"{i}.png", f)
+    (folder / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    r = cli("eval", "--out", tmp_path / "r2", "--id", folder, "--quiet", check=False)
+    rep = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert r.returncode == 2 and rep["frames"] == 2 and "2.png" in rep["inputs"][0]["error"], rep["inputs"]
 
 
 def test_metrics_match_scikit_learn_including_ties(tmp_path):

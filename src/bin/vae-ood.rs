@@ -613,6 +613,12 @@ fn eval_cmd(
         det.model_id().to_string(),
         det.bundle.manifest.calibration.is_some(),
     );
+    let cusum_threshold = monitor.cusum_threshold.or(det
+        .bundle
+        .manifest
+        .calibration
+        .as_ref()
+        .map(|c| c.pipeline.cusum_threshold));
     drop(det);
     let opts = EvalOptions {
         bundle: args.bundle.clone(),
@@ -641,7 +647,7 @@ fn eval_cmd(
     let (frames, results) = vae_ood_monitor::eval::run(&inputs, &opts, &|n| bar.inc(n as u64))
         .map_err(anyhow::Error::msg)?;
     bar.finish_and_clear();
-    let report = vae_ood_monitor::eval::report::build(
+    let mut report = vae_ood_monitor::eval::report::build(
         &model_id,
         calibrated,
         &frames,
@@ -649,11 +655,12 @@ fn eval_cmd(
         t0.elapsed().as_secs_f64(),
     );
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    vae_ood_monitor::eval::report::write_csv(&out.join("frames.csv"), &frames)?;
+    vae_ood_monitor::eval::write_plots_and_html(out, &mut report, &frames, cusum_threshold)?;
     std::fs::write(
         out.join("report.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    vae_ood_monitor::eval::report::write_csv(&out.join("frames.csv"), &frames)?;
     print_report(&report, out);
     Ok(!report.partial)
 }
@@ -741,7 +748,14 @@ fn print_report(r: &vae_ood_monitor::eval::report::Report, out: &Path) {
             p.p50, p.p90, p.p99, p.max
         );
     }
-    println!("wrote {}/report.json and frames.csv", out.display());
+    if let Some(e) = &r.plot_error {
+        println!("  plots: {e}");
+    }
+    println!(
+        "wrote {0}/report.html, report.json, frames.csv and {1} plot(s)",
+        out.display(),
+        r.plots.len()
+    );
 }
 
 fn calibrate_cmd(args: &DetectorArgs, out: &Path, opts: &CalibrateOptions) -> Result<()> {

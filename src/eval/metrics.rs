@@ -66,6 +66,15 @@ fn curve(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
     out
 }
 
+/// ROC curve points (FPR, TPR) from (0, 0), one per distinct threshold, as sklearn.
+pub fn roc_points(scores: &[f64], labels: &[bool]) -> Vec<(f64, f64)> {
+    let c = curve(scores, labels);
+    let (p, n) = c.last().copied().unwrap_or((1.0, 1.0));
+    std::iter::once((0.0, 0.0))
+        .chain(c.iter().map(|(tp, fp)| (fp / n.max(1.0), tp / p.max(1.0))))
+        .collect()
+}
+
 /// Area under the ROC curve (trapezoids over the tie-collapsed curve = Mann-Whitney U).
 pub fn auroc(scores: &[f64], labels: &[bool]) -> f64 {
     let c = curve(scores, labels);

@@ -1,7 +1,9 @@
 //! Offline evaluation of a detector on recorded drives (rosbag2 bags or image folders): the
 //! same core monitor as the node, frame by frame, then detection metrics.
 
+pub mod html;
 pub mod metrics;
+pub mod plots;
 pub mod report;
 
 use crate::backend::BackendOptions;
@@ -172,6 +174,11 @@ fn eval_input(
                 },
                 None,
             );
+            // An image that does not decode is damage to the dataset, not a camera fault:
+            // stop this input with an error naming the file (earlier frames are kept).
+            if let Some(crate::monitor::Fault::Rejected(e)) = &v.fault {
+                return Err(format!("{}: unreadable image: {e}", f.display()));
+            }
             let stamp = (k as f64 * 1e9 / opts.folder_fps) as i64;
             out.push(record(
                 i,
@@ -290,6 +297,46 @@ fn eval_input(
         Ok(_) => Ok(()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Writes the plots and report.html beside report.json; plot failures (e.g. no font) are
+/// recorded in the report, not fatal.
+pub fn write_plots_and_html(
+    out: &Path,
+    report: &mut report::Report,
+    frames: &[FrameRecord],
+    cusum_threshold: Option<f64>,
+) -> std::io::Result<()> {
+    let mut jobs: Vec<(String, Box<dyn Fn(&Path) -> Result<(), String> + '_>)> = vec![(
+        "roc_score.png".into(),
+        Box::new(|p: &Path| plots::roc(p, "ROC, per-frame score", frames, |f| f.score)),
+    )];
+    if report.calibrated {
+        jobs.push((
+            "roc_cusum.png".into(),
+            Box::new(|p: &Path| plots::roc(p, "ROC, CUSUM statistic", frames, |f| f.cusum)),
+        ));
+    }
+    for (k, input) in report.inputs.iter().enumerate() {
+        let fs: Vec<&FrameRecord> = frames.iter().filter(|f| f.input == k).collect();
+        if fs.is_empty() {
+            continue;
+        }
+        let title = format!("input {k}: {}", input.path);
+        jobs.push((
+            format!("timeline_{k}.png"),
+            Box::new(move |p: &Path| plots::timeline(p, &title, &fs, cusum_threshold)),
+        ));
+    }
+    for (name, job) in jobs {
+        match job(&out.join(&name)) {
+            Ok(()) => report.plots.push(name),
+            Err(e) => {
+                report.plot_error.get_or_insert(e);
+            }
+        }
+    }
+    std::fs::write(out.join("report.html"), html::render(report))
 }
 
 /// Total frames of the inputs (for a progress bar); unknown inputs count zero.

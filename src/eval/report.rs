@@ -69,6 +69,10 @@ pub struct Report {
     pub latency_ms: BTreeMap<String, Percentiles>,
     pub throughput_fps: f64,
     pub peak_memory_mib: Option<f64>,
+    /// PNG files written beside the report.
+    pub plots: Vec<String>,
+    /// Why plots are missing, if they are.
+    pub plot_error: Option<String>,
 }
 
 fn per_type(
@@ -243,6 +247,8 @@ pub fn build(
             0.0
         },
         peak_memory_mib: super::peak_memory_mib(),
+        plots: vec![],
+        plot_error: None,
     }
 }
 

@@ -1,0 +1,233 @@
+//! PNG plots for the evaluation report (plotters, bitmap backend): ROC curves per OOD type,
+//! and per input the score, CUSUM and verdict over time with the OOD labels shaded.
+
+use super::metrics::roc_points;
+use super::FrameRecord;
+use crate::monitor::MonitorState;
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::OnceLock;
+
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers a TTF for plot text once (`VAE_OOD_FONT` or DejaVu Sans from the system).
+pub fn font() -> Result<(), String> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let env = std::env::var("VAE_OOD_FONT").ok();
+        let path = env.iter().map(String::as_str).chain(FONT_PATHS.iter().copied()).find(|p| Path::new(p).is_file()).ok_or_else(|| {
+            format!("no TTF font for plot text (looked for {FONT_PATHS:?}); install fonts-dejavu-core or set VAE_OOD_FONT")
+        })?;
+        let bytes: &'static [u8] = Box::leak(std::fs::read(path).map_err(|e| format!("{path}: {e}"))?.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{path}: not a usable font"))
+    })
+    .clone()
+}
+
+fn save(
+    path: &Path,
+    w: u32,
+    h: u32,
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<(), String>,
+) -> Result<(), String> {
+    font()?;
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        draw(root.clone())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    image::RgbImage::from_raw(w, h, buf)
+        .expect("buffer sized w x h")
+        .save(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// ROC curves of `value` (score or CUSUM), one per OOD type against all ID frames.
+pub fn roc(
+    path: &Path,
+    title: &str,
+    frames: &[FrameRecord],
+    value: fn(&FrameRecord) -> Option<f64>,
+) -> Result<(), String> {
+    let mut types: Vec<String> = frames
+        .iter()
+        .filter(|f| f.ood)
+        .map(|f| f.ood_type.clone())
+        .collect();
+    types.sort();
+    types.dedup();
+    save(path, 640, 520, |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("false positive rate (ID flagged)")
+            .y_desc("true positive rate (OOD flagged)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                RGBColor(180, 180, 180),
+            ))
+            .map_err(|e| e.to_string())?;
+        for (k, t) in types.iter().enumerate() {
+            let (s, l): (Vec<f64>, Vec<bool>) = frames
+                .iter()
+                .filter(|f| !f.ood || &f.ood_type == t)
+                .filter_map(|f| value(f).map(|v| (v, f.ood)))
+                .unzip();
+            if !l.iter().any(|&b| b) || l.iter().all(|&b| b) {
+                continue;
+            }
+            let c = COLOURS[k % COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(roc_points(&s, &l), c.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(t.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// One input over time: score (top) and CUSUM S or the verdict (bottom); OOD-labelled frames
+/// shaded, frames with an OOD verdict marked.
+pub fn timeline(
+    path: &Path,
+    title: &str,
+    frames: &[&FrameRecord],
+    cusum_threshold: Option<f64>,
+) -> Result<(), String> {
+    let n = frames.len().max(1) as f64;
+    save(path, 900, 520, |root| {
+        let (top, bottom) = root.split_vertically(280);
+        let max_score = frames.iter().filter_map(|f| f.score).fold(1e-9, f64::max) * 1.1;
+        let shade = |chart: &mut ChartContext<
+            '_,
+            BitMapBackend<'_>,
+            Cartesian2d<
+                plotters::coord::types::RangedCoordf64,
+                plotters::coord::types::RangedCoordf64,
+            >,
+        >,
+                     ymax: f64| {
+            chart
+                .draw_series(
+                    frames
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| f.ood)
+                        .map(|(i, _)| {
+                            Rectangle::new(
+                                [(i as f64, 0.0), (i as f64 + 1.0, ymax)],
+                                RGBColor(255, 200, 200).filled(),
+                            )
+                        }),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let mut c = ChartBuilder::on(&top)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(20)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..n, 0f64..max_score)
+            .map_err(|e| e.to_string())?;
+        c.configure_mesh()
+            .y_desc("score (KL)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        shade(&mut c, max_score)?;
+        c.draw_series(LineSeries::new(
+            frames
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| f.score.map(|s| (i as f64 + 0.5, s))),
+            COLOURS[0].stroke_width(2),
+        ))
+        .map_err(|e| e.to_string())?;
+        c.draw_series(
+            frames
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.state == MonitorState::Ood)
+                .map(|(i, _)| {
+                    Circle::new((i as f64 + 0.5, max_score * 0.97), 2, COLOURS[3].filled())
+                }),
+        )
+        .map_err(|e| e.to_string())?;
+
+        let (label, values): (&str, Vec<f64>) = match cusum_threshold {
+            Some(_) => (
+                "CUSUM S",
+                frames.iter().map(|f| f.cusum.unwrap_or(0.0)).collect(),
+            ),
+            None => (
+                "verdict OOD",
+                frames
+                    .iter()
+                    .map(|f| f64::from(u8::from(f.state.is_ood())))
+                    .collect(),
+            ),
+        };
+        let ymax = values
+            .iter()
+            .copied()
+            .chain(cusum_threshold)
+            .fold(1e-9, f64::max)
+            * 1.1;
+        let mut c = ChartBuilder::on(&bottom)
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..n, 0f64..ymax)
+            .map_err(|e| e.to_string())?;
+        c.configure_mesh()
+            .x_desc("frame (shaded: labelled OOD; red dots: OOD verdict)")
+            .y_desc(label)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        shade(&mut c, ymax)?;
+        c.draw_series(LineSeries::new(
+            values.iter().enumerate().map(|(i, v)| (i as f64 + 0.5, *v)),
+            COLOURS[1].stroke_width(2),
+        ))
+        .map_err(|e| e.to_string())?;
+        if let Some(t) = cusum_threshold {
+            c.draw_series(LineSeries::new(
+                [(0.0, t), (n, t)],
+                COLOURS[3].stroke_width(1),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+}
