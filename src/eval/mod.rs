@@ -299,6 +299,9 @@ fn eval_input(
     }
 }
 
+/// A plot to draw into a given file.
+type PlotJob<'a> = Box<dyn Fn(&Path) -> Result<(), String> + 'a>;
+
 /// Writes the plots and report.html beside report.json; plot failures (e.g. no font) are
 /// recorded in the report, not fatal.
 pub fn write_plots_and_html(
@@ -307,7 +310,7 @@ pub fn write_plots_and_html(
     frames: &[FrameRecord],
     cusum_threshold: Option<f64>,
 ) -> std::io::Result<()> {
-    let mut jobs: Vec<(String, Box<dyn Fn(&Path) -> Result<(), String> + '_>)> = vec![(
+    let mut jobs: Vec<(String, PlotJob<'_>)> = vec![(
         "roc_score.png".into(),
         Box::new(|p: &Path| plots::roc(p, "ROC, per-frame score", frames, |f| f.score)),
     )];
