@@ -29,6 +29,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"SKIPPED: {rep.nodeid}: {reason.removeprefix('Skipped: ')}")
 
 
+@pytest.fixture(scope="module")
+def ros():
+    """rclpy initialised for one test module (skips when ROS 2 is not in the environment)."""
+    rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
+    rclpy.init()
+    yield rclpy
+    rclpy.shutdown()
+
+
 def require(path: pathlib.Path, what: str):
     if not path.exists():
         pytest.skip(f"{what} not built ({path}); run `make test`")

@@ -22,13 +22,6 @@ UID = f"{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-@pytest.fixture(scope="module")
 def frames(tmp_path_factory):
     d = tmp_path_factory.mktemp("frames")
     imgs = make_frames(6)

@@ -21,7 +21,7 @@ UID = f"{os.getpid()}"
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_replay_to_live_node_equals_offline_eval(tmp_path, storage):
+def test_replay_to_live_node_equals_offline_eval(ros, tmp_path, storage):
     require(VAE_OOD, "vae-ood")
     name = f"replay_{storage}_{UID}"
     frames = make_frames(30, seed=5)
@@ -30,7 +30,6 @@ def test_replay_to_live_node_equals_offline_eval(tmp_path, storage):
     offline = {int(r["stamp_ns"]): r for r in csv.DictReader(open(tmp_path / "offline" / "frames.csv"))}
     assert len(offline) == 30
 
-    rclpy.init()
     node = NodeProcess(name, {"image_qos": "reliable", "max_frame_age": "0.0", "input_timeout": "0.0"})
     client = rclpy.create_node(f"replay_client_{UID}")
     verdicts, diags = {}, []
@@ -63,4 +62,3 @@ def test_replay_to_live_node_equals_offline_eval(tmp_path, storage):
     finally:
         client.destroy_node()
         node.stop()
-        rclpy.shutdown()

@@ -387,25 +387,10 @@ fn info(dir: &Path) -> Result<()> {
 fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
-        if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    matches!(
-                        f.extension()
-                            .and_then(|e| e.to_str())
-                            .map(str::to_ascii_lowercase)
-                            .as_deref(),
-                        Some("png" | "jpg" | "jpeg")
-                    )
-                })
-                .collect();
-            files.sort();
-            out.extend(files);
-        } else {
-            out.push(p.clone());
-        }
+        out.extend(
+            vae_ood_monitor::tools::drives::list_images(p)
+                .with_context(|| format!("reading {}", p.display()))?,
+        );
     }
     if out.is_empty() {
         bail!("no PNG or JPEG images found in {paths:?}");

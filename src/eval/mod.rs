@@ -342,6 +342,18 @@ pub fn write_plots_and_html(
     std::fs::write(out.join("report.html"), html::render(report))
 }
 
+/// The OOD types present, sorted.
+pub fn ood_types(frames: &[FrameRecord]) -> Vec<String> {
+    let mut types: Vec<String> = frames
+        .iter()
+        .filter(|f| f.ood)
+        .map(|f| f.ood_type.clone())
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
 /// Total frames of the inputs (for a progress bar); unknown inputs count zero.
 pub fn count_frames(inputs: &[Input], topic: Option<&str>) -> usize {
     inputs

@@ -64,13 +64,7 @@ pub fn roc(
     frames: &[FrameRecord],
     value: fn(&FrameRecord) -> Option<f64>,
 ) -> Result<(), String> {
-    let mut types: Vec<String> = frames
-        .iter()
-        .filter(|f| f.ood)
-        .map(|f| f.ood_type.clone())
-        .collect();
-    types.sort();
-    types.dedup();
+    let types = super::ood_types(frames);
     save(path, 640, 520, |root| {
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))

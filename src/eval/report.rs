@@ -79,13 +79,7 @@ fn per_type(
     frames: &[FrameRecord],
     value: impl Fn(&FrameRecord) -> Option<f64>,
 ) -> BTreeMap<String, Outcome> {
-    let mut types: Vec<String> = frames
-        .iter()
-        .filter(|f| f.ood)
-        .map(|f| f.ood_type.clone())
-        .collect();
-    types.sort();
-    types.dedup();
+    let types = super::ood_types(frames);
     let mut out = BTreeMap::new();
     let mut eval = |name: String, keep: &dyn Fn(&FrameRecord) -> bool| {
         let (s, l): (Vec<f64>, Vec<bool>) = frames

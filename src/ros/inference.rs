@@ -261,14 +261,8 @@ fn update_status(
 }
 
 fn now_header(clock: &Mutex<r2r::Clock>) -> Header {
-    let stamp = clock
-        .lock()
-        .ok()
-        .and_then(|mut c| c.get_now().ok())
-        .map(|d| r2r::Clock::to_builtin_time(&d))
-        .unwrap_or_default();
     Header {
-        stamp,
+        stamp: super::messages::now_stamp(clock),
         frame_id: String::new(),
     }
 }

@@ -40,6 +40,16 @@ impl CameraMsg {
     }
 }
 
+/// The node clock's current time as a message stamp (zero if the clock cannot be read).
+pub fn now_stamp(clock: &std::sync::Mutex<r2r::Clock>) -> Time {
+    clock
+        .lock()
+        .ok()
+        .and_then(|mut c| c.get_now().ok())
+        .map(|d| r2r::Clock::to_builtin_time(&d))
+        .unwrap_or_default()
+}
+
 pub fn time_to_nanos(t: &Time) -> i64 {
     i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
 }

@@ -7,7 +7,7 @@
 //! faults after `input_timeout`; a hung pipeline stops the `~/ood` heartbeat.
 
 use super::inference::{self, Incoming, LoopCtx, Publishers, Shared};
-use super::messages::{frame_age, health_array, CameraMsg, Health};
+use super::messages::{frame_age, health_array, now_stamp, CameraMsg, Health};
 use super::params::{self, NodeConfig};
 use crate::backend::{BackendKind, BackendOptions};
 use crate::monitor::{Detector, Monitor, MonitorConfig};
@@ -317,13 +317,7 @@ async fn run() -> Result<()> {
                     latency_max: lat.last().copied(),
                     topic,
                 };
-                let stamp = clock
-                    .lock()
-                    .ok()
-                    .and_then(|mut c| c.get_now().ok())
-                    .map(|d| r2r::Clock::to_builtin_time(&d))
-                    .unwrap_or_default();
-                let _ = pub_diag.publish(&health_array(&health, stamp));
+                let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
                 (last_received, last_faults, last_dropped) =
                     (received, counters.total_faults(), dropped);
             }
