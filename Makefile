@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv
+.PHONY: demo test setup build clean-venv data sample-data
 
 setup:
 	bash scripts/bootstrap.sh
@@ -17,3 +17,20 @@ test:
 
 clean-venv:
 	rm -rf .venv
+
+# Duckietown driving data (simulator in its own venv, .venv-data; never needed by `make test`).
+DATA_VENV := .venv-data
+$(DATA_VENV)/.ok:
+	bash scripts/dataset/setup.sh
+	touch $@
+
+# Larger sets: make data DATA_OUT=out/data FRAMES=1000
+DATA_OUT ?= out/data
+FRAMES ?= 1000
+data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --out $(DATA_OUT) --frames $(FRAMES) --images
+
+# Regenerates the committed sample in data/sample (300 frames per drive, 160x120 JPEG).
+sample-data: $(DATA_VENV)/.ok
+	rm -rf data/sample
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --out data/sample --frames 300

@@ -135,7 +135,8 @@ enum Cmd {
         /// OOD inputs as PATH or PATH=TYPE (every frame OOD; TYPE defaults to the file name).
         #[arg(long, num_args = 1..)]
         ood: Vec<String>,
-        /// Inputs labelled by --labels ranges or by --label-topic.
+        /// Inputs labelled by --labels ranges or by --label-topic, as PATH or PATH=TYPE (the OOD
+        /// type of their label-topic OOD frames).
         #[arg(long, num_args = 1..)]
         input: Vec<PathBuf>,
         /// CSV with header `start,end,type`: header-stamp ranges in seconds that are OOD.
@@ -580,15 +581,28 @@ fn eval_cmd(
         });
     }
     if !input.is_empty() {
-        let label = match (labels, &label_topic) {
-            (Some(f), None) => Label::Ranges(read_ranges(f)?),
-            (None, Some(t)) => Label::Topic(t.clone()),
+        let ranges = match (labels, &label_topic) {
+            (Some(f), None) => Some(read_ranges(f)?),
+            (None, Some(_)) => None,
             _ => bail!("--input needs exactly one of --labels FILE or --label-topic TOPIC"),
         };
-        inputs.extend(input.iter().map(|p| EvalInput {
-            path: p.clone(),
-            label: label.clone(),
-        }));
+        for i in input {
+            // PATH=TYPE names the OOD type of a label-topic input's OOD frames.
+            let s = i.to_string_lossy();
+            let (path, ty) = match s.rsplit_once('=') {
+                Some((p, t)) => (PathBuf::from(p), t.to_string()),
+                None => (i.clone(), String::new()),
+            };
+            let label = match (&ranges, &label_topic) {
+                (Some(r), _) => Label::Ranges(r.clone()),
+                (None, Some(t)) => Label::Topic {
+                    topic: t.clone(),
+                    ood_type: ty,
+                },
+                _ => unreachable!("checked above"),
+            };
+            inputs.push(EvalInput { path, label });
+        }
     }
     if inputs.is_empty() {
         bail!("nothing to evaluate: give --id, --ood or --input");

@@ -32,7 +32,8 @@ pub fn run(cal: &Calibration, params: &PipelineParams, scores: &[f64]) -> Vec<St
 }
 
 /// The smallest threshold such that at most `rate` of the in-distribution frames (with a full
-/// window) have S above it. Frames with S equal to the threshold do not alarm (`S > t`).
+/// window) have S above it, and at least ln(1/rate). Frames with S equal to the threshold do
+/// not alarm (`S > t`).
 pub fn threshold_for_rate(
     cal: &Calibration,
     params: &PipelineParams,
@@ -54,8 +55,10 @@ pub fn threshold_for_rate(
     s.sort_by(f64::total_cmp);
     let allowed = (rate.max(0.0) * s.len() as f64).floor() as usize;
     let t = s[s.len() - 1 - allowed.min(s.len() - 1)];
-    // A threshold of 0 would alarm on any evidence at all; keep a floor.
-    Ok(t.max(1e-3))
+    // Floor: never below ln(1/rate), the level one window's log M exceeds with probability at
+    // most `rate` under exchangeability (Ville). Short or calm tuning drives often leave S at 0,
+    // and a threshold near 0 would alarm on any evidence at all.
+    Ok(t.max((1.0 / rate.max(1e-6)).ln()))
 }
 
 /// Frames from onset to the first alarm at or after it; `None` if never detected.

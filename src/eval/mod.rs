@@ -22,8 +22,9 @@ pub enum Label {
     Ood(String),
     /// Time ranges (header stamps, ns): frames inside are OOD of the range's type; others ID.
     Ranges(Vec<Range>),
-    /// A std_msgs/Bool topic in the bag: the latest value at a frame's time is its label.
-    Topic(String),
+    /// A std_msgs/Bool topic in the bag: the latest value at a frame's time is its label; OOD
+    /// frames get the given type.
+    Topic { topic: String, ood_type: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,8 +113,15 @@ fn label_at(
             .iter()
             .find(|r| stamp_ns >= r.start_ns && stamp_ns <= r.end_ns)
             .map_or((false, String::new()), |r| (true, r.ood_type.clone())),
-        Label::Topic(_) => match topic_value {
-            Some(true) => (true, topic.to_string()),
+        Label::Topic { ood_type, .. } => match topic_value {
+            Some(true) => (
+                true,
+                if ood_type.is_empty() {
+                    topic.to_string()
+                } else {
+                    ood_type.clone()
+                },
+            ),
             _ => (false, String::new()),
         },
     }
@@ -226,7 +234,7 @@ fn eval_input(
         .check_topic(&topic, &[IMAGE, COMPRESSED_IMAGE])
         .map_err(|e| e.to_string())?;
     let label_topic = match &input.label {
-        Label::Topic(t) => {
+        Label::Topic { topic: t, .. } => {
             bag.check_topic(t, &[BOOL]).map_err(|e| e.to_string())?;
             Some(t.clone())
         }

@@ -1,11 +1,13 @@
-//! `vae-ood calibrate`: builds a bundle's calibration section from image-folder drives.
+//! `vae-ood calibrate`: builds a bundle's calibration section from drives (image folders or
+//! rosbag2 bags).
 //!
 //! Roles are disjoint by drive (a folder may serve one role only): calibration drives give the
-//! conformal scores (and, unless latents are given, the latent ranking), in-distribution tuning
+//! conformal scores, in-distribution tuning
 //! drives set `cusum_threshold` for the target false-alarm rate, validation OOD drives choose
-//! k, window and decay by the least detection delay.
+//! k, window and decay by the least detection delay. Unless latents are given, they are ranked
+//! on the calibration and tuning drives (in-distribution only).
 
-use super::drives::{kl_of_file, list_images};
+use super::drives::kl_of_drive;
 use crate::bundle::{Bundle, CalibrationData, CalibrationSection};
 use crate::detection::selection::{rank_latents, top_k};
 use crate::detection::tuning::{search, Candidate, Drive, Grid};
@@ -78,18 +80,24 @@ pub fn calibrate(
         }
     }
 
-    let all: Vec<(&DriveArg, Vec<PathBuf>)> = opts
+    let args: Vec<&DriveArg> = opts
         .cal
         .iter()
         .chain(&opts.tune_id)
         .chain(&opts.val_ood)
+        .collect();
+    let total: usize = args
+        .iter()
         .map(|d| {
-            list_images(&d.path)
-                .map(|f| (d, f))
-                .map_err(|e| format!("{}: {e}", d.path.display()))
+            crate::eval::count_frames(
+                &[crate::eval::Input {
+                    path: d.path.clone(),
+                    label: crate::eval::Label::Id,
+                }],
+                None,
+            )
         })
-        .collect::<Result<_, _>>()?;
-    let total: usize = all.iter().map(|(_, f)| f.len()).sum();
+        .sum();
     let bar = if opts.quiet {
         ProgressBar::hidden()
     } else {
@@ -101,17 +109,10 @@ pub fn calibrate(
             .progress_chars("=> "),
     );
     let mut drives = vec![];
-    for (d, files) in &all {
-        if files.is_empty() {
-            return Err(format!("{}: no PNG or JPEG frames", d.path.display()));
-        }
-        let mut kl = Vec::with_capacity(files.len());
-        for f in files {
-            kl.push(kl_of_file(det, f)?);
-            bar.inc(1);
-        }
+    for d in args {
+        let kl = kl_of_drive(det, &d.path, &|| bar.inc(1))?;
         drives.push(Drive {
-            id: format!("{} ({} frames)", d.path.display(), files.len()),
+            id: format!("{} ({} frames)", d.path.display(), kl.len()),
             kl,
             onset: Some(d.onset),
         });
@@ -146,13 +147,19 @@ pub fn calibrate(
             )
         }
         None => {
-            let ranked = rank_latents(&cal.iter().map(|d| d.kl.clone()).collect::<Vec<_>>())?;
+            // Ranked on every in-distribution drive not used for testing (calibration and tuning).
+            let ranked = rank_latents(
+                &cal.iter()
+                    .chain(&tune)
+                    .map(|d| d.kl.clone())
+                    .collect::<Vec<_>>(),
+            )?;
             let mut g = opts.grid.clone();
             g.k.retain(|&k| k >= 1 && k <= n_latents);
             if g.k.is_empty() {
                 g.k = vec![n_latents];
             }
-            (ranked, "top k by variance across calibration drives of the mean absolute frame-to-frame KL change".to_string(), g)
+            (ranked, "top k by variance across calibration and tuning drives of the mean absolute frame-to-frame KL change".to_string(), g)
         }
     };
 

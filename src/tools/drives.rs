@@ -25,6 +25,75 @@ pub fn list_images(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// KL per latent of every frame of a drive: an image folder, or a rosbag2 bag (its one image
+/// topic). Any unreadable frame is an error naming it: calibration data must be clean.
+pub fn kl_of_drive(
+    det: &mut Detector,
+    path: &Path,
+    tick: &dyn Fn(),
+) -> Result<Vec<Vec<f64>>, String> {
+    use crate::bag::{cdr, Bag, COMPRESSED_IMAGE, IMAGE};
+    if crate::eval::is_bag(path) {
+        let bag = Bag::open(path).map_err(|e| e.to_string())?;
+        let topics = bag.topics().map_err(|e| e.to_string())?;
+        let images: Vec<_> = topics
+            .iter()
+            .filter(|t| t.msg_type == IMAGE || t.msg_type == COMPRESSED_IMAGE)
+            .collect();
+        let [topic] = images.as_slice() else {
+            return Err(format!(
+                "{}: needs exactly one image topic, found {}",
+                path.display(),
+                images.len()
+            ));
+        };
+        let mut out = vec![];
+        let mut failure = None;
+        bag.visit(&[topic.name.as_str()], &mut |m| {
+            if failure.is_some() {
+                return;
+            }
+            let frame = if topic.msg_type == IMAGE {
+                cdr::decode_image(&m.data)
+            } else {
+                cdr::decode_compressed(&m.data)
+            };
+            let kl = frame
+                .map_err(|e| e.to_string())
+                .and_then(|f| crate::frame::decode(&f.as_frame()).map_err(|e| e.to_string()))
+                .and_then(|img| {
+                    det.score_image(&img)
+                        .map(|s| s.kl)
+                        .map_err(|e| e.to_string())
+                });
+            match kl {
+                Ok(kl) => out.push(kl),
+                Err(e) => failure = Some(format!("{}: frame {}: {e}", path.display(), out.len())),
+            }
+            tick();
+        })
+        .map_err(|e| e.to_string())?;
+        return match failure {
+            Some(e) => Err(e),
+            None if out.is_empty() => {
+                Err(format!("{}: no frames on {}", path.display(), topic.name))
+            }
+            None => Ok(out),
+        };
+    }
+    let files = list_images(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if files.is_empty() {
+        return Err(format!("{}: no PNG or JPEG frames", path.display()));
+    }
+    files
+        .iter()
+        .map(|f| {
+            tick();
+            kl_of_file(det, f)
+        })
+        .collect()
+}
+
 /// Decodes an image file with the node's CompressedImage decoder (identical pixels, identical
 /// scores) and returns its KL per latent.
 pub fn kl_of_file(det: &mut Detector, file: &Path) -> Result<Vec<f64>, String> {

@@ -1,0 +1,177 @@
+"""Duckietown driving data for training, calibrating and evaluating detectors.
+
+Drives the simulated Duckiebot along its lane (pure pursuit on the map's lane curves) and
+records its forward camera. In-distribution drives are clear; OOD drives apply one of the
+conditions in ood_transforms.py to the whole drive, from mid-drive to the end, or to the
+middle half. Every drive (map + seed + run) is one unit of the train/calibration/tuning/test
+splits, recorded in its metadata. Fixed seeds reproduce every frame bit for bit.
+
+Output per drive, under OUT/<drive_id>/:
+  bag/          rosbag2 MCAP: /camera/image_raw/compressed (sensor_msgs/CompressedImage, JPEG)
+                and /ood_label (std_msgs/Bool, true = OOD), written with PyPI `rosbags`
+  frames/       the same frames as PNG (with --images)
+  meta.json     map, seed, run, split, condition, severity, sequence, per-frame labels, sha256
+
+Run through `make data` (its own venv, .venv-data: the simulator is never needed by the tests).
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import ood_transforms  # noqa: E402
+
+FPS = 15
+# The committed sample: (drive id, map, seed, split, condition, sequence). Conditions other
+# than "clear" are OOD; sequences: whole, second_half (OOD from mid-drive), middle (25%..75%).
+SAMPLE = [
+    ("id_loop_empty_s1", "loop_empty", 1, "train", "clear", "whole"),
+    ("id_small_loop_s2", "small_loop", 2, "calibration", "clear", "whole"),
+    ("id_udem1_s3", "udem1", 3, "tuning", "clear", "whole"),
+    ("id_loop_empty_s4", "loop_empty", 4, "test", "clear", "whole"),
+    ("ood_brightness_small_loop_s5", "small_loop", 5, "test", "brightness", "middle"),
+    ("ood_rain_udem1_s6", "udem1", 6, "test", "rain", "middle"),
+    ("ood_fog_loop_empty_s7", "loop_empty", 7, "validation", "fog", "second_half"),
+    ("ood_noise_small_loop_s8", "small_loop", 8, "test", "noise", "whole"),
+]
+
+
+def ood_mask(n, sequence, condition):
+    if condition == "clear":
+        return np.zeros(n, bool)
+    idx = np.arange(n)
+    if sequence == "whole":
+        return np.ones(n, bool)
+    if sequence == "second_half":
+        return idx >= n // 2
+    if sequence == "middle":
+        return (idx >= n // 4) & (idx < 3 * n // 4)
+    raise ValueError(f"unknown sequence '{sequence}'")
+
+
+def make_env(map_name, seed, width, height):
+    import duckietown_world  # noqa: F401  (switches PyContracts off; must come first)
+    import geometry
+
+    original = geometry.se2_from_linear_angular
+
+    def flat(linear, angular):  # numpy >= 1.24 shim (see shared NOTES)
+        scalar = lambda v: float(np.asarray(v, dtype=float).reshape(-1)[0])  # noqa: E731
+        return original(np.array([scalar(v) for v in linear]), scalar(angular))
+
+    geometry.se2_from_linear_angular = flat
+    from gym_duckietown.envs import DuckietownEnv
+
+    env = DuckietownEnv(map_name=map_name, seed=seed, camera_width=width, camera_height=height, domain_rand=False,
+                        distortion=False, max_steps=100_000, draw_curve=False, draw_bbox=False, accept_start_angle_deg=4)
+    env.reset()
+    return env
+
+
+def pure_pursuit(env):
+    pos, angle = env.cur_pos, env.cur_angle
+    point, tangent = env.closest_curve_point(pos, angle)
+    if point is None:
+        return 0.2, 0.0
+    lookahead, target = 0.24, None
+    for _ in range(10):
+        target, _ = env.closest_curve_point(point + tangent * lookahead, angle)
+        if target is not None:
+            break
+        lookahead *= 0.5
+    if target is None:
+        return 0.2, 0.0
+    to_target = target - pos
+    to_target /= np.linalg.norm(to_target) + 1e-9
+    right = np.array([np.sin(angle), 0.0, np.cos(angle)])
+    steer = -6.0 * float(np.dot(right, to_target))
+    speed = 0.25 if abs(steer) > 1.5 else 0.5
+    return speed, steer
+
+
+def drive(map_name, seed, n_frames, width, height):
+    env = make_env(map_name, seed, width, height)
+    frames = []
+    obs = env.render_obs()
+    for _ in range(n_frames):
+        action = pure_pursuit(env)
+        obs, _, done, _ = env.step(np.array(action))[:4]
+        frames.append(np.ascontiguousarray(obs, dtype=np.uint8))
+        if done:
+            env.reset()
+    env.close()
+    return frames
+
+
+def jpeg(rgb, quality=90):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_frames, width, height, severity, images):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    CompressedImage, Bool = ts.types["sensor_msgs/msg/CompressedImage"], ts.types["std_msgs/msg/Bool"]
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    clean = drive(map_name, seed, n_frames, width, height)
+    mask = ood_mask(n_frames, sequence, condition)
+    d = out / drive_id
+    d.mkdir(parents=True, exist_ok=True)
+    if images:
+        (d / "frames").mkdir(exist_ok=True)
+    t0 = 1_700_000_000_000_000_000 + seed * 10**12
+    digest = hashlib.sha256()
+    with Writer(d / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        cam = w.add_connection("/camera/image_raw/compressed", CompressedImage.__msgtype__, typestore=ts)
+        lab = w.add_connection("/ood_label", Bool.__msgtype__, typestore=ts)
+        for i, frame in enumerate(clean):
+            if mask[i]:
+                frame = ood_transforms.apply(condition, frame, severity, seed=seed * 100_003 + i)
+            data = jpeg(frame)
+            digest.update(data)
+            ns = t0 + i * 10**9 // FPS
+            w.write(lab, ns, ts.serialize_cdr(Bool(data=bool(mask[i])), Bool.__msgtype__))
+            msg = CompressedImage(header=Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id="camera"),
+                                  format="jpeg", data=np.frombuffer(data, np.uint8))
+            w.write(cam, ns, ts.serialize_cdr(msg, CompressedImage.__msgtype__))
+            if images:
+                from PIL import Image
+                Image.fromarray(frame).save(d / "frames" / f"{i:06d}.png")
+    meta = {"drive_id": drive_id, "map": map_name, "seed": seed, "run": 0, "split": split, "condition": condition,
+            "ood": condition != "clear", "severity": severity if condition != "clear" else 0.0, "sequence": sequence,
+            "frames": n_frames, "fps": FPS, "size": [width, height], "ood_frames": [int(i) for i in np.flatnonzero(mask)],
+            "sha256_jpeg": digest.hexdigest(), "simulator": "duckietown-gym-daffy 6.1.34"}
+    (d / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=pathlib.Path, required=True)
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--width", type=int, default=160)
+    ap.add_argument("--height", type=int, default=120)
+    ap.add_argument("--severity", type=float, default=ood_transforms.DEFAULT_SEVERITY)
+    ap.add_argument("--images", action="store_true", help="also write PNG frames")
+    ap.add_argument("--only", nargs="*", help="drive ids to generate (default: all)")
+    args = ap.parse_args()
+    for spec in SAMPLE:
+        if args.only and spec[0] not in args.only:
+            continue
+        meta = write_drive(args.out, *spec, args.frames, args.width, args.height, args.severity, args.images)
+        print(f"{meta['drive_id']:<32} {meta['split']:<12} {meta['condition']:<11} {meta['sequence']:<12} {len(meta['ood_frames']):4d} OOD frames  sha256 {meta['sha256_jpeg'][:12]}")
+
+
+if __name__ == "__main__":
+    main()

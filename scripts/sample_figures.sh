@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sequential-detection figures on the committed sample data (data/sample), as reported in the
+# closing notes: calibrate the given bundle twice (default parameters: all latents, window 20,
+# decay 2; and auto-tuned k/window/decay), then evaluate both on the held-out test drives.
+# Usage: scripts/sample_figures.sh [BUNDLE] [OUT]   (needs target/debug/vae-ood: make test)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUNDLE="${1:-$ROOT/models/default}"
+OUT="${2:-$ROOT/out/sample_figures}"
+S="$ROOT/data/sample"
+VAE="${VAE_OOD:-$ROOT/target/debug/vae-ood}"
+[ -f "$ROOT/scripts/env.sh" ] && source "$ROOT/scripts/env.sh" >/dev/null 2>&1 || true
+for mode in default tuned; do
+  grid=()
+  [ "$mode" = default ] && grid=(--k 30 --windows 20 --decays 2)
+  echo "=== $mode parameters ==="
+  "$VAE" calibrate --bundle "$BUNDLE" --out "$OUT/$mode" --quiet \
+    --cal "$S/id_small_loop_s2/bag" --tune-id "$S/id_udem1_s3/bag" \
+    --val-ood "$S/ood_fog_loop_empty_s7/bag:150" "${grid[@]}"
+  "$VAE" eval --bundle "$OUT/$mode" --out "$OUT/eval_$mode" --quiet --label-topic /ood_label \
+    --input "$S/id_loop_empty_s4/bag" "$S/ood_brightness_small_loop_s5/bag=brightness" \
+            "$S/ood_rain_udem1_s6/bag=rain" "$S/ood_noise_small_loop_s8/bag=noise"
+done
