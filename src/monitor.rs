@@ -425,3 +425,85 @@ impl Monitor {
         verdict
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detection::Step;
+    use proptest::prelude::*;
+
+    fn step(window_full: bool, alarm: bool) -> Step {
+        Step {
+            p_value: 0.5,
+            log_martingale: 0.0,
+            cusum: if alarm { 10.0 } else { 0.0 },
+            window_full,
+            alarm,
+        }
+    }
+
+    fn seq() -> Sequential {
+        let det = SequentialDetector::new(
+            Calibration::new(vec![1.0]).unwrap(),
+            PipelineParams::default(),
+        )
+        .unwrap();
+        Sequential {
+            detector: det,
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        }
+    }
+
+    #[test]
+    fn documented_transitions() {
+        let auto = Recovery::Auto { frames: 3 };
+        let mut s = seq();
+        assert_eq!(s.next(&step(false, false), auto), MonitorState::Starting);
+        assert_eq!(s.next(&step(true, false), auto), MonitorState::Ok);
+        assert_eq!(s.next(&step(true, true), auto), MonitorState::Ood);
+        // Auto recovery needs 3 consecutive frames without alarm; an alarm restarts the count.
+        assert_eq!(s.next(&step(true, false), auto), MonitorState::Ood);
+        assert_eq!(s.next(&step(true, false), auto), MonitorState::Ood);
+        assert_eq!(s.next(&step(true, true), auto), MonitorState::Ood);
+        for _ in 0..2 {
+            assert_eq!(s.next(&step(true, false), auto), MonitorState::Ood);
+        }
+        assert_eq!(s.next(&step(true, false), auto), MonitorState::Ok);
+        // Manual recovery never leaves OOD by itself.
+        let mut m = seq();
+        m.next(&step(true, true), Recovery::Manual);
+        for _ in 0..100 {
+            assert_eq!(
+                m.next(&step(true, false), Recovery::Manual),
+                MonitorState::Ood
+            );
+        }
+    }
+
+    proptest! {
+        /// Over any sequence of steps: OK only without an alarm on the current frame, never OK
+        /// before the window is full, and manual recovery keeps OOD once entered.
+        #[test]
+        fn invariants(events in prop::collection::vec((any::<bool>(), any::<bool>()), 1..200), manual in any::<bool>()) {
+            let recovery = if manual { Recovery::Manual } else { Recovery::Auto { frames: 5 } };
+            let mut s = seq();
+            let mut full = false;
+            let mut entered_ood = false;
+            for (f, alarm) in events {
+                full |= f;
+                let st = step(full, alarm && full);
+                let state = s.next(&st, recovery);
+                prop_assert!(state != MonitorState::Fault);
+                if state == MonitorState::Ok {
+                    prop_assert!(full && !st.alarm);
+                    prop_assert!(!(manual && entered_ood));
+                }
+                if !full {
+                    prop_assert_eq!(state, MonitorState::Starting);
+                }
+                entered_ood |= state == MonitorState::Ood;
+            }
+        }
+    }
+}

@@ -24,3 +24,30 @@ impl Cusum {
         self.s = 0.0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No shift: while log M never exceeds the decay, S stays exactly 0.
+        #[test]
+        fn stays_zero_without_evidence(decay in 0.0f64..5.0, logs in prop::collection::vec(-50.0f64..0.0, 1..200)) {
+            let mut c = Cusum::new(decay);
+            for lm in logs {
+                prop_assert_eq!(c.update(lm.min(decay)), 0.0);
+            }
+        }
+
+        /// A shift: log M above the decay by delta makes S grow by delta per step, so it crosses
+        /// any threshold t within ceil(t / delta) + 1 steps.
+        #[test]
+        fn alarms_after_a_shift(decay in 0.0f64..5.0, delta in 0.1f64..10.0, t in 0.1f64..100.0) {
+            let mut c = Cusum::new(decay);
+            let steps = (t / delta).ceil() as usize + 1;
+            let s = (0..steps).map(|_| c.update(decay + delta)).last().unwrap();
+            prop_assert!(s > t);
+        }
+    }
+}
