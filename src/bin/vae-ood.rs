@@ -607,6 +607,9 @@ fn eval_cmd(
     if inputs.is_empty() {
         bail!("nothing to evaluate: give --id, --ood or --input");
     }
+    if !(fps > 0.0 && fps.is_finite()) {
+        bail!("--fps must be a positive number");
+    }
     let det = args.load()?;
     let (model_id, calibrated) = (
         det.model_id().to_string(),
@@ -661,6 +664,15 @@ fn eval_cmd(
         serde_json::to_string_pretty(&report)?,
     )?;
     print_report(&report, out);
+    // An input that gave no frame at all is an error (exit 1); damage after some frames is a
+    // partial result (exit 2).
+    if let Some(bad) = report
+        .inputs
+        .iter()
+        .find(|i| i.error.is_some() && i.frames == 0)
+    {
+        bail!("{}", bad.error.as_deref().unwrap_or("input failed"));
+    }
     Ok(!report.partial)
 }
 
@@ -876,6 +888,9 @@ fn bench(
     frames: usize,
 ) -> Result<()> {
     let det = args.load()?;
+    if frames == 0 {
+        bail!("--frames must be at least 1");
+    }
     let bpp = vae_ood_monitor::frame::Encoding::parse(encoding)?.bytes_per_pixel() as u32;
     let step = width * bpp;
     // Deterministic frames with structure (gradients + a moving bar), not constant images.

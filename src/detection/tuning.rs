@@ -131,7 +131,7 @@ pub fn search(
                         Some(d) => total += d as f64,
                         None => {
                             missed += 1;
-                            total += (scores.len() - onset) as f64;
+                            total += scores.len().saturating_sub(*onset) as f64;
                         }
                     }
                 }

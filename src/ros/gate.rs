@@ -57,14 +57,15 @@ impl CmdPub {
     }
 }
 
-/// The latest verdict and when it arrived.
+/// The latest verdict and when it arrived. `closed` (shutdown) blocks everything.
 struct Verdict {
     ood: bool,
     at: Instant,
+    closed: bool,
 }
 
 fn passing(v: &Option<Verdict>, timeout: Duration) -> bool {
-    matches!(v, Some(Verdict { ood: false, at }) if at.elapsed() < timeout)
+    matches!(v, Some(Verdict { ood: false, at, closed: false }) if at.elapsed() < timeout)
 }
 
 pub fn main() -> Result<()> {
@@ -98,8 +99,10 @@ async fn run() -> Result<()> {
         };
         let timeout = r.double("watchdog_timeout").map_err(|e| anyhow!(e))?;
         let rate = r.double("stop_rate").map_err(|e| anyhow!(e))?;
-        if timeout <= 0.0 || rate <= 0.0 {
-            return Err(anyhow!("watchdog_timeout and stop_rate must be > 0"));
+        if !(0.01..=60.0).contains(&timeout) || !(0.1..=1000.0).contains(&rate) {
+            return Err(anyhow!(
+                "watchdog_timeout must be in 0.01..=60 s and stop_rate in 0.1..=1000 Hz"
+            ));
         }
         (stamped, Duration::from_secs_f64(timeout), rate)
     };
@@ -145,10 +148,17 @@ async fn run() -> Result<()> {
         async move {
             while let Some(m) = verdicts.next().await {
                 let was = passing(&verdict.lock().expect("verdict lock"), timeout);
-                *verdict.lock().expect("verdict lock") = Some(Verdict {
-                    ood: m.data,
-                    at: Instant::now(),
-                });
+                {
+                    let mut v = verdict.lock().expect("verdict lock");
+                    if v.as_ref().is_some_and(|v| v.closed) {
+                        continue;
+                    }
+                    *v = Some(Verdict {
+                        ood: m.data,
+                        at: Instant::now(),
+                        closed: false,
+                    });
+                }
                 if m.data {
                     out.stop(&clock);
                 }
@@ -211,8 +221,15 @@ async fn run() -> Result<()> {
         _ = term.recv() => {}
     }
     r2r::log_info!(&logger, "shutting down: publishing zero velocity");
+    // Block first, so no task can pass a command after the final zero.
+    *verdict.lock().expect("verdict lock") = Some(Verdict {
+        ood: true,
+        at: Instant::now(),
+        closed: true,
+    });
     out.stop(&clock);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    out.stop(&clock);
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = spinner.await;
     Ok(())

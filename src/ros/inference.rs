@@ -2,6 +2,9 @@
 //! publishes every output. Runs on its own OS thread so a slow model never blocks the
 //! executor; faults for a silent camera (`input_timeout`) and operator resets happen here too,
 //! so every change of the monitor's state goes through one place.
+//!
+//! `~/ood` is only ever published while holding the status lock, with the state already
+//! updated, so the heartbeat (node.rs) can never republish an older verdict over a newer one.
 
 use super::messages::{verdict_array, CameraMsg, VerdictRecord};
 use crate::monitor::{Counters, Fault, FrameVerdict, Monitor, MonitorState};
@@ -19,11 +22,14 @@ pub struct Incoming {
     pub received: Instant,
 }
 
+/// The answer to an operator reset: the new state, or `None` when there is nothing to reset.
+pub type ResetReply = Option<MonitorState>;
+
 /// State shared by the subscription task, the inference thread, the services and the timers.
 pub struct Shared {
     pub slot: Mutex<Option<Incoming>>,
-    /// Operator resets waiting for the inference thread; each gets the resulting state.
-    pub resets: Mutex<Vec<oneshot::Sender<MonitorState>>>,
+    /// Operator resets waiting for the inference thread.
+    pub resets: Mutex<Vec<oneshot::Sender<ResetReply>>>,
     pub wake: Condvar,
     pub shutdown: AtomicBool,
     pub received: AtomicU64,
@@ -49,7 +55,8 @@ impl Shared {
                 state: MonitorState::Starting,
                 counters: Counters::default(),
                 latencies: vec![],
-                alive: Instant::now(),
+                busy_since: None,
+                closed: false,
             }),
         }
     }
@@ -57,28 +64,70 @@ impl Shared {
     /// Puts a frame in the slot; a frame still waiting there is dropped and counted.
     pub fn offer(&self, frame: Incoming) {
         self.received.fetch_add(1, Ordering::Relaxed);
-        if self
-            .slot
-            .lock()
-            .expect("slot lock")
-            .replace(frame)
-            .is_some()
-        {
+        let mut slot = self.slot.lock().expect("slot lock");
+        if slot.replace(frame).is_some() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        // Notify while holding the lock: the worker cannot miss it between check and wait.
         self.wake.notify_one();
     }
 
-    pub fn request_reset(&self) -> oneshot::Receiver<MonitorState> {
+    pub fn request_reset(&self) -> oneshot::Receiver<ResetReply> {
         let (tx, rx) = oneshot::channel();
+        let _slot = self.slot.lock().expect("slot lock");
         self.resets.lock().expect("reset lock").push(tx);
         self.wake.notify_one();
         rx
     }
 
-    pub fn stop(&self) {
-        self.shutdown.store(true, Ordering::Relaxed);
-        self.wake.notify_all();
+    /// Stops the worker and the heartbeat, then publishes the final `~/ood = true`.
+    pub fn stop(&self, ood: &r2r::Publisher<Bool>) {
+        {
+            let _slot = self.slot.lock().expect("slot lock");
+            self.shutdown.store(true, Ordering::Relaxed);
+            self.wake.notify_all();
+        }
+        let mut s = self.status.lock().expect("status lock");
+        s.closed = true;
+        let _ = ood.publish(&Bool { data: true });
+    }
+
+    /// Records the new state and publishes `~/ood` under the status lock.
+    fn publish_state(
+        &self,
+        ood: &r2r::Publisher<Bool>,
+        state: MonitorState,
+        monitor: &Monitor,
+        latency: Option<Duration>,
+    ) {
+        let mut s = self.status.lock().expect("status lock");
+        s.state = state;
+        s.counters = monitor.counters().clone();
+        s.busy_since = None;
+        if let Some(l) = latency {
+            s.latencies.push(l);
+        }
+        if !s.closed {
+            let _ = ood.publish(&Bool {
+                data: state.is_ood(),
+            });
+        }
+    }
+
+    /// The heartbeat: republishes the current verdict unless the node is closing or the worker
+    /// has been busy with one event for longer than `max_busy` (hung pipeline: silence).
+    pub fn heartbeat(&self, ood: &r2r::Publisher<Bool>, max_busy: Duration) {
+        let s = self.status.lock().expect("status lock");
+        if s.closed || s.busy_since.is_some_and(|t| t.elapsed() > max_busy) {
+            return;
+        }
+        let _ = ood.publish(&Bool {
+            data: s.state.is_ood(),
+        });
+    }
+
+    fn mark_busy(&self) {
+        self.status.lock().expect("status lock").busy_since = Some(Instant::now());
     }
 }
 
@@ -88,8 +137,10 @@ pub struct Status {
     pub counters: Counters,
     /// Per-frame latency (receive to publish) since the last diagnostics tick.
     pub latencies: Vec<Duration>,
-    /// When the inference thread last finished an event: the heartbeat stops if it hangs.
-    pub alive: Instant,
+    /// Set while the worker processes an event.
+    pub busy_since: Option<Instant>,
+    /// Set on shutdown: nothing but the final `true` may be published after it.
+    pub closed: bool,
 }
 
 pub struct Publishers {
@@ -111,13 +162,13 @@ pub struct LoopCtx {
 
 enum Event {
     Frame(Incoming),
-    Reset(Vec<oneshot::Sender<MonitorState>>),
-    Timeout(Duration),
+    Reset(Vec<oneshot::Sender<ResetReply>>),
+    Timeout,
     Shutdown,
 }
 
-fn next_event(shared: &Shared, timeout: Option<Duration>) -> Event {
-    let deadline = timeout.map(|t| (t, Instant::now() + t));
+/// Waits for the next event; `deadline` is when the camera counts as silent.
+fn next_event(shared: &Shared, deadline: Option<Instant>) -> Event {
     let mut slot = shared.slot.lock().expect("slot lock");
     loop {
         if shared.shutdown.load(Ordering::Relaxed) {
@@ -132,10 +183,10 @@ fn next_event(shared: &Shared, timeout: Option<Duration>) -> Event {
         }
         slot = match deadline {
             None => shared.wake.wait(slot).expect("slot lock"),
-            Some((t, d)) => {
+            Some(d) => {
                 let now = Instant::now();
                 if now >= d {
-                    return Event::Timeout(t);
+                    return Event::Timeout;
                 }
                 shared
                     .wake
@@ -151,31 +202,46 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
     let mut seq = 0u64;
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
+    // The camera counts as silent `input_timeout` after the last frame arrived (or after the
+    // last timeout fault, which then repeats at that period).
+    let mut last_input = Instant::now();
     loop {
-        let (verdict, header, received) = match next_event(shared, ctx.input_timeout) {
+        let deadline = ctx.input_timeout.map(|t| last_input + t);
+        let event = next_event(shared, deadline);
+        shared.mark_busy();
+        let (verdict, header, received) = match event {
             Event::Shutdown => return,
             Event::Reset(waiters) => {
-                let state = monitor.reset();
-                r2r::log_info!(
-                    &ctx.logger,
-                    "reset by request: CUSUM zeroed, state {}",
-                    state.as_str()
-                );
-                let _ = pubs.ood.publish(&Bool {
-                    data: state.is_ood(),
-                });
-                update_status(shared, &monitor, state, None);
+                let reply = monitor.is_calibrated().then(|| monitor.reset());
+                let state = monitor.state();
+                match reply {
+                    Some(s) => r2r::log_info!(
+                        &ctx.logger,
+                        "reset by request: CUSUM zeroed, state {}",
+                        s.as_str()
+                    ),
+                    None => r2r::log_warn!(
+                        &ctx.logger,
+                        "reset requested, but the bundle is uncalibrated: nothing to reset"
+                    ),
+                }
+                shared.publish_state(&pubs.ood, state, &monitor, None);
                 for w in waiters {
-                    let _ = w.send(state);
+                    let _ = w.send(reply);
                 }
                 continue;
             }
-            Event::Timeout(t) => (
-                monitor.reject(Fault::InputTimeout(t)),
-                now_header(&ctx.clock),
-                None,
-            ),
+            Event::Timeout => {
+                last_input = Instant::now();
+                let t = ctx.input_timeout.expect("timeouts only with input_timeout");
+                (
+                    monitor.reject(Fault::InputTimeout(t)),
+                    now_header(&ctx.clock),
+                    None,
+                )
+            }
             Event::Frame(f) => {
+                last_input = f.received;
                 seq += 1;
                 monitor.set_score_threshold(f64::from_bits(
                     shared.score_threshold.load(Ordering::Relaxed),
@@ -190,7 +256,13 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
         };
 
         let t_pub = Instant::now();
-        publish_outputs(pubs, &verdict);
+        publish_values(pubs, &verdict);
+        shared.publish_state(
+            &pubs.ood,
+            verdict.state,
+            &monitor,
+            received.map(|r| r.elapsed()),
+        );
         let record = VerdictRecord {
             header,
             node_name: &ctx.node_name,
@@ -200,14 +272,10 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
             publish: t_pub.elapsed(),
             total: received.map_or(Duration::ZERO, |r| r.elapsed()),
             dropped: shared.dropped.load(Ordering::Relaxed),
+            score_threshold: f64::from_bits(shared.score_threshold.load(Ordering::Relaxed)),
+            cusum_threshold: monitor.pipeline().map(|p| p.cusum_threshold),
         };
         let _ = pubs.verdict.publish(&verdict_array(&record));
-        update_status(
-            shared,
-            &monitor,
-            verdict.state,
-            received.map(|r| r.elapsed()),
-        );
 
         if let Some(fault) = &verdict.fault {
             // Rate-limited: a broken camera must not flood the log.
@@ -227,7 +295,8 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
     }
 }
 
-fn publish_outputs(pubs: &Publishers, v: &FrameVerdict) {
+/// Score, p-value, log M and CUSUM (the verdict itself goes through `publish_state`).
+fn publish_values(pubs: &Publishers, v: &FrameVerdict) {
     if let Some(score) = v.score {
         let _ = pubs.score.publish(&Float32 { data: score as f32 });
     }
@@ -241,22 +310,6 @@ fn publish_outputs(pubs: &Publishers, v: &FrameVerdict) {
         let _ = pubs.cusum.publish(&Float32 {
             data: st.cusum as f32,
         });
-    }
-    let _ = pubs.ood.publish(&Bool { data: v.is_ood() });
-}
-
-fn update_status(
-    shared: &Shared,
-    monitor: &Monitor,
-    state: MonitorState,
-    latency: Option<Duration>,
-) {
-    let mut s = shared.status.lock().expect("status lock");
-    s.state = state;
-    s.counters = monitor.counters().clone();
-    s.alive = Instant::now();
-    if let Some(l) = latency {
-        s.latencies.push(l);
     }
 }
 

@@ -93,6 +93,9 @@ pub struct VerdictRecord<'a> {
     pub publish: Duration,
     pub total: Duration,
     pub dropped: u64,
+    /// The thresholds in force for this frame, so a recorded verdict is reproducible.
+    pub score_threshold: f64,
+    pub cusum_threshold: Option<f64>,
 }
 
 /// The stamped per-frame record tools and tests match on. `score` is printed as the f32
@@ -119,6 +122,12 @@ pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
         kv("publish_ms", ms(r.publish)),
         kv("total_ms", ms(r.total)),
         kv("frames_dropped", r.dropped),
+        kv("score_threshold", r.score_threshold),
+        kv(
+            "cusum_threshold",
+            r.cusum_threshold
+                .map_or("n/a".to_string(), |t| t.to_string()),
+        ),
     ];
     if let Some(st) = &v.step {
         values.push(kv("p_value", format!("{:e}", st.p_value)));
@@ -165,12 +174,18 @@ pub struct Health<'a> {
 
 pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
     let (level, message) = if h.recent_frames == 0 {
+        let level = if h.state == MonitorState::Fault {
+            DiagnosticStatus::ERROR as u8
+        } else {
+            DiagnosticStatus::WARN as u8
+        };
         (
-            DiagnosticStatus::WARN as u8,
+            level,
             format!(
-                "no frames on {} in the last {:.1} s: verdict is OOD until frames arrive",
+                "no frames on {} in the last {:.1} s; state {}",
                 h.topic,
-                h.period.as_secs_f64()
+                h.period.as_secs_f64(),
+                h.state.as_str()
             ),
         )
     } else if h.state == MonitorState::Fault {
@@ -283,6 +298,8 @@ mod tests {
             publish: Duration::ZERO,
             total: Duration::ZERO,
             dropped: 0,
+            score_threshold: 1.0,
+            cusum_threshold: None,
         };
         let a = verdict_array(&rec);
         assert_eq!(a.header, header);

@@ -81,6 +81,12 @@ async fn run() -> Result<()> {
     params::declare(&mut node, params::PARAMS).map_err(|e| anyhow!(e))?;
     let (param_handler, mut param_events) = node.make_parameter_handler()?;
     let cfg: NodeConfig = params::read(&node).map_err(|e| anyhow!(e))?;
+    for unknown in params::unknown(&node, params::PARAMS) {
+        r2r::log_warn!(
+            &logger,
+            "parameter '{unknown}' is not a parameter of this node (typo?); ignored"
+        );
+    }
 
     // Publishers exist before the model loads, so consumers see OOD (STARTING) from the start.
     // ~/ood is reliable + transient-local: a gate that starts later still gets the last verdict.
@@ -215,11 +221,15 @@ async fn run() -> Result<()> {
         let shared = shared.clone();
         async move {
             while let Some(req) = resets.next().await {
-                let state = shared.request_reset().await;
-                let response = match state {
-                    Ok(s) => Trigger::Response {
+                let reply = shared.request_reset().await;
+                let response = match reply {
+                    Ok(Some(s)) => Trigger::Response {
                         success: true,
                         message: format!("CUSUM reset; state {}", s.as_str()),
+                    },
+                    Ok(None) => Trigger::Response {
+                        success: false,
+                        message: "the bundle is uncalibrated: there is no CUSUM to reset".into(),
                     },
                     Err(_) => Trigger::Response {
                         success: false,
@@ -231,48 +241,63 @@ async fn run() -> Result<()> {
         }
     });
 
-    // Parameter services, and live updates of the thresholds.
+    // Parameter services, and live updates of the thresholds. r2r accepts any `set`; a change
+    // that cannot take effect is reverted so `ros2 param get` shows what is in force.
     tokio::spawn(param_handler);
     tokio::spawn({
         let shared = shared.clone();
         let logger = logger.clone();
+        let params = node.params.clone();
+        let initial: Vec<(String, ParameterValue)> = {
+            let p = params.lock().expect("parameter lock");
+            params::PARAMS
+                .iter()
+                .filter_map(|d| p.get(d.name).map(|v| (d.name.to_string(), v.value.clone())))
+                .collect()
+        };
         async move {
+            let mut current = initial;
             while let Some((name, value)) = param_events.next().await {
-                match (name.as_str(), value) {
+                let accepted = match (name.as_str(), &value) {
                     ("score_threshold", ParameterValue::Double(t)) if t.is_finite() => {
                         shared.score_threshold.store(t.to_bits(), Ordering::Relaxed);
-                        r2r::log_info!(&logger, "score_threshold set to {t}");
+                        true
                     }
-                    ("cusum_threshold", ParameterValue::Double(t)) if t.is_finite() && t > 0.0 => {
+                    ("cusum_threshold", ParameterValue::Double(t)) if t.is_finite() && *t > 0.0 => {
                         shared.cusum_threshold.store(t.to_bits(), Ordering::Relaxed);
-                        r2r::log_info!(&logger, "cusum_threshold set to {t}");
+                        true
                     }
-                    (name, v) => r2r::log_warn!(&logger, "parameter '{name}' set to {v:?}: only score_threshold and cusum_threshold (> 0) change at run time; restart the node to apply others"),
+                    _ => false,
+                };
+                if accepted {
+                    r2r::log_info!(&logger, "{name} set to {value:?}");
+                    if let Some(entry) = current.iter_mut().find(|(n, _)| *n == name) {
+                        entry.1 = value;
+                    }
+                } else if let Some((_, old)) = current.iter().find(|(n, _)| *n == name) {
+                    r2r::log_warn!(&logger, "parameter '{name}' cannot be set to {value:?} at run time (only score_threshold and cusum_threshold > 0 can); kept {old:?}");
+                    if let Some(p) = params.lock().expect("parameter lock").get_mut(&name) {
+                        p.value = old.clone();
+                    }
+                } else {
+                    r2r::log_warn!(&logger, "unknown parameter '{name}' ignored");
                 }
             }
         }
     });
 
-    // ~/ood heartbeat: only while the inference thread is alive, so a hung pipeline is silence.
+    // ~/ood heartbeat, stopped when one event takes longer than `max_busy`: a hung pipeline
+    // becomes silence, which the gate's watchdog turns into a stop.
     tokio::spawn({
         let shared = shared.clone();
         let ood = pubs.ood.clone();
         let period = cfg.heartbeat_period;
-        let alive_within =
-            cfg.input_timeout.unwrap_or(Duration::from_secs(1)) + Duration::from_millis(500);
+        let max_busy = (period * 5).max(Duration::from_millis(500));
         async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                let (state, alive) = {
-                    let s = shared.status.lock().expect("status lock");
-                    (s.state, s.alive)
-                };
-                if !shared.shutdown.load(Ordering::Relaxed) && alive.elapsed() <= alive_within {
-                    let _ = ood.publish(&Bool {
-                        data: state.is_ood(),
-                    });
-                }
+                shared.heartbeat(&ood, max_busy);
             }
         }
     });
@@ -339,7 +364,7 @@ async fn run() -> Result<()> {
         &logger,
         "shutting down: publishing OOD (monitor not running)"
     );
-    shared.stop();
+    shared.stop(&pubs.ood);
     let _ = worker.join();
     let _ = pubs.ood.publish(&Bool { data: true });
     // Give DDS a moment to deliver the final verdict before the participant goes away.

@@ -103,6 +103,26 @@ pub fn declare(node: &mut r2r::Node, table: &[ParamDecl]) -> Result<(), String> 
     Ok(())
 }
 
+/// Parameters set on the node (params file, `-p`) that are not in `table`.
+pub fn unknown(node: &r2r::Node, table: &[ParamDecl]) -> Vec<String> {
+    let params = node.params.lock().expect("parameter lock");
+    params
+        .keys()
+        .filter(|k| !table.iter().any(|d| d.name == k.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// A duration parameter in seconds, bounded so time arithmetic can never overflow.
+pub fn seconds(name: &str, v: f64) -> Result<Duration, String> {
+    if !(0.0..=86_400.0).contains(&v) {
+        return Err(format!(
+            "parameter '{name}' is {v}; expected 0..=86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
 /// Reads and validates the configuration from the node's current parameters.
 pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
     let r = Reader::new(node);
@@ -141,8 +161,8 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
     let period = double("diagnostics_period")?;
     let timeout = double("input_timeout")?;
     let heartbeat = double("heartbeat_period")?;
-    if heartbeat <= 0.0 {
-        return Err("heartbeat_period must be > 0".into());
+    if heartbeat < 0.001 {
+        return Err("heartbeat_period must be at least 0.001 s".into());
     }
     let cusum = double("cusum_threshold")?;
     if cusum < 0.0 {
@@ -165,7 +185,7 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
             ))
         }
     };
-    if age < 0.0 || timeout < 0.0 || period <= 0.0 {
+    if age < 0.0 || timeout < 0.0 || period < 0.01 {
         return Err("max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into());
     }
     Ok(NodeConfig {
@@ -176,12 +196,16 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, String> {
         reliable_images,
         image_qos_depth: depth as usize,
         score_threshold: double("score_threshold")?,
-        max_frame_age: (age > 0.0).then(|| Duration::from_secs_f64(age)),
-        input_timeout: (timeout > 0.0).then(|| Duration::from_secs_f64(timeout)),
+        max_frame_age: (age > 0.0)
+            .then(|| seconds("max_frame_age", age))
+            .transpose()?,
+        input_timeout: (timeout > 0.0)
+            .then(|| seconds("input_timeout", timeout))
+            .transpose()?,
         cusum_threshold: (cusum > 0.0).then_some(cusum),
         recovery,
-        heartbeat_period: Duration::from_secs_f64(heartbeat),
-        diagnostics_period: Duration::from_secs_f64(period),
+        heartbeat_period: seconds("heartbeat_period", heartbeat)?,
+        diagnostics_period: seconds("diagnostics_period", period)?,
     })
 }
 

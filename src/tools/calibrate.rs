@@ -64,6 +64,12 @@ pub fn calibrate(
     det: &mut Detector,
     opts: &Options,
 ) -> Result<Outcome, String> {
+    if !(opts.false_alarm_rate >= 0.0 && opts.false_alarm_rate < 1.0) {
+        return Err(format!(
+            "--false-alarm-rate must be in [0, 1), got {}",
+            opts.false_alarm_rate
+        ));
+    }
     if opts.cal.is_empty() || opts.tune_id.is_empty() {
         return Err(
             "calibration needs --cal and --tune-id drives (in-distribution, disjoint)".into(),
