@@ -31,17 +31,18 @@ impl<'a> Reader<'a> {
                 ),
             });
         }
-        let little =
-            match data[1] {
-                0 => false,
-                1 => true,
-                k => return Err(CdrError {
+        let little = match data[1] {
+            0 => false,
+            1 => true,
+            k => {
+                return Err(CdrError {
                     offset: 1,
                     what: format!(
                         "unsupported CDR encapsulation kind {k} (plain CDR only, kinds 0 and 1)"
                     ),
-                }),
-            };
+                })
+            }
+        };
         Ok(Self {
             buf: &data[4..],
             pos: 0,

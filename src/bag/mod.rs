@@ -181,10 +181,19 @@ impl Bag {
                 delivered += 1;
                 f(m)
             };
-            match storage {
-                Storage::Sqlite3 => sqlite::visit(file, topics, &mut count)?,
-                Storage::Mcap => mcap_file::visit(file, topics, &mut count)?,
+            let result = match storage {
+                Storage::Sqlite3 => sqlite::visit(file, topics, &mut count),
+                Storage::Mcap => mcap_file::visit(file, topics, &mut count),
             };
+            // Report damage with the count over the whole (split) bag, not just this file.
+            result.map_err(|e| match e {
+                BagError::Damaged { path, reason, .. } => BagError::Damaged {
+                    path,
+                    delivered,
+                    reason,
+                },
+                other => other,
+            })?;
         }
         Ok(delivered)
     }

@@ -282,16 +282,17 @@ fn eval_input(
             }
             Err(e) => {
                 // A message that does not decode is a fault of that frame, as in the node.
-                let v = monitor.reject(crate::monitor::Fault::Inference(format!(
-                    "undecodable message: {e}"
-                )));
-                out.push(record(
-                    i,
-                    k,
-                    m.log_time_ns,
-                    label_at(&input.label, m.log_time_ns, current_label, ""),
-                    &v,
+                let fault = crate::frame::FrameError::Decode(format!(
+                    "undecodable {msg_type} message: {e}"
                 ));
+                let v = monitor.reject(crate::monitor::Fault::Rejected(fault));
+                let label = label_at(
+                    &input.label,
+                    m.log_time_ns,
+                    current_label,
+                    label_topic.as_deref().unwrap_or(""),
+                );
+                out.push(record(i, k, m.log_time_ns, label, &v));
                 decode_error.get_or_insert_with(|| {
                     format!("{}: message {k} on {topic}: {e}", path.display())
                 });
@@ -301,7 +302,7 @@ fn eval_input(
         progress(1);
     });
     match result {
-        Ok(0) => Err(format!("{}: topic {topic} has no messages", path.display())),
+        Ok(_) if k == 0 => Err(format!("{}: topic {topic} has no messages", path.display())),
         Ok(_) => Ok(()),
         Err(e) => Err(e.to_string()),
     }
