@@ -199,6 +199,15 @@ pub fn decode_compressed(data: &[u8]) -> Result<OwnedFrame, CdrError> {
     })
 }
 
+/// Decodes a camera message of `msg_type` (Image or CompressedImage).
+pub fn decode_camera(msg_type: &str, data: &[u8]) -> Result<OwnedFrame, CdrError> {
+    if msg_type == super::IMAGE {
+        decode_image(data)
+    } else {
+        decode_compressed(data)
+    }
+}
+
 pub fn decode_bool(data: &[u8]) -> Result<bool, CdrError> {
     Ok(Reader::new(data)?.u8()? != 0)
 }

@@ -61,6 +61,8 @@ pub enum BagError {
         topic: String,
         available: String,
     },
+    #[error("{bag}: {reason}")]
+    NoCameraTopic { bag: PathBuf, reason: String },
     #[error("{bag}: topic '{topic}' has type '{found}', expected {expected}")]
     WrongType {
         bag: PathBuf,
@@ -222,6 +224,48 @@ impl Bag {
             });
         }
         Ok(t.msg_type.clone())
+    }
+}
+
+impl TopicInfo {
+    /// A camera topic: sensor_msgs Image or CompressedImage.
+    pub fn is_camera(&self) -> bool {
+        self.msg_type == IMAGE || self.msg_type == COMPRESSED_IMAGE
+    }
+}
+
+impl Bag {
+    /// The camera topic to read and its type: `wanted` if given (checked), otherwise the bag's
+    /// only Image / CompressedImage topic.
+    pub fn camera_topic(&self, wanted: Option<&str>) -> Result<(String, String), BagError> {
+        if let Some(t) = wanted {
+            return Ok((
+                t.to_string(),
+                self.check_topic(t, &[IMAGE, COMPRESSED_IMAGE])?,
+            ));
+        }
+        let cameras: Vec<TopicInfo> = self
+            .topics()?
+            .into_iter()
+            .filter(TopicInfo::is_camera)
+            .collect();
+        match cameras.as_slice() {
+            [one] => Ok((one.name.clone(), one.msg_type.clone())),
+            [] => Err(BagError::NoCameraTopic {
+                bag: self.path.clone(),
+                reason: "no sensor_msgs Image or CompressedImage topic".into(),
+            }),
+            many => Err(BagError::NoCameraTopic {
+                bag: self.path.clone(),
+                reason: format!(
+                    "several image topics ({}); choose one with --topic",
+                    many.iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
     }
 }
 

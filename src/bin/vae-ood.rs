@@ -406,6 +406,7 @@ fn score(
     paths: &[PathBuf],
 ) -> Result<()> {
     let det = args.load()?;
+    let mut kl_detector = if with_kl { Some(args.load()?) } else { None };
     let mut monitor = Monitor::new(
         det,
         MonitorConfig {
@@ -442,22 +443,15 @@ fn score(
             "score_f32": verdict.score.map(|s| s as f32),
             "fault": verdict.fault.as_ref().map(|f| f.to_string()),
         });
-        if with_kl {
-            if let Ok(img) = image::open(&file) {
-                rec["kl"] = serde_json::json!(monitor_kl(&monitor, &img.into_rgb8()));
+        if let Some(det) = kl_detector.as_mut() {
+            // Same decoder as the score above; the monitor itself keeps only the sum.
+            if let Ok(kl) = vae_ood_monitor::tools::drives::kl_of_file(det, &file) {
+                rec["kl"] = serde_json::json!(kl);
             }
         }
         println!("{rec}");
     }
     Ok(())
-}
-
-/// KL per latent for a frame, via a fresh scoring pass (the monitor keeps only the sum).
-fn monitor_kl(monitor: &Monitor, img: &image::RgbImage) -> Vec<f64> {
-    let b = &monitor.detector().bundle;
-    let mut det =
-        Detector::load(&b.dir, BackendOptions::default()).expect("bundle loaded once already");
-    det.score_image(img).map(|s| s.kl).unwrap_or_default()
 }
 
 #[cfg(feature = "ros")]
@@ -499,7 +493,7 @@ fn replay_cmd(
 
 fn bag_cmd(path: &Path, dump: Option<&str>) -> Result<()> {
     use sha2::Digest;
-    use vae_ood_monitor::bag::{cdr, Bag, IMAGE};
+    use vae_ood_monitor::bag::{cdr, Bag};
     let bag = Bag::open(path)?;
     let Some(topic) = dump else {
         for t in bag.topics()? {
@@ -507,10 +501,10 @@ fn bag_cmd(path: &Path, dump: Option<&str>) -> Result<()> {
         }
         return Ok(());
     };
-    let ty = bag.check_topic(topic, &[IMAGE, vae_ood_monitor::bag::COMPRESSED_IMAGE])?;
+    let (_, ty) = bag.camera_topic(Some(topic))?;
     let mut failure = None;
     let r = bag.visit(&[topic], &mut |m| {
-        let decoded = if ty == IMAGE { cdr::decode_image(&m.data) } else { cdr::decode_compressed(&m.data) };
+        let decoded = cdr::decode_camera(&ty, &m.data);
         match decoded {
             Ok(f) => {
                 let mut rec = serde_json::json!({ "log_time_ns": m.log_time_ns, "stamp_ns": f.stamp_ns, "frame_id": f.frame_id });

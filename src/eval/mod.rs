@@ -7,7 +7,7 @@ pub mod plots;
 pub mod report;
 
 use crate::backend::BackendOptions;
-use crate::bag::{cdr, Bag, BOOL, COMPRESSED_IMAGE, IMAGE};
+use crate::bag::{cdr, Bag, BOOL};
 use crate::frame::FrameData;
 use crate::monitor::{Detector, Monitor, MonitorConfig, MonitorState};
 use crate::tools::drives::list_images;
@@ -200,38 +200,8 @@ fn eval_input(
         return Ok(());
     }
     let bag = Bag::open(path).map_err(|e| e.to_string())?;
-    let topic = match &opts.topic {
-        Some(t) => t.clone(),
-        None => {
-            let images: Vec<_> = bag
-                .topics()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|t| t.msg_type == IMAGE || t.msg_type == COMPRESSED_IMAGE)
-                .collect();
-            match images.as_slice() {
-                [one] => one.name.clone(),
-                [] => {
-                    return Err(format!(
-                        "{}: no sensor_msgs Image or CompressedImage topic",
-                        path.display()
-                    ))
-                }
-                many => {
-                    return Err(format!(
-                        "{}: several image topics ({}); choose one with --topic",
-                        path.display(),
-                        many.iter()
-                            .map(|t| t.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                }
-            }
-        }
-    };
-    let msg_type = bag
-        .check_topic(&topic, &[IMAGE, COMPRESSED_IMAGE])
+    let (topic, msg_type) = bag
+        .camera_topic(opts.topic.as_deref())
         .map_err(|e| e.to_string())?;
     let label_topic = match &input.label {
         Label::Topic { topic: t, .. } => {
@@ -254,11 +224,7 @@ fn eval_input(
             }
             return;
         }
-        let decoded = if msg_type == IMAGE {
-            cdr::decode_image(&m.data)
-        } else {
-            cdr::decode_compressed(&m.data)
-        };
+        let decoded = cdr::decode_camera(&msg_type, &m.data);
         match decoded {
             Ok(frame) => {
                 let stamp = if frame.stamp_ns > 0 {
@@ -375,12 +341,7 @@ pub fn count_frames(inputs: &[Input], topic: Option<&str>) -> usize {
                     .and_then(|b| b.topics())
                     .map(|ts| {
                         ts.iter()
-                            .filter(|t| {
-                                topic.map_or(
-                                    t.msg_type == IMAGE || t.msg_type == COMPRESSED_IMAGE,
-                                    |n| t.name == n,
-                                )
-                            })
+                            .filter(|t| topic.map_or(t.is_camera(), |n| t.name == n))
                             .map(|t| t.count as usize)
                             .sum()
                     })

@@ -2,7 +2,7 @@
 //! rate, for users without `ros2 bag play` and for the end-to-end tests. Messages go out as the
 //! recorded CDR bytes (no re-serialisation), reliable, after a subscriber has matched.
 
-use crate::bag::{Bag, BagMessage, BOOL, COMPRESSED_IMAGE, IMAGE};
+use crate::bag::{Bag, BagMessage, BOOL};
 use anyhow::{anyhow, bail, Context as _, Result};
 use r2r::QosProfile;
 use std::path::PathBuf;
@@ -28,25 +28,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<u64> {
         bail!("--rate must be a positive number");
     }
     let bag = Bag::open(&opts.bag)?;
-    let topic = match &opts.topic {
-        Some(t) => t.clone(),
-        None => {
-            let images: Vec<_> = bag
-                .topics()?
-                .into_iter()
-                .filter(|t| t.msg_type == IMAGE || t.msg_type == COMPRESSED_IMAGE)
-                .collect();
-            match images.as_slice() {
-                [one] => one.name.clone(),
-                _ => bail!(
-                    "{}: {} image topics; choose one with --topic",
-                    opts.bag.display(),
-                    images.len()
-                ),
-            }
-        }
-    };
-    let image_type = bag.check_topic(&topic, &[IMAGE, COMPRESSED_IMAGE])?;
+    let (topic, image_type) = bag.camera_topic(opts.topic.as_deref())?;
     if let Some(l) = &opts.label_topic {
         bag.check_topic(l, &[BOOL])?;
     }

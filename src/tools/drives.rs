@@ -32,32 +32,17 @@ pub fn kl_of_drive(
     path: &Path,
     tick: &dyn Fn(),
 ) -> Result<Vec<Vec<f64>>, String> {
-    use crate::bag::{cdr, Bag, COMPRESSED_IMAGE, IMAGE};
+    use crate::bag::{cdr, Bag};
     if crate::eval::is_bag(path) {
         let bag = Bag::open(path).map_err(|e| e.to_string())?;
-        let topics = bag.topics().map_err(|e| e.to_string())?;
-        let images: Vec<_> = topics
-            .iter()
-            .filter(|t| t.msg_type == IMAGE || t.msg_type == COMPRESSED_IMAGE)
-            .collect();
-        let [topic] = images.as_slice() else {
-            return Err(format!(
-                "{}: needs exactly one image topic, found {}",
-                path.display(),
-                images.len()
-            ));
-        };
+        let (topic, msg_type) = bag.camera_topic(None).map_err(|e| e.to_string())?;
         let mut out = vec![];
         let mut failure = None;
-        bag.visit(&[topic.name.as_str()], &mut |m| {
+        bag.visit(&[topic.as_str()], &mut |m| {
             if failure.is_some() {
                 return;
             }
-            let frame = if topic.msg_type == IMAGE {
-                cdr::decode_image(&m.data)
-            } else {
-                cdr::decode_compressed(&m.data)
-            };
+            let frame = cdr::decode_camera(&msg_type, &m.data);
             let kl = frame
                 .map_err(|e| e.to_string())
                 .and_then(|f| crate::frame::decode(&f.as_frame()).map_err(|e| e.to_string()))
@@ -75,9 +60,7 @@ pub fn kl_of_drive(
         .map_err(|e| e.to_string())?;
         return match failure {
             Some(e) => Err(e),
-            None if out.is_empty() => {
-                Err(format!("{}: no frames on {}", path.display(), topic.name))
-            }
+            None if out.is_empty() => Err(format!("{}: no frames on {}", path.display(), topic)),
             None => Ok(out),
         };
     }
