@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data
+.PHONY: demo test setup build clean-venv data sample-data train-data
 
 setup:
 	bash scripts/bootstrap.sh
@@ -10,7 +10,7 @@ build: setup
 	bash -c 'source scripts/env.sh && cargo build --features ros --bins'
 
 demo:
-	bash scripts/demo.sh
+	bash scripts/demo.sh $(ARGS)
 
 test:
 	bash scripts/test.sh
@@ -29,6 +29,12 @@ DATA_OUT ?= out/data
 FRAMES ?= 1000
 data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --out $(DATA_OUT) --frames $(FRAMES) --images
+
+# Training and calibration drives for the default detector (28 clear drives, 600 frames each;
+# see models/default/MODEL_CARD.md).
+TRAIN_OUT ?= out/train
+train-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set train --out $(TRAIN_OUT) --frames 600
 
 # Regenerates the committed sample in data/sample (300 frames per drive, 160x120 JPEG).
 sample-data: $(DATA_VENV)/.ok

@@ -16,6 +16,7 @@ import time
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from std_srvs.srv import Trigger
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DRIVES = ["id_loop_empty_s4", "ood_brightness_small_loop_s5", "ood_rain_udem1_s6", "ood_noise_small_loop_s8"]
@@ -25,7 +26,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--monitor", default="vae_ood_monitor")
     ap.add_argument("--vae-ood", default=str(ROOT / "target" / "debug" / "vae-ood"))
-    ap.add_argument("--rate", type=float, default=1.0)
+    ap.add_argument("--rate", type=float, default=1.0, help="replay speed (1 = recorded 15 fps)")
+    ap.add_argument("--json", type=pathlib.Path, help="also write per-drive verdicts and labels here")
     args = ap.parse_args()
 
     rclpy.init()
@@ -39,14 +41,27 @@ def main():
             verdicts[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = rec
 
     node.create_subscription(DiagnosticArray, f"/{args.monitor}/verdict", on_verdict, 100)
+    reset = node.create_client(Trigger, f"/{args.monitor}/reset")
     stop = threading.Event()
     spinner = threading.Thread(target=lambda: [rclpy.spin_once(node, timeout_sec=0.05) for _ in iter(stop.is_set, True)])
     spinner.start()
 
     summary = []
+    results = []
     print(f"{'drive':<30} {'frame':>5} {'label':<5} {'score':>8} {'p-value':>8} {'CUSUM':>9}  verdict")
     try:
-        for drive in DRIVES:
+        for n, drive in enumerate(DRIVES):
+            if n > 0:
+                # Each drive starts fresh, as after an operator's reset: an alarm latched at the
+                # end of one drive says nothing about the next.
+                if not reset.wait_for_service(timeout_sec=10.0):
+                    sys.exit("the monitor's ~/reset service did not appear")
+                fut = reset.call_async(Trigger.Request())
+                deadline = time.monotonic() + 10.0
+                while not fut.done() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if not (fut.done() and fut.result().success):
+                    sys.exit(f"~/reset failed: {fut.result().message if fut.done() else 'no answer'}")
             meta = json.loads((ROOT / "data" / "sample" / drive / "meta.json").read_text())
             ood = set(meta["ood_frames"])
             seen = set()
@@ -80,19 +95,20 @@ def main():
             delay = next((k - idx[0] for k in range(idx[0], len(flags)) if flags[k] and k in ood), None) if idx else None
             fa = sum(1 for k, f in enumerate(flags) if f and k not in ood)
             summary.append((drive, len(rows), len(ood), sum(flags), delay, fa, [float(r["total_ms"]) for r in rows]))
+            results.append({"drive": drive, "ood_frames": sorted(ood), "states": [r["state"] for r in rows]})
     finally:
         stop.set()
         spinner.join()
 
-    print("\nsummary (verdict OOD = CUSUM alarm)")
+    print("\nsummary (verdict OOD = CUSUM alarm; 'ID flagged' counts in-distribution frames under an alarm,")
+    print("including an alarm still latched after an OOD segment ends)")
     print(f"  {'drive':<30} {'frames':>6} {'OOD':>4} {'flagged':>7} {'delay':>6} {'ID flagged':>10} {'p50 latency':>11}")
     for drive, n, n_ood, flagged, delay, fa, lat in summary:
         lat.sort()
         d = "-" if not n_ood else ("missed" if delay is None else f"{delay}")
         print(f"  {drive:<30} {n:6d} {n_ood:4d} {flagged:7d} {d:>6} {fa:10d} {lat[len(lat) // 2]:9.2f} ms")
-    print("\nNOTE: the bundled detector is an UNTRAINED placeholder (seeded weights), calibrated here on")
-    print("the sample's in-distribution drives: its verdicts are NOT meaningful yet. The pipeline")
-    print("itself (decoding, inference, conformal p-values, martingale, CUSUM, ROS 2) is real.")
+    if args.json:
+        args.json.write_text(json.dumps(results))
     node.destroy_node()
     rclpy.shutdown()
 

@@ -9,7 +9,7 @@ cd "$ROOT"
 bash scripts/bootstrap.sh
 
 echo "=== 1/3 core (no ROS environment) ==="
-env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo test --locked --no-default-features
+env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo test --locked
 
 echo "=== 2/3 ROS build ==="
 source scripts/env.sh
@@ -19,7 +19,7 @@ cargo test --locked --features ros --lib ros::
 echo "=== 3/3 Python suite (rclpy, onnxruntime, colcon) ==="
 source scripts/loopback.sh "${VAE_OOD_TEST_DOMAIN:-73}"
 set +e
-"$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -rs test/ "$@"
+"$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider -rsx test/ "$@"
 rc=$?
 set -e
 exit $rc

@@ -141,6 +141,37 @@ pub enum BundleError {
     Backend(String),
 }
 
+impl Manifest {
+    /// The manifest of an encoder of the paper's family (see [`crate::onnx_gen`]) stored as
+    /// `encoder.onnx`, all latents selected, not calibrated.
+    pub fn for_encoder(
+        arch: &crate::onnx_gen::EncoderArch,
+        input: InputSpec,
+        name: &str,
+        description: &str,
+        outputs: Outputs,
+        provenance: Provenance,
+    ) -> Self {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            name: name.into(),
+            description: description.into(),
+            encoder: EncoderFile {
+                path: "encoder.onnx".into(),
+                sha256: String::new(),
+            },
+            input,
+            outputs,
+            latents: Latents {
+                count: arch.latents,
+                selected: (0..arch.latents).collect(),
+            },
+            calibration: None,
+            provenance,
+        }
+    }
+}
+
 /// A loaded, checked bundle (the encoder itself is loaded by a backend).
 #[derive(Debug, Clone)]
 pub struct Bundle {

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod bag;
 pub mod bundle;
+pub mod compress;
 pub mod detection;
 pub mod eval;
 pub mod frame;
@@ -18,6 +19,8 @@ pub mod onnx_gen;
 pub mod preprocess;
 pub mod score;
 pub mod tools;
+#[cfg(feature = "train")]
+pub mod train;
 
 #[cfg(feature = "ros")]
 pub mod ros;

@@ -1,10 +1,12 @@
-//! Writes β-VAE encoders of the paper's architecture family as ONNX, with seeded weights.
+//! Writes β-VAE encoders of the paper's architecture family as ONNX.
 //!
-//! Until a trained detector ships, the bundled default detector comes from here: same graph
-//! shape as the paper's encoder (3x3 conv + BatchNorm + LeakyReLU(0.1) + MaxPool 2 with ceil,
-//! flatten, dense layers, then `mu` and `logvar` heads), deterministic weights from a seed.
-//! Its verdicts are NOT meaningful: it has never seen data. It exists so the whole pipeline
-//! (bundle, preprocessing, inference, node, tests) runs on a real ONNX graph.
+//! One graph shape (3x3 conv + BatchNorm + LeakyReLU(0.1) + MaxPool 2 with ceil, flatten, dense
+//! layers, then `mu` and `logvar` heads, the PyTorch export's operator set) with weights from a
+//! [`WeightSource`]: a trained model (`vae-ood train` exports through here), or a seed. Seeded
+//! encoders have never seen data and their verdicts are NOT meaningful; tests use them to run
+//! the whole pipeline on a real ONNX graph without training first.
+
+use std::collections::HashMap;
 
 use prost::Message;
 use rand::SeedableRng;
@@ -50,9 +52,24 @@ impl EncoderArch {
         }
     }
 
+    /// The default detector's shape (`vae-ood train --preset small`): the paper's layer
+    /// pattern at 64x64, wide early convolutions (where the time goes, and what compression
+    /// thins) and small dense layers; trains on a 2-core CPU in minutes.
+    pub fn small() -> Self {
+        Self {
+            input_channels: 3,
+            input_height: 64,
+            input_width: 64,
+            conv: vec![32, 16, 16, 16],
+            dense: vec![256, 128],
+            latents: 30,
+        }
+    }
+
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "paper" => Some(Self::paper()),
+            "small" => Some(Self::small()),
             "tiny" => Some(Self::tiny()),
             _ => None,
         }
@@ -68,6 +85,48 @@ impl EncoderArch {
     pub fn flatten_size(&self) -> usize {
         let (h, w) = self.conv_output_hw();
         h * w * self.conv.last().copied().unwrap_or(self.input_channels)
+    }
+}
+
+/// Cost of one encoder layer: what compression trades against accuracy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerCost {
+    pub name: String,
+    pub params: usize,
+    /// Multiply-accumulates per frame.
+    pub macs: usize,
+}
+
+impl EncoderArch {
+    /// Parameters and multiply-accumulates per layer, in graph order (BatchNorm counted with
+    /// its conv; the `mu` and `logvar` heads as one layer). Early convolutions dominate the
+    /// arithmetic, dense layers the parameters.
+    pub fn layer_costs(&self) -> Vec<LayerCost> {
+        let mut out = vec![];
+        let (mut h, mut w, mut c_in) = (self.input_height, self.input_width, self.input_channels);
+        for (i, &c) in self.conv.iter().enumerate() {
+            out.push(LayerCost {
+                name: format!("conv{i}"),
+                params: c * c_in * 9 + c + 4 * c,
+                macs: h * w * c * c_in * 9,
+            });
+            (h, w, c_in) = (h.div_ceil(2), w.div_ceil(2), c);
+        }
+        let mut n_in = self.flatten_size();
+        for (i, &n) in self.dense.iter().enumerate() {
+            out.push(LayerCost {
+                name: format!("fc{i}"),
+                params: n_in * n + n,
+                macs: n_in * n,
+            });
+            n_in = n;
+        }
+        out.push(LayerCost {
+            name: "mu+logvar".into(),
+            params: 2 * (n_in * self.latents + self.latents),
+            macs: 2 * n_in * self.latents,
+        });
+        out
     }
 }
 
@@ -90,10 +149,167 @@ impl Default for GraphNames {
     }
 }
 
+/// How a seeded source draws a tensor.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    Normal(f32),
+    Uniform(f32, f32),
+}
+
+/// Where the encoder's weights come from. Tensors are named as in a PyTorch state dict
+/// (`conv0.weight`, `bn0.running_var`, `fc1.weight` as [out, in], `mu.bias`, ...).
+pub trait WeightSource {
+    fn tensor(&mut self, name: &str, dims: &[usize], init: Init) -> Result<Vec<f32>, String>;
+}
+
+/// Weights drawn from a seeded generator, in graph order.
+pub struct Seeded(ChaCha8Rng);
+
+impl Seeded {
+    pub fn new(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
+}
+
+impl WeightSource for Seeded {
+    fn tensor(&mut self, _: &str, dims: &[usize], init: Init) -> Result<Vec<f32>, String> {
+        let n = dims.iter().product();
+        Ok(match init {
+            Init::Normal(std) => {
+                let dist = Normal::new(0.0f32, std).map_err(|e| e.to_string())?;
+                (0..n).map(|_| dist.sample(&mut self.0)).collect()
+            }
+            Init::Uniform(lo, hi) => {
+                let dist = Uniform::new(lo, hi).map_err(|e| e.to_string())?;
+                (0..n).map(|_| dist.sample(&mut self.0)).collect()
+            }
+        })
+    }
+}
+
+/// Trained weights by name; a missing tensor or a wrong size is an error naming it.
+pub struct Named(pub HashMap<String, Vec<f32>>);
+
+impl WeightSource for Named {
+    fn tensor(&mut self, name: &str, dims: &[usize], _: Init) -> Result<Vec<f32>, String> {
+        let t = self
+            .0
+            .remove(name)
+            .ok_or_else(|| format!("weights have no tensor '{name}'"))?;
+        let n: usize = dims.iter().product();
+        if t.len() != n {
+            return Err(format!(
+                "tensor '{name}' has {} values, the graph needs {dims:?} = {n}",
+                t.len()
+            ));
+        }
+        Ok(t)
+    }
+}
+
+/// Records every tensor another source hands out, by name.
+struct Recorder<'a>(&'a mut dyn WeightSource, HashMap<String, Vec<f32>>);
+
+impl WeightSource for Recorder<'_> {
+    fn tensor(&mut self, name: &str, dims: &[usize], init: Init) -> Result<Vec<f32>, String> {
+        let t = self.0.tensor(name, dims, init)?;
+        self.1.insert(name.into(), t.clone());
+        Ok(t)
+    }
+}
+
+/// The seeded encoder's tensors by name (what [`seeded_encoder`] writes), for tools and tests
+/// that edit weights before writing a graph with [`Named`].
+pub fn seeded_weights(arch: &EncoderArch, seed: u64) -> HashMap<String, Vec<f32>> {
+    let mut seeded = Seeded::new(seed);
+    let mut rec = Recorder(&mut seeded, HashMap::new());
+    encoder_onnx(arch, &mut rec, &GraphNames::default(), "").expect("seeded weights always fit");
+    rec.1
+}
+
+/// Reads back an encoder this module wrote (any [`WeightSource`]): its architecture, from the
+/// initializers' shapes and the input's, and its tensors by name. ONNX files from elsewhere
+/// get an error naming what is missing.
+pub fn read_encoder(onnx: &[u8]) -> Result<(EncoderArch, HashMap<String, Vec<f32>>), String> {
+    let model = pb::ModelProto::decode(onnx).map_err(|e| format!("not an ONNX model: {e}"))?;
+    let graph = model.graph.ok_or("the ONNX model has no graph")?;
+    let mut dims = HashMap::new();
+    let mut weights = HashMap::new();
+    for t in &graph.initializer {
+        if t.data_type != DataType::Float as i32 {
+            return Err(format!("initializer '{}' is not f32", t.name));
+        }
+        let v: Vec<f32> = if t.raw_data.is_empty() {
+            t.float_data.clone()
+        } else {
+            t.raw_data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        dims.insert(
+            t.name.clone(),
+            t.dims.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+        );
+        weights.insert(t.name.clone(), v);
+    }
+    let need = |name: &str| -> Result<&Vec<usize>, String> {
+        dims.get(name).ok_or_else(|| {
+            format!("no initializer '{name}': only encoders written by vae_ood_monitor (vae-ood train, gen-seeded) can be pruned")
+        })
+    };
+    let conv0 = need("conv0.weight")?;
+    let conv: Vec<usize> = (0..)
+        .map_while(|i| dims.get(&format!("conv{i}.weight")).map(|d| d[0]))
+        .collect();
+    let dense: Vec<usize> = (0..)
+        .map_while(|i| dims.get(&format!("fc{i}.weight")).map(|d| d[0]))
+        .collect();
+    let latents = need("mu.weight")?[0];
+    let input = graph.input.first().ok_or("the ONNX graph has no input")?;
+    let shape: Vec<usize> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => t
+            .shape
+            .iter()
+            .flat_map(|s| &s.dim)
+            .map(|d| match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => v as usize,
+                _ => 0,
+            })
+            .collect(),
+        _ => vec![],
+    };
+    if shape.len() != 4 || shape[2] == 0 || shape[3] == 0 {
+        return Err(format!("input '{}' has no fixed NCHW shape", input.name));
+    }
+    let arch = EncoderArch {
+        input_channels: conv0[1],
+        input_height: shape[2],
+        input_width: shape[3],
+        conv,
+        dense,
+        latents,
+    };
+    Ok((arch, weights))
+}
+
 /// Builds the seeded encoder and returns the serialized ONNX model.
 pub fn seeded_encoder(arch: &EncoderArch, seed: u64, names: &GraphNames) -> Vec<u8> {
+    let doc =
+        format!("seeded (untrained) beta-VAE encoder, seed {seed}: scores are not meaningful");
+    encoder_onnx(arch, &mut Seeded::new(seed), names, &doc).expect("seeded weights always fit")
+}
+
+/// Builds the encoder graph of `arch` with weights from `weights`; `doc` becomes the model's
+/// doc string.
+pub fn encoder_onnx(
+    arch: &EncoderArch,
+    weights: &mut dyn WeightSource,
+    names: &GraphNames,
+    doc: &str,
+) -> Result<Vec<u8>, String> {
     let mut b = GraphBuilder {
-        rng: ChaCha8Rng::seed_from_u64(seed),
+        weights,
         nodes: vec![],
         inits: vec![],
     };
@@ -106,8 +322,8 @@ pub fn seeded_encoder(arch: &EncoderArch, seed: u64, names: &GraphNames) -> Vec<
             &format!("{p}.weight"),
             &[c_out, c_in, 3, 3],
             (2.0 / fan_in).sqrt(),
-        );
-        let bias = b.normal(&format!("{p}.bias"), &[c_out], 0.01);
+        )?;
+        let bias = b.normal(&format!("{p}.bias"), &[c_out], 0.01)?;
         x = b.node(
             "Conv",
             &p,
@@ -118,10 +334,10 @@ pub fn seeded_encoder(arch: &EncoderArch, seed: u64, names: &GraphNames) -> Vec<
                 ints("strides", &[1, 1]),
             ],
         );
-        let scale = b.uniform(&format!("bn{i}.weight"), &[c_out], 0.8, 1.2);
-        let shift = b.normal(&format!("bn{i}.bias"), &[c_out], 0.1);
-        let mean = b.normal(&format!("bn{i}.running_mean"), &[c_out], 0.1);
-        let var = b.uniform(&format!("bn{i}.running_var"), &[c_out], 0.5, 1.5);
+        let scale = b.uniform(&format!("bn{i}.weight"), &[c_out], 0.8, 1.2)?;
+        let shift = b.normal(&format!("bn{i}.bias"), &[c_out], 0.1)?;
+        let mean = b.normal(&format!("bn{i}.running_mean"), &[c_out], 0.1)?;
+        let var = b.uniform(&format!("bn{i}.running_var"), &[c_out], 0.5, 1.5)?;
         x = b.node(
             "BatchNormalization",
             &format!("bn{i}"),
@@ -156,7 +372,7 @@ pub fn seeded_encoder(arch: &EncoderArch, seed: u64, names: &GraphNames) -> Vec<
             units,
             (2.0 / width as f32).sqrt(),
             None,
-        );
+        )?;
         x = b.node(
             "LeakyRelu",
             &format!("fc{i}.act"),
@@ -167,7 +383,7 @@ pub fn seeded_encoder(arch: &EncoderArch, seed: u64, names: &GraphNames) -> Vec<
     }
     // Heads: small weights keep mu near N(0, 1) and logvar near 0, as a trained VAE's would be.
     let head_std = 1.0 / (width as f32).sqrt();
-    b.dense("mu", &x, width, arch.latents, head_std, Some(&names.mu));
+    b.dense("mu", &x, width, arch.latents, head_std, Some(&names.mu))?;
     b.dense(
         "logvar",
         &x,
@@ -175,7 +391,7 @@ pub fn seeded_encoder(arch: &EncoderArch, seed: u64, names: &GraphNames) -> Vec<
         arch.latents,
         0.3 * head_std,
         Some(&names.logvar),
-    );
+    )?;
 
     let graph = pb::GraphProto {
         name: "vae_encoder".into(),
@@ -191,13 +407,11 @@ pub fn seeded_encoder(arch: &EncoderArch, seed: u64, names: &GraphNames) -> Vec<
         ],
         ..Default::default()
     };
-    pb::ModelProto {
+    Ok(pb::ModelProto {
         ir_version: 8,
         producer_name: "vae_ood_monitor".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: format!(
-            "seeded (untrained) beta-VAE encoder, seed {seed}: scores are not meaningful"
-        ),
+        doc_string: doc.into(),
         opset_import: vec![pb::OperatorSetIdProto {
             domain: String::new(),
             version: 17,
@@ -205,17 +419,18 @@ pub fn seeded_encoder(arch: &EncoderArch, seed: u64, names: &GraphNames) -> Vec<
         graph: Some(graph),
         ..Default::default()
     }
-    .encode_to_vec()
+    .encode_to_vec())
 }
 
-struct GraphBuilder {
-    rng: ChaCha8Rng,
+struct GraphBuilder<'a> {
+    weights: &'a mut dyn WeightSource,
     nodes: Vec<pb::NodeProto>,
     inits: Vec<pb::TensorProto>,
 }
 
-impl GraphBuilder {
-    fn init(&mut self, name: &str, dims: &[usize], data: Vec<f32>) -> String {
+impl GraphBuilder<'_> {
+    fn init(&mut self, name: &str, dims: &[usize], init: Init) -> Result<String, String> {
+        let data = self.weights.tensor(name, dims, init)?;
         self.inits.push(pb::TensorProto {
             name: name.into(),
             dims: dims.iter().map(|&d| d as i64).collect(),
@@ -223,23 +438,15 @@ impl GraphBuilder {
             raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ..Default::default()
         });
-        name.into()
+        Ok(name.into())
     }
 
-    fn normal(&mut self, name: &str, dims: &[usize], std: f32) -> String {
-        let dist = Normal::new(0.0f32, std).expect("finite std");
-        let data = (0..dims.iter().product())
-            .map(|_| dist.sample(&mut self.rng))
-            .collect();
-        self.init(name, dims, data)
+    fn normal(&mut self, name: &str, dims: &[usize], std: f32) -> Result<String, String> {
+        self.init(name, dims, Init::Normal(std))
     }
 
-    fn uniform(&mut self, name: &str, dims: &[usize], lo: f32, hi: f32) -> String {
-        let dist = Uniform::new(lo, hi).expect("lo < hi");
-        let data = (0..dims.iter().product())
-            .map(|_| dist.sample(&mut self.rng))
-            .collect();
-        self.init(name, dims, data)
+    fn uniform(&mut self, name: &str, dims: &[usize], lo: f32, hi: f32) -> Result<String, String> {
+        self.init(name, dims, Init::Uniform(lo, hi))
     }
 
     /// Adds a node with one output named after the node (or `output`) and returns that name.
@@ -282,10 +489,10 @@ impl GraphBuilder {
         n_out: usize,
         std: f32,
         output: Option<&str>,
-    ) -> String {
-        let w = self.normal(&format!("{name}.weight"), &[n_out, n_in], std);
-        let b = self.normal(&format!("{name}.bias"), &[n_out], 0.01);
-        self.node_named("Gemm", name, &[x, &w, &b], vec![int("transB", 1)], output)
+    ) -> Result<String, String> {
+        let w = self.normal(&format!("{name}.weight"), &[n_out, n_in], std)?;
+        let b = self.normal(&format!("{name}.bias"), &[n_out], 0.01)?;
+        Ok(self.node_named("Gemm", name, &[x, &w, &b], vec![int("transB", 1)], output))
     }
 }
 
@@ -355,6 +562,33 @@ mod tests {
             a,
             seeded_encoder(&EncoderArch::tiny(), 8, &GraphNames::default())
         );
+    }
+
+    #[test]
+    fn read_encoder_gives_back_architecture_and_weights() {
+        let arch = EncoderArch::tiny();
+        let w = seeded_weights(&arch, 9);
+        let (a, r) = read_encoder(&seeded_encoder(&arch, 9, &GraphNames::default())).unwrap();
+        assert_eq!((a, r), (arch, w));
+        assert!(read_encoder(b"not onnx").is_err());
+    }
+
+    #[test]
+    fn layer_costs_match_the_papers_encoder() {
+        let costs = EncoderArch::paper().layer_costs();
+        let params: usize = costs.iter().map(|c| c.params).sum();
+        // ~8.8 M parameters, about 99 % of them dense (NOTES: the reference implementation).
+        assert!((8_700_000..8_900_000).contains(&params), "{params}");
+        let dense: usize = costs
+            .iter()
+            .filter(|c| !c.name.starts_with("conv"))
+            .map(|c| c.params)
+            .sum();
+        assert!(dense as f64 > 0.985 * params as f64);
+        // The first two convolutions do most of the arithmetic.
+        let macs: usize = costs.iter().map(|c| c.macs).sum();
+        assert!((costs[0].macs + costs[1].macs) as f64 > 0.8 * macs as f64);
+        assert_eq!(costs[0].macs, 224 * 224 * 128 * 3 * 9);
     }
 
     #[test]

@@ -20,7 +20,25 @@ TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "de
 VAE_OOD = TARGET / "vae-ood"
 NODE = TARGET / "vae_ood_monitor"
 GATE = TARGET / "ood_gate"
-BUNDLE = ROOT / "models" / "default"
+DEFAULT_BUNDLE = ROOT / "models" / "default"
+
+
+def _uncalibrated_copy():
+    """The default detector without its calibration section: the pipeline tests set their own
+    per-frame `score_threshold`, which only uncalibrated bundles accept."""
+    import tempfile
+
+    import yaml
+
+    d = pathlib.Path(tempfile.mkdtemp(prefix="vae_ood_uncal_"))
+    manifest = yaml.safe_load((DEFAULT_BUNDLE / "manifest.yaml").read_text())
+    manifest.pop("calibration", None)
+    (d / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    (d / manifest["encoder"]["path"]).write_bytes((DEFAULT_BUNDLE / manifest["encoder"]["path"]).read_bytes())
+    return d
+
+
+BUNDLE = _uncalibrated_copy()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -9,7 +9,10 @@ use vae_ood_monitor::monitor::{Detector, Monitor, MonitorConfig, MonitorState};
 
 fn monitor(threshold: f64) -> Monitor {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
-    let det = Detector::load(dir, BackendOptions::default()).unwrap();
+    let mut det = Detector::load(dir, BackendOptions::default()).unwrap();
+    // These tests drive the per-frame decision (`score_threshold`), which is what a bundle
+    // without a calibration section gets.
+    det.bundle.manifest.calibration = None;
     Monitor::new(
         det,
         MonitorConfig {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import BUNDLE, cli
+from conftest import DEFAULT_BUNDLE as BUNDLE, cli
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: run scripts/bootstrap.sh")
 

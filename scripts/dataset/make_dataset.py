@@ -41,6 +41,19 @@ SAMPLE = [
     ("ood_noise_small_loop_s8", "small_loop", 8, "test", "noise", "whole"),
 ]
 
+# Drives for training and calibrating the default detector (`make train-data`): clear
+# conditions on the sample's maps, seeds disjoint from every sample drive. Per map: training
+# drives, one held out for early stopping (train_val) and one for conformal calibration.
+# udem1 (intersections, buildings, duckies) varies most from scene to scene and gets more.
+TRAIN_MAPS = [("loop_empty", 104, 8), ("small_loop", 112, 8), ("udem1", 120, 12)]
+TRAIN = [
+    (f"id_{m}_s{seed}", m, seed,
+     "train_val" if seed == first + n - 2 else "calibration" if seed == first + n - 1 else "train", "clear", "whole")
+    for m, first, n in TRAIN_MAPS
+    for seed in range(first, first + n)
+]
+SETS = {"sample": SAMPLE, "train": TRAIN}
+
 
 def ood_mask(n, sequence, condition):
     if condition == "clear":
@@ -165,8 +178,10 @@ def main():
     ap.add_argument("--severity", type=float, default=ood_transforms.DEFAULT_SEVERITY)
     ap.add_argument("--images", action="store_true", help="also write PNG frames")
     ap.add_argument("--only", nargs="*", help="drive ids to generate (default: all)")
+    ap.add_argument("--set", choices=sorted(SETS), default="sample",
+                    help="sample: the committed drives; train: 28 clear drives for training and calibration")
     args = ap.parse_args()
-    for spec in SAMPLE:
+    for spec in SETS[args.set]:
         if args.only and spec[0] not in args.only:
             continue
         meta = write_drive(args.out, *spec, args.frames, args.width, args.height, args.severity, args.images)

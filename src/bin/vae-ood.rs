@@ -5,9 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vae_ood_monitor::backend::{BackendKind, BackendOptions};
-use vae_ood_monitor::bundle::{
-    Bundle, EncoderFile, Latents, Manifest, OutputRef, Outputs, Provenance, FORMAT_VERSION,
-};
+use vae_ood_monitor::bundle::{Bundle, Manifest, OutputRef, Outputs, Provenance};
 use vae_ood_monitor::detection::tuning::Grid;
 use vae_ood_monitor::detection::{Calibration, PipelineParams};
 use vae_ood_monitor::eval::{Input as EvalInput, Label, Options as EvalOptions, Range};
@@ -102,6 +100,10 @@ enum Cmd {
         /// Explicit latent indices (comma-separated) instead of ranking.
         #[arg(long, value_delimiter = ',')]
         latents: Option<Vec<usize>>,
+        /// Latent ranking: quiet (lowest in-distribution KL first) or variance (the reference
+        /// implementation's rule).
+        #[arg(long, default_value = "quiet")]
+        rank: vae_ood_monitor::detection::selection::Rank,
         /// Candidate numbers of latents.
         #[arg(long, value_delimiter = ',', default_value = "5,10,15,20,30")]
         k: Vec<usize>,
@@ -208,6 +210,37 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         frames: usize,
     },
+    #[cfg(feature = "train")]
+    Train(vae_ood_monitor::train::args::TrainArgs),
+    /// Encoder latency of several bundles in one run (interleaved), with speed-ups against the
+    /// first: how compressed detectors are compared with their teacher.
+    BenchEncoders {
+        /// Bundles; the first is the baseline.
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+        #[arg(long, default_value_t = 500)]
+        frames: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Prune a detector's encoder: global unstructured magnitude pruning (--sparsity) or
+    /// structured pruning of one layer (--layer conv0 --fraction 0.5), which makes the
+    /// network physically smaller. Writes an uncalibrated bundle: calibrate it next.
+    Prune {
+        #[arg(long, default_value = "models/default")]
+        bundle: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Fraction of all conv and dense weights to zero (smallest magnitude first).
+        #[arg(long, conflicts_with_all = ["layer", "fraction"], required_unless_present = "layer")]
+        sparsity: Option<f64>,
+        /// Layer to thin: conv<i> or fc<i>.
+        #[arg(long, requires = "fraction")]
+        layer: Option<vae_ood_monitor::compress::prune::Layer>,
+        /// Fraction of the layer's filters or neurons to remove (smallest L2 norm first), < 1.
+        #[arg(long, requires = "layer")]
+        fraction: Option<f64>,
+    },
     /// Create a bundle holding an UNTRAINED encoder of the paper's architecture with seeded
     /// weights (a placeholder until a trained detector exists: its verdicts mean nothing).
     GenSeeded {
@@ -244,6 +277,7 @@ fn main() -> Result<()> {
             tune_id,
             val_ood,
             latents,
+            rank,
             k,
             windows,
             decays,
@@ -256,6 +290,7 @@ fn main() -> Result<()> {
                 tune_id,
                 val_ood,
                 latents,
+                rank,
                 grid: Grid {
                     k,
                     window: windows,
@@ -337,6 +372,57 @@ fn main() -> Result<()> {
             encoding,
             frames,
         } => bench(&detector, width, height, &encoding, frames),
+        #[cfg(feature = "train")]
+        Cmd::Train(args) => train_cmd(&args),
+        Cmd::BenchEncoders {
+            bundles,
+            frames,
+            threads,
+        } => {
+            let opts = BackendOptions {
+                threads,
+                ..Default::default()
+            };
+            let r = vae_ood_monitor::compress::bench::encoder_latency(&bundles, frames, 20, opts)
+                .map_err(anyhow::Error::msg)?;
+            println!("{:>9} {:>9} {:>9}  bundle", "p50 ms", "p99 ms", "speed-up");
+            for l in &r {
+                println!(
+                    "{:9.3} {:9.3} {:8.2}x  {}",
+                    l.p50_ms,
+                    l.p99_ms,
+                    l.speedup_p50,
+                    l.bundle.display()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Prune {
+            bundle,
+            out,
+            sparsity,
+            layer,
+            fraction,
+        } => {
+            use vae_ood_monitor::compress::{prune_bundle, Pruning};
+            let (op, args) = match (sparsity, layer, fraction) {
+                (Some(s), _, _) => (Pruning::Unstructured(s), format!("--sparsity {s}")),
+                (None, Some(l), Some(f)) => (
+                    Pruning::Structured(l, f),
+                    format!("--layer {l} --fraction {f}"),
+                ),
+                _ => bail!("give --sparsity, or --layer with --fraction"),
+            };
+            let command = format!("vae-ood prune --bundle {} {args}", bundle.display());
+            let b = prune_bundle(&bundle, &out, op, &command).map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {} ({}): uncalibrated, run `vae-ood calibrate --bundle {}` next",
+                out.display(),
+                b.manifest.description,
+                out.display()
+            );
+            Ok(())
+        }
         Cmd::GenSeeded {
             out,
             preset,
@@ -944,6 +1030,41 @@ fn bench(
     Ok(())
 }
 
+#[cfg(feature = "train")]
+fn train_cmd(args: &vae_ood_monitor::train::args::TrainArgs) -> Result<()> {
+    use vae_ood_monitor::train;
+    let config = args.config().map_err(anyhow::Error::msg)?;
+    let outcome = train::train(&config, &args.out, &args.options()).map_err(anyhow::Error::msg)?;
+    let s = &outcome.state;
+    let costs = config.arch.layer_costs();
+    println!("{:<10} {:>10} {:>12}", "layer", "params", "MACs/frame");
+    for c in &costs {
+        println!("{:<10} {:>10} {:>12}", c.name, c.params, c.macs);
+    }
+    println!(
+        "{:<10} {:>10} {:>12}",
+        "encoder",
+        costs.iter().map(|c| c.params).sum::<usize>(),
+        costs.iter().map(|c| c.macs).sum::<usize>()
+    );
+    match &outcome.bundle {
+        Some(dir) => println!(
+            "trained {} epochs in {:.0} s; best validation loss {:.2} at epoch {}\nbundle {} (uncalibrated: run `vae-ood calibrate --bundle {} ...` next)",
+            s.history.len(),
+            outcome.seconds,
+            s.best_val_loss,
+            s.best_epoch.unwrap_or(0),
+            dir.display(),
+            dir.display()
+        ),
+        None => println!(
+            "stopped after {} epochs (checkpointed); continue with the same arguments plus --resume",
+            s.history.len()
+        ),
+    }
+    Ok(())
+}
+
 fn gen_seeded(
     out: &Path,
     preset: &str,
@@ -977,31 +1098,29 @@ fn gen_seeded(
             },
         }
     };
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        name: name.into(),
-        description: format!("UNTRAINED {preset} beta-VAE encoder with seeded weights: a placeholder whose verdicts are not meaningful"),
-        encoder: EncoderFile { path: "encoder.onnx".into(), sha256: String::new() },
-        input: InputSpec {
-            width: arch.input_width as u32,
-            height: arch.input_height as u32,
-            channel_order: ChannelOrder::Rgb,
-            layout: Layout::Nchw,
-            normalize: Normalize::default(),
-            resize: ResizeMode::Stretch,
-            filter: Filter::Area,
-        },
+    let input = InputSpec {
+        width: arch.input_width as u32,
+        height: arch.input_height as u32,
+        channel_order: ChannelOrder::Rgb,
+        layout: Layout::Nchw,
+        normalize: Normalize::default(),
+        resize: ResizeMode::Stretch,
+        filter: Filter::Area,
+    };
+    let manifest = Manifest::for_encoder(
+        &arch,
+        input,
+        name,
+        &format!("UNTRAINED {preset} beta-VAE encoder with seeded weights: a placeholder whose verdicts are not meaningful"),
         outputs,
-        latents: Latents { count: arch.latents, selected: (0..arch.latents).collect() },
-        calibration: None,
-        provenance: Provenance {
+        Provenance {
             trained: false,
             created_by: format!("vae-ood gen-seeded --preset {preset} --seed {seed} --name {name}{}", if numeric_outputs { " --numeric-outputs" } else { "" }),
             training_data: "none (seeded weights)".into(),
             license: "Apache-2.0 (generated by this project)".into(),
             notes: format!("architecture: {}", serde_json::to_string(&arch)?),
         },
-    };
+    );
     let bundle = Bundle::write(out, manifest, &onnx)?;
     // Prove it loads and runs before reporting success.
     Detector::load(out, BackendOptions::default())?;

@@ -1,6 +1,74 @@
-//! Latent selection on in-distribution sequences (the reference implementation's rule): for
-//! each latent, the mean absolute frame-to-frame change of its KL within each drive; latents
-//! are ranked by the variance of that mean across drives, highest first, and the top k kept.
+//! Latent selection on in-distribution drives. Two rules rank the latents; the top k are kept.
+//!
+//! - [`Rank::Quiet`] (default): lowest mean KL on in-distribution frames first. A β-VAE leaves
+//!   many latents close to the prior on its training distribution (KL near 0 whatever the
+//!   scene); off that distribution the encoder stops collapsing them and their KL rises. The
+//!   active latents instead carry scene content, so their KL varies frame to frame in
+//!   distribution and blurs the score. On the default detector this rule lifts per-frame AUROC
+//!   on rain from 0.74 (all latents) to 0.95 (MODEL_CARD.md).
+//! - [`Rank::Variance`] (the reference implementation's rule): per latent, the mean absolute
+//!   frame-to-frame change of its KL within each drive; ranked by the variance of that mean
+//!   across drives, highest first.
+
+/// A latent-ranking rule (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rank {
+    #[default]
+    Quiet,
+    Variance,
+}
+
+impl std::str::FromStr for Rank {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "quiet" => Ok(Self::Quiet),
+            "variance" => Ok(Self::Variance),
+            _ => Err(format!(
+                "unknown ranking '{s}' (expected quiet or variance)"
+            )),
+        }
+    }
+}
+
+impl Rank {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Rank::Quiet => "top k by lowest mean KL over calibration and tuning frames (quiet latents)",
+            Rank::Variance => "top k by variance across calibration and tuning drives of the mean absolute frame-to-frame KL change",
+        }
+    }
+
+    /// Ranks latents of `kl[drive][frame][latent]`: `(latent, key)`, best first.
+    pub fn rank(self, kl: &[Vec<Vec<f64>>]) -> Result<Vec<(usize, f64)>, String> {
+        match self {
+            Rank::Quiet => rank_quiet(kl),
+            Rank::Variance => rank_latents(kl),
+        }
+    }
+}
+
+/// `(latent, mean KL)` over all frames, lowest first (ties by index).
+pub fn rank_quiet(kl: &[Vec<Vec<f64>>]) -> Result<Vec<(usize, f64)>, String> {
+    let frames: Vec<&Vec<f64>> = kl.iter().flatten().collect();
+    let n = frames
+        .first()
+        .map(|f| f.len())
+        .ok_or("latent selection got no frames")?;
+    if let Some(f) = frames.iter().find(|f| f.len() != n) {
+        return Err(format!("a frame has {} latents, expected {n}", f.len()));
+    }
+    let mut ranked: Vec<(usize, f64)> = (0..n)
+        .map(|j| {
+            (
+                j,
+                frames.iter().map(|f| f[j]).sum::<f64>() / frames.len() as f64,
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    Ok(ranked)
+}
 
 /// `kl[drive][frame][latent]`. Returns `(latent, variance)` sorted by variance, highest
 /// first (ties by index).
@@ -73,5 +141,16 @@ mod tests {
         assert_eq!(ranked[1], (0, 0.0));
         assert_eq!(top_k(&ranked, 1), vec![1]);
         assert!(rank_latents(&[vec![vec![1.0]; 3]]).is_err());
+    }
+
+    #[test]
+    fn quiet_ranks_by_lowest_mean_kl_across_drives() {
+        let a = vec![vec![3.0, 0.1, 1.0], vec![5.0, 0.1, 1.0]];
+        let b = vec![vec![4.0, 0.2, 0.0]];
+        let r = rank_quiet(&[a, b]).unwrap();
+        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert!((r[0].1 - 0.4 / 3.0).abs() < 1e-12);
+        assert!(rank_quiet(&[]).is_err());
+        assert!(rank_quiet(&[vec![vec![1.0], vec![1.0, 2.0]]]).is_err());
     }
 }

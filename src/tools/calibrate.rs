@@ -9,7 +9,7 @@
 
 use super::drives::kl_of_drive;
 use crate::bundle::{Bundle, CalibrationData, CalibrationSection};
-use crate::detection::selection::{rank_latents, top_k};
+use crate::detection::selection::{top_k, Rank};
 use crate::detection::tuning::{search, Candidate, Drive, Grid};
 use crate::detection::PipelineParams;
 use crate::monitor::Detector;
@@ -46,6 +46,8 @@ pub struct Options {
     pub val_ood: Vec<DriveArg>,
     /// Explicit latents; otherwise ranked on the calibration drives and k searched.
     pub latents: Option<Vec<usize>>,
+    /// How latents are ranked when not given explicitly.
+    pub rank: Rank,
     pub grid: Grid,
     pub epsilon_grid: usize,
     pub false_alarm_rate: f64,
@@ -154,7 +156,7 @@ pub fn calibrate(
         }
         None => {
             // Ranked on every in-distribution drive not used for testing (calibration and tuning).
-            let ranked = rank_latents(
+            let ranked = opts.rank.rank(
                 &cal.iter()
                     .chain(&tune)
                     .map(|d| d.kl.clone())
@@ -165,7 +167,7 @@ pub fn calibrate(
             if g.k.is_empty() {
                 g.k = vec![n_latents];
             }
-            (ranked, "top k by variance across calibration and tuning drives of the mean absolute frame-to-frame KL change".to_string(), g)
+            (ranked, opts.rank.describe().to_string(), g)
         }
     };
 

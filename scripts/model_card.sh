@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The default detector's model-card figures, from the committed bundle and the committed sample:
+# evaluates models/default on the held-out test drives (clear loop_empty s4; brightness, rain
+# and sensor noise) and prints the figures block of models/default/MODEL_CARD.md.
+# Usage: scripts/model_card.sh [--update]   (--update rewrites the card's figures block)
+# Needs target/debug/vae-ood (cargo build --bin vae-ood).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+S="$ROOT/data/sample"
+OUT="${MODEL_CARD_OUT:-$ROOT/out/model_card}"
+VAE="${VAE_OOD:-$ROOT/target/debug/vae-ood}"
+BUNDLE="${MODEL_CARD_BUNDLE:-$ROOT/models/default}"
+"$VAE" eval --bundle "$BUNDLE" --out "$OUT" --quiet --label-topic /ood_label \
+  --input "$S/id_loop_empty_s4/bag" "$S/ood_brightness_small_loop_s5/bag=brightness" \
+          "$S/ood_rain_udem1_s6/bag=rain" "$S/ood_noise_small_loop_s8/bag=noise" >&2
+update=()
+[ "${1:-}" = "--update" ] && update=(--update "$BUNDLE/MODEL_CARD.md")
+python3 "$ROOT/scripts/model_card_figures.py" "$OUT/report.json" "${update[@]}"

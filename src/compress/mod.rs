@@ -1,0 +1,70 @@
+//! The paper's compression methodology, piece by piece: pruning ([`prune`]) and choosing the
+//! detector to deploy from measured candidates ([`select`]), encoder latencies measured in one
+//! run ([`bench`]). Distillation lives in
+//! [`crate::train`] (`vae-ood train --teacher`), layer costs in
+//! [`crate::onnx_gen::EncoderArch::layer_costs`].
+
+pub mod bench;
+pub mod prune;
+pub mod select;
+
+use crate::bundle::{Bundle, OutputRef, Outputs};
+use crate::onnx_gen::{encoder_onnx, read_encoder, GraphNames, Named};
+use prune::Layer;
+use std::path::Path;
+
+/// A pruning operation on a bundle's encoder.
+#[derive(Debug, Clone, Copy)]
+pub enum Pruning {
+    /// Global unstructured magnitude pruning at this sparsity.
+    Unstructured(f64),
+    /// Structured pruning of one layer at this fraction of its units.
+    Structured(Layer, f64),
+}
+
+/// Prunes the encoder of the bundle in `dir` and writes the result as a new, uncalibrated
+/// bundle in `out` (pruning changes the scores, so calibrate it again before use).
+pub fn prune_bundle(dir: &Path, out: &Path, op: Pruning, command: &str) -> Result<Bundle, String> {
+    let bundle = Bundle::load(dir).map_err(|e| e.to_string())?;
+    let path = bundle.encoder_path();
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (arch, mut w) = read_encoder(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (arch, w, what) = match op {
+        Pruning::Unstructured(s) => {
+            let n = prune::prune_global_l1(&mut w, &arch, s)?;
+            (
+                arch,
+                w,
+                format!("global L1 unstructured pruning at sparsity {s} ({n} weights zeroed)"),
+            )
+        }
+        Pruning::Structured(layer, f) => {
+            let keep = prune::kept_units(&w, &arch, layer, f)?;
+            let (small, w) = prune::prune_structured(&w, &arch, layer, &keep)?;
+            let what = format!(
+                "structured L2 pruning of {layer} at {f} (keeps {} units)",
+                keep.len()
+            );
+            (small, w, what)
+        }
+    };
+    let m = &bundle.manifest;
+    let onnx = encoder_onnx(&arch, &mut Named(w), &GraphNames::default(), &what)?;
+    let mut manifest = m.clone();
+    manifest.name = format!("{}-pruned", m.name);
+    manifest.description = format!("{} of {}", what, m.name);
+    manifest.outputs = Outputs {
+        mu: OutputRef::Name { name: "mu".into() },
+        logvar: OutputRef::Name {
+            name: "logvar".into(),
+        },
+    };
+    manifest.calibration = None;
+    manifest.provenance.created_by = command.to_string();
+    manifest.provenance.notes = format!(
+        "architecture: {}; pruned from {}",
+        serde_json::to_string(&arch).expect("serialisable"),
+        m.name
+    );
+    Bundle::write(out, manifest, &onnx).map_err(|e| e.to_string())
+}

@@ -1,0 +1,148 @@
+//! Command-line arguments of `vae-ood train` (clap), kept beside the code they configure.
+
+use super::{Preset, RunOptions, TrainConfig};
+use crate::onnx_gen::EncoderArch;
+use std::path::PathBuf;
+
+/// Train a β-VAE detector on driving data (image folders or rosbag2 bags), write the full VAE,
+/// the ONNX encoder in a detector bundle, metrics and a loss curve. Calibrate the bundle with
+/// `vae-ood calibrate` before deploying it.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Training drives (image folders or bags); repeat the flag or list several.
+    #[arg(long, num_args = 1.., required = true)]
+    pub train: Vec<PathBuf>,
+    /// Validation drives for early stopping, disjoint from the training drives.
+    #[arg(long, num_args = 1.., required = true)]
+    pub val: Vec<PathBuf>,
+    /// Output directory: bundle, vae.bpk, training.json, metrics, loss.png, checkpoint/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Preset: small (default detector), paper (224x224, the paper's sizes), tiny.
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Override the preset's latent size.
+    #[arg(long)]
+    pub latents: Option<usize>,
+    /// Override the preset's conv widths, e.g. 32,32,16,16.
+    #[arg(long, value_delimiter = ',')]
+    pub conv: Option<Vec<usize>>,
+    /// Override the preset's dense widths, e.g. 256,128.
+    #[arg(long, value_delimiter = ',')]
+    pub dense: Option<Vec<usize>>,
+    /// Override the input size, WIDTHxHEIGHT.
+    #[arg(long, value_parser = parse_size)]
+    pub input: Option<(usize, usize)>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Initial learning rate (Adam); decays along a cosine to --lr-min.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr_min: f64,
+    /// Weight of the KL term.
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Stop after this many epochs without a better validation loss.
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    /// Write a checkpoint every N epochs (and at the end).
+    #[arg(long, default_value_t = 1)]
+    pub checkpoint_every: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Use every n-th frame of each drive (neighbouring frames are nearly identical).
+    #[arg(long, default_value_t = 2)]
+    pub frame_stride: usize,
+    /// Continue the run whose checkpoint is in OUT/checkpoint (same arguments).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many epochs in total, checkpointed, as if interrupted; continue with
+    /// --resume (time-boxed training).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Distil from this teacher (a `vae-ood train` output directory): the paper's student loss.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Weight of the teacher's reconstruction in the distillation loss (the paper's a).
+    #[arg(long, default_value_t = 0.7)]
+    pub kd_alpha: f64,
+    /// Weight of matching the teacher's (mu, logvar), 0 to leave the latent space free.
+    #[arg(long, default_value_t = 0.0)]
+    pub kd_latent: f64,
+    /// Bundle name (default bvae-PRESET).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| format!("'{s}': expected WIDTHxHEIGHT, e.g. 64x64"))?;
+    let p = |v: &str| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("'{s}': sizes must be positive integers"))
+    };
+    Ok((p(w)?, p(h)?))
+}
+
+impl TrainArgs {
+    pub fn config(&self) -> Result<TrainConfig, String> {
+        let preset = Preset::get(&self.preset).ok_or_else(|| {
+            format!(
+                "unknown preset '{}' (expected {})",
+                self.preset,
+                Preset::NAMES
+            )
+        })?;
+        let mut arch: EncoderArch = preset.arch;
+        if let Some(l) = self.latents {
+            arch.latents = l;
+        }
+        if let Some(c) = &self.conv {
+            arch.conv = c.clone();
+        }
+        if let Some(d) = &self.dense {
+            arch.dense = d.clone();
+        }
+        if let Some((w, h)) = self.input {
+            arch.input_width = w;
+            arch.input_height = h;
+        }
+        Ok(TrainConfig {
+            preset: self.preset.clone(),
+            arch,
+            beta: self.beta.unwrap_or(preset.beta),
+            epochs: self.epochs.unwrap_or(preset.epochs),
+            batch_size: self.batch_size.unwrap_or(preset.batch_size),
+            lr: self.lr.unwrap_or(preset.lr),
+            lr_min: self.lr_min,
+            patience: self.patience,
+            checkpoint_every: self.checkpoint_every,
+            seed: self.seed,
+            frame_stride: self.frame_stride,
+            train: self.train.clone(),
+            val: self.val.clone(),
+            distill: self.teacher.as_ref().map(|t| super::Distill {
+                teacher: t.clone(),
+                alpha: self.kd_alpha,
+                latent_weight: self.kd_latent,
+            }),
+        })
+    }
+
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            resume: self.resume,
+            stop_after: self.stop_after,
+            quiet: self.quiet,
+            name: self.name.clone(),
+        }
+    }
+}
