@@ -63,7 +63,9 @@ def test_eval_reports_metrics_delay_and_false_alarms(tmp_path):
             write_png(d / f"{i:03d}.png", f)
         drives[name] = d
     cal = tmp_path / "calibrated"
-    cli("calibrate", "--out", cal, "--cal", drives["cal0"], drives["cal1"], "--tune-id", drives["tune0"], drives["tune1"],
+    seeded = tmp_path / "seeded"
+    cli("gen-seeded", "--out", seeded, "--preset", "tiny", "--seed", "7")
+    cli("calibrate", "--bundle", seeded, "--out", cal, "--cal", drives["cal0"], drives["cal1"], "--tune-id", drives["tune0"], drives["tune1"],
         "--k", "30", "--windows", "5", "--decays", "0.5", "--quiet")
     mixed = make_frames(40, seed=21)
     labels = [i >= 20 for i in range(40)]
