@@ -6,8 +6,9 @@ fine-tuning: this measures how much each layer tolerates, which shapes the stude
 
   python3 scripts/prune_sweep.py [--teacher out/default_train] [--out out/prune_sweep]
 
-Writes OUT/sweep.csv and prints the table. Needs `make train-data` (calibration drives) and
-target/debug/vae-ood.
+Writes OUT/sweep.csv and prints the table. Needs `make train-data` (calibration drives),
+the teacher's training output (scripts/train_default.sh) and target/debug/vae-ood (after
+`make test`, which builds it with --features ros: run under `source scripts/env.sh`).
 """
 
 import argparse
