@@ -50,13 +50,12 @@ pub fn encoder_latency(
             }
         }
     }
-    let pct = |v: &mut Vec<f64>, p: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)]
-    };
     let stats: Vec<(f64, f64)> = times
-        .iter_mut()
-        .map(|t| (pct(t, 0.5), pct(t, 0.99)))
+        .into_iter()
+        .map(|t| {
+            let p = crate::eval::report::percentiles(t).expect("frames >= 1");
+            (p.p50, p.p99)
+        })
         .collect();
     Ok(bundles
         .iter()

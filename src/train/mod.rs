@@ -341,7 +341,9 @@ pub fn train(config: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<Trai
         order.shuffle(&mut rng);
         let (mut sum_bce, mut sum_kl) = (0.0, 0.0);
         for idx in order.chunks(config.batch_size) {
-            let x = images(&train_set, idx, &config.arch, &device);
+            let shape = x_shape(idx.len(), &config.arch);
+            let batch = train_set.gather(idx);
+            let x = to(&batch, &shape, &device);
             let eps = Tensor::<2>::from_data(
                 TensorData::new(
                     normal(&mut rng, idx.len() * config.arch.latents),
@@ -358,12 +360,7 @@ pub fn train(config: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<Trai
             if let Some((t, t_arch, d)) = &teacher {
                 // The teacher sees the same frames and noise; its outputs are constants here.
                 let plain = Device::flex();
-                let shape = x_shape(idx.len(), &config.arch);
-                let t_out = t.forward(
-                    to(&train_set.gather(idx), &shape, &plain),
-                    to_dev(&eps, &plain),
-                    t_arch,
-                );
+                let t_out = t.forward(to(&batch, &shape, &plain), to_dev(&eps, &plain), t_arch);
                 let target = burn::tensor::activation::sigmoid(t_out.recon_logits);
                 let kd = model::bce_with_logits(out.recon_logits.clone(), to_dev(&target, &device));
                 loss = loss.mul_scalar(1.0 - d.alpha) + kd.mul_scalar(d.alpha);
