@@ -89,7 +89,7 @@ impl EncoderArch {
 }
 
 /// Cost of one encoder layer: what compression trades against accuracy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerCost {
     pub name: String,
     pub params: usize,
@@ -494,6 +494,11 @@ impl GraphBuilder<'_> {
         let b = self.normal(&format!("{name}.bias"), &[n_out], 0.01)?;
         Ok(self.node_named("Gemm", name, &[x, &w, &b], vec![int("transB", 1)], output))
     }
+}
+
+/// An integer attribute, for graph edits elsewhere (quantisation).
+pub(crate) fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
+    int(name, v)
 }
 
 fn int(name: &str, v: i64) -> pb::AttributeProto {

@@ -18,7 +18,7 @@ impl TractEncoder {
         let path = bundle.encoder_path();
         let err = |what: &str, e: &dyn std::fmt::Display| BundleError::Model {
             path: path.clone(),
-            reason: format!("{what}: {e}"),
+            reason: format!("{what}: {e:#}"),
         };
         let model = tract_onnx::onnx()
             .model_for_path(&path)

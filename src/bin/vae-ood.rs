@@ -212,6 +212,13 @@ enum Cmd {
     },
     #[cfg(feature = "train")]
     Train(vae_ood_monitor::train::args::TrainArgs),
+    /// The paper's compression methodology: from a trained teacher (its full VAE), build
+    /// pruned, pruned-and-distilled and quantised candidates, recalibrate and evaluate each,
+    /// measure every encoder's latency in one run, and select the fastest whose CUSUM AUROC
+    /// stays within --auroc-drop of the teacher's in every OOD partition. Resumable; writes
+    /// report.json, report.html and plots
+    #[cfg(feature = "train")]
+    Compress(vae_ood_monitor::compress::args::CompressArgs),
     /// Encoder latency of several bundles in one run (interleaved), with speed-ups against the
     /// first: how compressed detectors are compared with their teacher.
     BenchEncoders {
@@ -240,6 +247,21 @@ enum Cmd {
         /// Fraction of the layer's filters or neurons to remove (smallest L2 norm first), < 1.
         #[arg(long, requires = "layer")]
         fraction: Option<f64>,
+    },
+    /// Quantise a detector's encoder (post-training): fp16 weights, int8-dynamic (dense layers
+    /// int8, activations quantised at run time) or int8-static (QDQ with activation scales from
+    /// --cal frames). Writes an uncalibrated bundle: calibrate it next. tract computes
+    /// int8-static and fp16 in f32: measure before assuming a speed-up
+    Quantize {
+        #[arg(long, default_value = "models/default")]
+        bundle: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        precision: vae_ood_monitor::compress::quantize::Precision,
+        /// Drives whose frames set the activation scales (int8-static; every 10th frame)
+        #[arg(long, num_args = 1..)]
+        cal: Vec<PathBuf>,
     },
     /// Create a bundle holding an UNTRAINED encoder of the paper's architecture with seeded
     /// weights (a placeholder until a trained detector exists: its verdicts mean nothing).
@@ -374,6 +396,14 @@ fn main() -> Result<()> {
         } => bench(&detector, width, height, &encoding, frames),
         #[cfg(feature = "train")]
         Cmd::Train(args) => train_cmd(&args),
+        #[cfg(feature = "train")]
+        Cmd::Compress(args) => compress_cmd(&args),
+        Cmd::Quantize {
+            bundle,
+            out,
+            precision,
+            cal,
+        } => quantize_cmd(&bundle, &out, precision, &cal),
         Cmd::BenchEncoders {
             bundles,
             frames,
@@ -1027,6 +1057,86 @@ fn bench(
     println!("  preprocess  {}", percentiles(pre));
     println!("  inference   {}", percentiles(inf));
     println!("  total       {}", percentiles(tot));
+    Ok(())
+}
+
+#[cfg(feature = "train")]
+fn compress_cmd(args: &vae_ood_monitor::compress::args::CompressArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the vae-ood binary")?;
+    let r =
+        vae_ood_monitor::compress::sweep::run(&args.options(exe)).map_err(anyhow::Error::msg)?;
+    println!(
+        "{:<28} {:>9} {:>8} {:>9}  CUSUM AUROC per partition  verdict",
+        "candidate", "p50 ms", "speed-up", "MACs"
+    );
+    for row in &r.rows {
+        let a: Vec<String> = row
+            .result
+            .auroc_cusum
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.3}"))
+            .collect();
+        println!(
+            "{:<28} {:9.3} {:7.2}x {:9}  {}  {}",
+            row.result.spec.name,
+            row.p50_ms,
+            row.speedup,
+            row.result.macs,
+            a.join(", "),
+            row.verdict
+        );
+    }
+    match &r.selected {
+        Some(s) => println!(
+            "selected {s}: calibrated bundle in {}",
+            args.out
+                .join("candidates")
+                .join(s)
+                .join("calibrated")
+                .display()
+        ),
+        None => println!("no candidate within the AUROC budget and deadline"),
+    }
+    println!("report: {}", args.out.join("report.html").display());
+    Ok(())
+}
+
+fn quantize_cmd(
+    bundle: &Path,
+    out: &Path,
+    precision: vae_ood_monitor::compress::quantize::Precision,
+    cal: &[PathBuf],
+) -> Result<()> {
+    let b = Bundle::load(bundle)?;
+    let onnx = std::fs::read(b.encoder_path())
+        .with_context(|| format!("reading {}", b.encoder_path().display()))?;
+    let mut frames = vec![];
+    for d in cal {
+        vae_ood_monitor::tools::drives::for_each_frame(d, &mut |img| {
+            frames.push(vae_ood_monitor::preprocess::preprocess(
+                img,
+                &b.manifest.input,
+            ));
+            Ok(())
+        })
+        .map_err(anyhow::Error::msg)?;
+    }
+    let frames: Vec<Vec<f32>> = frames.into_iter().step_by(10).collect();
+    let q = vae_ood_monitor::compress::quantize::quantize(&onnx, precision, &frames)
+        .map_err(anyhow::Error::msg)?;
+    let mut m = b.manifest.clone();
+    m.name = format!("{}-{precision}", m.name);
+    m.description = format!("{precision} quantisation of {}", b.manifest.name);
+    m.calibration = None;
+    m.provenance.created_by = format!("vae-ood quantize --precision {precision}");
+    let nb = Bundle::write(out, m, &q)?;
+    println!(
+        "wrote {} ({} -> {} bytes): uncalibrated, run `vae-ood calibrate --bundle {}` next",
+        nb.dir.display(),
+        onnx.len(),
+        q.len(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -4,9 +4,18 @@
 //! [`crate::train`] (`vae-ood train --teacher`), layer costs in
 //! [`crate::onnx_gen::EncoderArch::layer_costs`].
 
+#[cfg(feature = "train")]
+pub mod args;
 pub mod bench;
+#[cfg(feature = "train")]
+pub mod finetune;
 pub mod prune;
+pub mod quantize;
+#[cfg(feature = "train")]
+pub mod report;
 pub mod select;
+#[cfg(feature = "train")]
+pub mod sweep;
 
 use crate::bundle::{Bundle, OutputRef, Outputs};
 use crate::onnx_gen::{encoder_onnx, read_encoder, GraphNames, Named};

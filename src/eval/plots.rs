@@ -100,6 +100,70 @@ pub fn line_chart(
     })
 }
 
+/// A scatter chart of named point sets, axes fitted to the data, with an optional line
+/// through `line` (a Pareto front, say).
+pub fn scatter_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+    line: Option<&[(f64, f64)]>,
+) -> Result<(), String> {
+    let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+    let range = |f: &dyn Fn(&(f64, f64)) -> f64| {
+        let (lo, hi) = points
+            .iter()
+            .map(f)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        if lo.is_finite() && hi > lo {
+            let pad = 0.05 * (hi - lo);
+            (lo - pad)..(hi + pad)
+        } else if lo.is_finite() {
+            (lo - 1.0)..(lo + 1.0)
+        } else {
+            0.0..1.0
+        }
+    };
+    let (xr, yr) = (range(&|p| p.0), range(&|p| p.1));
+    save(path, 640, 420, |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(xr.clone(), yr.clone())
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        if let Some(l) = line {
+            chart
+                .draw_series(LineSeries::new(l.iter().copied(), BLACK.stroke_width(1)))
+                .map_err(|e| e.to_string())?;
+        }
+        for (i, (name, s)) in series.iter().enumerate() {
+            let c = COLOURS[i % COLOURS.len()];
+            chart
+                .draw_series(s.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                .map_err(|e| e.to_string())?
+                .label(*name)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())
+    })
+}
+
 const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),

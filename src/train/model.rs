@@ -235,3 +235,69 @@ pub fn encoder_weights(enc: &Encoder) -> HashMap<String, Vec<f32>> {
     linear("logvar".into(), &enc.logvar);
     w
 }
+
+/// The inverse of [`encoder_weights`]: an encoder of `arch` on `device` holding the tensors of
+/// `w` (PyTorch names, as [`crate::onnx_gen::read_encoder`] gives them). This is how a pruned
+/// encoder comes back into burn to be fine-tuned.
+pub fn encoder_from_weights(
+    arch: &EncoderArch,
+    w: &HashMap<String, Vec<f32>>,
+    device: &Device,
+) -> Result<Encoder, String> {
+    use burn::module::{Param, RunningState};
+    use burn::tensor::TensorData;
+    fn t<const D: usize>(
+        w: &HashMap<String, Vec<f32>>,
+        name: &str,
+        shape: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>, String> {
+        let v = w
+            .get(name)
+            .ok_or_else(|| format!("weights have no tensor '{name}'"))?;
+        if v.len() != shape.iter().product::<usize>() {
+            return Err(format!(
+                "tensor '{name}' has {} values, the architecture needs {shape:?}",
+                v.len()
+            ));
+        }
+        Ok(Tensor::from_data(TensorData::new(v.clone(), shape), device))
+    }
+    let mut enc = Vae::new(arch, device).encoder;
+    let mut c_in = arch.input_channels;
+    for (i, (b, &c)) in enc.convs.iter_mut().zip(&arch.conv).enumerate() {
+        b.conv.weight =
+            Param::from_tensor(t(w, &format!("conv{i}.weight"), [c, c_in, 3, 3], device)?);
+        b.conv.bias = Some(Param::from_tensor(t(
+            w,
+            &format!("conv{i}.bias"),
+            [c],
+            device,
+        )?));
+        b.bn.gamma = Param::from_tensor(t(w, &format!("bn{i}.weight"), [c], device)?);
+        b.bn.beta = Param::from_tensor(t(w, &format!("bn{i}.bias"), [c], device)?);
+        b.bn.running_mean = RunningState::new(t(w, &format!("bn{i}.running_mean"), [c], device)?);
+        b.bn.running_var = RunningState::new(t(w, &format!("bn{i}.running_var"), [c], device)?);
+        c_in = c;
+    }
+    // PyTorch stores linear weights as [out, in], burn as [in, out].
+    let linear = |l: &mut Linear, name: &str, d_in: usize, d_out: usize| -> Result<(), String> {
+        l.weight =
+            Param::from_tensor(t(w, &format!("{name}.weight"), [d_out, d_in], device)?.transpose());
+        l.bias = Some(Param::from_tensor(t(
+            w,
+            &format!("{name}.bias"),
+            [d_out],
+            device,
+        )?));
+        Ok(())
+    };
+    let mut width = arch.flatten_size();
+    for (i, (l, &units)) in enc.dense.iter_mut().zip(&arch.dense).enumerate() {
+        linear(l, &format!("fc{i}"), width, units)?;
+        width = units;
+    }
+    linear(&mut enc.mu, "mu", width, arch.latents)?;
+    linear(&mut enc.logvar, "logvar", width, arch.latents)?;
+    Ok(enc)
+}

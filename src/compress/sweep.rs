@@ -1,0 +1,644 @@
+//! `vae-ood compress`: the paper's design methodology as one resumable sweep.
+//!
+//! From a trained teacher (its full VAE), build candidates by structured and unstructured
+//! pruning, pruning followed by distillation fine-tuning ([`super::finetune`]), students
+//! distilled from scratch, and quantisation ([`super::quantize`]); recalibrate every candidate
+//! exactly as the teacher is recalibrated; evaluate each on held-out test drives; then measure
+//! every encoder's latency in one interleaved run ([`super::bench`]) and select the fastest
+//! within the AUROC budget ([`super::select`]).
+//!
+//! Calibration and evaluation run as child processes of this same binary (`vae-ood
+//! calibrate`, `vae-ood eval`): each candidate's peak memory is that of its own process, and
+//! the commands are the documented ones a user would run by hand. Each candidate's result is
+//! written (atomically) as soon as it is known; a rerun skips finished candidates, so an
+//! interrupted sweep resumes where it stopped. Latency is always measured afresh, for all
+//! candidates together, because only latencies from one run are comparable.
+
+use super::bench::encoder_latency;
+use super::finetune::{self, FinetuneOptions, Teacher, Weights};
+use super::prune::{self, Layer};
+use super::quantize::{quantize, Precision};
+use super::select::{pareto_front, select, Candidate, Verdict};
+use crate::backend::{BackendKind, BackendOptions};
+use crate::bundle::{Bundle, OutputRef, Outputs};
+use crate::onnx_gen::{encoder_onnx, read_encoder, EncoderArch, GraphNames, Named};
+use crate::train::data::FrameSet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// How much of the design space to sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Budget {
+    /// About 30 candidates, under an hour on a 2-core CPU.
+    Quick,
+    /// Every layer at 10..90 %, more fine-tuning, quantised students and students distilled
+    /// from scratch: several hours.
+    Full,
+}
+
+/// What a candidate is made of. Steps apply in order: structured pruning (layer, fraction),
+/// unstructured sparsity, fine-tuning, quantisation; or a student distilled from scratch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    pub name: String,
+    pub technique: String,
+    #[serde(default)]
+    pub structured: Vec<(String, f64)>,
+    #[serde(default)]
+    pub sparsity: Option<f64>,
+    #[serde(default)]
+    pub finetune: bool,
+    /// Conv widths of a student trained from scratch with the paper's distillation loss.
+    #[serde(default)]
+    pub student_conv: Option<Vec<usize>>,
+    #[serde(default)]
+    pub precision: Option<Precision>,
+}
+
+impl Spec {
+    fn new(technique: &str) -> Self {
+        Spec {
+            name: String::new(),
+            technique: technique.into(),
+            structured: vec![],
+            sparsity: None,
+            finetune: false,
+            student_conv: None,
+            precision: None,
+        }
+    }
+
+    fn named(mut self) -> Self {
+        let mut parts: Vec<String> = self
+            .structured
+            .iter()
+            .map(|(l, f)| format!("{l}-{}", (f * 1000.0).round() / 10.0))
+            .collect();
+        if let Some(s) = self.sparsity {
+            parts.push(format!("l1-{}", (s * 1000.0).round() / 10.0));
+        }
+        if let Some(c) = &self.student_conv {
+            parts.push(format!(
+                "student-{}",
+                c.iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join("-")
+            ));
+        }
+        if self.finetune {
+            parts.push("ft".into());
+        }
+        if let Some(p) = self.precision {
+            parts.push(p.to_string());
+        }
+        self.name = if parts.is_empty() {
+            "teacher".into()
+        } else {
+            parts.join("+")
+        };
+        self
+    }
+}
+
+/// The candidates of a budget for a teacher of architecture `arch`, the teacher first.
+pub fn plan(arch: &EncoderArch, budget: Budget) -> Vec<Spec> {
+    let full = budget == Budget::Full;
+    let fractions: Vec<f64> = if full {
+        (1..10).map(|i| i as f64 / 10.0).collect()
+    } else {
+        vec![0.25, 0.5, 0.75]
+    };
+    let layers: Vec<String> = (0..arch.conv.len())
+        .map(|i| format!("conv{i}"))
+        .chain((0..arch.dense.len()).map(|i| format!("fc{i}")))
+        .collect();
+    let mut specs = vec![Spec::new("teacher").named()];
+    for l in &layers {
+        for &f in &fractions {
+            let mut s = Spec::new("structured pruning");
+            s.structured = vec![(l.clone(), f)];
+            specs.push(s.named());
+        }
+    }
+    let sparsities: &[f64] = if full {
+        &[0.1, 0.3, 0.5, 0.7, 0.9]
+    } else {
+        &[0.5, 0.9]
+    };
+    for &sp in sparsities {
+        let mut s = Spec::new("unstructured pruning");
+        s.sparsity = Some(sp);
+        specs.push(s.named());
+    }
+    // Students shaped by the sweep: the early convolutions hold the arithmetic.
+    let mut shapes: Vec<Vec<(String, f64)>> = vec![
+        vec![("conv0".into(), 0.5)],
+        vec![("conv0".into(), 0.75)],
+        vec![("conv0".into(), 0.75), ("conv1".into(), 0.5)],
+        vec![("conv0".into(), 0.875), ("conv1".into(), 0.5)],
+    ];
+    if full {
+        shapes.push(vec![("conv0".into(), 0.625)]);
+        shapes.push(vec![("conv0".into(), 0.875)]);
+        shapes.push(vec![("conv0".into(), 0.75), ("conv1".into(), 0.25)]);
+        shapes.push(vec![("conv0".into(), 0.875), ("conv1".into(), 0.75)]);
+    }
+    let mut distilled = vec![];
+    for st in shapes {
+        let mut s = Spec::new("pruning + distillation fine-tuning");
+        s.structured = st;
+        s.finetune = true;
+        distilled.push(s.named());
+    }
+    specs.extend(distilled.iter().cloned());
+    for p in [
+        Precision::Fp16,
+        Precision::Int8Dynamic,
+        Precision::Int8Static,
+    ] {
+        let mut s = Spec::new("quantisation");
+        s.precision = Some(p);
+        specs.push(s.named());
+        if full {
+            for d in &distilled {
+                let mut q = d.clone();
+                q.technique = "pruning + distillation + quantisation".into();
+                q.precision = Some(p);
+                specs.push(q.named());
+            }
+        }
+    }
+    if full {
+        let c = &arch.conv;
+        for first in [c[0] / 4, c[0] / 8] {
+            let mut s = Spec::new("student distilled from scratch");
+            let mut conv = c.clone();
+            conv[0] = first.max(1);
+            s.student_conv = Some(conv);
+            specs.push(s.named());
+        }
+    }
+    specs
+}
+
+/// Everything a sweep needs.
+pub struct Options {
+    /// The teacher: a `vae-ood train` output or a bundle shipping `vae.bpk` + `training.json`.
+    pub teacher: PathBuf,
+    pub out: PathBuf,
+    /// The `vae-ood` binary that calibrates and evaluates each candidate.
+    pub exe: PathBuf,
+    pub budget: Budget,
+    /// Only these candidates (by name) of the budget's plan, when given.
+    pub only: Option<Vec<String>>,
+    pub finetune: FinetuneOptions,
+    /// Frames for fine-tuning; the teacher's training drives when None.
+    pub finetune_drives: Option<Vec<PathBuf>>,
+    /// Arguments for `vae-ood calibrate`: --cal, --tune-id, --val-ood (DIR[:ONSET]).
+    pub cal: Vec<String>,
+    pub tune_id: Vec<String>,
+    pub val_ood: Vec<String>,
+    /// Test inputs for `vae-ood eval --input` (PATH=TYPE), labelled by `label_topic`.
+    pub test: Vec<String>,
+    pub label_topic: String,
+    pub auroc_drop: f64,
+    pub deadline_ms: f64,
+    pub bench_frames: usize,
+    pub quiet: bool,
+}
+
+/// One evaluated candidate (latency comes later, from the common run).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CandidateResult {
+    pub spec: Spec,
+    pub arch: EncoderArch,
+    pub params: usize,
+    pub macs: usize,
+    pub onnx_bytes: u64,
+    /// The calibrated candidate bundle.
+    pub bundle: PathBuf,
+    /// AUROC per OOD partition of the per-frame score and of the CUSUM statistic.
+    pub auroc_score: BTreeMap<String, f64>,
+    pub auroc_cusum: BTreeMap<String, f64>,
+    /// Teacher's VAE loss with this encoder on the held-out tuning drives (f32 candidates).
+    pub heldout_loss: Option<f64>,
+    /// Mean squared (mu, logvar) distance to the teacher on the held-out drives.
+    pub posterior_distance: Option<f64>,
+    /// Peak resident memory of the evaluation process, MiB.
+    pub peak_memory_mib: Option<f64>,
+    pub finetune_history: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// A candidate in the final table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub result: CandidateResult,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Teacher p50 over this one's, from the same run.
+    pub speedup: f64,
+    pub verdict: String,
+    pub pareto: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub teacher: PathBuf,
+    pub budget: Budget,
+    pub auroc_drop: f64,
+    pub deadline_ms: f64,
+    pub bench_frames: usize,
+    pub teacher_layers: Vec<crate::onnx_gen::LayerCost>,
+    pub rows: Vec<Row>,
+    /// Name of the selected candidate, if any qualifies.
+    pub selected: Option<String>,
+    pub plots: Vec<String>,
+}
+
+const RESULT_FILE: &str = "result.json";
+
+/// Runs (or resumes) the sweep and writes `report.json`, `report.html` and plots to `out`.
+pub fn run(opts: &Options) -> Result<Report, String> {
+    let teacher = Teacher::load(&opts.teacher)?;
+    let tbundle = Bundle::load(&opts.teacher).map_err(|e| e.to_string())?;
+    let spec_in = tbundle.manifest.input.clone();
+    let arch = teacher.arch().clone();
+    let tweights = finetune::teacher_weights(&teacher);
+    let mut specs = plan(&arch, opts.budget);
+    if let Some(only) = &opts.only {
+        for n in only {
+            if !specs.iter().any(|s| &s.name == n) {
+                return Err(format!(
+                    "--only {n}: no such candidate in the {:?} plan ({})",
+                    opts.budget,
+                    specs
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        specs.retain(|s| s.name == "teacher" || only.contains(&s.name));
+    }
+    let strip = |d: &String| {
+        PathBuf::from(d.rsplit_once(':').map_or(d.as_str(), |(p, n)| {
+            if n.chars().all(|c| c.is_ascii_digit()) {
+                p
+            } else {
+                d.as_str()
+            }
+        }))
+    };
+    let say = |m: String| {
+        if !opts.quiet {
+            eprintln!("{m}");
+        }
+    };
+    let heldout = FrameSet::load(
+        &opts.tune_id.iter().map(strip).collect::<Vec<_>>(),
+        &spec_in,
+        1,
+        &|| {},
+    )?;
+    let calib_frames = FrameSet::load(
+        &opts.cal.iter().map(strip).collect::<Vec<_>>(),
+        &spec_in,
+        10,
+        &|| {},
+    )?;
+    let calib: Vec<Vec<f32>> = (0..calib_frames.len())
+        .map(|i| calib_frames.gather(&[i]))
+        .collect();
+    let mut ft_frames: Option<FrameSet> = None;
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+
+    let mut results = vec![];
+    for spec in &specs {
+        let dir = opts.out.join("candidates").join(&spec.name);
+        let done = dir.join(RESULT_FILE);
+        if let Ok(text) = std::fs::read_to_string(&done) {
+            if let Ok(r) = serde_json::from_str::<CandidateResult>(&text) {
+                if &r.spec == spec {
+                    say(format!("{}: done before, kept", spec.name));
+                    results.push(r);
+                    continue;
+                }
+            }
+        }
+        let t0 = Instant::now();
+        say(format!("{}: building", spec.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut history = vec![];
+        // 1. The candidate's f32 encoder.
+        let (c_arch, mut w): (EncoderArch, Weights) = if let Some(conv) = &spec.student_conv {
+            student_from_scratch(opts, &teacher, conv, &dir)?
+        } else {
+            (arch.clone(), tweights.clone())
+        };
+        let mut c_arch = c_arch;
+        for (layer, f) in &spec.structured {
+            let layer: Layer = layer.parse()?;
+            let keep = prune::kept_units(&w, &c_arch, layer, *f)?;
+            let (a, pw) = prune::prune_structured(&w, &c_arch, layer, &keep)?;
+            c_arch = a;
+            w = pw;
+        }
+        if let Some(s) = spec.sparsity {
+            prune::prune_global_l1(&mut w, &c_arch, s)?;
+        }
+        if spec.finetune {
+            if ft_frames.is_none() {
+                let drives = opts
+                    .finetune_drives
+                    .clone()
+                    .unwrap_or_else(|| teacher.state.config.train.clone());
+                say(format!("loading {} fine-tuning drives", drives.len()));
+                ft_frames = Some(FrameSet::load(&drives, &spec_in, teacher.state.config.frame_stride, &|| {})
+                    .map_err(|e| format!("fine-tuning frames: {e} (the teacher's training drives: `make train-data`, or give --finetune-drives)"))?);
+            }
+            let frames = ft_frames.as_ref().expect("loaded");
+            let name = spec.name.clone();
+            let (fw, h) =
+                finetune::finetune(&teacher, &c_arch, &w, frames, &opts.finetune, &|e, d| {
+                    if !opts.quiet {
+                        eprintln!("{name}: fine-tuning epoch {e}, posterior distance {d:.5}");
+                    }
+                })?;
+            w = fw;
+            history = h;
+        }
+        let (heldout_loss, distance) = if spec.precision.is_none() {
+            (
+                Some(finetune::heldout_loss(&teacher, &c_arch, &w, &heldout)?),
+                Some(finetune::posterior_distance(
+                    &teacher, &c_arch, &w, &heldout,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        let mut onnx = encoder_onnx(
+            &c_arch,
+            &mut Named(w),
+            &GraphNames::default(),
+            &format!("{} of {}", spec.name, tbundle.manifest.name),
+        )?;
+        if let Some(p) = spec.precision {
+            onnx = quantize(&onnx, p, &calib)?;
+        }
+        // 2. Bundle, recalibrated and evaluated by the documented commands.
+        let raw = dir.join("bundle");
+        write_bundle(&tbundle, &raw, &onnx, spec, &c_arch)?;
+        let cal = dir.join("calibrated");
+        let mut args: Vec<String> = vec![
+            "calibrate".into(),
+            "--bundle".into(),
+            path(&raw),
+            "--out".into(),
+            path(&cal),
+            "--quiet".into(),
+            "--cal".into(),
+        ];
+        args.extend(opts.cal.iter().cloned());
+        args.push("--tune-id".into());
+        args.extend(opts.tune_id.iter().cloned());
+        if !opts.val_ood.is_empty() {
+            args.push("--val-ood".into());
+            args.extend(opts.val_ood.iter().cloned());
+        }
+        child(&opts.exe, &args)?;
+        let ev = dir.join("eval");
+        let mut args: Vec<String> = vec![
+            "eval".into(),
+            "--bundle".into(),
+            path(&cal),
+            "--out".into(),
+            path(&ev),
+            "--quiet".into(),
+            "--label-topic".into(),
+            opts.label_topic.clone(),
+            "--input".into(),
+        ];
+        args.extend(opts.test.iter().cloned());
+        child(&opts.exe, &args)?;
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(ev.join("report.json"))
+                .map_err(|e| format!("{}: {e}", ev.display()))?,
+        )
+        .map_err(|e| e.to_string())?;
+        let aurocs = |key: &str| -> BTreeMap<String, f64> {
+            report[key]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| k.as_str() != "all")
+                        .filter_map(|(k, v)| v["auroc"].as_f64().map(|a| (k.clone(), a)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let costs = c_arch.layer_costs();
+        let r = CandidateResult {
+            spec: spec.clone(),
+            params: costs.iter().map(|c| c.params).sum(),
+            macs: costs.iter().map(|c| c.macs).sum(),
+            arch: c_arch,
+            onnx_bytes: onnx.len() as u64,
+            bundle: cal,
+            auroc_score: aurocs("score_metrics"),
+            auroc_cusum: aurocs("cusum_metrics"),
+            heldout_loss,
+            posterior_distance: distance,
+            peak_memory_mib: report["peak_memory_mib"].as_f64(),
+            finetune_history: history,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        write_atomic(&done, &serde_json::to_vec_pretty(&r).expect("serialisable"))?;
+        say(format!(
+            "{}: CUSUM AUROC {:?} ({:.0} s)",
+            spec.name,
+            r.auroc_cusum
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.3}"))
+                .collect::<Vec<_>>(),
+            r.seconds
+        ));
+        results.push(r);
+    }
+
+    // 3. Latency of every encoder in one interleaved run, the teacher first.
+    say(format!(
+        "measuring encoder latency of {} candidates in one run",
+        results.len()
+    ));
+    let lat = encoder_latency(
+        &results.iter().map(|r| r.bundle.clone()).collect::<Vec<_>>(),
+        opts.bench_frames,
+        opts.bench_frames / 10 + 5,
+        BackendOptions {
+            kind: BackendKind::Tract,
+            threads: 1,
+        },
+    )?;
+    let cands: Vec<Candidate> = results
+        .iter()
+        .zip(&lat)
+        .map(|(r, l)| Candidate {
+            name: r.spec.name.clone(),
+            auroc: r.auroc_cusum.clone(),
+            latency_ms: l.p50_ms,
+        })
+        .collect();
+    let (best, verdicts) = select(&cands[0], &cands[1..], opts.auroc_drop, opts.deadline_ms);
+    let front = pareto_front(&cands);
+    let rows: Vec<Row> = results
+        .into_iter()
+        .zip(lat)
+        .enumerate()
+        .map(|(i, (r, l))| Row {
+            verdict: if i == 0 {
+                "teacher".into()
+            } else {
+                verdict_text(&verdicts[i - 1], opts.deadline_ms)
+            },
+            pareto: front.contains(&i),
+            p50_ms: l.p50_ms,
+            p99_ms: l.p99_ms,
+            speedup: l.speedup_p50,
+            result: r,
+        })
+        .collect();
+    let mut report = Report {
+        teacher: opts.teacher.clone(),
+        budget: opts.budget,
+        auroc_drop: opts.auroc_drop,
+        deadline_ms: opts.deadline_ms,
+        bench_frames: opts.bench_frames,
+        teacher_layers: arch.layer_costs(),
+        selected: best.map(|i| rows[i + 1].result.spec.name.clone()),
+        rows,
+        plots: vec![],
+    };
+    report.plots = super::report::plots(&report, &opts.out)?;
+    write_atomic(
+        &opts.out.join("report.json"),
+        &serde_json::to_vec_pretty(&report).expect("serialisable"),
+    )?;
+    std::fs::write(opts.out.join("report.html"), super::report::html(&report))
+        .map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    Ok(report)
+}
+
+fn verdict_text(v: &Verdict, deadline: f64) -> String {
+    match v {
+        Verdict::Selected => "selected".into(),
+        Verdict::Eligible => "eligible".into(),
+        Verdict::AurocDrop(k, d) => format!("AUROC drop {d:.3} on {k}"),
+        Verdict::Missing(k) => format!("no {k} result"),
+        Verdict::TooSlow => format!("slower than {deadline} ms"),
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn child(exe: &Path, args: &[String]) -> Result<(), String> {
+    let out = Command::new(exe)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: String = err
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(format!(
+            "`vae-ood {}` failed ({}):\n{tail}",
+            args.join(" "),
+            out.status
+        ));
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// An uncalibrated candidate bundle with the teacher's input spec and provenance.
+fn write_bundle(
+    t: &Bundle,
+    dir: &Path,
+    onnx: &[u8],
+    spec: &Spec,
+    arch: &EncoderArch,
+) -> Result<Bundle, String> {
+    let m = &t.manifest;
+    let mut manifest = m.clone();
+    manifest.name = format!("{}-{}", m.name, spec.name);
+    manifest.description = format!("{} ({}) of {}", spec.name, spec.technique, m.name);
+    manifest.outputs = Outputs {
+        mu: OutputRef::Name { name: "mu".into() },
+        logvar: OutputRef::Name {
+            name: "logvar".into(),
+        },
+    };
+    manifest.latents.count = arch.latents;
+    manifest.latents.selected = (0..arch.latents).collect();
+    manifest.calibration = None;
+    manifest.encoder.path = "encoder.onnx".into();
+    manifest.provenance.created_by = format!("vae-ood compress (candidate {})", spec.name);
+    manifest.provenance.notes = format!(
+        "architecture: {}; {} of {}",
+        serde_json::to_string(arch).expect("serialisable"),
+        spec.technique,
+        m.name
+    );
+    Bundle::write(dir, manifest, onnx).map_err(|e| e.to_string())
+}
+
+/// A student of the teacher's shape but `conv` widths, trained from scratch with the paper's
+/// distillation loss for half the teacher's epochs.
+fn student_from_scratch(
+    opts: &Options,
+    teacher: &Teacher,
+    conv: &[usize],
+    dir: &Path,
+) -> Result<(EncoderArch, Weights), String> {
+    let mut config = teacher.state.config.clone();
+    config.arch.conv = conv.to_vec();
+    config.epochs = (config.epochs / 2).max(1);
+    config.distill = Some(crate::train::Distill {
+        teacher: opts.teacher.clone(),
+        alpha: 0.7,
+        latent_weight: 0.0,
+    });
+    let out = dir.join("student");
+    let run = crate::train::RunOptions {
+        quiet: opts.quiet,
+        ..Default::default()
+    };
+    crate::train::train(&config, &out, &run)?;
+    let bytes =
+        std::fs::read(out.join("encoder.onnx")).map_err(|e| format!("{}: {e}", out.display()))?;
+    read_encoder(&bytes)
+}

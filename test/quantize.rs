@@ -1,0 +1,143 @@
+//! Post-training quantisation of the committed default detector: every scheme loads in tract,
+//! stays within a stated tolerance of the f32 posterior on real sample frames, and loses at
+//! most 0.01 per-frame AUROC on the sample's OOD drives.
+
+use std::path::{Path, PathBuf};
+use vae_ood_monitor::backend::{self, BackendOptions};
+use vae_ood_monitor::bundle::Bundle;
+use vae_ood_monitor::compress::quantize::{quantize, Precision};
+use vae_ood_monitor::eval::metrics::auroc;
+use vae_ood_monitor::preprocess::{preprocess, InputSpec};
+use vae_ood_monitor::score::{kl_per_latent, nonconformity};
+use vae_ood_monitor::tools::drives::for_each_frame;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `stride`-th preprocessed frame of a sample drive, with its OOD label.
+fn frames(drive: &str, spec: &InputSpec, stride: usize) -> Vec<(Vec<f32>, bool)> {
+    let dir = root().join("data/sample").join(drive);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let ood: Vec<u64> = meta["ood_frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let mut out = vec![];
+    let mut i = 0u64;
+    for_each_frame(&dir.join("bag"), &mut |img| {
+        if i % stride as u64 == 0 {
+            out.push((preprocess(img, spec), ood.contains(&i)));
+        }
+        i += 1;
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// (mu ++ logvar, score) per frame under the encoder in `dir`.
+fn run(dir: &Path, selected: &[usize], x: &[(Vec<f32>, bool)]) -> Vec<(Vec<f32>, f64)> {
+    let bundle = Bundle::load(dir).unwrap();
+    let mut enc = backend::load(&bundle, BackendOptions::default()).unwrap();
+    x.iter()
+        .map(|(f, _)| {
+            let p = enc.encode(f).unwrap();
+            let s = nonconformity(&kl_per_latent(&p.mu, &p.logvar), selected);
+            (p.mu.into_iter().chain(p.logvar).collect(), s)
+        })
+        .collect()
+}
+
+#[test]
+fn quantised_detectors_stay_close_to_f32_and_keep_their_auroc() {
+    let base = root().join("models/default");
+    let bundle = Bundle::load(&base).unwrap();
+    let spec = bundle.manifest.input.clone();
+    let selected = bundle.manifest.latents.selected.clone();
+    let onnx = std::fs::read(bundle.encoder_path()).unwrap();
+    // Activation scales from a calibration-split drive, never from the test frames.
+    let calib: Vec<Vec<f32>> = frames("id_small_loop_s2", &spec, 10)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    let id = frames("id_loop_empty_s4", &spec, 2);
+    let drives = [
+        (
+            "brightness",
+            frames("ood_brightness_small_loop_s5", &spec, 2),
+        ),
+        ("rain", frames("ood_rain_udem1_s6", &spec, 2)),
+    ];
+    let all: Vec<(Vec<f32>, bool)> = id
+        .iter()
+        .chain(drives.iter().flat_map(|(_, d)| d.iter()))
+        .cloned()
+        .collect();
+    let reference = run(&base, &selected, &all);
+    // AUROC of one OOD partition: its OOD frames against every ID frame.
+    let aurocs = |scores: &[(Vec<f32>, f64)]| -> Vec<f64> {
+        let mut out = vec![];
+        let mut offset = id.len();
+        for (_, d) in &drives {
+            let mut s = vec![];
+            let mut l = vec![];
+            for (k, (_, ood)) in all.iter().enumerate() {
+                let in_drive = k >= offset && k < offset + d.len();
+                if !ood || in_drive {
+                    s.push(scores[k].1);
+                    l.push(*ood);
+                }
+            }
+            offset += d.len();
+            out.push(auroc(&s, &l));
+        }
+        out
+    };
+    let base_auroc = aurocs(&reference);
+    // Stated tolerances on |mu|, |logvar| (the f32 posterior spans about ±3).
+    for (p, tol, bytes_at_most) in [
+        (Precision::Fp16, 0.01, 0.55),
+        (Precision::Int8Dynamic, 0.05, 0.40),
+        (Precision::Int8Static, 0.25, 0.30),
+    ] {
+        let q = quantize(&onnx, p, &calib).unwrap();
+        assert!(
+            (q.len() as f64) < bytes_at_most * onnx.len() as f64,
+            "{p}: {} bytes vs {} f32",
+            q.len(),
+            onnx.len()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = bundle.manifest.clone();
+        m.name = format!("q-{p}");
+        Bundle::write(dir.path(), m, &q).unwrap();
+        let out = run(dir.path(), &selected, &all);
+        let worst = out
+            .iter()
+            .zip(&reference)
+            .flat_map(|((a, _), (b, _))| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+            .fold(0f32, f32::max);
+        assert!(worst > 0.0, "{p}: quantisation changed nothing");
+        assert!(worst <= tol, "{p}: posterior differs by {worst} > {tol}");
+        let a = aurocs(&out);
+        for ((name, _), (qa, fa)) in drives.iter().zip(a.iter().zip(&base_auroc)) {
+            assert!(fa - qa <= 0.01, "{p}: {name} AUROC {qa:.4} vs f32 {fa:.4}");
+        }
+        eprintln!("{p}: {} bytes ({:.0} % of f32), max posterior error {worst:.4}, AUROC {a:.4?} (f32 {base_auroc:.4?})", q.len(), 100.0 * q.len() as f64 / onnx.len() as f64);
+    }
+}
+
+#[test]
+fn bad_quantisation_input_is_a_clear_error() {
+    let onnx = std::fs::read(root().join("models/default/encoder.onnx")).unwrap();
+    let e = quantize(&onnx, Precision::Int8Static, &[]).unwrap_err();
+    assert!(e.contains("calibration frames"), "{e}");
+    let e = quantize(b"not a model", Precision::Fp16, &[]).unwrap_err();
+    assert!(e.contains("ONNX"), "{e}");
+    let e = "int4".parse::<Precision>().unwrap_err();
+    assert!(e.contains("fp16, int8-dynamic or int8-static"), "{e}");
+}
