@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data
+.PHONY: demo test setup build clean-venv data sample-data train-data validation-data
 
 setup:
 	bash scripts/bootstrap.sh
@@ -35,6 +35,12 @@ data: $(DATA_VENV)/.ok
 TRAIN_OUT ?= out/train
 train-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set train --out $(TRAIN_OUT) --frames 600
+
+# OOD validation drives (snow, motion blur, occlusion; 9 drives, 300 frames each) for choosing
+# the default detector's training length (see models/default/MODEL_CARD.md).
+VALIDATION_OUT ?= out/validation
+validation-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set validation --out $(VALIDATION_OUT) --frames 300
 
 # Regenerates the committed sample in data/sample (300 frames per drive, 160x120 JPEG).
 sample-data: $(DATA_VENV)/.ok

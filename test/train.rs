@@ -271,3 +271,54 @@ fn distillation_lowers_the_students_distance_to_the_teacher() {
         p.1
     );
 }
+
+#[test]
+fn fine_tuning_a_pruned_encoder_brings_it_back_towards_the_teacher() {
+    use vae_ood_monitor::compress::finetune::{self, FinetuneOptions, Teacher};
+    use vae_ood_monitor::compress::prune::{self, Layer};
+    use vae_ood_monitor::train::data::FrameSet;
+    let dir = tempfile::tempdir().unwrap();
+    train::train(&config(3), dir.path(), &quiet()).unwrap();
+    let teacher = Teacher::load(dir.path()).unwrap();
+    let arch = teacher.arch().clone();
+    let spec = teacher.state.config.input_spec();
+    let w = finetune::teacher_weights(&teacher);
+    let train_set = FrameSet::load(&[sample("id_loop_empty_s1")], &spec, 2, &|| {}).unwrap();
+    let held_out = FrameSet::load(&[sample("id_udem1_s3")], &spec, 5, &|| {}).unwrap();
+
+    // The burn -> PyTorch names -> burn round trip is exact: the teacher is at distance 0.
+    let d0 = finetune::posterior_distance(&teacher, &arch, &w, &held_out).unwrap();
+    assert!(d0 < 1e-10, "teacher vs its own weights: {d0}");
+
+    let keep = prune::kept_units(&w, &arch, Layer::Conv(0), 0.5).unwrap();
+    let (small, pw) = prune::prune_structured(&w, &arch, Layer::Conv(0), &keep).unwrap();
+    assert_eq!(small.conv[0], 4);
+    let before = finetune::posterior_distance(&teacher, &small, &pw, &held_out).unwrap();
+    let opts = FinetuneOptions {
+        epochs: 4,
+        selected: vec![0, 1],
+        ..Default::default()
+    };
+    let (fw, history) =
+        finetune::finetune(&teacher, &small, &pw, &train_set, &opts, &|_, _| {}).unwrap();
+    let after = finetune::posterior_distance(&teacher, &small, &fw, &held_out).unwrap();
+    assert_eq!(history.len(), 4);
+    assert!(
+        after < 0.7 * before,
+        "held-out posterior distance {before} -> {after} (training {history:?})"
+    );
+    // The held-out VAE loss through the teacher's decoder is finite and not worse than pruned.
+    let l_before = finetune::heldout_loss(&teacher, &small, &pw, &held_out).unwrap();
+    let l_after = finetune::heldout_loss(&teacher, &small, &fw, &held_out).unwrap();
+    assert!(
+        l_after.is_finite() && l_after <= l_before,
+        "{l_before} -> {l_after}"
+    );
+    // Bad selections are a clear error.
+    let bad = FinetuneOptions {
+        selected: vec![99],
+        ..opts
+    };
+    let e = finetune::finetune(&teacher, &small, &pw, &train_set, &bad, &|_, _| {}).unwrap_err();
+    assert!(e.contains("latent 99"), "{e}");
+}

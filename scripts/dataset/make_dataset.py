@@ -52,7 +52,15 @@ TRAIN = [
     for m, first, n in TRAIN_MAPS
     for seed in range(first, first + n)
 ]
-SETS = {"sample": SAMPLE, "train": TRAIN}
+# OOD validation drives for model selection (`make validation-data`): conditions that are not
+# test partitions (snow, motion blur, occlusion), OOD from mid-drive, one per map and condition.
+VALIDATION = [
+    (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "second_half")
+    for seed, (m, c) in enumerate(
+        [(m, c) for c in ("snow", "motion_blur", "occlusion") for m in ("loop_empty", "small_loop", "udem1")],
+        start=140)
+]
+SETS = {"sample": SAMPLE, "train": TRAIN, "validation": VALIDATION}
 
 
 def ood_mask(n, sequence, condition):
@@ -179,7 +187,8 @@ def main():
     ap.add_argument("--images", action="store_true", help="also write PNG frames")
     ap.add_argument("--only", nargs="*", help="drive ids to generate (default: all)")
     ap.add_argument("--set", choices=sorted(SETS), default="sample",
-                    help="sample: the committed drives; train: 28 clear drives for training and calibration")
+                    help="sample: the committed drives; train: 28 clear drives for training and calibration; "
+                         "validation: 9 OOD drives (snow, motion blur, occlusion) for model selection")
     args = ap.parse_args()
     for spec in SETS[args.set]:
         if args.only and spec[0] not in args.only:

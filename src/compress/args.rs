@@ -47,7 +47,7 @@ pub struct CompressArgs {
     /// Fine-tuning frames; by default the teacher's own training drives (training.json)
     #[arg(long, num_args = 1..)]
     pub finetune_drives: Option<Vec<PathBuf>>,
-    /// Fine-tuning epochs (default: 6 quick, 15 full)
+    /// Fine-tuning epochs (default: 8 quick, 15 full)
     #[arg(long)]
     pub finetune_epochs: Option<usize>,
     #[arg(long, default_value_t = 1e-3)]
@@ -59,7 +59,7 @@ pub struct CompressArgs {
 impl CompressArgs {
     pub fn options(&self, exe: PathBuf) -> Options {
         let epochs = self.finetune_epochs.unwrap_or(match self.budget {
-            Budget::Quick => 6,
+            Budget::Quick => 8,
             Budget::Full => 15,
         });
         Options {

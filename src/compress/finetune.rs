@@ -44,12 +44,23 @@ impl Teacher {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FinetuneOptions {
     pub epochs: usize,
     pub lr: f64,
     pub batch_size: usize,
     pub seed: u64,
+    /// Latents the detector scores (the teacher's selection) and how much more their
+    /// posterior counts in the loss: their KL is small and its variation is the signal, so
+    /// they must match far more closely than the rest.
+    #[serde(default)]
+    pub selected: Vec<usize>,
+    #[serde(default = "default_selected_weight")]
+    pub selected_weight: f64,
+}
+
+fn default_selected_weight() -> f64 {
+    100.0
 }
 
 impl Default for FinetuneOptions {
@@ -59,6 +70,8 @@ impl Default for FinetuneOptions {
             lr: 1e-3,
             batch_size: 64,
             seed: 1,
+            selected: vec![],
+            selected_weight: default_selected_weight(),
         }
     }
 }
@@ -78,18 +91,30 @@ fn mean_of(t: Tensor<1>) -> f64 {
     v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64
 }
 
-/// Squared posterior distance per frame between `enc` and the teacher.
-fn distance(enc: &Encoder, teacher: &Encoder, x: Tensor<4>, x_t: Tensor<4>) -> Tensor<1> {
+/// Squared posterior distance per frame between `enc` and the teacher, each latent weighted by
+/// `weights` (one per latent; None: all 1).
+fn distance(
+    enc: &Encoder,
+    teacher: &Encoder,
+    x: Tensor<4>,
+    x_t: Tensor<4>,
+    weights: Option<&[f32]>,
+) -> Tensor<1> {
     let (mu, lv) = enc.forward(x);
     let (tmu, tlv) = teacher.forward(x_t);
-    let d = (mu - Tensor::from_data(tmu.into_data(), &lv.device())).square()
-        + (lv.clone() - Tensor::from_data(tlv.into_data(), &lv.device())).square();
+    let device = lv.device();
+    let mut d = (mu - Tensor::from_data(tmu.into_data(), &device)).square()
+        + (lv - Tensor::from_data(tlv.into_data(), &device)).square();
+    if let Some(w) = weights {
+        let w: Tensor<2> = Tensor::from_data(TensorData::new(w.to_vec(), [1, w.len()]), &device);
+        d = d * w;
+    }
     d.sum_dim(1).squeeze_dim(1)
 }
 
 /// Fine-tunes the encoder (`arch`, `weights`) towards the teacher's posterior on `frames`
 /// with Adam (learning rate on a cosine to a tenth). Returns the new weights and the mean
-/// training distance per epoch. Shuffling is seeded: the result is reproducible.
+/// (weighted) training distance per epoch. Shuffling is seeded: the result is reproducible.
 pub fn finetune(
     teacher: &Teacher,
     arch: &EncoderArch,
@@ -106,6 +131,16 @@ pub fn finetune(
     let mut student = encoder_from_weights(arch, weights, &device)?;
     let mut optim = AdamConfig::new().init();
     let mut history = vec![];
+    let mut w = vec![1f32; arch.latents];
+    for &i in &opts.selected {
+        if i >= arch.latents {
+            return Err(format!(
+                "selected latent {i} out of range (the encoder has {})",
+                arch.latents
+            ));
+        }
+        w[i] = opts.selected_weight as f32;
+    }
     for epoch in 0..opts.epochs {
         let t = epoch as f64 / opts.epochs.max(1) as f64;
         let lr = opts.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()));
@@ -119,6 +154,7 @@ pub fn finetune(
                 &teacher.vae.encoder,
                 batch(frames, idx, arch, &device),
                 batch(frames, idx, arch, &plain),
+                Some(&w),
             );
             let loss = d.mean();
             sum += mean_of(loss.clone().reshape([1])) * idx.len() as f64;
@@ -146,7 +182,8 @@ pub fn posterior_distance(
     let mut sum = 0.0;
     for chunk in idx.chunks(64) {
         let x = batch(frames, chunk, arch, &device);
-        sum += mean_of(distance(&enc, &teacher.vae.encoder, x.clone(), x)) * chunk.len() as f64;
+        sum +=
+            mean_of(distance(&enc, &teacher.vae.encoder, x.clone(), x, None)) * chunk.len() as f64;
     }
     Ok(sum / frames.len().max(1) as f64)
 }

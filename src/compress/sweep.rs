@@ -138,15 +138,16 @@ pub fn plan(arch: &EncoderArch, budget: Budget) -> Vec<Spec> {
     // Students shaped by the sweep: the early convolutions hold the arithmetic.
     let mut shapes: Vec<Vec<(String, f64)>> = vec![
         vec![("conv0".into(), 0.5)],
+        vec![("conv0".into(), 0.625)],
         vec![("conv0".into(), 0.75)],
-        vec![("conv0".into(), 0.75), ("conv1".into(), 0.5)],
-        vec![("conv0".into(), 0.875), ("conv1".into(), 0.5)],
+        vec![("conv0".into(), 0.5), ("conv1".into(), 0.25)],
+        vec![("conv0".into(), 0.625), ("conv1".into(), 0.25)],
     ];
     if full {
-        shapes.push(vec![("conv0".into(), 0.625)]);
         shapes.push(vec![("conv0".into(), 0.875)]);
         shapes.push(vec![("conv0".into(), 0.75), ("conv1".into(), 0.25)]);
-        shapes.push(vec![("conv0".into(), 0.875), ("conv1".into(), 0.75)]);
+        shapes.push(vec![("conv0".into(), 0.75), ("conv1".into(), 0.5)]);
+        shapes.push(vec![("conv0".into(), 0.875), ("conv1".into(), 0.5)]);
     }
     let mut distilled = vec![];
     for st in shapes {
@@ -231,6 +232,8 @@ pub struct CandidateResult {
     pub posterior_distance: Option<f64>,
     /// Peak resident memory of the evaluation process, MiB.
     pub peak_memory_mib: Option<f64>,
+    /// How it was fine-tuned (None: not fine-tuned) and the training distance per epoch.
+    pub finetune: Option<FinetuneOptions>,
     pub finetune_history: Vec<f64>,
     pub seconds: f64,
 }
@@ -271,6 +274,17 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     let spec_in = tbundle.manifest.input.clone();
     let arch = teacher.arch().clone();
     let tweights = finetune::teacher_weights(&teacher);
+    // A calibrated teacher's latent selection is kept by every candidate derived from it: a
+    // compressed detector should score what the teacher scores.
+    let teacher_latents: Option<Vec<usize>> = tbundle
+        .manifest
+        .calibration
+        .as_ref()
+        .map(|_| tbundle.manifest.latents.selected.clone());
+    let mut ft_opts = opts.finetune.clone();
+    if let Some(l) = &teacher_latents {
+        ft_opts.selected = l.clone();
+    }
     let mut specs = plan(&arch, opts.budget);
     if let Some(only) = &opts.only {
         for n in only {
@@ -326,7 +340,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         let done = dir.join(RESULT_FILE);
         if let Ok(text) = std::fs::read_to_string(&done) {
             if let Ok(r) = serde_json::from_str::<CandidateResult>(&text) {
-                if &r.spec == spec {
+                if &r.spec == spec && r.finetune == spec.finetune.then(|| ft_opts.clone()) {
                     say(format!("{}: done before, kept", spec.name));
                     results.push(r);
                     continue;
@@ -367,12 +381,11 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             }
             let frames = ft_frames.as_ref().expect("loaded");
             let name = spec.name.clone();
-            let (fw, h) =
-                finetune::finetune(&teacher, &c_arch, &w, frames, &opts.finetune, &|e, d| {
-                    if !opts.quiet {
-                        eprintln!("{name}: fine-tuning epoch {e}, posterior distance {d:.5}");
-                    }
-                })?;
+            let (fw, h) = finetune::finetune(&teacher, &c_arch, &w, frames, &ft_opts, &|e, d| {
+                if !opts.quiet {
+                    eprintln!("{name}: fine-tuning epoch {e}, posterior distance {d:.5}");
+                }
+            })?;
             w = fw;
             history = h;
         }
@@ -411,6 +424,15 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         args.extend(opts.cal.iter().cloned());
         args.push("--tune-id".into());
         args.extend(opts.tune_id.iter().cloned());
+        if let (Some(l), None) = (&teacher_latents, &spec.student_conv) {
+            args.push("--latents".into());
+            args.push(
+                l.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
         if !opts.val_ood.is_empty() {
             args.push("--val-ood".into());
             args.extend(opts.val_ood.iter().cloned());
@@ -459,6 +481,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             heldout_loss,
             posterior_distance: distance,
             peak_memory_mib: report["peak_memory_mib"].as_f64(),
+            finetune: spec.finetune.then(|| ft_opts.clone()),
             finetune_history: history,
             seconds: t0.elapsed().as_secs_f64(),
         };
@@ -498,18 +521,15 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             latency_ms: l.p50_ms,
         })
         .collect();
-    let (best, verdicts) = select(&cands[0], &cands[1..], opts.auroc_drop, opts.deadline_ms);
+    // The teacher is a candidate too: when nothing faster keeps the AUROC, it stays.
+    let (best, verdicts) = select(&cands[0], &cands, opts.auroc_drop, opts.deadline_ms);
     let front = pareto_front(&cands);
     let rows: Vec<Row> = results
         .into_iter()
         .zip(lat)
         .enumerate()
         .map(|(i, (r, l))| Row {
-            verdict: if i == 0 {
-                "teacher".into()
-            } else {
-                verdict_text(&verdicts[i - 1], opts.deadline_ms)
-            },
+            verdict: verdict_text(&verdicts[i], opts.deadline_ms),
             pareto: front.contains(&i),
             p50_ms: l.p50_ms,
             p99_ms: l.p99_ms,
@@ -524,7 +544,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         deadline_ms: opts.deadline_ms,
         bench_frames: opts.bench_frames,
         teacher_layers: arch.layer_costs(),
-        selected: best.map(|i| rows[i + 1].result.spec.name.clone()),
+        selected: best.map(|i| rows[i].result.spec.name.clone()),
         rows,
         plots: vec![],
     };

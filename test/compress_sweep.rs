@@ -1,0 +1,133 @@
+//! `vae-ood compress` end to end on the committed default detector and sample drives: one
+//! pruned-and-fine-tuned candidate beside the teacher, the report and its plots, resuming a
+//! finished sweep, and the clear error for a teacher without its full VAE.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bag(drive: &str) -> String {
+    root()
+        .join("data/sample")
+        .join(drive)
+        .join("bag")
+        .display()
+        .to_string()
+}
+
+fn compress(teacher: &Path, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vae-ood"))
+        .arg("compress")
+        .arg("--teacher")
+        .arg(teacher)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--only",
+            "conv0-50+ft",
+            "--finetune-epochs",
+            "1",
+            "--bench-frames",
+            "30",
+        ])
+        .args(["--finetune-drives", &bag("id_loop_empty_s1")])
+        .args([
+            "--cal",
+            &bag("id_small_loop_s2"),
+            "--tune-id",
+            &bag("id_udem1_s3"),
+        ])
+        .args(["--test", &bag("id_loop_empty_s4")])
+        .arg(format!(
+            "{}=brightness",
+            bag("ood_brightness_small_loop_s5")
+        ))
+        .arg("--quiet")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn compress_evaluates_candidates_selects_one_and_resumes() {
+    let out = tempfile::tempdir().unwrap();
+    let teacher = root().join("models/default");
+    let o = compress(&teacher, out.path());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["spec"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["teacher", "conv0-50+ft"]);
+    let (t, c) = (&rows[0], &rows[1]);
+    // Half of conv0's 32 filters are gone, and with them about half the arithmetic.
+    assert_eq!(c["arch"]["conv"][0], 16);
+    assert!(c["macs"].as_f64().unwrap() < 0.6 * t["macs"].as_f64().unwrap());
+    assert_eq!(c["finetune_history"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        c["finetune"]["selected"],
+        serde_json::json!([1, 4, 14, 20, 22])
+    );
+    for r in rows {
+        let a = r["auroc_cusum"]["brightness"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{r}");
+        assert!(r["p50_ms"].as_f64().unwrap() > 0.0 && r["speedup"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_memory_mib"].as_f64().unwrap() > 0.0);
+        // Every candidate is recalibrated, keeping the teacher's latents.
+        let b = vae_ood_monitor::Bundle::load(r["bundle"].as_str().unwrap()).unwrap();
+        assert!(b.manifest.calibration.is_some());
+        assert_eq!(b.manifest.latents.selected, [1, 4, 14, 20, 22]);
+    }
+    let selected = report["selected"].as_str().unwrap();
+    assert!(names.contains(&selected), "{selected}");
+    assert!(stdout.contains(&format!("selected {selected}")), "{stdout}");
+    for f in [
+        "report.html",
+        "sensitivity_auroc.png",
+        "sensitivity_loss.png",
+        "loss_vs_auroc.png",
+        "pareto.png",
+    ] {
+        assert!(out.path().join(f).metadata().unwrap().len() > 0, "{f}");
+    }
+
+    // A second run keeps every finished candidate and only measures latency again.
+    let result = out.path().join("candidates/conv0-50+ft/result.json");
+    let before = std::fs::read(&result).unwrap();
+    let stamp = result.metadata().unwrap().modified().unwrap();
+    let o = compress(&teacher, out.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&result).unwrap(), before);
+    assert_eq!(result.metadata().unwrap().modified().unwrap(), stamp);
+}
+
+#[test]
+fn an_encoder_only_teacher_is_a_clear_error() {
+    let teacher = tempfile::tempdir().unwrap();
+    for f in ["encoder.onnx", "manifest.yaml"] {
+        std::fs::copy(
+            root().join("models/default").join(f),
+            teacher.path().join(f),
+        )
+        .unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let o = compress(teacher.path(), out.path());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("training.json") && err.contains("encoder-only bundle"),
+        "{err}"
+    );
+}
