@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data validation-data
+.PHONY: demo test setup build clean-venv data sample-data train-data validation-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -14,6 +14,11 @@ demo:
 
 test:
 	bash scripts/test.sh
+
+# The paper's compression methodology on the default detector (vae-ood compress --budget
+# quick, about 35 min); ships the selected detector as models/compressed. See docs/compress.md.
+compress: setup
+	bash scripts/compress_default.sh
 
 clean-venv:
 	rm -rf .venv

@@ -71,6 +71,8 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
         .collect();
     assert_eq!(names, ["teacher", "conv0-50+ft"]);
     let (t, c) = (&rows[0], &rows[1]);
+    let t_bundle = vae_ood_monitor::Bundle::load(&teacher).unwrap();
+    let t_cal = t_bundle.manifest.calibration.clone().unwrap();
     // Half of conv0's 32 filters are gone, and with them about half the arithmetic.
     assert_eq!(c["arch"]["conv"][0], 16);
     assert!(c["macs"].as_f64().unwrap() < 0.6 * t["macs"].as_f64().unwrap());
@@ -84,10 +86,15 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
         assert!((0.0..=1.0).contains(&a), "{r}");
         assert!(r["p50_ms"].as_f64().unwrap() > 0.0 && r["speedup"].as_f64().unwrap() > 0.0);
         assert!(r["peak_memory_mib"].as_f64().unwrap() > 0.0);
-        // Every candidate is recalibrated, keeping the teacher's latents.
+        // Every candidate is recalibrated, keeping the teacher's latents, window and decay.
         let b = vae_ood_monitor::Bundle::load(r["bundle"].as_str().unwrap()).unwrap();
-        assert!(b.manifest.calibration.is_some());
-        assert_eq!(b.manifest.latents.selected, [1, 4, 14, 20, 22]);
+        let c = b.manifest.calibration.as_ref().unwrap();
+        assert_eq!(
+            b.manifest.latents.selected,
+            t_bundle.manifest.latents.selected
+        );
+        assert_eq!(c.pipeline.window, t_cal.pipeline.window);
+        assert_eq!(c.pipeline.decay, t_cal.pipeline.decay);
     }
     let selected = report["selected"].as_str().unwrap();
     assert!(names.contains(&selected), "{selected}");
@@ -130,4 +137,67 @@ fn an_encoder_only_teacher_is_a_clear_error() {
         err.contains("training.json") && err.contains("encoder-only bundle"),
         "{err}"
     );
+}
+
+/// The shipped compressed detector is the sweep's selected candidate: evaluating it on the
+/// held-out test drives gives exactly the AUROC its sweep report records, it keeps the
+/// teacher's latents and pipeline, and it does at most half the teacher's arithmetic.
+#[test]
+fn the_shipped_compressed_detector_is_what_its_sweep_report_says() {
+    let dir = root().join("models/compressed");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("compress_report.json")).unwrap()).unwrap();
+    let selected = report["selected"].as_str().unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let row = rows.iter().find(|r| r["spec"]["name"] == selected).unwrap();
+    let teacher = &rows[0];
+    assert_eq!(teacher["spec"]["name"], "teacher");
+    assert!(2.0 * row["macs"].as_f64().unwrap() <= teacher["macs"].as_f64().unwrap());
+
+    let b = vae_ood_monitor::Bundle::load(&dir).unwrap();
+    let t = vae_ood_monitor::Bundle::load(root().join("models/default")).unwrap();
+    let (c, tc) = (
+        b.manifest.calibration.as_ref().unwrap(),
+        t.manifest.calibration.as_ref().unwrap(),
+    );
+    assert_eq!(b.manifest.latents.selected, t.manifest.latents.selected);
+    assert_eq!(
+        (c.pipeline.window, c.pipeline.decay),
+        (tc.pipeline.window, tc.pipeline.decay)
+    );
+    assert!(b.manifest.provenance.trained);
+
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vae-ood"))
+        .current_dir(root())
+        .args([
+            "eval",
+            "--bundle",
+            "models/compressed",
+            "--quiet",
+            "--label-topic",
+        ])
+        .arg(report["label_topic"].as_str().unwrap())
+        .arg("--out")
+        .arg(out.path())
+        .arg("--input")
+        .args(
+            report["test"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap()),
+        )
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    for (k, v) in row["auroc_cusum"].as_object().unwrap() {
+        let a = r["cusum_metrics"][k]["auroc"].as_f64().unwrap();
+        assert!(
+            (a - v.as_f64().unwrap()).abs() < 1e-9,
+            "{k}: {a} vs report {v}"
+        );
+    }
 }

@@ -232,6 +232,9 @@ pub struct CandidateResult {
     pub posterior_distance: Option<f64>,
     /// Peak resident memory of the evaluation process, MiB.
     pub peak_memory_mib: Option<f64>,
+    /// The `vae-ood calibrate` arguments it was calibrated with (bundle paths left out).
+    #[serde(default)]
+    pub calibration: Vec<String>,
     /// How it was fine-tuned (None: not fine-tuned) and the training distance per epoch.
     pub finetune: Option<FinetuneOptions>,
     pub finetune_history: Vec<f64>,
@@ -258,6 +261,12 @@ pub struct Report {
     pub auroc_drop: f64,
     pub deadline_ms: f64,
     pub bench_frames: usize,
+    /// The data every candidate was calibrated and evaluated on, as given.
+    pub cal: Vec<String>,
+    pub tune_id: Vec<String>,
+    pub val_ood: Vec<String>,
+    pub test: Vec<String>,
+    pub label_topic: String,
     pub teacher_layers: Vec<crate::onnx_gen::LayerCost>,
     pub rows: Vec<Row>,
     /// Name of the selected candidate, if any qualifies.
@@ -274,16 +283,10 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     let spec_in = tbundle.manifest.input.clone();
     let arch = teacher.arch().clone();
     let tweights = finetune::teacher_weights(&teacher);
-    // A calibrated teacher's latent selection is kept by every candidate derived from it: a
-    // compressed detector should score what the teacher scores.
-    let teacher_latents: Option<Vec<usize>> = tbundle
-        .manifest
-        .calibration
-        .as_ref()
-        .map(|_| tbundle.manifest.latents.selected.clone());
     let mut ft_opts = opts.finetune.clone();
-    if let Some(l) = &teacher_latents {
-        ft_opts.selected = l.clone();
+    // The teacher's scored latents weigh most in fine-tuning (see FinetuneOptions).
+    if tbundle.manifest.calibration.is_some() {
+        ft_opts.selected = tbundle.manifest.latents.selected.clone();
     }
     let mut specs = plan(&arch, opts.budget);
     if let Some(only) = &opts.only {
@@ -331,160 +334,49 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     let calib: Vec<Vec<f32>> = (0..calib_frames.len())
         .map(|i| calib_frames.gather(&[i]))
         .collect();
-    let mut ft_frames: Option<FrameSet> = None;
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
 
+    let ctx = Context {
+        opts,
+        teacher: &teacher,
+        tbundle: &tbundle,
+        arch: &arch,
+        tweights: &tweights,
+        ft_opts: &ft_opts,
+        heldout: &heldout,
+        calib: &calib,
+    };
+    let mut ft_frames: Option<FrameSet> = None;
     let mut results = vec![];
     for spec in &specs {
         let dir = opts.out.join("candidates").join(&spec.name);
         let done = dir.join(RESULT_FILE);
-        if let Ok(text) = std::fs::read_to_string(&done) {
-            if let Ok(r) = serde_json::from_str::<CandidateResult>(&text) {
-                if &r.spec == spec && r.finetune == spec.finetune.then(|| ft_opts.clone()) {
-                    say(format!("{}: done before, kept", spec.name));
-                    results.push(r);
-                    continue;
-                }
-            }
-        }
+        let finetune = spec.finetune.then(|| ft_opts.clone());
+        let calibration = calibration_args(opts, &tbundle, spec);
+        let before = std::fs::read_to_string(&done)
+            .ok()
+            .and_then(|t| serde_json::from_str::<CandidateResult>(&t).ok())
+            .filter(|r| &r.spec == spec && r.finetune == finetune);
         let t0 = Instant::now();
-        say(format!("{}: building", spec.name));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut history = vec![];
-        // 1. The candidate's f32 encoder.
-        let (c_arch, mut w): (EncoderArch, Weights) = if let Some(conv) = &spec.student_conv {
-            student_from_scratch(opts, &teacher, conv, &dir)?
-        } else {
-            (arch.clone(), tweights.clone())
-        };
-        let mut c_arch = c_arch;
-        for (layer, f) in &spec.structured {
-            let layer: Layer = layer.parse()?;
-            let keep = prune::kept_units(&w, &c_arch, layer, *f)?;
-            let (a, pw) = prune::prune_structured(&w, &c_arch, layer, &keep)?;
-            c_arch = a;
-            w = pw;
-        }
-        if let Some(s) = spec.sparsity {
-            prune::prune_global_l1(&mut w, &c_arch, s)?;
-        }
-        if spec.finetune {
-            if ft_frames.is_none() {
-                let drives = opts
-                    .finetune_drives
-                    .clone()
-                    .unwrap_or_else(|| teacher.state.config.train.clone());
-                say(format!("loading {} fine-tuning drives", drives.len()));
-                ft_frames = Some(FrameSet::load(&drives, &spec_in, teacher.state.config.frame_stride, &|| {})
-                    .map_err(|e| format!("fine-tuning frames: {e} (the teacher's training drives: `make train-data`, or give --finetune-drives)"))?);
+        let built = match before {
+            Some(r) if r.calibration == calibration => {
+                say(format!("{}: done before, kept", spec.name));
+                results.push(r);
+                continue;
             }
-            let frames = ft_frames.as_ref().expect("loaded");
-            let name = spec.name.clone();
-            let (fw, h) = finetune::finetune(&teacher, &c_arch, &w, frames, &ft_opts, &|e, d| {
-                if !opts.quiet {
-                    eprintln!("{name}: fine-tuning epoch {e}, posterior distance {d:.5}");
-                }
-            })?;
-            w = fw;
-            history = h;
-        }
-        let (heldout_loss, distance) = if spec.precision.is_none() {
-            (
-                Some(finetune::heldout_loss(&teacher, &c_arch, &w, &heldout)?),
-                Some(finetune::posterior_distance(
-                    &teacher, &c_arch, &w, &heldout,
-                )?),
-            )
-        } else {
-            (None, None)
+            // Built before, calibrated differently: keep the encoder, calibrate again.
+            Some(r) if dir.join("bundle").join("encoder.onnx").is_file() => {
+                say(format!("{}: built before, recalibrating", spec.name));
+                Built::from(r)
+            }
+            _ => {
+                say(format!("{}: building", spec.name));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                ctx.build(spec, &dir, &mut ft_frames)?
+            }
         };
-        let mut onnx = encoder_onnx(
-            &c_arch,
-            &mut Named(w),
-            &GraphNames::default(),
-            &format!("{} of {}", spec.name, tbundle.manifest.name),
-        )?;
-        if let Some(p) = spec.precision {
-            onnx = quantize(&onnx, p, &calib)?;
-        }
-        // 2. Bundle, recalibrated and evaluated by the documented commands.
-        let raw = dir.join("bundle");
-        write_bundle(&tbundle, &raw, &onnx, spec, &c_arch)?;
-        let cal = dir.join("calibrated");
-        let mut args: Vec<String> = vec![
-            "calibrate".into(),
-            "--bundle".into(),
-            path(&raw),
-            "--out".into(),
-            path(&cal),
-            "--quiet".into(),
-            "--cal".into(),
-        ];
-        args.extend(opts.cal.iter().cloned());
-        args.push("--tune-id".into());
-        args.extend(opts.tune_id.iter().cloned());
-        if let (Some(l), None) = (&teacher_latents, &spec.student_conv) {
-            args.push("--latents".into());
-            args.push(
-                l.iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-        }
-        if !opts.val_ood.is_empty() {
-            args.push("--val-ood".into());
-            args.extend(opts.val_ood.iter().cloned());
-        }
-        child(&opts.exe, &args)?;
-        let ev = dir.join("eval");
-        let mut args: Vec<String> = vec![
-            "eval".into(),
-            "--bundle".into(),
-            path(&cal),
-            "--out".into(),
-            path(&ev),
-            "--quiet".into(),
-            "--label-topic".into(),
-            opts.label_topic.clone(),
-            "--input".into(),
-        ];
-        args.extend(opts.test.iter().cloned());
-        child(&opts.exe, &args)?;
-        let report: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(ev.join("report.json"))
-                .map_err(|e| format!("{}: {e}", ev.display()))?,
-        )
-        .map_err(|e| e.to_string())?;
-        let aurocs = |key: &str| -> BTreeMap<String, f64> {
-            report[key]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter(|(k, _)| k.as_str() != "all")
-                        .filter_map(|(k, v)| v["auroc"].as_f64().map(|a| (k.clone(), a)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let costs = c_arch.layer_costs();
-        let r = CandidateResult {
-            spec: spec.clone(),
-            params: costs.iter().map(|c| c.params).sum(),
-            macs: costs.iter().map(|c| c.macs).sum(),
-            arch: c_arch,
-            onnx_bytes: onnx.len() as u64,
-            bundle: cal,
-            auroc_score: aurocs("score_metrics"),
-            auroc_cusum: aurocs("cusum_metrics"),
-            heldout_loss,
-            posterior_distance: distance,
-            peak_memory_mib: report["peak_memory_mib"].as_f64(),
-            finetune: spec.finetune.then(|| ft_opts.clone()),
-            finetune_history: history,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
+        let r = ctx.evaluate(spec, &dir, built, calibration, t0)?;
         write_atomic(&done, &serde_json::to_vec_pretty(&r).expect("serialisable"))?;
         say(format!(
             "{}: CUSUM AUROC {:?} ({:.0} s)",
@@ -543,6 +435,11 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         auroc_drop: opts.auroc_drop,
         deadline_ms: opts.deadline_ms,
         bench_frames: opts.bench_frames,
+        cal: opts.cal.clone(),
+        tune_id: opts.tune_id.clone(),
+        val_ood: opts.val_ood.clone(),
+        test: opts.test.clone(),
+        label_topic: opts.label_topic.clone(),
         teacher_layers: arch.layer_costs(),
         selected: best.map(|i| rows[i].result.spec.name.clone()),
         rows,
@@ -556,6 +453,217 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     std::fs::write(opts.out.join("report.html"), super::report::html(&report))
         .map_err(|e| format!("{}: {e}", opts.out.display()))?;
     Ok(report)
+}
+
+/// What the sweep shares while building and evaluating candidates.
+struct Context<'a> {
+    opts: &'a Options,
+    teacher: &'a Teacher,
+    tbundle: &'a Bundle,
+    arch: &'a EncoderArch,
+    tweights: &'a Weights,
+    ft_opts: &'a FinetuneOptions,
+    heldout: &'a FrameSet,
+    calib: &'a [Vec<f32>],
+}
+
+/// A built candidate encoder (in `dir/bundle`), before calibration.
+struct Built {
+    arch: EncoderArch,
+    onnx_bytes: u64,
+    heldout_loss: Option<f64>,
+    posterior_distance: Option<f64>,
+    history: Vec<f64>,
+}
+
+impl From<CandidateResult> for Built {
+    fn from(r: CandidateResult) -> Self {
+        Built {
+            arch: r.arch,
+            onnx_bytes: r.onnx_bytes,
+            heldout_loss: r.heldout_loss,
+            posterior_distance: r.posterior_distance,
+            history: r.finetune_history,
+        }
+    }
+}
+
+/// Calibration of a candidate. Candidates derived from a calibrated teacher keep its latents,
+/// martingale window and CUSUM decay: only the conformal scores and the CUSUM threshold are
+/// derived again, so the compressed detector is a drop-in replacement of the teacher. A
+/// student trained from scratch has its own latent space and is calibrated from scratch.
+fn calibration_args(opts: &Options, t: &Bundle, spec: &Spec) -> Vec<String> {
+    let mut args: Vec<String> = vec!["--cal".into()];
+    args.extend(opts.cal.iter().cloned());
+    args.push("--tune-id".into());
+    args.extend(opts.tune_id.iter().cloned());
+    if let (Some(c), None) = (&t.manifest.calibration, &spec.student_conv) {
+        let latents: Vec<String> = t
+            .manifest
+            .latents
+            .selected
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        args.extend([
+            "--latents".into(),
+            latents.join(","),
+            "--windows".into(),
+            c.pipeline.window.to_string(),
+            "--decays".into(),
+            c.pipeline.decay.to_string(),
+        ]);
+    }
+    if !opts.val_ood.is_empty() {
+        args.push("--val-ood".into());
+        args.extend(opts.val_ood.iter().cloned());
+    }
+    args
+}
+
+impl Context<'_> {
+    /// Builds the candidate's encoder and writes it as an uncalibrated bundle in `dir/bundle`.
+    fn build(
+        &self,
+        spec: &Spec,
+        dir: &Path,
+        ft_frames: &mut Option<FrameSet>,
+    ) -> Result<Built, String> {
+        let (opts, teacher) = (self.opts, self.teacher);
+        let (mut arch, mut w): (EncoderArch, Weights) = match &spec.student_conv {
+            Some(conv) => student_from_scratch(opts, teacher, conv, dir)?,
+            None => (self.arch.clone(), self.tweights.clone()),
+        };
+        for (layer, f) in &spec.structured {
+            let layer: Layer = layer.parse()?;
+            let keep = prune::kept_units(&w, &arch, layer, *f)?;
+            (arch, w) = prune::prune_structured(&w, &arch, layer, &keep)?;
+        }
+        if let Some(s) = spec.sparsity {
+            prune::prune_global_l1(&mut w, &arch, s)?;
+        }
+        let mut history = vec![];
+        if spec.finetune {
+            if ft_frames.is_none() {
+                let drives = opts
+                    .finetune_drives
+                    .clone()
+                    .unwrap_or_else(|| teacher.state.config.train.clone());
+                if !opts.quiet {
+                    eprintln!("loading {} fine-tuning drives", drives.len());
+                }
+                let spec_in = &self.tbundle.manifest.input;
+                *ft_frames = Some(FrameSet::load(&drives, spec_in, teacher.state.config.frame_stride, &|| {})
+                    .map_err(|e| format!("fine-tuning frames: {e} (the teacher's training drives: `make train-data`, or give --finetune-drives)"))?);
+            }
+            let frames = ft_frames.as_ref().expect("loaded");
+            let name = spec.name.clone();
+            let (fw, h) = finetune::finetune(teacher, &arch, &w, frames, self.ft_opts, &|e, d| {
+                if !opts.quiet {
+                    eprintln!("{name}: fine-tuning epoch {e}, posterior distance {d:.5}");
+                }
+            })?;
+            w = fw;
+            history = h;
+        }
+        let (heldout_loss, posterior_distance) = if spec.precision.is_none() {
+            (
+                Some(finetune::heldout_loss(teacher, &arch, &w, self.heldout)?),
+                Some(finetune::posterior_distance(
+                    teacher,
+                    &arch,
+                    &w,
+                    self.heldout,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        let doc = format!("{} of {}", spec.name, self.tbundle.manifest.name);
+        let mut onnx = encoder_onnx(&arch, &mut Named(w), &GraphNames::default(), &doc)?;
+        if let Some(p) = spec.precision {
+            onnx = quantize(&onnx, p, self.calib)?;
+        }
+        write_bundle(self.tbundle, &dir.join("bundle"), &onnx, spec, &arch)?;
+        Ok(Built {
+            arch,
+            onnx_bytes: onnx.len() as u64,
+            heldout_loss,
+            posterior_distance,
+            history,
+        })
+    }
+
+    /// Calibrates `dir/bundle` into `dir/calibrated` and evaluates it into `dir/eval`, with
+    /// the documented commands in child processes.
+    fn evaluate(
+        &self,
+        spec: &Spec,
+        dir: &Path,
+        b: Built,
+        calibration: Vec<String>,
+        t0: Instant,
+    ) -> Result<CandidateResult, String> {
+        let opts = self.opts;
+        let (raw, cal, ev) = (dir.join("bundle"), dir.join("calibrated"), dir.join("eval"));
+        let mut args: Vec<String> = vec![
+            "calibrate".into(),
+            "--bundle".into(),
+            path(&raw),
+            "--out".into(),
+            path(&cal),
+            "--quiet".into(),
+        ];
+        args.extend(calibration.iter().cloned());
+        child(&opts.exe, &args)?;
+        let mut args: Vec<String> = vec![
+            "eval".into(),
+            "--bundle".into(),
+            path(&cal),
+            "--out".into(),
+            path(&ev),
+            "--quiet".into(),
+            "--label-topic".into(),
+            opts.label_topic.clone(),
+            "--input".into(),
+        ];
+        args.extend(opts.test.iter().cloned());
+        child(&opts.exe, &args)?;
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(ev.join("report.json"))
+                .map_err(|e| format!("{}: {e}", ev.display()))?,
+        )
+        .map_err(|e| e.to_string())?;
+        let aurocs = |key: &str| -> BTreeMap<String, f64> {
+            report[key]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| k.as_str() != "all")
+                        .filter_map(|(k, v)| v["auroc"].as_f64().map(|a| (k.clone(), a)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let costs = b.arch.layer_costs();
+        Ok(CandidateResult {
+            spec: spec.clone(),
+            params: costs.iter().map(|c| c.params).sum(),
+            macs: costs.iter().map(|c| c.macs).sum(),
+            arch: b.arch,
+            onnx_bytes: b.onnx_bytes,
+            bundle: cal,
+            auroc_score: aurocs("score_metrics"),
+            auroc_cusum: aurocs("cusum_metrics"),
+            heldout_loss: b.heldout_loss,
+            posterior_distance: b.posterior_distance,
+            peak_memory_mib: report["peak_memory_mib"].as_f64(),
+            calibration,
+            finetune: spec.finetune.then(|| self.ft_opts.clone()),
+            finetune_history: b.history,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
 }
 
 fn verdict_text(v: &Verdict, deadline: f64) -> String {
