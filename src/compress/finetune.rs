@@ -168,6 +168,24 @@ pub fn finetune(
     Ok((encoder_weights(&student.valid()), history))
 }
 
+/// The mean over `frames` of a per-frame quantity `f(encoder, batch)` of the encoder (`arch`,
+/// `weights`) in inference mode.
+fn mean_per_frame(
+    arch: &EncoderArch,
+    weights: &Weights,
+    frames: &FrameSet,
+    f: &dyn Fn(&Encoder, Tensor<4>) -> Tensor<1>,
+) -> Result<f64, String> {
+    let device = Device::flex();
+    let enc = encoder_from_weights(arch, weights, &device)?;
+    let idx: Vec<usize> = (0..frames.len()).collect();
+    let mut sum = 0.0;
+    for chunk in idx.chunks(64) {
+        sum += mean_of(f(&enc, batch(frames, chunk, arch, &device))) * chunk.len() as f64;
+    }
+    Ok(sum / frames.len().max(1) as f64)
+}
+
 /// Mean squared posterior distance per frame between the encoder and the teacher on `frames`
 /// (inference mode).
 pub fn posterior_distance(
@@ -176,16 +194,9 @@ pub fn posterior_distance(
     weights: &Weights,
     frames: &FrameSet,
 ) -> Result<f64, String> {
-    let device = Device::flex();
-    let enc = encoder_from_weights(arch, weights, &device)?;
-    let idx: Vec<usize> = (0..frames.len()).collect();
-    let mut sum = 0.0;
-    for chunk in idx.chunks(64) {
-        let x = batch(frames, chunk, arch, &device);
-        sum +=
-            mean_of(distance(&enc, &teacher.vae.encoder, x.clone(), x, None)) * chunk.len() as f64;
-    }
-    Ok(sum / frames.len().max(1) as f64)
+    mean_per_frame(arch, weights, frames, &|enc, x| {
+        distance(enc, &teacher.vae.encoder, x.clone(), x, None)
+    })
 }
 
 /// The teacher's VAE loss per frame (BCE + β·KL) with this encoder in front of the teacher's
@@ -197,13 +208,8 @@ pub fn heldout_loss(
     weights: &Weights,
     frames: &FrameSet,
 ) -> Result<f64, String> {
-    let device = Device::flex();
-    let enc = encoder_from_weights(arch, weights, &device)?;
-    let idx: Vec<usize> = (0..frames.len()).collect();
     let beta = teacher.state.config.beta;
-    let mut sum = 0.0;
-    for chunk in idx.chunks(64) {
-        let x = batch(frames, chunk, arch, &device);
+    mean_per_frame(arch, weights, frames, &|enc, x| {
         let (mu, logvar) = enc.forward(x.clone());
         let out = VaeOutput {
             recon_logits: teacher.vae.decoder.forward(mu.clone(), teacher.arch()),
@@ -211,9 +217,8 @@ pub fn heldout_loss(
             logvar,
         };
         let l = losses(&out, x);
-        sum += mean_of(l.bce + l.kl.mul_scalar(beta)) * chunk.len() as f64;
-    }
-    Ok(sum / frames.len().max(1) as f64)
+        l.bce + l.kl.mul_scalar(beta)
+    })
 }
 
 /// The teacher encoder's weights by PyTorch name.

@@ -29,86 +29,79 @@ fn per_layer(report: &Report, y: &dyn Fn(&Row) -> Option<f64>) -> Vec<(String, V
     series.into_iter().collect()
 }
 
+/// Series in the form the chart functions take.
+fn named<'a>(
+    m: impl IntoIterator<Item = (&'a String, &'a Vec<(f64, f64)>)>,
+) -> Vec<(&'a str, Vec<(f64, f64)>)> {
+    m.into_iter()
+        .map(|(n, v)| (n.as_str(), v.clone()))
+        .collect()
+}
+
+/// Draws one chart into the given file.
+type Draw<'a> = dyn Fn(&Path) -> Result<(), String> + 'a;
+
 /// Writes the plots to `out`; returns their file names.
 pub fn plots(report: &Report, out: &Path) -> Result<Vec<String>, String> {
     crate::eval::plots::font()?;
-    let mut written = vec![];
-    let mut draw = |name: &str, f: &dyn Fn(&Path) -> Result<(), String>| -> Result<(), String> {
-        f(&out.join(name))?;
-        written.push(name.to_string());
-        Ok(())
-    };
+    let per_fraction = "fraction of units removed";
     let auroc = per_layer(report, &|r| Some(mean(&r.result.auroc_cusum)));
-    draw("sensitivity_auroc.png", &|p| {
-        let s: Vec<(&str, Vec<(f64, f64)>)> =
-            auroc.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-        line_chart(
-            p,
-            "Structured pruning: mean CUSUM AUROC",
-            "fraction of units removed",
-            "AUROC",
-            &s,
-        )
-    })?;
     let loss = per_layer(report, &|r| r.result.heldout_loss);
-    draw("sensitivity_loss.png", &|p| {
-        let s: Vec<(&str, Vec<(f64, f64)>)> =
-            loss.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-        line_chart(
-            p,
-            "Structured pruning: held-out loss",
-            "fraction of units removed",
-            "BCE + beta KL per frame",
-            &s,
-        )
-    })?;
-    let mut by_tech: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in &report.rows {
-        if let Some(l) = r.result.heldout_loss {
-            by_tech
-                .entry(r.result.spec.technique.clone())
-                .or_default()
-                .push((l, mean(&r.result.auroc_cusum)));
-        }
-    }
-    draw("loss_vs_auroc.png", &|p| {
-        let s: Vec<(&str, Vec<(f64, f64)>)> = by_tech
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.clone()))
-            .collect();
-        scatter_chart(
-            p,
-            "Held-out loss vs AUROC by technique",
-            "held-out loss",
-            "mean CUSUM AUROC",
-            &s,
-            None,
-        )
-    })?;
-    let mut all: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let (mut by_tech, mut all) = (BTreeMap::new(), BTreeMap::new());
     let mut front = vec![];
     for r in &report.rows {
-        let pt = (r.p50_ms, mean(&r.result.auroc_cusum));
-        all.entry(r.result.spec.technique.clone())
-            .or_default()
-            .push(pt);
+        let (tech, a) = (r.result.spec.technique.clone(), mean(&r.result.auroc_cusum));
+        if let Some(l) = r.result.heldout_loss {
+            by_tech
+                .entry(tech.clone())
+                .or_insert_with(Vec::new)
+                .push((l, a));
+        }
+        all.entry(tech).or_insert_with(Vec::new).push((r.p50_ms, a));
         if r.pareto {
-            front.push(pt);
+            front.push((r.p50_ms, a));
         }
     }
     front.sort_by(|a, b| a.0.total_cmp(&b.0));
-    draw("pareto.png", &|p| {
-        let s: Vec<(&str, Vec<(f64, f64)>)> =
-            all.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-        scatter_chart(
-            p,
-            "AUROC vs encoder latency (line: Pareto front)",
-            "encoder p50 ms",
-            "mean CUSUM AUROC",
-            &s,
-            Some(&front),
-        )
-    })?;
+    let charts: [(&str, &Draw); 4] = [
+        ("sensitivity_auroc.png", &|p| {
+            let labels = (
+                "Structured pruning: mean CUSUM AUROC",
+                per_fraction,
+                "AUROC",
+            );
+            line_chart(p, labels, &named(auroc.iter().map(|(n, v)| (n, v))))
+        }),
+        ("sensitivity_loss.png", &|p| {
+            let labels = (
+                "Structured pruning: held-out loss",
+                per_fraction,
+                "BCE + beta KL per frame",
+            );
+            line_chart(p, labels, &named(loss.iter().map(|(n, v)| (n, v))))
+        }),
+        ("loss_vs_auroc.png", &|p| {
+            let labels = (
+                "Held-out loss vs AUROC by technique",
+                "held-out loss",
+                "mean CUSUM AUROC",
+            );
+            scatter_chart(p, labels, &named(&by_tech), None)
+        }),
+        ("pareto.png", &|p| {
+            let labels = (
+                "AUROC vs encoder latency (line: Pareto front)",
+                "encoder p50 ms",
+                "mean CUSUM AUROC",
+            );
+            scatter_chart(p, labels, &named(&all), Some(&front))
+        }),
+    ];
+    let mut written = vec![];
+    for (name, draw) in charts {
+        draw(&out.join(name))?;
+        written.push(name.to_string());
+    }
     Ok(written)
 }
 

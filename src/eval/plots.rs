@@ -48,32 +48,31 @@ fn save(
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A line chart of named series (x, y), y axis fitted to the data.
-pub fn line_chart(
+/// Axes of an x-y chart, as `(title, x description, y description)`.
+pub type Labels<'a> = (&'a str, &'a str, &'a str);
+
+type XyChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Draws an x-y chart over the given ranges: caption, mesh, the series `draw` adds, legend.
+fn xy_chart(
     path: &Path,
-    title: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[(&str, Vec<(f64, f64)>)],
+    labels: Labels,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    draw: impl FnOnce(&mut XyChart) -> Result<(), String>,
 ) -> Result<(), String> {
-    let points = || series.iter().flat_map(|(_, s)| s.iter());
-    let x_max = points().map(|p| p.0).fold(1.0, f64::max);
-    let (lo, hi) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-        (lo.min(p.1), hi.max(p.1))
-    });
-    let (lo, hi) = if lo.is_finite() && hi > lo {
-        (lo, hi)
-    } else {
-        (0.0, 1.0)
-    };
-    let pad = 0.05 * (hi - lo);
+    let (title, x_desc, y_desc) = labels;
     save(path, 640, 420, |root| {
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..x_max, (lo - pad)..(hi + pad))
+            .build_cartesian_2d(x, y)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
@@ -81,6 +80,41 @@ pub fn line_chart(
             .y_desc(y_desc)
             .draw()
             .map_err(|e| e.to_string())?;
+        draw(&mut chart)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The (min, max) of `v` padded by 5 % (by 1 when flat), or `fallback` when `v` is empty.
+fn padded(v: impl Iterator<Item = f64>, fallback: std::ops::Range<f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
+    if lo.is_finite() && hi > lo {
+        let pad = 0.05 * (hi - lo);
+        (lo - pad)..(hi + pad)
+    } else if lo.is_finite() {
+        (lo - 1.0)..(hi + 1.0)
+    } else {
+        fallback
+    }
+}
+
+/// A line chart of named series (x, y): x from 0, y axis fitted to the data.
+pub fn line_chart(
+    path: &Path,
+    labels: Labels,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<(), String> {
+    let points = || series.iter().flat_map(|(_, s)| s.iter());
+    let x_max = points().map(|p| p.0).fold(1.0, f64::max);
+    let y = padded(points().map(|p| p.1), 0.0..1.0);
+    xy_chart(path, labels, 0f64..x_max, y, |chart| {
         for (i, (name, s)) in series.iter().enumerate() {
             let c = COLOURS[i % COLOURS.len()];
             chart
@@ -91,57 +125,22 @@ pub fn line_chart(
                     PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())
+        Ok(())
     })
 }
 
-/// A scatter chart of named point sets, axes fitted to the data, with an optional line
+/// A scatter chart of named point sets, both axes fitted to the data, with an optional line
 /// through `line` (a Pareto front, say).
 pub fn scatter_chart(
     path: &Path,
-    title: &str,
-    x_desc: &str,
-    y_desc: &str,
+    labels: Labels,
     series: &[(&str, Vec<(f64, f64)>)],
     line: Option<&[(f64, f64)]>,
 ) -> Result<(), String> {
-    let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-    let range = |f: &dyn Fn(&(f64, f64)) -> f64| {
-        let (lo, hi) = points
-            .iter()
-            .map(f)
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-                (lo.min(v), hi.max(v))
-            });
-        if lo.is_finite() && hi > lo {
-            let pad = 0.05 * (hi - lo);
-            (lo - pad)..(hi + pad)
-        } else if lo.is_finite() {
-            (lo - 1.0)..(lo + 1.0)
-        } else {
-            0.0..1.0
-        }
-    };
-    let (xr, yr) = (range(&|p| p.0), range(&|p| p.1));
-    save(path, 640, 420, |root| {
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(xr.clone(), yr.clone())
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .draw()
-            .map_err(|e| e.to_string())?;
+    let points = || series.iter().flat_map(|(_, s)| s.iter());
+    let x = padded(points().map(|p| p.0), 0.0..1.0);
+    let y = padded(points().map(|p| p.1), 0.0..1.0);
+    xy_chart(path, labels, x, y, |chart| {
         if let Some(l) = line {
             chart
                 .draw_series(LineSeries::new(l.iter().copied(), BLACK.stroke_width(1)))
@@ -155,12 +154,7 @@ pub fn scatter_chart(
                 .label(*name)
                 .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())
+        Ok(())
     })
 }
 

@@ -581,9 +581,7 @@ fn write_metrics(out: &Path, state: &TrainState) -> Result<(), String> {
     };
     crate::eval::plots::line_chart(
         &out.join("loss.png"),
-        "beta-VAE training loss per frame",
-        "epoch",
-        "BCE + beta KL",
+        ("beta-VAE training loss per frame", "epoch", "BCE + beta KL"),
         &[
             ("train", series(|r| r.train_loss)),
             ("validation", series(|r| r.val_loss)),
