@@ -45,7 +45,8 @@ def test_install_tree(install):
     share = install / "share" / PKG
     for rel in ["package.xml", "launch/monitor.launch.py", "launch/monitor.launch.xml",
                 "launch/monitor_gate.launch.py", "config/monitor.yaml", "config/gate.yaml",
-                "models/default/manifest.yaml", "models/default/encoder.onnx"]:
+                "models/default/manifest.yaml", "models/default/encoder.onnx",
+                "models/compressed/manifest.yaml", "models/compressed/encoder.onnx"]:
         assert (share / rel).is_file(), rel
     assert (install / "share" / "ament_index" / "resource_index" / "packages" / PKG).is_file()
 
@@ -66,4 +67,4 @@ def test_installed_node_finds_its_bundle_in_share(install):
         p.terminate()
         p.wait(timeout=10)
     out = "".join(lines)
-    assert "loaded detector" in out and str(install / "share" / PKG / "models" / "default") in out, out
+    assert "loaded detector" in out and str(install / "share" / PKG / "models" / "compressed") in out, out

@@ -35,7 +35,7 @@ macro_rules! decl {
 }
 
 pub const PARAMS: &[ParamDecl] = &[
-    decl!("model_bundle", Str("models/default"), "Detector bundle directory. A relative path is looked up in the package's share directory, then the working directory."),
+    decl!("model_bundle", Str("models/compressed"), "Detector bundle directory. A relative path is looked up in the package's share directory, then the working directory. models/compressed is the compressed default detector; models/default its teacher."),
     decl!("backend", Str("tract"), "Inference backend: 'tract' (CPU) or 'cuda' (NVIDIA GPU, planned)."),
     decl!("threads", Int(1), "Inference threads (tract). 1 leaves the other cores to the rest of the robot."),
     decl!("transport", Str("raw"), "Camera transport: 'raw' (sensor_msgs/Image on 'image') or 'compressed' (sensor_msgs/CompressedImage on 'image/compressed')."),
