@@ -27,6 +27,9 @@ if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
   rm -rf models/compressed.new
   cp -r "$OUT/candidates/$SEL/calibrated" models/compressed.new
   cp "$OUT/report.json" models/compressed.new/compress_report.json
+  [ -f models/compressed/MODEL_CARD.md ] && cp models/compressed/MODEL_CARD.md models/compressed.new/
   rm -rf models/compressed && mv models/compressed.new models/compressed
+  [ -f models/compressed/MODEL_CARD.md ] && python3 scripts/compress_card.py \
+    models/compressed/compress_report.json --update models/compressed/MODEL_CARD.md >/dev/null
   echo "shipped $SEL as models/compressed"
 fi
