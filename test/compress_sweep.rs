@@ -77,6 +77,17 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
     assert_eq!(c["arch"]["conv"][0], 16);
     assert!(c["macs"].as_f64().unwrap() < 0.6 * t["macs"].as_f64().unwrap());
     assert_eq!(c["finetune_history"].as_array().unwrap().len(), 1);
+    // Per-layer costs add up to the totals; conv0's arithmetic halves with its filters.
+    for r in [t, c] {
+        let layers = r["layers"].as_array().unwrap();
+        let macs: f64 = layers.iter().map(|l| l["macs"].as_f64().unwrap()).sum();
+        assert_eq!(macs, r["macs"].as_f64().unwrap());
+        assert_eq!(layers[0]["name"], "conv0");
+    }
+    assert_eq!(
+        2.0 * c["layers"][0]["macs"].as_f64().unwrap(),
+        t["layers"][0]["macs"].as_f64().unwrap()
+    );
     assert_eq!(
         c["finetune"]["selected"],
         serde_json::json!([1, 4, 14, 20, 22])

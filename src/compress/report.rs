@@ -115,7 +115,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
 }
 
-/// One HTML page: summary, candidates table, teacher's layer costs, plots.
+/// One HTML page: summary, candidates table, per-layer costs, plots.
 pub fn html(r: &Report) -> String {
     let mut h = String::from("<!doctype html><meta charset=utf-8><title>vae-ood compress</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}tr.sel{background:#dfd}</style>");
     let _ = write!(h, "<h1>Compression report</h1><p>Teacher {}; budget {:?}; AUROC budget {} (CUSUM, every partition); deadline {} ms; latency from one interleaved run of {} frames per encoder.</p>", esc(&r.teacher.display().to_string()), r.budget, r.auroc_drop, r.deadline_ms, r.bench_frames);
@@ -159,15 +159,20 @@ pub fn html(r: &Report) -> String {
             esc(&row.verdict)
         );
     }
-    h.push_str("</table><h2>Teacher: where the arithmetic and the parameters are</h2><table><tr><th>layer</th><th>params</th><th>MACs</th></tr>");
-    for l in &r.teacher_layers {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&l.name),
-            l.params,
-            l.macs
-        );
+    // Where the arithmetic and the parameters are: per layer, MACs / parameters.
+    h.push_str(
+        "</table><h2>Multiply-accumulates / parameters per layer</h2><table><tr><th>candidate</th>",
+    );
+    for l in r.rows.iter().take(1).flat_map(|t| &t.layers) {
+        let _ = write!(h, "<th>{}</th>", esc(&l.name));
+    }
+    h.push_str("</tr>");
+    for row in &r.rows {
+        let _ = write!(h, "<tr><td>{}</td>", esc(&row.result.spec.name));
+        for l in &row.layers {
+            let _ = write!(h, "<td>{} / {}</td>", l.macs, l.params);
+        }
+        h.push_str("</tr>");
     }
     h.push_str("</table>");
     for p in &r.plots {

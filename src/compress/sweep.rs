@@ -252,6 +252,8 @@ pub struct Row {
     pub speedup: f64,
     pub verdict: String,
     pub pareto: bool,
+    /// Parameters and multiply-accumulates per layer.
+    pub layers: Vec<crate::onnx_gen::LayerCost>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,7 +269,6 @@ pub struct Report {
     pub val_ood: Vec<String>,
     pub test: Vec<String>,
     pub label_topic: String,
-    pub teacher_layers: Vec<crate::onnx_gen::LayerCost>,
     pub rows: Vec<Row>,
     /// Name of the selected candidate, if any qualifies.
     pub selected: Option<String>,
@@ -426,6 +427,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             p50_ms: l.p50_ms,
             p99_ms: l.p99_ms,
             speedup: l.speedup_p50,
+            layers: r.arch.layer_costs(),
             result: r,
         })
         .collect();
@@ -440,7 +442,6 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         val_ood: opts.val_ood.clone(),
         test: opts.test.clone(),
         label_topic: opts.label_topic.clone(),
-        teacher_layers: arch.layer_costs(),
         selected: best.map(|i| rows[i].result.spec.name.clone()),
         rows,
         plots: vec![],
