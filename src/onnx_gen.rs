@@ -236,17 +236,7 @@ pub fn read_encoder(onnx: &[u8]) -> Result<(EncoderArch, HashMap<String, Vec<f32
     let mut dims = HashMap::new();
     let mut weights = HashMap::new();
     for t in &graph.initializer {
-        if t.data_type != DataType::Float as i32 {
-            return Err(format!("initializer '{}' is not f32", t.name));
-        }
-        let v: Vec<f32> = if t.raw_data.is_empty() {
-            t.float_data.clone()
-        } else {
-            t.raw_data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        };
+        let v = initializer_f32(t)?;
         dims.insert(
             t.name.clone(),
             t.dims.iter().map(|&d| d as usize).collect::<Vec<_>>(),
@@ -267,18 +257,7 @@ pub fn read_encoder(onnx: &[u8]) -> Result<(EncoderArch, HashMap<String, Vec<f32
         .collect();
     let latents = need("mu.weight")?[0];
     let input = graph.input.first().ok_or("the ONNX graph has no input")?;
-    let shape: Vec<usize> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(pb::type_proto::Value::TensorType(t)) => t
-            .shape
-            .iter()
-            .flat_map(|s| &s.dim)
-            .map(|d| match d.value {
-                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => v as usize,
-                _ => 0,
-            })
-            .collect(),
-        _ => vec![],
-    };
+    let shape = input_dims(input);
     if shape.len() != 4 || shape[2] == 0 || shape[3] == 0 {
         return Err(format!("input '{}' has no fixed NCHW shape", input.name));
     }
@@ -493,6 +472,37 @@ impl GraphBuilder<'_> {
         let w = self.normal(&format!("{name}.weight"), &[n_out, n_in], std)?;
         let b = self.normal(&format!("{name}.bias"), &[n_out], 0.01)?;
         Ok(self.node_named("Gemm", name, &[x, &w, &b], vec![int("transB", 1)], output))
+    }
+}
+
+/// The values of a float32 initializer (raw little-endian bytes or `float_data`).
+pub(crate) fn initializer_f32(t: &pb::TensorProto) -> Result<Vec<f32>, String> {
+    if t.data_type != DataType::Float as i32 {
+        return Err(format!("initializer '{}' is not f32", t.name));
+    }
+    Ok(if t.raw_data.is_empty() {
+        t.float_data.clone()
+    } else {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    })
+}
+
+/// The declared dimensions of a graph input; 0 where a dimension is not a fixed number.
+pub(crate) fn input_dims(input: &pb::ValueInfoProto) -> Vec<usize> {
+    match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => t
+            .shape
+            .iter()
+            .flat_map(|s| &s.dim)
+            .map(|d| match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => v as usize,
+                _ => 0,
+            })
+            .collect(),
+        _ => vec![],
     }
 }
 

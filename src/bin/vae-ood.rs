@@ -978,15 +978,12 @@ fn encode(args: &DetectorArgs, input: &Path) -> Result<()> {
     Ok(())
 }
 
-fn percentiles(mut v: Vec<Duration>) -> String {
-    v.sort();
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+fn percentiles(v: Vec<Duration>) -> String {
+    let ms = v.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    let p = vae_ood_monitor::eval::report::percentiles(ms).expect("frames after warm-up");
     format!(
         "p50 {:7.3} ms  p90 {:7.3} ms  p99 {:7.3} ms  max {:7.3} ms",
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(1.0)
+        p.p50, p.p90, p.p99, p.max
     )
 }
 
@@ -1124,11 +1121,13 @@ fn quantize_cmd(
     let frames: Vec<Vec<f32>> = frames.into_iter().step_by(10).collect();
     let q = vae_ood_monitor::compress::quantize::quantize(&onnx, precision, &frames)
         .map_err(anyhow::Error::msg)?;
-    let mut m = b.manifest.clone();
-    m.name = format!("{}-{precision}", m.name);
-    m.description = format!("{precision} quantisation of {}", b.manifest.name);
-    m.calibration = None;
-    m.provenance.created_by = format!("vae-ood quantize --precision {precision}");
+    let m = vae_ood_monitor::compress::derived_manifest(
+        &b.manifest,
+        format!("{}-{precision}", b.manifest.name),
+        format!("{precision} quantisation of {}", b.manifest.name),
+        format!("vae-ood quantize --precision {precision}"),
+        None,
+    );
     let nb = Bundle::write(out, m, &q)?;
     println!(
         "wrote {} ({} -> {} bytes): uncalibrated, run `vae-ood calibrate --bundle {}` next",

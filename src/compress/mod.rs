@@ -17,10 +17,42 @@ pub mod select;
 #[cfg(feature = "train")]
 pub mod sweep;
 
-use crate::bundle::{Bundle, OutputRef, Outputs};
-use crate::onnx_gen::{encoder_onnx, read_encoder, GraphNames, Named};
+use crate::bundle::{Bundle, Manifest, OutputRef, Outputs};
+use crate::onnx_gen::{encoder_onnx, read_encoder, EncoderArch, GraphNames, Named};
 use prune::Layer;
 use std::path::Path;
+
+/// The manifest of an uncalibrated bundle derived from `parent` by pruning, distillation or
+/// quantisation: named, described and attributed anew, its calibration dropped (the scores
+/// change: calibrate it again before use). Given `rewritten` (the new architecture and how it
+/// was made), the encoder is one [`crate::onnx_gen`] wrote: outputs named mu and logvar, the
+/// architecture recorded in the notes.
+pub fn derived_manifest(
+    parent: &Manifest,
+    name: String,
+    description: String,
+    created_by: String,
+    rewritten: Option<(&EncoderArch, &str)>,
+) -> Manifest {
+    let mut m = parent.clone();
+    m.name = name;
+    m.description = description;
+    m.calibration = None;
+    m.provenance.created_by = created_by;
+    if let Some((arch, how)) = rewritten {
+        m.outputs = Outputs {
+            mu: OutputRef::Name { name: "mu".into() },
+            logvar: OutputRef::Name {
+                name: "logvar".into(),
+            },
+        };
+        m.provenance.notes = format!(
+            "architecture: {}; {how}",
+            serde_json::to_string(arch).expect("serialisable")
+        );
+    }
+    m
+}
 
 /// A pruning operation on a bundle's encoder.
 #[derive(Debug, Clone, Copy)]
@@ -59,21 +91,12 @@ pub fn prune_bundle(dir: &Path, out: &Path, op: Pruning, command: &str) -> Resul
     };
     let m = &bundle.manifest;
     let onnx = encoder_onnx(&arch, &mut Named(w), &GraphNames::default(), &what)?;
-    let mut manifest = m.clone();
-    manifest.name = format!("{}-pruned", m.name);
-    manifest.description = format!("{} of {}", what, m.name);
-    manifest.outputs = Outputs {
-        mu: OutputRef::Name { name: "mu".into() },
-        logvar: OutputRef::Name {
-            name: "logvar".into(),
-        },
-    };
-    manifest.calibration = None;
-    manifest.provenance.created_by = command.to_string();
-    manifest.provenance.notes = format!(
-        "architecture: {}; pruned from {}",
-        serde_json::to_string(&arch).expect("serialisable"),
-        m.name
+    let manifest = derived_manifest(
+        m,
+        format!("{}-pruned", m.name),
+        format!("{} of {}", what, m.name),
+        command.to_string(),
+        Some((&arch, &format!("pruned from {}", m.name))),
     );
     Bundle::write(out, manifest, &onnx).map_err(|e| e.to_string())
 }

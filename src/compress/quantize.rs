@@ -15,7 +15,7 @@
 //! asymmetric per tensor for activations (min..max of the calibration frames, always
 //! including 0).
 
-use crate::onnx_gen::int_attr;
+use crate::onnx_gen::{initializer_f32, input_dims, int_attr};
 use prost::Message;
 use std::collections::HashMap;
 use tract_onnx::pb;
@@ -79,20 +79,6 @@ pub fn quantize(
     Ok(model.encode_to_vec())
 }
 
-fn floats(t: &pb::TensorProto) -> Result<Vec<f32>, String> {
-    if t.data_type != DataType::Float as i32 {
-        return Err(format!("initializer '{}' is not float32", t.name));
-    }
-    if !t.raw_data.is_empty() {
-        Ok(t.raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
-    } else {
-        Ok(t.float_data.clone())
-    }
-}
-
 fn tensor(name: &str, dims: &[i64], ty: DataType, raw: Vec<u8>) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),
@@ -141,7 +127,7 @@ fn take_init(graph: &mut pb::GraphProto, name: &str) -> Result<pb::TensorProto, 
 fn to_fp16(graph: &mut pb::GraphProto) {
     let mut casts = vec![];
     for t in graph.initializer.iter_mut() {
-        let Ok(v) = floats(t) else { continue };
+        let Ok(v) = initializer_f32(t) else { continue };
         let name = std::mem::take(&mut t.name);
         let stored = format!("{name}.fp16");
         *t = tensor(
@@ -194,7 +180,7 @@ fn dequantized_weight(
     nodes: &mut Vec<pb::NodeProto>,
 ) -> Result<(), String> {
     let t = take_init(graph, name)?;
-    let w = floats(&t)?;
+    let w = initializer_f32(&t)?;
     let rows = *t.dims.first().ok_or("scalar weight")? as usize;
     let (q, s) = quantize_rows(&w, rows);
     let (qn, sn, zn) = (
@@ -231,7 +217,7 @@ fn dynamic_dense(graph: &mut pb::GraphProto) -> Result<(), String> {
         let p = n.name.clone();
         let (x, wname, bname) = (&n.input[0], &n.input[1], &n.input[2]);
         let t = take_init(graph, wname)?;
-        let w = floats(&t)?;
+        let w = initializer_f32(&t)?;
         let (rows, cols) = (t.dims[0] as usize, t.dims[1] as usize);
         let (q, s) = quantize_rows(&w, rows);
         // MatMulInteger wants B as [in, out] with a zero point per output column.
@@ -335,22 +321,8 @@ fn activation_ranges(
             ..Default::default()
         })
         .collect();
-    let dims: Vec<usize> = match &input.r#type.as_ref().and_then(|t| t.value.clone()) {
-        Some(pb::type_proto::Value::TensorType(t)) => t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => v as usize,
-                        _ => 1,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => vec![],
-    };
+    // A dimension that is not fixed (a dynamic batch, say) is run at 1.
+    let dims: Vec<usize> = input_dims(&input).into_iter().map(|d| d.max(1)).collect();
     let bytes = model.encode_to_vec();
     let err = |e: &dyn std::fmt::Display| format!("measuring activation ranges: {e}");
     let plan = tract_onnx::onnx()

@@ -20,9 +20,11 @@ use super::prune::{self, Layer};
 use super::quantize::{quantize, Precision};
 use super::select::{pareto_front, select, Candidate, Verdict};
 use crate::backend::{BackendKind, BackendOptions};
-use crate::bundle::{Bundle, OutputRef, Outputs};
+use crate::bundle::Bundle;
 use crate::onnx_gen::{encoder_onnx, read_encoder, EncoderArch, GraphNames, Named};
+use crate::tools::calibrate::DriveArg;
 use crate::train::data::FrameSet;
+use crate::train::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -306,32 +308,21 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         }
         specs.retain(|s| s.name == "teacher" || only.contains(&s.name));
     }
-    let strip = |d: &String| {
-        PathBuf::from(d.rsplit_once(':').map_or(d.as_str(), |(p, n)| {
-            if n.chars().all(|c| c.is_ascii_digit()) {
-                p
-            } else {
-                d.as_str()
-            }
-        }))
+    // Frames of DIR[:ONSET] drive arguments, as `vae-ood calibrate` reads them.
+    let frames_of = |drives: &[String], stride: usize| -> Result<FrameSet, String> {
+        let paths = drives
+            .iter()
+            .map(|d| d.parse::<DriveArg>().map(|a| a.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        FrameSet::load(&paths, &spec_in, stride, &|| {})
     };
     let say = |m: String| {
         if !opts.quiet {
             eprintln!("{m}");
         }
     };
-    let heldout = FrameSet::load(
-        &opts.tune_id.iter().map(strip).collect::<Vec<_>>(),
-        &spec_in,
-        1,
-        &|| {},
-    )?;
-    let calib_frames = FrameSet::load(
-        &opts.cal.iter().map(strip).collect::<Vec<_>>(),
-        &spec_in,
-        10,
-        &|| {},
-    )?;
+    let heldout = frames_of(&opts.tune_id, 1)?;
+    let calib_frames = frames_of(&opts.cal, 10)?;
     let calib: Vec<Vec<f32>> = (0..calib_frames.len())
         .map(|i| calib_frames.gather(&[i]))
         .collect();
@@ -341,7 +332,6 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         opts,
         teacher: &teacher,
         tbundle: &tbundle,
-        arch: &arch,
         tweights: &tweights,
         ft_opts: &ft_opts,
         heldout: &heldout,
@@ -461,7 +451,6 @@ struct Context<'a> {
     opts: &'a Options,
     teacher: &'a Teacher,
     tbundle: &'a Bundle,
-    arch: &'a EncoderArch,
     tweights: &'a Weights,
     ft_opts: &'a FinetuneOptions,
     heldout: &'a FrameSet,
@@ -533,7 +522,7 @@ impl Context<'_> {
         let (opts, teacher) = (self.opts, self.teacher);
         let (mut arch, mut w): (EncoderArch, Weights) = match &spec.student_conv {
             Some(conv) => student_from_scratch(opts, teacher, conv, dir)?,
-            None => (self.arch.clone(), self.tweights.clone()),
+            None => (teacher.arch().clone(), self.tweights.clone()),
         };
         for (layer, f) in &spec.structured {
             let layer: Layer = layer.parse()?;
@@ -688,15 +677,8 @@ fn child(exe: &Path, args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err
-            .lines()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = lines[lines.len().saturating_sub(8)..].join("\n");
         return Err(format!(
             "`vae-ood {}` failed ({}):\n{tail}",
             args.join(" "),
@@ -704,13 +686,6 @@ fn child(exe: &Path, args: &[String]) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// An uncalibrated candidate bundle with the teacher's input spec and provenance.
@@ -722,26 +697,16 @@ fn write_bundle(
     arch: &EncoderArch,
 ) -> Result<Bundle, String> {
     let m = &t.manifest;
-    let mut manifest = m.clone();
-    manifest.name = format!("{}-{}", m.name, spec.name);
-    manifest.description = format!("{} ({}) of {}", spec.name, spec.technique, m.name);
-    manifest.outputs = Outputs {
-        mu: OutputRef::Name { name: "mu".into() },
-        logvar: OutputRef::Name {
-            name: "logvar".into(),
-        },
-    };
+    let mut manifest = super::derived_manifest(
+        m,
+        format!("{}-{}", m.name, spec.name),
+        format!("{} ({}) of {}", spec.name, spec.technique, m.name),
+        format!("vae-ood compress (candidate {})", spec.name),
+        Some((arch, &format!("{} of {}", spec.technique, m.name))),
+    );
     manifest.latents.count = arch.latents;
     manifest.latents.selected = (0..arch.latents).collect();
-    manifest.calibration = None;
     manifest.encoder.path = "encoder.onnx".into();
-    manifest.provenance.created_by = format!("vae-ood compress (candidate {})", spec.name);
-    manifest.provenance.notes = format!(
-        "architecture: {}; {} of {}",
-        serde_json::to_string(arch).expect("serialisable"),
-        spec.technique,
-        m.name
-    );
     Bundle::write(dir, manifest, onnx).map_err(|e| e.to_string())
 }
 

@@ -105,8 +105,8 @@ fn per_type(
     out
 }
 
-/// Nearest-rank percentiles of `v` (None when empty); also used by the encoder bench.
-pub(crate) fn percentiles(mut v: Vec<f64>) -> Option<Percentiles> {
+/// Nearest-rank percentiles of `v` (None when empty); also used by the encoder benches.
+pub fn percentiles(mut v: Vec<f64>) -> Option<Percentiles> {
     if v.is_empty() {
         return None;
     }

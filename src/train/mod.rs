@@ -543,7 +543,9 @@ fn progress(quiet: bool, len: u64, prefix: &str) -> ProgressBar {
     bar
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Writes `bytes` to `path` through a temporary file and a rename, so that a reader (or a
+/// resumed run) never sees half a file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
