@@ -1107,18 +1107,21 @@ fn quantize_cmd(
     let b = Bundle::load(bundle)?;
     let onnx = std::fs::read(b.encoder_path())
         .with_context(|| format!("reading {}", b.encoder_path().display()))?;
-    let mut frames = vec![];
+    // Every 10th frame, counted across the drives; only those are preprocessed.
+    let (mut frames, mut i) = (vec![], 0usize);
     for d in cal {
         vae_ood_monitor::tools::drives::for_each_frame(d, &mut |img| {
-            frames.push(vae_ood_monitor::preprocess::preprocess(
-                img,
-                &b.manifest.input,
-            ));
+            if i % 10 == 0 {
+                frames.push(vae_ood_monitor::preprocess::preprocess(
+                    img,
+                    &b.manifest.input,
+                ));
+            }
+            i += 1;
             Ok(())
         })
         .map_err(anyhow::Error::msg)?;
     }
-    let frames: Vec<Vec<f32>> = frames.into_iter().step_by(10).collect();
     let q = vae_ood_monitor::compress::quantize::quantize(&onnx, precision, &frames)
         .map_err(anyhow::Error::msg)?;
     let m = vae_ood_monitor::compress::derived_manifest(
