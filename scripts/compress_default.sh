@@ -13,15 +13,12 @@ cd "$ROOT"
 OUT="${1:-out/compress}"
 S=data/sample
 V=out/train
+source scripts/roles.sh
 [ -f "$V/id_udem1_s131/meta.json" ] || make train-data TRAIN_OUT="$V"
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 cargo build --locked --bin vae-ood
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick \
-  --cal "$V/id_loop_empty_s111/bag" "$V/id_small_loop_s119/bag" "$V/id_udem1_s131/bag" \
-  --tune-id "$S/id_small_loop_s2/bag" "$S/id_udem1_s3/bag" \
-  --val-ood "$S/ood_fog_loop_empty_s7/bag:150" \
-  --test "$S/id_loop_empty_s4/bag" "$S/ood_brightness_small_loop_s5/bag=brightness" \
-         "$S/ood_rain_udem1_s6/bag=rain" "$S/ood_noise_small_loop_s8/bag=noise" | tee "$OUT/summary.txt"
+  --cal $(split calibration "$V") --tune-id "${TUNE_ID[@]}" --val-ood "${VAL_OOD[@]}" --test "${TEST[@]}" | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
 if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
   rm -rf models/compressed.new

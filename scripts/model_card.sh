@@ -12,9 +12,8 @@ VAE="${VAE_OOD:-$ROOT/target/debug/vae-ood}"
 BUNDLE="${MODEL_CARD_BUNDLE:-$ROOT/models/default}"
 # A vae-ood built with --features ros needs the ROS environment's libraries.
 [ -f "$ROOT/scripts/env.sh" ] && source "$ROOT/scripts/env.sh" >/dev/null 2>&1 || true
-"$VAE" eval --bundle "$BUNDLE" --out "$OUT" --quiet --label-topic /ood_label \
-  --input "$S/id_loop_empty_s4/bag" "$S/ood_brightness_small_loop_s5/bag=brightness" \
-          "$S/ood_rain_udem1_s6/bag=rain" "$S/ood_noise_small_loop_s8/bag=noise" >&2
+source "$ROOT/scripts/roles.sh"
+"$VAE" eval --bundle "$BUNDLE" --out "$OUT" --quiet --label-topic /ood_label --input "${TEST[@]}" >&2
 update=()
 [ "${1:-}" = "--update" ] && update=(--update "$BUNDLE/MODEL_CARD.md")
 python3 "$ROOT/scripts/model_card_figures.py" "$OUT/report.json" "${update[@]}"

@@ -9,6 +9,7 @@ BUNDLE="${1:-$ROOT/models/default}"
 OUT="${2:-$ROOT/out/sample_figures}"
 S="$ROOT/data/sample"
 VAE="${VAE_OOD:-$ROOT/target/debug/vae-ood}"
+source "$ROOT/scripts/roles.sh"
 [ -f "$ROOT/scripts/env.sh" ] && source "$ROOT/scripts/env.sh" >/dev/null 2>&1 || true
 for mode in default tuned; do
   grid=()
@@ -16,8 +17,6 @@ for mode in default tuned; do
   echo "=== $mode parameters ==="
   "$VAE" calibrate --bundle "$BUNDLE" --out "$OUT/$mode" --quiet \
     --cal "$S/id_small_loop_s2/bag" --tune-id "$S/id_udem1_s3/bag" \
-    --val-ood "$S/ood_fog_loop_empty_s7/bag:150" "${grid[@]}"
-  "$VAE" eval --bundle "$OUT/$mode" --out "$OUT/eval_$mode" --quiet --label-topic /ood_label \
-    --input "$S/id_loop_empty_s4/bag" "$S/ood_brightness_small_loop_s5/bag=brightness" \
-            "$S/ood_rain_udem1_s6/bag=rain" "$S/ood_noise_small_loop_s8/bag=noise"
+    --val-ood "${VAL_OOD[@]}" "${grid[@]}"
+  "$VAE" eval --bundle "$OUT/$mode" --out "$OUT/eval_$mode" --quiet --label-topic /ood_label --input "${TEST[@]}"
 done

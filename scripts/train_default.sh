@@ -13,17 +13,15 @@ S=data/sample
 [ -f "$DATA/id_udem1_s131/meta.json" ] || make train-data TRAIN_OUT="$DATA"
 cargo build --locked --bin vae-ood
 VAE=target/debug/vae-ood
-split() { for m in "$DATA"/*/meta.json; do grep -q "\"split\": \"$1\"" "$m" && echo "$(dirname "$m")/bag"; done; }
+source scripts/roles.sh
 
 "$VAE" train --preset small --seed 1 --name bvae-small-duckietown --out "$OUT" \
-  --train $(split train) --val $(split train_val)
+  --train $(split train "$DATA") --val $(split train_val "$DATA")
 
 BUNDLE=models/default
 rm -rf "$BUNDLE.new"
 "$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet \
-  --cal $(split calibration) \
-  --tune-id "$S/id_small_loop_s2/bag" "$S/id_udem1_s3/bag" \
-  --val-ood "$S/ood_fog_loop_empty_s7/bag:150"
+  --cal $(split calibration "$DATA") --tune-id "${TUNE_ID[@]}" --val-ood "${VAL_OOD[@]}"
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"

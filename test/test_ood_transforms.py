@@ -80,3 +80,20 @@ def test_committed_sample_matches_its_metadata():
                 count += 1
         assert count == meta["frames"] and digest.hexdigest() == meta["sha256_jpeg"], m
     assert {"train", "calibration", "tuning", "test"} <= set(splits)
+
+
+def test_in_distribution_variation_is_seeded_bounded_and_slow():
+    """`make train-data` varies brightness and rain within [0, max] on every training frame (the
+    reference method's partially varied training set). The levels are reproducible from the seed,
+    stay in range, cover it, and drift slowly (a passing shower, not per-frame flicker)."""
+    import make_dataset
+
+    a, b = make_dataset.id_levels(131, 600, 0.3), make_dataset.id_levels(131, 600, 0.3)
+    other = make_dataset.id_levels(130, 600, 0.3)
+    assert set(a) == {"brightness", "rain"}
+    for factor, lv in a.items():
+        assert np.array_equal(lv, b[factor]), "same seed must give the same levels"
+        assert not np.array_equal(lv, other[factor]), "another drive must get other levels"
+        assert lv.min() >= 0.0 and lv.max() <= 0.3 + 1e-12
+        assert lv.max() - lv.min() > 0.15, f"{factor}: a 40 s drive should sweep most of the range"
+        assert np.abs(np.diff(lv)).max() < 0.3 * 2 * np.pi / (10 * make_dataset.FPS), "levels must drift slowly"

@@ -138,7 +138,22 @@ def jpeg(rgb, quality=90):
     return buf.getvalue()
 
 
-def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_frames, width, height, severity, images):
+def id_levels(seed, n_frames, max_level):
+    """In-distribution variation of the paper's two generative factors (the reference method trains
+    its β-VAE on data where brightness and rain vary within their in-distribution range, so that
+    latents encode them): per frame, a brightness and a rain severity in [0, max_level], each a slow
+    sinusoid (a period of 10-40 s, a drive-specific phase), like passing clouds and showers."""
+    rng = np.random.default_rng(seed * 7919 + 17)
+    t = np.arange(n_frames) / FPS
+    levels = {}
+    for factor in ("brightness", "rain"):
+        period, phase = rng.uniform(10, 40), rng.uniform(0, 2 * np.pi)
+        levels[factor] = max_level * 0.5 * (1 + np.sin(2 * np.pi * t / period + phase))
+    return levels
+
+
+def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_frames, width, height, severity, images,
+                id_variation=0.0):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -156,7 +171,10 @@ def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_fra
     with Writer(d / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as w:
         cam = w.add_connection("/camera/image_raw/compressed", CompressedImage.__msgtype__, typestore=ts)
         lab = w.add_connection("/ood_label", Bool.__msgtype__, typestore=ts)
+        levels = id_levels(seed, n_frames, id_variation) if id_variation > 0 else {}
         for i, frame in enumerate(clean):
+            for factor, level in levels.items():
+                frame = ood_transforms.apply(factor, frame, float(level[i]), seed=seed * 100_019 + i)
             if mask[i]:
                 frame = ood_transforms.apply(condition, frame, severity, seed=seed * 100_003 + i)
             data = jpeg(frame)
@@ -173,6 +191,9 @@ def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_fra
             "ood": condition != "clear", "severity": severity if condition != "clear" else 0.0, "sequence": sequence,
             "frames": n_frames, "fps": FPS, "size": [width, height], "ood_frames": [int(i) for i in np.flatnonzero(mask)],
             "sha256_jpeg": digest.hexdigest(), "simulator": "duckietown-gym-daffy 6.1.34"}
+    if levels:
+        meta["id_variation"] = {"max_level": id_variation,
+                                **{f: [round(float(v), 4) for v in lv] for f, lv in levels.items()}}
     (d / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -185,6 +206,9 @@ def main():
     ap.add_argument("--height", type=int, default=120)
     ap.add_argument("--severity", type=float, default=ood_transforms.DEFAULT_SEVERITY)
     ap.add_argument("--images", action="store_true", help="also write PNG frames")
+    ap.add_argument("--id-variation", type=float, default=0.0, metavar="MAX",
+                    help="vary brightness and rain within [0, MAX] severity on every frame (in-distribution "
+                         "variation of the paper's two factors; 0 = clear frames)")
     ap.add_argument("--only", nargs="*", help="drive ids to generate (default: all)")
     ap.add_argument("--set", choices=sorted(SETS), default="sample",
                     help="sample: the committed drives; train: 28 clear drives for training and calibration; "
@@ -193,7 +217,8 @@ def main():
     for spec in SETS[args.set]:
         if args.only and spec[0] not in args.only:
             continue
-        meta = write_drive(args.out, *spec, args.frames, args.width, args.height, args.severity, args.images)
+        meta = write_drive(args.out, *spec, args.frames, args.width, args.height, args.severity, args.images,
+                           args.id_variation)
         print(f"{meta['drive_id']:<32} {meta['split']:<12} {meta['condition']:<11} {meta['sequence']:<12} {len(meta['ood_frames']):4d} OOD frames  sha256 {meta['sha256_jpeg'][:12]}")
 
 
