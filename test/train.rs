@@ -35,6 +35,7 @@ fn config(epochs: usize) -> TrainConfig {
         checkpoint_every: 1,
         seed: 3,
         frame_stride: 2,
+        filter: vae_ood_monitor::preprocess::Filter::Area,
         train: vec![sample("id_loop_empty_s1")],
         val: vec![sample("id_small_loop_s2")],
         distill: None,
@@ -51,7 +52,13 @@ fn quiet() -> RunOptions {
 #[test]
 fn training_loss_falls_and_the_export_matches_the_burn_encoder() {
     let dir = tempfile::tempdir().unwrap();
-    let out = train::train(&config(4), dir.path(), &quiet()).unwrap();
+    // The bilinear filter here (area elsewhere): the bundle must record the filter it was
+    // trained with, since the node resizes frames by the bundle's spec.
+    let cfg = TrainConfig {
+        filter: vae_ood_monitor::preprocess::Filter::Bilinear,
+        ..config(4)
+    };
+    let out = train::train(&cfg, dir.path(), &quiet()).unwrap();
     let h = &out.state.history;
     assert_eq!(h.len(), 4);
     assert!(
@@ -81,6 +88,7 @@ fn training_loss_falls_and_the_export_matches_the_burn_encoder() {
     let (vae, state) = train::load_vae(dir.path(), &device).unwrap();
     assert_eq!(state.best_epoch, out.state.best_epoch);
     let spec = bundle.manifest.input.clone();
+    assert_eq!(spec.filter, vae_ood_monitor::preprocess::Filter::Bilinear);
     let mut n = 0;
     vae_ood_monitor::tools::drives::for_each_frame(&sample("ood_rain_udem1_s6"), &mut |img| {
         n += 1;

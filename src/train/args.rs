@@ -56,6 +56,9 @@ pub struct TrainArgs {
     /// Use every n-th frame of each drive (neighbouring frames are nearly identical).
     #[arg(long, default_value_t = 2)]
     pub frame_stride: usize,
+    /// Resampling filter from camera frame to encoder input: area (box average) or bilinear.
+    #[arg(long, default_value = "area", value_parser = parse_filter)]
+    pub filter: crate::preprocess::Filter,
     /// Continue the run whose checkpoint is in OUT/checkpoint (same arguments).
     #[arg(long)]
     pub resume: bool,
@@ -127,6 +130,7 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every,
             seed: self.seed,
             frame_stride: self.frame_stride,
+            filter: self.filter,
             train: self.train.clone(),
             val: self.val.clone(),
             distill: self.teacher.as_ref().map(|t| super::Distill {
@@ -144,5 +148,13 @@ impl TrainArgs {
             quiet: self.quiet,
             name: self.name.clone(),
         }
+    }
+}
+
+fn parse_filter(s: &str) -> Result<crate::preprocess::Filter, String> {
+    match s {
+        "area" => Ok(crate::preprocess::Filter::Area),
+        "bilinear" => Ok(crate::preprocess::Filter::Bilinear),
+        _ => Err(format!("unknown filter '{s}' (expected area or bilinear)")),
     }
 }

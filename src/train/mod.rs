@@ -50,11 +50,21 @@ pub struct TrainConfig {
     /// Use every n-th frame of each drive: neighbouring frames of a 15 fps drive are nearly
     /// identical, so this buys epochs, not information loss.
     pub frame_stride: usize,
+    /// Resampling filter from camera frame to encoder input, recorded in the bundle so the node
+    /// resizes the same way. `area` averages away detail finer than an input pixel; `bilinear`
+    /// (OpenCV's INTER_LINEAR) keeps some of it, aliased.
+    #[serde(default = "default_filter")]
+    pub filter: crate::preprocess::Filter,
     pub train: Vec<PathBuf>,
     pub val: Vec<PathBuf>,
     /// Knowledge distillation from a trained teacher (the paper's students).
     #[serde(default)]
     pub distill: Option<Distill>,
+}
+
+/// Runs recorded before `filter` existed used the area filter.
+fn default_filter() -> crate::preprocess::Filter {
+    crate::preprocess::Filter::Area
 }
 
 /// The paper's distillation loss: (1 - alpha)(BCE + β·KL) + alpha·BCE(student output, teacher
@@ -122,7 +132,7 @@ impl TrainConfig {
             layout: crate::preprocess::Layout::Nchw,
             normalize: Default::default(),
             resize: crate::preprocess::ResizeMode::Stretch,
-            filter: crate::preprocess::Filter::Area,
+            filter: self.filter,
         }
     }
 
