@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data validation-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data validation-data heldout-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -46,6 +46,12 @@ train-data: $(DATA_VENV)/.ok
 VALIDATION_OUT ?= out/validation
 validation-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set validation --out $(VALIDATION_OUT) --frames 300
+
+# 18 clear drives held out from training, calibration and tests (600 frames each), for
+# scripts/score_study.py --heldout-dir (docs/detector-experiments.md).
+HELDOUT_OUT ?= out/heldout
+heldout-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set heldout --out $(HELDOUT_OUT) --frames 600
 
 # Regenerates the committed sample in data/sample (300 frames per drive, 160x120 JPEG).
 sample-data: $(DATA_VENV)/.ok

@@ -13,8 +13,13 @@ This is an analysis tool, not the product: `vae-ood calibrate` and `vae-ood eval
 ships. Its resizing imitates the Rust preprocessing (PIL box for area, half-pixel bilinear
 without antialiasing for bilinear); figures agree with `vae-ood eval` to about 0.005 AUROC.
 
+With --heldout-dir (make heldout-data: 18 clear drives, 6 per map), a second table shows how
+the Mahalanobis score moves with the drives its Gaussian is fitted on: disjoint draws of one
+drive per map, of three per map, and all of them.
+
 Usage: .venv/bin/python scripts/score_study.py --encoder models/default/encoder.onnx
          [--resize area|bilinear] [--size 64] [--train-dir out/train] [--validation-dir out/validation]
+         [--heldout-dir out/heldout]
 """
 
 import argparse
@@ -79,6 +84,7 @@ def main():
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--train-dir", type=pathlib.Path, default=ROOT / "out" / "train")
     ap.add_argument("--validation-dir", type=pathlib.Path, default=ROOT / "out" / "validation")
+    ap.add_argument("--heldout-dir", type=pathlib.Path, help="make heldout-data's drives: adds the fit-stability table")
     args = ap.parse_args()
     import onnxruntime as ort
     from sklearn.metrics import roc_auc_score
@@ -93,6 +99,13 @@ def main():
     for split in ("calibration", "train_val", "train"):
         fit_sets[split] = [f"{split}:{d.name}" for d in drives_with_split(args.train_dir, split)]
         post.update({f"{split}:{d.name}": enc(d) for d in drives_with_split(args.train_dir, split)})
+    heldout = {}
+    if args.heldout_dir:
+        for d in drives_with_split(args.heldout_dir, "heldout"):
+            heldout.setdefault(json.loads((d / "meta.json").read_text())["map"], []).append(f"heldout:{d.name}")
+            post[f"heldout:{d.name}"] = enc(d)
+        if not heldout:
+            raise SystemExit(f"no held-out drives under {args.heldout_dir}: run `make heldout-data`")
     if not fit_sets["calibration"]:
         raise SystemExit(f"no calibration drives under {args.train_dir}: run `make train-data`")
 
@@ -126,13 +139,26 @@ def main():
         row(f"KL, {k} quietest latents", lambda d, k=k: kl[d][:, order[:k]].sum(1))
     row("KL, all latents", lambda d: kl[d].sum(1))
     feat = {k: np.c_[mu, lv] for k, (mu, lv, _) in post.items()}
-    for split in ("calibration", "train_val", "train"):
-        if not fit_sets[split]:
-            continue
-        x = np.concatenate([feat[k] for k in fit_sets[split]])
+
+    def mahalanobis(fit_keys):
+        x = np.concatenate([feat[k] for k in fit_keys])
         mean, prec = x.mean(0), np.linalg.inv(np.cov(x.T) + 1e-6 * np.eye(x.shape[1]))
-        row(f"Mahalanobis (mu, logvar), fitted on {split} drives",
-            lambda d, m=mean, p=prec: np.einsum("ij,jk,ik->i", feat[d] - m, p, feat[d] - m))
+        return lambda d: np.einsum("ij,jk,ik->i", feat[d] - mean, prec, feat[d] - mean)
+
+    for split in ("calibration", "train_val", "train"):
+        if fit_sets[split]:
+            row(f"Mahalanobis (mu, logvar), fitted on {split} drives", mahalanobis(fit_sets[split]))
+    if heldout:
+        print("\nMahalanobis (mu, logvar) fitted on held-out clear drives:")
+        print("| fitted on | validation mean | brightness | rain | noise | rain, 20-frame mean |\n|---|---|---|---|---|---|")
+        per_map = min(len(v) for v in heldout.values())
+        for i in range(per_map):
+            row(f"1 drive per map, draw {i + 1}", mahalanobis([v[i] for v in heldout.values()]))
+        for i in range(per_map // 3):
+            row(f"3 drives per map, draw {i + 1}", mahalanobis([k for v in heldout.values() for k in v[3 * i:3 * i + 3]]))
+        every = [k for v in heldout.values() for k in v]
+        row(f"all {len(every)} held-out drives", mahalanobis(every))
+        row(f"all {len(every)} held-out drives and the train_val drives", mahalanobis(every + fit_sets["train_val"]))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,14 @@ VALIDATION = [
         [(m, c) for c in ("snow", "motion_blur", "occlusion") for m in ("loop_empty", "small_loop", "udem1")],
         start=140)
 ]
-SETS = {"sample": SAMPLE, "train": TRAIN, "validation": VALIDATION}
+# Extra clear drives held out from everything (`make heldout-data`): 6 per map, for studies of
+# scores that are fitted to in-distribution data (docs/detector-experiments.md).
+HELDOUT = [
+    (f"id_{m}_s{seed}", m, seed, "heldout", "clear", "whole")
+    for i, m in enumerate(("loop_empty", "small_loop", "udem1"))
+    for seed in range(160 + 6 * i, 166 + 6 * i)
+]
+SETS = {"sample": SAMPLE, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT}
 
 
 def ood_mask(n, sequence, condition):
@@ -212,7 +219,8 @@ def main():
     ap.add_argument("--only", nargs="*", help="drive ids to generate (default: all)")
     ap.add_argument("--set", choices=sorted(SETS), default="sample",
                     help="sample: the committed drives; train: 28 clear drives for training and calibration; "
-                         "validation: 9 OOD drives (snow, motion blur, occlusion) for model selection")
+                         "validation: 9 OOD drives (snow, motion blur, occlusion) for model selection; "
+                         "heldout: 18 clear drives for studies of fitted scores")
     args = ap.parse_args()
     for spec in SETS[args.set]:
         if args.only and spec[0] not in args.only:
