@@ -83,9 +83,9 @@ def test_committed_sample_matches_its_metadata():
 
 
 def test_in_distribution_variation_is_seeded_bounded_and_slow():
-    """`make train-data` varies brightness and rain within [0, max] on every training frame (the
-    reference method's partially varied training set). The levels are reproducible from the seed,
-    stay in range, cover it, and drift slowly (a passing shower, not per-frame flicker)."""
+    """`make_dataset.py --id-variation MAX` varies brightness and rain within [0, MAX] on every
+    frame of a drive. The levels are reproducible from the seed, stay in range, cover it, and
+    drift slowly (a passing shower, not per-frame flicker)."""
     import make_dataset
 
     a, b = make_dataset.id_levels(131, 600, 0.3), make_dataset.id_levels(131, 600, 0.3)

@@ -146,10 +146,10 @@ def jpeg(rgb, quality=90):
 
 
 def id_levels(seed, n_frames, max_level):
-    """In-distribution variation of the paper's two generative factors (the reference method trains
-    its β-VAE on data where brightness and rain vary within their in-distribution range, so that
-    latents encode them): per frame, a brightness and a rain severity in [0, max_level], each a slow
-    sinusoid (a period of 10-40 s, a drive-specific phase), like passing clouds and showers."""
+    """In-distribution variation of the paper's two generative factors (a β-VAE can only spend a
+    latent on a factor that varies in its training data): per frame, a brightness and a rain
+    severity in [0, max_level], each a slow sinusoid (a period of 10-40 s, a drive-specific
+    phase), like passing clouds and showers. Off by default (docs/detector-experiments.md)."""
     rng = np.random.default_rng(seed * 7919 + 17)
     t = np.arange(n_frames) / FPS
     levels = {}
