@@ -1,5 +1,5 @@
 # Drive roles of the bundled default detector, in one place (sourced by train_default.sh,
-# model_card.sh, sample_figures.sh and compress_default.sh). Set S (the committed sample,
+# model_card.sh, sample_figures.sh, compress_default.sh and score_study.py). Set S (the committed sample,
 # data/sample) before sourcing; `split ROLE DIR` lists the bags of a generated set's drives whose
 # meta.json records that split (make train-data: train, train_val, calibration).
 TUNE_ID=("$S/id_small_loop_s2/bag" "$S/id_udem1_s3/bag")          # CUSUM threshold (clear drives)

@@ -31,9 +31,28 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
-TEST = {"test_id": "id_loop_empty_s4", "brightness": "ood_brightness_small_loop_s5",
-        "rain": "ood_rain_udem1_s6", "noise": "ood_noise_small_loop_s8"}
-TUNE = ["id_small_loop_s2", "id_udem1_s3"]  # scripts/roles.sh
+
+
+def roles():
+    """The default detector's drive roles, read from scripts/roles.sh (their one definition):
+    test drives keyed by OOD label ("test_id" for the clear one), tuning drive names, and the
+    validation OOD drive names (without their onset)."""
+    import subprocess
+
+    script = ('S=data/sample; source scripts/roles.sh; printf "TEST %s\\n" "${TEST[@]}"; '
+              'printf "TUNE_ID %s\\n" "${TUNE_ID[@]}"; printf "VAL_OOD %s\\n" "${VAL_OOD[@]}"')
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    test, tune, val = {}, [], []
+    for line in out.splitlines():
+        role, arg = line.split(" ", 1)
+        path, _, label = arg.split(":")[0].partition("=")
+        name = pathlib.Path(path).parent.name
+        if role == "TEST":
+            test[label or "test_id"] = name
+        else:
+            (tune if role == "TUNE_ID" else val).append(name)
+    return test, tune, val
+
 
 
 def bilinear(a, w, h):
@@ -89,11 +108,12 @@ def main():
     import onnxruntime as ort
     from sklearn.metrics import roc_auc_score
 
+    TEST, TUNE, VAL_OOD = roles()
     sess = ort.InferenceSession(str(args.encoder))
     enc = lambda d: encode_drive(sess, d, args.size, args.resize)  # noqa: E731
     post = {k: enc(SAMPLE / v) for k, v in TEST.items()}
     post.update({t: enc(SAMPLE / t) for t in TUNE})
-    val = [SAMPLE / "ood_fog_loop_empty_s7"] + sorted(p for p in args.validation_dir.glob("ood_*") if p.is_dir())
+    val = [SAMPLE / v for v in VAL_OOD] + sorted(p for p in args.validation_dir.glob("ood_*") if p.is_dir())
     post.update({f"val:{p.name}": enc(p) for p in val})
     fit_sets = {}
     for split in ("calibration", "train_val", "train"):
