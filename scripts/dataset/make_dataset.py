@@ -52,13 +52,20 @@ TRAIN = [
     for m, first, n in TRAIN_MAPS
     for seed in range(first, first + n)
 ]
-# OOD validation drives for model selection (`make validation-data`): conditions that are not
-# test partitions (snow, motion blur, occlusion), OOD from mid-drive, one per map and condition.
+# OOD validation drives for model selection (`make validation-data`), one per map and condition:
+# conditions that are not test partitions (snow, motion blur, occlusion; OOD from mid-drive),
+# then the two partitions with an AUROC floor (brightness, rain; OOD in the middle half, as in
+# the test drives), so that a detector is chosen on drives of the floors' conditions without
+# looking at the test drives. Seeds are disjoint from every other set.
 VALIDATION = [
     (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "second_half")
     for seed, (m, c) in enumerate(
         [(m, c) for c in ("snow", "motion_blur", "occlusion") for m in ("loop_empty", "small_loop", "udem1")],
         start=140)
+] + [
+    (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "middle")
+    for seed, (m, c) in enumerate(
+        [(m, c) for c in ("brightness", "rain") for m in ("loop_empty", "small_loop", "udem1")], start=150)
 ]
 # Extra clear drives held out from everything (`make heldout-data`): 6 per map, for studies of
 # scores that are fitted to in-distribution data (docs/detector-experiments.md).
@@ -219,7 +226,7 @@ def main():
     ap.add_argument("--only", nargs="*", help="drive ids to generate (default: all)")
     ap.add_argument("--set", choices=sorted(SETS), default="sample",
                     help="sample: the committed drives; train: 28 clear drives for training and calibration; "
-                         "validation: 9 OOD drives (snow, motion blur, occlusion) for model selection; "
+                         "validation: 15 OOD drives (snow, motion blur, occlusion, brightness, rain) for model selection; "
                          "heldout: 18 clear drives for studies of fitted scores")
     args = ap.parse_args()
     for spec in SETS[args.set]:
