@@ -5,20 +5,26 @@
 # evaluated on the held-out test drives of the committed sample (the model card's). The
 # selected detector is copied to models/compressed with the sweep's report.
 # About 35 minutes on a 2-core CPU; rerunning resumes an interrupted sweep.
-# Usage: scripts/compress_default.sh [OUT]   (needs `make train-data` for the teacher's
-# training and calibration drives; builds target/debug/vae-ood)
+# Every candidate refits the teacher's Mahalanobis reference on the clear training drives.
+# Usage: scripts/compress_default.sh [OUT]   (needs `make train-data`, `make train-var-data`
+# and `make validation-data` for the teacher's drives; builds target/debug/vae-ood)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="${1:-out/compress}"
+mkdir -p "$OUT"
 S=data/sample
 V=out/train
+VAL=out/validation
 source scripts/roles.sh
 [ -f "$V/id_udem1_s131/meta.json" ] || make train-data TRAIN_OUT="$V"
+[ -f out/train_var/id_udem1_s131/meta.json ] || make train-var-data TRAIN_VAR_OUT=out/train_var
+[ -f "$VAL/ood_rain_udem1_s155/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 cargo build --locked --bin vae-ood
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick \
-  --cal $(split calibration "$V") --tune-id "${TUNE_ID[@]}" --val-ood "${VAL_OOD[@]}" --test "${TEST[@]}" | tee "$OUT/summary.txt"
+  --fit $(split train "$V") --cal $(split calibration "$V") $(split train_val "$V") \
+  --tune-id "${TUNE_ID[@]}" --val-ood "${VAL_OOD[@]}" $(onsets "$VAL") --test "${TEST[@]}" | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
 if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
   rm -rf models/compressed.new

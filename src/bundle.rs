@@ -27,6 +27,9 @@ pub struct Manifest {
     pub input: InputSpec,
     pub outputs: Outputs,
     pub latents: Latents,
+    /// The nonconformity score. Absent: the paper's KL of `latents.selected`.
+    #[serde(default, skip_serializing_if = "crate::score::ScoreSpec::is_kl")]
+    pub score: crate::score::ScoreSpec,
     pub provenance: Provenance,
     /// Present once `vae-ood calibrate` has run: turns per-frame scores into a calibrated
     /// sequential verdict. Without it the node falls back to a per-frame score threshold.
@@ -95,7 +98,7 @@ impl fmt::Display for OutputRef {
 pub struct Latents {
     /// Latent dimension of the encoder (length of mu and logvar).
     pub count: usize,
-    /// Latent indices summed into the nonconformity score.
+    /// Latent indices summed into the KL score (every latent for the Mahalanobis score).
     pub selected: Vec<usize>,
 }
 
@@ -166,6 +169,7 @@ impl Manifest {
                 count: arch.latents,
                 selected: (0..arch.latents).collect(),
             },
+            score: Default::default(),
             calibration: None,
             provenance,
         }
@@ -231,6 +235,10 @@ impl Bundle {
             return Err(bad("latents.selected lists a latent twice".into()));
         }
 
+        manifest
+            .score
+            .validate(l.count)
+            .map_err(|e| bad(format!("score: {e}")))?;
         if let Some(c) = &manifest.calibration {
             c.pipeline
                 .validate()
@@ -294,6 +302,10 @@ fn model_id(m: &Manifest) -> String {
         serde_json::to_vec(&(&m.input, &m.outputs, &m.latents, &m.calibration))
             .expect("serialisable"),
     );
+    // Hashed only when present, so KL bundles keep the ids they had before the field existed.
+    if !m.score.is_kl() {
+        h.update(serde_json::to_vec(&m.score).expect("serialisable"));
+    }
     format!("{}-{}", m.name, &hex(&h.finalize())[..12])
 }
 

@@ -10,7 +10,7 @@ use crate::bundle::{Bundle, BundleError};
 use crate::detection::{Calibration, PipelineParams, SequentialDetector, Step};
 use crate::frame::{self, FrameData, FrameError};
 use crate::preprocess::preprocess;
-use crate::score::{kl_per_latent, nonconformity};
+use crate::score::kl_per_latent;
 use image::RgbImage;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -26,10 +26,14 @@ pub struct Detector {
 /// One frame's score and where the time went.
 #[derive(Debug, Clone)]
 pub struct Scored {
-    /// The nonconformity score (KL summed over the selected latents).
+    /// The nonconformity score (the bundle's `score`: by default KL summed over the selected
+    /// latents).
     pub score: f64,
     /// KL per latent (all latents, not only the selected ones).
     pub kl: Vec<f64>,
+    /// The posterior: mu and logvar of every latent.
+    pub mu: Vec<f32>,
+    pub logvar: Vec<f32>,
     pub preprocess: Duration,
     pub inference: Duration,
 }
@@ -63,13 +67,18 @@ impl Detector {
             return Err(Fault::NonFinite);
         }
         let kl = kl_per_latent(&post.mu, &post.logvar);
-        let score = nonconformity(&kl, &self.bundle.manifest.latents.selected);
+        let m = &self.bundle.manifest;
+        let score = m
+            .score
+            .score(&m.latents.selected, &post.mu, &post.logvar, &kl);
         if !score.is_finite() {
             return Err(Fault::NonFinite);
         }
         Ok(Scored {
             score,
             kl,
+            mu: post.mu,
+            logvar: post.logvar,
             preprocess: t1 - t0,
             inference: t2 - t1,
         })

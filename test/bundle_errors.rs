@@ -33,6 +33,7 @@ fn manifest(arch: &EncoderArch, outputs: Outputs) -> Manifest {
             count: arch.latents,
             selected: vec![0, 3, 5],
         },
+        score: Default::default(),
         calibration: None,
         provenance: Provenance {
             trained: false,

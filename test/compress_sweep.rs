@@ -1,6 +1,7 @@
 //! `vae-ood compress` end to end on the committed default detector and sample drives: one
 //! pruned-and-fine-tuned candidate beside the teacher, the report and its plots, resuming a
-//! finished sweep, and the clear error for a teacher without its full VAE.
+//! finished sweep, and the clear errors for a teacher without its full VAE and for a
+//! Mahalanobis teacher without fit drives.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,8 +20,13 @@ fn bag(drive: &str) -> String {
 }
 
 fn compress(teacher: &Path, out: &Path) -> std::process::Output {
+    compress_with(teacher, out, &["--fit", &bag("id_loop_empty_s1")])
+}
+
+fn compress_with(teacher: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_vae-ood"))
         .arg("compress")
+        .args(extra)
         .arg("--teacher")
         .arg(teacher)
         .arg("--out")
@@ -88,9 +94,10 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
         2.0 * c["layers"][0]["macs"].as_f64().unwrap(),
         t["layers"][0]["macs"].as_f64().unwrap()
     );
+    // The teacher scores with the Mahalanobis distance of every latent: all weigh alike.
     assert_eq!(
         c["finetune"]["selected"],
-        serde_json::json!([1, 4, 14, 20, 22])
+        serde_json::json!((0..30).collect::<Vec<_>>())
     );
     for r in rows {
         let a = r["auroc_cusum"]["brightness"].as_f64().unwrap();
@@ -106,6 +113,15 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
         );
         assert_eq!(c.pipeline.window, t_cal.pipeline.window);
         assert_eq!(c.pipeline.decay, t_cal.pipeline.decay);
+        // ... and refitting the Mahalanobis reference on its own posteriors of the fit drive.
+        match &b.manifest.score {
+            vae_ood_monitor::score::ScoreSpec::Mahalanobis(r) => {
+                assert_eq!(r.fitted_on.len(), 1);
+                assert!(r.fitted_on[0].contains("id_loop_empty_s1"), "{r:?}");
+                assert_eq!(r.frames, 300);
+            }
+            other => panic!("candidate lost the teacher's score: {other:?}"),
+        }
     }
     let selected = report["selected"].as_str().unwrap();
     assert!(names.contains(&selected), "{selected}");
@@ -128,6 +144,18 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&result).unwrap(), before);
     assert_eq!(result.metadata().unwrap().modified().unwrap(), stamp);
+}
+
+#[test]
+fn a_mahalanobis_teacher_without_fit_drives_is_a_clear_error() {
+    let out = tempfile::tempdir().unwrap();
+    let o = compress_with(&root().join("models/default"), out.path(), &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Mahalanobis") && err.contains("--fit"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -172,6 +200,7 @@ fn the_shipped_compressed_detector_is_what_its_sweep_report_says() {
         t.manifest.calibration.as_ref().unwrap(),
     );
     assert_eq!(b.manifest.latents.selected, t.manifest.latents.selected);
+    assert_eq!(b.manifest.score.is_kl(), t.manifest.score.is_kl());
     assert_eq!(
         (c.pipeline.window, c.pipeline.decay),
         (tc.pipeline.window, tc.pipeline.decay)

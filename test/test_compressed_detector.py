@@ -35,3 +35,4 @@ def test_compressed_detector_meets_the_budget_against_its_teacher():
     t = yaml.safe_load((DEFAULT_BUNDLE / "manifest.yaml").read_text())
     assert m["provenance"]["trained"] and m["calibration"] is not None
     assert m["latents"]["selected"] == t["latents"]["selected"]
+    assert m.get("score", {}).get("kind", "kl") == t.get("score", {}).get("kind", "kl")

@@ -30,6 +30,12 @@ def test_default_detector_is_trained_and_calibrated():
     m = yaml.safe_load((DEFAULT_BUNDLE / "manifest.yaml").read_text())
     assert m["provenance"]["trained"] is True
     assert m["calibration"] is not None
+    # Its score's reference was fitted on clear training drives, none of them a calibration,
+    # tuning or test drive.
+    assert m["score"]["kind"] == "mahalanobis"
+    fitted = {f.split(" ")[0] for f in m["score"]["fitted_on"]}
+    used = {f.split(" ")[0] for role in m["calibration"]["data"].values() for f in role}
+    assert len(fitted) == 22 and not fitted & used
     assert (DEFAULT_BUNDLE / "MODEL_CARD.md").is_file()
     # The full VAE ships beside the encoder: compression distils and fine-tunes from it.
     assert (DEFAULT_BUNDLE / "vae.bpk").is_file() and (DEFAULT_BUNDLE / "training.json").is_file()
@@ -41,8 +47,6 @@ def test_auroc_floor_brightness(card_run):
     assert report["faulted"] == 0 and not report["partial"]
 
 
-@pytest.mark.xfail(strict=True, reason="floor not met yet: rain AUROC 0.78 (score) / 0.80 (CUSUM); the rain drive's clear "
-                   "udem1 frames score as high as its rainy ones (MODEL_CARD.md, Known limits)")
 def test_auroc_floor_rain(card_run):
     _, report = card_run
     assert max(report["score_metrics"]["rain"]["auroc"], report["cusum_metrics"]["rain"]["auroc"]) >= 0.90
@@ -87,8 +91,6 @@ def test_demo_flags_every_ood_segment_and_no_clear_drive(demo):
             assert "OOD" not in states, f"{d['drive']}: alarm on a clear drive at {raised(states)}"
 
 
-@pytest.mark.xfail(strict=True, reason="known false alarm: the default detector raises one in the clear first quarter "
-                   "of the rain drive (udem1 scenes score high in distribution; MODEL_CARD.md, Known limits)")
 def test_demo_raises_no_alarm_in_id_frames(demo):
     for d in demo:
         ood = set(d["ood_frames"])

@@ -1,6 +1,6 @@
 """tract (in the Rust core) against onnxruntime, an independent ONNX implementation, on the
-bundled encoder and on a PyTorch-style export with numeric output names; KL and score against
-an independent numpy computation."""
+bundled encoder and on a PyTorch-style export with numeric output names; KL and score (KL or
+Mahalanobis, as the bundle says) against an independent numpy computation."""
 
 import json
 
@@ -32,15 +32,20 @@ def run_both(bundle, tmp_path, seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_tract_matches_onnxruntime_and_kl_matches_numpy(tmp_path, seed):
+def test_tract_matches_onnxruntime_and_the_score_matches_numpy(tmp_path, seed):
     rust, mu, logvar, manifest = run_both(BUNDLE, tmp_path, seed)
     np.testing.assert_allclose(rust["mu"], mu, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rust["logvar"], logvar, rtol=1e-5, atol=1e-5)
     mu64, lv64 = np.asarray(rust["mu"], np.float64), np.asarray(rust["logvar"], np.float64)
     kl = 0.5 * (mu64**2 + np.exp(lv64) - lv64 - 1.0)
     np.testing.assert_allclose(rust["kl"], kl, rtol=1e-12, atol=1e-12)
-    sel = manifest["latents"]["selected"]
-    assert abs(rust["score"] - kl[sel].sum()) <= 1e-9 * max(1.0, abs(rust["score"]))
+    score = manifest.get("score", {"kind": "kl"})
+    if score["kind"] == "kl":
+        want = kl[manifest["latents"]["selected"]].sum()
+    else:  # Mahalanobis distance of (mu, logvar) from the bundle's fitted Gaussian
+        d = np.r_[mu64, lv64] - np.asarray(score["mean"])
+        want = d @ np.asarray(score["precision"]).reshape(d.size, d.size) @ d
+    assert abs(rust["score"] - want) <= 1e-9 * max(1.0, abs(rust["score"]))
 
 
 def test_numeric_output_names_are_addressed_by_index(tmp_path):

@@ -13,7 +13,9 @@ use vae_ood_monitor::frame::{FrameData, RawImage};
 use vae_ood_monitor::monitor::{Detector, Monitor, MonitorConfig, Recovery};
 use vae_ood_monitor::onnx_gen::{seeded_encoder, EncoderArch, GraphNames};
 use vae_ood_monitor::preprocess::{ChannelOrder, Filter, InputSpec, Layout, Normalize, ResizeMode};
-use vae_ood_monitor::tools::calibrate::{calibrate, DriveArg, Options as CalibrateOptions};
+use vae_ood_monitor::tools::calibrate::{
+    calibrate, DriveArg, Options as CalibrateOptions, ScoreKind,
+};
 
 #[derive(Parser)]
 #[command(
@@ -88,6 +90,13 @@ enum Cmd {
         /// Output bundle directory.
         #[arg(long)]
         out: PathBuf,
+        /// Nonconformity score: kl (the paper's: KL of selected latents) or mahalanobis
+        /// (distance of (mu, logvar) from a Gaussian fitted on the --fit drives).
+        #[arg(long, value_enum, default_value_t = ScoreKind::Kl)]
+        score: ScoreKind,
+        /// In-distribution drives to fit the Mahalanobis reference on (--score mahalanobis).
+        #[arg(long = "fit", num_args = 1..)]
+        fit: Vec<DriveArg>,
         /// In-distribution calibration drives (conformal scores, latent ranking).
         #[arg(long = "cal", required = true, num_args = 1..)]
         cal: Vec<DriveArg>,
@@ -295,6 +304,8 @@ fn main() -> Result<()> {
         Cmd::Calibrate {
             detector,
             out,
+            score,
+            fit,
             cal,
             tune_id,
             val_ood,
@@ -308,6 +319,8 @@ fn main() -> Result<()> {
             quiet,
         } => {
             let opts = CalibrateOptions {
+                score,
+                fit,
                 cal,
                 tune_id,
                 val_ood,
@@ -494,6 +507,7 @@ fn info(dir: &Path) -> Result<()> {
         m.latents.count,
         m.latents.selected
     );
+    println!("score       {}", m.score.describe());
     println!("created by  {}", m.provenance.created_by);
     if !m.provenance.trained {
         println!("WARNING     untrained placeholder detector: its verdicts are not meaningful");
@@ -884,6 +898,7 @@ fn calibrate_cmd(args: &DetectorArgs, out: &Path, opts: &CalibrateOptions) -> Re
     let o = calibrate(&args.bundle, out, &mut det, opts).map_err(anyhow::Error::msg)?;
     let c = o.bundle.manifest.calibration.as_ref().expect("written");
     println!("wrote {} (model id {})", out.display(), o.bundle.model_id);
+    println!("score             {}", o.bundle.manifest.score.describe());
     println!("selected latents  {:?}", o.bundle.manifest.latents.selected);
     println!("window            {}", c.pipeline.window);
     println!("decay             {}", c.pipeline.decay);
@@ -970,7 +985,10 @@ fn encode(args: &DetectorArgs, input: &Path) -> Result<()> {
         .collect();
     let post = encoder.encode(&x)?;
     let kl = vae_ood_monitor::score::kl_per_latent(&post.mu, &post.logvar);
-    let score = vae_ood_monitor::score::nonconformity(&kl, &bundle.manifest.latents.selected);
+    let m = &bundle.manifest;
+    let score = m
+        .score
+        .score(&m.latents.selected, &post.mu, &post.logvar, &kl);
     println!(
         "{}",
         serde_json::json!({ "mu": post.mu, "logvar": post.logvar, "kl": kl, "score": score, "selected": bundle.manifest.latents.selected })

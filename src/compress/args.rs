@@ -21,6 +21,10 @@ pub struct CompressArgs {
     /// Evaluate only these candidates of the plan (plus the teacher), e.g. conv0-75+ft
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub only: Option<Vec<String>>,
+    /// Drives every candidate refits a Mahalanobis reference on (as `vae-ood calibrate --fit`;
+    /// needed when the teacher uses the Mahalanobis score)
+    #[arg(long, num_args = 1..)]
+    pub fit: Vec<String>,
     /// Calibration drives for every candidate (as `vae-ood calibrate --cal`)
     #[arg(long, num_args = 1.., required = true)]
     pub cal: Vec<String>,
@@ -74,6 +78,7 @@ impl CompressArgs {
                 ..Default::default()
             },
             finetune_drives: self.finetune_drives.clone(),
+            fit: self.fit.clone(),
             cal: self.cal.clone(),
             tune_id: self.tune_id.clone(),
             val_ood: self.val_ood.clone(),

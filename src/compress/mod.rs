@@ -38,6 +38,8 @@ pub fn derived_manifest(
     m.name = name;
     m.description = description;
     m.calibration = None;
+    // A fitted score reference belongs to the parent's posteriors: calibration refits it.
+    m.score = Default::default();
     m.provenance.created_by = created_by;
     if let Some((arch, how)) = rewritten {
         m.outputs = Outputs {

@@ -202,7 +202,9 @@ pub struct Options {
     pub finetune: FinetuneOptions,
     /// Frames for fine-tuning; the teacher's training drives when None.
     pub finetune_drives: Option<Vec<PathBuf>>,
-    /// Arguments for `vae-ood calibrate`: --cal, --tune-id, --val-ood (DIR[:ONSET]).
+    /// Arguments for `vae-ood calibrate`: --fit (Mahalanobis teachers), --cal, --tune-id,
+    /// --val-ood (DIR[:ONSET]).
+    pub fit: Vec<String>,
     pub cal: Vec<String>,
     pub tune_id: Vec<String>,
     pub val_ood: Vec<String>,
@@ -283,6 +285,14 @@ const RESULT_FILE: &str = "result.json";
 pub fn run(opts: &Options) -> Result<Report, String> {
     let teacher = Teacher::load(&opts.teacher)?;
     let tbundle = Bundle::load(&opts.teacher).map_err(|e| e.to_string())?;
+    if !tbundle.manifest.score.is_kl() && opts.fit.is_empty() {
+        return Err(format!(
+            "{}: the teacher uses the {} score, which every candidate refits on its own \
+             posteriors: give --fit drives (as `vae-ood calibrate --fit`)",
+            opts.teacher.display(),
+            tbundle.manifest.score.describe()
+        ));
+    }
     let spec_in = tbundle.manifest.input.clone();
     let arch = teacher.arch().clone();
     let tweights = finetune::teacher_weights(&teacher);
@@ -481,12 +491,19 @@ impl From<CandidateResult> for Built {
 /// Calibration of a candidate. Candidates derived from a calibrated teacher keep its latents,
 /// martingale window and CUSUM decay: only the conformal scores and the CUSUM threshold are
 /// derived again, so the compressed detector is a drop-in replacement of the teacher. A
-/// student trained from scratch has its own latent space and is calibrated from scratch.
+/// student trained from scratch has its own latent space and is calibrated from scratch. A
+/// teacher with the Mahalanobis score passes it on: each candidate refits the reference on the
+/// fit drives, since its posteriors are its own.
 fn calibration_args(opts: &Options, t: &Bundle, spec: &Spec) -> Vec<String> {
     let mut args: Vec<String> = vec!["--cal".into()];
     args.extend(opts.cal.iter().cloned());
     args.push("--tune-id".into());
     args.extend(opts.tune_id.iter().cloned());
+    let mahalanobis = !t.manifest.score.is_kl();
+    if mahalanobis {
+        args.extend(["--score".into(), "mahalanobis".into(), "--fit".into()]);
+        args.extend(opts.fit.iter().cloned());
+    }
     if let (Some(c), None) = (&t.manifest.calibration, &spec.student_conv) {
         let latents: Vec<String> = t
             .manifest
@@ -495,9 +512,10 @@ fn calibration_args(opts: &Options, t: &Bundle, spec: &Spec) -> Vec<String> {
             .iter()
             .map(|i| i.to_string())
             .collect();
+        if !mahalanobis {
+            args.extend(["--latents".into(), latents.join(",")]);
+        }
         args.extend([
-            "--latents".into(),
-            latents.join(","),
             "--windows".into(),
             c.pipeline.window.to_string(),
             "--decays".into(),

@@ -8,18 +8,23 @@ use super::{Calibration, PipelineParams, SequentialDetector, Step};
 use crate::score::nonconformity;
 use serde::Serialize;
 
-/// A recorded drive: KL per frame per latent, and for OOD drives the first OOD frame.
+/// A recorded drive: the parts of each frame's score, and for OOD drives the first OOD frame.
 #[derive(Debug, Clone)]
 pub struct Drive {
     pub id: String,
-    pub kl: Vec<Vec<f64>>,
+    /// Per frame, the terms the selected ones of which sum to the score: KL per latent for the
+    /// KL score, the distance alone for the Mahalanobis score.
+    pub parts: Vec<Vec<f64>>,
     /// Index of the first out-of-distribution frame (OOD drives only).
     pub onset: Option<usize>,
 }
 
 impl Drive {
     pub fn scores(&self, selected: &[usize]) -> Vec<f64> {
-        self.kl.iter().map(|f| nonconformity(f, selected)).collect()
+        self.parts
+            .iter()
+            .map(|f| nonconformity(f, selected))
+            .collect()
     }
 }
 

@@ -41,7 +41,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("transport", Str("raw"), "Camera transport: 'raw' (sensor_msgs/Image on 'image') or 'compressed' (sensor_msgs/CompressedImage on 'image/compressed')."),
     decl!("image_qos", Str("sensor_data"), "Camera subscription QoS: 'sensor_data' (best effort, as camera drivers publish) or 'reliable'."),
     decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped."),
-    decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (KL summed over the selected latents) exceeds this is out of distribution."),
+    decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (the bundle's: KL summed over the selected latents, or Mahalanobis distance) exceeds this is out of distribution."),
     decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it); 0 uses the threshold tuned into the bundle."),
     decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service)."),
     decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD."),

@@ -6,13 +6,18 @@
 //! drives set `cusum_threshold` for the target false-alarm rate, validation OOD drives choose
 //! k, window and decay by the least detection delay. Unless latents are given, they are ranked
 //! on the calibration and tuning drives (in-distribution only).
+//!
+//! With the Mahalanobis score, a further role: fit drives (in-distribution, disjoint from the
+//! rest) give the reference Gaussian; the score then has no latents to select, so only window
+//! and decay are searched.
 
-use super::drives::kl_of_drive;
+use super::drives::map_drive;
 use crate::bundle::{Bundle, CalibrationData, CalibrationSection};
 use crate::detection::selection::{top_k, Rank};
 use crate::detection::tuning::{search, Candidate, Drive, Grid};
 use crate::detection::PipelineParams;
 use crate::monitor::Detector;
+use crate::score::{posterior_features, Reference, ScoreSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -40,7 +45,20 @@ impl std::str::FromStr for DriveArg {
     }
 }
 
+/// Which nonconformity score to calibrate (see [`crate::score`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ScoreKind {
+    /// The paper's: KL of the selected latents.
+    #[default]
+    Kl,
+    /// Mahalanobis distance of (mu, logvar) from a Gaussian fitted on the fit drives.
+    Mahalanobis,
+}
+
 pub struct Options {
+    pub score: ScoreKind,
+    /// In-distribution drives the Mahalanobis reference is fitted on.
+    pub fit: Vec<DriveArg>,
     pub cal: Vec<DriveArg>,
     pub tune_id: Vec<DriveArg>,
     pub val_ood: Vec<DriveArg>,
@@ -77,20 +95,39 @@ pub fn calibrate(
             "calibration needs --cal and --tune-id drives (in-distribution, disjoint)".into(),
         );
     }
+    match (opts.score, opts.fit.is_empty(), &opts.latents) {
+        (ScoreKind::Mahalanobis, true, _) => {
+            return Err("--score mahalanobis needs --fit drives (in-distribution, disjoint from the others) to fit its reference on".into())
+        }
+        (ScoreKind::Mahalanobis, _, Some(_)) => {
+            return Err("--latents applies to the KL score only: the Mahalanobis score uses every latent".into())
+        }
+        (ScoreKind::Kl, false, _) => {
+            return Err("--fit applies to --score mahalanobis only".into())
+        }
+        _ => {}
+    }
     let mut seen = HashSet::new();
-    for d in opts.cal.iter().chain(&opts.tune_id).chain(&opts.val_ood) {
+    for d in opts
+        .fit
+        .iter()
+        .chain(&opts.cal)
+        .chain(&opts.tune_id)
+        .chain(&opts.val_ood)
+    {
         let canon = d
             .path
             .canonicalize()
             .map_err(|e| format!("{}: {e}", d.path.display()))?;
         if !seen.insert(canon) {
-            return Err(format!("drive {} is used twice: calibration, tuning and validation drives must be disjoint", d.path.display()));
+            return Err(format!("drive {} is used twice: fit, calibration, tuning and validation drives must be disjoint", d.path.display()));
         }
     }
 
     let args: Vec<&DriveArg> = opts
-        .cal
+        .fit
         .iter()
+        .chain(&opts.cal)
         .chain(&opts.tune_id)
         .chain(&opts.val_ood)
         .collect();
@@ -116,20 +153,49 @@ pub fn calibrate(
             .expect("template")
             .progress_chars("=> "),
     );
-    let mut drives = vec![];
+    // Per drive and frame: KL per latent, and the posterior's features.
+    let mut scored = vec![];
     for d in args {
-        let kl = kl_of_drive(det, &d.path, &|| bar.inc(1))?;
-        drives.push(Drive {
-            id: format!("{} ({} frames)", d.path.display(), kl.len()),
-            kl,
-            onset: Some(d.onset),
-        });
+        let frames = map_drive(det, &d.path, &|| bar.inc(1), |s| {
+            (s.kl, posterior_features(&s.mu, &s.logvar))
+        })?;
+        scored.push((
+            format!("{} ({} frames)", d.path.display(), frames.len()),
+            frames,
+        ));
     }
     bar.finish_and_clear();
+    let fit = scored.drain(..opts.fit.len()).collect::<Vec<_>>();
+    let score = match opts.score {
+        ScoreKind::Kl => ScoreSpec::Kl,
+        ScoreKind::Mahalanobis => {
+            let features: Vec<Vec<f64>> = fit
+                .iter()
+                .flat_map(|(_, f)| f.iter().map(|(_, x)| x.clone()))
+                .collect();
+            let ids = fit.iter().map(|(id, _)| id.clone()).collect();
+            ScoreSpec::Mahalanobis(Reference::fit(&features, ids)?)
+        }
+    };
+    let mut drives: Vec<Drive> = scored
+        .into_iter()
+        .zip(opts.cal.iter().chain(&opts.tune_id).chain(&opts.val_ood))
+        .map(|((id, frames), d)| Drive {
+            id,
+            parts: frames
+                .into_iter()
+                .map(|(kl, x)| match &score {
+                    ScoreSpec::Kl => kl,
+                    ScoreSpec::Mahalanobis(r) => vec![r.distance(&x)],
+                })
+                .collect(),
+            onset: Some(d.onset),
+        })
+        .collect();
     let val = drives.split_off(opts.cal.len() + opts.tune_id.len());
     let tune = drives.split_off(opts.cal.len());
     let cal = drives;
-    if let Some(d) = val.iter().find(|d| d.onset.unwrap_or(0) >= d.kl.len()) {
+    if let Some(d) = val.iter().find(|d| d.onset.unwrap_or(0) >= d.parts.len()) {
         return Err(format!(
             "validation drive {}: onset is past its last frame",
             d.id
@@ -137,8 +203,16 @@ pub fn calibrate(
     }
 
     let n_latents = det.bundle.manifest.latents.count;
-    let (ranked, selection, grid) = match &opts.latents {
-        Some(l) => {
+    let (ranked, selection, grid) = match (&score, &opts.latents) {
+        (ScoreSpec::Mahalanobis(_), _) => (
+            vec![(0, 0.0)],
+            score.describe(),
+            Grid {
+                k: vec![1],
+                ..opts.grid.clone()
+            },
+        ),
+        (ScoreSpec::Kl, Some(l)) => {
             if let Some(bad) = l.iter().find(|&&j| j >= n_latents) {
                 return Err(format!(
                     "latent {bad} does not exist (the encoder has {n_latents})"
@@ -154,12 +228,12 @@ pub fn calibrate(
                 },
             )
         }
-        None => {
+        (ScoreSpec::Kl, None) => {
             // Ranked on every in-distribution drive not used for testing (calibration and tuning).
             let ranked = opts.rank.rank(
                 &cal.iter()
                     .chain(&tune)
-                    .map(|d| d.kl.clone())
+                    .map(|d| d.parts.clone())
                     .collect::<Vec<_>>(),
             )?;
             let mut g = opts.grid.clone();
@@ -194,7 +268,11 @@ pub fn calibrate(
     let selected = top_k(&ranked, chosen.k);
 
     let mut manifest = det.bundle.manifest.clone();
-    manifest.latents.selected = selected.clone();
+    manifest.latents.selected = match score {
+        ScoreSpec::Kl => selected.clone(),
+        ScoreSpec::Mahalanobis(_) => (0..n_latents).collect(),
+    };
+    manifest.score = score;
     manifest.calibration = Some(CalibrationSection {
         pipeline: PipelineParams {
             window: chosen.window,

@@ -1,7 +1,7 @@
 //! Image folders as drives: one folder = one drive, frames in file-name order.
 
 use crate::frame::FrameData;
-use crate::monitor::{Detector, Fault};
+use crate::monitor::{Detector, Fault, Scored};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
@@ -72,17 +72,17 @@ pub fn for_each_frame(
     Ok(n)
 }
 
-/// KL per latent of every frame of a drive (see [`for_each_frame`]).
-pub fn kl_of_drive(
+/// `part` of every scored frame of a drive (see [`for_each_frame`]), in order.
+pub fn map_drive<T>(
     det: &mut Detector,
     path: &Path,
     tick: &dyn Fn(),
-) -> Result<Vec<Vec<f64>>, String> {
+    part: impl Fn(Scored) -> T,
+) -> Result<Vec<T>, String> {
     let mut out = vec![];
     for_each_frame(path, &mut |img| {
         tick();
-        let kl = det.score_image(img).map_err(|e| e.to_string())?.kl;
-        out.push(kl);
+        out.push(part(det.score_image(img).map_err(|e| e.to_string())?));
         Ok(())
     })?;
     Ok(out)

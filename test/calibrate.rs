@@ -1,0 +1,124 @@
+//! `vae-ood calibrate` with the Mahalanobis score, on the committed default encoder and sample
+//! drives: the reference is fitted on the fit drives only, written into the bundle, and used for
+//! every score; misused options are clear errors.
+
+use std::path::PathBuf;
+use vae_ood_monitor::backend::BackendOptions;
+use vae_ood_monitor::detection::tuning::Grid;
+use vae_ood_monitor::score::{posterior_features, ScoreSpec};
+use vae_ood_monitor::tools::calibrate::{calibrate, DriveArg, Options, ScoreKind};
+use vae_ood_monitor::tools::drives::map_drive;
+use vae_ood_monitor::Detector;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn drive(name: &str) -> DriveArg {
+    format!(
+        "{}",
+        root().join("data/sample").join(name).join("bag").display()
+    )
+    .parse()
+    .unwrap()
+}
+
+fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
+    Options {
+        score,
+        fit,
+        cal: vec![drive("id_small_loop_s2")],
+        tune_id: vec![drive("id_udem1_s3")],
+        val_ood: vec![],
+        latents: None,
+        rank: Default::default(),
+        grid: Grid {
+            k: vec![5],
+            window: vec![10],
+            decay: vec![1.0],
+        },
+        epsilon_grid: vae_ood_monitor::detection::default_grid(),
+        false_alarm_rate: 0.001,
+        quiet: true,
+    }
+}
+
+fn detector() -> Detector {
+    Detector::load(root().join("models/default"), BackendOptions::default()).unwrap()
+}
+
+#[test]
+fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame() {
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let fit = vec![drive("id_loop_empty_s1")];
+    let o = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        &mut det,
+        &options(ScoreKind::Mahalanobis, fit.clone()),
+    )
+    .unwrap();
+    let m = &o.bundle.manifest;
+    let ScoreSpec::Mahalanobis(r) = &m.score else {
+        panic!("calibrated with the wrong score: {:?}", m.score)
+    };
+    assert_eq!(r.frames, 300);
+    assert!(r.fitted_on[0].contains("id_loop_empty_s1"), "{r:?}");
+    assert_eq!((r.mean.len(), r.precision.len()), (60, 3600));
+    // Every latent takes part; the reference's mean is the fit frames' mean posterior.
+    assert_eq!(m.latents.selected, (0..30).collect::<Vec<_>>());
+    let frames = map_drive(&mut det, &fit[0].path, &|| {}, |s| {
+        posterior_features(&s.mu, &s.logvar)
+    })
+    .unwrap();
+    for (j, mean) in r.mean.iter().enumerate() {
+        let want = frames.iter().map(|f| f[j]).sum::<f64>() / frames.len() as f64;
+        assert!((mean - want).abs() < 1e-9, "feature {j}: {mean} vs {want}");
+    }
+    // On its own fit frames, the mean squared distance of a fitted Gaussian is the number of
+    // features (60) times (n - 1) / n, a little less where the ridge outweighs a variance.
+    let d: Vec<f64> = frames.iter().map(|f| r.distance(f)).collect();
+    let mean_d = d.iter().sum::<f64>() / d.len() as f64;
+    assert!((45.0..=60.0).contains(&mean_d), "mean distance {mean_d}");
+
+    // The written bundle loads, and its detector scores a frame with that distance.
+    let mut cal = Detector::load(out.path(), BackendOptions::default()).unwrap();
+    let scored = map_drive(&mut cal, &drive("id_loop_empty_s4").path, &|| {}, |s| {
+        (s.score, posterior_features(&s.mu, &s.logvar))
+    })
+    .unwrap();
+    for (score, x) in &scored[..10] {
+        assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
+    }
+    // The conformal scores are the calibration drive's distances, not the fit drive's.
+    let c = m.calibration.as_ref().unwrap();
+    assert_eq!(c.scores.len(), 300);
+    assert!(c.selection.starts_with("Mahalanobis"), "{}", c.selection);
+}
+
+#[test]
+fn misused_score_options_are_clear_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let mut run =
+        |o: Options| match calibrate(&root().join("models/default"), out.path(), &mut det, &o) {
+            Ok(_) => panic!("calibration accepted misused options"),
+            Err(e) => e,
+        };
+    let err = run(options(ScoreKind::Mahalanobis, vec![]));
+    assert!(err.contains("--fit"), "{err}");
+    let err = run(options(ScoreKind::Kl, vec![drive("id_loop_empty_s1")]));
+    assert!(
+        err.contains("--fit applies to --score mahalanobis"),
+        "{err}"
+    );
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.latents = Some(vec![1, 2]);
+    assert!(run(o).contains("--latents"));
+    let err = run(options(
+        ScoreKind::Mahalanobis,
+        vec![drive("id_small_loop_s2")],
+    ));
+    assert!(err.contains("used twice"), "{err}");
+}
