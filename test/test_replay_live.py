@@ -1,5 +1,6 @@
 """`vae-ood replay` -> the live node: every frame arrives (zero drops, asserted), and the
-verdicts matched by stamp carry the same scores as the offline evaluation of the same bag."""
+verdicts matched by stamp carry the same scores and states as the offline evaluation of the same
+bag under the same per-frame threshold."""
 
 import csv
 import os
@@ -26,11 +27,18 @@ def test_replay_to_live_node_equals_offline_eval(ros, tmp_path, storage):
     name = f"replay_{storage}_{UID}"
     frames = make_frames(30, seed=5)
     write_bag(tmp_path / "bag", storage, frames, topic=f"/{name}/cam")
-    cli("eval", "--bundle", BUNDLE, "--id", tmp_path / "bag", "--out", tmp_path / "offline", "--quiet")
+    # The node and the offline evaluation decide with the same per-frame threshold: the median
+    # score of these frames (scores do not depend on it), so that both states can occur.
+    cli("eval", "--bundle", BUNDLE, "--id", tmp_path / "bag", "--out", tmp_path / "scores", "--quiet")
+    scores = sorted(float(r["score"]) for r in csv.DictReader(open(tmp_path / "scores" / "frames.csv")))
+    thr = (scores[14] + scores[15]) / 2
+    cli("eval", "--bundle", BUNDLE, "--id", tmp_path / "bag", "--out", tmp_path / "offline", "--quiet",
+        "--score-threshold", repr(thr))
     offline = {int(r["stamp_ns"]): r for r in csv.DictReader(open(tmp_path / "offline" / "frames.csv"))}
     assert len(offline) == 30
 
-    node = NodeProcess(name, {"image_qos": "reliable", "max_frame_age": "0.0", "input_timeout": "0.0"})
+    node = NodeProcess(name, {"image_qos": "reliable", "max_frame_age": "0.0", "input_timeout": "0.0",
+                              "score_threshold": repr(thr)})
     client = rclpy.create_node(f"replay_client_{UID}")
     verdicts, diags = {}, []
 
