@@ -145,6 +145,13 @@ pub enum BundleError {
 }
 
 impl Manifest {
+    /// KL per latent and the nonconformity score of one posterior, as this bundle scores it.
+    pub fn score_posterior(&self, mu: &[f32], logvar: &[f32]) -> (Vec<f64>, f64) {
+        let kl = crate::score::kl_per_latent(mu, logvar);
+        let score = self.score.score(&self.latents.selected, mu, logvar, &kl);
+        (kl, score)
+    }
+
     /// The manifest of an encoder of the paper's family (see [`crate::onnx_gen`]) stored as
     /// `encoder.onnx`, all latents selected, not calibrated.
     pub fn for_encoder(

@@ -10,7 +10,6 @@ use crate::bundle::{Bundle, BundleError};
 use crate::detection::{Calibration, PipelineParams, SequentialDetector, Step};
 use crate::frame::{self, FrameData, FrameError};
 use crate::preprocess::preprocess;
-use crate::score::kl_per_latent;
 use image::RgbImage;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -66,11 +65,7 @@ impl Detector {
         if post.mu.iter().chain(&post.logvar).any(|v| !v.is_finite()) {
             return Err(Fault::NonFinite);
         }
-        let kl = kl_per_latent(&post.mu, &post.logvar);
-        let m = &self.bundle.manifest;
-        let score = m
-            .score
-            .score(&m.latents.selected, &post.mu, &post.logvar, &kl);
+        let (kl, score) = self.bundle.manifest.score_posterior(&post.mu, &post.logvar);
         if !score.is_finite() {
             return Err(Fault::NonFinite);
         }

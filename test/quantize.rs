@@ -8,7 +8,6 @@ use vae_ood_monitor::bundle::Bundle;
 use vae_ood_monitor::compress::quantize::{quantize, Precision};
 use vae_ood_monitor::eval::metrics::auroc;
 use vae_ood_monitor::preprocess::{preprocess, InputSpec};
-use vae_ood_monitor::score::kl_per_latent;
 use vae_ood_monitor::tools::drives::for_each_frame;
 
 fn root() -> PathBuf {
@@ -47,8 +46,7 @@ fn run(dir: &Path, x: &[(Vec<f32>, bool)]) -> Vec<(Vec<f32>, f64)> {
     x.iter()
         .map(|(f, _)| {
             let p = enc.encode(f).unwrap();
-            let kl = kl_per_latent(&p.mu, &p.logvar);
-            let s = m.score.score(&m.latents.selected, &p.mu, &p.logvar, &kl);
+            let (_, s) = m.score_posterior(&p.mu, &p.logvar);
             (p.mu.into_iter().chain(p.logvar).collect(), s)
         })
         .collect()

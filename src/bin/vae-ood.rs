@@ -984,11 +984,7 @@ fn encode(args: &DetectorArgs, input: &Path) -> Result<()> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     let post = encoder.encode(&x)?;
-    let kl = vae_ood_monitor::score::kl_per_latent(&post.mu, &post.logvar);
-    let m = &bundle.manifest;
-    let score = m
-        .score
-        .score(&m.latents.selected, &post.mu, &post.logvar, &kl);
+    let (kl, score) = bundle.manifest.score_posterior(&post.mu, &post.logvar);
     println!(
         "{}",
         serde_json::json!({ "mu": post.mu, "logvar": post.logvar, "kl": kl, "score": score, "selected": bundle.manifest.latents.selected })

@@ -505,14 +505,14 @@ fn calibration_args(opts: &Options, t: &Bundle, spec: &Spec) -> Vec<String> {
         args.extend(opts.fit.iter().cloned());
     }
     if let (Some(c), None) = (&t.manifest.calibration, &spec.student_conv) {
-        let latents: Vec<String> = t
-            .manifest
-            .latents
-            .selected
-            .iter()
-            .map(|i| i.to_string())
-            .collect();
         if !mahalanobis {
+            let latents: Vec<String> = t
+                .manifest
+                .latents
+                .selected
+                .iter()
+                .map(|i| i.to_string())
+                .collect();
             args.extend(["--latents".into(), latents.join(",")]);
         }
         args.extend([

@@ -107,14 +107,16 @@ pub fn calibrate(
         }
         _ => {}
     }
-    let mut seen = HashSet::new();
-    for d in opts
+    // Every drive in role order: fit, calibration, tuning, validation.
+    let args: Vec<&DriveArg> = opts
         .fit
         .iter()
         .chain(&opts.cal)
         .chain(&opts.tune_id)
         .chain(&opts.val_ood)
-    {
+        .collect();
+    let mut seen = HashSet::new();
+    for d in &args {
         let canon = d
             .path
             .canonicalize()
@@ -123,14 +125,6 @@ pub fn calibrate(
             return Err(format!("drive {} is used twice: fit, calibration, tuning and validation drives must be disjoint", d.path.display()));
         }
     }
-
-    let args: Vec<&DriveArg> = opts
-        .fit
-        .iter()
-        .chain(&opts.cal)
-        .chain(&opts.tune_id)
-        .chain(&opts.val_ood)
-        .collect();
     let total: usize = args
         .iter()
         .map(|d| {
@@ -153,34 +147,31 @@ pub fn calibrate(
             .expect("template")
             .progress_chars("=> "),
     );
-    // Per drive and frame: KL per latent, and the posterior's features.
+    // Per drive (id, onset) and frame: KL per latent, and the posterior's features.
     let mut scored = vec![];
     for d in args {
         let frames = map_drive(det, &d.path, &|| bar.inc(1), |s| {
             (s.kl, posterior_features(&s.mu, &s.logvar))
         })?;
-        scored.push((
-            format!("{} ({} frames)", d.path.display(), frames.len()),
-            frames,
-        ));
+        let id = format!("{} ({} frames)", d.path.display(), frames.len());
+        scored.push((id, d.onset, frames));
     }
     bar.finish_and_clear();
-    let fit = scored.drain(..opts.fit.len()).collect::<Vec<_>>();
+    let fit: Vec<_> = scored.drain(..opts.fit.len()).collect();
     let score = match opts.score {
         ScoreKind::Kl => ScoreSpec::Kl,
         ScoreKind::Mahalanobis => {
+            let ids = fit.iter().map(|(id, _, _)| id.clone()).collect();
             let features: Vec<Vec<f64>> = fit
-                .iter()
-                .flat_map(|(_, f)| f.iter().map(|(_, x)| x.clone()))
+                .into_iter()
+                .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
                 .collect();
-            let ids = fit.iter().map(|(id, _)| id.clone()).collect();
             ScoreSpec::Mahalanobis(Reference::fit(&features, ids)?)
         }
     };
     let mut drives: Vec<Drive> = scored
         .into_iter()
-        .zip(opts.cal.iter().chain(&opts.tune_id).chain(&opts.val_ood))
-        .map(|((id, frames), d)| Drive {
+        .map(|(id, onset, frames)| Drive {
             id,
             parts: frames
                 .into_iter()
@@ -189,7 +180,7 @@ pub fn calibrate(
                     ScoreSpec::Mahalanobis(r) => vec![r.distance(&x)],
                 })
                 .collect(),
-            onset: Some(d.onset),
+            onset: Some(onset),
         })
         .collect();
     let val = drives.split_off(opts.cal.len() + opts.tune_id.len());
