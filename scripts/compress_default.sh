@@ -23,8 +23,7 @@ source scripts/roles.sh
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 cargo build --locked --bin vae-ood
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick \
-  --fit $(split train "$V") --cal $(split calibration "$V") $(split train_val "$V") \
-  --tune-id "${TUNE_ID[@]}" --val-ood "${VAL_OOD[@]}" $(onsets "$VAL") --test "${TEST[@]}" | tee "$OUT/summary.txt"
+  $(calibration_args "$V" "$VAL") --test "${TEST[@]}" | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
 if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
   rm -rf models/compressed.new

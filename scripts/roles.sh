@@ -3,7 +3,8 @@
 # data/sample) before sourcing; `split ROLE DIR` lists the bags of a generated set's drives whose
 # meta.json records that split (make train-data: train, train_val, calibration; make
 # heldout-data: heldout); `onsets DIR` lists a set's OOD drives as BAG:FIRST_OOD_FRAME (make
-# validation-data), the form `vae-ood calibrate --val-ood` takes.
+# validation-data), the form `vae-ood calibrate --val-ood` takes; `calibration_args` (below)
+# puts the roles together.
 TUNE_ID=("$S/id_small_loop_s2/bag" "$S/id_udem1_s3/bag")          # CUSUM threshold (clear drives)
 VAL_OOD=("$S/ood_fog_loop_empty_s7/bag:150")                       # window, decay (fog from frame 150), with onsets of make validation-data
 TEST=("$S/id_loop_empty_s4/bag" "$S/ood_brightness_small_loop_s5/bag=brightness"
@@ -15,4 +16,10 @@ for m in sorted(pathlib.Path(sys.argv[1]).glob("*/meta.json")):
     ood = json.loads(m.read_text())["ood_frames"]
     if ood:
         print(f"{m.parent}/bag:{ood[0]}")' "$1"
+}
+# The default detector's `vae-ood calibrate` roles on generated sets (also passed to `vae-ood
+# compress`): `calibration_args TRAIN_DIR VALIDATION_DIR` (make train-data, make validation-data).
+calibration_args() {
+  echo --fit $(split train "$1") --cal $(split calibration "$1") $(split train_val "$1") \
+    --tune-id "${TUNE_ID[@]}" --val-ood "${VAL_OOD[@]}" $(onsets "$2")
 }

@@ -59,7 +59,6 @@ def roles():
     return test, tune, val
 
 
-
 def bilinear(a, w, h):
     """OpenCV INTER_LINEAR: half-pixel centres, no antialiasing (the Rust `bilinear` filter)."""
     a = a.astype(np.float32)

@@ -29,8 +29,7 @@ source scripts/roles.sh
 BUNDLE=models/default
 rm -rf "$BUNDLE.new"
 "$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis \
-  --fit $(split train "$DATA") --cal $(split calibration "$DATA") $(split train_val "$DATA") \
-  --tune-id "${TUNE_ID[@]}" --val-ood "${VAL_OOD[@]}" $(onsets "$VAL")
+  $(calibration_args "$DATA" "$VAL")
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"
