@@ -7,7 +7,7 @@ setup:
 	bash scripts/bootstrap.sh
 
 build: setup
-	bash -c 'source scripts/env.sh && cargo build --features ros --bins'
+	bash -c 'source scripts/env.sh && cargo build -p vae_ood_monitor --bins && cargo build -p vae_ood_cli'
 
 demo:
 	bash scripts/demo.sh $(ARGS)

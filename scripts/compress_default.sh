@@ -21,7 +21,7 @@ source scripts/roles.sh
 [ -f out/train_var/id_udem1_s131/meta.json ] || make train-var-data TRAIN_VAR_OUT=out/train_var
 [ -f "$VAL/ood_rain_udem1_s155/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
-cargo build --locked --bin vae-ood
+cargo build --locked -p vae_ood_cli
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick \
   $(calibration_args "$V" "$VAL") --test "${TEST[@]}" | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")

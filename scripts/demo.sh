@@ -9,7 +9,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/bootstrap.sh
 source scripts/env.sh
-cargo build --locked --features ros --bins
+# The ROS package alone (node, gate, replay): the offline tools are not needed here.
+cargo build --locked -p vae_ood_monitor --bins
 source scripts/loopback.sh "${VAE_OOD_DEMO_DOMAIN:-74}"
 
 BUNDLE="${VAE_OOD_DEMO_BUNDLE:-models/default}"

@@ -1,4 +1,4 @@
-"""Demo client: replays committed Duckietown drives into the monitor node with `vae-ood replay`
+"""Demo client: replays committed Duckietown drives into the monitor node with `vae_ood_replay`
 and prints the node's verdicts live, then a summary per drive.
 
 Drives (data/sample, see data/README.md): a clear in-distribution test drive, then OOD test
@@ -25,7 +25,8 @@ DRIVES = ["id_loop_empty_s4", "ood_brightness_small_loop_s5", "ood_rain_udem1_s6
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--monitor", default="vae_ood_monitor")
-    ap.add_argument("--vae-ood", default=str(ROOT / "target" / "debug" / "vae-ood"))
+    ap.add_argument("--replay", default=str(ROOT / "target" / "debug" / "vae_ood_replay"),
+                    help="the ROS package's replay executable (what `vae-ood replay` runs)")
     ap.add_argument("--rate", type=float, default=1.0, help="replay speed (1 = recorded 15 fps)")
     ap.add_argument("--json", type=pathlib.Path, help="also write per-drive verdicts and labels here")
     args = ap.parse_args()
@@ -67,7 +68,7 @@ def main():
             seen = set()
             with lock:
                 before = set(verdicts)
-            proc = subprocess.Popen([args.vae_ood, "replay", str(ROOT / "data" / "sample" / drive / "bag"), "--rate", str(args.rate)],
+            proc = subprocess.Popen([args.replay, str(ROOT / "data" / "sample" / drive / "bag"), "--rate", str(args.rate)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             t0 = None
             while proc.poll() is None or len(seen) < meta["frames"]:

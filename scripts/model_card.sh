@@ -3,7 +3,7 @@
 # evaluates models/default on the held-out test drives (clear loop_empty s4; brightness, rain
 # and sensor noise) and prints the figures block of models/default/MODEL_CARD.md.
 # Usage: scripts/model_card.sh [--update]   (--update rewrites the card's figures block)
-# Needs target/debug/vae-ood (cargo build --bin vae-ood).
+# Needs target/debug/vae-ood (cargo build -p vae_ood_cli).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 S="$ROOT/data/sample"

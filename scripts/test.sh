@@ -8,13 +8,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/bootstrap.sh
 
-echo "=== 1/3 core (no ROS environment) ==="
-env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo test --locked
+echo "=== 1/3 core, bag, tools, CLI (no ROS environment) ==="
+env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER \
+  cargo test --locked --workspace --exclude vae_ood_monitor
+env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo build --locked -p vae_ood_cli
 
-echo "=== 2/3 ROS build ==="
+echo "=== 2/3 ROS package (node, gate, replay) ==="
 source scripts/env.sh
-cargo build --locked --features ros --bins
-cargo test --locked --features ros --lib ros::
+cargo build --locked -p vae_ood_monitor --bins
+cargo test --locked -p vae_ood_monitor --lib
 
 echo "=== 3/3 Python suite (rclpy, onnxruntime, colcon) ==="
 source scripts/loopback.sh "${VAE_OOD_TEST_DOMAIN:-73}"

@@ -19,7 +19,7 @@ S=data/sample
 [ -f "$DATA/id_udem1_s131/meta.json" ] || make train-data TRAIN_OUT="$DATA"
 [ -f "$VAR/id_udem1_s131/meta.json" ] || make train-var-data TRAIN_VAR_OUT="$VAR"
 [ -f "$VAL/ood_rain_udem1_s155/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
-cargo build --locked --bin vae-ood
+cargo build --locked -p vae_ood_cli
 VAE=target/debug/vae-ood
 source scripts/roles.sh
 

@@ -1,29 +1,22 @@
-//! `vae_ood_monitor`: out-of-distribution detection for camera-driven robots with compressed
-//! β-VAE detectors (Bansal, Yuhas, Easwaran, "Compressing VAE-Based Out-of-Distribution
-//! Detectors for Embedded Deployment", RTCSA 2024).
+//! `vae_ood_monitor`: the ROS 2 layer of the out-of-distribution monitor (Bansal, Yuhas,
+//! Easwaran, "Compressing VAE-Based Out-of-Distribution Detectors for Embedded Deployment",
+//! RTCSA 2024): a thin r2r node over [`vae_ood_core::monitor::Monitor`], the command gate, and
+//! (feature `replay`) a bag replayer. Everything that decides lives in `vae_ood_core`, which
+//! builds and tests without ROS; see docs/architecture.md.
 //!
-//! This library is the ROS-free core: frame decoding ([`frame`]), preprocessing
-//! ([`preprocess`]), detector bundles ([`bundle`]), inference backends ([`backend`]), the
-//! nonconformity score ([`score`]) and the per-frame monitor ([`monitor`]). The ROS 2 node
-//! (`--features ros`) is a thin layer over it in [`ros`].
-
-pub mod backend;
-pub mod bag;
-pub mod bundle;
-pub mod compress;
-pub mod detection;
-pub mod eval;
-pub mod frame;
-pub mod monitor;
-pub mod onnx_gen;
-pub mod preprocess;
-pub mod score;
-pub mod tools;
-#[cfg(feature = "train")]
-pub mod train;
+//! Features: `ros` (the node and the gate; needs a ROS 2 environment to build) and `replay`
+//! (adds `vae_ood_replay`, which reads bags), both on by default for colcon and `make demo`.
+//! A lean robot build: `cargo build -p vae_ood_monitor --no-default-features --features ros`.
 
 #[cfg(feature = "ros")]
-pub mod ros;
-
-pub use bundle::Bundle;
-pub use monitor::{Detector, Monitor, MonitorConfig, MonitorState};
+pub mod gate;
+#[cfg(feature = "ros")]
+pub mod inference;
+#[cfg(feature = "ros")]
+pub mod messages;
+#[cfg(feature = "ros")]
+pub mod node;
+#[cfg(feature = "ros")]
+pub mod params;
+#[cfg(feature = "replay")]
+pub mod replay;

@@ -2,13 +2,13 @@
 //! problem; both output addressing styles work.
 
 use std::path::Path;
-use vae_ood_monitor::backend::{BackendKind, BackendOptions};
-use vae_ood_monitor::bundle::{
+use vae_ood_core::bundle::{
     Bundle, EncoderFile, Latents, Manifest, OutputRef, Outputs, Provenance, FORMAT_VERSION,
 };
-use vae_ood_monitor::monitor::{Detector, Monitor, MonitorConfig, MonitorState};
-use vae_ood_monitor::onnx_gen::{seeded_encoder, EncoderArch, GraphNames};
-use vae_ood_monitor::preprocess::InputSpec;
+use vae_ood_core::encoder::{BackendKind, BackendOptions};
+use vae_ood_core::monitor::{Monitor, MonitorConfig, MonitorState};
+use vae_ood_core::preprocess::InputSpec;
+use vae_ood_tools::onnx_gen::{seeded_encoder, EncoderArch, GraphNames};
 
 fn manifest(arch: &EncoderArch, outputs: Outputs) -> Manifest {
     Manifest {
@@ -80,7 +80,7 @@ fn write_bundle(dir: &Path, edit: impl FnOnce(&mut Manifest)) {
 }
 
 fn load_err(dir: &Path) -> String {
-    match Detector::load(dir, BackendOptions::default()) {
+    match vae_ood_core::detector::load(dir, BackendOptions::default()) {
         Ok(_) => panic!("bundle in {} loaded but should have failed", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -90,7 +90,7 @@ fn load_err(dir: &Path) -> String {
 fn a_good_bundle_loads_and_scores() {
     let t = tempfile::tempdir().unwrap();
     write_bundle(t.path(), |_| {});
-    let det = Detector::load(t.path(), BackendOptions::default()).unwrap();
+    let det = vae_ood_core::detector::load(t.path(), BackendOptions::default()).unwrap();
     assert!(det.model_id().starts_with("test-"));
     let mut mon = Monitor::new(
         det,
@@ -131,7 +131,7 @@ fn numeric_outputs_are_addressed_by_index() {
         },
     );
     Bundle::write(t.path(), m, &seeded_encoder(&arch, 1, &names)).unwrap();
-    Detector::load(t.path(), BackendOptions::default()).unwrap();
+    vae_ood_core::detector::load(t.path(), BackendOptions::default()).unwrap();
 }
 
 #[test]
@@ -211,7 +211,7 @@ fn unknown_fields_and_cuda_backend_are_clear_errors() {
     .unwrap();
     assert!(load_err(t.path()).contains("colour"));
     write_bundle(t.path(), |_| {});
-    let e = Detector::load(
+    let e = vae_ood_core::detector::load(
         t.path(),
         BackendOptions {
             kind: BackendKind::Cuda,

@@ -3,15 +3,15 @@
 //! every score; misused options are clear errors.
 
 use std::path::PathBuf;
-use vae_ood_monitor::backend::BackendOptions;
-use vae_ood_monitor::detection::tuning::Grid;
-use vae_ood_monitor::score::{posterior_features, ScoreSpec};
-use vae_ood_monitor::tools::calibrate::{calibrate, DriveArg, Options, ScoreKind};
-use vae_ood_monitor::tools::drives::map_drive;
-use vae_ood_monitor::Detector;
+use vae_ood_core::detection::tuning::Grid;
+use vae_ood_core::detector::Detector;
+use vae_ood_core::encoder::BackendOptions;
+use vae_ood_core::score::{posterior_features, ScoreSpec};
+use vae_ood_tools::calibrate::{calibrate, DriveArg, Options, ScoreKind};
+use vae_ood_tools::drives::map_drive;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 fn drive(name: &str) -> DriveArg {
@@ -37,14 +37,14 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
             window: vec![10],
             decay: vec![1.0],
         },
-        epsilon_grid: vae_ood_monitor::detection::default_grid(),
+        epsilon_grid: vae_ood_core::detection::default_grid(),
         false_alarm_rate: 0.001,
         quiet: true,
     }
 }
 
-fn detector() -> Detector {
-    Detector::load(root().join("models/default"), BackendOptions::default()).unwrap()
+fn detector() -> Box<dyn Detector> {
+    vae_ood_core::detector::load(root().join("models/default"), BackendOptions::default()).unwrap()
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame(
     let o = calibrate(
         &root().join("models/default"),
         out.path(),
-        &mut det,
+        det.as_mut(),
         &options(ScoreKind::Mahalanobis, fit.clone()),
     )
     .unwrap();
@@ -68,7 +68,7 @@ fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame(
     assert_eq!((r.mean.len(), r.precision.len()), (60, 3600));
     // Every latent takes part; the reference's mean is the fit frames' mean posterior.
     assert_eq!(m.latents.selected, (0..30).collect::<Vec<_>>());
-    let frames = map_drive(&mut det, &fit[0].path, &|| {}, |s| {
+    let frames = map_drive(det.as_mut(), &fit[0].path, &|| {}, |s| {
         posterior_features(&s.mu, &s.logvar)
     })
     .unwrap();
@@ -83,8 +83,8 @@ fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame(
     assert!((45.0..=60.0).contains(&mean_d), "mean distance {mean_d}");
 
     // The written bundle loads, and its detector scores a frame with that distance.
-    let mut cal = Detector::load(out.path(), BackendOptions::default()).unwrap();
-    let scored = map_drive(&mut cal, &drive("id_loop_empty_s4").path, &|| {}, |s| {
+    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+    let scored = map_drive(cal.as_mut(), &drive("id_loop_empty_s4").path, &|| {}, |s| {
         (s.score, posterior_features(&s.mu, &s.logvar))
     })
     .unwrap();
@@ -101,11 +101,15 @@ fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame(
 fn misused_score_options_are_clear_errors() {
     let out = tempfile::tempdir().unwrap();
     let mut det = detector();
-    let mut run =
-        |o: Options| match calibrate(&root().join("models/default"), out.path(), &mut det, &o) {
-            Ok(_) => panic!("calibration accepted misused options"),
-            Err(e) => e,
-        };
+    let mut run = |o: Options| match calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &o,
+    ) {
+        Ok(_) => panic!("calibration accepted misused options"),
+        Err(e) => e.to_string(),
+    };
     let err = run(options(ScoreKind::Mahalanobis, vec![]));
     assert!(err.contains("--fit"), "{err}");
     let err = run(options(ScoreKind::Kl, vec![drive("id_loop_empty_s1")]));

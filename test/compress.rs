@@ -2,11 +2,11 @@
 //! (physically smaller) encoder computes, in tract, what the original computes with the pruned
 //! units silenced after BatchNorm and activation.
 
-use vae_ood_monitor::backend::{self, BackendOptions};
-use vae_ood_monitor::bundle::{Bundle, Manifest, OutputRef, Outputs, Provenance};
-use vae_ood_monitor::compress::prune::{self, Layer};
-use vae_ood_monitor::onnx_gen::{encoder_onnx, seeded_weights, EncoderArch, GraphNames, Named};
-use vae_ood_monitor::preprocess::InputSpec;
+use vae_ood_core::bundle::{Bundle, Manifest, OutputRef, Outputs, Provenance};
+use vae_ood_core::encoder::{self, BackendOptions};
+use vae_ood_core::preprocess::InputSpec;
+use vae_ood_tools::compress::prune::{self, Layer};
+use vae_ood_tools::onnx_gen::{encoder_onnx, seeded_weights, EncoderArch, GraphNames, Named};
 
 fn arch() -> EncoderArch {
     EncoderArch {
@@ -48,7 +48,7 @@ fn run(arch: &EncoderArch, w: &prune::Weights) -> Vec<f32> {
         },
     );
     let bundle = Bundle::write(dir.path(), m, &onnx).unwrap();
-    let mut enc = backend::load(&bundle, BackendOptions::default()).unwrap();
+    let mut enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
     let n = 3 * arch.input_height * arch.input_width;
     let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
     let p = enc.encode(&x).unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 fn bag(drive: &str) -> String {
@@ -77,7 +77,7 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
         .collect();
     assert_eq!(names, ["teacher", "conv0-50+ft"]);
     let (t, c) = (&rows[0], &rows[1]);
-    let t_bundle = vae_ood_monitor::Bundle::load(&teacher).unwrap();
+    let t_bundle = vae_ood_core::Bundle::load(&teacher).unwrap();
     let t_cal = t_bundle.manifest.calibration.clone().unwrap();
     // Half of conv0's 32 filters are gone, and with them about half the arithmetic.
     assert_eq!(c["arch"]["conv"][0], 16);
@@ -105,7 +105,7 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
         assert!(r["p50_ms"].as_f64().unwrap() > 0.0 && r["speedup"].as_f64().unwrap() > 0.0);
         assert!(r["peak_memory_mib"].as_f64().unwrap() > 0.0);
         // Every candidate is recalibrated, keeping the teacher's latents, window and decay.
-        let b = vae_ood_monitor::Bundle::load(r["bundle"].as_str().unwrap()).unwrap();
+        let b = vae_ood_core::Bundle::load(r["bundle"].as_str().unwrap()).unwrap();
         let c = b.manifest.calibration.as_ref().unwrap();
         assert_eq!(
             b.manifest.latents.selected,
@@ -115,7 +115,7 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
         assert_eq!(c.pipeline.decay, t_cal.pipeline.decay);
         // ... and refitting the Mahalanobis reference on its own posteriors of the fit drive.
         match &b.manifest.score {
-            vae_ood_monitor::score::ScoreSpec::Mahalanobis(r) => {
+            vae_ood_core::score::ScoreSpec::Mahalanobis(r) => {
                 assert_eq!(r.fitted_on.len(), 1);
                 assert!(r.fitted_on[0].contains("id_loop_empty_s1"), "{r:?}");
                 assert_eq!(r.frames, 300);
@@ -193,8 +193,8 @@ fn the_shipped_compressed_detector_is_what_its_sweep_report_says() {
     assert_eq!(teacher["spec"]["name"], "teacher");
     assert!(2.0 * row["macs"].as_f64().unwrap() <= teacher["macs"].as_f64().unwrap());
 
-    let b = vae_ood_monitor::Bundle::load(&dir).unwrap();
-    let t = vae_ood_monitor::Bundle::load(root().join("models/default")).unwrap();
+    let b = vae_ood_core::Bundle::load(&dir).unwrap();
+    let t = vae_ood_core::Bundle::load(root().join("models/default")).unwrap();
     let (c, tc) = (
         b.manifest.calibration.as_ref().unwrap(),
         t.manifest.calibration.as_ref().unwrap(),

@@ -3,18 +3,27 @@
 
 use std::path::Path;
 use std::time::Duration;
-use vae_ood_monitor::backend::BackendOptions;
-use vae_ood_monitor::frame::{FrameData, RawImage};
-use vae_ood_monitor::monitor::{Detector, Monitor, MonitorConfig, MonitorState};
+use vae_ood_core::bundle::Bundle;
+use vae_ood_core::detector::ImageDetector;
+use vae_ood_core::encoder::{self, BackendOptions, Encoder, InferenceError, Posterior};
+use vae_ood_core::frame::{FrameData, RawImage};
+use vae_ood_core::monitor::{Fault, Monitor, MonitorConfig, MonitorState};
 
-fn monitor(threshold: f64) -> Monitor {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
-    let mut det = Detector::load(dir, BackendOptions::default()).unwrap();
+fn default_bundle() -> Bundle {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    let mut bundle = Bundle::load(dir).unwrap();
     // These tests drive the per-frame decision (`score_threshold`), which is what a bundle
     // without a calibration section gets.
-    det.bundle.manifest.calibration = None;
+    bundle.manifest.calibration = None;
+    bundle
+}
+
+fn monitor(threshold: f64) -> Monitor {
+    let bundle = default_bundle();
+    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+    let det = ImageDetector::with_encoder(bundle, enc).unwrap();
     Monitor::new(
-        det,
+        Box::new(det),
         MonitorConfig {
             score_threshold: threshold,
             max_frame_age: Some(Duration::from_millis(500)),
@@ -124,4 +133,74 @@ fn every_transport_of_the_same_pixels_gets_the_same_score() {
     for f in &frames {
         assert_eq!(m.process(f, None).score.unwrap(), reference, "{f:?}");
     }
+}
+
+/// An encoder injected through the detector seam: the real one, failing from the `fail_at`-th
+/// call on (the model checks' dry run is call 0).
+struct FailingEncoder {
+    inner: Box<dyn Encoder>,
+    calls: usize,
+    fail_at: usize,
+}
+
+impl Encoder for FailingEncoder {
+    fn encode(&mut self, input: &[f32]) -> Result<Posterior, InferenceError> {
+        self.calls += 1;
+        if self.calls > self.fail_at {
+            return Err(InferenceError("injected failure".into()));
+        }
+        self.inner.encode(input)
+    }
+
+    fn backend(&self) -> &'static str {
+        "failing"
+    }
+}
+
+#[test]
+fn an_injected_encoder_that_fails_puts_the_monitor_in_fault_and_is_counted() {
+    let bundle = default_bundle();
+    let inner = encoder::load(&bundle, BackendOptions::default()).unwrap();
+    let enc = FailingEncoder {
+        inner,
+        calls: 0,
+        fail_at: 2,
+    };
+    let det = ImageDetector::with_encoder(bundle, Box::new(enc)).unwrap();
+    let mut m = Monitor::new(Box::new(det), MonitorConfig::default()).unwrap();
+    assert_eq!(m.detector().backend(), "failing");
+    let data = rgb(32, 24);
+    let frame = FrameData::Raw(RawImage {
+        width: 32,
+        height: 24,
+        encoding: "rgb8",
+        is_bigendian: false,
+        step: 32 * 3,
+        data: &data,
+    });
+    assert_eq!(m.process(&frame, None).state, MonitorState::Ok);
+    let v = m.process(&frame, None);
+    assert_eq!(v.state, MonitorState::Fault);
+    assert!(
+        matches!(&v.fault, Some(Fault::Inference(e)) if e.contains("injected")),
+        "{:?}",
+        v.fault
+    );
+    assert_eq!(m.counters().faults.get("inference_error"), Some(&1));
+}
+
+#[test]
+fn an_injected_encoder_gets_the_same_model_checks() {
+    // An encoder that fails its dry run is refused before the detector is ready.
+    let bundle = default_bundle();
+    let inner = encoder::load(&bundle, BackendOptions::default()).unwrap();
+    let enc = FailingEncoder {
+        inner,
+        calls: 0,
+        fail_at: 0,
+    };
+    let e = ImageDetector::with_encoder(bundle, Box::new(enc))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("dry run"), "{e}");
 }

@@ -3,15 +3,15 @@
 //! most 0.01 per-frame AUROC on the sample's OOD drives.
 
 use std::path::{Path, PathBuf};
-use vae_ood_monitor::backend::{self, BackendOptions};
-use vae_ood_monitor::bundle::Bundle;
-use vae_ood_monitor::compress::quantize::{quantize, Precision};
-use vae_ood_monitor::eval::metrics::auroc;
-use vae_ood_monitor::preprocess::{preprocess, InputSpec};
-use vae_ood_monitor::tools::drives::for_each_frame;
+use vae_ood_core::bundle::Bundle;
+use vae_ood_core::encoder::{self, BackendOptions};
+use vae_ood_core::preprocess::{preprocess, InputSpec};
+use vae_ood_tools::compress::quantize::{quantize, Precision};
+use vae_ood_tools::drives::for_each_frame;
+use vae_ood_tools::eval::metrics::auroc;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// Every `stride`-th preprocessed frame of a sample drive, with its OOD label.
@@ -42,7 +42,7 @@ fn frames(drive: &str, spec: &InputSpec, stride: usize) -> Vec<(Vec<f32>, bool)>
 fn run(dir: &Path, x: &[(Vec<f32>, bool)]) -> Vec<(Vec<f32>, f64)> {
     let bundle = Bundle::load(dir).unwrap();
     let m = &bundle.manifest;
-    let mut enc = backend::load(&bundle, BackendOptions::default()).unwrap();
+    let mut enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
     x.iter()
         .map(|(f, _)| {
             let p = enc.encode(f).unwrap();
@@ -140,10 +140,14 @@ fn quantised_detectors_stay_close_to_f32_and_keep_their_auroc() {
 #[test]
 fn bad_quantisation_input_is_a_clear_error() {
     let onnx = std::fs::read(root().join("models/default/encoder.onnx")).unwrap();
-    let e = quantize(&onnx, Precision::Int8Static, &[]).unwrap_err();
+    let e = quantize(&onnx, Precision::Int8Static, &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("calibration frames"), "{e}");
-    let e = quantize(b"not a model", Precision::Fp16, &[]).unwrap_err();
+    let e = quantize(b"not a model", Precision::Fp16, &[])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("ONNX"), "{e}");
-    let e = "int4".parse::<Precision>().unwrap_err();
+    let e = "int4".parse::<Precision>().unwrap_err().to_string();
     assert!(e.contains("fp16, int8-dynamic or int8-static"), "{e}");
 }

@@ -1,6 +1,9 @@
 """The ROS user's path: colcon (colcon-ros-cargo + cargo-ament-build) builds the package and
 installs the executable, launch files, config and models where `ros2 run` / `ros2 launch` look.
 
+The package is also the Cargo workspace root: the member crates carry COLCON_IGNORE, so colcon
+builds the one ROS package, with its default features (node, gate, replay).
+
 To avoid compiling everything a second time, colcon's build directory for the package is a
 symlink to the project's target directory (same dev profile, same features), so cargo finds
 the build fresh. colcon runs from a scratch workspace so its generated .cargo/config.toml
@@ -30,8 +33,7 @@ def install(tmp_path_factory):
     os.symlink(TARGET.parent, ws / "build" / PKG)
     r = subprocess.run(
         [colcon, "build", "--base-paths", str(ROOT), "--build-base", str(ws / "build"),
-         "--install-base", str(ws / "install"), "--event-handlers", "console_direct-",
-         "--cargo-args", "--features", "ros"],
+         "--install-base", str(ws / "install"), "--event-handlers", "console_direct-"],
         cwd=ws, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert not (ROOT / ".cargo" / "config.toml").exists(), "colcon must not write into the source tree"
@@ -39,7 +41,7 @@ def install(tmp_path_factory):
 
 
 def test_install_tree(install):
-    for name in [PKG, "ood_gate"]:
+    for name in [PKG, "ood_gate", "vae_ood_replay"]:
         exe = install / "lib" / PKG / name
         assert exe.is_file() and os.access(exe, os.X_OK), name
     share = install / "share" / PKG

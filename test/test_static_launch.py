@@ -39,7 +39,10 @@ def check_config(path, params):
 def node_executable_name():
     cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
     bins = {b["name"]: b for b in cargo["bin"]}
-    assert "vae_ood_monitor" in bins and bins["vae_ood_monitor"].get("required-features") == ["ros"]
+    # Built by default (features ros + replay, on for colcon), no required-features: cargo-ament-build
+    # only installs a bin whose required features are spelled out in --features.
+    assert "vae_ood_monitor" in bins and "required-features" not in bins["vae_ood_monitor"]
+    assert {"ros", "replay"} <= set(cargo["features"]["default"])
     share = cargo["package"]["metadata"]["ros"]["install_to_share"]
     assert {"launch", "config", "models"} <= set(share)
     return "vae_ood_monitor"

@@ -2,13 +2,13 @@
 //! exported ONNX encoder computes what the burn encoder computes, and misuse is a clear error.
 
 use std::path::{Path, PathBuf};
-use vae_ood_monitor::backend::{self, BackendOptions};
-use vae_ood_monitor::onnx_gen::EncoderArch;
-use vae_ood_monitor::train::{self, RunOptions, TrainConfig};
-use vae_ood_monitor::Bundle;
+use vae_ood_core::encoder::{self, BackendOptions};
+use vae_ood_core::Bundle;
+use vae_ood_tools::onnx_gen::EncoderArch;
+use vae_ood_tools::train::{self, RunOptions, TrainConfig};
 
 fn sample(drive: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .join("data/sample")
         .join(drive)
         .join("bag")
@@ -35,7 +35,7 @@ fn config(epochs: usize) -> TrainConfig {
         checkpoint_every: 1,
         seed: 3,
         frame_stride: 2,
-        filter: vae_ood_monitor::preprocess::Filter::Area,
+        filter: vae_ood_core::preprocess::Filter::Area,
         train: vec![sample("id_loop_empty_s1")],
         val: vec![sample("id_small_loop_s2")],
         distill: None,
@@ -55,7 +55,7 @@ fn training_loss_falls_and_the_export_matches_the_burn_encoder() {
     // The bilinear filter here (area elsewhere): the bundle must record the filter it was
     // trained with, since the node resizes frames by the bundle's spec.
     let cfg = TrainConfig {
-        filter: vae_ood_monitor::preprocess::Filter::Bilinear,
+        filter: vae_ood_core::preprocess::Filter::Bilinear,
         ..config(4)
     };
     let out = train::train(&cfg, dir.path(), &quiet()).unwrap();
@@ -83,20 +83,20 @@ fn training_loss_falls_and_the_export_matches_the_burn_encoder() {
     // The bundle loads, says it is trained, and tract computes the burn encoder's posterior.
     let bundle = Bundle::load(dir.path()).unwrap();
     assert!(bundle.manifest.provenance.trained);
-    let mut enc = backend::load(&bundle, BackendOptions::default()).unwrap();
+    let mut enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
     let device = burn::tensor::Device::flex();
     let (vae, state) = train::load_vae(dir.path(), &device).unwrap();
     assert_eq!(state.best_epoch, out.state.best_epoch);
     let spec = bundle.manifest.input.clone();
-    assert_eq!(spec.filter, vae_ood_monitor::preprocess::Filter::Bilinear);
+    assert_eq!(spec.filter, vae_ood_core::preprocess::Filter::Bilinear);
     let mut n = 0;
-    vae_ood_monitor::tools::drives::for_each_frame(&sample("ood_rain_udem1_s6"), &mut |img| {
+    vae_ood_tools::drives::for_each_frame(&sample("ood_rain_udem1_s6"), &mut |img| {
         n += 1;
         if n % 60 != 0 {
             return Ok(());
         }
-        let x = vae_ood_monitor::preprocess::preprocess(img, &spec);
-        let post = enc.encode(&x).map_err(|e| e.0)?;
+        let x = vae_ood_core::preprocess::preprocess(img, &spec);
+        let post = enc.encode(&x)?;
         let t = burn::tensor::Tensor::<4>::from_data(
             burn::tensor::TensorData::new(x, [1, 3, 24, 32]),
             &device,
@@ -138,7 +138,8 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     // Starting afresh over a checkpoint would silently discard it: refused.
     let err = train::train(&config(3), parts.path(), &quiet())
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(err.contains("--resume"), "{err}");
     // Resuming with other settings is refused too.
     let resume = RunOptions {
@@ -147,7 +148,10 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     };
     let mut other = config(3);
     other.lr = 1e-2;
-    let err = train::train(&other, parts.path(), &resume).err().unwrap();
+    let err = train::train(&other, parts.path(), &resume)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("another configuration"), "{err}");
 
     let b = train::train(&config(3), parts.path(), &resume).unwrap();
@@ -170,7 +174,10 @@ fn bad_training_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(1);
     c.val = c.train.clone();
-    let err = train::train(&c, dir.path(), &quiet()).err().unwrap();
+    let err = train::train(&c, dir.path(), &quiet())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("disjoint"), "{err}");
 
     let mut c = config(1);
@@ -178,13 +185,14 @@ fn bad_training_input_is_a_clear_error() {
     assert!(train::train(&c, dir.path(), &quiet()).is_err());
 
     // An encoder-only bundle has no VAE to fine-tune or distil.
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let default = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("models/default");
     for f in ["manifest.yaml", "encoder.onnx"] {
         std::fs::copy(default.join(f), dir.path().join(f)).unwrap();
     }
     let err = train::load_vae(dir.path(), &burn::tensor::Device::flex())
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(err.contains("encoder-only"), "{err}");
 }
 
@@ -192,7 +200,7 @@ fn bad_training_input_is_a_clear_error() {
 fn the_committed_default_encoder_is_the_export_of_the_committed_vae() {
     // models/default ships the full VAE beside its ONNX encoder; they must be the same model.
     use burn::module::Module;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("models/default");
     let bundle = Bundle::load(&dir).unwrap();
     assert!(bundle.manifest.provenance.trained);
     let (vae, state) = train::load_vae(&dir, &burn::tensor::Device::flex()).unwrap();
@@ -208,7 +216,7 @@ fn distillation_lowers_the_students_distance_to_the_teacher() {
     use burn::module::Module;
     use burn::tensor::activation::sigmoid;
     use burn::tensor::{Device, Tensor, TensorData};
-    use vae_ood_monitor::train::{data::FrameSet, Distill};
+    use vae_ood_tools::train::{data::FrameSet, Distill};
     let teacher = tempfile::tempdir().unwrap();
     train::train(&config(3), teacher.path(), &quiet()).unwrap();
 
@@ -282,9 +290,9 @@ fn distillation_lowers_the_students_distance_to_the_teacher() {
 
 #[test]
 fn fine_tuning_a_pruned_encoder_brings_it_back_towards_the_teacher() {
-    use vae_ood_monitor::compress::finetune::{self, FinetuneOptions, Teacher};
-    use vae_ood_monitor::compress::prune::{self, Layer};
-    use vae_ood_monitor::train::data::FrameSet;
+    use vae_ood_tools::compress::finetune::{self, FinetuneOptions, Teacher};
+    use vae_ood_tools::compress::prune::{self, Layer};
+    use vae_ood_tools::train::data::FrameSet;
     let dir = tempfile::tempdir().unwrap();
     train::train(&config(3), dir.path(), &quiet()).unwrap();
     let teacher = Teacher::load(dir.path()).unwrap();
@@ -327,6 +335,8 @@ fn fine_tuning_a_pruned_encoder_brings_it_back_towards_the_teacher() {
         selected: vec![99],
         ..opts
     };
-    let e = finetune::finetune(&teacher, &small, &pw, &train_set, &bad, &|_, _| {}).unwrap_err();
+    let e = finetune::finetune(&teacher, &small, &pw, &train_set, &bad, &|_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("latent 99"), "{e}");
 }

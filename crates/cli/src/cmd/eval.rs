@@ -1,0 +1,155 @@
+//! `vae-ood eval`: a detector on labelled drives; the report's summary on the terminal.
+
+use crate::common::DetectorArgs;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use vae_ood_core::monitor::{MonitorConfig, Recovery};
+use vae_ood_tools::eval::report::{Outcome, Report};
+use vae_ood_tools::eval::{self, Options};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    detector: DetectorArgs,
+    /// Output directory for report.json and frames.csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// In-distribution inputs (every frame ID).
+    #[arg(long, num_args = 1..)]
+    id: Vec<PathBuf>,
+    /// OOD inputs as PATH or PATH=TYPE (every frame OOD; TYPE defaults to the file name).
+    #[arg(long, num_args = 1..)]
+    ood: Vec<String>,
+    /// Inputs labelled by --labels ranges or by --label-topic, as PATH or PATH=TYPE (the OOD
+    /// type of their label-topic OOD frames).
+    #[arg(long, num_args = 1..)]
+    input: Vec<String>,
+    /// CSV with header `start,end,type`: header-stamp ranges in seconds that are OOD.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// std_msgs/Bool topic in the bags (true = OOD) labelling the --input bags.
+    #[arg(long)]
+    label_topic: Option<String>,
+    /// Image topic (needed when a bag has several).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Frame rate assumed for image folders.
+    #[arg(long, default_value_t = eval::DEFAULT_FOLDER_FPS)]
+    fps: f64,
+    /// Per-frame threshold for uncalibrated bundles.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    score_threshold: f64,
+    /// Override the bundle's CUSUM threshold.
+    #[arg(long)]
+    cusum_threshold: Option<f64>,
+    #[arg(long, default_value_t = 10)]
+    recovery_frames: u32,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let inputs = eval::labelled_inputs(
+        &a.id,
+        &a.ood,
+        &a.input,
+        a.labels.as_deref(),
+        a.label_topic.as_deref(),
+    )?;
+    let opts = Options {
+        bundle: a.detector.bundle.clone(),
+        backend: a.detector.backend_options(),
+        monitor: MonitorConfig {
+            score_threshold: a.score_threshold,
+            max_frame_age: None,
+            recovery: Recovery::Auto {
+                frames: a.recovery_frames,
+            },
+            cusum_threshold: a.cusum_threshold,
+        },
+        topic: a.topic.clone(),
+        folder_fps: a.fps,
+    };
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(eval::count_frames(&inputs, a.topic.as_deref()) as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "evaluating {pos}/{len} frames [{bar:30}] {per_sec} {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    let report = eval::evaluate(&inputs, &opts, &a.out, &|n| bar.inc(n as u64))?.report;
+    bar.finish_and_clear();
+    print_report(&report, &a.out);
+    // An input that gave no frame at all is an error (exit 1); damage after some frames is a
+    // partial result (exit 2).
+    if let Some(bad) = report
+        .inputs
+        .iter()
+        .find(|i| i.error.is_some() && i.frames == 0)
+    {
+        bail!("{}", bad.error.as_deref().unwrap_or("input failed"));
+    }
+    if report.partial {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report, out: &std::path::Path) {
+    println!(
+        "model {}  frames {} (scored {}, faulted {})  {:.1} frames/s  peak memory {:.0} MiB",
+        r.model_id,
+        r.frames,
+        r.scored,
+        r.faulted,
+        r.throughput_fps,
+        r.peak_memory_mib.unwrap_or(f64::NAN)
+    );
+    for i in &r.inputs {
+        println!(
+            "  input {}: {} frames{}",
+            i.path,
+            i.frames,
+            i.error
+                .as_ref()
+                .map(|e| format!("  PARTIAL: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    for (name, table) in [("score", &r.score_metrics), ("cusum", &r.cusum_metrics)] {
+        for (ty, o) in table {
+            match o {
+                Outcome::Ok(m) => println!("  {name:5} {ty:<16} AUROC {:.4}  AUPR-in {:.4}  AUPR-out {:.4}  FPR@95TPR {:.4}  (OOD {}, ID {})", m.auroc, m.aupr_in, m.aupr_out, m.fpr_at_95_tpr, m.n_ood, m.n_id),
+                Outcome::Unavailable { error } => println!("  {name:5} {ty:<16} unavailable: {error}"),
+            }
+        }
+    }
+    if let Some(s) = &r.sequential {
+        println!(
+            "  sequential: {} OOD segment(s), {} detected, {} missed, mean delay {} frames ({} s); {} false alarm(s) in {} ID frames = {:.2} per 1000 frames{}",
+            s.segments.len(), s.detected, s.missed,
+            s.mean_delay_frames.map_or("n/a".into(), |d| format!("{d:.1}")),
+            s.mean_delay_s.map_or("n/a".into(), |d| format!("{d:.2}")),
+            s.false_alarms, s.id_frames, s.false_alarms_per_1000_id_frames,
+            s.false_alarms_per_hour.map_or(String::new(), |h| format!(", {h:.1} per hour"))
+        );
+    }
+    for (stage, p) in &r.latency_ms {
+        println!(
+            "  latency {stage:<10} p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3} ms",
+            p.p50, p.p90, p.p99, p.max
+        );
+    }
+    if let Some(e) = &r.plot_error {
+        println!("  plots: {e}");
+    }
+    println!(
+        "wrote {0}/report.html, report.json, frames.csv and {1} plot(s)",
+        out.display(),
+        r.plots.len()
+    );
+}

@@ -1,0 +1,70 @@
+//! `vae-ood info` and `vae-ood gen-seeded`: a bundle's summary; a seeded placeholder bundle.
+
+use anyhow::Result;
+use std::path::PathBuf;
+use vae_ood_core::encoder::BackendOptions;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(default_value = "models/default")]
+    bundle: PathBuf,
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let det = vae_ood_core::detector::load(&a.bundle, BackendOptions::default())?;
+    let m = &det.bundle().manifest;
+    println!("bundle      {}", a.bundle.display());
+    println!("model id    {}", det.model_id());
+    println!("name        {}", m.name);
+    println!("trained     {}", m.provenance.trained);
+    println!(
+        "encoder     {} (sha256 {})",
+        m.encoder.path, m.encoder.sha256
+    );
+    let i = &m.input;
+    println!(
+        "input       {}x{} {:?} {:?}, resize {:?} {:?}",
+        i.width, i.height, i.channel_order, i.layout, i.resize, i.filter
+    );
+    let l = &m.latents;
+    println!(
+        "latents     {} selected of {}: {:?}",
+        l.selected.len(),
+        l.count,
+        l.selected
+    );
+    println!("score       {}", m.score.describe());
+    println!("created by  {}", m.provenance.created_by);
+    if !m.provenance.trained {
+        println!("WARNING     untrained placeholder detector: its verdicts are not meaningful");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct GenSeededArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Architecture preset: tiny, small or paper.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    #[arg(long, default_value = "seeded-bvae")]
+    name: String,
+    /// Name the ONNX outputs "0" and "1" (as PyTorch exports do) and address them by index.
+    #[arg(long)]
+    numeric_outputs: bool,
+}
+
+pub fn gen_seeded(a: &GenSeededArgs) -> Result<()> {
+    let b = vae_ood_tools::onnx_gen::write_seeded_bundle(
+        &a.out,
+        &a.preset,
+        a.seed,
+        &a.name,
+        a.numeric_outputs,
+    )?;
+    println!("wrote {} (model id {})", a.out.display(), b.model_id);
+    Ok(())
+}

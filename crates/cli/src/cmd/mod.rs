@@ -1,0 +1,16 @@
+//! One module per subcommand: its arguments and its printing.
+
+pub mod bag;
+pub mod bench;
+pub mod calibrate;
+#[cfg(feature = "train")]
+pub mod compress;
+pub mod encode;
+pub mod eval;
+pub mod info;
+pub mod metrics;
+pub mod prune;
+pub mod replay;
+pub mod score;
+#[cfg(feature = "train")]
+pub mod train;

@@ -1,0 +1,33 @@
+//! Arguments several subcommands share.
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use vae_ood_core::detector::Detector;
+use vae_ood_core::encoder::{BackendKind, BackendOptions};
+
+#[derive(clap::Args)]
+pub struct DetectorArgs {
+    /// Detector bundle directory.
+    #[arg(long, default_value = "models/default")]
+    pub bundle: PathBuf,
+    /// Inference backend: tract (CPU) or cuda (planned).
+    #[arg(long, default_value = "tract")]
+    pub backend: BackendKind,
+    /// Inference threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+impl DetectorArgs {
+    pub fn backend_options(&self) -> BackendOptions {
+        BackendOptions {
+            kind: self.backend,
+            threads: self.threads.max(1),
+        }
+    }
+
+    pub fn load(&self) -> Result<Box<dyn Detector>> {
+        vae_ood_core::detector::load(&self.bundle, self.backend_options())
+            .with_context(|| format!("loading detector bundle {}", self.bundle.display()))
+    }
+}

@@ -1,0 +1,323 @@
+//! Detector bundles: one directory per detector, holding `manifest.yaml` and the ONNX encoder.
+//!
+//! The manifest says everything needed to score a frame the way the detector was built to be
+//! scored: the input spec (preprocessing), which encoder output is mu and which is logvar,
+//! which latents make up the score, and where the detector came from. Every problem is found
+//! at load time, with a message that names the file and the fix, never mid-drive.
+
+use crate::preprocess::InputSpec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The manifest format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.yaml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// Human name, e.g. "duckietown-bvae-v1".
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub encoder: EncoderFile,
+    pub input: InputSpec,
+    pub outputs: Outputs,
+    pub latents: Latents,
+    /// The nonconformity score. Absent: the paper's KL of `latents.selected`.
+    #[serde(default, skip_serializing_if = "crate::score::ScoreSpec::is_kl")]
+    pub score: crate::score::ScoreSpec,
+    pub provenance: Provenance,
+    /// Present once `vae-ood calibrate` has run: turns per-frame scores into a calibrated
+    /// sequential verdict. Without it the node falls back to a per-frame score threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationSection>,
+}
+
+/// Conformal calibration scores, the sequential pipeline's parameters and the data they came
+/// from (drive ids per role; the roles are disjoint by drive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSection {
+    pub pipeline: crate::detection::PipelineParams,
+    /// In-distribution false alarms the threshold was tuned for, as a share of frames.
+    pub target_false_alarm_rate: f64,
+    /// How `latents.selected` was chosen.
+    pub selection: String,
+    pub data: CalibrationData,
+    /// Nonconformity scores (selected latents) of the calibration frames.
+    pub scores: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationData {
+    pub calibration: Vec<String>,
+    pub tuning_id: Vec<String>,
+    pub validation_ood: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderFile {
+    /// Path of the ONNX file, relative to the bundle directory.
+    pub path: String,
+    /// SHA-256 of the file (hex): a bundle whose encoder changed is refused.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outputs {
+    pub mu: OutputRef,
+    pub logvar: OutputRef,
+}
+
+/// An encoder output, by ONNX name or by position (PyTorch exports name outputs by number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum OutputRef {
+    Name { name: String },
+    Index { index: usize },
+}
+
+impl fmt::Display for OutputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name { name } => write!(f, "'{name}'"),
+            Self::Index { index } => write!(f, "#{index}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latents {
+    /// Latent dimension of the encoder (length of mu and logvar).
+    pub count: usize,
+    /// Latent indices summed into the KL score (every latent for the Mahalanobis score).
+    pub selected: Vec<usize>,
+}
+
+/// Where the detector came from. Free text except `trained`, which the node reports so that
+/// nobody mistakes an untrained placeholder for a working detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// False for seeded (untrained) encoders: their verdicts are not meaningful.
+    pub trained: bool,
+    /// The command or tool that produced the bundle.
+    pub created_by: String,
+    #[serde(default)]
+    pub training_data: String,
+    #[serde(default)]
+    pub license: String,
+    #[serde(default)]
+    pub notes: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read {path}: {source} (is this a detector bundle directory? it needs {MANIFEST_FILE} and the ONNX encoder)")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid manifest: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error("{path}: manifest format_version {found} is not supported by this build (it reads version {FORMAT_VERSION}); use a matching vae_ood_monitor release or re-export the bundle")]
+    UnsupportedVersion { path: PathBuf, found: u64 },
+    #[error("{path}: SHA-256 {actual} does not match the manifest's {expected}; the encoder changed after the bundle was made: re-create the bundle")]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: cannot load the encoder: {reason}")]
+    Model { path: PathBuf, reason: String },
+    #[error("encoder and manifest disagree: {0}")]
+    ShapeMismatch(String),
+    #[error("backend unavailable: {0}")]
+    Backend(String),
+    #[error("the encoder failed its dry run on a zero input: {0}")]
+    DryRun(crate::encoder::InferenceError),
+}
+
+impl Manifest {
+    /// KL per latent and the nonconformity score of one posterior, as this bundle scores it.
+    pub fn score_posterior(&self, mu: &[f32], logvar: &[f32]) -> (Vec<f64>, f64) {
+        let kl = crate::score::kl_per_latent(mu, logvar);
+        let score = self.score.score(&self.latents.selected, mu, logvar, &kl);
+        (kl, score)
+    }
+
+    /// The manifest of an encoder of the paper's family (see [`crate::arch`]) stored as
+    /// `encoder.onnx`, all latents selected, not calibrated.
+    pub fn for_encoder(
+        arch: &crate::arch::EncoderArch,
+        input: InputSpec,
+        name: &str,
+        description: &str,
+        outputs: Outputs,
+        provenance: Provenance,
+    ) -> Self {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            name: name.into(),
+            description: description.into(),
+            encoder: EncoderFile {
+                path: "encoder.onnx".into(),
+                sha256: String::new(),
+            },
+            input,
+            outputs,
+            latents: Latents {
+                count: arch.latents,
+                selected: (0..arch.latents).collect(),
+            },
+            score: Default::default(),
+            calibration: None,
+            provenance,
+        }
+    }
+}
+
+/// A loaded, checked bundle (the encoder itself is loaded by a backend).
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// Content hash of everything that determines a score: the model id in every verdict.
+    pub model_id: String,
+}
+
+impl Bundle {
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let bad = |reason: String| BundleError::Manifest {
+            path: path.clone(),
+            reason,
+        };
+
+        // Check the version before the schema, so a newer manifest gets the version error.
+        let raw: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        match raw
+            .get("format_version")
+            .and_then(serde_yaml::Value::as_u64)
+        {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(found) => return Err(BundleError::UnsupportedVersion { path, found }),
+            None => return Err(bad("missing or non-integer 'format_version'".into())),
+        }
+        let manifest: Manifest = serde_yaml::from_value(raw).map_err(|e| bad(e.to_string()))?;
+        manifest
+            .input
+            .validate()
+            .map_err(|e| bad(format!("input: {e}")))?;
+        let l = &manifest.latents;
+        if l.count == 0 {
+            return Err(bad("latents.count must be positive".into()));
+        }
+        if l.selected.is_empty() {
+            return Err(bad(
+                "latents.selected is empty: at least one latent must be scored".into(),
+            ));
+        }
+        if let Some(i) = l.selected.iter().find(|&&i| i >= l.count) {
+            return Err(bad(format!(
+                "latents.selected holds {i}, but the encoder has only {} latents",
+                l.count
+            )));
+        }
+        let mut sorted = l.selected.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != l.selected.len() {
+            return Err(bad("latents.selected lists a latent twice".into()));
+        }
+
+        manifest
+            .score
+            .validate(l.count)
+            .map_err(|e| bad(format!("score: {e}")))?;
+        if let Some(c) = &manifest.calibration {
+            c.pipeline
+                .validate()
+                .map_err(|e| bad(format!("calibration.pipeline: {e}")))?;
+            crate::detection::Calibration::new(c.scores.clone())
+                .map_err(|e| bad(format!("calibration.scores: {e}")))?;
+        }
+
+        let encoder = dir.join(&manifest.encoder.path);
+        let bytes = std::fs::read(&encoder).map_err(|source| BundleError::Io {
+            path: encoder.clone(),
+            source,
+        })?;
+        let actual = hex(&Sha256::digest(&bytes));
+        if !actual.eq_ignore_ascii_case(&manifest.encoder.sha256) {
+            return Err(BundleError::HashMismatch {
+                path: encoder,
+                expected: manifest.encoder.sha256.clone(),
+                actual,
+            });
+        }
+        let model_id = model_id(&manifest);
+        Ok(Self {
+            dir,
+            manifest,
+            model_id,
+        })
+    }
+
+    pub fn encoder_path(&self) -> PathBuf {
+        self.dir.join(&self.manifest.encoder.path)
+    }
+
+    /// Writes `manifest` and `encoder_bytes` as a bundle in `dir` (created if needed), filling
+    /// in the encoder hash.
+    pub fn write(
+        dir: impl AsRef<Path>,
+        mut manifest: Manifest,
+        encoder_bytes: &[u8],
+    ) -> Result<Self, BundleError> {
+        let dir = dir.as_ref();
+        let io = |path: PathBuf| move |source| BundleError::Io { path, source };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        manifest.encoder.sha256 = hex(&Sha256::digest(encoder_bytes));
+        let enc = dir.join(&manifest.encoder.path);
+        std::fs::write(&enc, encoder_bytes).map_err(io(enc.clone()))?;
+        let text = serde_yaml::to_string(&manifest).expect("manifest serialises");
+        let header = "# Detector bundle manifest (vae_ood_monitor). Schema: docs/bundle.md\n";
+        let path = dir.join(MANIFEST_FILE);
+        std::fs::write(&path, format!("{header}{text}")).map_err(io(path))?;
+        Self::load(dir)
+    }
+}
+
+/// Hash of the encoder bytes plus the manifest fields that change what a score means.
+fn model_id(m: &Manifest) -> String {
+    let mut h = Sha256::new();
+    h.update(m.encoder.sha256.to_ascii_lowercase().as_bytes());
+    // The calibration changes verdicts, not scores, but a verdict must trace to it too.
+    h.update(
+        serde_json::to_vec(&(&m.input, &m.outputs, &m.latents, &m.calibration))
+            .expect("serialisable"),
+    );
+    // Hashed only when present, so KL bundles keep the ids they had before the field existed.
+    if !m.score.is_kl() {
+        h.update(serde_json::to_vec(&m.score).expect("serialisable"));
+    }
+    format!("{}-{}", m.name, &hex(&h.finalize())[..12])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

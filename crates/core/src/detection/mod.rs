@@ -1,0 +1,170 @@
+//! Calibrated sequential detection, as in the paper's detectors: per-frame nonconformity
+//! scores become inductive conformal p-values ([`conformal`]), a power martingale over a
+//! sliding window of p-values measures evidence against exchangeability ([`martingale`]),
+//! and CUSUM on log M turns that evidence into an alarm ([`cusum`]). [`selection`] picks the
+//! latents that make up the score, [`tuning`] chooses the pipeline parameters from data.
+//!
+//! Everything is f64 and in log space where products appear, so nothing overflows or
+//! underflows however long a drive runs.
+
+pub mod conformal;
+pub mod cusum;
+pub mod martingale;
+pub mod selection;
+pub mod tuning;
+
+use serde::{Deserialize, Serialize};
+
+pub use conformal::Calibration;
+
+/// What is wrong with calibration data or sequential-test parameters.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DetectionError {
+    #[error("calibration needs at least one score: give calibration drives with frames")]
+    NoCalibrationScores,
+    #[error("calibration scores must be finite, found {0}: check the encoder's outputs")]
+    NonFiniteCalibrationScore(f64),
+    #[error("{param} {reason}")]
+    InvalidParam { param: &'static str, reason: String },
+    #[error("latent selection: {0}")]
+    Selection(String),
+    #[error("no tuning frame filled the window of {0}; use longer in-distribution tuning drives")]
+    NoTuningFrames(usize),
+    #[error("every validation OOD drive needs an onset frame")]
+    MissingOnset,
+    #[error("unknown ranking '{0}' (expected quiet or variance)")]
+    UnknownRank(String),
+}
+
+fn invalid(param: &'static str, reason: String) -> DetectionError {
+    DetectionError::InvalidParam { param, reason }
+}
+pub use cusum::Cusum;
+pub use martingale::PowerMartingale;
+
+/// Parameters of the sequential pipeline, stored in the bundle's calibration section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineParams {
+    /// Sliding window of p-values the martingale multiplies over (the paper: 20).
+    pub window: usize,
+    /// Points of the midpoint grid over epsilon in (0, 1) for the power-martingale mixture.
+    #[serde(default = "default_grid")]
+    pub epsilon_grid: usize,
+    /// Subtracted from log M at each step: CUSUM's drift, keeps S at 0 under no shift.
+    pub decay: f64,
+    /// Alarm when S exceeds this.
+    pub cusum_threshold: f64,
+}
+
+pub fn default_grid() -> usize {
+    100
+}
+
+impl Default for PipelineParams {
+    fn default() -> Self {
+        Self {
+            window: 20,
+            epsilon_grid: default_grid(),
+            decay: 2.0,
+            cusum_threshold: 10.0,
+        }
+    }
+}
+
+impl PipelineParams {
+    pub fn validate(&self) -> Result<(), DetectionError> {
+        if self.window == 0 {
+            return Err(invalid("window", "must be at least 1".into()));
+        }
+        if self.epsilon_grid == 0 {
+            return Err(invalid("epsilon_grid", "must be at least 1".into()));
+        }
+        if !self.decay.is_finite() || self.decay < 0.0 {
+            return Err(invalid(
+                "decay",
+                format!("must be finite and >= 0, got {}", self.decay),
+            ));
+        }
+        if !self.cusum_threshold.is_finite() || self.cusum_threshold <= 0.0 {
+            return Err(invalid(
+                "cusum_threshold",
+                format!("must be finite and > 0, got {}", self.cusum_threshold),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One step of the sequential pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Step {
+    pub p_value: f64,
+    /// log of the power martingale over the current window.
+    pub log_martingale: f64,
+    /// The CUSUM statistic after this step.
+    pub cusum: f64,
+    /// True once the window holds `window` p-values.
+    pub window_full: bool,
+    /// `cusum > cusum_threshold` (only once the window is full).
+    pub alarm: bool,
+}
+
+/// Score -> p-value -> log M -> S, one frame at a time.
+#[derive(Debug, Clone)]
+pub struct SequentialDetector {
+    calibration: Calibration,
+    martingale: PowerMartingale,
+    cusum: Cusum,
+    params: PipelineParams,
+}
+
+impl SequentialDetector {
+    pub fn new(calibration: Calibration, params: PipelineParams) -> Result<Self, DetectionError> {
+        params.validate()?;
+        Ok(Self {
+            martingale: PowerMartingale::new(params.window, params.epsilon_grid),
+            cusum: Cusum::new(params.decay),
+            calibration,
+            params,
+        })
+    }
+
+    pub fn params(&self) -> &PipelineParams {
+        &self.params
+    }
+
+    pub fn set_cusum_threshold(&mut self, t: f64) {
+        self.params.cusum_threshold = t;
+    }
+
+    /// Feeds one finite score.
+    pub fn step(&mut self, score: f64) -> Step {
+        let p_value = self.calibration.p_value(score);
+        let log_martingale = self.martingale.push(p_value);
+        let window_full = self.martingale.is_full();
+        // S only accumulates once the window is full: a partial window is not the statistic
+        // the threshold was tuned for.
+        let cusum = if window_full {
+            self.cusum.update(log_martingale)
+        } else {
+            self.cusum.value()
+        };
+        Step {
+            p_value,
+            log_martingale,
+            cusum,
+            window_full,
+            alarm: window_full && cusum > self.params.cusum_threshold,
+        }
+    }
+
+    /// Zeroes S (the operator's reset); the p-value window is kept.
+    pub fn reset_cusum(&mut self) {
+        self.cusum.reset();
+    }
+
+    pub fn cusum(&self) -> f64 {
+        self.cusum.value()
+    }
+}

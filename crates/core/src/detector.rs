@@ -1,0 +1,212 @@
+//! The detector seam: what the monitor, the evaluation and the calibration call to turn
+//! frames into nonconformity scores.
+//!
+//! A [`Detector`] scores frames of one or more *streams* (a camera, a recorded drive). Each
+//! stream has its own state inside the detector: the β-VAE image detector keeps none, a
+//! detector that watches motion (optical flow) keeps each stream's previous frames. Frames
+//! of several streams can be scored in one call ([`Detector::score_batch`]), which is where a
+//! backend batches several cameras into one inference.
+
+use crate::bundle::{Bundle, BundleError};
+use crate::encoder::{self, BackendOptions, Encoder};
+use crate::frame::FrameError;
+use crate::preprocess::preprocess;
+use image::RgbImage;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Names a stream of frames within one detector (see [`Detector::open_stream`]).
+pub type StreamId = usize;
+
+/// One frame's score and where the time went.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// The nonconformity score (the bundle's `score`: by default KL summed over the selected
+    /// latents).
+    pub score: f64,
+    /// KL per latent (all latents, not only the selected ones).
+    pub kl: Vec<f64>,
+    /// The posterior: mu and logvar of every latent.
+    pub mu: Vec<f32>,
+    pub logvar: Vec<f32>,
+    pub preprocess: Duration,
+    pub inference: Duration,
+}
+
+/// Why a frame could not be scored.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Fault {
+    #[error("rejected frame: {0}")]
+    Rejected(#[from] FrameError),
+    #[error("stale frame: {age:?} old, max_frame_age is {max:?}")]
+    Stale { age: Duration, max: Duration },
+    #[error("encoder produced NaN or infinite values")]
+    NonFinite,
+    #[error("{0}")]
+    Inference(String),
+    /// No frame arrived for the input timeout: the camera (or its driver) went silent.
+    #[error("no frame for {0:?} (input_timeout): camera silent")]
+    InputTimeout(Duration),
+}
+
+impl Fault {
+    /// Stable counter key, e.g. `rejected.truncated`, `stale`, `non_finite`.
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Rejected(e) => format!("rejected.{}", e.kind()),
+            Self::Stale { .. } => "stale".into(),
+            Self::NonFinite => "non_finite".into(),
+            Self::Inference(_) => "inference_error".into(),
+            Self::InputTimeout(_) => "input_timeout".into(),
+        }
+    }
+}
+
+/// A detector kind: scores decoded frames of streams against its bundle.
+pub trait Detector: Send {
+    /// The bundle the detector was loaded from (manifest, model id).
+    fn bundle(&self) -> &Bundle;
+
+    /// The backend running the encoder, for logs and diagnostics.
+    fn backend(&self) -> &'static str;
+
+    /// Starts a stream with fresh state and returns its id.
+    fn open_stream(&mut self) -> StreamId;
+
+    /// Forgets a stream's state (the next frame starts it afresh).
+    fn reset_stream(&mut self, stream: StreamId);
+
+    /// Scores the next frame of each listed stream (at most one frame per stream), in order,
+    /// in one call where the backend can batch.
+    fn score_batch(&mut self, frames: &[(StreamId, &RgbImage)]) -> Vec<Result<Scored, Fault>>;
+
+    /// Scores the next frame of one stream.
+    fn score(&mut self, stream: StreamId, img: &RgbImage) -> Result<Scored, Fault> {
+        self.score_batch(&[(stream, img)])
+            .pop()
+            .expect("score_batch returns one result per frame")
+    }
+
+    fn model_id(&self) -> &str {
+        &self.bundle().model_id
+    }
+}
+
+/// Loads the detector a bundle describes, its encoder on the chosen backend.
+pub fn load(dir: impl AsRef<Path>, opts: BackendOptions) -> Result<Box<dyn Detector>, BundleError> {
+    Ok(Box::new(ImageDetector::load(dir, opts)?))
+}
+
+/// The paper's β-VAE detector: each frame on its own, the posterior of one frame scored in
+/// latent space. Keeps no per-stream state.
+pub struct ImageDetector {
+    bundle: Bundle,
+    encoder: Box<dyn Encoder>,
+    streams: StreamId,
+}
+
+impl ImageDetector {
+    pub fn load(dir: impl AsRef<Path>, opts: BackendOptions) -> Result<Self, BundleError> {
+        let bundle = Bundle::load(dir)?;
+        let encoder = encoder::load(&bundle, opts)?;
+        Ok(Self {
+            bundle,
+            encoder,
+            streams: 0,
+        })
+    }
+
+    /// A detector over a given encoder (a test's blocking or failing one, another runtime),
+    /// after the same model checks a loaded encoder gets.
+    pub fn with_encoder(
+        bundle: Bundle,
+        mut encoder: Box<dyn Encoder>,
+    ) -> Result<Self, BundleError> {
+        encoder::check_encoder(encoder.as_mut(), &bundle.manifest)?;
+        Ok(Self {
+            bundle,
+            encoder,
+            streams: 0,
+        })
+    }
+
+    fn scored(&self, mu: Vec<f32>, logvar: Vec<f32>) -> Result<Scored, Fault> {
+        if mu.iter().chain(&logvar).any(|v| !v.is_finite()) {
+            return Err(Fault::NonFinite);
+        }
+        let (kl, score) = self.bundle.manifest.score_posterior(&mu, &logvar);
+        if !score.is_finite() {
+            return Err(Fault::NonFinite);
+        }
+        Ok(Scored {
+            score,
+            kl,
+            mu,
+            logvar,
+            preprocess: Duration::ZERO,
+            inference: Duration::ZERO,
+        })
+    }
+}
+
+impl Detector for ImageDetector {
+    fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    fn backend(&self) -> &'static str {
+        self.encoder.backend()
+    }
+
+    fn open_stream(&mut self) -> StreamId {
+        self.streams += 1;
+        self.streams - 1
+    }
+
+    fn reset_stream(&mut self, _stream: StreamId) {}
+
+    fn score_batch(&mut self, frames: &[(StreamId, &RgbImage)]) -> Vec<Result<Scored, Fault>> {
+        if frames.is_empty() {
+            return vec![];
+        }
+        let t0 = Instant::now();
+        let inputs: Vec<Vec<f32>> = frames
+            .iter()
+            .map(|(_, img)| preprocess(img, &self.bundle.manifest.input))
+            .collect();
+        let t1 = Instant::now();
+        let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        let posteriors = self.encoder.encode_batch(&refs);
+        let t2 = Instant::now();
+        // Stage times are shared evenly by the frames of one call.
+        let n = frames.len() as u32;
+        let (pre, inf) = ((t1 - t0) / n, (t2 - t1) / n);
+        match posteriors {
+            Ok(ps) if ps.len() == frames.len() => ps
+                .into_iter()
+                .map(|p| {
+                    self.scored(p.mu, p.logvar).map(|mut s| {
+                        s.preprocess = pre;
+                        s.inference = inf;
+                        s
+                    })
+                })
+                .collect(),
+            Ok(ps) => {
+                let e = format!(
+                    "the encoder gave {} results for {} inputs",
+                    ps.len(),
+                    frames.len()
+                );
+                frames
+                    .iter()
+                    .map(|_| Err(Fault::Inference(e.clone())))
+                    .collect()
+            }
+            Err(e) => frames
+                .iter()
+                .map(|_| Err(Fault::Inference(e.0.clone())))
+                .collect(),
+        }
+    }
+}

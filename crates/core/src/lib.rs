@@ -1,0 +1,37 @@
+//! `vae_ood_core`: the ROS-free core of vae_ood_monitor, an out-of-distribution monitor for
+//! camera-driven robots built on compressed β-VAE detectors (Bansal, Yuhas, Easwaran,
+//! "Compressing VAE-Based Out-of-Distribution Detectors for Embedded Deployment", RTCSA 2024).
+//!
+//! A frame's path: [`frame`] decodes it, [`preprocess`] makes the encoder's input tensor, an
+//! [`encoder`] gives the posterior (mu, logvar), [`score`] turns it into a nonconformity score,
+//! and [`detection`] into a conformal p-value, a martingale and a CUSUM statistic. The
+//! [`detector`] seam ties the first steps together for one detector kind; the [`monitor`]
+//! adds the verdict and its fail-safe states. A detector ships as a [`bundle`].
+//!
+//! Nothing here knows about ROS, command lines, plots, bag formats or training: the node, the
+//! CLI and the offline tools are crates on top (docs/architecture.md).
+
+pub mod arch;
+pub mod bundle;
+pub mod detection;
+pub mod detector;
+pub mod encoder;
+pub mod frame;
+pub mod fsutil;
+pub mod monitor;
+pub mod preprocess;
+pub mod score;
+pub mod stats;
+
+/// The types most users of the core need.
+pub mod prelude {
+    pub use crate::bundle::{Bundle, BundleError, Manifest};
+    pub use crate::detector::{Detector, Fault, ImageDetector, Scored, StreamId};
+    pub use crate::encoder::{BackendKind, BackendOptions, Encoder, InferenceError, Posterior};
+    pub use crate::frame::{FrameData, FrameError, RawImage};
+    pub use crate::monitor::{FrameVerdict, Monitor, MonitorConfig, MonitorState, Recovery};
+}
+
+pub use bundle::Bundle;
+pub use detector::Detector;
+pub use monitor::{Monitor, MonitorConfig, MonitorState};

@@ -1,0 +1,426 @@
+//! The per-frame monitor: frame in, verdict out. Used unchanged by the ROS node and by the
+//! offline tools, so a frame gets the same score and state wherever it is processed.
+//!
+//! Fail-safe by construction: every state except `Ok` reports out-of-distribution, and
+//! anything that goes wrong with a frame (rejected, stale, non-finite output, model error)
+//! puts the monitor in `Fault` for that frame.
+
+use crate::detection::{Calibration, DetectionError, PipelineParams, SequentialDetector, Step};
+use crate::detector::{Detector, StreamId};
+use crate::frame::{self, FrameData};
+use image::RgbImage;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+pub use crate::detector::{Fault, Scored};
+
+/// The monitor's state after a frame. Only `Ok` means in-distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MonitorState {
+    /// No frame scored yet: reports OOD.
+    Starting,
+    /// The last frame was scored and judged in-distribution.
+    Ok,
+    /// The last frame was scored and judged out-of-distribution.
+    Ood,
+    /// The last frame could not be scored (rejected, stale, model error): reports OOD.
+    Fault,
+}
+
+impl MonitorState {
+    /// The verdict a consumer (the gate, a twist_mux lock) acts on: true = not safe to trust.
+    pub fn is_ood(self) -> bool {
+        self != Self::Ok
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "STARTING",
+            Self::Ok => "OK",
+            Self::Ood => "OOD",
+            Self::Fault => "FAULT",
+        }
+    }
+}
+
+/// Decision parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorConfig {
+    /// Per-frame decision, used when the bundle has no calibration section: a frame is OOD
+    /// when its score exceeds this.
+    pub score_threshold: f64,
+    /// Frames older than this (receive time minus stamp) are rejected; `None` disables the check.
+    pub max_frame_age: Option<Duration>,
+    /// How a calibrated monitor leaves OOD.
+    pub recovery: Recovery,
+    /// Overrides the bundle's tuned `cusum_threshold` (calibrated bundles only).
+    pub cusum_threshold: Option<f64>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            score_threshold: f64::INFINITY,
+            max_frame_age: None,
+            recovery: Recovery::Auto { frames: 10 },
+            cusum_threshold: None,
+        }
+    }
+}
+
+/// Leaving OOD (calibrated bundles): automatically once S is back under the threshold for
+/// `frames` consecutive scored frames, or only by an explicit [`Monitor::reset`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    Auto { frames: u32 },
+    Manual,
+}
+
+/// The sequential part of a calibrated monitor: the detector and the latched verdict that
+/// faults do not change.
+struct Sequential {
+    detector: SequentialDetector,
+    /// The state before any fault: STARTING, OK or OOD.
+    latched: MonitorState,
+    good_streak: u32,
+}
+
+impl Sequential {
+    fn next(&mut self, step: &Step, recovery: Recovery) -> MonitorState {
+        self.latched = match self.latched {
+            MonitorState::Starting | MonitorState::Ok | MonitorState::Fault
+                if !step.window_full =>
+            {
+                MonitorState::Starting
+            }
+            MonitorState::Starting | MonitorState::Ok | MonitorState::Fault => {
+                if step.alarm {
+                    self.good_streak = 0;
+                    MonitorState::Ood
+                } else {
+                    MonitorState::Ok
+                }
+            }
+            MonitorState::Ood => match recovery {
+                Recovery::Manual => MonitorState::Ood,
+                Recovery::Auto { frames } => {
+                    self.good_streak = if step.alarm { 0 } else { self.good_streak + 1 };
+                    if self.good_streak >= frames {
+                        self.good_streak = 0;
+                        MonitorState::Ok
+                    } else {
+                        MonitorState::Ood
+                    }
+                }
+            },
+        };
+        self.latched
+    }
+}
+
+/// Time spent per stage for one frame.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTimes {
+    pub decode: Duration,
+    pub preprocess: Duration,
+    pub inference: Duration,
+}
+
+/// The outcome for one frame.
+#[derive(Debug, Clone)]
+pub struct FrameVerdict {
+    pub state: MonitorState,
+    /// Present when the frame was scored.
+    pub score: Option<f64>,
+    pub fault: Option<Fault>,
+    pub timing: StageTimes,
+    /// p-value, log M and S, for calibrated monitors and scored frames.
+    pub step: Option<Step>,
+}
+
+impl FrameVerdict {
+    pub fn is_ood(&self) -> bool {
+        self.state.is_ood()
+    }
+}
+
+/// Running totals for diagnostics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub frames: u64,
+    pub scored: u64,
+    pub ood: u64,
+    /// Faults by kind (see [`Fault::kind`]).
+    pub faults: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    pub fn total_faults(&self) -> u64 {
+        self.faults.values().sum()
+    }
+}
+
+pub struct Monitor {
+    detector: Box<dyn Detector>,
+    /// The monitor's one stream in its detector.
+    stream: StreamId,
+    config: MonitorConfig,
+    state: MonitorState,
+    counters: Counters,
+    sequential: Option<Sequential>,
+}
+
+impl Monitor {
+    /// A calibrated bundle (one with a calibration section) gets the sequential pipeline;
+    /// otherwise the per-frame `score_threshold` decides.
+    pub fn new(
+        mut detector: Box<dyn Detector>,
+        config: MonitorConfig,
+    ) -> Result<Self, DetectionError> {
+        let stream = detector.open_stream();
+        let sequential = match &detector.bundle().manifest.calibration {
+            None => None,
+            Some(c) => {
+                let mut params = c.pipeline.clone();
+                if let Some(t) = config.cusum_threshold {
+                    params.cusum_threshold = t;
+                }
+                let detector =
+                    SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
+                Some(Sequential {
+                    detector,
+                    latched: MonitorState::Starting,
+                    good_streak: 0,
+                })
+            }
+        };
+        Ok(Self {
+            detector,
+            stream,
+            config,
+            state: MonitorState::Starting,
+            counters: Counters::default(),
+            sequential,
+        })
+    }
+
+    /// True when verdicts come from the calibrated sequential pipeline.
+    pub fn is_calibrated(&self) -> bool {
+        self.sequential.is_some()
+    }
+
+    /// The pipeline parameters in force (calibrated monitors).
+    pub fn pipeline(&self) -> Option<&PipelineParams> {
+        self.sequential.as_ref().map(|s| s.detector.params())
+    }
+
+    pub fn set_cusum_threshold(&mut self, t: f64) {
+        if let Some(s) = &mut self.sequential {
+            s.detector.set_cusum_threshold(t);
+        }
+    }
+
+    /// The operator's reset: zeroes S and leaves OOD (to OK, or STARTING while the window is
+    /// still filling). Returns the new state. A per-frame monitor has nothing to reset.
+    pub fn reset(&mut self) -> MonitorState {
+        if let Some(s) = &mut self.sequential {
+            s.detector.reset_cusum();
+            s.good_streak = 0;
+            if s.latched == MonitorState::Ood {
+                s.latched = MonitorState::Ok;
+            }
+            if self.state != MonitorState::Fault {
+                self.state = s.latched;
+            }
+        }
+        self.state
+    }
+
+    pub fn detector(&self) -> &dyn Detector {
+        self.detector.as_ref()
+    }
+
+    pub fn config(&self) -> &MonitorConfig {
+        &self.config
+    }
+
+    pub fn set_score_threshold(&mut self, t: f64) {
+        self.config.score_threshold = t;
+    }
+
+    pub fn state(&self) -> MonitorState {
+        self.state
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Processes one frame. `age` is how old the frame is (now minus its stamp), if known.
+    pub fn process(&mut self, frame: &FrameData<'_>, age: Option<Duration>) -> FrameVerdict {
+        let mut timing = StageTimes::default();
+        let result = self.score(frame, age, &mut timing);
+        self.record(result, timing)
+    }
+
+    /// Processes an already decoded frame (image folders, tests).
+    pub fn process_image(&mut self, img: &RgbImage) -> FrameVerdict {
+        let mut timing = StageTimes::default();
+        let result = self.detector.score(self.stream, img).map(|s| {
+            timing.preprocess = s.preprocess;
+            timing.inference = s.inference;
+            s.score
+        });
+        self.record(result, timing)
+    }
+
+    /// Records a frame the caller rejected before it reached the monitor (e.g. a message that
+    /// could not be deserialised), so it is counted and the verdict fails safe.
+    pub fn reject(&mut self, fault: Fault) -> FrameVerdict {
+        self.record(Err(fault), StageTimes::default())
+    }
+
+    fn score(
+        &mut self,
+        frame: &FrameData<'_>,
+        age: Option<Duration>,
+        timing: &mut StageTimes,
+    ) -> Result<f64, Fault> {
+        if let (Some(age), Some(max)) = (age, self.config.max_frame_age) {
+            if age > max {
+                return Err(Fault::Stale { age, max });
+            }
+        }
+        let t0 = Instant::now();
+        let img = frame::decode(frame)?;
+        timing.decode = t0.elapsed();
+        let s = self.detector.score(self.stream, &img)?;
+        timing.preprocess = s.preprocess;
+        timing.inference = s.inference;
+        Ok(s.score)
+    }
+
+    fn record(&mut self, result: Result<f64, Fault>, timing: StageTimes) -> FrameVerdict {
+        self.counters.frames += 1;
+        let verdict = match result {
+            Ok(score) => {
+                self.counters.scored += 1;
+                let (state, step) = match &mut self.sequential {
+                    Some(seq) => {
+                        let step = seq.detector.step(score);
+                        (seq.next(&step, self.config.recovery), Some(step))
+                    }
+                    None if score > self.config.score_threshold => (MonitorState::Ood, None),
+                    None => (MonitorState::Ok, None),
+                };
+                FrameVerdict {
+                    state,
+                    score: Some(score),
+                    fault: None,
+                    timing,
+                    step,
+                }
+            }
+            Err(fault) => {
+                *self.counters.faults.entry(fault.kind()).or_default() += 1;
+                // S and the latched verdict are left alone: a fault says nothing about the data.
+                FrameVerdict {
+                    state: MonitorState::Fault,
+                    score: None,
+                    fault: Some(fault),
+                    timing,
+                    step: None,
+                }
+            }
+        };
+        if verdict.is_ood() {
+            self.counters.ood += 1;
+        }
+        self.state = verdict.state;
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detection::Step;
+    use proptest::prelude::*;
+
+    fn step(window_full: bool, alarm: bool) -> Step {
+        Step {
+            p_value: 0.5,
+            log_martingale: 0.0,
+            cusum: if alarm { 10.0 } else { 0.0 },
+            window_full,
+            alarm,
+        }
+    }
+
+    fn seq() -> Sequential {
+        let det = SequentialDetector::new(
+            Calibration::new(vec![1.0]).unwrap(),
+            PipelineParams::default(),
+        )
+        .unwrap();
+        Sequential {
+            detector: det,
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        }
+    }
+
+    #[test]
+    fn documented_transitions() {
+        let auto = Recovery::Auto { frames: 3 };
+        let mut s = seq();
+        assert_eq!(s.next(&step(false, false), auto), MonitorState::Starting);
+        assert_eq!(s.next(&step(true, false), auto), MonitorState::Ok);
+        assert_eq!(s.next(&step(true, true), auto), MonitorState::Ood);
+        // Auto recovery needs 3 consecutive frames without alarm; an alarm restarts the count.
+        assert_eq!(s.next(&step(true, false), auto), MonitorState::Ood);
+        assert_eq!(s.next(&step(true, false), auto), MonitorState::Ood);
+        assert_eq!(s.next(&step(true, true), auto), MonitorState::Ood);
+        for _ in 0..2 {
+            assert_eq!(s.next(&step(true, false), auto), MonitorState::Ood);
+        }
+        assert_eq!(s.next(&step(true, false), auto), MonitorState::Ok);
+        // Manual recovery never leaves OOD by itself.
+        let mut m = seq();
+        m.next(&step(true, true), Recovery::Manual);
+        for _ in 0..100 {
+            assert_eq!(
+                m.next(&step(true, false), Recovery::Manual),
+                MonitorState::Ood
+            );
+        }
+    }
+
+    proptest! {
+        /// Over any sequence of steps: OK only without an alarm on the current frame, never OK
+        /// before the window is full, and manual recovery keeps OOD once entered.
+        #[test]
+        fn invariants(events in prop::collection::vec((any::<bool>(), any::<bool>()), 1..200), manual in any::<bool>()) {
+            let recovery = if manual { Recovery::Manual } else { Recovery::Auto { frames: 5 } };
+            let mut s = seq();
+            let mut full = false;
+            let mut entered_ood = false;
+            for (f, alarm) in events {
+                full |= f;
+                let st = step(full, alarm && full);
+                let state = s.next(&st, recovery);
+                prop_assert!(state != MonitorState::Fault);
+                if state == MonitorState::Ok {
+                    prop_assert!(full && !st.alarm);
+                    prop_assert!(!(manual && entered_ood));
+                }
+                if !full {
+                    prop_assert_eq!(state, MonitorState::Starting);
+                }
+                entered_ood |= state == MonitorState::Ood;
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Nonconformity scores: how an encoder's posterior N(mu, exp(logvar)) becomes one number per
+//! frame, larger the less the frame looks like the training distribution.
+//!
+//! - [`ScoreSpec::Kl`], the paper's score: the KL divergence between the posterior and the prior
+//!   N(0, 1), per latent, summed over the selected latents. Latents that vary with the scene
+//!   rather than with the data distribution are left out by the selection, which is why the sum
+//!   is over a subset.
+//! - [`ScoreSpec::Mahalanobis`]: the Mahalanobis distance of the whole posterior, (mu, logvar)
+//!   of every latent, from a Gaussian fitted on in-distribution frames ([`Reference`]). Some
+//!   shifts move the posterior jointly, in no latent's KL: on the default detector, rain at
+//!   the default severity raises no latent's KL (per-frame AUROC about 0.56 on the validation
+//!   drives), while this distance separates it (docs/detector-experiments.md). The price is a
+//!   fitted reference, so the score depends on the in-distribution drives it was fitted on.
+
+use serde::{Deserialize, Serialize};
+
+/// KL(N(mu, sigma^2) || N(0, 1)) per latent: 0.5 * (mu^2 + exp(logvar) - logvar - 1).
+/// Computed in f64 so the sequential statistics built on it are reproducible.
+pub fn kl_per_latent(mu: &[f32], logvar: &[f32]) -> Vec<f64> {
+    mu.iter()
+        .zip(logvar)
+        .map(|(&m, &lv)| {
+            let (m, lv) = (f64::from(m), f64::from(lv));
+            0.5 * (m * m + lv.exp() - lv - 1.0)
+        })
+        .collect()
+}
+
+/// The KL score: the KL summed over `selected` latent indices.
+pub fn nonconformity(kl: &[f64], selected: &[usize]) -> f64 {
+    selected.iter().map(|&i| kl[i]).sum()
+}
+
+/// Which nonconformity score a bundle uses (the manifest's `score` section; absent = KL).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ScoreSpec {
+    /// KL to the prior summed over `latents.selected` (the paper's score).
+    #[default]
+    Kl,
+    /// Mahalanobis distance of (mu, logvar) from a fitted in-distribution Gaussian.
+    Mahalanobis(Reference),
+}
+
+impl ScoreSpec {
+    pub fn is_kl(&self) -> bool {
+        matches!(self, Self::Kl)
+    }
+
+    /// The score of one posterior; `kl` is its KL per latent (see [`kl_per_latent`]).
+    pub fn score(&self, selected: &[usize], mu: &[f32], logvar: &[f32], kl: &[f64]) -> f64 {
+        match self {
+            Self::Kl => nonconformity(kl, selected),
+            Self::Mahalanobis(r) => r.distance(&posterior_features(mu, logvar)),
+        }
+    }
+
+    /// Checks the section against the encoder's latent count (at bundle load).
+    pub fn validate(&self, latents: usize) -> Result<(), ScoreError> {
+        match self {
+            Self::Kl => Ok(()),
+            Self::Mahalanobis(r) => r.validate(2 * latents),
+        }
+    }
+
+    /// One line for reports and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Kl => "KL to the prior, summed over the selected latents".into(),
+            Self::Mahalanobis(r) => format!(
+                "Mahalanobis distance of (mu, logvar) from a Gaussian fitted on {} in-distribution frames",
+                r.frames
+            ),
+        }
+    }
+}
+
+/// What is wrong with a Mahalanobis reference or the frames it is fitted on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScoreError {
+    #[error("fitting the Mahalanobis reference needs more frames ({frames}) than features ({features}): give more --fit drives")]
+    TooFewFitFrames { frames: usize, features: usize },
+    #[error("fit frames differ in their number of latents")]
+    RaggedFitFrames,
+    #[error("the covariance of the fit frames is not positive definite (constant or duplicated features?)")]
+    NotPositiveDefinite,
+    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent)", dim * dim)]
+    ReferenceShape {
+        mean: usize,
+        precision: usize,
+        dim: usize,
+    },
+    #[error("score.mean or score.precision holds a NaN or infinite value")]
+    NonFiniteReference,
+}
+
+/// (mu, logvar) of one posterior as one feature vector: mu of every latent, then logvar.
+pub fn posterior_features(mu: &[f32], logvar: &[f32]) -> Vec<f64> {
+    mu.iter().chain(logvar).map(|&v| f64::from(v)).collect()
+}
+
+/// An in-distribution Gaussian over posterior features: the reference of the Mahalanobis score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// The drives it was fitted on (kept apart from calibration, tuning and test drives).
+    pub fitted_on: Vec<String>,
+    /// Number of frames it was fitted on.
+    pub frames: usize,
+    /// Mean feature vector (mu of every latent, then logvar).
+    pub mean: Vec<f64>,
+    /// Inverse covariance, row-major, `mean.len()` squared.
+    pub precision: Vec<f64>,
+}
+
+/// Ridge added to the covariance's diagonal before inversion: collapsed latents have a
+/// near-constant posterior, and their variance must not make the inverse blow up.
+const RIDGE: f64 = 1e-6;
+
+impl Reference {
+    /// Fits the mean and the inverse covariance (plus [`RIDGE`]) of `features`.
+    pub fn fit(features: &[Vec<f64>], fitted_on: Vec<String>) -> Result<Self, ScoreError> {
+        let n = features.len();
+        let d = features.first().map_or(0, Vec::len);
+        if d == 0 || n <= d {
+            return Err(ScoreError::TooFewFitFrames {
+                frames: n,
+                features: d,
+            });
+        }
+        if features.iter().any(|f| f.len() != d) {
+            return Err(ScoreError::RaggedFitFrames);
+        }
+        let mut mean = vec![0.0; d];
+        for f in features {
+            for (m, v) in mean.iter_mut().zip(f) {
+                *m += v / n as f64;
+            }
+        }
+        let mut cov = vec![0.0; d * d];
+        for f in features {
+            for i in 0..d {
+                let di = f[i] - mean[i];
+                for j in 0..=i {
+                    cov[i * d + j] += di * (f[j] - mean[j]) / (n - 1) as f64;
+                }
+            }
+        }
+        for i in 0..d {
+            cov[i * d + i] += RIDGE;
+            for j in 0..i {
+                cov[j * d + i] = cov[i * d + j];
+            }
+        }
+        let precision = spd_inverse(&cov, d)?;
+        let r = Self {
+            fitted_on,
+            frames: n,
+            mean,
+            precision,
+        };
+        r.validate(d)?;
+        Ok(r)
+    }
+
+    /// Squared Mahalanobis distance (x - mean)^T precision (x - mean).
+    pub fn distance(&self, x: &[f64]) -> f64 {
+        let d = self.mean.len();
+        let diff: Vec<f64> = x.iter().zip(&self.mean).map(|(a, m)| a - m).collect();
+        (0..d)
+            .map(|i| {
+                let row = &self.precision[i * d..(i + 1) * d];
+                diff[i] * row.iter().zip(&diff).map(|(p, v)| p * v).sum::<f64>()
+            })
+            .sum()
+    }
+
+    fn validate(&self, dim: usize) -> Result<(), ScoreError> {
+        if self.mean.len() != dim || self.precision.len() != dim * dim {
+            return Err(ScoreError::ReferenceShape {
+                mean: self.mean.len(),
+                precision: self.precision.len(),
+                dim,
+            });
+        }
+        if self
+            .mean
+            .iter()
+            .chain(&self.precision)
+            .any(|v| !v.is_finite())
+        {
+            return Err(ScoreError::NonFiniteReference);
+        }
+        Ok(())
+    }
+}
+
+/// Inverse of a symmetric positive-definite matrix (row-major, `d` x `d`) by Cholesky
+/// factorisation. Hand-written because a 60x60 inverse at calibration time is all this crate
+/// needs from linear algebra.
+fn spd_inverse(a: &[f64], d: usize) -> Result<Vec<f64>, ScoreError> {
+    // A = L L^T.
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let s = a[i * d + j] - (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum::<f64>();
+            if i == j {
+                if s.is_nan() || s <= 0.0 {
+                    return Err(ScoreError::NotPositiveDefinite);
+                }
+                l[i * d + i] = s.sqrt();
+            } else {
+                l[i * d + j] = s / l[j * d + j];
+            }
+        }
+    }
+    // Solve L L^T X = I column by column.
+    let mut inv = vec![0.0; d * d];
+    for c in 0..d {
+        let mut y = vec![0.0; d];
+        for i in 0..d {
+            let e = if i == c { 1.0 } else { 0.0 };
+            y[i] = (e - (0..i).map(|k| l[i * d + k] * y[k]).sum::<f64>()) / l[i * d + i];
+        }
+        for i in (0..d).rev() {
+            let x = (y[i]
+                - (i + 1..d)
+                    .map(|k| l[k * d + i] * inv[k * d + c])
+                    .sum::<f64>())
+                / l[i * d + i];
+            inv[i * d + c] = x;
+        }
+    }
+    Ok(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_is_zero_at_the_prior_and_positive_elsewhere() {
+        let kl = kl_per_latent(&[0.0, 1.0, 0.0, -2.0], &[0.0, 0.0, 1.0, -1.0]);
+        assert_eq!(kl[0], 0.0);
+        assert!((kl[1] - 0.5).abs() < 1e-12);
+        assert!((kl[2] - 0.5 * (1f64.exp() - 2.0)).abs() < 1e-12);
+        assert!((kl[3] - 0.5 * (4.0 + (-1f64).exp() + 1.0 - 1.0)).abs() < 1e-12);
+        assert!((nonconformity(&kl, &[1, 3]) - (kl[1] + kl[3])).abs() < 1e-12);
+    }
+
+    /// Frames of a known 2-D Gaussian: mean (1, -2), variances 4 and 0.25, correlated.
+    fn correlated_frames() -> Vec<Vec<f64>> {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut normal = || {
+            // Box-Muller on a xorshift stream: deterministic, no extra dependency.
+            let mut u = || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng >> 11) as f64 / (1u64 << 53) as f64
+            };
+            let (a, b) = (u().max(1e-300), u());
+            (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+        };
+        (0..20_000)
+            .map(|_| {
+                let (z1, z2) = (normal(), normal());
+                vec![1.0 + 2.0 * z1, -2.0 + 0.5 * (0.6 * z1 + 0.8 * z2)]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_fitted_reference_recovers_a_known_gaussian() {
+        let r = Reference::fit(&correlated_frames(), vec!["synthetic".into()]).unwrap();
+        assert!((r.mean[0] - 1.0).abs() < 0.05 && (r.mean[1] + 2.0).abs() < 0.02);
+        // Covariance [[4, 0.6], [0.6, 0.25]] (determinant 0.64): the inverse in closed form.
+        let det = 4.0 * 0.25 - 0.6 * 0.6;
+        let want = [0.25 / det, -0.6 / det, -0.6 / det, 4.0 / det];
+        for (p, w) in r.precision.iter().zip(want) {
+            assert!(
+                (p - w).abs() < 0.05 * w.abs().max(1.0),
+                "{:?} vs {want:?}",
+                r.precision
+            );
+        }
+        // At the mean the distance is 0; along the narrow direction it grows faster.
+        assert!(r.distance(&r.mean) < 1e-12);
+        let wide = r.distance(&[r.mean[0] + 1.0, r.mean[1] + 0.15]);
+        let narrow = r.distance(&[r.mean[0], r.mean[1] + 0.5]);
+        assert!(narrow > 3.0 * wide, "narrow {narrow} wide {wide}");
+    }
+
+    #[test]
+    fn a_fit_with_too_few_frames_or_a_bad_section_is_refused() {
+        let few = vec![vec![1.0, 2.0], vec![2.0, 1.0]];
+        assert!(Reference::fit(&few, vec![])
+            .unwrap_err()
+            .to_string()
+            .contains("more frames"));
+        let mut r = Reference::fit(&correlated_frames(), vec![]).unwrap();
+        let spec = ScoreSpec::Mahalanobis(r.clone());
+        assert!(spec.validate(1).is_ok());
+        assert!(spec
+            .validate(2)
+            .unwrap_err()
+            .to_string()
+            .contains("mu and logvar"));
+        r.precision[0] = f64::NAN;
+        assert!(ScoreSpec::Mahalanobis(r).validate(1).is_err());
+    }
+
+    #[test]
+    fn the_spec_reads_as_the_manifest_writes_it() {
+        let r = Reference::fit(&correlated_frames(), vec!["a".into()]).unwrap();
+        let spec = ScoreSpec::Mahalanobis(r);
+        let text = serde_yaml::to_string(&spec).unwrap();
+        assert!(text.starts_with("kind: mahalanobis"), "{text}");
+        assert_eq!(serde_yaml::from_str::<ScoreSpec>(&text).unwrap(), spec);
+        assert_eq!(
+            serde_yaml::from_str::<ScoreSpec>("kind: kl").unwrap(),
+            ScoreSpec::Kl
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn kl_is_never_negative(mu in -10f32..10.0, lv in -10f32..10.0) {
+            proptest::prop_assert!(kl_per_latent(&[mu], &[lv])[0] >= 0.0);
+        }
+    }
+}

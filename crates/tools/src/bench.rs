@@ -1,0 +1,85 @@
+//! `vae-ood bench`: per-stage latency of the node's pipeline on synthetic raw camera frames,
+//! in one process (decode, preprocess, inference, total).
+
+use crate::{Error, Result};
+use std::time::{Duration, Instant};
+use vae_ood_core::detector::Detector;
+use vae_ood_core::frame::{Encoding, FrameData, RawImage};
+use vae_ood_core::monitor::{Monitor, MonitorConfig};
+use vae_ood_core::stats::{percentiles, Percentiles};
+
+/// Per-stage latency percentiles, milliseconds.
+#[derive(Debug, Clone)]
+pub struct StageLatency {
+    pub decode: Percentiles,
+    pub preprocess: Percentiles,
+    pub inference: Percentiles,
+    pub total: Percentiles,
+}
+
+/// Frames that warm caches and allocators before timing starts.
+const WARM_UP: usize = 10;
+
+/// Times `frames` frames of `width`x`height` in `encoding` through a monitor.
+pub fn stage_latency(
+    detector: Box<dyn Detector>,
+    width: u32,
+    height: u32,
+    encoding: &str,
+    frames: usize,
+) -> Result<StageLatency> {
+    if frames == 0 {
+        return Err(Error::Input("--frames must be at least 1".into()));
+    }
+    let bpp = Encoding::parse(encoding)
+        .map_err(|e| Error::Input(e.to_string()))?
+        .bytes_per_pixel() as u32;
+    let step = width * bpp;
+    // Deterministic frames with structure (gradients + a moving bar), not constant images.
+    let make = |i: usize| -> Vec<u8> {
+        (0..height * step)
+            .map(|k| {
+                let (y, x) = (k / step, (k % step) / bpp);
+                ((x + y + 7 * i as u32) % 256) as u8
+                    ^ if (x / 16 + i as u32) % 8 == 0 {
+                        0x55
+                    } else {
+                        0
+                    }
+            })
+            .collect()
+    };
+    let data: Vec<Vec<u8>> = (0..16).map(make).collect();
+    let mut monitor = Monitor::new(detector, MonitorConfig::default())?;
+    let (mut dec, mut pre, mut inf, mut tot) = (vec![], vec![], vec![], vec![]);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for i in 0..frames + WARM_UP {
+        let raw = RawImage {
+            width,
+            height,
+            encoding,
+            is_bigendian: false,
+            step,
+            data: &data[i % data.len()],
+        };
+        let t = Instant::now();
+        let v = monitor.process(&FrameData::Raw(raw), None);
+        let total = t.elapsed();
+        if let Some(f) = v.fault {
+            return Err(Error::Drive(format!("benchmark frame faulted: {f}")));
+        }
+        if i >= WARM_UP {
+            dec.push(ms(v.timing.decode));
+            pre.push(ms(v.timing.preprocess));
+            inf.push(ms(v.timing.inference));
+            tot.push(ms(total));
+        }
+    }
+    let p = |v: Vec<f64>| percentiles(v).expect("at least one timed frame");
+    Ok(StageLatency {
+        decode: p(dec),
+        preprocess: p(pre),
+        inference: p(inf),
+        total: p(tot),
+    })
+}

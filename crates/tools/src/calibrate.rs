@@ -1,0 +1,368 @@
+//! `vae-ood calibrate`: builds a bundle's calibration section from drives (image folders or
+//! rosbag2 bags).
+//!
+//! Roles are disjoint by drive (a folder may serve one role only): calibration drives give the
+//! conformal scores, in-distribution tuning
+//! drives set `cusum_threshold` for the target false-alarm rate, validation OOD drives choose
+//! k, window and decay by the least detection delay. Unless latents are given, they are ranked
+//! on the calibration and tuning drives (in-distribution only).
+//!
+//! With the Mahalanobis score, a further role: fit drives (in-distribution, disjoint from the
+//! rest) give the reference Gaussian; the score then has no latents to select, so only window
+//! and decay are searched.
+
+use crate::drives::{count_frames, map_drive};
+use crate::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use vae_ood_core::bundle::{Bundle, CalibrationData, CalibrationSection};
+use vae_ood_core::detection::selection::{top_k, Rank};
+use vae_ood_core::detection::tuning::{search, Candidate, Drive, Grid};
+use vae_ood_core::detection::PipelineParams;
+use vae_ood_core::detector::Detector;
+use vae_ood_core::score::{posterior_features, Reference, ScoreSpec};
+
+/// A drive argument: a folder, and for OOD drives the first OOD frame (`DIR:ONSET`, default 0).
+#[derive(Debug, Clone)]
+pub struct DriveArg {
+    pub path: PathBuf,
+    pub onset: usize,
+}
+
+impl std::str::FromStr for DriveArg {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.rsplit_once(':') {
+            Some((p, n)) if n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty() => Ok(Self {
+                path: p.into(),
+                onset: n
+                    .parse()
+                    .map_err(|e| Error::Input(format!("{s}: onset {n}: {e}")))?,
+            }),
+            _ => Ok(Self {
+                path: s.into(),
+                onset: 0,
+            }),
+        }
+    }
+}
+
+/// Which nonconformity score to calibrate (see [`vae_ood_core::score`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScoreKind {
+    /// The paper's: KL of the selected latents.
+    #[default]
+    Kl,
+    /// Mahalanobis distance of (mu, logvar) from a Gaussian fitted on the fit drives.
+    Mahalanobis,
+}
+
+impl std::str::FromStr for ScoreKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "kl" => Ok(Self::Kl),
+            "mahalanobis" => Ok(Self::Mahalanobis),
+            _ => Err(Error::Input(format!(
+                "unknown score '{s}' (expected kl or mahalanobis)"
+            ))),
+        }
+    }
+}
+
+impl ScoreKind {
+    /// The command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kl => "kl",
+            Self::Mahalanobis => "mahalanobis",
+        }
+    }
+}
+
+pub struct Options {
+    pub score: ScoreKind,
+    /// In-distribution drives the Mahalanobis reference is fitted on.
+    pub fit: Vec<DriveArg>,
+    pub cal: Vec<DriveArg>,
+    pub tune_id: Vec<DriveArg>,
+    pub val_ood: Vec<DriveArg>,
+    /// Explicit latents; otherwise ranked on the calibration drives and k searched.
+    pub latents: Option<Vec<usize>>,
+    /// How latents are ranked when not given explicitly.
+    pub rank: Rank,
+    pub grid: Grid,
+    pub epsilon_grid: usize,
+    pub false_alarm_rate: f64,
+    pub quiet: bool,
+}
+
+/// The defaults of `vae-ood calibrate`, as its flags spell them (also what the compression
+/// sweep calibrates candidates with).
+pub mod defaults {
+    pub const K: &str = "5,10,15,20,30";
+    pub const WINDOWS: &str = "10,20";
+    pub const DECAYS: &str = "0,0.5,1,2";
+    pub const FALSE_ALARM_RATE: f64 = 0.001;
+}
+
+impl Options {
+    /// The defaults for given drive roles (KL score, quiet ranking, the default grid).
+    pub fn with_drives(cal: Vec<DriveArg>, tune_id: Vec<DriveArg>, val_ood: Vec<DriveArg>) -> Self {
+        let list = |s: &str| -> Vec<f64> {
+            s.split(',')
+                .map(|v| v.parse().expect("valid default"))
+                .collect()
+        };
+        Self {
+            score: ScoreKind::Kl,
+            fit: vec![],
+            cal,
+            tune_id,
+            val_ood,
+            latents: None,
+            rank: Rank::Quiet,
+            grid: Grid {
+                k: list(defaults::K).into_iter().map(|v| v as usize).collect(),
+                window: list(defaults::WINDOWS)
+                    .into_iter()
+                    .map(|v| v as usize)
+                    .collect(),
+                decay: list(defaults::DECAYS),
+            },
+            epsilon_grid: vae_ood_core::detection::default_grid(),
+            false_alarm_rate: defaults::FALSE_ALARM_RATE,
+            quiet: true,
+        }
+    }
+}
+
+pub struct Outcome {
+    pub bundle: Bundle,
+    pub chosen: Candidate,
+    pub candidates: Vec<Candidate>,
+}
+
+pub fn calibrate(
+    bundle_dir: &Path,
+    out: &Path,
+    det: &mut dyn Detector,
+    opts: &Options,
+) -> Result<Outcome> {
+    let input = |m: String| Err(Error::Input(m));
+    if !(opts.false_alarm_rate >= 0.0 && opts.false_alarm_rate < 1.0) {
+        return input(format!(
+            "--false-alarm-rate must be in [0, 1), got {}",
+            opts.false_alarm_rate
+        ));
+    }
+    if opts.cal.is_empty() || opts.tune_id.is_empty() {
+        return input(
+            "calibration needs --cal and --tune-id drives (in-distribution, disjoint)".into(),
+        );
+    }
+    check_grid(&opts.grid, opts.epsilon_grid)?;
+    match (opts.score, opts.fit.is_empty(), &opts.latents) {
+        (ScoreKind::Mahalanobis, true, _) => {
+            return input("--score mahalanobis needs --fit drives (in-distribution, disjoint from the others) to fit its reference on".into())
+        }
+        (ScoreKind::Mahalanobis, _, Some(_)) => {
+            return input("--latents applies to the KL score only: the Mahalanobis score uses every latent".into())
+        }
+        (ScoreKind::Kl, false, _) => {
+            return input("--fit applies to --score mahalanobis only".into())
+        }
+        _ => {}
+    }
+    // Every drive in role order: fit, calibration, tuning, validation.
+    let args: Vec<&DriveArg> = opts
+        .fit
+        .iter()
+        .chain(&opts.cal)
+        .chain(&opts.tune_id)
+        .chain(&opts.val_ood)
+        .collect();
+    let mut seen = HashSet::new();
+    for d in &args {
+        let canon = d.path.canonicalize().map_err(Error::read(&d.path))?;
+        if !seen.insert(canon) {
+            return input(format!("drive {} is used twice: fit, calibration, tuning and validation drives must be disjoint", d.path.display()));
+        }
+    }
+    let paths: Vec<&Path> = args.iter().map(|d| d.path.as_path()).collect();
+    let total = count_frames(&paths, None);
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("scoring {pos}/{len} frames [{bar:30}] {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    // Per drive (id, onset) and frame: KL per latent, and the posterior's features.
+    let mut scored = vec![];
+    for d in args {
+        let frames = map_drive(det, &d.path, &|| bar.inc(1), |s| {
+            (s.kl, posterior_features(&s.mu, &s.logvar))
+        })?;
+        let id = format!("{} ({} frames)", d.path.display(), frames.len());
+        scored.push((id, d.onset, frames));
+    }
+    bar.finish_and_clear();
+    let fit: Vec<_> = scored.drain(..opts.fit.len()).collect();
+    let score = match opts.score {
+        ScoreKind::Kl => ScoreSpec::Kl,
+        ScoreKind::Mahalanobis => {
+            let ids = fit.iter().map(|(id, _, _)| id.clone()).collect();
+            let features: Vec<Vec<f64>> = fit
+                .into_iter()
+                .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
+                .collect();
+            ScoreSpec::Mahalanobis(Reference::fit(&features, ids)?)
+        }
+    };
+    let mut drives: Vec<Drive> = scored
+        .into_iter()
+        .map(|(id, onset, frames)| Drive {
+            id,
+            parts: frames
+                .into_iter()
+                .map(|(kl, x)| match &score {
+                    ScoreSpec::Kl => kl,
+                    ScoreSpec::Mahalanobis(r) => vec![r.distance(&x)],
+                })
+                .collect(),
+            onset: Some(onset),
+        })
+        .collect();
+    let val = drives.split_off(opts.cal.len() + opts.tune_id.len());
+    let tune = drives.split_off(opts.cal.len());
+    let cal = drives;
+    if let Some(d) = val.iter().find(|d| d.onset.unwrap_or(0) >= d.parts.len()) {
+        return input(format!(
+            "validation drive {}: onset is past its last frame",
+            d.id
+        ));
+    }
+
+    let n_latents = det.bundle().manifest.latents.count;
+    let (ranked, selection, grid) = match (&score, &opts.latents) {
+        (ScoreSpec::Mahalanobis(_), _) => (
+            vec![(0, 0.0)],
+            score.describe(),
+            Grid {
+                k: vec![1],
+                ..opts.grid.clone()
+            },
+        ),
+        (ScoreSpec::Kl, Some(l)) => {
+            if let Some(bad) = l.iter().find(|&&j| j >= n_latents) {
+                return input(format!(
+                    "latent {bad} does not exist (the encoder has {n_latents})"
+                ));
+            }
+            let ranked: Vec<(usize, f64)> = l.iter().map(|&j| (j, 0.0)).collect();
+            (
+                ranked,
+                format!("explicit list {l:?}"),
+                Grid {
+                    k: vec![l.len()],
+                    ..opts.grid.clone()
+                },
+            )
+        }
+        (ScoreSpec::Kl, None) => {
+            // Ranked on every in-distribution drive not used for testing (calibration and tuning).
+            let ranked = opts.rank.rank(
+                &cal.iter()
+                    .chain(&tune)
+                    .map(|d| d.parts.clone())
+                    .collect::<Vec<_>>(),
+            )?;
+            let mut g = opts.grid.clone();
+            g.k.retain(|&k| k >= 1 && k <= n_latents);
+            if g.k.is_empty() {
+                g.k = vec![n_latents];
+            }
+            (ranked, opts.rank.describe().to_string(), g)
+        }
+    };
+
+    // Without validation OOD drives there is no delay to minimise: take the grid's first values.
+    let grid = if val.is_empty() {
+        Grid {
+            k: vec![grid.k[0]],
+            window: vec![grid.window[0]],
+            decay: vec![grid.decay[0]],
+        }
+    } else {
+        grid
+    };
+    let candidates = search(
+        &ranked,
+        &cal,
+        &tune,
+        &val,
+        &grid,
+        opts.false_alarm_rate,
+        opts.epsilon_grid,
+    )?;
+    let chosen = candidates[0].clone();
+    let selected = top_k(&ranked, chosen.k);
+
+    let mut manifest = det.bundle().manifest.clone();
+    manifest.latents.selected = match score {
+        ScoreSpec::Kl => selected.clone(),
+        ScoreSpec::Mahalanobis(_) => (0..n_latents).collect(),
+    };
+    manifest.score = score;
+    manifest.calibration = Some(CalibrationSection {
+        pipeline: PipelineParams {
+            window: chosen.window,
+            epsilon_grid: opts.epsilon_grid,
+            decay: chosen.decay,
+            cusum_threshold: chosen.cusum_threshold,
+        },
+        target_false_alarm_rate: opts.false_alarm_rate,
+        selection,
+        data: CalibrationData {
+            calibration: cal.iter().map(|d| d.id.clone()).collect(),
+            tuning_id: tune.iter().map(|d| d.id.clone()).collect(),
+            validation_ood: val
+                .iter()
+                .map(|d| format!("{} onset {}", d.id, d.onset.unwrap_or(0)))
+                .collect(),
+        },
+        scores: cal.iter().flat_map(|d| d.scores(&selected)).collect(),
+    });
+    let encoder_path = bundle_dir.join(&manifest.encoder.path);
+    let encoder = std::fs::read(&encoder_path).map_err(Error::read(encoder_path))?;
+    let bundle = Bundle::write(out, manifest, &encoder)?;
+    Ok(Outcome {
+        bundle,
+        chosen,
+        candidates,
+    })
+}
+
+/// The search grid must be searchable: a value for each of k, window and decay, windows of at
+/// least one frame, finite non-negative decays.
+fn check_grid(grid: &Grid, epsilon_grid: usize) -> Result<()> {
+    let bad = |m: &str| Err(Error::Input(m.into()));
+    if grid.k.is_empty() || grid.window.is_empty() || grid.decay.is_empty() {
+        return bad("--k, --windows and --decays each need at least one value");
+    }
+    if grid.window.contains(&0) {
+        return bad("--windows: a martingale window holds at least 1 p-value");
+    }
+    if grid.decay.iter().any(|d| !d.is_finite() || *d < 0.0) {
+        return bad("--decays: CUSUM decays must be finite and >= 0");
+    }
+    if epsilon_grid == 0 {
+        return bad("--epsilon-grid must be at least 1");
+    }
+    Ok(())
+}

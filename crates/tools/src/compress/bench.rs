@@ -1,0 +1,73 @@
+//! Encoder latency of several bundles measured in one run, interleaved frame by frame so that
+//! machine load and clock changes hit every candidate alike: ratios against the first bundle
+//! (the teacher) are what compression reports.
+
+use vae_ood_core::encoder::{self, BackendOptions};
+
+use std::path::PathBuf;
+use std::time::Instant;
+use vae_ood_core::bundle::Bundle;
+
+/// Latency of one encoder, in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EncoderLatency {
+    pub bundle: PathBuf,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The first bundle's p50 over this one's: above 1 means faster.
+    pub speedup_p50: f64,
+}
+
+/// Runs `frames` encodes of each bundle's encoder (after `warmup` untimed ones), round-robin.
+pub fn encoder_latency(
+    bundles: &[PathBuf],
+    frames: usize,
+    warmup: usize,
+    opts: BackendOptions,
+) -> Result<Vec<EncoderLatency>, crate::Error> {
+    if bundles.is_empty() || frames == 0 {
+        return Err(crate::Error::Drive(
+            "give at least one bundle and one frame".into(),
+        ));
+    }
+    let mut encoders = vec![];
+    let mut inputs = vec![];
+    for b in bundles {
+        let bundle = Bundle::load(b).map_err(|e| crate::Error::Drive(e.to_string()))?;
+        let n: usize = bundle.manifest.input.shape().iter().product();
+        // Structured, deterministic input in [0, 1].
+        inputs.push(
+            (0..n)
+                .map(|i| ((i * 37) % 101) as f32 / 100.0)
+                .collect::<Vec<f32>>(),
+        );
+        encoders.push(encoder::load(&bundle, opts)?);
+    }
+    let mut times = vec![vec![]; bundles.len()];
+    for round in 0..warmup + frames {
+        for (k, enc) in encoders.iter_mut().enumerate() {
+            let t = Instant::now();
+            enc.encode(&inputs[k])?;
+            if round >= warmup {
+                times[k].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let stats: Vec<(f64, f64)> = times
+        .into_iter()
+        .map(|t| {
+            let p = vae_ood_core::stats::percentiles(t).expect("frames >= 1");
+            (p.p50, p.p99)
+        })
+        .collect();
+    Ok(bundles
+        .iter()
+        .zip(&stats)
+        .map(|(b, &(p50, p99))| EncoderLatency {
+            bundle: b.clone(),
+            p50_ms: p50,
+            p99_ms: p99,
+            speedup_p50: stats[0].0 / p50,
+        })
+        .collect())
+}

@@ -1,0 +1,49 @@
+//! `vae_ood_replay BAG`: publishes a rosbag2 bag's camera topic (and its label topic) over
+//! ROS 2 at the recorded rate. See `vae_ood_monitor::replay`. `vae-ood replay` runs this.
+#[cfg(feature = "replay")]
+fn main() -> anyhow::Result<()> {
+    use clap::Parser;
+    use vae_ood_monitor::replay::{replay, ReplayOptions};
+
+    /// Publish a bag's camera topic (and --label-topic) at the recorded rate over ROS 2.
+    #[derive(Parser)]
+    #[command(name = "vae_ood_replay", version)]
+    struct Args {
+        bag: std::path::PathBuf,
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        label_topic: Option<String>,
+        /// Playback speed factor.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Start again at the end.
+        #[arg(long = "loop")]
+        repeat: bool,
+        /// Publish /clock from the recorded times (for use_sim_time).
+        #[arg(long)]
+        clock: bool,
+        /// Seconds to wait for a subscriber.
+        #[arg(long, default_value_t = 30.0)]
+        wait: f64,
+    }
+
+    let a = Args::parse();
+    let n = replay(&ReplayOptions {
+        bag: a.bag,
+        topic: a.topic,
+        label_topic: a.label_topic,
+        rate: a.rate,
+        repeat: a.repeat,
+        clock: a.clock,
+        wait: std::time::Duration::from_secs_f64(a.wait),
+    })?;
+    eprintln!("replayed {n} messages");
+    Ok(())
+}
+
+#[cfg(not(feature = "replay"))]
+fn main() {
+    eprintln!("vae_ood_replay was built without the `replay` feature: rebuild it in a ROS 2 environment (source scripts/env.sh; cargo build -p vae_ood_monitor --features replay)");
+    std::process::exit(1);
+}

@@ -1,0 +1,236 @@
+//! `ood_gate`: passes the controller's velocity commands through only while the monitor's
+//! latest verdict is in-distribution and fresh; otherwise publishes zero velocity.
+//!
+//! A separate process from the monitor on purpose: if the monitor crashes or hangs, its
+//! `~/ood` heartbeat stops, the verdict goes stale after `watchdog_timeout`, and the gate
+//! stops the robot. Topics (relative, remap them): `ood` (std_msgs/Bool from the monitor),
+//! `cmd_vel_in` (from the controller), `cmd_vel_out` (to the base).
+
+use crate::params::{self, DefaultValue, ParamDecl, Reader};
+use anyhow::{anyhow, Context as _, Result};
+use futures::StreamExt;
+use r2r::geometry_msgs::msg::{Twist, TwistStamped};
+use r2r::std_msgs::msg::Bool;
+use r2r::QosProfile;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const GATE_PARAMS: &[ParamDecl] = &[
+    ParamDecl { name: "input_type", default: DefaultValue::Str("twist"), description: "Command message type on cmd_vel_in and cmd_vel_out: 'twist' (geometry_msgs/Twist) or 'twist_stamped' (geometry_msgs/TwistStamped)." },
+    ParamDecl { name: "watchdog_timeout", default: DefaultValue::Double(0.5), description: "A verdict older than this many seconds counts as OOD (the monitor is dead, hung or cut off)." },
+    ParamDecl { name: "use_sim_time", default: DefaultValue::Bool(false), description: "Stamp TwistStamped zero commands with /clock time. The watchdog always uses the steady clock." },
+    ParamDecl { name: "stop_rate", default: DefaultValue::Double(20.0), description: "Rate (Hz) at which zero velocity is published while commands are blocked." },
+];
+
+/// Commands in either message type.
+enum Cmd {
+    Twist(Twist),
+    Stamped(TwistStamped),
+}
+
+#[derive(Clone)]
+enum CmdPub {
+    Twist(r2r::Publisher<Twist>),
+    Stamped(r2r::Publisher<TwistStamped>),
+}
+
+impl CmdPub {
+    fn pass(&self, cmd: &Cmd) {
+        let _ = match (self, cmd) {
+            (Self::Twist(p), Cmd::Twist(m)) => p.publish(m),
+            (Self::Stamped(p), Cmd::Stamped(m)) => p.publish(m),
+            _ => Ok(()),
+        };
+    }
+
+    fn stop(&self, clock: &Mutex<r2r::Clock>) {
+        let _ = match self {
+            Self::Twist(p) => p.publish(&Twist::default()),
+            Self::Stamped(p) => {
+                let mut m = TwistStamped::default();
+                if let Some(now) = clock.lock().ok().and_then(|mut c| c.get_now().ok()) {
+                    m.header.stamp = r2r::Clock::to_builtin_time(&now);
+                }
+                p.publish(&m)
+            }
+        };
+    }
+}
+
+/// The latest verdict and when it arrived. `closed` (shutdown) blocks everything.
+struct Verdict {
+    ood: bool,
+    at: Instant,
+    closed: bool,
+}
+
+fn passing(v: &Option<Verdict>, timeout: Duration) -> bool {
+    matches!(v, Some(Verdict { ood: false, at, closed: false }) if at.elapsed() < timeout)
+}
+
+pub fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--describe-parameters") {
+        println!("{}", params::describe_json(GATE_PARAMS));
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> Result<()> {
+    let ctx = r2r::Context::create().context("initialising ROS 2 (rcl_init)")?;
+    let mut node = r2r::Node::create(ctx, "ood_gate", "").context("creating the node")?;
+    let logger = node.logger().to_string();
+    params::declare(&mut node, GATE_PARAMS).map_err(|e| anyhow!(e))?;
+    let (param_handler, _events) = node.make_parameter_handler()?;
+    let (stamped, timeout, rate) = {
+        let r = Reader::new(&node);
+        let stamped = match r.string("input_type").map_err(|e| anyhow!(e))?.as_str() {
+            "twist" => false,
+            "twist_stamped" => true,
+            other => {
+                return Err(anyhow!(
+                    "parameter 'input_type' is '{other}'; expected 'twist' or 'twist_stamped'"
+                ))
+            }
+        };
+        let timeout = r.double("watchdog_timeout").map_err(|e| anyhow!(e))?;
+        let rate = r.double("stop_rate").map_err(|e| anyhow!(e))?;
+        if !(0.01..=60.0).contains(&timeout) || !(0.1..=1000.0).contains(&rate) {
+            return Err(anyhow!(
+                "watchdog_timeout must be in 0.01..=60 s and stop_rate in 0.1..=1000 Hz"
+            ));
+        }
+        (stamped, Duration::from_secs_f64(timeout), rate)
+    };
+
+    let out = if stamped {
+        CmdPub::Stamped(node.create_publisher("cmd_vel_out", QosProfile::default())?)
+    } else {
+        CmdPub::Twist(node.create_publisher("cmd_vel_out", QosProfile::default())?)
+    };
+    let commands: std::pin::Pin<Box<dyn futures::Stream<Item = Cmd> + Send>> = if stamped {
+        Box::pin(
+            node.subscribe::<TwistStamped>("cmd_vel_in", QosProfile::default())?
+                .map(Cmd::Stamped),
+        )
+    } else {
+        Box::pin(
+            node.subscribe::<Twist>("cmd_vel_in", QosProfile::default())?
+                .map(Cmd::Twist),
+        )
+    };
+    // Same QoS as the monitor's ~/ood: reliable + transient-local, so the latest verdict arrives
+    // even if the gate starts after the monitor.
+    let mut verdicts = node.subscribe::<Bool>(
+        "ood",
+        QosProfile::default()
+            .keep_last(1)
+            .reliable()
+            .transient_local(),
+    )?;
+    let clock = node.get_ros_clock();
+    let verdict: Arc<Mutex<Option<Verdict>>> = Arc::new(Mutex::new(None));
+    r2r::log_info!(
+        &logger,
+        "gating cmd_vel_in -> cmd_vel_out ({}), watchdog {:?}, stop rate {rate} Hz",
+        if stamped { "TwistStamped" } else { "Twist" },
+        timeout
+    );
+
+    tokio::spawn(param_handler);
+    tokio::spawn({
+        let (verdict, out, clock, logger) =
+            (verdict.clone(), out.clone(), clock.clone(), logger.clone());
+        async move {
+            while let Some(m) = verdicts.next().await {
+                let was = passing(&verdict.lock().expect("verdict lock"), timeout);
+                {
+                    let mut v = verdict.lock().expect("verdict lock");
+                    if v.as_ref().is_some_and(|v| v.closed) {
+                        continue;
+                    }
+                    *v = Some(Verdict {
+                        ood: m.data,
+                        at: Instant::now(),
+                        closed: false,
+                    });
+                }
+                if m.data {
+                    out.stop(&clock);
+                }
+                if was == m.data {
+                    r2r::log_info!(
+                        &logger,
+                        "verdict {}: commands {}",
+                        if m.data { "OOD" } else { "in-distribution" },
+                        if m.data { "blocked" } else { "pass" }
+                    );
+                }
+            }
+        }
+    });
+    tokio::spawn({
+        let (verdict, out, clock) = (verdict.clone(), out.clone(), clock.clone());
+        let mut commands = commands;
+        async move {
+            while let Some(cmd) = commands.next().await {
+                if passing(&verdict.lock().expect("verdict lock"), timeout) {
+                    out.pass(&cmd);
+                } else {
+                    out.stop(&clock);
+                }
+            }
+        }
+    });
+    tokio::spawn({
+        let (verdict, out, clock, logger) =
+            (verdict.clone(), out.clone(), clock.clone(), logger.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            let mut blocked = true;
+            loop {
+                tick.tick().await;
+                let pass = passing(&verdict.lock().expect("verdict lock"), timeout);
+                if !pass {
+                    out.stop(&clock);
+                    if !blocked {
+                        r2r::log_warn!(&logger, "verdict stale or OOD: publishing zero velocity");
+                    }
+                }
+                blocked = !pass;
+            }
+        }
+    });
+
+    let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinner = {
+        let shutdown = shutdown.clone();
+        tokio::task::spawn_blocking(move || {
+            while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+                node.spin_once(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    r2r::log_info!(&logger, "shutting down: publishing zero velocity");
+    // Block first, so no task can pass a command after the final zero.
+    *verdict.lock().expect("verdict lock") = Some(Verdict {
+        ood: true,
+        at: Instant::now(),
+        closed: true,
+    });
+    out.stop(&clock);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    out.stop(&clock);
+    shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = spinner.await;
+    Ok(())
+}

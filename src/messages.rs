@@ -1,0 +1,336 @@
+//! Conversions between ROS messages and the core's types.
+
+use r2r::builtin_interfaces::msg::Time;
+use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
+use r2r::sensor_msgs::msg::{CompressedImage, Image};
+use r2r::std_msgs::msg::Header;
+use std::time::Duration;
+use vae_ood_core::frame::{FrameData, RawImage};
+use vae_ood_core::monitor::{Counters, FrameVerdict, MonitorState};
+
+/// A camera message as received, either transport.
+pub enum CameraMsg {
+    Raw(Image),
+    Compressed(CompressedImage),
+}
+
+impl CameraMsg {
+    pub fn header(&self) -> &Header {
+        match self {
+            Self::Raw(m) => &m.header,
+            Self::Compressed(m) => &m.header,
+        }
+    }
+
+    pub fn frame(&self) -> FrameData<'_> {
+        match self {
+            Self::Raw(m) => FrameData::Raw(RawImage {
+                width: m.width,
+                height: m.height,
+                encoding: &m.encoding,
+                is_bigendian: m.is_bigendian != 0,
+                step: m.step,
+                data: &m.data,
+            }),
+            Self::Compressed(m) => FrameData::Compressed {
+                format: &m.format,
+                data: &m.data,
+            },
+        }
+    }
+}
+
+/// The node clock's current time as a message stamp (zero if the clock cannot be read).
+pub fn now_stamp(clock: &std::sync::Mutex<r2r::Clock>) -> Time {
+    clock
+        .lock()
+        .ok()
+        .and_then(|mut c| c.get_now().ok())
+        .map(|d| r2r::Clock::to_builtin_time(&d))
+        .unwrap_or_default()
+}
+
+pub fn time_to_nanos(t: &Time) -> i64 {
+    i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
+}
+
+/// A frame's age from its stamp and the node clock's `now`; `None` for an unset (zero) stamp.
+pub fn frame_age(stamp: &Time, now: Duration) -> Option<Duration> {
+    let stamp = time_to_nanos(stamp);
+    if stamp <= 0 {
+        return None;
+    }
+    let now = now.as_nanos() as i64;
+    Some(Duration::from_nanos(now.saturating_sub(stamp).max(0) as u64))
+}
+
+pub fn level_for(state: MonitorState) -> u8 {
+    match state {
+        MonitorState::Ok => DiagnosticStatus::OK as u8,
+        MonitorState::Ood | MonitorState::Starting => DiagnosticStatus::WARN as u8,
+        MonitorState::Fault => DiagnosticStatus::ERROR as u8,
+    }
+}
+
+fn kv(key: &str, value: impl ToString) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: value.to_string(),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+/// Everything the node knows about one frame, for the `~/verdict` record.
+pub struct VerdictRecord<'a> {
+    pub header: Header,
+    pub node_name: &'a str,
+    pub model_id: &'a str,
+    pub verdict: &'a FrameVerdict,
+    pub seq: u64,
+    pub publish: Duration,
+    pub total: Duration,
+    pub dropped: u64,
+    /// The thresholds in force for this frame, so a recorded verdict is reproducible.
+    pub score_threshold: f64,
+    pub cusum_threshold: Option<f64>,
+}
+
+/// The stamped per-frame record tools and tests match on. `score` is printed as the f32
+/// published on `~/score` (shortest round-trip form), `score_f64` at full precision.
+pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
+    let v = r.verdict;
+    let mut values = vec![
+        kv("state", v.state.as_str()),
+        kv("ood", v.is_ood()),
+        kv(
+            "score",
+            v.score
+                .map_or("nan".to_string(), |s| (s as f32).to_string()),
+        ),
+        kv(
+            "score_f64",
+            v.score.map_or("nan".to_string(), |s| format!("{s:e}")),
+        ),
+        kv("seq", r.seq),
+        kv("model_id", r.model_id),
+        kv("decode_ms", ms(v.timing.decode)),
+        kv("preprocess_ms", ms(v.timing.preprocess)),
+        kv("inference_ms", ms(v.timing.inference)),
+        kv("publish_ms", ms(r.publish)),
+        kv("total_ms", ms(r.total)),
+        kv("frames_dropped", r.dropped),
+        kv("score_threshold", r.score_threshold),
+        kv(
+            "cusum_threshold",
+            r.cusum_threshold
+                .map_or("n/a".to_string(), |t| t.to_string()),
+        ),
+    ];
+    if let Some(st) = &v.step {
+        values.push(kv("p_value", format!("{:e}", st.p_value)));
+        values.push(kv("log_martingale", format!("{:e}", st.log_martingale)));
+        values.push(kv("cusum", format!("{:e}", st.cusum)));
+        values.push(kv("window_full", st.window_full));
+        values.push(kv("alarm", st.alarm));
+    }
+    if let Some(f) = &v.fault {
+        values.push(kv("fault", f.kind()));
+        values.push(kv("fault_detail", f));
+    }
+    DiagnosticArray {
+        header: r.header.clone(),
+        status: vec![DiagnosticStatus {
+            level: level_for(v.state),
+            name: format!("{}: verdict", r.node_name),
+            message: v.state.as_str().to_string(),
+            hardware_id: r.model_id.to_string(),
+            values,
+        }],
+    }
+}
+
+/// The 1 Hz health summary on `/diagnostics`.
+pub struct Health<'a> {
+    pub node_name: &'a str,
+    pub model_id: &'a str,
+    pub backend: &'a str,
+    pub trained: bool,
+    pub state: MonitorState,
+    pub counters: &'a Counters,
+    pub received: u64,
+    pub dropped: u64,
+    /// Frames and drops/faults during the last period.
+    pub period: Duration,
+    pub recent_frames: u64,
+    pub recent_dropped: u64,
+    pub recent_faults: u64,
+    pub latency_p50: Option<Duration>,
+    pub latency_max: Option<Duration>,
+    pub topic: &'a str,
+}
+
+pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
+    let (level, message) = if h.recent_frames == 0 {
+        let level = if h.state == MonitorState::Fault {
+            DiagnosticStatus::ERROR as u8
+        } else {
+            DiagnosticStatus::WARN as u8
+        };
+        (
+            level,
+            format!(
+                "no frames on {} in the last {:.1} s; state {}",
+                h.topic,
+                h.period.as_secs_f64(),
+                h.state.as_str()
+            ),
+        )
+    } else if h.state == MonitorState::Fault {
+        (
+            DiagnosticStatus::ERROR as u8,
+            "the last frame could not be scored (see ~/verdict fault)".to_string(),
+        )
+    } else if h.recent_faults > 0 || h.recent_dropped > 0 {
+        (
+            DiagnosticStatus::WARN as u8,
+            format!(
+                "{} faulted and {} dropped frames in the last period",
+                h.recent_faults, h.recent_dropped
+            ),
+        )
+    } else if !h.trained {
+        (
+            DiagnosticStatus::WARN as u8,
+            "running an UNTRAINED placeholder detector: verdicts are not meaningful".to_string(),
+        )
+    } else {
+        (
+            DiagnosticStatus::OK as u8,
+            format!("monitoring, state {}", h.state.as_str()),
+        )
+    };
+    let rate = h.recent_frames as f64 / h.period.as_secs_f64();
+    let mut values = vec![
+        kv("state", h.state.as_str()),
+        kv("model_id", h.model_id),
+        kv("backend", h.backend),
+        kv("trained", h.trained),
+        kv("input_rate_hz", format!("{rate:.2}")),
+        kv("frames_received", h.received),
+        kv("frames_scored", h.counters.scored),
+        kv("frames_dropped", h.dropped),
+        kv("frames_faulted", h.counters.total_faults()),
+        kv("frames_ood", h.counters.ood),
+        kv("latency_p50_ms", h.latency_p50.map_or("n/a".into(), ms)),
+        kv("latency_max_ms", h.latency_max.map_or("n/a".into(), ms)),
+    ];
+    for (kind, n) in &h.counters.faults {
+        values.push(kv(&format!("faults.{kind}"), n));
+    }
+    DiagnosticArray {
+        header: Header {
+            stamp,
+            frame_id: String::new(),
+        },
+        status: vec![DiagnosticStatus {
+            level,
+            name: format!("{}: health", h.node_name),
+            message,
+            hardware_id: h.model_id.to_string(),
+            values,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vae_ood_core::monitor::{Fault, StageTimes};
+
+    #[test]
+    fn frame_age_handles_unset_and_future_stamps() {
+        let now = Duration::from_secs(100);
+        assert_eq!(frame_age(&Time { sec: 0, nanosec: 0 }, now), None);
+        assert_eq!(
+            frame_age(
+                &Time {
+                    sec: 99,
+                    nanosec: 500_000_000
+                },
+                now
+            ),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            frame_age(
+                &Time {
+                    sec: 101,
+                    nanosec: 0
+                },
+                now
+            ),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn verdict_record_carries_stamp_state_score_and_fault() {
+        let header = Header {
+            stamp: Time { sec: 5, nanosec: 7 },
+            frame_id: "cam".into(),
+        };
+        let ok = FrameVerdict {
+            state: MonitorState::Ok,
+            score: Some(1.0 / 3.0),
+            fault: None,
+            timing: StageTimes::default(),
+            step: None,
+        };
+        let rec = VerdictRecord {
+            header: header.clone(),
+            node_name: "/m",
+            model_id: "id",
+            verdict: &ok,
+            seq: 3,
+            publish: Duration::ZERO,
+            total: Duration::ZERO,
+            dropped: 0,
+            score_threshold: 1.0,
+            cusum_threshold: None,
+        };
+        let a = verdict_array(&rec);
+        assert_eq!(a.header, header);
+        let get = |a: &DiagnosticArray, k: &str| {
+            a.status[0]
+                .values
+                .iter()
+                .find(|kv| kv.key == k)
+                .map(|kv| kv.value.clone())
+        };
+        assert_eq!(get(&a, "state").unwrap(), "OK");
+        assert_eq!(get(&a, "ood").unwrap(), "false");
+        assert_eq!(
+            get(&a, "score").unwrap().parse::<f32>().unwrap(),
+            (1.0f64 / 3.0) as f32
+        );
+        assert_eq!(a.status[0].level, DiagnosticStatus::OK as u8);
+
+        let bad = FrameVerdict {
+            state: MonitorState::Fault,
+            score: None,
+            fault: Some(Fault::NonFinite),
+            timing: StageTimes::default(),
+            step: None,
+        };
+        let a = verdict_array(&VerdictRecord {
+            verdict: &bad,
+            ..rec
+        });
+        assert_eq!(get(&a, "ood").unwrap(), "true");
+        assert_eq!(get(&a, "fault").unwrap(), "non_finite");
+        assert_eq!(a.status[0].level, DiagnosticStatus::ERROR as u8);
+    }
+}

@@ -1,0 +1,383 @@
+//! The monitor node: camera frames in, OOD verdicts out.
+//!
+//! Threads: r2r's executor spins in one blocking thread; a tokio task turns each camera
+//! message into a slot holding only the newest frame (older ones are dropped and counted);
+//! one inference thread ([`crate::inference`]) takes frames from the slot, runs the core
+//! monitor and publishes. A slow model therefore never queues stale frames; a silent camera
+//! faults after `input_timeout`; a hung pipeline stops the `~/ood` heartbeat.
+
+use crate::inference::{self, Incoming, LoopCtx, Publishers, Shared};
+use crate::messages::{frame_age, health_array, now_stamp, CameraMsg, Health};
+use crate::params::{self, NodeConfig};
+use anyhow::{anyhow, Context as _, Result};
+use futures::StreamExt;
+use r2r::diagnostic_msgs::msg::DiagnosticArray;
+use r2r::sensor_msgs::msg::{CompressedImage, Image};
+use r2r::std_msgs::msg::{Bool, Float32};
+use r2r::std_srvs::srv::Trigger;
+use r2r::{ParameterValue, QosProfile};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vae_ood_core::encoder::{BackendKind, BackendOptions};
+use vae_ood_core::monitor::{Monitor, MonitorConfig};
+
+pub const DEFAULT_NODE_NAME: &str = "vae_ood_monitor";
+
+/// Entry point of the `vae_ood_monitor` executable.
+pub fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--describe-parameters") {
+        println!("{}", params::describe_json(params::PARAMS));
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run())
+}
+
+/// Resolves a bundle path: absolute as given; relative against the installed package's share
+/// directory (`<prefix>/lib/<pkg>/<exe>` -> `<prefix>/share/<pkg>`), then the working directory,
+/// then the source tree this binary was built from.
+fn resolve_bundle(p: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    let mut candidates = vec![];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(prefix) = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .and_then(|d| d.parent())
+        {
+            candidates.push(
+                prefix
+                    .join("share")
+                    .join(env!("CARGO_PKG_NAME"))
+                    .join(&path),
+            );
+        }
+    }
+    candidates.push(path.clone());
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&path));
+    candidates.iter().find(|c| c.join(vae_ood_core::bundle::MANIFEST_FILE).is_file()).cloned().ok_or_else(|| {
+        anyhow!("detector bundle '{p}' not found; looked in {candidates:?}. Set the model_bundle parameter to a bundle directory")
+    })
+}
+
+fn float_pub(node: &mut r2r::Node, topic: &str) -> Result<r2r::Publisher<Float32>> {
+    Ok(node.create_publisher::<Float32>(topic, QosProfile::default())?)
+}
+
+async fn run() -> Result<()> {
+    let ctx = r2r::Context::create().context("initialising ROS 2 (rcl_init)")?;
+    let mut node = r2r::Node::create(ctx, DEFAULT_NODE_NAME, "").context("creating the node")?;
+    let node_name = node.fully_qualified_name()?;
+    let logger = node.logger().to_string();
+
+    params::declare(&mut node, params::PARAMS).map_err(|e| anyhow!(e))?;
+    let (param_handler, mut param_events) = node.make_parameter_handler()?;
+    let cfg: NodeConfig = params::read(&node).map_err(|e| anyhow!(e))?;
+    for unknown in params::unknown(&node, params::PARAMS) {
+        r2r::log_warn!(
+            &logger,
+            "parameter '{unknown}' is not a parameter of this node (typo?); ignored"
+        );
+    }
+
+    // Publishers exist before the model loads, so consumers see OOD (STARTING) from the start.
+    // ~/ood is reliable + transient-local: a gate that starts later still gets the last verdict.
+    let ood_qos = QosProfile::default()
+        .keep_last(1)
+        .reliable()
+        .transient_local();
+    let pubs = Publishers {
+        ood: node.create_publisher::<Bool>("~/ood", ood_qos)?,
+        score: float_pub(&mut node, "~/score")?,
+        p_value: float_pub(&mut node, "~/p_value")?,
+        martingale: float_pub(&mut node, "~/martingale")?,
+        cusum: float_pub(&mut node, "~/cusum")?,
+        verdict: node.create_publisher::<DiagnosticArray>(
+            "~/verdict",
+            QosProfile::default().keep_last(50),
+        )?,
+    };
+    let pub_diag =
+        node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
+    pubs.ood.publish(&Bool { data: true })?;
+
+    let bundle_dir = resolve_bundle(&cfg.model_bundle)?;
+    let kind: BackendKind = cfg.backend.parse()?;
+    let detector = vae_ood_core::detector::load(
+        &bundle_dir,
+        BackendOptions {
+            kind,
+            threads: cfg.threads,
+        },
+    )
+    .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
+    let model_id = detector.model_id().to_string();
+    let trained = detector.bundle().manifest.provenance.trained;
+    let backend = detector.backend();
+    let monitor_cfg = MonitorConfig {
+        score_threshold: cfg.score_threshold,
+        max_frame_age: cfg.max_frame_age,
+        recovery: cfg.recovery,
+        cusum_threshold: cfg.cusum_threshold,
+    };
+    let monitor = Monitor::new(detector, monitor_cfg)
+        .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
+    let decision = match monitor.pipeline() {
+        Some(p) => format!(
+            "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
+            p.window, p.decay, p.cusum_threshold, cfg.recovery
+        ),
+        None => format!(
+            "uncalibrated bundle: per-frame score_threshold {}",
+            cfg.score_threshold
+        ),
+    };
+    r2r::log_info!(
+        &logger,
+        "loaded detector {model_id} from {} on {backend} ({} thread(s)); {decision}",
+        bundle_dir.display(),
+        cfg.threads
+    );
+    if !trained {
+        r2r::log_warn!(
+            &logger,
+            "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
+        );
+    }
+    let shared = Arc::new(Shared::new(cfg.score_threshold, cfg.cusum_threshold));
+
+    // Camera subscription: relative, image_transport-style names, remappable.
+    let qos = if cfg.reliable_images {
+        QosProfile::default().reliable()
+    } else {
+        QosProfile::sensor_data()
+    }
+    .keep_last(cfg.image_qos_depth);
+    let topic = if cfg.compressed {
+        "image/compressed"
+    } else {
+        "image"
+    };
+    let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> = if cfg.compressed
+    {
+        Box::pin(
+            node.subscribe::<CompressedImage>(topic, qos)?
+                .map(CameraMsg::Compressed),
+        )
+    } else {
+        Box::pin(node.subscribe::<Image>(topic, qos)?.map(CameraMsg::Raw))
+    };
+    let mut resets =
+        node.create_service::<Trigger::Service>("~/reset", QosProfile::services_default())?;
+
+    // Inference thread.
+    let worker = {
+        let shared = shared.clone();
+        let ctx = LoopCtx {
+            logger: logger.clone(),
+            node_name: node_name.clone(),
+            model_id: model_id.clone(),
+            input_timeout: cfg.input_timeout,
+            clock: node.get_ros_clock(),
+        };
+        let pubs = Publishers {
+            ood: pubs.ood.clone(),
+            score: pubs.score.clone(),
+            p_value: pubs.p_value.clone(),
+            martingale: pubs.martingale.clone(),
+            cusum: pubs.cusum.clone(),
+            verdict: pubs.verdict.clone(),
+        };
+        std::thread::Builder::new()
+            .name("inference".into())
+            .spawn(move || inference::run(monitor, &shared, &ctx, &pubs))?
+    };
+
+    // Subscription task: newest frame wins.
+    tokio::spawn({
+        let shared = shared.clone();
+        let clock = node.get_ros_clock();
+        let mut frames = frames;
+        async move {
+            while let Some(msg) = frames.next().await {
+                let received = Instant::now();
+                let now = clock.lock().ok().and_then(|mut c| c.get_now().ok());
+                let age = now.and_then(|now| frame_age(&msg.header().stamp, now));
+                shared.offer(Incoming { msg, age, received });
+            }
+        }
+    });
+
+    // ~/reset (std_srvs/Trigger): zeroes S and leaves OOD.
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            while let Some(req) = resets.next().await {
+                let reply = shared.request_reset().await;
+                let response = match reply {
+                    Ok(Some(s)) => Trigger::Response {
+                        success: true,
+                        message: format!("CUSUM reset; state {}", s.as_str()),
+                    },
+                    Ok(None) => Trigger::Response {
+                        success: false,
+                        message: "the bundle is uncalibrated: there is no CUSUM to reset".into(),
+                    },
+                    Err(_) => Trigger::Response {
+                        success: false,
+                        message: "monitor is shutting down".into(),
+                    },
+                };
+                let _ = req.respond(response);
+            }
+        }
+    });
+
+    // Parameter services, and live updates of the thresholds. r2r accepts any `set`; a change
+    // that cannot take effect is reverted so `ros2 param get` shows what is in force.
+    tokio::spawn(param_handler);
+    tokio::spawn({
+        let shared = shared.clone();
+        let logger = logger.clone();
+        let params = node.params.clone();
+        let initial: Vec<(String, ParameterValue)> = {
+            let p = params.lock().expect("parameter lock");
+            params::PARAMS
+                .iter()
+                .filter_map(|d| p.get(d.name).map(|v| (d.name.to_string(), v.value.clone())))
+                .collect()
+        };
+        async move {
+            let mut current = initial;
+            while let Some((name, value)) = param_events.next().await {
+                let accepted = match (name.as_str(), &value) {
+                    ("score_threshold", ParameterValue::Double(t)) if t.is_finite() => {
+                        shared.score_threshold.store(t.to_bits(), Ordering::Relaxed);
+                        true
+                    }
+                    ("cusum_threshold", ParameterValue::Double(t)) if t.is_finite() && *t > 0.0 => {
+                        shared.cusum_threshold.store(t.to_bits(), Ordering::Relaxed);
+                        true
+                    }
+                    _ => false,
+                };
+                if accepted {
+                    r2r::log_info!(&logger, "{name} set to {value:?}");
+                    if let Some(entry) = current.iter_mut().find(|(n, _)| *n == name) {
+                        entry.1 = value;
+                    }
+                } else if let Some((_, old)) = current.iter().find(|(n, _)| *n == name) {
+                    r2r::log_warn!(&logger, "parameter '{name}' cannot be set to {value:?} at run time (only score_threshold and cusum_threshold > 0 can); kept {old:?}");
+                    if let Some(p) = params.lock().expect("parameter lock").get_mut(&name) {
+                        p.value = old.clone();
+                    }
+                } else {
+                    r2r::log_warn!(&logger, "unknown parameter '{name}' ignored");
+                }
+            }
+        }
+    });
+
+    // ~/ood heartbeat, stopped when one event takes longer than `max_busy`: a hung pipeline
+    // becomes silence, which the gate's watchdog turns into a stop.
+    tokio::spawn({
+        let shared = shared.clone();
+        let ood = pubs.ood.clone();
+        let period = cfg.heartbeat_period;
+        let max_busy = (period * 5).max(Duration::from_millis(500));
+        async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                shared.heartbeat(&ood, max_busy);
+            }
+        }
+    });
+
+    // Diagnostics.
+    tokio::spawn({
+        let shared = shared.clone();
+        let (node_name, model_id) = (node_name.clone(), model_id.clone());
+        let clock = node.get_ros_clock();
+        let period = cfg.diagnostics_period;
+        async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut last_received, mut last_faults, mut last_dropped) = (0u64, 0u64, 0u64);
+            loop {
+                tick.tick().await;
+                let (state, counters, mut lat) = {
+                    let mut s = shared.status.lock().expect("status lock");
+                    (
+                        s.state,
+                        s.counters.clone(),
+                        std::mem::take(&mut s.latencies),
+                    )
+                };
+                lat.sort();
+                let dropped = shared.dropped.load(Ordering::Relaxed);
+                let received = shared.received.load(Ordering::Relaxed);
+                let health = Health {
+                    node_name: &node_name,
+                    model_id: &model_id,
+                    backend,
+                    trained,
+                    state,
+                    counters: &counters,
+                    received,
+                    dropped,
+                    period,
+                    recent_frames: received - last_received,
+                    recent_dropped: dropped - last_dropped,
+                    recent_faults: counters.total_faults() - last_faults,
+                    latency_p50: lat.get(lat.len() / 2).copied(),
+                    latency_max: lat.last().copied(),
+                    topic,
+                };
+                let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
+                (last_received, last_faults, last_dropped) =
+                    (received, counters.total_faults(), dropped);
+            }
+        }
+    });
+
+    // r2r's executor.
+    let spinner = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            while !shared.shutdown.load(Ordering::Relaxed) {
+                node.spin_once(Duration::from_millis(20));
+            }
+        })
+    };
+
+    wait_for_shutdown().await;
+    r2r::log_info!(
+        &logger,
+        "shutting down: publishing OOD (monitor not running)"
+    );
+    shared.stop(&pubs.ood);
+    let _ = worker.join();
+    let _ = pubs.ood.publish(&Bool { data: true });
+    // Give DDS a moment to deliver the final verdict before the participant goes away.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = spinner.await;
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

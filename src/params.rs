@@ -1,0 +1,275 @@
+//! The node's parameters: one table gives every name, default and description, so the node
+//! declares them (served by r2r's parameter services: `ros2 param list/get/describe`), the
+//! `--describe-parameters` flag prints them, and tests check config and launch files against
+//! them. Defaults here equal `config/monitor.yaml`.
+
+use r2r::ParameterValue;
+use serde::Serialize;
+use std::time::Duration;
+use vae_ood_core::monitor::Recovery;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum DefaultValue {
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Str(&'static str),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamDecl {
+    pub name: &'static str,
+    pub default: DefaultValue,
+    pub description: &'static str,
+}
+
+macro_rules! decl {
+    ($name:literal, $kind:ident($v:expr), $desc:literal) => {
+        ParamDecl {
+            name: $name,
+            default: DefaultValue::$kind($v),
+            description: $desc,
+        }
+    };
+}
+
+pub const PARAMS: &[ParamDecl] = &[
+    decl!("model_bundle", Str("models/compressed"), "Detector bundle directory. A relative path is looked up in the package's share directory, then the working directory. models/compressed is the compressed default detector; models/default its teacher."),
+    decl!("backend", Str("tract"), "Inference backend: 'tract' (CPU) or 'cuda' (NVIDIA GPU, planned)."),
+    decl!("threads", Int(1), "Inference threads (tract). 1 leaves the other cores to the rest of the robot."),
+    decl!("transport", Str("raw"), "Camera transport: 'raw' (sensor_msgs/Image on 'image') or 'compressed' (sensor_msgs/CompressedImage on 'image/compressed')."),
+    decl!("image_qos", Str("sensor_data"), "Camera subscription QoS: 'sensor_data' (best effort, as camera drivers publish) or 'reliable'."),
+    decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped."),
+    decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (the bundle's: KL summed over the selected latents, or Mahalanobis distance) exceeds this is out of distribution."),
+    decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it); 0 uses the threshold tuned into the bundle."),
+    decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service)."),
+    decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD."),
+    decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale (fail-safe). 0 disables the check."),
+    decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
+    decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence."),
+    decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
+    decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
+];
+
+/// The typed, validated configuration read from the declared parameters.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub model_bundle: String,
+    pub backend: String,
+    pub threads: usize,
+    pub compressed: bool,
+    pub reliable_images: bool,
+    pub image_qos_depth: usize,
+    pub score_threshold: f64,
+    pub max_frame_age: Option<Duration>,
+    pub input_timeout: Option<Duration>,
+    pub cusum_threshold: Option<f64>,
+    pub recovery: Recovery,
+    pub heartbeat_period: Duration,
+    pub diagnostics_period: Duration,
+}
+
+fn to_value(d: &DefaultValue) -> ParameterValue {
+    match d {
+        DefaultValue::Bool(b) => ParameterValue::Bool(*b),
+        DefaultValue::Int(i) => ParameterValue::Integer(*i),
+        DefaultValue::Double(x) => ParameterValue::Double(*x),
+        DefaultValue::Str(s) => ParameterValue::String(s.to_string()),
+    }
+}
+
+/// A parameter that is missing, of the wrong type or out of range; the message names it and
+/// what it accepts.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParamError(pub String);
+
+/// Declares every parameter on the node: overrides from `--params-file`/`-p` are kept (after a
+/// type check), everything else gets its default. Returns a clear error for a wrong type.
+pub fn declare(node: &mut r2r::Node, table: &[ParamDecl]) -> Result<(), ParamError> {
+    let mut params = node.params.lock().expect("parameter lock");
+    for d in table {
+        let default = to_value(&d.default);
+        let value = match params.get(d.name).map(|p| p.value.clone()) {
+            None | Some(ParameterValue::NotSet) => default,
+            // YAML `1` for a double parameter is a common slip: accept it as 1.0.
+            Some(ParameterValue::Integer(i)) if matches!(default, ParameterValue::Double(_)) => ParameterValue::Double(i as f64),
+            Some(v) if std::mem::discriminant(&v) == std::mem::discriminant(&default) => v,
+            Some(v) => return Err(ParamError(format!("parameter '{}' has the wrong type: got {v:?}, expected the type of its default {default:?}", d.name))),
+        };
+        params.insert(
+            d.name.to_string(),
+            r2r::Parameter {
+                value,
+                description: d.description,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Parameters set on the node (params file, `-p`) that are not in `table`.
+pub fn unknown(node: &r2r::Node, table: &[ParamDecl]) -> Vec<String> {
+    let params = node.params.lock().expect("parameter lock");
+    params
+        .keys()
+        .filter(|k| !table.iter().any(|d| d.name == k.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// A duration parameter in seconds, bounded so time arithmetic can never overflow.
+pub fn seconds(name: &str, v: f64) -> Result<Duration, ParamError> {
+    if !(0.0..=86_400.0).contains(&v) {
+        return Err(ParamError(format!(
+            "parameter '{name}' is {v}; expected 0..=86400 seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Reads and validates the configuration from the node's current parameters.
+pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
+    let r = Reader::new(node);
+    let string = |n: &str| r.string(n);
+    let int = |n: &str| r.int(n);
+    let double = |n: &str| r.double(n);
+    let compressed = match string("transport")?.as_str() {
+        "raw" => false,
+        "compressed" => true,
+        other => {
+            return Err(ParamError(format!(
+                "parameter 'transport' is '{other}'; expected 'raw' or 'compressed'"
+            )))
+        }
+    };
+    let reliable_images = match string("image_qos")?.as_str() {
+        "sensor_data" | "best_effort" => false,
+        "reliable" => true,
+        other => {
+            return Err(ParamError(format!(
+                "parameter 'image_qos' is '{other}'; expected 'sensor_data' or 'reliable'"
+            )))
+        }
+    };
+    let threads = int("threads")?;
+    if !(1..=64).contains(&threads) {
+        return Err(ParamError(format!(
+            "parameter 'threads' is {threads}; expected 1..=64"
+        )));
+    }
+    let depth = int("image_qos_depth")?;
+    if !(1..=100).contains(&depth) {
+        return Err(ParamError(format!(
+            "parameter 'image_qos_depth' is {depth}; expected 1..=100"
+        )));
+    }
+    let age = double("max_frame_age")?;
+    let period = double("diagnostics_period")?;
+    let timeout = double("input_timeout")?;
+    let heartbeat = double("heartbeat_period")?;
+    if heartbeat < 0.001 {
+        return Err(ParamError(
+            "heartbeat_period must be at least 0.001 s".into(),
+        ));
+    }
+    let cusum = double("cusum_threshold")?;
+    if cusum < 0.0 {
+        return Err(ParamError(
+            "cusum_threshold must be >= 0 (0 = the bundle's)".into(),
+        ));
+    }
+    let recovery_frames = int("recovery_frames")?;
+    if !(1..=100_000).contains(&recovery_frames) {
+        return Err(ParamError(format!(
+            "parameter 'recovery_frames' is {recovery_frames}; expected 1..=100000"
+        )));
+    }
+    let recovery = match string("recovery")?.as_str() {
+        "auto" => Recovery::Auto {
+            frames: recovery_frames as u32,
+        },
+        "manual" => Recovery::Manual,
+        other => {
+            return Err(ParamError(format!(
+                "parameter 'recovery' is '{other}'; expected 'auto' or 'manual'"
+            )))
+        }
+    };
+    if age < 0.0 || timeout < 0.0 || period < 0.01 {
+        return Err(ParamError(
+            "max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into(),
+        ));
+    }
+    Ok(NodeConfig {
+        model_bundle: string("model_bundle")?,
+        backend: string("backend")?,
+        threads: threads as usize,
+        compressed,
+        reliable_images,
+        image_qos_depth: depth as usize,
+        score_threshold: double("score_threshold")?,
+        max_frame_age: (age > 0.0)
+            .then(|| seconds("max_frame_age", age))
+            .transpose()?,
+        input_timeout: (timeout > 0.0)
+            .then(|| seconds("input_timeout", timeout))
+            .transpose()?,
+        cusum_threshold: (cusum > 0.0).then_some(cusum),
+        recovery,
+        heartbeat_period: seconds("heartbeat_period", heartbeat)?,
+        diagnostics_period: seconds("diagnostics_period", period)?,
+    })
+}
+
+/// The parameter table as JSON, for `--describe-parameters` (no ROS needed).
+pub fn describe_json(table: &[ParamDecl]) -> String {
+    serde_json::to_string_pretty(table).expect("serialisable")
+}
+
+/// Typed access to declared parameters; errors name the parameter and the expected type.
+pub struct Reader<'a> {
+    node: &'a r2r::Node,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(node: &'a r2r::Node) -> Self {
+        Self { node }
+    }
+
+    fn get(&self, name: &str) -> ParameterValue {
+        let params = self.node.params.lock().expect("parameter lock");
+        params
+            .get(name)
+            .map(|p| p.value.clone())
+            .unwrap_or(ParameterValue::NotSet)
+    }
+
+    pub fn string(&self, name: &str) -> Result<String, ParamError> {
+        match self.get(name) {
+            ParameterValue::String(s) => Ok(s),
+            v => Err(ParamError(format!(
+                "parameter '{name}' must be a string, got {v:?}"
+            ))),
+        }
+    }
+
+    pub fn int(&self, name: &str) -> Result<i64, ParamError> {
+        match self.get(name) {
+            ParameterValue::Integer(i) => Ok(i),
+            v => Err(ParamError(format!(
+                "parameter '{name}' must be an integer, got {v:?}"
+            ))),
+        }
+    }
+
+    pub fn double(&self, name: &str) -> Result<f64, ParamError> {
+        match self.get(name) {
+            ParameterValue::Double(x) if x.is_finite() => Ok(x),
+            v => Err(ParamError(format!(
+                "parameter '{name}' must be a finite number, got {v:?}"
+            ))),
+        }
+    }
+}
