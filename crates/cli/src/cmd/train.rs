@@ -1,10 +1,9 @@
 //! `vae-ood train`: its arguments, and the architecture and outcome it prints.
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use std::path::PathBuf;
-use vae_ood_core::arch::EncoderArch;
 use vae_ood_core::preprocess::Filter;
-use vae_ood_tools::train::{self, Distill, Preset, RunOptions, TrainConfig};
+use vae_ood_tools::train::{self, ArchOverrides, Distill, Preset, RunOptions, TrainConfig};
 
 /// Train a β-VAE detector on driving data (image folders or rosbag2 bags), write the full VAE,
 /// the ONNX encoder in a detector bundle, metrics and a loss curve. Calibrate the bundle with
@@ -99,27 +98,13 @@ fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
 
 impl TrainArgs {
     pub fn config(&self) -> Result<TrainConfig> {
-        let preset = Preset::get(&self.preset).ok_or_else(|| {
-            anyhow!(
-                "unknown preset '{}' (expected {})",
-                self.preset,
-                Preset::NAMES
-            )
-        })?;
-        let mut arch: EncoderArch = preset.arch;
-        if let Some(l) = self.latents {
-            arch.latents = l;
-        }
-        if let Some(c) = &self.conv {
-            arch.conv = c.clone();
-        }
-        if let Some(d) = &self.dense {
-            arch.dense = d.clone();
-        }
-        if let Some((w, h)) = self.input {
-            arch.input_width = w;
-            arch.input_height = h;
-        }
+        let preset = Preset::named(&self.preset)?;
+        let arch = preset.arch_with(&ArchOverrides {
+            latents: self.latents,
+            conv: self.conv.clone(),
+            dense: self.dense.clone(),
+            input: self.input,
+        });
         Ok(TrainConfig {
             preset: self.preset.clone(),
             arch,

@@ -87,6 +87,47 @@ pub struct Preset {
     pub lr: f64,
 }
 
+/// What a command line may change of a preset's architecture.
+#[derive(Debug, Clone, Default)]
+pub struct ArchOverrides {
+    pub latents: Option<usize>,
+    pub conv: Option<Vec<usize>>,
+    pub dense: Option<Vec<usize>>,
+    /// (width, height)
+    pub input: Option<(usize, usize)>,
+}
+
+impl Preset {
+    /// The preset `name`, or an error listing the presets.
+    pub fn named(name: &str) -> Result<Self, crate::Error> {
+        Self::get(name).ok_or_else(|| {
+            crate::Error::Input(format!(
+                "unknown preset '{name}' (expected {})",
+                Self::NAMES
+            ))
+        })
+    }
+
+    /// The preset's architecture with `o` applied.
+    pub fn arch_with(&self, o: &ArchOverrides) -> EncoderArch {
+        let mut arch = self.arch.clone();
+        if let Some(l) = o.latents {
+            arch.latents = l;
+        }
+        if let Some(c) = &o.conv {
+            arch.conv = c.clone();
+        }
+        if let Some(d) = &o.dense {
+            arch.dense = d.clone();
+        }
+        if let Some((w, h)) = o.input {
+            arch.input_width = w;
+            arch.input_height = h;
+        }
+        arch
+    }
+}
+
 impl Preset {
     /// `small` (the default: trains on a 2-core CPU in well under an hour and is the teacher
     /// for compression), `paper` (the paper's 224x224 detector and optimiser), `tiny` (tests).
