@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -58,6 +58,12 @@ validation-data: $(DATA_VENV)/.ok
 HELDOUT_OUT ?= out/heldout
 heldout-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set heldout --out $(HELDOUT_OUT) --frames 600
+
+# 50 clear drives (600 frames each, seeds 200-249) for the sequential test's false-alarm rate
+# over 30,000 held-out frames (docs/detector-experiments.md).
+FALSEALARM_OUT ?= out/falsealarm
+falsealarm-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set falsealarm --out $(FALSEALARM_OUT) --frames 600
 
 # Regenerates the committed sample in data/sample (300 frames per drive, 160x120 JPEG).
 sample-data: $(DATA_VENV)/.ok

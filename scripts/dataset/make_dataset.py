@@ -74,7 +74,15 @@ HELDOUT = [
     for i, m in enumerate(("loop_empty", "small_loop", "udem1"))
     for seed in range(160 + 6 * i, 166 + 6 * i)
 ]
-SETS = {"sample": SAMPLE, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT}
+# Clear drives for measuring false alarms (`make falsealarm-data`): 50 drives of 600 frames
+# (30,000 frames) over the three maps, seeds 200-249, disjoint from every other set and never
+# used to choose anything: the sequential test's false-alarm rate is measured on them.
+FALSEALARM = [
+    (f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
+    for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(200, 250))
+]
+SETS = {"sample": SAMPLE, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
+        "falsealarm": FALSEALARM}
 
 
 def ood_mask(n, sequence, condition):
@@ -227,7 +235,8 @@ def main():
     ap.add_argument("--set", choices=sorted(SETS), default="sample",
                     help="sample: the committed drives; train: 28 clear drives for training and calibration; "
                          "validation: 15 OOD drives (snow, motion blur, occlusion, brightness, rain) for model selection; "
-                         "heldout: 18 clear drives for studies of fitted scores")
+                         "heldout: 18 clear drives for studies of fitted scores; "
+                         "falsealarm: 50 clear drives (seeds 200-249) for false-alarm rates")
     args = ap.parse_args()
     for spec in SETS[args.set]:
         if args.only and spec[0] not in args.only:
