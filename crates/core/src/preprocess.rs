@@ -66,6 +66,19 @@ pub enum Filter {
     Area,
 }
 
+impl std::str::FromStr for Filter {
+    type Err = InputSpecError;
+    fn from_str(s: &str) -> Result<Self, InputSpecError> {
+        match s {
+            "area" => Ok(Self::Area),
+            "bilinear" => Ok(Self::Bilinear),
+            _ => Err(InputSpecError(format!(
+                "unknown filter '{s}' (expected area or bilinear)"
+            ))),
+        }
+    }
+}
+
 /// `value = (pixel / 255 - mean[c]) / std[c]`, channels in the model's channel order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

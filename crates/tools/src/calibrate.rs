@@ -110,11 +110,6 @@ pub mod defaults {
 impl Options {
     /// The defaults for given drive roles (KL score, quiet ranking, the default grid).
     pub fn with_drives(cal: Vec<DriveArg>, tune_id: Vec<DriveArg>, val_ood: Vec<DriveArg>) -> Self {
-        let list = |s: &str| -> Vec<f64> {
-            s.split(',')
-                .map(|v| v.parse().expect("valid default"))
-                .collect()
-        };
         Self {
             score: ScoreKind::Kl,
             fit: vec![],
@@ -124,11 +119,8 @@ impl Options {
             latents: None,
             rank: Rank::Quiet,
             grid: Grid {
-                k: list(defaults::K).into_iter().map(|v| v as usize).collect(),
-                window: list(defaults::WINDOWS)
-                    .into_iter()
-                    .map(|v| v as usize)
-                    .collect(),
+                k: list(defaults::K),
+                window: list(defaults::WINDOWS),
                 decay: list(defaults::DECAYS),
             },
             epsilon_grid: vae_ood_core::detection::default_grid(),
@@ -136,6 +128,16 @@ impl Options {
             quiet: true,
         }
     }
+}
+
+/// A comma-separated default list, as clap parses the flag.
+fn list<T: std::str::FromStr>(s: &str) -> Vec<T>
+where
+    T::Err: std::fmt::Debug,
+{
+    s.split(',')
+        .map(|v| v.parse().expect("the defaults parse"))
+        .collect()
 }
 
 pub struct Outcome {
@@ -162,7 +164,7 @@ pub fn calibrate(
             "calibration needs --cal and --tune-id drives (in-distribution, disjoint)".into(),
         );
     }
-    check_grid(&opts.grid, opts.epsilon_grid)?;
+    opts.grid.validate(opts.epsilon_grid)?;
     match (opts.score, opts.fit.is_empty(), &opts.latents) {
         (ScoreKind::Mahalanobis, true, _) => {
             return input("--score mahalanobis needs --fit drives (in-distribution, disjoint from the others) to fit its reference on".into())
@@ -346,23 +348,4 @@ pub fn calibrate(
         chosen,
         candidates,
     })
-}
-
-/// The search grid must be searchable: a value for each of k, window and decay, windows of at
-/// least one frame, finite non-negative decays.
-fn check_grid(grid: &Grid, epsilon_grid: usize) -> Result<()> {
-    let bad = |m: &str| Err(Error::Input(m.into()));
-    if grid.k.is_empty() || grid.window.is_empty() || grid.decay.is_empty() {
-        return bad("--k, --windows and --decays each need at least one value");
-    }
-    if grid.window.contains(&0) {
-        return bad("--windows: a martingale window holds at least 1 p-value");
-    }
-    if grid.decay.iter().any(|d| !d.is_finite() || *d < 0.0) {
-        return bad("--decays: CUSUM decays must be finite and >= 0");
-    }
-    if epsilon_grid == 0 {
-        return bad("--epsilon-grid must be at least 1");
-    }
-    Ok(())
 }

@@ -1,6 +1,6 @@
 //! `vae-ood train`: its arguments, and the architecture and outcome it prints.
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 use vae_ood_core::preprocess::Filter;
 use vae_ood_tools::train::{self, ArchOverrides, Distill, Preset, RunOptions, TrainConfig};
@@ -58,7 +58,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 2)]
     pub frame_stride: usize,
     /// Resampling filter from camera frame to encoder input: area (box average) or bilinear.
-    #[arg(long, default_value = "area", value_parser = parse_filter)]
+    #[arg(long, default_value = "area")]
     pub filter: Filter,
     /// Continue the run whose checkpoint is in OUT/checkpoint (same arguments).
     #[arg(long)]
@@ -83,15 +83,15 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
+fn parse_size(s: &str) -> Result<(usize, usize)> {
     let (w, h) = s
         .split_once('x')
-        .ok_or_else(|| format!("'{s}': expected WIDTHxHEIGHT, e.g. 64x64"))?;
+        .ok_or_else(|| anyhow!("'{s}': expected WIDTHxHEIGHT, e.g. 64x64"))?;
     let p = |v: &str| {
         v.parse::<usize>()
             .ok()
             .filter(|&n| n > 0)
-            .ok_or_else(|| format!("'{s}': sizes must be positive integers"))
+            .ok_or_else(|| anyhow!("'{s}': sizes must be positive integers"))
     };
     Ok((p(w)?, p(h)?))
 }
@@ -135,14 +135,6 @@ impl TrainArgs {
             quiet: self.quiet,
             name: self.name.clone(),
         }
-    }
-}
-
-fn parse_filter(s: &str) -> std::result::Result<Filter, String> {
-    match s {
-        "area" => Ok(Filter::Area),
-        "bilinear" => Ok(Filter::Bilinear),
-        _ => Err(format!("unknown filter '{s}' (expected area or bilinear)")),
     }
 }
 

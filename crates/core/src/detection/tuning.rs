@@ -93,6 +93,32 @@ pub struct Grid {
     pub decay: Vec<f64>,
 }
 
+impl Grid {
+    /// Every grid point must be a valid pipeline (the checks of [`PipelineParams::validate`])
+    /// and each list must hold a value: found before any drive is scored, and by [`search`]
+    /// for any caller.
+    pub fn validate(&self, epsilon_grid: usize) -> Result<(), DetectionError> {
+        if self.k.is_empty() || self.window.is_empty() || self.decay.is_empty() {
+            return Err(DetectionError::InvalidParam {
+                param: "grid",
+                reason: "needs at least one value each of k, window and decay".into(),
+            });
+        }
+        for &window in &self.window {
+            for &decay in &self.decay {
+                PipelineParams {
+                    window,
+                    epsilon_grid,
+                    decay,
+                    cusum_threshold: 1.0,
+                }
+                .validate()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Evaluates every grid point; the best (least mean delay, then fewest misses, then smaller
 /// window and k) comes first.
 pub fn search(
@@ -104,6 +130,7 @@ pub fn search(
     rate: f64,
     epsilon_grid: usize,
 ) -> Result<Vec<Candidate>, DetectionError> {
+    grid.validate(epsilon_grid)?;
     if val_ood.iter().any(|d| d.onset.is_none()) {
         return Err(DetectionError::MissingOnset);
     }
@@ -162,6 +189,42 @@ pub fn search(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grid_with_an_unusable_point_is_an_error_not_a_panic() {
+        let grid = |window: Vec<usize>, decay: Vec<f64>| Grid {
+            k: vec![1],
+            window,
+            decay,
+        };
+        assert!(grid(vec![10], vec![0.0, 1.0]).validate(100).is_ok());
+        for (g, eps, what) in [
+            (grid(vec![0], vec![1.0]), 100, "window"),
+            (grid(vec![], vec![1.0]), 100, "at least one value"),
+            (grid(vec![10], vec![-1.0]), 100, "decay"),
+            (grid(vec![10], vec![f64::NAN]), 100, "decay"),
+            (grid(vec![10], vec![1.0]), 0, "epsilon_grid"),
+        ] {
+            let e = g.validate(eps).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        // search, as every caller reaches it, refuses the grid before running any pipeline.
+        let cal = vec![Drive {
+            id: "cal".into(),
+            parts: vec![vec![1.0]; 20],
+            onset: None,
+        }];
+        let e = search(
+            &[(0, 0.0)],
+            &cal,
+            &cal,
+            &[],
+            &grid(vec![0], vec![0.0]),
+            0.01,
+            10,
+        );
+        assert!(e.unwrap_err().to_string().contains("window"));
+    }
 
     #[test]
     fn threshold_allows_at_most_the_target_share_and_delay_counts_from_onset() {
