@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Compresses the bundled default detector (the teacher, models/default, which ships its full
 # VAE) with `vae-ood compress --budget quick`: the paper's design methodology on this project's
-# data. Candidates are recalibrated on the teacher's calibration and tuning drives and
-# evaluated on the held-out test drives of the committed sample (the model card's). The
-# selected detector is copied to models/compressed with the sweep's report.
+# data. Candidates are recalibrated on the teacher's calibration and tuning drives, checked
+# against the AUROC budget on the validation drives of every generated OOD type (--select) and
+# reported on the test set of make testset-data (--test). The selected detector is copied to
+# models/compressed with the sweep's report.
 # About 35 minutes on a 2-core CPU; rerunning resumes an interrupted sweep.
 # Every candidate refits the teacher's Mahalanobis reference on the clear training drives.
-# Usage: scripts/compress_default.sh [OUT]   (needs `make train-data`, `make train-var-data`
-# and `make validation-data` for the teacher's drives; builds target/debug/vae-ood)
+# Usage: scripts/compress_default.sh [OUT]   (generates what it needs of `make train-data`,
+# `make train-var-data`, `make validation-data`, `make heldout-data` and `make testset-data`;
+# builds target/debug/vae-ood)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,11 +21,14 @@ VAL=out/validation
 source scripts/roles.sh
 [ -f "$V/id_udem1_s131/meta.json" ] || make train-data TRAIN_OUT="$V"
 [ -f out/train_var/id_udem1_s131/meta.json ] || make train-var-data TRAIN_VAR_OUT=out/train_var
-[ -f "$VAL/ood_rain_udem1_s155/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
+[ -f "$VAL/ood_noise_udem1_s185/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
+[ -f out/heldout/id_udem1_s177/meta.json ] || make heldout-data HELDOUT_OUT=out/heldout
+[ -f out/testset/id_4way_s328/meta.json ] || make testset-data TESTSET_OUT=out/testset
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 cargo build --locked -p vae_ood_cli
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick \
-  $(calibration_args "$V" "$VAL") --test "${TEST[@]}" | tee "$OUT/summary.txt"
+  $(calibration_args "$V" "$VAL" out/heldout) --select $(eval_inputs "$VAL") \
+  --test $(eval_inputs out/testset) | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
 if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
   rm -rf models/compressed.new

@@ -5,7 +5,7 @@
 # heldout-data: heldout); `onsets DIR` lists a set's OOD drives as BAG:FIRST_OOD_FRAME (make
 # validation-data), the form `vae-ood calibrate --val-ood` takes; `calibration_args` (below)
 # puts the roles together.
-TUNE_ID=("$S/id_small_loop_s2/bag" "$S/id_udem1_s3/bag")          # CUSUM threshold (clear drives)
+TUNE_ID=("$S/id_small_loop_s2/bag" "$S/id_udem1_s3/bag")          # clear sample drives (score_study negatives)
 VAL_OOD=("$S/ood_fog_loop_empty_s7/bag:150")                       # window, decay (fog from frame 150), with onsets of make validation-data
 TEST=("$S/id_loop_empty_s4/bag" "$S/ood_brightness_small_loop_s5/bag=brightness"
       "$S/ood_rain_udem1_s6/bag=rain" "$S/ood_noise_small_loop_s8/bag=noise")   # model-card figures
@@ -18,8 +18,27 @@ for m in sorted(pathlib.Path(sys.argv[1]).glob("*/meta.json")):
         print(f"{m.parent}/bag:{ood[0]}")' "$1"
 }
 # The default detector's `vae-ood calibrate` roles on generated sets (also passed to `vae-ood
-# compress`): `calibration_args TRAIN_DIR VALIDATION_DIR` (make train-data, make validation-data).
+# compress`): `calibration_args TRAIN_DIR VALIDATION_DIR HELDOUT_DIR` (make train-data,
+# make validation-data, make heldout-data): fit drives for the Mahalanobis reference, the
+# calibration drives (conformal scores), the 18 held-out clear drives as tuning drives (the
+# alarm threshold is a quantile of their largest S, one value per drive: 18 drives of 600 frames
+# certify 1e-4 false alarms per frame) and the validation OOD drives of every generated type.
+# `recalibration_args` gives the same roles without --fit (the bundle keeps its reference).
+# SKIP_TYPE=fog (say) leaves that OOD type's validation drives out: leave-one-type-out.
 calibration_args() {
-  echo --fit $(split train "$1") --cal $(split calibration "$1") $(split train_val "$1") \
-    --tune-id "${TUNE_ID[@]}" --val-ood "${VAL_OOD[@]}" $(onsets "$2")
+  echo --fit $(split train "$1") $(recalibration_args "$@")
+}
+recalibration_args() {
+  echo --cal $(split calibration "$1") $(split train_val "$1") --tune-id $(split heldout "$3") \
+    --val-ood $( { printf '%s\n' "${VAL_OOD[@]}"; onsets "$2"; } | grep -v "ood_${SKIP_TYPE:-none}_")
+}
+# A generated set (make testset-data, make validation-data) as `vae-ood eval --input` arguments:
+# OOD drives as BAG=TYPE, clear drives as BAG (every frame labelled by /ood_label). The test set
+# this way gives the model cards' figures; the validation set is what `vae-ood compress --select`
+# checks its AUROC budget on.
+eval_inputs() {
+  python3 -c 'import json, pathlib, sys
+for m in sorted(pathlib.Path(sys.argv[1]).glob("*/meta.json")):
+    c = json.loads(m.read_text())["condition"]
+    print(f"{m.parent}/bag" + ("" if c == "clear" else f"={c}"))' "$1"
 }

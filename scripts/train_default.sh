@@ -18,7 +18,8 @@ VAL=out/validation
 S=data/sample
 [ -f "$DATA/id_udem1_s131/meta.json" ] || make train-data TRAIN_OUT="$DATA"
 [ -f "$VAR/id_udem1_s131/meta.json" ] || make train-var-data TRAIN_VAR_OUT="$VAR"
-[ -f "$VAL/ood_rain_udem1_s155/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
+[ -f "$VAL/ood_noise_udem1_s185/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
+[ -f out/heldout/id_udem1_s177/meta.json ] || make heldout-data HELDOUT_OUT=out/heldout
 cargo build --locked -p vae_ood_cli
 VAE=target/debug/vae-ood
 source scripts/roles.sh
@@ -29,7 +30,7 @@ source scripts/roles.sh
 BUNDLE=models/default
 rm -rf "$BUNDLE.new"
 "$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis \
-  $(calibration_args "$DATA" "$VAL")
+  $(calibration_args "$DATA" "$VAL" out/heldout)
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"

@@ -110,8 +110,6 @@ fn misused_score_options_are_clear_errors() {
         Ok(_) => panic!("calibration accepted misused options"),
         Err(e) => e.to_string(),
     };
-    let err = run(options(ScoreKind::Mahalanobis, vec![]));
-    assert!(err.contains("--fit"), "{err}");
     let err = run(options(ScoreKind::Kl, vec![drive("id_loop_empty_s1")]));
     assert!(
         err.contains("--fit applies to --score mahalanobis"),
@@ -125,4 +123,47 @@ fn misused_score_options_are_clear_errors() {
         vec![drive("id_small_loop_s2")],
     ));
     assert!(err.contains("used twice"), "{err}");
+}
+
+#[test]
+fn recalibrating_without_fit_drives_keeps_the_bundles_reference_and_records_the_guarantee() {
+    let out = tempfile::tempdir().unwrap();
+    let teacher = vae_ood_core::Bundle::load(root().join("models/default")).unwrap();
+    let mut det = detector();
+    let o = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &options(ScoreKind::Mahalanobis, vec![]),
+    )
+    .unwrap();
+    assert_eq!(o.bundle.manifest.score, teacher.manifest.score);
+    // One 300-frame tuning drive cannot certify 1e-4 per frame: the threshold is its largest S,
+    // and the bundle says what it does promise (1/2 per drive of 291 full-window frames).
+    let c = o.bundle.manifest.calibration.as_ref().unwrap();
+    let g = c.guarantee.as_ref().expect("guarantee recorded");
+    assert_eq!(
+        (g.drives, g.frames_per_drive, g.target_met),
+        (1, 291, false)
+    );
+    assert_eq!(g.per_drive_false_alarm, 0.5);
+    assert!(c.pipeline.cusum_threshold >= (1.0f64 / c.target_false_alarm_rate).ln());
+
+    // A bundle without a fitted reference still needs --fit for the Mahalanobis score.
+    let mut kl = teacher.manifest.clone();
+    kl.score = ScoreSpec::Kl;
+    let encoder = std::fs::read(root().join("models/default/encoder.onnx")).unwrap();
+    let kl_dir = tempfile::tempdir().unwrap();
+    vae_ood_core::Bundle::write(kl_dir.path(), kl, &encoder).unwrap();
+    let mut det = vae_ood_core::detector::load(kl_dir.path(), BackendOptions::default()).unwrap();
+    let err = calibrate(
+        kl_dir.path(),
+        out.path(),
+        det.as_mut(),
+        &options(ScoreKind::Mahalanobis, vec![]),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("--fit"), "{err}");
 }

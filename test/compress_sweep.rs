@@ -46,6 +46,7 @@ fn compress_with(teacher: &Path, out: &Path, extra: &[&str]) -> std::process::Ou
             "--tune-id",
             &bag("id_udem1_s3"),
         ])
+        .args(["--select", &format!("{}=rain", bag("ood_rain_udem1_s6"))])
         .args(["--test", &bag("id_loop_empty_s4")])
         .arg(format!(
             "{}=brightness",
@@ -99,9 +100,14 @@ fn compress_evaluates_candidates_selects_one_and_resumes() {
         c["finetune"]["selected"],
         serde_json::json!((0..30).collect::<Vec<_>>())
     );
+    // Selection is on the --select inputs (rain), the report on the --test ones (brightness).
+    assert_eq!(report["select"].as_array().unwrap().len(), 1);
     for r in rows {
         let a = r["auroc_cusum"]["brightness"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&a), "{r}");
+        let s = r["select_auroc_cusum"].as_object().unwrap();
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["rain"], "{r}");
+        assert!(r["auroc_cusum"].get("rain").is_none(), "{r}");
         assert!(r["p50_ms"].as_f64().unwrap() > 0.0 && r["speedup"].as_f64().unwrap() > 0.0);
         assert!(r["peak_memory_mib"].as_f64().unwrap() > 0.0);
         // Every candidate is recalibrated, keeping the teacher's latents, window and decay.

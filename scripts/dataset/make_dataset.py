@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import io
 import json
+import multiprocessing
 import pathlib
 import sys
 
@@ -66,6 +67,12 @@ VALIDATION = [
     (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "middle")
     for seed, (m, c) in enumerate(
         [(m, c) for c in ("brightness", "rain") for m in ("loop_empty", "small_loop", "udem1")], start=150)
+] + [
+    # Added in session 7 so that every generated OOD type has validation drives (fog and noise
+    # had none): seeds 180-185, never used before.
+    (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "second_half")
+    for seed, (m, c) in enumerate(
+        [(m, c) for c in ("fog", "noise") for m in ("loop_empty", "small_loop", "udem1")], start=180)
 ]
 # Extra clear drives held out from everything (`make heldout-data`): 6 per map, for studies of
 # scores that are fitted to in-distribution data (docs/detector-experiments.md).
@@ -81,8 +88,22 @@ FALSEALARM = [
     (f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
     for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(200, 250))
 ]
+# The test set of the model cards (`make testset-data`, issue 14), fixed in session 7 before any
+# figure on it was looked at, with seeds 300-328 never used before: per OOD type and map one
+# drive, OOD in its middle half at the default severity; two clear drives per map, and two on
+# 4way, a map no detector has seen (chosen for having only the training maps' textures, so that
+# it tests generalisation to new scenes rather than new objects). Hashes: data/testset.sha256.
+OOD_TYPES = ("brightness", "rain", "fog", "snow", "motion_blur", "noise", "occlusion")
+MAPS = ("loop_empty", "small_loop", "udem1")
+TESTSET = [
+    (f"ood_{c}_{m}_s{seed}", m, seed, "test", c, "middle")
+    for seed, (m, c) in enumerate([(m, c) for c in OOD_TYPES for m in MAPS], start=300)
+] + [
+    (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
+    for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=321)
+]
 SETS = {"sample": SAMPLE, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
-        "falsealarm": FALSEALARM}
+        "falsealarm": FALSEALARM, "testset": TESTSET}
 
 
 def ood_mask(n, sequence, condition):
@@ -232,19 +253,43 @@ def main():
                     help="vary brightness and rain within [0, MAX] severity on every frame (in-distribution "
                          "variation of the paper's two factors; 0 = clear frames)")
     ap.add_argument("--only", nargs="*", help="drive ids to generate (default: all)")
+    ap.add_argument("--check", type=pathlib.Path, metavar="SHA256_FILE",
+                    help="fail unless every generated drive's JPEG hash matches the one recorded in this file "
+                         "(lines 'SHA256  DRIVE_ID'); with --record, write the file instead")
+    ap.add_argument("--record", action="store_true", help="write the --check file from this run")
     ap.add_argument("--set", choices=sorted(SETS), default="sample",
                     help="sample: the committed drives; train: 28 clear drives for training and calibration; "
                          "validation: 15 OOD drives (snow, motion blur, occlusion, brightness, rain) for model selection; "
                          "heldout: 18 clear drives for studies of fitted scores; "
-                         "falsealarm: 50 clear drives (seeds 200-249) for false-alarm rates")
+                         "falsealarm: 50 clear drives (seeds 200-249) for false-alarm rates; "
+                         "testset: 29 drives (seeds 300-328), the model cards' test set")
     args = ap.parse_args()
-    for spec in SETS[args.set]:
-        if args.only and spec[0] not in args.only:
-            continue
-        meta = write_drive(args.out, *spec, args.frames, args.width, args.height, args.severity, args.images,
-                           args.id_variation)
-        print(f"{meta['drive_id']:<32} {meta['split']:<12} {meta['condition']:<11} {meta['sequence']:<12} {len(meta['ood_frames']):4d} OOD frames  sha256 {meta['sha256_jpeg'][:12]}")
+    specs = [spec for spec in SETS[args.set] if not args.only or spec[0] in args.only]
+    # One process per drive: the simulator's OpenGL context leaks, and a long set otherwise
+    # fails after a few dozen drives with "invalid operation".
+    ctx = multiprocessing.get_context("spawn")
+    jobs = [(args.out, *spec, args.frames, args.width, args.height, args.severity, args.images, args.id_variation)
+            for spec in specs]
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        for meta in pool.imap(_write_drive, jobs):
+            print(f"{meta['drive_id']:<32} {meta['split']:<12} {meta['condition']:<11} {meta['sequence']:<12} {len(meta['ood_frames']):4d} OOD frames  sha256 {meta['sha256_jpeg'][:12]}", flush=True)
+    if args.check:
+        # Every drive of the set, as written in --out (this run's and earlier runs').
+        hashes = {spec[0]: json.loads((args.out / spec[0] / "meta.json").read_text())["sha256_jpeg"]
+                  for spec in SETS[args.set] if (args.out / spec[0] / "meta.json").is_file()}
+        if args.record:
+            args.check.write_text("".join(f"{h}  {d}\n" for d, h in hashes.items()))
+            return
+        recorded = dict(reversed(line.split()) for line in args.check.read_text().splitlines() if line.strip())
+        bad = sorted(d for d in recorded if hashes.get(d) != recorded[d])
+        if bad:
+            sys.exit(f"{len(bad)} drive(s) missing or different from {args.check}: {', '.join(bad)} (a different "
+                     f"simulator or library version renders other frames; figures on them are not the recorded set's)")
+        print(f"all {len(recorded)} drives match {args.check}")
 
+
+def _write_drive(job):
+    return write_drive(*job)
 
 if __name__ == "__main__":
     main()

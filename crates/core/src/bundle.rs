@@ -45,6 +45,11 @@ pub struct CalibrationSection {
     pub pipeline: crate::detection::PipelineParams,
     /// In-distribution false alarms the threshold was tuned for, as a share of frames.
     pub target_false_alarm_rate: f64,
+    /// What the threshold promises, on how many tuning drives (absent in bundles calibrated
+    /// before the drive-level threshold: their threshold is a quantile over frames, which
+    /// correlated frames void).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarantee: Option<crate::detection::tuning::ThresholdGuarantee>,
     /// How `latents.selected` was chosen.
     pub selection: String,
     pub data: CalibrationData,

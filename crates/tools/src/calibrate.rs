@@ -8,8 +8,12 @@
 //! on the calibration and tuning drives (in-distribution only).
 //!
 //! With the Mahalanobis score, a further role: fit drives (in-distribution, disjoint from the
-//! rest) give the reference Gaussian; the score then has no latents to select, so only window
-//! and decay are searched.
+//! rest) give the reference Gaussian (without them, the bundle's own reference is kept); the
+//! score then has no latents to select, so only window and decay are searched.
+//!
+//! The threshold is set on whole tuning drives ([`vae_ood_core::detection::tuning::drive_threshold`]):
+//! certifying r false alarms per frame on drives of L frames takes at least 1/(r L) - 1 of them;
+//! with fewer, the threshold is their largest S and the bundle records the weaker bound.
 
 use crate::drives::{count_frames, map_drive};
 use crate::{Error, Result};
@@ -102,9 +106,11 @@ pub struct Options {
 /// sweep calibrates candidates with).
 pub mod defaults {
     pub const K: &str = "5,10,15,20,30";
-    pub const WINDOWS: &str = "10,20";
-    pub const DECAYS: &str = "0,0.5,1,2";
-    pub const FALSE_ALARM_RATE: f64 = 0.001;
+    /// Window 1 uses each p-value once (the conformal e-detector); longer windows reuse them.
+    pub const WINDOWS: &str = "1,5,10,20";
+    pub const DECAYS: &str = "0,0.5,1,2,4";
+    /// 0.1 false alarms per 1000 in-distribution frames.
+    pub const FALSE_ALARM_RATE: f64 = 0.0001;
 }
 
 impl Options {
@@ -166,8 +172,8 @@ pub fn calibrate(
     }
     opts.grid.validate(opts.epsilon_grid)?;
     match (opts.score, opts.fit.is_empty(), &opts.latents) {
-        (ScoreKind::Mahalanobis, true, _) => {
-            return input("--score mahalanobis needs --fit drives (in-distribution, disjoint from the others) to fit its reference on".into())
+        (ScoreKind::Mahalanobis, true, _) if det.bundle().manifest.score.is_kl() => {
+            return input("--score mahalanobis needs --fit drives (in-distribution, disjoint from the others) to fit its reference on, unless the bundle already has one".into())
         }
         (ScoreKind::Mahalanobis, _, Some(_)) => {
             return input("--latents applies to the KL score only: the Mahalanobis score uses every latent".into())
@@ -217,6 +223,9 @@ pub fn calibrate(
     let fit: Vec<_> = scored.drain(..opts.fit.len()).collect();
     let score = match opts.score {
         ScoreKind::Kl => ScoreSpec::Kl,
+        // Recalibrating a bundle that has a fitted reference keeps it (the fit drives are not
+        // needed again, and its scores stay the ones the bundle was chosen with).
+        ScoreKind::Mahalanobis if fit.is_empty() => det.bundle().manifest.score.clone(),
         ScoreKind::Mahalanobis => {
             let ids = fit.iter().map(|(id, _, _)| id.clone()).collect();
             let features: Vec<Vec<f64>> = fit
@@ -329,6 +338,7 @@ pub fn calibrate(
             cusum_threshold: chosen.cusum_threshold,
         },
         target_false_alarm_rate: opts.false_alarm_rate,
+        guarantee: Some(chosen.guarantee.clone()),
         selection,
         data: CalibrationData {
             calibration: cal.iter().map(|d| d.id.clone()).collect(),

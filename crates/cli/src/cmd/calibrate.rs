@@ -18,13 +18,15 @@ pub struct Args {
     /// (distance of (mu, logvar) from a Gaussian fitted on the --fit drives).
     #[arg(long, default_value = "kl")]
     score: ScoreKind,
-    /// In-distribution drives to fit the Mahalanobis reference on (--score mahalanobis).
+    /// In-distribution drives to fit the Mahalanobis reference on (--score mahalanobis; without
+    /// them the bundle's own reference is kept).
     #[arg(long = "fit", num_args = 1..)]
     fit: Vec<DriveArg>,
     /// In-distribution calibration drives (conformal scores, latent ranking).
     #[arg(long = "cal", required = true, num_args = 1..)]
     cal: Vec<DriveArg>,
-    /// In-distribution tuning drives (CUSUM threshold).
+    /// In-distribution tuning drives (CUSUM threshold: a quantile of their largest S, one value
+    /// per drive, so give many; see --false-alarm-rate).
     #[arg(long = "tune-id", required = true, num_args = 1..)]
     tune_id: Vec<DriveArg>,
     /// Validation OOD drives as DIR or DIR:ONSET (first OOD frame; default 0).
@@ -46,7 +48,8 @@ pub struct Args {
     /// Candidate CUSUM decays.
     #[arg(long, value_delimiter = ',', default_value = defaults::DECAYS, allow_negative_numbers = true)]
     decays: Vec<f64>,
-    /// Target false alarms, as a share of in-distribution frames.
+    /// Target false alarms per in-distribution frame. Certified by the tuning drives when there
+    /// are at least 1/(rate x drive length) - 1 of them (16 drives of 600 frames for 1e-4).
     #[arg(long, default_value_t = defaults::FALSE_ALARM_RATE)]
     false_alarm_rate: f64,
     #[arg(long, default_value_t = vae_ood_core::detection::default_grid())]
@@ -86,6 +89,23 @@ pub fn run(a: Args) -> Result<()> {
         "cusum_threshold   {:.4} (target false-alarm rate {} per frame)",
         c.pipeline.cusum_threshold, c.target_false_alarm_rate
     );
+    let g = &o.chosen.guarantee;
+    println!(
+        "guarantee         an in-distribution stretch of {} frames alarms with probability <= {:.4} ({:.3} per 1000 frames), if drives are exchangeable with the {} tuning drives",
+        g.frames_per_drive,
+        g.per_drive_false_alarm,
+        1000.0 * g.per_frame_false_alarm,
+        g.drives
+    );
+    if !g.target_met {
+        eprintln!(
+            "warning: {} tuning drives cannot certify {} false alarms per frame on {}-frame drives; give at least {} (the threshold is their largest S)",
+            g.drives,
+            c.target_false_alarm_rate,
+            g.frames_per_drive,
+            vae_ood_core::detection::tuning::drives_needed(c.target_false_alarm_rate, g.frames_per_drive)
+        );
+    }
     println!(
         "calibration       {} scores from {:?}",
         c.scores.len(),

@@ -35,7 +35,13 @@ pub struct CompressArgs {
     /// Validation OOD drives DIR[:ONSET] (as `vae-ood calibrate --val-ood`)
     #[arg(long, num_args = 1..)]
     pub val_ood: Vec<String>,
-    /// Held-out test inputs (as `vae-ood eval --input`, PATH=TYPE), labelled by --label-topic
+    /// Selection inputs (as `vae-ood eval --input`, PATH=TYPE): validation drives of every OOD
+    /// type; the AUROC budget is checked on these. Without them the test inputs decide, which
+    /// is tuning to the test set (a warning says so)
+    #[arg(long, num_args = 1..)]
+    pub select: Vec<String>,
+    /// Held-out test inputs (as `vae-ood eval --input`, PATH=TYPE), labelled by --label-topic:
+    /// reported, and deciding only when --select is not given
     #[arg(long, num_args = 1.., required = true)]
     pub test: Vec<String>,
     #[arg(long, default_value = "/ood_label")]
@@ -82,6 +88,7 @@ impl CompressArgs {
             cal: self.cal.clone(),
             tune_id: self.tune_id.clone(),
             val_ood: self.val_ood.clone(),
+            select: self.select.clone(),
             test: self.test.clone(),
             label_topic: self.label_topic.clone(),
             auroc_drop: self.auroc_drop,
@@ -93,6 +100,9 @@ impl CompressArgs {
 }
 
 pub fn run(args: &CompressArgs) -> Result<()> {
+    if args.select.is_empty() {
+        eprintln!("warning: no --select inputs: the AUROC budget is checked on the --test inputs, so they choose the student as well as judge it");
+    }
     let r = sweep::run(&args.options())?;
     println!(
         "{:<28} {:>9} {:>8} {:>9}  CUSUM AUROC per partition  verdict",

@@ -1,12 +1,13 @@
 //! Choosing the pipeline's parameters from data, with the data kept apart by drive:
 //! calibration drives give the conformal scores, in-distribution tuning drives set
-//! `cusum_threshold` for a target false-alarm rate, and validation OOD drives pick k, window and
-//! decay by the least detection delay. Test drives are never seen here.
+//! `cusum_threshold` for a target false-alarm rate (a conformal quantile over whole drives, so
+//! that correlated frames do not void it: [`drive_threshold`]), and validation OOD drives pick
+//! k, window and decay by the least detection delay. Test drives are never seen here.
 
 use super::selection::top_k;
 use super::{Calibration, DetectionError, PipelineParams, SequentialDetector, Step};
 use crate::score::nonconformity;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A recorded drive: the parts of each frame's score, and for OOD drives the first OOD frame.
 #[derive(Debug, Clone)]
@@ -36,31 +37,85 @@ pub fn run(cal: &Calibration, params: &PipelineParams, scores: &[f64]) -> Vec<St
     scores.iter().map(|&s| det.step(s)).collect()
 }
 
-/// The smallest threshold such that at most `rate` of the in-distribution frames (with a full
-/// window) have S above it, and at least ln(1/rate). Frames with S equal to the threshold do
-/// not alarm (`S > t`).
-pub fn threshold_for_rate(
+/// What an alarm threshold promises, and on what evidence (stored in the bundle).
+///
+/// The threshold is a conformal quantile over whole drives, not frames: each in-distribution
+/// tuning drive, run from S = 0, gives one number, its largest S. If a fresh in-distribution
+/// drive is exchangeable with the tuning drives *as a whole* (drives are independent draws of
+/// the same kind of driving; frames within a drive may be correlated in any way), its largest S
+/// exceeds the threshold with probability at most `per_drive_false_alarm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdGuarantee {
+    /// Tuning drives whose largest S made the threshold.
+    pub drives: usize,
+    /// Frames with a full window in the shortest of them: the stretch the guarantee is for.
+    pub frames_per_drive: usize,
+    /// Bound on the probability that an in-distribution stretch of `frames_per_drive` frames,
+    /// started from S = 0, raises any alarm: (K + 1 - r) / (K + 1) for the r-th smallest of K.
+    pub per_drive_false_alarm: f64,
+    /// `per_drive_false_alarm / frames_per_drive`: alarmed stretches per frame.
+    pub per_frame_false_alarm: f64,
+    /// False when too few tuning drives were given to certify the target rate: the threshold
+    /// is then their largest S, and the bound above is the best they can give.
+    pub target_met: bool,
+}
+
+/// The alarm threshold for a target rate of false alarms per in-distribution frame, set on
+/// whole tuning drives (see [`ThresholdGuarantee`]) and never below ln(1/rate), the level that
+/// one window's log M exceeds with probability at most `rate` if the p-values are
+/// exchangeable (Ville): with a one-frame window and no decay that is the conformal
+/// e-detector's run-length guarantee. Frames with S equal to the threshold do not alarm.
+pub fn drive_threshold(
     cal: &Calibration,
     params: &PipelineParams,
     id_scores: &[Vec<f64>],
     rate: f64,
-) -> Result<f64, DetectionError> {
-    let mut s: Vec<f64> = id_scores
+) -> Result<(f64, ThresholdGuarantee), DetectionError> {
+    // Per drive: its largest S and how many frames filled the window.
+    let per_drive: Vec<(f64, usize)> = id_scores
         .iter()
-        .flat_map(|d| run(cal, params, d))
-        .filter(|st| st.window_full)
-        .map(|st| st.cusum)
+        .map(|d| {
+            run(cal, params, d)
+                .iter()
+                .filter(|st| st.window_full)
+                .fold((0.0f64, 0), |(m, n), st| (m.max(st.cusum), n + 1))
+        })
+        .filter(|&(_, n)| n > 0)
         .collect();
-    if s.is_empty() {
+    if per_drive.is_empty() {
         return Err(DetectionError::NoTuningFrames(params.window));
     }
-    s.sort_by(f64::total_cmp);
-    let allowed = (rate.max(0.0) * s.len() as f64).floor() as usize;
-    let t = s[s.len() - 1 - allowed.min(s.len() - 1)];
-    // Floor: never below ln(1/rate), the level one window's log M exceeds with probability at
-    // most `rate` under exchangeability (Ville). Short or calm tuning drives often leave S at 0,
-    // and a threshold near 0 would alarm on any evidence at all.
-    Ok(t.max((1.0 / rate.max(1e-6)).ln()))
+    let k = per_drive.len();
+    let frames = per_drive.iter().map(|&(_, n)| n).min().unwrap_or(1);
+    let mut maxima: Vec<f64> = per_drive.iter().map(|&(m, _)| m).collect();
+    maxima.sort_by(f64::total_cmp);
+    let alpha = (rate.max(0.0) * frames as f64).min(1.0);
+    // The r-th smallest (1-based) of K: a fresh drive exceeds it with probability <= (K+1-r)/(K+1).
+    let wanted = ((1.0 - alpha) * (k + 1) as f64).ceil() as usize;
+    let r = wanted.clamp(1, k);
+    let per_drive_false_alarm = (k + 1 - r) as f64 / (k + 1) as f64;
+    let t = maxima[r - 1].max((1.0 / rate.max(1e-12)).ln());
+    Ok((
+        t,
+        ThresholdGuarantee {
+            drives: k,
+            frames_per_drive: frames,
+            per_drive_false_alarm,
+            per_frame_false_alarm: per_drive_false_alarm / frames as f64,
+            target_met: wanted <= k,
+        },
+    ))
+}
+
+/// Tuning drives needed to certify `rate` on stretches of `frames` frames: the smallest K with
+/// 1 / (K + 1) <= rate x frames.
+pub fn drives_needed(rate: f64, frames: usize) -> usize {
+    let alpha = rate * frames as f64;
+    if alpha <= 0.0 {
+        return usize::MAX;
+    }
+    ((1.0 / alpha).ceil() as usize).saturating_sub(1).max(1)
 }
 
 /// Frames from onset to the first alarm at or after it; `None` if never detected.
@@ -80,6 +135,7 @@ pub struct Candidate {
     pub window: usize,
     pub decay: f64,
     pub cusum_threshold: f64,
+    pub guarantee: ThresholdGuarantee,
     /// Mean over validation OOD drives; a missed drive counts its whole OOD length.
     pub mean_delay: f64,
     pub missed: usize,
@@ -151,7 +207,7 @@ pub fn search(
                     decay,
                     cusum_threshold: 1.0,
                 };
-                let t = threshold_for_rate(&cal_scores, &params, &tune, rate)?;
+                let (t, guarantee) = drive_threshold(&cal_scores, &params, &tune, rate)?;
                 params.cusum_threshold = t;
                 let (mut total, mut missed) = (0.0, 0);
                 for (scores, onset) in &val {
@@ -169,6 +225,7 @@ pub fn search(
                     window,
                     decay,
                     cusum_threshold: t,
+                    guarantee,
                     mean_delay: total / val.len().max(1) as f64,
                     missed,
                 });
@@ -226,8 +283,61 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("window"));
     }
 
+    /// Drives of strongly correlated in-distribution scores: an AR(1) process (coefficient
+    /// 0.95, so neighbouring frames are nearly equal, as in video) with a drive-specific level.
+    fn correlated_drives(rng: &mut rand_chacha::ChaCha8Rng, n: usize, len: usize) -> Vec<Vec<f64>> {
+        use rand::Rng;
+        (0..n)
+            .map(|_| {
+                let level: f64 = rng.random_range(-0.5..0.5);
+                let mut x = 0.0;
+                (0..len)
+                    .map(|_| {
+                        x = 0.95 * x + 0.3 * (rng.random::<f64>() - 0.5);
+                        level + x
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
-    fn threshold_allows_at_most_the_target_share_and_delay_counts_from_onset() {
+    fn the_drive_threshold_holds_on_correlated_frames() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let cal = Calibration::new(correlated_drives(&mut rng, 10, 200).concat()).unwrap();
+        let params = PipelineParams {
+            window: 1,
+            epsilon_grid: 100,
+            decay: 0.0,
+            cusum_threshold: 1.0,
+        };
+        // 19 tuning drives of 200 frames certify 1/20 per drive at a rate of 1/4000 per frame.
+        let tune = correlated_drives(&mut rng, 19, 200);
+        let (t, g) = drive_threshold(&cal, &params, &tune, 1.0 / 4000.0).unwrap();
+        assert!(g.target_met, "{g:?}");
+        assert_eq!((g.drives, g.frames_per_drive), (19, 200));
+        assert!((g.per_drive_false_alarm - 0.05).abs() < 1e-12, "{g:?}");
+        // The threshold is the largest S of the tuning drives (r = 19 of 19), above Ville's.
+        let largest = tune
+            .iter()
+            .flat_map(|d| run(&cal, &params, d))
+            .map(|s| s.cusum)
+            .fold(0.0, f64::max);
+        assert_eq!(t, largest.max(4000f64.ln()));
+        // Fresh drives of the same process alarm at most as often as promised (3 sigma slack).
+        let fresh = correlated_drives(&mut rng, 2000, 200);
+        let alarmed = fresh
+            .iter()
+            .filter(|d| run(&cal, &params, d).iter().any(|s| s.cusum > t))
+            .count() as f64
+            / 2000.0;
+        let sigma = (0.05f64 * 0.95 / 2000.0).sqrt();
+        assert!(alarmed <= 0.05 + 3.0 * sigma, "alarmed {alarmed}");
+    }
+
+    #[test]
+    fn too_few_tuning_drives_give_their_largest_s_and_say_so() {
         let cal = Calibration::new((0..100).map(f64::from).collect()).unwrap();
         let params = PipelineParams {
             window: 5,
@@ -238,25 +348,20 @@ mod tests {
         let id: Vec<Vec<f64>> = (0..4)
             .map(|d| (0..200).map(|i| ((i * 37 + d * 11) % 100) as f64).collect())
             .collect();
-        let t = threshold_for_rate(&cal, &params, &id, 0.01).unwrap();
-        let frames: Vec<Step> = id
-            .iter()
-            .flat_map(|d| run(&cal, &params, d))
-            .filter(|s| s.window_full)
-            .collect();
-        let above = frames.iter().filter(|s| s.cusum > t).count();
-        assert!(
-            above as f64 <= 0.01 * frames.len() as f64,
-            "{above} of {}",
-            frames.len()
-        );
+        let (t, g) = drive_threshold(&cal, &params, &id, 1e-4).unwrap();
+        assert!(!g.target_met);
+        assert_eq!(g.per_drive_false_alarm, 0.2, "1/(K+1) with K = 4");
+        assert_eq!(g.frames_per_drive, 196, "frames with a full window");
+        assert!(t >= 1e4f64.ln());
+        assert_eq!(drives_needed(1e-4, 600), 16);
+        assert_eq!(drives_needed(1.0 / 4000.0, 200), 19);
 
         // ID then far-out scores: an alarm follows the onset within a few frames.
         let mut drive: Vec<f64> = (0..50).map(|i| ((i * 37) % 100) as f64).collect();
         drive.extend(std::iter::repeat_n(1000.0, 50));
         let steps = run(&cal, &params, &drive);
         let d = detection_delay(&steps, 50, t).expect("detected");
-        assert!(d <= params.window + 5, "delay {d}");
+        assert!(d <= params.window + 10, "delay {d}");
         assert_eq!(detection_delay(&steps[..50], 0, f64::MAX), None);
     }
 }

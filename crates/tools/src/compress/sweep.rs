@@ -221,7 +221,11 @@ pub struct Options {
     pub cal: Vec<String>,
     pub tune_id: Vec<String>,
     pub val_ood: Vec<String>,
-    /// Test inputs for `vae-ood eval --input` (PATH=TYPE), labelled by `label_topic`.
+    /// Selection inputs (PATH=TYPE, validation drives of every OOD type): the AUROC budget is
+    /// checked on these. Without them it is checked on the test inputs, which then decide as
+    /// well as report (kept for old reports; give --select).
+    pub select: Vec<String>,
+    /// Test inputs for `vae-ood eval --input` (PATH=TYPE), labelled by `label_topic`: reported.
     pub test: Vec<String>,
     pub label_topic: String,
     pub auroc_drop: f64,
@@ -243,6 +247,11 @@ pub struct CandidateResult {
     /// AUROC per OOD partition of the per-frame score and of the CUSUM statistic.
     pub auroc_score: BTreeMap<String, f64>,
     pub auroc_cusum: BTreeMap<String, f64>,
+    /// The same on the selection inputs (empty when the sweep had none).
+    #[serde(default)]
+    pub select_auroc_score: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub select_auroc_cusum: BTreeMap<String, f64>,
     /// Teacher's VAE loss with this encoder on the held-out tuning drives (f32 candidates).
     pub heldout_loss: Option<f64>,
     /// Mean squared (mu, logvar) distance to the teacher on the held-out drives.
@@ -285,6 +294,9 @@ pub struct Report {
     pub cal: Vec<String>,
     pub tune_id: Vec<String>,
     pub val_ood: Vec<String>,
+    /// Inputs the AUROC budget was checked on (empty: the test inputs).
+    #[serde(default)]
+    pub select: Vec<String>,
     pub test: Vec<String>,
     pub label_topic: String,
     pub rows: Vec<Row>,
@@ -425,7 +437,11 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
         .zip(&lat)
         .map(|(r, l)| Candidate {
             name: r.spec.name.clone(),
-            auroc: r.auroc_cusum.clone(),
+            auroc: if opts.select.is_empty() {
+                r.auroc_cusum.clone()
+            } else {
+                r.select_auroc_cusum.clone()
+            },
             latency_ms: l.p50_ms,
         })
         .collect();
@@ -455,6 +471,7 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
         cal: opts.cal.clone(),
         tune_id: opts.tune_id.clone(),
         val_ood: opts.val_ood.clone(),
+        select: opts.select.clone(),
         test: opts.test.clone(),
         label_topic: opts.label_topic.clone(),
         selected: best.map(|i| rows[i].result.spec.name.clone()),
@@ -670,7 +687,6 @@ impl Context<'_> {
         let mut det = vae_ood_core::detector::load(&raw, backend)?;
         calibrate::calibrate(&raw, &cal, det.as_mut(), &calibration_options(opts, plan)?)?;
         drop(det);
-        let inputs = eval::labelled_inputs(&[], &[], &opts.test, None, Some(&opts.label_topic))?;
         let eval_opts = eval::Options {
             bundle: cal.clone(),
             backend,
@@ -678,25 +694,37 @@ impl Context<'_> {
             topic: None,
             folder_fps: eval::DEFAULT_FOLDER_FPS,
         };
-        reset_peak_memory();
-        let report = eval::evaluate(&inputs, &eval_opts, &ev, &|_| {})?.report;
-        if let Some(bad) = report.inputs.iter().find(|i| i.error.is_some()) {
-            return Err(Error::Drive(format!(
-                "evaluating {}: {}",
-                spec.name,
-                bad.error.as_deref().unwrap_or("input failed")
-            )));
-        }
-        let aurocs = |table: &BTreeMap<String, Outcome>| -> BTreeMap<String, f64> {
-            table
-                .iter()
-                .filter(|(k, _)| k.as_str() != "all")
-                .filter_map(|(k, o)| match o {
-                    Outcome::Ok(m) => Some((k.clone(), m.auroc)),
-                    Outcome::Unavailable { .. } => None,
-                })
-                .collect()
+        // Per OOD partition, the AUROC of the score and of the sequential statistic.
+        let run_eval = |inputs: &[String], out: &Path| -> Result<[BTreeMap<String, f64>; 2]> {
+            let inputs = eval::labelled_inputs(&[], &[], inputs, None, Some(&opts.label_topic))?;
+            let report = eval::evaluate(&inputs, &eval_opts, out, &|_| {})?.report;
+            if let Some(bad) = report.inputs.iter().find(|i| i.error.is_some()) {
+                return Err(Error::Drive(format!(
+                    "evaluating {}: {}",
+                    spec.name,
+                    bad.error.as_deref().unwrap_or("input failed")
+                )));
+            }
+            let aurocs = |table: &BTreeMap<String, Outcome>| -> BTreeMap<String, f64> {
+                table
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "all")
+                    .filter_map(|(k, o)| match o {
+                        Outcome::Ok(m) => Some((k.clone(), m.auroc)),
+                        Outcome::Unavailable { .. } => None,
+                    })
+                    .collect()
+            };
+            Ok([aurocs(&report.score_metrics), aurocs(&report.cusum_metrics)])
         };
+        let [select_auroc_score, select_auroc_cusum] = if opts.select.is_empty() {
+            Default::default()
+        } else {
+            run_eval(&opts.select, &dir.join("eval_select"))?
+        };
+        reset_peak_memory();
+        let [auroc_score, auroc_cusum] = run_eval(&opts.test, &ev)?;
+        let peak_memory_mib = eval::peak_memory_mib();
         let costs = b.arch.layer_costs();
         Ok(CandidateResult {
             spec: spec.clone(),
@@ -705,11 +733,13 @@ impl Context<'_> {
             arch: b.arch,
             onnx_bytes: b.onnx_bytes,
             bundle: cal,
-            auroc_score: aurocs(&report.score_metrics),
-            auroc_cusum: aurocs(&report.cusum_metrics),
+            auroc_score,
+            auroc_cusum,
+            select_auroc_score,
+            select_auroc_cusum,
             heldout_loss: b.heldout_loss,
             posterior_distance: b.posterior_distance,
-            peak_memory_mib: report.peak_memory_mib,
+            peak_memory_mib,
             calibration: calibration_args(opts, plan),
             finetune: spec.finetune.then(|| self.ft_opts.clone()),
             finetune_history: b.history,
