@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data testset-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data testset-data tuning-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -76,3 +76,9 @@ sample-data: $(DATA_VENV)/.ok
 TESTSET_OUT ?= out/testset
 testset-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set testset --out $(TESTSET_OUT) --frames 400 --check data/testset.sha256
+
+# 60 clear drives (600 frames each, seeds 400-459) that, with the 18 of make heldout-data, set
+# the alarm threshold: a quantile of each drive's largest CUSUM statistic (docs/detector-experiments.md).
+TUNING_OUT ?= out/tuning
+tuning-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set tuning --out $(TUNING_OUT) --frames 600

@@ -23,11 +23,12 @@ source scripts/roles.sh
 [ -f out/train_var/id_udem1_s131/meta.json ] || make train-var-data TRAIN_VAR_OUT=out/train_var
 [ -f "$VAL/ood_noise_udem1_s185/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
 [ -f out/heldout/id_udem1_s177/meta.json ] || make heldout-data HELDOUT_OUT=out/heldout
+[ -f out/tuning/id_udem1_s458/meta.json ] || make tuning-data TUNING_OUT=out/tuning
 [ -f out/testset/id_4way_s328/meta.json ] || make testset-data TESTSET_OUT=out/testset
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 cargo build --locked -p vae_ood_cli
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick \
-  $(calibration_args "$V" "$VAL" out/heldout) --select $(eval_inputs "$VAL") \
+  $(calibration_args "$V" "$VAL" out/heldout out/tuning) --select $(eval_inputs "$VAL") \
   --test $(eval_inputs out/testset) | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
 if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then

@@ -15,7 +15,7 @@ env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo build --locke
 
 echo "=== 2/3 ROS package (node, gate, replay) ==="
 source scripts/env.sh
-cargo build --locked -p vae_ood_monitor --bins
+cargo build --locked -p vae_ood_monitor --bins --example hung_monitor
 cargo test --locked -p vae_ood_monitor --lib
 
 echo "=== 3/3 Python suite (rclpy, onnxruntime, colcon) ==="

@@ -20,6 +20,7 @@ S=data/sample
 [ -f "$VAR/id_udem1_s131/meta.json" ] || make train-var-data TRAIN_VAR_OUT="$VAR"
 [ -f "$VAL/ood_noise_udem1_s185/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
 [ -f out/heldout/id_udem1_s177/meta.json ] || make heldout-data HELDOUT_OUT=out/heldout
+[ -f out/tuning/id_udem1_s458/meta.json ] || make tuning-data TUNING_OUT=out/tuning
 cargo build --locked -p vae_ood_cli
 VAE=target/debug/vae-ood
 source scripts/roles.sh
@@ -30,7 +31,7 @@ source scripts/roles.sh
 BUNDLE=models/default
 rm -rf "$BUNDLE.new"
 "$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis \
-  $(calibration_args "$DATA" "$VAL" out/heldout)
+  $(calibration_args "$DATA" "$VAL" out/heldout out/tuning)
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"

@@ -3,7 +3,8 @@
 //!
 //! A separate process from the monitor on purpose: if the monitor crashes or hangs, its
 //! `~/ood` heartbeat stops, the verdict goes stale after `watchdog_timeout`, and the gate
-//! stops the robot. Topics (relative, remap them): `ood` (std_msgs/Bool from the monitor),
+//! stops the robot. A verdict passes commands only once a second one has followed it within
+//! `watchdog_timeout` (a live heartbeat), never on the latched sample alone. Topics (relative, remap them): `ood` (std_msgs/Bool from the monitor),
 //! `cmd_vel_in` (from the controller), `cmd_vel_out` (to the base).
 
 use crate::params::{self, DefaultValue, ParamDecl, Reader};
@@ -62,10 +63,16 @@ struct Verdict {
     ood: bool,
     at: Instant,
     closed: bool,
+    /// The previous verdict arrived less than `watchdog_timeout` before this one. A verdict
+    /// alone proves nothing about the monitor now: `~/ood` is latched (transient-local), so a
+    /// gate that starts while the monitor's inference thread is hung (process alive, heartbeat
+    /// stopped) still receives its last `false`. Only a second verdict in time shows a live
+    /// heartbeat.
+    confirmed: bool,
 }
 
 fn passing(v: &Option<Verdict>, timeout: Duration) -> bool {
-    matches!(v, Some(Verdict { ood: false, at, closed: false }) if at.elapsed() < timeout)
+    matches!(v, Some(Verdict { ood: false, at, closed: false, confirmed: true }) if at.elapsed() < timeout)
 }
 
 pub fn main() -> Result<()> {
@@ -153,10 +160,12 @@ async fn run() -> Result<()> {
                     if v.as_ref().is_some_and(|v| v.closed) {
                         continue;
                     }
+                    let confirmed = v.as_ref().is_some_and(|p| p.at.elapsed() < timeout);
                     *v = Some(Verdict {
                         ood: m.data,
                         at: Instant::now(),
                         closed: false,
+                        confirmed,
                     });
                 }
                 if m.data {
@@ -226,6 +235,7 @@ async fn run() -> Result<()> {
         ood: true,
         at: Instant::now(),
         closed: true,
+        confirmed: false,
     });
     out.stop(&clock);
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -126,6 +126,14 @@ impl Shared {
         });
     }
 
+    /// How long the worker has been on one event, if that is longer than `max_busy` (hung).
+    pub fn stalled(&self, max_busy: Duration) -> Option<Duration> {
+        let s = self.status.lock().expect("status lock");
+        s.busy_since
+            .map(|t| t.elapsed())
+            .filter(|&busy| busy > max_busy)
+    }
+
     fn mark_busy(&self) {
         self.status.lock().expect("status lock").busy_since = Some(Instant::now());
     }

@@ -170,10 +170,21 @@ pub struct Health<'a> {
     pub latency_p50: Option<Duration>,
     pub latency_max: Option<Duration>,
     pub topic: &'a str,
+    /// Set when the inference thread has been on one event longer than its limit (hung).
+    pub stalled: Option<(Duration, Duration)>,
 }
 
 pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
-    let (level, message) = if h.recent_frames == 0 {
+    let (level, message) = if let Some((busy, limit)) = h.stalled {
+        (
+            DiagnosticStatus::ERROR as u8,
+            format!(
+                "inference stalled: one event has taken {:.1} s (limit max_busy {:.1} s); ~/ood heartbeat stopped, verdict not trusted",
+                busy.as_secs_f64(),
+                limit.as_secs_f64()
+            ),
+        )
+    } else if h.recent_frames == 0 {
         let level = if h.state == MonitorState::Fault {
             DiagnosticStatus::ERROR as u8
         } else {

@@ -20,13 +20,23 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::{BackendKind, BackendOptions};
 use vae_ood_core::monitor::{Monitor, MonitorConfig};
 
 pub const DEFAULT_NODE_NAME: &str = "vae_ood_monitor";
 
+/// Replaces the loaded detector before the node uses it. Only for tests that need a detector
+/// misbehaving on purpose (examples/hung_monitor.rs); the shipped executable passes none.
+pub type DetectorHook = Box<dyn FnOnce(Box<dyn Detector>) -> Box<dyn Detector>>;
+
 /// Entry point of the `vae_ood_monitor` executable.
 pub fn main() -> Result<()> {
+    main_with(None)
+}
+
+/// The node with an optional [`DetectorHook`].
+pub fn main_with(hook: Option<DetectorHook>) -> Result<()> {
     if std::env::args().any(|a| a == "--describe-parameters") {
         println!("{}", params::describe_json(params::PARAMS));
         return Ok(());
@@ -35,7 +45,7 @@ pub fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run())
+    rt.block_on(run(hook))
 }
 
 /// Resolves a bundle path: absolute as given; relative against the installed package's share
@@ -72,7 +82,7 @@ fn float_pub(node: &mut r2r::Node, topic: &str) -> Result<r2r::Publisher<Float32
     Ok(node.create_publisher::<Float32>(topic, QosProfile::default())?)
 }
 
-async fn run() -> Result<()> {
+async fn run(hook: Option<DetectorHook>) -> Result<()> {
     let ctx = r2r::Context::create().context("initialising ROS 2 (rcl_init)")?;
     let mut node = r2r::Node::create(ctx, DEFAULT_NODE_NAME, "").context("creating the node")?;
     let node_name = node.fully_qualified_name()?;
@@ -119,6 +129,10 @@ async fn run() -> Result<()> {
         },
     )
     .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
+    let detector = match hook {
+        Some(h) => h(detector),
+        None => detector,
+    };
     let model_id = detector.model_id().to_string();
     let trained = detector.bundle().manifest.provenance.trained;
     let backend = detector.backend();
@@ -221,8 +235,17 @@ async fn run() -> Result<()> {
         let shared = shared.clone();
         async move {
             while let Some(req) = resets.next().await {
-                let reply = shared.request_reset().await;
+                // A hung inference thread never answers: fail within RESET_TIMEOUT instead.
+                let reply = tokio::time::timeout(RESET_TIMEOUT, shared.request_reset()).await;
                 let response = match reply {
+                    Err(_) => Trigger::Response {
+                        success: false,
+                        message: format!(
+                            "the inference thread did not answer within {:.1} s (hung? see /diagnostics); nothing was reset",
+                            RESET_TIMEOUT.as_secs_f64()
+                        ),
+                    },
+                    Ok(reply) => match reply {
                     Ok(Some(s)) => Trigger::Response {
                         success: true,
                         message: format!("CUSUM reset; state {}", s.as_str()),
@@ -234,6 +257,7 @@ async fn run() -> Result<()> {
                     Err(_) => Trigger::Response {
                         success: false,
                         message: "monitor is shutting down".into(),
+                    },
                     },
                 };
                 let _ = req.respond(response);
@@ -292,7 +316,7 @@ async fn run() -> Result<()> {
         let shared = shared.clone();
         let ood = pubs.ood.clone();
         let period = cfg.heartbeat_period;
-        let max_busy = (period * 5).max(Duration::from_millis(500));
+        let max_busy = cfg.max_busy;
         async move {
             let mut tick = tokio::time::interval(period);
             loop {
@@ -308,6 +332,7 @@ async fn run() -> Result<()> {
         let (node_name, model_id) = (node_name.clone(), model_id.clone());
         let clock = node.get_ros_clock();
         let period = cfg.diagnostics_period;
+        let max_busy = cfg.max_busy;
         async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -341,6 +366,7 @@ async fn run() -> Result<()> {
                     latency_p50: lat.get(lat.len() / 2).copied(),
                     latency_max: lat.last().copied(),
                     topic,
+                    stalled: shared.stalled(max_busy).map(|busy| (busy, max_busy)),
                 };
                 let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
                 (last_received, last_faults, last_dropped) =
@@ -365,13 +391,35 @@ async fn run() -> Result<()> {
         "shutting down: publishing OOD (monitor not running)"
     );
     shared.stop(&pubs.ood);
-    let _ = worker.join();
+    // A hung inference thread cannot be joined: wait for it a bounded time, then leave without
+    // it (the process exits; the final verdict is published either way).
+    let joined = {
+        let t0 = Instant::now();
+        while !worker.is_finished() && t0.elapsed() < JOIN_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        worker.is_finished()
+    };
     let _ = pubs.ood.publish(&Bool { data: true });
     // Give DDS a moment to deliver the final verdict before the participant goes away.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if !joined {
+        r2r::log_error!(
+            &logger,
+            "the inference thread did not stop within {:.1} s (hung); exiting without it",
+            JOIN_TIMEOUT.as_secs_f64()
+        );
+        std::process::exit(1);
+    }
+    let _ = worker.join();
     let _ = spinner.await;
     Ok(())
 }
+
+/// How long `~/reset` waits for the inference thread before answering failure.
+const RESET_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long shutdown waits for the inference thread before exiting without it.
+const JOIN_TIMEOUT: Duration = Duration::from_millis(1200);
 
 async fn wait_for_shutdown() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

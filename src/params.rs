@@ -49,6 +49,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
     decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence."),
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
+    decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s)."),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
 ];
 
@@ -68,6 +69,8 @@ pub struct NodeConfig {
     pub recovery: Recovery,
     pub heartbeat_period: Duration,
     pub diagnostics_period: Duration,
+    /// How long one event may take before the inference thread counts as hung.
+    pub max_busy: Duration,
 }
 
 fn to_value(d: &DefaultValue) -> ParameterValue {
@@ -197,6 +200,15 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
             )))
         }
     };
+    let max_busy = match double("max_busy")? {
+        0.0 => (seconds("heartbeat_period", heartbeat)? * 5).max(Duration::from_millis(500)),
+        b if (0.01..=3600.0).contains(&b) => seconds("max_busy", b)?,
+        b => {
+            return Err(ParamError(format!(
+                "parameter 'max_busy' is {b}; expected 0 (automatic) or 0.01..=3600 seconds"
+            )))
+        }
+    };
     if age < 0.0 || timeout < 0.0 || period < 0.01 {
         return Err(ParamError(
             "max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into(),
@@ -220,6 +232,7 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
         recovery,
         heartbeat_period: seconds("heartbeat_period", heartbeat)?,
         diagnostics_period: seconds("diagnostics_period", period)?,
+        max_busy,
     })
 }
 

@@ -20,6 +20,8 @@ TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "de
 VAE_OOD = TARGET / "vae-ood"
 NODE = TARGET / "vae_ood_monitor"
 GATE = TARGET / "ood_gate"
+# A monitor whose detector blocks inside a frame (examples/hung_monitor.rs; make test builds it).
+HUNG_MONITOR = TARGET / "examples" / "hung_monitor"
 DEFAULT_BUNDLE = ROOT / "models" / "default"
 
 
@@ -108,8 +110,8 @@ class NodeProcess:
     """A Rust node as a child process with a unique name. By default the monitor, reading
     its camera on /<name>/cam; `gate=True` starts ood_gate instead (remaps via `remaps`)."""
 
-    def __init__(self, name, params=None, extra_args=(), gate=False, remaps=None, bundle=BUNDLE):
-        exe = GATE if gate else NODE
+    def __init__(self, name, params=None, extra_args=(), gate=False, remaps=None, bundle=BUNDLE, exe=None, env=None):
+        exe = exe or (GATE if gate else NODE)
         require(exe, exe.name)
         self.name = name
         config = ROOT / "config" / ("gate.yaml" if gate else "monitor.yaml")
@@ -124,7 +126,7 @@ class NodeProcess:
         args += list(extra_args)
         self.log_path = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def output(self):
         if not self.log.closed:

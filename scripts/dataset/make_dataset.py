@@ -21,6 +21,7 @@ import io
 import json
 import multiprocessing
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -88,6 +89,14 @@ FALSEALARM = [
     (f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
     for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(200, 250))
 ]
+# Clear drives for setting the alarm threshold (`make tuning-data`): 60 drives of 600 frames,
+# seeds 400-459 over the three maps, never used before. The threshold is a quantile of their
+# largest CUSUM statistic, one value per drive, so the more drives, the less a rare drive
+# decides it: 60 drives certify 0.1 false alarms per 1000 frames with the 4th largest of them.
+TUNING = [
+    (f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
+    for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(400, 460))
+]
 # The test set of the model cards (`make testset-data`, issue 14), fixed in session 7 before any
 # figure on it was looked at, with seeds 300-328 never used before: per OOD type and map one
 # drive, OOD in its middle half at the default severity; two clear drives per map, and two on
@@ -103,7 +112,7 @@ TESTSET = [
     for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=321)
 ]
 SETS = {"sample": SAMPLE, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
-        "falsealarm": FALSEALARM, "testset": TESTSET}
+        "falsealarm": FALSEALARM, "testset": TESTSET, "tuning": TUNING}
 
 
 def ood_mask(n, sequence, condition):
@@ -206,6 +215,8 @@ def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_fra
     clean = drive(map_name, seed, n_frames, width, height)
     mask = ood_mask(n_frames, sequence, condition)
     d = out / drive_id
+    if (d / "bag").exists():  # regenerating: rosbags refuses to write over an existing bag
+        shutil.rmtree(d / "bag")
     d.mkdir(parents=True, exist_ok=True)
     if images:
         (d / "frames").mkdir(exist_ok=True)
@@ -262,7 +273,8 @@ def main():
                          "validation: 15 OOD drives (snow, motion blur, occlusion, brightness, rain) for model selection; "
                          "heldout: 18 clear drives for studies of fitted scores; "
                          "falsealarm: 50 clear drives (seeds 200-249) for false-alarm rates; "
-                         "testset: 29 drives (seeds 300-328), the model cards' test set")
+                         "testset: 29 drives (seeds 300-328), the model cards' test set; "
+                         "tuning: 60 clear drives (seeds 400-459) for the alarm threshold")
     args = ap.parse_args()
     specs = [spec for spec in SETS[args.set] if not args.only or spec[0] in args.only]
     # One process per drive: the simulator's OpenGL context leaks, and a long set otherwise

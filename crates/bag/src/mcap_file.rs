@@ -1,12 +1,21 @@
-//! rosbag2's MCAP storage, read linearly (no summary needed, so truncated files still give
-//! every message before the damage).
+//! rosbag2's MCAP storage, streamed: the data section is read once, front to back, through
+//! mcap's sans-io reader and a bounded buffer (about one chunk), so a drive of many GB costs no
+//! more memory than a short one, and a truncated file still gives every message before the
+//! damage. Topics and counts come from the file's summary section when it has one (a few
+//! seeks at the end of the file), else from such a pass.
 
 use super::{BagError, BagMessage, TopicInfo};
-use std::collections::BTreeMap;
+use mcap::records::Record;
+use mcap::sans_io::{
+    LinearReadEvent, LinearReader, SummaryReadEvent, SummaryReader, SummaryReaderOptions,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek};
 use std::path::Path;
 
-fn read(path: &Path) -> Result<Vec<u8>, BagError> {
-    std::fs::read(path).map_err(|source| BagError::Io {
+fn open(path: &Path) -> Result<File, BagError> {
+    File::open(path).map_err(|source| BagError::Io {
         path: path.into(),
         source,
     })
@@ -20,46 +29,201 @@ fn damaged(path: &Path, delivered: u64, e: impl std::fmt::Display) -> BagError {
     }
 }
 
-fn schema_name(m: &mcap::Message<'_>) -> String {
-    m.channel
-        .schema
-        .as_ref()
-        .map(|s| s.name.clone())
-        .unwrap_or_default()
+/// Why a pass stopped: the file could not be read, or its content is not valid MCAP.
+enum StreamError {
+    Io(std::io::Error),
+    Mcap(mcap::McapError),
 }
 
-/// Topics and message counts. A damaged file lists what comes before the damage (the visit
-/// reports the damage itself), so a truncated recording can still be evaluated.
-pub fn topics(path: &Path) -> Result<Vec<TopicInfo>, BagError> {
-    let buf = read(path)?;
-    let mut out: BTreeMap<String, TopicInfo> = BTreeMap::new();
-    for m in mcap::MessageStream::new(&buf).map_err(|e| damaged(path, 0, e))? {
-        let Ok(m) = m else { break };
-        out.entry(m.channel.topic.clone())
-            .or_insert_with(|| TopicInfo {
-                name: m.channel.topic.clone(),
-                msg_type: schema_name(&m),
-                count: 0,
-            })
-            .count += 1;
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => e.fmt(f),
+            Self::Mcap(e) => e.fmt(f),
+        }
     }
-    Ok(out.into_values().collect())
 }
 
-pub fn visit(path: &Path, topics: &[&str], f: &mut dyn FnMut(BagMessage)) -> Result<(), BagError> {
-    let buf = read(path)?;
-    let mut delivered = 0u64;
-    for m in mcap::MessageStream::new(&buf).map_err(|e| damaged(path, 0, e))? {
-        let m = m.map_err(|e| damaged(path, delivered, e))?;
-        if topics.contains(&m.channel.topic.as_str()) {
-            f(BagMessage {
-                topic: m.channel.topic.clone(),
-                msg_type: schema_name(&m),
-                log_time_ns: m.log_time as i64,
-                data: m.data.into_owned(),
-            });
-            delivered += 1;
+/// Channels and schemas seen so far in a pass, to name each message's topic and type.
+#[derive(Default)]
+struct Channels {
+    schemas: HashMap<u16, String>,
+    channels: HashMap<u16, (String, u16)>,
+}
+
+impl Channels {
+    /// Records a schema or channel; for a message, its topic and type.
+    fn message<'r>(&mut self, record: &'r Record<'_>) -> Option<(&str, &str, &'r [u8], u64)> {
+        match record {
+            Record::Schema { header, .. } => {
+                self.schemas.insert(header.id, header.name.clone());
+                None
+            }
+            Record::Channel(c) => {
+                self.channels.insert(c.id, (c.topic.clone(), c.schema_id));
+                None
+            }
+            Record::Message { header, data } => {
+                let (topic, schema) = self.channels.get(&header.channel_id)?;
+                let msg_type = self.schemas.get(schema).map_or("", String::as_str);
+                Some((topic, msg_type, data, header.log_time))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Hands every record of the file's data section to `on`, in file order.
+fn stream(file: &mut File, on: &mut dyn FnMut(Record<'_>)) -> Result<(), StreamError> {
+    let mut reader = LinearReader::new();
+    while let Some(event) = reader.next_event() {
+        match event.map_err(StreamError::Mcap)? {
+            LinearReadEvent::ReadRequest(need) => {
+                let n = file.read(reader.insert(need)).map_err(StreamError::Io)?;
+                reader.notify_read(n);
+            }
+            LinearReadEvent::Record { opcode, data } => {
+                on(mcap::parse_record(opcode, data).map_err(StreamError::Mcap)?);
+            }
         }
     }
     Ok(())
+}
+
+/// The summary section, if the file was closed properly (rosbag2 writes one).
+fn summary(file: &mut File) -> Option<mcap::Summary> {
+    let size = file.metadata().ok()?.len();
+    let mut reader =
+        SummaryReader::new_with_options(SummaryReaderOptions::default().with_file_size(size));
+    while let Some(event) = reader.next_event() {
+        match event.ok()? {
+            SummaryReadEvent::ReadRequest(n) => {
+                let read = file.read(reader.insert(n)).ok()?;
+                reader.notify_read(read);
+            }
+            SummaryReadEvent::SeekRequest(to) => {
+                let pos = file.seek(to).ok()?;
+                reader.notify_seeked(pos);
+            }
+        }
+    }
+    reader.finish()
+}
+
+/// Topics and message counts. A file without a summary (a truncated recording) lists what
+/// comes before the damage (the visit reports the damage itself), so it can still be evaluated;
+/// with a summary the counts are the recorder's, whatever a visit later finds.
+pub fn topics(path: &Path) -> Result<Vec<TopicInfo>, BagError> {
+    let mut file = open(path)?;
+    if let Some(t) = summary(&mut file).as_ref().and_then(topics_from_summary) {
+        return Ok(t);
+    }
+    file.rewind().map_err(|source| BagError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let mut out: BTreeMap<String, TopicInfo> = BTreeMap::new();
+    let mut channels = Channels::default();
+    // Damage ends the listing, not the call.
+    let _ = stream(&mut file, &mut |record| {
+        if let Some((topic, msg_type, _, _)) = channels.message(&record) {
+            out.entry(topic.to_string())
+                .or_insert_with(|| TopicInfo {
+                    name: topic.to_string(),
+                    msg_type: msg_type.to_string(),
+                    count: 0,
+                })
+                .count += 1;
+        }
+    });
+    Ok(out.into_values().collect())
+}
+
+/// The summary's channels and statistics; None without statistics (the caller scans instead).
+fn topics_from_summary(summary: &mcap::Summary) -> Option<Vec<TopicInfo>> {
+    let stats = summary.stats.as_ref()?;
+    let mut out: BTreeMap<String, TopicInfo> = BTreeMap::new();
+    for (id, channel) in &summary.channels {
+        let count = stats.channel_message_counts.get(id).copied().unwrap_or(0);
+        if count == 0 {
+            continue; // a scan lists only topics with messages
+        }
+        let t = out
+            .entry(channel.topic.clone())
+            .or_insert_with(|| TopicInfo {
+                name: channel.topic.clone(),
+                msg_type: channel
+                    .schema
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                count: 0,
+            });
+        t.count += count;
+    }
+    Some(out.into_values().collect())
+}
+
+/// Hands every message on `topics` to `f`, in file order, in one pass.
+pub fn visit(path: &Path, topics: &[&str], f: &mut dyn FnMut(BagMessage)) -> Result<(), BagError> {
+    let mut file = open(path)?;
+    let mut delivered = 0u64;
+    let mut channels = Channels::default();
+    stream(&mut file, &mut |record| {
+        if let Some((topic, msg_type, data, log_time)) = channels.message(&record) {
+            if topics.contains(&topic) {
+                f(BagMessage {
+                    topic: topic.to_string(),
+                    msg_type: msg_type.to_string(),
+                    log_time_ns: log_time as i64,
+                    data: data.to_vec(),
+                });
+                delivered += 1;
+            }
+        }
+    })
+    .map_err(|e| damaged(path, delivered, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed sample's bags are rosbag2 MCAP files with a summary: it must list what a
+    /// pass over every message finds.
+    #[test]
+    fn the_summary_lists_what_a_pass_finds() {
+        let bags = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/sample");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(bags).unwrap() {
+            let bag = entry.unwrap().path().join("bag");
+            let Some(path) = std::fs::read_dir(&bag)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|x| x == "mcap"))
+            else {
+                continue;
+            };
+            let s = summary(&mut open(&path).unwrap()).expect("rosbag2 writes a summary");
+            let listed: Vec<(String, String, u64)> = topics_from_summary(&s)
+                .expect("with statistics")
+                .into_iter()
+                .map(|t| (t.name, t.msg_type, t.count))
+                .collect();
+            let mut passed: BTreeMap<String, (String, u64)> = BTreeMap::new();
+            let mut channels = Channels::default();
+            stream(&mut open(&path).unwrap(), &mut |r| {
+                if let Some((topic, ty, _, _)) = channels.message(&r) {
+                    passed.entry(topic.into()).or_insert((ty.into(), 0)).1 += 1;
+                }
+            })
+            .map_err(|e| e.to_string())
+            .unwrap();
+            let passed: Vec<(String, String, u64)> =
+                passed.into_iter().map(|(k, (t, n))| (k, t, n)).collect();
+            assert_eq!(listed, passed, "{}", path.display());
+            checked += 1;
+        }
+        assert_eq!(checked, 8);
+    }
 }

@@ -95,7 +95,7 @@ pub fn drive_threshold(
     let wanted = ((1.0 - alpha) * (k + 1) as f64).ceil() as usize;
     let r = wanted.clamp(1, k);
     let per_drive_false_alarm = (k + 1 - r) as f64 / (k + 1) as f64;
-    let t = maxima[r - 1].max((1.0 / rate.max(1e-12)).ln());
+    let t = maxima[r - 1].max((1.0 / rate.max(1e-6)).ln());
     Ok((
         t,
         ThresholdGuarantee {

@@ -306,6 +306,8 @@ pub struct Report {
 }
 
 const RESULT_FILE: &str = "result.json";
+/// At most about this many held-out frames for the loss diagnostic.
+const HELDOUT_FRAMES: usize = 5000;
 
 /// Runs (or resumes) the sweep and writes `report.json`, `report.html` and plots to `out`.
 pub fn run(opts: &Options) -> Result<Report, crate::Error> {
@@ -357,7 +359,20 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
             eprintln!("{m}");
         }
     };
-    let heldout = frames_of(&opts.tune_id, 1)?;
+    // The held-out loss is a diagnostic: every frame of many tuning drives would cost memory
+    // in proportion (78 drives of 600 frames: 2.3 GB), so take at most about 5,000 of them.
+    let heldout = {
+        let paths: Vec<PathBuf> = opts
+            .tune_id
+            .iter()
+            .map(|d| d.parse::<DriveArg>().map(|a| a.path))
+            .collect::<Result<_, _>>()?;
+        let total = crate::drives::count_frames(
+            &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+            None,
+        );
+        frames_of(&opts.tune_id, total.div_ceil(HELDOUT_FRAMES).max(1))?
+    };
     let calib_frames = frames_of(&opts.cal, 10)?;
     let calib: Vec<Vec<f32>> = (0..calib_frames.len())
         .map(|i| calib_frames.gather(&[i]))

@@ -1,0 +1,59 @@
+//! The monitor node with a detector that hangs: it scores `VAE_OOD_HANG_AFTER` frames (default
+//! 5), then blocks forever inside the next one, as a wedged inference runtime would. Built only
+//! for the live test of the hung-inference path (test/test_hung_monitor.py:
+//! `cargo build -p vae_ood_monitor --example hung_monitor`); an example, so neither colcon nor
+//! `cargo build --bins` ever builds or installs it.
+
+#[cfg(feature = "ros")]
+mod hang {
+    use image::RgbImage;
+    use vae_ood_core::bundle::Bundle;
+    use vae_ood_core::detector::{Detector, Fault, Scored, StreamId};
+
+    pub struct HangAfter {
+        pub inner: Box<dyn Detector>,
+        pub left: u64,
+    }
+
+    impl Detector for HangAfter {
+        fn bundle(&self) -> &Bundle {
+            self.inner.bundle()
+        }
+        fn backend(&self) -> &'static str {
+            self.inner.backend()
+        }
+        fn open_stream(&mut self) -> StreamId {
+            self.inner.open_stream()
+        }
+        fn reset_stream(&mut self, stream: StreamId) {
+            self.inner.reset_stream(stream)
+        }
+        fn score_batch(&mut self, frames: &[(StreamId, &RgbImage)]) -> Vec<Result<Scored, Fault>> {
+            if self.left == 0 {
+                eprintln!("hung_monitor: blocking inside inference now");
+                loop {
+                    std::thread::park();
+                }
+            }
+            self.left -= 1;
+            self.inner.score_batch(frames)
+        }
+    }
+}
+
+#[cfg(feature = "ros")]
+fn main() -> anyhow::Result<()> {
+    let left = std::env::var("VAE_OOD_HANG_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    vae_ood_monitor::node::main_with(Some(Box::new(move |inner| {
+        Box::new(hang::HangAfter { inner, left })
+    })))
+}
+
+#[cfg(not(feature = "ros"))]
+fn main() {
+    eprintln!("hung_monitor needs the `ros` feature");
+    std::process::exit(1);
+}

@@ -1,0 +1,96 @@
+"""A hung inference thread in a live monitor process (examples/hung_monitor.rs: the real node
+with a detector that blocks forever inside its 6th frame), over real DDS (loopback).
+
+Functional deadlines, each with its stated slack:
+- /diagnostics reports ERROR ("inference stalled") within max_busy + diagnostics_period + 0.5 s;
+- ~/reset answers failure within 1 s + 0.5 s;
+- the gate, started before the hang, commands zero within max_busy + watchdog_timeout + one
+  command period + 0.3 s; a gate started after the hang never passes a command;
+- SIGINT: the process exits within 2 s, and the last ~/ood it published is true.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import BUNDLE, HUNG_MONITOR, NodeProcess, make_frames, require, wait_for
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
+from std_srvs.srv import Trigger  # noqa: E402
+
+from ros_helpers import Client, raw_image  # noqa: E402
+from test_gate_live import CMD_PERIOD, Controller, spin_for  # noqa: E402
+
+UID = f"{os.getpid()}"
+MAX_BUSY = 0.5
+DIAG_PERIOD = 0.5
+WATCHDOG = 0.5
+
+
+def test_a_hung_inference_thread_is_reported_stops_the_robot_and_does_not_block_shutdown(ros):
+    require(HUNG_MONITOR, "examples/hung_monitor (cargo build -p vae_ood_monitor --example hung_monitor)")
+    name = f"m_hung_{UID}"
+    monitor = NodeProcess(name, {"max_frame_age": "0.0", "input_timeout": "0.0", "max_busy": repr(MAX_BUSY),
+                                 "diagnostics_period": repr(DIAG_PERIOD), "score_threshold": "1e9"},
+                          exe=HUNG_MONITOR, env={"VAE_OOD_HANG_AFTER": "5"}, bundle=BUNDLE)
+    gate_remaps = lambda g: {"ood": f"/{name}/ood", "cmd_vel_in": f"/{g}/cmd_in", "cmd_vel_out": f"/{g}/cmd_out"}  # noqa: E731
+    gate = NodeProcess(f"g_hung_{UID}", {"watchdog_timeout": repr(WATCHDOG)}, gate=True, remaps=gate_remaps(f"g_hung_{UID}"))
+    late_gate = None
+    client = Client(name, compressed=False)
+    ctl = Controller(client, f"g_hung_{UID}")
+    try:
+        client.wait_matched()
+        frames = make_frames(6, seed=60)
+        for f in frames[:5]:
+            assert client.send(raw_image(f))["state"] == "OK"
+        t_ok = time.monotonic()
+        spin_for(client, 0.3)
+        assert ctl.passing_after(t_ok), "commands must pass while the monitor is healthy"
+
+        # The 6th frame never comes back.
+        msg = raw_image(frames[5])
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(client.stamp(), 1_000_000_000)
+        client.pub.publish(msg)
+        t_hang = time.monotonic()
+
+        stalled = lambda: any(d["level"] in (2, b"\x02") and "stalled" in d["message"] for d in client.diagnostics)  # noqa: E731
+        deadline = MAX_BUSY + DIAG_PERIOD + 0.5
+        wait_for(stalled, deadline + 2, client.spin, "/diagnostics ERROR for the stalled inference")
+        assert time.monotonic() - t_hang <= deadline + 0.3, "ERROR came too late"
+
+        zero_deadline = MAX_BUSY + WATCHDOG + CMD_PERIOD + 0.3
+        wait_for(lambda: ctl.first_zero_after(t_hang) is not None, zero_deadline + 1, client.spin, "zero velocity")
+        assert ctl.first_zero_after(t_hang) - t_hang <= zero_deadline
+
+        reset = client.node.create_client(Trigger, f"/{name}/reset")
+        assert reset.wait_for_service(timeout_sec=10)
+        t_reset = time.monotonic()
+        fut = reset.call_async(Trigger.Request())
+        wait_for(lambda: fut.done(), 1.5, client.spin, "the reset answer")
+        assert not fut.result().success and "did not answer" in fut.result().message, fut.result()
+        assert time.monotonic() - t_reset <= 1.5
+
+        # A gate that starts now gets the monitor's latched ~/ood; it must not pass commands.
+        late_name = f"g_late_{UID}"
+        late_gate = NodeProcess(late_name, {"watchdog_timeout": repr(WATCHDOG)}, gate=True, remaps=gate_remaps(late_name))
+        late = Controller(client, late_name)
+        wait_for(lambda: len(late.out) > 10, 30, client.spin, "the late gate's output")
+        spin_for(client, 1.0)
+        assert not any(x != 0.0 for _, x in late.out), "a gate started during the hang passed a command"
+
+        n_ood = len(client.ood)
+        monitor.proc.send_signal(signal.SIGINT)
+        t_int = time.monotonic()
+        wait_for(lambda: monitor.proc.poll() is not None, 2.0, client.spin, "the monitor to exit after SIGINT")
+        assert time.monotonic() - t_int <= 2.0
+        spin_for(client, 0.3)
+        assert len(client.ood) > n_ood and client.ood[-1] is True, client.ood[-5:]
+        assert "stalled" in monitor.output() or "hung" in monitor.output(), monitor.output()[-2000:]
+    finally:
+        client.close()
+        monitor.stop(timeout=3)
+        gate.stop()
+        if late_gate:
+            late_gate.stop()
