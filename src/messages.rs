@@ -172,6 +172,8 @@ pub struct Health<'a> {
     pub topic: &'a str,
     /// Set when the inference thread has been on one event longer than its limit (hung).
     pub stalled: Option<(Duration, Duration)>,
+    /// The camera's rate, when configured (`expected_rate`).
+    pub expected_rate: Option<f64>,
 }
 
 pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
@@ -203,6 +205,18 @@ pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
         (
             DiagnosticStatus::ERROR as u8,
             "the last frame could not be scored (see ~/verdict fault)".to_string(),
+        )
+    } else if let Some(expected) = h
+        .expected_rate
+        .filter(|&e| (h.recent_frames as f64) < 0.9 * e * h.period.as_secs_f64())
+    {
+        (
+            DiagnosticStatus::WARN as u8,
+            format!(
+                "receiving {:.1} frames/s on {}, expected {expected:.1}: frames are lost before the node (DDS transport for large images? see README)",
+                h.recent_frames as f64 / h.period.as_secs_f64(),
+                h.topic
+            ),
         )
     } else if h.recent_faults > 0 || h.recent_dropped > 0 {
         (
@@ -284,6 +298,56 @@ mod tests {
                 now
             ),
             Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn health_reports_a_stalled_thread_and_missing_frames() {
+        let counters = Counters::default();
+        let health = |recent_frames, stalled, expected_rate| Health {
+            node_name: "/m",
+            model_id: "id",
+            backend: "tract",
+            trained: true,
+            state: MonitorState::Ok,
+            counters: &counters,
+            received: 100,
+            dropped: 0,
+            period: Duration::from_secs(1),
+            recent_frames,
+            recent_dropped: 0,
+            recent_faults: 0,
+            latency_p50: None,
+            latency_max: None,
+            topic: "image",
+            stalled,
+            expected_rate,
+        };
+        let t = Time { sec: 0, nanosec: 0 };
+        let level = |h: &Health| health_array(h, t.clone()).status[0].level;
+        assert_eq!(level(&health(30, None, None)), DiagnosticStatus::OK as u8);
+        assert_eq!(
+            level(&health(30, None, Some(30.0))),
+            DiagnosticStatus::OK as u8
+        );
+        let slow = health_array(&health(19, None, Some(30.0)), t.clone());
+        assert_eq!(slow.status[0].level, DiagnosticStatus::WARN as u8);
+        assert!(
+            slow.status[0].message.contains("expected 30.0"),
+            "{}",
+            slow.status[0].message
+        );
+        let hung = health(
+            30,
+            Some((Duration::from_secs(2), Duration::from_millis(500))),
+            None,
+        );
+        let a = health_array(&hung, t);
+        assert_eq!(a.status[0].level, DiagnosticStatus::ERROR as u8);
+        assert!(
+            a.status[0].message.contains("stalled"),
+            "{}",
+            a.status[0].message
         );
     }
 

@@ -332,7 +332,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         let (node_name, model_id) = (node_name.clone(), model_id.clone());
         let clock = node.get_ros_clock();
         let period = cfg.diagnostics_period;
-        let max_busy = cfg.max_busy;
+        let (max_busy, expected_rate) = (cfg.max_busy, cfg.expected_rate);
         async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -367,6 +367,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                     latency_max: lat.last().copied(),
                     topic,
                     stalled: shared.stalled(max_busy).map(|busy| (busy, max_busy)),
+                    expected_rate,
                 };
                 let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
                 (last_received, last_faults, last_dropped) =

@@ -49,6 +49,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
     decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence."),
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
+    decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked."),
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s)."),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
 ];
@@ -71,6 +72,8 @@ pub struct NodeConfig {
     pub diagnostics_period: Duration,
     /// How long one event may take before the inference thread counts as hung.
     pub max_busy: Duration,
+    /// The camera's rate, when given: fewer frames than 90 % of it is a warning.
+    pub expected_rate: Option<f64>,
 }
 
 fn to_value(d: &DefaultValue) -> ParameterValue {
@@ -209,6 +212,15 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
             )))
         }
     };
+    let expected_rate = match double("expected_rate")? {
+        0.0 => None,
+        r if (0.1..=10_000.0).contains(&r) => Some(r),
+        r => {
+            return Err(ParamError(format!(
+                "parameter 'expected_rate' is {r}; expected 0 (not checked) or 0.1..=10000 Hz"
+            )))
+        }
+    };
     if age < 0.0 || timeout < 0.0 || period < 0.01 {
         return Err(ParamError(
             "max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into(),
@@ -233,6 +245,7 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
         heartbeat_period: seconds("heartbeat_period", heartbeat)?,
         diagnostics_period: seconds("diagnostics_period", period)?,
         max_busy,
+        expected_rate,
     })
 }
 

@@ -1,12 +1,15 @@
 """A hung inference thread in a live monitor process (examples/hung_monitor.rs: the real node
-with a detector that blocks forever inside its 6th frame), over real DDS (loopback).
+with a detector that blocks forever inside its 6th frame), and a monitor frozen whole with
+SIGSTOP, over real DDS (loopback).
 
 Functional deadlines, each with its stated slack:
 - /diagnostics reports ERROR ("inference stalled") within max_busy + diagnostics_period + 0.5 s;
 - ~/reset answers failure within 1 s + 0.5 s;
 - the gate, started before the hang, commands zero within max_busy + watchdog_timeout + one
   command period + 0.3 s; a gate started after the hang never passes a command;
-- SIGINT: the process exits within 2 s, and the last ~/ood it published is true.
+- SIGINT: the process exits within 2 s, and the last ~/ood it published is true;
+- SIGSTOP: zero within watchdog_timeout + one command period + 0.3 s; a gate started meanwhile
+  never passes a command; after SIGCONT commands pass again.
 """
 
 import os
@@ -91,6 +94,56 @@ def test_a_hung_inference_thread_is_reported_stops_the_robot_and_does_not_block_
     finally:
         client.close()
         monitor.stop(timeout=3)
+        gate.stop()
+        if late_gate:
+            late_gate.stop()
+
+
+def test_a_stopped_monitor_never_lets_a_command_through(ros):
+    """SIGSTOP freezes the whole monitor process (no heartbeat, no discovery answers): the
+    running gate stops the robot within the watchdog bound, a gate started meanwhile never
+    passes a command, and after SIGCONT both pass again once frames flow."""
+    name = f"m_stop_{UID}"
+    monitor = NodeProcess(name, {"max_frame_age": "0.0", "input_timeout": "0.0", "score_threshold": "1e9"}, bundle=BUNDLE)
+    gate_remaps = lambda g: {"ood": f"/{name}/ood", "cmd_vel_in": f"/{g}/cmd_in", "cmd_vel_out": f"/{g}/cmd_out"}  # noqa: E731
+    gate = NodeProcess(f"g_stop_{UID}", {"watchdog_timeout": repr(WATCHDOG)}, gate=True, remaps=gate_remaps(f"g_stop_{UID}"))
+    late_gate = None
+    client = Client(name, compressed=False)
+    ctl = Controller(client, f"g_stop_{UID}")
+    try:
+        client.wait_matched()
+        frames = make_frames(10, seed=61)
+        for f in frames[:3]:
+            assert client.send(raw_image(f))["state"] == "OK"
+        t_ok = time.monotonic()
+        spin_for(client, 0.3)
+        assert ctl.passing_after(t_ok)
+
+        monitor.proc.send_signal(signal.SIGSTOP)
+        t_stop = time.monotonic()
+        deadline = WATCHDOG + CMD_PERIOD + 0.3
+        wait_for(lambda: ctl.first_zero_after(t_stop) is not None, deadline + 1, client.spin, "zero velocity")
+        assert ctl.first_zero_after(t_stop) - t_stop <= deadline
+
+        late_name = f"g_stoplate_{UID}"
+        late_gate = NodeProcess(late_name, {"watchdog_timeout": repr(WATCHDOG)}, gate=True, remaps=gate_remaps(late_name))
+        late = Controller(client, late_name)
+        wait_for(lambda: len(late.out) > 10, 30, client.spin, "the late gate's output")
+        spin_for(client, 1.0)
+        assert not any(x != 0.0 for _, x in late.out), "a gate started while the monitor was stopped passed a command"
+        assert not ctl.passing_after(t_stop + deadline), "the running gate passed a command while the monitor was stopped"
+
+        monitor.proc.send_signal(signal.SIGCONT)
+        for f in frames[3:]:
+            client.send(raw_image(f))
+        t_cont = time.monotonic()
+        spin_for(client, 1.0)
+        assert ctl.passing_after(t_cont) and late.passing_after(t_cont), "commands must pass again after SIGCONT"
+    finally:
+        if monitor.proc.poll() is None:
+            monitor.proc.send_signal(signal.SIGCONT)
+        client.close()
+        monitor.stop()
         gate.stop()
         if late_gate:
             late_gate.stop()
