@@ -16,7 +16,7 @@ test:
 	bash scripts/test.sh
 
 # The paper's compression methodology on the default detector (vae-ood compress --budget
-# quick, about 35 min); ships the selected detector as models/compressed. See docs/compress.md.
+# quick, about 3 hours on 2 cores since session 7); ships the selected detector as models/compressed. See docs/compress.md.
 compress: setup
 	bash scripts/compress_default.sh
 

@@ -1,14 +1,18 @@
 """The shipped compressed detector (models/compressed): its model card's figures are exactly
 those of its sweep report (scripts/compress_card.py), and its claims hold against the teacher.
-(The Rust test `compress_sweep` re-evaluates the bundle against the same report.)"""
+It was calibrated with the report's drive roles, and re-evaluated on the report's test inputs
+(the generated test set, `make testset-data`) it gives the report's AUROC exactly.
+(The Rust test `compress_sweep` checks the bundle's structure against the same report.)"""
 
 import json
 import re
+import subprocess
 import sys
 
+import pytest
 import yaml
 
-from conftest import DEFAULT_BUNDLE, ROOT
+from conftest import DEFAULT_BUNDLE, ROOT, VAE_OOD, require
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import compress_card  # noqa: E402
@@ -40,3 +44,28 @@ def test_compressed_detector_meets_the_budget_against_its_teacher():
     assert m["provenance"]["trained"] and m["calibration"] is not None
     assert m["latents"]["selected"] == t["latents"]["selected"]
     assert m.get("score", {}).get("kind", "kl") == t.get("score", {}).get("kind", "kl")
+
+
+def test_the_shipped_bundle_was_calibrated_with_the_reports_roles():
+    report = json.loads((BUNDLE / "compress_report.json").read_text())
+    data = yaml.safe_load((BUNDLE / "manifest.yaml").read_text())["calibration"]["data"]
+    strip = lambda ids: [i.split(" (")[0] for i in ids]  # noqa: E731  ("PATH (N frames)")
+    assert strip(data["calibration"]) == report["cal"]
+    assert strip(data["tuning_id"]) == report["tune_id"]
+
+
+def test_the_shipped_bundle_reproduces_its_reports_test_figures(tmp_path):
+    report = json.loads((BUNDLE / "compress_report.json").read_text())
+    paths = [ROOT / t.split("=")[0] for t in report["test"]]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        pytest.skip(f"the report's test set is not generated here ({len(missing)} of {len(paths)} drives missing): make testset-data")
+    require(VAE_OOD, "vae-ood CLI")
+    r = subprocess.run([str(VAE_OOD), "eval", "--bundle", str(BUNDLE), "--quiet", "--label-topic", report["label_topic"],
+                        "--out", str(tmp_path), "--input", *report["test"]], capture_output=True, text=True, cwd=ROOT,
+                       timeout=1200)
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "report.json").read_text())["cusum_metrics"]
+    row = next(r for r in report["rows"] if r["spec"]["name"] == report["selected"])
+    for k, v in row["auroc_cusum"].items():
+        assert abs(got[k]["auroc"] - v) < 1e-9, (k, got[k]["auroc"], v)
