@@ -168,3 +168,47 @@ impl SequentialDetector {
         self.cusum.value()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any operator-given parameters are either refused with an error or give a pipeline
+        /// that runs on any score sequence, non-finite scores included, without panicking and
+        /// with a statistic that stays finite and non-negative (issue 15: no argument in any
+        /// range panics).
+        #[test]
+        fn parameters_are_refused_or_run_without_panicking(
+            window in 0usize..40,
+            epsilon_grid in 0usize..300,
+            decay in prop_oneof![8 => 0.0f64..10.0, 1 => -5.0f64..0.0, 1 => Just(f64::NAN), 1 => Just(f64::INFINITY)],
+            threshold in prop_oneof![8 => 0.001f64..1e6, 1 => -5.0f64..0.0, 1 => Just(f64::NAN), 1 => Just(0.0)],
+            cal in proptest::collection::vec(-1e3f64..1e3, 1..50),
+            scores in proptest::collection::vec(
+                prop_oneof![-1e6f64..1e6, Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY)],
+                0..80,
+            ),
+        ) {
+            let params = PipelineParams { window, epsilon_grid, decay, cusum_threshold: threshold };
+            let valid = params.validate().is_ok();
+            prop_assert_eq!(
+                valid,
+                window >= 1 && epsilon_grid >= 1 && decay.is_finite() && decay >= 0.0
+                    && threshold.is_finite() && threshold > 0.0
+            );
+            let cal = Calibration::new(cal).unwrap();
+            match SequentialDetector::new(cal, params) {
+                Err(_) => prop_assert!(!valid),
+                Ok(mut det) => {
+                    for s in scores {
+                        let st = det.step(s);
+                        prop_assert!(st.p_value > 0.0 && st.p_value <= 1.0, "{st:?}");
+                        prop_assert!(st.cusum.is_finite() && st.cusum >= 0.0, "{st:?}");
+                    }
+                }
+            }
+        }
+    }
+}
