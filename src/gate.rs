@@ -4,8 +4,9 @@
 //! A separate process from the monitor on purpose: if the monitor crashes or hangs, its
 //! `~/ood` heartbeat stops, the verdict goes stale after `watchdog_timeout`, and the gate
 //! stops the robot. A verdict passes commands only once a second one has followed it within
-//! `watchdog_timeout` (a live heartbeat), never on the latched sample alone. Topics (relative, remap them): `ood` (std_msgs/Bool from the monitor),
-//! `cmd_vel_in` (from the controller), `cmd_vel_out` (to the base).
+//! `watchdog_timeout` (a live heartbeat), never on the latched sample alone. Topics (relative,
+//! remap them): `ood` (std_msgs/Bool from the monitor), `cmd_vel_in` (from the controller),
+//! `cmd_vel_out` (to the base).
 
 use crate::params::{self, DefaultValue, ParamDecl, Reader};
 use anyhow::{anyhow, Context as _, Result};

@@ -118,7 +118,7 @@ impl Shared {
     /// has been busy with one event for longer than `max_busy` (hung pipeline: silence).
     pub fn heartbeat(&self, ood: &r2r::Publisher<Bool>, max_busy: Duration) {
         let s = self.status.lock().expect("status lock");
-        if s.closed || s.busy_since.is_some_and(|t| t.elapsed() > max_busy) {
+        if s.closed || s.stalled(max_busy).is_some() {
             return;
         }
         let _ = ood.publish(&Bool {
@@ -128,14 +128,21 @@ impl Shared {
 
     /// How long the worker has been on one event, if that is longer than `max_busy` (hung).
     pub fn stalled(&self, max_busy: Duration) -> Option<Duration> {
-        let s = self.status.lock().expect("status lock");
-        s.busy_since
-            .map(|t| t.elapsed())
-            .filter(|&busy| busy > max_busy)
+        self.status.lock().expect("status lock").stalled(max_busy)
     }
 
     fn mark_busy(&self) {
         self.status.lock().expect("status lock").busy_since = Some(Instant::now());
+    }
+}
+
+impl Status {
+    /// How long the worker has been on one event, if that is longer than `max_busy` (hung):
+    /// what silences the heartbeat and turns /diagnostics to ERROR.
+    fn stalled(&self, max_busy: Duration) -> Option<Duration> {
+        self.busy_since
+            .map(|t| t.elapsed())
+            .filter(|&busy| busy > max_busy)
     }
 }
 

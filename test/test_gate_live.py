@@ -87,8 +87,10 @@ class Controller:
         return any(x == 0.5 for t, x in self.out if t >= t0)
 
 
-def start_pair(name, bundle, params=None):
-    monitor = NodeProcess(f"m_{name}", {"max_frame_age": "0.0", **(params or {})}, bundle=bundle)
+def start_pair(name, bundle, params=None, exe=None, env=None):
+    """Monitor m_NAME (exe: another monitor executable), gate g_NAME on its ~/ood, and an rclpy
+    client and controller; returns once the gate publishes."""
+    monitor = NodeProcess(f"m_{name}", {"max_frame_age": "0.0", **(params or {})}, bundle=bundle, exe=exe, env=env)
     gate = NodeProcess(f"g_{name}", {"watchdog_timeout": repr(WATCHDOG)}, gate=True,
                        remaps={"ood": f"/m_{name}/ood", "cmd_vel_in": f"/g_{name}/cmd_in", "cmd_vel_out": f"/g_{name}/cmd_out"})
     client = Client(f"m_{name}", compressed=False)

@@ -23,34 +23,49 @@ from conftest import BUNDLE, HUNG_MONITOR, NodeProcess, make_frames, require, wa
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros_helpers import Client, raw_image  # noqa: E402
-from test_gate_live import CMD_PERIOD, Controller, spin_for  # noqa: E402
+from ros_helpers import raw_image  # noqa: E402
+from test_gate_live import CMD_PERIOD, WATCHDOG, Controller, spin_for, start_pair  # noqa: E402
 
 UID = f"{os.getpid()}"
 MAX_BUSY = 0.5
 DIAG_PERIOD = 0.5
-WATCHDOG = 0.5
+
+
+def start_late_gate(client, monitor, name):
+    """A gate started now on `monitor`'s ~/ood, once it publishes: it must block every command
+    for a second (it may only have the latched sample)."""
+    gate = NodeProcess(name, {"watchdog_timeout": repr(WATCHDOG)}, gate=True,
+                       remaps={"ood": f"/{monitor}/ood", "cmd_vel_in": f"/{name}/cmd_in", "cmd_vel_out": f"/{name}/cmd_out"})
+    try:
+        ctl = Controller(client, name)
+        wait_for(lambda: len(ctl.out) > 10, 30, client.spin, "the late gate's output")
+        spin_for(client, 1.0)
+    except BaseException:
+        gate.stop()
+        raise
+    return gate, ctl
+
+
+def healthy_start(client, ctl, frames):
+    """Frames scored OK, and commands passing through the running gate."""
+    for f in frames:
+        assert client.send(raw_image(f))["state"] == "OK"
+    t_ok = time.monotonic()
+    spin_for(client, 0.3)
+    assert ctl.passing_after(t_ok), "commands must pass while the monitor is healthy"
 
 
 def test_a_hung_inference_thread_is_reported_stops_the_robot_and_does_not_block_shutdown(ros):
     require(HUNG_MONITOR, "examples/hung_monitor (cargo build -p vae_ood_monitor --example hung_monitor)")
     name = f"m_hung_{UID}"
-    monitor = NodeProcess(name, {"max_frame_age": "0.0", "input_timeout": "0.0", "max_busy": repr(MAX_BUSY),
-                                 "diagnostics_period": repr(DIAG_PERIOD), "score_threshold": "1e9"},
-                          exe=HUNG_MONITOR, env={"VAE_OOD_HANG_AFTER": "5"}, bundle=BUNDLE)
-    gate_remaps = lambda g: {"ood": f"/{name}/ood", "cmd_vel_in": f"/{g}/cmd_in", "cmd_vel_out": f"/{g}/cmd_out"}  # noqa: E731
-    gate = NodeProcess(f"g_hung_{UID}", {"watchdog_timeout": repr(WATCHDOG)}, gate=True, remaps=gate_remaps(f"g_hung_{UID}"))
+    monitor, gate, client, ctl = start_pair(
+        f"hung_{UID}", BUNDLE, {"input_timeout": "0.0", "max_busy": repr(MAX_BUSY),
+                                "diagnostics_period": repr(DIAG_PERIOD), "score_threshold": "1e9"},
+        exe=HUNG_MONITOR, env={"VAE_OOD_HANG_AFTER": "5"})
     late_gate = None
-    client = Client(name, compressed=False)
-    ctl = Controller(client, f"g_hung_{UID}")
     try:
-        client.wait_matched()
         frames = make_frames(6, seed=60)
-        for f in frames[:5]:
-            assert client.send(raw_image(f))["state"] == "OK"
-        t_ok = time.monotonic()
-        spin_for(client, 0.3)
-        assert ctl.passing_after(t_ok), "commands must pass while the monitor is healthy"
+        healthy_start(client, ctl, frames[:5])
 
         # The 6th frame never comes back.
         msg = raw_image(frames[5])
@@ -76,11 +91,7 @@ def test_a_hung_inference_thread_is_reported_stops_the_robot_and_does_not_block_
         assert time.monotonic() - t_reset <= 1.5
 
         # A gate that starts now gets the monitor's latched ~/ood; it must not pass commands.
-        late_name = f"g_late_{UID}"
-        late_gate = NodeProcess(late_name, {"watchdog_timeout": repr(WATCHDOG)}, gate=True, remaps=gate_remaps(late_name))
-        late = Controller(client, late_name)
-        wait_for(lambda: len(late.out) > 10, 30, client.spin, "the late gate's output")
-        spin_for(client, 1.0)
+        late_gate, late = start_late_gate(client, name, f"g_late_{UID}")
         assert not any(x != 0.0 for _, x in late.out), "a gate started during the hang passed a command"
 
         n_ood = len(client.ood)
@@ -104,20 +115,11 @@ def test_a_stopped_monitor_never_lets_a_command_through(ros):
     running gate stops the robot within the watchdog bound, a gate started meanwhile never
     passes a command, and after SIGCONT both pass again once frames flow."""
     name = f"m_stop_{UID}"
-    monitor = NodeProcess(name, {"max_frame_age": "0.0", "input_timeout": "0.0", "score_threshold": "1e9"}, bundle=BUNDLE)
-    gate_remaps = lambda g: {"ood": f"/{name}/ood", "cmd_vel_in": f"/{g}/cmd_in", "cmd_vel_out": f"/{g}/cmd_out"}  # noqa: E731
-    gate = NodeProcess(f"g_stop_{UID}", {"watchdog_timeout": repr(WATCHDOG)}, gate=True, remaps=gate_remaps(f"g_stop_{UID}"))
+    monitor, gate, client, ctl = start_pair(f"stop_{UID}", BUNDLE, {"input_timeout": "0.0", "score_threshold": "1e9"})
     late_gate = None
-    client = Client(name, compressed=False)
-    ctl = Controller(client, f"g_stop_{UID}")
     try:
-        client.wait_matched()
         frames = make_frames(10, seed=61)
-        for f in frames[:3]:
-            assert client.send(raw_image(f))["state"] == "OK"
-        t_ok = time.monotonic()
-        spin_for(client, 0.3)
-        assert ctl.passing_after(t_ok)
+        healthy_start(client, ctl, frames[:3])
 
         monitor.proc.send_signal(signal.SIGSTOP)
         t_stop = time.monotonic()
@@ -125,11 +127,7 @@ def test_a_stopped_monitor_never_lets_a_command_through(ros):
         wait_for(lambda: ctl.first_zero_after(t_stop) is not None, deadline + 1, client.spin, "zero velocity")
         assert ctl.first_zero_after(t_stop) - t_stop <= deadline
 
-        late_name = f"g_stoplate_{UID}"
-        late_gate = NodeProcess(late_name, {"watchdog_timeout": repr(WATCHDOG)}, gate=True, remaps=gate_remaps(late_name))
-        late = Controller(client, late_name)
-        wait_for(lambda: len(late.out) > 10, 30, client.spin, "the late gate's output")
-        spin_for(client, 1.0)
+        late_gate, late = start_late_gate(client, name, f"g_stoplate_{UID}")
         assert not any(x != 0.0 for _, x in late.out), "a gate started while the monitor was stopped passed a command"
         assert not ctl.passing_after(t_stop + deadline), "the running gate passed a command while the monitor was stopped"
 

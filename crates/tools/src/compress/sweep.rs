@@ -346,13 +346,15 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
         }
         specs.retain(|s| s.name == "teacher" || only.contains(&s.name));
     }
-    // Frames of DIR[:ONSET] drive arguments, as `vae-ood calibrate` reads them.
-    let frames_of = |drives: &[String], stride: usize| -> Result<FrameSet, crate::Error> {
-        let paths = drives
+    // Folders of DIR[:ONSET] drive arguments, as `vae-ood calibrate` reads them.
+    let paths_of = |drives: &[String]| -> Result<Vec<PathBuf>, crate::Error> {
+        drives
             .iter()
             .map(|d| d.parse::<DriveArg>().map(|a| a.path))
-            .collect::<Result<Vec<_>, _>>()?;
-        FrameSet::load(&paths, &spec_in, stride, &|| {})
+            .collect()
+    };
+    let frames_of = |paths: &[PathBuf], stride: usize| -> Result<FrameSet, crate::Error> {
+        FrameSet::load(paths, &spec_in, stride, &|| {})
     };
     let say = |m: String| {
         if !opts.quiet {
@@ -362,18 +364,14 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
     // The held-out loss is a diagnostic: every frame of many tuning drives would cost memory
     // in proportion (78 drives of 600 frames: 2.3 GB), so take at most about 5,000 of them.
     let heldout = {
-        let paths: Vec<PathBuf> = opts
-            .tune_id
-            .iter()
-            .map(|d| d.parse::<DriveArg>().map(|a| a.path))
-            .collect::<Result<_, _>>()?;
+        let paths = paths_of(&opts.tune_id)?;
         let total = crate::drives::count_frames(
             &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
             None,
         );
-        frames_of(&opts.tune_id, total.div_ceil(HELDOUT_FRAMES).max(1))?
+        frames_of(&paths, total.div_ceil(HELDOUT_FRAMES).max(1))?
     };
-    let calib_frames = frames_of(&opts.cal, 10)?;
+    let calib_frames = frames_of(&paths_of(&opts.cal)?, 10)?;
     let calib: Vec<Vec<f32>> = (0..calib_frames.len())
         .map(|i| calib_frames.gather(&[i]))
         .collect();
