@@ -6,9 +6,9 @@
 
 #[cfg(feature = "ros")]
 mod hang {
-    use image::RgbImage;
     use vae_ood_core::bundle::Bundle;
     use vae_ood_core::detector::{Detector, Fault, Scored, StreamId};
+    use vae_ood_core::frame::Pixels;
 
     pub struct HangAfter {
         pub inner: Box<dyn Detector>,
@@ -28,7 +28,7 @@ mod hang {
         fn reset_stream(&mut self, stream: StreamId) {
             self.inner.reset_stream(stream)
         }
-        fn score_batch(&mut self, frames: &[(StreamId, &RgbImage)]) -> Vec<Result<Scored, Fault>> {
+        fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
             if self.left == 0 {
                 eprintln!("hung_monitor: blocking inside inference now");
                 loop {

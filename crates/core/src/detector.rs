@@ -9,9 +9,8 @@
 
 use crate::bundle::{Bundle, BundleError};
 use crate::encoder::{self, BackendOptions, Encoder};
-use crate::frame::FrameError;
-use crate::preprocess::preprocess;
-use image::RgbImage;
+use crate::frame::{FrameError, Pixels};
+use crate::preprocess::Preprocessor;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -62,7 +61,8 @@ impl Fault {
     }
 }
 
-/// A detector kind: scores decoded frames of streams against its bundle.
+/// A detector kind: scores frames of streams against its bundle. Frames come as checked
+/// [`Pixels`], read in place (a raw message buffer or a decoded image).
 pub trait Detector: Send {
     /// The bundle the detector was loaded from (manifest, model id).
     fn bundle(&self) -> &Bundle;
@@ -78,11 +78,11 @@ pub trait Detector: Send {
 
     /// Scores the next frame of each listed stream (at most one frame per stream), in order,
     /// in one call where the backend can batch.
-    fn score_batch(&mut self, frames: &[(StreamId, &RgbImage)]) -> Vec<Result<Scored, Fault>>;
+    fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>>;
 
     /// Scores the next frame of one stream.
-    fn score(&mut self, stream: StreamId, img: &RgbImage) -> Result<Scored, Fault> {
-        self.score_batch(&[(stream, img)])
+    fn score(&mut self, stream: StreamId, frame: Pixels<'_>) -> Result<Scored, Fault> {
+        self.score_batch(&[(stream, frame)])
             .pop()
             .expect("score_batch returns one result per frame")
     }
@@ -102,6 +102,7 @@ pub fn load(dir: impl AsRef<Path>, opts: BackendOptions) -> Result<Box<dyn Detec
 pub struct ImageDetector {
     bundle: Bundle,
     encoder: Box<dyn Encoder>,
+    preprocessor: Preprocessor,
     streams: StreamId,
 }
 
@@ -109,11 +110,7 @@ impl ImageDetector {
     pub fn load(dir: impl AsRef<Path>, opts: BackendOptions) -> Result<Self, BundleError> {
         let bundle = Bundle::load(dir)?;
         let encoder = encoder::load(&bundle, opts)?;
-        Ok(Self {
-            bundle,
-            encoder,
-            streams: 0,
-        })
+        Ok(Self::new(bundle, encoder))
     }
 
     /// A detector over a given encoder (a test's blocking or failing one, another runtime),
@@ -123,11 +120,16 @@ impl ImageDetector {
         mut encoder: Box<dyn Encoder>,
     ) -> Result<Self, BundleError> {
         encoder::check_encoder(encoder.as_mut(), &bundle.manifest)?;
-        Ok(Self {
+        Ok(Self::new(bundle, encoder))
+    }
+
+    fn new(bundle: Bundle, encoder: Box<dyn Encoder>) -> Self {
+        Self {
+            preprocessor: Preprocessor::new(bundle.manifest.input.clone()),
             bundle,
             encoder,
             streams: 0,
-        })
+        }
     }
 
     fn scored(&self, mu: Vec<f32>, logvar: Vec<f32>) -> Result<Scored, Fault> {
@@ -165,14 +167,24 @@ impl Detector for ImageDetector {
 
     fn reset_stream(&mut self, _stream: StreamId) {}
 
-    fn score_batch(&mut self, frames: &[(StreamId, &RgbImage)]) -> Vec<Result<Scored, Fault>> {
+    fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
         if frames.is_empty() {
             return vec![];
+        }
+        if let Some((_, px)) = frames
+            .iter()
+            .find(|(_, px)| px.width() == 0 || px.height() == 0)
+        {
+            let e = FrameError::ZeroSize {
+                width: px.width(),
+                height: px.height(),
+            };
+            return frames.iter().map(|_| Err(e.clone().into())).collect();
         }
         let t0 = Instant::now();
         let inputs: Vec<Vec<f32>> = frames
             .iter()
-            .map(|(_, img)| preprocess(img, &self.bundle.manifest.input))
+            .map(|(_, px)| self.preprocessor.run(*px))
             .collect();
         let t1 = Instant::now();
         let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();

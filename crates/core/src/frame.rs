@@ -131,44 +131,114 @@ fn check_size(width: u32, height: u32) -> Result<(), FrameError> {
 }
 
 fn decode_raw(raw: &RawImage<'_>) -> Result<RgbImage, FrameError> {
-    check_size(raw.width, raw.height)?;
-    let encoding = Encoding::parse(raw.encoding)?;
-    let bpp = encoding.bytes_per_pixel();
-    let row_bytes = raw.width as usize * bpp;
-    if (raw.step as usize) < row_bytes {
-        return Err(FrameError::StepTooSmall {
-            step: raw.step,
-            min: row_bytes as u64,
-        });
+    Ok(Pixels::from_raw(raw)?.to_rgb())
+}
+
+/// Packed pixels borrowed from a message or an image, checked once: every row of `width`
+/// pixels lies inside `data`. Preprocessing reads a raw frame through this view, straight from
+/// the message buffer, so a raw frame is never copied into a decoded image on the way to the
+/// encoder.
+#[derive(Debug, Clone, Copy)]
+pub struct Pixels<'a> {
+    width: u32,
+    height: u32,
+    /// Bytes from one row to the next.
+    step: usize,
+    encoding: Encoding,
+    big_endian: bool,
+    data: &'a [u8],
+}
+
+impl<'a> Pixels<'a> {
+    /// Checks a raw frame's fields (size, encoding, step, length) without touching its pixels.
+    pub fn from_raw(raw: &RawImage<'a>) -> Result<Self, FrameError> {
+        check_size(raw.width, raw.height)?;
+        let encoding = Encoding::parse(raw.encoding)?;
+        let row_bytes = raw.width as usize * encoding.bytes_per_pixel();
+        if (raw.step as usize) < row_bytes {
+            return Err(FrameError::StepTooSmall {
+                step: raw.step,
+                min: row_bytes as u64,
+            });
+        }
+        // The last row need not carry its padding.
+        let expected = (raw.height as usize - 1) * raw.step as usize + row_bytes;
+        if raw.data.len() < expected {
+            return Err(FrameError::Truncated {
+                expected: u64::from(raw.height) * u64::from(raw.step),
+                got: raw.data.len(),
+            });
+        }
+        Ok(Self {
+            width: raw.width,
+            height: raw.height,
+            step: raw.step as usize,
+            encoding,
+            big_endian: raw.is_bigendian,
+            data: raw.data,
+        })
     }
-    // The last row need not carry its padding.
-    let expected = (raw.height as usize - 1) * raw.step as usize + row_bytes;
-    if raw.data.len() < expected {
-        return Err(FrameError::Truncated {
-            expected: u64::from(raw.height) * u64::from(raw.step),
-            got: raw.data.len(),
-        });
+
+    pub fn width(&self) -> u32 {
+        self.width
     }
-    let (w, h) = (raw.width as usize, raw.height as usize);
-    let mut out = vec![0u8; w * h * 3];
-    for y in 0..h {
-        let row = &raw.data[y * raw.step as usize..][..row_bytes];
-        let dst = &mut out[y * w * 3..][..w * 3];
-        for (x, px) in dst.chunks_exact_mut(3).enumerate() {
-            let s = &row[x * bpp..][..bpp];
-            let rgb = match encoding {
-                Encoding::Rgb8 | Encoding::Rgba8 => [s[0], s[1], s[2]],
-                Encoding::Bgr8 | Encoding::Bgra8 => [s[2], s[1], s[0]],
-                Encoding::Mono8 => [s[0]; 3],
-                Encoding::Mono16 => {
-                    let high = if raw.is_bigendian { s[0] } else { s[1] };
-                    [high; 3]
-                }
-            };
-            px.copy_from_slice(&rgb);
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Row `y` without its padding: `width x bytes per pixel` bytes.
+    ///
+    /// # Panics
+    /// If `y >= height`.
+    pub fn row(&self, y: usize) -> &'a [u8] {
+        let n = self.width as usize * self.encoding.bytes_per_pixel();
+        &self.data[y * self.step..][..n]
+    }
+
+    /// Where red, green and blue sit within one pixel's bytes (all three the same for mono;
+    /// the high byte of `mono16`).
+    pub fn rgb_offsets(&self) -> [usize; 3] {
+        match self.encoding {
+            Encoding::Rgb8 | Encoding::Rgba8 => [0, 1, 2],
+            Encoding::Bgr8 | Encoding::Bgra8 => [2, 1, 0],
+            Encoding::Mono8 => [0; 3],
+            Encoding::Mono16 if self.big_endian => [0; 3],
+            Encoding::Mono16 => [1; 3],
         }
     }
-    Ok(RgbImage::from_raw(raw.width, raw.height, out).expect("buffer sized from width x height"))
+
+    /// The pixels as packed 8-bit RGB (BGR swapped, alpha dropped, mono replicated).
+    pub fn to_rgb(&self) -> RgbImage {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let bpp = self.encoding.bytes_per_pixel();
+        let [r, g, b] = self.rgb_offsets();
+        let mut out = vec![0u8; w * h * 3];
+        for y in 0..h {
+            let dst = &mut out[y * w * 3..][..w * 3];
+            for (px, s) in dst.chunks_exact_mut(3).zip(self.row(y).chunks_exact(bpp)) {
+                px.copy_from_slice(&[s[r], s[g], s[b]]);
+            }
+        }
+        RgbImage::from_raw(self.width, self.height, out).expect("buffer sized from width x height")
+    }
+}
+
+impl<'a> From<&'a RgbImage> for Pixels<'a> {
+    fn from(img: &'a RgbImage) -> Self {
+        Self {
+            width: img.width(),
+            height: img.height(),
+            step: img.width() as usize * 3,
+            encoding: Encoding::Rgb8,
+            big_endian: false,
+            data: img.as_raw(),
+        }
+    }
 }
 
 fn decode_compressed(format: &str, data: &[u8]) -> Result<RgbImage, FrameError> {

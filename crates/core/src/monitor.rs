@@ -7,7 +7,7 @@
 
 use crate::detection::{Calibration, DetectionError, PipelineParams, SequentialDetector, Step};
 use crate::detector::{Detector, StreamId};
-use crate::frame::{self, FrameData};
+use crate::frame::{self, FrameData, Pixels};
 use image::RgbImage;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -123,6 +123,7 @@ impl Sequential {
 /// Time spent per stage for one frame.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct StageTimes {
+    /// Checking a raw frame's fields (it is then read in place), or decoding a compressed one.
     pub decode: Duration,
     pub preprocess: Duration,
     pub inference: Duration,
@@ -268,7 +269,7 @@ impl Monitor {
     /// Processes an already decoded frame (image folders, tests).
     pub fn process_image(&mut self, img: &RgbImage) -> FrameVerdict {
         let mut timing = StageTimes::default();
-        let result = self.detector.score(self.stream, img).map(|s| {
+        let result = self.detector.score(self.stream, img.into()).map(|s| {
             timing.preprocess = s.preprocess;
             timing.inference = s.inference;
             s.score
@@ -293,10 +294,19 @@ impl Monitor {
                 return Err(Fault::Stale { age, max });
             }
         }
+        // A raw frame is only checked here and read in place by preprocessing; a compressed
+        // one is decoded.
         let t0 = Instant::now();
-        let img = frame::decode(frame)?;
+        let decoded;
+        let pixels = match frame {
+            FrameData::Raw(raw) => Pixels::from_raw(raw)?,
+            FrameData::Compressed { .. } => {
+                decoded = frame::decode(frame)?;
+                Pixels::from(&decoded)
+            }
+        };
         timing.decode = t0.elapsed();
-        let s = self.detector.score(self.stream, &img)?;
+        let s = self.detector.score(self.stream, pixels)?;
         timing.preprocess = s.preprocess;
         timing.inference = s.inference;
         Ok(s.score)

@@ -1,11 +1,14 @@
 //! `vae-ood bench`: per-stage latency of the node's pipeline on synthetic raw camera frames,
-//! in one process (decode, preprocess, inference, total).
+//! in one process (decode, preprocess, inference, total), and the baseline the fused
+//! decode + preprocess path is measured against in the same run: decoding to an RGB image,
+//! then [`vae_ood_core::preprocess::reference`].
 
 use crate::{Error, Result};
 use std::time::{Duration, Instant};
 use vae_ood_core::detector::Detector;
-use vae_ood_core::frame::{Encoding, FrameData, RawImage};
+use vae_ood_core::frame::{decode, Encoding, FrameData, RawImage};
 use vae_ood_core::monitor::{Monitor, MonitorConfig};
+use vae_ood_core::preprocess::reference;
 use vae_ood_core::stats::{percentiles, Percentiles};
 
 /// Per-stage latency percentiles, milliseconds.
@@ -15,6 +18,10 @@ pub struct StageLatency {
     pub preprocess: Percentiles,
     pub inference: Percentiles,
     pub total: Percentiles,
+    /// Decode + preprocess as the node does it (checked frame read in place, fused filter).
+    pub prepare: Percentiles,
+    /// The same frames through the baseline: full decode to RGB, then the reference filter.
+    pub prepare_baseline: Percentiles,
 }
 
 /// Frames that warm caches and allocators before timing starts.
@@ -50,8 +57,10 @@ pub fn stage_latency(
             .collect()
     };
     let data: Vec<Vec<u8>> = (0..16).map(make).collect();
+    let spec = detector.bundle().manifest.input.clone();
     let mut monitor = Monitor::new(detector, MonitorConfig::default())?;
     let (mut dec, mut pre, mut inf, mut tot) = (vec![], vec![], vec![], vec![]);
+    let (mut prep, mut base) = (vec![], vec![]);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for i in 0..frames + WARM_UP {
         let raw = RawImage {
@@ -65,6 +74,10 @@ pub fn stage_latency(
         let t = Instant::now();
         let v = monitor.process(&FrameData::Raw(raw), None);
         let total = t.elapsed();
+        let t = Instant::now();
+        let img = decode(&FrameData::Raw(raw)).map_err(|e| Error::Input(e.to_string()))?;
+        std::hint::black_box(reference::preprocess(&img, &spec));
+        let baseline = t.elapsed();
         if let Some(f) = v.fault {
             return Err(Error::Drive(format!("benchmark frame faulted: {f}")));
         }
@@ -73,6 +86,8 @@ pub fn stage_latency(
             pre.push(ms(v.timing.preprocess));
             inf.push(ms(v.timing.inference));
             tot.push(ms(total));
+            prep.push(ms(v.timing.decode + v.timing.preprocess));
+            base.push(ms(baseline));
         }
     }
     let p = |v: Vec<f64>| percentiles(v).expect("at least one timed frame");
@@ -81,5 +96,7 @@ pub fn stage_latency(
         preprocess: p(pre),
         inference: p(inf),
         total: p(tot),
+        prepare: p(prep),
+        prepare_baseline: p(base),
     })
 }

@@ -105,7 +105,7 @@ pub fn map_drive<T>(
     for_each_frame(path, &mut |img| {
         tick();
         let s = det
-            .score(stream, img)
+            .score(stream, img.into())
             .map_err(|e| Error::Drive(e.to_string()))?;
         out.push(part(s));
         Ok(())

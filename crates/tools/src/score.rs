@@ -41,7 +41,7 @@ pub fn score_files(
             (Some(det), Some(stream)) => image
                 .decode()
                 .ok()
-                .and_then(|img| det.score(stream, &img).ok())
+                .and_then(|img| det.score(stream, (&img).into()).ok())
                 .map(|s| s.kl),
             _ => None,
         };

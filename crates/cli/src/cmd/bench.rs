@@ -14,8 +14,9 @@ pub struct Args {
     width: u32,
     #[arg(long, default_value_t = 480)]
     height: u32,
-    #[arg(long, default_value = "rgb8")]
-    encoding: String,
+    /// Raw encodings to time, comma-separated (rgb8, bgr8, rgba8, bgra8, mono8, mono16).
+    #[arg(long, default_value = "rgb8", value_delimiter = ',')]
+    encoding: Vec<String>,
     #[arg(long, default_value_t = 300)]
     frames: usize,
 }
@@ -28,21 +29,33 @@ fn line(p: &Percentiles) -> String {
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    let det = a.detector.load()?;
-    let (input, model, backend) = (
-        det.bundle().manifest.input.clone(),
-        det.model_id().to_string(),
-        det.backend(),
-    );
-    let l = vae_ood_tools::bench::stage_latency(det, a.width, a.height, &a.encoding, a.frames)?;
-    println!(
-        "bench: {} frames {}x{} {} -> {}x{} input, model {model}, backend {backend} x{} thread(s)",
-        a.frames, a.width, a.height, a.encoding, input.width, input.height, a.detector.threads
-    );
-    println!("  decode      {}", line(&l.decode));
-    println!("  preprocess  {}", line(&l.preprocess));
-    println!("  inference   {}", line(&l.inference));
-    println!("  total       {}", line(&l.total));
+    let mut det = Some(a.detector.load()?);
+    for encoding in &a.encoding {
+        let d = match det.take() {
+            Some(d) => d,
+            None => a.detector.load()?,
+        };
+        let (input, model, backend) = (
+            d.bundle().manifest.input.clone(),
+            d.model_id().to_string(),
+            d.backend(),
+        );
+        let l = vae_ood_tools::bench::stage_latency(d, a.width, a.height, encoding, a.frames)?;
+        println!(
+            "bench: {} frames {}x{} {encoding} -> {}x{} input, model {model}, backend {backend} x{} thread(s)",
+            a.frames, a.width, a.height, input.width, input.height, a.detector.threads
+        );
+        println!("  decode      {}", line(&l.decode));
+        println!("  preprocess  {}", line(&l.preprocess));
+        println!("  inference   {}", line(&l.inference));
+        println!("  total       {}", line(&l.total));
+        println!(
+            "  decode + preprocess: p50 {:.3} ms, baseline (decode to RGB, reference filter) {:.3} ms: {:.1}x faster",
+            l.prepare.p50,
+            l.prepare_baseline.p50,
+            l.prepare_baseline.p50 / l.prepare.p50
+        );
+    }
     Ok(())
 }
 
@@ -55,6 +68,17 @@ pub struct EncodersArgs {
     frames: usize,
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Also measure the roofline: the MACs per second of a large single-precision matrix
+    /// product (SIZE x SIZE by SIZE x SIZE) through tract's kernels, with the same threads.
+    #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "1024")]
+    roofline: Option<usize>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Also time every node of each encoder's optimised tract graph over this many runs and
+    /// print where the time goes, grouped by op.
+    #[arg(long, value_name = "RUNS")]
+    profile: Option<usize>,
 }
 
 pub fn encoders(a: &EncodersArgs) -> Result<()> {
@@ -63,14 +87,97 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
         ..Default::default()
     };
     let r = vae_ood_tools::compress::bench::encoder_latency(&a.bundles, a.frames, 20, opts)?;
-    println!("{:>9} {:>9} {:>9}  bundle", "p50 ms", "p99 ms", "speed-up");
-    for l in &r {
+    let peak = match a.roofline {
+        Some(size) => Some(
+            vae_ood_core::encoder::gemm_peak(size, a.threads, 5)
+                .map_err(|e| anyhow::anyhow!("roofline GEMM failed: {e:#}"))?,
+        ),
+        None => None,
+    };
+    let gmacs = |l: &vae_ood_tools::compress::bench::EncoderLatency| {
+        l.macs.map(|m| m as f64 / (l.p50_ms * 1e-3) / 1e9)
+    };
+    if a.json {
+        let rows: Vec<_> = r
+            .iter()
+            .map(|l| serde_json::json!({"latency": l, "gmacs_per_s": gmacs(l)}))
+            .collect();
+        let out = serde_json::json!({
+            "threads": a.threads,
+            "frames": a.frames,
+            "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
+            "peak_gmacs_per_s": peak.map(|p| p / 1e9),
+            "encoders": rows,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    if let Some(p) = peak {
         println!(
-            "{:9.3} {:9.3} {:8.2}x  {}",
+            "roofline: {:.1} GMAC/s ({}x{} f32 GEMM through tract, {} thread(s), best of 5)",
+            p / 1e9,
+            a.roofline.unwrap_or(0),
+            a.roofline.unwrap_or(0),
+            a.threads
+        );
+    }
+    println!(
+        "{:>9} {:>9} {:>9} {:>8} {:>8} {:>7}  bundle",
+        "p50 ms", "p99 ms", "speed-up", "MMACs", "GMAC/s", "% peak"
+    );
+    for l in &r {
+        let g = gmacs(l);
+        println!(
+            "{:9.3} {:9.3} {:8.2}x {:>8} {:>8} {:>7}  {}",
             l.p50_ms,
             l.p99_ms,
             l.speedup_p50,
+            l.macs
+                .map_or("-".into(), |m| format!("{:.1}", m as f64 / 1e6)),
+            g.map_or("-".into(), |g| format!("{g:.1}")),
+            match (g, peak) {
+                (Some(g), Some(p)) => format!("{:.0}%", 100.0 * g * 1e9 / p),
+                _ => "-".into(),
+            },
             l.bundle.display()
+        );
+    }
+    if let Some(runs) = a.profile {
+        for b in &a.bundles {
+            profile(b, a.threads, runs)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints the share of each op kind in one encoder's time, largest first.
+fn profile(bundle: &std::path::Path, threads: usize, runs: usize) -> Result<()> {
+    let b = vae_ood_core::bundle::Bundle::load(bundle)?;
+    let mut enc = vae_ood_core::encoder::TractEncoder::load(&b, threads)?;
+    let n: usize = b.manifest.input.shape().iter().product();
+    let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
+    enc.profile(&x, 20)?;
+    let nodes = enc.profile(&x, runs.max(1))?;
+    let mut by_op = std::collections::BTreeMap::<String, (f64, usize)>::new();
+    for t in &nodes {
+        let e = by_op.entry(t.op.clone()).or_default();
+        e.0 += t.seconds;
+        e.1 += 1;
+    }
+    let total: f64 = nodes.iter().map(|t| t.seconds).sum();
+    let mut ops: Vec<_> = by_op.into_iter().collect();
+    ops.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    println!(
+        "profile of {} ({} runs, {:.3} ms per run in ops):",
+        bundle.display(),
+        runs.max(1),
+        1e3 * total / runs.max(1) as f64
+    );
+    for (op, (secs, count)) in ops {
+        println!(
+            "  {:>5.1}%  {:8.3} ms  {count:>3} node(s)  {op}",
+            100.0 * secs / total,
+            1e3 * secs / runs.max(1) as f64
         );
     }
     Ok(())

@@ -7,10 +7,11 @@
 //! model checks run before a detector is ready ([`check_encoder`]).
 
 mod check;
+pub mod pool;
 mod tract;
 
 pub use self::check::{check_declared_shape, check_encoder};
-pub use self::tract::TractEncoder;
+pub use self::tract::{gemm_peak, TractEncoder};
 
 use crate::bundle::{Bundle, BundleError};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,11 @@ pub trait Encoder: Send {
     /// The input shape the model itself declares, when it declares a concrete one (checked
     /// against the manifest's input spec).
     fn declared_input_shape(&self) -> Option<Vec<usize>> {
+        None
+    }
+
+    /// Multiply-accumulates per frame, where the backend can count them.
+    fn multiply_accumulates(&self) -> Option<u64> {
         None
     }
 }

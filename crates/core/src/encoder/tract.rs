@@ -1,22 +1,35 @@
-//! The CPU backend: tract-onnx, optimised once at load time for the bundle's input shape.
-//! The model checks every backend gets run in [`super::check_encoder`].
+//! The CPU backend: tract-onnx, optimised once at load time for the bundle's input shape, run
+//! through one reused state (a fresh state per frame allocates every op's state again, a
+//! measurable share of a sub-millisecond encoder). The model checks every backend gets run in
+//! [`super::check_encoder`].
 
 use super::{Encoder, InferenceError, Posterior};
 use crate::bundle::{Bundle, BundleError, OutputRef};
 use tract_onnx::prelude::*;
 
 pub struct TractEncoder {
-    plan: TypedSimplePlan,
+    state: TypedSimpleState,
     shape: [usize; 4],
+    macs: u64,
     declared: Option<Vec<usize>>,
     mu_index: usize,
     logvar_index: usize,
 }
 
-type TypedSimplePlan = Arc<TypedRunnableModel>;
-
 impl TractEncoder {
+    /// Loads the bundle's encoder for its input shape, with this crate's faster kernels
+    /// swapped in where they compute the same thing ([`super::pool`]).
     pub fn load(bundle: &Bundle, threads: usize) -> Result<Self, BundleError> {
+        Self::load_with(bundle, threads, true)
+    }
+
+    /// Loads the encoder exactly as tract lowers it, with none of our kernels: the baseline
+    /// benchmarks and parity tests compare [`Self::load`] with.
+    pub fn load_unpatched(bundle: &Bundle, threads: usize) -> Result<Self, BundleError> {
+        Self::load_with(bundle, threads, false)
+    }
+
+    fn load_with(bundle: &Bundle, threads: usize, patch: bool) -> Result<Self, BundleError> {
         let path = bundle.encoder_path();
         let err = |what: &str, e: &dyn std::fmt::Display| BundleError::Model {
             path: path.clone(),
@@ -71,18 +84,30 @@ impl TractEncoder {
 
         let typed = model
             .with_input_fact(0, f32::fact(shape).into())
-            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_typed())
+            .and_then(|m| m.into_decluttered())
+            .map_err(|e| err("cannot type for the manifest's input shape", &e))?;
+        let macs = multiply_accumulates(&typed).map_err(|e| err("cannot count MACs", &e))?;
+        let mut typed = typed;
+        if patch {
+            super::pool::swap_max_pools(&mut typed)
+                .map_err(|e| err("cannot swap in the 2x2 max pooling", &e))?;
+        }
+        let typed = typed
+            .into_optimized()
             .map_err(|e| err("cannot optimise for the manifest's input shape", &e))?;
         let mut options = RunOptions::default();
         if threads > 1 {
             options.executor = Some(multithread::Executor::multithread(threads));
         }
-        let plan = typed
+        let state = typed
             .into_runnable_with_options(&options)
+            .and_then(|plan| plan.spawn())
             .map_err(|e| err("cannot plan", &e))?;
         Ok(Self {
-            plan,
+            state,
             shape,
+            macs,
             declared,
             mu_index,
             logvar_index,
@@ -90,11 +115,51 @@ impl TractEncoder {
     }
 }
 
+/// Time spent in one node of the optimised graph, summed over profiled runs.
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    pub name: String,
+    /// The optimised op (e.g. `OptMatMul`, `LeakyRelu`), as tract names it.
+    pub op: String,
+    pub seconds: f64,
+}
+
+impl TractEncoder {
+    /// Runs the encoder `runs` times on `input`, timing every node of the optimised graph:
+    /// where an encoder's time goes (`vae-ood bench-encoders --profile`).
+    pub fn profile(&mut self, input: &[f32], runs: usize) -> Result<Vec<NodeTime>, InferenceError> {
+        let e = |e: TractError| InferenceError(e.to_string());
+        let model = self.state.model().clone();
+        let mut times = vec![0f64; model.nodes().len()];
+        for _ in 0..runs {
+            let x = Tensor::from_shape(&self.shape, input).map_err(e)?;
+            self.state
+                .run_plan_with_eval(tvec!(x.into()), |ctx, state, node, inputs| {
+                    let t = std::time::Instant::now();
+                    let r = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                    times[node.id] += t.elapsed().as_secs_f64();
+                    r
+                })
+                .map_err(e)?;
+        }
+        Ok(model
+            .nodes()
+            .iter()
+            .zip(times)
+            .map(|(n, seconds)| NodeTime {
+                name: n.name.clone(),
+                op: n.op.name().to_string(),
+                seconds,
+            })
+            .collect())
+    }
+}
+
 impl Encoder for TractEncoder {
     fn encode(&mut self, input: &[f32]) -> Result<Posterior, InferenceError> {
         let e = |e: TractError| InferenceError(e.to_string());
         let x = Tensor::from_shape(&self.shape, input).map_err(e)?;
-        let out = self.plan.run(tvec!(x.into())).map_err(e)?;
+        let out = self.state.run(tvec!(x.into())).map_err(e)?;
         let take = |i: usize| -> Result<Vec<f32>, InferenceError> {
             Ok(out[i]
                 .try_as_plain_ram()
@@ -116,4 +181,63 @@ impl Encoder for TractEncoder {
     fn declared_input_shape(&self) -> Option<Vec<usize>> {
         self.declared.clone()
     }
+
+    fn multiply_accumulates(&self) -> Option<u64> {
+        Some(self.macs)
+    }
+}
+
+/// Multiply-accumulates per run of a typed model, as tract's own cost model counts them
+/// (convolutions, matrix products).
+fn multiply_accumulates(model: &TypedModel) -> TractResult<u64> {
+    let mut macs = 0u64;
+    for node in model.eval_order()? {
+        let node = &model.nodes()[node];
+        let inputs = model.node_input_facts(node.id)?;
+        for (cost, n) in node.op.cost(&inputs)? {
+            if matches!(cost, tract_onnx::tract_core::ops::Cost::FMA(_)) {
+                macs += u64::try_from(n.to_i64()?).unwrap_or(0);
+            }
+        }
+    }
+    Ok(macs)
+}
+
+/// The achievable single-precision throughput of tract's matrix kernels on this machine, in
+/// multiply-accumulates per second: a `size`x`size` by `size`x`size` product through the same
+/// optimiser and executor an encoder gets (best of `runs`). The roofline `vae-ood
+/// bench-encoders` sets each encoder's throughput against.
+pub fn gemm_peak(size: usize, threads: usize, runs: usize) -> TractResult<f64> {
+    use tract_onnx::tract_core::ops::einsum::EinSum;
+    let mut model = TypedModel::default();
+    let a = model.add_source("a", f32::fact([size, size]))?;
+    let b = Tensor::from_shape(
+        &[size, size],
+        &(0..size * size)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect::<Vec<f32>>(),
+    )?;
+    let b = model.add_const("b", b)?;
+    let c = model.wire_node(
+        "gemm",
+        EinSum::new("mk,kn->mn".parse()?, f32::datum_type()),
+        &[a, b],
+    )?;
+    model.select_output_outlets(&c)?;
+    let mut options = RunOptions::default();
+    if threads > 1 {
+        options.executor = Some(multithread::Executor::multithread(threads));
+    }
+    let mut state = model
+        .into_optimized()?
+        .into_runnable_with_options(&options)?
+        .spawn()?;
+    let x: TValue = Tensor::from_shape(&[size, size], &vec![0.5f32; size * size])?.into();
+    let mut best = f64::INFINITY;
+    for _ in 0..runs.max(1) + 1 {
+        let t = std::time::Instant::now();
+        state.run(tvec!(x.clone()))?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((size * size * size) as f64 / best)
 }

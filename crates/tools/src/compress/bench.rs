@@ -16,6 +16,8 @@ pub struct EncoderLatency {
     pub p99_ms: f64,
     /// The first bundle's p50 over this one's: above 1 means faster.
     pub speedup_p50: f64,
+    /// Multiply-accumulates per frame, as the backend counts them (None where it cannot).
+    pub macs: Option<u64>,
 }
 
 /// Runs `frames` encodes of each bundle's encoder (after `warmup` untimed ones), round-robin.
@@ -43,6 +45,7 @@ pub fn encoder_latency(
         );
         encoders.push(encoder::load(&bundle, opts)?);
     }
+    let macs: Vec<Option<u64>> = encoders.iter().map(|e| e.multiply_accumulates()).collect();
     let mut times = vec![vec![]; bundles.len()];
     for round in 0..warmup + frames {
         for (k, enc) in encoders.iter_mut().enumerate() {
@@ -63,11 +66,13 @@ pub fn encoder_latency(
     Ok(bundles
         .iter()
         .zip(&stats)
-        .map(|(b, &(p50, p99))| EncoderLatency {
+        .zip(macs)
+        .map(|((b, &(p50, p99)), macs)| EncoderLatency {
             bundle: b.clone(),
             p50_ms: p50,
             p99_ms: p99,
             speedup_p50: stats[0].0 / p50,
+            macs,
         })
         .collect())
 }
