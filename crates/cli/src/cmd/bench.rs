@@ -180,5 +180,17 @@ fn profile(bundle: &std::path::Path, threads: usize, runs: usize) -> Result<()> 
             1e3 * secs / runs.max(1) as f64
         );
     }
+    let mut nodes = nodes;
+    nodes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    println!("  slowest nodes:");
+    for t in nodes.iter().take(6) {
+        println!(
+            "  {:>5.1}%  {:8.3} ms  {} ({})",
+            100.0 * t.seconds / total,
+            1e3 * t.seconds / runs.max(1) as f64,
+            t.name,
+            t.op
+        );
+    }
     Ok(())
 }
