@@ -7,7 +7,9 @@
 # yardstick only, never a dependency of the product), their ratio, and the roofline: each
 # encoder's MACs per second against a 1024^3 f32 GEMM through tract's kernels, same threads.
 # Then `vae-ood bench` on 640x480 frames of each raw encoding: decode + preprocess against the
-# baseline path measured in the same run.
+# baseline path measured in the same run. With RELEASE=path/to/release/vae-ood (built with
+# `cargo build --release -p vae_ood_cli --no-default-features`), also the dev build's inference
+# against the release build's, alternating three times.
 # Usage: scripts/bench_cpu.sh [FRAMES]   (needs make test's .venv and a built vae-ood)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,3 +40,26 @@ for t in (1, 2):
     print(f"roofline ({t} thread(s)): {peak:.1f} GMAC/s, 1024^3 f32 GEMM through tract; build profile: {tr['profile']}")
 PY
 "$VAE_OOD" bench --bundle "$ROOT/models/compressed" --frames "$N" --encoding rgb8,bgr8,rgba8,mono8,mono16
+if [ -n "${RELEASE:-}" ]; then
+  for i in 1 2 3; do
+    k=0
+    for b in "$VAE_OOD" "$RELEASE"; do
+      k=$((k + 1))
+      "$b" bench-encoders "${BUNDLES[@]}" --frames "$N" --threads 1 --json > "$TMP/prof_${i}_$k.json"
+    done
+  done
+  "$PY" - "$TMP" <<'PY'
+import json, sys, glob, os, statistics
+tmp = sys.argv[1]
+runs = {}
+for f in sorted(glob.glob(f"{tmp}/prof_*.json")):
+    j = json.load(open(f))
+    for row in j["encoders"]:
+        name = os.path.basename(row["latency"]["bundle"].rstrip("/"))
+        runs.setdefault((name, j["profile"]), []).append(row["latency"]["p50_ms"])
+print("dev build against release, inference p50 (median of 3 alternating runs, 1 thread):")
+for name in dict.fromkeys(n for n, _ in runs):
+    d, r = statistics.median(runs[(name, "dev")]), statistics.median(runs[(name, "release")])
+    print(f"  {name:<12} dev {d:8.3f} ms  release {r:8.3f} ms  dev/release {d / r:5.2f}")
+PY
+fi

@@ -1,15 +1,27 @@
-//! The encoder as we run it (tract with our 2x2 max pooling swapped in) against the encoder
-//! exactly as tract lowers it on its own: on every frame of the committed sample drives, both
-//! shipped bundles give the same posterior (max pooling is exact, so to the last bit) and
-//! the pooling swap really happened.
+//! The fast CPU path against the reference path, on every frame of the committed sample
+//! drives and both shipped bundles: the encoder as we run it (tract with our 2x2 max pooling
+//! swapped in) gives the posterior of the encoder exactly as tract lowers it (max pooling is
+//! exact, so to the last bit), and the fused preprocessing keeps every verdict.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::Bundle;
-use vae_ood_core::encoder::{Encoder, TractEncoder};
-use vae_ood_core::preprocess::Preprocessor;
+use vae_ood_core::detector::{Detector, Fault, Scored, StreamId};
+use vae_ood_core::encoder::{BackendOptions, Encoder, TractEncoder};
+use vae_ood_core::frame::Pixels;
+use vae_ood_core::monitor::{Monitor, MonitorConfig, MonitorState};
+use vae_ood_core::preprocess::{reference, Preprocessor};
 
 fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn sample_drives() -> Vec<PathBuf> {
+    let mut drives: Vec<_> = std::fs::read_dir(root().join("data/sample"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("bag"))
+        .collect();
+    drives.sort();
+    drives
 }
 
 #[test]
@@ -34,12 +46,7 @@ fn patched_encoders_give_tracts_own_posterior_on_every_sample_frame() {
 
         let mut pre = Preprocessor::new(bundle.manifest.input.clone());
         let mut frames = 0;
-        let mut drives: Vec<_> = std::fs::read_dir(root().join("data/sample"))
-            .unwrap()
-            .map(|e| e.unwrap().path().join("bag"))
-            .collect();
-        drives.sort();
-        for drive in drives {
+        for drive in sample_drives() {
             vae_ood_tools::drives::for_each_frame(&drive, &mut |img| {
                 let x = pre.run(img.into());
                 let (a, b) = (ours.encode(&x).unwrap(), plain.encode(&x).unwrap());
@@ -50,5 +57,78 @@ fn patched_encoders_give_tracts_own_posterior_on_every_sample_frame() {
             .unwrap();
         }
         assert!(frames > 1000, "{name}: only {frames} sample frames");
+    }
+}
+
+/// The reference path as a detector: decode to RGB, the reference filter, tract's own graph.
+struct ReferencePath {
+    bundle: Bundle,
+    encoder: TractEncoder,
+}
+
+impl Detector for ReferencePath {
+    fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+    fn backend(&self) -> &'static str {
+        "tract (reference path)"
+    }
+    fn open_stream(&mut self) -> StreamId {
+        0
+    }
+    fn reset_stream(&mut self, _: StreamId) {}
+    fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
+        frames
+            .iter()
+            .map(|(_, px)| {
+                let x = reference::preprocess(&px.to_rgb(), &self.bundle.manifest.input);
+                let p = self.encoder.encode(&x).unwrap();
+                let (kl, score) = self.bundle.manifest.score_posterior(&p.mu, &p.logvar);
+                Ok(Scored {
+                    score,
+                    kl,
+                    mu: p.mu,
+                    logvar: p.logvar,
+                    preprocess: Default::default(),
+                    inference: Default::default(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn the_fast_path_keeps_every_verdict_of_the_sample_drives() {
+    for name in ["default", "compressed"] {
+        let dir = root().join("models").join(name);
+        let bundle = Bundle::load(&dir).unwrap();
+        assert!(bundle.manifest.calibration.is_some());
+        let mut flagged = 0;
+        for drive in sample_drives() {
+            let fast = vae_ood_core::detector::load(&dir, BackendOptions::default()).unwrap();
+            let reference = ReferencePath {
+                encoder: TractEncoder::load_unpatched(&bundle, 1).unwrap(),
+                bundle: bundle.clone(),
+            };
+            let mut a = Monitor::new(fast, MonitorConfig::default()).unwrap();
+            let mut b = Monitor::new(Box::new(reference), MonitorConfig::default()).unwrap();
+            let mut i = 0;
+            vae_ood_tools::drives::for_each_frame(&drive, &mut |img| {
+                let (va, vb) = (a.process_image(img), b.process_image(img));
+                let (sa, sb) = (va.score.unwrap(), vb.score.unwrap());
+                assert!(
+                    (sa - sb).abs() <= 1e-4 * sb.abs().max(1.0),
+                    "{name} {} frame {i}: score {sa} vs {sb}",
+                    drive.display()
+                );
+                assert_eq!(va.state, vb.state, "{name} {} frame {i}", drive.display());
+                flagged += usize::from(va.state == MonitorState::Ood);
+                i += 1;
+                Ok(())
+            })
+            .unwrap();
+        }
+        // The comparison covers OOD verdicts, not only quiet drives.
+        assert!(flagged > 100, "{name}: only {flagged} OOD verdicts");
     }
 }
