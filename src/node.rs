@@ -141,6 +141,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         max_frame_age: cfg.max_frame_age,
         recovery: cfg.recovery,
         cusum_threshold: cfg.cusum_threshold,
+        max_repeated_frames: cfg.max_repeated_frames,
     };
     let monitor = Monitor::new(detector, monitor_cfg)
         .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;

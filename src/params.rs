@@ -46,6 +46,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service)."),
     decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD."),
     decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale (fail-safe). 0 disables the check."),
+    decl!("max_repeated_frames", Int(15), "A frozen camera: a frame whose encoder posterior repeats the previous frame's bit for bit is a repeat (a real sensor's noise never gives one); more than this many repeats in a row fault (verdict OOD) until a different frame arrives. 0 disables."),
     decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
     decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence."),
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
@@ -74,6 +75,8 @@ pub struct NodeConfig {
     pub max_busy: Duration,
     /// The camera's rate, when given: fewer frames than 90 % of it is a warning.
     pub expected_rate: Option<f64>,
+    /// Exact repeats in a row accepted before the camera counts as frozen.
+    pub max_repeated_frames: Option<u32>,
 }
 
 fn to_value(d: &DefaultValue) -> ParameterValue {
@@ -221,6 +224,15 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
             )))
         }
     };
+    let max_repeated_frames = match int("max_repeated_frames")? {
+        0 => None,
+        n if (1..=100_000).contains(&n) => Some(n as u32),
+        n => {
+            return Err(ParamError(format!(
+                "parameter 'max_repeated_frames' is {n}; expected 0 (not checked) or 1..=100000"
+            )))
+        }
+    };
     if age < 0.0 || timeout < 0.0 || period < 0.01 {
         return Err(ParamError(
             "max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into(),
@@ -246,6 +258,7 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
         diagnostics_period: seconds("diagnostics_period", period)?,
         max_busy,
         expected_rate,
+        max_repeated_frames,
     })
 }
 

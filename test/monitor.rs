@@ -204,3 +204,53 @@ fn an_injected_encoder_gets_the_same_model_checks() {
         .unwrap();
     assert!(e.to_string().contains("dry run"), "{e}");
 }
+
+#[test]
+fn a_frozen_camera_faults_after_max_repeated_frames_and_recovers_on_a_new_frame() {
+    let (w, h) = (40u32, 30u32);
+    let (a, b) = (rgb(w, h), rgb(w, h).into_iter().rev().collect::<Vec<u8>>());
+    fn frame(data: &[u8]) -> FrameData<'_> {
+        FrameData::Raw(RawImage {
+            width: 40,
+            height: 30,
+            encoding: "rgb8",
+            is_bigendian: false,
+            step: 40 * 3,
+            data,
+        })
+    }
+    let mut m = monitor(f64::INFINITY);
+    let max = vae_ood_core::monitor::DEFAULT_MAX_REPEATED_FRAMES;
+    // The first frame and `max` repeats of it are scored.
+    for i in 0..=max {
+        let v = m.process(&frame(&a), None);
+        assert_eq!(v.state, MonitorState::Ok, "frame {i}");
+    }
+    // Every further repeat is a fault, counted as `frozen`.
+    for _ in 0..3 {
+        let v = m.process(&frame(&a), None);
+        assert_eq!(v.state, MonitorState::Fault);
+        assert_eq!(v.fault.unwrap().kind(), "frozen");
+    }
+    assert_eq!(m.counters().faults["frozen"], 3);
+    // A different frame is scored again; repeats count afresh from it.
+    assert_eq!(m.process(&frame(&b), None).state, MonitorState::Ok);
+    assert_eq!(m.process(&frame(&b), None).state, MonitorState::Ok);
+    assert_eq!(m.counters().faults["frozen"], 3);
+
+    // Disabled: repeats are scored for ever.
+    let bundle = default_bundle();
+    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+    let det = ImageDetector::with_encoder(bundle, enc).unwrap();
+    let mut m = Monitor::new(
+        Box::new(det),
+        MonitorConfig {
+            max_repeated_frames: None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..3 * max {
+        assert_eq!(m.process(&frame(&a), None).state, MonitorState::Ok);
+    }
+}

@@ -46,6 +46,11 @@ pub enum Fault {
     /// No frame arrived for the input timeout: the camera (or its driver) went silent.
     #[error("no frame for {0:?} (input_timeout): camera silent")]
     InputTimeout(Duration),
+    /// The encoder's posterior repeated bit for bit over more consecutive frames than
+    /// `max_repeated_frames` allows: the camera keeps sending the same image (a frozen driver
+    /// or a stuck republisher), which tells nothing about the scene now.
+    #[error("{repeats} consecutive frames repeated the previous one exactly (max_repeated_frames {max}): camera frozen")]
+    Frozen { repeats: u32, max: u32 },
 }
 
 impl Fault {
@@ -57,6 +62,7 @@ impl Fault {
             Self::NonFinite => "non_finite".into(),
             Self::Inference(_) => "inference_error".into(),
             Self::InputTimeout(_) => "input_timeout".into(),
+            Self::Frozen { .. } => "frozen".into(),
         }
     }
 }

@@ -57,7 +57,15 @@ pub struct MonitorConfig {
     pub recovery: Recovery,
     /// Overrides the bundle's tuned `cusum_threshold` (calibrated bundles only).
     pub cusum_threshold: Option<f64>,
+    /// A frozen camera: a frame whose posterior equals the previous frame's bit for bit is a
+    /// repeat; more than this many repeats in a row fault (`Fault::Frozen`) until a different
+    /// frame arrives. A real sensor's noise makes exact repeats of the model input
+    /// practically impossible. `None` disables the check.
+    pub max_repeated_frames: Option<u32>,
 }
+
+/// The node's default for [`MonitorConfig::max_repeated_frames`]: half a second at 30 Hz.
+pub const DEFAULT_MAX_REPEATED_FRAMES: u32 = 15;
 
 impl Default for MonitorConfig {
     fn default() -> Self {
@@ -66,7 +74,32 @@ impl Default for MonitorConfig {
             max_frame_age: None,
             recovery: Recovery::Auto { frames: 10 },
             cusum_threshold: None,
+            max_repeated_frames: Some(DEFAULT_MAX_REPEATED_FRAMES),
         }
+    }
+}
+
+/// Counts consecutive frames whose posterior repeats the previous frame's exactly.
+#[derive(Debug, Default)]
+struct Repeats {
+    last: Option<(Vec<f32>, Vec<f32>)>,
+    count: u32,
+}
+
+impl Repeats {
+    /// Records one scored frame's posterior; returns how many repeats in a row it ends.
+    fn observe(&mut self, mu: &[f32], logvar: &[f32]) -> u32 {
+        let same = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        match &mut self.last {
+            Some((m, l)) if same(m, mu) && same(l, logvar) => self.count += 1,
+            _ => {
+                self.last = Some((mu.to_vec(), logvar.to_vec()));
+                self.count = 0;
+            }
+        }
+        self.count
     }
 }
 
@@ -171,6 +204,7 @@ pub struct Monitor {
     state: MonitorState,
     counters: Counters,
     sequential: Option<Sequential>,
+    repeats: Repeats,
 }
 
 impl Monitor {
@@ -204,6 +238,7 @@ impl Monitor {
             state: MonitorState::Starting,
             counters: Counters::default(),
             sequential,
+            repeats: Repeats::default(),
         })
     }
 
@@ -269,11 +304,7 @@ impl Monitor {
     /// Processes an already decoded frame (image folders, tests).
     pub fn process_image(&mut self, img: &RgbImage) -> FrameVerdict {
         let mut timing = StageTimes::default();
-        let result = self.detector.score(self.stream, img.into()).map(|s| {
-            timing.preprocess = s.preprocess;
-            timing.inference = s.inference;
-            s.score
-        });
+        let result = self.score_pixels(img.into(), &mut timing);
         self.record(result, timing)
     }
 
@@ -306,10 +337,18 @@ impl Monitor {
             }
         };
         timing.decode = t0.elapsed();
+        self.score_pixels(pixels, timing)
+    }
+
+    fn score_pixels(&mut self, pixels: Pixels<'_>, timing: &mut StageTimes) -> Result<f64, Fault> {
         let s = self.detector.score(self.stream, pixels)?;
         timing.preprocess = s.preprocess;
         timing.inference = s.inference;
-        Ok(s.score)
+        let repeats = self.repeats.observe(&s.mu, &s.logvar);
+        match self.config.max_repeated_frames {
+            Some(max) if repeats > max => Err(Fault::Frozen { repeats, max }),
+            _ => Ok(s.score),
+        }
     }
 
     fn record(&mut self, result: Result<f64, Fault>, timing: StageTimes) -> FrameVerdict {

@@ -44,6 +44,10 @@ pub struct Args {
     cusum_threshold: Option<f64>,
     #[arg(long, default_value_t = 10)]
     recovery_frames: u32,
+    /// Exact repeats of the previous frame's posterior in a row before the camera counts as
+    /// frozen (a fault), as the node's parameter; 0 disables.
+    #[arg(long, default_value_t = vae_ood_core::monitor::DEFAULT_MAX_REPEATED_FRAMES)]
+    max_repeated_frames: u32,
     #[arg(long)]
     quiet: bool,
 }
@@ -66,6 +70,7 @@ pub fn run(a: &Args) -> Result<()> {
                 frames: a.recovery_frames,
             },
             cusum_threshold: a.cusum_threshold,
+            max_repeated_frames: (a.max_repeated_frames > 0).then_some(a.max_repeated_frames),
         },
         topic: a.topic.clone(),
         folder_fps: a.fps,

@@ -24,8 +24,10 @@ pub fn run(a: &Args) -> Result<()> {
     let det = a.detector.load()?;
     let kl = if a.kl { Some(a.detector.load()?) } else { None };
     let files = vae_ood_tools::drives::image_files(&a.paths)?;
+    // Files are not a camera stream: the same image twice is not a frozen camera.
     let config = MonitorConfig {
         score_threshold: a.score_threshold,
+        max_repeated_frames: None,
         ..Default::default()
     };
     vae_ood_tools::score::score_files(det, config, kl, &files, &mut |r| {
