@@ -5,7 +5,7 @@
 //! seeks at the end of the file), else from such a pass.
 
 use super::{BagError, BagMessage, TopicInfo};
-use mcap::records::Record;
+use mcap::records::{op, Record};
 use mcap::sans_io::{
     LinearReadEvent, LinearReader, SummaryReadEvent, SummaryReader, SummaryReaderOptions,
 };
@@ -33,6 +33,8 @@ fn damaged(path: &Path, delivered: u64, e: impl std::fmt::Display) -> BagError {
 enum StreamError {
     Io(std::io::Error),
     Mcap(mcap::McapError),
+    /// A record whose fields claim more bytes than the record holds (opcode).
+    Malformed(u8),
 }
 
 impl std::fmt::Display for StreamError {
@@ -40,8 +42,38 @@ impl std::fmt::Display for StreamError {
         match self {
             Self::Io(e) => e.fmt(f),
             Self::Mcap(e) => e.fmt(f),
+            Self::Malformed(op) => write!(
+                f,
+                "MCAP record (opcode {op:#04x}) with a field longer than the record"
+            ),
         }
     }
+}
+
+/// Whether the length-prefixed fields of a schema, channel or message record lie inside it
+/// (MCAP spec: schema = id u16, name, encoding, data; channel = id u16, schema id u16, topic,
+/// encoding, metadata map; each prefixed by a u32 byte length; a message has none). Found
+/// by fuzzing: a channel whose topic claimed 3 GB (fuzz/regressions/mcap_bag).
+fn fields_fit(opcode: u8, record: &[u8]) -> bool {
+    let (skip, fields) = match opcode {
+        op::SCHEMA => (2, 3),
+        op::CHANNEL => (4, 3),
+        _ => return true,
+    };
+    let mut rest = match record.get(skip..) {
+        Some(r) => r,
+        None => return false,
+    };
+    for _ in 0..fields {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return false;
+        };
+        match tail.get(u32::from_le_bytes(*len) as usize..) {
+            Some(t) => rest = t,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// Channels and schemas seen so far in a pass, to name each message's topic and type.
@@ -73,17 +105,32 @@ impl Channels {
     }
 }
 
+/// The most bytes asked of the file at once. The sans-io readers request a record's declared
+/// length, which a damaged or hostile file can set to exabytes (found by fuzzing:
+/// fuzz/regressions/mcap_bag); they accept shorter reads and ask again, so memory stays
+/// bounded by what the file really holds.
+const READ_CHUNK: usize = 1 << 20;
+
 /// Hands every record of the file's data section to `on`, in file order.
 fn stream(file: &mut File, on: &mut dyn FnMut(Record<'_>)) -> Result<(), StreamError> {
     let mut reader = LinearReader::new();
     while let Some(event) = reader.next_event() {
         match event.map_err(StreamError::Mcap)? {
             LinearReadEvent::ReadRequest(need) => {
-                let n = file.read(reader.insert(need)).map_err(StreamError::Io)?;
+                let n = file
+                    .read(reader.insert(need.min(READ_CHUNK)))
+                    .map_err(StreamError::Io)?;
                 reader.notify_read(n);
             }
+            // Only the records a bag reader needs, and only once their length-prefixed fields
+            // fit the record: mcap allocates a field's declared length before reading it.
             LinearReadEvent::Record { opcode, data } => {
-                on(mcap::parse_record(opcode, data).map_err(StreamError::Mcap)?);
+                if matches!(opcode, op::SCHEMA | op::CHANNEL | op::MESSAGE) {
+                    if !fields_fit(opcode, data) {
+                        return Err(StreamError::Malformed(opcode));
+                    }
+                    on(mcap::parse_record(opcode, data).map_err(StreamError::Mcap)?);
+                }
             }
         }
     }
@@ -98,7 +145,7 @@ fn summary(file: &mut File) -> Option<mcap::Summary> {
     while let Some(event) = reader.next_event() {
         match event.ok()? {
             SummaryReadEvent::ReadRequest(n) => {
-                let read = file.read(reader.insert(n)).ok()?;
+                let read = file.read(reader.insert(n.min(READ_CHUNK))).ok()?;
                 reader.notify_read(read);
             }
             SummaryReadEvent::SeekRequest(to) => {

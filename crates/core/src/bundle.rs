@@ -199,16 +199,13 @@ pub struct Bundle {
     pub model_id: String,
 }
 
-impl Bundle {
-    pub fn load(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
-        let dir = dir.as_ref().to_path_buf();
-        let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Io {
-            path: path.clone(),
-            source,
-        })?;
+impl Manifest {
+    /// Parses and checks a manifest's text (`path` names it in errors): format version
+    /// first, then the schema, input spec, latents, score and calibration. Never panics, on
+    /// any text (fuzzed: fuzz/fuzz_targets/manifest.rs).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, BundleError> {
         let bad = |reason: String| BundleError::Manifest {
-            path: path.clone(),
+            path: path.to_path_buf(),
             reason,
         };
 
@@ -219,7 +216,12 @@ impl Bundle {
             .and_then(serde_yaml::Value::as_u64)
         {
             Some(v) if v == u64::from(FORMAT_VERSION) => {}
-            Some(found) => return Err(BundleError::UnsupportedVersion { path, found }),
+            Some(found) => {
+                return Err(BundleError::UnsupportedVersion {
+                    path: path.to_path_buf(),
+                    found,
+                })
+            }
             None => return Err(bad("missing or non-integer 'format_version'".into())),
         }
         let manifest: Manifest = serde_yaml::from_value(raw).map_err(|e| bad(e.to_string()))?;
@@ -260,6 +262,19 @@ impl Bundle {
             crate::detection::Calibration::new(c.scores.clone())
                 .map_err(|e| bad(format!("calibration.scores: {e}")))?;
         }
+        Ok(manifest)
+    }
+}
+
+impl Bundle {
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let manifest = Manifest::parse(&text, &path)?;
 
         let encoder = dir.join(&manifest.encoder.path);
         let bytes = std::fs::read(&encoder).map_err(|source| BundleError::Io {

@@ -7,10 +7,13 @@
 //! model checks run before a detector is ready ([`check_encoder`]).
 
 mod check;
+#[cfg(feature = "tract")]
 pub mod pool;
+#[cfg(feature = "tract")]
 mod tract;
 
 pub use self::check::{check_declared_shape, check_encoder};
+#[cfg(feature = "tract")]
 pub use self::tract::{gemm_peak, TractEncoder};
 
 use crate::bundle::{Bundle, BundleError};
@@ -101,7 +104,7 @@ impl Default for BackendOptions {
 /// Loads the bundle's encoder on the chosen backend and checks it against the manifest.
 pub fn load(bundle: &Bundle, opts: BackendOptions) -> Result<Box<dyn Encoder>, BundleError> {
     let mut encoder: Box<dyn Encoder> = match opts.kind {
-        BackendKind::Tract => Box::new(TractEncoder::load(bundle, opts.threads)?),
+        BackendKind::Tract => tract_encoder(bundle, opts.threads)?,
         BackendKind::Cuda => {
             return Err(BundleError::Backend(
                 "the cuda backend is not part of this build yet; use backend 'tract' (CPU)".into(),
@@ -110,4 +113,16 @@ pub fn load(bundle: &Bundle, opts: BackendOptions) -> Result<Box<dyn Encoder>, B
     };
     check_encoder(encoder.as_mut(), &bundle.manifest)?;
     Ok(encoder)
+}
+
+#[cfg(feature = "tract")]
+fn tract_encoder(bundle: &Bundle, threads: usize) -> Result<Box<dyn Encoder>, BundleError> {
+    Ok(Box::new(TractEncoder::load(bundle, threads)?))
+}
+
+#[cfg(not(feature = "tract"))]
+fn tract_encoder(_: &Bundle, _: usize) -> Result<Box<dyn Encoder>, BundleError> {
+    Err(BundleError::Backend(
+        "this build of vae_ood_core has no tract backend (its feature 'tract' is off)".into(),
+    ))
 }
