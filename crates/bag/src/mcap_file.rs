@@ -7,7 +7,8 @@
 use super::{BagError, BagMessage, TopicInfo};
 use mcap::records::{op, Record};
 use mcap::sans_io::{
-    LinearReadEvent, LinearReader, SummaryReadEvent, SummaryReader, SummaryReaderOptions,
+    LinearReadEvent, LinearReader, LinearReaderOptions, SummaryReadEvent, SummaryReader,
+    SummaryReaderOptions,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -35,6 +36,8 @@ enum StreamError {
     Mcap(mcap::McapError),
     /// A record whose fields claim more bytes than the record holds (opcode).
     Malformed(u8),
+    /// The mcap reader panicked on malformed data (its message).
+    ReaderPanic(String),
 }
 
 impl std::fmt::Display for StreamError {
@@ -46,6 +49,9 @@ impl std::fmt::Display for StreamError {
                 f,
                 "MCAP record (opcode {op:#04x}) with a field longer than the record"
             ),
+            Self::ReaderPanic(what) => {
+                write!(f, "malformed MCAP data (the mcap reader failed: {what})")
+            }
         }
     }
 }
@@ -112,8 +118,30 @@ impl Channels {
 const READ_CHUNK: usize = 1 << 20;
 
 /// Hands every record of the file's data section to `on`, in file order.
+///
+/// mcap 0.26's reader panics on some malformed chunks instead of returning an error (found by
+/// fuzzing: fuzz/regressions/mcap_bag/chunk_record_past_its_end); a damaged bag must be
+/// reported, never crash the evaluation or the replay, so the pass runs under
+/// `catch_unwind`. `on` only records what it is given, so nothing is left half-updated.
 fn stream(file: &mut File, on: &mut dyn FnMut(Record<'_>)) -> Result<(), StreamError> {
-    let mut reader = LinearReader::new();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream_records(file, on)))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(StreamError::ReaderPanic(what))
+        })
+}
+
+/// Records larger than this are refused: no rosbag2 camera message or chunk comes near it.
+const RECORD_LENGTH_LIMIT: usize = 1 << 30;
+
+fn stream_records(file: &mut File, on: &mut dyn FnMut(Record<'_>)) -> Result<(), StreamError> {
+    let mut reader = LinearReader::new_with_options(
+        LinearReaderOptions::default().with_record_length_limit(RECORD_LENGTH_LIMIT),
+    );
     while let Some(event) = reader.next_event() {
         match event.map_err(StreamError::Mcap)? {
             LinearReadEvent::ReadRequest(need) => {
@@ -139,6 +167,11 @@ fn stream(file: &mut File, on: &mut dyn FnMut(Record<'_>)) -> Result<(), StreamE
 
 /// The summary section, if the file was closed properly (rosbag2 writes one).
 fn summary(file: &mut File) -> Option<mcap::Summary> {
+    // As for the data section (see `stream`): a reader panic means no usable summary.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_summary(file))).ok()?
+}
+
+fn read_summary(file: &mut File) -> Option<mcap::Summary> {
     let size = file.metadata().ok()?.len();
     let mut reader =
         SummaryReader::new_with_options(SummaryReaderOptions::default().with_file_size(size));
