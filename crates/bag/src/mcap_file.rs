@@ -58,28 +58,38 @@ impl std::fmt::Display for StreamError {
 
 /// Whether the length-prefixed fields of a schema, channel or message record lie inside it
 /// (MCAP spec: schema = id u16, name, encoding, data; channel = id u16, schema id u16, topic,
-/// encoding, metadata map; each prefixed by a u32 byte length; a message has none). Found
-/// by fuzzing: a channel whose topic claimed 3 GB (fuzz/regressions/mcap_bag).
+/// encoding, metadata map of key and value strings; each prefixed by a u32 byte length; a
+/// message has none). mcap allocates a field's declared length before reading it; found by
+/// fuzzing: a header string and a channel's metadata value that claimed 3-4 GB
+/// (fuzz/regressions/mcap_bag).
 fn fields_fit(opcode: u8, record: &[u8]) -> bool {
-    let (skip, fields) = match opcode {
-        op::SCHEMA => (2, 3),
-        op::CHANNEL => (4, 3),
-        _ => return true,
-    };
-    let mut rest = match record.get(skip..) {
-        Some(r) => r,
-        None => return false,
-    };
-    for _ in 0..fields {
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            return false;
-        };
-        match tail.get(u32::from_le_bytes(*len) as usize..) {
-            Some(t) => rest = t,
-            None => return false,
-        }
+    /// Splits one u32-length-prefixed field off the front.
+    fn field(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let (len, rest) = b.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        (len <= rest.len()).then(|| rest.split_at(len))
     }
-    true
+    let check = || -> Option<()> {
+        match opcode {
+            op::SCHEMA => {
+                let (_, rest) = field(record.get(2..)?)?;
+                let (_, rest) = field(rest)?;
+                field(rest)?;
+            }
+            op::CHANNEL => {
+                let (_, rest) = field(record.get(4..)?)?;
+                let (_, rest) = field(rest)?;
+                let (mut map, _) = field(rest)?;
+                while !map.is_empty() {
+                    let (_, rest) = field(map)?;
+                    (_, map) = field(rest)?;
+                }
+            }
+            _ => {}
+        }
+        Some(())
+    };
+    check().is_some()
 }
 
 /// Channels and schemas seen so far in a pass, to name each message's topic and type.
