@@ -6,13 +6,10 @@
 
 use super::{BagError, BagMessage, TopicInfo};
 use mcap::records::{op, Record};
-use mcap::sans_io::{
-    LinearReadEvent, LinearReader, LinearReaderOptions, SummaryReadEvent, SummaryReader,
-    SummaryReaderOptions,
-};
+use mcap::sans_io::{LinearReadEvent, LinearReader, LinearReaderOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 fn open(path: &Path) -> Result<File, BagError> {
@@ -175,29 +172,78 @@ fn stream_records(file: &mut File, on: &mut dyn FnMut(Record<'_>)) -> Result<(),
     Ok(())
 }
 
-/// The summary section, if the file was closed properly (rosbag2 writes one).
-fn summary(file: &mut File) -> Option<mcap::Summary> {
-    // As for the data section (see `stream`): a reader panic means no usable summary.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_summary(file))).ok()?
+/// What a bag reader needs of the summary section: schema names, channels and the per-channel
+/// message counts of its statistics record.
+#[derive(Default)]
+struct Summary {
+    channels: Channels,
+    counts: Option<BTreeMap<u16, u64>>,
 }
 
-fn read_summary(file: &mut File) -> Option<mcap::Summary> {
+/// Summary sections larger than this are ignored (the caller scans the data instead); a
+/// rosbag2 summary holds a few records per topic and per chunk.
+const SUMMARY_LIMIT: u64 = 64 << 20;
+
+/// The summary section, if the file was closed properly (rosbag2 writes one). Read here
+/// rather than by mcap's summary reader, which parses every summary record and allocates
+/// whatever length a damaged one declares (fuzzing: a metadata index whose name claimed
+/// 4 GB); only schema, channel and statistics records are parsed, after their fields are
+/// checked.
+fn summary(file: &mut File) -> Option<Summary> {
+    // The footer record (opcode, u64 length, summary start, summary offset start, CRC) and
+    // the closing magic.
+    const FOOTER: usize = 1 + 8 + 8 + 8 + 4 + 8;
     let size = file.metadata().ok()?.len();
-    let mut reader =
-        SummaryReader::new_with_options(SummaryReaderOptions::default().with_file_size(size));
-    while let Some(event) = reader.next_event() {
-        match event.ok()? {
-            SummaryReadEvent::ReadRequest(n) => {
-                let read = file.read(reader.insert(n.min(READ_CHUNK))).ok()?;
-                reader.notify_read(read);
+    file.seek(SeekFrom::Start(size.checked_sub(FOOTER as u64)?))
+        .ok()?;
+    let mut footer = [0u8; FOOTER];
+    file.read_exact(&mut footer).ok()?;
+    if footer[0] != op::FOOTER || &footer[29..] != mcap::MAGIC {
+        return None;
+    }
+    let at = |i: usize| u64::from_le_bytes(footer[i..i + 8].try_into().expect("8 bytes"));
+    let (start, offsets) = (at(9), at(17));
+    let end = if offsets != 0 {
+        offsets
+    } else {
+        size - FOOTER as u64
+    };
+    if start == 0 || start >= end || end > size || end - start > SUMMARY_LIMIT {
+        return None;
+    }
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut section = vec![0u8; (end - start) as usize];
+    file.read_exact(&mut section).ok()?;
+
+    let mut out = Summary::default();
+    let mut rest = section.as_slice();
+    while let Some((&opcode, tail)) = rest.split_first() {
+        let (len, tail) = tail.split_first_chunk::<8>()?;
+        let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+        if len > tail.len() {
+            return None;
+        }
+        let (data, next) = tail.split_at(len);
+        rest = next;
+        match opcode {
+            op::SCHEMA | op::CHANNEL if fields_fit(opcode, data) => {
+                let record = mcap::parse_record(opcode, data).ok()?;
+                out.channels.message(&record);
             }
-            SummaryReadEvent::SeekRequest(to) => {
-                let pos = file.seek(to).ok()?;
-                reader.notify_seeked(pos);
+            // Fixed fields (42 bytes), then the counts map (u32 byte length; fixed-size entries).
+            op::STATISTICS if data.len() >= 46 => {
+                let map = u32::from_le_bytes(data[42..46].try_into().expect("4 bytes")) as usize;
+                if map > data.len() - 46 {
+                    return None;
+                }
+                if let Ok(Record::Statistics(s)) = mcap::parse_record(opcode, data) {
+                    out.counts = Some(s.channel_message_counts);
+                }
             }
+            _ => {}
         }
     }
-    reader.finish()
+    Some(out)
 }
 
 /// Topics and message counts. A file without a summary (a truncated recording) lists what
@@ -235,25 +281,24 @@ fn topics_from_pass(file: &mut File) -> (Vec<TopicInfo>, Result<(), StreamError>
 }
 
 /// The summary's channels and statistics; None without statistics (the caller scans instead).
-fn topics_from_summary(summary: &mcap::Summary) -> Option<Vec<TopicInfo>> {
-    let stats = summary.stats.as_ref()?;
+fn topics_from_summary(summary: &Summary) -> Option<Vec<TopicInfo>> {
+    let counts = summary.counts.as_ref()?;
     let mut out: BTreeMap<String, TopicInfo> = BTreeMap::new();
-    for (id, channel) in &summary.channels {
-        let count = stats.channel_message_counts.get(id).copied().unwrap_or(0);
+    for (id, (topic, schema)) in &summary.channels.channels {
+        let count = counts.get(id).copied().unwrap_or(0);
         if count == 0 {
             continue; // a scan lists only topics with messages
         }
-        let t = out
-            .entry(channel.topic.clone())
-            .or_insert_with(|| TopicInfo {
-                name: channel.topic.clone(),
-                msg_type: channel
-                    .schema
-                    .as_ref()
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default(),
-                count: 0,
-            });
+        let t = out.entry(topic.clone()).or_insert_with(|| TopicInfo {
+            name: topic.clone(),
+            msg_type: summary
+                .channels
+                .schemas
+                .get(schema)
+                .cloned()
+                .unwrap_or_default(),
+            count: 0,
+        });
         t.count += count;
     }
     Some(out.into_values().collect())
