@@ -43,19 +43,9 @@ fn specs() -> [InputSpec; 2] {
 
 /// A frame as the monitor takes it: checked (raw) or decoded (compressed), then preprocessed.
 fn through_the_monitor(frame: &FrameData<'_>) {
-    let decoded;
-    let pixels = match frame {
-        FrameData::Raw(raw) => match Pixels::from_raw(raw) {
-            Ok(p) => p,
-            Err(_) => return,
-        },
-        FrameData::Compressed { .. } => match frame::decode(frame) {
-            Ok(img) => {
-                decoded = img;
-                Pixels::from(&decoded)
-            }
-            Err(_) => return,
-        },
+    let mut decoded = None;
+    let Ok(pixels) = frame::pixels(frame, &mut decoded) else {
+        return;
     };
     for spec in specs() {
         let out = Preprocessor::new(spec).run(pixels);

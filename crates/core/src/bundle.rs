@@ -210,7 +210,7 @@ impl Manifest {
         };
 
         // Check the version before the schema, so a newer manifest gets the version error.
-        let raw: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let raw: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| bad(e.to_string()))?;
         match raw
             .get("format_version")
             .and_then(serde_yaml::Value::as_u64)

@@ -116,6 +116,20 @@ pub fn decode(frame: &FrameData<'_>) -> Result<RgbImage, FrameError> {
     }
 }
 
+/// A frame's pixels as preprocessing reads them: a raw frame checked and borrowed in place, a
+/// compressed one decoded into `decoded` (which the pixels then borrow).
+pub fn pixels<'a>(
+    frame: &FrameData<'a>,
+    decoded: &'a mut Option<RgbImage>,
+) -> Result<Pixels<'a>, FrameError> {
+    match frame {
+        FrameData::Raw(raw) => Pixels::from_raw(raw),
+        FrameData::Compressed { format, data } => Ok(Pixels::from(
+            &*decoded.insert(decode_compressed(format, data)?),
+        )),
+    }
+}
+
 fn check_size(width: u32, height: u32) -> Result<(), FrameError> {
     if width == 0 || height == 0 {
         return Err(FrameError::ZeroSize { width, height });

@@ -94,8 +94,13 @@ impl Repeats {
         };
         match &mut self.last {
             Some((m, l)) if same(m, mu) && same(l, logvar) => self.count += 1,
-            _ => {
-                self.last = Some((mu.to_vec(), logvar.to_vec()));
+            // Reuses the buffers: this runs on every frame.
+            last => {
+                let (m, l) = last.get_or_insert_with(Default::default);
+                m.clear();
+                m.extend_from_slice(mu);
+                l.clear();
+                l.extend_from_slice(logvar);
                 self.count = 0;
             }
         }
@@ -328,14 +333,8 @@ impl Monitor {
         // A raw frame is only checked here and read in place by preprocessing; a compressed
         // one is decoded.
         let t0 = Instant::now();
-        let decoded;
-        let pixels = match frame {
-            FrameData::Raw(raw) => Pixels::from_raw(raw)?,
-            FrameData::Compressed { .. } => {
-                decoded = frame::decode(frame)?;
-                Pixels::from(&decoded)
-            }
-        };
+        let mut decoded = None;
+        let pixels = frame::pixels(frame, &mut decoded)?;
         timing.decode = t0.elapsed();
         self.score_pixels(pixels, timing)
     }

@@ -154,8 +154,7 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
 fn profile(bundle: &std::path::Path, threads: usize, runs: usize) -> Result<()> {
     let b = vae_ood_core::bundle::Bundle::load(bundle)?;
     let mut enc = vae_ood_core::encoder::TractEncoder::load(&b, threads)?;
-    let n: usize = b.manifest.input.shape().iter().product();
-    let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
+    let x = vae_ood_tools::compress::bench::bench_input(&b);
     enc.profile(&x, 20)?;
     let nodes = enc.profile(&x, runs.max(1))?;
     let mut by_op = std::collections::BTreeMap::<String, (f64, usize)>::new();

@@ -96,12 +96,8 @@ impl TractEncoder {
         let typed = typed
             .into_optimized()
             .map_err(|e| err("cannot optimise for the manifest's input shape", &e))?;
-        let mut options = RunOptions::default();
-        if threads > 1 {
-            options.executor = Some(multithread::Executor::multithread(threads));
-        }
         let state = typed
-            .into_runnable_with_options(&options)
+            .into_runnable_with_options(&run_options(threads))
             .and_then(|plan| plan.spawn())
             .map_err(|e| err("cannot plan", &e))?;
         Ok(Self {
@@ -187,6 +183,15 @@ impl Encoder for TractEncoder {
     }
 }
 
+/// One thread runs inline; more get tract's multithreaded executor.
+fn run_options(threads: usize) -> RunOptions {
+    let mut options = RunOptions::default();
+    if threads > 1 {
+        options.executor = Some(multithread::Executor::multithread(threads));
+    }
+    options
+}
+
 /// Multiply-accumulates per run of a typed model, as tract's own cost model counts them
 /// (convolutions, matrix products).
 fn multiply_accumulates(model: &TypedModel) -> TractResult<u64> {
@@ -224,13 +229,9 @@ pub fn gemm_peak(size: usize, threads: usize, runs: usize) -> TractResult<f64> {
         &[a, b],
     )?;
     model.select_output_outlets(&c)?;
-    let mut options = RunOptions::default();
-    if threads > 1 {
-        options.executor = Some(multithread::Executor::multithread(threads));
-    }
     let mut state = model
         .into_optimized()?
-        .into_runnable_with_options(&options)?
+        .into_runnable_with_options(&run_options(threads))?
         .spawn()?;
     let x: TValue = Tensor::from_shape(&[size, size], &vec![0.5f32; size * size])?.into();
     let mut best = f64::INFINITY;

@@ -20,6 +20,13 @@ pub struct EncoderLatency {
     pub macs: Option<u64>,
 }
 
+/// The input every encoder benchmark feeds a bundle's encoder: structured, deterministic, in
+/// [0, 1] (`scripts/bench_ort.py` builds the same for onnxruntime).
+pub fn bench_input(bundle: &Bundle) -> Vec<f32> {
+    let n: usize = bundle.manifest.input.shape().iter().product();
+    (0..n).map(|i| ((i * 37) % 101) as f32 / 100.0).collect()
+}
+
 /// Runs `frames` encodes of each bundle's encoder (after `warmup` untimed ones), round-robin.
 pub fn encoder_latency(
     bundles: &[PathBuf],
@@ -36,13 +43,7 @@ pub fn encoder_latency(
     let mut inputs = vec![];
     for b in bundles {
         let bundle = Bundle::load(b).map_err(|e| crate::Error::Drive(e.to_string()))?;
-        let n: usize = bundle.manifest.input.shape().iter().product();
-        // Structured, deterministic input in [0, 1].
-        inputs.push(
-            (0..n)
-                .map(|i| ((i * 37) % 101) as f32 / 100.0)
-                .collect::<Vec<f32>>(),
-        );
+        inputs.push(bench_input(&bundle));
         encoders.push(encoder::load(&bundle, opts)?);
     }
     let macs: Vec<Option<u64>> = encoders.iter().map(|e| e.multiply_accumulates()).collect();
