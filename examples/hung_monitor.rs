@@ -28,6 +28,9 @@ mod hang {
         fn reset_stream(&mut self, stream: StreamId) {
             self.inner.reset_stream(stream)
         }
+        fn measure_detail(&mut self, spec: Option<vae_ood_core::detail::DetailSpec>) {
+            self.inner.measure_detail(spec)
+        }
         fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
             if self.left == 0 {
                 eprintln!("hung_monitor: blocking inside inference now");

@@ -28,10 +28,9 @@ source scripts/roles.sh
 [ -f out/testset/id_4way_s328/meta.json ] || make testset-data TESTSET_OUT=out/testset
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 cargo build --locked -p vae_ood_cli
-# Budget 0.06, not 0.02: with selection on every OOD type, no distilled student keeps noise
-# (where the teacher is near chance) within 0.02 (models/compressed/MODEL_CARD.md). Session 7
-# ran this with --only conv0-75+ft,conv0-62.5+ft,conv0-50+ft; the full plan takes hours now.
-target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick --auroc-drop 0.06 \
+# Sessions 7 and 9 ran this with --only conv0-75+ft,conv0-62.5+ft,conv0-50+ft; the full plan
+# takes hours now. The teacher's detail channel (score.detail) is refitted with every candidate.
+target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick --auroc-drop 0.02 \
   $(calibration_args "$V" "$VAL" out/heldout out/tuning) --select $(eval_inputs "$VAL") \
   --test $(eval_inputs out/testset) | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")

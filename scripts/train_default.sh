@@ -30,7 +30,7 @@ source scripts/roles.sh
 
 BUNDLE=models/default
 rm -rf "$BUNDLE.new"
-"$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis \
+"$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis --detail 160x120 \
   $(calibration_args "$DATA" "$VAL" out/heldout out/tuning)
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"

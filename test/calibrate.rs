@@ -3,10 +3,11 @@
 //! every score; misused options are clear errors.
 
 use std::path::PathBuf;
+use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::BackendOptions;
-use vae_ood_core::score::{posterior_features, ScoreSpec};
+use vae_ood_core::score::{features, posterior_features, ScoreSpec};
 use vae_ood_tools::calibrate::{calibrate, DriveArg, Options, ScoreKind};
 use vae_ood_tools::drives::map_drive;
 
@@ -27,6 +28,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
     Options {
         score,
         fit,
+        detail: None,
         cal: vec![drive("id_small_loop_s2")],
         tune_id: vec![drive("id_udem1_s3")],
         val_ood: vec![],
@@ -98,6 +100,41 @@ fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame(
 }
 
 #[test]
+fn a_reference_with_the_detail_channel_fits_the_frames_detail_and_scores_with_it() {
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let fit = vec![drive("id_loop_empty_s1")];
+    let mut o = options(ScoreKind::Mahalanobis, fit.clone());
+    o.detail = Some(DetailSpec::at(160, 120));
+    let o = calibrate(&root().join("models/default"), out.path(), det.as_mut(), &o).unwrap();
+    let ScoreSpec::Mahalanobis(r) = &o.bundle.manifest.score else {
+        panic!("calibrated with the wrong score")
+    };
+    assert_eq!(r.detail, Some(DetailSpec::at(160, 120)));
+    assert_eq!((r.mean.len(), r.precision.len()), (63, 63 * 63));
+    // The last three means are the fit frames' mean detail features.
+    let frames = map_drive(det.as_mut(), &fit[0].path, &|| {}, |s| s.detail).unwrap();
+    assert!(frames.iter().all(|d| d.len() == 3));
+    for k in 0..3 {
+        let want = frames.iter().map(|d| d[k]).sum::<f64>() / frames.len() as f64;
+        assert!((r.mean[60 + k] - want).abs() < 1e-9, "octave {k}");
+    }
+    // The written bundle measures the detail itself and scores with it.
+    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+    let scored = map_drive(
+        cal.as_mut(),
+        &drive("ood_noise_small_loop_s8").path,
+        &|| {},
+        |s| (s.score, features(&s.mu, &s.logvar, &s.detail)),
+    )
+    .unwrap();
+    for (score, x) in &scored {
+        assert_eq!(x.len(), 63);
+        assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
+    }
+}
+
+#[test]
 fn misused_score_options_are_clear_errors() {
     let out = tempfile::tempdir().unwrap();
     let mut det = detector();
@@ -123,6 +160,17 @@ fn misused_score_options_are_clear_errors() {
         vec![drive("id_small_loop_s2")],
     ));
     assert!(err.contains("used twice"), "{err}");
+    let mut o = options(ScoreKind::Mahalanobis, vec![]);
+    o.detail = Some(DetailSpec::at(160, 120));
+    let err = run(o);
+    assert!(
+        err.contains("--detail adds to a reference being fitted"),
+        "{err}"
+    );
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.detail = Some(DetailSpec::at(4, 4));
+    let err = run(o);
+    assert!(err.contains("octave smaller"), "{err}");
 }
 
 #[test]

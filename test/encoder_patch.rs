@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::Bundle;
+use vae_ood_core::detail::{DetailExtractor, DetailSpec};
 use vae_ood_core::detector::{Detector, Fault, Scored, StreamId};
 use vae_ood_core::encoder::{BackendOptions, Encoder, TractEncoder};
 use vae_ood_core::frame::Pixels;
@@ -64,6 +65,7 @@ fn patched_encoders_give_tracts_own_posterior_on_every_sample_frame() {
 struct ReferencePath {
     bundle: Bundle,
     encoder: TractEncoder,
+    detail: Option<DetailExtractor>,
 }
 
 impl Detector for ReferencePath {
@@ -77,18 +79,26 @@ impl Detector for ReferencePath {
         0
     }
     fn reset_stream(&mut self, _: StreamId) {}
+    fn measure_detail(&mut self, _: Option<DetailSpec>) {
+        unimplemented!("the reference path scores; it measures nothing for a caller")
+    }
     fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
         frames
             .iter()
             .map(|(_, px)| {
                 let x = reference::preprocess(&px.to_rgb(), &self.bundle.manifest.input);
                 let p = self.encoder.encode(&x).unwrap();
-                let (kl, score) = self.bundle.manifest.score_posterior(&p.mu, &p.logvar);
+                let detail = self.detail.as_mut().map_or(vec![], |d| d.features(*px));
+                let (kl, score) = self
+                    .bundle
+                    .manifest
+                    .score_posterior(&p.mu, &p.logvar, &detail);
                 Ok(Scored {
                     score,
                     kl,
                     mu: p.mu,
                     logvar: p.logvar,
+                    detail,
                     preprocess: Default::default(),
                     inference: Default::default(),
                 })
@@ -108,6 +118,12 @@ fn the_fast_path_keeps_every_verdict_of_the_sample_drives() {
             let fast = vae_ood_core::detector::load(&dir, BackendOptions::default()).unwrap();
             let reference = ReferencePath {
                 encoder: TractEncoder::load_unpatched(&bundle, 1).unwrap(),
+                detail: bundle
+                    .manifest
+                    .score
+                    .detail()
+                    .copied()
+                    .map(DetailExtractor::new),
                 bundle: bundle.clone(),
             };
             let mut a = Monitor::new(fast, MonitorConfig::default()).unwrap();

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::Bundle;
+use vae_ood_core::detail::{DetailExtractor, DetailSpec};
 use vae_ood_core::encoder::{self, BackendOptions};
 use vae_ood_core::preprocess::{preprocess, InputSpec};
 use vae_ood_tools::compress::quantize::{quantize, Precision};
@@ -14,8 +15,12 @@ fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// Every `stride`-th preprocessed frame of a sample drive, with its OOD label.
-fn frames(drive: &str, spec: &InputSpec, stride: usize) -> Vec<(Vec<f32>, bool)> {
+/// A preprocessed frame, its detail features (if the score uses them) and its OOD label.
+type Frame = (Vec<f32>, Vec<f64>, bool);
+
+/// Every `stride`-th frame of a sample drive.
+fn frames(drive: &str, spec: &InputSpec, detail: Option<DetailSpec>, stride: usize) -> Vec<Frame> {
+    let mut detail = detail.map(DetailExtractor::new);
     let dir = root().join("data/sample").join(drive);
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
@@ -29,7 +34,8 @@ fn frames(drive: &str, spec: &InputSpec, stride: usize) -> Vec<(Vec<f32>, bool)>
     let mut i = 0u64;
     for_each_frame(&dir.join("bag"), &mut |img| {
         if i % stride as u64 == 0 {
-            out.push((preprocess(img, spec), ood.contains(&i)));
+            let d = detail.as_mut().map_or(vec![], |d| d.features(img.into()));
+            out.push((preprocess(img, spec), d, ood.contains(&i)));
         }
         i += 1;
         Ok(())
@@ -39,14 +45,14 @@ fn frames(drive: &str, spec: &InputSpec, stride: usize) -> Vec<(Vec<f32>, bool)>
 }
 
 /// (mu ++ logvar, score) per frame under the encoder in `dir`, scored as its manifest says.
-fn run(dir: &Path, x: &[(Vec<f32>, bool)]) -> Vec<(Vec<f32>, f64)> {
+fn run(dir: &Path, x: &[Frame]) -> Vec<(Vec<f32>, f64)> {
     let bundle = Bundle::load(dir).unwrap();
     let m = &bundle.manifest;
     let mut enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
     x.iter()
-        .map(|(f, _)| {
+        .map(|(f, d, _)| {
             let p = enc.encode(f).unwrap();
-            let (_, s) = m.score_posterior(&p.mu, &p.logvar);
+            let (_, s) = m.score_posterior(&p.mu, &p.logvar, d);
             (p.mu.into_iter().chain(p.logvar).collect(), s)
         })
         .collect()
@@ -59,19 +65,20 @@ fn quantised_detectors_stay_close_to_f32_and_keep_their_auroc() {
     let spec = bundle.manifest.input.clone();
     let onnx = std::fs::read(bundle.encoder_path()).unwrap();
     // Activation scales from a calibration-split drive, never from the test frames.
-    let calib: Vec<Vec<f32>> = frames("id_small_loop_s2", &spec, 10)
+    let detail = bundle.manifest.score.detail().copied();
+    let calib: Vec<Vec<f32>> = frames("id_small_loop_s2", &spec, detail, 10)
         .into_iter()
-        .map(|(f, _)| f)
+        .map(|(f, _, _)| f)
         .collect();
-    let id = frames("id_loop_empty_s4", &spec, 2);
+    let id = frames("id_loop_empty_s4", &spec, detail, 2);
     let drives = [
         (
             "brightness",
-            frames("ood_brightness_small_loop_s5", &spec, 2),
+            frames("ood_brightness_small_loop_s5", &spec, detail, 2),
         ),
-        ("rain", frames("ood_rain_udem1_s6", &spec, 2)),
+        ("rain", frames("ood_rain_udem1_s6", &spec, detail, 2)),
     ];
-    let all: Vec<(Vec<f32>, bool)> = id
+    let all: Vec<Frame> = id
         .iter()
         .chain(drives.iter().flat_map(|(_, d)| d.iter()))
         .cloned()
@@ -84,7 +91,7 @@ fn quantised_detectors_stay_close_to_f32_and_keep_their_auroc() {
         for (_, d) in &drives {
             let mut s = vec![];
             let mut l = vec![];
-            for (k, (_, ood)) in all.iter().enumerate() {
+            for (k, (_, _, ood)) in all.iter().enumerate() {
                 let in_drive = k >= offset && k < offset + d.len();
                 if !ood || in_drive {
                     s.push(scores[k].1);

@@ -17,10 +17,18 @@ def run_both(bundle, tmp_path, seed):
     manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
     spec = manifest["input"]
     shape = (1, 3, spec["height"], spec["width"])
-    x = np.random.default_rng(seed).uniform(0, 1, size=shape).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=shape).astype(np.float32)
     f = tmp_path / f"x{seed}.f32"
     f.write_bytes(x.astype("<f4").tobytes())
-    rust = json.loads(cli("encode", "--bundle", bundle, f).stdout)
+    # A score with the detail channel takes the frame's detail features beside the tensor.
+    detail = manifest.get("score", {}).get("detail")
+    extra = []
+    if detail:
+        d = rng.uniform(-6, -2, size=detail["octaves"])
+        extra = ["--detail", ",".join(repr(float(v)) for v in d)]
+    rust = json.loads(cli("encode", "--bundle", bundle, f, *extra).stdout)
+    rust["detail_in"] = [float(v) for v in extra[1].split(",")] if extra else []
     sess = ort.InferenceSession(str(bundle / manifest["encoder"]["path"]), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {sess.get_inputs()[0].name: x})
     names = [o.name for o in sess.get_outputs()]
@@ -42,8 +50,8 @@ def test_tract_matches_onnxruntime_and_the_score_matches_numpy(tmp_path, seed):
     score = manifest.get("score", {"kind": "kl"})
     if score["kind"] == "kl":
         want = kl[manifest["latents"]["selected"]].sum()
-    else:  # Mahalanobis distance of (mu, logvar) from the bundle's fitted Gaussian
-        d = np.r_[mu64, lv64] - np.asarray(score["mean"])
+    else:  # Mahalanobis distance of (mu, logvar, detail) from the bundle's fitted Gaussian
+        d = np.r_[mu64, lv64, rust["detail_in"]] - np.asarray(score["mean"])
         want = d @ np.asarray(score["precision"]).reshape(d.size, d.size) @ d
     assert abs(rust["score"] - want) <= 1e-9 * max(1.0, abs(rust["score"]))
 

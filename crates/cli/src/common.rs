@@ -1,6 +1,6 @@
 //! Arguments several subcommands share.
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use std::path::PathBuf;
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::{BackendKind, BackendOptions};
@@ -30,4 +30,18 @@ impl DetectorArgs {
         vae_ood_core::detector::load(&self.bundle, self.backend_options())
             .with_context(|| format!("loading detector bundle {}", self.bundle.display()))
     }
+}
+
+/// A `WIDTHxHEIGHT` argument, both positive.
+pub fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| anyhow!("'{s}': expected WIDTHxHEIGHT, e.g. 64x64"))?;
+    let p = |v: &str| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow!("'{s}': sizes must be positive integers"))
+    };
+    Ok((p(w)?, p(h)?))
 }

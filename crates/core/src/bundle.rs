@@ -152,10 +152,13 @@ pub enum BundleError {
 }
 
 impl Manifest {
-    /// KL per latent and the nonconformity score of one posterior, as this bundle scores it.
-    pub fn score_posterior(&self, mu: &[f32], logvar: &[f32]) -> (Vec<f64>, f64) {
+    /// KL per latent and the nonconformity score of one posterior, as this bundle scores it;
+    /// `detail` holds the frame's detail features when the score asks for them (else empty).
+    pub fn score_posterior(&self, mu: &[f32], logvar: &[f32], detail: &[f64]) -> (Vec<f64>, f64) {
         let kl = crate::score::kl_per_latent(mu, logvar);
-        let score = self.score.score(&self.latents.selected, mu, logvar, &kl);
+        let score = self
+            .score
+            .score(&self.latents.selected, mu, logvar, &kl, detail);
         (kl, score)
     }
 

@@ -8,6 +8,7 @@
 //! backend batches several cameras into one inference.
 
 use crate::bundle::{Bundle, BundleError};
+use crate::detail::{DetailExtractor, DetailSpec};
 use crate::encoder::{self, BackendOptions, Encoder};
 use crate::frame::{FrameError, Pixels};
 use crate::preprocess::Preprocessor;
@@ -28,6 +29,9 @@ pub struct Scored {
     /// The posterior: mu and logvar of every latent.
     pub mu: Vec<f32>,
     pub logvar: Vec<f32>,
+    /// The frame's detail features ([`crate::detail`]): those the score uses, or those asked
+    /// for by [`Detector::measure_detail`]; empty when neither.
+    pub detail: Vec<f64>,
     pub preprocess: Duration,
     pub inference: Duration,
 }
@@ -82,6 +86,11 @@ pub trait Detector: Send {
     /// Forgets a stream's state (the next frame starts it afresh).
     fn reset_stream(&mut self, stream: StreamId);
 
+    /// Measures these detail features for the caller: [`Scored::detail`] then holds them
+    /// instead of the score's own (calibration fits a new reference on them). The score is
+    /// unchanged. `None` goes back to the score's own.
+    fn measure_detail(&mut self, spec: Option<DetailSpec>);
+
     /// Scores the next frame of each listed stream (at most one frame per stream), in order,
     /// in one call where the backend can batch.
     fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>>;
@@ -109,6 +118,9 @@ pub struct ImageDetector {
     bundle: Bundle,
     encoder: Box<dyn Encoder>,
     preprocessor: Preprocessor,
+    /// The detail channel the bundle's score uses, and one measured for the caller.
+    detail: Option<DetailExtractor>,
+    extra_detail: Option<DetailExtractor>,
     streams: StreamId,
 }
 
@@ -132,17 +144,30 @@ impl ImageDetector {
     fn new(bundle: Bundle, encoder: Box<dyn Encoder>) -> Self {
         Self {
             preprocessor: Preprocessor::new(bundle.manifest.input.clone()),
+            detail: bundle
+                .manifest
+                .score
+                .detail()
+                .copied()
+                .map(DetailExtractor::new),
+            extra_detail: None,
             bundle,
             encoder,
             streams: 0,
         }
     }
 
-    fn scored(&self, mu: Vec<f32>, logvar: Vec<f32>) -> Result<Scored, Fault> {
+    fn scored(
+        &self,
+        mu: Vec<f32>,
+        logvar: Vec<f32>,
+        (own, extra): (Vec<f64>, Option<Vec<f64>>),
+    ) -> Result<Scored, Fault> {
         if mu.iter().chain(&logvar).any(|v| !v.is_finite()) {
             return Err(Fault::NonFinite);
         }
-        let (kl, score) = self.bundle.manifest.score_posterior(&mu, &logvar);
+        let (kl, score) = self.bundle.manifest.score_posterior(&mu, &logvar, &own);
+        let detail = extra.unwrap_or(own);
         if !score.is_finite() {
             return Err(Fault::NonFinite);
         }
@@ -151,6 +176,7 @@ impl ImageDetector {
             kl,
             mu,
             logvar,
+            detail,
             preprocess: Duration::ZERO,
             inference: Duration::ZERO,
         })
@@ -173,6 +199,10 @@ impl Detector for ImageDetector {
 
     fn reset_stream(&mut self, _stream: StreamId) {}
 
+    fn measure_detail(&mut self, spec: Option<DetailSpec>) {
+        self.extra_detail = spec.map(DetailExtractor::new);
+    }
+
     fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
         if frames.is_empty() {
             return vec![];
@@ -192,6 +222,16 @@ impl Detector for ImageDetector {
             .iter()
             .map(|(_, px)| self.preprocessor.run(*px))
             .collect();
+        let (own, extra) = (&mut self.detail, &mut self.extra_detail);
+        let mut details: Vec<(Vec<f64>, Option<Vec<f64>>)> = frames
+            .iter()
+            .map(|(_, px)| {
+                (
+                    own.as_mut().map_or(vec![], |d| d.features(*px)),
+                    extra.as_mut().map(|d| d.features(*px)),
+                )
+            })
+            .collect();
         let t1 = Instant::now();
         let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
         let posteriors = self.encoder.encode_batch(&refs);
@@ -202,8 +242,9 @@ impl Detector for ImageDetector {
         match posteriors {
             Ok(ps) if ps.len() == frames.len() => ps
                 .into_iter()
-                .map(|p| {
-                    self.scored(p.mu, p.logvar).map(|mut s| {
+                .zip(details.drain(..))
+                .map(|(p, detail)| {
+                    self.scored(p.mu, p.logvar, detail).map(|mut s| {
                         s.preprocess = pre;
                         s.inference = inf;
                         s

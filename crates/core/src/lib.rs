@@ -13,6 +13,7 @@
 
 pub mod arch;
 pub mod bundle;
+pub mod detail;
 pub mod detection;
 pub mod detector;
 pub mod encoder;

@@ -11,7 +11,10 @@
 //!   the default severity raises no latent's KL (per-frame AUROC about 0.56 on the validation
 //!   drives), while this distance separates it (docs/detector-experiments.md). The price is a
 //!   fitted reference, so the score depends on the in-distribution drives it was fitted on.
+//!   A reference may add the frame's detail features ([`crate::detail`]) to the posterior:
+//!   what the encoder's small input averages away (noise, blur) then moves the distance too.
 
+use crate::detail::DetailSpec;
 use serde::{Deserialize, Serialize};
 
 /// KL(N(mu, sigma^2) || N(0, 1)) per latent: 0.5 * (mu^2 + exp(logvar) - logvar - 1).
@@ -38,7 +41,8 @@ pub enum ScoreSpec {
     /// KL to the prior summed over `latents.selected` (the paper's score).
     #[default]
     Kl,
-    /// Mahalanobis distance of (mu, logvar) from a fitted in-distribution Gaussian.
+    /// Mahalanobis distance of (mu, logvar), and the detail features if the reference has
+    /// them, from a fitted in-distribution Gaussian.
     Mahalanobis(Reference),
 }
 
@@ -47,11 +51,27 @@ impl ScoreSpec {
         matches!(self, Self::Kl)
     }
 
-    /// The score of one posterior; `kl` is its KL per latent (see [`kl_per_latent`]).
-    pub fn score(&self, selected: &[usize], mu: &[f32], logvar: &[f32], kl: &[f64]) -> f64 {
+    /// The score of one posterior; `kl` is its KL per latent (see [`kl_per_latent`]),
+    /// `detail` the frame's detail features when [`Self::detail`] asks for them (else empty).
+    pub fn score(
+        &self,
+        selected: &[usize],
+        mu: &[f32],
+        logvar: &[f32],
+        kl: &[f64],
+        detail: &[f64],
+    ) -> f64 {
         match self {
             Self::Kl => nonconformity(kl, selected),
-            Self::Mahalanobis(r) => r.distance(&posterior_features(mu, logvar)),
+            Self::Mahalanobis(r) => r.distance(&features(mu, logvar, detail)),
+        }
+    }
+
+    /// The detail features the score needs, if any.
+    pub fn detail(&self) -> Option<&DetailSpec> {
+        match self {
+            Self::Kl => None,
+            Self::Mahalanobis(r) => r.detail.as_ref(),
         }
     }
 
@@ -59,7 +79,12 @@ impl ScoreSpec {
     pub fn validate(&self, latents: usize) -> Result<(), ScoreError> {
         match self {
             Self::Kl => Ok(()),
-            Self::Mahalanobis(r) => r.validate(2 * latents),
+            Self::Mahalanobis(r) => {
+                if let Some(d) = &r.detail {
+                    d.validate().map_err(ScoreError::Detail)?;
+                }
+                r.validate(2 * latents + r.detail.map_or(0, |d| d.octaves as usize))
+            }
         }
     }
 
@@ -68,7 +93,11 @@ impl ScoreSpec {
         match self {
             Self::Kl => "KL to the prior, summed over the selected latents".into(),
             Self::Mahalanobis(r) => format!(
-                "Mahalanobis distance of (mu, logvar) from a Gaussian fitted on {} in-distribution frames",
+                "Mahalanobis distance of (mu, logvar{}) from a Gaussian fitted on {} in-distribution frames",
+                r.detail.map_or(String::new(), |d| format!(
+                    ", {} detail octaves at {}x{}",
+                    d.octaves, d.width, d.height
+                )),
                 r.frames
             ),
         }
@@ -84,7 +113,7 @@ pub enum ScoreError {
     RaggedFitFrames,
     #[error("the covariance of the fit frames is not positive definite (constant or duplicated features?)")]
     NotPositiveDefinite,
-    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent)", dim * dim)]
+    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent, then any detail octaves)", dim * dim)]
     ReferenceShape {
         mean: usize,
         precision: usize,
@@ -92,11 +121,22 @@ pub enum ScoreError {
     },
     #[error("score.mean or score.precision holds a NaN or infinite value")]
     NonFiniteReference,
+    #[error("{0}")]
+    Detail(String),
 }
 
 /// (mu, logvar) of one posterior as one feature vector: mu of every latent, then logvar.
 pub fn posterior_features(mu: &[f32], logvar: &[f32]) -> Vec<f64> {
-    mu.iter().chain(logvar).map(|&v| f64::from(v)).collect()
+    features(mu, logvar, &[])
+}
+
+/// The Mahalanobis score's feature vector: [`posterior_features`], then the detail features.
+pub fn features(mu: &[f32], logvar: &[f32], detail: &[f64]) -> Vec<f64> {
+    mu.iter()
+        .chain(logvar)
+        .map(|&v| f64::from(v))
+        .chain(detail.iter().copied())
+        .collect()
 }
 
 /// An in-distribution Gaussian over posterior features: the reference of the Mahalanobis score.
@@ -107,7 +147,10 @@ pub struct Reference {
     pub fitted_on: Vec<String>,
     /// Number of frames it was fitted on.
     pub frames: usize,
-    /// Mean feature vector (mu of every latent, then logvar).
+    /// The detail channel, when the features include it (absent: the posterior alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<DetailSpec>,
+    /// Mean feature vector (mu of every latent, then logvar, then any detail octaves).
     pub mean: Vec<f64>,
     /// Inverse covariance, row-major, `mean.len()` squared.
     pub precision: Vec<f64>,
@@ -119,7 +162,11 @@ const RIDGE: f64 = 1e-6;
 
 impl Reference {
     /// Fits the mean and the inverse covariance (plus [`RIDGE`]) of `features`.
-    pub fn fit(features: &[Vec<f64>], fitted_on: Vec<String>) -> Result<Self, ScoreError> {
+    pub fn fit(
+        features: &[Vec<f64>],
+        detail: Option<DetailSpec>,
+        fitted_on: Vec<String>,
+    ) -> Result<Self, ScoreError> {
         let n = features.len();
         let d = features.first().map_or(0, Vec::len);
         if d == 0 || n <= d {
@@ -156,6 +203,7 @@ impl Reference {
         let r = Self {
             fitted_on,
             frames: n,
+            detail,
             mean,
             precision,
         };
@@ -163,9 +211,13 @@ impl Reference {
         Ok(r)
     }
 
-    /// Squared Mahalanobis distance (x - mean)^T precision (x - mean).
+    /// Squared Mahalanobis distance (x - mean)^T precision (x - mean); NaN (a fault, not a
+    /// score) when `x` has the wrong number of features.
     pub fn distance(&self, x: &[f64]) -> f64 {
         let d = self.mean.len();
+        if x.len() != d {
+            return f64::NAN;
+        }
         let diff: Vec<f64> = x.iter().zip(&self.mean).map(|(a, m)| a - m).collect();
         (0..d)
             .map(|i| {
@@ -272,7 +324,7 @@ mod tests {
 
     #[test]
     fn the_fitted_reference_recovers_a_known_gaussian() {
-        let r = Reference::fit(&correlated_frames(), vec!["synthetic".into()]).unwrap();
+        let r = Reference::fit(&correlated_frames(), None, vec!["synthetic".into()]).unwrap();
         assert!((r.mean[0] - 1.0).abs() < 0.05 && (r.mean[1] + 2.0).abs() < 0.02);
         // Covariance [[4, 0.6], [0.6, 0.25]] (determinant 0.64): the inverse in closed form.
         let det = 4.0 * 0.25 - 0.6 * 0.6;
@@ -294,11 +346,11 @@ mod tests {
     #[test]
     fn a_fit_with_too_few_frames_or_a_bad_section_is_refused() {
         let few = vec![vec![1.0, 2.0], vec![2.0, 1.0]];
-        assert!(Reference::fit(&few, vec![])
+        assert!(Reference::fit(&few, None, vec![])
             .unwrap_err()
             .to_string()
             .contains("more frames"));
-        let mut r = Reference::fit(&correlated_frames(), vec![]).unwrap();
+        let mut r = Reference::fit(&correlated_frames(), None, vec![]).unwrap();
         let spec = ScoreSpec::Mahalanobis(r.clone());
         assert!(spec.validate(1).is_ok());
         assert!(spec
@@ -312,7 +364,7 @@ mod tests {
 
     #[test]
     fn the_spec_reads_as_the_manifest_writes_it() {
-        let r = Reference::fit(&correlated_frames(), vec!["a".into()]).unwrap();
+        let r = Reference::fit(&correlated_frames(), None, vec!["a".into()]).unwrap();
         let spec = ScoreSpec::Mahalanobis(r);
         let text = serde_yaml::to_string(&spec).unwrap();
         assert!(text.starts_with("kind: mahalanobis"), "{text}");

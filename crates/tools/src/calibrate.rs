@@ -21,11 +21,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{Bundle, CalibrationData, CalibrationSection};
+use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::selection::{top_k, Rank};
 use vae_ood_core::detection::tuning::{search, Candidate, Drive, Grid};
 use vae_ood_core::detection::PipelineParams;
 use vae_ood_core::detector::Detector;
-use vae_ood_core::score::{posterior_features, Reference, ScoreSpec};
+use vae_ood_core::score::{features, Reference, ScoreSpec};
 
 /// A drive argument: a folder, and for OOD drives the first OOD frame (`DIR:ONSET`, default 0).
 #[derive(Debug, Clone)]
@@ -89,6 +90,8 @@ pub struct Options {
     pub score: ScoreKind,
     /// In-distribution drives the Mahalanobis reference is fitted on.
     pub fit: Vec<DriveArg>,
+    /// The detail channel of a reference fitted on `fit` (none: the posterior alone).
+    pub detail: Option<DetailSpec>,
     pub cal: Vec<DriveArg>,
     pub tune_id: Vec<DriveArg>,
     pub val_ood: Vec<DriveArg>,
@@ -119,6 +122,7 @@ impl Options {
         Self {
             score: ScoreKind::Kl,
             fit: vec![],
+            detail: None,
             cal,
             tune_id,
             val_ood,
@@ -183,6 +187,19 @@ pub fn calibrate(
         }
         _ => {}
     }
+    if let Some(d) = &opts.detail {
+        if opts.fit.is_empty() {
+            return input("--detail adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
+        }
+        d.validate().map_err(Error::Input)?;
+    }
+    // A reference being fitted takes the detail it is told to; one kept, what it has.
+    let with_detail = if opts.fit.is_empty() {
+        det.bundle().manifest.score.detail().is_some()
+    } else {
+        det.measure_detail(opts.detail);
+        opts.detail.is_some()
+    };
     // Every drive in role order: fit, calibration, tuning, validation.
     let args: Vec<&DriveArg> = opts
         .fit
@@ -214,7 +231,8 @@ pub fn calibrate(
     let mut scored = vec![];
     for d in args {
         let frames = map_drive(det, &d.path, &|| bar.inc(1), |s| {
-            (s.kl, posterior_features(&s.mu, &s.logvar))
+            let detail: &[f64] = if with_detail { &s.detail } else { &[] };
+            (s.kl, features(&s.mu, &s.logvar, detail))
         })?;
         let id = format!("{} ({} frames)", d.path.display(), frames.len());
         scored.push((id, d.onset, frames));
@@ -232,7 +250,7 @@ pub fn calibrate(
                 .into_iter()
                 .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
                 .collect();
-            ScoreSpec::Mahalanobis(Reference::fit(&features, ids)?)
+            ScoreSpec::Mahalanobis(Reference::fit(&features, opts.detail, ids)?)
         }
     };
     let mut drives: Vec<Drive> = scored

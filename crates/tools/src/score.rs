@@ -20,11 +20,15 @@ pub struct FileScore {
     /// KL per latent (all latents), when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl: Option<Vec<f64>>,
+    /// The frame's detail features, when asked for and the score uses them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Vec<f64>>,
 }
 
 /// Scores `files` in order with one monitor (the node's decoder, preprocessing and verdict),
-/// handing each record to `each`. `kl_detector`, when given, adds the KL of every latent (a
-/// second detector, so the monitor's stream is left as the node would have it).
+/// handing each record to `each`. `kl_detector`, when given, adds the KL of every latent and
+/// any detail features (a second detector, so the monitor's stream is left as the node would
+/// have it).
 pub fn score_files(
     detector: Box<dyn Detector>,
     config: MonitorConfig,
@@ -37,13 +41,16 @@ pub fn score_files(
     for file in files {
         let image = ImageFile::read(file)?;
         let verdict = monitor.process(&image.as_frame(), None);
-        let kl = match (kl_detector.as_mut(), kl_stream) {
+        let extra = match (kl_detector.as_mut(), kl_stream) {
             (Some(det), Some(stream)) => image
                 .decode()
                 .ok()
-                .and_then(|img| det.score(stream, (&img).into()).ok())
-                .map(|s| s.kl),
+                .and_then(|img| det.score(stream, (&img).into()).ok()),
             _ => None,
+        };
+        let (kl, detail) = match extra {
+            Some(s) => (Some(s.kl), Some(s.detail).filter(|d| !d.is_empty())),
+            None => (None, None),
         };
         each(FileScore {
             file: file.display().to_string(),
@@ -53,6 +60,7 @@ pub fn score_files(
             score_f32: verdict.score.map(|s| s as f32),
             fault: verdict.fault.as_ref().map(|f| f.to_string()),
             kl,
+            detail,
         });
     }
     Ok(())

@@ -3,6 +3,7 @@
 use crate::common::DetectorArgs;
 use anyhow::Result;
 use std::path::PathBuf;
+use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::selection::Rank;
 use vae_ood_core::detection::tuning::Grid;
 use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, ScoreKind};
@@ -22,6 +23,11 @@ pub struct Args {
     /// them the bundle's own reference is kept).
     #[arg(long = "fit", num_args = 1..)]
     fit: Vec<DriveArg>,
+    /// Add the detail channel to the fitted reference (--fit): the log Laplacian energy of the
+    /// frame's luma per octave, measured at WIDTHxHEIGHT (the fit drives' frame size), so that
+    /// noise and blur, which the encoder's small input averages away, move the score.
+    #[arg(long, value_parser = crate::common::parse_size, value_name = "WIDTHxHEIGHT")]
+    detail: Option<(usize, usize)>,
     /// In-distribution calibration drives (conformal scores, latent ranking).
     #[arg(long = "cal", required = true, num_args = 1..)]
     cal: Vec<DriveArg>,
@@ -63,6 +69,10 @@ pub fn run(a: Args) -> Result<()> {
     let opts = Options {
         score: a.score,
         fit: a.fit,
+        detail: a
+            .detail
+            .map(|(w, h)| -> Result<_> { Ok(DetailSpec::at(w.try_into()?, h.try_into()?)) })
+            .transpose()?,
         cal: a.cal,
         tune_id: a.tune_id,
         val_ood: a.val_ood,

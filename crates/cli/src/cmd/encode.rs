@@ -11,6 +11,10 @@ pub struct Args {
     detector: DetectorArgs,
     /// File of little-endian f32 values.
     input: PathBuf,
+    /// The frame's detail features, comma-separated, for a bundle whose score uses them
+    /// (`score.detail`): the input tensor alone no longer holds them.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    detail: Vec<f64>,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -32,8 +36,21 @@ pub fn run(a: &Args) -> Result<()> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
+    let want_detail = bundle
+        .manifest
+        .score
+        .detail()
+        .map_or(0, |d| d.octaves as usize);
+    if a.detail.len() != want_detail {
+        bail!(
+            "the bundle's score needs {want_detail} detail features (--detail), got {}",
+            a.detail.len()
+        );
+    }
     let post = encoder.encode(&x)?;
-    let (kl, score) = bundle.manifest.score_posterior(&post.mu, &post.logvar);
+    let (kl, score) = bundle
+        .manifest
+        .score_posterior(&post.mu, &post.logvar, &a.detail);
     println!(
         "{}",
         serde_json::json!({ "mu": post.mu, "logvar": post.logvar, "kl": kl, "score": score, "selected": bundle.manifest.latents.selected })

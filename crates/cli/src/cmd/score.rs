@@ -12,7 +12,8 @@ pub struct Args {
     /// Per-frame decision threshold on the nonconformity score.
     #[arg(long, default_value_t = f64::INFINITY)]
     score_threshold: f64,
-    /// Also print the KL divergence of every latent.
+    /// Also print the KL divergence of every latent (and the frame's detail features when the
+    /// score uses them).
     #[arg(long)]
     kl: bool,
     /// Image files or directories (scanned in name order).

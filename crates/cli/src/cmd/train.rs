@@ -1,6 +1,6 @@
 //! `vae-ood train`: its arguments, and the architecture and outcome it prints.
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 use vae_ood_core::preprocess::Filter;
 use vae_ood_tools::train::{self, ArchOverrides, Distill, Preset, RunOptions, TrainConfig};
@@ -32,7 +32,7 @@ pub struct TrainArgs {
     #[arg(long, value_delimiter = ',')]
     pub dense: Option<Vec<usize>>,
     /// Override the input size, WIDTHxHEIGHT.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = crate::common::parse_size)]
     pub input: Option<(usize, usize)>,
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -81,19 +81,6 @@ pub struct TrainArgs {
     pub name: Option<String>,
     #[arg(long)]
     pub quiet: bool,
-}
-
-fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let (w, h) = s
-        .split_once('x')
-        .ok_or_else(|| anyhow!("'{s}': expected WIDTHxHEIGHT, e.g. 64x64"))?;
-    let p = |v: &str| {
-        v.parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| anyhow!("'{s}': sizes must be positive integers"))
-    };
-    Ok((p(w)?, p(h)?))
 }
 
 impl TrainArgs {

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vae_ood_core::bundle::Bundle;
+use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::encoder::{BackendKind, BackendOptions};
 use vae_ood_core::fsutil::write_atomic;
 use vae_ood_core::monitor::MonitorConfig;
@@ -541,6 +542,8 @@ impl From<CandidateResult> for Built {
 /// fit drives, since its posteriors are its own.
 struct CalibrationPlan {
     mahalanobis: bool,
+    /// The teacher's detail channel, refitted with each candidate's reference.
+    detail: Option<DetailSpec>,
     latents: Option<Vec<usize>>,
     window_decay: Option<(usize, f64)>,
 }
@@ -553,6 +556,7 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
     };
     CalibrationPlan {
         mahalanobis,
+        detail: t.manifest.score.detail().copied(),
         latents: inherited
             .filter(|_| !mahalanobis)
             .map(|_| t.manifest.latents.selected.clone()),
@@ -570,6 +574,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
     if plan.mahalanobis {
         args.extend(["--score".into(), "mahalanobis".into(), "--fit".into()]);
         args.extend(opts.fit.iter().cloned());
+        if let Some(d) = plan.detail {
+            args.extend(["--detail".into(), format!("{}x{}", d.width, d.height)]);
+        }
     }
     if let Some(l) = &plan.latents {
         let l: Vec<String> = l.iter().map(|i| i.to_string()).collect();
@@ -602,6 +609,7 @@ fn calibration_options(opts: &Options, plan: &CalibrationPlan) -> Result<calibra
     if plan.mahalanobis {
         c.score = ScoreKind::Mahalanobis;
         c.fit = drives(&opts.fit)?;
+        c.detail = plan.detail;
     }
     c.latents = plan.latents.clone();
     if let Some((window, decay)) = plan.window_decay {

@@ -1,0 +1,221 @@
+//! The detail channel: how much fine structure a frame holds, octave by octave.
+//!
+//! The encoder sees a small area-filtered frame, and that filter averages away most of what
+//! sensor noise and motion blur do to an image (docs/detector-experiments.md). The detail
+//! features measure exactly what it removes: the mean absolute Laplacian of the frame's luma
+//! at its fitted resolution and at each 2x2 halving, as logarithms. Natural images have a
+//! falling spectrum, so the ratios between octaves are stable from scene to scene; noise
+//! raises the finest octave against the coarser ones and blur lowers it. The Mahalanobis
+//! score weighs them jointly with the posterior ([`crate::score::Reference`]), so how much
+//! each octave may vary is learnt from the fit drives, not set by hand.
+
+use crate::frame::Pixels;
+use crate::preprocess::{
+    ChannelOrder, Filter, InputSpec, Layout, Normalize, Preprocessor, ResizeMode,
+};
+use serde::{Deserialize, Serialize};
+
+/// Where the detail features are measured (the manifest's `score.detail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailSpec {
+    /// Frames are area-resized to this size first (the fit drives' own size, so that they
+    /// are measured as recorded; a camera of another size is measured at this one).
+    pub width: u32,
+    pub height: u32,
+    /// Number of octaves: the finest is the frame at `width` x `height`, each next one a 2x2
+    /// halving of the previous.
+    pub octaves: u32,
+}
+
+/// Smallest octave side the Laplacian is taken on (it needs an interior).
+const MIN_SIDE: u32 = 3;
+/// Energy floor before the logarithm: a flat frame gives a large negative, finite feature.
+const FLOOR: f64 = 1e-6;
+
+impl DetailSpec {
+    /// The default channel at a given frame size: three octaves.
+    pub fn at(width: u32, height: u32) -> Self {
+        Self {
+            width,
+            height,
+            octaves: 3,
+        }
+    }
+
+    /// Checks that every octave keeps an interior.
+    pub fn validate(&self) -> Result<(), String> {
+        let shrink = 1u32
+            .checked_shl(self.octaves.saturating_sub(1))
+            .unwrap_or(0);
+        if self.octaves == 0
+            || shrink == 0
+            || self.width / shrink < MIN_SIDE
+            || self.height / shrink < MIN_SIDE
+        {
+            return Err(format!(
+                "score.detail: {} octaves of {}x{} leave an octave smaller than {MIN_SIDE}x{MIN_SIDE}",
+                self.octaves, self.width, self.height
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Computes [`DetailSpec`] features frame after frame, reusing its buffers.
+pub struct DetailExtractor {
+    spec: DetailSpec,
+    luma: Preprocessor,
+    buf: Vec<f32>,
+}
+
+impl DetailExtractor {
+    pub fn new(spec: DetailSpec) -> Self {
+        let luma = Preprocessor::new(InputSpec {
+            width: spec.width,
+            height: spec.height,
+            channel_order: ChannelOrder::Gray,
+            layout: Layout::Nchw,
+            normalize: Normalize {
+                mean: vec![0.0],
+                std: vec![1.0],
+            },
+            resize: ResizeMode::Stretch,
+            filter: Filter::Area,
+        });
+        Self {
+            spec,
+            luma,
+            buf: vec![],
+        }
+    }
+
+    pub fn spec(&self) -> &DetailSpec {
+        &self.spec
+    }
+
+    /// `ln E_k` for each octave k, `E_k` the mean absolute 4-neighbour Laplacian of the luma
+    /// (in [0, 1]) over the octave's interior.
+    pub fn features(&mut self, px: Pixels<'_>) -> Vec<f64> {
+        let (mut w, mut h) = (self.spec.width as usize, self.spec.height as usize);
+        self.buf.resize(w * h, 0.0);
+        self.luma.run_into(px, &mut self.buf);
+        let mut g: Vec<f64> = self.buf.iter().map(|&v| f64::from(v)).collect();
+        let mut out = Vec::with_capacity(self.spec.octaves as usize);
+        for k in 0..self.spec.octaves {
+            if k > 0 {
+                (g, w, h) = halve(&g, w, h);
+            }
+            out.push(laplacian_energy(&g, w, h).max(FLOOR).ln());
+        }
+        out
+    }
+}
+
+/// Mean absolute 4-neighbour Laplacian over the interior of a `w` x `h` image.
+fn laplacian_energy(g: &[f64], w: usize, h: usize) -> f64 {
+    if w < 3 || h < 3 {
+        return 0.0;
+    }
+    let mut sum = 0.0;
+    for y in 1..h - 1 {
+        let (up, row, down) = (
+            &g[(y - 1) * w..y * w],
+            &g[y * w..(y + 1) * w],
+            &g[(y + 1) * w..(y + 2) * w],
+        );
+        for x in 1..w - 1 {
+            sum += (4.0 * row[x] - up[x] - down[x] - row[x - 1] - row[x + 1]).abs();
+        }
+    }
+    sum / ((w - 2) * (h - 2)) as f64
+}
+
+/// 2x2 area halving (an odd last row or column is dropped).
+fn halve(g: &[f64], w: usize, h: usize) -> (Vec<f64>, usize, usize) {
+    let (hw, hh) = (w / 2, h / 2);
+    let mut out = Vec::with_capacity(hw * hh);
+    for y in 0..hh {
+        let (a, b) = (&g[2 * y * w..], &g[(2 * y + 1) * w..]);
+        for x in 0..hw {
+            out.push(0.25 * (a[2 * x] + a[2 * x + 1] + b[2 * x] + b[2 * x + 1]));
+        }
+    }
+    (out, hw, hh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage};
+    use rand::{Rng, SeedableRng};
+
+    /// A smooth scene with edges: gradients plus a few rectangles.
+    fn scene() -> RgbImage {
+        RgbImage::from_fn(160, 120, |x, y| {
+            let base = (x + y) as u8;
+            let block = if (x / 20 + y / 15) % 2 == 0 { 60 } else { 0 };
+            Rgb([base.saturating_add(block), base / 2 + block, 200 - base / 2])
+        })
+    }
+
+    fn features(img: &RgbImage) -> Vec<f64> {
+        DetailExtractor::new(DetailSpec::at(160, 120)).features(img.into())
+    }
+
+    #[test]
+    fn noise_raises_the_finest_octave_against_the_next_and_blur_lowers_it() {
+        let clean = scene();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut noisy = clean.clone();
+        for p in noisy.pixels_mut() {
+            for c in &mut p.0 {
+                *c = (f64::from(*c) + rng.random_range(-25.0..25.0)).clamp(0.0, 255.0) as u8;
+            }
+        }
+        let blurred = image::imageops::blur(&clean, 2.0);
+        let slope = |f: &[f64]| f[0] - f[1];
+        let (c, n, b) = (features(&clean), features(&noisy), features(&blurred));
+        assert_eq!(c.len(), 3);
+        assert!(slope(&n) > slope(&c) + 0.3, "noise: {n:?} against {c:?}");
+        assert!(slope(&b) < slope(&c) - 0.3, "blur: {b:?} against {c:?}");
+    }
+
+    #[test]
+    fn at_its_own_size_the_finest_octave_is_the_luma_of_the_frame_itself() {
+        let img = scene();
+        let luma: Vec<f64> = img
+            .pixels()
+            .map(|p| {
+                (0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2]))
+                    / 255.0
+            })
+            .collect();
+        let want = laplacian_energy(&luma, 160, 120).ln();
+        assert!(
+            (features(&img)[0] - want).abs() < 1e-4,
+            "{} against {want}",
+            features(&img)[0]
+        );
+    }
+
+    #[test]
+    fn a_flat_frame_gives_finite_features_and_tiny_sizes_are_refused() {
+        let flat = RgbImage::from_pixel(160, 120, Rgb([90, 90, 90]));
+        assert!(features(&flat).iter().all(|v| v.is_finite()));
+        assert!(DetailSpec::at(160, 120).validate().is_ok());
+        assert!(DetailSpec::at(8, 8).validate().is_err());
+        assert!(DetailSpec {
+            octaves: 0,
+            ..DetailSpec::at(160, 120)
+        }
+        .validate()
+        .is_err());
+        assert!(DetailSpec {
+            octaves: 40,
+            ..DetailSpec::at(160, 120)
+        }
+        .validate()
+        .is_err());
+    }
+}

@@ -1,0 +1,116 @@
+"""Offline study of the detail channel (docs/detector-experiments.md, "A detail channel beside
+the latent posterior"): per-frame AUROC per validation type and the sequential verdict at the
+certified threshold, for the shipped Mahalanobis score over (mu, logvar) against one refitted
+over (mu, logvar, d), d the frame's log Laplacian energy per octave. NumPy reimplementation;
+the Rust tools are the reference.
+
+  .venv/bin/python scripts/detail_study.py features OUT.npy     # once, a few minutes
+  .venv/bin/python scripts/detail_study.py compare OUT.npy
+"""
+
+import argparse
+import io
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import sequential_study as sq  # noqa: E402
+
+
+def laplacian_energy(g):
+    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    return max(float(np.abs(lap).mean()), 1e-6)
+
+
+def halve(g):
+    h, w = g.shape[0] // 2 * 2, g.shape[1] // 2 * 2
+    g = g[:h, :w]
+    return 0.25 * (g[0::2, 0::2] + g[1::2, 0::2] + g[0::2, 1::2] + g[1::2, 1::2])
+
+
+def detail(rgb):
+    """(ln E0, ln E1, ln E2) of a uint8 HxWx3 frame."""
+    g = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255  # BT.601 luma
+    out = []
+    for _ in range(3):
+        out.append(np.log(laplacian_energy(g)))
+        g = halve(g)
+    return np.array(out)
+
+
+def features(encoder, out):
+    import onnxruntime as ort
+    from PIL import Image
+    from rosbags.highlevel import AnyReader
+
+    sess = ort.InferenceSession(str(encoder))
+    name = sess.get_inputs()[0].name
+    data = {}
+    for role, bags in sq.roles().items():
+        data[role] = []
+        for bag in bags:
+            x, d = [], []
+            with AnyReader([pathlib.Path(bag)]) as r:
+                conns = [c for c in r.connections if c.topic.endswith("compressed")]
+                for c, _, raw in r.messages(connections=conns):
+                    img = Image.open(io.BytesIO(bytes(r.deserialize(raw, c.msgtype).data))).convert("RGB")
+                    a = (np.asarray(img.resize((64, 64), Image.BOX), np.float32) / 255).transpose(2, 0, 1)[None]
+                    mu, lv = sess.run(None, {name: a})[:2]
+                    x.append(np.concatenate([mu[0], lv[0]]))
+                    d.append(detail(np.asarray(img)))
+            m = sq.meta(bag)
+            ood = np.zeros(m["frames"], bool)
+            ood[m["ood_frames"]] = True
+            data[role].append({"path": bag, "X": np.array(x), "D": np.array(d), "ood": ood, "type": m["condition"]})
+        print(role, len(data[role]), flush=True)
+    np.save(out, data, allow_pickle=True)
+
+
+def fit_mahalanobis(F):
+    mean = F.mean(0)
+    cov = np.cov(F.T, bias=True) + 1e-6 * np.eye(F.shape[1])
+    prec = np.linalg.inv(cov)
+    return lambda X: np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", X - mean, prec, X - mean), 0))
+
+
+def auroc(s, ood):
+    from scipy.stats import rankdata
+
+    r = rankdata(s)
+    n1, n0 = ood.sum(), (~ood).sum()
+    return (r[ood].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("features", "compare"))
+    ap.add_argument("data", type=pathlib.Path)
+    ap.add_argument("--encoder", type=pathlib.Path, default=sq.ROOT / "models/default/encoder.onnx")
+    ap.add_argument("--rank", type=int, default=4)
+    a = ap.parse_args()
+    if a.what == "features":
+        return features(a.encoder, a.data)
+    data = np.load(a.data, allow_pickle=True).item()
+    cands = {
+        "posterior (shipped)": lambda d: d["X"],
+        "posterior + detail": lambda d: np.concatenate([d["X"], d["D"]], axis=1),
+        "detail alone (information)": lambda d: d["D"],
+    }
+    for name, feat in cands.items():
+        f = fit_mahalanobis(np.concatenate([feat(d) for d in data["fit"]]))
+        sc = {r: [f(feat(d)) for d in data[r]] for r in ("cal", "tune", "val", "fa")}
+        per = {}
+        for d, s in zip(data["val"], sc["val"]):
+            per.setdefault(d["type"], []).append(auroc(s, d["ood"]))
+        print(f"== {name}: per-frame AUROC (mean of validation drives) "
+              + " ".join(f"{k}:{np.mean(v):.3f}" for k, v in sorted(per.items())))
+        ref = np.concatenate(sc["cal"])
+        st = {r: [sq.pipeline(s, ref, 10, 2) for s in sc[r]] for r in ("tune", "val", "fa")}
+        t = max(sq.threshold(st["tune"], a.rank), np.log(1e4))
+        sq.report(f"   window 10 decay 2 threshold {t:.1f}", [st], [t], data)
+
+
+if __name__ == "__main__":
+    main()
