@@ -9,7 +9,6 @@ the Rust tools are the reference.
 """
 
 import argparse
-import io
 import pathlib
 import sys
 
@@ -40,34 +39,6 @@ def detail(rgb):
     return np.array(out)
 
 
-def features(encoder, out):
-    import onnxruntime as ort
-    from PIL import Image
-    from rosbags.highlevel import AnyReader
-
-    sess = ort.InferenceSession(str(encoder))
-    name = sess.get_inputs()[0].name
-    data = {}
-    for role, bags in sq.roles().items():
-        data[role] = []
-        for bag in bags:
-            x, d = [], []
-            with AnyReader([pathlib.Path(bag)]) as r:
-                conns = [c for c in r.connections if c.topic.endswith("compressed")]
-                for c, _, raw in r.messages(connections=conns):
-                    img = Image.open(io.BytesIO(bytes(r.deserialize(raw, c.msgtype).data))).convert("RGB")
-                    a = (np.asarray(img.resize((64, 64), Image.BOX), np.float32) / 255).transpose(2, 0, 1)[None]
-                    mu, lv = sess.run(None, {name: a})[:2]
-                    x.append(np.concatenate([mu[0], lv[0]]))
-                    d.append(detail(np.asarray(img)))
-            m = sq.meta(bag)
-            ood = np.zeros(m["frames"], bool)
-            ood[m["ood_frames"]] = True
-            data[role].append({"path": bag, "X": np.array(x), "D": np.array(d), "ood": ood, "type": m["condition"]})
-        print(role, len(data[role]), flush=True)
-    np.save(out, data, allow_pickle=True)
-
-
 def fit_mahalanobis(F):
     mean = F.mean(0)
     cov = np.cov(F.T, bias=True) + 1e-6 * np.eye(F.shape[1])
@@ -91,7 +62,7 @@ def main():
     ap.add_argument("--rank", type=int, default=4)
     a = ap.parse_args()
     if a.what == "features":
-        return features(a.encoder, a.data)
+        return sq.features(a.encoder, a.data, detail=detail)
     data = np.load(a.data, allow_pickle=True).item()
     cands = {
         "posterior (shipped)": lambda d: d["X"],

@@ -38,8 +38,9 @@ def roles():
             "fa": sorted(glob.glob(f"{W}/falsealarm/*/bag"))}
 
 
-def features(encoder, out):
-    """(mu, logvar) of every frame of every role's drives, with labels."""
+def features(encoder, out, detail=None):
+    """(mu, logvar) of every frame of every role's drives, with labels; with `detail` (a
+    function of the frame's uint8 RGB array), its value per frame too, as "D"."""
     import onnxruntime as ort
     from PIL import Image
     from rosbags.highlevel import AnyReader
@@ -50,7 +51,7 @@ def features(encoder, out):
     for role, bags in roles().items():
         data[role] = []
         for bag in bags:
-            x = []
+            x, d = [], []
             with AnyReader([pathlib.Path(bag)]) as r:
                 conns = [c for c in r.connections if c.topic.endswith("compressed")]
                 for c, _, raw in r.messages(connections=conns):
@@ -58,10 +59,14 @@ def features(encoder, out):
                     a = (np.asarray(img.resize((64, 64), Image.BOX), np.float32) / 255).transpose(2, 0, 1)[None]
                     mu, lv = sess.run(None, {name: a})[:2]
                     x.append(np.concatenate([mu[0], lv[0]]))
+                    if detail:
+                        d.append(detail(np.asarray(img)))
             m = meta(bag)
             ood = np.zeros(m["frames"], bool)
             ood[m["ood_frames"]] = True
             data[role].append({"path": bag, "X": np.array(x), "ood": ood, "type": m["condition"]})
+            if detail:
+                data[role][-1]["D"] = np.array(d)
         print(role, len(data[role]), flush=True)
     np.save(out, data, allow_pickle=True)
 

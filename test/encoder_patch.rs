@@ -118,12 +118,7 @@ fn the_fast_path_keeps_every_verdict_of_the_sample_drives() {
             let fast = vae_ood_core::detector::load(&dir, BackendOptions::default()).unwrap();
             let reference = ReferencePath {
                 encoder: TractEncoder::load_unpatched(&bundle, 1).unwrap(),
-                detail: bundle
-                    .manifest
-                    .score
-                    .detail()
-                    .copied()
-                    .map(DetailExtractor::new),
+                detail: bundle.manifest.score.detail_extractor(),
                 bundle: bundle.clone(),
             };
             let mut a = Monitor::new(fast, MonitorConfig::default()).unwrap();

@@ -30,6 +30,15 @@ pub struct DetailSpec {
 
 /// Smallest octave side the Laplacian is taken on (it needs an interior).
 const MIN_SIDE: u32 = 3;
+
+/// A detail spec whose coarsest octave has no interior.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("score.detail: {octaves} octaves of {width}x{height} leave an octave smaller than {MIN_SIDE}x{MIN_SIDE}: use fewer octaves or a larger size")]
+pub struct DetailError {
+    pub octaves: u32,
+    pub width: u32,
+    pub height: u32,
+}
 /// Energy floor before the logarithm: a flat frame gives a large negative, finite feature.
 const FLOOR: f64 = 1e-6;
 
@@ -44,7 +53,7 @@ impl DetailSpec {
     }
 
     /// Checks that every octave keeps an interior.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), DetailError> {
         let shrink = 1u32
             .checked_shl(self.octaves.saturating_sub(1))
             .unwrap_or(0);
@@ -53,10 +62,11 @@ impl DetailSpec {
             || self.width / shrink < MIN_SIDE
             || self.height / shrink < MIN_SIDE
         {
-            return Err(format!(
-                "score.detail: {} octaves of {}x{} leave an octave smaller than {MIN_SIDE}x{MIN_SIDE}",
-                self.octaves, self.width, self.height
-            ));
+            return Err(DetailError {
+                octaves: self.octaves,
+                width: self.width,
+                height: self.height,
+            });
         }
         Ok(())
     }

@@ -144,12 +144,7 @@ impl ImageDetector {
     fn new(bundle: Bundle, encoder: Box<dyn Encoder>) -> Self {
         Self {
             preprocessor: Preprocessor::new(bundle.manifest.input.clone()),
-            detail: bundle
-                .manifest
-                .score
-                .detail()
-                .copied()
-                .map(DetailExtractor::new),
+            detail: bundle.manifest.score.detail_extractor(),
             extra_detail: None,
             bundle,
             encoder,

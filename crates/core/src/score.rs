@@ -14,7 +14,7 @@
 //!   A reference may add the frame's detail features ([`crate::detail`]) to the posterior:
 //!   what the encoder's small input averages away (noise, blur) then moves the distance too.
 
-use crate::detail::DetailSpec;
+use crate::detail::{DetailError, DetailExtractor, DetailSpec};
 use serde::{Deserialize, Serialize};
 
 /// KL(N(mu, sigma^2) || N(0, 1)) per latent: 0.5 * (mu^2 + exp(logvar) - logvar - 1).
@@ -75,13 +75,18 @@ impl ScoreSpec {
         }
     }
 
+    /// A fresh extractor of [`Self::detail`], if the score uses the detail channel.
+    pub fn detail_extractor(&self) -> Option<DetailExtractor> {
+        self.detail().copied().map(DetailExtractor::new)
+    }
+
     /// Checks the section against the encoder's latent count (at bundle load).
     pub fn validate(&self, latents: usize) -> Result<(), ScoreError> {
         match self {
             Self::Kl => Ok(()),
             Self::Mahalanobis(r) => {
                 if let Some(d) = &r.detail {
-                    d.validate().map_err(ScoreError::Detail)?;
+                    d.validate()?;
                 }
                 r.validate(2 * latents + r.detail.map_or(0, |d| d.octaves as usize))
             }
@@ -121,8 +126,8 @@ pub enum ScoreError {
     },
     #[error("score.mean or score.precision holds a NaN or infinite value")]
     NonFiniteReference,
-    #[error("{0}")]
-    Detail(String),
+    #[error(transparent)]
+    Detail(#[from] DetailError),
 }
 
 /// (mu, logvar) of one posterior as one feature vector: mu of every latent, then logvar.

@@ -26,7 +26,7 @@ use vae_ood_core::detection::selection::{top_k, Rank};
 use vae_ood_core::detection::tuning::{search, Candidate, Drive, Grid};
 use vae_ood_core::detection::PipelineParams;
 use vae_ood_core::detector::Detector;
-use vae_ood_core::score::{features, Reference, ScoreSpec};
+use vae_ood_core::score::{features, Reference, ScoreError, ScoreSpec};
 
 /// A drive argument: a folder, and for OOD drives the first OOD frame (`DIR:ONSET`, default 0).
 #[derive(Debug, Clone)]
@@ -191,7 +191,7 @@ pub fn calibrate(
         if opts.fit.is_empty() {
             return input("--detail adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
         }
-        d.validate().map_err(Error::Input)?;
+        d.validate().map_err(ScoreError::from)?;
     }
     // A reference being fitted takes the detail it is told to; one kept, what it has.
     let with_detail = if opts.fit.is_empty() {
