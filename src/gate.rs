@@ -8,7 +8,7 @@
 //! remap them): `ood` (std_msgs/Bool from the monitor), `cmd_vel_in` (from the controller),
 //! `cmd_vel_out` (to the base).
 
-use crate::params::{self, DefaultValue, ParamDecl, Reader};
+use crate::params::{self, DefaultValue, ParamDecl, ParamError, Reader};
 use anyhow::{anyhow, Context as _, Result};
 use futures::StreamExt;
 use r2r::geometry_msgs::msg::{Twist, TwistStamped};
@@ -23,6 +23,45 @@ pub const GATE_PARAMS: &[ParamDecl] = &[
     ParamDecl { name: "use_sim_time", default: DefaultValue::Bool(false), description: "Stamp TwistStamped zero commands with /clock time. The watchdog always uses the steady clock." },
     ParamDecl { name: "stop_rate", default: DefaultValue::Double(20.0), description: "Rate (Hz) at which zero velocity is published while commands are blocked." },
 ];
+
+/// The gate's validated parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateConfig {
+    /// TwistStamped instead of Twist on both command topics.
+    pub stamped: bool,
+    pub watchdog_timeout: Duration,
+    pub stop_rate: f64,
+}
+
+/// Reads and range-checks the gate's parameters from a snapshot of their values.
+pub fn gate_config(r: &Reader) -> Result<GateConfig, ParamError> {
+    let stamped = match r.string("input_type")?.as_str() {
+        "twist" => false,
+        "twist_stamped" => true,
+        other => {
+            return Err(ParamError(format!(
+                "parameter 'input_type' is '{other}'; expected 'twist' or 'twist_stamped'"
+            )))
+        }
+    };
+    let timeout = r.double("watchdog_timeout")?;
+    if !(0.01..=60.0).contains(&timeout) {
+        return Err(ParamError(format!(
+            "parameter 'watchdog_timeout' is {timeout}; expected 0.01..=60 seconds"
+        )));
+    }
+    let stop_rate = r.double("stop_rate")?;
+    if !(0.1..=1000.0).contains(&stop_rate) {
+        return Err(ParamError(format!(
+            "parameter 'stop_rate' is {stop_rate}; expected 0.1..=1000 Hz"
+        )));
+    }
+    Ok(GateConfig {
+        stamped,
+        watchdog_timeout: Duration::from_secs_f64(timeout),
+        stop_rate,
+    })
+}
 
 /// Commands in either message type.
 enum Cmd {
@@ -94,26 +133,11 @@ async fn run() -> Result<()> {
     let logger = node.logger().to_string();
     params::declare(&mut node, GATE_PARAMS).map_err(|e| anyhow!(e))?;
     let (param_handler, _events) = node.make_parameter_handler()?;
-    let (stamped, timeout, rate) = {
-        let r = Reader::new(&node);
-        let stamped = match r.string("input_type").map_err(|e| anyhow!(e))?.as_str() {
-            "twist" => false,
-            "twist_stamped" => true,
-            other => {
-                return Err(anyhow!(
-                    "parameter 'input_type' is '{other}'; expected 'twist' or 'twist_stamped'"
-                ))
-            }
-        };
-        let timeout = r.double("watchdog_timeout").map_err(|e| anyhow!(e))?;
-        let rate = r.double("stop_rate").map_err(|e| anyhow!(e))?;
-        if !(0.01..=60.0).contains(&timeout) || !(0.1..=1000.0).contains(&rate) {
-            return Err(anyhow!(
-                "watchdog_timeout must be in 0.01..=60 s and stop_rate in 0.1..=1000 Hz"
-            ));
-        }
-        (stamped, Duration::from_secs_f64(timeout), rate)
-    };
+    let GateConfig {
+        stamped,
+        watchdog_timeout: timeout,
+        stop_rate: rate,
+    } = gate_config(&Reader::new(&node)).map_err(|e| anyhow!(e))?;
 
     let out = if stamped {
         CmdPub::Stamped(node.create_publisher("cmd_vel_out", QosProfile::default())?)

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use vae_ood_core::monitor::{Counters, Fault, FrameVerdict, Monitor, MonitorState};
+use vae_ood_core::monitor::{Counters, Fault, FrameAge, FrameVerdict, Monitor, MonitorState};
 
 /// A frame waiting for inference.
 pub struct Incoming {
     pub msg: CameraMsg,
-    pub age: Option<Duration>,
+    pub age: Option<FrameAge>,
     pub received: Instant,
 }
 
@@ -34,6 +34,9 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     pub received: AtomicU64,
     pub dropped: AtomicU64,
+    /// Frames taken from DDS but lost because r2r's subscription queue was full (counted by
+    /// our r2r fork, vendor/r2r), so they never reached [`Shared::offer`].
+    pub lost_in_queue: Arc<AtomicU64>,
     /// f64 bits of live thresholds (changed with `ros2 param set`).
     pub score_threshold: AtomicU64,
     pub cusum_threshold: AtomicU64,
@@ -49,6 +52,7 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            lost_in_queue: Arc::new(AtomicU64::new(0)),
             score_threshold: AtomicU64::new(score_threshold.to_bits()),
             cusum_threshold: AtomicU64::new(cusum_threshold.unwrap_or(0.0).to_bits()),
             status: Mutex::new(Status {

@@ -6,7 +6,7 @@ use r2r::sensor_msgs::msg::{CompressedImage, Image};
 use r2r::std_msgs::msg::Header;
 use std::time::Duration;
 use vae_ood_core::frame::{FrameData, RawImage};
-use vae_ood_core::monitor::{Counters, FrameVerdict, MonitorState};
+use vae_ood_core::monitor::{Counters, FrameAge, FrameVerdict, MonitorState};
 
 /// A camera message as received, either transport.
 pub enum CameraMsg {
@@ -55,13 +55,18 @@ pub fn time_to_nanos(t: &Time) -> i64 {
 }
 
 /// A frame's age from its stamp and the node clock's `now`; `None` for an unset (zero) stamp.
-pub fn frame_age(stamp: &Time, now: Duration) -> Option<Duration> {
+pub fn frame_age(stamp: &Time, now: Duration) -> Option<FrameAge> {
     let stamp = time_to_nanos(stamp);
     if stamp <= 0 {
         return None;
     }
-    let now = now.as_nanos() as i64;
-    Some(Duration::from_nanos(now.saturating_sub(stamp).max(0) as u64))
+    let diff = i128::from(now.as_nanos() as i64) - i128::from(stamp);
+    let nanos = |d: i128| Duration::from_nanos(d.unsigned_abs().min(u64::MAX as u128) as u64);
+    Some(if diff >= 0 {
+        FrameAge::Old(nanos(diff))
+    } else {
+        FrameAge::Ahead(nanos(diff))
+    })
 }
 
 pub fn level_for(state: MonitorState) -> u8 {
@@ -162,6 +167,8 @@ pub struct Health<'a> {
     pub counters: &'a Counters,
     pub received: u64,
     pub dropped: u64,
+    /// Frames lost in r2r's subscription queue (never received).
+    pub lost_in_queue: u64,
     /// Frames and drops/faults during the last period.
     pub period: Duration,
     pub recent_frames: u64,
@@ -247,6 +254,7 @@ pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
         kv("frames_received", h.received),
         kv("frames_scored", h.counters.scored),
         kv("frames_dropped", h.dropped),
+        kv("frames_lost_in_queue", h.lost_in_queue),
         kv("frames_faulted", h.counters.total_faults()),
         kv("frames_ood", h.counters.ood),
         kv("latency_p50_ms", h.latency_p50.map_or("n/a".into(), ms)),
@@ -287,7 +295,7 @@ mod tests {
                 },
                 now
             ),
-            Some(Duration::from_millis(500))
+            Some(FrameAge::Old(Duration::from_millis(500)))
         );
         assert_eq!(
             frame_age(
@@ -297,7 +305,7 @@ mod tests {
                 },
                 now
             ),
-            Some(Duration::ZERO)
+            Some(FrameAge::Ahead(Duration::from_secs(1)))
         );
     }
 
@@ -313,6 +321,7 @@ mod tests {
             counters: &counters,
             received: 100,
             dropped: 0,
+            lost_in_queue: 0,
             period: Duration::from_secs(1),
             recent_frames,
             recent_dropped: 0,

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vae_ood_core::detector::Detector;
-use vae_ood_core::encoder::{BackendKind, BackendOptions};
+use vae_ood_core::encoder::BackendOptions;
 use vae_ood_core::monitor::{Monitor, MonitorConfig};
 
 pub const DEFAULT_NODE_NAME: &str = "vae_ood_monitor";
@@ -120,7 +120,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     pubs.ood.publish(&Bool { data: true })?;
 
     let bundle_dir = resolve_bundle(&cfg.model_bundle)?;
-    let kind: BackendKind = cfg.backend.parse()?;
+    let kind = cfg.backend;
     let detector = vae_ood_core::detector::load(
         &bundle_dir,
         BackendOptions {
@@ -184,11 +184,18 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> = if cfg.compressed
     {
         Box::pin(
-            node.subscribe::<CompressedImage>(topic, qos)?
-                .map(CameraMsg::Compressed),
+            node.subscribe_counting_drops::<CompressedImage>(
+                topic,
+                qos,
+                shared.lost_in_queue.clone(),
+            )?
+            .map(CameraMsg::Compressed),
         )
     } else {
-        Box::pin(node.subscribe::<Image>(topic, qos)?.map(CameraMsg::Raw))
+        Box::pin(
+            node.subscribe_counting_drops::<Image>(topic, qos, shared.lost_in_queue.clone())?
+                .map(CameraMsg::Raw),
+        )
     };
     let mut resets =
         node.create_service::<Trigger::Service>("~/reset", QosProfile::services_default())?;
@@ -349,6 +356,8 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                     )
                 };
                 lat.sort();
+                // Both kinds of drop: for a newer frame, and in r2r's subscription queue.
+                let lost_in_queue = shared.lost_in_queue.load(Ordering::Relaxed);
                 let dropped = shared.dropped.load(Ordering::Relaxed);
                 let received = shared.received.load(Ordering::Relaxed);
                 let health = Health {
@@ -360,9 +369,10 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                     counters: &counters,
                     received,
                     dropped,
+                    lost_in_queue,
                     period,
                     recent_frames: received - last_received,
-                    recent_dropped: dropped - last_dropped,
+                    recent_dropped: dropped + lost_in_queue - last_dropped,
                     recent_faults: counters.total_faults() - last_faults,
                     latency_p50: lat.get(lat.len() / 2).copied(),
                     latency_max: lat.last().copied(),
@@ -372,7 +382,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                 };
                 let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
                 (last_received, last_faults, last_dropped) =
-                    (received, counters.total_faults(), dropped);
+                    (received, counters.total_faults(), dropped + lost_in_queue);
             }
         }
     });

@@ -6,6 +6,7 @@
 use r2r::ParameterValue;
 use serde::Serialize;
 use std::time::Duration;
+use vae_ood_core::encoder::BackendKind;
 use vae_ood_core::monitor::Recovery;
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,7 +46,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it); 0 uses the threshold tuned into the bundle."),
     decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service)."),
     decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD."),
-    decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale (fail-safe). 0 disables the check."),
+    decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale, and frames stamped more than this ahead of the node's clock as ahead_of_clock (the clocks disagree); both fail safe. 0 disables the check."),
     decl!("max_repeated_frames", Int(15), "A frozen camera: a frame whose encoder posterior repeats the previous frame's bit for bit is a repeat (a real sensor's noise never gives one); more than this many repeats in a row fault (verdict OOD) until a different frame arrives. 0 disables."),
     decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
     decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence."),
@@ -59,7 +60,7 @@ pub const PARAMS: &[ParamDecl] = &[
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub model_bundle: String,
-    pub backend: String,
+    pub backend: BackendKind,
     pub threads: usize,
     pub compressed: bool,
     pub reliable_images: bool,
@@ -140,7 +141,11 @@ pub fn seconds(name: &str, v: f64) -> Result<Duration, ParamError> {
 
 /// Reads and validates the configuration from the node's current parameters.
 pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
-    let r = Reader::new(node);
+    config(&Reader::new(node))
+}
+
+/// [`read`] on a snapshot of parameter values: every range check, without a node.
+pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
     let string = |n: &str| r.string(n);
     let int = |n: &str| r.int(n);
     let double = |n: &str| r.double(n);
@@ -238,14 +243,23 @@ pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
             "max_frame_age and input_timeout must be >= 0, diagnostics_period > 0".into(),
         ));
     }
+    let score_threshold = double("score_threshold")?;
+    if score_threshold < 0.0 {
+        return Err(ParamError(format!(
+            "parameter 'score_threshold' is {score_threshold}; expected >= 0 (scores are distances)"
+        )));
+    }
+    let backend: BackendKind = string("backend")?
+        .parse()
+        .map_err(|e| ParamError(format!("parameter 'backend': {e}")))?;
     Ok(NodeConfig {
         model_bundle: string("model_bundle")?,
-        backend: string("backend")?,
+        backend,
         threads: threads as usize,
         compressed,
         reliable_images,
         image_qos_depth: depth as usize,
-        score_threshold: double("score_threshold")?,
+        score_threshold,
         max_frame_age: (age > 0.0)
             .then(|| seconds("max_frame_age", age))
             .transpose()?,
@@ -267,21 +281,43 @@ pub fn describe_json(table: &[ParamDecl]) -> String {
     serde_json::to_string_pretty(table).expect("serialisable")
 }
 
-/// Typed access to declared parameters; errors name the parameter and the expected type.
-pub struct Reader<'a> {
-    node: &'a r2r::Node,
+/// Typed access to a snapshot of the declared parameters; errors name the parameter and the
+/// expected type.
+pub struct Reader {
+    values: std::collections::HashMap<String, ParameterValue>,
 }
 
-impl<'a> Reader<'a> {
-    pub fn new(node: &'a r2r::Node) -> Self {
-        Self { node }
+impl Reader {
+    pub fn new(node: &r2r::Node) -> Self {
+        let params = node.params.lock().expect("parameter lock");
+        Self::from_values(params.iter().map(|(k, p)| (k.clone(), p.value.clone())))
+    }
+
+    /// Values as declared ones would hold them; a table's defaults fill the rest (tests).
+    pub fn from_values(values: impl IntoIterator<Item = (String, ParameterValue)>) -> Self {
+        Self {
+            values: values.into_iter().collect(),
+        }
+    }
+
+    /// The defaults of `table`, overridden by `overrides`.
+    pub fn with_defaults(
+        table: &[ParamDecl],
+        overrides: impl IntoIterator<Item = (String, ParameterValue)>,
+    ) -> Self {
+        let mut r = Self::from_values(
+            table
+                .iter()
+                .map(|d| (d.name.to_string(), to_value(&d.default))),
+        );
+        r.values.extend(overrides);
+        r
     }
 
     fn get(&self, name: &str) -> ParameterValue {
-        let params = self.node.params.lock().expect("parameter lock");
-        params
+        self.values
             .get(name)
-            .map(|p| p.value.clone())
+            .cloned()
             .unwrap_or(ParameterValue::NotSet)
     }
 
@@ -309,6 +345,133 @@ impl<'a> Reader<'a> {
             v => Err(ParamError(format!(
                 "parameter '{name}' must be a finite number, got {v:?}"
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::{gate_config, GATE_PARAMS};
+    use proptest::prelude::*;
+    use ParameterValue::{Double, Integer, String as Str};
+
+    fn node(overrides: &[(&str, ParameterValue)]) -> Result<NodeConfig, ParamError> {
+        config(&Reader::with_defaults(
+            PARAMS,
+            overrides.iter().map(|(k, v)| (k.to_string(), v.clone())),
+        ))
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        let c = node(&[]).unwrap();
+        assert_eq!(c.max_busy, Duration::from_millis(500));
+        assert_eq!(c.max_frame_age, Some(Duration::from_millis(500)));
+        assert!(gate_config(&Reader::with_defaults(GATE_PARAMS, [])).is_ok());
+    }
+
+    /// One case per class of bad value; each error names the parameter.
+    #[test]
+    fn every_class_of_bad_value_is_refused_by_name() {
+        let cases: &[(&str, ParameterValue)] = &[
+            ("threads", Integer(0)),               // below the range
+            ("image_qos_depth", Integer(101)),     // above the range
+            ("max_frame_age", Double(-1.0)),       // negative seconds
+            ("input_timeout", Double(1e9)),        // past any sane duration
+            ("heartbeat_period", Double(0.0)),     // a period of zero
+            ("max_busy", Double(0.001)),           // in the gap between 0 (auto) and its range
+            ("expected_rate", Double(-30.0)),      // a negative rate
+            ("score_threshold", Double(-1.0)),     // scores are distances
+            ("cusum_threshold", Double(f64::NAN)), // not a number
+            ("diagnostics_period", Double(f64::INFINITY)),
+            ("recovery_frames", Integer(0)),
+            ("max_repeated_frames", Integer(-1)),
+            ("transport", Str("udp".into())), // unknown choice
+            ("image_qos", Str("fast".into())),
+            ("recovery", Str("never".into())),
+            ("backend", Str("tpu".into())),
+            ("threads", Str("two".into())), // wrong type
+            ("max_frame_age", Str("0.5".into())),
+        ];
+        for (name, v) in cases {
+            let e = node(&[(name, v.clone())]).expect_err(name);
+            assert!(e.0.contains(name), "{name}: {e}");
+        }
+        let gate = |k: &str, v: ParameterValue| {
+            gate_config(&Reader::with_defaults(GATE_PARAMS, [(k.to_string(), v)]))
+        };
+        for (name, v) in [
+            ("watchdog_timeout", Double(0.0)),
+            ("watchdog_timeout", Double(f64::NAN)),
+            ("stop_rate", Double(5000.0)),
+            ("input_type", Str("joy".into())),
+        ] {
+            let e = gate(name, v).expect_err(name);
+            assert!(e.0.contains(name), "{name}: {e}");
+        }
+    }
+
+    /// Mostly values inside every double parameter's range (so that about a quarter of the
+    /// cases are valid as a whole), then the edges and the hostile ones.
+    fn double() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            40 => 0.1f64..50.0,
+            1 => -2.0f64..200.0,
+            1 => Just(0.0),
+            1 => Just(f64::NAN),
+            1 => Just(-f64::INFINITY),
+            1 => 1e4f64..1e12,
+        ]
+    }
+
+    fn int() -> impl Strategy<Value = i64> {
+        prop_oneof![40 => 1i64..=64, 1 => -2i64..200, 1 => Just(0), 1 => any::<i64>()]
+    }
+
+    proptest! {
+        /// No combination of values panics; the configuration is accepted exactly when every
+        /// value is in its documented range (the ranges are restated here as the spec).
+        #[test]
+        fn any_values_are_accepted_iff_in_range(
+            threads in int(), depth in int(), age in double(), timeout in double(),
+            heartbeat in double(), period in double(), cusum in double(), score in double(),
+            recovery_frames in int(), max_busy in double(), rate in double(), repeats in int(),
+        ) {
+            let r = node(&[
+                ("threads", Integer(threads)), ("image_qos_depth", Integer(depth)),
+                ("max_frame_age", Double(age)), ("input_timeout", Double(timeout)),
+                ("heartbeat_period", Double(heartbeat)), ("diagnostics_period", Double(period)),
+                ("cusum_threshold", Double(cusum)), ("score_threshold", Double(score)),
+                ("recovery_frames", Integer(recovery_frames)), ("max_busy", Double(max_busy)),
+                ("expected_rate", Double(rate)), ("max_repeated_frames", Integer(repeats)),
+            ]);
+            let secs = |x: f64| (0.0..=86_400.0).contains(&x);
+            let in_range = (1..=64).contains(&threads)
+                && (1..=100).contains(&depth)
+                && secs(age) && secs(timeout)
+                && secs(heartbeat) && heartbeat >= 0.001
+                && secs(period) && period >= 0.01
+                && cusum.is_finite() && cusum >= 0.0
+                && score.is_finite() && score >= 0.0
+                && (1..=100_000).contains(&recovery_frames)
+                && (max_busy == 0.0 || (0.01..=3600.0).contains(&max_busy))
+                && (rate == 0.0 || (0.1..=10_000.0).contains(&rate))
+                && (repeats == 0 || (1..=100_000).contains(&repeats));
+            prop_assert_eq!(r.is_ok(), in_range, "{:?}", r.err());
+            if let Ok(c) = r {
+                // What the node does with them cannot overflow: every duration is bounded.
+                prop_assert!(c.max_busy <= Duration::from_secs(86_400));
+            }
+        }
+
+        #[test]
+        fn any_gate_values_are_accepted_iff_in_range(timeout in double(), rate in double()) {
+            let r = gate_config(&Reader::with_defaults(GATE_PARAMS, [
+                ("watchdog_timeout".to_string(), Double(timeout)),
+                ("stop_rate".to_string(), Double(rate)),
+            ]));
+            prop_assert_eq!(r.is_ok(), (0.01..=60.0).contains(&timeout) && (0.1..=1000.0).contains(&rate));
         }
     }
 }

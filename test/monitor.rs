@@ -7,7 +7,7 @@ use vae_ood_core::bundle::Bundle;
 use vae_ood_core::detector::ImageDetector;
 use vae_ood_core::encoder::{self, BackendOptions, Encoder, InferenceError, Posterior};
 use vae_ood_core::frame::{FrameData, RawImage};
-use vae_ood_core::monitor::{Fault, Monitor, MonitorConfig, MonitorState};
+use vae_ood_core::monitor::{Fault, FrameAge, Monitor, MonitorConfig, MonitorState};
 
 fn default_bundle() -> Bundle {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
@@ -60,24 +60,34 @@ fn starting_is_ood_then_faults_fail_safe_and_recover_on_the_next_good_frame() {
         data: &data[..100],
     });
 
-    let v = m.process(&good, Some(Duration::from_millis(10)));
+    let v = m.process(&good, Some(Duration::from_millis(10).into()));
     assert_eq!(v.state, MonitorState::Ok);
     assert!(!v.is_ood());
     let v = m.process(&truncated, None);
     assert_eq!(v.state, MonitorState::Fault);
     assert!(v.is_ood() && v.score.is_none());
-    let v = m.process(&good, Some(Duration::from_secs(3)));
+    let v = m.process(&good, Some(Duration::from_secs(3).into()));
     assert_eq!(
         (v.state, v.fault.unwrap().kind()),
         (MonitorState::Fault, "stale".to_string())
     );
     let v = m.process(&good, None);
     assert_eq!(v.state, MonitorState::Ok);
+    // A stamp a little ahead of the clock (skew) is scored; one further ahead than
+    // max_frame_age means the clocks disagree, so the age check cannot vouch for it.
+    let v = m.process(&good, Some(FrameAge::Ahead(Duration::from_millis(10))));
+    assert_eq!(v.state, MonitorState::Ok);
+    let v = m.process(&good, Some(FrameAge::Ahead(Duration::from_secs(3))));
+    assert_eq!(
+        (v.state, v.fault.unwrap().kind()),
+        (MonitorState::Fault, "ahead_of_clock".to_string())
+    );
 
     let c = m.counters();
-    assert_eq!((c.frames, c.scored, c.ood, c.total_faults()), (4, 2, 2, 2));
+    assert_eq!((c.frames, c.scored, c.ood, c.total_faults()), (6, 3, 3, 3));
     assert_eq!(c.faults["rejected.truncated"], 1);
     assert_eq!(c.faults["stale"], 1);
+    assert_eq!(c.faults["ahead_of_clock"], 1);
 }
 
 #[test]

@@ -39,6 +39,7 @@ class Client:
         st = msg.status[0]
         rec = {kv.key: kv.value for kv in st.values}
         rec["level"] = st.level
+        rec["arrived"] = time.monotonic()  # for round trips (scripts/soak.py)
         self.verdicts[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = rec
 
     def _on_diag(self, msg):

@@ -78,10 +78,13 @@ def test_raw_frames_match_the_offline_core_and_malformed_frames_fail_safe(ros, f
         # A stale frame (stamped 10 s ago; max_frame_age is 0.5 s) is a fault too.
         v = client.send(good, offset_s=-10.0)
         assert v["state"] == "FAULT" and v["fault"] == "stale", v
+        # So is one stamped 10 s ahead of the node's clock: the clocks disagree.
+        v = client.send(good, offset_s=10.0)
+        assert v["state"] == "FAULT" and v["fault"] == "ahead_of_clock", v
 
         # Diagnostics count every kind of fault.
         def counted():
-            return any(all(d.get(f"faults.{k}") == "1" for k in [*bad, "stale"]) for d in client.diagnostics)
+            return any(all(d.get(f"faults.{k}") == "1" for k in [*bad, "stale", "ahead_of_clock"]) for d in client.diagnostics)
         wait_for(counted, 5, client.spin, "/diagnostics to count every fault kind")
         assert node.proc.poll() is None, "the node must survive malformed input"
         # Scores were published on ~/score as well (one per scored frame).

@@ -43,6 +43,12 @@ pub enum Fault {
     Rejected(#[from] FrameError),
     #[error("stale frame: {age:?} old, max_frame_age is {max:?}")]
     Stale { age: Duration, max: Duration },
+    /// The frame's stamp is further ahead of the node's clock than `max_frame_age`: the two
+    /// clocks disagree (a clock that jumped back, `use_sim_time` fed by another /clock than the
+    /// camera's, or skew between machines), so the frame's age, and with it the stale check,
+    /// cannot be trusted.
+    #[error("frame stamped {ahead:?} ahead of the node's clock (more than max_frame_age {max:?}): the camera's and the node's clocks disagree (a clock jump, or use_sim_time with another /clock)")]
+    AheadOfClock { ahead: Duration, max: Duration },
     #[error("encoder produced NaN or infinite values")]
     NonFinite,
     #[error("{0}")]
@@ -63,6 +69,7 @@ impl Fault {
         match self {
             Self::Rejected(e) => format!("rejected.{}", e.kind()),
             Self::Stale { .. } => "stale".into(),
+            Self::AheadOfClock { .. } => "ahead_of_clock".into(),
             Self::NonFinite => "non_finite".into(),
             Self::Inference(_) => "inference_error".into(),
             Self::InputTimeout(_) => "input_timeout".into(),

@@ -30,7 +30,9 @@ pub mod prelude {
     pub use crate::detector::{Detector, Fault, ImageDetector, Scored, StreamId};
     pub use crate::encoder::{BackendKind, BackendOptions, Encoder, InferenceError, Posterior};
     pub use crate::frame::{FrameData, FrameError, RawImage};
-    pub use crate::monitor::{FrameVerdict, Monitor, MonitorConfig, MonitorState, Recovery};
+    pub use crate::monitor::{
+        FrameAge, FrameVerdict, Monitor, MonitorConfig, MonitorState, Recovery,
+    };
 }
 
 pub use bundle::Bundle;

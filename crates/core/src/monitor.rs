@@ -158,6 +158,20 @@ impl Sequential {
     }
 }
 
+/// A frame's age on arrival: the node's clock minus the frame's stamp, which is negative
+/// (`Ahead`) when the stamp is later than the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameAge {
+    Old(Duration),
+    Ahead(Duration),
+}
+
+impl From<Duration> for FrameAge {
+    fn from(age: Duration) -> Self {
+        Self::Old(age)
+    }
+}
+
 /// Time spent per stage for one frame.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct StageTimes {
@@ -300,7 +314,7 @@ impl Monitor {
     }
 
     /// Processes one frame. `age` is how old the frame is (now minus its stamp), if known.
-    pub fn process(&mut self, frame: &FrameData<'_>, age: Option<Duration>) -> FrameVerdict {
+    pub fn process(&mut self, frame: &FrameData<'_>, age: Option<FrameAge>) -> FrameVerdict {
         let mut timing = StageTimes::default();
         let result = self.score(frame, age, &mut timing);
         self.record(result, timing)
@@ -322,13 +336,19 @@ impl Monitor {
     fn score(
         &mut self,
         frame: &FrameData<'_>,
-        age: Option<Duration>,
+        age: Option<FrameAge>,
         timing: &mut StageTimes,
     ) -> Result<f64, Fault> {
-        if let (Some(age), Some(max)) = (age, self.config.max_frame_age) {
-            if age > max {
-                return Err(Fault::Stale { age, max });
+        // The check is symmetric: a stamp far ahead of the clock proves the clocks disagree,
+        // and then an old frame could pass as fresh.
+        match (age, self.config.max_frame_age) {
+            (Some(FrameAge::Old(age)), Some(max)) if age > max => {
+                return Err(Fault::Stale { age, max })
             }
+            (Some(FrameAge::Ahead(ahead)), Some(max)) if ahead > max => {
+                return Err(Fault::AheadOfClock { ahead, max })
+            }
+            _ => {}
         }
         // A raw frame is only checked here and read in place by preprocessing; a compressed
         // one is decoded.
