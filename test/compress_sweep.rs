@@ -164,6 +164,40 @@ fn a_mahalanobis_teacher_without_fit_drives_is_a_clear_error() {
     );
 }
 
+/// Budgets out of range are refused before any candidate is built (NaN would switch the AUROC
+/// budget off; a zero or negative one would select nothing after hours).
+#[test]
+fn out_of_range_budgets_are_refused_before_the_sweep() {
+    for (flag, value, says) in [
+        ("--auroc-drop", "NaN", "--auroc-drop"),
+        ("--auroc-drop", "-0.1", "--auroc-drop"),
+        ("--deadline-ms", "0", "--deadline-ms"),
+        ("--bench-frames", "0", "--bench-frames"),
+        ("--finetune-epochs", "0", "--finetune-epochs"),
+        ("--finetune-lr", "inf", "--finetune-lr"),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let o = compress_with(
+            &root().join("models/default"),
+            out.path(),
+            &[
+                "--fit",
+                &bag("id_loop_empty_s1"),
+                &format!("{flag}={value}"),
+            ],
+        );
+        assert!(!o.status.success(), "{flag} {value} accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+        // Nothing was built: the sweep never started.
+        assert_eq!(
+            std::fs::read_dir(out.path()).unwrap().count(),
+            0,
+            "{flag} {value}"
+        );
+    }
+}
+
 #[test]
 fn an_encoder_only_teacher_is_a_clear_error() {
     let teacher = tempfile::tempdir().unwrap();

@@ -36,7 +36,11 @@ fn main() -> anyhow::Result<()> {
         rate: a.rate,
         repeat: a.repeat,
         clock: a.clock,
-        wait: std::time::Duration::from_secs_f64(a.wait),
+        wait: if (0.0..=86_400.0).contains(&a.wait) {
+            std::time::Duration::from_secs_f64(a.wait)
+        } else {
+            anyhow::bail!("--wait is {}; expected 0..=86400 seconds", a.wait)
+        },
     })?;
     eprintln!("replayed {n} messages");
     Ok(())

@@ -13,16 +13,16 @@ pub struct DetectorArgs {
     /// Inference backend: tract (CPU) or cuda (planned).
     #[arg(long, default_value = "tract")]
     pub backend: BackendKind,
-    /// Inference threads.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Inference threads (1..=256).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
 }
 
 impl DetectorArgs {
     pub fn backend_options(&self) -> BackendOptions {
         BackendOptions {
             kind: self.backend,
-            threads: self.threads.max(1),
+            threads: self.threads.into(),
         }
     }
 
@@ -44,4 +44,14 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
             .ok_or_else(|| anyhow!("'{s}': sizes must be positive integers"))
     };
     Ok((p(w)?, p(h)?))
+}
+
+/// A threshold on a nonconformity score: a number >= 0, `inf` allowed (never), NaN refused
+/// (every comparison with it is false, so it would silently decide nothing).
+pub fn parse_score_threshold(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if v.is_nan() || v < 0.0 {
+        return Err(format!("{s}: expected a score threshold >= 0 (inf: never)"));
+    }
+    Ok(v)
 }

@@ -10,9 +10,11 @@ use vae_ood_core::stats::Percentiles;
 pub struct Args {
     #[command(flatten)]
     detector: DetectorArgs,
-    #[arg(long, default_value_t = 640)]
+    /// Frame width in pixels (1..=16384).
+    #[arg(long, default_value_t = 640, value_parser = clap::value_parser!(u32).range(1..=16384))]
     width: u32,
-    #[arg(long, default_value_t = 480)]
+    /// Frame height in pixels (1..=16384).
+    #[arg(long, default_value_t = 480, value_parser = clap::value_parser!(u32).range(1..=16384))]
     height: u32,
     /// Raw encodings to time, comma-separated (rgb8, bgr8, rgba8, bgra8, mono8, mono16).
     #[arg(long, default_value = "rgb8", value_delimiter = ',')]
@@ -66,12 +68,13 @@ pub struct EncodersArgs {
     bundles: Vec<PathBuf>,
     #[arg(long, default_value_t = 500)]
     frames: usize,
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
     /// Also measure the roofline: the MACs per second of a large single-precision matrix
     /// product (SIZE x SIZE by SIZE x SIZE) through tract's kernels, with the same threads.
-    #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "1024")]
-    roofline: Option<usize>,
+    #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "1024",
+          value_parser = clap::value_parser!(u16).range(16..=8192))]
+    roofline: Option<u16>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -83,13 +86,13 @@ pub struct EncodersArgs {
 
 pub fn encoders(a: &EncodersArgs) -> Result<()> {
     let opts = BackendOptions {
-        threads: a.threads,
+        threads: a.threads.into(),
         ..Default::default()
     };
     let r = vae_ood_tools::compress::bench::encoder_latency(&a.bundles, a.frames, 20, opts)?;
     let peak = match a.roofline {
         Some(size) => Some(
-            vae_ood_core::encoder::gemm_peak(size, a.threads, 5)
+            vae_ood_core::encoder::gemm_peak(size.into(), a.threads.into(), 5)
                 .map_err(|e| anyhow::anyhow!("roofline GEMM failed: {e:#}"))?,
         ),
         None => None,
@@ -144,7 +147,7 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
     }
     if let Some(runs) = a.profile {
         for b in &a.bundles {
-            profile(b, a.threads, runs)?;
+            profile(b, a.threads.into(), runs)?;
         }
     }
     Ok(())

@@ -28,6 +28,11 @@ pub struct Args {
     /// noise and blur, which the encoder's small input averages away, move the score.
     #[arg(long, value_parser = crate::common::parse_size, value_name = "WIDTHxHEIGHT")]
     detail: Option<(usize, usize)>,
+    /// Gaussians in the fitted reference (--fit): 1, or a mixture of that many fitted by EM
+    /// (seeded), so that scene kinds the clear drives hold each get a component; the score is
+    /// then twice the mixture's negative log-likelihood, shifted to be >= 0.
+    #[arg(long, default_value_t = 1)]
+    components: usize,
     /// In-distribution calibration drives (conformal scores, latent ranking).
     #[arg(long = "cal", required = true, num_args = 1..)]
     cal: Vec<DriveArg>,
@@ -73,6 +78,7 @@ pub fn run(a: Args) -> Result<()> {
             .detail
             .map(|(w, h)| -> Result<_> { Ok(DetailSpec::at(w.try_into()?, h.try_into()?)) })
             .transpose()?,
+        components: a.components,
         cal: a.cal,
         tune_id: a.tune_id,
         val_ood: a.val_ood,

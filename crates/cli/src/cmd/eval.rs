@@ -37,12 +37,13 @@ pub struct Args {
     #[arg(long, default_value_t = eval::DEFAULT_FOLDER_FPS)]
     fps: f64,
     /// Per-frame threshold for uncalibrated bundles.
-    #[arg(long, default_value_t = f64::INFINITY)]
+    #[arg(long, default_value_t = f64::INFINITY, value_parser = crate::common::parse_score_threshold)]
     score_threshold: f64,
     /// Override the bundle's CUSUM threshold.
     #[arg(long)]
     cusum_threshold: Option<f64>,
-    #[arg(long, default_value_t = 10)]
+    /// Consecutive frames under the threshold before an automatic recovery (1..=100000).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     recovery_frames: u32,
     /// Exact repeats of the previous frame's posterior in a row before the camera counts as
     /// frozen (a fault), as the node's parameter; 0 disables.

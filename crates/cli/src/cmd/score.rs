@@ -10,7 +10,7 @@ pub struct Args {
     #[command(flatten)]
     detector: DetectorArgs,
     /// Per-frame decision threshold on the nonconformity score.
-    #[arg(long, default_value_t = f64::INFINITY)]
+    #[arg(long, default_value_t = f64::INFINITY, value_parser = crate::common::parse_score_threshold)]
     score_threshold: f64,
     /// Also print the KL divergence of every latent (and the frame's detail features when the
     /// score uses them).

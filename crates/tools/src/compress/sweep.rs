@@ -33,6 +33,7 @@ use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::encoder::{BackendKind, BackendOptions};
 use vae_ood_core::fsutil::write_atomic;
 use vae_ood_core::monitor::MonitorConfig;
+use vae_ood_core::score::ScoreSpec;
 
 /// How much of the design space to sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,12 +307,48 @@ pub struct Report {
     pub plots: Vec<String>,
 }
 
+/// Range checks before any candidate is built: a sweep takes hours, and a bad budget must not
+/// surface at its end (or, as NaN, switch the AUROC budget off).
+pub fn check_options(opts: &Options) -> Result<(), crate::Error> {
+    let bad = |what: String| Err(Error::Input(what));
+    if !(0.0..=1.0).contains(&opts.auroc_drop) {
+        return bad(format!(
+            "--auroc-drop is {}; expected an AUROC difference in 0..=1",
+            opts.auroc_drop
+        ));
+    }
+    // inf (the default) is no deadline; NaN would switch it off silently.
+    if opts.deadline_ms.is_nan() || opts.deadline_ms <= 0.0 {
+        return bad(format!(
+            "--deadline-ms is {}; expected a positive number of milliseconds (inf: none)",
+            opts.deadline_ms
+        ));
+    }
+    if opts.bench_frames == 0 {
+        return bad("--bench-frames must be at least 1".into());
+    }
+    if opts.finetune.epochs == 0 {
+        return bad(
+            "--finetune-epochs must be at least 1 (\"+ft\" candidates would equal the others)"
+                .into(),
+        );
+    }
+    if !(opts.finetune.lr.is_finite() && opts.finetune.lr > 0.0 && opts.finetune.lr <= 1.0) {
+        return bad(format!(
+            "--finetune-lr is {}; expected a learning rate in (0, 1]",
+            opts.finetune.lr
+        ));
+    }
+    Ok(())
+}
+
 const RESULT_FILE: &str = "result.json";
 /// At most about this many held-out frames for the loss diagnostic.
 const HELDOUT_FRAMES: usize = 5000;
 
 /// Runs (or resumes) the sweep and writes `report.json`, `report.html` and plots to `out`.
 pub fn run(opts: &Options) -> Result<Report, crate::Error> {
+    check_options(opts)?;
     let teacher = Teacher::load(&opts.teacher)?;
     let tbundle = Bundle::load(&opts.teacher).map_err(|e| Error::Input(e.to_string()))?;
     if !tbundle.manifest.score.is_kl() && opts.fit.is_empty() {
@@ -544,6 +581,8 @@ struct CalibrationPlan {
     mahalanobis: bool,
     /// The teacher's detail channel, refitted with each candidate's reference.
     detail: Option<DetailSpec>,
+    /// The teacher reference's Gaussians (1, or a mixture's components), refitted likewise.
+    components: usize,
     latents: Option<Vec<usize>>,
     window_decay: Option<(usize, f64)>,
 }
@@ -557,6 +596,10 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
     CalibrationPlan {
         mahalanobis,
         detail: t.manifest.score.detail().copied(),
+        components: match &t.manifest.score {
+            ScoreSpec::Mahalanobis(r) => r.components(),
+            ScoreSpec::Kl => 1,
+        },
         latents: inherited
             .filter(|_| !mahalanobis)
             .map(|_| t.manifest.latents.selected.clone()),
@@ -576,6 +619,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         args.extend(opts.fit.iter().cloned());
         if let Some(d) = plan.detail {
             args.extend(["--detail".into(), format!("{}x{}", d.width, d.height)]);
+        }
+        if plan.components != 1 {
+            args.extend(["--components".into(), plan.components.to_string()]);
         }
     }
     if let Some(l) = &plan.latents {
@@ -610,6 +656,7 @@ fn calibration_options(opts: &Options, plan: &CalibrationPlan) -> Result<calibra
         c.score = ScoreKind::Mahalanobis;
         c.fit = drives(&opts.fit)?;
         c.detail = plan.detail;
+        c.components = plan.components;
     }
     c.latents = plan.latents.clone();
     if let Some((window, decay)) = plan.window_decay {

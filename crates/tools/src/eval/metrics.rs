@@ -9,6 +9,8 @@ pub enum MetricError {
     SingleClass { pos: usize, neg: usize },
     #[error("scores must be finite")]
     NonFinite,
+    #[error("{scores} scores but {labels} labels: give one label per score")]
+    LengthMismatch { scores: usize, labels: usize },
 }
 
 /// AUROC, AUPR with OOD positive (`aupr_out`) and with ID positive on negated scores
@@ -25,6 +27,12 @@ pub struct Metrics {
 
 /// `scores` higher = more OOD; `is_ood` the labels.
 pub fn metrics(scores: &[f64], is_ood: &[bool]) -> Result<Metrics, MetricError> {
+    if scores.len() != is_ood.len() {
+        return Err(MetricError::LengthMismatch {
+            scores: scores.len(),
+            labels: is_ood.len(),
+        });
+    }
     let pos = is_ood.iter().filter(|&&b| b).count();
     let neg = is_ood.len() - pos;
     if pos == 0 || neg == 0 {
@@ -129,5 +137,13 @@ mod tests {
             metrics(&s, &[true; 4]),
             Err(MetricError::SingleClass { .. })
         ));
+        // More scores than labels was an index panic; now a clear error.
+        assert_eq!(
+            metrics(&s, &[true, false]),
+            Err(MetricError::LengthMismatch {
+                scores: 4,
+                labels: 2
+            })
+        );
     }
 }
