@@ -29,6 +29,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         score,
         fit,
         detail: None,
+        components: 1,
         cal: vec![drive("id_small_loop_s2")],
         tune_id: vec![drive("id_udem1_s3")],
         val_ood: vec![],
@@ -171,6 +172,43 @@ fn misused_score_options_are_clear_errors() {
     o.detail = Some(DetailSpec::at(4, 4));
     let err = run(o);
     assert!(err.contains("octave smaller"), "{err}");
+    let mut o = options(ScoreKind::Mahalanobis, vec![]);
+    o.components = 4;
+    let err = run(o);
+    assert!(
+        err.contains("--components applies to a reference being fitted"),
+        "{err}"
+    );
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.components = 0;
+    assert!(run(o).contains("expected 1..=64"));
+    let mut o = options(ScoreKind::Kl, vec![]);
+    o.latents = Some(vec![3, 3]);
+    assert!(run(o).contains("distinct latent indices"));
+}
+
+#[test]
+fn a_mixture_reference_is_fitted_and_the_bundle_reloads_with_it() {
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    // Two drives: each component needs more frames than the 60 features.
+    let fit = vec![drive("id_loop_empty_s1"), drive("id_loop_empty_s4")];
+    let mut o = options(ScoreKind::Mahalanobis, fit);
+    o.components = 2;
+    let done = calibrate(&root().join("models/default"), out.path(), det.as_mut(), &o).unwrap();
+    let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
+        panic!("wrong score: {:?}", done.bundle.manifest.score)
+    };
+    assert_eq!((r.components.len(), r.mean.len()), (2, 0));
+    assert!((r.components.iter().map(|c| c.weight).sum::<f64>() - 1.0).abs() < 1e-9);
+    // The written bundle loads (its manifest is checked) and scores with the mixture.
+    let b = vae_ood_core::Bundle::load(out.path()).unwrap();
+    assert_eq!(b.manifest.score, done.bundle.manifest.score);
+    assert!(b
+        .manifest
+        .score
+        .describe()
+        .contains("mixture of 2 Gaussians"));
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub mod detector;
 pub mod encoder;
 pub mod frame;
 pub mod fsutil;
+pub mod mixture;
 pub mod monitor;
 pub mod preprocess;
 pub mod score;

@@ -15,6 +15,7 @@
 //!   what the encoder's small input averages away (noise, blur) then moves the distance too.
 
 use crate::detail::{DetailError, DetailExtractor, DetailSpec};
+use crate::mixture::Component;
 use serde::{Deserialize, Serialize};
 
 /// KL(N(mu, sigma^2) || N(0, 1)) per latent: 0.5 * (mu^2 + exp(logvar) - logvar - 1).
@@ -98,11 +99,15 @@ impl ScoreSpec {
         match self {
             Self::Kl => "KL to the prior, summed over the selected latents".into(),
             Self::Mahalanobis(r) => format!(
-                "Mahalanobis distance of (mu, logvar{}) from a Gaussian fitted on {} in-distribution frames",
+                "Mahalanobis distance of (mu, logvar{}) from {} fitted on {} in-distribution frames",
                 r.detail.map_or(String::new(), |d| format!(
                     ", {} detail octaves at {}x{}",
                     d.octaves, d.width, d.height
                 )),
+                match r.components() {
+                    1 => "a Gaussian".to_string(),
+                    k => format!("a mixture of {k} Gaussians"),
+                },
                 r.frames
             ),
         }
@@ -128,6 +133,8 @@ pub enum ScoreError {
     NonFiniteReference,
     #[error(transparent)]
     Detail(#[from] DetailError),
+    #[error("Gaussian mixture reference: {0}")]
+    Components(String),
 }
 
 /// (mu, logvar) of one posterior as one feature vector: mu of every latent, then logvar.
@@ -155,10 +162,17 @@ pub struct Reference {
     /// The detail channel, when the features include it (absent: the posterior alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<DetailSpec>,
-    /// Mean feature vector (mu of every latent, then logvar, then any detail octaves).
+    /// Mean feature vector (mu of every latent, then logvar, then any detail octaves). Empty
+    /// when the reference is a mixture.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mean: Vec<f64>,
-    /// Inverse covariance, row-major, `mean.len()` squared.
+    /// Inverse covariance, row-major, `mean.len()` squared. Empty when the reference is a mixture.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub precision: Vec<f64>,
+    /// A Gaussian mixture instead of the single Gaussian above ([`crate::mixture`]); the score
+    /// is then the mixture's (the squared Mahalanobis distance for one component).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<Component>,
 }
 
 /// Ridge added to the covariance's diagonal before inversion: collapsed latents have a
@@ -211,28 +225,57 @@ impl Reference {
             detail,
             mean,
             precision,
+            components: vec![],
         };
         r.validate(d)?;
         Ok(r)
     }
 
+    /// Fits `k` Gaussians by EM (seeded; [`crate::mixture::fit`]); `k = 1` is [`Self::fit`].
+    pub fn fit_mixture(
+        features: &[Vec<f64>],
+        k: usize,
+        detail: Option<DetailSpec>,
+        fitted_on: Vec<String>,
+    ) -> Result<Self, ScoreError> {
+        if k == 1 {
+            return Self::fit(features, detail, fitted_on);
+        }
+        let components = crate::mixture::fit(features, k, 0)?;
+        let r = Self {
+            fitted_on,
+            frames: features.len(),
+            detail,
+            mean: vec![],
+            precision: vec![],
+            components,
+        };
+        r.validate(features[0].len())?;
+        Ok(r)
+    }
+
+    /// Gaussians in the reference: 1, or the mixture's components.
+    pub fn components(&self) -> usize {
+        self.components.len().max(1)
+    }
+
     /// Squared Mahalanobis distance (x - mean)^T precision (x - mean); NaN (a fault, not a
     /// score) when `x` has the wrong number of features.
+    /// With a mixture, its score ([`crate::mixture::score`]).
     pub fn distance(&self, x: &[f64]) -> f64 {
-        let d = self.mean.len();
-        if x.len() != d {
+        if !self.components.is_empty() {
+            return crate::mixture::score(&self.components, x);
+        }
+        if x.len() != self.mean.len() {
             return f64::NAN;
         }
-        let diff: Vec<f64> = x.iter().zip(&self.mean).map(|(a, m)| a - m).collect();
-        (0..d)
-            .map(|i| {
-                let row = &self.precision[i * d..(i + 1) * d];
-                diff[i] * row.iter().zip(&diff).map(|(p, v)| p * v).sum::<f64>()
-            })
-            .sum()
+        crate::mixture::mahalanobis2(x, &self.mean, &self.precision)
     }
 
     fn validate(&self, dim: usize) -> Result<(), ScoreError> {
+        if !self.components.is_empty() {
+            return self.validate_mixture(dim);
+        }
         if self.mean.len() != dim || self.precision.len() != dim * dim {
             return Err(ScoreError::ReferenceShape {
                 mean: self.mean.len(),
@@ -250,13 +293,42 @@ impl Reference {
         }
         Ok(())
     }
+
+    fn validate_mixture(&self, dim: usize) -> Result<(), ScoreError> {
+        if !self.mean.is_empty() || !self.precision.is_empty() {
+            return Err(ScoreError::Components(
+                "give either mean and precision (one Gaussian) or components, not both".into(),
+            ));
+        }
+        for c in &self.components {
+            if c.mean.len() != dim || c.precision.len() != dim * dim {
+                return Err(ScoreError::ReferenceShape {
+                    mean: c.mean.len(),
+                    precision: c.precision.len(),
+                    dim,
+                });
+            }
+            if c.mean
+                .iter()
+                .chain(&c.precision)
+                .chain([&c.weight, &c.log_det_precision])
+                .any(|v| !v.is_finite())
+            {
+                return Err(ScoreError::NonFiniteReference);
+            }
+        }
+        let total: f64 = self.components.iter().map(|c| c.weight).sum();
+        if self.components.iter().any(|c| c.weight <= 0.0) || (total - 1.0).abs() > 1e-6 {
+            return Err(ScoreError::Components(format!(
+                "weights must be positive and sum to 1 (they sum to {total})"
+            )));
+        }
+        Ok(())
+    }
 }
 
-/// Inverse of a symmetric positive-definite matrix (row-major, `d` x `d`) by Cholesky
-/// factorisation. Hand-written because a 60x60 inverse at calibration time is all this crate
-/// needs from linear algebra.
-fn spd_inverse(a: &[f64], d: usize) -> Result<Vec<f64>, ScoreError> {
-    // A = L L^T.
+/// The lower Cholesky factor L of a symmetric positive-definite matrix (A = L L^T, row-major).
+pub(crate) fn cholesky(a: &[f64], d: usize) -> Result<Vec<f64>, ScoreError> {
     let mut l = vec![0.0; d * d];
     for i in 0..d {
         for j in 0..=i {
@@ -271,6 +343,14 @@ fn spd_inverse(a: &[f64], d: usize) -> Result<Vec<f64>, ScoreError> {
             }
         }
     }
+    Ok(l)
+}
+
+/// Inverse of a symmetric positive-definite matrix (row-major, `d` x `d`) by Cholesky
+/// factorisation. Hand-written because a 60x60 inverse at calibration time is all this crate
+/// needs from linear algebra.
+pub(crate) fn spd_inverse(a: &[f64], d: usize) -> Result<Vec<f64>, ScoreError> {
+    let l = cholesky(a, d)?;
     // Solve L L^T X = I column by column.
     let mut inv = vec![0.0; d * d];
     for c in 0..d {

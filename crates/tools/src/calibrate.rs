@@ -92,6 +92,8 @@ pub struct Options {
     pub fit: Vec<DriveArg>,
     /// The detail channel of a reference fitted on `fit` (none: the posterior alone).
     pub detail: Option<DetailSpec>,
+    /// Gaussians in a reference fitted on `fit`: 1, or a mixture of that many.
+    pub components: usize,
     pub cal: Vec<DriveArg>,
     pub tune_id: Vec<DriveArg>,
     pub val_ood: Vec<DriveArg>,
@@ -123,6 +125,7 @@ impl Options {
             score: ScoreKind::Kl,
             fit: vec![],
             detail: None,
+            components: 1,
             cal,
             tune_id,
             val_ood,
@@ -175,6 +178,14 @@ pub fn calibrate(
         );
     }
     opts.grid.validate(opts.epsilon_grid)?;
+    if let Some(l) = &opts.latents {
+        let distinct: HashSet<usize> = l.iter().copied().collect();
+        if distinct.len() != l.len() || l.is_empty() {
+            return input(format!(
+                "--latents {l:?}: give distinct latent indices, at least one"
+            ));
+        }
+    }
     match (opts.score, opts.fit.is_empty(), &opts.latents) {
         (ScoreKind::Mahalanobis, true, _) if det.bundle().manifest.score.is_kl() => {
             return input("--score mahalanobis needs --fit drives (in-distribution, disjoint from the others) to fit its reference on, unless the bundle already has one".into())
@@ -192,6 +203,15 @@ pub fn calibrate(
             return input("--detail adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
         }
         d.validate().map_err(ScoreError::from)?;
+    }
+    if opts.components != 1 && opts.fit.is_empty() {
+        return input("--components applies to a reference being fitted: give --score mahalanobis and --fit drives".into());
+    }
+    if !(1..=64).contains(&opts.components) {
+        return input(format!(
+            "--components is {}; expected 1..=64 Gaussians",
+            opts.components
+        ));
     }
     // A reference being fitted takes the detail it is told to; one kept, what it has.
     let with_detail = if opts.fit.is_empty() {
@@ -250,7 +270,12 @@ pub fn calibrate(
                 .into_iter()
                 .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
                 .collect();
-            ScoreSpec::Mahalanobis(Reference::fit(&features, opts.detail, ids)?)
+            ScoreSpec::Mahalanobis(Reference::fit_mixture(
+                &features,
+                opts.components,
+                opts.detail,
+                ids,
+            )?)
         }
     };
     let mut drives: Vec<Drive> = scored
