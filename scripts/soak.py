@@ -64,6 +64,9 @@ def main():
         end = t0 + a.seconds
         while (now := time.monotonic()) < end:
             if now >= next_sample:
+                if node.proc.poll() is not None:
+                    print(f"the node exited (code {node.proc.returncode}) after {now - t0:.0f} s; see {node.log_path}")
+                    break
                 samples.append((now - t0, rss_mib(node.proc.pid), cpu_s(node.proc.pid)))
                 next_sample += a.sample_every
             if now >= next_pub:
@@ -112,6 +115,11 @@ def main():
           f"{a.warmup:.0f} s {slope_per_h:+.2f} MiB/h (floor < 1); node CPU {cpu_pct:.0f} %; round-trip p99 "
           f"first 10 % {report['round_trip_p99_ms_first_10pct']:.2f} ms, last 10 % "
           f"{report['round_trip_p99_ms_last_10pct']:.2f} ms (ratio {ratio:.3f}; floor within 10 %); -> {path}")
+    # Exit 1 when the run misses issue 15's floors (or the node died), so scripts can tell.
+    met = rc in (0, None) and slope_per_h < 1.0 and ratio <= 1.10 and len(rtt) == n
+    if not met:
+        print("floors missed (RSS slope < 1 MiB/h, last p99 within 10 % of the first, every frame answered, clean exit)")
+    sys.exit(0 if met else 1)
 
 
 if __name__ == "__main__":

@@ -291,7 +291,9 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
             let mut current = initial;
             while let Some((name, value)) = param_events.next().await {
                 let accepted = match (name.as_str(), &value) {
-                    ("score_threshold", ParameterValue::Double(t)) if t.is_finite() => {
+                    ("score_threshold", ParameterValue::Double(t))
+                        if t.is_finite() && *t >= 0.0 =>
+                    {
                         shared.score_threshold.store(t.to_bits(), Ordering::Relaxed);
                         true
                     }
@@ -307,7 +309,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                         entry.1 = value;
                     }
                 } else if let Some((_, old)) = current.iter().find(|(n, _)| *n == name) {
-                    r2r::log_warn!(&logger, "parameter '{name}' cannot be set to {value:?} at run time (only score_threshold and cusum_threshold > 0 can); kept {old:?}");
+                    r2r::log_warn!(&logger, "parameter '{name}' cannot be set to {value:?} at run time (only score_threshold >= 0 and cusum_threshold > 0 can); kept {old:?}");
                     if let Some(p) = params.lock().expect("parameter lock").get_mut(&name) {
                         p.value = old.clone();
                     }

@@ -212,7 +212,9 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         }
     };
     let max_busy = match double("max_busy")? {
-        0.0 => (seconds("heartbeat_period", heartbeat)? * 5).max(Duration::from_millis(500)),
+        // Bounded like every duration: five heartbeats of a day-long period would not be.
+        0.0 => (seconds("heartbeat_period", heartbeat)? * 5)
+            .clamp(Duration::from_millis(500), Duration::from_secs(86_400)),
         b if (0.01..=3600.0).contains(&b) => seconds("max_busy", b)?,
         b => {
             return Err(ParamError(format!(
@@ -293,14 +295,15 @@ impl Reader {
         Self::from_values(params.iter().map(|(k, p)| (k.clone(), p.value.clone())))
     }
 
-    /// Values as declared ones would hold them; a table's defaults fill the rest (tests).
+    /// Parameter values by name, as a node holds them once declared.
     pub fn from_values(values: impl IntoIterator<Item = (String, ParameterValue)>) -> Self {
         Self {
             values: values.into_iter().collect(),
         }
     }
 
-    /// The defaults of `table`, overridden by `overrides`.
+    /// The defaults of `table`, overridden by `overrides`: what a node launched with those
+    /// overrides would read (the range checks' tests use it; no ROS context needed).
     pub fn with_defaults(
         table: &[ParamDecl],
         overrides: impl IntoIterator<Item = (String, ParameterValue)>,
@@ -418,6 +421,7 @@ mod tests {
         prop_oneof![
             40 => 0.1f64..50.0,
             1 => -2.0f64..200.0,
+            1 => 1e4f64..86_400.0,
             1 => Just(0.0),
             1 => Just(f64::NAN),
             1 => Just(-f64::INFINITY),

@@ -1,10 +1,11 @@
 """Clock jumps under `use_sim_time`, live over real DDS (loopback): the monitor takes its time
 from /clock (as when a bag is replayed with its clock) and checks each frame's age against it.
 
-- /clock jumps ahead while the camera keeps its own stamps: the frames are now older than
-  `max_frame_age`, FAULT (stale), and the gate commands zero within one frame period + 0.3 s;
+- /clock jumps ahead while the camera keeps its own stamps: once the monitor has the new
+  /clock, the frames are older than `max_frame_age`, FAULT (stale), and the gate commands zero
+  within 0.3 s of that verdict (the time from the jump is printed);
 - /clock jumps back while the camera keeps its stamps: the frames are from the future, FAULT
-  (ahead_of_clock), zero within one frame period + 0.3 s;
+  (ahead_of_clock), zero within 0.3 s of the verdict;
 - the clock and the camera jump back together (a bag that loops): frames are consistent and
   are scored; commands pass.
 The gate's watchdog runs on the steady clock, so no jump of /clock can make it pass a command.
@@ -73,7 +74,20 @@ def test_clock_jumps_fail_safe_and_a_looping_bag_does_not(ros):
                 spin_for(client, PERIOD)
             return out
 
-        spin_for(client, 0.3)  # /clock reaches the monitor
+        def stream_until(state, stamp_offset, within=2.0):
+            """Frames at 15 Hz until one is `state` (the monitor takes the new /clock from its
+            subscription, a few ms after the jump); returns when that frame's verdict came."""
+            end = time.monotonic() + within
+            while True:
+                v = send_at(client, frames[0], clock.now() + stamp_offset)
+                if v["state"] == state:
+                    return v, time.monotonic()
+                assert time.monotonic() < end, f"no {state} within {within} s: {v}"
+                spin_for(client, PERIOD)
+
+        # Until the first /clock reaches it, the monitor's sim clock reads 0 and every frame is
+        # ahead of it (a fault): wait for that, then frames on the sim clock are scored.
+        stream_until("OK", 0.0, within=15.0)
         assert [v["state"] for v in stream(4)] == ["OK"] * 4
         t_ok = time.monotonic()
         spin_for(client, 0.3)
@@ -84,21 +98,24 @@ def test_clock_jumps_fail_safe_and_a_looping_bag_does_not(ros):
             camera_offset = -clock_jump
             clock.offset += clock_jump
             t_jump = time.monotonic()
-            spin_for(client, 0.05)  # the jumped /clock reaches the monitor
+            v, t_fault = stream_until("FAULT", camera_offset)
+            assert v["fault"] == fault, (name, v)
             vs = stream(3, camera_offset)
             assert all(v["state"] == "FAULT" and v["fault"] == fault for v in vs), (name, vs)
+            # The gate stops the robot as soon as the fault is published (functional deadline:
+            # 0.3 s slack for scheduling and DDS).
             zero = ctl.first_zero_after(t_jump)
-            assert zero is not None and zero - t_jump <= PERIOD + 0.05 + SLACK, (name, zero and zero - t_jump)
+            assert zero is not None and zero <= t_fault + SLACK, (name, zero and zero - t_fault)
             print(f"/clock jumped {name} by {JUMP:.0f} s: FAULT ({fault}), zero command {zero - t_jump:.3f} s later")
             # The camera follows the new clock: frames are scored and commands pass again.
-            assert [v["state"] for v in stream(3)][-1] == "OK"
+            stream_until("OK", 0.0)
             t_ok = time.monotonic()
             spin_for(client, 0.3)
             assert ctl.passing_after(t_ok), f"commands must pass again after the jump {name}"
 
         # A looping bag: clock and stamps jump back together; nothing is wrong with the frames.
         clock.offset -= JUMP
-        spin_for(client, 0.05)
+        stream_until("OK", 0.0)
         assert [v["state"] for v in stream(4)] == ["OK"] * 4
         t_ok = time.monotonic()
         spin_for(client, 0.3)

@@ -184,6 +184,28 @@ fn bad_training_input_is_a_clear_error() {
     c.train = vec![dir.path().join("missing")];
     assert!(train::train(&c, dir.path(), &quiet()).is_err());
 
+    // Values out of range, one per class, refused before any epoch (an infinite rate or weight
+    // used to surface epochs later as a missing best.bpk).
+    type Breaker = fn(&mut TrainConfig);
+    let cases: [(&str, Breaker); 5] = [
+        ("learning rates", |c| c.lr = f64::INFINITY),
+        ("beta", |c| c.beta = f64::INFINITY),
+        ("architecture out of range", |c| c.arch.conv = vec![8, 0]),
+        ("architecture out of range", |c| {
+            c.arch.dense = vec![1 << 20]
+        }),
+        ("architecture out of range", |c| c.arch.input_width = 4),
+    ];
+    for (says, breaker) in cases {
+        let mut c = config(1);
+        breaker(&mut c);
+        let err = train::train(&c, dir.path(), &quiet())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(says), "{says}: {err}");
+    }
+
     // An encoder-only bundle has no VAE to fine-tune or distil.
     let default = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("models/default");
     for f in ["manifest.yaml", "encoder.onnx"] {

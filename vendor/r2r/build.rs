@@ -75,6 +75,7 @@ fn main() {
             touch(&mark_file);
         } else {
             eprintln!("Used cached files in '{}'", bindgen_dir.display());
+            print_message_cfgs();
         }
 
         copy_files(&bindgen_dir, &out_dir);
@@ -83,6 +84,22 @@ fn main() {
         {
             fs::create_dir_all(&save_dir).unwrap();
             copy_files(&bindgen_dir, &save_dir);
+        }
+    }
+}
+
+/// vae_ood_monitor fork: the cfg of every wanted message, also when the bindings come from the
+/// cache. Upstream prints them only while generating, so a rebuild of this build script that
+/// finds its cache (any change to the crate) silently drops the cfg-gated parts, among them
+/// the /clock subscriber of `use_sim_time`.
+#[cfg(not(feature = "doc-only"))]
+fn print_message_cfgs() {
+    let msg_list = r2r_common::get_wanted_messages();
+    for (module, prefixes) in r2r_common::as_map(&msg_list) {
+        for (prefix, msgs) in prefixes {
+            for msg in msgs {
+                println!("cargo:rustc-cfg=r2r__{}__{}__{}", module, prefix, msg);
+            }
         }
     }
 }

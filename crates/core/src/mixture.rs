@@ -82,7 +82,13 @@ pub fn score(components: &[Component], x: &[f64]) -> f64 {
                 - 0.5 * mahalanobis2(x, &c.mean, &c.precision)
         })
         .collect();
-    (-2.0 * log_sum_exp(&terms)).max(0.0)
+    // NaN stays NaN (a fault, never a perfect score); rounding below 0 is clamped.
+    let s = -2.0 * log_sum_exp(&terms);
+    if s.is_nan() {
+        s
+    } else {
+        s.max(0.0)
+    }
 }
 
 fn log_sum_exp(t: &[f64]) -> f64 {
@@ -104,10 +110,10 @@ pub fn fit(x: &[Vec<f64>], k: usize, seed: u64) -> Result<Vec<Component>, ScoreE
         ));
     }
     if d == 0 || n <= k * (d + 1) {
-        return Err(ScoreError::TooFewFitFrames {
-            frames: n,
-            features: k * (d + 1),
-        });
+        return Err(ScoreError::Components(format!(
+            "{k} components of {d} features need more than {} fit frames, got {n}: use fewer --components or more --fit drives",
+            k * (d + 1)
+        )));
     }
     if x.iter().any(|r| r.len() != d) {
         return Err(ScoreError::RaggedFitFrames);
@@ -335,13 +341,22 @@ mod tests {
             assert!((m - s).abs() < 1e-3 * m.max(1.0), "{m} {s}");
         }
         assert!(score(&comps, &[1.0]).is_nan());
+        // A precision that overflows gives NaN terms: the score is NaN (a fault), never 0.
+        let mut broken = fit(&x, 2, 0).unwrap();
+        broken[0].precision = vec![f64::MAX, f64::MAX, f64::MAX, f64::MAX];
+        broken[0].mean = vec![1e200, -1e200];
+        assert!(
+            score(&broken, &[0.0, 0.0]).is_nan(),
+            "{}",
+            score(&broken, &[0.0, 0.0])
+        );
     }
 
     #[test]
     fn too_many_components_for_the_frames_is_a_clear_error() {
         let x = two_clusters();
         let e = fit(&x[..20], 8, 0).unwrap_err().to_string();
-        assert!(e.contains("more frames"), "{e}");
+        assert!(e.contains("fewer --components"), "{e}");
         assert!(fit(&x, 0, 0)
             .unwrap_err()
             .to_string()

@@ -98,18 +98,19 @@ impl ScoreSpec {
     pub fn describe(&self) -> String {
         match self {
             Self::Kl => "KL to the prior, summed over the selected latents".into(),
-            Self::Mahalanobis(r) => format!(
-                "Mahalanobis distance of (mu, logvar{}) from {} fitted on {} in-distribution frames",
-                r.detail.map_or(String::new(), |d| format!(
-                    ", {} detail octaves at {}x{}",
-                    d.octaves, d.width, d.height
-                )),
-                match r.components() {
-                    1 => "a Gaussian".to_string(),
-                    k => format!("a mixture of {k} Gaussians"),
-                },
-                r.frames
-            ),
+            Self::Mahalanobis(r) => {
+                let detail = r.detail.map_or(String::new(), |d| {
+                    format!(", {} detail octaves at {}x{}", d.octaves, d.width, d.height)
+                });
+                let (what, reference) = match r.components() {
+                    1 => ("Mahalanobis distance", "from a Gaussian".to_string()),
+                    k => ("-2 ln density", format!("under a mixture of {k} Gaussians")),
+                };
+                format!(
+                    "{what} of (mu, logvar{detail}) {reference} fitted on {} in-distribution frames",
+                    r.frames
+                )
+            }
         }
     }
 }

@@ -57,6 +57,11 @@ pub struct PipelineParams {
     pub cusum_threshold: f64,
 }
 
+/// The longest martingale window a pipeline may have (frames).
+pub const MAX_WINDOW: usize = 10_000;
+/// The finest epsilon grid of the power-martingale mixture.
+pub const MAX_EPSILON_GRID: usize = 10_000;
+
 pub fn default_grid() -> usize {
     100
 }
@@ -74,11 +79,19 @@ impl Default for PipelineParams {
 
 impl PipelineParams {
     pub fn validate(&self) -> Result<(), DetectionError> {
-        if self.window == 0 {
-            return Err(invalid("window", "must be at least 1".into()));
+        // Upper bounds: both size per-frame buffers and work, and a typo must not allocate the
+        // machine away.
+        if !(1..=MAX_WINDOW).contains(&self.window) {
+            return Err(invalid(
+                "window",
+                format!("must be 1..={MAX_WINDOW}, got {}", self.window),
+            ));
         }
-        if self.epsilon_grid == 0 {
-            return Err(invalid("epsilon_grid", "must be at least 1".into()));
+        if !(1..=MAX_EPSILON_GRID).contains(&self.epsilon_grid) {
+            return Err(invalid(
+                "epsilon_grid",
+                format!("must be 1..={MAX_EPSILON_GRID}, got {}", self.epsilon_grid),
+            ));
         }
         if !self.decay.is_finite() || self.decay < 0.0 {
             return Err(invalid(
@@ -181,8 +194,8 @@ mod tests {
         /// range panics).
         #[test]
         fn parameters_are_refused_or_run_without_panicking(
-            window in 0usize..40,
-            epsilon_grid in 0usize..300,
+            window in prop_oneof![8 => 0usize..40, 1 => MAX_WINDOW - 1..MAX_WINDOW + 2],
+            epsilon_grid in prop_oneof![8 => 0usize..300, 1 => MAX_EPSILON_GRID - 1..MAX_EPSILON_GRID + 2],
             decay in prop_oneof![8 => 0.0f64..10.0, 1 => -5.0f64..0.0, 1 => Just(f64::NAN), 1 => Just(f64::INFINITY)],
             threshold in prop_oneof![8 => 0.001f64..1e6, 1 => -5.0f64..0.0, 1 => Just(f64::NAN), 1 => Just(0.0)],
             cal in proptest::collection::vec(-1e3f64..1e3, 1..50),
@@ -195,7 +208,7 @@ mod tests {
             let valid = params.validate().is_ok();
             prop_assert_eq!(
                 valid,
-                window >= 1 && epsilon_grid >= 1 && decay.is_finite() && decay >= 0.0
+                (1..=MAX_WINDOW).contains(&window) && (1..=MAX_EPSILON_GRID).contains(&epsilon_grid) && decay.is_finite() && decay >= 0.0
                     && threshold.is_finite() && threshold > 0.0
             );
             let cal = Calibration::new(cal).unwrap();

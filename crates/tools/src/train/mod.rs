@@ -209,20 +209,24 @@ impl TrainConfig {
                     .into(),
             ));
         }
-        if !(self.lr > 0.0 && self.lr_min >= 0.0 && self.lr_min <= self.lr) {
+        // Finite and bounded: an infinite rate or weight gives NaN losses, which surfaced only
+        // epochs later as a missing best.bpk.
+        if !(self.lr > 0.0 && self.lr <= 1.0 && self.lr_min >= 0.0 && self.lr_min <= self.lr) {
             return Err(crate::Error::Train(format!(
-                "learning rates must satisfy 0 <= lr_min ({}) <= lr ({}), lr > 0",
+                "learning rates must satisfy 0 <= lr_min ({}) <= lr ({}), 0 < lr <= 1",
                 self.lr_min, self.lr
             )));
         }
-        if self.beta.is_nan() || self.beta < 0.0 {
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
             return Err(crate::Error::Train(format!(
-                "beta must be >= 0, got {}",
+                "beta must be finite and >= 0, got {}",
                 self.beta
             )));
         }
         if let Some(d) = &self.distill {
-            if !(0.0..=1.0).contains(&d.alpha) || d.latent_weight.is_nan() || d.latent_weight < 0.0
+            if !(0.0..=1.0).contains(&d.alpha)
+                || !d.latent_weight.is_finite()
+                || d.latent_weight < 0.0
             {
                 return Err(crate::Error::Train(format!(
                     "distillation needs 0 <= alpha <= 1 and latent weight >= 0, got {} and {}",
@@ -234,6 +238,24 @@ impl TrainConfig {
             return Err(crate::Error::Train(
                 "the architecture needs at least one conv layer and one latent".into(),
             ));
+        }
+        // Widths of zero make layers of nothing; the bounds keep a typo from allocating the
+        // machine away (the paper's largest layer is 2048 wide, its input 224x224).
+        let widths = self.arch.conv.iter().chain(&self.arch.dense);
+        if widths.clone().any(|&w| w == 0 || w > 8192)
+            || self.arch.latents > 4096
+            || !(8..=2048).contains(&self.arch.input_width)
+            || !(8..=2048).contains(&self.arch.input_height)
+        {
+            return Err(crate::Error::Train(format!(
+                "architecture out of range: conv {:?} and dense {:?} widths must be 1..=8192, \
+                 latents 1..=4096 (got {}), input 8..=2048 pixels a side (got {}x{})",
+                self.arch.conv,
+                self.arch.dense,
+                self.arch.latents,
+                self.arch.input_width,
+                self.arch.input_height
+            )));
         }
         Ok(())
     }
