@@ -94,6 +94,10 @@ def main():
     t, rss, cpu = map(np.array, zip(*samples))
     keep = t >= a.warmup
     slope_per_h = float(np.polyfit(t[keep], rss[keep], 1)[0] * 3600) if keep.sum() >= 2 else float("nan")
+    # A leak grows all along; a high-water step (one more frame buffer in flight) does not. The
+    # last half's slope tells them apart; the floor is checked on the fit above.
+    half = t >= t[-1] / 2
+    slope_half = float(np.polyfit(t[half], rss[half], 1)[0] * 3600) if half.sum() >= 2 else float("nan")
     cpu_pct = float((cpu[-1] - cpu[0]) / (t[-1] - t[0]) * 100) if len(t) > 1 else float("nan")
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -101,6 +105,7 @@ def main():
         "verdicts_received": len(rtt), "node_exit_code": rc,
         "rss_mib_first": float(rss[0]), "rss_mib_last": float(rss[-1]),
         "rss_slope_mib_per_hour": slope_per_h, "rss_slope_after_s": a.warmup,
+        "rss_slope_last_half_mib_per_hour": slope_half,
         "node_cpu_percent_mean": cpu_pct,
         "round_trip_p99_ms_first_10pct": p99(first), "round_trip_p99_ms_last_10pct": p99(last),
         "round_trip_p50_ms": float(np.median([r for _, r in rtt])) if rtt else float("nan"),
@@ -112,7 +117,7 @@ def main():
     path = a.out / f"soak-{report['date'][:19].replace(':', '')}.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"{n} frames sent, {len(rtt)} verdicts; RSS {rss[0]:.1f} -> {rss[-1]:.1f} MiB, slope after "
-          f"{a.warmup:.0f} s {slope_per_h:+.2f} MiB/h (floor < 1); node CPU {cpu_pct:.0f} %; round-trip p99 "
+          f"{a.warmup:.0f} s {slope_per_h:+.2f} MiB/h (floor < 1), over the last half {slope_half:+.2f} MiB/h; node CPU {cpu_pct:.0f} %; round-trip p99 "
           f"first 10 % {report['round_trip_p99_ms_first_10pct']:.2f} ms, last 10 % "
           f"{report['round_trip_p99_ms_last_10pct']:.2f} ms (ratio {ratio:.3f}; floor within 10 %); -> {path}")
     # Exit 1 when the run misses issue 15's floors (or the node died), so scripts can tell.
