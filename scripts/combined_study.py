@@ -15,6 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import detail_study as ds  # noqa: E402
+import level_study as ls  # noqa: E402
 import sequential_study as sq  # noqa: E402
 import union_study as us  # noqa: E402
 
@@ -24,11 +25,6 @@ def p_values(data, name):
     f = ds.fit_mahalanobis(np.concatenate([us.FEATURES[name](d) for d in data["fit"]]))
     ref = np.concatenate([f(us.FEATURES[name](d)) for d in data["cal"]])
     return {r: [sq.p_values(f(us.FEATURES[name](d)), ref) for d in data[r]] for r in us.ROLES}
-
-
-def cusum_of_p(p, window, decay):
-    lm = sq.log_martingale(p, window)
-    return np.concatenate([np.zeros(window - 1), sq.cusum(lm[window - 1:], decay)])
 
 
 def main():
@@ -44,14 +40,9 @@ def main():
     res = {}
     for label, (p, grid) in streams.items():
         for w, dec in grid:
-            st = {r: [cusum_of_p(x, w, dec) for x in p[r]] for r in us.ROLES}
+            st = {r: [sq.pipeline_of_p(x, w, dec) for x in p[r]] for r in us.ROLES}
             n = f"{label}, CUSUM ({w}, {dec}) rank 4"
-            found, mean = us.evaluate(n, [st], [4], data)
-            t = sq.threshold(st["tune"], 4)
-            hit = {}
-            for i, d in enumerate(data["val"]):
-                hit.setdefault(d["type"], []).append(sq.first_alarm([st["val"][i]], [t], d["ood"]) is not None)
-            res[n] = (found, mean, {k for k, v in hit.items() if any(v)})
+            res[n] = ls.evaluate(n, [st], [4], data)
     base = next(iter(res.values()))
     ok = {k: v for k, v in res.items() if v[0] >= base[0] and base[2] <= v[2]}
     best = min(ok, key=lambda k: ok[k][1])

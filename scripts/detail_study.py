@@ -54,6 +54,14 @@ def auroc(s, ood):
     return (r[ood].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
+def per_type_auroc(drives, scores):
+    """'type:AUROC ...': the mean per-frame AUROC of each type's drives."""
+    per = {}
+    for d, s in zip(drives, scores):
+        per.setdefault(d["type"], []).append(auroc(s, d["ood"]))
+    return " ".join(f"{k}:{np.mean(v):.3f}" for k, v in sorted(per.items()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=("features", "compare"))
@@ -72,11 +80,7 @@ def main():
     for name, feat in cands.items():
         f = fit_mahalanobis(np.concatenate([feat(d) for d in data["fit"]]))
         sc = {r: [f(feat(d)) for d in data[r]] for r in ("cal", "tune", "val", "fa")}
-        per = {}
-        for d, s in zip(data["val"], sc["val"]):
-            per.setdefault(d["type"], []).append(auroc(s, d["ood"]))
-        print(f"== {name}: per-frame AUROC (mean of validation drives) "
-              + " ".join(f"{k}:{np.mean(v):.3f}" for k, v in sorted(per.items())))
+        print(f"== {name}: per-frame AUROC (mean of validation drives) {per_type_auroc(data['val'], sc['val'])}")
         ref = np.concatenate(sc["cal"])
         st = {r: [sq.pipeline(s, ref, 10, 2) for s in sc[r]] for r in ("tune", "val", "fa")}
         t = max(sq.threshold(st["tune"], a.rank), np.log(1e4))

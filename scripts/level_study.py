@@ -33,6 +33,24 @@ def delays(stat_sets, thresholds, data):
             for i, d in enumerate(data["val"])]
 
 
+def evaluate(name, sets, ranks, data):
+    """Prints one candidate's line (either statistic alarms, each at its rank of the tuning
+    drives); returns (drives detected, mean delay with misses counting their OOD length, the
+    types detected at least once)."""
+    th = [sq.threshold(s["tune"], r) for s, r in zip(sets, ranks)]
+    dl = delays(sets, th, data)
+    mean = np.mean([x if x is not None else int(d["ood"].sum()) for x, d in zip(dl, data["val"])])
+    found = [x for x in dl if x is not None]
+    fa = sum(any(np.any(s["fa"][i] > t) for s, t in zip(sets, th)) for i in range(len(data["fa"])))
+    per = {}
+    for d, x in zip(data["val"], dl):
+        per.setdefault(d["type"], []).append("-" if x is None else str(x))
+    print(f"{name}: thresholds {', '.join(f'{t:.2f}' for t in th)}; detected {len(found)}/22, mean delay {mean:.1f}, "
+          f"median of detected {np.median(found) if found else float('nan'):.0f}; false-alarm drives {fa}/50; "
+          + " ".join(f"{k}:{','.join(v)}" for k, v in sorted(per.items())), flush=True)
+    return len(found), mean, {k for k, v in per.items() if any(x != "-" for x in v)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=pathlib.Path)
@@ -51,19 +69,7 @@ def main():
               for w in (3, 5, 10) for a, b in ((2, 2), (3, 1))]
     print(f"{len(sc['tune'])} tuning drives; 22 validation drives; {len(sc['fa'])} false-alarm drives")
     for name, sets, ranks in cands:
-        th = [sq.threshold(s["tune"], r) for s, r in zip(sets, ranks)]
-        dl = delays(sets, th, data)
-        length = [int(d["ood"].sum()) for d in data["val"]]
-        mean = np.mean([x if x is not None else n for x, n in zip(dl, length)])
-        found = [x for x in dl if x is not None]
-        fa = sum(any(np.any(s["fa"][i] > t) for s, t in zip(sets, th)) for i in range(len(data["fa"])))
-        per = {}
-        for d, x in zip(data["val"], dl):
-            per.setdefault(d["type"], []).append("-" if x is None else str(x))
-        print(f"{name}: thresholds {', '.join(f'{t:.2f}' for t in th)}; detected {len(found)}/22, "
-              f"mean delay {mean:.1f}, median of detected {np.median(found):.0f}; false-alarm drives {fa}/50; "
-              + " ".join(f"{k}:{','.join(v)}" for k, v in sorted(per.items())), flush=True)
-
+        evaluate(name, sets, ranks, data)
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import detail_study as ds  # noqa: E402
+import level_study as ls  # noqa: E402
 import sequential_study as sq  # noqa: E402
 import union_study as us  # noqa: E402
 
@@ -37,17 +38,9 @@ def main():
             f = lambda X, g=g: -g.score_samples(X)  # noqa: E731
         sc = {r: [f(feat(d)) for d in data[r]] for r in ("cal",) + us.ROLES}
         ref = np.concatenate(sc["cal"])
-        per = {}
-        for d, s in zip(data["val"], sc["val"]):
-            per.setdefault(d["type"], []).append(ds.auroc(s, d["ood"]))
-        print(f"== k={k}: per-frame AUROC " + " ".join(f"{t}:{np.mean(v):.3f}" for t, v in sorted(per.items())))
+        print(f"== k={k}: per-frame AUROC {ds.per_type_auroc(data['val'], sc['val'])}")
         st = {r: [sq.pipeline(s, ref, 10, 2) for s in sc[r]] for r in us.ROLES}
-        found, mean = us.evaluate(f"   k={k}, CUSUM (10, 2) rank 4", [st], [4], data)
-        t = sq.threshold(st["tune"], 4)
-        hit = {}
-        for i, d in enumerate(data["val"]):
-            hit.setdefault(d["type"], []).append(sq.first_alarm([st["val"][i]], [t], d["ood"]) is not None)
-        res[k] = (found, mean, {x for x, v in hit.items() if any(v)})
+        res[k] = ls.evaluate(f"   k={k}, CUSUM (10, 2) rank 4", [st], [4], data)
     base = res[1]
     ok = {k: v for k, v in res.items() if v[0] >= base[0] and base[2] <= v[2]}
     best = min(ok, key=lambda k: ok[k][1])

@@ -97,7 +97,12 @@ def cusum(x, decay):
 
 def pipeline(s, ref, window, decay):
     """S per frame; 0 until the window is full, as in the bundles' pipeline."""
-    lm = log_martingale(p_values(s, ref), window)
+    return pipeline_of_p(p_values(s, ref), window, decay)
+
+
+def pipeline_of_p(p, window, decay):
+    """`pipeline` from p-values already computed."""
+    lm = log_martingale(p, window)
     return np.concatenate([np.zeros(window - 1), cusum(lm[window - 1:], decay)])
 
 

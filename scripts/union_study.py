@@ -41,21 +41,6 @@ def statistics(data, name, stats):
     return out
 
 
-def evaluate(name, sets, ranks, data):
-    th = [sq.threshold(s["tune"], r) for s, r in zip(sets, ranks)]
-    dl = ls.delays(sets, th, data)
-    mean = np.mean([x if x is not None else int(d["ood"].sum()) for x, d in zip(dl, data["val"])])
-    found = [x for x in dl if x is not None]
-    fa = sum(any(np.any(s["fa"][i] > t) for s, t in zip(sets, th)) for i in range(len(data["fa"])))
-    per = {}
-    for d, x in zip(data["val"], dl):
-        per.setdefault(d["type"], []).append("-" if x is None else str(x))
-    print(f"{name}: thresholds {', '.join(f'{t:.2f}' for t in th)}; detected {len(found)}/22, mean delay {mean:.1f}, "
-          f"median of detected {np.median(found) if found else float('nan'):.0f}; false-alarm drives {fa}/50; "
-          + " ".join(f"{k}:{','.join(v)}" for k, v in sorted(per.items())), flush=True)
-    return len(found), mean
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=pathlib.Path)
@@ -67,16 +52,16 @@ def main():
     d = statistics(data, "D", cus + [("level", 3), ("level", 10)])
     res = {}
     for k, v in pd.items():
-        res["1: " + k] = evaluate("1: " + k + " rank 4", [v], [4], data)
+        res["1: " + k] = ls.evaluate("1: " + k + " rank 4", [v], [4], data)
     for k, v in d.items():
-        res["2: " + k] = evaluate("2: " + k + " rank 4", [v], [4], data)
+        res["2: " + k] = ls.evaluate("2: " + k + " rank 4", [v], [4], data)
     for label, first in (("3", pd), ("4", p)):
         (fk, fv), = first.items()
         for (dk, dv), (r1, r2) in itertools.product(d.items(), ((2, 2), (3, 1), (1, 3))):
             n = f"{label}: {fk} rank {r1} or {dk} rank {r2}"
-            res[n] = evaluate(n, [fv, dv], [r1, r2], data)
+            res[n] = ls.evaluate(n, [fv, dv], [r1, r2], data)
     base = res[next(iter(res))][0]
-    ok = {k: v for k, v in res.items() if v[0] >= base}
+    ok = {k: v[:2] for k, v in res.items() if v[0] >= base}
     best = min(ok, key=lambda k: ok[k][1])
     print(f"\nrule: least mean delay among those detecting >= {base}: {best} {ok[best]}")
 
