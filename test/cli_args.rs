@@ -49,8 +49,8 @@ fn out_of_range_arguments_are_refused_by_name() {
         "--roofline",
     );
     // Calibration: a duplicated latent and a mixture without a fit are refused before scoring.
-    refused(
-        &[
+    let calibrate = |extra: &[&'static str]| {
+        let mut args = vec![
             "calibrate",
             "--out",
             "/tmp/never",
@@ -58,23 +58,10 @@ fn out_of_range_arguments_are_refused_by_name() {
             frames,
             "--tune-id",
             frames,
-            "--latents",
-            "3,3",
-        ],
-        "distinct latent indices",
-    );
-    refused(
-        &[
-            "calibrate",
-            "--out",
-            "/tmp/never",
-            "--cal",
-            frames,
-            "--tune-id",
-            frames,
-            "--components",
-            "4",
-        ],
-        "--components",
-    );
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    refused(&calibrate(&["--latents", "3,3"]), "distinct latent indices");
+    refused(&calibrate(&["--components", "4"]), "--components");
 }

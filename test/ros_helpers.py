@@ -67,8 +67,10 @@ class Client:
         self.next_stamp = max(now, (self.next_stamp or 0) + 1_000_000)
         return self.next_stamp
 
-    def send(self, msg, offset_s=0.0, timeout=15):
-        ns = self.stamp(offset_s)
+    def send(self, msg, offset_s=0.0, timeout=15, stamp_ns=None):
+        """Publishes `msg` stamped now (+ `offset_s`), or at `stamp_ns` (e.g. on a simulated
+        clock), and returns its verdict."""
+        ns = self.stamp(offset_s) if stamp_ns is None else stamp_ns
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 1_000_000_000)
         msg.header.frame_id = "camera"
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)

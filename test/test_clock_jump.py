@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import BUNDLE, make_frames, wait_for
+from conftest import BUNDLE, make_frames
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
 from rosgraph_msgs.msg import Clock  # noqa: E402
@@ -47,15 +47,9 @@ class SimClock:
         self.pub.publish(m)
 
 
-def send_at(client, msg, stamp_s, timeout=5):
+def send_at(client, msg, stamp_s):
     """Publishes one frame stamped `stamp_s` (sim seconds) and returns its verdict."""
-    msg.header.stamp.sec, ns = divmod(int(stamp_s * 1e9), 1_000_000_000)
-    msg.header.stamp.nanosec = ns
-    msg.header.frame_id = "camera"
-    key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-    client.pub.publish(msg)
-    wait_for(lambda: key in client.verdicts, timeout, client.spin, f"the verdict for stamp {key}")
-    return client.verdicts[key]
+    return client.send(msg, stamp_ns=int(stamp_s * 1e9))
 
 
 def test_clock_jumps_fail_safe_and_a_looping_bag_does_not(ros):
