@@ -174,6 +174,8 @@ pub struct Health<'a> {
     pub recent_frames: u64,
     pub recent_dropped: u64,
     pub recent_faults: u64,
+    /// Of `recent_dropped`, those lost in r2r's subscription queue.
+    pub recent_lost_in_queue: u64,
     pub latency_p50: Option<Duration>,
     pub latency_max: Option<Duration>,
     pub topic: &'a str,
@@ -220,9 +222,19 @@ pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
         (
             DiagnosticStatus::WARN as u8,
             format!(
-                "receiving {:.1} frames/s on {}, expected {expected:.1}: frames are lost before the node (DDS transport for large images? see README)",
+                "receiving {:.1} frames/s on {}, expected {expected:.1}: {}",
                 h.recent_frames as f64 / h.period.as_secs_f64(),
-                h.topic
+                h.topic,
+                // Frames the queue lost did reach the process: the node, not DDS, fell behind.
+                if h.recent_lost_in_queue > 0 {
+                    format!(
+                        "{} frames were lost in the node's subscription queue (the node's executor fell behind; CPU starved?)",
+                        h.recent_lost_in_queue
+                    )
+                } else {
+                    "frames are lost before the node (DDS transport for large images? see README)"
+                        .to_string()
+                }
             ),
         )
     } else if h.recent_faults > 0 || h.recent_dropped > 0 {
@@ -313,6 +325,7 @@ mod tests {
     fn health_reports_a_stalled_thread_and_missing_frames() {
         let counters = Counters::default();
         let health = |recent_frames, stalled, expected_rate| Health {
+            recent_lost_in_queue: 0,
             node_name: "/m",
             model_id: "id",
             backend: "tract",
@@ -342,9 +355,24 @@ mod tests {
         let slow = health_array(&health(19, None, Some(30.0)), t.clone());
         assert_eq!(slow.status[0].level, DiagnosticStatus::WARN as u8);
         assert!(
-            slow.status[0].message.contains("expected 30.0"),
+            slow.status[0].message.contains("expected 30.0")
+                && slow.status[0].message.contains("DDS"),
             "{}",
             slow.status[0].message
+        );
+        // Frames lost in the node's own queue are not blamed on DDS.
+        let queue = health_array(
+            &Health {
+                recent_lost_in_queue: 11,
+                ..health(19, None, Some(30.0))
+            },
+            t.clone(),
+        );
+        let m = &queue.status[0].message;
+        assert!(
+            m.contains("11 frames were lost in the node's subscription queue")
+                && !m.contains("DDS"),
+            "{m}"
         );
         let hung = health(
             30,

@@ -346,7 +346,8 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let (mut last_received, mut last_faults, mut last_dropped) = (0u64, 0u64, 0u64);
+            let (mut last_received, mut last_faults, mut last_dropped, mut last_lost) =
+                (0u64, 0u64, 0u64, 0u64);
             loop {
                 tick.tick().await;
                 let (state, counters, mut lat) = {
@@ -376,6 +377,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                     recent_frames: received - last_received,
                     recent_dropped: dropped + lost_in_queue - last_dropped,
                     recent_faults: counters.total_faults() - last_faults,
+                    recent_lost_in_queue: lost_in_queue - last_lost,
                     latency_p50: lat.get(lat.len() / 2).copied(),
                     latency_max: lat.last().copied(),
                     topic,
@@ -383,8 +385,12 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                     expected_rate,
                 };
                 let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
-                (last_received, last_faults, last_dropped) =
-                    (received, counters.total_faults(), dropped + lost_in_queue);
+                (last_received, last_faults, last_dropped, last_lost) = (
+                    received,
+                    counters.total_faults(),
+                    dropped + lost_in_queue,
+                    lost_in_queue,
+                );
             }
         }
     });

@@ -23,9 +23,18 @@ pub struct ReplayOptions {
     pub wait: Duration,
 }
 
+/// The playback speed factors `replay` accepts.
+pub const MIN_RATE: f64 = 0.01;
+pub const MAX_RATE: f64 = 1000.0;
+
 pub fn replay(opts: &ReplayOptions) -> Result<u64> {
-    if !(opts.rate > 0.0 && opts.rate.is_finite()) {
-        bail!("--rate must be a positive number");
+    // Below 0.01 a ten-second drive takes over a quarter of an hour per frame second: a typo,
+    // not a playback speed; above 1000 the schedule is finer than the publisher can keep.
+    if !(MIN_RATE..=MAX_RATE).contains(&opts.rate) {
+        bail!(
+            "--rate is {}; expected a playback speed factor in {MIN_RATE}..={MAX_RATE} (1 = as recorded)",
+            opts.rate
+        );
     }
     let bag = Bag::open(&opts.bag)?;
     let (topic, image_type) = bag.camera_topic(opts.topic.as_deref())?;

@@ -8,7 +8,7 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn refused(args: &[&str], names: &str) {
+fn refused<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], names: &str) {
     let o = Command::new(env!("CARGO_BIN_EXE_vae-ood"))
         .args(args)
         .current_dir(root())
@@ -49,19 +49,105 @@ fn out_of_range_arguments_are_refused_by_name() {
         "--roofline",
     );
     // Calibration: a duplicated latent and a mixture without a fit are refused before scoring.
-    let calibrate = |extra: &[&'static str]| {
-        let mut args = vec![
+    let tune = root().join("data/sample/id_loop_empty_s4/bag");
+    let tune = tune.to_str().unwrap();
+    let calibrate = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<&str> = vec![
             "calibrate",
             "--out",
             "/tmp/never",
             "--cal",
             frames,
             "--tune-id",
-            frames,
+            tune,
         ];
         args.extend_from_slice(extra);
-        args
+        args.into_iter().map(String::from).collect()
     };
     refused(&calibrate(&["--latents", "3,3"]), "distinct latent indices");
     refused(&calibrate(&["--components", "4"]), "--components");
+    // Candidates: no latent, more latents than the encoder has, a rate nothing certifies.
+    refused(
+        &calibrate(&["--k", "0"]),
+        "k 0: a candidate number of latents must be at least 1",
+    );
+    refused(&calibrate(&["--k", "5,999"]), "--k 999");
+    refused(
+        &calibrate(&["--false-alarm-rate", "0"]),
+        "--false-alarm-rate",
+    );
+    refused(
+        &calibrate(&["--false-alarm-rate", "NaN"]),
+        "--false-alarm-rate",
+    );
+    // Lengths the drives cannot have, found from their indexes before scoring.
+    let late = root().join("data/sample/ood_fog_loop_empty_s7/bag:100000");
+    refused(
+        &calibrate(&["--val-ood", late.to_str().unwrap()]),
+        "past its last frame",
+    );
+    refused(&calibrate(&["--windows", "5000"]), "--windows 5000");
+    // Evaluation labels that would label nothing, silently.
+    let dir = std::env::temp_dir().join(format!("cli_args_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, row) in [
+        ("nan", "NaN,2,fog"),
+        ("backwards", "5,2,fog"),
+        ("untyped", "1,2,"),
+    ] {
+        let labels = dir.join(format!("{name}.csv"));
+        std::fs::write(&labels, format!("start,end,type\n{row}\n")).unwrap();
+        let labels = labels.to_str().unwrap().to_string();
+        refused(
+            &[
+                "eval",
+                "--out",
+                "/tmp/never",
+                "--input",
+                frames,
+                "--labels",
+                &labels,
+            ],
+            "line 2",
+        );
+    }
+    refused(
+        &[
+            "eval",
+            "--cusum-threshold=NaN",
+            "--out",
+            "/tmp/never",
+            "--id",
+            frames,
+        ],
+        "--cusum-threshold",
+    );
+    // Compression: a sparsity that zeroes every weight; frames a precision never reads.
+    refused(
+        &["prune", "--out", "/tmp/never", "--sparsity", "1.0"],
+        "sparsity must be in [0, 1)",
+    );
+    refused(
+        &[
+            "quantize",
+            "--out",
+            "/tmp/never",
+            "--precision",
+            "fp16",
+            "--cal",
+            frames,
+        ],
+        "--cal applies to --precision int8-static only",
+    );
+    refused(
+        &[
+            "quantize",
+            "--out",
+            "/tmp/never",
+            "--precision",
+            "int8-static",
+        ],
+        "needs --cal",
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -70,3 +70,14 @@ def test_replay_to_live_node_equals_offline_eval(ros, tmp_path, storage):
     finally:
         client.destroy_node()
         node.stop()
+
+
+@pytest.mark.parametrize("rate", ["0.001", "5000", "nan"])
+def test_replay_refuses_a_speed_factor_out_of_range_before_waiting(tmp_path, rate):
+    """A tiny --rate would make one recorded second last for hours: refused at once, by name."""
+    require(VAE_OOD, "vae-ood")
+    write_bag(tmp_path / "bag", "mcap", make_frames(2, seed=1), topic="/cam")
+    t0 = time.monotonic()
+    r = subprocess.run([str(VAE_OOD), "replay", str(tmp_path / "bag"), "--rate", rate], capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0 and "--rate" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 10, "refused only after waiting"

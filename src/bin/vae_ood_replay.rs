@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
         topic: Option<String>,
         #[arg(long)]
         label_topic: Option<String>,
-        /// Playback speed factor.
+        /// Playback speed factor (0.01..=1000; 1 = as recorded).
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
         /// Start again at the end.

@@ -317,6 +317,16 @@ impl Reference {
             {
                 return Err(ScoreError::NonFiniteReference);
             }
+            // The score trusts the stored ln det (it is not recomputed per frame): a hand-edited
+            // precision with a stale ln det would shift every score without a word.
+            let l = cholesky(&c.precision, dim)?;
+            let log_det = 2.0 * (0..dim).map(|i| l[i * dim + i].ln()).sum::<f64>();
+            if (log_det - c.log_det_precision).abs() > 1e-6 * (1.0 + log_det.abs()) {
+                return Err(ScoreError::Components(format!(
+                    "log_det_precision is {} but the precision's ln det is {log_det}",
+                    c.log_det_precision
+                )));
+            }
         }
         let total: f64 = self.components.iter().map(|c| c.weight).sum();
         if self.components.iter().any(|c| c.weight <= 0.0) || (total - 1.0).abs() > 1e-6 {
@@ -406,6 +416,33 @@ mod tests {
                 vec![1.0 + 2.0 * z1, -2.0 + 0.5 * (0.6 * z1 + 0.8 * z2)]
             })
             .collect()
+    }
+
+    #[test]
+    fn a_mixture_reference_that_does_not_add_up_is_refused() {
+        let r = Reference::fit_mixture(&correlated_frames(), 2, None, vec![]).unwrap();
+        assert!(r.validate(2).is_ok());
+        let refused = |edit: &dyn Fn(&mut Reference), why: &str| {
+            let mut bad = r.clone();
+            edit(&mut bad);
+            let e = bad.validate(2).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        };
+        refused(&|b| b.components[0].weight += 0.1, "sum to 1");
+        refused(
+            &|b| {
+                b.components[0].weight = -0.5;
+                b.components[1].weight = 1.5;
+            },
+            "positive",
+        );
+        refused(&|b| b.mean = vec![0.0, 0.0], "not both");
+        refused(&|b| b.components[1].log_det_precision += 0.5, "ln det");
+        refused(&|b| b.components[0].precision[0] = f64::NAN, "finite");
+        refused(
+            &|b| b.components[0].mean.pop().map(drop).unwrap_or(()),
+            "mean",
+        );
     }
 
     #[test]

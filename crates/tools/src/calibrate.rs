@@ -15,7 +15,7 @@
 //! certifying r false alarms per frame on drives of L frames takes at least 1/(r L) - 1 of them;
 //! with fewer, the threshold is their largest S and the bundle records the weaker bound.
 
-use crate::drives::{count_frames, map_drive};
+use crate::drives::{frames_in, map_drive};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
@@ -153,6 +153,29 @@ where
         .collect()
 }
 
+/// Fails, before any frame is scored, on roles the drives' lengths make impossible: an OOD
+/// onset past a validation drive's end, or a martingale window no tuning drive can fill.
+fn check_lengths(args: &[&DriveArg], lengths: &[usize], opts: &Options) -> Result<()> {
+    let val_from = opts.fit.len() + opts.cal.len() + opts.tune_id.len();
+    for (d, &n) in args.iter().zip(lengths).skip(val_from) {
+        if d.onset >= n {
+            return Err(Error::Input(format!(
+                "validation drive {}: onset {} is past its last frame ({n} frames)",
+                d.path.display(),
+                d.onset
+            )));
+        }
+    }
+    let tune = &lengths[opts.fit.len() + opts.cal.len()..val_from];
+    let longest = tune.iter().copied().max().unwrap_or(0);
+    if let Some(&w) = opts.grid.window.iter().find(|&&w| w > longest) {
+        return Err(Error::Input(format!(
+            "--windows {w}: longer than every tuning drive (the longest has {longest} frames), so no tuning frame would fill it"
+        )));
+    }
+    Ok(())
+}
+
 pub struct Outcome {
     pub bundle: Bundle,
     pub chosen: Candidate,
@@ -166,9 +189,10 @@ pub fn calibrate(
     opts: &Options,
 ) -> Result<Outcome> {
     let input = |m: String| Err(Error::Input(m));
-    if !(opts.false_alarm_rate >= 0.0 && opts.false_alarm_rate < 1.0) {
+    // Zero would need infinitely many tuning drives to certify; 1 or more certifies nothing.
+    if !(opts.false_alarm_rate > 0.0 && opts.false_alarm_rate < 1.0) {
         return input(format!(
-            "--false-alarm-rate must be in [0, 1), got {}",
+            "--false-alarm-rate must be in (0, 1) false alarms per frame, got {}",
             opts.false_alarm_rate
         ));
     }
@@ -178,6 +202,14 @@ pub fn calibrate(
         );
     }
     opts.grid.validate(opts.epsilon_grid)?;
+    let n_latents = det.bundle().manifest.latents.count;
+    if opts.grid.k != list::<usize>(defaults::K) {
+        if let Some(bad) = opts.grid.k.iter().find(|&&k| k > n_latents) {
+            return input(format!(
+                "--k {bad}: the encoder has {n_latents} latents; give --k values in 1..={n_latents}"
+            ));
+        }
+    }
     if let Some(l) = &opts.latents {
         let distinct: HashSet<usize> = l.iter().copied().collect();
         if distinct.len() != l.len() || l.is_empty() {
@@ -235,8 +267,13 @@ pub fn calibrate(
             return input(format!("drive {} is used twice: fit, calibration, tuning and validation drives must be disjoint", d.path.display()));
         }
     }
-    let paths: Vec<&Path> = args.iter().map(|d| d.path.as_path()).collect();
-    let total = count_frames(&paths, None);
+    // Lengths from the drives' indexes, so that impossible roles fail before any scoring.
+    let lengths = args
+        .iter()
+        .map(|d| frames_in(&d.path, None))
+        .collect::<Result<Vec<usize>>>()?;
+    check_lengths(&args, &lengths, opts)?;
+    let total = lengths.iter().sum::<usize>();
     let bar = if opts.quiet {
         ProgressBar::hidden()
     } else {
@@ -295,14 +332,7 @@ pub fn calibrate(
     let val = drives.split_off(opts.cal.len() + opts.tune_id.len());
     let tune = drives.split_off(opts.cal.len());
     let cal = drives;
-    if let Some(d) = val.iter().find(|d| d.onset.unwrap_or(0) >= d.parts.len()) {
-        return input(format!(
-            "validation drive {}: onset is past its last frame",
-            d.id
-        ));
-    }
 
-    let n_latents = det.bundle().manifest.latents.count;
     let (ranked, selection, grid) = match (&score, &opts.latents) {
         (ScoreSpec::Mahalanobis(_), _) => (
             vec![(0, 0.0)],
@@ -337,7 +367,9 @@ pub fn calibrate(
                     .collect::<Vec<_>>(),
             )?;
             let mut g = opts.grid.clone();
-            g.k.retain(|&k| k >= 1 && k <= n_latents);
+            // The default candidates serve every encoder: capped at its latent count (others
+            // were checked before scoring).
+            g.k.retain(|&k| k <= n_latents);
             if g.k.is_empty() {
                 g.k = vec![n_latents];
             }

@@ -113,25 +113,25 @@ pub fn map_drive<T>(
     Ok(out)
 }
 
-/// Total frames of drives (for a progress bar): an image folder's files, a bag's messages
-/// on its camera topic (or `topic`); unreadable drives count zero.
-pub fn count_frames(paths: &[&Path], topic: Option<&str>) -> usize {
-    paths
+/// Frames of one drive, without decoding any: an image folder's files, a bag's messages on
+/// its camera topic (or `topic`), as its index records them.
+pub fn frames_in(path: &Path, topic: Option<&str>) -> Result<usize> {
+    if !is_bag(path) {
+        return list_images(path)
+            .map(|f| f.len())
+            .map_err(Error::read(path));
+    }
+    let topics = Bag::open(path)
+        .and_then(|b| b.topics())
+        .map_err(|e| Error::Drive(format!("{}: {e}", path.display())))?;
+    Ok(topics
         .iter()
-        .map(|p| {
-            if !is_bag(p) {
-                list_images(p).map(|f| f.len()).unwrap_or(0)
-            } else {
-                Bag::open(p)
-                    .and_then(|b| b.topics())
-                    .map(|ts| {
-                        ts.iter()
-                            .filter(|t| topic.map_or(t.is_camera(), |n| t.name == n))
-                            .map(|t| t.count as usize)
-                            .sum()
-                    })
-                    .unwrap_or(0)
-            }
-        })
-        .sum()
+        .filter(|t| topic.map_or(t.is_camera(), |n| t.name == n))
+        .map(|t| t.count as usize)
+        .sum())
+}
+
+/// Total frames of drives (for a progress bar); unreadable drives count zero.
+pub fn count_frames(paths: &[&Path], topic: Option<&str>) -> usize {
+    paths.iter().map(|p| frames_in(p, topic).unwrap_or(0)).sum()
 }

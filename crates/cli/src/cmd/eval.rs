@@ -39,8 +39,8 @@ pub struct Args {
     /// Per-frame threshold for uncalibrated bundles.
     #[arg(long, default_value_t = f64::INFINITY, value_parser = crate::common::parse_score_threshold)]
     score_threshold: f64,
-    /// Override the bundle's CUSUM threshold.
-    #[arg(long)]
+    /// Override the bundle's CUSUM threshold (>= 0; inf: never).
+    #[arg(long, value_parser = crate::common::parse_score_threshold)]
     cusum_threshold: Option<f64>,
     /// Consecutive frames under the threshold before an automatic recovery (1..=100000).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]

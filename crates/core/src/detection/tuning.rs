@@ -160,6 +160,12 @@ impl Grid {
                 reason: "needs at least one value each of k, window and decay".into(),
             });
         }
+        if self.k.contains(&0) {
+            return Err(DetectionError::InvalidParam {
+                param: "k",
+                reason: "0: a candidate number of latents must be at least 1".into(),
+            });
+        }
         for &window in &self.window {
             for &decay in &self.decay {
                 PipelineParams {

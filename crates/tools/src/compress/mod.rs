@@ -119,6 +119,21 @@ pub fn quantize_bundle(
     precision: Precision,
     cal: &[PathBuf],
 ) -> Result<(Bundle, usize, usize)> {
+    // Checked before any drive is decoded: only int8-static reads frames.
+    match (precision, cal.is_empty()) {
+        (Precision::Int8Static, true) => {
+            return Err(Error::Input(
+                "--precision int8-static needs --cal drives to set its activation scales".into(),
+            ))
+        }
+        (Precision::Int8Static, false) => {}
+        (p, false) => {
+            return Err(Error::Input(format!(
+                "--cal applies to --precision int8-static only; {p} needs no frames"
+            )))
+        }
+        _ => {}
+    }
     let b = Bundle::load(bundle)?;
     let onnx = std::fs::read(b.encoder_path()).map_err(Error::read(b.encoder_path()))?;
     // Every 10th frame, counted across the drives; only those are preprocessed.

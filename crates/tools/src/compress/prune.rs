@@ -29,9 +29,10 @@ pub fn prune_global_l1(
     arch: &EncoderArch,
     fraction: f64,
 ) -> Result<usize, crate::Error> {
-    if !(0.0..=1.0).contains(&fraction) {
+    // Sparsity 1 zeroes every weight: the encoder then maps every frame to one posterior.
+    if !(0.0..1.0).contains(&fraction) {
         return Err(crate::Error::Onnx(format!(
-            "sparsity must be in [0, 1], got {fraction}"
+            "sparsity must be in [0, 1), got {fraction}; 1 would zero every weight"
         )));
     }
     let names = weight_names(arch);

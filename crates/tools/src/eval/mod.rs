@@ -163,7 +163,7 @@ pub fn read_ranges(path: &Path) -> Result<Vec<Range>> {
             let f: Vec<&str> = l.split(',').map(str::trim).collect();
             let bad = || {
                 Error::Input(format!(
-                    "{} line {}: expected `start,end,type` with times in seconds, got `{l}`",
+                    "{} line {}: expected `start,end,type` with finite times in seconds, start <= end and a type name, got `{l}`",
                     path.display(),
                     i + 2
                 ))
@@ -175,6 +175,11 @@ pub fn read_ranges(path: &Path) -> Result<Vec<Range>> {
                 f[0].parse().map_err(|_| bad())?,
                 f[1].parse().map_err(|_| bad())?,
             );
+            // NaN or infinite times would label nothing (or everything) without a word, and a
+            // range that ends before it starts labels nothing.
+            if !(s.is_finite() && e.is_finite() && s <= e) || f[2].is_empty() {
+                return Err(bad());
+            }
             Ok(Range {
                 start_ns: (s * 1e9) as i64,
                 end_ns: (e * 1e9) as i64,
