@@ -292,7 +292,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
             while let Some((name, value)) = param_events.next().await {
                 let accepted = match (name.as_str(), &value) {
                     ("score_threshold", ParameterValue::Double(t))
-                        if t.is_finite() && *t >= 0.0 =>
+                        if params::valid_score_threshold(*t) =>
                     {
                         shared.score_threshold.store(t.to_bits(), Ordering::Relaxed);
                         true

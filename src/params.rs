@@ -139,6 +139,12 @@ pub fn seconds(name: &str, v: f64) -> Result<Duration, ParamError> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// A per-frame threshold the node accepts, at start-up and at run time: finite and >= 0
+/// (scores are distances).
+pub fn valid_score_threshold(t: f64) -> bool {
+    t.is_finite() && t >= 0.0
+}
+
 /// Reads and validates the configuration from the node's current parameters.
 pub fn read(node: &r2r::Node) -> Result<NodeConfig, ParamError> {
     config(&Reader::new(node))
@@ -246,7 +252,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         ));
     }
     let score_threshold = double("score_threshold")?;
-    if score_threshold < 0.0 {
+    if !valid_score_threshold(score_threshold) {
         return Err(ParamError(format!(
             "parameter 'score_threshold' is {score_threshold}; expected >= 0 (scores are distances)"
         )));

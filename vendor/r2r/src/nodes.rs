@@ -653,17 +653,7 @@ impl Node {
     where
         T: WrappedTypesupport,
     {
-        let subscription_handle =
-            create_subscription_helper(self.node_handle.as_mut(), topic, T::get_ts(), qos_profile)?;
-        let (sender, receiver) = mpsc::channel::<T>(10);
-
-        let ws = TypedSubscriber {
-            rcl_handle: subscription_handle,
-            sender,
-            dropped: None,
-        };
-        self.subscribers.push(Box::new(ws));
-        Ok(receiver)
+        self.subscribe_typed(topic, qos_profile, None)
     }
 
     /// vae_ood_monitor fork: [`Node::subscribe`], counting in `dropped` every message taken
@@ -675,13 +665,24 @@ impl Node {
     where
         T: WrappedTypesupport,
     {
+        self.subscribe_typed(topic, qos_profile, Some(dropped))
+    }
+
+    /// vae_ood_monitor fork: the body `subscribe` had upstream, with the optional drop counter.
+    fn subscribe_typed<T: 'static>(
+        &mut self, topic: &str, qos_profile: QosProfile,
+        dropped: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Result<mpsc::Receiver<T>>
+    where
+        T: WrappedTypesupport,
+    {
         let subscription_handle =
             create_subscription_helper(self.node_handle.as_mut(), topic, T::get_ts(), qos_profile)?;
         let (sender, receiver) = mpsc::channel::<T>(10);
         let ws = TypedSubscriber {
             rcl_handle: subscription_handle,
             sender,
-            dropped: Some(dropped),
+            dropped,
         };
         self.subscribers.push(Box::new(ws));
         Ok(receiver)
