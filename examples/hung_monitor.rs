@@ -22,6 +22,9 @@ mod hang {
         fn backend(&self) -> &'static str {
             self.inner.backend()
         }
+        fn device(&self) -> String {
+            self.inner.device()
+        }
         fn open_stream(&mut self) -> StreamId {
             self.inner.open_stream()
         }

@@ -13,10 +13,17 @@ env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER \
   cargo test --locked --workspace --exclude vae_ood_monitor
 env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo build --locked -p vae_ood_cli
 
+echo "=== 1b/3 the cuda backend (builds without CUDA; with no GPU its GPU half prints SKIPPED) ==="
+env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER \
+  cargo test --locked -p vae_ood_core --features cuda --test cuda_backend -- --nocapture
+env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo check --locked -p vae_ood_cli --features cuda
+
 echo "=== 2/3 ROS package (node, gate, replay) ==="
 source scripts/env.sh
 cargo build --locked -p vae_ood_monitor --bins --example hung_monitor
 cargo test --locked -p vae_ood_monitor --lib
+# The node with the cuda backend compiled in (issue 17; checked, not built, to keep CI short).
+cargo check --locked -p vae_ood_monitor --bins --features cuda
 
 echo "=== 3/3 Python suite (rclpy, onnxruntime, colcon) ==="
 source scripts/loopback.sh "${VAE_OOD_TEST_DOMAIN:-73}"

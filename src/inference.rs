@@ -175,6 +175,9 @@ pub struct LoopCtx {
     pub logger: String,
     pub node_name: String,
     pub model_id: String,
+    /// Where the encoder runs (`backend`, `device`), on every verdict.
+    pub backend: &'static str,
+    pub device: String,
     pub input_timeout: Option<Duration>,
     pub clock: Arc<Mutex<r2r::Clock>>,
 }
@@ -286,6 +289,8 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
             header,
             node_name: &ctx.node_name,
             model_id: &ctx.model_id,
+            backend: ctx.backend,
+            device: &ctx.device,
             verdict: &verdict,
             seq,
             publish: t_pub.elapsed(),

@@ -135,7 +135,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     };
     let model_id = detector.model_id().to_string();
     let trained = detector.bundle().manifest.provenance.trained;
-    let backend = detector.backend();
+    let (backend, device) = (detector.backend(), detector.device());
     let monitor_cfg = MonitorConfig {
         score_threshold: cfg.score_threshold,
         max_frame_age: cfg.max_frame_age,
@@ -157,7 +157,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     };
     r2r::log_info!(
         &logger,
-        "loaded detector {model_id} from {} on {backend} ({} thread(s)); {decision}",
+        "loaded detector {model_id} from {} on {backend}, device {device} ({} thread(s)); {decision}",
         bundle_dir.display(),
         cfg.threads
     );
@@ -207,6 +207,8 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
             logger: logger.clone(),
             node_name: node_name.clone(),
             model_id: model_id.clone(),
+            backend,
+            device: device.clone(),
             input_timeout: cfg.input_timeout,
             clock: node.get_ros_clock(),
         };
@@ -367,6 +369,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                     node_name: &node_name,
                     model_id: &model_id,
                     backend,
+                    device: &device,
                     trained,
                     state,
                     counters: &counters,

@@ -37,7 +37,7 @@ macro_rules! decl {
 
 pub const PARAMS: &[ParamDecl] = &[
     decl!("model_bundle", Str("models/compressed"), "Detector bundle directory. A relative path is looked up in the package's share directory, then the working directory. models/compressed is the compressed default detector; models/default its teacher."),
-    decl!("backend", Str("tract"), "Inference backend: 'tract' (CPU) or 'cuda' (NVIDIA GPU, planned)."),
+    decl!("backend", Str("tract"), "Inference backend: 'tract' (CPU), 'cuda' (NVIDIA GPU; a build with the cargo feature 'cuda', else a start-up error naming what is missing) or 'auto' (the GPU when usable, else the CPU; the choice is logged and in /diagnostics and every ~/verdict)."),
     decl!("threads", Int(1), "Inference threads (tract). 1 leaves the other cores to the rest of the robot."),
     decl!("transport", Str("raw"), "Camera transport: 'raw' (sensor_msgs/Image on 'image') or 'compressed' (sensor_msgs/CompressedImage on 'image/compressed')."),
     decl!("image_qos", Str("sensor_data"), "Camera subscription QoS: 'sensor_data' (best effort, as camera drivers publish) or 'reliable'."),

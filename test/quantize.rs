@@ -33,7 +33,7 @@ fn frames(drive: &str, spec: &InputSpec, detail: Option<DetailSpec>, stride: usi
     let mut out = vec![];
     let mut i = 0u64;
     for_each_frame(&dir.join("bag"), &mut |img| {
-        if i % stride as u64 == 0 {
+        if i.is_multiple_of(stride as u64) {
             let d = detail.as_mut().map_or(vec![], |d| d.features(img.into()));
             out.push((preprocess(img, spec), d, ood.contains(&i)));
         }

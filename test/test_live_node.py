@@ -141,3 +141,32 @@ def test_bad_parameters_and_missing_bundle_fail_at_startup(ros, tmp_path):
             node.stop()
         assert node.proc.returncode != 0
         assert needle in node.output(), node.output()
+
+
+def test_backend_cuda_without_a_gpu_backend_is_refused_and_auto_runs_on_the_cpu(ros):
+    """Issue 17: `backend: cuda` where it cannot run (this build has no cuda feature, or no GPU is
+    usable) stops the node at start-up with the reason; `auto` falls back to the CPU and says
+    so in /diagnostics and on every ~/verdict."""
+    node = NodeProcess(f"vae_ood_cuda_{UID}", {"backend": "cuda"})
+    try:
+        node.proc.wait(timeout=30)
+    finally:
+        node.stop()
+    out = node.output()
+    assert node.proc.returncode != 0, out
+    # Either message names the way out: a cuda build, the missing libraries, or the CPU.
+    assert "cuda" in out and "'tract' (CPU)" in out, out
+
+    name = f"vae_ood_auto_{UID}"
+    node = NodeProcess(name, {"backend": "auto", "transport": "raw"})
+    client = Client(name, compressed=False)
+    try:
+        client.wait_matched()
+        v = client.send(raw_image(make_frames(1)[0]))
+        assert (v["backend"], v["device"]) == ("tract", "cpu"), v
+        wait_for(lambda: any(d.get("backend") == "tract" and d.get("device") == "cpu" for d in client.diagnostics),
+                 10, client.spin, "/diagnostics naming the CPU backend")
+        assert "backend auto: the CPU (tract)" in node.output()
+    finally:
+        client.close()
+        node.stop()

@@ -87,6 +87,11 @@ pub trait Detector: Send {
     /// The backend running the encoder, for logs and diagnostics.
     fn backend(&self) -> &'static str;
 
+    /// The device the encoder runs on ("cpu", or the GPU's name, memory and driver).
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+
     /// Starts a stream with fresh state and returns its id.
     fn open_stream(&mut self) -> StreamId;
 
@@ -192,6 +197,10 @@ impl Detector for ImageDetector {
 
     fn backend(&self) -> &'static str {
         self.encoder.backend()
+    }
+
+    fn device(&self) -> String {
+        self.encoder.device()
     }
 
     fn open_stream(&mut self) -> StreamId {

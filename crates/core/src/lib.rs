@@ -11,6 +11,16 @@
 //! Nothing here knows about ROS, command lines, plots, bag formats or training: the node, the
 //! CLI and the offline tools are crates on top (docs/architecture.md).
 
+// The GPU backend binds one CUDA API level (it also fixes which library names load).
+#[cfg(all(feature = "cuda", feature = "cuda13"))]
+compile_error!(
+    "enable one of the cargo features `cuda` (CUDA 12) and `cuda13` (CUDA 13), not both"
+);
+#[cfg(all(feature = "gpu", not(any(feature = "cuda", feature = "cuda13"))))]
+compile_error!(
+    "the `gpu` feature is shared plumbing: enable `cuda` (CUDA 12) or `cuda13` (CUDA 13)"
+);
+
 pub mod arch;
 pub mod bundle;
 pub mod detail;

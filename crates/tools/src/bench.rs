@@ -48,7 +48,7 @@ pub fn stage_latency(
             .map(|k| {
                 let (y, x) = (k / step, (k % step) / bpp);
                 ((x + y + 7 * i as u32) % 256) as u8
-                    ^ if (x / 16 + i as u32) % 8 == 0 {
+                    ^ if (x / 16 + i as u32).is_multiple_of(8) {
                         0x55
                     } else {
                         0

@@ -40,7 +40,7 @@ pub fn run(a: &Args) -> Result<()> {
         let (input, model, backend) = (
             d.bundle().manifest.input.clone(),
             d.model_id().to_string(),
-            d.backend(),
+            format!("{} on {}", d.backend(), d.device()),
         );
         let l = vae_ood_tools::bench::stage_latency(d, a.width, a.height, encoding, a.frames)?;
         println!(
@@ -70,6 +70,10 @@ pub struct EncodersArgs {
     frames: usize,
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+    /// Backends to run every bundle on, interleaved in one run (e.g. tract,cuda: the GPU
+    /// against the CPU); ratios are against the first bundle on the first backend.
+    #[arg(long, value_delimiter = ',', default_value = "tract")]
+    backend: Vec<vae_ood_core::encoder::BackendKind>,
     /// Also measure the roofline: the MACs per second of a large single-precision matrix
     /// product (SIZE x SIZE by SIZE x SIZE) through tract's kernels, with the same threads.
     #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "1024",
@@ -85,11 +89,20 @@ pub struct EncodersArgs {
 }
 
 pub fn encoders(a: &EncodersArgs) -> Result<()> {
-    let opts = BackendOptions {
-        threads: a.threads.into(),
-        ..Default::default()
-    };
-    let r = vae_ood_tools::compress::bench::encoder_latency(&a.bundles, a.frames, 20, opts)?;
+    let runs: Vec<(PathBuf, BackendOptions)> = a
+        .bundles
+        .iter()
+        .flat_map(|b| {
+            a.backend.iter().map(|&kind| {
+                let opts = BackendOptions {
+                    kind,
+                    threads: a.threads.into(),
+                };
+                (b.clone(), opts)
+            })
+        })
+        .collect();
+    let r = vae_ood_tools::compress::bench::encoder_latency_on(&runs, a.frames, 20)?;
     let peak = match a.roofline {
         Some(size) => Some(
             vae_ood_core::encoder::gemm_peak(size.into(), a.threads.into(), 5)
@@ -125,13 +138,13 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
         );
     }
     println!(
-        "{:>9} {:>9} {:>9} {:>8} {:>8} {:>7}  bundle",
+        "{:>9} {:>9} {:>9} {:>8} {:>8} {:>7}  bundle (backend on device)",
         "p50 ms", "p99 ms", "speed-up", "MMACs", "GMAC/s", "% peak"
     );
     for l in &r {
         let g = gmacs(l);
         println!(
-            "{:9.3} {:9.3} {:8.2}x {:>8} {:>8} {:>7}  {}",
+            "{:9.3} {:9.3} {:8.2}x {:>8} {:>8} {:>7}  {} ({})",
             l.p50_ms,
             l.p99_ms,
             l.speedup_p50,
@@ -142,7 +155,8 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
                 (Some(g), Some(p)) => format!("{:.0}%", 100.0 * g * 1e9 / p),
                 _ => "-".into(),
             },
-            l.bundle.display()
+            l.bundle.display(),
+            l.backend
         );
     }
     if let Some(runs) = a.profile {

@@ -63,6 +63,10 @@ pub struct CompressArgs {
     pub finetune_epochs: Option<usize>,
     #[arg(long, default_value_t = 1e-3)]
     pub finetune_lr: f64,
+    /// Backend every candidate is scored and timed on: tract (CPU), cuda (NVIDIA GPU; a build
+    /// with the `cuda` feature) or auto
+    #[arg(long, default_value = "tract")]
+    pub backend: vae_ood_core::encoder::BackendKind,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -94,6 +98,7 @@ impl CompressArgs {
             auroc_drop: self.auroc_drop,
             deadline_ms: self.deadline_ms,
             bench_frames: self.bench_frames,
+            backend: self.backend,
             quiet: self.quiet,
         }
     }

@@ -1,12 +1,14 @@
 //! Encoders: run a bundle's ONNX encoder and return the posterior (mu, logvar).
 //!
 //! [`Encoder`] is the seam between the detector and the runtime. `tract` (pure Rust, CPU) is
-//! the backend in this build; the planned NVIDIA backend (cudarc) implements the same trait and
-//! is picked by [`BackendKind`]. Tests inject their own encoders (a slow or failing one)
+//! the default backend; `cuda` (cargo feature `cuda`: tract's CUDA runtime on an NVIDIA GPU)
+//! implements the same trait, and [`BackendKind`] picks one (`auto`: the GPU when usable). Tests inject their own encoders (a slow or failing one)
 //! through [`crate::detector::ImageDetector::with_encoder`]. Whatever the backend, the same
 //! model checks run before a detector is ready ([`check_encoder`]).
 
 mod check;
+#[cfg(feature = "gpu")]
+pub mod cuda;
 #[cfg(feature = "tract")]
 pub mod pool;
 #[cfg(feature = "tract")]
@@ -40,6 +42,11 @@ pub trait Encoder: Send {
     /// A short backend name for logs and diagnostics.
     fn backend(&self) -> &'static str;
 
+    /// The device it runs on, for logs and diagnostics (a GPU's name, memory and driver).
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+
     /// The input shape the model itself declares, when it declares a concrete one (checked
     /// against the manifest's input spec).
     fn declared_input_shape(&self) -> Option<Vec<usize>> {
@@ -64,13 +71,16 @@ pub enum BackendKind {
     /// tract-onnx on the CPU.
     #[default]
     Tract,
-    /// NVIDIA GPU through cudarc (planned; not in this build).
+    /// An NVIDIA GPU through tract-cuda (builds with the `cuda` feature); fails with what is
+    /// missing where no GPU is usable.
     Cuda,
+    /// The GPU when this build has the `cuda` feature and a GPU is usable, else the CPU.
+    Auto,
 }
 
 /// A backend name that is not one of ours.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown backend '{0}' (expected 'tract' or 'cuda')")]
+#[error("unknown backend '{0}' (expected 'tract', 'cuda' or 'auto')")]
 pub struct UnknownBackend(pub String);
 
 impl std::str::FromStr for BackendKind {
@@ -79,8 +89,19 @@ impl std::str::FromStr for BackendKind {
         match s {
             "tract" | "cpu" => Ok(Self::Tract),
             "cuda" | "gpu" => Ok(Self::Cuda),
+            "auto" => Ok(Self::Auto),
             other => Err(UnknownBackend(other.into())),
         }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tract => "tract",
+            Self::Cuda => "cuda",
+            Self::Auto => "auto",
+        })
     }
 }
 
@@ -102,17 +123,36 @@ impl Default for BackendOptions {
 }
 
 /// Loads the bundle's encoder on the chosen backend and checks it against the manifest.
+/// `auto` says which it took, and why, on stderr (once per load).
 pub fn load(bundle: &Bundle, opts: BackendOptions) -> Result<Box<dyn Encoder>, BundleError> {
     let mut encoder: Box<dyn Encoder> = match opts.kind {
         BackendKind::Tract => tract_encoder(bundle, opts.threads)?,
-        BackendKind::Cuda => {
-            return Err(BundleError::Backend(
-                "the cuda backend is not part of this build yet; use backend 'tract' (CPU)".into(),
-            ))
-        }
+        BackendKind::Cuda => cuda_encoder(bundle)?,
+        BackendKind::Auto => match cuda_encoder(bundle) {
+            Ok(e) => {
+                eprintln!("backend auto: {} on {}", e.backend(), e.device());
+                e
+            }
+            Err(why) => {
+                eprintln!("backend auto: the CPU (tract), because {why}");
+                tract_encoder(bundle, opts.threads)?
+            }
+        },
     };
     check_encoder(encoder.as_mut(), &bundle.manifest)?;
     Ok(encoder)
+}
+
+#[cfg(feature = "gpu")]
+fn cuda_encoder(bundle: &Bundle) -> Result<Box<dyn Encoder>, BundleError> {
+    Ok(Box::new(cuda::CudaEncoder::load(bundle)?))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn cuda_encoder(_: &Bundle) -> Result<Box<dyn Encoder>, BundleError> {
+    Err(BundleError::Backend(
+        "this build has no cuda backend: rebuild with the cargo feature 'cuda' (`cargo build --features cuda`; colcon: --cargo-args --features cuda), or use backend 'tract' (CPU)".into(),
+    ))
 }
 
 #[cfg(feature = "tract")]

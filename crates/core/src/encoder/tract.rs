@@ -30,11 +30,63 @@ impl TractEncoder {
     }
 
     fn load_with(bundle: &Bundle, threads: usize, patch: bool) -> Result<Self, BundleError> {
+        let TypedEncoder {
+            model,
+            shape,
+            macs,
+            declared,
+            mu_index,
+            logvar_index,
+        } = TypedEncoder::load(bundle)?;
+        let err = model_error(bundle);
+        let mut typed = model;
+        if patch {
+            super::pool::swap_max_pools(&mut typed)
+                .map_err(|e| err("cannot swap in the 2x2 max pooling", &e))?;
+        }
+        let typed = typed
+            .into_optimized()
+            .map_err(|e| err("cannot optimise for the manifest's input shape", &e))?;
+        let state = typed
+            .into_runnable_with_options(&run_options(threads))
+            .and_then(|plan| plan.spawn())
+            .map_err(|e| err("cannot plan", &e))?;
+        Ok(Self {
+            state,
+            shape,
+            macs,
+            declared,
+            mu_index,
+            logvar_index,
+        })
+    }
+}
+
+/// A bundle's encoder parsed, checked against its manifest and typed for its input shape:
+/// what every tract runtime (the CPU's, CUDA's) starts from before lowering it its own way.
+pub(crate) struct TypedEncoder {
+    pub model: TypedModel,
+    pub shape: [usize; 4],
+    pub macs: u64,
+    /// The input shape the ONNX file declares, when concrete.
+    pub declared: Option<Vec<usize>>,
+    pub mu_index: usize,
+    pub logvar_index: usize,
+}
+
+/// A [`BundleError::Model`] about the bundle's encoder file.
+fn model_error(bundle: &Bundle) -> impl Fn(&str, &dyn std::fmt::Display) -> BundleError {
+    let path = bundle.encoder_path();
+    move |what, e| BundleError::Model {
+        path: path.clone(),
+        reason: format!("{what}: {e:#}"),
+    }
+}
+
+impl TypedEncoder {
+    pub fn load(bundle: &Bundle) -> Result<Self, BundleError> {
         let path = bundle.encoder_path();
-        let err = |what: &str, e: &dyn std::fmt::Display| BundleError::Model {
-            path: path.clone(),
-            reason: format!("{what}: {e:#}"),
-        };
+        let err = model_error(bundle);
         let model = tract_onnx::onnx()
             .model_for_path(&path)
             .map_err(|e| err("cannot parse ONNX", &e))?;
@@ -82,26 +134,14 @@ impl TractEncoder {
         let mu_index = find("mu", &bundle.manifest.outputs.mu)?;
         let logvar_index = find("logvar", &bundle.manifest.outputs.logvar)?;
 
-        let typed = model
+        let model = model
             .with_input_fact(0, f32::fact(shape).into())
             .and_then(|m| m.into_typed())
             .and_then(|m| m.into_decluttered())
             .map_err(|e| err("cannot type for the manifest's input shape", &e))?;
-        let macs = multiply_accumulates(&typed).map_err(|e| err("cannot count MACs", &e))?;
-        let mut typed = typed;
-        if patch {
-            super::pool::swap_max_pools(&mut typed)
-                .map_err(|e| err("cannot swap in the 2x2 max pooling", &e))?;
-        }
-        let typed = typed
-            .into_optimized()
-            .map_err(|e| err("cannot optimise for the manifest's input shape", &e))?;
-        let state = typed
-            .into_runnable_with_options(&run_options(threads))
-            .and_then(|plan| plan.spawn())
-            .map_err(|e| err("cannot plan", &e))?;
+        let macs = multiply_accumulates(&model).map_err(|e| err("cannot count MACs", &e))?;
         Ok(Self {
-            state,
+            model,
             shape,
             macs,
             declared,
@@ -109,6 +149,27 @@ impl TractEncoder {
             logvar_index,
         })
     }
+}
+
+/// The posterior from a run's outputs.
+pub(crate) fn posterior(
+    out: &TVec<TValue>,
+    mu_index: usize,
+    logvar_index: usize,
+) -> Result<Posterior, InferenceError> {
+    let e = |e: TractError| InferenceError(e.to_string());
+    let take = |i: usize| -> Result<Vec<f32>, InferenceError> {
+        Ok(out[i]
+            .try_as_plain_ram()
+            .map_err(e)?
+            .as_slice::<f32>()
+            .map_err(e)?
+            .to_vec())
+    };
+    Ok(Posterior {
+        mu: take(mu_index)?,
+        logvar: take(logvar_index)?,
+    })
 }
 
 /// Time spent in one node of the optimised graph, summed over profiled runs.
@@ -156,18 +217,7 @@ impl Encoder for TractEncoder {
         let e = |e: TractError| InferenceError(e.to_string());
         let x = Tensor::from_shape(&self.shape, input).map_err(e)?;
         let out = self.state.run(tvec!(x.into())).map_err(e)?;
-        let take = |i: usize| -> Result<Vec<f32>, InferenceError> {
-            Ok(out[i]
-                .try_as_plain_ram()
-                .map_err(e)?
-                .as_slice::<f32>()
-                .map_err(e)?
-                .to_vec())
-        };
-        Ok(Posterior {
-            mu: take(self.mu_index)?,
-            logvar: take(self.logvar_index)?,
-        })
+        posterior(&out, self.mu_index, self.logvar_index)
     }
 
     fn backend(&self) -> &'static str {

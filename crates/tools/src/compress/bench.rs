@@ -12,6 +12,8 @@ use vae_ood_core::bundle::Bundle;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EncoderLatency {
     pub bundle: PathBuf,
+    /// The backend that ran it, and on which device ("tract on cpu", "cuda on NVIDIA ...").
+    pub backend: String,
     pub p50_ms: f64,
     pub p99_ms: f64,
     /// The first bundle's p50 over this one's: above 1 means faster.
@@ -34,20 +36,35 @@ pub fn encoder_latency(
     warmup: usize,
     opts: BackendOptions,
 ) -> Result<Vec<EncoderLatency>, crate::Error> {
-    if bundles.is_empty() || frames == 0 {
+    let runs: Vec<(PathBuf, BackendOptions)> = bundles.iter().map(|b| (b.clone(), opts)).collect();
+    encoder_latency_on(&runs, frames, warmup)
+}
+
+/// [`encoder_latency`] for (bundle, backend) pairs: the same bundle on the CPU and the GPU in
+/// one interleaved run, ratios against the first pair.
+pub fn encoder_latency_on(
+    runs: &[(PathBuf, BackendOptions)],
+    frames: usize,
+    warmup: usize,
+) -> Result<Vec<EncoderLatency>, crate::Error> {
+    if runs.is_empty() || frames == 0 {
         return Err(crate::Error::Drive(
             "give at least one bundle and one frame".into(),
         ));
     }
     let mut encoders = vec![];
     let mut inputs = vec![];
-    for b in bundles {
+    for (b, opts) in runs {
         let bundle = Bundle::load(b).map_err(|e| crate::Error::Drive(e.to_string()))?;
         inputs.push(bench_input(&bundle));
-        encoders.push(encoder::load(&bundle, opts)?);
+        encoders.push(encoder::load(&bundle, *opts)?);
     }
+    let backends: Vec<String> = encoders
+        .iter()
+        .map(|e| format!("{} on {}", e.backend(), e.device()))
+        .collect();
     let macs: Vec<Option<u64>> = encoders.iter().map(|e| e.multiply_accumulates()).collect();
-    let mut times = vec![vec![]; bundles.len()];
+    let mut times = vec![vec![]; runs.len()];
     for round in 0..warmup + frames {
         for (k, enc) in encoders.iter_mut().enumerate() {
             let t = Instant::now();
@@ -64,12 +81,14 @@ pub fn encoder_latency(
             (p.p50, p.p99)
         })
         .collect();
-    Ok(bundles
+    Ok(runs
         .iter()
         .zip(&stats)
         .zip(macs)
-        .map(|((b, &(p50, p99)), macs)| EncoderLatency {
+        .zip(backends)
+        .map(|((((b, _), &(p50, p99)), macs), backend)| EncoderLatency {
             bundle: b.clone(),
+            backend,
             p50_ms: p50,
             p99_ms: p99,
             speedup_p50: stats[0].0 / p50,

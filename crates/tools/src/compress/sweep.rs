@@ -233,6 +233,9 @@ pub struct Options {
     pub auroc_drop: f64,
     pub deadline_ms: f64,
     pub bench_frames: usize,
+    /// Where candidates are scored and timed: the sweep picks the leanest detector for this
+    /// backend (the paper's methodology on the CPU or the GPU).
+    pub backend: BackendKind,
     pub quiet: bool,
 }
 
@@ -292,6 +295,9 @@ pub struct Report {
     pub auroc_drop: f64,
     pub deadline_ms: f64,
     pub bench_frames: usize,
+    /// The backend candidates were scored and timed on (reports before it: tract).
+    #[serde(default)]
+    pub backend: BackendKind,
     /// The data every candidate was calibrated and evaluated on, as given.
     pub cal: Vec<String>,
     pub tune_id: Vec<String>,
@@ -353,8 +359,8 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
     let tbundle = Bundle::load(&opts.teacher).map_err(|e| Error::Input(e.to_string()))?;
     if !tbundle.manifest.score.is_kl() && opts.fit.is_empty() {
         return Err(Error::Input(format!(
-            "{}: the teacher uses the {} score, which every candidate refits on its own \
-             posteriors: give --fit drives (as `vae-ood calibrate --fit`)",
+            "{}: the teacher's score has a fitted reference ({}), which every candidate \
+             refits on its own posteriors: give --fit drives (as `vae-ood calibrate --fit`)",
             opts.teacher.display(),
             tbundle.manifest.score.describe()
         )));
@@ -479,7 +485,7 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
         opts.bench_frames,
         opts.bench_frames / 10 + 5,
         BackendOptions {
-            kind: BackendKind::Tract,
+            kind: opts.backend,
             threads: 1,
         },
     )?;
@@ -519,6 +525,7 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
         auroc_drop: opts.auroc_drop,
         deadline_ms: opts.deadline_ms,
         bench_frames: opts.bench_frames,
+        backend: opts.backend,
         cal: opts.cal.clone(),
         tune_id: opts.tune_id.clone(),
         val_ood: opts.val_ood.clone(),
@@ -751,7 +758,10 @@ impl Context<'_> {
     ) -> Result<CandidateResult> {
         let opts = self.opts;
         let (raw, cal, ev) = (dir.join("bundle"), dir.join("calibrated"), dir.join("eval"));
-        let backend = BackendOptions::default();
+        let backend = BackendOptions {
+            kind: opts.backend,
+            ..BackendOptions::default()
+        };
         let mut det = vae_ood_core::detector::load(&raw, backend)?;
         calibrate::calibrate(&raw, &cal, det.as_mut(), &calibration_options(opts, plan)?)?;
         drop(det);

@@ -506,7 +506,8 @@ pub fn train(
         let since_best = state.history.len() - state.best_epoch.unwrap_or(0);
         state.finished = state.history.len() >= config.epochs || since_best > config.patience;
         let stopping = opts.stop_after.is_some_and(|n| state.history.len() >= n);
-        if state.finished || stopping || state.history.len() % config.checkpoint_every == 0 {
+        if state.finished || stopping || state.history.len().is_multiple_of(config.checkpoint_every)
+        {
             model
                 .clone()
                 .save_file(ckpt.join("model.bpk"))

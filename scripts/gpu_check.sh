@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The cuda backend on a real NVIDIA GPU (issue 17), in two halves:
+#
+#   scripts/gpu_check.sh [--dry-run]   here (Rust toolchain, registries): builds a stripped
+#       `vae-ood` with the cuda13 feature (CUDA 13 API and library names; no ros, no train)
+#       and packs it with the sample drives and four bundles (default, compressed, its fp16
+#       quantisation, a seeded paper-size 224x224 encoder) into .gpu-check/ (git-ignored,
+#       under the device tool's 64 MiB working-tree limit).
+#   scripts/gpu_check.sh --on-device   on the GPU machine (no toolchain; carry .gpu-check):
+#       points the loader at the CUDA/cuDNN libraries of its Python environment, then writes
+#       under $OUT (default .gpu-check/out): GPU-vs-CPU parity of every frame's score and
+#       posterior-derived verdict on the sample drives (fp32 within 1e-4 relative, fp16 within
+#       the tolerance below), encoder latency p50/p99 of the four bundles on both backends in
+#       one interleaved run, per-stage latency (decode, preprocess, inference) at 640x480, and
+#       `vae-ood eval` throughput with each backend; summary.md is the closing note's table.
+#
+# --dry-run prints each step instead of running it (either half).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PACK=.gpu-check
+MODE=here
+DRY=0
+for a in "$@"; do
+  case "$a" in
+    --on-device) MODE=device ;;
+    --dry-run) DRY=1 ;;
+    *) echo "usage: scripts/gpu_check.sh [--on-device] [--dry-run]" >&2; exit 2 ;;
+  esac
+done
+step() { echo "+ $*"; if [ "$DRY" = 0 ]; then "$@"; fi; }
+# step with its standard output into a file ($1).
+step_to() { local f=$1; shift; echo "+ $* > $f"; if [ "$DRY" = 0 ]; then "$@" > "$f"; fi; }
+
+# fp16 scores may differ from fp32 by rounding of weights and activations: 2 % of the score
+# (relative) is the stated tolerance; verdicts may differ only for frames this close to the
+# threshold.
+FP32_TOL=1e-4
+FP16_TOL=2e-2
+DRIVES=(id_loop_empty_s4 ood_brightness_small_loop_s5 ood_rain_udem1_s6 ood_noise_small_loop_s8)
+
+if [ "$MODE" = here ]; then
+  # A profile of its own (target/gpu-check) so that the usual target/debug binaries keep their
+  # features; the first build compiles the dependency graph once more.
+  step cargo build --locked -p vae_ood_cli --no-default-features --features cuda13 --profile gpu-check
+  step rm -rf "$PACK"
+  step mkdir -p "$PACK/bundles" "$PACK/drives"
+  step cp target/gpu-check/vae-ood "$PACK/vae-ood"
+  step strip "$PACK/vae-ood"
+  step cp -r models/default "$PACK/bundles/default"
+  step rm -f "$PACK/bundles/default/vae.bpk" "$PACK/bundles/default/loss.png" "$PACK/bundles/default/metrics.csv"
+  step cp -r models/compressed "$PACK/bundles/compressed"
+  step target/gpu-check/vae-ood quantize --bundle models/default --out "$PACK/bundles/default-fp16-raw" --precision fp16
+  # The fp16 encoder keeps the teacher's calibration (same score and reference; only the
+  # encoder's arithmetic differs), so its verdicts can be compared frame by frame.
+  step cp "$PACK/bundles/default-fp16-raw/encoder.onnx" "$PACK/bundles/default-fp16.onnx"
+  step target/gpu-check/vae-ood gen-seeded --preset paper --seed 7 --out "$PACK/bundles/paper"
+  for d in "${DRIVES[@]}"; do step cp -r "data/sample/$d" "$PACK/drives/$d"; done
+  step cp scripts/gpu_check.sh "$PACK/"
+  [ "$DRY" = 1 ] || du -sh "$PACK"
+  echo "packed $PACK: on the device run 'bash scripts/gpu_check.sh --on-device' with carry ['$PACK']"
+  exit 0
+fi
+
+# --- on the device -------------------------------------------------------------------------
+OUT="${OUT:-$PACK/out}"
+VAE="$PACK/vae-ood"
+step mkdir -p "$OUT"
+# The CUDA 13 libraries of the device's Python environment (nvidia-* wheels), then the driver's.
+LIBS=$(python3 - <<'EOF' 2>/dev/null || true
+import glob, os, site
+dirs = set()
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    for lib in glob.glob(os.path.join(sp, "nvidia", "**", "lib"), recursive=True):
+        dirs.add(lib)
+print(":".join(sorted(dirs)))
+EOF
+)
+export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+if [ "$DRY" = 0 ]; then
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" > "$OUT/env.txt"
+  nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+fi
+# The fp16 bundle: the default's manifest with the fp16 encoder.
+if [ "$DRY" = 0 ]; then
+  rm -rf "$PACK/bundles/default-fp16" && cp -r "$PACK/bundles/default" "$PACK/bundles/default-fp16"
+  cp "$PACK/bundles/default-fp16.onnx" "$PACK/bundles/default-fp16/encoder.onnx"
+fi
+BAGS=()
+for d in "${DRIVES[@]}"; do BAGS+=("$PACK/drives/$d/bag"); done
+
+# 1. Parity and verdicts: every sample frame scored by each bundle on both backends.
+for b in default compressed default-fp16; do
+  for be in tract cuda; do
+    step "$VAE" eval --bundle "$PACK/bundles/$b" --backend "$be" --out "$OUT/eval_${b}_${be}" --quiet --id "${BAGS[@]}"
+  done
+done
+# 2. Encoder latency, both backends interleaved in one run (ratios against default on the CPU).
+step_to "$OUT/encoders.json" "$VAE" bench-encoders "$PACK/bundles/default" "$PACK/bundles/compressed" \
+  "$PACK/bundles/default-fp16" "$PACK/bundles/paper" --backend tract,cuda --frames 300 --json
+# 3. Per-stage latency at 640x480 rgb8 (batch 1), each backend.
+for b in default compressed paper; do
+  for be in tract cuda; do
+    step_to "$OUT/stages_${b}_${be}.txt" "$VAE" bench --bundle "$PACK/bundles/$b" --backend "$be" --frames 200
+  done
+done
+[ "$DRY" = 1 ] && exit 0
+
+python3 - "$OUT" "$FP32_TOL" "$FP16_TOL" "$PACK/bundles" <<'EOF' | tee "$OUT/summary.md"
+import csv, json, pathlib, re, sys
+out, tol32, tol16, bundles = pathlib.Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), pathlib.Path(sys.argv[4])
+def frames(d):
+    with open(out / d / "frames.csv") as f:
+        return list(csv.DictReader(f))
+print("| bundle | frames | largest relative score difference, cuda vs tract | tolerance | verdicts that differ (outside tolerance of the threshold) | eval frames/s tract / cuda |")
+print("|---|---|---|---|---|---|")
+ok = True
+for b, tol in [("default", tol32), ("compressed", tol32), ("default-fp16", tol16)]:
+    cpu, gpu = frames(f"eval_{b}_tract"), frames(f"eval_{b}_cuda")
+    # fp16 on the GPU against fp32 on the CPU: what the GPU path changes for a user.
+    ref = frames("eval_default_tract") if b == "default-fp16" else cpu
+    worst, bad = 0.0, 0
+    m = re.search(r"cusum_threshold: *([0-9.eE+-]+)", (bundles / b / "manifest.yaml").read_text())
+    thr = float(m.group(1)) if m else None
+    for c, g in zip(ref, gpu):
+        sc, sg = float(c["score"]), float(g["score"])
+        rel = abs(sc - sg) / max(1.0, abs(sc))
+        worst = max(worst, rel)
+        if c["state"] != g["state"]:
+            near = thr is not None and abs(float(c.get("cusum", "nan")) - float(thr)) <= tol * max(1.0, float(thr))
+            bad += 0 if near else 1
+    tp = [json.loads((out / f"eval_{b}_{be}" / "report.json").read_text()).get("throughput_fps") for be in ("tract", "cuda")]
+    ok &= worst <= tol and bad == 0 and len(cpu) == len(gpu)
+    print(f"| {b} | {len(gpu)} | {worst:.2e} | {tol:g} | {bad} | {tp[0]} / {tp[1]} |")
+enc = json.loads((out / "encoders.json").read_text())
+print("\n| encoder | backend | p50 ms | p99 ms | speed-up vs default on CPU |\n|---|---|---|---|---|")
+for r in enc["encoders"]:
+    l = r["latency"]
+    print(f"| {pathlib.Path(l['bundle']).name} | {l['backend']} | {l['p50_ms']:.3f} | {l['p99_ms']:.3f} | {l['speedup_p50']:.2f}x |")
+print("\nPer-stage latency (640x480 rgb8, batch 1): stages_*.txt")
+print("\nPARITY " + ("PASSED" if ok else "FAILED"))
+EOF
