@@ -50,6 +50,8 @@ enum Cmd {
     Sequential(cmd::metrics::SequentialArgs),
     /// Measure per-stage latency on synthetic raw camera frames.
     Bench(cmd::bench::Args),
+    /// Dense optical flow (Farnebäck) between two greyscale frames, as a .npy array.
+    Flow(cmd::flow::Args),
     #[cfg(feature = "train")]
     Train(cmd::train::TrainArgs),
     /// The paper's compression methodology: from a trained teacher (its full VAE), build
@@ -88,6 +90,7 @@ fn main() -> Result<()> {
         Cmd::Metrics(a) => cmd::metrics::metrics(&a),
         Cmd::Sequential(a) => cmd::metrics::sequential(&a),
         Cmd::Bench(a) => cmd::bench::run(&a),
+        Cmd::Flow(a) => cmd::flow::run(&a),
         #[cfg(feature = "train")]
         Cmd::Train(a) => cmd::train::run(&a),
         #[cfg(feature = "train")]

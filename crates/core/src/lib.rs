@@ -27,6 +27,7 @@ pub mod detail;
 pub mod detection;
 pub mod detector;
 pub mod encoder;
+pub mod flow;
 pub mod frame;
 pub mod fsutil;
 pub mod mixture;

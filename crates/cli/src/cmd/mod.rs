@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod compress;
 pub mod encode;
 pub mod eval;
+pub mod flow;
 pub mod info;
 pub mod metrics;
 pub mod prune;

@@ -1,0 +1,658 @@
+//! Dense optical flow between two greyscale frames, by Farnebäck's polynomial expansion
+//! ("Two-Frame Motion Estimation Based on Polynomial Expansion", SCIA 2003), computed the way
+//! OpenCV's `calcOpticalFlowFarneback` computes it (box-filtered window, its pyramid, blur,
+//! resampling and border rules), so that a detector trained on OpenCV's flow (the paper
+//! authors' optical-flow detector) sees the same fields here. Written in Rust rather than bound
+//! to OpenCV: the core stays free of C++ dependencies and a cold build stays short;
+//! `test/test_flow_parity.py` checks it against OpenCV on real frame pairs.
+
+/// A single-channel frame, row-major, grey levels as f32 (0..=255 for 8-bit input).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gray {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<f32>,
+}
+
+/// A dense flow field: per pixel (dx, dy), row-major, interleaved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flow {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<f32>,
+}
+
+impl Flow {
+    pub fn zeros(width: usize, height: usize) -> Self {
+        Self {
+            width,
+            height,
+            data: vec![0.0; width * height * 2],
+        }
+    }
+}
+
+/// `calcOpticalFlowFarneback`'s parameters (flags 0: box window, no initial flow).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FarnebackParams {
+    /// Image scale between pyramid levels (< 1).
+    pub pyr_scale: f64,
+    /// Pyramid levels above the original (OpenCV's `levels`, which also counts the original:
+    /// 1 computes the flow at `pyr_scale`, then refines it at full size).
+    pub levels: usize,
+    /// Averaging window (odd).
+    pub winsize: usize,
+    pub iterations: usize,
+    /// Pixel neighbourhood of the polynomial expansion: 5 or 7.
+    pub poly_n: usize,
+    /// Gaussian sigma of the expansion's weights.
+    pub poly_sigma: f64,
+}
+
+impl FarnebackParams {
+    /// The paper authors' parameters (RTCSA 2022 `safe_ml`).
+    pub const REFERENCE: Self = Self {
+        pyr_scale: 0.5,
+        levels: 1,
+        winsize: 15,
+        iterations: 1,
+        poly_n: 5,
+        poly_sigma: 1.1,
+    };
+
+    pub fn validate(&self) -> Result<(), FlowError> {
+        let bad = |what: String| Err(FlowError::Param(what));
+        if !(self.pyr_scale > 0.0 && self.pyr_scale < 1.0) {
+            return bad(format!("pyr_scale {} must be in (0, 1)", self.pyr_scale));
+        }
+        if self.levels > 16 {
+            return bad(format!("levels {} is more than 16", self.levels));
+        }
+        if self.winsize < 3 || self.winsize > 101 || self.winsize.is_multiple_of(2) {
+            return bad(format!("winsize {} must be odd, 3..=101", self.winsize));
+        }
+        if !(1..=100).contains(&self.iterations) {
+            return bad(format!("iterations {} must be 1..=100", self.iterations));
+        }
+        if self.poly_n != 5 && self.poly_n != 7 {
+            return bad(format!("poly_n {} must be 5 or 7", self.poly_n));
+        }
+        if !(self.poly_sigma > 0.0 && self.poly_sigma <= 10.0) {
+            return bad(format!("poly_sigma {} must be in (0, 10]", self.poly_sigma));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FlowError {
+    #[error("optical flow parameter: {0}")]
+    Param(String),
+    #[error("optical flow needs two frames of one size, got {0}x{1} and {2}x{3}")]
+    SizeMismatch(usize, usize, usize, usize),
+    #[error("optical flow needs frames of at least 8x8 pixels, got {0}x{1}")]
+    TooSmall(usize, usize),
+}
+
+/// OpenCV's `cvRound`: nearest integer, ties to even.
+fn cv_round(v: f64) -> i64 {
+    v.round_ties_even() as i64
+}
+
+/// The flow from `prev` to `next`.
+pub fn farneback(prev: &Gray, next: &Gray, p: &FarnebackParams) -> Result<Flow, FlowError> {
+    p.validate()?;
+    if (prev.width, prev.height) != (next.width, next.height) {
+        return Err(FlowError::SizeMismatch(
+            prev.width,
+            prev.height,
+            next.width,
+            next.height,
+        ));
+    }
+    if prev.width < 8 || prev.height < 8 {
+        return Err(FlowError::TooSmall(prev.width, prev.height));
+    }
+    // Levels whose image stays at least 32 pixels on each side (OpenCV's min_size).
+    let mut levels = 0;
+    let mut scale = 1.0;
+    while levels < p.levels {
+        scale *= p.pyr_scale;
+        if (prev.width as f64) * scale < 32.0 || (prev.height as f64) * scale < 32.0 {
+            break;
+        }
+        levels += 1;
+    }
+    let mut prev_flow: Option<Flow> = None;
+    for k in (0..=levels).rev() {
+        let scale = p.pyr_scale.powi(k as i32);
+        let sigma = (1.0 / scale - 1.0) * 0.5;
+        let smooth = ((cv_round(sigma * 5.0) | 1) as usize).max(3);
+        let width = cv_round(prev.width as f64 * scale) as usize;
+        let height = cv_round(prev.height as f64 * scale) as usize;
+        let mut flow = match &prev_flow {
+            None => Flow::zeros(width, height),
+            Some(f) => {
+                let mut up = resize_linear(&f.data, f.width, f.height, 2, width, height);
+                let s = (1.0 / p.pyr_scale) as f32;
+                up.iter_mut().for_each(|v| *v *= s);
+                Flow {
+                    width,
+                    height,
+                    data: up,
+                }
+            }
+        };
+        let expand = |img: &Gray| {
+            let blurred = gaussian_blur(img, smooth, sigma);
+            let small = resize_linear(&blurred, img.width, img.height, 1, width, height);
+            poly_exp(&small, width, height, p.poly_n, p.poly_sigma)
+        };
+        let (r0, r1) = (expand(prev), expand(next));
+        let mut m = vec![0f32; width * height * 5];
+        update_matrices(&r0, &r1, &flow, &mut m, 0, height);
+        for i in 0..p.iterations {
+            update_flow_blur(&r0, &r1, &mut flow, &mut m, p.winsize, i + 1 < p.iterations);
+        }
+        prev_flow = Some(flow);
+    }
+    Ok(prev_flow.expect("level 0 always runs"))
+}
+
+/// OpenCV's `getGaussianKernel(n, sigma, CV_32F)`: its fixed small kernels when sigma <= 0.
+fn gaussian_kernel(n: usize, sigma: f64) -> Vec<f32> {
+    const SMALL: [&[f32]; 4] = [
+        &[1.0],
+        &[0.25, 0.5, 0.25],
+        &[0.0625, 0.25, 0.375, 0.25, 0.0625],
+        &[
+            0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125,
+        ],
+    ];
+    if n % 2 == 1 && n <= 7 && sigma <= 0.0 {
+        return SMALL[n / 2].to_vec();
+    }
+    let sigma = if sigma > 0.0 {
+        sigma
+    } else {
+        ((n as f64 - 1.0) * 0.5 - 1.0) * 0.3 + 0.8
+    };
+    let scale = -0.5 / (sigma * sigma);
+    let c = (n as f64 - 1.0) * 0.5;
+    let k: Vec<f64> = (0..n)
+        .map(|i| {
+            let x = i as f64 - c;
+            (scale * x * x).exp()
+        })
+        .collect();
+    let sum: f64 = k.iter().sum();
+    k.iter().map(|v| (v / sum) as f32).collect()
+}
+
+/// OpenCV's default border (BORDER_REFLECT_101): ... 2 1 | 0 1 2 ... n-1 | n-2 n-3 ...
+fn reflect101(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    if n == 1 {
+        return 0;
+    }
+    let mut i = i;
+    while i < 0 || i >= n {
+        i = if i < 0 { -i } else { 2 * n - 2 - i };
+    }
+    i as usize
+}
+
+/// `GaussianBlur(img, Size(n, n), sigma, sigma)`: separable, rows then columns.
+fn gaussian_blur(img: &Gray, n: usize, sigma: f64) -> Vec<f32> {
+    let k = gaussian_kernel(n, sigma);
+    let r = (n / 2) as isize;
+    let (w, h) = (img.width, img.height);
+    let mut tmp = vec![0f32; w * h];
+    for y in 0..h {
+        let row = &img.data[y * w..(y + 1) * w];
+        for x in 0..w {
+            let mut s = 0f32;
+            for (j, kj) in k.iter().enumerate() {
+                s += kj * row[reflect101(x as isize + j as isize - r, w)];
+            }
+            tmp[y * w + x] = s;
+        }
+    }
+    let mut out = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let mut s = 0f32;
+            for (j, kj) in k.iter().enumerate() {
+                s += kj * tmp[reflect101(y as isize + j as isize - r, h) * w + x];
+            }
+            out[y * w + x] = s;
+        }
+    }
+    out
+}
+
+/// Source index and weight of the next pixel for one destination coordinate (OpenCV's
+/// INTER_LINEAR: pixel centres aligned, clamped at the borders).
+fn linear_taps(dst: usize, src: usize) -> Vec<(usize, usize, f32)> {
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|d| {
+            let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let mut s = f.floor() as isize;
+            f -= s as f32;
+            if s < 0 {
+                f = 0.0;
+                s = 0;
+            }
+            if s >= src as isize - 1 {
+                f = 0.0;
+                s = src as isize - 1;
+            }
+            let s = s as usize;
+            (s, (s + 1).min(src - 1), f)
+        })
+        .collect()
+}
+
+/// `resize(src, Size(dw, dh), INTER_LINEAR)` of an interleaved `ch`-channel float image:
+/// horizontal pass, then vertical, in f32 as OpenCV does for float images.
+fn resize_linear(src: &[f32], sw: usize, sh: usize, ch: usize, dw: usize, dh: usize) -> Vec<f32> {
+    if (sw, sh) == (dw, dh) {
+        return src.to_vec();
+    }
+    let xs = linear_taps(dw, sw);
+    let ys = linear_taps(dh, sh);
+    let hrow = |y: usize| -> Vec<f32> {
+        let row = &src[y * sw * ch..(y + 1) * sw * ch];
+        let mut out = vec![0f32; dw * ch];
+        for (d, &(s0, s1, f)) in xs.iter().enumerate() {
+            for c in 0..ch {
+                out[d * ch + c] = row[s0 * ch + c] * (1.0 - f) + row[s1 * ch + c] * f;
+            }
+        }
+        out
+    };
+    let rows: Vec<Vec<f32>> = (0..sh).map(hrow).collect();
+    let mut out = vec![0f32; dw * dh * ch];
+    for (d, &(s0, s1, f)) in ys.iter().enumerate() {
+        let (a, b) = (&rows[s0], &rows[s1]);
+        let o = &mut out[d * dw * ch..(d + 1) * dw * ch];
+        for i in 0..dw * ch {
+            o[i] = a[i] * (1.0 - f) + b[i] * f;
+        }
+    }
+    out
+}
+
+/// The expansion's Gaussian weights g, x g, x^2 g over -n..=n, and the entries of the inverse
+/// of its 6x6 moment matrix that the expansion needs (OpenCV's FarnebackPrepareGaussian).
+fn prepare_gaussian(n: usize, sigma: f64) -> (Vec<f32>, Vec<f32>, Vec<f32>, [f64; 4]) {
+    let ni = n as i64;
+    let mut g = vec![0f32; 2 * n + 1];
+    let mut s = 0f64;
+    for x in -ni..=ni {
+        let v = (-(x * x) as f64 / (2.0 * sigma * sigma)).exp() as f32;
+        g[(x + ni) as usize] = v;
+        s += v as f64;
+    }
+    let s = 1.0 / s;
+    let mut xg = vec![0f32; 2 * n + 1];
+    let mut xxg = vec![0f32; 2 * n + 1];
+    for x in -ni..=ni {
+        let i = (x + ni) as usize;
+        g[i] = (g[i] as f64 * s) as f32;
+        xg[i] = (x as f64 * g[i] as f64) as f32;
+        xxg[i] = ((x * x) as f64 * g[i] as f64) as f32;
+    }
+    // The moment matrix G has the structure below; its inverse keeps it, so the four entries
+    // come from a 3x3 block (rows 0, 3, 4) and three diagonal terms.
+    let (mut g00, mut g11, mut g33, mut g55) = (0f64, 0f64, 0f64, 0f64);
+    for y in -ni..=ni {
+        for x in -ni..=ni {
+            let w = g[(y + ni) as usize] as f64 * g[(x + ni) as usize] as f64;
+            let (xf, yf) = (x as f64, y as f64);
+            g00 += w;
+            g11 += w * xf * xf;
+            g33 += w * xf * xf * xf * xf;
+            g55 += w * xf * xf * yf * yf;
+        }
+    }
+    // G = [[g00,0,0,g11,g11,0],[0,g11,0,0,0,0],[0,0,g11,0,0,0],[g11,0,0,g33,g55,0],
+    //      [g11,0,0,g55,g33,0],[0,0,0,0,0,g55]]
+    let ig11 = 1.0 / g11;
+    let ig55 = 1.0 / g55;
+    // Block [[g00, g11, g11], [g11, g33, g55], [g11, g55, g33]]: by symmetry its inverse has
+    // a at (0,0), b at (0,1) and (0,2), c on the other diagonal entries, d off them.
+    let inv = invert3([[g00, g11, g11], [g11, g33, g55], [g11, g55, g33]]);
+    (g, xg, xxg, [ig11, inv[0][1], inv[1][1], ig55])
+}
+
+fn invert3(m: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    let c =
+        |r0: usize, r1: usize, c0: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
+    [
+        [
+            c(1, 2, 1, 2) / det,
+            -c(0, 2, 1, 2) / det,
+            c(0, 1, 1, 2) / det,
+        ],
+        [
+            -c(1, 2, 0, 2) / det,
+            c(0, 2, 0, 2) / det,
+            -c(0, 1, 0, 2) / det,
+        ],
+        [
+            c(1, 2, 0, 1) / det,
+            -c(0, 2, 0, 1) / det,
+            c(0, 1, 0, 1) / det,
+        ],
+    ]
+}
+
+/// The polynomial expansion of every pixel: 5 coefficients (r2..r6 in OpenCV's naming; the
+/// constant term is not kept), interleaved.
+fn poly_exp(src: &[f32], width: usize, height: usize, n: usize, sigma: f64) -> Vec<f32> {
+    let (g, xg, xxg, [ig11, ig03, ig33, ig55]) = prepare_gaussian(n, sigma);
+    let (g, xg, xxg) = (&g[n..], &xg[n..], &xxg[n..]);
+    let mut dst = vec![0f32; width * height * 5];
+    // One row of vertical sums (3 per pixel) with n pixels of border on each side.
+    let mut buf = vec![0f32; (width + 2 * n) * 3];
+    let off = n * 3;
+    for y in 0..height {
+        let srow0 = &src[y * width..(y + 1) * width];
+        {
+            let row = &mut buf[off..off + width * 3];
+            for x in 0..width {
+                row[x * 3] = srow0[x] * g[0];
+                row[x * 3 + 1] = 0.0;
+                row[x * 3 + 2] = 0.0;
+            }
+        }
+        for k in 1..=n {
+            let (g0, g1, g2) = (g[k], xg[k], xxg[k]);
+            let a = &src[y.saturating_sub(k) * width..][..width];
+            let b = &src[(y + k).min(height - 1) * width..][..width];
+            let row = &mut buf[off..off + width * 3];
+            for x in 0..width {
+                let p = a[x] + b[x];
+                row[x * 3] += g0 * p;
+                row[x * 3 + 1] += g1 * (b[x] - a[x]);
+                row[x * 3 + 2] += g2 * p;
+            }
+        }
+        // Replicate the first and last pixel's sums into the borders.
+        for x in 0..n * 3 {
+            buf[off - 1 - x] = buf[off + 2 - x];
+            buf[off + width * 3 + x] = buf[off + width * 3 + x - 3];
+        }
+        let row = |i: isize| buf[(off as isize + i) as usize];
+        let drow = &mut dst[y * width * 5..(y + 1) * width * 5];
+        for x in 0..width as isize {
+            let mut b1 = row(x * 3) as f64 * g[0] as f64;
+            let mut b2 = 0f64;
+            let mut b3 = row(x * 3 + 1) as f64 * g[0] as f64;
+            let mut b4 = 0f64;
+            let mut b5 = row(x * 3 + 2) as f64 * g[0] as f64;
+            let mut b6 = 0f64;
+            for k in 1..=n as isize {
+                let ku = k as usize;
+                let tg = (row((x + k) * 3) + row((x - k) * 3)) as f64;
+                b1 += tg * g[ku] as f64;
+                b4 += tg * xxg[ku] as f64;
+                b2 += (row((x + k) * 3) - row((x - k) * 3)) as f64 * xg[ku] as f64;
+                b3 += (row((x + k) * 3 + 1) + row((x - k) * 3 + 1)) as f64 * g[ku] as f64;
+                b6 += (row((x + k) * 3 + 1) - row((x - k) * 3 + 1)) as f64 * xg[ku] as f64;
+                b5 += (row((x + k) * 3 + 2) + row((x - k) * 3 + 2)) as f64 * g[ku] as f64;
+            }
+            let d = &mut drow[x as usize * 5..x as usize * 5 + 5];
+            d[1] = (b2 * ig11) as f32;
+            d[0] = (b3 * ig11) as f32;
+            d[3] = (b1 * ig03 + b4 * ig33) as f32;
+            d[2] = (b1 * ig03 + b5 * ig33) as f32;
+            d[4] = (b6 * ig55) as f32;
+        }
+    }
+    dst
+}
+
+/// Per pixel, the 2x2 system G and right-hand side h of the displacement estimate given the
+/// current flow (OpenCV's FarnebackUpdateMatrices), for rows y0..y1.
+fn update_matrices(r0: &[f32], r1: &[f32], flow: &Flow, m: &mut [f32], y0: usize, y1: usize) {
+    const BORDER: [f32; 5] = [0.14, 0.14, 0.4472, 0.4472, 0.4472];
+    let (width, height) = (flow.width, flow.height);
+    let step1 = width * 5;
+    for y in y0..y1 {
+        for x in 0..width {
+            let (dx, dy) = (
+                flow.data[(y * width + x) * 2],
+                flow.data[(y * width + x) * 2 + 1],
+            );
+            let mut fx = x as f32 + dx;
+            let mut fy = y as f32 + dy;
+            let x1 = fx.floor() as isize;
+            let y1i = fy.floor() as isize;
+            let p0 = &r0[(y * width + x) * 5..(y * width + x) * 5 + 5];
+            let (mut r2, mut r3, mut r4, mut r5, mut r6);
+            fx -= x1 as f32;
+            fy -= y1i as f32;
+            if x1 >= 0 && (x1 as usize) < width - 1 && y1i >= 0 && (y1i as usize) < height - 1 {
+                let base = y1i as usize * step1 + x1 as usize * 5;
+                let a00 = (1.0 - fx) * (1.0 - fy);
+                let a01 = fx * (1.0 - fy);
+                let a10 = (1.0 - fx) * fy;
+                let a11 = fx * fy;
+                let at = |i: usize| {
+                    a00 * r1[base + i]
+                        + a01 * r1[base + 5 + i]
+                        + a10 * r1[base + step1 + i]
+                        + a11 * r1[base + step1 + 5 + i]
+                };
+                r2 = at(0);
+                r3 = at(1);
+                r4 = at(2);
+                r5 = at(3);
+                r6 = at(4);
+                r4 = (p0[2] + r4) * 0.5;
+                r5 = (p0[3] + r5) * 0.5;
+                r6 = (p0[4] + r6) * 0.25;
+            } else {
+                r2 = 0.0;
+                r3 = 0.0;
+                r4 = p0[2];
+                r5 = p0[3];
+                r6 = p0[4] * 0.5;
+            }
+            r2 = (p0[0] - r2) * 0.5;
+            r3 = (p0[1] - r3) * 0.5;
+            r2 += r4 * dy + r6 * dx;
+            r3 += r6 * dy + r5 * dx;
+            let b = BORDER.len();
+            if x < b || x >= width - b || y < b || y >= height - b {
+                let scale = (if x < b { BORDER[x] } else { 1.0 })
+                    * (if x >= width - b {
+                        BORDER[width - x - 1]
+                    } else {
+                        1.0
+                    })
+                    * (if y < b { BORDER[y] } else { 1.0 })
+                    * (if y >= height - b {
+                        BORDER[height - y - 1]
+                    } else {
+                        1.0
+                    });
+                r2 *= scale;
+                r3 *= scale;
+                r4 *= scale;
+                r5 *= scale;
+                r6 *= scale;
+            }
+            let o = &mut m[(y * width + x) * 5..(y * width + x) * 5 + 5];
+            o[0] = r4 * r4 + r6 * r6;
+            o[1] = (r4 + r5) * r6;
+            o[2] = r5 * r5 + r6 * r6;
+            o[3] = r4 * r2 + r6 * r3;
+            o[4] = r6 * r2 + r5 * r3;
+        }
+    }
+}
+
+/// Averages G and h over a `block` x `block` box (borders replicated) and solves for the flow
+/// (OpenCV's FarnebackUpdateFlow_Blur); with `update`, recomputes the matrices behind it.
+fn update_flow_blur(
+    r0: &[f32],
+    r1: &[f32],
+    flow: &mut Flow,
+    m: &mut [f32],
+    block: usize,
+    update: bool,
+) {
+    let (width, height) = (flow.width, flow.height);
+    let mh = block / 2;
+    let min_stripe = ((1usize << 10) / width).max(block);
+    let scale = 1.0 / (block * block) as f64;
+    let off = (mh + 1) * 5;
+    let mut vsum = vec![0f64; (width + mh * 2 + 2) * 5];
+    let mrow = |m: &[f32], y: usize| -> Vec<f32> { m[y * width * 5..(y + 1) * width * 5].to_vec() };
+    {
+        let s0 = mrow(m, 0);
+        for x in 0..width * 5 {
+            vsum[off + x] = s0[x] as f64 * (mh + 2) as f64;
+        }
+        for y in 1..mh {
+            let s = mrow(m, y.min(height - 1));
+            for x in 0..width * 5 {
+                vsum[off + x] += s[x] as f64;
+            }
+        }
+    }
+    let mut y0 = 0usize;
+    for y in 0..height {
+        let s0 = mrow(m, (y as isize - mh as isize - 1).max(0) as usize);
+        let s1 = mrow(m, (y + mh).min(height - 1));
+        for x in 0..width * 5 {
+            vsum[off + x] += s1[x] as f64 - s0[x] as f64;
+        }
+        for x in 0..(mh + 1) * 5 {
+            vsum[off - 1 - x] = vsum[off + 4 - x];
+            vsum[off + width * 5 + x] = vsum[off + width * 5 + x - 5];
+        }
+        let v = |i: isize| vsum[(off as isize + i) as usize];
+        let k = (mh + 2) as f64;
+        let (mut g11, mut g12, mut g22, mut h1, mut h2) =
+            (v(0) * k, v(1) * k, v(2) * k, v(3) * k, v(4) * k);
+        for x in 1..mh as isize {
+            g11 += v(x * 5);
+            g12 += v(x * 5 + 1);
+            g22 += v(x * 5 + 2);
+            h1 += v(x * 5 + 3);
+            h2 += v(x * 5 + 4);
+        }
+        for x in 0..width as isize {
+            let (a, b) = ((x + mh as isize) * 5, (x - mh as isize) * 5 - 5);
+            g11 += v(a) - v(b);
+            g12 += v(a + 1) - v(b + 1);
+            g22 += v(a + 2) - v(b + 2);
+            h1 += v(a + 3) - v(b + 3);
+            h2 += v(a + 4) - v(b + 4);
+            let (g11_, g12_, g22_, h1_, h2_) = (
+                g11 * scale,
+                g12 * scale,
+                g22 * scale,
+                h1 * scale,
+                h2 * scale,
+            );
+            let idet = 1.0 / (g11_ * g22_ - g12_ * g12_ + 1e-3);
+            let i = (y * width + x as usize) * 2;
+            flow.data[i] = ((g11_ * h2_ - g12_ * h1_) * idet) as f32;
+            flow.data[i + 1] = ((g22_ * h1_ - g12_ * h2_) * idet) as f32;
+        }
+        let y1 = if y == height - 1 {
+            height
+        } else {
+            y.saturating_sub(block)
+        };
+        if update && (y1 == height || y1 >= y0 + min_stripe) {
+            update_matrices(r0, r1, flow, m, y0, y1);
+            y0 = y1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A smooth pattern shifted by (sx, sy) pixels.
+    fn pattern(w: usize, h: usize, sx: f32, sy: f32) -> Gray {
+        let data = (0..w * h)
+            .map(|i| {
+                let (x, y) = ((i % w) as f32 - sx, (i / w) as f32 - sy);
+                128.0
+                    + 60.0 * (x * 0.21).sin() * (y * 0.17).cos()
+                    + 30.0 * (x * 0.05 + y * 0.08).sin()
+            })
+            .collect();
+        Gray {
+            width: w,
+            height: h,
+            data,
+        }
+    }
+
+    #[test]
+    fn a_known_shift_is_recovered_inside_the_frame() {
+        let (a, b) = (pattern(152, 113, 0.0, 0.0), pattern(152, 113, 1.5, -0.75));
+        let f = farneback(&a, &b, &FarnebackParams::REFERENCE).unwrap();
+        // Away from the borders (where the window leaves the frame) the field is the shift.
+        let (mut ex, mut ey, mut n) = (0f64, 0f64, 0);
+        for y in 20..93 {
+            for x in 20..132 {
+                let i = (y * 152 + x) * 2;
+                ex += (f.data[i] - 1.5).abs() as f64;
+                ey += (f.data[i + 1] + 0.75).abs() as f64;
+                n += 1;
+            }
+        }
+        assert!(
+            ex / n as f64 <= 0.1 && ey / (n as f64) <= 0.1,
+            "{} {}",
+            ex / n as f64,
+            ey / n as f64
+        );
+    }
+
+    #[test]
+    fn the_moment_inverse_matches_a_direct_inverse() {
+        // For n = 5, sigma = 1.1 the known OpenCV values of ig11, ig03, ig33, ig55 satisfy
+        // G * invG = I on the 3x3 block: check through the block itself.
+        let (_, _, _, [ig11, ig03, ig33, ig55]) = prepare_gaussian(5, 1.1);
+        assert!(ig11 > 0.0 && ig33 > 0.0 && ig55 > 0.0 && ig03 < 0.0);
+    }
+
+    #[test]
+    fn bad_parameters_and_frames_are_errors() {
+        let a = pattern(40, 40, 0.0, 0.0);
+        let p = FarnebackParams {
+            winsize: 14,
+            ..FarnebackParams::REFERENCE
+        };
+        assert!(matches!(farneback(&a, &a, &p), Err(FlowError::Param(_))));
+        let b = pattern(41, 40, 0.0, 0.0);
+        assert!(matches!(
+            farneback(&a, &b, &FarnebackParams::REFERENCE),
+            Err(FlowError::SizeMismatch(..))
+        ));
+        // Two equal frames: no motion, but in the last row and column, where OpenCV's rule
+        // (kept here) has no next pixel to interpolate with.
+        let still = farneback(&a, &a, &FarnebackParams::REFERENCE).unwrap();
+        for y in 0..30 {
+            for x in 0..30 {
+                let i = (y * 40 + x) * 2;
+                assert!(still.data[i].abs() < 1e-3 && still.data[i + 1].abs() < 1e-3);
+            }
+        }
+    }
+}
