@@ -3,24 +3,28 @@
 #
 #   scripts/gpu_check.sh [--dry-run]   here (Rust toolchain, registries): builds a stripped
 #       `vae-ood` with the cuda13 feature (CUDA 13 API and library names; no ros, no train)
-#       and packs it with the sample drives and four bundles (default, compressed, its fp16
-#       quantisation, a seeded paper-size 224x224 encoder) into .gpu-check/ (git-ignored,
-#       under the device tool's 64 MiB working-tree limit).
+#       and packs it, gzipped, with the fp16 quantisation of models/default's encoder into
+#       .gpu-check/ (git-ignored). The bundles and sample drives travel in the working tree;
+#       the seeded paper-size encoder (34 MB) is generated on the device. Working tree and
+#       pack stay under the device tool's 64 MiB.
 #   scripts/gpu_check.sh --on-device   on the GPU machine (no toolchain; carry .gpu-check):
 #       points the loader at the CUDA/cuDNN libraries of its Python environment, then writes
 #       under $OUT (default .gpu-check/out): GPU-vs-CPU parity of every frame's score and
-#       posterior-derived verdict on the sample drives (fp32 within 1e-4 relative, fp16 within
-#       the tolerance below), encoder latency p50/p99 of the four bundles on both backends in
-#       one interleaved run, per-stage latency (decode, preprocess, inference) at 640x480, and
-#       `vae-ood eval` throughput with each backend; summary.md is the closing note's table.
+#       verdict on four sample drives (fp32 within 1e-4 relative, fp16 within the tolerance
+#       below), encoder latency p50/p99 of four bundles (default, compressed, default in fp16,
+#       a seeded paper-size 224x224 encoder) on both backends in one interleaved run,
+#       per-stage latency (decode, preprocess, inference) at 640x480, and `vae-ood eval`
+#       throughput with each backend; summary.md is the closing note's table.
 #
-# --dry-run prints each step instead of running it (either half).
+# --dry-run prints each step instead of running it (either half). GPU_BACKEND=tract runs the
+# device half on the CPU in place of cuda: a smoke test of the script itself, anywhere.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PACK=.gpu-check
 MODE=here
 DRY=0
+GPU="${GPU_BACKEND:-cuda}"
 for a in "$@"; do
   case "$a" in
     --on-device) MODE=device ;;
@@ -44,18 +48,11 @@ if [ "$MODE" = here ]; then
   # features; the first build compiles the dependency graph once more.
   step cargo build --locked -p vae_ood_cli --no-default-features --features cuda13 --profile gpu-check
   step rm -rf "$PACK"
-  step mkdir -p "$PACK/bundles" "$PACK/drives"
+  step mkdir -p "$PACK"
   step cp target/gpu-check/vae-ood "$PACK/vae-ood"
   step strip "$PACK/vae-ood"
-  step cp -r models/default "$PACK/bundles/default"
-  step rm -f "$PACK/bundles/default/vae.bpk" "$PACK/bundles/default/loss.png" "$PACK/bundles/default/metrics.csv"
-  step cp -r models/compressed "$PACK/bundles/compressed"
-  step target/gpu-check/vae-ood quantize --bundle models/default --out "$PACK/bundles/default-fp16-raw" --precision fp16
-  # The fp16 encoder keeps the teacher's calibration (same score and reference; only the
-  # encoder's arithmetic differs), so its verdicts can be compared frame by frame.
-  step cp "$PACK/bundles/default-fp16-raw/encoder.onnx" "$PACK/bundles/default-fp16.onnx"
-  step target/gpu-check/vae-ood gen-seeded --preset paper --seed 7 --out "$PACK/bundles/paper"
-  for d in "${DRIVES[@]}"; do step cp -r "data/sample/$d" "$PACK/drives/$d"; done
+  step gzip -9 "$PACK/vae-ood"
+  step target/gpu-check/vae-ood quantize --bundle models/default --out "$PACK/fp16" --precision fp16
   step cp scripts/gpu_check.sh "$PACK/"
   [ "$DRY" = 1 ] || du -sh "$PACK"
   echo "packed $PACK: on the device run 'bash scripts/gpu_check.sh --on-device' with carry ['$PACK']"
@@ -65,7 +62,9 @@ fi
 # --- on the device -------------------------------------------------------------------------
 OUT="${OUT:-$PACK/out}"
 VAE="$PACK/vae-ood"
-step mkdir -p "$OUT"
+B="$PACK/bundles"
+step mkdir -p "$OUT" "$B"
+[ "$DRY" = 1 ] || { gunzip -c "$PACK/vae-ood.gz" > "$VAE" && chmod +x "$VAE"; }
 # The CUDA 13 libraries of the device's Python environment (nvidia-* wheels), then the driver's.
 LIBS=$(python3 - <<'EOF' 2>/dev/null || true
 import glob, os, site
@@ -82,57 +81,63 @@ if [ "$DRY" = 0 ]; then
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" > "$OUT/env.txt"
   nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 fi
-# The fp16 bundle: the default's manifest with the fp16 encoder.
-if [ "$DRY" = 0 ]; then
-  rm -rf "$PACK/bundles/default-fp16" && cp -r "$PACK/bundles/default" "$PACK/bundles/default-fp16"
-  cp "$PACK/bundles/default-fp16.onnx" "$PACK/bundles/default-fp16/encoder.onnx"
-fi
+# The bundles: the shipped two, the default with its fp16 encoder (the default's calibration,
+# so verdicts compare frame by frame), and the seeded paper-size encoder.
+step cp -r models/default "$B/default"
+step cp -r models/compressed "$B/compressed"
+step cp -r models/default "$B/default-fp16"
+step cp "$PACK/fp16/encoder.onnx" "$B/default-fp16/encoder.onnx"
+# The manifest pins its encoder's hash: point it at the fp16 encoder (a measurement bundle only;
+# a quantised detector for use is calibrated itself, SAFETY.md).
+FP16_SHA=$(sed -n 's/^  sha256: //p' "$PACK/fp16/manifest.yaml" 2>/dev/null || true)
+step sed -i "s/^  sha256: .*/  sha256: $FP16_SHA/" "$B/default-fp16/manifest.yaml"
+step "$VAE" gen-seeded --preset paper --seed 7 --out "$B/paper"
 BAGS=()
-for d in "${DRIVES[@]}"; do BAGS+=("$PACK/drives/$d/bag"); done
+for d in "${DRIVES[@]}"; do BAGS+=("data/sample/$d/bag"); done
 
 # 1. Parity and verdicts: every sample frame scored by each bundle on both backends.
 for b in default compressed default-fp16; do
-  for be in tract cuda; do
-    step "$VAE" eval --bundle "$PACK/bundles/$b" --backend "$be" --out "$OUT/eval_${b}_${be}" --quiet --id "${BAGS[@]}"
+  for be in tract "$GPU"; do
+    step "$VAE" eval --bundle "$B/$b" --backend "$be" --out "$OUT/eval_${b}_${be}" --quiet --id "${BAGS[@]}"
   done
 done
 # 2. Encoder latency, both backends interleaved in one run (ratios against default on the CPU).
-step_to "$OUT/encoders.json" "$VAE" bench-encoders "$PACK/bundles/default" "$PACK/bundles/compressed" \
-  "$PACK/bundles/default-fp16" "$PACK/bundles/paper" --backend tract,cuda --frames 300 --json
+step_to "$OUT/encoders.json" "$VAE" bench-encoders "$B/default" "$B/compressed" \
+  "$B/default-fp16" "$B/paper" --backend "tract,$GPU" --frames 300 --json
 # 3. Per-stage latency at 640x480 rgb8 (batch 1), each backend.
 for b in default compressed paper; do
-  for be in tract cuda; do
-    step_to "$OUT/stages_${b}_${be}.txt" "$VAE" bench --bundle "$PACK/bundles/$b" --backend "$be" --frames 200
+  for be in tract "$GPU"; do
+    step_to "$OUT/stages_${b}_${be}.txt" "$VAE" bench --bundle "$B/$b" --backend "$be" --frames 200
   done
 done
 [ "$DRY" = 1 ] && exit 0
 
-python3 - "$OUT" "$FP32_TOL" "$FP16_TOL" "$PACK/bundles" <<'EOF' | tee "$OUT/summary.md"
+python3 - "$OUT" "$FP32_TOL" "$FP16_TOL" "$B" "$GPU" <<'EOF' | tee "$OUT/summary.md"
 import csv, json, pathlib, re, sys
-out, tol32, tol16, bundles = pathlib.Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), pathlib.Path(sys.argv[4])
+out, tol32, tol16, bundles, gpu = pathlib.Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), pathlib.Path(sys.argv[4]), sys.argv[5]
 def frames(d):
     with open(out / d / "frames.csv") as f:
         return list(csv.DictReader(f))
-print("| bundle | frames | largest relative score difference, cuda vs tract | tolerance | verdicts that differ (outside tolerance of the threshold) | eval frames/s tract / cuda |")
+print(f"| bundle | frames | largest relative score difference, {gpu} vs tract | tolerance | verdicts that differ (outside tolerance of the threshold) | eval frames/s tract / {gpu} |")
 print("|---|---|---|---|---|---|")
 ok = True
 for b, tol in [("default", tol32), ("compressed", tol32), ("default-fp16", tol16)]:
-    cpu, gpu = frames(f"eval_{b}_tract"), frames(f"eval_{b}_cuda")
+    on_cpu, on_gpu = frames(f"eval_{b}_tract"), frames(f"eval_{b}_{gpu}")
     # fp16 on the GPU against fp32 on the CPU: what the GPU path changes for a user.
-    ref = frames("eval_default_tract") if b == "default-fp16" else cpu
+    ref = frames("eval_default_tract") if b == "default-fp16" else on_cpu
     worst, bad = 0.0, 0
     m = re.search(r"cusum_threshold: *([0-9.eE+-]+)", (bundles / b / "manifest.yaml").read_text())
     thr = float(m.group(1)) if m else None
-    for c, g in zip(ref, gpu):
+    for c, g in zip(ref, on_gpu):
         sc, sg = float(c["score"]), float(g["score"])
         rel = abs(sc - sg) / max(1.0, abs(sc))
         worst = max(worst, rel)
         if c["state"] != g["state"]:
             near = thr is not None and abs(float(c.get("cusum", "nan")) - float(thr)) <= tol * max(1.0, float(thr))
             bad += 0 if near else 1
-    tp = [json.loads((out / f"eval_{b}_{be}" / "report.json").read_text()).get("throughput_fps") for be in ("tract", "cuda")]
-    ok &= worst <= tol and bad == 0 and len(cpu) == len(gpu)
-    print(f"| {b} | {len(gpu)} | {worst:.2e} | {tol:g} | {bad} | {tp[0]} / {tp[1]} |")
+    tp = [json.loads((out / f"eval_{b}_{be}" / "report.json").read_text()).get("throughput_fps") for be in ("tract", gpu)]
+    ok &= worst <= tol and bad == 0 and len(on_cpu) == len(on_gpu)
+    print(f"| {b} | {len(on_gpu)} | {worst:.2e} | {tol:g} | {bad} | {tp[0]} / {tp[1]} |")
 enc = json.loads((out / "encoders.json").read_text())
 print("\n| encoder | backend | p50 ms | p99 ms | speed-up vs default on CPU |\n|---|---|---|---|---|")
 for r in enc["encoders"]:
