@@ -1,11 +1,11 @@
 """The model cards' test-set figures (issue 14): evaluates a bundle on the test set of
-`make testset-data` and its false alarms on the clear drives of `make falsealarm-data`, and
-prints (or writes into a model card) the figures block.
+`make testset-data` and its false alarms on the clear drives of `make falsealarm2-data` (fresh
+in session 11) and `make falsealarm-data`, and prints (or writes into a model card) the figures block.
 
   python3 scripts/testset_card.py --bundle models/default [--update models/default/MODEL_CARD.md]
 
 Needs target/debug/vae-ood (cargo build -p vae_ood_cli), out/testset (checked against
-data/testset.sha256 when generated) and out/falsealarm. The card's block sits between
+data/testset.sha256 when generated), out/falsealarm2 and out/falsealarm. The card's block sits between
 `<!-- testset:begin -->` and `<!-- testset:end -->`. The JSON summary goes to OUT/summary.json.
 """
 
@@ -52,7 +52,15 @@ def evaluate(vae, bundle, out, args):
     return json.loads((out / "report.json").read_text())
 
 
-def summarise(test, fa):
+def fa_summary(name, fa):
+    fs = fa["sequential"]
+    k, n = fs["false_alarms"], fs["id_frames"]
+    return {"set": name, "false_alarms": k, "frames": n, "drives": len(fa["inputs"]),
+            "per_1000": 1000.0 * k / n if n else None,
+            "per_1000_upper95": 1000.0 * poisson_upper(k) / n if n else None}
+
+
+def summarise(test, fas):
     seq = test["sequential"]
     rows = {}
     for t in TYPES:
@@ -70,8 +78,8 @@ def summarise(test, fa):
         }
     all_delays = [d for r in rows.values() for d in r["delays"]]
     found = [d for d in all_delays if d is not None]
-    fs = fa["sequential"]
-    k, n = fs["false_alarms"], fs["id_frames"]
+    sets = [fa_summary(name, fa) for name, fa in fas]
+    first = sets[0]
     return {
         "bundle_model_id": test["model_id"],
         "types": rows,
@@ -79,11 +87,13 @@ def summarise(test, fa):
         "segments": len(all_delays),
         "median_delay": statistics.median(found) if found else None,
         "max_delay": max(found) if found else None,
-        "false_alarms": k,
-        "falsealarm_frames": n,
-        "falsealarm_drives": len(fa["inputs"]),
-        "per_1000": 1000.0 * k / n if n else None,
-        "per_1000_upper95": 1000.0 * poisson_upper(k) / n if n else None,
+        # The first set given (the fresh one by default), then every set.
+        "false_alarms": first["false_alarms"],
+        "falsealarm_frames": first["frames"],
+        "falsealarm_drives": first["drives"],
+        "per_1000": first["per_1000"],
+        "per_1000_upper95": first["per_1000_upper95"],
+        "falsealarm_sets": sets,
         "test_id_frames": seq["id_frames"],
         "test_false_alarms": seq["false_alarms"],
     }
@@ -102,9 +112,10 @@ def block(s):
                f"largest {s['max_delay']}.")
     out.append(f"- False alarms on the test set's in-distribution frames (clear drives and the clear quarters of OOD "
                f"drives): {s['test_false_alarms']} in {s['test_id_frames']} frames.")
-    out.append(f"- False alarms on {s['falsealarm_drives']} held-out clear drives (`make falsealarm-data`): "
-               f"{s['false_alarms']} in {s['falsealarm_frames']} frames, {s['per_1000']:.3f} per 1000 frames "
-               f"(95 % upper bound {s['per_1000_upper95']:.3f}).")
+    for fa in s["falsealarm_sets"]:
+        out.append(f"- False alarms on {fa['drives']} held-out clear drives (`make {fa['set']}-data`): "
+                   f"{fa['false_alarms']} in {fa['frames']} frames, {fa['per_1000']:.3f} per 1000 frames "
+                   f"(95 % upper bound {fa['per_1000_upper95']:.3f}).")
     return "\n".join(out)
 
 
@@ -113,15 +124,19 @@ def main():
     ap.add_argument("--bundle", type=pathlib.Path, required=True)
     ap.add_argument("--vae", type=pathlib.Path, default=ROOT / "target/debug/vae-ood")
     ap.add_argument("--testset", type=pathlib.Path, default=ROOT / "out/testset")
-    ap.add_argument("--falsealarm", type=pathlib.Path, default=ROOT / "out/falsealarm")
+    ap.add_argument("--falsealarm", type=pathlib.Path, nargs="+",
+                    default=[ROOT / "out/falsealarm2", ROOT / "out/falsealarm"],
+                    help="false-alarm sets (make falsealarm2-data, make falsealarm-data), each reported; "
+                         "the first is the card's headline figure")
     ap.add_argument("--out", type=pathlib.Path)
     ap.add_argument("--update", type=pathlib.Path, help="model card whose testset block to rewrite")
     args = ap.parse_args()
     out = args.out or ROOT / "out" / f"testset_{args.bundle.name}"
     test = evaluate(args.vae, args.bundle, out / "test", ["--label-topic", "/ood_label", "--input", *inputs_of(args.testset)])
-    fa = evaluate(args.vae, args.bundle, out / "falsealarm",
-                  ["--id", *[str(p) for p in sorted(args.falsealarm.glob("*/bag"))]])
-    s = summarise(test, fa)
+    fas = [(d.name, evaluate(args.vae, args.bundle, out / d.name,
+                             ["--id", *[str(p) for p in sorted(d.glob("*/bag"))]]))
+           for d in args.falsealarm]
+    s = summarise(test, fas)
     (out / "summary.json").write_text(json.dumps(s, indent=1))
     text = block(s)
     print(text)

@@ -39,7 +39,10 @@ def test_the_default_detector_scores_the_detail_channel():
     m = yaml.safe_load((DEFAULT_BUNDLE / "manifest.yaml").read_text())
     d = m["score"]["detail"]
     assert (d["width"], d["height"], d["octaves"]) == (160, 120, 3)
-    assert len(m["score"]["mean"]) == 2 * m["latents"]["count"] + 3
+    # One Gaussian (mean) or a mixture (each component's mean): the features are the posterior's
+    # mu and logvar, then the three detail octaves.
+    means = [c["mean"] for c in m["score"]["components"]] if "components" in m["score"] else [m["score"]["mean"]]
+    assert all(len(mean) == 2 * m["latents"]["count"] + 3 for mean in means)
 
 
 def test_detail_features_match_numpy_on_sample_frames(tmp_path):

@@ -50,10 +50,21 @@ def test_tract_matches_onnxruntime_and_the_score_matches_numpy(tmp_path, seed):
     score = manifest.get("score", {"kind": "kl"})
     if score["kind"] == "kl":
         want = kl[manifest["latents"]["selected"]].sum()
-    else:  # Mahalanobis distance of (mu, logvar, detail) from the bundle's fitted Gaussian
-        d = np.r_[mu64, lv64, rust["detail_in"]] - np.asarray(score["mean"])
-        want = d @ np.asarray(score["precision"]).reshape(d.size, d.size) @ d
-    assert abs(rust["score"] - want) <= 1e-9 * max(1.0, abs(rust["score"]))
+    else:
+        x = np.r_[mu64, lv64, rust["detail_in"]]
+
+        def m2(mean, precision):
+            d = x - np.asarray(mean)
+            return d @ np.asarray(precision).reshape(d.size, d.size) @ d
+
+        if "components" not in score:  # Mahalanobis distance from the fitted Gaussian
+            want = m2(score["mean"], score["precision"])
+        else:  # -2 ln of the mixture's density, shifted by its largest normaliser (>= 0)
+            comps = score["components"]
+            top = max(c["log_det_precision"] for c in comps)
+            t = np.array([np.log(c["weight"]) + 0.5 * (c["log_det_precision"] - top) - 0.5 * m2(c["mean"], c["precision"]) for c in comps])
+            want = max(0.0, -2.0 * (t.max() + np.log(np.exp(t - t.max()).sum())))
+    assert abs(rust["score"] - want) <= 1e-9 * max(1.0, abs(rust["score"])), (rust["score"], want)
 
 
 def test_numeric_output_names_are_addressed_by_index(tmp_path):
