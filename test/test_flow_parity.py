@@ -1,4 +1,4 @@
-"""Our optical flow (`vae-ood flow`, crates/core/src/flow.rs) against OpenCV's
+"""Our optical flow (`vae-ood flow`, crates/core/src/flow.rs and clahe.rs) against OpenCV's
 calcOpticalFlowFarneback (opencv-python, the reference) on real frame pairs of the committed
 sample drives, with the paper authors' parameters (issue 18): greyscale, resized to 160x120,
 centre-cropped to 152x113, CLAHE (clip 2, 8x8 tiles); pyramid scale 0.5, levels 1, window 15,
@@ -57,3 +57,24 @@ def test_our_farneback_flow_matches_opencv_on_sample_frame_pairs(tmp_path, drive
         assert np.abs(ref).mean() > 0.01, (drive, a)
         print(f"{drive} frames {a}-{b}: mean |flow| {np.linalg.norm(ref, axis=2).mean():.3f} px, EPE mean {epe.mean():.2e} p99 {np.percentile(epe, 99):.2e} max {epe.max():.2e} px")
         assert epe.mean() <= 0.05 and np.percentile(epe, 99) <= 0.5, (drive, a, epe.mean(), np.percentile(epe, 99), epe.max())
+
+
+@pytest.mark.parametrize("drive", DRIVES)
+def test_our_reference_preprocessing_matches_opencv_and_so_does_the_flow_after_it(tmp_path, drive):
+    """Grey (cvtColor's fixed point), crop and CLAHE in Rust against cv2 on the same colour
+    frames; then the whole path, preprocessing included, within the same flow floors."""
+    imgs = frames(drive, {i for p in PAIRS for i in p})
+    for a, b in PAIRS:
+        pa, pb = tmp_path / f"{a}.png", tmp_path / f"{b}.png"
+        cv2.imwrite(str(pa), imgs[a])
+        cv2.imwrite(str(pb), imgs[b])
+        prefix, out = tmp_path / f"in_{a}", tmp_path / f"flow_{a}.npy"
+        cli("flow", pa, pb, "--preprocess", "--save-inputs", prefix, "--out", out)
+        for src, which in [(imgs[a], "prev"), (imgs[b], "next")]:
+            ours = cv2.imread(f"{prefix}_{which}.png", cv2.IMREAD_GRAYSCALE).astype(int)
+            diff = np.abs(ours - preprocess(src).astype(int))
+            print(f"{drive} frame {a} {which}: {int((diff > 0).sum())} of {diff.size} pixels differ, at most {diff.max()}")
+            assert diff.max() == 0, (drive, a, which, diff.max())
+        ref = cv2.calcOpticalFlowFarneback(preprocess(imgs[a]), preprocess(imgs[b]), None, **PARAMS)
+        epe = np.linalg.norm(np.load(out) - ref, axis=2)
+        assert epe.mean() <= 0.05 and np.percentile(epe, 99) <= 0.5, (drive, a, epe.mean())

@@ -94,6 +94,72 @@ pub enum FlowError {
     TooSmall(usize, usize),
 }
 
+/// The reference design's input to the flow (the paper authors' detector): a frame in grey
+/// levels, resized to `width` x `height`, centre-cropped to `crop` and equalised with CLAHE.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowInput {
+    pub width: usize,
+    pub height: usize,
+    pub crop_width: usize,
+    pub crop_height: usize,
+    pub clahe_clip: f64,
+    pub clahe_tiles: (usize, usize),
+}
+
+impl FlowInput {
+    /// 120x160 (H x W), cropped to 113x152, CLAHE clip 2 on 8x8 tiles.
+    pub const REFERENCE: Self = Self {
+        width: 160,
+        height: 120,
+        crop_width: 152,
+        crop_height: 113,
+        clahe_clip: 2.0,
+        clahe_tiles: (8, 8),
+    };
+
+    /// The flow input of a packed rgb8 frame: BT.601 luma as OpenCV's `cvtColor` computes it
+    /// for 8-bit frames (its vectorised path: fixed point, 15 bits), a bilinear resize when the frame is not
+    /// already `width` x `height` (OpenCV's 8-bit resize rounds in fixed point: up to one grey
+    /// level apart), the centre crop, then CLAHE.
+    pub fn prepare(&self, rgb: &[u8], width: usize, height: usize) -> Gray {
+        let grey: Vec<u8> = rgb
+            .chunks_exact(3)
+            .map(|p| {
+                let y = p[0] as u32 * 9798 + p[1] as u32 * 19235 + p[2] as u32 * 3735 + (1 << 14);
+                (y >> 15) as u8
+            })
+            .collect();
+        let grey = if (width, height) == (self.width, self.height) {
+            grey
+        } else {
+            let f: Vec<f32> = grey.iter().map(|&v| v as f32).collect();
+            resize_linear(&f, width, height, 1, self.width, self.height)
+                .into_iter()
+                .map(|v| v.round_ties_even().clamp(0.0, 255.0) as u8)
+                .collect()
+        };
+        let (x0, y0) = (
+            (self.width - self.crop_width) / 2,
+            (self.height - self.crop_height) / 2,
+        );
+        let crop: Vec<u8> = (y0..y0 + self.crop_height)
+            .flat_map(|y| grey[y * self.width + x0..y * self.width + x0 + self.crop_width].to_vec())
+            .collect();
+        let eq = crate::clahe::clahe(
+            &crop,
+            self.crop_width,
+            self.crop_height,
+            self.clahe_clip,
+            self.clahe_tiles,
+        );
+        Gray {
+            width: self.crop_width,
+            height: self.crop_height,
+            data: eq.into_iter().map(f32::from).collect(),
+        }
+    }
+}
+
 /// OpenCV's `cvRound`: nearest integer, ties to even.
 fn cv_round(v: f64) -> i64 {
     v.round_ties_even() as i64

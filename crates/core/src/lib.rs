@@ -23,6 +23,7 @@ compile_error!(
 
 pub mod arch;
 pub mod bundle;
+pub mod clahe;
 pub mod detail;
 pub mod detection;
 pub mod detector;

@@ -1,11 +1,13 @@
-//! `vae-ood flow`: the dense optical flow between two greyscale frames, as the optical-flow
-//! detector computes it (Farnebäck, the reference parameters unless given), saved as a NumPy
-//! array of shape (height, width, 2). For parity tests against OpenCV and for inspection.
+//! `vae-ood flow`: the dense optical flow between two frames, as the optical-flow detector
+//! computes it (Farnebäck, the reference parameters unless given), saved as a NumPy array of
+//! shape (height, width, 2). With `--preprocess`, the frames first get the reference
+//! preprocessing (grey, 160x120, centre crop 152x113, CLAHE). For parity tests against OpenCV
+//! and for inspection.
 
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use vae_ood_core::flow::{farneback, FarnebackParams, Gray};
+use vae_ood_core::flow::{farneback, FarnebackParams, FlowInput, Gray};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,6 +18,13 @@ pub struct Args {
     /// Output .npy file: float32, shape (height, width, 2), (dx, dy) per pixel.
     #[arg(long)]
     out: PathBuf,
+    /// Give the frames the reference preprocessing first (grey, resize to 160x120, centre crop
+    /// to 152x113, CLAHE clip 2 on 8x8 tiles); without it they are used as they are, in grey.
+    #[arg(long)]
+    preprocess: bool,
+    /// Also write the two frames as the flow saw them, as PREFIX_prev.png and PREFIX_next.png.
+    #[arg(long, value_name = "PREFIX")]
+    save_inputs: Option<PathBuf>,
     #[arg(long, default_value_t = FarnebackParams::REFERENCE.pyr_scale)]
     pyr_scale: f64,
     #[arg(long, default_value_t = FarnebackParams::REFERENCE.levels)]
@@ -30,10 +39,14 @@ pub struct Args {
     poly_sigma: f64,
 }
 
-fn gray(path: &Path) -> Result<Gray> {
-    let img = image::open(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .to_luma8();
+fn gray(path: &Path, preprocess: bool) -> Result<Gray> {
+    let img = image::open(path).with_context(|| format!("reading {}", path.display()))?;
+    if preprocess {
+        let rgb = img.to_rgb8();
+        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        return Ok(FlowInput::REFERENCE.prepare(rgb.as_raw(), w, h));
+    }
+    let img = img.to_luma8();
     Ok(Gray {
         width: img.width() as usize,
         height: img.height() as usize,
@@ -50,7 +63,18 @@ pub fn run(a: &Args) -> Result<()> {
         poly_n: a.poly_n,
         poly_sigma: a.poly_sigma,
     };
-    let flow = farneback(&gray(&a.prev)?, &gray(&a.next)?, &params)?;
+    let (prev, next) = (gray(&a.prev, a.preprocess)?, gray(&a.next, a.preprocess)?);
+    if let Some(prefix) = &a.save_inputs {
+        for (g, which) in [(&prev, "prev"), (&next, "next")] {
+            let path = PathBuf::from(format!("{}_{which}.png", prefix.display()));
+            let bytes: Vec<u8> = g.data.iter().map(|&v| v as u8).collect();
+            image::GrayImage::from_raw(g.width as u32, g.height as u32, bytes)
+                .expect("sized")
+                .save(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    let flow = farneback(&prev, &next, &params)?;
     write_npy(&a.out, &[flow.height, flow.width, 2], &flow.data)
         .with_context(|| format!("writing {}", a.out.display()))
 }
