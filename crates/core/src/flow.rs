@@ -160,6 +160,100 @@ impl FlowInput {
     }
 }
 
+/// The stacked motion history the flow detector's encoder reads: the last `depth` flow fields,
+/// oldest first, their horizontal components (`dx`) and vertical ones (`dy`) each as `depth`
+/// channels of `height` x `width` (the two encoder branches' inputs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stacked {
+    pub depth: usize,
+    pub width: usize,
+    pub height: usize,
+    pub dx: Vec<f32>,
+    pub dy: Vec<f32>,
+}
+
+/// One stream's motion history: the last prepared frame and the last `depth` flow fields. Flow
+/// is never computed across a gap: a stamp that does not advance, or advances by more than
+/// `max_gap_ns`, restarts the history (the detector warms up again over `depth` + 1 frames).
+#[derive(Debug, Clone)]
+pub struct FlowStack {
+    pub input: FlowInput,
+    pub params: FarnebackParams,
+    pub depth: usize,
+    pub max_gap_ns: i64,
+    prev: Option<(Gray, i64)>,
+    flows: std::collections::VecDeque<Flow>,
+}
+
+impl FlowStack {
+    /// The reference design's history: 6 fields.
+    pub const REFERENCE_DEPTH: usize = 6;
+
+    pub fn new(input: FlowInput, params: FarnebackParams, depth: usize, max_gap_ns: i64) -> Self {
+        Self {
+            input,
+            params,
+            depth: depth.max(1),
+            max_gap_ns,
+            prev: None,
+            flows: Default::default(),
+        }
+    }
+
+    /// Forgets the history (a reset, or a gap).
+    pub fn reset(&mut self) {
+        self.prev = None;
+        self.flows.clear();
+    }
+
+    /// Fields still needed before [`Self::push`] returns a stack.
+    pub fn warming_up(&self) -> usize {
+        self.depth - self.flows.len()
+    }
+
+    /// Adds a packed rgb8 frame stamped `stamp_ns`; the stack once `depth` fields are there.
+    pub fn push(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        stamp_ns: i64,
+    ) -> Result<Option<Stacked>, FlowError> {
+        let frame = self.input.prepare(rgb, width, height);
+        if let Some((_, last)) = &self.prev {
+            let step = stamp_ns.saturating_sub(*last);
+            if step <= 0 || step > self.max_gap_ns {
+                self.reset();
+            }
+        }
+        if let Some((prev, _)) = &self.prev {
+            let f = farneback(prev, &frame, &self.params)?;
+            if self.flows.len() == self.depth {
+                self.flows.pop_front();
+            }
+            self.flows.push_back(f);
+        }
+        self.prev = Some((frame, stamp_ns));
+        if self.flows.len() < self.depth {
+            return Ok(None);
+        }
+        let (w, h) = (self.flows[0].width, self.flows[0].height);
+        let mut dx = Vec::with_capacity(self.depth * w * h);
+        let mut dy = Vec::with_capacity(self.depth * w * h);
+        for f in &self.flows {
+            dx.extend(f.data.iter().step_by(2));
+            dy.extend(f.data.iter().skip(1).step_by(2));
+        }
+        Ok(Some(Stacked {
+            depth: self.depth,
+            width: w,
+            height: h,
+            dx,
+            dy,
+        }))
+    }
+}
+
 /// OpenCV's `cvRound`: nearest integer, ties to even.
 fn cv_round(v: f64) -> i64 {
     v.round_ties_even() as i64
@@ -696,6 +790,39 @@ mod tests {
         // G * invG = I on the 3x3 block: check through the block itself.
         let (_, _, _, [ig11, ig03, ig33, ig55]) = prepare_gaussian(5, 1.1);
         assert!(ig11 > 0.0 && ig33 > 0.0 && ig55 > 0.0 && ig03 < 0.0);
+    }
+
+    /// A packed rgb8 frame of [`pattern`] at 160x120, shifted by `sx` pixels.
+    fn rgb(sx: f32) -> Vec<u8> {
+        pattern(160, 120, sx, 0.0)
+            .data
+            .iter()
+            .flat_map(|&v| [v as u8; 3])
+            .collect()
+    }
+
+    #[test]
+    fn the_stack_warms_up_keeps_the_newest_fields_and_restarts_after_a_gap() {
+        let p = FarnebackParams::REFERENCE;
+        let mut s = FlowStack::new(FlowInput::REFERENCE, p, 3, 100_000_000);
+        let dt = 66_000_000;
+        // depth + 1 frames before the first stack.
+        for k in 0..3 {
+            assert!(s.push(&rgb(k as f32), 160, 120, k * dt).unwrap().is_none());
+        }
+        let st = s.push(&rgb(3.0), 160, 120, 3 * dt).unwrap().unwrap();
+        assert_eq!((st.depth, st.width, st.height), (3, 152, 113));
+        assert_eq!(st.dx.len(), 3 * 152 * 113);
+        // The scene moves right by a pixel a frame: dx is about 1 inside the frame, dy about 0.
+        let mid = |v: &[f32], c: usize| v[c * 152 * 113 + 56 * 152 + 76];
+        assert!((mid(&st.dx, 2) - 1.0).abs() < 0.3 && mid(&st.dy, 2).abs() < 0.3);
+        assert!(s.push(&rgb(4.0), 160, 120, 4 * dt).unwrap().is_some());
+        // A gap longer than max_gap_ns, and a stamp that goes back, restart the history.
+        assert!(s.push(&rgb(5.0), 160, 120, 10 * dt).unwrap().is_none());
+        assert_eq!(s.warming_up(), 3);
+        s.push(&rgb(6.0), 160, 120, 11 * dt).unwrap();
+        assert!(s.push(&rgb(7.0), 160, 120, 5 * dt).unwrap().is_none());
+        assert_eq!(s.warming_up(), 3);
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct Args {
     /// Also write the two frames as the flow saw them, as PREFIX_prev.png and PREFIX_next.png.
     #[arg(long, value_name = "PREFIX")]
     save_inputs: Option<PathBuf>,
+    /// Also time the preprocessing and the flow of this pair over RUNS repetitions on one
+    /// thread (after 5 untimed ones) and print p50 and p99 of each (1..=100000).
+    #[arg(long, value_name = "RUNS", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    bench: Option<u32>,
     #[arg(long, default_value_t = FarnebackParams::REFERENCE.pyr_scale)]
     pyr_scale: f64,
     #[arg(long, default_value_t = FarnebackParams::REFERENCE.levels)]
@@ -75,8 +79,50 @@ pub fn run(a: &Args) -> Result<()> {
         }
     }
     let flow = farneback(&prev, &next, &params)?;
+    if let Some(runs) = a.bench {
+        bench(a, &prev, &next, &params, runs as usize)?;
+    }
     write_npy(&a.out, &[flow.height, flow.width, 2], &flow.data)
         .with_context(|| format!("writing {}", a.out.display()))
+}
+
+/// Prints p50 and p99 of the preprocessing (with `--preprocess`) and of the flow.
+fn bench(a: &Args, prev: &Gray, next: &Gray, params: &FarnebackParams, runs: usize) -> Result<()> {
+    use std::time::Instant;
+    let pct = vae_ood_core::stats::percentiles;
+    if a.preprocess {
+        let rgb = image::open(&a.next)?.to_rgb8();
+        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+        let mut t = vec![];
+        for i in 0..runs + 5 {
+            let s = Instant::now();
+            std::hint::black_box(FlowInput::REFERENCE.prepare(rgb.as_raw(), w, h));
+            if i >= 5 {
+                t.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        if let Some(p) = pct(t) {
+            println!(
+                "preprocess {w}x{h} -> {}x{}: p50 {:.3} ms  p99 {:.3} ms",
+                next.width, next.height, p.p50, p.p99
+            );
+        }
+    }
+    let mut t = vec![];
+    for i in 0..runs + 5 {
+        let s = Instant::now();
+        std::hint::black_box(farneback(prev, next, params)?);
+        if i >= 5 {
+            t.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    if let Some(p) = pct(t) {
+        println!(
+            "flow {}x{}: p50 {:.3} ms  p99 {:.3} ms ({runs} runs, one thread)",
+            next.width, next.height, p.p50, p.p99
+        );
+    }
+    Ok(())
 }
 
 /// A little-endian float32 array in NumPy's .npy format (version 1.0).
