@@ -53,7 +53,7 @@ def calibrated(tmp_path_factory):
     val = drive("val", mixed[:20] + [overexpose(f) for f in mixed[20:]])
     out = root / "bundle"
     r = cli("calibrate", "--out", out, "--cal", *cal, "--tune-id", *tune, "--val-ood", f"{val}:20",
-            "--k", "10,30", "--windows", "5,10", "--decays", "0.5,1", "--false-alarm-rate", "0.0", "--quiet")
+            "--k", "10,30", "--windows", "5,10", "--decays", "0.5,1", "--false-alarm-rate", "1e-6", "--quiet")
     window = int(re.search(r"window\s+(\d+)", r.stdout).group(1))
     return out, window, r.stdout
 
