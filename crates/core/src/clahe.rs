@@ -4,6 +4,8 @@
 //! bilinearly. The optical-flow detector's reference preprocessing equalises every frame this
 //! way; `test/test_flow_parity.py` checks it against OpenCV.
 
+use crate::flow::reflect101;
+
 /// Equalises `img` (`width` x `height`, row-major) with `tiles` = (columns, rows) of tiles.
 pub fn clahe(img: &[u8], width: usize, height: usize, clip: f64, tiles: (usize, usize)) -> Vec<u8> {
     let (tx, ty) = tiles;
@@ -16,7 +18,9 @@ pub fn clahe(img: &[u8], width: usize, height: usize, clip: f64, tiles: (usize, 
     } else {
         (width + tx - width % tx, height + ty - height % ty)
     };
-    let at = |x: usize, y: usize| img[reflect101(y, height) * width + reflect101(x, width)];
+    let at = |x: usize, y: usize| {
+        img[reflect101(y as isize, height) * width + reflect101(x as isize, width)]
+    };
     let (tw, th) = (ew / tx, eh / ty);
     let area = tw * th;
     let lut_scale = 255.0f32 / area as f32;
@@ -92,17 +96,8 @@ pub fn clahe(img: &[u8], width: usize, height: usize, clip: f64, tiles: (usize, 
 }
 
 /// OpenCV's `saturate_cast<uchar>(float)`: round half to even, clamp to 0..=255.
-fn saturate_u8(v: f32) -> u8 {
+pub(crate) fn saturate_u8(v: f32) -> u8 {
     v.round_ties_even().clamp(0.0, 255.0) as u8
-}
-
-/// BORDER_REFLECT_101 for indices at or past the end (the extension is right and down only).
-fn reflect101(i: usize, n: usize) -> usize {
-    if i < n || n == 1 {
-        i.min(n - 1)
-    } else {
-        (2 * n - 2).saturating_sub(i)
-    }
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl FlowInput {
             let f: Vec<f32> = grey.iter().map(|&v| v as f32).collect();
             resize_linear(&f, width, height, 1, self.width, self.height)
                 .into_iter()
-                .map(|v| v.round_ties_even().clamp(0.0, 255.0) as u8)
+                .map(crate::clahe::saturate_u8)
                 .collect()
         };
         let (x0, y0) = (
@@ -350,7 +350,7 @@ fn gaussian_kernel(n: usize, sigma: f64) -> Vec<f32> {
 }
 
 /// OpenCV's default border (BORDER_REFLECT_101): ... 2 1 | 0 1 2 ... n-1 | n-2 n-3 ...
-fn reflect101(i: isize, n: usize) -> usize {
+pub(crate) fn reflect101(i: isize, n: usize) -> usize {
     let n = n as isize;
     if n == 1 {
         return 0;
@@ -675,14 +675,15 @@ fn update_flow_blur(
     let scale = 1.0 / (block * block) as f64;
     let off = (mh + 1) * 5;
     let mut vsum = vec![0f64; (width + mh * 2 + 2) * 5];
-    let mrow = |m: &[f32], y: usize| -> Vec<f32> { m[y * width * 5..(y + 1) * width * 5].to_vec() };
+    // Row y of the matrices, borrowed only until the next update of `m` below.
+    let mrow = |y: usize| y * width * 5..(y + 1) * width * 5;
     {
-        let s0 = mrow(m, 0);
+        let s0 = &m[mrow(0)];
         for x in 0..width * 5 {
             vsum[off + x] = s0[x] as f64 * (mh + 2) as f64;
         }
         for y in 1..mh {
-            let s = mrow(m, y.min(height - 1));
+            let s = &m[mrow(y.min(height - 1))];
             for x in 0..width * 5 {
                 vsum[off + x] += s[x] as f64;
             }
@@ -690,8 +691,8 @@ fn update_flow_blur(
     }
     let mut y0 = 0usize;
     for y in 0..height {
-        let s0 = mrow(m, (y as isize - mh as isize - 1).max(0) as usize);
-        let s1 = mrow(m, (y + mh).min(height - 1));
+        let s0 = &m[mrow((y as isize - mh as isize - 1).max(0) as usize)];
+        let s1 = &m[mrow((y + mh).min(height - 1))];
         for x in 0..width * 5 {
             vsum[off + x] += s1[x] as f64 - s0[x] as f64;
         }

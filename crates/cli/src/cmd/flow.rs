@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use vae_ood_core::flow::{farneback, FarnebackParams, FlowInput, Gray};
+use vae_ood_core::stats::{percentiles, Percentiles};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -88,41 +89,40 @@ pub fn run(a: &Args) -> Result<()> {
 
 /// Prints p50 and p99 of the preprocessing (with `--preprocess`) and of the flow.
 fn bench(a: &Args, prev: &Gray, next: &Gray, params: &FarnebackParams, runs: usize) -> Result<()> {
-    use std::time::Instant;
-    let pct = vae_ood_core::stats::percentiles;
     if a.preprocess {
         let rgb = image::open(&a.next)?.to_rgb8();
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-        let mut t = vec![];
-        for i in 0..runs + 5 {
-            let s = Instant::now();
+        let p = time_ms(runs, || {
             std::hint::black_box(FlowInput::REFERENCE.prepare(rgb.as_raw(), w, h));
-            if i >= 5 {
-                t.push(s.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        if let Some(p) = pct(t) {
-            println!(
-                "preprocess {w}x{h} -> {}x{}: p50 {:.3} ms  p99 {:.3} ms",
-                next.width, next.height, p.p50, p.p99
-            );
-        }
+            Ok(())
+        })?;
+        println!(
+            "preprocess {w}x{h} -> {}x{}: p50 {:.3} ms  p99 {:.3} ms",
+            next.width, next.height, p.p50, p.p99
+        );
     }
-    let mut t = vec![];
-    for i in 0..runs + 5 {
-        let s = Instant::now();
+    let p = time_ms(runs, || {
         std::hint::black_box(farneback(prev, next, params)?);
+        Ok(())
+    })?;
+    println!(
+        "flow {}x{}: p50 {:.3} ms  p99 {:.3} ms ({runs} runs, one thread)",
+        next.width, next.height, p.p50, p.p99
+    );
+    Ok(())
+}
+
+/// Percentiles of `runs` timed calls of `f`, in milliseconds, after 5 untimed ones.
+fn time_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Percentiles> {
+    let mut t = Vec::with_capacity(runs);
+    for i in 0..runs + 5 {
+        let s = std::time::Instant::now();
+        f()?;
         if i >= 5 {
             t.push(s.elapsed().as_secs_f64() * 1e3);
         }
     }
-    if let Some(p) = pct(t) {
-        println!(
-            "flow {}x{}: p50 {:.3} ms  p99 {:.3} ms ({runs} runs, one thread)",
-            next.width, next.height, p.p50, p.p99
-        );
-    }
-    Ok(())
+    Ok(percentiles(t).expect("runs >= 1"))
 }
 
 /// A little-endian float32 array in NumPy's .npy format (version 1.0).

@@ -4,7 +4,7 @@
 //! driver). Every CUDA library is loaded at run time: this builds without CUDA, and a machine
 //! without a usable GPU gets [`CudaUnavailable`], naming what is missing and how to fix it.
 
-use super::tract::{posterior, TypedEncoder};
+use super::tract::{EncoderIo, TypedEncoder};
 use super::{Encoder, InferenceError, Posterior};
 use crate::bundle::{Bundle, BundleError};
 use tract_onnx::prelude::*;
@@ -121,11 +121,7 @@ pub fn probe() -> Result<CudaDevice, CudaUnavailable> {
 /// it does not translate stays on the CPU, with copies around it.
 pub struct CudaEncoder {
     state: Box<dyn State>,
-    shape: [usize; 4],
-    macs: u64,
-    declared: Option<Vec<usize>>,
-    mu_index: usize,
-    logvar_index: usize,
+    io: EncoderIo,
     device: CudaDevice,
 }
 
@@ -154,11 +150,7 @@ impl CudaEncoder {
             .map_err(|e| err("cannot prepare", e))?;
         Ok(Self {
             state,
-            shape: t.shape,
-            macs: t.macs,
-            declared: t.declared,
-            mu_index: t.mu_index,
-            logvar_index: t.logvar_index,
+            io: t.io,
             device,
         })
     }
@@ -166,10 +158,7 @@ impl CudaEncoder {
 
 impl Encoder for CudaEncoder {
     fn encode(&mut self, input: &[f32]) -> Result<Posterior, InferenceError> {
-        let e = |e: TractError| InferenceError(e.to_string());
-        let x = Tensor::from_shape(&self.shape, input).map_err(e)?;
-        let out = self.state.run(tvec!(x.into())).map_err(e)?;
-        posterior(&out, self.mu_index, self.logvar_index)
+        self.io.encode(input, |x| self.state.run(x))
     }
 
     fn backend(&self) -> &'static str {
@@ -181,10 +170,10 @@ impl Encoder for CudaEncoder {
     }
 
     fn declared_input_shape(&self) -> Option<Vec<usize>> {
-        self.declared.clone()
+        self.io.declared.clone()
     }
 
     fn multiply_accumulates(&self) -> Option<u64> {
-        Some(self.macs)
+        Some(self.io.macs)
     }
 }

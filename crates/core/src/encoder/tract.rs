@@ -9,11 +9,7 @@ use tract_onnx::prelude::*;
 
 pub struct TractEncoder {
     state: TypedSimpleState,
-    shape: [usize; 4],
-    macs: u64,
-    declared: Option<Vec<usize>>,
-    mu_index: usize,
-    logvar_index: usize,
+    io: EncoderIo,
 }
 
 impl TractEncoder {
@@ -30,14 +26,7 @@ impl TractEncoder {
     }
 
     fn load_with(bundle: &Bundle, threads: usize, patch: bool) -> Result<Self, BundleError> {
-        let TypedEncoder {
-            model,
-            shape,
-            macs,
-            declared,
-            mu_index,
-            logvar_index,
-        } = TypedEncoder::load(bundle)?;
+        let TypedEncoder { model, io } = TypedEncoder::load(bundle)?;
         let err = model_error(bundle);
         let mut typed = model;
         if patch {
@@ -51,14 +40,7 @@ impl TractEncoder {
             .into_runnable_with_options(&run_options(threads))
             .and_then(|plan| plan.spawn())
             .map_err(|e| err("cannot plan", &e))?;
-        Ok(Self {
-            state,
-            shape,
-            macs,
-            declared,
-            mu_index,
-            logvar_index,
-        })
+        Ok(Self { state, io })
     }
 }
 
@@ -66,12 +48,44 @@ impl TractEncoder {
 /// what every tract runtime (the CPU's, CUDA's) starts from before lowering it its own way.
 pub(crate) struct TypedEncoder {
     pub model: TypedModel,
+    pub io: EncoderIo,
+}
+
+/// What a loaded encoder knows of its graph whatever runs it: the input shape, where mu and
+/// logvar come out, and its cost; every tract runtime's encoder keeps one.
+pub(crate) struct EncoderIo {
     pub shape: [usize; 4],
     pub macs: u64,
     /// The input shape the ONNX file declares, when concrete.
     pub declared: Option<Vec<usize>>,
     pub mu_index: usize,
     pub logvar_index: usize,
+}
+
+impl EncoderIo {
+    /// Runs one input through `run` (a runtime's state) and takes the posterior from its
+    /// outputs.
+    pub fn encode(
+        &self,
+        input: &[f32],
+        run: impl FnOnce(TVec<TValue>) -> TractResult<TVec<TValue>>,
+    ) -> Result<Posterior, InferenceError> {
+        let e = |e: TractError| InferenceError(e.to_string());
+        let x = Tensor::from_shape(&self.shape, input).map_err(e)?;
+        let out = run(tvec!(x.into())).map_err(e)?;
+        let take = |i: usize| -> Result<Vec<f32>, InferenceError> {
+            Ok(out[i]
+                .try_as_plain_ram()
+                .map_err(e)?
+                .as_slice::<f32>()
+                .map_err(e)?
+                .to_vec())
+        };
+        Ok(Posterior {
+            mu: take(self.mu_index)?,
+            logvar: take(self.logvar_index)?,
+        })
+    }
 }
 
 /// A [`BundleError::Model`] about the bundle's encoder file.
@@ -142,34 +156,15 @@ impl TypedEncoder {
         let macs = multiply_accumulates(&model).map_err(|e| err("cannot count MACs", &e))?;
         Ok(Self {
             model,
-            shape,
-            macs,
-            declared,
-            mu_index,
-            logvar_index,
+            io: EncoderIo {
+                shape,
+                macs,
+                declared,
+                mu_index,
+                logvar_index,
+            },
         })
     }
-}
-
-/// The posterior from a run's outputs.
-pub(crate) fn posterior(
-    out: &TVec<TValue>,
-    mu_index: usize,
-    logvar_index: usize,
-) -> Result<Posterior, InferenceError> {
-    let e = |e: TractError| InferenceError(e.to_string());
-    let take = |i: usize| -> Result<Vec<f32>, InferenceError> {
-        Ok(out[i]
-            .try_as_plain_ram()
-            .map_err(e)?
-            .as_slice::<f32>()
-            .map_err(e)?
-            .to_vec())
-    };
-    Ok(Posterior {
-        mu: take(mu_index)?,
-        logvar: take(logvar_index)?,
-    })
 }
 
 /// Time spent in one node of the optimised graph, summed over profiled runs.
@@ -189,7 +184,7 @@ impl TractEncoder {
         let model = self.state.model().clone();
         let mut times = vec![0f64; model.nodes().len()];
         for _ in 0..runs {
-            let x = Tensor::from_shape(&self.shape, input).map_err(e)?;
+            let x = Tensor::from_shape(&self.io.shape, input).map_err(e)?;
             self.state
                 .run_plan_with_eval(tvec!(x.into()), |ctx, state, node, inputs| {
                     let t = std::time::Instant::now();
@@ -214,10 +209,7 @@ impl TractEncoder {
 
 impl Encoder for TractEncoder {
     fn encode(&mut self, input: &[f32]) -> Result<Posterior, InferenceError> {
-        let e = |e: TractError| InferenceError(e.to_string());
-        let x = Tensor::from_shape(&self.shape, input).map_err(e)?;
-        let out = self.state.run(tvec!(x.into())).map_err(e)?;
-        posterior(&out, self.mu_index, self.logvar_index)
+        self.io.encode(input, |x| self.state.run(x))
     }
 
     fn backend(&self) -> &'static str {
@@ -225,11 +217,11 @@ impl Encoder for TractEncoder {
     }
 
     fn declared_input_shape(&self) -> Option<Vec<usize>> {
-        self.declared.clone()
+        self.io.declared.clone()
     }
 
     fn multiply_accumulates(&self) -> Option<u64> {
-        Some(self.macs)
+        Some(self.io.macs)
     }
 }
 
