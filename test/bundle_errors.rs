@@ -19,6 +19,7 @@ fn manifest(arch: &EncoderArch, outputs: Outputs) -> Manifest {
             path: "encoder.onnx".into(),
             sha256: String::new(),
         },
+        detector: Default::default(),
         input: InputSpec {
             width: arch.input_width as u32,
             height: arch.input_height as u32,
@@ -149,7 +150,7 @@ fn unknown_version_is_refused_before_schema_checks() {
     write_bundle(t.path(), |m| m.format_version = 9);
     let e = load_err(t.path());
     assert!(
-        e.contains("format_version 9") && e.contains("reads version 1"),
+        e.contains("format_version 9") && e.contains("reads versions 1 to 2"),
         "{e}"
     );
 }

@@ -74,7 +74,8 @@ fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame(
     let frames = map_drive(det.as_mut(), &fit[0].path, &|| {}, |s| {
         posterior_features(&s.mu, &s.logvar)
     })
-    .unwrap();
+    .unwrap()
+    .frames;
     for (j, mean) in r.mean.iter().enumerate() {
         let want = frames.iter().map(|f| f[j]).sum::<f64>() / frames.len() as f64;
         assert!((mean - want).abs() < 1e-9, "feature {j}: {mean} vs {want}");
@@ -90,7 +91,8 @@ fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame(
     let scored = map_drive(cal.as_mut(), &drive("id_loop_empty_s4").path, &|| {}, |s| {
         (s.score, posterior_features(&s.mu, &s.logvar))
     })
-    .unwrap();
+    .unwrap()
+    .frames;
     for (score, x) in &scored[..10] {
         assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
     }
@@ -114,7 +116,9 @@ fn a_reference_with_the_detail_channel_fits_the_frames_detail_and_scores_with_it
     assert_eq!(r.detail, Some(DetailSpec::at(160, 120)));
     assert_eq!((r.mean.len(), r.precision.len()), (63, 63 * 63));
     // The last three means are the fit frames' mean detail features.
-    let frames = map_drive(det.as_mut(), &fit[0].path, &|| {}, |s| s.detail).unwrap();
+    let frames = map_drive(det.as_mut(), &fit[0].path, &|| {}, |s| s.detail)
+        .unwrap()
+        .frames;
     assert!(frames.iter().all(|d| d.len() == 3));
     for k in 0..3 {
         let want = frames.iter().map(|d| d[k]).sum::<f64>() / frames.len() as f64;
@@ -128,7 +132,8 @@ fn a_reference_with_the_detail_channel_fits_the_frames_detail_and_scores_with_it
         &|| {},
         |s| (s.score, features(&s.mu, &s.logvar, &s.detail)),
     )
-    .unwrap();
+    .unwrap()
+    .frames;
     for (score, x) in &scored {
         assert_eq!(x.len(), 63);
         assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));

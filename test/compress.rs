@@ -16,6 +16,7 @@ fn arch() -> EncoderArch {
         conv: vec![8, 6, 5],
         dense: vec![24, 12],
         latents: 6,
+        groups: 1,
     }
 }
 

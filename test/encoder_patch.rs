@@ -6,9 +6,8 @@
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::Bundle;
 use vae_ood_core::detail::{DetailExtractor, DetailSpec};
-use vae_ood_core::detector::{Detector, Fault, Scored, StreamId};
+use vae_ood_core::detector::{Detector, Fault, Scored, StreamFrame, StreamId};
 use vae_ood_core::encoder::{BackendOptions, Encoder, TractEncoder};
-use vae_ood_core::frame::Pixels;
 use vae_ood_core::monitor::{Monitor, MonitorConfig, MonitorState};
 use vae_ood_core::preprocess::{reference, Preprocessor};
 
@@ -31,7 +30,7 @@ fn patched_encoders_give_tracts_own_posterior_on_every_sample_frame() {
         let bundle = Bundle::load(root().join("models").join(name)).unwrap();
         let mut ours = TractEncoder::load(&bundle, 1).unwrap();
         let mut plain = TractEncoder::load_unpatched(&bundle, 1).unwrap();
-        let input: Vec<f32> = vec![0.5; bundle.manifest.input.shape().iter().product()];
+        let input: Vec<f32> = vec![0.5; bundle.manifest.encoder_input_shape().iter().product()];
         let ops = |e: &mut TractEncoder| -> Vec<String> {
             e.profile(&input, 1)
                 .unwrap()
@@ -82,10 +81,10 @@ impl Detector for ReferencePath {
     fn measure_detail(&mut self, _: Option<DetailSpec>) {
         unimplemented!("the reference path scores; it measures nothing for a caller")
     }
-    fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
+    fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>> {
         frames
             .iter()
-            .map(|(_, px)| {
+            .map(|StreamFrame { pixels: px, .. }| {
                 let x = reference::preprocess(&px.to_rgb(), &self.bundle.manifest.input);
                 let p = self.encoder.encode(&x).unwrap();
                 let detail = self.detail.as_mut().map_or(vec![], |d| d.features(*px));

@@ -25,6 +25,7 @@ fn config(epochs: usize) -> TrainConfig {
             conv: vec![8, 8],
             dense: vec![32],
             latents: 4,
+            groups: 1,
         },
         beta: 1.0,
         epochs,
@@ -39,6 +40,7 @@ fn config(epochs: usize) -> TrainConfig {
         train: vec![sample("id_loop_empty_s1")],
         val: vec![sample("id_small_loop_s2")],
         distill: None,
+        flow: None,
     }
 }
 

@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 
 /// The encoder's shape: `conv` widths (each halves the spatial size), `dense` hidden widths,
 /// then two heads of `latents` units.
+///
+/// `groups` > 1 makes that many independent branches in one model (the flow detector's
+/// horizontal and vertical branches): every width counts all branches together, branch `g`
+/// reads input channels, hidden units and latents of block `g` only (grouped convolutions,
+/// block-diagonal dense layers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncoderArch {
     pub input_channels: usize,
@@ -13,6 +18,16 @@ pub struct EncoderArch {
     pub conv: Vec<usize>,
     pub dense: Vec<usize>,
     pub latents: usize,
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub groups: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(g: &usize) -> bool {
+    *g == 1
 }
 
 impl EncoderArch {
@@ -25,6 +40,7 @@ impl EncoderArch {
             conv: vec![128, 64, 32, 16],
             dense: vec![2048, 1000, 250],
             latents: 30,
+            groups: 1,
         }
     }
 
@@ -37,6 +53,7 @@ impl EncoderArch {
             conv: vec![32, 32, 16, 16],
             dense: vec![256, 128],
             latents: 30,
+            groups: 1,
         }
     }
 
@@ -51,7 +68,40 @@ impl EncoderArch {
             conv: vec![32, 16, 16, 16],
             dense: vec![256, 128],
             latents: 30,
+            groups: 1,
         }
+    }
+
+    /// The flow detector's two branches (horizontal and vertical flow, `depth` fields each) on
+    /// the reference design's 113x152 crop: 12 latents a branch, as the reference.
+    pub fn flow(depth: usize) -> Self {
+        Self {
+            input_channels: 2 * depth,
+            input_height: 113,
+            input_width: 152,
+            conv: vec![16, 32, 32, 32],
+            dense: vec![128],
+            latents: 24,
+            groups: 2,
+        }
+    }
+
+    /// Widths that every branch can share equally (each a multiple of `groups`).
+    pub fn check_groups(&self) -> Result<(), String> {
+        let g = self.groups;
+        if g == 0 {
+            return Err("groups must be at least 1".into());
+        }
+        let widths = std::iter::once(&self.input_channels)
+            .chain(&self.conv)
+            .chain(&self.dense)
+            .chain(std::iter::once(&self.latents));
+        if let Some(w) = widths.clone().find(|&&w| w % g != 0) {
+            return Err(format!(
+                "width {w} does not split into {g} equal branches (input channels, conv and dense widths and latents must be multiples of groups)"
+            ));
+        }
+        Ok(())
     }
 
     pub fn preset(name: &str) -> Option<Self> {
@@ -59,6 +109,7 @@ impl EncoderArch {
             "paper" => Some(Self::paper()),
             "small" => Some(Self::small()),
             "tiny" => Some(Self::tiny()),
+            "flow" => Some(Self::flow(crate::flow::FlowStack::REFERENCE_DEPTH)),
             _ => None,
         }
     }
@@ -88,15 +139,17 @@ pub struct LayerCost {
 impl EncoderArch {
     /// Parameters and multiply-accumulates per layer, in graph order (BatchNorm counted with
     /// its conv; the `mu` and `logvar` heads as one layer). Early convolutions dominate the
-    /// arithmetic, dense layers the parameters.
+    /// arithmetic, dense layers the parameters. Branches (`groups`) divide the convolutions'
+    /// cost; dense layers are counted whole, as the ONNX graph stores them (block-diagonal).
     pub fn layer_costs(&self) -> Vec<LayerCost> {
         let mut out = vec![];
         let (mut h, mut w, mut c_in) = (self.input_height, self.input_width, self.input_channels);
+        let g = self.groups.max(1);
         for (i, &c) in self.conv.iter().enumerate() {
             out.push(LayerCost {
                 name: format!("conv{i}"),
-                params: c * c_in * 9 + c + 4 * c,
-                macs: h * w * c * c_in * 9,
+                params: c * c_in / g * 9 + c + 4 * c,
+                macs: h * w * c * c_in / g * 9,
             });
             (h, w, c_in) = (h.div_ceil(2), w.div_ceil(2), c);
         }

@@ -11,8 +11,13 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The manifest format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest manifest format this build reads. Version 2 added `detector` (the optical-flow
+/// detector); image bundles are still written as version 1, so that older releases read them.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest manifest format this build reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
+/// The version image bundles are written with.
+pub const IMAGE_FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.yaml";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +29,11 @@ pub struct Manifest {
     #[serde(default)]
     pub description: String,
     pub encoder: EncoderFile,
+    /// Which detector the encoder belongs to. Absent: the β-VAE image detector.
+    #[serde(default, skip_serializing_if = "DetectorSpec::is_image")]
+    pub detector: DetectorSpec,
+    /// The image detector: how a frame becomes the encoder's input. The flow detector: one
+    /// prepared grey frame (its size is the flow crop's; `detector` says the rest).
     pub input: InputSpec,
     pub outputs: Outputs,
     pub latents: Latents,
@@ -63,6 +73,31 @@ pub struct CalibrationData {
     pub calibration: Vec<String>,
     pub tuning_id: Vec<String>,
     pub validation_ood: Vec<String>,
+}
+
+/// The detector kind and what it needs beyond the encoder.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DetectorSpec {
+    /// The paper's β-VAE over single frames.
+    #[default]
+    Image,
+    /// The optical-flow VAE: stacked flow fields between consecutive frames, in two branches
+    /// (horizontal and vertical flow), each with half of the latents.
+    Flow(crate::flow::FlowSpec),
+}
+
+impl DetectorSpec {
+    pub fn is_image(&self) -> bool {
+        matches!(self, Self::Image)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Flow(_) => "flow",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +168,7 @@ pub enum BundleError {
     },
     #[error("{path}: invalid manifest: {reason}")]
     Manifest { path: PathBuf, reason: String },
-    #[error("{path}: manifest format_version {found} is not supported by this build (it reads version {FORMAT_VERSION}); use a matching vae_ood_monitor release or re-export the bundle")]
+    #[error("{path}: manifest format_version {found} is not supported by this build (it reads versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION}); use a matching vae_ood_monitor release or re-export the bundle")]
     UnsupportedVersion { path: PathBuf, found: u64 },
     #[error("{path}: SHA-256 {actual} does not match the manifest's {expected}; the encoder changed after the bundle was made: re-create the bundle")]
     HashMismatch {
@@ -152,6 +187,15 @@ pub enum BundleError {
 }
 
 impl Manifest {
+    /// The encoder's input shape: the input spec's for the image detector, [1, 2 x depth,
+    /// crop height, crop width] for the flow detector.
+    pub fn encoder_input_shape(&self) -> [usize; 4] {
+        match &self.detector {
+            DetectorSpec::Image => self.input.shape(),
+            DetectorSpec::Flow(f) => f.encoder_shape(),
+        }
+    }
+
     /// KL per latent and the nonconformity score of one posterior, as this bundle scores it;
     /// `detail` holds the frame's detail features when the score asks for them (else empty).
     pub fn score_posterior(&self, mu: &[f32], logvar: &[f32], detail: &[f64]) -> (Vec<f64>, f64) {
@@ -173,13 +217,14 @@ impl Manifest {
         provenance: Provenance,
     ) -> Self {
         Manifest {
-            format_version: FORMAT_VERSION,
+            format_version: IMAGE_FORMAT_VERSION,
             name: name.into(),
             description: description.into(),
             encoder: EncoderFile {
                 path: "encoder.onnx".into(),
                 sha256: String::new(),
             },
+            detector: DetectorSpec::Image,
             input,
             outputs,
             latents: Latents {
@@ -190,6 +235,31 @@ impl Manifest {
             calibration: None,
             provenance,
         }
+    }
+
+    /// The manifest of a flow detector's encoder (two branches of `arch.latents / 2`), stored
+    /// as `encoder.onnx`, all latents selected, not calibrated.
+    pub fn for_flow_encoder(
+        arch: &crate::arch::EncoderArch,
+        flow: crate::flow::FlowSpec,
+        name: &str,
+        description: &str,
+        outputs: Outputs,
+        provenance: Provenance,
+    ) -> Self {
+        let input = InputSpec {
+            width: flow.input.crop_width as u32,
+            height: flow.input.crop_height as u32,
+            channel_order: crate::preprocess::ChannelOrder::Gray,
+            layout: crate::preprocess::Layout::Nchw,
+            normalize: Default::default(),
+            resize: crate::preprocess::ResizeMode::Stretch,
+            filter: crate::preprocess::Filter::Bilinear,
+        };
+        let mut m = Self::for_encoder(arch, input, name, description, outputs, provenance);
+        m.format_version = FORMAT_VERSION;
+        m.detector = DetectorSpec::Flow(flow);
+        m
     }
 }
 
@@ -218,7 +288,8 @@ impl Manifest {
             .get("format_version")
             .and_then(serde_yaml::Value::as_u64)
         {
-            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(v) if (u64::from(MIN_FORMAT_VERSION)..=u64::from(FORMAT_VERSION)).contains(&v) => {
+            }
             Some(found) => {
                 return Err(BundleError::UnsupportedVersion {
                     path: path.to_path_buf(),
@@ -235,6 +306,29 @@ impl Manifest {
         let l = &manifest.latents;
         if l.count == 0 {
             return Err(bad("latents.count must be positive".into()));
+        }
+        if let DetectorSpec::Flow(f) = &manifest.detector {
+            if manifest.format_version < 2 {
+                return Err(bad(
+                    "a 'detector' section needs format_version 2 (version 1 knew only the image detector)".into(),
+                ));
+            }
+            f.validate().map_err(|e| bad(format!("detector: {e}")))?;
+            let i = &manifest.input;
+            if (i.width as usize, i.height as usize) != (f.input.crop_width, f.input.crop_height)
+                || i.channel_order != crate::preprocess::ChannelOrder::Gray
+            {
+                return Err(bad(format!(
+                    "input must describe the flow detector's prepared frame: gray, {}x{} (the crop), got {:?} {}x{}",
+                    f.input.crop_width, f.input.crop_height, i.channel_order, i.width, i.height
+                )));
+            }
+            if !l.count.is_multiple_of(2) {
+                return Err(bad(format!(
+                    "latents.count {} must be even: the flow detector's two branches have half each",
+                    l.count
+                )));
+            }
         }
         if l.selected.is_empty() {
             return Err(bad(
@@ -334,6 +428,11 @@ fn model_id(m: &Manifest) -> String {
         serde_json::to_vec(&(&m.input, &m.outputs, &m.latents, &m.calibration))
             .expect("serialisable"),
     );
+    // Hashed only when present, so image bundles keep the ids they had before the field
+    // existed.
+    if !m.detector.is_image() {
+        h.update(serde_json::to_vec(&m.detector).expect("serialisable"));
+    }
     // Hashed only when present, so KL bundles keep the ids they had before the field existed.
     if !m.score.is_kl() {
         h.update(serde_json::to_vec(&m.score).expect("serialisable"));

@@ -7,7 +7,7 @@
 //! of several streams can be scored in one call ([`Detector::score_batch`]), which is where a
 //! backend batches several cameras into one inference.
 
-use crate::bundle::{Bundle, BundleError};
+use crate::bundle::{Bundle, BundleError, DetectorSpec};
 use crate::detail::{DetailExtractor, DetailSpec};
 use crate::encoder::{self, BackendOptions, Encoder};
 use crate::frame::{FrameError, Pixels};
@@ -17,6 +17,14 @@ use std::time::{Duration, Instant};
 
 /// Names a stream of frames within one detector (see [`Detector::open_stream`]).
 pub type StreamId = usize;
+
+/// One frame of one stream, with its stamp when known.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamFrame<'a> {
+    pub stream: StreamId,
+    pub pixels: Pixels<'a>,
+    pub stamp_ns: Option<i64>,
+}
 
 /// One frame's score and where the time went.
 #[derive(Debug, Clone)]
@@ -53,6 +61,11 @@ pub enum Fault {
     NonFinite,
     #[error("{0}")]
     Inference(String),
+    /// A detector with history (the flow detector) has not seen enough consecutive frames of
+    /// this stream yet, at its start or after a gap: no score, state STARTING. Not a fault of
+    /// the frame; the monitor counts it apart from faults.
+    #[error("warming up: {needed} more consecutive frames before the first score")]
+    WarmingUp { needed: usize },
     /// No frame arrived for the input timeout: the camera (or its driver) went silent.
     #[error("no frame for {0:?} (input_timeout): camera silent")]
     InputTimeout(Duration),
@@ -72,6 +85,7 @@ impl Fault {
             Self::AheadOfClock { .. } => "ahead_of_clock".into(),
             Self::NonFinite => "non_finite".into(),
             Self::Inference(_) => "inference_error".into(),
+            Self::WarmingUp { .. } => "warming_up".into(),
             Self::InputTimeout(_) => "input_timeout".into(),
             Self::Frozen { .. } => "frozen".into(),
         }
@@ -105,13 +119,28 @@ pub trait Detector: Send {
 
     /// Scores the next frame of each listed stream (at most one frame per stream), in order,
     /// in one call where the backend can batch.
-    fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>>;
+    fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>>;
 
-    /// Scores the next frame of one stream.
+    /// Scores the next frame of one stream, unstamped (taken as the stream's next frame).
     fn score(&mut self, stream: StreamId, frame: Pixels<'_>) -> Result<Scored, Fault> {
-        self.score_batch(&[(stream, frame)])
-            .pop()
-            .expect("score_batch returns one result per frame")
+        self.score_at(stream, frame, None)
+    }
+
+    /// Scores the next frame of one stream, stamped `stamp_ns` when known: a detector with
+    /// history restarts it when the stamps show a gap.
+    fn score_at(
+        &mut self,
+        stream: StreamId,
+        frame: Pixels<'_>,
+        stamp_ns: Option<i64>,
+    ) -> Result<Scored, Fault> {
+        self.score_batch(&[StreamFrame {
+            stream,
+            pixels: frame,
+            stamp_ns,
+        }])
+        .pop()
+        .expect("score_batch returns one result per frame")
     }
 
     fn model_id(&self) -> &str {
@@ -119,9 +148,15 @@ pub trait Detector: Send {
     }
 }
 
-/// Loads the detector a bundle describes, its encoder on the chosen backend.
+/// Loads the detector a bundle describes (its `detector.kind`), its encoder on the chosen
+/// backend.
 pub fn load(dir: impl AsRef<Path>, opts: BackendOptions) -> Result<Box<dyn Detector>, BundleError> {
-    Ok(Box::new(ImageDetector::load(dir, opts)?))
+    let bundle = Bundle::load(dir)?;
+    let encoder = encoder::load(&bundle, opts)?;
+    Ok(match &bundle.manifest.detector {
+        DetectorSpec::Image => Box::new(ImageDetector::new(bundle, encoder)),
+        DetectorSpec::Flow(_) => Box::new(crate::flow_detector::FlowDetector::new(bundle, encoder)),
+    })
 }
 
 /// The paper's β-VAE detector: each frame on its own, the posterior of one frame scored in
@@ -139,6 +174,7 @@ pub struct ImageDetector {
 impl ImageDetector {
     pub fn load(dir: impl AsRef<Path>, opts: BackendOptions) -> Result<Self, BundleError> {
         let bundle = Bundle::load(dir)?;
+        image_only(&bundle)?;
         let encoder = encoder::load(&bundle, opts)?;
         Ok(Self::new(bundle, encoder))
     }
@@ -149,11 +185,12 @@ impl ImageDetector {
         bundle: Bundle,
         mut encoder: Box<dyn Encoder>,
     ) -> Result<Self, BundleError> {
+        image_only(&bundle)?;
         encoder::check_encoder(encoder.as_mut(), &bundle.manifest)?;
         Ok(Self::new(bundle, encoder))
     }
 
-    fn new(bundle: Bundle, encoder: Box<dyn Encoder>) -> Self {
+    pub(crate) fn new(bundle: Bundle, encoder: Box<dyn Encoder>) -> Self {
         Self {
             preprocessor: Preprocessor::new(bundle.manifest.input.clone()),
             detail: bundle.manifest.score.detail_extractor(),
@@ -163,31 +200,33 @@ impl ImageDetector {
             streams: 0,
         }
     }
+}
 
-    fn scored(
-        &self,
-        mu: Vec<f32>,
-        logvar: Vec<f32>,
-        (own, extra): (Vec<f64>, Option<Vec<f64>>),
-    ) -> Result<Scored, Fault> {
-        if mu.iter().chain(&logvar).any(|v| !v.is_finite()) {
-            return Err(Fault::NonFinite);
-        }
-        let (kl, score) = self.bundle.manifest.score_posterior(&mu, &logvar, &own);
-        let detail = extra.unwrap_or(own);
-        if !score.is_finite() {
-            return Err(Fault::NonFinite);
-        }
-        Ok(Scored {
-            score,
-            kl,
-            mu,
-            logvar,
-            detail,
-            preprocess: Duration::ZERO,
-            inference: Duration::ZERO,
-        })
+/// A posterior scored as `manifest` scores it, with the frame's detail features (`own`, the
+/// score's; `extra`, those measured for the caller); non-finite values are a fault.
+pub(crate) fn scored(
+    manifest: &crate::bundle::Manifest,
+    mu: Vec<f32>,
+    logvar: Vec<f32>,
+    (own, extra): (Vec<f64>, Option<Vec<f64>>),
+) -> Result<Scored, Fault> {
+    if mu.iter().chain(&logvar).any(|v| !v.is_finite()) {
+        return Err(Fault::NonFinite);
     }
+    let (kl, score) = manifest.score_posterior(&mu, &logvar, &own);
+    let detail = extra.unwrap_or(own);
+    if !score.is_finite() {
+        return Err(Fault::NonFinite);
+    }
+    Ok(Scored {
+        score,
+        kl,
+        mu,
+        logvar,
+        detail,
+        preprocess: Duration::ZERO,
+        inference: Duration::ZERO,
+    })
 }
 
 impl Detector for ImageDetector {
@@ -214,69 +253,100 @@ impl Detector for ImageDetector {
         self.extra_detail = spec.map(DetailExtractor::new);
     }
 
-    fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
+    fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>> {
         if frames.is_empty() {
             return vec![];
         }
-        if let Some((_, px)) = frames
-            .iter()
-            .find(|(_, px)| px.width() == 0 || px.height() == 0)
-        {
-            let e = FrameError::ZeroSize {
-                width: px.width(),
-                height: px.height(),
-            };
+        if let Some(e) = frames.iter().find_map(|f| zero_size(&f.pixels)) {
             return frames.iter().map(|_| Err(e.clone().into())).collect();
         }
         let t0 = Instant::now();
         let inputs: Vec<Vec<f32>> = frames
             .iter()
-            .map(|(_, px)| self.preprocessor.run(*px))
+            .map(|f| self.preprocessor.run(f.pixels))
             .collect();
         let (own, extra) = (&mut self.detail, &mut self.extra_detail);
         let mut details: Vec<(Vec<f64>, Option<Vec<f64>>)> = frames
             .iter()
-            .map(|(_, px)| {
+            .map(|StreamFrame { pixels: px, .. }| {
                 (
                     own.as_mut().map_or(vec![], |d| d.features(*px)),
                     extra.as_mut().map(|d| d.features(*px)),
                 )
             })
             .collect();
-        let t1 = Instant::now();
-        let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-        let posteriors = self.encoder.encode_batch(&refs);
-        let t2 = Instant::now();
-        // Stage times are shared evenly by the frames of one call.
-        let n = frames.len() as u32;
-        let (pre, inf) = ((t1 - t0) / n, (t2 - t1) / n);
-        match posteriors {
-            Ok(ps) if ps.len() == frames.len() => ps
-                .into_iter()
-                .zip(details.drain(..))
-                .map(|(p, detail)| {
-                    self.scored(p.mu, p.logvar, detail).map(|mut s| {
-                        s.preprocess = pre;
-                        s.inference = inf;
-                        s
-                    })
+        let pre = t0.elapsed();
+        encode_all(self.encoder.as_mut(), &inputs, pre)
+            .into_iter()
+            .zip(details.drain(..))
+            .map(|(r, detail)| {
+                let (p, pre, inf) = r?;
+                scored(&self.bundle.manifest, p.mu, p.logvar, detail).map(|mut s| {
+                    s.preprocess = pre;
+                    s.inference = inf;
+                    s
                 })
-                .collect(),
-            Ok(ps) => {
-                let e = format!(
-                    "the encoder gave {} results for {} inputs",
-                    ps.len(),
-                    frames.len()
-                );
-                frames
-                    .iter()
-                    .map(|_| Err(Fault::Inference(e.clone())))
-                    .collect()
-            }
-            Err(e) => frames
+            })
+            .collect()
+    }
+}
+
+/// The image detector cannot run another kind's bundle.
+fn image_only(bundle: &Bundle) -> Result<(), BundleError> {
+    match &bundle.manifest.detector {
+        DetectorSpec::Image => Ok(()),
+        other => Err(BundleError::Manifest {
+            path: bundle.dir.join(crate::bundle::MANIFEST_FILE),
+            reason: format!(
+                "a {} detector bundle: load it with detector::load, which picks the detector its kind names",
+                other.kind()
+            ),
+        }),
+    }
+}
+
+/// The frame error of a frame with no pixels, which no detector can score.
+pub(crate) fn zero_size(px: &Pixels<'_>) -> Option<FrameError> {
+    (px.width() == 0 || px.height() == 0).then(|| FrameError::ZeroSize {
+        width: px.width(),
+        height: px.height(),
+    })
+}
+
+/// One frame's posterior and its share of the call's preprocessing and inference time.
+pub(crate) type Encoded = Result<(crate::encoder::Posterior, Duration, Duration), Fault>;
+
+/// Encodes `inputs` in one batch call; `pre` is the time their preprocessing took. Stage times
+/// are shared evenly by the frames of one call; a failed call fails every frame.
+pub(crate) fn encode_all(
+    encoder: &mut dyn Encoder,
+    inputs: &[Vec<f32>],
+    pre: Duration,
+) -> Vec<Encoded> {
+    if inputs.is_empty() {
+        return vec![];
+    }
+    let t1 = Instant::now();
+    let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let posteriors = encoder.encode_batch(&refs);
+    let n = inputs.len() as u32;
+    let (pre, inf) = (pre / n, t1.elapsed() / n);
+    match posteriors {
+        Ok(ps) if ps.len() == inputs.len() => ps.into_iter().map(|p| Ok((p, pre, inf))).collect(),
+        Ok(ps) => {
+            let e = format!(
+                "the encoder gave {} results for {} inputs",
+                ps.len(),
+                inputs.len()
+            );
+            inputs
                 .iter()
-                .map(|_| Err(Fault::Inference(e.0.clone())))
-                .collect(),
+                .map(|_| Err(Fault::Inference(e.clone())))
+                .collect()
         }
+        Err(e) => inputs
+            .iter()
+            .map(|_| Err(Fault::Inference(e.0.clone())))
+            .collect(),
     }
 }

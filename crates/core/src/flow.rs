@@ -181,7 +181,7 @@ pub struct FlowStack {
     pub params: FarnebackParams,
     pub depth: usize,
     pub max_gap_ns: i64,
-    prev: Option<(Gray, i64)>,
+    prev: Option<(Gray, Option<i64>)>,
     flows: std::collections::VecDeque<Flow>,
 }
 
@@ -212,16 +212,17 @@ impl FlowStack {
     }
 
     /// Adds a packed rgb8 frame stamped `stamp_ns`; the stack once `depth` fields are there.
+    /// Unstamped frames (an image folder) are taken as consecutive.
     pub fn push(
         &mut self,
         rgb: &[u8],
         width: usize,
         height: usize,
-        stamp_ns: i64,
+        stamp_ns: Option<i64>,
     ) -> Result<Option<Stacked>, FlowError> {
         let frame = self.input.prepare(rgb, width, height);
-        if let Some((_, last)) = &self.prev {
-            let step = stamp_ns.saturating_sub(*last);
+        if let (Some((_, Some(last))), Some(now)) = (&self.prev, stamp_ns) {
+            let step = now.saturating_sub(*last);
             if step <= 0 || step > self.max_gap_ns {
                 self.reset();
             }
@@ -251,6 +252,115 @@ impl FlowStack {
             dx,
             dy,
         }))
+    }
+}
+
+/// The flow detector as a bundle describes it (`detector: {kind: flow, ...}` in the manifest):
+/// how frames become the encoder's input. Training, calibration, evaluation and the node all
+/// go through [`FlowSpec::stack`] and [`FlowSpec::encoder_input`], so there is one
+/// preprocessing path (the reference code computed flow at another size in training than at
+/// run time).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    /// Grey frame, resize, crop and CLAHE before the flow.
+    pub input: FlowInput,
+    pub farneback: FarnebackParams,
+    /// Flow fields in the stack: the encoder reads `depth` horizontal then `depth` vertical
+    /// channels.
+    pub depth: usize,
+    /// A stamp step longer than this (or one that does not advance) restarts the stack, so
+    /// flow is never computed across a gap in the stream.
+    pub max_gap_ms: f64,
+    /// Flow in pixels maps to the encoder's [0, 1] as 0.5 + flow / (2 * flow_range), clamped:
+    /// BCE reconstruction needs targets in [0, 1], and Farnebäck with one pyramid level does
+    /// not resolve motion much beyond its window anyway.
+    pub flow_range: f64,
+}
+
+/// The flow detector's two branches, in channel and latent order.
+pub const BRANCHES: [&str; 2] = ["horizontal", "vertical"];
+
+impl FlowSpec {
+    /// The reference design: its input, Farnebäck parameters and 6-field stack; a gap of more
+    /// than 250 ms (about 3 frames at 15 Hz) restarts it; flow in +-8 px.
+    pub const REFERENCE: Self = Self {
+        input: FlowInput::REFERENCE,
+        farneback: FarnebackParams::REFERENCE,
+        depth: FlowStack::REFERENCE_DEPTH,
+        max_gap_ms: 250.0,
+        flow_range: 8.0,
+    };
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.farneback.validate().map_err(|e| e.to_string())?;
+        let i = &self.input;
+        if i.crop_width > i.width
+            || i.crop_height > i.height
+            || i.crop_width < 8
+            || i.crop_height < 8
+        {
+            return Err(format!(
+                "input: crop {}x{} must be at least 8x8 and fit the {}x{} frame",
+                i.crop_width, i.crop_height, i.width, i.height
+            ));
+        }
+        if !(i.clahe_clip > 0.0 && i.clahe_clip.is_finite())
+            || i.clahe_tiles.0 == 0
+            || i.clahe_tiles.1 == 0
+            || i.clahe_tiles.0 > i.crop_width
+            || i.clahe_tiles.1 > i.crop_height
+        {
+            return Err(format!(
+                "input: CLAHE clip {} must be positive and its {:?} tiles fit the crop",
+                i.clahe_clip, i.clahe_tiles
+            ));
+        }
+        if !(1..=64).contains(&self.depth) {
+            return Err(format!("depth {} must be 1..=64", self.depth));
+        }
+        if !(self.max_gap_ms > 0.0 && self.max_gap_ms.is_finite()) {
+            return Err(format!("max_gap_ms {} must be positive", self.max_gap_ms));
+        }
+        if !(self.flow_range > 0.0 && self.flow_range.is_finite()) {
+            return Err(format!("flow_range {} must be positive", self.flow_range));
+        }
+        Ok(())
+    }
+
+    /// The encoder's input shape: [1, 2 * depth, crop height, crop width].
+    pub fn encoder_shape(&self) -> [usize; 4] {
+        [
+            1,
+            2 * self.depth,
+            self.input.crop_height,
+            self.input.crop_width,
+        ]
+    }
+
+    /// A fresh history for one stream.
+    pub fn stack(&self) -> FlowStack {
+        FlowStack::new(
+            self.input,
+            self.farneback,
+            self.depth,
+            (self.max_gap_ms * 1e6) as i64,
+        )
+    }
+
+    /// The encoder's input for one stack: the horizontal fields, then the vertical ones,
+    /// mapped to [0, 1].
+    pub fn encoder_input(&self, s: &Stacked) -> Vec<f32> {
+        let k = (0.5 / self.flow_range) as f32;
+        s.dx.iter()
+            .chain(&s.dy)
+            .map(|&f| (0.5 + f * k).clamp(0.0, 1.0))
+            .collect()
+    }
+
+    /// The latents of each branch (the encoder's first half horizontal, second vertical).
+    pub fn branch_latents(count: usize) -> [std::ops::Range<usize>; 2] {
+        [0..count / 2, count / 2..count]
     }
 }
 
@@ -809,20 +919,26 @@ mod tests {
         let dt = 66_000_000;
         // depth + 1 frames before the first stack.
         for k in 0..3 {
-            assert!(s.push(&rgb(k as f32), 160, 120, k * dt).unwrap().is_none());
+            assert!(s
+                .push(&rgb(k as f32), 160, 120, Some(k * dt))
+                .unwrap()
+                .is_none());
         }
-        let st = s.push(&rgb(3.0), 160, 120, 3 * dt).unwrap().unwrap();
+        let st = s.push(&rgb(3.0), 160, 120, Some(3 * dt)).unwrap().unwrap();
         assert_eq!((st.depth, st.width, st.height), (3, 152, 113));
         assert_eq!(st.dx.len(), 3 * 152 * 113);
         // The scene moves right by a pixel a frame: dx is about 1 inside the frame, dy about 0.
         let mid = |v: &[f32], c: usize| v[c * 152 * 113 + 56 * 152 + 76];
         assert!((mid(&st.dx, 2) - 1.0).abs() < 0.3 && mid(&st.dy, 2).abs() < 0.3);
-        assert!(s.push(&rgb(4.0), 160, 120, 4 * dt).unwrap().is_some());
+        assert!(s.push(&rgb(4.0), 160, 120, Some(4 * dt)).unwrap().is_some());
         // A gap longer than max_gap_ns, and a stamp that goes back, restart the history.
-        assert!(s.push(&rgb(5.0), 160, 120, 10 * dt).unwrap().is_none());
+        assert!(s
+            .push(&rgb(5.0), 160, 120, Some(10 * dt))
+            .unwrap()
+            .is_none());
         assert_eq!(s.warming_up(), 3);
-        s.push(&rgb(6.0), 160, 120, 11 * dt).unwrap();
-        assert!(s.push(&rgb(7.0), 160, 120, 5 * dt).unwrap().is_none());
+        s.push(&rgb(6.0), 160, 120, Some(11 * dt)).unwrap();
+        assert!(s.push(&rgb(7.0), 160, 120, Some(5 * dt)).unwrap().is_none());
         assert_eq!(s.warming_up(), 3);
     }
 

@@ -29,6 +29,7 @@ pub mod detection;
 pub mod detector;
 pub mod encoder;
 pub mod flow;
+pub mod flow_detector;
 pub mod frame;
 pub mod fsutil;
 pub mod mixture;
@@ -40,8 +41,9 @@ pub mod stats;
 /// The types most users of the core need.
 pub mod prelude {
     pub use crate::bundle::{Bundle, BundleError, Manifest};
-    pub use crate::detector::{Detector, Fault, ImageDetector, Scored, StreamId};
+    pub use crate::detector::{Detector, Fault, ImageDetector, Scored, StreamFrame, StreamId};
     pub use crate::encoder::{BackendKind, BackendOptions, Encoder, InferenceError, Posterior};
+    pub use crate::flow_detector::FlowDetector;
     pub use crate::frame::{FrameData, FrameError, RawImage};
     pub use crate::monitor::{
         FrameAge, FrameVerdict, Monitor, MonitorConfig, MonitorState, Recovery,

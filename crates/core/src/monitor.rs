@@ -207,6 +207,9 @@ pub struct Counters {
     pub ood: u64,
     /// Faults by kind (see [`Fault::kind`]).
     pub faults: BTreeMap<String, u64>,
+    /// Frames a detector with history took to warm up (no score, not a fault).
+    #[serde(default)]
+    pub warming_up: u64,
 }
 
 impl Counters {
@@ -315,15 +318,26 @@ impl Monitor {
 
     /// Processes one frame. `age` is how old the frame is (now minus its stamp), if known.
     pub fn process(&mut self, frame: &FrameData<'_>, age: Option<FrameAge>) -> FrameVerdict {
+        self.process_at(frame, age, None)
+    }
+
+    /// Processes one frame stamped `stamp_ns` (the camera's stamp): a detector with history
+    /// (the flow detector) restarts it when the stamps show a gap in the stream.
+    pub fn process_at(
+        &mut self,
+        frame: &FrameData<'_>,
+        age: Option<FrameAge>,
+        stamp_ns: Option<i64>,
+    ) -> FrameVerdict {
         let mut timing = StageTimes::default();
-        let result = self.score(frame, age, &mut timing);
+        let result = self.score(frame, age, stamp_ns, &mut timing);
         self.record(result, timing)
     }
 
     /// Processes an already decoded frame (image folders, tests).
     pub fn process_image(&mut self, img: &RgbImage) -> FrameVerdict {
         let mut timing = StageTimes::default();
-        let result = self.score_pixels(img.into(), &mut timing);
+        let result = self.score_pixels(img.into(), None, &mut timing);
         self.record(result, timing)
     }
 
@@ -337,6 +351,7 @@ impl Monitor {
         &mut self,
         frame: &FrameData<'_>,
         age: Option<FrameAge>,
+        stamp_ns: Option<i64>,
         timing: &mut StageTimes,
     ) -> Result<f64, Fault> {
         // The check is symmetric: a stamp far ahead of the clock proves the clocks disagree,
@@ -356,11 +371,16 @@ impl Monitor {
         let mut decoded = None;
         let pixels = frame::pixels(frame, &mut decoded)?;
         timing.decode = t0.elapsed();
-        self.score_pixels(pixels, timing)
+        self.score_pixels(pixels, stamp_ns, timing)
     }
 
-    fn score_pixels(&mut self, pixels: Pixels<'_>, timing: &mut StageTimes) -> Result<f64, Fault> {
-        let s = self.detector.score(self.stream, pixels)?;
+    fn score_pixels(
+        &mut self,
+        pixels: Pixels<'_>,
+        stamp_ns: Option<i64>,
+        timing: &mut StageTimes,
+    ) -> Result<f64, Fault> {
+        let s = self.detector.score_at(self.stream, pixels, stamp_ns)?;
         timing.preprocess = s.preprocess;
         timing.inference = s.inference;
         let repeats = self.repeats.observe(&s.mu, &s.logvar);
@@ -389,6 +409,18 @@ impl Monitor {
                     fault: None,
                     timing,
                     step,
+                }
+            }
+            Err(fault @ Fault::WarmingUp { .. }) => {
+                // Not a fault of the frame: the detector's history is filling (S and the
+                // latched verdict are left alone, as for a fault).
+                self.counters.warming_up += 1;
+                FrameVerdict {
+                    state: MonitorState::Starting,
+                    score: None,
+                    fault: Some(fault),
+                    timing,
+                    step: None,
                 }
             }
             Err(fault) => {

@@ -287,12 +287,14 @@ pub fn calibrate(
     // Per drive (id, onset) and frame: KL per latent, and the posterior's features.
     let mut scored = vec![];
     for d in args {
-        let frames = map_drive(det, &d.path, &|| bar.inc(1), |s| {
+        let drive = map_drive(det, &d.path, &|| bar.inc(1), |s| {
             let detail: &[f64] = if with_detail { &s.detail } else { &[] };
             (s.kl, features(&s.mu, &s.logvar, detail))
         })?;
+        let frames = drive.frames;
         let id = format!("{} ({} frames)", d.path.display(), frames.len());
-        scored.push((id, d.onset, frames));
+        // The onset counts the drive's frames; scores start after any warm-up frames.
+        scored.push((id, d.onset.saturating_sub(drive.first), frames));
     }
     bar.finish_and_clear();
     let fit: Vec<_> = scored.drain(..opts.fit.len()).collect();

@@ -5,7 +5,7 @@ use crate::{Error, Result};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 use vae_ood_bag::{cdr, is_bag, Bag};
-use vae_ood_core::detector::{Detector, Scored};
+use vae_ood_core::detector::{Detector, Fault, Scored};
 use vae_ood_core::frame::read_image_file;
 
 /// PNG/JPEG files of a folder, sorted by name; a file is returned as is. The one place a
@@ -92,22 +92,34 @@ pub fn for_each_frame(path: &Path, f: &mut dyn FnMut(&RgbImage) -> Result<()>) -
     Ok(n)
 }
 
+/// A drive's scored frames: `part` of each, in order, from frame `first` on (the frames before
+/// it warmed up a detector with history; 0 for the image detector).
+#[derive(Debug, Clone)]
+pub struct DriveFrames<T> {
+    pub first: usize,
+    pub frames: Vec<T>,
+}
+
 /// `part` of every scored frame of a drive (see [`for_each_frame`]), in order, as one stream
-/// of the detector.
+/// of the detector. Frames are consecutive, so only the first few can be warming up.
 pub fn map_drive<T>(
     det: &mut dyn Detector,
     path: &Path,
     tick: &dyn Fn(),
     part: impl Fn(Scored) -> T,
-) -> Result<Vec<T>> {
+) -> Result<DriveFrames<T>> {
     let stream = det.open_stream();
-    let mut out = vec![];
+    let mut out = DriveFrames {
+        first: 0,
+        frames: vec![],
+    };
     for_each_frame(path, &mut |img| {
         tick();
-        let s = det
-            .score(stream, img.into())
-            .map_err(|e| Error::Drive(e.to_string()))?;
-        out.push(part(s));
+        match det.score(stream, img.into()) {
+            Err(Fault::WarmingUp { .. }) if out.frames.is_empty() => out.first += 1,
+            Err(e) => return Err(Error::Drive(format!("{}: {e}", path.display()))),
+            Ok(s) => out.frames.push(part(s)),
+        }
         Ok(())
     })?;
     Ok(out)

@@ -22,7 +22,7 @@ pub fn run(a: &Args) -> Result<()> {
     let mut encoder = vae_ood_core::encoder::load(&bundle, a.detector.backend_options())?;
     let bytes =
         std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
-    let shape = bundle.manifest.input.shape();
+    let shape = bundle.manifest.encoder_input_shape();
     let want: usize = shape.iter().product();
     if bytes.len() != want * 4 {
         bail!(

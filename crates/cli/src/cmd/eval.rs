@@ -107,11 +107,12 @@ pub fn run(a: &Args) -> Result<()> {
 
 fn print_report(r: &Report, out: &std::path::Path) {
     println!(
-        "model {}  frames {} (scored {}, faulted {})  {:.1} frames/s  peak memory {:.0} MiB",
+        "model {}  frames {} (scored {}, faulted {}, warming up {})  {:.1} frames/s  peak memory {:.0} MiB",
         r.model_id,
         r.frames,
         r.scored,
         r.faulted,
+        r.warming_up,
         r.throughput_fps,
         r.peak_memory_mib.unwrap_or(f64::NAN)
     );

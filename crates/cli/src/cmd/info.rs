@@ -17,6 +17,14 @@ pub fn run(a: &Args) -> Result<()> {
     println!("model id    {}", det.model_id());
     println!("name        {}", m.name);
     println!("trained     {}", m.provenance.trained);
+    println!("detector    {}", m.detector.kind());
+    if let vae_ood_core::bundle::DetectorSpec::Flow(f) = &m.detector {
+        println!(
+            "flow        {}x{} grey, crop {}x{}, CLAHE clip {} on {:?} tiles; Farnebäck {:?}; stack of {} fields, restart after a {} ms gap, +-{} px",
+            f.input.width, f.input.height, f.input.crop_width, f.input.crop_height,
+            f.input.clahe_clip, f.input.clahe_tiles, f.farneback, f.depth, f.max_gap_ms, f.flow_range
+        );
+    }
     println!(
         "encoder     {} (sha256 {})",
         m.encoder.path, m.encoder.sha256
@@ -45,7 +53,8 @@ pub fn run(a: &Args) -> Result<()> {
 pub struct GenSeededArgs {
     #[arg(long)]
     out: PathBuf,
-    /// Architecture preset: tiny, small or paper.
+    /// Architecture preset: tiny, small or paper (image detector), or flow (the optical-flow
+    /// detector).
     #[arg(long, default_value = "tiny")]
     preset: String,
     #[arg(long, default_value_t = 7)]

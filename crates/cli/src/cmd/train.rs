@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use std::path::PathBuf;
+use vae_ood_core::flow::FlowSpec;
 use vae_ood_core::preprocess::Filter;
 use vae_ood_tools::train::{self, ArchOverrides, Distill, Preset, RunOptions, TrainConfig};
 
@@ -19,9 +20,14 @@ pub struct TrainArgs {
     /// Output directory: bundle, vae.bpk, training.json, metrics, loss.png, checkpoint/.
     #[arg(long)]
     pub out: PathBuf,
-    /// Preset: small (default detector), paper (224x224, the paper's sizes), tiny.
-    #[arg(long, default_value = "small")]
-    pub preset: String,
+    /// Which detector: `image` (the β-VAE on single frames) or `flow` (the optical-flow VAE on
+    /// stacks of Farnebäck flow between consecutive frames, two branches).
+    #[arg(long, value_enum, default_value_t = DetectorKind::Image)]
+    pub detector: DetectorKind,
+    /// Preset: small (default image detector), paper (224x224, the paper's sizes), tiny, flow
+    /// (default flow detector).
+    #[arg(long)]
+    pub preset: Option<String>,
     /// Override the preset's latent size.
     #[arg(long)]
     pub latents: Option<usize>,
@@ -83,9 +89,22 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetectorKind {
+    Image,
+    Flow,
+}
+
 impl TrainArgs {
     pub fn config(&self) -> Result<TrainConfig> {
-        let preset = Preset::named(&self.preset)?;
+        let name = self.preset.clone().unwrap_or_else(|| {
+            match self.detector {
+                DetectorKind::Image => "small",
+                DetectorKind::Flow => "flow",
+            }
+            .into()
+        });
+        let preset = Preset::named(&name)?;
         let arch = preset.arch_with(&ArchOverrides {
             latents: self.latents,
             conv: self.conv.clone(),
@@ -93,7 +112,7 @@ impl TrainArgs {
             input: self.input,
         });
         Ok(TrainConfig {
-            preset: self.preset.clone(),
+            preset: name,
             arch,
             beta: self.beta.unwrap_or(preset.beta),
             epochs: self.epochs.unwrap_or(preset.epochs),
@@ -112,6 +131,7 @@ impl TrainArgs {
                 alpha: self.kd_alpha,
                 latent_weight: self.kd_latent,
             }),
+            flow: (self.detector == DetectorKind::Flow).then_some(FlowSpec::REFERENCE),
         })
     }
 

@@ -7,7 +7,7 @@ use crate::bundle::{BundleError, Manifest};
 
 /// A concrete input shape declared by the model must agree with the manifest's input spec.
 pub fn check_declared_shape(declared: &[usize], manifest: &Manifest) -> Result<(), BundleError> {
-    let shape = manifest.input.shape();
+    let shape = manifest.encoder_input_shape();
     if declared != shape {
         return Err(BundleError::ShapeMismatch(format!(
             "the ONNX input is {declared:?} but the manifest's input spec gives {shape:?} (check input width/height, channel_order and layout)"
@@ -22,7 +22,7 @@ pub fn check_encoder(encoder: &mut dyn Encoder, manifest: &Manifest) -> Result<(
     if let Some(declared) = encoder.declared_input_shape() {
         check_declared_shape(&declared, manifest)?;
     }
-    let zeros = vec![0f32; manifest.input.shape().iter().product()];
+    let zeros = vec![0f32; manifest.encoder_input_shape().iter().product()];
     let post = encoder.encode(&zeros).map_err(BundleError::DryRun)?;
     let n = manifest.latents.count;
     if post.mu.len() != n || post.logvar.len() != n {

@@ -115,7 +115,7 @@ impl TypedEncoder {
                 &format!("the encoder has {inputs} inputs, expected exactly 1 (the image)"),
             ));
         }
-        let shape = bundle.manifest.input.shape();
+        let shape = bundle.manifest.encoder_input_shape();
         let declared = model.input_fact(0).map_err(|e| err("no input fact", &e))?;
         let declared: Option<Vec<usize>> = declared
             .shape

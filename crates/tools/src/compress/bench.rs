@@ -25,7 +25,7 @@ pub struct EncoderLatency {
 /// The input every encoder benchmark feeds a bundle's encoder: structured, deterministic, in
 /// [0, 1] (`scripts/bench_ort.py` builds the same for onnxruntime).
 pub fn bench_input(bundle: &Bundle) -> Vec<f32> {
-    let n: usize = bundle.manifest.input.shape().iter().product();
+    let n: usize = bundle.manifest.encoder_input_shape().iter().product();
     (0..n).map(|i| ((i * 37) % 101) as f32 / 100.0).collect()
 }
 

@@ -137,6 +137,12 @@ pub fn prune_structured(
     layer: Layer,
     keep: &[usize],
 ) -> Result<(EncoderArch, Weights), crate::Error> {
+    if arch.groups > 1 {
+        return Err(crate::Error::Onnx(format!(
+            "structured pruning of a {}-branch encoder (the flow detector) is not supported yet: removing units must keep every branch the same width; compress it by distillation to narrower widths (vae-ood train --distill) and quantisation instead",
+            arch.groups
+        )));
+    }
     let mut out = w.clone();
     let mut small = arch.clone();
     let get = |name: &str| {

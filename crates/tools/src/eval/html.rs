@@ -42,7 +42,7 @@ pub fn render(r: &Report) -> String {
     if r.partial {
         h.push_str("<p class=warn><b>Partial result:</b> some inputs were damaged; frames before the damage are included.</p>");
     }
-    let _ = write!(h, "<p>{} frames ({} scored, {} faulted), {:.1} frames/s, peak memory {:.0} MiB. Calibrated: {}. Machine-readable: <a href=report.json>report.json</a>, <a href=frames.csv>frames.csv</a>.</p>", r.frames, r.scored, r.faulted, r.throughput_fps, r.peak_memory_mib.unwrap_or(f64::NAN), r.calibrated);
+    let _ = write!(h, "<p>{} frames ({} scored, {} faulted, {} warming up), {:.1} frames/s, peak memory {:.0} MiB. Calibrated: {}. Machine-readable: <a href=report.json>report.json</a>, <a href=frames.csv>frames.csv</a>.</p>", r.frames, r.scored, r.faulted, r.warming_up, r.throughput_fps, r.peak_memory_mib.unwrap_or(f64::NAN), r.calibrated);
     h.push_str("<h2>Inputs</h2><table><tr><th>input</th><th>frames</th><th>error</th></tr>");
     for i in &r.inputs {
         let _ = write!(

@@ -392,7 +392,11 @@ fn eval_input(
                 } else {
                     m.log_time_ns
                 };
-                let v = monitor.process(&frame.as_frame(), None);
+                let v = monitor.process_at(
+                    &frame.as_frame(),
+                    None,
+                    (frame.stamp_ns > 0).then_some(frame.stamp_ns),
+                );
                 out.push(record(
                     i,
                     k,

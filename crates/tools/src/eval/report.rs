@@ -54,6 +54,10 @@ pub struct Report {
     pub frames: usize,
     pub scored: usize,
     pub faulted: usize,
+    /// Frames a detector with history (the flow detector) spent warming up: neither scored
+    /// nor faulted.
+    #[serde(default)]
+    pub warming_up: usize,
     /// Per OOD type (and "all"), on the per-frame nonconformity score.
     pub score_metrics: BTreeMap<String, Outcome>,
     /// Per OOD type (and "all"), on the CUSUM statistic (calibrated bundles).
@@ -177,6 +181,10 @@ pub fn build(
 ) -> Report {
     let mut latency = BTreeMap::new();
     let scored: Vec<&FrameRecord> = frames.iter().filter(|f| f.score.is_some()).collect();
+    let warming_up = frames
+        .iter()
+        .filter(|f| f.fault.as_deref() == Some("warming_up"))
+        .count();
     for (name, get) in [
         (
             "decode",
@@ -205,7 +213,8 @@ pub fn build(
         inputs,
         frames: frames.len(),
         scored: scored.len(),
-        faulted: frames.len() - scored.len(),
+        faulted: frames.len() - scored.len() - warming_up,
+        warming_up,
         score_metrics: per_type(frames, |f| f.score),
         cusum_metrics: if calibrated {
             per_type(frames, |f| f.cusum)

@@ -3,6 +3,7 @@
 
 use crate::drives::for_each_frame;
 use std::path::PathBuf;
+use vae_ood_core::flow::FlowSpec;
 use vae_ood_core::preprocess::{preprocess, InputSpec};
 
 /// Preprocessed frames, `frame_len` values each, in drive order.
@@ -37,6 +38,48 @@ impl FrameSet {
                     kept += 1;
                 }
                 i += 1;
+                tick();
+                Ok(())
+            })?;
+            set.drives.push((drive.clone(), kept));
+        }
+        Ok(set)
+    }
+
+    /// The flow detector's training inputs: every drive's frames through the detector's own
+    /// flow stack ([`FlowSpec::stack`], frames taken as consecutive), every `stride`-th warm
+    /// stack as one sample ([`FlowSpec::encoder_input`]).
+    pub fn load_flow(
+        drives: &[PathBuf],
+        spec: &FlowSpec,
+        stride: usize,
+        tick: &dyn Fn(),
+    ) -> Result<Self, crate::Error> {
+        let frame_len: usize = spec.encoder_shape().iter().product();
+        let mut set = FrameSet {
+            data: vec![],
+            frame_len,
+            drives: vec![],
+        };
+        for drive in drives {
+            let mut stack = spec.stack();
+            let (mut warm, mut kept) = (0, 0);
+            for_each_frame(drive, &mut |img| {
+                let s = stack
+                    .push(
+                        img.as_raw(),
+                        img.width() as usize,
+                        img.height() as usize,
+                        None,
+                    )
+                    .map_err(|e| crate::Error::Drive(format!("{}: {e}", drive.display())))?;
+                if let Some(s) = s {
+                    if warm % stride.max(1) == 0 {
+                        set.data.extend(spec.encoder_input(&s));
+                        kept += 1;
+                    }
+                    warm += 1;
+                }
                 tick();
                 Ok(())
             })?;

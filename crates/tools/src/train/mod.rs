@@ -59,6 +59,10 @@ pub struct TrainConfig {
     /// Knowledge distillation from a trained teacher (the paper's students).
     #[serde(default)]
     pub distill: Option<Distill>,
+    /// Train the optical-flow detector on these flow stacks (`--detector flow`) instead of
+    /// the image detector on frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<vae_ood_core::flow::FlowSpec>,
 }
 
 /// Runs recorded before `filter` existed used the area filter.
@@ -154,11 +158,19 @@ impl Preset {
                 batch_size: 32,
                 lr: 1e-3,
             },
+            // The flow detector's two branches (`--detector flow`).
+            "flow" => Self {
+                arch: EncoderArch::flow(vae_ood_core::flow::FlowStack::REFERENCE_DEPTH),
+                beta: 1.0,
+                epochs: 20,
+                batch_size: 16,
+                lr: 1e-3,
+            },
             _ => return None,
         })
     }
 
-    pub const NAMES: &'static str = "small, paper, tiny";
+    pub const NAMES: &'static str = "small, paper, tiny, flow";
 }
 
 impl TrainConfig {
@@ -233,6 +245,24 @@ impl TrainConfig {
                     d.alpha, d.latent_weight
                 )));
             }
+        }
+        self.arch.check_groups().map_err(crate::Error::Train)?;
+        if let Some(f) = &self.flow {
+            f.validate()
+                .map_err(|e| crate::Error::Train(format!("flow: {e}")))?;
+            let want = f.encoder_shape();
+            let a = &self.arch;
+            if [1, a.input_channels, a.input_height, a.input_width] != want || a.groups != 2 {
+                return Err(crate::Error::Train(format!(
+                    "the flow detector's encoder reads {want:?} in 2 branches; the architecture has {} channels of {}x{} in {} (use --preset flow)",
+                    a.input_channels, a.input_width, a.input_height, a.groups
+                )));
+            }
+        } else if self.arch.groups != 1 {
+            return Err(crate::Error::Train(format!(
+                "an image detector has one branch; this architecture has {} (the flow preset needs --detector flow)",
+                self.arch.groups
+            )));
         }
         if self.arch.conv.is_empty() || self.arch.latents == 0 {
             return Err(crate::Error::Train(
@@ -390,8 +420,12 @@ pub fn train(
     let spec = config.input_spec();
     let total = data::count_frames(&config.train) + data::count_frames(&config.val);
     let bar = progress(opts.quiet, total, "loading frames");
-    let train_set = FrameSet::load(&config.train, &spec, config.frame_stride, &|| bar.inc(1))?;
-    let val_set = FrameSet::load(&config.val, &spec, config.frame_stride, &|| bar.inc(1))?;
+    let load = |drives: &[PathBuf]| match &config.flow {
+        None => FrameSet::load(drives, &spec, config.frame_stride, &|| bar.inc(1)),
+        Some(f) => FrameSet::load_flow(drives, f, config.frame_stride, &|| bar.inc(1)),
+    };
+    let train_set = load(&config.train)?;
+    let val_set = load(&config.val)?;
     bar.finish_and_clear();
     if !opts.quiet {
         eprintln!(
@@ -719,27 +753,64 @@ fn export(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let manifest = Manifest::for_encoder(
-        &cfg.arch,
-        cfg.input_spec(),
-        &name,
-        &format!("beta-VAE encoder, preset {}, trained on {} drives (best validation loss {:.2} at epoch {best})", cfg.preset, cfg.train.len(), state.best_val_loss),
-        Outputs {
-            mu: OutputRef::Name { name: "mu".into() },
-            logvar: OutputRef::Name { name: "logvar".into() },
+    let description = format!(
+        "{}, preset {}, trained on {} drives (best validation loss {:.2} at epoch {best})",
+        if cfg.flow.is_some() {
+            "optical-flow VAE encoder (horizontal and vertical branches)"
+        } else {
+            "beta-VAE encoder"
         },
-        Provenance {
-            trained: true,
-            created_by: format!("vae-ood train --preset {} --seed {}", cfg.preset, cfg.seed),
-            training_data: format!("train: {}; validation: {}", drives(&cfg.train), drives(&cfg.val)),
-            license: "Apache-2.0 (trained by this project)".into(),
-            notes: format!(
-                "architecture: {}; beta {}; full VAE in {VAE_FILE}, training run in {VAE_CONFIG_FILE}",
-                serde_json::to_string(&cfg.arch).expect("serialisable"),
-                cfg.beta
-            ),
-        },
+        cfg.preset,
+        cfg.train.len(),
+        state.best_val_loss
     );
+    let outputs = Outputs {
+        mu: OutputRef::Name { name: "mu".into() },
+        logvar: OutputRef::Name {
+            name: "logvar".into(),
+        },
+    };
+    let detector = if cfg.flow.is_some() {
+        " --detector flow"
+    } else {
+        ""
+    };
+    let provenance = Provenance {
+        trained: true,
+        created_by: format!(
+            "vae-ood train{detector} --preset {} --seed {}",
+            cfg.preset, cfg.seed
+        ),
+        training_data: format!(
+            "train: {}; validation: {}",
+            drives(&cfg.train),
+            drives(&cfg.val)
+        ),
+        license: "Apache-2.0 (trained by this project)".into(),
+        notes: format!(
+            "architecture: {}; beta {}; full VAE in {VAE_FILE}, training run in {VAE_CONFIG_FILE}",
+            serde_json::to_string(&cfg.arch).expect("serialisable"),
+            cfg.beta
+        ),
+    };
+    let manifest = match &cfg.flow {
+        None => Manifest::for_encoder(
+            &cfg.arch,
+            cfg.input_spec(),
+            &name,
+            &description,
+            outputs,
+            provenance,
+        ),
+        Some(f) => Manifest::for_flow_encoder(
+            &cfg.arch,
+            f.clone(),
+            &name,
+            &description,
+            outputs,
+            provenance,
+        ),
+    };
     Bundle::write(out, manifest, &onnx).map_err(|e| crate::Error::Train(e.to_string()))?;
     Ok(())
 }

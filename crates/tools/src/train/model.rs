@@ -60,9 +60,11 @@ pub struct VaeOutput {
 
 impl Vae {
     pub fn new(arch: &EncoderArch, device: &Device) -> Self {
+        let g = arch.groups.max(1);
         let conv3 = |c_in, c_out| {
             Conv2dConfig::new([c_in, c_out], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_groups(g)
                 .init(device)
         };
         let mut convs = vec![];
@@ -89,6 +91,7 @@ impl Vae {
         let deconv = |c_in, c_out| {
             ConvTranspose2dConfig::new([c_in, c_out], [2, 2])
                 .with_stride([2, 2])
+                .with_groups(g)
                 .init(device)
         };
         let ups = rev
@@ -119,9 +122,42 @@ impl Vae {
     }
 }
 
+/// A dense layer of `groups` independent branches: the weight's off-diagonal blocks are masked
+/// out (they get no gradient and are exported as zeros), so branch `g`'s outputs read only
+/// its own inputs. One branch is a plain `Linear`.
+fn dense(layer: &Linear, h: Tensor<2>, groups: usize) -> Tensor<2> {
+    if groups <= 1 {
+        return layer.forward(h);
+    }
+    let [n_in, n_out] = layer.weight.dims();
+    let mask = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(block_mask(n_in, n_out, groups), [n_in, n_out]),
+        &h.device(),
+    );
+    let y = h.matmul(layer.weight.val() * mask);
+    match &layer.bias {
+        Some(b) => y + b.val().unsqueeze(),
+        None => y,
+    }
+}
+
+/// 1 where input `i` and output `o` of an [in, out] weight belong to the same branch.
+fn block_mask(n_in: usize, n_out: usize, groups: usize) -> Vec<f32> {
+    let (bi, bo) = (n_in / groups, n_out / groups);
+    (0..n_in)
+        .flat_map(|i| (0..n_out).map(move |o| f32::from(u8::from(i / bi == o / bo))))
+        .collect()
+}
+
 impl Encoder {
+    /// Branches of the model (the first convolution's groups).
+    pub fn groups(&self) -> usize {
+        self.convs.first().map_or(1, |b| b.conv.groups)
+    }
+
     /// `x`: [batch, channels, height, width] in [0, 1]. Returns (mu, logvar).
     pub fn forward(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+        let g = self.groups();
         let mut x = x;
         for block in &self.convs {
             x = self
@@ -130,9 +166,9 @@ impl Encoder {
         }
         let mut h: Tensor<2> = x.flatten(1, 3);
         for layer in &self.dense {
-            h = leaky_relu(layer.forward(h), SLOPE);
+            h = leaky_relu(dense(layer, h, g), SLOPE);
         }
-        (self.mu.forward(h.clone()), self.logvar.forward(h))
+        (dense(&self.mu, h.clone(), g), dense(&self.logvar, h, g))
     }
 }
 
@@ -141,7 +177,7 @@ impl Decoder {
     pub fn forward(&self, z: Tensor<2>, arch: &EncoderArch) -> Tensor<4> {
         let mut h = z;
         for layer in &self.dense {
-            h = leaky_relu(layer.forward(h), SLOPE);
+            h = leaky_relu(dense(layer, h, arch.groups), SLOPE);
         }
         let (hc, wc) = arch.conv_output_hw();
         let c_last = arch.conv.last().copied().unwrap_or(arch.input_channels);
@@ -222,8 +258,12 @@ pub fn encoder_weights(enc: &Encoder) -> HashMap<String, Vec<f32>> {
         w.insert(format!("bn{i}.running_mean"), v(b.bn.running_mean.value()));
         w.insert(format!("bn{i}.running_var"), v(b.bn.running_var.value()));
     }
+    let g = enc.groups();
     let mut linear = |name: String, l: &Linear| {
-        w.insert(format!("{name}.weight"), v(l.weight.val().transpose()));
+        let [n_in, n_out] = l.weight.dims();
+        let mut t = v(l.weight.val().transpose());
+        crate::onnx_gen::block_diagonal(&mut t, n_out, n_in, g);
+        w.insert(format!("{name}.weight"), t);
         if let Some(bias) = &l.bias {
             w.insert(format!("{name}.bias"), v(bias.val()));
         }
@@ -265,9 +305,14 @@ pub fn encoder_from_weights(
     }
     let mut enc = Vae::new(arch, device).encoder;
     let mut c_in = arch.input_channels;
+    let g = arch.groups.max(1);
     for (i, (b, &c)) in enc.convs.iter_mut().zip(&arch.conv).enumerate() {
-        b.conv.weight =
-            Param::from_tensor(t(w, &format!("conv{i}.weight"), [c, c_in, 3, 3], device)?);
+        b.conv.weight = Param::from_tensor(t(
+            w,
+            &format!("conv{i}.weight"),
+            [c, c_in / g, 3, 3],
+            device,
+        )?);
         b.conv.bias = Some(Param::from_tensor(t(
             w,
             &format!("conv{i}.bias"),

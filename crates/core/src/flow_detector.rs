@@ -1,0 +1,128 @@
+//! The paper's second detector: a VAE over stacked optical flow (the paper authors' RTCSA 2022
+//! design). Each stream keeps its motion history ([`crate::flow::FlowStack`]); once it holds
+//! `depth` fields, the horizontal and vertical stacks go to the encoder's two branches and
+//! the posterior is scored as the bundle says (by default the KL of the selected latents,
+//! which may come from both branches). Until then, and again after a gap in a stream, frames
+//! give [`Fault::WarmingUp`] (state STARTING) instead of a score.
+
+use crate::bundle::{Bundle, DetectorSpec};
+use crate::detail::DetailSpec;
+use crate::detector::{
+    encode_all, scored, zero_size, Detector, Fault, Scored, StreamFrame, StreamId,
+};
+use crate::encoder::Encoder;
+use crate::flow::{FlowSpec, FlowStack};
+use std::time::Instant;
+
+pub struct FlowDetector {
+    bundle: Bundle,
+    spec: FlowSpec,
+    encoder: Box<dyn Encoder>,
+    streams: Vec<FlowStack>,
+}
+
+impl FlowDetector {
+    /// A detector over a loaded, checked encoder of a flow bundle.
+    ///
+    /// # Panics
+    /// When the bundle is not a flow bundle ([`crate::detector::load`] dispatches on the kind).
+    pub(crate) fn new(bundle: Bundle, encoder: Box<dyn Encoder>) -> Self {
+        let DetectorSpec::Flow(spec) = bundle.manifest.detector.clone() else {
+            panic!("FlowDetector needs a flow bundle");
+        };
+        Self {
+            bundle,
+            spec,
+            encoder,
+            streams: vec![],
+        }
+    }
+
+    /// The KL of each branch (horizontal, vertical) from a frame's per-latent KL: the
+    /// reference design's per-branch scores.
+    pub fn branch_kl(kl: &[f64]) -> [f64; 2] {
+        FlowSpec::branch_latents(kl.len()).map(|r| kl[r].iter().sum())
+    }
+}
+
+impl Detector for FlowDetector {
+    fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    fn backend(&self) -> &'static str {
+        self.encoder.backend()
+    }
+
+    fn device(&self) -> String {
+        self.encoder.device()
+    }
+
+    fn open_stream(&mut self) -> StreamId {
+        self.streams.push(self.spec.stack());
+        self.streams.len() - 1
+    }
+
+    fn reset_stream(&mut self, stream: StreamId) {
+        if let Some(s) = self.streams.get_mut(stream) {
+            s.reset();
+        }
+    }
+
+    /// Detail features describe a single image; the flow detector's score has none.
+    fn measure_detail(&mut self, _spec: Option<DetailSpec>) {}
+
+    fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>> {
+        let t0 = Instant::now();
+        // Each frame advances its stream's history; warm stacks go to the encoder together.
+        let mut results: Vec<Option<Result<Scored, Fault>>> = Vec::with_capacity(frames.len());
+        let mut inputs = vec![];
+        for f in frames {
+            let step = match (zero_size(&f.pixels), self.streams.get_mut(f.stream)) {
+                (Some(e), _) => Err(Fault::from(e)),
+                (None, None) => Err(Fault::Inference(format!(
+                    "stream {} was never opened",
+                    f.stream
+                ))),
+                (None, Some(stack)) => {
+                    let rgb = f.pixels.to_rgb();
+                    match stack.push(
+                        rgb.as_raw(),
+                        rgb.width() as usize,
+                        rgb.height() as usize,
+                        f.stamp_ns,
+                    ) {
+                        Ok(Some(s)) => Ok(self.spec.encoder_input(&s)),
+                        Ok(None) => Err(Fault::WarmingUp {
+                            needed: stack.warming_up(),
+                        }),
+                        Err(e) => Err(Fault::Inference(e.to_string())),
+                    }
+                }
+            };
+            match step {
+                Ok(x) => {
+                    inputs.push(x);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let mut encoded = encode_all(self.encoder.as_mut(), &inputs, t0.elapsed()).into_iter();
+        let manifest = &self.bundle.manifest;
+        results
+            .into_iter()
+            .map(|r| match r {
+                Some(r) => r,
+                None => {
+                    let (p, pre, inf) = encoded.next().expect("one result per encoded input")?;
+                    scored(manifest, p.mu, p.logvar, (vec![], None)).map(|mut s| {
+                        s.preprocess = pre;
+                        s.inference = inf;
+                        s
+                    })
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,223 @@
+//! The optical-flow detector (issue 18) through its bundle: a flow bundle loads as the flow
+//! detector, warms up over its stack and again after a gap, its two branches are independent
+//! in the exported graph (seeded and trained), and the monitor reports warm-up as STARTING,
+//! not as a fault.
+
+use std::path::{Path, PathBuf};
+use vae_ood_core::bundle::{Bundle, DetectorSpec, Manifest};
+use vae_ood_core::detector::{Fault, ImageDetector};
+use vae_ood_core::encoder::{self, BackendOptions};
+use vae_ood_core::flow::FlowSpec;
+use vae_ood_core::flow_detector::FlowDetector;
+use vae_ood_core::monitor::{Monitor, MonitorConfig, MonitorState};
+use vae_ood_tools::drives::for_each_frame;
+use vae_ood_tools::onnx_gen::write_seeded_bundle;
+
+fn sample(drive: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("data/sample")
+        .join(drive)
+        .join("bag")
+}
+
+/// The first `n` frames of a sample drive.
+fn frames(drive: &str, n: usize) -> Vec<image::RgbImage> {
+    let mut out = vec![];
+    for_each_frame(&sample(drive), &mut |img| {
+        if out.len() < n {
+            out.push(img.clone());
+        }
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+fn seeded(dir: &Path) -> Bundle {
+    write_seeded_bundle(dir, "flow", 5, "seeded-flow", false).unwrap()
+}
+
+#[test]
+fn a_flow_bundle_loads_as_the_flow_detector_and_warms_up_over_its_stack_and_after_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = seeded(dir.path());
+    let DetectorSpec::Flow(spec) = &b.manifest.detector else {
+        panic!("a flow bundle")
+    };
+    assert_eq!(spec, &FlowSpec::REFERENCE);
+    assert_eq!(b.manifest.encoder_input_shape(), [1, 12, 113, 152]);
+    let mut det = vae_ood_core::detector::load(dir.path(), BackendOptions::default()).unwrap();
+    let s = det.open_stream();
+    let imgs = frames("id_loop_empty_s1", 12);
+    let dt = 66_666_667;
+    // depth (6) frames warm the stack up, counting down what is still needed.
+    for (k, img) in imgs[..6].iter().enumerate() {
+        match det.score_at(s, img.into(), Some(k as i64 * dt)) {
+            Err(Fault::WarmingUp { needed }) => assert_eq!(needed, 6 - k, "frame {k}"),
+            other => panic!("frame {k}: {other:?}"),
+        }
+    }
+    for (k, img) in imgs.iter().enumerate().skip(6).take(3) {
+        let sc = det.score_at(s, img.into(), Some(k as i64 * dt)).unwrap();
+        assert_eq!((sc.kl.len(), sc.mu.len()), (24, 24));
+        let [h, v] = FlowDetector::branch_kl(&sc.kl);
+        assert!(sc.score.is_finite() && (h + v - sc.score).abs() < 1e-9 * sc.score.max(1.0));
+    }
+    // A stamp 1 s later is a gap (max_gap_ms 250): no flow across it, the stack restarts.
+    let later = 9 * dt + 1_000_000_000;
+    assert!(matches!(
+        det.score_at(s, (&imgs[9]).into(), Some(later)),
+        Err(Fault::WarmingUp { needed: 6 })
+    ));
+    // Another stream keeps its own history; a reset forgets it.
+    let t = det.open_stream();
+    assert!(matches!(
+        det.score(t, (&imgs[0]).into()),
+        Err(Fault::WarmingUp { needed: 6 })
+    ));
+    // The image detector refuses the bundle by name rather than scoring nonsense.
+    let e = ImageDetector::load(dir.path(), BackendOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("flow detector bundle"), "{e}");
+}
+
+#[test]
+fn the_monitor_reports_warm_up_as_starting_not_as_a_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    seeded(dir.path());
+    let det = vae_ood_core::detector::load(dir.path(), BackendOptions::default()).unwrap();
+    let mut m = Monitor::new(det, MonitorConfig::default()).unwrap();
+    let states: Vec<MonitorState> = frames("id_udem1_s3", 8)
+        .iter()
+        .map(|img| m.process_image(img).state)
+        .collect();
+    assert_eq!(&states[..6], &[MonitorState::Starting; 6]);
+    // Uncalibrated, threshold infinite: scored frames are OK.
+    assert_eq!(&states[6..], &[MonitorState::Ok; 2]);
+    let c = m.counters();
+    assert_eq!((c.frames, c.scored, c.warming_up), (8, 2, 6));
+    assert!(c.faults.is_empty(), "{:?}", c.faults);
+    assert_eq!(c.ood, 6, "STARTING reports OOD");
+}
+
+/// The encoder's two branches: changing the vertical-flow channels leaves the horizontal
+/// branch's latents (the first half) bit for bit unchanged, and the other way round.
+fn assert_branches_independent(bundle: &Bundle) {
+    let mut enc = encoder::load(bundle, BackendOptions::default()).unwrap();
+    let shape = bundle.manifest.encoder_input_shape();
+    let n: usize = shape.iter().product();
+    let half = n / 2;
+    let x: Vec<f32> = (0..n)
+        .map(|i| 0.5 + 0.3 * ((i as f32) * 0.37).sin())
+        .collect();
+    let mut y = x.clone();
+    y[half..].iter_mut().for_each(|v| *v = 1.0 - *v);
+    let mut z = x.clone();
+    z[..half].iter_mut().for_each(|v| *v = 1.0 - *v);
+    let (a, b, c) = (
+        enc.encode(&x).unwrap(),
+        enc.encode(&y).unwrap(),
+        enc.encode(&z).unwrap(),
+    );
+    let l = a.mu.len() / 2;
+    assert_eq!(
+        a.mu[..l],
+        b.mu[..l],
+        "horizontal branch reads vertical flow"
+    );
+    assert_eq!(a.logvar[..l], b.logvar[..l]);
+    assert_ne!(a.mu[l..], b.mu[l..], "vertical branch ignores its input");
+    assert_eq!(
+        a.mu[l..],
+        c.mu[l..],
+        "vertical branch reads horizontal flow"
+    );
+    assert_ne!(a.mu[..l], c.mu[..l]);
+}
+
+#[test]
+fn the_seeded_flow_encoders_branches_are_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_branches_independent(&seeded(dir.path()));
+}
+
+#[test]
+fn flow_manifests_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = seeded(dir.path());
+    let text = serde_yaml::to_string(&b.manifest).unwrap();
+    let path = dir.path().join("manifest.yaml");
+    let parse = |t: &str| Manifest::parse(t, &path).err().map(|e| e.to_string());
+    assert_eq!(parse(&text), None);
+    let e = parse(&text.replace("format_version: 2", "format_version: 1")).unwrap();
+    assert!(e.contains("needs format_version 2"), "{e}");
+    let e = parse(&text.replace("depth: 6", "depth: 0")).unwrap();
+    assert!(e.contains("depth 0"), "{e}");
+    let e = parse(&text.replace("winsize: 15", "winsize: 14")).unwrap();
+    assert!(e.contains("winsize 14"), "{e}");
+    let e = parse(&text.replace("channel_order: gray", "channel_order: rgb")).unwrap();
+    assert!(e.contains("prepared frame"), "{e}");
+    // Version 1 image manifests still load (the shipped default is one).
+    let default = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default"));
+    let m = Bundle::load(default).unwrap().manifest;
+    assert!(m.detector.is_image() && m.format_version == 1);
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn a_trained_flow_detector_exports_independent_branches_and_scores_drives() {
+    use vae_ood_tools::onnx_gen::EncoderArch;
+    use vae_ood_tools::train::{self, RunOptions, TrainConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        preset: "test".into(),
+        arch: EncoderArch {
+            conv: vec![4, 4],
+            dense: vec![8],
+            latents: 4,
+            ..EncoderArch::flow(6)
+        },
+        beta: 1.0,
+        epochs: 1,
+        batch_size: 8,
+        lr: 3e-3,
+        lr_min: 1e-4,
+        patience: 10,
+        checkpoint_every: 1,
+        seed: 3,
+        frame_stride: 8,
+        filter: vae_ood_core::preprocess::Filter::Bilinear,
+        train: vec![sample("id_loop_empty_s1")],
+        val: vec![sample("id_small_loop_s2")],
+        distill: None,
+        flow: Some(FlowSpec::REFERENCE),
+    };
+    let opts = RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let out = train::train(&cfg, dir.path(), &opts).unwrap();
+    let bundle = Bundle::load(out.bundle.unwrap()).unwrap();
+    assert!(matches!(bundle.manifest.detector, DetectorSpec::Flow(_)));
+    assert!(bundle
+        .manifest
+        .provenance
+        .created_by
+        .contains("--detector flow"));
+    assert_branches_independent(&bundle);
+    // An image architecture cannot train on flow, nor the flow one on frames.
+    let e = train::train(
+        &TrainConfig {
+            flow: None,
+            ..cfg.clone()
+        },
+        &dir.path().join("x"),
+        &opts,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("--detector flow"), "{e}");
+}
