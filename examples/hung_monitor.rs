@@ -7,8 +7,7 @@
 #[cfg(feature = "ros")]
 mod hang {
     use vae_ood_core::bundle::Bundle;
-    use vae_ood_core::detector::{Detector, Fault, Scored, StreamId};
-    use vae_ood_core::frame::Pixels;
+    use vae_ood_core::detector::{Detector, Fault, Scored, StreamFrame, StreamId};
 
     pub struct HangAfter {
         pub inner: Box<dyn Detector>,
@@ -34,7 +33,7 @@ mod hang {
         fn measure_detail(&mut self, spec: Option<vae_ood_core::detail::DetailSpec>) {
             self.inner.measure_detail(spec)
         }
-        fn score_batch(&mut self, frames: &[(StreamId, Pixels<'_>)]) -> Vec<Result<Scored, Fault>> {
+        fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>> {
             if self.left == 0 {
                 eprintln!("hung_monitor: blocking inside inference now");
                 loop {

@@ -6,7 +6,7 @@
 //! `~/ood` is only ever published while holding the status lock, with the state already
 //! updated, so the heartbeat (node.rs) can never republish an older verdict over a newer one.
 
-use crate::messages::{verdict_array, CameraMsg, VerdictRecord};
+use crate::messages::{time_to_nanos, verdict_array, CameraMsg, VerdictRecord};
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::std_msgs::msg::{Bool, Float32, Header};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +58,7 @@ impl Shared {
             status: Mutex::new(Status {
                 state: MonitorState::Starting,
                 counters: Counters::default(),
+                detectors: vec![],
                 latencies: vec![],
                 busy_since: None,
                 closed: false,
@@ -101,12 +102,22 @@ impl Shared {
         &self,
         ood: &r2r::Publisher<Bool>,
         state: MonitorState,
-        monitor: &Monitor,
+        pipelines: &[Pipeline],
         latency: Option<Duration>,
     ) {
         let mut s = self.status.lock().expect("status lock");
         s.state = state;
-        s.counters = monitor.counters().clone();
+        // Every pipeline sees every frame: the first one's counts are the node's.
+        s.counters = pipelines[0].monitor.counters().clone();
+        s.detectors = pipelines
+            .iter()
+            .map(|p| DetectorStatus {
+                name: p.name.clone(),
+                model_id: p.model_id.clone(),
+                state: p.monitor.state(),
+                counters: p.monitor.counters().clone(),
+            })
+            .collect();
         s.busy_since = None;
         if let Some(l) = latency {
             s.latencies.push(l);
@@ -150,10 +161,21 @@ impl Status {
     }
 }
 
-/// What the diagnostics and heartbeat tasks read, updated by the inference thread.
-pub struct Status {
+/// One detector's state and counts, for `/diagnostics` with several detectors.
+#[derive(Debug, Clone)]
+pub struct DetectorStatus {
+    pub name: String,
+    pub model_id: String,
     pub state: MonitorState,
     pub counters: Counters,
+}
+
+/// What the diagnostics and heartbeat tasks read, updated by the inference thread.
+pub struct Status {
+    /// The node's verdict: every detector's combined ([`MonitorState::combine`]).
+    pub state: MonitorState,
+    pub counters: Counters,
+    pub detectors: Vec<DetectorStatus>,
     /// Per-frame latency (receive to publish) since the last diagnostics tick.
     pub latencies: Vec<Duration>,
     /// Set while the worker processes an event.
@@ -162,8 +184,17 @@ pub struct Status {
     pub closed: bool,
 }
 
+/// The node's own outputs: the combined verdict, and with several detectors the combined
+/// `~/verdict` record (with one, the detector's record is `~/verdict`).
 pub struct Publishers {
     pub ood: r2r::Publisher<Bool>,
+    pub verdict: Option<r2r::Publisher<DiagnosticArray>>,
+}
+
+/// One detector's outputs: at the node's top level for a single detector, under
+/// `~/<name>/` with several (then with its own `ood` too).
+pub struct PipelinePublishers {
+    pub ood: Option<r2r::Publisher<Bool>>,
     pub score: r2r::Publisher<Float32>,
     pub p_value: r2r::Publisher<Float32>,
     pub martingale: r2r::Publisher<Float32>,
@@ -171,9 +202,19 @@ pub struct Publishers {
     pub verdict: r2r::Publisher<DiagnosticArray>,
 }
 
+/// One detector on the camera: its monitor (pipeline and state) and outputs.
+pub struct Pipeline {
+    /// Empty for a single detector; else its outputs' namespace (`~/<name>/`).
+    pub name: String,
+    pub model_id: String,
+    pub monitor: Monitor,
+    pub pubs: PipelinePublishers,
+}
+
 pub struct LoopCtx {
     pub logger: String,
     pub node_name: String,
+    /// Every detector's model id (comma-separated with several).
     pub model_id: String,
     /// Where the encoder runs (`backend`, `device`), on every verdict.
     pub backend: &'static str,
@@ -220,10 +261,13 @@ fn next_event(shared: &Shared, deadline: Option<Instant>) -> Event {
     }
 }
 
-pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishers) {
+pub fn run(mut pipelines: Vec<Pipeline>, shared: &Shared, ctx: &LoopCtx, pubs: &Publishers) {
     let mut seq = 0u64;
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
+    // Run-time threshold changes apply to a single detector only (params.rs refuses them
+    // with several: each bundle's scale is its own).
+    let single = pipelines.len() == 1;
     // The camera counts as silent `input_timeout` after the last frame arrived (or after the
     // last timeout fault, which then repeats at that period).
     let mut last_input = Instant::now();
@@ -231,11 +275,15 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
         let deadline = ctx.input_timeout.map(|t| last_input + t);
         let event = next_event(shared, deadline);
         shared.mark_busy();
-        let (verdict, header, received) = match event {
+        let (verdicts, header, received): (Vec<FrameVerdict>, Header, _) = match event {
             Event::Shutdown => return,
             Event::Reset(waiters) => {
-                let reply = monitor.is_calibrated().then(|| monitor.reset());
-                let state = monitor.state();
+                let calibrated = pipelines.iter().any(|p| p.monitor.is_calibrated());
+                for p in pipelines.iter_mut().filter(|p| p.monitor.is_calibrated()) {
+                    p.monitor.reset();
+                }
+                let state = combined(&pipelines);
+                let reply = calibrated.then_some(state);
                 match reply {
                     Some(s) => r2r::log_info!(
                         &ctx.logger,
@@ -247,7 +295,7 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
                         "reset requested, but the bundle is uncalibrated: nothing to reset"
                     ),
                 }
-                shared.publish_state(&pubs.ood, state, &monitor, None);
+                shared.publish_state(&pubs.ood, state, &pipelines, None);
                 for w in waiters {
                     let _ = w.send(reply);
                 }
@@ -256,52 +304,97 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
             Event::Timeout => {
                 last_input = Instant::now();
                 let t = ctx.input_timeout.expect("timeouts only with input_timeout");
-                (
-                    monitor.reject(Fault::InputTimeout(t)),
-                    now_header(&ctx.clock),
-                    None,
-                )
+                let v = pipelines
+                    .iter_mut()
+                    .map(|p| p.monitor.reject(Fault::InputTimeout(t)))
+                    .collect();
+                (v, now_header(&ctx.clock), None)
             }
             Event::Frame(f) => {
                 last_input = f.received;
                 seq += 1;
-                monitor.set_score_threshold(f64::from_bits(
-                    shared.score_threshold.load(Ordering::Relaxed),
-                ));
-                let cusum = f64::from_bits(shared.cusum_threshold.load(Ordering::Relaxed));
-                if cusum > 0.0 {
-                    monitor.set_cusum_threshold(cusum);
+                if single {
+                    let m = &mut pipelines[0].monitor;
+                    m.set_score_threshold(f64::from_bits(
+                        shared.score_threshold.load(Ordering::Relaxed),
+                    ));
+                    let cusum = f64::from_bits(shared.cusum_threshold.load(Ordering::Relaxed));
+                    if cusum > 0.0 {
+                        m.set_cusum_threshold(cusum);
+                    }
                 }
-                let v = monitor.process(&f.msg.frame(), f.age);
+                let frame = f.msg.frame();
+                let stamp = time_to_nanos(&f.msg.header().stamp);
+                let stamp = (stamp > 0).then_some(stamp);
+                let v = pipelines
+                    .iter_mut()
+                    .map(|p| p.monitor.process_at(&frame, f.age, stamp))
+                    .collect();
                 (v, f.msg.header().clone(), Some(f.received))
             }
         };
 
         let t_pub = Instant::now();
-        publish_values(pubs, &verdict);
-        shared.publish_state(
-            &pubs.ood,
-            verdict.state,
-            &monitor,
-            received.map(|r| r.elapsed()),
-        );
-        let record = VerdictRecord {
-            header,
+        for (p, v) in pipelines.iter().zip(&verdicts) {
+            publish_values(&p.pubs, v);
+        }
+        let state = MonitorState::combine(verdicts.iter().map(|v| v.state));
+        shared.publish_state(&pubs.ood, state, &pipelines, received.map(|r| r.elapsed()));
+        let base = VerdictRecord {
+            header: header.clone(),
             node_name: &ctx.node_name,
             model_id: &ctx.model_id,
             backend: ctx.backend,
             device: &ctx.device,
-            verdict: &verdict,
+            verdict: &verdicts[0],
             seq,
             publish: t_pub.elapsed(),
             total: received.map_or(Duration::ZERO, |r| r.elapsed()),
             dropped: shared.dropped.load(Ordering::Relaxed),
             score_threshold: f64::from_bits(shared.score_threshold.load(Ordering::Relaxed)),
-            cusum_threshold: monitor.pipeline().map(|p| p.cusum_threshold),
+            cusum_threshold: None,
+            detectors: vec![],
         };
-        let _ = pubs.verdict.publish(&verdict_array(&record));
+        for (p, v) in pipelines.iter().zip(&verdicts) {
+            let r = VerdictRecord {
+                header: header.clone(),
+                model_id: &p.model_id,
+                verdict: v,
+                cusum_threshold: p.monitor.pipeline().map(|c| c.cusum_threshold),
+                detectors: vec![],
+                ..base
+            };
+            let _ = p.pubs.verdict.publish(&verdict_array(&r));
+        }
+        if let Some(top) = &pubs.verdict {
+            // The node's verdict: the combined state, the first fault, and each detector's.
+            let node = FrameVerdict {
+                state,
+                score: None,
+                fault: verdicts.iter().find_map(|v| v.fault.clone()),
+                timing: verdicts[0].timing,
+                step: None,
+            };
+            let r = VerdictRecord {
+                verdict: &node,
+                detectors: pipelines
+                    .iter()
+                    .zip(&verdicts)
+                    .map(|(p, v)| (p.name.clone(), v.state))
+                    .collect(),
+                ..base
+            };
+            let _ = top.publish(&verdict_array(&r));
+        }
 
-        if let Some(fault) = &verdict.fault {
+        // Warm-up is not a fault: it is not logged.
+        let fault = verdicts.iter().zip(&pipelines).find_map(|(v, p)| {
+            v.fault
+                .as_ref()
+                .filter(|f| !matches!(f, Fault::WarmingUp { .. }))
+                .map(|f| (f, p))
+        });
+        if let Some((fault, p)) = fault {
             // Rate-limited: a broken camera must not flood the log.
             if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 let extra = if suppressed > 0 {
@@ -309,7 +402,12 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
                 } else {
                     String::new()
                 };
-                r2r::log_warn!(&ctx.logger, "frame {seq}: {fault}; verdict OOD{extra}");
+                let who = if p.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (detector {})", p.name)
+                };
+                r2r::log_warn!(&ctx.logger, "frame {seq}: {fault}{who}; verdict OOD{extra}");
                 last_log = Some(Instant::now());
                 suppressed = 0;
             } else {
@@ -319,8 +417,16 @@ pub fn run(mut monitor: Monitor, shared: &Shared, ctx: &LoopCtx, pubs: &Publishe
     }
 }
 
+/// The node's verdict from its detectors' states.
+fn combined(pipelines: &[Pipeline]) -> MonitorState {
+    MonitorState::combine(pipelines.iter().map(|p| p.monitor.state()))
+}
+
 /// Score, p-value, log M and CUSUM (the verdict itself goes through `publish_state`).
-fn publish_values(pubs: &Publishers, v: &FrameVerdict) {
+fn publish_values(pubs: &PipelinePublishers, v: &FrameVerdict) {
+    if let Some(ood) = &pubs.ood {
+        let _ = ood.publish(&Bool { data: v.is_ood() });
+    }
     if let Some(score) = v.score {
         let _ = pubs.score.publish(&Float32 { data: score as f32 });
     }

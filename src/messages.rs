@@ -103,6 +103,8 @@ pub struct VerdictRecord<'a> {
     /// The thresholds in force for this frame, so a recorded verdict is reproducible.
     pub score_threshold: f64,
     pub cusum_threshold: Option<f64>,
+    /// With several detectors, the node's record lists each one's state.
+    pub detectors: Vec<(String, MonitorState)>,
 }
 
 /// The stamped per-frame record tools and tests match on. `score` is printed as the f32
@@ -149,6 +151,9 @@ pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
         values.push(kv("fault", f.kind()));
         values.push(kv("fault_detail", f));
     }
+    for (name, state) in &r.detectors {
+        values.push(kv(&format!("detector.{name}"), state.as_str()));
+    }
     DiagnosticArray {
         header: r.header.clone(),
         status: vec![DiagnosticStatus {
@@ -189,6 +194,8 @@ pub struct Health<'a> {
     pub stalled: Option<(Duration, Duration)>,
     /// The camera's rate, when configured (`expected_rate`).
     pub expected_rate: Option<f64>,
+    /// Each detector's state and counts, when the node runs several.
+    pub detectors: &'a [crate::inference::DetectorStatus],
 }
 
 pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
@@ -275,12 +282,23 @@ pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
         kv("frames_dropped", h.dropped),
         kv("frames_lost_in_queue", h.lost_in_queue),
         kv("frames_faulted", h.counters.total_faults()),
+        kv("frames_warming_up", h.counters.warming_up),
         kv("frames_ood", h.counters.ood),
         kv("latency_p50_ms", h.latency_p50.map_or("n/a".into(), ms)),
         kv("latency_max_ms", h.latency_max.map_or("n/a".into(), ms)),
     ];
     for (kind, n) in &h.counters.faults {
         values.push(kv(&format!("faults.{kind}"), n));
+    }
+    if h.detectors.len() > 1 {
+        for d in h.detectors {
+            let key = |k: &str| format!("detector.{}.{k}", d.name);
+            values.push(kv(&key("state"), d.state.as_str()));
+            values.push(kv(&key("model_id"), &d.model_id));
+            values.push(kv(&key("frames_scored"), d.counters.scored));
+            values.push(kv(&key("frames_warming_up"), d.counters.warming_up));
+            values.push(kv(&key("frames_faulted"), d.counters.total_faults()));
+        }
     }
     DiagnosticArray {
         header: Header {
@@ -352,6 +370,7 @@ mod tests {
             topic: "image",
             stalled,
             expected_rate,
+            detectors: &[],
         };
         let t = Time { sec: 0, nanosec: 0 };
         let level = |h: &Health| health_array(h, t.clone()).status[0].level;
@@ -422,6 +441,7 @@ mod tests {
             dropped: 0,
             score_threshold: 1.0,
             cusum_threshold: None,
+            detectors: vec![],
         };
         let a = verdict_array(&rec);
         assert_eq!(a.header, header);

@@ -6,7 +6,7 @@
 //! monitor and publishes. A slow model therefore never queues stale frames; a silent camera
 //! faults after `input_timeout`; a hung pipeline stops the `~/ood` heartbeat.
 
-use crate::inference::{self, Incoming, LoopCtx, Publishers, Shared};
+use crate::inference::{self, Incoming, LoopCtx, Pipeline, PipelinePublishers, Publishers, Shared};
 use crate::messages::{frame_age, health_array, now_stamp, CameraMsg, Health};
 use crate::params::{self, NodeConfig};
 use anyhow::{anyhow, Context as _, Result};
@@ -74,8 +74,34 @@ fn resolve_bundle(p: &str) -> Result<PathBuf> {
     candidates.push(path.clone());
     candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&path));
     candidates.iter().find(|c| c.join(vae_ood_core::bundle::MANIFEST_FILE).is_file()).cloned().ok_or_else(|| {
-        anyhow!("detector bundle '{p}' not found; looked in {candidates:?}. Set the model_bundle parameter to a bundle directory")
+        anyhow!("detector bundle '{p}' not found; looked in {candidates:?}. Set the model_bundle (or model_bundles) parameter to a bundle directory")
     })
+}
+
+/// Each bundle's output namespace: its directory's name as a ROS name (letters, digits and
+/// underscores; `models/flow` is `flow`). Two bundles with one name are refused.
+fn detector_names(bundles: &[String]) -> Result<Vec<String>> {
+    let mut names: Vec<String> = vec![];
+    for b in bundles {
+        let base = std::path::Path::new(b.trim_end_matches('/'))
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut name: String = base
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            name.insert(0, 'd');
+        }
+        if names.contains(&name) {
+            return Err(anyhow!(
+                "model_bundles: two bundles are both named '{name}' (their directories' names give their output namespaces ~/{name}/); rename one directory"
+            ));
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 fn float_pub(node: &mut r2r::Node, topic: &str) -> Result<r2r::Publisher<Float32>> {
@@ -98,44 +124,21 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         );
     }
 
-    // Publishers exist before the model loads, so consumers see OOD (STARTING) from the start.
+    // Publishers exist before the models load, so consumers see OOD (STARTING) from the start.
     // ~/ood is reliable + transient-local: a gate that starts later still gets the last verdict.
     let ood_qos = QosProfile::default()
         .keep_last(1)
         .reliable()
         .transient_local();
-    let pubs = Publishers {
-        ood: node.create_publisher::<Bool>("~/ood", ood_qos)?,
-        score: float_pub(&mut node, "~/score")?,
-        p_value: float_pub(&mut node, "~/p_value")?,
-        martingale: float_pub(&mut node, "~/martingale")?,
-        cusum: float_pub(&mut node, "~/cusum")?,
-        verdict: node.create_publisher::<DiagnosticArray>(
-            "~/verdict",
-            QosProfile::default().keep_last(50),
-        )?,
-    };
+    let verdict_qos = QosProfile::default().keep_last(50);
+    let ood = node.create_publisher::<Bool>("~/ood", ood_qos.clone())?;
     let pub_diag =
         node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
-    pubs.ood.publish(&Bool { data: true })?;
+    ood.publish(&Bool { data: true })?;
 
-    let bundle_dir = resolve_bundle(&cfg.model_bundle)?;
-    let kind = cfg.backend;
-    let detector = vae_ood_core::detector::load(
-        &bundle_dir,
-        BackendOptions {
-            kind,
-            threads: cfg.threads,
-        },
-    )
-    .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
-    let detector = match hook {
-        Some(h) => h(detector),
-        None => detector,
-    };
-    let model_id = detector.model_id().to_string();
-    let trained = detector.bundle().manifest.provenance.trained;
-    let (backend, device) = (detector.backend(), detector.device());
+    // One pipeline per detector bundle, its outputs under ~/<name>/ when there are several.
+    let names = detector_names(&cfg.model_bundles)?;
+    let several = names.len() > 1;
     let monitor_cfg = MonitorConfig {
         score_threshold: cfg.score_threshold,
         max_frame_age: cfg.max_frame_age,
@@ -143,30 +146,96 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         cusum_threshold: cfg.cusum_threshold,
         max_repeated_frames: cfg.max_repeated_frames,
     };
-    let monitor = Monitor::new(detector, monitor_cfg)
-        .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
-    let decision = match monitor.pipeline() {
-        Some(p) => format!(
-            "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
-            p.window, p.decay, p.cusum_threshold, cfg.recovery
-        ),
-        None => format!(
-            "uncalibrated bundle: per-frame score_threshold {}",
-            cfg.score_threshold
-        ),
-    };
-    r2r::log_info!(
-        &logger,
-        "loaded detector {model_id} from {} on {backend}, device {device} ({} thread(s)); {decision}",
-        bundle_dir.display(),
-        cfg.threads
-    );
-    if !trained {
-        r2r::log_warn!(
+    let mut hook = hook;
+    let mut pipelines = vec![];
+    let (mut backend, mut device, mut trained) = ("", String::new(), true);
+    for (bundle, name) in cfg.model_bundles.iter().zip(&names) {
+        let bundle_dir = resolve_bundle(bundle)?;
+        let detector = vae_ood_core::detector::load(
+            &bundle_dir,
+            BackendOptions {
+                kind: cfg.backend,
+                threads: cfg.threads,
+            },
+        )
+        .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
+        // The test hook replaces the first detector only.
+        let detector = match hook.take() {
+            Some(h) => h(detector),
+            None => detector,
+        };
+        let model_id = detector.model_id().to_string();
+        let kind = detector.bundle().manifest.detector.kind();
+        trained &= detector.bundle().manifest.provenance.trained;
+        (backend, device) = (detector.backend(), detector.device());
+        let monitor = Monitor::new(detector, monitor_cfg)
+            .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
+        let decision = match monitor.pipeline() {
+            Some(p) => format!(
+                "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
+                p.window, p.decay, p.cusum_threshold, cfg.recovery
+            ),
+            None => format!(
+                "uncalibrated bundle: per-frame score_threshold {}",
+                cfg.score_threshold
+            ),
+        };
+        let outputs = if several {
+            format!("; outputs under ~/{name}/")
+        } else {
+            String::new()
+        };
+        r2r::log_info!(
             &logger,
-            "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
+            "loaded detector {model_id} ({kind}) from {} on {backend}, device {device} ({} thread(s)); {decision}{outputs}",
+            bundle_dir.display(),
+            cfg.threads
         );
+        if !monitor.detector().bundle().manifest.provenance.trained {
+            r2r::log_warn!(
+                &logger,
+                "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
+            );
+        }
+        let prefix = if several {
+            format!("~/{name}/")
+        } else {
+            "~/".to_string()
+        };
+        let topic = |t: &str| format!("{prefix}{t}");
+        let pubs = PipelinePublishers {
+            ood: if several {
+                Some(node.create_publisher::<Bool>(&topic("ood"), ood_qos.clone())?)
+            } else {
+                None
+            },
+            score: float_pub(&mut node, &topic("score"))?,
+            p_value: float_pub(&mut node, &topic("p_value"))?,
+            martingale: float_pub(&mut node, &topic("martingale"))?,
+            cusum: float_pub(&mut node, &topic("cusum"))?,
+            verdict: node
+                .create_publisher::<DiagnosticArray>(&topic("verdict"), verdict_qos.clone())?,
+        };
+        pipelines.push(Pipeline {
+            name: if several { name.clone() } else { String::new() },
+            model_id,
+            monitor,
+            pubs,
+        });
     }
+    let model_id = pipelines
+        .iter()
+        .map(|p| p.model_id.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let pubs = Publishers {
+        ood,
+        verdict: if several {
+            Some(node.create_publisher::<DiagnosticArray>("~/verdict", verdict_qos)?)
+        } else {
+            None
+        },
+    };
     let shared = Arc::new(Shared::new(cfg.score_threshold, cfg.cusum_threshold));
 
     // Camera subscription: relative, image_transport-style names, remappable.
@@ -214,15 +283,11 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         };
         let pubs = Publishers {
             ood: pubs.ood.clone(),
-            score: pubs.score.clone(),
-            p_value: pubs.p_value.clone(),
-            martingale: pubs.martingale.clone(),
-            cusum: pubs.cusum.clone(),
             verdict: pubs.verdict.clone(),
         };
         std::thread::Builder::new()
             .name("inference".into())
-            .spawn(move || inference::run(monitor, &shared, &ctx, &pubs))?
+            .spawn(move || inference::run(pipelines, &shared, &ctx, &pubs))?
     };
 
     // Subscription task: newest frame wins.
@@ -352,11 +417,12 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                 (0u64, 0u64, 0u64, 0u64);
             loop {
                 tick.tick().await;
-                let (state, counters, mut lat) = {
+                let (state, counters, detectors, mut lat) = {
                     let mut s = shared.status.lock().expect("status lock");
                     (
                         s.state,
                         s.counters.clone(),
+                        s.detectors.clone(),
                         std::mem::take(&mut s.latencies),
                     )
                 };
@@ -386,6 +452,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                     topic,
                     stalled: shared.stalled(max_busy).map(|busy| (busy, max_busy)),
                     expected_rate,
+                    detectors: &detectors,
                 };
                 let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
                 (last_received, last_faults, last_dropped, last_lost) = (

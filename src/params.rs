@@ -16,6 +16,7 @@ pub enum DefaultValue {
     Int(i64),
     Double(f64),
     Str(&'static str),
+    StrArray(&'static [&'static str]),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -35,8 +36,12 @@ macro_rules! decl {
     };
 }
 
+/// The deployment default detector.
+pub const DEFAULT_BUNDLE: &str = "models/compressed";
+
 pub const PARAMS: &[ParamDecl] = &[
-    decl!("model_bundle", Str("models/compressed"), "Detector bundle directory. A relative path is looked up in the package's share directory, then the working directory. models/compressed is the compressed default detector; models/default its teacher."),
+    decl!("model_bundle", Str(DEFAULT_BUNDLE), "Detector bundle directory. A relative path is looked up in the package's share directory, then the working directory. models/compressed is the compressed default detector; models/default its teacher. One detector; for several use model_bundles (setting both to other values than their defaults is an error)."),
+    decl!("model_bundles", StrArray(&[DEFAULT_BUNDLE]), "Detector bundles run on the same camera, each with its own pipeline and outputs under ~/<bundle directory name>/ (score, p_value, martingale, cusum, ood, verdict); ~/ood is true when any of them is not OK (OOD, STARTING or FAULT). With one bundle the outputs stay at ~/score etc. Defaults to model_bundle when left at its default."),
     decl!("backend", Str("tract"), "Inference backend: 'tract' (CPU), 'cuda' (NVIDIA GPU; a build with the cargo feature 'cuda', else a start-up error naming what is missing) or 'auto' (the GPU when usable, else the CPU; the choice is logged and in /diagnostics and every ~/verdict)."),
     decl!("threads", Int(1), "Inference threads (tract). 1 leaves the other cores to the rest of the robot."),
     decl!("transport", Str("raw"), "Camera transport: 'raw' (sensor_msgs/Image on 'image') or 'compressed' (sensor_msgs/CompressedImage on 'image/compressed')."),
@@ -59,7 +64,8 @@ pub const PARAMS: &[ParamDecl] = &[
 /// The typed, validated configuration read from the declared parameters.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub model_bundle: String,
+    /// The detectors to run (at least one, no duplicates).
+    pub model_bundles: Vec<String>,
     pub backend: BackendKind,
     pub threads: usize,
     pub compressed: bool,
@@ -86,6 +92,9 @@ fn to_value(d: &DefaultValue) -> ParameterValue {
         DefaultValue::Int(i) => ParameterValue::Integer(*i),
         DefaultValue::Double(x) => ParameterValue::Double(*x),
         DefaultValue::Str(s) => ParameterValue::String(s.to_string()),
+        DefaultValue::StrArray(v) => {
+            ParameterValue::StringArray(v.iter().map(|s| s.to_string()).collect())
+        }
     }
 }
 
@@ -260,8 +269,15 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
     let backend: BackendKind = string("backend")?
         .parse()
         .map_err(|e| ParamError(format!("parameter 'backend': {e}")))?;
+    let model_bundles = bundles(string("model_bundle")?, r.string_array("model_bundles")?)?;
+    if model_bundles.len() > 1 && cusum > 0.0 {
+        return Err(ParamError(format!(
+            "parameter 'cusum_threshold' is {cusum} with {} detectors in model_bundles: each detector's threshold is its own bundle's; leave it 0 (recalibrate a bundle to change its threshold)",
+            model_bundles.len()
+        )));
+    }
     Ok(NodeConfig {
-        model_bundle: string("model_bundle")?,
+        model_bundles,
         backend,
         threads: threads as usize,
         compressed,
@@ -282,6 +298,38 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         expected_rate,
         max_repeated_frames,
     })
+}
+
+/// The detectors to run from `model_bundle` (one, kept for configurations written before the
+/// list) and `model_bundles`: whichever differs from its default, the list when neither does;
+/// both changed is ambiguous and refused.
+fn bundles(one: String, list: Vec<String>) -> Result<Vec<String>, ParamError> {
+    let list_default = list.len() == 1 && list[0] == DEFAULT_BUNDLE;
+    let list = match (one == DEFAULT_BUNDLE, list_default) {
+        (true, _) => list,
+        (false, true) => vec![one],
+        (false, false) => {
+            return Err(ParamError(format!(
+                "parameters 'model_bundle' ({one}) and 'model_bundles' ({list:?}) are both set: set one (model_bundles for several detectors)"
+            )))
+        }
+    };
+    if list.is_empty() || list.iter().any(|b| b.trim().is_empty()) {
+        return Err(ParamError(format!(
+            "parameter 'model_bundles' is {list:?}; expected at least one bundle directory, none empty"
+        )));
+    }
+    if let Some(d) = list
+        .iter()
+        .enumerate()
+        .find(|(i, b)| list[..*i].contains(b))
+    {
+        return Err(ParamError(format!(
+            "parameter 'model_bundles' lists {} twice",
+            d.1
+        )));
+    }
+    Ok(list)
 }
 
 /// The parameter table as JSON, for `--describe-parameters` (no ROS needed).
@@ -335,6 +383,15 @@ impl Reader {
             ParameterValue::String(s) => Ok(s),
             v => Err(ParamError(format!(
                 "parameter '{name}' must be a string, got {v:?}"
+            ))),
+        }
+    }
+
+    pub fn string_array(&self, name: &str) -> Result<Vec<String>, ParamError> {
+        match self.get(name) {
+            ParameterValue::StringArray(v) => Ok(v),
+            v => Err(ParamError(format!(
+                "parameter '{name}' must be a list of strings, got {v:?}"
             ))),
         }
     }
@@ -402,6 +459,12 @@ mod tests {
             ("backend", Str("tpu".into())),
             ("threads", Str("two".into())), // wrong type
             ("max_frame_age", Str("0.5".into())),
+            ("model_bundles", ParameterValue::StringArray(vec![])),
+            (
+                "model_bundles",
+                ParameterValue::StringArray(vec!["a".into(), "a".into()]),
+            ),
+            ("model_bundles", Str("models/default".into())),
         ];
         for (name, v) in cases {
             let e = node(&[(name, v.clone())]).expect_err(name);
@@ -419,6 +482,34 @@ mod tests {
             let e = gate(name, v).expect_err(name);
             assert!(e.0.contains(name), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn model_bundle_and_model_bundles_resolve_to_one_list() {
+        let list =
+            |v: &[&str]| ParameterValue::StringArray(v.iter().map(|s| s.to_string()).collect());
+        let get = |o: &[(&str, ParameterValue)]| node(o).map(|c| c.model_bundles);
+        assert_eq!(get(&[]).unwrap(), vec![DEFAULT_BUNDLE]);
+        assert_eq!(
+            get(&[("model_bundle", Str("x".into()))]).unwrap(),
+            vec!["x"]
+        );
+        assert_eq!(
+            get(&[("model_bundles", list(&["x", "y"]))]).unwrap(),
+            vec!["x", "y"]
+        );
+        let e = get(&[
+            ("model_bundle", Str("x".into())),
+            ("model_bundles", list(&["y"])),
+        ])
+        .unwrap_err();
+        assert!(e.0.contains("both set"), "{e}");
+        let e = node(&[
+            ("model_bundles", list(&["x", "y"])),
+            ("cusum_threshold", Double(5.0)),
+        ])
+        .unwrap_err();
+        assert!(e.0.contains("cusum_threshold"), "{e}");
     }
 
     /// Mostly values inside every double parameter's range (so that about a quarter of the

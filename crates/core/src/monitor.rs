@@ -35,6 +35,24 @@ impl MonitorState {
         self != Self::Ok
     }
 
+    /// The verdict of several detectors on one camera: OK only when every one is OK, else the
+    /// most severe state among them (FAULT, then OOD, then STARTING). No detector: STARTING.
+    pub fn combine(states: impl IntoIterator<Item = Self>) -> Self {
+        let rank = |s: &Self| match s {
+            Self::Ok => 0,
+            Self::Starting => 1,
+            Self::Ood => 2,
+            Self::Fault => 3,
+        };
+        states
+            .into_iter()
+            .fold(None, |worst: Option<Self>, s| match worst {
+                Some(w) if rank(&w) >= rank(&s) => Some(w),
+                _ => Some(s),
+            })
+            .unwrap_or(Self::Starting)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Starting => "STARTING",
@@ -448,6 +466,16 @@ mod tests {
     use super::*;
     use crate::detection::Step;
     use proptest::prelude::*;
+
+    #[test]
+    fn several_detectors_are_ok_only_when_all_are() {
+        use MonitorState::*;
+        assert_eq!(MonitorState::combine([Ok, Ok]), Ok);
+        assert_eq!(MonitorState::combine([Ok, Starting]), Starting);
+        assert_eq!(MonitorState::combine([Starting, Ood, Ok]), Ood);
+        assert_eq!(MonitorState::combine([Ood, Fault, Starting]), Fault);
+        assert_eq!(MonitorState::combine([]), Starting);
+    }
 
     fn step(window_full: bool, alarm: bool) -> Step {
         Step {
