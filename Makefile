@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data flow-validation-data flow-testset-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -81,6 +81,17 @@ sample-data: $(DATA_VENV)/.ok
 TESTSET_OUT ?= out/testset
 testset-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set testset --out $(TESTSET_OUT) --frames 400 --check data/testset.sha256
+
+# The optical-flow detector's drives (issue 18): 9 motion OOD validation drives (camera shake,
+# abnormal speed, frame drops; seeds 600-608, 300 frames) and its test set: rain, snow and the
+# three motion types on the three maps plus 8 clear drives (seeds 610-637, 400 frames), hashes
+# checked against data/flow_testset.sha256.
+FLOW_VALIDATION_OUT ?= out/flow_validation
+flow-validation-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set flow_validation --out $(FLOW_VALIDATION_OUT) --frames 300
+FLOW_TESTSET_OUT ?= out/flow_testset
+flow-testset-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set flow_testset --out $(FLOW_TESTSET_OUT) --frames 400 --check data/flow_testset.sha256
 
 # 60 clear drives (600 frames each, seeds 400-459) that, with the 18 of make heldout-data, set
 # the alarm threshold: a quantile of each drive's largest CUSUM statistic (docs/detector-experiments.md).

@@ -120,7 +120,25 @@ TESTSET = [
     (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
     for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=321)
 ]
-SETS = {"sample": SAMPLE, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
+# The optical-flow detector's drives (issue 18, session 12), seeds 600-651 never used before,
+# fixed before any figure on them: OOD types whose signal is motion. Validation (`make
+# flow-validation-data`, 300 frames, OOD from mid-drive): camera shake, abnormal speed and
+# frame drops on each map (rain and snow have validation drives already). Test (`make
+# flow-testset-data`, 400 frames, OOD in the middle half, hashes in data/flow_testset.sha256):
+# those three plus rain and snow, one drive per map, and two clear drives per map and on 4way.
+MOTION_TYPES = ("camera_shake", "fast", "frame_drops")
+FLOW_VALIDATION = [
+    (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "second_half")
+    for seed, (m, c) in enumerate([(m, c) for c in MOTION_TYPES for m in MAPS], start=600)
+]
+FLOW_TESTSET = [
+    (f"ood_{c}_{m}_s{seed}", m, seed, "test", c, "middle")
+    for seed, (m, c) in enumerate([(m, c) for c in ("rain", "snow") + MOTION_TYPES for m in MAPS], start=610)
+] + [
+    (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
+    for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=630)
+]
+SETS = {"sample": SAMPLE, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "testset": TESTSET, "tuning": TUNING}
 
 
@@ -177,18 +195,36 @@ def pure_pursuit(env):
     return speed, steer
 
 
-def drive(map_name, seed, n_frames, width, height):
+# Conditions of the drive itself rather than of its frames (the optical-flow detector's motion
+# OOD types, issue 18): `fast` drives at twice the controller's speed; `frame_drops` loses 1 or
+# 2 camera frames after each one it records (the stamps show the time that passed).
+DRIVE_CONDITIONS = ("fast", "frame_drops")
+
+
+def drive(map_name, seed, n_frames, width, height, condition="clear", mask=None):
+    """`n_frames` recorded frames and each one's simulator step (15 steps a second). Clear and
+    per-frame conditions record every step, so their drives are unchanged by the drive-level
+    conditions' code."""
     env = make_env(map_name, seed, width, height)
-    frames = []
+    rng = np.random.default_rng(seed * 7907 + 3)
+    frames, steps = [], []
     obs = env.render_obs()
-    for _ in range(n_frames):
-        action = pure_pursuit(env)
-        obs, _, done, _ = env.step(np.array(action))[:4]
+    step = 0
+    while len(frames) < n_frames:
+        ood = mask is not None and bool(mask[len(frames)])
+        skip = int(rng.integers(1, 3)) if ood and condition == "frame_drops" else 0
+        for _ in range(skip + 1):
+            speed, steer = pure_pursuit(env)
+            if ood and condition == "fast":
+                speed *= 2.0
+            obs, _, done, _ = env.step(np.array((speed, steer)))[:4]
+            step += 1
+            if done:
+                env.reset()
         frames.append(np.ascontiguousarray(obs, dtype=np.uint8))
-        if done:
-            env.reset()
+        steps.append(step - 1)
     env.close()
-    return frames
+    return frames, steps
 
 
 def jpeg(rgb, quality=90):
@@ -221,8 +257,8 @@ def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_fra
     ts = get_typestore(Stores.ROS2_JAZZY)
     CompressedImage, Bool = ts.types["sensor_msgs/msg/CompressedImage"], ts.types["std_msgs/msg/Bool"]
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
-    clean = drive(map_name, seed, n_frames, width, height)
     mask = ood_mask(n_frames, sequence, condition)
+    clean, steps = drive(map_name, seed, n_frames, width, height, condition, mask)
     d = out / drive_id
     if (d / "bag").exists():  # regenerating: rosbags refuses to write over an existing bag
         shutil.rmtree(d / "bag")
@@ -238,11 +274,11 @@ def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_fra
         for i, frame in enumerate(clean):
             for factor, level in levels.items():
                 frame = ood_transforms.apply(factor, frame, float(level[i]), seed=seed * 100_019 + i)
-            if mask[i]:
+            if mask[i] and condition not in DRIVE_CONDITIONS:
                 frame = ood_transforms.apply(condition, frame, severity, seed=seed * 100_003 + i)
             data = jpeg(frame)
             digest.update(data)
-            ns = t0 + i * 10**9 // FPS
+            ns = t0 + steps[i] * 10**9 // FPS
             w.write(lab, ns, ts.serialize_cdr(Bool(data=bool(mask[i])), Bool.__msgtype__))
             msg = CompressedImage(header=Header(stamp=Time(sec=ns // 10**9, nanosec=ns % 10**9), frame_id="camera"),
                                   format="jpeg", data=np.frombuffer(data, np.uint8))
@@ -284,7 +320,9 @@ def main():
                          "falsealarm: 50 clear drives (seeds 200-249) for false-alarm rates; "
                          "falsealarm2: 52 fresh clear drives on four maps (seeds 500-551); "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
-                         "tuning: 60 clear drives (seeds 400-459) for the alarm threshold")
+                         "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
+                         "flow_validation: 9 motion OOD drives (seeds 600-608); "
+                         "flow_testset: 23 drives (seeds 610-637), the flow detector's test set")
     args = ap.parse_args()
     specs = [spec for spec in SETS[args.set] if not args.only or spec[0] in args.only]
     # One process per drive: the simulator's OpenGL context leaks, and a long set otherwise

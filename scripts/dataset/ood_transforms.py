@@ -86,6 +86,19 @@ def occlusion(img, severity, rng):
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def camera_shake(img, severity, rng):
+    """Camera shake (a loose mount, a rough floor): every frame shifted by its own random offset
+    of up to 8 * severity pixels each way, the revealed border filled by edge pixels. One frame
+    looks normal; the motion between frames is the signal (the optical-flow detector's)."""
+    m = int(round(8 * severity))
+    if m == 0:
+        return img.copy()
+    dx, dy = (int(v) for v in rng.integers(-m, m + 1, 2))
+    h, w, _ = img.shape
+    pad = np.pad(img, ((m, m), (m, m), (0, 0)), mode="edge")
+    return pad[m + dy:m + dy + h, m + dx:m + dx + w].copy()
+
+
 TRANSFORMS = {
     "brightness": brightness,
     "rain": rain,
@@ -94,6 +107,7 @@ TRANSFORMS = {
     "motion_blur": motion_blur,
     "noise": noise,
     "occlusion": occlusion,
+    "camera_shake": camera_shake,
 }
 
 

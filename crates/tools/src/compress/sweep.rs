@@ -137,6 +137,9 @@ pub fn plan(arch: &EncoderArch, budget: Budget) -> Vec<Spec> {
         .chain((0..arch.dense.len()).map(|i| format!("fc{i}")))
         .collect();
     let mut specs = vec![Spec::new("teacher").named()];
+    if arch.groups > 1 {
+        return plan_branches(arch, budget, specs);
+    }
     for l in &layers {
         for &f in &fractions {
             let mut s = Spec::new("structured pruning");
@@ -201,6 +204,62 @@ pub fn plan(arch: &EncoderArch, budget: Budget) -> Vec<Spec> {
             conv[0] = first.max(1);
             s.student_conv = Some(conv);
             specs.push(s.named());
+        }
+    }
+    specs
+}
+
+/// The plan for a multi-branch teacher (the flow detector), which structured pruning does not
+/// handle yet (every branch must keep one width): students distilled from scratch with
+/// narrower convolutions (the paper's distillation; the widths pruning would have chosen
+/// are where the arithmetic is: the first convolutions), unstructured pruning and quantisation,
+/// and in the full budget the students quantised.
+fn plan_branches(arch: &EncoderArch, budget: Budget, mut specs: Vec<Spec>) -> Vec<Spec> {
+    let full = budget == Budget::Full;
+    let even = |w: usize| (w / 2).max(arch.groups).next_multiple_of(arch.groups);
+    let c = &arch.conv;
+    let mut students = vec![
+        // conv0 halved; every conv halved; conv0 quartered and the rest halved.
+        std::iter::once(even(c[0]))
+            .chain(c[1..].iter().copied())
+            .collect::<Vec<_>>(),
+        c.iter().map(|&w| even(w)).collect(),
+        std::iter::once(even(even(c[0])))
+            .chain(c[1..].iter().map(|&w| even(w)))
+            .collect(),
+    ];
+    students.dedup();
+    let mut distilled = vec![];
+    for conv in students {
+        let mut s = Spec::new("student distilled from scratch");
+        s.student_conv = Some(conv);
+        distilled.push(s.named());
+    }
+    specs.extend(distilled.iter().cloned());
+    for sp in if full {
+        &[0.3, 0.5, 0.7][..]
+    } else {
+        &[0.5][..]
+    } {
+        let mut s = Spec::new("unstructured pruning");
+        s.sparsity = Some(*sp);
+        specs.push(s.named());
+    }
+    for p in [
+        Precision::Fp16,
+        Precision::Int8Dynamic,
+        Precision::Int8Static,
+    ] {
+        let mut s = Spec::new("quantisation");
+        s.precision = Some(p);
+        specs.push(s.named());
+        if full {
+            for d in &distilled {
+                let mut q = d.clone();
+                q.technique = "distillation + quantisation".into();
+                q.precision = Some(p);
+                specs.push(q.named());
+            }
         }
     }
     specs
@@ -397,8 +456,9 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
             .map(|d| d.parse::<DriveArg>().map(|a| a.path))
             .collect()
     };
+    let flow = teacher.state.config.flow.clone();
     let frames_of = |paths: &[PathBuf], stride: usize| -> Result<FrameSet, crate::Error> {
-        FrameSet::load(paths, &spec_in, stride, &|| {})
+        load_frames(paths, &spec_in, flow.as_ref(), stride)
     };
     let say = |m: String| {
         if !opts.quiet {
@@ -413,7 +473,14 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
             &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
             None,
         );
-        frames_of(&paths, total.div_ceil(HELDOUT_FRAMES).max(1))?
+        // The same memory for any detector: a flow stack is 17 image frames.
+        let per_frame = tbundle
+            .manifest
+            .encoder_input_shape()
+            .iter()
+            .product::<usize>();
+        let budget = (HELDOUT_FRAMES * 3 * 64 * 64 / per_frame).max(100);
+        frames_of(&paths, total.div_ceil(budget).max(1))?
     };
     let calib_frames = frames_of(&paths_of(&opts.cal)?, 10)?;
     let calib: Vec<Vec<f32>> = (0..calib_frames.len())
@@ -705,7 +772,8 @@ impl Context<'_> {
                     eprintln!("loading {} fine-tuning drives", drives.len());
                 }
                 let spec_in = &self.tbundle.manifest.input;
-                *ft_frames = Some(FrameSet::load(&drives, spec_in, teacher.state.config.frame_stride, &|| {})
+                let flow = teacher.state.config.flow.as_ref();
+                *ft_frames = Some(load_frames(&drives, spec_in, flow, teacher.state.config.frame_stride)
                     .map_err(|e| Error::Drive(format!("fine-tuning frames: {e} (the teacher's training drives: `make train-data`, or give --finetune-drives)")))?);
             }
             let frames = ft_frames.as_ref().expect("loaded");
@@ -842,6 +910,20 @@ fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The encoder inputs of `drives`: frames through the bundle's input spec, or flow stacks
+/// through the flow detector's own stack.
+fn load_frames(
+    drives: &[PathBuf],
+    spec_in: &vae_ood_core::preprocess::InputSpec,
+    flow: Option<&vae_ood_core::flow::FlowSpec>,
+    stride: usize,
+) -> Result<FrameSet, crate::Error> {
+    match flow {
+        None => FrameSet::load(drives, spec_in, stride, &|| {}),
+        Some(f) => FrameSet::load_flow(drives, f, stride, &|| {}),
+    }
+}
+
 /// An uncalibrated candidate bundle with the teacher's input spec and provenance.
 fn write_bundle(
     t: &Bundle,
@@ -889,4 +971,33 @@ fn student_from_scratch(
     let bytes =
         std::fs::read(out.join("encoder.onnx")).map_err(Error::read(out.join("encoder.onnx")))?;
     read_encoder(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_two_branch_teacher_gets_students_not_structured_pruning() {
+        let arch = EncoderArch::flow(6);
+        for budget in [Budget::Quick, Budget::Full] {
+            let specs = plan(&arch, budget);
+            assert_eq!(specs[0].name, "teacher");
+            assert!(specs.iter().all(|s| s.structured.is_empty()), "{budget:?}");
+            let students: Vec<&Vec<usize>> = specs
+                .iter()
+                .filter_map(|s| s.student_conv.as_ref())
+                .collect();
+            assert!(students.len() >= 3, "{students:?}");
+            // Every width splits into the two branches, and each student is narrower.
+            for conv in &students {
+                assert!(conv.iter().all(|w| w % 2 == 0 && *w >= 2), "{conv:?}");
+                assert!(conv.iter().zip(&arch.conv).all(|(s, t)| s <= t) && **conv != arch.conv);
+            }
+        }
+        // The image teacher's plan is unchanged: structured pruning first.
+        assert!(!plan(&EncoderArch::small(), Budget::Quick)[1]
+            .structured
+            .is_empty());
+    }
 }
