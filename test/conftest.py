@@ -110,12 +110,14 @@ class NodeProcess:
     """A Rust node as a child process with a unique name. By default the monitor, reading
     its camera on /<name>/cam; `gate=True` starts ood_gate instead (remaps via `remaps`)."""
 
-    def __init__(self, name, params=None, extra_args=(), gate=False, remaps=None, bundle=BUNDLE, exe=None, env=None):
+    def __init__(self, name, params=None, extra_args=(), gate=False, remaps=None, bundle=BUNDLE, exe=None, env=None,
+                 wrapper=()):
         exe = exe or (GATE if gate else NODE)
         require(exe, exe.name)
         self.name = name
         config = ROOT / "config" / ("gate.yaml" if gate else "monitor.yaml")
-        args = [str(exe), "--ros-args", "-r", f"__node:={name}", "--params-file", str(config)]
+        # `wrapper` runs the node under another command (e.g. taskset -c 0 for benchmarks).
+        args = [*wrapper, str(exe), "--ros-args", "-r", f"__node:={name}", "--params-file", str(config)]
         if not gate:
             args += ["-r", f"image:=/{name}/cam", "-r", f"image/compressed:=/{name}/cam/compressed",
                      "-p", f"model_bundle:={bundle}"]
