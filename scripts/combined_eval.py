@@ -12,9 +12,10 @@ the exact Poisson 95 % upper bound.
 import argparse
 import csv
 import json
-import math
 import pathlib
 import statistics
+
+from testset_card import poisson_upper
 
 RANK = {"OK": 0, "STARTING": 1, "OOD": 2, "FAULT": 3}
 
@@ -22,22 +23,6 @@ RANK = {"OK": 0, "STARTING": 1, "OOD": 2, "FAULT": 3}
 def read(path):
     with open(pathlib.Path(path) / "frames.csv") as f:
         return list(csv.DictReader(f))
-
-
-def poisson_upper(k, conf=0.95):
-    """Exact one-sided upper bound on a Poisson mean after k events (Garwood), by bisection
-    on the CDF (no scipy needed)."""
-    def cdf(mu):
-        term = total = math.exp(-mu)
-        for i in range(1, k + 1):
-            term *= mu / i
-            total += term
-        return total
-    lo, hi = 0.0, 10.0 + 10.0 * k
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) > 1 - conf else (lo, mid)
-    return hi
 
 
 def combine(evals):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: set up, build, start the monitor node on the bundled default detector
-# (models/default: trained and calibrated, see its MODEL_CARD.md) and replay committed Duckietown
+# (models/default: trained and calibrated, see its MODEL_CARD.md) and the optical-flow detector
+# (models/flow, its MODEL_CARD.md) side by side, and replay committed Duckietown
 # drives into it (clear, then brightness, rain and sensor-noise OOD), printing live verdicts and
 # a summary. Arguments go to scripts/demo_replay.py (--rate, --json). DDS stays on loopback
 # (scripts/loopback.sh).
@@ -14,12 +15,17 @@ cargo build --locked -p vae_ood_monitor --bins
 source scripts/loopback.sh "${VAE_OOD_DEMO_DOMAIN:-74}"
 
 BUNDLE="${VAE_OOD_DEMO_BUNDLE:-models/default}"
-echo "[demo] starting the monitor" >&2
+# The optical-flow detector (models/flow) runs beside it on the same camera: the node's verdict
+# is OK only when both are. VAE_OOD_DEMO_FLOW= (empty) runs the image detector alone.
+FLOW="${VAE_OOD_DEMO_FLOW-models/flow}"
+BUNDLES="$(realpath "$BUNDLE")"
+[ -n "$FLOW" ] && BUNDLES="$BUNDLES,$(realpath "$FLOW")"
+echo "[demo] starting the monitor with [$BUNDLES]" >&2
 # Reliable image QoS makes the replay lossless (every frame gets a verdict); live cameras
 # default to sensor_data (best effort), see config/monitor.yaml. Recorded stamps are old, so
 # the frame-age check is off for replays.
 target/debug/vae_ood_monitor --ros-args --params-file config/monitor.yaml \
-  -p model_bundle:="$(realpath "$BUNDLE")" -p transport:=compressed -p image_qos:=reliable \
+  -p model_bundles:="[$BUNDLES]" -p transport:=compressed -p image_qos:=reliable \
   -p max_frame_age:=0.0 -p input_timeout:=0.0 -r image/compressed:=/camera/image_raw/compressed &
 node_pid=$!
 trap 'kill -INT $node_pid 2>/dev/null; wait $node_pid 2>/dev/null' EXIT

@@ -1,5 +1,6 @@
 """Demo client: replays committed Duckietown drives into the monitor node with `vae_ood_replay`
-and prints the node's verdicts live, then a summary per drive.
+and prints the node's verdicts live (with several detectors, the combined verdict and each
+detector's state; score, p-value and CUSUM are then on ~/<detector>/), then a summary per drive.
 
 Drives (data/sample, see data/README.md): a clear in-distribution test drive, then OOD test
 drives (brightness and rain in the middle half, sensor noise throughout). Labels come from each
@@ -81,7 +82,10 @@ def main():
                     v = verdicts[stamp]
                     if i % 15 == 0 or i == meta["frames"] - 1:
                         label = "OOD" if i in ood else "ID"
-                        print(f"{drive:<30} {i:5d} {label:<5} {float(v['score']):8.2f} {float(v.get('p_value', 'nan')):8.4f} {float(v.get('cusum', 'nan')):9.2f}  {v['state']}")
+                        # With several detectors the node's record has each one's state.
+                        each = ", ".join(f"{k[len('detector.'):]} {s}" for k, s in v.items() if k.startswith("detector."))
+                        print(f"{drive:<30} {i:5d} {label:<5} {float(v['score']):8.2f} {float(v.get('p_value', 'nan')):8.4f} {float(v.get('cusum', 'nan')):9.2f}  {v['state']}"
+                              + (f" ({each})" if each else ""))
                 if proc.poll() is not None and not new:
                     if time.monotonic() - getattr(proc, "_done", time.monotonic()) > 2.0:
                         break

@@ -37,6 +37,7 @@ pub fn run(a: &Args) -> Result<()> {
             Some(d) => d,
             None => a.detector.load()?,
         };
+        let flow = !d.bundle().manifest.detector.is_image();
         let (input, model, backend) = (
             d.bundle().manifest.input.clone(),
             d.model_id().to_string(),
@@ -48,9 +49,14 @@ pub fn run(a: &Args) -> Result<()> {
             a.frames, a.width, a.height, input.width, input.height, a.detector.threads
         );
         println!("  decode      {}", line(&l.decode));
-        println!("  preprocess  {}", line(&l.preprocess));
+        // The flow detector's preprocessing is the frame's preparation and the optical flow.
+        let pre = if flow { "prep + flow" } else { "preprocess" };
+        println!("  {pre:<11} {}", line(&l.preprocess));
         println!("  inference   {}", line(&l.inference));
         println!("  total       {}", line(&l.total));
+        if flow {
+            continue; // the fused image path's baseline means nothing for flow
+        }
         println!(
             "  decode + preprocess: p50 {:.3} ms, baseline (decode to RGB, reference filter) {:.3} ms: {:.1}x faster",
             l.prepare.p50,

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The optical-flow detector (issue 18), end to end on generated drives: calibrate the trained
+# teacher into models/flow, evaluate it and the image detector on the flow test set and the
+# fresh false-alarm set, and merge the two as the node does (scripts/combined_eval.py).
+#
+#   scripts/flow_detector.sh calibrate   # TEACHER (default out/flow_train) -> models/flow
+#   scripts/flow_detector.sh evaluate    # figures into out/flow_card/
+#
+# Data: make train-data heldout-data tuning-data validation-data flow-validation-data
+# flow-testset-data falsealarm2-data. Training (about 35 min on 2 cores):
+#   vae-ood train --detector flow --train $(split train out/train) --val $(split train_val out/train) \
+#     --out out/flow_train --frame-stride 3 --epochs 10 --name flow-v1
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+S="$ROOT/data/sample"
+VAE="${VAE_OOD:-$ROOT/target/debug/vae-ood}"
+TEACHER="${TEACHER:-out/flow_train}"
+OUT="${FLOW_OUT:-out/flow_card}"
+IMAGE="${IMAGE_BUNDLE:-models/compressed}"
+[ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
+source scripts/roles.sh
+# The flow detector is chosen on motion OOD drives (flow-validation-data) and on the rain and
+# snow validation drives, never on the test set.
+flow_val_ood() { { onsets out/flow_validation; onsets out/validation | grep -E "ood_(rain|snow)_"; }; }
+case "${1:-}" in
+  calibrate)
+    "$VAE" calibrate --bundle "$TEACHER" --out models/flow \
+      --cal $(split calibration out/train) $(split train_val out/train) \
+      --tune-id $(split heldout out/heldout) $(split tuning out/tuning) \
+      --val-ood $(flow_val_ood)
+    ;;
+  evaluate)
+    # Each detector on the flow test set and the fresh false-alarm set (scripts/testset_card.py:
+    # the model cards' figures block), then both merged as the node merges them.
+    mkdir -p "$OUT"
+    img=$(basename "$IMAGE")
+    for b in models/flow "$IMAGE"; do
+      update=()
+      [ "$b" = models/flow ] && [ -f models/flow/MODEL_CARD.md ] && update=(--update models/flow/MODEL_CARD.md)
+      echo "== $b"
+      python3 scripts/testset_card.py --bundle "$b" --vae "$VAE" --testset out/flow_testset \
+        --types rain snow camera_shake fast frame_drops --falsealarm out/falsealarm2 \
+        --out "$OUT/$(basename "$b")" "${update[@]}"
+    done
+    echo "== combined ($img + flow), flow test set"
+    python3 scripts/combined_eval.py "$OUT/$img/test" "$OUT/flow/test" --json "$OUT/combined_test.json"
+    echo "== combined ($img + flow), fresh false-alarm set"
+    python3 scripts/combined_eval.py "$OUT/$img/falsealarm2" "$OUT/flow/falsealarm2" --json "$OUT/combined_fa.json"
+    ;;
+  *)
+    echo "usage: $0 calibrate|evaluate" >&2
+    exit 2
+    ;;
+esac
