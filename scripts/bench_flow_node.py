@@ -4,7 +4,7 @@ given time by an rclpy publisher in this (separate) process over real DDS (loopb
 what the node counted in /diagnostics: frames received, scored, warming up, faulted, dropped
 for a newer frame and lost in the subscription queue, and each detector's per-stage latency
 from its ~/<name>/verdict records. Frames are a committed sample drive's, in a loop (each pass
-restarts the flow stack: the loop's jump is a scene cut, stamps stay regular).
+is a scene cut; the stamps stay regular, so the stack goes on across it).
 
     source scripts/env.sh && source scripts/loopback.sh 81 && \
       .venv/bin/python scripts/bench_flow_node.py --seconds 300 --bundles models/compressed models/flow

@@ -19,7 +19,10 @@ BUNDLE="${VAE_OOD_DEMO_BUNDLE:-models/default}"
 # is OK only when both are. VAE_OOD_DEMO_FLOW= (empty) runs the image detector alone.
 FLOW="${VAE_OOD_DEMO_FLOW-models/flow}"
 BUNDLES="$(realpath "$BUNDLE")"
-[ -n "$FLOW" ] && BUNDLES="$BUNDLES,$(realpath "$FLOW")"
+if [ -n "$FLOW" ]; then
+  [ -f "$FLOW/manifest.yaml" ] || { echo "[demo] no flow detector bundle at $FLOW" >&2; exit 1; }
+  BUNDLES="$BUNDLES,$(realpath "$FLOW")"
+fi
 echo "[demo] starting the monitor with [$BUNDLES]" >&2
 # Reliable image QoS makes the replay lossless (every frame gets a verdict); live cameras
 # default to sensor_data (best effort), see config/monitor.yaml. Recorded stamps are old, so

@@ -25,10 +25,17 @@ source scripts/roles.sh
 flow_val_ood() { { onsets out/flow_validation; onsets out/validation | grep -E "ood_(rain|snow)_"; }; }
 case "${1:-}" in
   calibrate)
-    "$VAE" calibrate --bundle "$TEACHER" --out models/flow \
+    # The Mahalanobis distance of the posterior (not the KL of selected latents): chosen on
+    # the validation drives (models/flow/MODEL_CARD.md, "How it was chosen").
+    "$VAE" calibrate --bundle "$TEACHER" --out models/flow.new --score mahalanobis \
+      --fit $(split train out/train) \
       --cal $(split calibration out/train) $(split train_val out/train) \
       --tune-id $(split heldout out/heldout) $(split tuning out/tuning) \
       --val-ood $(flow_val_ood)
+    # The full VAE and training record travel with the bundle (compression starts from them).
+    cp "$TEACHER"/{vae.bpk,training.json,metrics.csv,loss.png} models/flow.new/
+    [ -f models/flow/MODEL_CARD.md ] && cp models/flow/MODEL_CARD.md models/flow.new/
+    rm -rf models/flow && mv models/flow.new models/flow
     ;;
   evaluate)
     # Each detector on the flow test set and the fresh false-alarm set (scripts/testset_card.py:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Compresses the bundled optical-flow detector (models/flow, which ships its full VAE) with
+# `vae-ood compress`: the paper's methodology on the second detector. A two-branch encoder gets
+# students distilled from scratch (docs/compress.md); each candidate is recalibrated on the
+# teacher's drives, checked against the AUROC budget on the flow validation drives (--select)
+# and reported on the flow test set (--test). Session 12 ran the all-halved student only
+# (ONLY=student-8-16-16-16, about 40 minutes on 2 cores); the selected candidate goes to
+# models/flow_compressed with the sweep's report.
+# Usage: scripts/compress_flow.sh [OUT]   (data as scripts/flow_detector.sh says)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${1:-out/compress_flow}"
+ONLY="${ONLY:-student-8-16-16-16}"
+mkdir -p "$OUT"
+S=data/sample
+source scripts/roles.sh
+[ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
+only=()
+[ -n "$ONLY" ] && only=(--only ${ONLY//,/ })
+target/debug/vae-ood compress --teacher models/flow --out "$OUT" --budget quick --auroc-drop 0.02 \
+  --fit $(split train out/train) --cal $(split calibration out/train) $(split train_val out/train) \
+  --tune-id $(split heldout out/heldout) $(split tuning out/tuning) \
+  --val-ood $(onsets out/flow_validation) $(onsets out/validation | grep -E "ood_(rain|snow)_") \
+  --select $(eval_inputs out/flow_validation) $(eval_inputs out/validation | grep -E "ood_(rain|snow)_") \
+  --test $(eval_inputs out/flow_testset) "${only[@]}" | tee "$OUT/summary.txt"
+SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
+if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
+  rm -rf models/flow_compressed
+  cp -r "$OUT/candidates/$SEL/calibrated" models/flow_compressed
+  cp "$OUT/report.json" models/flow_compressed/compress_report.json
+  echo "shipped $SEL as models/flow_compressed"
+fi
