@@ -166,7 +166,8 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         };
         let model_id = detector.model_id().to_string();
         let kind = detector.bundle().manifest.detector.kind();
-        trained &= detector.bundle().manifest.provenance.trained;
+        let is_trained = detector.bundle().manifest.provenance.trained;
+        trained &= is_trained;
         (backend, device) = (detector.backend(), detector.device());
         let monitor = Monitor::new(detector, monitor_cfg)
             .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
@@ -191,7 +192,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
             bundle_dir.display(),
             cfg.threads
         );
-        if !monitor.detector().bundle().manifest.provenance.trained {
+        if !is_trained {
             r2r::log_warn!(
                 &logger,
                 "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"

@@ -3,6 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// An architecture whose widths cannot be split into its branches; the message names the
+/// width and the rule.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArchError(pub String);
+
 /// The encoder's shape: `conv` widths (each halves the spatial size), `dense` hidden widths,
 /// then two heads of `latents` units.
 ///
@@ -87,19 +93,19 @@ impl EncoderArch {
     }
 
     /// Widths that every branch can share equally (each a multiple of `groups`).
-    pub fn check_groups(&self) -> Result<(), String> {
+    pub fn check_groups(&self) -> Result<(), ArchError> {
         let g = self.groups;
         if g == 0 {
-            return Err("groups must be at least 1".into());
+            return Err(ArchError("groups must be at least 1".into()));
         }
         let widths = std::iter::once(&self.input_channels)
             .chain(&self.conv)
             .chain(&self.dense)
             .chain(std::iter::once(&self.latents));
         if let Some(w) = widths.clone().find(|&&w| w % g != 0) {
-            return Err(format!(
+            return Err(ArchError(format!(
                 "width {w} does not split into {g} equal branches (input channels, conv and dense widths and latents must be multiples of groups)"
-            ));
+            )));
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //! to OpenCV: the core stays free of C++ dependencies and a cold build stays short;
 //! `test/test_flow_parity.py` checks it against OpenCV on real frame pairs.
 
+use crate::frame::Pixels;
+
 /// A single-channel frame, row-major, grey levels as f32 (0..=255 for 8-bit input).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gray {
@@ -117,15 +119,19 @@ impl FlowInput {
         clahe_tiles: (8, 8),
     };
 
-    /// The flow input of a packed rgb8 frame: BT.601 luma as OpenCV's `cvtColor` computes it
-    /// for 8-bit frames (its vectorised path: fixed point, 15 bits), a bilinear resize when the frame is not
+    /// The flow input of a frame, read in place (a raw message buffer or a decoded image): BT.601
+    /// luma as OpenCV's `cvtColor` computes it for 8-bit frames (its vectorised path: fixed
+    /// point, 15 bits; mono frames give their own level), a bilinear resize when the frame is not
     /// already `width` x `height` (OpenCV's 8-bit resize rounds in fixed point: up to one grey
     /// level apart), the centre crop, then CLAHE.
-    pub fn prepare(&self, rgb: &[u8], width: usize, height: usize) -> Gray {
-        let grey: Vec<u8> = rgb
-            .chunks_exact(3)
+    pub fn prepare(&self, px: Pixels<'_>) -> Gray {
+        let (width, height) = (px.width() as usize, px.height() as usize);
+        let bpp = px.encoding().bytes_per_pixel();
+        let [r, g, b] = px.rgb_offsets();
+        let grey: Vec<u8> = (0..height)
+            .flat_map(|y| px.row(y).chunks_exact(bpp))
             .map(|p| {
-                let y = p[0] as u32 * 9798 + p[1] as u32 * 19235 + p[2] as u32 * 3735 + (1 << 14);
+                let y = p[r] as u32 * 9798 + p[g] as u32 * 19235 + p[b] as u32 * 3735 + (1 << 14);
                 (y >> 15) as u8
             })
             .collect();
@@ -211,16 +217,14 @@ impl FlowStack {
         self.depth - self.flows.len()
     }
 
-    /// Adds a packed rgb8 frame stamped `stamp_ns`; the stack once `depth` fields are there.
-    /// Unstamped frames (an image folder) are taken as consecutive.
+    /// Adds a frame stamped `stamp_ns`; the stack once `depth` fields are there. Unstamped
+    /// frames (an image folder) are taken as consecutive.
     pub fn push(
         &mut self,
-        rgb: &[u8],
-        width: usize,
-        height: usize,
+        px: Pixels<'_>,
         stamp_ns: Option<i64>,
     ) -> Result<Option<Stacked>, FlowError> {
-        let frame = self.input.prepare(rgb, width, height);
+        let frame = self.input.prepare(px);
         if let (Some((_, Some(last))), Some(now)) = (&self.prev, stamp_ns) {
             let step = now.saturating_sub(*last);
             if step <= 0 || step > self.max_gap_ns {
@@ -292,18 +296,19 @@ impl FlowSpec {
         flow_range: 8.0,
     };
 
-    pub fn validate(&self) -> Result<(), String> {
-        self.farneback.validate().map_err(|e| e.to_string())?;
+    /// Checks the spec is usable; the error names the field and its range.
+    pub fn validate(&self) -> Result<(), FlowError> {
+        self.farneback.validate()?;
         let i = &self.input;
         if i.crop_width > i.width
             || i.crop_height > i.height
             || i.crop_width < 8
             || i.crop_height < 8
         {
-            return Err(format!(
+            return Err(FlowError::Param(format!(
                 "input: crop {}x{} must be at least 8x8 and fit the {}x{} frame",
                 i.crop_width, i.crop_height, i.width, i.height
-            ));
+            )));
         }
         if !(i.clahe_clip > 0.0 && i.clahe_clip.is_finite())
             || i.clahe_tiles.0 == 0
@@ -311,19 +316,28 @@ impl FlowSpec {
             || i.clahe_tiles.0 > i.crop_width
             || i.clahe_tiles.1 > i.crop_height
         {
-            return Err(format!(
+            return Err(FlowError::Param(format!(
                 "input: CLAHE clip {} must be positive and its {:?} tiles fit the crop",
                 i.clahe_clip, i.clahe_tiles
-            ));
+            )));
         }
         if !(1..=64).contains(&self.depth) {
-            return Err(format!("depth {} must be 1..=64", self.depth));
+            return Err(FlowError::Param(format!(
+                "depth {} must be 1..=64",
+                self.depth
+            )));
         }
         if !(self.max_gap_ms > 0.0 && self.max_gap_ms.is_finite()) {
-            return Err(format!("max_gap_ms {} must be positive", self.max_gap_ms));
+            return Err(FlowError::Param(format!(
+                "max_gap_ms {} must be positive",
+                self.max_gap_ms
+            )));
         }
         if !(self.flow_range > 0.0 && self.flow_range.is_finite()) {
-            return Err(format!("flow_range {} must be positive", self.flow_range));
+            return Err(FlowError::Param(format!(
+                "flow_range {} must be positive",
+                self.flow_range
+            )));
         }
         Ok(())
     }
@@ -903,13 +917,14 @@ mod tests {
         assert!(ig11 > 0.0 && ig33 > 0.0 && ig55 > 0.0 && ig03 < 0.0);
     }
 
-    /// A packed rgb8 frame of [`pattern`] at 160x120, shifted by `sx` pixels.
-    fn rgb(sx: f32) -> Vec<u8> {
-        pattern(160, 120, sx, 0.0)
+    /// An rgb8 frame of [`pattern`] at 160x120, shifted by `sx` pixels.
+    fn rgb(sx: f32) -> image::RgbImage {
+        let data = pattern(160, 120, sx, 0.0)
             .data
             .iter()
             .flat_map(|&v| [v as u8; 3])
-            .collect()
+            .collect();
+        image::RgbImage::from_raw(160, 120, data).unwrap()
     }
 
     #[test]
@@ -920,25 +935,22 @@ mod tests {
         // depth + 1 frames before the first stack.
         for k in 0..3 {
             assert!(s
-                .push(&rgb(k as f32), 160, 120, Some(k * dt))
+                .push((&rgb(k as f32)).into(), Some(k * dt))
                 .unwrap()
                 .is_none());
         }
-        let st = s.push(&rgb(3.0), 160, 120, Some(3 * dt)).unwrap().unwrap();
+        let st = s.push((&rgb(3.0)).into(), Some(3 * dt)).unwrap().unwrap();
         assert_eq!((st.depth, st.width, st.height), (3, 152, 113));
         assert_eq!(st.dx.len(), 3 * 152 * 113);
         // The scene moves right by a pixel a frame: dx is about 1 inside the frame, dy about 0.
         let mid = |v: &[f32], c: usize| v[c * 152 * 113 + 56 * 152 + 76];
         assert!((mid(&st.dx, 2) - 1.0).abs() < 0.3 && mid(&st.dy, 2).abs() < 0.3);
-        assert!(s.push(&rgb(4.0), 160, 120, Some(4 * dt)).unwrap().is_some());
+        assert!(s.push((&rgb(4.0)).into(), Some(4 * dt)).unwrap().is_some());
         // A gap longer than max_gap_ns, and a stamp that goes back, restart the history.
-        assert!(s
-            .push(&rgb(5.0), 160, 120, Some(10 * dt))
-            .unwrap()
-            .is_none());
+        assert!(s.push((&rgb(5.0)).into(), Some(10 * dt)).unwrap().is_none());
         assert_eq!(s.warming_up(), 3);
-        s.push(&rgb(6.0), 160, 120, Some(11 * dt)).unwrap();
-        assert!(s.push(&rgb(7.0), 160, 120, Some(5 * dt)).unwrap().is_none());
+        s.push((&rgb(6.0)).into(), Some(11 * dt)).unwrap();
+        assert!(s.push((&rgb(7.0)).into(), Some(5 * dt)).unwrap().is_none());
         assert_eq!(s.warming_up(), 3);
     }
 

@@ -84,21 +84,13 @@ impl Detector for FlowDetector {
                     "stream {} was never opened",
                     f.stream
                 ))),
-                (None, Some(stack)) => {
-                    let rgb = f.pixels.to_rgb();
-                    match stack.push(
-                        rgb.as_raw(),
-                        rgb.width() as usize,
-                        rgb.height() as usize,
-                        f.stamp_ns,
-                    ) {
-                        Ok(Some(s)) => Ok(self.spec.encoder_input(&s)),
-                        Ok(None) => Err(Fault::WarmingUp {
-                            needed: stack.warming_up(),
-                        }),
-                        Err(e) => Err(Fault::Inference(e.to_string())),
-                    }
-                }
+                (None, Some(stack)) => match stack.push(f.pixels, f.stamp_ns) {
+                    Ok(Some(s)) => Ok(self.spec.encoder_input(&s)),
+                    Ok(None) => Err(Fault::WarmingUp {
+                        needed: stack.warming_up(),
+                    }),
+                    Err(e) => Err(Fault::Inference(e.to_string())),
+                },
             };
             match step {
                 Ok(x) => {

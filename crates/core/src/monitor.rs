@@ -226,7 +226,6 @@ pub struct Counters {
     /// Faults by kind (see [`Fault::kind`]).
     pub faults: BTreeMap<String, u64>,
     /// Frames a detector with history took to warm up (no score, not a fault).
-    #[serde(default)]
     pub warming_up: u64,
 }
 

@@ -186,7 +186,8 @@ pub fn encoder_onnx(
     names: &GraphNames,
     doc: &str,
 ) -> Result<Vec<u8>, crate::Error> {
-    arch.check_groups().map_err(crate::Error::Onnx)?;
+    arch.check_groups()
+        .map_err(|e| crate::Error::Onnx(e.to_string()))?;
     let g = arch.groups;
     let mut b = GraphBuilder {
         weights,

@@ -47,9 +47,7 @@ pub struct Args {
 fn gray(path: &Path, preprocess: bool) -> Result<Gray> {
     let img = image::open(path).with_context(|| format!("reading {}", path.display()))?;
     if preprocess {
-        let rgb = img.to_rgb8();
-        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-        return Ok(FlowInput::REFERENCE.prepare(rgb.as_raw(), w, h));
+        return Ok(FlowInput::REFERENCE.prepare((&img.to_rgb8()).into()));
     }
     let img = img.to_luma8();
     Ok(Gray {
@@ -93,7 +91,7 @@ fn bench(a: &Args, prev: &Gray, next: &Gray, params: &FarnebackParams, runs: usi
         let rgb = image::open(&a.next)?.to_rgb8();
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         let p = time_ms(runs, || {
-            std::hint::black_box(FlowInput::REFERENCE.prepare(rgb.as_raw(), w, h));
+            std::hint::black_box(FlowInput::REFERENCE.prepare((&rgb).into()));
             Ok(())
         })?;
         println!(

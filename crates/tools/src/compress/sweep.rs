@@ -179,23 +179,12 @@ pub fn plan(arch: &EncoderArch, budget: Budget) -> Vec<Spec> {
         distilled.push(s.named());
     }
     specs.extend(distilled.iter().cloned());
-    for p in [
-        Precision::Fp16,
-        Precision::Int8Dynamic,
-        Precision::Int8Static,
-    ] {
-        let mut s = Spec::new("quantisation");
-        s.precision = Some(p);
-        specs.push(s.named());
-        if full {
-            for d in &distilled {
-                let mut q = d.clone();
-                q.technique = "pruning + distillation + quantisation".into();
-                q.precision = Some(p);
-                specs.push(q.named());
-            }
-        }
-    }
+    push_quantised(
+        &mut specs,
+        &distilled,
+        full,
+        "pruning + distillation + quantisation",
+    );
     if full {
         let c = &arch.conv;
         for first in [c[0] / 4, c[0] / 8] {
@@ -245,6 +234,13 @@ fn plan_branches(arch: &EncoderArch, budget: Budget, mut specs: Vec<Spec>) -> Ve
         s.sparsity = Some(*sp);
         specs.push(s.named());
     }
+    push_quantised(&mut specs, &distilled, full, "distillation + quantisation");
+    specs
+}
+
+/// Each precision on the teacher, and with `full` on every distilled student (`technique`
+/// names what those candidates combine).
+fn push_quantised(specs: &mut Vec<Spec>, distilled: &[Spec], full: bool, technique: &str) {
     for p in [
         Precision::Fp16,
         Precision::Int8Dynamic,
@@ -254,15 +250,14 @@ fn plan_branches(arch: &EncoderArch, budget: Budget, mut specs: Vec<Spec>) -> Ve
         s.precision = Some(p);
         specs.push(s.named());
         if full {
-            for d in &distilled {
+            for d in distilled {
                 let mut q = d.clone();
-                q.technique = "distillation + quantisation".into();
+                q.technique = technique.into();
                 q.precision = Some(p);
                 specs.push(q.named());
             }
         }
     }
-    specs
 }
 
 /// Everything a sweep needs.

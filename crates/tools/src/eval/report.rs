@@ -56,7 +56,6 @@ pub struct Report {
     pub faulted: usize,
     /// Frames a detector with history (the flow detector) spent warming up: neither scored
     /// nor faulted.
-    #[serde(default)]
     pub warming_up: usize,
     /// Per OOD type (and "all"), on the per-frame nonconformity score.
     pub score_metrics: BTreeMap<String, Outcome>,

@@ -66,12 +66,7 @@ impl FrameSet {
             let (mut warm, mut kept) = (0, 0);
             for_each_frame(drive, &mut |img| {
                 let s = stack
-                    .push(
-                        img.as_raw(),
-                        img.width() as usize,
-                        img.height() as usize,
-                        None,
-                    )
+                    .push(img.into(), None)
                     .map_err(|e| crate::Error::Drive(format!("{}: {e}", drive.display())))?;
                 if let Some(s) = s {
                     if warm % stride.max(1) == 0 {

@@ -246,7 +246,9 @@ impl TrainConfig {
                 )));
             }
         }
-        self.arch.check_groups().map_err(crate::Error::Train)?;
+        self.arch
+            .check_groups()
+            .map_err(|e| crate::Error::Train(e.to_string()))?;
         if let Some(f) = &self.flow {
             f.validate()
                 .map_err(|e| crate::Error::Train(format!("flow: {e}")))?;
