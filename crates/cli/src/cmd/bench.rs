@@ -85,6 +85,10 @@ pub struct EncodersArgs {
     #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "1024",
           value_parser = clap::value_parser!(u16).range(16..=8192))]
     roofline: Option<u16>,
+    /// Frames per encoder call: a batch of this many frames (several cameras) in one call;
+    /// latencies are per call.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    batch: u16,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -108,7 +112,8 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
             })
         })
         .collect();
-    let r = vae_ood_tools::compress::bench::encoder_latency_on(&runs, a.frames, 20)?;
+    let r =
+        vae_ood_tools::compress::bench::encoder_latency_on(&runs, a.frames, 20, a.batch.into())?;
     let peak = match a.roofline {
         Some(size) => Some(
             vae_ood_core::encoder::gemm_peak(size.into(), a.threads.into(), 5)
@@ -117,7 +122,8 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
         None => None,
     };
     let gmacs = |l: &vae_ood_tools::compress::bench::EncoderLatency| {
-        l.macs.map(|m| m as f64 / (l.p50_ms * 1e-3) / 1e9)
+        l.macs
+            .map(|m| (m * l.batch as u64) as f64 / (l.p50_ms * 1e-3) / 1e9)
     };
     if a.json {
         let rows: Vec<_> = r
@@ -127,6 +133,7 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
         let out = serde_json::json!({
             "threads": a.threads,
             "frames": a.frames,
+            "batch": a.batch,
             "profile": if cfg!(debug_assertions) { "dev" } else { "release" },
             "peak_gmacs_per_s": peak.map(|p| p / 1e9),
             "encoders": rows,
@@ -142,6 +149,9 @@ pub fn encoders(a: &EncodersArgs) -> Result<()> {
             a.roofline.unwrap_or(0),
             a.threads
         );
+    }
+    if a.batch > 1 {
+        println!("latency per call of {} frames (one batched run)", a.batch);
     }
     println!(
         "{:>9} {:>9} {:>9} {:>8} {:>8} {:>7}  bundle (backend on device)",

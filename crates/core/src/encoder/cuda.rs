@@ -118,42 +118,68 @@ pub fn probe() -> Result<CudaDevice, CudaUnavailable> {
 }
 
 /// The encoder on the GPU: convolutions, GEMMs and activations run as tract-cuda kernels; an op
-/// it does not translate stays on the CPU, with copies around it.
+/// it does not translate stays on the CPU, with copies around it. An encoder whose weights are
+/// stored in float16 (`vae-ood quantize --precision fp16`) computes in half precision here.
 pub struct CudaEncoder {
     state: Box<dyn State>,
     io: EncoderIo,
     device: CudaDevice,
+    bundle: Bundle,
+    /// The plan for the last batch size other than 1 ([`Encoder::encode_batch`]).
+    batched: Option<(usize, Box<dyn State>)>,
 }
 
 impl CudaEncoder {
     pub fn load(bundle: &Bundle) -> Result<Self, BundleError> {
         let device = probe().map_err(|e| BundleError::Backend(e.to_string()))?;
-        let t = TypedEncoder::load(bundle)?;
-        let err = |what: &str, e: TractError| {
-            BundleError::Backend(format!(
-                "cuda backend on {device}: {what} {}: {e:#}",
-                bundle.encoder_path().display()
-            ))
-        };
-        // Links tract-cuda (its runtime registers itself by name) and checks the libraries
-        // the way its runtime will.
-        tract_cuda::utils::ensure_cuda_runtime_dependencies("tract-cuda")
-            .map_err(|e| err("cannot start tract-cuda for", e))?;
-        let runtime = tract_onnx::tract_core::runtime::runtime_for_name("cuda")
-            .map_err(|e| err("no CUDA runtime for", e))?
-            .ok_or_else(|| {
-                BundleError::Backend("tract-cuda's runtime is not registered in this build".into())
-            })?;
-        let state = runtime
-            .prepare(t.model)
-            .and_then(|plan| plan.spawn())
-            .map_err(|e| err("cannot prepare", e))?;
+        let (state, io) = prepare(bundle, &device, 1)?;
         Ok(Self {
             state,
-            io: t.io,
+            io,
             device,
+            bundle: bundle.clone(),
+            batched: None,
         })
     }
+
+    /// Whether the encoder computes in half precision.
+    pub fn is_half(&self) -> bool {
+        self.io.half
+    }
+}
+
+/// The bundle's encoder typed for `batch` frames per run and lowered to the GPU.
+fn prepare(
+    bundle: &Bundle,
+    device: &CudaDevice,
+    batch: usize,
+) -> Result<(Box<dyn State>, EncoderIo), BundleError> {
+    let mut t = TypedEncoder::load_batch(bundle, batch)?;
+    let err = |what: &str, e: TractError| {
+        BundleError::Backend(format!(
+            "cuda backend on {device}: {what} {}: {e:#}",
+            bundle.encoder_path().display()
+        ))
+    };
+    if t.io.fp16_weights {
+        t = t
+            .into_half()
+            .map_err(|e| err("cannot translate to half precision", e))?;
+    }
+    // Links tract-cuda (its runtime registers itself by name) and checks the libraries the
+    // way its runtime will.
+    tract_cuda::utils::ensure_cuda_runtime_dependencies("tract-cuda")
+        .map_err(|e| err("cannot start tract-cuda for", e))?;
+    let runtime = tract_onnx::tract_core::runtime::runtime_for_name("cuda")
+        .map_err(|e| err("no CUDA runtime for", e))?
+        .ok_or_else(|| {
+            BundleError::Backend("tract-cuda's runtime is not registered in this build".into())
+        })?;
+    let state = runtime
+        .prepare(t.model)
+        .and_then(|plan| plan.spawn())
+        .map_err(|e| err("cannot prepare", e))?;
+    Ok((state, t.io))
 }
 
 impl Encoder for CudaEncoder {
@@ -161,12 +187,34 @@ impl Encoder for CudaEncoder {
         self.io.encode(input, |x| self.state.run(x))
     }
 
+    /// Several frames in one launch sequence (planned at the first call of a batch size, then
+    /// kept while it stays the same): the GPU's time per run barely grows with the batch.
+    fn encode_batch(&mut self, inputs: &[&[f32]]) -> Result<Vec<Posterior>, InferenceError> {
+        let n = inputs.len();
+        if n <= 1 {
+            return inputs.iter().map(|x| self.encode(x)).collect();
+        }
+        if self.batched.as_ref().is_none_or(|(b, _)| *b != n) {
+            let (state, _) = prepare(&self.bundle, &self.device, n)
+                .map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
+            self.batched = Some((n, state));
+        }
+        let (_, state) = self.batched.as_mut().expect("planned just above");
+        self.io
+            .clone_for_batch(n)
+            .encode_batch(inputs, |x| state.run(x))
+    }
+
     fn backend(&self) -> &'static str {
         "cuda"
     }
 
     fn device(&self) -> String {
-        self.device.to_string()
+        if self.io.half {
+            format!("{} in fp16", self.device)
+        } else {
+            self.device.to_string()
+        }
     }
 
     fn declared_input_shape(&self) -> Option<Vec<usize>> {

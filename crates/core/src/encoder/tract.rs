@@ -6,30 +6,87 @@
 use super::{Encoder, InferenceError, Posterior};
 use crate::bundle::{Bundle, BundleError, OutputRef};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
+use tract_onnx::tract_core::transform::ModelTransform;
 
 pub struct TractEncoder {
     state: TypedSimpleState,
     io: EncoderIo,
+    /// How this encoder was planned, to plan it again for a batch of frames.
+    how: Planning,
+    /// The plan for the last batch size other than 1 ([`Encoder::encode_batch`]).
+    batched: Option<(usize, TypedSimpleState)>,
+}
+
+#[derive(Clone)]
+struct Planning {
+    bundle: Bundle,
+    threads: usize,
+    patch: bool,
+    half: bool,
 }
 
 impl TractEncoder {
     /// Loads the bundle's encoder for its input shape, with this crate's faster kernels
     /// swapped in where they compute the same thing ([`super::pool`]).
     pub fn load(bundle: &Bundle, threads: usize) -> Result<Self, BundleError> {
-        Self::load_with(bundle, threads, true)
+        Self::load_with(bundle, threads, true, false)
     }
 
     /// Loads the encoder exactly as tract lowers it, with none of our kernels: the baseline
     /// benchmarks and parity tests compare [`Self::load`] with.
     pub fn load_unpatched(bundle: &Bundle, threads: usize) -> Result<Self, BundleError> {
-        Self::load_with(bundle, threads, false)
+        Self::load_with(bundle, threads, false, false)
     }
 
-    fn load_with(bundle: &Bundle, threads: usize, patch: bool) -> Result<Self, BundleError> {
-        let TypedEncoder { model, io } = TypedEncoder::load(bundle)?;
-        let err = model_error(bundle);
+    /// Loads the encoder to compute in half precision (f16 weights and activations), as the
+    /// GPU runs an fp16 encoder. x86 has no fast f16 kernels, so this is slow here: it is the
+    /// CPU reference of the GPU's fp16 arithmetic, for parity tests.
+    pub fn load_half(bundle: &Bundle, threads: usize) -> Result<Self, BundleError> {
+        Self::load_with(bundle, threads, false, true)
+    }
+
+    /// Whether the ONNX file stores its weights as float16 (an fp16 candidate of `vae-ood
+    /// quantize`): tract computes it in f32 here; the cuda backend computes it in f16.
+    pub fn fp16_weights(&self) -> bool {
+        self.io.fp16_weights
+    }
+
+    fn load_with(
+        bundle: &Bundle,
+        threads: usize,
+        patch: bool,
+        half: bool,
+    ) -> Result<Self, BundleError> {
+        let how = Planning {
+            bundle: bundle.clone(),
+            threads,
+            patch,
+            half,
+        };
+        let (state, io) = how.plan(1)?;
+        Ok(Self {
+            state,
+            io,
+            how,
+            batched: None,
+        })
+    }
+}
+
+impl Planning {
+    /// The encoder typed for `batch` frames per run, optimised and ready to run.
+    fn plan(&self, batch: usize) -> Result<(TypedSimpleState, EncoderIo), BundleError> {
+        let mut t = TypedEncoder::load_batch(&self.bundle, batch)?;
+        let err = model_error(&self.bundle);
+        if self.half {
+            t = t
+                .into_half()
+                .map_err(|e| err("cannot translate to half precision", &e))?;
+        }
+        let TypedEncoder { model, io } = t;
         let mut typed = model;
-        if patch {
+        if self.patch {
             super::pool::swap_max_pools(&mut typed)
                 .map_err(|e| err("cannot swap in the 2x2 max pooling", &e))?;
         }
@@ -37,10 +94,10 @@ impl TractEncoder {
             .into_optimized()
             .map_err(|e| err("cannot optimise for the manifest's input shape", &e))?;
         let state = typed
-            .into_runnable_with_options(&run_options(threads))
+            .into_runnable_with_options(&run_options(self.threads))
             .and_then(|plan| plan.spawn())
             .map_err(|e| err("cannot plan", &e))?;
-        Ok(Self { state, io })
+        Ok((state, io))
     }
 }
 
@@ -54,15 +111,32 @@ pub(crate) struct TypedEncoder {
 /// What a loaded encoder knows of its graph whatever runs it: the input shape, where mu and
 /// logvar come out, and its cost; every tract runtime's encoder keeps one.
 pub(crate) struct EncoderIo {
+    /// The input shape of one run: `batch` frames of the manifest's input.
     pub shape: [usize; 4],
+    /// Multiply-accumulates per frame.
     pub macs: u64,
     /// The input shape the ONNX file declares, when concrete.
     pub declared: Option<Vec<usize>>,
     pub mu_index: usize,
     pub logvar_index: usize,
+    /// The ONNX file stores its weights as float16 (`vae-ood quantize --precision fp16`).
+    pub fp16_weights: bool,
+    /// The graph computes in f16: inputs are cast to it, outputs back to f32.
+    pub half: bool,
 }
 
 impl EncoderIo {
+    /// The same outputs for a plan of `batch` frames per run.
+    pub fn clone_for_batch(&self, batch: usize) -> Self {
+        let mut shape = self.shape;
+        shape[0] = batch;
+        Self {
+            shape,
+            declared: self.declared.clone(),
+            ..*self
+        }
+    }
+
     /// Runs one input through `run` (a runtime's state) and takes the posterior from its
     /// outputs.
     pub fn encode(
@@ -70,21 +144,48 @@ impl EncoderIo {
         input: &[f32],
         run: impl FnOnce(TVec<TValue>) -> TractResult<TVec<TValue>>,
     ) -> Result<Posterior, InferenceError> {
+        let mut p = self.encode_batch(&[input], run)?;
+        Ok(p.remove(0))
+    }
+
+    /// Runs `inputs` (as many as the plan's batch) through `run` in one call and splits the
+    /// outputs into one posterior per input, in order.
+    pub fn encode_batch(
+        &self,
+        inputs: &[&[f32]],
+        run: impl FnOnce(TVec<TValue>) -> TractResult<TVec<TValue>>,
+    ) -> Result<Vec<Posterior>, InferenceError> {
         let e = |e: TractError| InferenceError(e.to_string());
-        let x = Tensor::from_shape(&self.shape, input).map_err(e)?;
+        let n = inputs.len();
+        if n != self.shape[0] {
+            return Err(InferenceError(format!(
+                "{n} inputs for a plan of batch {}",
+                self.shape[0]
+            )));
+        }
+        let mut x = match inputs {
+            [one] => Tensor::from_shape(&self.shape, one),
+            _ => Tensor::from_shape(&self.shape, &inputs.concat()),
+        }
+        .map_err(e)?;
+        if self.half {
+            x = x.cast_to::<f16>().map_err(e)?.into_owned();
+        }
         let out = run(tvec!(x.into())).map_err(e)?;
-        let take = |i: usize| -> Result<Vec<f32>, InferenceError> {
-            Ok(out[i]
-                .try_as_plain_ram()
-                .map_err(e)?
-                .as_slice::<f32>()
-                .map_err(e)?
-                .to_vec())
+        let rows = |i: usize| -> Result<Vec<Vec<f32>>, InferenceError> {
+            let t = out[i].cast_to::<f32>().map_err(e)?;
+            let view = t.try_as_plain_ram().map_err(e)?;
+            let all = view.as_slice::<f32>().map_err(e)?;
+            Ok(all
+                .chunks_exact(all.len() / n)
+                .map(<[f32]>::to_vec)
+                .collect())
         };
-        Ok(Posterior {
-            mu: take(self.mu_index)?,
-            logvar: take(self.logvar_index)?,
-        })
+        Ok(rows(self.mu_index)?
+            .into_iter()
+            .zip(rows(self.logvar_index)?)
+            .map(|(mu, logvar)| Posterior { mu, logvar })
+            .collect())
     }
 }
 
@@ -98,7 +199,9 @@ fn model_error(bundle: &Bundle) -> impl Fn(&str, &dyn std::fmt::Display) -> Bund
 }
 
 impl TypedEncoder {
-    pub fn load(bundle: &Bundle) -> Result<Self, BundleError> {
+    /// The encoder typed for `batch` frames per run (the encoders' graphs keep the batch axis
+    /// apart: convolutions, then a flatten from axis 1).
+    pub fn load_batch(bundle: &Bundle, batch: usize) -> Result<Self, BundleError> {
         let path = bundle.encoder_path();
         let err = model_error(bundle);
         let model = tract_onnx::onnx()
@@ -115,7 +218,8 @@ impl TypedEncoder {
                 &format!("the encoder has {inputs} inputs, expected exactly 1 (the image)"),
             ));
         }
-        let shape = bundle.manifest.encoder_input_shape();
+        let mut shape = bundle.manifest.encoder_input_shape();
+        shape[0] = batch.max(1);
         let declared = model.input_fact(0).map_err(|e| err("no input fact", &e))?;
         let declared: Option<Vec<usize>> = declared
             .shape
@@ -151,19 +255,37 @@ impl TypedEncoder {
         let model = model
             .with_input_fact(0, f32::fact(shape).into())
             .and_then(|m| m.into_typed())
-            .and_then(|m| m.into_decluttered())
+            .map_err(|e| err("cannot type for the manifest's input shape", &e))?;
+        // Before decluttering, which folds the casts of float16 weights into f32 constants.
+        let fp16_weights = model.nodes().iter().any(|n| {
+            n.op_as::<tract_onnx::tract_core::ops::konst::Const>()
+                .is_some_and(|c| c.val().datum_type() == f16::datum_type())
+        });
+        let model = model
+            .into_decluttered()
             .map_err(|e| err("cannot type for the manifest's input shape", &e))?;
         let macs = multiply_accumulates(&model).map_err(|e| err("cannot count MACs", &e))?;
         Ok(Self {
             model,
             io: EncoderIo {
                 shape,
-                macs,
+                macs: macs / shape[0] as u64,
                 declared,
                 mu_index,
                 logvar_index,
+                fp16_weights,
+                half: false,
             },
         })
+    }
+
+    /// The same encoder computing in half precision: weights, activations, input and outputs
+    /// in f16 ([`EncoderIo::encode_batch`] casts at both ends).
+    pub fn into_half(mut self) -> TractResult<Self> {
+        FloatPrecisionTranslator::new(f32::datum_type(), f16::datum_type())
+            .transform(&mut self.model)?;
+        self.io.half = true;
+        Ok(self)
     }
 }
 
@@ -210,6 +332,26 @@ impl TractEncoder {
 impl Encoder for TractEncoder {
     fn encode(&mut self, input: &[f32]) -> Result<Posterior, InferenceError> {
         self.io.encode(input, |x| self.state.run(x))
+    }
+
+    /// Several frames in one run of a plan for that batch size (planned at the first such
+    /// call, then kept while the batch size stays the same).
+    fn encode_batch(&mut self, inputs: &[&[f32]]) -> Result<Vec<Posterior>, InferenceError> {
+        let n = inputs.len();
+        if n <= 1 {
+            return inputs.iter().map(|x| self.encode(x)).collect();
+        }
+        if self.batched.as_ref().is_none_or(|(b, _)| *b != n) {
+            let (state, _) = self
+                .how
+                .plan(n)
+                .map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
+            self.batched = Some((n, state));
+        }
+        let (_, state) = self.batched.as_mut().expect("planned just above");
+        self.io
+            .clone_for_batch(n)
+            .encode_batch(inputs, |x| state.run(x))
     }
 
     fn backend(&self) -> &'static str {

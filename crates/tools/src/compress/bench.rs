@@ -14,6 +14,8 @@ pub struct EncoderLatency {
     pub bundle: PathBuf,
     /// The backend that ran it, and on which device ("tract on cpu", "cuda on NVIDIA ...").
     pub backend: String,
+    /// Frames per encoder call (`bench-encoders --batch`); the latencies are per call.
+    pub batch: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
     /// The first bundle's p50 over this one's: above 1 means faster.
@@ -37,17 +39,19 @@ pub fn encoder_latency(
     opts: BackendOptions,
 ) -> Result<Vec<EncoderLatency>, crate::Error> {
     let runs: Vec<(PathBuf, BackendOptions)> = bundles.iter().map(|b| (b.clone(), opts)).collect();
-    encoder_latency_on(&runs, frames, warmup)
+    encoder_latency_on(&runs, frames, warmup, 1)
 }
 
 /// [`encoder_latency`] for (bundle, backend) pairs: the same bundle on the CPU and the GPU in
-/// one interleaved run, ratios against the first pair.
+/// one interleaved run, ratios against the first pair. Each timed call encodes `batch` frames
+/// (one [`vae_ood_core::encoder::Encoder::encode_batch`]: several cameras' frames at once).
 pub fn encoder_latency_on(
     runs: &[(PathBuf, BackendOptions)],
     frames: usize,
     warmup: usize,
+    batch: usize,
 ) -> Result<Vec<EncoderLatency>, crate::Error> {
-    if runs.is_empty() || frames == 0 {
+    if runs.is_empty() || frames == 0 || batch == 0 {
         return Err(crate::Error::Drive(
             "give at least one bundle and one frame".into(),
         ));
@@ -67,8 +71,9 @@ pub fn encoder_latency_on(
     let mut times = vec![vec![]; runs.len()];
     for round in 0..warmup + frames {
         for (k, enc) in encoders.iter_mut().enumerate() {
+            let frames = vec![inputs[k].as_slice(); batch];
             let t = Instant::now();
-            enc.encode(&inputs[k])?;
+            enc.encode_batch(&frames)?;
             if round >= warmup {
                 times[k].push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -89,6 +94,7 @@ pub fn encoder_latency_on(
         .map(|((((b, _), &(p50, p99)), macs), backend)| EncoderLatency {
             bundle: b.clone(),
             backend,
+            batch,
             p50_ms: p50,
             p99_ms: p99,
             speedup_p50: stats[0].0 / p50,
