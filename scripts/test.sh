@@ -14,7 +14,10 @@ env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER \
 env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo build --locked -p vae_ood_cli
 
 echo "=== 1b/3 the cuda backend (builds without CUDA; with no GPU its GPU half prints SKIPPED) ==="
+# libnvrtc from the PyPI wheel (scripts/requirements-test.txt): our kernels compile to PTX here.
+NVRTC_LIB=$(echo "$ROOT"/.venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib)
 env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER \
+  LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   cargo test --locked -p vae_ood_core --features cuda --test cuda_backend -- --nocapture
 env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo check --locked -p vae_ood_cli --features cuda
 

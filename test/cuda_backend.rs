@@ -79,3 +79,61 @@ fn auto_takes_the_gpu_when_usable_and_the_cpu_otherwise() {
     assert_eq!(det.backend(), want);
     assert_eq!("auto".parse::<BackendKind>().unwrap(), BackendKind::Auto);
 }
+
+/// Every CUDA C kernel of ours compiles to PTX with NVRTC. It needs no GPU and no driver, only
+/// libnvrtc: scripts/test.sh puts the PyPI wheel's (nvidia-cuda-nvrtc-cu12) on the loader path.
+#[test]
+fn every_kernel_of_ours_compiles_to_ptx_with_nvrtc() {
+    use vae_ood_core::device_preprocess::{KERNEL, KERNEL_NAME};
+    // SAFETY: only tries to dlopen libnvrtc.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        println!(
+            "SKIPPED: NVRTC compile of our kernels (libnvrtc cannot be loaded here; scripts/test.sh \
+             puts the PyPI wheel nvidia-cuda-nvrtc-cu12 on LD_LIBRARY_PATH)"
+        );
+        return;
+    }
+    let ptx = cudarc::nvrtc::compile_ptx(KERNEL).unwrap().to_src();
+    assert!(
+        ptx.contains(&format!(".entry {KERNEL_NAME}")),
+        "no entry point in:\n{ptx}"
+    );
+}
+
+/// The preprocessing kernel on a GPU gives its CPU reference (the same loop in Rust) within
+/// float rounding, on a 640x480 frame.
+#[test]
+fn the_preprocessing_kernel_matches_its_cpu_reference_on_a_gpu() {
+    use vae_ood_core::device_preprocess::{reference, DevicePreprocessor};
+    if let Err(why) = probe() {
+        println!("SKIPPED: preprocessing kernel on a GPU (none usable here: {why})");
+        return;
+    }
+    let spec = vae_ood_core::bundle::Bundle::load(bundle())
+        .unwrap()
+        .manifest
+        .input
+        .clone();
+    let data: Vec<u8> = (0..640 * 480 * 3)
+        .map(|i| ((i * 37 + i / 1920 * 11) % 251) as u8)
+        .collect();
+    let raw = RawImage {
+        width: 640,
+        height: 480,
+        encoding: "rgb8",
+        is_bigendian: false,
+        step: 1920,
+        data: &data,
+    };
+    let px = Pixels::from_raw(&raw).unwrap();
+    let mut dev = DevicePreprocessor::new(spec.clone()).unwrap();
+    let mut out = vec![0f32; spec.shape().iter().product()];
+    dev.run_into(px, &mut out).unwrap();
+    let want = reference(px, &spec);
+    let worst = out
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-5, "largest difference {worst}");
+}

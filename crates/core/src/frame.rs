@@ -205,6 +205,14 @@ impl<'a> Pixels<'a> {
         self.encoding
     }
 
+    /// The frame's bytes, from the first row's start to the last row's end, and the bytes
+    /// from one row to the next: what a device copies in one transfer.
+    pub fn rows_with_step(&self) -> (&'a [u8], usize) {
+        let row_bytes = self.width as usize * self.encoding.bytes_per_pixel();
+        let end = (self.height as usize - 1) * self.step + row_bytes;
+        (&self.data[..end], self.step)
+    }
+
     /// Row `y` without its padding: `width x bytes per pixel` bytes.
     ///
     /// # Panics

@@ -27,6 +27,7 @@ pub mod clahe;
 pub mod detail;
 pub mod detection;
 pub mod detector;
+pub mod device_preprocess;
 pub mod encoder;
 pub mod flow;
 pub mod flow_detector;

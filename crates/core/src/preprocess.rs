@@ -357,7 +357,7 @@ fn add_scaled(acc: &mut [f32], values: impl Iterator<Item = f32>, w: f32, first:
 }
 
 /// `value * scale + bias` per model channel, equal to `(value / 255 - mean) / std`.
-fn normalisation(spec: &InputSpec) -> ([f32; 3], [f32; 3]) {
+pub(crate) fn normalisation(spec: &InputSpec) -> ([f32; 3], [f32; 3]) {
     let c = spec.channels();
     let (mut scale, mut bias) = ([0f32; 3], [0f32; 3]);
     for ch in 0..c {
@@ -458,7 +458,7 @@ pub mod reference {
 }
 
 /// The source rectangle (x, y, w, h) that is resized to the input.
-fn crop_region(sw: u32, sh: u32, spec: &InputSpec) -> (u32, u32, u32, u32) {
+pub(crate) fn crop_region(sw: u32, sh: u32, spec: &InputSpec) -> (u32, u32, u32, u32) {
     match spec.resize {
         ResizeMode::Stretch => (0, 0, sw, sh),
         ResizeMode::CenterCrop => {
@@ -478,13 +478,13 @@ fn crop_region(sw: u32, sh: u32, spec: &InputSpec) -> (u32, u32, u32, u32) {
 
 /// Contiguous source taps and their weights for one output pixel.
 #[derive(Debug, Clone)]
-struct Tap {
-    start: usize,
-    weights: Vec<f32>,
+pub(crate) struct Tap {
+    pub start: usize,
+    pub weights: Vec<f32>,
 }
 
 /// Resampling weights along one axis: `len` source pixels from `offset` onto `out` pixels.
-fn axis_weights(offset: usize, len: usize, out: usize, filter: Filter) -> Vec<Tap> {
+pub(crate) fn axis_weights(offset: usize, len: usize, out: usize, filter: Filter) -> Vec<Tap> {
     let scale = len as f64 / out as f64;
     (0..out)
         .map(|d| match filter {

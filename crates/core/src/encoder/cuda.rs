@@ -118,26 +118,29 @@ pub fn probe() -> Result<CudaDevice, CudaUnavailable> {
 }
 
 /// The encoder on the GPU: convolutions, GEMMs and activations run as tract-cuda kernels; an op
-/// it does not translate stays on the CPU, with copies around it. An encoder whose weights are
-/// stored in float16 (`vae-ood quantize --precision fp16`) computes in half precision here.
+/// it does not translate stays on the CPU, with copies around it. `half` (backend `cuda-fp16`)
+/// computes in f16; otherwise f32, also for weights stored in float16 (`vae-ood quantize
+/// --precision fp16`), which tract widens at load time.
 pub struct CudaEncoder {
     state: Box<dyn State>,
     io: EncoderIo,
     device: CudaDevice,
     bundle: Bundle,
+    half: bool,
     /// The plan for the last batch size other than 1 ([`Encoder::encode_batch`]).
     batched: Option<(usize, Box<dyn State>)>,
 }
 
 impl CudaEncoder {
-    pub fn load(bundle: &Bundle) -> Result<Self, BundleError> {
+    pub fn load(bundle: &Bundle, half: bool) -> Result<Self, BundleError> {
         let device = probe().map_err(|e| BundleError::Backend(e.to_string()))?;
-        let (state, io) = prepare(bundle, &device, 1)?;
+        let (state, io) = prepare(bundle, &device, 1, half)?;
         Ok(Self {
             state,
             io,
             device,
             bundle: bundle.clone(),
+            half,
             batched: None,
         })
     }
@@ -153,6 +156,7 @@ fn prepare(
     bundle: &Bundle,
     device: &CudaDevice,
     batch: usize,
+    half: bool,
 ) -> Result<(Box<dyn State>, EncoderIo), BundleError> {
     let mut t = TypedEncoder::load_batch(bundle, batch)?;
     let err = |what: &str, e: TractError| {
@@ -161,7 +165,7 @@ fn prepare(
             bundle.encoder_path().display()
         ))
     };
-    if t.io.fp16_weights {
+    if half {
         t = t
             .into_half()
             .map_err(|e| err("cannot translate to half precision", e))?;
@@ -195,7 +199,7 @@ impl Encoder for CudaEncoder {
             return inputs.iter().map(|x| self.encode(x)).collect();
         }
         if self.batched.as_ref().is_none_or(|(b, _)| *b != n) {
-            let (state, _) = prepare(&self.bundle, &self.device, n)
+            let (state, _) = prepare(&self.bundle, &self.device, n, self.half)
                 .map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
             self.batched = Some((n, state));
         }

@@ -72,15 +72,21 @@ pub enum BackendKind {
     #[default]
     Tract,
     /// An NVIDIA GPU through tract-cuda (builds with the `cuda` feature); fails with what is
-    /// missing where no GPU is usable.
+    /// missing where no GPU is usable. Computes in f32, whatever precision the weights are
+    /// stored in.
     Cuda,
+    /// As `cuda`, computing in half precision (f16 weights and activations). Measured on an
+    /// H200 with tract-cuda 0.23.9: slower than f32 and 2.8 % off in score (docs/gpu.md), so
+    /// never chosen by `auto`.
+    #[serde(rename = "cuda-fp16")]
+    CudaFp16,
     /// The GPU when this build has the `cuda` feature and a GPU is usable, else the CPU.
     Auto,
 }
 
 /// A backend name that is not one of ours.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown backend '{0}' (expected 'tract', 'cuda' or 'auto')")]
+#[error("unknown backend '{0}' (expected 'tract', 'cuda', 'cuda-fp16' or 'auto')")]
 pub struct UnknownBackend(pub String);
 
 impl std::str::FromStr for BackendKind {
@@ -89,6 +95,7 @@ impl std::str::FromStr for BackendKind {
         match s {
             "tract" | "cpu" => Ok(Self::Tract),
             "cuda" | "gpu" => Ok(Self::Cuda),
+            "cuda-fp16" => Ok(Self::CudaFp16),
             "auto" => Ok(Self::Auto),
             other => Err(UnknownBackend(other.into())),
         }
@@ -100,6 +107,7 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             Self::Tract => "tract",
             Self::Cuda => "cuda",
+            Self::CudaFp16 => "cuda-fp16",
             Self::Auto => "auto",
         })
     }
@@ -127,8 +135,9 @@ impl Default for BackendOptions {
 pub fn load(bundle: &Bundle, opts: BackendOptions) -> Result<Box<dyn Encoder>, BundleError> {
     let mut encoder: Box<dyn Encoder> = match opts.kind {
         BackendKind::Tract => tract_encoder(bundle, opts.threads)?,
-        BackendKind::Cuda => cuda_encoder(bundle)?,
-        BackendKind::Auto => match cuda_encoder(bundle) {
+        BackendKind::Cuda => cuda_encoder(bundle, false)?,
+        BackendKind::CudaFp16 => cuda_encoder(bundle, true)?,
+        BackendKind::Auto => match cuda_encoder(bundle, false) {
             Ok(e) => {
                 eprintln!("backend auto: {} on {}", e.backend(), e.device());
                 e
@@ -144,12 +153,12 @@ pub fn load(bundle: &Bundle, opts: BackendOptions) -> Result<Box<dyn Encoder>, B
 }
 
 #[cfg(feature = "gpu")]
-fn cuda_encoder(bundle: &Bundle) -> Result<Box<dyn Encoder>, BundleError> {
-    Ok(Box::new(cuda::CudaEncoder::load(bundle)?))
+fn cuda_encoder(bundle: &Bundle, half: bool) -> Result<Box<dyn Encoder>, BundleError> {
+    Ok(Box::new(cuda::CudaEncoder::load(bundle, half)?))
 }
 
 #[cfg(not(feature = "gpu"))]
-fn cuda_encoder(_: &Bundle) -> Result<Box<dyn Encoder>, BundleError> {
+fn cuda_encoder(_: &Bundle, _: bool) -> Result<Box<dyn Encoder>, BundleError> {
     Err(BundleError::Backend(
         "this build has no cuda backend: rebuild with the cargo feature 'cuda' (`cargo build --features cuda`; colcon: --cargo-args --features cuda), or use backend 'tract' (CPU)".into(),
     ))

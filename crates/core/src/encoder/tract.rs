@@ -47,7 +47,8 @@ impl TractEncoder {
     }
 
     /// Whether the ONNX file stores its weights as float16 (an fp16 candidate of `vae-ood
-    /// quantize`): tract computes it in f32 here; the cuda backend computes it in f16.
+    /// quantize`): tract computes it in f32, as the cuda backend does unless asked for f16
+    /// (`cuda-fp16`).
     pub fn fp16_weights(&self) -> bool {
         self.io.fp16_weights
     }
