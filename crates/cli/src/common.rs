@@ -10,8 +10,8 @@ pub struct DetectorArgs {
     /// Detector bundle directory.
     #[arg(long, default_value = "models/default")]
     pub bundle: PathBuf,
-    /// Inference backend: tract (CPU), cuda (NVIDIA GPU; a build with the `cuda` feature) or
-    /// auto (the GPU when usable, else the CPU).
+    /// Inference backend: tract (CPU), cuda (NVIDIA GPU; a build with the `cuda` feature),
+    /// cuda-fp16 (the GPU in half precision) or auto (the GPU when usable, else the CPU).
     #[arg(long, default_value = "tract")]
     pub backend: BackendKind,
     /// Inference threads (1..=256).

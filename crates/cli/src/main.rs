@@ -76,6 +76,10 @@ enum Cmd {
     /// Create a bundle holding an UNTRAINED encoder of the paper's architecture with seeded
     /// weights (a placeholder until a trained detector exists: its verdicts mean nothing).
     GenSeeded(cmd::info::GenSeededArgs),
+    /// Make a bundle from an encoder trained elsewhere (e.g. a PyTorch VAE exported to ONNX):
+    /// input size and layout and the mu/logvar outputs read from the file, the rest from flags
+    /// (defaults printed), checked by a dry run. Calibrate it next
+    Import(cmd::import::Args),
 }
 
 fn main() -> Result<()> {
@@ -99,5 +103,6 @@ fn main() -> Result<()> {
         Cmd::Prune(a) => cmd::prune::run(&a),
         Cmd::Quantize(a) => cmd::prune::quantize(&a),
         Cmd::GenSeeded(a) => cmd::info::gen_seeded(&a),
+        Cmd::Import(a) => cmd::import::run(&a),
     }
 }

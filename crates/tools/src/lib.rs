@@ -16,6 +16,7 @@ pub mod compress;
 pub mod drives;
 pub mod error;
 pub mod eval;
+pub mod import;
 pub mod inspect;
 pub mod onnx_gen;
 pub mod plots;

@@ -8,6 +8,7 @@ pub mod compress;
 pub mod encode;
 pub mod eval;
 pub mod flow;
+pub mod import;
 pub mod info;
 pub mod metrics;
 pub mod prune;
