@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const GATE_PARAMS: &[ParamDecl] = &[
-    ParamDecl { name: "input_type", default: DefaultValue::Str("twist"), description: "Command message type on cmd_vel_in and cmd_vel_out: 'twist' (geometry_msgs/Twist) or 'twist_stamped' (geometry_msgs/TwistStamped)." },
-    ParamDecl { name: "watchdog_timeout", default: DefaultValue::Double(0.5), description: "A verdict older than this many seconds counts as OOD (the monitor is dead, hung or cut off)." },
-    ParamDecl { name: "use_sim_time", default: DefaultValue::Bool(false), description: "Stamp TwistStamped zero commands with /clock time. The watchdog always uses the steady clock." },
-    ParamDecl { name: "stop_rate", default: DefaultValue::Double(20.0), description: "Rate (Hz) at which zero velocity is published while commands are blocked." },
+    ParamDecl { name: "input_type", default: DefaultValue::Str("twist"), description: "Command message type on cmd_vel_in and cmd_vel_out: 'twist' (geometry_msgs/Twist) or 'twist_stamped' (geometry_msgs/TwistStamped).", constraints: "twist | twist_stamped", ..params::READ_ONLY },
+    ParamDecl { name: "watchdog_timeout", default: DefaultValue::Double(0.5), description: "A verdict older than this many seconds counts as OOD (the monitor is dead, hung or cut off).", range: Some(params::Range::Double(0.01, 60.0)), ..params::READ_ONLY },
+    ParamDecl { name: "use_sim_time", default: DefaultValue::Bool(false), description: "Stamp TwistStamped zero commands with /clock time. The watchdog always uses the steady clock.", ..params::READ_ONLY },
+    ParamDecl { name: "stop_rate", default: DefaultValue::Double(20.0), description: "Rate (Hz) at which zero velocity is published while commands are blocked.", range: Some(params::Range::Double(0.1, 1000.0)), ..params::READ_ONLY },
 ];
 
 /// The gate's validated parameters.

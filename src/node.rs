@@ -148,6 +148,8 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     };
     let mut hook = hook;
     let mut pipelines = vec![];
+    // The CUSUM threshold tuned into the (single) bundle, if it is calibrated.
+    let mut bundle_cusum = None;
     let (mut backend, mut device, mut trained) = ("", String::new(), true);
     for (bundle, name) in cfg.model_bundles.iter().zip(&names) {
         let bundle_dir = resolve_bundle(bundle)?;
@@ -167,6 +169,14 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         let model_id = detector.model_id().to_string();
         let kind = detector.bundle().manifest.detector.kind();
         let is_trained = detector.bundle().manifest.provenance.trained;
+        if !several {
+            bundle_cusum = detector
+                .bundle()
+                .manifest
+                .calibration
+                .as_ref()
+                .map(|c| c.pipeline.cusum_threshold);
+        }
         trained &= is_trained;
         (backend, device) = (detector.backend(), detector.device());
         let monitor = Monitor::new(detector, monitor_cfg)
@@ -238,6 +248,25 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         },
     };
     let shared = Arc::new(Shared::new(cfg.score_threshold, cfg.cusum_threshold));
+    // `ros2 param get cusum_threshold` shows the threshold in force, not the 0 that asks for
+    // the bundle's; a set that cannot take effect is refused with the reason. The parameter
+    // services answer only once this is in place (the handler is spawned below), so a request
+    // made while the detectors load waits for it.
+    if let (Some(own), None) = (bundle_cusum, cfg.cusum_threshold) {
+        if let Some(p) = node
+            .params
+            .lock()
+            .expect("parameter lock")
+            .get_mut("cusum_threshold")
+        {
+            p.value = ParameterValue::Double(own);
+        }
+    }
+    node.set_parameter_validator(Box::new(move |name, _| match name {
+        "cusum_threshold" if several => Err("cusum_threshold cannot change with several detectors: each decides with its own bundle's threshold (recalibrate a bundle to change it)".into()),
+        "cusum_threshold" if bundle_cusum.is_none() => Err("cusum_threshold cannot change: the bundle is not calibrated, so it decides per frame with score_threshold".into()),
+        _ => Ok(()),
+    }));
 
     // Camera subscription: relative, image_transport-style names, remappable.
     let qos = if cfg.reliable_images {
@@ -341,8 +370,10 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         }
     });
 
-    // Parameter services, and live updates of the thresholds. r2r accepts any `set`; a change
-    // that cannot take effect is reverted so `ros2 param get` shows what is in force.
+    // Parameter services, and live updates of the thresholds. r2r refuses a set of a read-only
+    // parameter, of another type or out of range (params::PARAMS), and the validator above
+    // one that cannot take effect; anything else that cannot is reverted here, so `ros2 param
+    // get` shows what is in force.
     tokio::spawn(param_handler);
     tokio::spawn({
         let shared = shared.clone();
@@ -368,6 +399,30 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                     ("cusum_threshold", ParameterValue::Double(t)) if t.is_finite() && *t > 0.0 => {
                         shared.cusum_threshold.store(t.to_bits(), Ordering::Relaxed);
                         true
+                    }
+                    // 0: back to the bundle's own threshold, which the parameter then shows.
+                    ("cusum_threshold", ParameterValue::Double(t)) if *t == 0.0 => {
+                        match bundle_cusum {
+                            Some(own) => {
+                                shared
+                                    .cusum_threshold
+                                    .store(own.to_bits(), Ordering::Relaxed);
+                                if let Some(p) =
+                                    params.lock().expect("parameter lock").get_mut(&name)
+                                {
+                                    p.value = ParameterValue::Double(own);
+                                }
+                                r2r::log_info!(
+                                    &logger,
+                                    "cusum_threshold back to the bundle's {own}"
+                                );
+                                if let Some(entry) = current.iter_mut().find(|(n, _)| *n == name) {
+                                    entry.1 = ParameterValue::Double(own);
+                                }
+                                continue;
+                            }
+                            None => false,
+                        }
                     }
                     _ => false,
                 };

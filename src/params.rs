@@ -24,17 +24,67 @@ pub struct ParamDecl {
     pub name: &'static str,
     pub default: DefaultValue,
     pub description: &'static str,
+    /// Can change at run time (`ros2 param set`); every other parameter is read once at
+    /// start-up, and a set is refused as read-only.
+    pub runtime: bool,
+    /// Inclusive bounds, shown by `ros2 param describe`; a set outside them is refused.
+    pub range: Option<Range>,
+    /// What else it accepts, in words (`ros2 param describe`'s "Constraints:").
+    pub constraints: &'static str,
 }
 
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(untagged)]
+pub enum Range {
+    Double(f64, f64),
+    Int(i64, i64),
+}
+
+/// The fields a declaration leaves out: read-only, no range, no further constraint.
+pub const READ_ONLY: ParamDecl = ParamDecl {
+    name: "",
+    default: DefaultValue::Bool(false),
+    description: "",
+    runtime: false,
+    range: None,
+    constraints: "",
+};
+
+// `..READ_ONLY` fills what a declaration leaves out; a declaration that gives every field makes
+// it redundant, which is fine.
 macro_rules! decl {
-    ($name:literal, $kind:ident($v:expr), $desc:literal) => {
+    ($name:literal, $kind:ident($v:expr), $desc:literal $(, $field:ident: $value:expr)*) => {
+        #[allow(clippy::needless_update)]
         ParamDecl {
             name: $name,
             default: DefaultValue::$kind($v),
             description: $desc,
+            $($field: $value,)*
+            ..READ_ONLY
         }
     };
 }
+
+impl ParamDecl {
+    /// The constraints r2r serves and enforces for this parameter.
+    pub fn ros_constraints(&self) -> r2r::ParameterConstraints {
+        r2r::ParameterConstraints {
+            read_only: !self.runtime,
+            floating_point_range: match self.range {
+                Some(Range::Double(lo, hi)) => Some((lo, hi)),
+                _ => None,
+            },
+            integer_range: match self.range {
+                Some(Range::Int(lo, hi)) => Some((lo, hi)),
+                _ => None,
+            },
+            additional_constraints: self.constraints.into(),
+        }
+    }
+}
+
+/// The largest finite double: "no upper bound" in a ROS range, which must be finite.
+const MAX: f64 = f64::MAX;
 
 /// The deployment default detector.
 pub const DEFAULT_BUNDLE: &str = "models/compressed";
@@ -42,22 +92,22 @@ pub const DEFAULT_BUNDLE: &str = "models/compressed";
 pub const PARAMS: &[ParamDecl] = &[
     decl!("model_bundle", Str(DEFAULT_BUNDLE), "Detector bundle directory. A relative path is looked up in the package's share directory, then the working directory. models/compressed is the compressed default detector; models/default its teacher. One detector; for several use model_bundles (setting both to other values than their defaults is an error)."),
     decl!("model_bundles", StrArray(&[DEFAULT_BUNDLE]), "Detector bundles run on the same camera, each with its own pipeline and outputs under ~/<bundle directory name>/ (score, p_value, martingale, cusum, ood, verdict); ~/ood is true when any of them is not OK (OOD, STARTING or FAULT). With one bundle the outputs stay at ~/score etc. Defaults to model_bundle when left at its default."),
-    decl!("backend", Str("tract"), "Inference backend: 'tract' (CPU), 'cuda' (NVIDIA GPU; a build with the cargo feature 'cuda', else a start-up error naming what is missing), 'cuda-fp16' (the same in half precision; slower and less exact with tract-cuda 0.23.9, docs/gpu.md) or 'auto' (the GPU when usable, else the CPU; the choice is logged and in /diagnostics and every ~/verdict)."),
-    decl!("threads", Int(1), "Inference threads (tract). 1 leaves the other cores to the rest of the robot."),
-    decl!("transport", Str("raw"), "Camera transport: 'raw' (sensor_msgs/Image on 'image') or 'compressed' (sensor_msgs/CompressedImage on 'image/compressed')."),
-    decl!("image_qos", Str("sensor_data"), "Camera subscription QoS: 'sensor_data' (best effort, as camera drivers publish) or 'reliable'."),
-    decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped."),
-    decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (the bundle's: KL summed over the selected latents, or Mahalanobis distance) exceeds this is out of distribution."),
-    decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it); 0 uses the threshold tuned into the bundle."),
-    decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service)."),
-    decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD."),
-    decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale, and frames stamped more than this ahead of the node's clock as ahead_of_clock (the clocks disagree); both fail safe. 0 disables the check."),
-    decl!("max_repeated_frames", Int(15), "A frozen camera: a frame whose encoder posterior repeats the previous frame's bit for bit is a repeat (a real sensor's noise never gives one); more than this many repeats in a row fault (verdict OOD) until a different frame arrives. 0 disables."),
-    decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables."),
-    decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence."),
-    decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status."),
-    decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked."),
-    decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s)."),
+    decl!("backend", Str("tract"), "Inference backend: 'tract' (CPU), 'cuda' (NVIDIA GPU; a build with the cargo feature 'cuda', else a start-up error naming what is missing), 'cuda-fp16' (the same in half precision; slower and less exact with tract-cuda 0.23.9, docs/gpu.md) or 'auto' (the GPU when usable, else the CPU; the choice is logged and in /diagnostics and every ~/verdict).", constraints: "tract | cuda | cuda-fp16 | auto"),
+    decl!("threads", Int(1), "Inference threads (tract). 1 leaves the other cores to the rest of the robot.", range: Some(Range::Int(1, 64))),
+    decl!("transport", Str("raw"), "Camera transport: 'raw' (sensor_msgs/Image on 'image') or 'compressed' (sensor_msgs/CompressedImage on 'image/compressed').", constraints: "raw | compressed"),
+    decl!("image_qos", Str("sensor_data"), "Camera subscription QoS: 'sensor_data' (best effort, as camera drivers publish) or 'reliable'.", constraints: "sensor_data | reliable"),
+    decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped.", range: Some(Range::Int(1, 100))),
+    decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (the bundle's: KL summed over the selected latents, or Mahalanobis distance) exceeds this is out of distribution.", runtime: true, range: Some(Range::Double(0.0, MAX))),
+    decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it). 0 uses the threshold tuned into the bundle, and the node then shows that threshold here (the value in force); setting 0 at run time goes back to it.", runtime: true, range: Some(Range::Double(0.0, MAX)), constraints: "0 = the bundle's own threshold; the node then shows the threshold in force. Settable at run time with one calibrated bundle only"),
+    decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service).", constraints: "auto | manual"),
+    decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD.", range: Some(Range::Int(1, 100_000))),
+    decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale, and frames stamped more than this ahead of the node's clock as ahead_of_clock (the clocks disagree); both fail safe. 0 disables the check.", range: Some(Range::Double(0.0, 86_400.0)), constraints: "0 disables the check"),
+    decl!("max_repeated_frames", Int(15), "A frozen camera: a frame whose encoder posterior repeats the previous frame's bit for bit is a repeat (a real sensor's noise never gives one); more than this many repeats in a row fault (verdict OOD) until a different frame arrives. 0 disables.", range: Some(Range::Int(0, 100_000)), constraints: "0 disables the check"),
+    decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables.", range: Some(Range::Double(0.0, 86_400.0)), constraints: "0 disables the check"),
+    decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence.", range: Some(Range::Double(0.001, 86_400.0))),
+    decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status.", range: Some(Range::Double(0.01, 86_400.0))),
+    decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked.", range: Some(Range::Double(0.0, 10_000.0)), constraints: "0 (not checked) or 0.1 to 10000 Hz"),
+    decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
 ];
 
@@ -124,6 +174,10 @@ pub fn declare(node: &mut r2r::Node, table: &[ParamDecl]) -> Result<(), ParamErr
                 description: d.description,
             },
         );
+        node.param_constraints
+            .lock()
+            .expect("parameter lock")
+            .insert(d.name.to_string(), d.ros_constraints());
     }
     Ok(())
 }
@@ -435,6 +489,56 @@ mod tests {
         assert_eq!(c.max_busy, Duration::from_millis(500));
         assert_eq!(c.max_frame_age, Some(Duration::from_millis(500)));
         assert!(gate_config(&Reader::with_defaults(GATE_PARAMS, [])).is_ok());
+    }
+
+    /// The ranges `ros2 param describe` shows agree with what the node accepts at start-up:
+    /// each bound itself is accepted, and just outside it is refused. Only the thresholds
+    /// change at run time.
+    #[test]
+    fn declared_ranges_match_the_start_up_checks() {
+        for d in PARAMS.iter().chain(GATE_PARAMS) {
+            let check = |v: ParameterValue| match PARAMS.iter().any(|p| p.name == d.name) {
+                true => node(&[(d.name, v)]).map(|_| ()),
+                false => gate_config(&Reader::with_defaults(
+                    GATE_PARAMS,
+                    [(d.name.to_string(), v)],
+                ))
+                .map(|_| ()),
+            };
+            match d.range {
+                Some(Range::Int(lo, hi)) => {
+                    assert!(
+                        check(Integer(lo)).is_ok() && check(Integer(hi)).is_ok(),
+                        "{}",
+                        d.name
+                    );
+                    assert!(
+                        check(Integer(lo - 1)).is_err() && check(Integer(hi + 1)).is_err(),
+                        "{}",
+                        d.name
+                    );
+                }
+                Some(Range::Double(lo, hi)) => {
+                    assert!(
+                        check(Double(lo)).is_ok() && check(Double(hi)).is_ok(),
+                        "{}",
+                        d.name
+                    );
+                    assert!(check(Double(lo - 1e-3)).is_err(), "{}", d.name);
+                    if hi < f64::MAX {
+                        assert!(check(Double(hi * 1.001)).is_err(), "{}", d.name);
+                    }
+                }
+                None => {}
+            }
+        }
+        let runtime: Vec<&str> = PARAMS
+            .iter()
+            .filter(|d| d.runtime)
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(runtime, ["score_threshold", "cusum_threshold"]);
+        assert!(GATE_PARAMS.iter().all(|d| d.ros_constraints().read_only));
     }
 
     /// One case per class of bad value; each error names the parameter.

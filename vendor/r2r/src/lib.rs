@@ -115,7 +115,9 @@ mod context;
 pub use context::Context;
 
 mod parameters;
-pub use parameters::{Parameter, ParameterValue, RosParams, WrongParameterType};
+pub use parameters::{
+    Parameter, ParameterConstraints, ParameterValue, RosParams, WrongParameterType,
+};
 
 pub use r2r_macros::RosParams;
 

@@ -45,6 +45,12 @@ pub struct Node {
     context: Context,
     /// ROS parameters.
     pub params: Arc<Mutex<IndexMap<String, Parameter>>>,
+    /// What each parameter accepts (vae_ood_monitor fork): read-only, ranges, checked by the
+    /// parameter services before a set takes effect.
+    pub param_constraints: Arc<Mutex<HashMap<String, ParameterConstraints>>>,
+    /// A further check of a value set at run time (vae_ood_monitor fork): an error refuses it
+    /// with that reason.
+    param_validator: Arc<Mutex<Option<ParamValidator>>>,
     pub(crate) node_handle: Box<rcl_node_t>,
     // the node owns the subscribers
     pub(crate) subscribers: Vec<Box<dyn Subscriber_>>,
@@ -213,6 +219,8 @@ impl Node {
 
             let mut node = Node {
                 params: Arc::new(Mutex::new(IndexMap::new())),
+                param_constraints: Arc::new(Mutex::new(HashMap::new())),
+                param_validator: Arc::new(Mutex::new(None)),
                 context: ctx,
                 node_handle,
                 subscribers: Vec::new(),
@@ -242,6 +250,12 @@ impl Node {
     /// external sources. The event elements of the event stream
     /// include the name of the parameter which was updated as well as
     /// its new value.
+    /// Sets the check every value set at run time passes after the constraints (vae_ood_monitor
+    /// fork): an `Err(reason)` refuses the set with that reason.
+    pub fn set_parameter_validator(&self, validator: ParamValidator) {
+        *self.param_validator.lock().unwrap() = Some(validator);
+    }
+
     pub fn make_parameter_handler(
         &mut self,
     ) -> Result<(impl Future<Output = ()> + Send, impl Stream<Item = (String, ParameterValue)>)>
@@ -297,12 +311,23 @@ impl Node {
             )?;
 
         let params = self.params.clone();
+        let constraints = self.param_constraints.clone();
+        let validator = self.param_validator.clone();
         let params_struct_clone = params_struct.clone();
         let set_params_future = set_params_request_stream.for_each(
             move |req: ServiceRequest<rcl_interfaces::srv::SetParameters::Service>| {
                 let mut result = rcl_interfaces::srv::SetParameters::Response::default();
                 for p in &req.message.parameters {
                     let val = ParameterValue::from_parameter_value_msg(p.value.clone());
+                    if let Err(reason) =
+                        check_constraints(&params, &constraints, &validator, &p.name, &val)
+                    {
+                        result.results.push(rcl_interfaces::msg::SetParametersResult {
+                            successful: false,
+                            reason,
+                        });
+                        continue;
+                    }
                     let changed = params
                         .lock()
                         .unwrap()
@@ -417,9 +442,10 @@ impl Node {
         )?;
 
         let params = self.params.clone();
+        let constraints = self.param_constraints.clone();
         let desc_params_future = desc_params_request_stream.for_each(
             move |req: ServiceRequest<DescribeParameters::Service>| {
-                Self::handle_desc_parameters(req, &params)
+                Self::handle_desc_parameters(req, &params, &constraints)
             },
         );
 
@@ -461,12 +487,25 @@ impl Node {
             )?;
 
         let params = self.params.clone();
+        let constraints = self.param_constraints.clone();
+        let validator = self.param_validator.clone();
         let params_struct_clone = params_struct.clone();
         let set_params_atomically_future = set_params_atomically_request_stream.for_each(
             move |req: ServiceRequest<rcl_interfaces::srv::SetParametersAtomically::Service>| {
                 let mut result = rcl_interfaces::srv::SetParametersAtomically::Response::default();
                 result.result.successful = true;
-                if let Some(ps) = &params_struct_clone {
+                // All or none: a violating value refuses the whole request.
+                for p in &req.message.parameters {
+                    let val = ParameterValue::from_parameter_value_msg(p.value.clone());
+                    if let Err(reason) =
+                        check_constraints(&params, &constraints, &validator, &p.name, &val)
+                    {
+                        result.result.successful = false;
+                        result.result.reason = reason;
+                        break;
+                    }
+                }
+                if let (true, Some(ps)) = (result.result.successful, &params_struct_clone) {
                     for p in &req.message.parameters {
                         let val = ParameterValue::from_parameter_value_msg(p.value.clone());
                         if let Err(e) = ps.lock().unwrap().check_parameter(&p.name, &val) {
@@ -602,17 +641,41 @@ impl Node {
     fn handle_desc_parameters(
         req: ServiceRequest<rcl_interfaces::srv::DescribeParameters::Service>,
         params: &Arc<Mutex<IndexMap<String, Parameter>>>,
+        constraints: &Arc<Mutex<HashMap<String, ParameterConstraints>>>,
     ) -> future::Ready<()> {
+        use rcl_interfaces::msg::{FloatingPointRange, IntegerRange};
         use rcl_interfaces::{msg::ParameterDescriptor, srv::DescribeParameters};
         let mut descriptors = Vec::<ParameterDescriptor>::new();
         let params = params.lock().unwrap();
+        let constraints = constraints.lock().unwrap();
         for name in &req.message.names {
             let default = Parameter::empty();
             let param = params.get(name).unwrap_or(&default);
+            let c = constraints.get(name).cloned().unwrap_or_default();
             descriptors.push(ParameterDescriptor {
                 name: name.clone(),
                 type_: param.value.into_parameter_type(),
                 description: param.description.to_string(),
+                additional_constraints: c.additional_constraints,
+                read_only: c.read_only,
+                floating_point_range: c
+                    .floating_point_range
+                    .map(|(from_value, to_value)| FloatingPointRange {
+                        from_value,
+                        to_value,
+                        step: 0.0,
+                    })
+                    .into_iter()
+                    .collect(),
+                integer_range: c
+                    .integer_range
+                    .map(|(from_value, to_value)| IntegerRange {
+                        from_value,
+                        to_value,
+                        step: 0,
+                    })
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             });
         }
@@ -1779,4 +1842,24 @@ fn convert_info_array_to_vec(
     }
 
     topic_info_list
+}
+
+/// A check of a value set at run time, after the declared constraints (vae_ood_monitor fork).
+pub type ParamValidator =
+    Box<dyn Fn(&str, &ParameterValue) -> std::result::Result<(), String> + Send>;
+
+/// The declared constraints of `name`, then the node's validator, for a value set at run time.
+fn check_constraints(
+    params: &Arc<Mutex<IndexMap<String, Parameter>>>,
+    constraints: &Arc<Mutex<HashMap<String, ParameterConstraints>>>,
+    validator: &Arc<Mutex<Option<ParamValidator>>>, name: &str, val: &ParameterValue,
+) -> std::result::Result<(), String> {
+    let old = params.lock().unwrap().get(name).map(|p| p.value.clone());
+    if let Some(c) = constraints.lock().unwrap().get(name) {
+        c.check(name, old.as_ref(), val)?;
+    }
+    match validator.lock().unwrap().as_ref() {
+        Some(v) => v(name, val),
+        None => Ok(()),
+    }
 }

@@ -275,6 +275,55 @@ impl ParameterValue {
 }
 
 /// ROS parameter.
+/// What a parameter accepts beyond its type (vae_ood_monitor fork): served in
+/// `describe_parameters` and enforced by `set_parameters` and `set_parameters_atomically`,
+/// which refuse a violating value with the reason, as rclcpp does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParameterConstraints {
+    /// Set once at start-up; a set at run time is refused.
+    pub read_only: bool,
+    /// Inclusive bounds of a double parameter.
+    pub floating_point_range: Option<(f64, f64)>,
+    /// Inclusive bounds of an integer parameter.
+    pub integer_range: Option<(i64, i64)>,
+    /// Free text for `ros2 param describe`'s "Constraints:".
+    pub additional_constraints: String,
+}
+
+impl ParameterConstraints {
+    /// Why `name` cannot change from `old` to `new`, if it cannot: read-only, another type
+    /// than the declared value's, or out of range.
+    pub fn check(
+        &self, name: &str, old: Option<&ParameterValue>, new: &ParameterValue,
+    ) -> std::result::Result<(), String> {
+        if self.read_only {
+            return Err(format!(
+                "parameter '{name}' is read-only: it is read once at start-up; set it in the parameters file (or with -p) and restart the node"
+            ));
+        }
+        if let Some(old) = old {
+            if !matches!(old, ParameterValue::NotSet)
+                && std::mem::discriminant(old) != std::mem::discriminant(new)
+            {
+                return Err(format!(
+                    "parameter '{name}' is of type {}, got {}",
+                    old.type_name(),
+                    new.type_name()
+                ));
+            }
+        }
+        match (new, self.floating_point_range, self.integer_range) {
+            (ParameterValue::Double(v), Some((lo, hi)), _) if !(lo..=hi).contains(v) => Err(
+                format!("parameter '{name}': {v} is outside its range [{lo}, {hi}]"),
+            ),
+            (ParameterValue::Integer(v), _, Some((lo, hi))) if !(lo..=hi).contains(v) => Err(
+                format!("parameter '{name}': {v} is outside its range [{lo}, {hi}]"),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub struct Parameter {
     pub value: ParameterValue,
     pub description: &'static str,

@@ -1,0 +1,143 @@
+"""The node's parameters as the `ros2 param` tools see them (issue 19), over real DDS with rclpy
+as the client: a read-only parameter's set is refused with the reason (not "Set parameter
+successful"), descriptors carry read-only flags and ranges, out-of-range and wrongly typed
+values are refused, and cusum_threshold shows the threshold in force."""
+
+import os
+import pathlib
+import time
+
+import pytest
+import yaml
+
+from conftest import BUNDLE, ROOT, NodeProcess, wait_for
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.srv import (  # noqa: E402
+    DescribeParameters,
+    GetParameters,
+    SetParameters,
+    SetParametersAtomically,
+)
+
+UID = f"{os.getpid()}"
+CALIBRATED = ROOT / "models" / "compressed"
+
+
+def value(v):
+    if isinstance(v, bool):
+        return ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=v)
+    if isinstance(v, int):
+        return ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=v)
+    if isinstance(v, float):
+        return ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=v)
+    return ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=v)
+
+
+class Params:
+    """The parameter services of one node."""
+
+    def __init__(self, node_name):
+        self.node = rclpy.create_node(f"param_client_{node_name}")
+        self.clients = {
+            kind: self.node.create_client(srv, f"/{node_name}/{kind}")
+            for kind, srv in [("set_parameters", SetParameters), ("get_parameters", GetParameters),
+                              ("describe_parameters", DescribeParameters),
+                              ("set_parameters_atomically", SetParametersAtomically)]
+        }
+        for c in self.clients.values():
+            assert c.wait_for_service(timeout_sec=20), c.srv_name
+
+    def call(self, kind, request):
+        fut = self.clients[kind].call_async(request)
+        wait_for(fut.done, 10, lambda: rclpy.spin_once(self.node, timeout_sec=0.05), kind)
+        return fut.result()
+
+    def set(self, **values):
+        r = self.call("set_parameters", SetParameters.Request(
+            parameters=[Parameter(name=k, value=value(v)) for k, v in values.items()]))
+        return r.results
+
+    def get(self, name):
+        v = self.call("get_parameters", GetParameters.Request(names=[name])).values[0]
+        return {ParameterType.PARAMETER_DOUBLE: v.double_value, ParameterType.PARAMETER_INTEGER: v.integer_value,
+                ParameterType.PARAMETER_STRING: v.string_value, ParameterType.PARAMETER_BOOL: v.bool_value}.get(v.type)
+
+    def describe(self, name):
+        return self.call("describe_parameters", DescribeParameters.Request(names=[name])).descriptors[0]
+
+    def close(self):
+        self.node.destroy_node()
+
+
+def test_read_only_ranges_types_and_the_threshold_in_force(ros):
+    own = yaml.safe_load((CALIBRATED / "manifest.yaml").read_text())["calibration"]["pipeline"]["cusum_threshold"]
+    name = f"vae_ood_params_{UID}"
+    node = NodeProcess(name, bundle=str(CALIBRATED))
+    p = None
+    try:
+        p = Params(name)
+        # The threshold in force, once the bundle has loaded (the parameter asked for 0).
+        wait_for(lambda: p.get("cusum_threshold") == pytest.approx(own), 60, lambda: time.sleep(0.1), "cusum_threshold in force")
+
+        # Read-only: refused with the reason, and the value unchanged.
+        before = p.get("model_bundle")
+        [r] = p.set(model_bundle="/another/bundle")
+        assert not r.successful and "read-only" in r.reason and "restart" in r.reason, r
+        assert p.get("model_bundle") == before
+        d = p.describe("model_bundle")
+        assert d.read_only and "Detector bundle directory" in d.description
+
+        # Ranges in the descriptors; out-of-range and wrongly typed values refused.
+        d = p.describe("score_threshold")
+        assert not d.read_only and d.floating_point_range[0].from_value == 0.0, d
+        d = p.describe("threads")
+        assert d.read_only and (d.integer_range[0].from_value, d.integer_range[0].to_value) == (1, 64)
+        assert "cuda-fp16" in p.describe("backend").additional_constraints
+        [r] = p.set(score_threshold=-1.0)
+        assert not r.successful and "outside its range" in r.reason, r
+        [r] = p.set(score_threshold="high")
+        assert not r.successful and "type" in r.reason, r
+        [r] = p.set(score_threshold=55.0)
+        assert r.successful, r
+        assert p.get("score_threshold") == 55.0
+
+        # cusum_threshold: an override, then 0 goes back to the bundle's, which it shows.
+        [r] = p.set(cusum_threshold=500.0)
+        assert r.successful, r
+        wait_for(lambda: p.get("cusum_threshold") == 500.0, 5, lambda: time.sleep(0.1), "the override")
+        [r] = p.set(cusum_threshold=0.0)
+        assert r.successful, r
+        wait_for(lambda: p.get("cusum_threshold") == pytest.approx(own), 5, lambda: time.sleep(0.1), "back to the bundle's")
+
+        # Atomically: one refused value refuses the whole request.
+        r = p.call("set_parameters_atomically", SetParametersAtomically.Request(parameters=[
+            Parameter(name="score_threshold", value=value(60.0)),
+            Parameter(name="threads", value=value(2))]))
+        assert not r.result.successful and "read-only" in r.result.reason, r
+        assert p.get("score_threshold") == 55.0
+        assert node.proc.poll() is None, node.output()
+    finally:
+        if p:
+            p.close()
+        node.stop()
+
+
+def test_cusum_threshold_of_an_uncalibrated_bundle_is_refused(ros):
+    name = f"vae_ood_params_unc_{UID}"
+    node = NodeProcess(name)  # conftest's BUNDLE: an uncalibrated copy
+    assert pathlib.Path(BUNDLE).exists()
+    p = None
+    try:
+        p = Params(name)
+        # The validator is installed once the bundle has loaded.
+        def refused():
+            [r] = p.set(cusum_threshold=100.0)
+            return not r.successful and "not calibrated" in r.reason
+        wait_for(refused, 60, lambda: time.sleep(0.1), "the refusal")
+        assert p.get("cusum_threshold") == 0.0
+    finally:
+        if p:
+            p.close()
+        node.stop()
