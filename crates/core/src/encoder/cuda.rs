@@ -4,7 +4,7 @@
 //! driver). Every CUDA library is loaded at run time: this builds without CUDA, and a machine
 //! without a usable GPU gets [`CudaUnavailable`], naming what is missing and how to fix it.
 
-use super::tract::{EncoderIo, TypedEncoder};
+use super::tract::{batch_state, EncoderIo, TypedEncoder};
 use super::{Encoder, InferenceError, Posterior};
 use crate::bundle::{Bundle, BundleError};
 use tract_onnx::prelude::*;
@@ -198,12 +198,10 @@ impl Encoder for CudaEncoder {
         if n <= 1 {
             return inputs.iter().map(|x| self.encode(x)).collect();
         }
-        if self.batched.as_ref().is_none_or(|(b, _)| *b != n) {
-            let (state, _) = prepare(&self.bundle, &self.device, n, self.half)
-                .map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
-            self.batched = Some((n, state));
-        }
-        let (_, state) = self.batched.as_mut().expect("planned just above");
+        let (bundle, device, half) = (&self.bundle, &self.device, self.half);
+        let state = batch_state(&mut self.batched, n, || {
+            prepare(bundle, device, n, half).map(|(s, _)| s)
+        })?;
         self.io
             .clone_for_batch(n)
             .encode_batch(inputs, |x| state.run(x))

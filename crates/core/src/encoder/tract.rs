@@ -190,6 +190,21 @@ impl EncoderIo {
     }
 }
 
+/// The state that runs batches of `n` frames, planned by `plan` when there is none for that
+/// size yet (the last size's plan is kept: the number of cameras rarely changes).
+pub(crate) fn batch_state<S>(
+    slot: &mut Option<(usize, S)>,
+    n: usize,
+    plan: impl FnOnce() -> Result<S, BundleError>,
+) -> Result<&mut S, InferenceError> {
+    if slot.as_ref().is_none_or(|(b, _)| *b != n) {
+        let state =
+            plan().map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
+        *slot = Some((n, state));
+    }
+    Ok(&mut slot.as_mut().expect("planned just above").1)
+}
+
 /// A [`BundleError::Model`] about the bundle's encoder file.
 fn model_error(bundle: &Bundle) -> impl Fn(&str, &dyn std::fmt::Display) -> BundleError {
     let path = bundle.encoder_path();
@@ -342,14 +357,8 @@ impl Encoder for TractEncoder {
         if n <= 1 {
             return inputs.iter().map(|x| self.encode(x)).collect();
         }
-        if self.batched.as_ref().is_none_or(|(b, _)| *b != n) {
-            let (state, _) = self
-                .how
-                .plan(n)
-                .map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
-            self.batched = Some((n, state));
-        }
-        let (_, state) = self.batched.as_mut().expect("planned just above");
+        let how = &self.how;
+        let state = batch_state(&mut self.batched, n, || how.plan(n).map(|(s, _)| s))?;
         self.io
             .clone_for_batch(n)
             .encode_batch(inputs, |x| state.run(x))
