@@ -80,6 +80,10 @@ enum Cmd {
     /// input size and layout and the mu/logvar outputs read from the file, the rest from flags
     /// (defaults printed), checked by a dry run. Calibrate it next
     Import(cmd::import::Args),
+    /// Merge `vae-ood eval` outputs (shards, e.g. one input each on the machines of a cluster)
+    /// into one report: detection figures over every frame, exactly as one eval over all
+    /// inputs; latency, throughput and memory per shard
+    Report(cmd::eval::ReportArgs),
 }
 
 fn main() -> Result<()> {
@@ -104,5 +108,6 @@ fn main() -> Result<()> {
         Cmd::Quantize(a) => cmd::prune::quantize(&a),
         Cmd::GenSeeded(a) => cmd::info::gen_seeded(&a),
         Cmd::Import(a) => cmd::import::run(&a),
+        Cmd::Report(a) => cmd::eval::report(&a),
     }
 }

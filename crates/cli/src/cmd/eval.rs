@@ -105,6 +105,34 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// `vae-ood report`: eval outputs (shards) merged into one report.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// `vae-ood eval` output directories (report.json and frames.csv), in input order.
+    #[arg(required = true)]
+    shards: Vec<std::path::PathBuf>,
+    /// Output directory for the merged report.json, frames.csv, report.html and plots.
+    #[arg(long)]
+    out: std::path::PathBuf,
+}
+
+pub fn report(a: &ReportArgs) -> Result<()> {
+    let (mut report, frames) = eval::merge::merge(&a.shards)?;
+    eval::write_outputs(&a.out, &mut report, &frames)?;
+    print_report(&report, &a.out);
+    for s in &report.shards {
+        println!(
+            "  shard {}: {} frames, {:.1} frames/s, peak memory {}",
+            s.dir,
+            s.frames,
+            s.throughput_fps,
+            s.peak_memory_mib
+                .map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+        );
+    }
+    Ok(())
+}
+
 fn print_report(r: &Report, out: &std::path::Path) {
     println!(
         "model {}  frames {} (scored {}, faulted {}, warming up {})  {:.1} frames/s  peak memory {:.0} MiB",

@@ -2,6 +2,7 @@
 //! same core monitor as the node, frame by frame, then detection metrics.
 
 pub mod html;
+pub mod merge;
 pub mod metrics;
 
 pub mod report;
@@ -229,10 +230,22 @@ pub fn evaluate(
         results,
         t0.elapsed().as_secs_f64(),
     );
+    report.cusum_threshold = calibrated.then_some(cusum_threshold).flatten();
+    write_outputs(out, &mut report, &frames)?;
+    Ok(Evaluation { report, frames })
+}
+
+/// Writes `frames.csv`, the plots, `report.html` and `report.json` into `out`.
+pub fn write_outputs(
+    out: &Path,
+    report: &mut report::Report,
+    frames: &[FrameRecord],
+) -> Result<()> {
+    let cusum_threshold = report.cusum_threshold;
     std::fs::create_dir_all(out).map_err(Error::write(out))?;
     let csv = out.join("frames.csv");
-    report::write_csv(&csv, &frames).map_err(Error::write(csv))?;
-    write_plots_and_html(out, &mut report, &frames, cusum_threshold)
+    report::write_csv(&csv, frames).map_err(Error::write(csv))?;
+    write_plots_and_html(out, report, frames, cusum_threshold)
         .map_err(Error::write(out.join("report.html")))?;
     let json = out.join("report.json");
     std::fs::write(
@@ -240,7 +253,7 @@ pub fn evaluate(
         serde_json::to_string_pretty(&report).expect("the report serialises"),
     )
     .map_err(Error::write(json))?;
-    Ok(Evaluation { report, frames })
+    Ok(())
 }
 
 /// Evaluates every input with a fresh monitor (CUSUM starts at zero per drive).

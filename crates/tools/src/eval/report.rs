@@ -69,6 +69,24 @@ pub struct Report {
     pub plots: Vec<String>,
     /// Why plots are missing, if they are.
     pub plot_error: Option<String>,
+    /// The CUSUM threshold the verdicts used (calibrated bundles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cusum_threshold: Option<f64>,
+    /// A merged report (`vae-ood report`): each shard's own figures. Latency, throughput and
+    /// memory belong to the machine a shard ran on; the detection figures above are over
+    /// every frame of every shard.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardSummary>,
+}
+
+/// One shard of a merged report, as its own `report.json` gave it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardSummary {
+    pub dir: String,
+    pub frames: usize,
+    pub latency_ms: serde_json::Value,
+    pub throughput_fps: f64,
+    pub peak_memory_mib: Option<f64>,
 }
 
 fn per_type(
@@ -230,6 +248,8 @@ pub fn build(
         peak_memory_mib: super::peak_memory_mib(),
         plots: vec![],
         plot_error: None,
+        cusum_threshold: None,
+        shards: vec![],
     }
 }
 

@@ -1,0 +1,144 @@
+//! `vae-ood report`: several `vae-ood eval` outputs (shards: one input each, say, run on the
+//! machines of a cluster) merged into one report. The detection figures are computed again over
+//! every shard's frames, so they are exactly those of one `eval` over all the inputs in the
+//! same order; latency, throughput and memory stay per shard.
+
+use super::report::{self, Report, ShardSummary};
+use super::{FrameRecord, InputResult};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use vae_ood_core::monitor::MonitorState;
+
+/// Reads the `frames.csv` that [`report::write_csv`] wrote.
+pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
+    let text = std::fs::read_to_string(path).map_err(Error::read(path))?;
+    let bad = |line: usize, what: &str| {
+        Error::Input(format!(
+            "{}: line {line}: {what} (not a frames.csv written by vae-ood eval?)",
+            path.display()
+        ))
+    };
+    let mut lines = text.lines();
+    const HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms";
+    if lines.next() != Some(HEADER) {
+        return Err(bad(1, "unexpected header"));
+    }
+    lines
+        .enumerate()
+        .map(|(k, line)| {
+            let n = k + 2;
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() != 14 {
+                return Err(bad(n, "expected 14 fields"));
+            }
+            let num = |i: usize| -> Result<f64> {
+                f[i].parse::<f64>()
+                    .map_err(|_| bad(n, "a number does not parse"))
+            };
+            let opt = |i: usize| -> Result<Option<f64>> {
+                if f[i].is_empty() {
+                    Ok(None)
+                } else {
+                    num(i).map(Some)
+                }
+            };
+            let int = |i: usize| {
+                f[i].parse::<i64>()
+                    .map_err(|_| bad(n, "an integer does not parse"))
+            };
+            Ok(FrameRecord {
+                input: int(0)? as usize,
+                index: int(1)? as usize,
+                stamp_ns: int(2)?,
+                ood: f[3] == "true",
+                ood_type: f[4].to_string(),
+                score: opt(5)?,
+                p_value: opt(6)?,
+                log_martingale: opt(7)?,
+                cusum: opt(8)?,
+                state: match f[9] {
+                    "STARTING" => MonitorState::Starting,
+                    "OK" => MonitorState::Ok,
+                    "OOD" => MonitorState::Ood,
+                    "FAULT" => MonitorState::Fault,
+                    _ => return Err(bad(n, "unknown state")),
+                },
+                fault: (!f[10].is_empty()).then(|| f[10].to_string()),
+                decode_ms: num(11)?,
+                preprocess_ms: num(12)?,
+                inference_ms: num(13)?,
+            })
+        })
+        .collect()
+}
+
+/// The merged report and its frames, shards in the order given.
+pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
+    if shards.is_empty() {
+        return Err(Error::Input(
+            "give at least one eval output directory".into(),
+        ));
+    }
+    let (mut frames, mut inputs, mut summaries) = (vec![], vec![], vec![]);
+    let mut first: Option<(String, bool, Option<f64>)> = None;
+    for dir in shards {
+        let json_path = dir.join("report.json");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&json_path).map_err(Error::read(&json_path))?,
+        )
+        .map_err(|e| Error::Input(format!("{}: {e}", json_path.display())))?;
+        let model_id = json["model_id"].as_str().unwrap_or_default().to_string();
+        let calibrated = json["calibrated"].as_bool().unwrap_or(false);
+        let threshold = json["cusum_threshold"].as_f64();
+        match &first {
+            None => first = Some((model_id.clone(), calibrated, threshold)),
+            Some((m, c, t)) if (m, *c, *t) != (&model_id, calibrated, threshold) => {
+                return Err(Error::Input(format!(
+                    "{} was evaluated with detector {model_id} (threshold {threshold:?}), the first shard with {m} (threshold {t:?}): merge shards of one detector and one threshold",
+                    dir.display()
+                )))
+            }
+            Some(_) => {}
+        }
+        let shard_inputs: Vec<InputResult> = json["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| InputResult {
+                path: i["path"].as_str().unwrap_or_default().to_string(),
+                frames: i["frames"].as_u64().unwrap_or(0) as usize,
+                error: i["error"].as_str().map(str::to_string),
+            })
+            .collect();
+        let offset = inputs.len();
+        let shard_frames = read_csv(&dir.join("frames.csv"))?;
+        if shard_frames.iter().any(|f| f.input >= shard_inputs.len()) {
+            return Err(Error::Input(format!(
+                "{}: frames.csv names an input that report.json does not list",
+                dir.display()
+            )));
+        }
+        summaries.push(ShardSummary {
+            dir: dir.display().to_string(),
+            frames: shard_frames.len(),
+            latency_ms: json["latency_ms"].clone(),
+            throughput_fps: json["throughput_fps"].as_f64().unwrap_or(0.0),
+            peak_memory_mib: json["peak_memory_mib"].as_f64(),
+        });
+        frames.extend(shard_frames.into_iter().map(|mut f| {
+            f.input += offset;
+            f
+        }));
+        inputs.extend(shard_inputs);
+    }
+    let (model_id, calibrated, threshold) = first.expect("at least one shard");
+    let mut r = report::build(&model_id, calibrated, &frames, inputs, 0.0);
+    // Latency and memory are each machine's own (in `shards`); shards run side by side, so
+    // their rates add up.
+    r.latency_ms.clear();
+    r.throughput_fps = summaries.iter().map(|s| s.throughput_fps).sum();
+    r.peak_memory_mib = None;
+    r.cusum_threshold = threshold;
+    r.shards = summaries;
+    Ok((r, frames))
+}
