@@ -216,6 +216,20 @@ impl Manifest {
         outputs: Outputs,
         provenance: Provenance,
     ) -> Self {
+        Self::for_image_encoder(arch.latents, input, name, description, outputs, provenance)
+    }
+
+    /// The manifest of any image encoder with `latents` latents stored as `encoder.onnx`
+    /// (`vae-ood import`'s, whose architecture is not ours), all latents selected, not
+    /// calibrated.
+    pub fn for_image_encoder(
+        latents: usize,
+        input: InputSpec,
+        name: &str,
+        description: &str,
+        outputs: Outputs,
+        provenance: Provenance,
+    ) -> Self {
         Manifest {
             format_version: IMAGE_FORMAT_VERSION,
             name: name.into(),
@@ -228,8 +242,8 @@ impl Manifest {
             input,
             outputs,
             latents: Latents {
-                count: arch.latents,
-                selected: (0..arch.latents).collect(),
+                count: latents,
+                selected: (0..latents).collect(),
             },
             score: Default::default(),
             calibration: None,

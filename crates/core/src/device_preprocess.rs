@@ -198,7 +198,7 @@ pub fn reference(px: Pixels<'_>, spec: &InputSpec) -> Vec<f32> {
 }
 
 #[cfg(feature = "gpu")]
-pub use self::gpu::{DevicePreprocessor, DeviceTiming};
+pub use self::gpu::{DevicePreprocessError, DevicePreprocessor, DeviceTiming};
 
 #[cfg(feature = "gpu")]
 mod gpu {
@@ -239,16 +239,43 @@ mod gpu {
         out: CudaSlice<f32>,
     }
 
-    fn e(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
-        move |err| format!("device preprocessing: {what}: {err}")
+    /// A CUDA call of the device preprocessing failed; the GPU path is then unusable here and
+    /// the CPU preprocessing (`preprocess::Preprocessor`) is the one to use.
+    #[derive(Debug, thiserror::Error)]
+    pub enum DevicePreprocessError {
+        #[error("device preprocessing: {what}: {source} (use the CPU preprocessing)")]
+        Driver {
+            what: &'static str,
+            source: cudarc::driver::DriverError,
+        },
+        #[error("device preprocessing: NVRTC cannot compile the kernel: {0} (is libnvrtc of the bound CUDA version on the loader path?)")]
+        Nvrtc(#[from] cudarc::nvrtc::CompileError),
+    }
+
+    fn e(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> DevicePreprocessError {
+        move |source| DevicePreprocessError::Driver { what, source }
+    }
+
+    /// One axis's tap tables on the device: (start, len, offset) and the weights.
+    fn upload_axis(
+        stream: &Arc<CudaStream>,
+        tables: [&[i32]; 3],
+        weights: &[f32],
+    ) -> Result<([CudaSlice<i32>; 3], CudaSlice<f32>), DevicePreprocessError> {
+        let up = |v: &[i32]| stream.clone_htod(v).map_err(e("cannot upload the taps"));
+        Ok((
+            [up(tables[0])?, up(tables[1])?, up(tables[2])?],
+            stream
+                .clone_htod(weights)
+                .map_err(e("cannot upload the taps"))?,
+        ))
     }
 
     impl DevicePreprocessor {
         /// Compiles the kernel with NVRTC for the first GPU and allocates its output.
-        pub fn new(spec: InputSpec) -> Result<Self, String> {
+        pub fn new(spec: InputSpec) -> Result<Self, DevicePreprocessError> {
             let ctx = CudaContext::new(0).map_err(e("no CUDA context"))?;
-            let ptx = cudarc::nvrtc::compile_ptx(KERNEL)
-                .map_err(|err| format!("device preprocessing: NVRTC: {err}"))?;
+            let ptx = cudarc::nvrtc::compile_ptx(KERNEL)?;
             let module = ctx.load_module(ptx).map_err(e("cannot load the kernel"))?;
             let function = module
                 .load_function(KERNEL_NAME)
@@ -272,36 +299,23 @@ mod gpu {
             &mut self,
             px: Pixels<'_>,
             out: &mut [f32],
-        ) -> Result<DeviceTiming, String> {
+        ) -> Result<DeviceTiming, DevicePreprocessError> {
             let t0 = Instant::now();
             let (data, step) = px.rows_with_step();
             let source = (px.width(), px.height());
             if self.taps.as_ref().is_none_or(|t| t.host.source != source) {
                 let host = FlatTaps::new(px.width(), px.height(), &self.spec);
-                let up = |v: &Vec<i32>| self.stream.clone_htod(v);
-                let taps = DeviceTaps {
-                    x: [up(&host.x_start), up(&host.x_len), up(&host.x_offset)]
-                        .into_iter()
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(e("cannot upload the taps"))?
-                        .try_into()
-                        .expect("three tables"),
-                    xw: self
-                        .stream
-                        .clone_htod(&host.x_weights)
-                        .map_err(e("cannot upload the taps"))?,
-                    y: [up(&host.y_start), up(&host.y_len), up(&host.y_offset)]
-                        .into_iter()
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(e("cannot upload the taps"))?
-                        .try_into()
-                        .expect("three tables"),
-                    yw: self
-                        .stream
-                        .clone_htod(&host.y_weights)
-                        .map_err(e("cannot upload the taps"))?,
-                    host,
-                };
+                let (x, xw) = upload_axis(
+                    &self.stream,
+                    [&host.x_start, &host.x_len, &host.x_offset],
+                    &host.x_weights,
+                )?;
+                let (y, yw) = upload_axis(
+                    &self.stream,
+                    [&host.y_start, &host.y_len, &host.y_offset],
+                    &host.y_weights,
+                )?;
+                let taps = DeviceTaps { host, x, xw, y, yw };
                 self.taps = Some(taps);
             }
             if self.frame.as_ref().is_none_or(|f| f.len() < data.len()) {

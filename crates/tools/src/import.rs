@@ -12,10 +12,7 @@ use crate::{Error, Result};
 use prost::Message;
 use std::path::Path;
 use tract_onnx::pb;
-use vae_ood_core::bundle::{
-    Bundle, DetectorSpec, EncoderFile, Latents, Manifest, OutputRef, Outputs, Provenance,
-    IMAGE_FORMAT_VERSION,
-};
+use vae_ood_core::bundle::{Bundle, Manifest, OutputRef, Outputs, Provenance};
 use vae_ood_core::preprocess::{ChannelOrder, Filter, InputSpec, Layout, Normalize, ResizeMode};
 
 /// What the caller says that the ONNX file cannot (or overrides what it declares).
@@ -114,36 +111,21 @@ pub fn import(onnx_path: &Path, out: &Path, opts: &ImportOptions) -> Result<Impo
             .file_stem()
             .map_or("imported".into(), |s| s.to_string_lossy().into_owned())
     });
-    let manifest = Manifest {
-        format_version: IMAGE_FORMAT_VERSION,
-        name: name.clone(),
-        description: format!(
-            "imported from {} by vae-ood import",
-            onnx_path.file_name().map_or(String::new(), |f| f
-                .to_string_lossy()
-                .into_owned())
-        ),
-        encoder: EncoderFile {
-            path: "encoder.onnx".into(),
-            sha256: String::new(),
-        },
-        detector: DetectorSpec::Image,
-        input,
-        outputs,
-        latents: Latents {
-            count,
-            selected: (0..count).collect(),
-        },
-        score: Default::default(),
-        provenance: Provenance {
-            trained: true,
-            created_by: format!("vae-ood import {}", onnx_path.display()),
-            training_data: String::new(),
-            license: String::new(),
-            notes: "input spec from the import (see its report): check normalisation, channel order, resize and filter against the preprocessing the encoder was trained with".into(),
-        },
-        calibration: None,
+    let description = format!(
+        "imported from {} by vae-ood import",
+        onnx_path
+            .file_name()
+            .map_or(String::new(), |f| f.to_string_lossy().into_owned())
+    );
+    let provenance = Provenance {
+        trained: true,
+        created_by: format!("vae-ood import {}", onnx_path.display()),
+        training_data: String::new(),
+        license: String::new(),
+        notes: "input spec from the import (see its report): check normalisation, channel order, resize and filter against the preprocessing the encoder was trained with".into(),
     };
+    let manifest =
+        Manifest::for_image_encoder(count, input, &name, &description, outputs, provenance);
     if out.join(vae_ood_core::bundle::MANIFEST_FILE).exists() {
         return Err(Error::Input(format!(
             "{} already holds a bundle: choose another --out or remove it",

@@ -94,7 +94,7 @@ fn device_preprocess(
                 .collect()
         })
         .collect();
-    let mut dev = DevicePreprocessor::new(spec.clone()).map_err(anyhow::Error::msg)?;
+    let mut dev = DevicePreprocessor::new(spec.clone())?;
     let mut cpu = Preprocessor::new(spec.clone());
     let n: usize = spec.shape().iter().product();
     let (mut on_gpu, mut on_cpu) = (vec![0f32; n], vec![0f32; n]);
@@ -112,7 +112,7 @@ fn device_preprocess(
         };
         let px = Pixels::from_raw(&raw)?;
         let t = Instant::now();
-        let timing = dev.run_into(px, &mut on_gpu).map_err(anyhow::Error::msg)?;
+        let timing = dev.run_into(px, &mut on_gpu)?;
         let d = t.elapsed();
         let t = Instant::now();
         cpu.run_into(px, &mut on_cpu);

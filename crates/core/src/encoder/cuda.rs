@@ -4,7 +4,7 @@
 //! driver). Every CUDA library is loaded at run time: this builds without CUDA, and a machine
 //! without a usable GPU gets [`CudaUnavailable`], naming what is missing and how to fix it.
 
-use super::tract::{batch_state, EncoderIo, TypedEncoder};
+use super::tract::{batch_state, BatchSlot, EncoderIo, TypedEncoder};
 use super::{Encoder, InferenceError, Posterior};
 use crate::bundle::{Bundle, BundleError};
 use tract_onnx::prelude::*;
@@ -128,7 +128,7 @@ pub struct CudaEncoder {
     bundle: Bundle,
     half: bool,
     /// The plan for the last batch size other than 1 ([`Encoder::encode_batch`]).
-    batched: Option<(usize, Box<dyn State>)>,
+    batched: BatchSlot<Box<dyn State>>,
 }
 
 impl CudaEncoder {
@@ -199,12 +199,8 @@ impl Encoder for CudaEncoder {
             return inputs.iter().map(|x| self.encode(x)).collect();
         }
         let (bundle, device, half) = (&self.bundle, &self.device, self.half);
-        let state = batch_state(&mut self.batched, n, || {
-            prepare(bundle, device, n, half).map(|(s, _)| s)
-        })?;
-        self.io
-            .clone_for_batch(n)
-            .encode_batch(inputs, |x| state.run(x))
+        let (state, io) = batch_state(&mut self.batched, n, || prepare(bundle, device, n, half))?;
+        io.encode_batch(inputs, |x| state.run(x))
     }
 
     fn backend(&self) -> &'static str {

@@ -15,7 +15,7 @@ pub struct TractEncoder {
     /// How this encoder was planned, to plan it again for a batch of frames.
     how: Planning,
     /// The plan for the last batch size other than 1 ([`Encoder::encode_batch`]).
-    batched: Option<(usize, TypedSimpleState)>,
+    batched: BatchSlot<TypedSimpleState>,
 }
 
 #[derive(Clone)]
@@ -127,17 +127,6 @@ pub(crate) struct EncoderIo {
 }
 
 impl EncoderIo {
-    /// The same outputs for a plan of `batch` frames per run.
-    pub fn clone_for_batch(&self, batch: usize) -> Self {
-        let mut shape = self.shape;
-        shape[0] = batch;
-        Self {
-            shape,
-            declared: self.declared.clone(),
-            ..*self
-        }
-    }
-
     /// Runs one input through `run` (a runtime's state) and takes the posterior from its
     /// outputs.
     pub fn encode(
@@ -190,13 +179,17 @@ impl EncoderIo {
     }
 }
 
-/// The state that runs batches of `n` frames, planned by `plan` when there is none for that
-/// size yet (the last size's plan is kept: the number of cameras rarely changes).
+/// The plan of the last batch size other than 1: (size, (state, its [`EncoderIo`])).
+pub(crate) type BatchSlot<S> = Option<(usize, (S, EncoderIo))>;
+
+/// The state (and its [`EncoderIo`]) that runs batches of `n` frames, planned by `plan` when
+/// there is none for that size yet (the last size's plan is kept: the number of cameras rarely
+/// changes).
 pub(crate) fn batch_state<S>(
-    slot: &mut Option<(usize, S)>,
+    slot: &mut BatchSlot<S>,
     n: usize,
-    plan: impl FnOnce() -> Result<S, BundleError>,
-) -> Result<&mut S, InferenceError> {
+    plan: impl FnOnce() -> Result<(S, EncoderIo), BundleError>,
+) -> Result<&mut (S, EncoderIo), InferenceError> {
     if slot.as_ref().is_none_or(|(b, _)| *b != n) {
         let state =
             plan().map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
@@ -358,10 +351,8 @@ impl Encoder for TractEncoder {
             return inputs.iter().map(|x| self.encode(x)).collect();
         }
         let how = &self.how;
-        let state = batch_state(&mut self.batched, n, || how.plan(n).map(|(s, _)| s))?;
-        self.io
-            .clone_for_batch(n)
-            .encode_batch(inputs, |x| state.run(x))
+        let (state, io) = batch_state(&mut self.batched, n, || how.plan(n))?;
+        io.encode_batch(inputs, |x| state.run(x))
     }
 
     fn backend(&self) -> &'static str {
