@@ -54,11 +54,21 @@ def test_replay_to_live_node_equals_offline_eval(ros, tmp_path, storage):
     client.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     try:
         spin = lambda: rclpy.spin_once(client, timeout_sec=0.02)  # noqa: E731
+        # Verdicts are volatile: one published before this client has matched the node's verdict
+        # publisher (created after the model loads) is lost. Replay waits only for the node's image
+        # subscription, so wait here for the verdict publisher, then let both sides of the match
+        # settle (a loaded 2-core CI machine took over a second).
+        wait_for(lambda: client.count_publishers(f"/{name}/verdict") >= 1, 60, spin, "the node's verdict publisher")
         end = time.monotonic() + 1.0
         while time.monotonic() < end:
             spin()
         rep = subprocess.Popen([str(VAE_OOD), "replay", str(tmp_path / "bag"), "--rate", "1.0"], stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: rep.poll() is not None and len(verdicts) >= 30, 60, spin, "all 30 verdicts")
+        try:
+            wait_for(lambda: rep.poll() is not None and len(verdicts) >= 30, 60, spin, "all 30 verdicts")
+        except AssertionError as e:
+            rep.kill()
+            raise AssertionError(f"{e}: {len(verdicts)} received; replay: {rep.communicate()[1][-2000:]}; "
+                                 f"node: {node.output()[-3000:]}") from None
         assert rep.returncode == 0, rep.stderr.read()
         wait_for(lambda: any(d.get("frames_received") == "30" for d in diags), 5, spin, "diagnostics after the replay")
         last = [d for d in diags if d.get("frames_received") == "30"][-1]
