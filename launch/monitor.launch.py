@@ -13,7 +13,8 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 # Launch argument -> node parameter of the same name, with its type.
-OVERRIDES = {"model_bundle": str, "transport": str, "score_threshold": float, "threads": int, "use_sim_time": bool}
+OVERRIDES = {"model_bundle": str, "transport": str, "score_threshold": float, "threads": int, "use_sim_time": bool,
+             "managed": bool}
 
 
 def typed(kind, text):
@@ -59,5 +60,8 @@ def generate_launch_description():
         DeclareLaunchArgument("score_threshold", default_value="", description="Per-frame OOD threshold, uncalibrated bundles (empty: params file)."),
         DeclareLaunchArgument("threads", default_value="", description="Inference threads (empty: params file)."),
         DeclareLaunchArgument("use_sim_time", default_value="", description="Use /clock (empty: params file)."),
+        DeclareLaunchArgument(
+            "managed", default_value="",
+            description="true: a lifecycle node, unconfigured until a lifecycle manager (e.g. nav2's) configures and activates it (empty: params file)."),
         OpaqueFunction(function=launch_setup),
     ])

@@ -15,8 +15,8 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-MONITOR_OVERRIDES = {"model_bundle": str, "transport": str, "recovery": str, "use_sim_time": bool}
-GATE_OVERRIDES = {"input_type": str, "watchdog_timeout": float, "use_sim_time": bool}
+MONITOR_OVERRIDES = {"model_bundle": str, "transport": str, "recovery": str, "use_sim_time": bool, "managed": bool}
+GATE_OVERRIDES = {"input_type": str, "watchdog_timeout": float, "use_sim_time": bool, "managed": bool}
 
 
 def typed(kind, text):
@@ -81,6 +81,9 @@ def generate_launch_description():
         DeclareLaunchArgument("model_bundle", default_value="", description="Detector bundle directory (empty: params file)."),
         DeclareLaunchArgument("transport", default_value="", description="raw or compressed (empty: params file)."),
         DeclareLaunchArgument("recovery", default_value="", description="auto or manual (empty: params file)."),
+        DeclareLaunchArgument(
+            "managed", default_value="",
+            description="true: both nodes are lifecycle nodes, for a lifecycle manager (empty: params files)."),
         DeclareLaunchArgument("input_type", default_value="", description="twist or twist_stamped (empty: gate params file)."),
         DeclareLaunchArgument("watchdog_timeout", default_value="", description="Verdict age (s) treated as OOD (empty: gate params file)."),
         DeclareLaunchArgument("use_sim_time", default_value="", description="Use /clock, both nodes (empty: params files)."),

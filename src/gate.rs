@@ -8,12 +8,14 @@
 //! remap them): `ood` (std_msgs/Bool from the monitor), `cmd_vel_in` (from the controller),
 //! `cmd_vel_out` (to the base).
 
+use crate::lifecycle;
 use crate::params::{self, DefaultValue, ParamDecl, ParamError, Reader};
 use anyhow::{anyhow, Context as _, Result};
 use futures::StreamExt;
 use r2r::geometry_msgs::msg::{Twist, TwistStamped};
 use r2r::std_msgs::msg::Bool;
 use r2r::QosProfile;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ pub const GATE_PARAMS: &[ParamDecl] = &[
     ParamDecl { name: "input_type", default: DefaultValue::Str("twist"), description: "Command message type on cmd_vel_in and cmd_vel_out: 'twist' (geometry_msgs/Twist) or 'twist_stamped' (geometry_msgs/TwistStamped).", constraints: "twist | twist_stamped", ..params::READ_ONLY },
     ParamDecl { name: "watchdog_timeout", default: DefaultValue::Double(0.5), description: "A verdict older than this many seconds counts as OOD (the monitor is dead, hung or cut off).", range: Some(params::Range::Double(0.01, 60.0)), ..params::READ_ONLY },
     ParamDecl { name: "use_sim_time", default: DefaultValue::Bool(false), description: "Stamp TwistStamped zero commands with /clock time. The watchdog always uses the steady clock.", ..params::READ_ONLY },
+    ParamDecl { name: "managed", default: DefaultValue::Bool(false), description: "A ROS 2 lifecycle (managed) node: it starts unconfigured and passes commands only while active (a lifecycle manager configures and activates it through ~/change_state); in every other state it publishes zero velocity at stop_rate. false: active at start-up.", ..params::READ_ONLY },
     ParamDecl { name: "stop_rate", default: DefaultValue::Double(20.0), description: "Rate (Hz) at which zero velocity is published while commands are blocked.", range: Some(params::Range::Double(0.1, 1000.0)), ..params::READ_ONLY },
 ];
 
@@ -31,6 +34,8 @@ pub struct GateConfig {
     pub stamped: bool,
     pub watchdog_timeout: Duration,
     pub stop_rate: f64,
+    /// A lifecycle node: commands pass only while active.
+    pub managed: bool,
 }
 
 /// Reads and range-checks the gate's parameters from a snapshot of their values.
@@ -60,6 +65,7 @@ pub fn gate_config(r: &Reader) -> Result<GateConfig, ParamError> {
         stamped,
         watchdog_timeout: Duration::from_secs_f64(timeout),
         stop_rate,
+        managed: r.bool("managed")?,
     })
 }
 
@@ -111,8 +117,9 @@ struct Verdict {
     confirmed: bool,
 }
 
-fn passing(v: &Option<Verdict>, timeout: Duration) -> bool {
-    matches!(v, Some(Verdict { ood: false, at, closed: false, confirmed: true }) if at.elapsed() < timeout)
+fn passing(v: &Option<Verdict>, timeout: Duration, active: &AtomicBool) -> bool {
+    active.load(Ordering::Relaxed)
+        && matches!(v, Some(Verdict { ood: false, at, closed: false, confirmed: true }) if at.elapsed() < timeout)
 }
 
 pub fn main() -> Result<()> {
@@ -137,6 +144,7 @@ async fn run() -> Result<()> {
         stamped,
         watchdog_timeout: timeout,
         stop_rate: rate,
+        managed,
     } = gate_config(&Reader::new(&node)).map_err(|e| anyhow!(e))?;
 
     let out = if stamped {
@@ -166,6 +174,14 @@ async fn run() -> Result<()> {
     )?;
     let clock = node.get_ros_clock();
     let verdict: Arc<Mutex<Option<Verdict>>> = Arc::new(Mutex::new(None));
+    // Commands pass only while active: from the start when unmanaged, else when a lifecycle
+    // manager activates the gate.
+    let active = Arc::new(AtomicBool::new(!managed));
+    let lifecycle = if managed {
+        Some(lifecycle::Server::new(&mut node)?)
+    } else {
+        None
+    };
     r2r::log_info!(
         &logger,
         "gating cmd_vel_in -> cmd_vel_out ({}), watchdog {:?}, stop rate {rate} Hz",
@@ -175,11 +191,16 @@ async fn run() -> Result<()> {
 
     tokio::spawn(param_handler);
     tokio::spawn({
-        let (verdict, out, clock, logger) =
-            (verdict.clone(), out.clone(), clock.clone(), logger.clone());
+        let (verdict, out, clock, logger, active) = (
+            verdict.clone(),
+            out.clone(),
+            clock.clone(),
+            logger.clone(),
+            active.clone(),
+        );
         async move {
             while let Some(m) = verdicts.next().await {
-                let was = passing(&verdict.lock().expect("verdict lock"), timeout);
+                let was = passing(&verdict.lock().expect("verdict lock"), timeout, &active);
                 {
                     let mut v = verdict.lock().expect("verdict lock");
                     if v.as_ref().is_some_and(|v| v.closed) {
@@ -208,11 +229,12 @@ async fn run() -> Result<()> {
         }
     });
     tokio::spawn({
-        let (verdict, out, clock) = (verdict.clone(), out.clone(), clock.clone());
+        let (verdict, out, clock, active) =
+            (verdict.clone(), out.clone(), clock.clone(), active.clone());
         let mut commands = commands;
         async move {
             while let Some(cmd) = commands.next().await {
-                if passing(&verdict.lock().expect("verdict lock"), timeout) {
+                if passing(&verdict.lock().expect("verdict lock"), timeout, &active) {
                     out.pass(&cmd);
                 } else {
                     out.stop(&clock);
@@ -221,14 +243,19 @@ async fn run() -> Result<()> {
         }
     });
     tokio::spawn({
-        let (verdict, out, clock, logger) =
-            (verdict.clone(), out.clone(), clock.clone(), logger.clone());
+        let (verdict, out, clock, logger, active) = (
+            verdict.clone(),
+            out.clone(),
+            clock.clone(),
+            logger.clone(),
+            active.clone(),
+        );
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             let mut blocked = true;
             loop {
                 tick.tick().await;
-                let pass = passing(&verdict.lock().expect("verdict lock"), timeout);
+                let pass = passing(&verdict.lock().expect("verdict lock"), timeout, &active);
                 if !pass {
                     out.stop(&clock);
                     if !blocked {
@@ -250,9 +277,36 @@ async fn run() -> Result<()> {
         })
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let signal = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    match lifecycle {
+        None => signal.await,
+        Some((server, mut changes)) => {
+            tokio::pin!(signal);
+            loop {
+                let (req, step) = tokio::select! {
+                    _ = &mut signal => break,
+                    next = server.next(&mut changes, &logger) => match next {
+                        Some(n) => n,
+                        None => break,
+                    },
+                };
+                // Nothing to load: configure and cleanup only move the state.
+                match step.action {
+                    lifecycle::Action::Activate => active.store(true, Ordering::Relaxed),
+                    lifecycle::Action::Deactivate | lifecycle::Action::Shutdown => {
+                        active.store(false, Ordering::Relaxed);
+                        out.stop(&clock);
+                    }
+                    lifecycle::Action::Configure | lifecycle::Action::Cleanup => {}
+                }
+                server.complete(req, step, Ok(()), &logger);
+            }
+        }
     }
     r2r::log_info!(&logger, "shutting down: publishing zero velocity");
     // Block first, so no task can pass a command after the final zero.

@@ -31,7 +31,15 @@ pub struct Shared {
     /// Operator resets waiting for the inference thread.
     pub resets: Mutex<Vec<oneshot::Sender<ResetReply>>>,
     pub wake: Condvar,
+    /// The node is exiting: the worker and every loop stop.
     pub shutdown: AtomicBool,
+    /// The worker stops and hands its pipelines back (a lifecycle cleanup); the node goes on.
+    pub stop_worker: AtomicBool,
+    /// Set by a lifecycle deactivation: the worker restarts every monitor (STARTING).
+    restart: AtomicBool,
+    /// Scoring frames (a lifecycle node's `active` state; always once started when unmanaged).
+    /// While false, frames are not taken and `~/ood` is true.
+    active: AtomicBool,
     pub received: AtomicU64,
     pub dropped: AtomicU64,
     /// Frames taken from DDS but lost because r2r's subscription queue was full (counted by
@@ -50,6 +58,9 @@ impl Shared {
             resets: Mutex::new(vec![]),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            stop_worker: AtomicBool::new(false),
+            restart: AtomicBool::new(false),
+            active: AtomicBool::new(false),
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             lost_in_queue: Arc::new(AtomicU64::new(0)),
@@ -64,6 +75,45 @@ impl Shared {
                 closed: false,
             }),
         }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops scoring. Either way the worker restarts its monitors (evidence from
+    /// before a pause never decides after it) and its silent-camera timer, which runs only
+    /// while active. Stopping publishes `~/ood = true` at once.
+    pub fn set_active(&self, active: bool, ood: &r2r::Publisher<Bool>) {
+        let s = self.status.lock().expect("status lock");
+        self.active.store(active, Ordering::Relaxed);
+        {
+            let mut slot = self.slot.lock().expect("slot lock");
+            slot.take();
+            self.restart.store(true, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+        if !active && !s.closed {
+            let _ = ood.publish(&Bool { data: true });
+        }
+    }
+
+    /// Stops the worker (it returns its pipelines) without stopping the node.
+    pub fn request_worker_stop(&self) {
+        let _slot = self.slot.lock().expect("slot lock");
+        self.stop_worker.store(true, Ordering::Relaxed);
+        self.wake.notify_all();
+    }
+
+    /// After a worker has stopped: no detectors, STARTING, ready for the next worker.
+    pub fn clear(&self) {
+        let mut s = self.status.lock().expect("status lock");
+        s.state = MonitorState::Starting;
+        s.detectors.clear();
+        s.busy_since = None;
+        self.slot.lock().expect("slot lock").take();
+        self.stop_worker.store(false, Ordering::Relaxed);
+        self.restart.store(false, Ordering::Relaxed);
     }
 
     /// Puts a frame in the slot; a frame still waiting there is dropped and counted.
@@ -124,7 +174,7 @@ impl Shared {
         }
         if !s.closed {
             let _ = ood.publish(&Bool {
-                data: state.is_ood(),
+                data: state.is_ood() || !self.is_active(),
             });
         }
     }
@@ -137,7 +187,7 @@ impl Shared {
             return;
         }
         let _ = ood.publish(&Bool {
-            data: s.state.is_ood(),
+            data: s.state.is_ood() || !self.is_active(),
         });
     }
 
@@ -227,6 +277,7 @@ enum Event {
     Frame(Incoming),
     Reset(Vec<oneshot::Sender<ResetReply>>),
     Timeout,
+    Restart,
     Shutdown,
 }
 
@@ -234,8 +285,11 @@ enum Event {
 fn next_event(shared: &Shared, deadline: Option<Instant>) -> Event {
     let mut slot = shared.slot.lock().expect("slot lock");
     loop {
-        if shared.shutdown.load(Ordering::Relaxed) {
+        if shared.shutdown.load(Ordering::Relaxed) || shared.stop_worker.load(Ordering::Relaxed) {
             return Event::Shutdown;
+        }
+        if shared.restart.swap(false, Ordering::Relaxed) {
+            return Event::Restart;
         }
         let resets = std::mem::take(&mut *shared.resets.lock().expect("reset lock"));
         if !resets.is_empty() {
@@ -261,7 +315,14 @@ fn next_event(shared: &Shared, deadline: Option<Instant>) -> Event {
     }
 }
 
-pub fn run(mut pipelines: Vec<Pipeline>, shared: &Shared, ctx: &LoopCtx, pubs: &Publishers) {
+/// Runs until the node shuts down or the worker is asked to stop; returns the pipelines so
+/// that their publishers can be destroyed (a lifecycle cleanup).
+pub fn run(
+    mut pipelines: Vec<Pipeline>,
+    shared: &Shared,
+    ctx: &LoopCtx,
+    pubs: &Publishers,
+) -> Vec<Pipeline> {
     let mut seq = 0u64;
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
@@ -272,11 +333,26 @@ pub fn run(mut pipelines: Vec<Pipeline>, shared: &Shared, ctx: &LoopCtx, pubs: &
     // last timeout fault, which then repeats at that period).
     let mut last_input = Instant::now();
     loop {
-        let deadline = ctx.input_timeout.map(|t| last_input + t);
+        let deadline = ctx
+            .input_timeout
+            .filter(|_| shared.is_active())
+            .map(|t| last_input + t);
         let event = next_event(shared, deadline);
         shared.mark_busy();
         let (verdicts, header, received): (Vec<FrameVerdict>, Header, _) = match event {
-            Event::Shutdown => return,
+            Event::Shutdown => return pipelines,
+            Event::Restart => {
+                for p in &mut pipelines {
+                    if let Err(e) = p.monitor.restart() {
+                        // Cannot happen for a bundle that loaded; the monitor stays as it was.
+                        r2r::log_error!(&ctx.logger, "restarting detector {}: {e}", p.model_id);
+                    }
+                }
+                // No input while paused: the silent-camera timer starts again on activation.
+                last_input = Instant::now();
+                shared.publish_state(&pubs.ood, combined(&pipelines), &pipelines, None);
+                continue;
+            }
             Event::Reset(waiters) => {
                 let calibrated = pipelines.iter().any(|p| p.monitor.is_calibrated());
                 for p in pipelines.iter_mut().filter(|p| p.monitor.is_calibrated()) {

@@ -13,6 +13,8 @@ pub mod gate;
 #[cfg(feature = "ros")]
 pub mod inference;
 #[cfg(feature = "ros")]
+pub mod lifecycle;
+#[cfg(feature = "ros")]
 pub mod messages;
 #[cfg(feature = "ros")]
 pub mod node;

@@ -196,6 +196,10 @@ pub struct Health<'a> {
     pub expected_rate: Option<f64>,
     /// Each detector's state and counts, when the node runs several.
     pub detectors: &'a [crate::inference::DetectorStatus],
+    /// A managed node's lifecycle state (`None` when unmanaged).
+    pub lifecycle: Option<&'a str>,
+    /// Scoring frames (a managed node only while `active`).
+    pub active: bool,
 }
 
 pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
@@ -206,6 +210,16 @@ pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
                 "inference stalled: one event has taken {:.1} s (limit max_busy {:.1} s); ~/ood heartbeat stopped, verdict not trusted",
                 busy.as_secs_f64(),
                 limit.as_secs_f64()
+            ),
+        )
+    } else if !h.active {
+        // Deliberate (a lifecycle manager's choice, or still starting): not an error, but the
+        // verdict is OOD whatever the camera shows.
+        (
+            DiagnosticStatus::WARN as u8,
+            format!(
+                "not scoring frames (lifecycle state {}); ~/ood is true",
+                h.lifecycle.unwrap_or("starting")
             ),
         )
     } else if h.recent_frames == 0 {
@@ -287,6 +301,9 @@ pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
         kv("latency_p50_ms", h.latency_p50.map_or("n/a".into(), ms)),
         kv("latency_max_ms", h.latency_max.map_or("n/a".into(), ms)),
     ];
+    if let Some(l) = h.lifecycle {
+        values.push(kv("lifecycle_state", l));
+    }
     for (kind, n) in &h.counters.faults {
         values.push(kv(&format!("faults.{kind}"), n));
     }
@@ -371,6 +388,8 @@ mod tests {
             stalled,
             expected_rate,
             detectors: &[],
+            lifecycle: None,
+            active: true,
         };
         let t = Time { sec: 0, nanosec: 0 };
         let level = |h: &Health| health_array(h, t.clone()).status[0].level;
@@ -379,6 +398,22 @@ mod tests {
             level(&health(30, None, Some(30.0))),
             DiagnosticStatus::OK as u8
         );
+        let inactive = health_array(
+            &Health {
+                lifecycle: Some("inactive"),
+                active: false,
+                ..health(30, None, None)
+            },
+            t.clone(),
+        );
+        assert_eq!(inactive.status[0].level, DiagnosticStatus::WARN as u8);
+        assert!(inactive.status[0]
+            .message
+            .contains("lifecycle state inactive"));
+        assert!(inactive.status[0]
+            .values
+            .iter()
+            .any(|kv| kv.key == "lifecycle_state" && kv.value == "inactive"));
         let slow = health_array(&health(19, None, Some(30.0)), t.clone());
         assert_eq!(slow.status[0].level, DiagnosticStatus::WARN as u8);
         assert!(

@@ -7,6 +7,7 @@
 //! faults after `input_timeout`; a hung pipeline stops the `~/ood` heartbeat.
 
 use crate::inference::{self, Incoming, LoopCtx, Pipeline, PipelinePublishers, Publishers, Shared};
+use crate::lifecycle;
 use crate::messages::{frame_age, health_array, now_stamp, CameraMsg, Health};
 use crate::params::{self, NodeConfig};
 use anyhow::{anyhow, Context as _, Result};
@@ -18,7 +19,7 @@ use r2r::std_srvs::srv::Trigger;
 use r2r::{ParameterValue, QosProfile};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::BackendOptions;
@@ -108,6 +109,322 @@ fn float_pub(node: &mut r2r::Node, topic: &str) -> Result<r2r::Publisher<Float32
     Ok(node.create_publisher::<Float32>(topic, QosProfile::default())?)
 }
 
+/// What the configured detectors are, for `/diagnostics`, the parameters and the log.
+#[derive(Debug, Clone)]
+struct Loaded {
+    model_id: String,
+    backend: &'static str,
+    device: String,
+    trained: bool,
+    /// The CUSUM threshold tuned into the (single) bundle, if it is calibrated.
+    bundle_cusum: Option<f64>,
+    several: bool,
+}
+
+/// A configured node's inference thread and camera subscription.
+struct Session {
+    worker: std::thread::JoinHandle<Vec<Pipeline>>,
+    frames: tokio::task::JoinHandle<()>,
+    /// The combined `~/verdict` (several detectors).
+    verdict: Option<r2r::Publisher<DiagnosticArray>>,
+}
+
+/// What lives as long as the node: its configuration, `~/ood` and the state every task shares.
+struct Ctx {
+    node: Arc<Mutex<r2r::Node>>,
+    cfg: NodeConfig,
+    logger: String,
+    node_name: String,
+    ood: r2r::Publisher<Bool>,
+    shared: Arc<Shared>,
+    /// `None` until configured (and again after a lifecycle cleanup).
+    loaded: Arc<Mutex<Option<Loaded>>>,
+}
+
+/// The QoS of every `~/verdict`: a consumer may lag a few frames without losing one.
+fn verdict_qos() -> QosProfile {
+    QosProfile::default().keep_last(50)
+}
+
+/// `~/ood`: reliable + transient-local, so a gate that starts later still gets the last verdict.
+fn ood_qos() -> QosProfile {
+    QosProfile::default()
+        .keep_last(1)
+        .reliable()
+        .transient_local()
+}
+
+impl Ctx {
+    fn node(&self) -> std::sync::MutexGuard<'_, r2r::Node> {
+        self.node.lock().expect("node lock")
+    }
+
+    /// Loads and checks every bundle (the lifecycle's configure), then subscribes to the camera
+    /// and starts the inference thread; frames are scored once the node is active.
+    fn configure(&self, hook: Option<DetectorHook>) -> Result<Session> {
+        let cfg = &self.cfg;
+        let logger = &self.logger;
+        // One pipeline per detector bundle, its outputs under ~/<name>/ when there are several.
+        let names = detector_names(&cfg.model_bundles)?;
+        let several = names.len() > 1;
+        let monitor_cfg = MonitorConfig {
+            score_threshold: cfg.score_threshold,
+            max_frame_age: cfg.max_frame_age,
+            recovery: cfg.recovery,
+            cusum_threshold: cfg.cusum_threshold,
+            max_repeated_frames: cfg.max_repeated_frames,
+        };
+        let mut hook = hook;
+        let mut monitors = vec![];
+        let mut loaded = Loaded {
+            model_id: String::new(),
+            backend: "",
+            device: String::new(),
+            trained: true,
+            bundle_cusum: None,
+            several,
+        };
+        for (bundle, name) in cfg.model_bundles.iter().zip(&names) {
+            let bundle_dir = resolve_bundle(bundle)?;
+            // Loading takes seconds: keep this runtime's other tasks (services) going.
+            let detector = tokio::task::block_in_place(|| {
+                vae_ood_core::detector::load(
+                    &bundle_dir,
+                    BackendOptions {
+                        kind: cfg.backend,
+                        threads: cfg.threads,
+                    },
+                )
+            })
+            .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
+            // The test hook replaces the first detector only.
+            let detector = match hook.take() {
+                Some(h) => h(detector),
+                None => detector,
+            };
+            let model_id = detector.model_id().to_string();
+            let kind = detector.bundle().manifest.detector.kind();
+            let is_trained = detector.bundle().manifest.provenance.trained;
+            if !several {
+                loaded.bundle_cusum = detector
+                    .bundle()
+                    .manifest
+                    .calibration
+                    .as_ref()
+                    .map(|c| c.pipeline.cusum_threshold);
+            }
+            loaded.trained &= is_trained;
+            (loaded.backend, loaded.device) = (detector.backend(), detector.device());
+            let monitor = Monitor::new(detector, monitor_cfg)
+                .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
+            let decision = match monitor.pipeline() {
+                Some(p) => format!(
+                    "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
+                    p.window, p.decay, p.cusum_threshold, cfg.recovery
+                ),
+                None => format!(
+                    "uncalibrated bundle: per-frame score_threshold {}",
+                    cfg.score_threshold
+                ),
+            };
+            let outputs = if several {
+                format!("; outputs under ~/{name}/")
+            } else {
+                String::new()
+            };
+            r2r::log_info!(
+                logger,
+                "loaded detector {model_id} ({kind}) from {} on {}, device {} ({} thread(s)); {decision}{outputs}",
+                bundle_dir.display(),
+                loaded.backend,
+                loaded.device,
+                cfg.threads
+            );
+            if !is_trained {
+                r2r::log_warn!(
+                    logger,
+                    "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
+                );
+            }
+            monitors.push((name.clone(), model_id, monitor));
+        }
+        loaded.model_id = monitors
+            .iter()
+            .map(|(_, id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+
+        let mut node = self.node();
+        let mut pipelines = vec![];
+        for (name, model_id, monitor) in monitors {
+            let prefix = if several {
+                format!("~/{name}/")
+            } else {
+                "~/".to_string()
+            };
+            let topic = |t: &str| format!("{prefix}{t}");
+            let pubs = PipelinePublishers {
+                ood: if several {
+                    Some(node.create_publisher::<Bool>(&topic("ood"), ood_qos())?)
+                } else {
+                    None
+                },
+                score: float_pub(&mut node, &topic("score"))?,
+                p_value: float_pub(&mut node, &topic("p_value"))?,
+                martingale: float_pub(&mut node, &topic("martingale"))?,
+                cusum: float_pub(&mut node, &topic("cusum"))?,
+                verdict: node
+                    .create_publisher::<DiagnosticArray>(&topic("verdict"), verdict_qos())?,
+            };
+            pipelines.push(Pipeline {
+                name: if several { name } else { String::new() },
+                model_id,
+                monitor,
+                pubs,
+            });
+        }
+        let verdict = if several {
+            Some(node.create_publisher::<DiagnosticArray>("~/verdict", verdict_qos())?)
+        } else {
+            None
+        };
+        // `ros2 param get cusum_threshold` shows the threshold in force, not the 0 that asks
+        // for the bundle's.
+        if let (Some(own), None) = (loaded.bundle_cusum, cfg.cusum_threshold) {
+            if let Some(p) = node
+                .params
+                .lock()
+                .expect("parameter lock")
+                .get_mut("cusum_threshold")
+            {
+                p.value = ParameterValue::Double(own);
+            }
+        }
+
+        // Camera subscription: relative, image_transport-style names, remappable.
+        let qos = if cfg.reliable_images {
+            QosProfile::default().reliable()
+        } else {
+            QosProfile::sensor_data()
+        }
+        .keep_last(cfg.image_qos_depth);
+        let lost = self.shared.lost_in_queue.clone();
+        let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> =
+            if cfg.compressed {
+                Box::pin(
+                    node.subscribe_counting_drops::<CompressedImage>(image_topic(cfg), qos, lost)?
+                        .map(CameraMsg::Compressed),
+                )
+            } else {
+                Box::pin(
+                    node.subscribe_counting_drops::<Image>(image_topic(cfg), qos, lost)?
+                        .map(CameraMsg::Raw),
+                )
+            };
+        let clock = node.get_ros_clock();
+        drop(node);
+
+        // Inference thread.
+        let worker = {
+            let shared = self.shared.clone();
+            let ctx = LoopCtx {
+                logger: logger.clone(),
+                node_name: self.node_name.clone(),
+                model_id: loaded.model_id.clone(),
+                backend: loaded.backend,
+                device: loaded.device.clone(),
+                input_timeout: cfg.input_timeout,
+                clock: clock.clone(),
+            };
+            let pubs = Publishers {
+                ood: self.ood.clone(),
+                verdict: verdict.clone(),
+            };
+            std::thread::Builder::new()
+                .name("inference".into())
+                .spawn(move || inference::run(pipelines, &shared, &ctx, &pubs))?
+        };
+
+        // Subscription task: newest frame wins; nothing is taken while inactive.
+        let frames = tokio::spawn({
+            let shared = self.shared.clone();
+            let mut frames = frames;
+            async move {
+                while let Some(msg) = frames.next().await {
+                    if !shared.is_active() {
+                        continue;
+                    }
+                    let received = Instant::now();
+                    let now = clock.lock().ok().and_then(|mut c| c.get_now().ok());
+                    let age = now.and_then(|now| frame_age(&msg.header().stamp, now));
+                    shared.offer(Incoming { msg, age, received });
+                }
+            }
+        });
+        *self.loaded.lock().expect("loaded lock") = Some(loaded);
+        Ok(Session {
+            worker,
+            frames,
+            verdict,
+        })
+    }
+
+    /// Stops the inference thread, unsubscribes and removes the detectors' publishers (the
+    /// lifecycle's cleanup and shutdown). Fails when the inference thread is hung.
+    async fn clean_up(&self, session: Session) -> Result<()> {
+        self.shared.set_active(false, &self.ood);
+        self.shared.request_worker_stop();
+        // r2r destroys a subscription whose stream is gone when its next message arrives.
+        session.frames.abort();
+        if !join_within(&session.worker, JOIN_TIMEOUT).await {
+            return Err(anyhow!(
+                "the inference thread did not stop within {:.1} s (hung); its detectors stay loaded",
+                JOIN_TIMEOUT.as_secs_f64()
+            ));
+        }
+        let pipelines = session
+            .worker
+            .join()
+            .map_err(|_| anyhow!("the inference thread panicked"))?;
+        let mut node = self.node();
+        for p in pipelines {
+            let pubs = p.pubs;
+            if let Some(o) = pubs.ood {
+                node.destroy_publisher(o);
+            }
+            node.destroy_publisher(pubs.score);
+            node.destroy_publisher(pubs.p_value);
+            node.destroy_publisher(pubs.martingale);
+            node.destroy_publisher(pubs.cusum);
+            node.destroy_publisher(pubs.verdict);
+        }
+        if let Some(v) = session.verdict {
+            node.destroy_publisher(v);
+        }
+        drop(node);
+        self.shared.clear();
+        *self.loaded.lock().expect("loaded lock") = None;
+        Ok(())
+    }
+}
+
+fn image_topic(cfg: &NodeConfig) -> &'static str {
+    if cfg.compressed {
+        "image/compressed"
+    } else {
+        "image"
+    }
+}
+
+/// Waits up to `limit` for a thread to finish.
+async fn join_within<T>(t: &std::thread::JoinHandle<T>, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while !t.is_finished() && t0.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    t.is_finished()
+}
+
 async fn run(hook: Option<DetectorHook>) -> Result<()> {
     let ctx = r2r::Context::create().context("initialising ROS 2 (rcl_init)")?;
     let mut node = r2r::Node::create(ctx, DEFAULT_NODE_NAME, "").context("creating the node")?;
@@ -115,7 +432,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     let logger = node.logger().to_string();
 
     params::declare(&mut node, params::PARAMS).map_err(|e| anyhow!(e))?;
-    let (param_handler, mut param_events) = node.make_parameter_handler()?;
+    let (param_handler, param_events) = node.make_parameter_handler()?;
     let cfg: NodeConfig = params::read(&node).map_err(|e| anyhow!(e))?;
     for unknown in params::unknown(&node, params::PARAMS) {
         r2r::log_warn!(
@@ -125,441 +442,366 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     }
 
     // Publishers exist before the models load, so consumers see OOD (STARTING) from the start.
-    // ~/ood is reliable + transient-local: a gate that starts later still gets the last verdict.
-    let ood_qos = QosProfile::default()
-        .keep_last(1)
-        .reliable()
-        .transient_local();
-    let verdict_qos = QosProfile::default().keep_last(50);
-    let ood = node.create_publisher::<Bool>("~/ood", ood_qos.clone())?;
+    let ood = node.create_publisher::<Bool>("~/ood", ood_qos())?;
     let pub_diag =
         node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
     ood.publish(&Bool { data: true })?;
-
-    // One pipeline per detector bundle, its outputs under ~/<name>/ when there are several.
-    let names = detector_names(&cfg.model_bundles)?;
-    let several = names.len() > 1;
-    let monitor_cfg = MonitorConfig {
-        score_threshold: cfg.score_threshold,
-        max_frame_age: cfg.max_frame_age,
-        recovery: cfg.recovery,
-        cusum_threshold: cfg.cusum_threshold,
-        max_repeated_frames: cfg.max_repeated_frames,
-    };
-    let mut hook = hook;
-    let mut pipelines = vec![];
-    // The CUSUM threshold tuned into the (single) bundle, if it is calibrated.
-    let mut bundle_cusum = None;
-    let (mut backend, mut device, mut trained) = ("", String::new(), true);
-    for (bundle, name) in cfg.model_bundles.iter().zip(&names) {
-        let bundle_dir = resolve_bundle(bundle)?;
-        let detector = vae_ood_core::detector::load(
-            &bundle_dir,
-            BackendOptions {
-                kind: cfg.backend,
-                threads: cfg.threads,
-            },
-        )
-        .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
-        // The test hook replaces the first detector only.
-        let detector = match hook.take() {
-            Some(h) => h(detector),
-            None => detector,
-        };
-        let model_id = detector.model_id().to_string();
-        let kind = detector.bundle().manifest.detector.kind();
-        let is_trained = detector.bundle().manifest.provenance.trained;
-        if !several {
-            bundle_cusum = detector
-                .bundle()
-                .manifest
-                .calibration
-                .as_ref()
-                .map(|c| c.pipeline.cusum_threshold);
-        }
-        trained &= is_trained;
-        (backend, device) = (detector.backend(), detector.device());
-        let monitor = Monitor::new(detector, monitor_cfg)
-            .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
-        let decision = match monitor.pipeline() {
-            Some(p) => format!(
-                "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
-                p.window, p.decay, p.cusum_threshold, cfg.recovery
-            ),
-            None => format!(
-                "uncalibrated bundle: per-frame score_threshold {}",
-                cfg.score_threshold
-            ),
-        };
-        let outputs = if several {
-            format!("; outputs under ~/{name}/")
-        } else {
-            String::new()
-        };
-        r2r::log_info!(
-            &logger,
-            "loaded detector {model_id} ({kind}) from {} on {backend}, device {device} ({} thread(s)); {decision}{outputs}",
-            bundle_dir.display(),
-            cfg.threads
-        );
-        if !is_trained {
-            r2r::log_warn!(
-                &logger,
-                "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
-            );
-        }
-        let prefix = if several {
-            format!("~/{name}/")
-        } else {
-            "~/".to_string()
-        };
-        let topic = |t: &str| format!("{prefix}{t}");
-        let pubs = PipelinePublishers {
-            ood: if several {
-                Some(node.create_publisher::<Bool>(&topic("ood"), ood_qos.clone())?)
-            } else {
-                None
-            },
-            score: float_pub(&mut node, &topic("score"))?,
-            p_value: float_pub(&mut node, &topic("p_value"))?,
-            martingale: float_pub(&mut node, &topic("martingale"))?,
-            cusum: float_pub(&mut node, &topic("cusum"))?,
-            verdict: node
-                .create_publisher::<DiagnosticArray>(&topic("verdict"), verdict_qos.clone())?,
-        };
-        pipelines.push(Pipeline {
-            name: if several { name.clone() } else { String::new() },
-            model_id,
-            monitor,
-            pubs,
-        });
-    }
-    let model_id = pipelines
-        .iter()
-        .map(|p| p.model_id.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    let pubs = Publishers {
-        ood,
-        verdict: if several {
-            Some(node.create_publisher::<DiagnosticArray>("~/verdict", verdict_qos)?)
-        } else {
-            None
-        },
-    };
-    let shared = Arc::new(Shared::new(cfg.score_threshold, cfg.cusum_threshold));
-    // `ros2 param get cusum_threshold` shows the threshold in force, not the 0 that asks for
-    // the bundle's; a set that cannot take effect is refused with the reason. The parameter
-    // services answer only once this is in place (the handler is spawned below), so a request
-    // made while the detectors load waits for it.
-    if let (Some(own), None) = (bundle_cusum, cfg.cusum_threshold) {
-        if let Some(p) = node
-            .params
-            .lock()
-            .expect("parameter lock")
-            .get_mut("cusum_threshold")
-        {
-            p.value = ParameterValue::Double(own);
-        }
-    }
-    node.set_parameter_validator(Box::new(move |name, _| match name {
-        "cusum_threshold" if several => Err("cusum_threshold cannot change with several detectors: each decides with its own bundle's threshold (recalibrate a bundle to change it)".into()),
-        "cusum_threshold" if bundle_cusum.is_none() => Err("cusum_threshold cannot change: the bundle is not calibrated, so it decides per frame with score_threshold".into()),
-        _ => Ok(()),
-    }));
-
-    // Camera subscription: relative, image_transport-style names, remappable.
-    let qos = if cfg.reliable_images {
-        QosProfile::default().reliable()
-    } else {
-        QosProfile::sensor_data()
-    }
-    .keep_last(cfg.image_qos_depth);
-    let topic = if cfg.compressed {
-        "image/compressed"
-    } else {
-        "image"
-    };
-    let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> = if cfg.compressed
-    {
-        Box::pin(
-            node.subscribe_counting_drops::<CompressedImage>(
-                topic,
-                qos,
-                shared.lost_in_queue.clone(),
-            )?
-            .map(CameraMsg::Compressed),
-        )
-    } else {
-        Box::pin(
-            node.subscribe_counting_drops::<Image>(topic, qos, shared.lost_in_queue.clone())?
-                .map(CameraMsg::Raw),
-        )
-    };
-    let mut resets =
+    let resets =
         node.create_service::<Trigger::Service>("~/reset", QosProfile::services_default())?;
-
-    // Inference thread.
-    let worker = {
-        let shared = shared.clone();
-        let ctx = LoopCtx {
-            logger: logger.clone(),
-            node_name: node_name.clone(),
-            model_id: model_id.clone(),
-            backend,
-            device: device.clone(),
-            input_timeout: cfg.input_timeout,
-            clock: node.get_ros_clock(),
-        };
-        let pubs = Publishers {
-            ood: pubs.ood.clone(),
-            verdict: pubs.verdict.clone(),
-        };
-        std::thread::Builder::new()
-            .name("inference".into())
-            .spawn(move || inference::run(pipelines, &shared, &ctx, &pubs))?
+    let lifecycle = if cfg.managed {
+        Some(lifecycle::Server::new(&mut node)?)
+    } else {
+        None
     };
-
-    // Subscription task: newest frame wins.
-    tokio::spawn({
-        let shared = shared.clone();
-        let clock = node.get_ros_clock();
-        let mut frames = frames;
-        async move {
-            while let Some(msg) = frames.next().await {
-                let received = Instant::now();
-                let now = clock.lock().ok().and_then(|mut c| c.get_now().ok());
-                let age = now.and_then(|now| frame_age(&msg.header().stamp, now));
-                shared.offer(Incoming { msg, age, received });
+    let ctx = Ctx {
+        shared: Arc::new(Shared::new(cfg.score_threshold, cfg.cusum_threshold)),
+        node: Arc::new(Mutex::new(node)),
+        cfg,
+        logger,
+        node_name,
+        ood,
+        loaded: Arc::new(Mutex::new(None)),
+    };
+    // A set that cannot take effect is refused with the reason. The parameter services answer
+    // only once this is in place (the handler is spawned below).
+    ctx.node().set_parameter_validator(Box::new({
+        let loaded = ctx.loaded.clone();
+        move |name, _| {
+            let l = loaded.lock().expect("loaded lock");
+            match (name, l.as_ref()) {
+                ("cusum_threshold", None) => Err("cusum_threshold cannot change before the node is configured (whether it applies depends on the bundle's calibration)".into()),
+                ("cusum_threshold", Some(l)) if l.several => Err("cusum_threshold cannot change with several detectors: each decides with its own bundle's threshold (recalibrate a bundle to change it)".into()),
+                ("cusum_threshold", Some(l)) if l.bundle_cusum.is_none() => Err("cusum_threshold cannot change: the bundle is not calibrated, so it decides per frame with score_threshold".into()),
+                _ => Ok(()),
             }
         }
-    });
-
-    // ~/reset (std_srvs/Trigger): zeroes S and leaves OOD.
-    tokio::spawn({
-        let shared = shared.clone();
-        async move {
-            while let Some(req) = resets.next().await {
-                // A hung inference thread never answers: fail within RESET_TIMEOUT instead.
-                let reply = tokio::time::timeout(RESET_TIMEOUT, shared.request_reset()).await;
-                let response = match reply {
-                    Err(_) => Trigger::Response {
-                        success: false,
-                        message: format!(
-                            "the inference thread did not answer within {:.1} s (hung? see /diagnostics); nothing was reset",
-                            RESET_TIMEOUT.as_secs_f64()
-                        ),
-                    },
-                    Ok(reply) => match reply {
-                    Ok(Some(s)) => Trigger::Response {
-                        success: true,
-                        message: format!("CUSUM reset; state {}", s.as_str()),
-                    },
-                    Ok(None) => Trigger::Response {
-                        success: false,
-                        message: "the bundle is uncalibrated: there is no CUSUM to reset".into(),
-                    },
-                    Err(_) => Trigger::Response {
-                        success: false,
-                        message: "monitor is shutting down".into(),
-                    },
-                    },
-                };
-                let _ = req.respond(response);
-            }
-        }
-    });
-
-    // Parameter services, and live updates of the thresholds. r2r refuses a set of a read-only
-    // parameter, of another type or out of range (params::PARAMS), and the validator above
-    // one that cannot take effect; anything else that cannot is reverted here, so `ros2 param
-    // get` shows what is in force.
+    }));
     tokio::spawn(param_handler);
-    tokio::spawn({
-        let shared = shared.clone();
-        let logger = logger.clone();
-        let params = node.params.clone();
-        let initial: Vec<(String, ParameterValue)> = {
-            let p = params.lock().expect("parameter lock");
-            params::PARAMS
-                .iter()
-                .filter_map(|d| p.get(d.name).map(|v| (d.name.to_string(), v.value.clone())))
-                .collect()
-        };
-        async move {
-            let mut current = initial;
-            while let Some((name, value)) = param_events.next().await {
-                let accepted = match (name.as_str(), &value) {
-                    ("score_threshold", ParameterValue::Double(t))
-                        if params::valid_score_threshold(*t) =>
-                    {
-                        shared.score_threshold.store(t.to_bits(), Ordering::Relaxed);
-                        true
-                    }
-                    ("cusum_threshold", ParameterValue::Double(t)) if t.is_finite() && *t > 0.0 => {
-                        shared.cusum_threshold.store(t.to_bits(), Ordering::Relaxed);
-                        true
-                    }
-                    // 0: back to the bundle's own threshold, which the parameter then shows.
-                    ("cusum_threshold", ParameterValue::Double(t)) if *t == 0.0 => {
-                        match bundle_cusum {
-                            Some(own) => {
-                                shared
-                                    .cusum_threshold
-                                    .store(own.to_bits(), Ordering::Relaxed);
-                                if let Some(p) =
-                                    params.lock().expect("parameter lock").get_mut(&name)
-                                {
-                                    p.value = ParameterValue::Double(own);
-                                }
-                                r2r::log_info!(
-                                    &logger,
-                                    "cusum_threshold back to the bundle's {own}"
-                                );
-                                if let Some(entry) = current.iter_mut().find(|(n, _)| *n == name) {
-                                    entry.1 = ParameterValue::Double(own);
-                                }
-                                continue;
-                            }
-                            None => false,
-                        }
-                    }
-                    _ => false,
-                };
-                if accepted {
-                    r2r::log_info!(&logger, "{name} set to {value:?}");
-                    if let Some(entry) = current.iter_mut().find(|(n, _)| *n == name) {
-                        entry.1 = value;
-                    }
-                } else if let Some((_, old)) = current.iter().find(|(n, _)| *n == name) {
-                    r2r::log_warn!(&logger, "parameter '{name}' cannot be set to {value:?} at run time (only score_threshold >= 0 and cusum_threshold > 0 can); kept {old:?}");
-                    if let Some(p) = params.lock().expect("parameter lock").get_mut(&name) {
-                        p.value = old.clone();
-                    }
-                } else {
-                    r2r::log_warn!(&logger, "unknown parameter '{name}' ignored");
-                }
-            }
-        }
-    });
+    spawn_parameter_updates(&ctx, param_events);
+    spawn_resets(&ctx, resets);
+    spawn_heartbeat(&ctx);
+    spawn_diagnostics(
+        &ctx,
+        pub_diag,
+        lifecycle.as_ref().map(|(s, _)| s.state_handle()),
+    );
 
-    // ~/ood heartbeat, stopped when one event takes longer than `max_busy`: a hung pipeline
-    // becomes silence, which the gate's watchdog turns into a stop.
-    tokio::spawn({
-        let shared = shared.clone();
-        let ood = pubs.ood.clone();
-        let period = cfg.heartbeat_period;
-        let max_busy = cfg.max_busy;
-        async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                shared.heartbeat(&ood, max_busy);
-            }
-        }
-    });
-
-    // Diagnostics.
-    tokio::spawn({
-        let shared = shared.clone();
-        let (node_name, model_id) = (node_name.clone(), model_id.clone());
-        let clock = node.get_ros_clock();
-        let period = cfg.diagnostics_period;
-        let (max_busy, expected_rate) = (cfg.max_busy, cfg.expected_rate);
-        async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let (mut last_received, mut last_faults, mut last_dropped, mut last_lost) =
-                (0u64, 0u64, 0u64, 0u64);
-            loop {
-                tick.tick().await;
-                let (state, counters, detectors, mut lat) = {
-                    let mut s = shared.status.lock().expect("status lock");
-                    (
-                        s.state,
-                        s.counters.clone(),
-                        s.detectors.clone(),
-                        std::mem::take(&mut s.latencies),
-                    )
-                };
-                lat.sort();
-                // Both kinds of drop: for a newer frame, and in r2r's subscription queue.
-                let lost_in_queue = shared.lost_in_queue.load(Ordering::Relaxed);
-                let dropped = shared.dropped.load(Ordering::Relaxed);
-                let received = shared.received.load(Ordering::Relaxed);
-                let health = Health {
-                    node_name: &node_name,
-                    model_id: &model_id,
-                    backend,
-                    device: &device,
-                    trained,
-                    state,
-                    counters: &counters,
-                    received,
-                    dropped,
-                    lost_in_queue,
-                    period,
-                    recent_frames: received - last_received,
-                    recent_dropped: dropped + lost_in_queue - last_dropped,
-                    recent_faults: counters.total_faults() - last_faults,
-                    recent_lost_in_queue: lost_in_queue - last_lost,
-                    latency_p50: lat.get(lat.len() / 2).copied(),
-                    latency_max: lat.last().copied(),
-                    topic,
-                    stalled: shared.stalled(max_busy).map(|busy| (busy, max_busy)),
-                    expected_rate,
-                    detectors: &detectors,
-                };
-                let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
-                (last_received, last_faults, last_dropped, last_lost) = (
-                    received,
-                    counters.total_faults(),
-                    dropped + lost_in_queue,
-                    lost_in_queue,
-                );
-            }
-        }
-    });
-
-    // r2r's executor.
+    // r2r's executor: it holds the node only while spinning once, so transitions can add and
+    // remove publishers and subscriptions in between.
     let spinner = {
-        let shared = shared.clone();
+        let (node, shared) = (ctx.node.clone(), ctx.shared.clone());
         tokio::task::spawn_blocking(move || {
             while !shared.shutdown.load(Ordering::Relaxed) {
-                node.spin_once(Duration::from_millis(20));
+                node.lock()
+                    .expect("node lock")
+                    .spin_once(Duration::from_millis(20));
+                // Let a transition take the lock between two spins.
+                std::thread::yield_now();
             }
         })
     };
 
-    wait_for_shutdown().await;
+    let session = match lifecycle {
+        None => {
+            let session = match ctx.configure(hook) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Stop the executor too, or the runtime would wait for it forever.
+                    ctx.shared.stop(&ctx.ood);
+                    return Err(e);
+                }
+            };
+            ctx.shared.set_active(true, &ctx.ood);
+            wait_for_shutdown().await;
+            Some(session)
+        }
+        Some((server, changes)) => managed(&ctx, &server, changes, hook).await,
+    };
+
     r2r::log_info!(
-        &logger,
+        &ctx.logger,
         "shutting down: publishing OOD (monitor not running)"
     );
-    shared.stop(&pubs.ood);
+    ctx.shared.stop(&ctx.ood);
     // A hung inference thread cannot be joined: wait for it a bounded time, then leave without
     // it (the process exits; the final verdict is published either way).
-    let joined = {
-        let t0 = Instant::now();
-        while !worker.is_finished() && t0.elapsed() < JOIN_TIMEOUT {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        worker.is_finished()
+    let joined = match &session {
+        Some(s) => join_within(&s.worker, JOIN_TIMEOUT).await,
+        None => true,
     };
-    let _ = pubs.ood.publish(&Bool { data: true });
+    let _ = ctx.ood.publish(&Bool { data: true });
     // Give DDS a moment to deliver the final verdict before the participant goes away.
     tokio::time::sleep(Duration::from_millis(200)).await;
     if !joined {
         r2r::log_error!(
-            &logger,
+            &ctx.logger,
             "the inference thread did not stop within {:.1} s (hung); exiting without it",
             JOIN_TIMEOUT.as_secs_f64()
         );
         std::process::exit(1);
     }
-    let _ = worker.join();
+    if let Some(s) = session {
+        let _ = s.worker.join();
+    }
     let _ = spinner.await;
     Ok(())
+}
+
+/// A managed node: transitions as a lifecycle manager asks, until SIGINT/SIGTERM. Returns the
+/// session still running then, if any. Finalized (after `shutdown`) stays up, not monitoring,
+/// until the process is stopped, as rclcpp's lifecycle nodes do.
+async fn managed(
+    ctx: &Ctx,
+    server: &lifecycle::Server,
+    mut changes: impl futures::Stream<Item = lifecycle::Request> + Unpin,
+    hook: Option<DetectorHook>,
+) -> Option<Session> {
+    use lifecycle::{Action, Outcome};
+    let mut hook = hook;
+    let mut session: Option<Session> = None;
+    r2r::log_info!(
+        &ctx.logger,
+        "managed node: unconfigured, ~/ood true until a lifecycle manager configures and activates it"
+    );
+    let shutdown = wait_for_shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        let (req, step) = tokio::select! {
+            _ = &mut shutdown => return session,
+            next = server.next(&mut changes, &ctx.logger) => match next {
+                Some(n) => n,
+                None => return session,
+            },
+        };
+        let result = match step.action {
+            Action::Configure => ctx
+                .configure(hook.take())
+                .map(|s| session = Some(s))
+                .map_err(|e| (Outcome::Failure, e)),
+            Action::Activate => {
+                ctx.shared.set_active(true, &ctx.ood);
+                Ok(())
+            }
+            Action::Deactivate => {
+                ctx.shared.set_active(false, &ctx.ood);
+                Ok(())
+            }
+            Action::Cleanup | Action::Shutdown => match session.take() {
+                None => Ok(()),
+                Some(s) => ctx.clean_up(s).await.map_err(|e| (Outcome::Error, e)),
+            },
+        };
+        server.complete(req, step, result, &ctx.logger);
+    }
+}
+
+/// Live updates of the thresholds. r2r refuses a set of a read-only parameter, of another type
+/// or out of range (params::PARAMS), and the validator one that cannot take effect; anything
+/// else that cannot is reverted here, so `ros2 param get` shows what is in force.
+fn spawn_parameter_updates(
+    ctx: &Ctx,
+    mut events: impl futures::Stream<Item = (String, ParameterValue)> + Unpin + Send + 'static,
+) {
+    let shared = ctx.shared.clone();
+    let logger = ctx.logger.clone();
+    let loaded = ctx.loaded.clone();
+    let params = ctx.node().params.clone();
+    let initial: Vec<(String, ParameterValue)> = {
+        let p = params.lock().expect("parameter lock");
+        params::PARAMS
+            .iter()
+            .filter_map(|d| p.get(d.name).map(|v| (d.name.to_string(), v.value.clone())))
+            .collect()
+    };
+    tokio::spawn(async move {
+        let mut current = initial;
+        while let Some((name, value)) = events.next().await {
+            let bundle_cusum = loaded
+                .lock()
+                .expect("loaded lock")
+                .as_ref()
+                .and_then(|l| l.bundle_cusum);
+            // What the parameter shows once this is handled (None: refused, reverted).
+            let in_force = match (name.as_str(), &value) {
+                ("score_threshold", ParameterValue::Double(t))
+                    if params::valid_score_threshold(*t) =>
+                {
+                    shared.score_threshold.store(t.to_bits(), Ordering::Relaxed);
+                    Some(value.clone())
+                }
+                ("cusum_threshold", ParameterValue::Double(t)) if t.is_finite() && *t > 0.0 => {
+                    shared.cusum_threshold.store(t.to_bits(), Ordering::Relaxed);
+                    Some(value.clone())
+                }
+                // 0: back to the bundle's own threshold, which the parameter then shows.
+                ("cusum_threshold", ParameterValue::Double(t)) if *t == 0.0 => {
+                    bundle_cusum.map(|own| {
+                        shared
+                            .cusum_threshold
+                            .store(own.to_bits(), Ordering::Relaxed);
+                        ParameterValue::Double(own)
+                    })
+                }
+                _ => None,
+            };
+            let Some((_, old)) = current.iter_mut().find(|(n, _)| *n == name) else {
+                r2r::log_warn!(&logger, "unknown parameter '{name}' ignored");
+                continue;
+            };
+            match in_force {
+                Some(v) => {
+                    r2r::log_info!(&logger, "{name} set to {v:?}");
+                    *old = v;
+                }
+                None => r2r::log_warn!(&logger, "parameter '{name}' cannot be set to {value:?} at run time (only score_threshold >= 0 and cusum_threshold > 0 can); kept {old:?}"),
+            }
+            if let Some(p) = params.lock().expect("parameter lock").get_mut(&name) {
+                p.value = old.clone();
+            }
+        }
+    });
+}
+
+/// `~/reset` (std_srvs/Trigger): zeroes S and leaves OOD.
+fn spawn_resets(
+    ctx: &Ctx,
+    mut resets: impl futures::Stream<Item = r2r::ServiceRequest<Trigger::Service>>
+        + Unpin
+        + Send
+        + 'static,
+) {
+    let shared = ctx.shared.clone();
+    let loaded = ctx.loaded.clone();
+    tokio::spawn(async move {
+        while let Some(req) = resets.next().await {
+            let fail = |message: String| Trigger::Response {
+                success: false,
+                message,
+            };
+            if loaded.lock().expect("loaded lock").is_none() {
+                let _ = req.respond(fail(
+                    "the node is not configured (lifecycle): there is no detector to reset".into(),
+                ));
+                continue;
+            }
+            // A hung inference thread never answers: fail within RESET_TIMEOUT instead.
+            let response = match tokio::time::timeout(RESET_TIMEOUT, shared.request_reset()).await
+            {
+                Err(_) => fail(format!(
+                    "the inference thread did not answer within {:.1} s (hung? see /diagnostics); nothing was reset",
+                    RESET_TIMEOUT.as_secs_f64()
+                )),
+                Ok(Ok(Some(s))) => Trigger::Response {
+                    success: true,
+                    message: format!("CUSUM reset; state {}", s.as_str()),
+                },
+                Ok(Ok(None)) => {
+                    fail("the bundle is uncalibrated: there is no CUSUM to reset".into())
+                }
+                Ok(Err(_)) => fail("monitor is shutting down".into()),
+            };
+            let _ = req.respond(response);
+        }
+    });
+}
+
+/// `~/ood` heartbeat, stopped when one event takes longer than `max_busy`: a hung pipeline
+/// becomes silence, which the gate's watchdog turns into a stop.
+fn spawn_heartbeat(ctx: &Ctx) {
+    let shared = ctx.shared.clone();
+    let ood = ctx.ood.clone();
+    let (period, max_busy) = (ctx.cfg.heartbeat_period, ctx.cfg.max_busy);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            shared.heartbeat(&ood, max_busy);
+        }
+    });
+}
+
+/// `/diagnostics`: the node's health once per `diagnostics_period`.
+fn spawn_diagnostics(
+    ctx: &Ctx,
+    pub_diag: r2r::Publisher<DiagnosticArray>,
+    lifecycle_state: Option<Arc<Mutex<u8>>>,
+) {
+    let shared = ctx.shared.clone();
+    let loaded = ctx.loaded.clone();
+    let node_name = ctx.node_name.clone();
+    let clock = ctx.node().get_ros_clock();
+    let cfg = &ctx.cfg;
+    let (period, max_busy, expected_rate) =
+        (cfg.diagnostics_period, cfg.max_busy, cfg.expected_rate);
+    let topic = image_topic(cfg);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut last_received, mut last_faults, mut last_dropped, mut last_lost) =
+            (0u64, 0u64, 0u64, 0u64);
+        loop {
+            tick.tick().await;
+            let (state, counters, detectors, mut lat) = {
+                let mut s = shared.status.lock().expect("status lock");
+                (
+                    s.state,
+                    s.counters.clone(),
+                    s.detectors.clone(),
+                    std::mem::take(&mut s.latencies),
+                )
+            };
+            lat.sort();
+            let l = loaded.lock().expect("loaded lock").clone();
+            let unconfigured = Loaded {
+                model_id: "(not configured)".into(),
+                backend: "",
+                device: String::new(),
+                trained: true,
+                bundle_cusum: None,
+                several: false,
+            };
+            let l = l.unwrap_or(unconfigured);
+            let lifecycle = lifecycle_state
+                .as_ref()
+                .map(|s| lifecycle::state_msg(*s.lock().expect("lifecycle state")).label);
+            // Both kinds of drop: for a newer frame, and in r2r's subscription queue.
+            let lost_in_queue = shared.lost_in_queue.load(Ordering::Relaxed);
+            let dropped = shared.dropped.load(Ordering::Relaxed);
+            let received = shared.received.load(Ordering::Relaxed);
+            let health = Health {
+                node_name: &node_name,
+                model_id: &l.model_id,
+                backend: l.backend,
+                device: &l.device,
+                trained: l.trained,
+                state,
+                counters: &counters,
+                received,
+                dropped,
+                lost_in_queue,
+                period,
+                recent_frames: received - last_received,
+                recent_dropped: dropped + lost_in_queue - last_dropped,
+                recent_faults: counters.total_faults() - last_faults,
+                recent_lost_in_queue: lost_in_queue - last_lost,
+                latency_p50: lat.get(lat.len() / 2).copied(),
+                latency_max: lat.last().copied(),
+                topic,
+                stalled: shared.stalled(max_busy).map(|busy| (busy, max_busy)),
+                expected_rate,
+                detectors: &detectors,
+                lifecycle: lifecycle.as_deref(),
+                active: shared.is_active(),
+            };
+            let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
+            (last_received, last_faults, last_dropped, last_lost) = (
+                received,
+                counters.total_faults(),
+                dropped + lost_in_queue,
+                lost_in_queue,
+            );
+        }
+    });
 }
 
 /// How long `~/reset` waits for the inference thread before answering failure.

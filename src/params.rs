@@ -109,6 +109,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked.", range: Some(Range::Double(0.0, 10_000.0)), constraints: "0 (not checked) or 0.1 to 10000 Hz"),
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
+    decl!("managed", Bool(false), "A ROS 2 lifecycle (managed) node: it starts unconfigured and waits for a lifecycle manager (~/change_state): configure loads and checks the bundles, activate starts scoring, deactivate stops it, cleanup unloads them. ~/ood is true in every state but active. false: configured and active at start-up."),
 ];
 
 /// The typed, validated configuration read from the declared parameters.
@@ -134,6 +135,8 @@ pub struct NodeConfig {
     pub expected_rate: Option<f64>,
     /// Exact repeats in a row accepted before the camera counts as frozen.
     pub max_repeated_frames: Option<u32>,
+    /// A lifecycle node: nothing loads or scores until a manager says so.
+    pub managed: bool,
 }
 
 fn to_value(d: &DefaultValue) -> ParameterValue {
@@ -351,6 +354,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         max_busy,
         expected_rate,
         max_repeated_frames,
+        managed: r.bool("managed")?,
     })
 }
 
@@ -437,6 +441,15 @@ impl Reader {
             ParameterValue::String(s) => Ok(s),
             v => Err(ParamError(format!(
                 "parameter '{name}' must be a string, got {v:?}"
+            ))),
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> Result<bool, ParamError> {
+        match self.get(name) {
+            ParameterValue::Bool(b) => Ok(b),
+            v => Err(ParamError(format!(
+                "parameter '{name}' is {v:?}; expected a boolean"
             ))),
         }
     }

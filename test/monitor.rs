@@ -264,3 +264,53 @@ fn a_frozen_camera_faults_after_max_repeated_frames_and_recovers_on_a_new_frame(
         assert_eq!(m.process(&frame(&a), None).state, MonitorState::Ok);
     }
 }
+
+#[test]
+fn a_restarted_monitor_decides_as_a_new_one_and_keeps_a_run_time_threshold() {
+    // The calibrated bundle: warm-up, CUSUM and the latched verdict are what restart clears.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    let load = || {
+        let bundle = Bundle::load(&dir).unwrap();
+        let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+        let det = ImageDetector::with_encoder(bundle, enc).unwrap();
+        Monitor::new(Box::new(det), MonitorConfig::default()).unwrap()
+    };
+    let frames: Vec<Vec<u8>> = (0..12u32)
+        .map(|k| {
+            (0..32 * 24 * 3)
+                .map(|i| ((i * 7 + k * 13) % 251) as u8)
+                .collect()
+        })
+        .collect();
+    let run = |m: &mut Monitor| -> Vec<(MonitorState, Option<f64>)> {
+        frames
+            .iter()
+            .map(|d| {
+                let v = m.process(
+                    &FrameData::Raw(RawImage {
+                        width: 32,
+                        height: 24,
+                        encoding: "rgb8",
+                        is_bigendian: false,
+                        step: 96,
+                        data: d,
+                    }),
+                    None,
+                );
+                (v.state, v.step.map(|s| s.cusum))
+            })
+            .collect()
+    };
+    let mut used = load();
+    let first = run(&mut used);
+    assert!(
+        first.iter().any(|(s, _)| *s != MonitorState::Starting),
+        "{first:?}"
+    );
+    used.set_cusum_threshold(1234.5);
+    assert_eq!(used.restart().unwrap(), MonitorState::Starting);
+    assert_eq!(used.pipeline().unwrap().cusum_threshold, 1234.5);
+    used.set_cusum_threshold(load().pipeline().unwrap().cusum_threshold);
+    assert_eq!(run(&mut used), run(&mut load()));
+    assert_eq!(used.counters().frames, 24);
+}

@@ -144,6 +144,26 @@ struct Sequential {
 }
 
 impl Sequential {
+    /// The calibrated pipeline of a bundle, from S = 0; `None` for an uncalibrated bundle.
+    fn fresh(
+        detector: &dyn Detector,
+        config: &MonitorConfig,
+    ) -> Result<Option<Self>, DetectionError> {
+        let Some(c) = &detector.bundle().manifest.calibration else {
+            return Ok(None);
+        };
+        let mut params = c.pipeline.clone();
+        if let Some(t) = config.cusum_threshold {
+            params.cusum_threshold = t;
+        }
+        let detector = SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
+        Ok(Some(Sequential {
+            detector,
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        }))
+    }
+
     fn next(&mut self, step: &Step, recovery: Recovery) -> MonitorState {
         self.latched = match self.latched {
             MonitorState::Starting | MonitorState::Ok | MonitorState::Fault
@@ -254,22 +274,7 @@ impl Monitor {
         config: MonitorConfig,
     ) -> Result<Self, DetectionError> {
         let stream = detector.open_stream();
-        let sequential = match &detector.bundle().manifest.calibration {
-            None => None,
-            Some(c) => {
-                let mut params = c.pipeline.clone();
-                if let Some(t) = config.cusum_threshold {
-                    params.cusum_threshold = t;
-                }
-                let detector =
-                    SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
-                Some(Sequential {
-                    detector,
-                    latched: MonitorState::Starting,
-                    good_streak: 0,
-                })
-            }
-        };
+        let sequential = Sequential::fresh(detector.as_ref(), &config)?;
         Ok(Self {
             detector,
             stream,
@@ -279,6 +284,23 @@ impl Monitor {
             sequential,
             repeats: Repeats::default(),
         })
+    }
+
+    /// Starts over as a new monitor would (STARTING, S = 0, warm-up and the detector's stream
+    /// state cleared), keeping the loaded detector and the counts. For a stream that resumes
+    /// after a pause (a lifecycle node reactivated): evidence from before the pause must not
+    /// carry over, and neither may a latched verdict.
+    pub fn restart(&mut self) -> Result<MonitorState, DetectionError> {
+        // A threshold set at run time survives the restart.
+        let threshold = self.pipeline().map(|p| p.cusum_threshold);
+        self.sequential = Sequential::fresh(self.detector.as_ref(), &self.config)?;
+        if let Some(t) = threshold {
+            self.set_cusum_threshold(t);
+        }
+        self.detector.reset_stream(self.stream);
+        self.repeats = Repeats::default();
+        self.state = MonitorState::Starting;
+        Ok(self.state)
     }
 
     /// True when verdicts come from the calibrated sequential pipeline.
