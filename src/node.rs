@@ -240,6 +240,16 @@ impl Ctx {
                 loaded.device,
                 cfg.threads
             );
+            let calibrated_for = monitor
+                .detector()
+                .bundle()
+                .manifest
+                .calibration
+                .as_ref()
+                .and_then(|c| c.camera.as_deref());
+            if let Some(w) = camera_mismatch(calibrated_for, cfg.camera.as_deref()) {
+                r2r::log_warn!(logger, "detector {model_id}: {w}");
+            }
             if !is_trained {
                 r2r::log_warn!(
                     logger,
@@ -405,6 +415,30 @@ impl Ctx {
         self.shared.clear();
         *self.loaded.lock().expect("loaded lock") = None;
         Ok(())
+    }
+}
+
+/// The warning for a bundle calibrated on another camera's drives than the node's `camera`.
+fn camera_mismatch(calibrated_for: Option<&str>, camera: Option<&str>) -> Option<String> {
+    match (calibrated_for, camera) {
+        (Some(b), Some(c)) if b != c => Some(format!(
+            "calibrated on camera '{b}' but this node watches camera '{c}': the threshold's false-alarm guarantee is about the view of '{b}'; recalibrate on drives of '{c}' (vae-ood calibrate --camera {c})"
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_two_named_and_different_cameras_warn() {
+        use super::camera_mismatch as m;
+        assert!(m(Some("rear"), Some("front"))
+            .unwrap()
+            .contains("--camera front"));
+        assert_eq!(m(Some("front"), Some("front")), None);
+        assert_eq!(m(None, Some("front")), None);
+        assert_eq!(m(Some("rear"), None), None);
     }
 }
 

@@ -109,6 +109,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked.", range: Some(Range::Double(0.0, 10_000.0)), constraints: "0 (not checked) or 0.1 to 10000 Hz"),
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
+    decl!("camera", Str(""), "The name of the camera this node watches (e.g. front), for the bundles' calibration.camera: a bundle calibrated on another camera's drives is used with a warning (its false-alarm guarantee is about that camera's view). Empty: not checked."),
     decl!("managed", Bool(false), "A ROS 2 lifecycle (managed) node: it starts unconfigured and waits for a lifecycle manager (~/change_state): configure loads and checks the bundles, activate starts scoring, deactivate stops it, cleanup unloads them. ~/ood is true in every state but active. false: configured and active at start-up."),
 ];
 
@@ -137,6 +138,8 @@ pub struct NodeConfig {
     pub max_repeated_frames: Option<u32>,
     /// A lifecycle node: nothing loads or scores until a manager says so.
     pub managed: bool,
+    /// The camera's name, checked against each bundle's `calibration.camera`.
+    pub camera: Option<String>,
 }
 
 fn to_value(d: &DefaultValue) -> ParameterValue {
@@ -355,6 +358,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         expected_rate,
         max_repeated_frames,
         managed: r.bool("managed")?,
+        camera: Some(string("camera")?).filter(|c| !c.is_empty()),
     })
 }
 

@@ -53,9 +53,29 @@ def calibrated(tmp_path_factory):
     val = drive("val", mixed[:20] + [overexpose(f) for f in mixed[20:]])
     out = root / "bundle"
     r = cli("calibrate", "--out", out, "--cal", *cal, "--tune-id", *tune, "--val-ood", f"{val}:20",
-            "--k", "10,30", "--windows", "5,10", "--decays", "0.5,1", "--false-alarm-rate", "1e-6", "--quiet")
+            "--k", "10,30", "--windows", "5,10", "--decays", "0.5,1", "--false-alarm-rate", "1e-6", "--quiet",
+            "--camera", "rear")
     window = int(re.search(r"window\s+(\d+)", r.stdout).group(1))
     return out, window, r.stdout
+
+
+def test_a_bundle_calibrated_for_another_camera_is_used_with_a_warning(ros, calibrated):
+    """Per-camera calibration (issue 19): the bundle records its drives' camera, and a node whose
+    `camera` names another one warns (and still runs); on the same camera it does not."""
+    import yaml
+
+    bundle, _, _ = calibrated
+    assert yaml.safe_load((bundle / "manifest.yaml").read_text())["calibration"]["camera"] == "rear"
+    for camera, warns in [("front", True), ("rear", False)]:
+        node = NodeProcess(f"cam_{camera}_{UID}", {"camera": camera}, bundle=bundle)
+        try:
+            wait_for(lambda: "loaded detector" in node.output(), 60, what="the bundle to load")
+            time.sleep(0.2)
+            assert node.proc.poll() is None, node.output()
+            out = node.output()
+        finally:
+            node.stop()
+        assert ("calibrated on camera 'rear' but this node watches camera 'front'" in out) == warns, out
 
 
 def test_calibrate_rejects_overlapping_drives(tmp_path):

@@ -60,6 +60,11 @@ pub struct CalibrationSection {
     /// correlated frames void).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guarantee: Option<crate::detection::tuning::ThresholdGuarantee>,
+    /// The camera whose drives calibrated it (`vae-ood calibrate --camera`), when named. A
+    /// threshold's guarantee is about drives like the tuning drives: another camera's view
+    /// (mounting, optics, exposure) is not, so a node watching another camera warns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
     /// How `latents.selected` was chosen.
     pub selection: String,
     pub data: CalibrationData,

@@ -104,6 +104,8 @@ pub struct Options {
     pub grid: Grid,
     pub epsilon_grid: usize,
     pub false_alarm_rate: f64,
+    /// The camera the drives come from, recorded in the bundle (`calibration.camera`).
+    pub camera: Option<String>,
     pub quiet: bool,
 }
 
@@ -138,6 +140,7 @@ impl Options {
             },
             epsilon_grid: vae_ood_core::detection::default_grid(),
             false_alarm_rate: defaults::FALSE_ALARM_RATE,
+            camera: None,
             quiet: true,
         }
     }
@@ -416,6 +419,7 @@ pub fn calibrate(
         },
         target_false_alarm_rate: opts.false_alarm_rate,
         guarantee: Some(chosen.guarantee.clone()),
+        camera: opts.camera.clone(),
         selection,
         data: CalibrationData {
             calibration: cal.iter().map(|d| d.id.clone()).collect(),

@@ -65,6 +65,10 @@ pub struct Args {
     false_alarm_rate: f64,
     #[arg(long, default_value_t = vae_ood_core::detection::default_grid())]
     epsilon_grid: usize,
+    /// The camera the drives come from (e.g. front), recorded in the bundle: a node watching
+    /// another camera (its `camera` parameter) warns that the guarantee does not carry over.
+    #[arg(long, value_name = "NAME")]
+    camera: Option<String>,
     #[arg(long)]
     quiet: bool,
 }
@@ -91,6 +95,7 @@ pub fn run(a: Args) -> Result<()> {
         },
         epsilon_grid: a.epsilon_grid,
         false_alarm_rate: a.false_alarm_rate,
+        camera: a.camera,
         quiet: a.quiet,
     };
     let o = calibrate(&a.detector.bundle, &a.out, det.as_mut(), &opts)?;
@@ -105,6 +110,9 @@ pub fn run(a: Args) -> Result<()> {
         "cusum_threshold   {:.4} (target false-alarm rate {} per frame)",
         c.pipeline.cusum_threshold, c.target_false_alarm_rate
     );
+    if let Some(cam) = &c.camera {
+        println!("camera            {cam} (the drives' camera; nodes on another camera warn)");
+    }
     let g = &o.chosen.guarantee;
     println!(
         "guarantee         an in-distribution stretch of {} frames alarms with probability <= {:.4} ({:.3} per 1000 frames), if drives are exchangeable with the {} tuning drives",

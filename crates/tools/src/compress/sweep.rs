@@ -654,6 +654,8 @@ struct CalibrationPlan {
     components: usize,
     latents: Option<Vec<usize>>,
     window_decay: Option<(usize, f64)>,
+    /// The teacher's camera: a student calibrated on the same drives is for the same camera.
+    camera: Option<String>,
 }
 
 fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
@@ -673,6 +675,11 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
             .filter(|_| !mahalanobis)
             .map(|_| t.manifest.latents.selected.clone()),
         window_decay: inherited.map(|c| (c.pipeline.window, c.pipeline.decay)),
+        camera: t
+            .manifest
+            .calibration
+            .as_ref()
+            .and_then(|c| c.camera.clone()),
     }
 }
 
@@ -728,6 +735,7 @@ fn calibration_options(opts: &Options, plan: &CalibrationPlan) -> Result<calibra
         c.components = plan.components;
     }
     c.latents = plan.latents.clone();
+    c.camera = plan.camera.clone();
     if let Some((window, decay)) = plan.window_decay {
         c.grid.window = vec![window];
         c.grid.decay = vec![decay];
