@@ -144,6 +144,11 @@ for b in default compressed paper; do
     step_to "$W/stages_${b}_${be}.txt" "$VAE" bench --bundle "$B/$b" --backend "$be" --frames "$N"
   done
 done
+# 4. Four cameras on one encoder, batched against one by one (issue 19: the node batches only
+# where this pays, core::monitor::batching_pays).
+for b in default compressed; do
+  step_to "$W/cameras_${b}_$GPU.txt" "$VAE" bench --bundle "$B/$b" --backend "$GPU" --frames "$N" --cameras 4
+done
 [ "$DRY" = 1 ] && exit 0
 
 python3 - "$W" "$FP32_TOL" "$FP16_TOL" "$B" "$GPU" <<'EOF' | tee "$OUT/summary.md"
@@ -208,7 +213,7 @@ if (out / "failures.txt").exists() and (out / "failures.txt").read_text().strip(
     ok = False
     print("\nFailures:\n```\n" + (out / "failures.txt").read_text() + "```")
 print("\nPer-stage latency (640x480 rgb8, batch 1):\n")
-for f in sorted(out.glob("stages_*.txt")):
+for f in sorted(out.glob("stages_*.txt")) + sorted(out.glob("cameras_*.txt")):
     print(f"{f.name}:\n```\n{f.read_text()}```")
 print("\nPARITY (f32, the default GPU path) " + ("PASSED" if ok else "FAILED"))
 EOF

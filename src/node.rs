@@ -215,6 +215,12 @@ impl Ctx {
             }
             loaded.trained &= is_trained;
             (loaded.backend, loaded.device) = (detector.backend(), detector.device());
+            let calibrated_for = detector
+                .bundle()
+                .manifest
+                .calibration
+                .as_ref()
+                .and_then(|c| c.camera.clone());
             let monitor = Monitor::new(detector, monitor_cfg)
                 .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
             let decision = match monitor.pipeline() {
@@ -240,14 +246,7 @@ impl Ctx {
                 loaded.device,
                 cfg.threads
             );
-            let calibrated_for = monitor
-                .detector()
-                .bundle()
-                .manifest
-                .calibration
-                .as_ref()
-                .and_then(|c| c.camera.as_deref());
-            if let Some(w) = camera_mismatch(calibrated_for, cfg.camera.as_deref()) {
+            if let Some(w) = camera_mismatch(calibrated_for.as_deref(), cfg.camera.as_deref()) {
                 r2r::log_warn!(logger, "detector {model_id}: {w}");
             }
             if !is_trained {

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 use vae_ood_core::bundle::Bundle;
-use vae_ood_core::detector::ImageDetector;
+use vae_ood_core::detector::{Detector, ImageDetector};
 use vae_ood_core::encoder::{self, BackendOptions, Encoder, InferenceError, Posterior};
 use vae_ood_core::frame::{FrameData, RawImage};
-use vae_ood_core::monitor::{Fault, FrameAge, Monitor, MonitorConfig, MonitorState};
+use vae_ood_core::monitor::{BatchItem, Fault, FrameAge, Monitor, MonitorConfig, MonitorState};
 
 fn default_bundle() -> Bundle {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
@@ -313,4 +313,92 @@ fn a_restarted_monitor_decides_as_a_new_one_and_keeps_a_run_time_threshold() {
     used.set_cusum_threshold(load().pipeline().unwrap().cusum_threshold);
     assert_eq!(run(&mut used), run(&mut load()));
     assert_eq!(used.counters().frames, 24);
+}
+
+#[test]
+fn frames_of_several_cameras_scored_together_get_the_verdicts_of_one_by_one() {
+    // Two cameras on one (calibrated) detector, scored in one batched call, against two
+    // monitors with a detector each; one camera sends a truncated frame and a stale one.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    let load = || {
+        let bundle = Bundle::load(&dir).unwrap();
+        let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+        Box::new(ImageDetector::with_encoder(bundle, enc).unwrap()) as Box<dyn Detector>
+    };
+    let cfg = MonitorConfig {
+        max_frame_age: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let mut front = Monitor::new(load(), cfg).unwrap();
+    let mut rear = Monitor::on_shared(front.shared_detector().clone(), cfg).unwrap();
+    let mut alone = [
+        Monitor::new(load(), cfg).unwrap(),
+        Monitor::new(load(), cfg).unwrap(),
+    ];
+    let frames: Vec<[Vec<u8>; 2]> = (0..14u32)
+        .map(|k| {
+            let f = |c: u32| {
+                (0..32 * 24 * 3)
+                    .map(|i| ((i * 7 + k * 13 + c * 101) % 251) as u8)
+                    .collect()
+            };
+            [f(0), f(1)]
+        })
+        .collect();
+    for (k, pair) in frames.iter().enumerate() {
+        fn raw(d: &[u8]) -> FrameData<'_> {
+            FrameData::Raw(RawImage {
+                width: 32,
+                height: 24,
+                encoding: "rgb8",
+                is_bigendian: false,
+                step: 96,
+                data: d,
+            })
+        }
+        let rear_data = if k == 3 {
+            &pair[1][..100]
+        } else {
+            &pair[1][..]
+        };
+        let fresh = Some(FrameAge::Old(Duration::from_millis(10)));
+        let rear_age = if k == 5 {
+            Some(FrameAge::Old(Duration::from_secs(2)))
+        } else {
+            fresh
+        };
+        let (f, r) = (raw(&pair[0]), raw(rear_data));
+        let stamp = Some(k as i64 * 33_000_000 + 1);
+        let together = Monitor::process_batched(&mut [
+            BatchItem {
+                monitor: &mut front,
+                frame: &f,
+                age: fresh,
+                stamp_ns: stamp,
+            },
+            BatchItem {
+                monitor: &mut rear,
+                frame: &r,
+                age: rear_age,
+                stamp_ns: stamp,
+            },
+        ]);
+        let one_by_one = [
+            alone[0].process_at(&f, fresh, stamp),
+            alone[1].process_at(&r, rear_age, stamp),
+        ];
+        for (t, o) in together.iter().zip(&one_by_one) {
+            assert_eq!(t.state, o.state, "frame {k}");
+            assert_eq!(t.fault.is_some(), o.fault.is_some(), "frame {k}");
+            match (t.score, o.score) {
+                (Some(a), Some(b)) => assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "frame {k}: {a} vs {b}"
+                ),
+                (a, b) => assert_eq!(a, b, "frame {k}"),
+            }
+        }
+    }
+    assert_eq!(rear.counters().faults.len(), 2, "{:?}", rear.counters());
+    assert_eq!(front.counters().scored, 14);
 }

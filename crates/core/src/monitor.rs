@@ -6,11 +6,12 @@
 //! puts the monitor in `Fault` for that frame.
 
 use crate::detection::{Calibration, DetectionError, PipelineParams, SequentialDetector, Step};
-use crate::detector::{Detector, StreamId};
+use crate::detector::{Detector, StreamFrame, StreamId};
 use crate::frame::{self, FrameData, Pixels};
 use image::RgbImage;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use crate::detector::{Fault, Scored};
@@ -143,6 +144,19 @@ struct Sequential {
     good_streak: u32,
 }
 
+/// Whether scoring several frames in one call beats scoring them one by one on a backend, as
+/// measured (`vae-ood bench --cameras N`, docs/performance.md): on a GPU a batch of 4 costs
+/// about half as much per frame; on the CPU tract's batched plans are 15-30 % slower than
+/// single frames.
+pub fn batching_pays(backend: &str) -> bool {
+    backend.starts_with("cuda")
+}
+
+/// The detector, even if a thread panicked while holding it (its state is per call).
+fn lock(d: &SharedDetector) -> MutexGuard<'_, Box<dyn Detector>> {
+    d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Sequential {
     /// The calibrated pipeline of a bundle, from S = 0; `None` for an uncalibrated bundle.
     fn fresh(
@@ -255,8 +269,20 @@ impl Counters {
     }
 }
 
+/// A detector shared by the monitors of several streams (cameras), each with its own stream in
+/// it, so that their frames can be scored in one batched call ([`Monitor::process_together`]).
+pub type SharedDetector = Arc<Mutex<Box<dyn Detector>>>;
+
+/// One frame for [`Monitor::process_together`]: as for [`Monitor::process_at`].
+pub struct BatchItem<'m, 'f> {
+    pub monitor: &'m mut Monitor,
+    pub frame: &'f FrameData<'f>,
+    pub age: Option<FrameAge>,
+    pub stamp_ns: Option<i64>,
+}
+
 pub struct Monitor {
-    detector: Box<dyn Detector>,
+    detector: SharedDetector,
     /// The monitor's one stream in its detector.
     stream: StreamId,
     config: MonitorConfig,
@@ -269,12 +295,19 @@ pub struct Monitor {
 impl Monitor {
     /// A calibrated bundle (one with a calibration section) gets the sequential pipeline;
     /// otherwise the per-frame `score_threshold` decides.
-    pub fn new(
-        mut detector: Box<dyn Detector>,
+    pub fn new(detector: Box<dyn Detector>, config: MonitorConfig) -> Result<Self, DetectionError> {
+        Self::on_shared(Arc::new(Mutex::new(detector)), config)
+    }
+
+    /// A monitor of a new stream of a detector that other monitors may share.
+    pub fn on_shared(
+        detector: SharedDetector,
         config: MonitorConfig,
     ) -> Result<Self, DetectionError> {
-        let stream = detector.open_stream();
-        let sequential = Sequential::fresh(detector.as_ref(), &config)?;
+        let (stream, sequential) = {
+            let mut d = lock(&detector);
+            (d.open_stream(), Sequential::fresh(d.as_ref(), &config)?)
+        };
         Ok(Self {
             detector,
             stream,
@@ -293,11 +326,14 @@ impl Monitor {
     pub fn restart(&mut self) -> Result<MonitorState, DetectionError> {
         // A threshold set at run time survives the restart.
         let threshold = self.pipeline().map(|p| p.cusum_threshold);
-        self.sequential = Sequential::fresh(self.detector.as_ref(), &self.config)?;
+        {
+            let mut d = lock(&self.detector);
+            self.sequential = Sequential::fresh(d.as_ref(), &self.config)?;
+            d.reset_stream(self.stream);
+        }
         if let Some(t) = threshold {
             self.set_cusum_threshold(t);
         }
-        self.detector.reset_stream(self.stream);
         self.repeats = Repeats::default();
         self.state = MonitorState::Starting;
         Ok(self.state)
@@ -335,8 +371,14 @@ impl Monitor {
         self.state
     }
 
-    pub fn detector(&self) -> &dyn Detector {
-        self.detector.as_ref()
+    /// The detector (locked: shared by every monitor on it).
+    pub fn detector(&self) -> MutexGuard<'_, Box<dyn Detector>> {
+        lock(&self.detector)
+    }
+
+    /// The detector, to open more monitors on it ([`Monitor::on_shared`]).
+    pub fn shared_detector(&self) -> &SharedDetector {
+        &self.detector
     }
 
     pub fn config(&self) -> &MonitorConfig {
@@ -393,6 +435,20 @@ impl Monitor {
         stamp_ns: Option<i64>,
         timing: &mut StageTimes,
     ) -> Result<f64, Fault> {
+        let mut decoded = None;
+        let pixels = self.admit(frame, age, &mut decoded, timing)?;
+        self.score_pixels(pixels, stamp_ns, timing)
+    }
+
+    /// The checks before scoring: the frame's age, then its pixels (a raw frame is only
+    /// checked here and read in place by preprocessing; a compressed one is decoded).
+    fn admit<'a>(
+        &self,
+        frame: &FrameData<'a>,
+        age: Option<FrameAge>,
+        decoded: &'a mut Option<RgbImage>,
+        timing: &mut StageTimes,
+    ) -> Result<Pixels<'a>, Fault> {
         // The check is symmetric: a stamp far ahead of the clock proves the clocks disagree,
         // and then an old frame could pass as fresh.
         match (age, self.config.max_frame_age) {
@@ -404,13 +460,10 @@ impl Monitor {
             }
             _ => {}
         }
-        // A raw frame is only checked here and read in place by preprocessing; a compressed
-        // one is decoded.
         let t0 = Instant::now();
-        let mut decoded = None;
-        let pixels = frame::pixels(frame, &mut decoded)?;
+        let pixels = frame::pixels(frame, decoded)?;
         timing.decode = t0.elapsed();
-        self.score_pixels(pixels, stamp_ns, timing)
+        Ok(pixels)
     }
 
     fn score_pixels(
@@ -419,7 +472,17 @@ impl Monitor {
         stamp_ns: Option<i64>,
         timing: &mut StageTimes,
     ) -> Result<f64, Fault> {
-        let s = self.detector.score_at(self.stream, pixels, stamp_ns)?;
+        let s = lock(&self.detector).score_at(self.stream, pixels, stamp_ns);
+        self.judge_posterior(s, timing)
+    }
+
+    /// After scoring: the stage times, and the frozen-camera check on the posterior.
+    fn judge_posterior(
+        &mut self,
+        scored: Result<Scored, Fault>,
+        timing: &mut StageTimes,
+    ) -> Result<f64, Fault> {
+        let s = scored?;
         timing.preprocess = s.preprocess;
         timing.inference = s.inference;
         let repeats = self.repeats.observe(&s.mu, &s.logvar);
@@ -427,6 +490,86 @@ impl Monitor {
             Some(max) if repeats > max => Err(Fault::Frozen { repeats, max }),
             _ => Ok(s.score),
         }
+    }
+
+    /// Processes one frame for each of several monitors (at most one frame per monitor):
+    /// frames of several cameras. Those sharing a detector whose backend gains from batches
+    /// ([`batching_pays`]) are scored in one batched call ([`Monitor::process_batched`]), the
+    /// others one by one. Each verdict is the one [`Monitor::process_at`] would give.
+    pub fn process_together(items: &mut [BatchItem<'_, '_>]) -> Vec<FrameVerdict> {
+        let pays = items
+            .first()
+            .is_some_and(|i| batching_pays(i.monitor.detector().backend()));
+        if pays {
+            Self::process_batched(items)
+        } else {
+            items
+                .iter_mut()
+                .map(|i| i.monitor.process_at(i.frame, i.age, i.stamp_ns))
+                .collect()
+        }
+    }
+
+    /// [`Monitor::process_together`], always in one batched call when the monitors share a
+    /// detector (on different detectors, one by one).
+    pub fn process_batched(items: &mut [BatchItem<'_, '_>]) -> Vec<FrameVerdict> {
+        let shared = items.first().map(|i| i.monitor.detector.clone());
+        let together = shared.as_ref().is_some_and(|d| {
+            items.iter().all(|i| Arc::ptr_eq(d, &i.monitor.detector))
+                && items.iter().enumerate().all(|(k, i)| {
+                    items[..k]
+                        .iter()
+                        .all(|j| j.monitor.stream != i.monitor.stream)
+                })
+        });
+        let Some(detector) = shared.filter(|_| together) else {
+            return items
+                .iter_mut()
+                .map(|i| i.monitor.process_at(i.frame, i.age, i.stamp_ns))
+                .collect();
+        };
+        let mut timings = vec![StageTimes::default(); items.len()];
+        let mut decoded: Vec<Option<RgbImage>> = (0..items.len()).map(|_| None).collect();
+        let admitted: Vec<Result<Pixels<'_>, Fault>> = items
+            .iter()
+            .zip(decoded.iter_mut())
+            .zip(timings.iter_mut())
+            .map(|((i, d), t)| i.monitor.admit(i.frame, i.age, d, t))
+            .collect();
+        let batch: Vec<StreamFrame<'_>> = admitted
+            .iter()
+            .zip(items.iter())
+            .filter_map(|(p, i)| {
+                p.as_ref().ok().map(|&pixels| StreamFrame {
+                    stream: i.monitor.stream,
+                    pixels,
+                    stamp_ns: i.stamp_ns,
+                })
+            })
+            .collect();
+        let mut scored = if batch.is_empty() {
+            vec![]
+        } else {
+            lock(&detector).score_batch(&batch)
+        }
+        .into_iter();
+        admitted
+            .into_iter()
+            .zip(items.iter_mut())
+            .zip(timings)
+            .map(|((p, i), mut timing)| {
+                let result = match p {
+                    Err(f) => Err(f),
+                    Ok(_) => {
+                        let s = scored.next().unwrap_or(Err(Fault::Inference(
+                            "the detector returned fewer results than frames".into(),
+                        )));
+                        i.monitor.judge_posterior(s, &mut timing)
+                    }
+                };
+                i.monitor.record(result, timing)
+            })
+            .collect()
     }
 
     fn record(&mut self, result: Result<f64, Fault>, timing: StageTimes) -> FrameVerdict {

@@ -7,7 +7,7 @@ use crate::{Error, Result};
 use std::time::{Duration, Instant};
 use vae_ood_core::detector::Detector;
 use vae_ood_core::frame::{decode, Encoding, FrameData, RawImage};
-use vae_ood_core::monitor::{Fault, Monitor, MonitorConfig};
+use vae_ood_core::monitor::{BatchItem, Fault, Monitor, MonitorConfig};
 use vae_ood_core::preprocess::reference;
 use vae_ood_core::stats::{percentiles, Percentiles};
 
@@ -42,21 +42,7 @@ pub fn stage_latency(
         .map_err(|e| Error::Input(e.to_string()))?
         .bytes_per_pixel() as u32;
     let step = width * bpp;
-    // Deterministic frames with structure (gradients + a moving bar), not constant images.
-    let make = |i: usize| -> Vec<u8> {
-        (0..height * step)
-            .map(|k| {
-                let (y, x) = (k / step, (k % step) / bpp);
-                ((x + y + 7 * i as u32) % 256) as u8
-                    ^ if (x / 16 + i as u32).is_multiple_of(8) {
-                        0x55
-                    } else {
-                        0
-                    }
-            })
-            .collect()
-    };
-    let data: Vec<Vec<u8>> = (0..16).map(make).collect();
+    let data = frames_of(width, height, bpp);
     let spec = detector.bundle().manifest.input.clone();
     let mut monitor = Monitor::new(detector, MonitorConfig::default())?;
     let (mut dec, mut pre, mut inf, mut tot) = (vec![], vec![], vec![], vec![]);
@@ -102,4 +88,115 @@ pub fn stage_latency(
         prepare: p(prep),
         prepare_baseline: p(base),
     })
+}
+
+/// 16 deterministic frames with structure (gradients + a moving bar), not constant images.
+fn frames_of(width: u32, height: u32, bpp: u32) -> Vec<Vec<u8>> {
+    let step = width * bpp;
+    let make = |i: usize| -> Vec<u8> {
+        (0..height * step)
+            .map(|k| {
+                let (y, x) = (k / step, (k % step) / bpp);
+                ((x + y + 7 * i as u32) % 256) as u8
+                    ^ if (x / 16 + i as u32).is_multiple_of(8) {
+                        0x55
+                    } else {
+                        0
+                    }
+            })
+            .collect()
+    };
+    (0..16).map(make).collect()
+}
+
+/// One tick of several cameras (one frame each, all waiting) on one shared detector, wall
+/// time in milliseconds: scored in one batched call, and one by one.
+#[derive(Debug, Clone)]
+pub struct CamerasLatency {
+    pub cameras: usize,
+    pub batched: Percentiles,
+    pub one_by_one: Percentiles,
+}
+
+/// Times `ticks` ticks of `cameras` rgb8 frames through monitors sharing one detector, batched
+/// ([`Monitor::process_batched`]) and one by one, interleaved in the same run (the order
+/// alternates each tick, so neither side always finds the caches warm).
+pub fn cameras_latency(
+    detector: Box<dyn Detector>,
+    width: u32,
+    height: u32,
+    cameras: usize,
+    ticks: usize,
+) -> Result<CamerasLatency> {
+    if cameras < 2 || ticks == 0 {
+        return Err(Error::Input(
+            "--cameras must be at least 2 and --frames at least 1".into(),
+        ));
+    }
+    let data = frames_of(width, height, 3);
+    let first = Monitor::new(detector, MonitorConfig::default())?;
+    let shared = first.shared_detector().clone();
+    let mut monitors = vec![first];
+    for _ in 1..cameras {
+        monitors.push(Monitor::on_shared(
+            shared.clone(),
+            MonitorConfig::default(),
+        )?);
+    }
+    let (mut batched, mut single) = (vec![], vec![]);
+    for i in 0..ticks + WARM_UP {
+        let frames: Vec<FrameData<'_>> = (0..cameras)
+            .map(|c| {
+                FrameData::Raw(RawImage {
+                    width,
+                    height,
+                    encoding: "rgb8",
+                    is_bigendian: false,
+                    step: width * 3,
+                    data: &data[(i + 5 * c) % data.len()],
+                })
+            })
+            .collect();
+        let (b, s) = if i % 2 == 0 {
+            let b = together(&mut monitors, &frames);
+            (b, one_by_one(&mut monitors, &frames))
+        } else {
+            let s = one_by_one(&mut monitors, &frames);
+            (together(&mut monitors, &frames), s)
+        };
+        if i >= WARM_UP {
+            batched.push(b.as_secs_f64() * 1e3);
+            single.push(s.as_secs_f64() * 1e3);
+        }
+    }
+    let p = |v: Vec<f64>| percentiles(v).expect("at least one timed tick");
+    Ok(CamerasLatency {
+        cameras,
+        batched: p(batched),
+        one_by_one: p(single),
+    })
+}
+
+fn together(monitors: &mut [Monitor], frames: &[FrameData<'_>]) -> Duration {
+    let t = Instant::now();
+    let mut items: Vec<BatchItem<'_, '_>> = monitors
+        .iter_mut()
+        .zip(frames)
+        .map(|(monitor, frame)| BatchItem {
+            monitor,
+            frame,
+            age: None,
+            stamp_ns: None,
+        })
+        .collect();
+    std::hint::black_box(Monitor::process_batched(&mut items));
+    t.elapsed()
+}
+
+fn one_by_one(monitors: &mut [Monitor], frames: &[FrameData<'_>]) -> Duration {
+    let t = Instant::now();
+    for (m, f) in monitors.iter_mut().zip(frames) {
+        std::hint::black_box(m.process(f, None));
+    }
+    t.elapsed()
 }

@@ -21,6 +21,10 @@ pub struct Args {
     encoding: Vec<String>,
     #[arg(long, default_value_t = 300)]
     frames: usize,
+    /// Also time N cameras on one detector (N >= 2, rgb8 frames): one frame of each scored in
+    /// one batched call against one by one, in the same run, --frames ticks.
+    #[arg(long, value_name = "N")]
+    cameras: Option<usize>,
 }
 
 fn line(p: &Percentiles) -> String {
@@ -31,6 +35,27 @@ fn line(p: &Percentiles) -> String {
 }
 
 pub fn run(a: &Args) -> Result<()> {
+    if let Some(n) = a.cameras {
+        let l = vae_ood_tools::bench::cameras_latency(
+            a.detector.load()?,
+            a.width,
+            a.height,
+            n,
+            a.frames,
+        )?;
+        println!(
+            "bench: {n} cameras, {} ticks of one {}x{} rgb8 frame each, {} thread(s)",
+            a.frames, a.width, a.height, a.detector.threads
+        );
+        println!("  batched     {}", line(&l.batched));
+        println!("  one by one  {}", line(&l.one_by_one));
+        println!(
+            "  batching: p50 {:.3} ms against {:.3} ms per tick: {:.2}x faster",
+            l.batched.p50,
+            l.one_by_one.p50,
+            l.one_by_one.p50 / l.batched.p50
+        );
+    }
     let mut det = Some(a.detector.load()?);
     for encoding in &a.encoding {
         let d = match det.take() {

@@ -141,7 +141,7 @@ impl CudaEncoder {
             device,
             bundle: bundle.clone(),
             half,
-            batched: None,
+            batched: vec![],
         })
     }
 

@@ -70,7 +70,7 @@ impl TractEncoder {
             state,
             io,
             how,
-            batched: None,
+            batched: vec![],
         })
     }
 }
@@ -180,22 +180,31 @@ impl EncoderIo {
 }
 
 /// The plan of the last batch size other than 1: (size, (state, its [`EncoderIo`])).
-pub(crate) type BatchSlot<S> = Option<(usize, (S, EncoderIo))>;
+/// Plans for batches, by size.
+pub(crate) type BatchSlot<S> = Vec<(usize, (S, EncoderIo))>;
+
+/// The most batch sizes planned at once: a node batches at most one frame per camera, so sizes
+/// run from 2 to the number of cameras; beyond this the least recently used plan is dropped.
+const BATCH_PLANS: usize = 8;
 
 /// The state (and its [`EncoderIo`]) that runs batches of `n` frames, planned by `plan` when
-/// there is none for that size yet (the last size's plan is kept: the number of cameras rarely
-/// changes).
+/// there is none for that size yet. Plans are kept per size (a node with several cameras
+/// batches however many frames are waiting), the most recently used first.
 pub(crate) fn batch_state<S>(
     slot: &mut BatchSlot<S>,
     n: usize,
     plan: impl FnOnce() -> Result<(S, EncoderIo), BundleError>,
 ) -> Result<&mut (S, EncoderIo), InferenceError> {
-    if slot.as_ref().is_none_or(|(b, _)| *b != n) {
-        let state =
-            plan().map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
-        *slot = Some((n, state));
+    match slot.iter().position(|(b, _)| *b == n) {
+        Some(i) => slot[..=i].rotate_right(1),
+        None => {
+            let state =
+                plan().map_err(|e| InferenceError(format!("cannot plan a batch of {n}: {e}")))?;
+            slot.truncate(BATCH_PLANS - 1);
+            slot.insert(0, (n, state));
+        }
     }
-    Ok(&mut slot.as_mut().expect("planned just above").1)
+    Ok(&mut slot[0].1)
 }
 
 /// A [`BundleError::Model`] about the bundle's encoder file.
