@@ -1,5 +1,5 @@
-//! The inference thread: takes the newest frame from the slot, runs the core monitor and
-//! publishes every output. Runs on its own OS thread so a slow model never blocks the
+//! The inference thread: takes the newest frame of each camera from its slot, runs the core
+//! monitors (the frames of cameras sharing a detector together) and publishes every output. Runs on its own OS thread so a slow model never blocks the
 //! executor; faults for a silent camera (`input_timeout`) and operator resets happen here too,
 //! so every change of the monitor's state goes through one place.
 //!
@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use vae_ood_core::monitor::{Counters, Fault, FrameAge, FrameVerdict, Monitor, MonitorState};
+use vae_ood_core::frame::FrameData;
+use vae_ood_core::monitor::{
+    BatchItem, Counters, Fault, FrameAge, FrameVerdict, Monitor, MonitorState,
+};
 
 /// A frame waiting for inference.
 pub struct Incoming {
@@ -25,9 +28,21 @@ pub struct Incoming {
 /// The answer to an operator reset: the new state, or `None` when there is nothing to reset.
 pub type ResetReply = Option<MonitorState>;
 
-/// State shared by the subscription task, the inference thread, the services and the timers.
+/// One camera's frame counts, shared by its subscription task and the diagnostics.
+#[derive(Default)]
+pub struct CameraCounts {
+    pub received: AtomicU64,
+    /// Frames replaced in the slot by a newer one before the worker took them.
+    pub dropped: AtomicU64,
+    /// Frames taken from DDS but lost because r2r's subscription queue was full (counted by
+    /// our r2r fork, vendor/r2r), so they never reached [`Shared::offer`].
+    pub lost_in_queue: Arc<AtomicU64>,
+}
+
+/// State shared by the subscription tasks, the inference thread, the services and the timers.
 pub struct Shared {
-    pub slot: Mutex<Option<Incoming>>,
+    /// The newest waiting frame of each camera.
+    pub slots: Mutex<Vec<Option<Incoming>>>,
     /// Operator resets waiting for the inference thread.
     pub resets: Mutex<Vec<oneshot::Sender<ResetReply>>>,
     pub wake: Condvar,
@@ -35,42 +50,58 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// The worker stops and hands its pipelines back (a lifecycle cleanup); the node goes on.
     pub stop_worker: AtomicBool,
-    /// Set by a lifecycle deactivation: the worker restarts every monitor (STARTING).
+    /// Set by a lifecycle transition: the worker restarts every monitor (STARTING).
     restart: AtomicBool,
     /// Scoring frames (a lifecycle node's `active` state; always once started when unmanaged).
-    /// While false, frames are not taken and `~/ood` is true.
+    /// While false, frames are not taken and every `ood` is true.
     active: AtomicBool,
-    pub received: AtomicU64,
-    pub dropped: AtomicU64,
-    /// Frames taken from DDS but lost because r2r's subscription queue was full (counted by
-    /// our r2r fork, vendor/r2r), so they never reached [`Shared::offer`].
-    pub lost_in_queue: Arc<AtomicU64>,
+    /// Per camera, in the order of [`crate::params::NodeConfig::cameras`].
+    pub counts: Vec<CameraCounts>,
+    /// Per camera: whether it gates the node's verdict (not advisory).
+    gating: Vec<bool>,
     /// f64 bits of live thresholds (changed with `ros2 param set`).
     pub score_threshold: AtomicU64,
     pub cusum_threshold: AtomicU64,
     pub status: Mutex<Status>,
 }
 
+/// The verdict outputs that live as long as the node: `~/ood`, and each camera's `~/<camera>/ood`
+/// with several cameras.
+#[derive(Clone)]
+pub struct Publishers {
+    pub ood: r2r::Publisher<Bool>,
+    pub cameras: Vec<Option<r2r::Publisher<Bool>>>,
+}
+
+impl Publishers {
+    /// `true` on every verdict output (not trusted).
+    fn all_ood(&self) {
+        let _ = self.ood.publish(&Bool { data: true });
+        for p in self.cameras.iter().flatten() {
+            let _ = p.publish(&Bool { data: true });
+        }
+    }
+}
+
 impl Shared {
-    pub fn new(score_threshold: f64, cusum_threshold: Option<f64>) -> Self {
+    /// `gating`: per camera, whether it gates the node's verdict.
+    pub fn new(gating: Vec<bool>, score_threshold: f64, cusum_threshold: Option<f64>) -> Self {
+        let n = gating.len();
         Self {
-            slot: Mutex::new(None),
+            slots: Mutex::new((0..n).map(|_| None).collect()),
             resets: Mutex::new(vec![]),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
             stop_worker: AtomicBool::new(false),
             restart: AtomicBool::new(false),
             active: AtomicBool::new(false),
-            received: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            lost_in_queue: Arc::new(AtomicU64::new(0)),
+            counts: (0..n).map(|_| CameraCounts::default()).collect(),
+            gating,
             score_threshold: AtomicU64::new(score_threshold.to_bits()),
             cusum_threshold: AtomicU64::new(cusum_threshold.unwrap_or(0.0).to_bits()),
             status: Mutex::new(Status {
                 state: MonitorState::Starting,
-                counters: Counters::default(),
-                detectors: vec![],
-                latencies: vec![],
+                cameras: vec![CameraStatus::default(); n],
                 busy_since: None,
                 closed: false,
             }),
@@ -82,25 +113,25 @@ impl Shared {
     }
 
     /// Starts or stops scoring. Either way the worker restarts its monitors (evidence from
-    /// before a pause never decides after it) and its silent-camera timer, which runs only
-    /// while active. Stopping publishes `~/ood = true` at once.
-    pub fn set_active(&self, active: bool, ood: &r2r::Publisher<Bool>) {
+    /// before a pause never decides after it) and its silent-camera timers, which run only
+    /// while active. Stopping publishes `true` on every verdict output at once.
+    pub fn set_active(&self, active: bool, pubs: &Publishers) {
         let s = self.status.lock().expect("status lock");
         self.active.store(active, Ordering::Relaxed);
         {
-            let mut slot = self.slot.lock().expect("slot lock");
-            slot.take();
+            let mut slots = self.slots.lock().expect("slot lock");
+            slots.iter_mut().for_each(|s| *s = None);
             self.restart.store(true, Ordering::Relaxed);
             self.wake.notify_one();
         }
         if !active && !s.closed {
-            let _ = ood.publish(&Bool { data: true });
+            pubs.all_ood();
         }
     }
 
     /// Stops the worker (it returns its pipelines) without stopping the node.
     pub fn request_worker_stop(&self) {
-        let _slot = self.slot.lock().expect("slot lock");
+        let _slots = self.slots.lock().expect("slot lock");
         self.stop_worker.store(true, Ordering::Relaxed);
         self.wake.notify_all();
     }
@@ -109,19 +140,23 @@ impl Shared {
     pub fn clear(&self) {
         let mut s = self.status.lock().expect("status lock");
         s.state = MonitorState::Starting;
-        s.detectors.clear();
+        for c in &mut s.cameras {
+            *c = CameraStatus::default();
+        }
         s.busy_since = None;
-        self.slot.lock().expect("slot lock").take();
+        let mut slots = self.slots.lock().expect("slot lock");
+        slots.iter_mut().for_each(|s| *s = None);
         self.stop_worker.store(false, Ordering::Relaxed);
         self.restart.store(false, Ordering::Relaxed);
     }
 
-    /// Puts a frame in the slot; a frame still waiting there is dropped and counted.
-    pub fn offer(&self, frame: Incoming) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-        let mut slot = self.slot.lock().expect("slot lock");
-        if slot.replace(frame).is_some() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Puts a camera's frame in its slot; a frame still waiting there is dropped and counted.
+    pub fn offer(&self, camera: usize, frame: Incoming) {
+        let counts = &self.counts[camera];
+        counts.received.fetch_add(1, Ordering::Relaxed);
+        let mut slots = self.slots.lock().expect("slot lock");
+        if slots[camera].replace(frame).is_some() {
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
         }
         // Notify while holding the lock: the worker cannot miss it between check and wait.
         self.wake.notify_one();
@@ -129,66 +164,79 @@ impl Shared {
 
     pub fn request_reset(&self) -> oneshot::Receiver<ResetReply> {
         let (tx, rx) = oneshot::channel();
-        let _slot = self.slot.lock().expect("slot lock");
+        let _slots = self.slots.lock().expect("slot lock");
         self.resets.lock().expect("reset lock").push(tx);
         self.wake.notify_one();
         rx
     }
 
-    /// Stops the worker and the heartbeat, then publishes the final `~/ood = true`.
-    pub fn stop(&self, ood: &r2r::Publisher<Bool>) {
+    /// Stops the worker and the heartbeat, then publishes the final `true` everywhere.
+    pub fn stop(&self, pubs: &Publishers) {
         {
-            let _slot = self.slot.lock().expect("slot lock");
+            let _slots = self.slots.lock().expect("slot lock");
             self.shutdown.store(true, Ordering::Relaxed);
             self.wake.notify_all();
         }
         let mut s = self.status.lock().expect("status lock");
         s.closed = true;
-        let _ = ood.publish(&Bool { data: true });
+        pubs.all_ood();
     }
 
-    /// Records the new state and publishes `~/ood` under the status lock.
+    /// Records every camera's state and publishes the verdicts under the status lock.
+    /// `latencies`: (camera, receive to publish) of the frames just processed.
     fn publish_state(
         &self,
-        ood: &r2r::Publisher<Bool>,
-        state: MonitorState,
-        pipelines: &[Pipeline],
-        latency: Option<Duration>,
+        pubs: &Publishers,
+        cameras: &[CameraPipelines],
+        latencies: &[(usize, Duration)],
     ) {
         let mut s = self.status.lock().expect("status lock");
-        s.state = state;
-        // Every pipeline sees every frame: the first one's counts are the node's.
-        s.counters = pipelines[0].monitor.counters().clone();
-        s.detectors = pipelines
-            .iter()
-            .map(|p| DetectorStatus {
-                name: p.name.clone(),
-                model_id: p.model_id.clone(),
-                state: p.monitor.state(),
-                counters: p.monitor.counters().clone(),
-            })
-            .collect();
-        s.busy_since = None;
-        if let Some(l) = latency {
-            s.latencies.push(l);
+        let active = self.is_active();
+        for (c, cam) in cameras.iter().enumerate() {
+            let st = &mut s.cameras[c];
+            st.state = combined(&cam.pipelines);
+            // Every pipeline of a camera sees every frame: the first one's counts are its.
+            st.counters = cam.pipelines[0].monitor.counters().clone();
+            st.detectors = cam
+                .pipelines
+                .iter()
+                .map(|p| DetectorStatus {
+                    name: p.name.clone(),
+                    model_id: p.model_id.clone(),
+                    state: p.monitor.state(),
+                    counters: p.monitor.counters().clone(),
+                })
+                .collect();
         }
+        for &(c, l) in latencies {
+            s.cameras[c].latencies.push(l);
+        }
+        s.state = self.node_state(&s.cameras);
+        s.busy_since = None;
         if !s.closed {
-            let _ = ood.publish(&Bool {
-                data: state.is_ood() || !self.is_active(),
-            });
+            publish_verdicts(pubs, &s, active);
         }
     }
 
-    /// The heartbeat: republishes the current verdict unless the node is closing or the worker
-    /// has been busy with one event for longer than `max_busy` (hung pipeline: silence).
-    pub fn heartbeat(&self, ood: &r2r::Publisher<Bool>, max_busy: Duration) {
+    /// The node's verdict: the gating cameras' states combined.
+    fn node_state(&self, cameras: &[CameraStatus]) -> MonitorState {
+        MonitorState::combine(
+            cameras
+                .iter()
+                .zip(&self.gating)
+                .filter(|(_, g)| **g)
+                .map(|(c, _)| c.state),
+        )
+    }
+
+    /// The heartbeat: republishes the current verdicts unless the node is closing or the
+    /// worker has been busy with one event for longer than `max_busy` (hung pipeline: silence).
+    pub fn heartbeat(&self, pubs: &Publishers, max_busy: Duration) {
         let s = self.status.lock().expect("status lock");
         if s.closed || s.stalled(max_busy).is_some() {
             return;
         }
-        let _ = ood.publish(&Bool {
-            data: s.state.is_ood() || !self.is_active(),
-        });
+        publish_verdicts(pubs, &s, self.is_active());
     }
 
     /// How long the worker has been on one event, if that is longer than `max_busy` (hung).
@@ -198,6 +246,20 @@ impl Shared {
 
     fn mark_busy(&self) {
         self.status.lock().expect("status lock").busy_since = Some(Instant::now());
+    }
+}
+
+/// `~/ood` and each camera's `ood` from the recorded states; all `true` while inactive.
+fn publish_verdicts(pubs: &Publishers, s: &Status, active: bool) {
+    let _ = pubs.ood.publish(&Bool {
+        data: s.state.is_ood() || !active,
+    });
+    for (p, c) in pubs.cameras.iter().zip(&s.cameras) {
+        if let Some(p) = p {
+            let _ = p.publish(&Bool {
+                data: c.state.is_ood() || !active,
+            });
+        }
     }
 }
 
@@ -222,23 +284,44 @@ pub struct DetectorStatus {
 
 /// What the diagnostics and heartbeat tasks read, updated by the inference thread.
 pub struct Status {
-    /// The node's verdict: every detector's combined ([`MonitorState::combine`]).
+    /// The node's verdict: every gating camera's combined ([`MonitorState::combine`]).
     pub state: MonitorState,
-    pub counters: Counters,
-    pub detectors: Vec<DetectorStatus>,
-    /// Per-frame latency (receive to publish) since the last diagnostics tick.
-    pub latencies: Vec<Duration>,
+    pub cameras: Vec<CameraStatus>,
     /// Set while the worker processes an event.
     pub busy_since: Option<Instant>,
     /// Set on shutdown: nothing but the final `true` may be published after it.
     pub closed: bool,
 }
 
-/// The node's own outputs: the combined verdict, and with several detectors the combined
-/// `~/verdict` record (with one, the detector's record is `~/verdict`).
-pub struct Publishers {
-    pub ood: r2r::Publisher<Bool>,
+/// One camera's verdict, counts and recent latencies.
+#[derive(Debug, Clone)]
+pub struct CameraStatus {
+    /// Every detector's on this camera combined.
+    pub state: MonitorState,
+    pub counters: Counters,
+    pub detectors: Vec<DetectorStatus>,
+    /// Per-frame latency (receive to publish) since the last diagnostics tick.
+    pub latencies: Vec<Duration>,
+}
+
+impl Default for CameraStatus {
+    fn default() -> Self {
+        Self {
+            state: MonitorState::Starting,
+            counters: Counters::default(),
+            detectors: vec![],
+            latencies: vec![],
+        }
+    }
+}
+
+/// One camera's detectors and its combined `verdict` record (with several detectors; with one,
+/// the detector's record is the camera's).
+pub struct CameraPipelines {
+    pub pipelines: Vec<Pipeline>,
     pub verdict: Option<r2r::Publisher<DiagnosticArray>>,
+    /// Its detectors' model ids, comma-separated.
+    pub model_id: String,
 }
 
 /// One detector's outputs: at the node's top level for a single detector, under
@@ -264,26 +347,27 @@ pub struct Pipeline {
 pub struct LoopCtx {
     pub logger: String,
     pub node_name: String,
-    /// Every detector's model id (comma-separated with several).
-    pub model_id: String,
     /// Where the encoder runs (`backend`, `device`), on every verdict.
     pub backend: &'static str,
     pub device: String,
     pub input_timeout: Option<Duration>,
     pub clock: Arc<Mutex<r2r::Clock>>,
+    /// Camera names (empty for the single unnamed camera), for logs.
+    pub cameras: Vec<String>,
 }
 
 enum Event {
-    Frame(Incoming),
+    /// The newest frame of each camera that has one waiting.
+    Frames(Vec<(usize, Incoming)>),
     Reset(Vec<oneshot::Sender<ResetReply>>),
     Timeout,
     Restart,
     Shutdown,
 }
 
-/// Waits for the next event; `deadline` is when the camera counts as silent.
+/// Waits for the next event; `deadline` is when the first camera counts as silent.
 fn next_event(shared: &Shared, deadline: Option<Instant>) -> Event {
-    let mut slot = shared.slot.lock().expect("slot lock");
+    let mut slots = shared.slots.lock().expect("slot lock");
     loop {
         if shared.shutdown.load(Ordering::Relaxed) || shared.stop_worker.load(Ordering::Relaxed) {
             return Event::Shutdown;
@@ -295,11 +379,16 @@ fn next_event(shared: &Shared, deadline: Option<Instant>) -> Event {
         if !resets.is_empty() {
             return Event::Reset(resets);
         }
-        if let Some(f) = slot.take() {
-            return Event::Frame(f);
+        let frames: Vec<(usize, Incoming)> = slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(c, s)| s.take().map(|f| (c, f)))
+            .collect();
+        if !frames.is_empty() {
+            return Event::Frames(frames);
         }
-        slot = match deadline {
-            None => shared.wake.wait(slot).expect("slot lock"),
+        slots = match deadline {
+            None => shared.wake.wait(slots).expect("slot lock"),
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
@@ -307,7 +396,7 @@ fn next_event(shared: &Shared, deadline: Option<Instant>) -> Event {
                 }
                 shared
                     .wake
-                    .wait_timeout(slot, d - now)
+                    .wait_timeout(slots, d - now)
                     .expect("slot lock")
                     .0
             }
@@ -315,50 +404,63 @@ fn next_event(shared: &Shared, deadline: Option<Instant>) -> Event {
     }
 }
 
+/// One camera's verdicts for one event.
+struct CameraVerdicts {
+    camera: usize,
+    verdicts: Vec<FrameVerdict>,
+    header: Header,
+    received: Option<Instant>,
+}
+
 /// Runs until the node shuts down or the worker is asked to stop; returns the pipelines so
 /// that their publishers can be destroyed (a lifecycle cleanup).
 pub fn run(
-    mut pipelines: Vec<Pipeline>,
+    mut cameras: Vec<CameraPipelines>,
     shared: &Shared,
     ctx: &LoopCtx,
     pubs: &Publishers,
-) -> Vec<Pipeline> {
-    let mut seq = 0u64;
+) -> Vec<CameraPipelines> {
+    let n = cameras.len();
+    let mut seq = vec![0u64; n];
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
-    // Run-time threshold changes apply to a single detector only (params.rs refuses them
-    // with several: each bundle's scale is its own).
-    let single = pipelines.len() == 1;
-    // The camera counts as silent `input_timeout` after the last frame arrived (or after the
-    // last timeout fault, which then repeats at that period).
-    let mut last_input = Instant::now();
+    // Run-time threshold changes apply to a single detector on a single camera only
+    // (the parameter validator refuses them otherwise: each bundle's scale is its own).
+    let single = n == 1 && cameras[0].pipelines.len() == 1;
+    // A camera counts as silent `input_timeout` after its last frame arrived (or after its last
+    // timeout fault, which then repeats at that period).
+    let mut last_input = vec![Instant::now(); n];
     loop {
         let deadline = ctx
             .input_timeout
             .filter(|_| shared.is_active())
-            .map(|t| last_input + t);
+            .and_then(|t| last_input.iter().min().map(|&l| l + t));
         let event = next_event(shared, deadline);
         shared.mark_busy();
-        let (verdicts, header, received): (Vec<FrameVerdict>, Header, _) = match event {
-            Event::Shutdown => return pipelines,
+        let results: Vec<CameraVerdicts> = match event {
+            Event::Shutdown => return cameras,
             Event::Restart => {
-                for p in &mut pipelines {
+                for p in cameras.iter_mut().flat_map(|c| &mut c.pipelines) {
                     if let Err(e) = p.monitor.restart() {
                         // Cannot happen for a bundle that loaded; the monitor stays as it was.
                         r2r::log_error!(&ctx.logger, "restarting detector {}: {e}", p.model_id);
                     }
                 }
-                // No input while paused: the silent-camera timer starts again on activation.
-                last_input = Instant::now();
-                shared.publish_state(&pubs.ood, combined(&pipelines), &pipelines, None);
+                // No input while paused: the silent-camera timers start again on activation.
+                last_input.iter_mut().for_each(|l| *l = Instant::now());
+                shared.publish_state(pubs, &cameras, &[]);
                 continue;
             }
             Event::Reset(waiters) => {
-                let calibrated = pipelines.iter().any(|p| p.monitor.is_calibrated());
-                for p in pipelines.iter_mut().filter(|p| p.monitor.is_calibrated()) {
-                    p.monitor.reset();
+                let all = || cameras.iter().flat_map(|c| &c.pipelines);
+                let calibrated = all().any(|p| p.monitor.is_calibrated());
+                for p in cameras.iter_mut().flat_map(|c| &mut c.pipelines) {
+                    if p.monitor.is_calibrated() {
+                        p.monitor.reset();
+                    }
                 }
-                let state = combined(&pipelines);
+                shared.publish_state(pubs, &cameras, &[]);
+                let state = shared.status.lock().expect("status lock").state;
                 let reply = calibrated.then_some(state);
                 match reply {
                     Some(s) => r2r::log_info!(
@@ -371,26 +473,35 @@ pub fn run(
                         "reset requested, but the bundle is uncalibrated: nothing to reset"
                     ),
                 }
-                shared.publish_state(&pubs.ood, state, &pipelines, None);
                 for w in waiters {
                     let _ = w.send(reply);
                 }
                 continue;
             }
             Event::Timeout => {
-                last_input = Instant::now();
+                let now = Instant::now();
                 let t = ctx.input_timeout.expect("timeouts only with input_timeout");
-                let v = pipelines
-                    .iter_mut()
-                    .map(|p| p.monitor.reject(Fault::InputTimeout(t)))
-                    .collect();
-                (v, now_header(&ctx.clock), None)
+                let mut silent = vec![];
+                for (c, cam) in cameras.iter_mut().enumerate() {
+                    if last_input[c] + t <= now {
+                        last_input[c] = now;
+                        silent.push(CameraVerdicts {
+                            camera: c,
+                            verdicts: cam
+                                .pipelines
+                                .iter_mut()
+                                .map(|p| p.monitor.reject(Fault::InputTimeout(t)))
+                                .collect(),
+                            header: now_header(&ctx.clock),
+                            received: None,
+                        });
+                    }
+                }
+                silent
             }
-            Event::Frame(f) => {
-                last_input = f.received;
-                seq += 1;
+            Event::Frames(frames) => {
                 if single {
-                    let m = &mut pipelines[0].monitor;
+                    let m = &mut cameras[0].pipelines[0].monitor;
                     m.set_score_threshold(f64::from_bits(
                         shared.score_threshold.load(Ordering::Relaxed),
                     ));
@@ -399,97 +510,188 @@ pub fn run(
                         m.set_cusum_threshold(cusum);
                     }
                 }
-                let frame = f.msg.frame();
-                let stamp = time_to_nanos(&f.msg.header().stamp);
-                let stamp = (stamp > 0).then_some(stamp);
-                let v = pipelines
-                    .iter_mut()
-                    .map(|p| p.monitor.process_at(&frame, f.age, stamp))
-                    .collect();
-                (v, f.msg.header().clone(), Some(f.received))
+                for (c, f) in &frames {
+                    last_input[*c] = f.received;
+                    seq[*c] += 1;
+                }
+                let verdicts = score_frames(&mut cameras, &frames);
+                frames
+                    .iter()
+                    .zip(verdicts)
+                    .map(|((c, f), verdicts)| CameraVerdicts {
+                        camera: *c,
+                        verdicts,
+                        header: f.msg.header().clone(),
+                        received: Some(f.received),
+                    })
+                    .collect()
             }
         };
 
         let t_pub = Instant::now();
-        for (p, v) in pipelines.iter().zip(&verdicts) {
-            publish_values(&p.pubs, v);
-        }
-        let state = MonitorState::combine(verdicts.iter().map(|v| v.state));
-        shared.publish_state(&pubs.ood, state, &pipelines, received.map(|r| r.elapsed()));
-        let base = VerdictRecord {
-            header: header.clone(),
-            node_name: &ctx.node_name,
-            model_id: &ctx.model_id,
-            backend: ctx.backend,
-            device: &ctx.device,
-            verdict: &verdicts[0],
-            seq,
-            publish: t_pub.elapsed(),
-            total: received.map_or(Duration::ZERO, |r| r.elapsed()),
-            dropped: shared.dropped.load(Ordering::Relaxed),
-            score_threshold: f64::from_bits(shared.score_threshold.load(Ordering::Relaxed)),
-            cusum_threshold: None,
-            detectors: vec![],
-        };
-        for (p, v) in pipelines.iter().zip(&verdicts) {
-            let r = VerdictRecord {
-                header: header.clone(),
-                model_id: &p.model_id,
-                verdict: v,
-                cusum_threshold: p.monitor.pipeline().map(|c| c.cusum_threshold),
-                detectors: vec![],
-                ..base
-            };
-            let _ = p.pubs.verdict.publish(&verdict_array(&r));
-        }
-        if let Some(top) = &pubs.verdict {
-            // The node's verdict: the combined state, the first fault, and each detector's.
-            let node = FrameVerdict {
-                state,
-                score: None,
-                fault: verdicts.iter().find_map(|v| v.fault.clone()),
-                timing: verdicts[0].timing,
-                step: None,
-            };
-            let r = VerdictRecord {
-                verdict: &node,
-                detectors: pipelines
-                    .iter()
-                    .zip(&verdicts)
-                    .map(|(p, v)| (p.name.clone(), v.state))
-                    .collect(),
-                ..base
-            };
-            let _ = top.publish(&verdict_array(&r));
-        }
-
-        // Warm-up is not a fault: it is not logged.
-        let fault = verdicts.iter().zip(&pipelines).find_map(|(v, p)| {
-            v.fault
-                .as_ref()
-                .filter(|f| !matches!(f, Fault::WarmingUp { .. }))
-                .map(|f| (f, p))
-        });
-        if let Some((fault, p)) = fault {
-            // Rate-limited: a broken camera must not flood the log.
-            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                let extra = if suppressed > 0 {
-                    format!(" ({suppressed} similar messages suppressed)")
-                } else {
-                    String::new()
-                };
-                let who = if p.name.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (detector {})", p.name)
-                };
-                r2r::log_warn!(&ctx.logger, "frame {seq}: {fault}{who}; verdict OOD{extra}");
-                last_log = Some(Instant::now());
-                suppressed = 0;
-            } else {
-                suppressed += 1;
+        for r in &results {
+            for (p, v) in cameras[r.camera].pipelines.iter().zip(&r.verdicts) {
+                publish_values(&p.pubs, v);
             }
         }
+        let latencies: Vec<(usize, Duration)> = results
+            .iter()
+            .filter_map(|r| r.received.map(|t| (r.camera, t.elapsed())))
+            .collect();
+        shared.publish_state(pubs, &cameras, &latencies);
+        for r in &results {
+            let cam = &cameras[r.camera];
+            publish_records(cam, r, ctx, shared, seq[r.camera], t_pub);
+            // Warm-up is not a fault: it is not logged.
+            let fault = r.verdicts.iter().zip(&cam.pipelines).find_map(|(v, p)| {
+                v.fault
+                    .as_ref()
+                    .filter(|f| !matches!(f, Fault::WarmingUp { .. }))
+                    .map(|f| (f, p))
+            });
+            if let Some((fault, p)) = fault {
+                // Rate-limited: a broken camera must not flood the log.
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    let extra = if suppressed > 0 {
+                        format!(" ({suppressed} similar messages suppressed)")
+                    } else {
+                        String::new()
+                    };
+                    let mut who = vec![];
+                    if !ctx.cameras[r.camera].is_empty() {
+                        who.push(format!("camera {}", ctx.cameras[r.camera]));
+                    }
+                    if !p.name.is_empty() {
+                        who.push(format!("detector {}", p.name));
+                    }
+                    let who = match who.is_empty() {
+                        true => String::new(),
+                        false => format!(" ({})", who.join(", ")),
+                    };
+                    r2r::log_warn!(
+                        &ctx.logger,
+                        "frame {}: {fault}{who}; verdict OOD{extra}",
+                        seq[r.camera]
+                    );
+                    last_log = Some(Instant::now());
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Scores the frames (one per camera) through every detector of their cameras: the monitors
+/// that share a detector together ([`Monitor::process_together`], batched where that pays).
+/// Returns each frame's verdicts, one per detector of its camera.
+fn score_frames(
+    cameras: &mut [CameraPipelines],
+    frames: &[(usize, Incoming)],
+) -> Vec<Vec<FrameVerdict>> {
+    let data: Vec<FrameData<'_>> = frames.iter().map(|(_, f)| f.msg.frame()).collect();
+    let mut out: Vec<Vec<Option<FrameVerdict>>> = frames
+        .iter()
+        .map(|(c, _)| (0..cameras[*c].pipelines.len()).map(|_| None).collect())
+        .collect();
+    // (frame, detector index, monitor) for every detector of every camera with a frame.
+    let mut items: Vec<(usize, usize, &mut Monitor)> = vec![];
+    for (c, cam) in cameras.iter_mut().enumerate() {
+        if let Some(fi) = frames.iter().position(|(fc, _)| *fc == c) {
+            for (pi, p) in cam.pipelines.iter_mut().enumerate() {
+                items.push((fi, pi, &mut p.monitor));
+            }
+        }
+    }
+    let detector = |m: &Monitor| Arc::as_ptr(m.shared_detector()) as *const () as usize;
+    items.sort_by_key(|(_, _, m)| detector(m));
+    for group in items.chunk_by_mut(|a, b| detector(a.2) == detector(b.2)) {
+        let verdicts = {
+            let mut batch: Vec<BatchItem<'_, '_>> = group
+                .iter_mut()
+                .map(|(fi, _, m)| {
+                    let f = &frames[*fi].1;
+                    let stamp = time_to_nanos(&f.msg.header().stamp);
+                    BatchItem {
+                        monitor: m,
+                        frame: &data[*fi],
+                        age: f.age,
+                        stamp_ns: (stamp > 0).then_some(stamp),
+                    }
+                })
+                .collect();
+            Monitor::process_together(&mut batch)
+        };
+        for ((fi, pi, _), v) in group.iter().zip(verdicts) {
+            out[*fi][*pi] = Some(v);
+        }
+    }
+    out.into_iter()
+        .map(|v| {
+            v.into_iter()
+                .map(|x| x.expect("every detector scored its camera's frame"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Each detector's `verdict` record of one camera's event, and the camera's combined one with
+/// several detectors.
+fn publish_records(
+    cam: &CameraPipelines,
+    r: &CameraVerdicts,
+    ctx: &LoopCtx,
+    shared: &Shared,
+    seq: u64,
+    t_pub: Instant,
+) {
+    let base = VerdictRecord {
+        header: r.header.clone(),
+        node_name: &ctx.node_name,
+        model_id: &cam.model_id,
+        backend: ctx.backend,
+        device: &ctx.device,
+        verdict: &r.verdicts[0],
+        seq,
+        publish: t_pub.elapsed(),
+        total: r.received.map_or(Duration::ZERO, |t| t.elapsed()),
+        dropped: shared.counts[r.camera].dropped.load(Ordering::Relaxed),
+        score_threshold: cam.pipelines[0].monitor.config().score_threshold,
+        cusum_threshold: None,
+        detectors: vec![],
+    };
+    for (p, v) in cam.pipelines.iter().zip(&r.verdicts) {
+        let rec = VerdictRecord {
+            header: r.header.clone(),
+            model_id: &p.model_id,
+            verdict: v,
+            cusum_threshold: p.monitor.pipeline().map(|c| c.cusum_threshold),
+            detectors: vec![],
+            ..base
+        };
+        let _ = p.pubs.verdict.publish(&verdict_array(&rec));
+    }
+    if let Some(top) = &cam.verdict {
+        // The camera's verdict: the combined state, the first fault, and each detector's.
+        let node = FrameVerdict {
+            state: MonitorState::combine(r.verdicts.iter().map(|v| v.state)),
+            score: None,
+            fault: r.verdicts.iter().find_map(|v| v.fault.clone()),
+            timing: r.verdicts[0].timing,
+            step: None,
+        };
+        let rec = VerdictRecord {
+            verdict: &node,
+            detectors: cam
+                .pipelines
+                .iter()
+                .zip(&r.verdicts)
+                .map(|(p, v)| (p.name.clone(), v.state))
+                .collect(),
+            ..base
+        };
+        let _ = top.publish(&verdict_array(&rec));
     }
 }
 

@@ -169,6 +169,8 @@ pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
 /// The 1 Hz health summary on `/diagnostics`.
 pub struct Health<'a> {
     pub node_name: &'a str,
+    /// The camera's name; empty for the single camera of a node without `cameras`.
+    pub camera: &'a str,
     pub model_id: &'a str,
     pub backend: &'a str,
     /// The device the encoder runs on ("cpu", or the GPU's name, memory and driver).
@@ -324,7 +326,10 @@ pub fn health_array(h: &Health<'_>, stamp: Time) -> DiagnosticArray {
         },
         status: vec![DiagnosticStatus {
             level,
-            name: format!("{}: health", h.node_name),
+            name: match h.camera {
+                "" => format!("{}: health", h.node_name),
+                c => format!("{}: camera {c}", h.node_name),
+            },
             message,
             hardware_id: h.model_id.to_string(),
             values,
@@ -369,6 +374,7 @@ mod tests {
         let health = |recent_frames, stalled, expected_rate| Health {
             recent_lost_in_queue: 0,
             node_name: "/m",
+            camera: "",
             model_id: "id",
             backend: "tract",
             device: "cpu",

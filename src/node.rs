@@ -6,7 +6,10 @@
 //! monitor and publishes. A slow model therefore never queues stale frames; a silent camera
 //! faults after `input_timeout`; a hung pipeline stops the `~/ood` heartbeat.
 
-use crate::inference::{self, Incoming, LoopCtx, Pipeline, PipelinePublishers, Publishers, Shared};
+use crate::inference::{
+    self, CameraPipelines, CameraStatus, Incoming, LoopCtx, Pipeline, PipelinePublishers,
+    Publishers, Shared,
+};
 use crate::lifecycle;
 use crate::messages::{frame_age, health_array, now_stamp, CameraMsg, Health};
 use crate::params::{self, NodeConfig};
@@ -14,7 +17,7 @@ use anyhow::{anyhow, Context as _, Result};
 use futures::StreamExt;
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::sensor_msgs::msg::{CompressedImage, Image};
-use r2r::std_msgs::msg::{Bool, Float32};
+use r2r::std_msgs::msg::{Bool, Float32, Header};
 use r2r::std_srvs::srv::Trigger;
 use r2r::{ParameterValue, QosProfile};
 use std::path::PathBuf;
@@ -23,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::BackendOptions;
-use vae_ood_core::monitor::{Monitor, MonitorConfig};
+use vae_ood_core::monitor::{Monitor, MonitorConfig, SharedDetector};
 
 pub const DEFAULT_NODE_NAME: &str = "vae_ood_monitor";
 
@@ -112,30 +115,32 @@ fn float_pub(node: &mut r2r::Node, topic: &str) -> Result<r2r::Publisher<Float32
 /// What the configured detectors are, for `/diagnostics`, the parameters and the log.
 #[derive(Debug, Clone)]
 struct Loaded {
-    model_id: String,
+    /// Per camera: its detectors' model ids, comma-separated.
+    model_ids: Vec<String>,
     backend: &'static str,
     device: String,
     trained: bool,
     /// The CUSUM threshold tuned into the (single) bundle, if it is calibrated.
     bundle_cusum: Option<f64>,
+    /// More than one detector, or more than one camera: thresholds cannot change at run time.
     several: bool,
 }
 
-/// A configured node's inference thread and camera subscription.
+/// A configured node's inference thread and camera subscriptions.
 struct Session {
-    worker: std::thread::JoinHandle<Vec<Pipeline>>,
-    frames: tokio::task::JoinHandle<()>,
-    /// The combined `~/verdict` (several detectors).
-    verdict: Option<r2r::Publisher<DiagnosticArray>>,
+    worker: std::thread::JoinHandle<Vec<CameraPipelines>>,
+    frames: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// What lives as long as the node: its configuration, `~/ood` and the state every task shares.
+/// What lives as long as the node: its configuration, the verdict outputs and the state every
+/// task shares.
 struct Ctx {
     node: Arc<Mutex<r2r::Node>>,
     cfg: NodeConfig,
     logger: String,
     node_name: String,
-    ood: r2r::Publisher<Bool>,
+    /// `~/ood`, and `~/<camera>/ood` per camera with several.
+    pubs: Publishers,
     shared: Arc<Shared>,
     /// `None` until configured (and again after a lifecycle cleanup).
     loaded: Arc<Mutex<Option<Loaded>>>,
@@ -154,149 +159,213 @@ fn ood_qos() -> QosProfile {
         .transient_local()
 }
 
+/// A loaded monitor on one camera, before its publishers exist.
+struct Loading {
+    name: String,
+    model_id: String,
+    monitor: Monitor,
+}
+
 impl Ctx {
     fn node(&self) -> std::sync::MutexGuard<'_, r2r::Node> {
         self.node.lock().expect("node lock")
     }
 
-    /// Loads and checks every bundle (the lifecycle's configure), then subscribes to the camera
-    /// and starts the inference thread; frames are scored once the node is active.
+    /// Loads and checks every bundle (the lifecycle's configure), then subscribes to the
+    /// cameras and starts the inference thread; frames are scored once the node is active.
+    /// Cameras listing the same bundle share one loaded detector.
     fn configure(&self, hook: Option<DetectorHook>) -> Result<Session> {
         let cfg = &self.cfg;
         let logger = &self.logger;
-        // One pipeline per detector bundle, its outputs under ~/<name>/ when there are several.
-        let names = detector_names(&cfg.model_bundles)?;
-        let several = names.len() > 1;
-        let monitor_cfg = MonitorConfig {
-            score_threshold: cfg.score_threshold,
-            max_frame_age: cfg.max_frame_age,
-            recovery: cfg.recovery,
-            cusum_threshold: cfg.cusum_threshold,
-            max_repeated_frames: cfg.max_repeated_frames,
-        };
         let mut hook = hook;
-        let mut monitors = vec![];
         let mut loaded = Loaded {
-            model_id: String::new(),
+            model_ids: vec![],
             backend: "",
             device: String::new(),
             trained: true,
             bundle_cusum: None,
-            several,
+            several: cfg.cameras.len() > 1,
         };
-        for (bundle, name) in cfg.model_bundles.iter().zip(&names) {
-            let bundle_dir = resolve_bundle(bundle)?;
-            // Loading takes seconds: keep this runtime's other tasks (services) going.
-            let detector = tokio::task::block_in_place(|| {
-                vae_ood_core::detector::load(
-                    &bundle_dir,
-                    BackendOptions {
-                        kind: cfg.backend,
-                        threads: cfg.threads,
-                    },
-                )
-            })
-            .with_context(|| format!("loading detector bundle {}", bundle_dir.display()))?;
-            // The test hook replaces the first detector only.
-            let detector = match hook.take() {
-                Some(h) => h(detector),
-                None => detector,
+        // One detector per bundle directory, shared by the cameras that list it.
+        let mut detectors: Vec<(PathBuf, SharedDetector)> = vec![];
+        let mut per_camera: Vec<Vec<Loading>> = vec![];
+        for cam in &cfg.cameras {
+            let names = detector_names(&cam.model_bundles)?;
+            let several = names.len() > 1;
+            loaded.several |= several;
+            let monitor_cfg = MonitorConfig {
+                score_threshold: cam.score_threshold,
+                max_frame_age: cam.max_frame_age,
+                recovery: cfg.recovery,
+                cusum_threshold: cfg.cusum_threshold,
+                max_repeated_frames: cfg.max_repeated_frames,
             };
-            let model_id = detector.model_id().to_string();
-            let kind = detector.bundle().manifest.detector.kind();
-            let is_trained = detector.bundle().manifest.provenance.trained;
-            if !several {
-                loaded.bundle_cusum = detector
-                    .bundle()
-                    .manifest
-                    .calibration
-                    .as_ref()
-                    .map(|c| c.pipeline.cusum_threshold);
-            }
-            loaded.trained &= is_trained;
-            (loaded.backend, loaded.device) = (detector.backend(), detector.device());
-            let calibrated_for = detector
-                .bundle()
-                .manifest
-                .calibration
-                .as_ref()
-                .and_then(|c| c.camera.clone());
-            let monitor = Monitor::new(detector, monitor_cfg)
+            let mut monitors = vec![];
+            for (bundle, name) in cam.model_bundles.iter().zip(&names) {
+                let bundle_dir = resolve_bundle(bundle)?;
+                let known = detectors.iter().find(|(d, _)| *d == bundle_dir);
+                let monitor = match known {
+                    Some((_, shared)) => Monitor::on_shared(shared.clone(), monitor_cfg),
+                    None => {
+                        // Loading takes seconds: keep this runtime's other tasks going.
+                        let detector = tokio::task::block_in_place(|| {
+                            vae_ood_core::detector::load(
+                                &bundle_dir,
+                                BackendOptions {
+                                    kind: cfg.backend,
+                                    threads: cfg.threads,
+                                },
+                            )
+                        })
+                        .with_context(|| {
+                            format!("loading detector bundle {}", bundle_dir.display())
+                        })?;
+                        // The test hook replaces the first detector only.
+                        let detector = match hook.take() {
+                            Some(h) => h(detector),
+                            None => detector,
+                        };
+                        let m = Monitor::new(detector, monitor_cfg);
+                        if let Ok(m) = &m {
+                            detectors.push((bundle_dir.clone(), m.shared_detector().clone()));
+                        }
+                        m
+                    }
+                }
                 .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
-            let decision = match monitor.pipeline() {
-                Some(p) => format!(
-                    "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
-                    p.window, p.decay, p.cusum_threshold, cfg.recovery
-                ),
-                None => format!(
-                    "uncalibrated bundle: per-frame score_threshold {}",
-                    cfg.score_threshold
-                ),
-            };
-            let outputs = if several {
-                format!("; outputs under ~/{name}/")
-            } else {
-                String::new()
-            };
-            r2r::log_info!(
-                logger,
-                "loaded detector {model_id} ({kind}) from {} on {}, device {} ({} thread(s)); {decision}{outputs}",
-                bundle_dir.display(),
-                loaded.backend,
-                loaded.device,
-                cfg.threads
-            );
-            if let Some(w) = camera_mismatch(calibrated_for.as_deref(), cfg.camera.as_deref()) {
-                r2r::log_warn!(logger, "detector {model_id}: {w}");
-            }
-            if !is_trained {
-                r2r::log_warn!(
+                let (model_id, kind, is_trained, calibrated_for, backend, device) = {
+                    let d = monitor.detector();
+                    let b = d.bundle();
+                    (
+                        d.model_id().to_string(),
+                        b.manifest.detector.kind(),
+                        b.manifest.provenance.trained,
+                        b.manifest
+                            .calibration
+                            .as_ref()
+                            .and_then(|c| c.camera.clone()),
+                        d.backend(),
+                        d.device(),
+                    )
+                };
+                if !loaded.several {
+                    loaded.bundle_cusum = monitor.pipeline().map(|p| p.cusum_threshold);
+                }
+                loaded.trained &= is_trained;
+                (loaded.backend, loaded.device) = (backend, device);
+                let decision = match monitor.pipeline() {
+                    Some(p) => format!(
+                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
+                        p.window, p.decay, p.cusum_threshold, cfg.recovery
+                    ),
+                    None => format!(
+                        "uncalibrated bundle: per-frame score_threshold {}",
+                        cam.score_threshold
+                    ),
+                };
+                let on = match cam.name.is_empty() {
+                    true => String::new(),
+                    false => format!(" for camera {}", cam.name),
+                };
+                let outputs = match (cfg.several_cameras(), several) {
+                    (false, false) => String::new(),
+                    (false, true) => format!("; outputs under ~/{name}/"),
+                    (true, false) => format!("; outputs under ~/{}/", cam.name),
+                    (true, true) => format!("; outputs under ~/{}/{name}/", cam.name),
+                };
+                r2r::log_info!(
                     logger,
-                    "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
+                    "loaded detector {model_id} ({kind}){on} from {} on {}, device {} ({} thread(s)); {decision}{outputs}",
+                    bundle_dir.display(),
+                    loaded.backend,
+                    loaded.device,
+                    cfg.threads
                 );
+                // A named camera is its own name; the single camera is the `camera` parameter.
+                let camera = match cam.name.is_empty() {
+                    true => cfg.camera.as_deref(),
+                    false => Some(cam.name.as_str()),
+                };
+                if let Some(w) = camera_mismatch(calibrated_for.as_deref(), camera) {
+                    r2r::log_warn!(logger, "detector {model_id}: {w}");
+                }
+                if !is_trained {
+                    r2r::log_warn!(
+                        logger,
+                        "detector {model_id} is an UNTRAINED placeholder: its verdicts are not meaningful"
+                    );
+                }
+                monitors.push(Loading {
+                    name: name.clone(),
+                    model_id,
+                    monitor,
+                });
             }
-            monitors.push((name.clone(), model_id, monitor));
+            per_camera.push(monitors);
         }
-        loaded.model_id = monitors
-            .iter()
-            .map(|(_, id, _)| id.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
+        if loaded.several {
+            loaded.bundle_cusum = None;
+        }
 
         let mut node = self.node();
-        let mut pipelines = vec![];
-        for (name, model_id, monitor) in monitors {
-            let prefix = if several {
-                format!("~/{name}/")
-            } else {
-                "~/".to_string()
+        let mut cameras = vec![];
+        for (cam, monitors) in cfg.cameras.iter().zip(per_camera) {
+            let several = monitors.len() > 1;
+            let cam_prefix = match cam.name.is_empty() {
+                true => "~/".to_string(),
+                false => format!("~/{}/", cam.name),
             };
-            let topic = |t: &str| format!("{prefix}{t}");
-            let pubs = PipelinePublishers {
-                ood: if several {
-                    Some(node.create_publisher::<Bool>(&topic("ood"), ood_qos())?)
-                } else {
-                    None
-                },
-                score: float_pub(&mut node, &topic("score"))?,
-                p_value: float_pub(&mut node, &topic("p_value"))?,
-                martingale: float_pub(&mut node, &topic("martingale"))?,
-                cusum: float_pub(&mut node, &topic("cusum"))?,
-                verdict: node
-                    .create_publisher::<DiagnosticArray>(&topic("verdict"), verdict_qos())?,
-            };
-            pipelines.push(Pipeline {
-                name: if several { name } else { String::new() },
+            let mut pipelines = vec![];
+            for Loading {
+                name,
                 model_id,
                 monitor,
-                pubs,
+            } in monitors
+            {
+                let prefix = match several {
+                    true => format!("{cam_prefix}{name}/"),
+                    false => cam_prefix.clone(),
+                };
+                let topic = |t: &str| format!("{prefix}{t}");
+                let pubs = PipelinePublishers {
+                    ood: if several {
+                        Some(node.create_publisher::<Bool>(&topic("ood"), ood_qos())?)
+                    } else {
+                        None
+                    },
+                    score: float_pub(&mut node, &topic("score"))?,
+                    p_value: float_pub(&mut node, &topic("p_value"))?,
+                    martingale: float_pub(&mut node, &topic("martingale"))?,
+                    cusum: float_pub(&mut node, &topic("cusum"))?,
+                    verdict: node
+                        .create_publisher::<DiagnosticArray>(&topic("verdict"), verdict_qos())?,
+                };
+                pipelines.push(Pipeline {
+                    name: if several { name } else { String::new() },
+                    model_id,
+                    monitor,
+                    pubs,
+                });
+            }
+            let verdict = match several {
+                true => Some(node.create_publisher::<DiagnosticArray>(
+                    &format!("{cam_prefix}verdict"),
+                    verdict_qos(),
+                )?),
+                false => None,
+            };
+            let model_id = pipelines
+                .iter()
+                .map(|p| p.model_id.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            loaded.model_ids.push(model_id.clone());
+            cameras.push(CameraPipelines {
+                pipelines,
+                verdict,
+                model_id,
             });
         }
-        let verdict = if several {
-            Some(node.create_publisher::<DiagnosticArray>("~/verdict", verdict_qos())?)
-        } else {
-            None
-        };
         // `ros2 param get cusum_threshold` shows the threshold in force, not the 0 that asks
         // for the bundle's.
         if let (Some(own), None) = (loaded.bundle_cusum, cfg.cusum_threshold) {
@@ -310,27 +379,50 @@ impl Ctx {
             }
         }
 
-        // Camera subscription: relative, image_transport-style names, remappable.
+        // Camera subscriptions: relative, image_transport-style names, remappable.
         let qos = if cfg.reliable_images {
             QosProfile::default().reliable()
         } else {
             QosProfile::sensor_data()
         }
         .keep_last(cfg.image_qos_depth);
-        let lost = self.shared.lost_in_queue.clone();
-        let frames: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> =
-            if cfg.compressed {
-                Box::pin(
-                    node.subscribe_counting_drops::<CompressedImage>(image_topic(cfg), qos, lost)?
-                        .map(CameraMsg::Compressed),
-                )
-            } else {
-                Box::pin(
-                    node.subscribe_counting_drops::<Image>(image_topic(cfg), qos, lost)?
-                        .map(CameraMsg::Raw),
-                )
-            };
         let clock = node.get_ros_clock();
+        let mut frames = vec![];
+        for (c, cam) in cfg.cameras.iter().enumerate() {
+            let lost = self.shared.counts[c].lost_in_queue.clone();
+            let stream: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> =
+                if cam.compressed {
+                    Box::pin(
+                        node.subscribe_counting_drops::<CompressedImage>(
+                            &cam.topic,
+                            qos.clone(),
+                            lost,
+                        )?
+                        .map(CameraMsg::Compressed),
+                    )
+                } else {
+                    Box::pin(
+                        node.subscribe_counting_drops::<Image>(&cam.topic, qos.clone(), lost)?
+                            .map(CameraMsg::Raw),
+                    )
+                };
+            // Newest frame wins; nothing is taken while inactive.
+            frames.push(tokio::spawn({
+                let (shared, clock) = (self.shared.clone(), clock.clone());
+                let mut stream = stream;
+                async move {
+                    while let Some(msg) = stream.next().await {
+                        if !shared.is_active() {
+                            continue;
+                        }
+                        let received = Instant::now();
+                        let now = clock.lock().ok().and_then(|mut c| c.get_now().ok());
+                        let age = now.and_then(|now| frame_age(&msg.header().stamp, now));
+                        shared.offer(c, Incoming { msg, age, received });
+                    }
+                }
+            }));
+        }
         drop(node);
 
         // Inference thread.
@@ -339,76 +431,54 @@ impl Ctx {
             let ctx = LoopCtx {
                 logger: logger.clone(),
                 node_name: self.node_name.clone(),
-                model_id: loaded.model_id.clone(),
                 backend: loaded.backend,
                 device: loaded.device.clone(),
                 input_timeout: cfg.input_timeout,
-                clock: clock.clone(),
+                clock,
+                cameras: cfg.cameras.iter().map(|c| c.name.clone()).collect(),
             };
-            let pubs = Publishers {
-                ood: self.ood.clone(),
-                verdict: verdict.clone(),
-            };
+            let pubs = self.pubs.clone();
             std::thread::Builder::new()
                 .name("inference".into())
-                .spawn(move || inference::run(pipelines, &shared, &ctx, &pubs))?
+                .spawn(move || inference::run(cameras, &shared, &ctx, &pubs))?
         };
-
-        // Subscription task: newest frame wins; nothing is taken while inactive.
-        let frames = tokio::spawn({
-            let shared = self.shared.clone();
-            let mut frames = frames;
-            async move {
-                while let Some(msg) = frames.next().await {
-                    if !shared.is_active() {
-                        continue;
-                    }
-                    let received = Instant::now();
-                    let now = clock.lock().ok().and_then(|mut c| c.get_now().ok());
-                    let age = now.and_then(|now| frame_age(&msg.header().stamp, now));
-                    shared.offer(Incoming { msg, age, received });
-                }
-            }
-        });
         *self.loaded.lock().expect("loaded lock") = Some(loaded);
-        Ok(Session {
-            worker,
-            frames,
-            verdict,
-        })
+        Ok(Session { worker, frames })
     }
 
     /// Stops the inference thread, unsubscribes and removes the detectors' publishers (the
     /// lifecycle's cleanup and shutdown). Fails when the inference thread is hung.
     async fn clean_up(&self, session: Session) -> Result<()> {
-        self.shared.set_active(false, &self.ood);
+        self.shared.set_active(false, &self.pubs);
         self.shared.request_worker_stop();
         // r2r destroys a subscription whose stream is gone when its next message arrives.
-        session.frames.abort();
+        session.frames.iter().for_each(|f| f.abort());
         if !join_within(&session.worker, JOIN_TIMEOUT).await {
             return Err(anyhow!(
                 "the inference thread did not stop within {:.1} s (hung); its detectors stay loaded",
                 JOIN_TIMEOUT.as_secs_f64()
             ));
         }
-        let pipelines = session
+        let cameras = session
             .worker
             .join()
             .map_err(|_| anyhow!("the inference thread panicked"))?;
         let mut node = self.node();
-        for p in pipelines {
-            let pubs = p.pubs;
-            if let Some(o) = pubs.ood {
-                node.destroy_publisher(o);
+        for cam in cameras {
+            for p in cam.pipelines {
+                let pubs = p.pubs;
+                if let Some(o) = pubs.ood {
+                    node.destroy_publisher(o);
+                }
+                node.destroy_publisher(pubs.score);
+                node.destroy_publisher(pubs.p_value);
+                node.destroy_publisher(pubs.martingale);
+                node.destroy_publisher(pubs.cusum);
+                node.destroy_publisher(pubs.verdict);
             }
-            node.destroy_publisher(pubs.score);
-            node.destroy_publisher(pubs.p_value);
-            node.destroy_publisher(pubs.martingale);
-            node.destroy_publisher(pubs.cusum);
-            node.destroy_publisher(pubs.verdict);
-        }
-        if let Some(v) = session.verdict {
-            node.destroy_publisher(v);
+            if let Some(v) = cam.verdict {
+                node.destroy_publisher(v);
+            }
         }
         drop(node);
         self.shared.clear();
@@ -424,28 +494,6 @@ fn camera_mismatch(calibrated_for: Option<&str>, camera: Option<&str>) -> Option
             "calibrated on camera '{b}' but this node watches camera '{c}': the threshold's false-alarm guarantee is about the view of '{b}'; recalibrate on drives of '{c}' (vae-ood calibrate --camera {c})"
         )),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_two_named_and_different_cameras_warn() {
-        use super::camera_mismatch as m;
-        assert!(m(Some("rear"), Some("front"))
-            .unwrap()
-            .contains("--camera front"));
-        assert_eq!(m(Some("front"), Some("front")), None);
-        assert_eq!(m(None, Some("front")), None);
-        assert_eq!(m(Some("rear"), None), None);
-    }
-}
-
-fn image_topic(cfg: &NodeConfig) -> &'static str {
-    if cfg.compressed {
-        "image/compressed"
-    } else {
-        "image"
     }
 }
 
@@ -467,7 +515,15 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     params::declare(&mut node, params::PARAMS).map_err(|e| anyhow!(e))?;
     let (param_handler, param_events) = node.make_parameter_handler()?;
     let cfg: NodeConfig = params::read(&node).map_err(|e| anyhow!(e))?;
-    for unknown in params::unknown(&node, params::PARAMS) {
+    let camera_param = |p: &str| {
+        cfg.cameras
+            .iter()
+            .any(|c| !c.name.is_empty() && p.starts_with(&format!("{}.", c.name)))
+    };
+    for unknown in params::unknown(&node, params::PARAMS)
+        .into_iter()
+        .filter(|p| !camera_param(p))
+    {
         r2r::log_warn!(
             &logger,
             "parameter '{unknown}' is not a parameter of this node (typo?); ignored"
@@ -479,6 +535,25 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     let pub_diag =
         node.create_publisher::<DiagnosticArray>("/diagnostics", QosProfile::default())?;
     ood.publish(&Bool { data: true })?;
+    // With several cameras each has its own verdict, `~/<camera>/ood`, as long as the node.
+    let cameras = cfg
+        .cameras
+        .iter()
+        .filter(|c| !c.name.is_empty())
+        .map(|c| {
+            let p = node.create_publisher::<Bool>(&format!("~/{}/ood", c.name), ood_qos())?;
+            p.publish(&Bool { data: true })?;
+            Ok(Some(p))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pubs = Publishers {
+        ood,
+        cameras: match cameras.is_empty() {
+            true => vec![None],
+            false => cameras,
+        },
+    };
+    params::declare_cameras(&mut node, &cfg);
     let resets =
         node.create_service::<Trigger::Service>("~/reset", QosProfile::services_default())?;
     let lifecycle = if cfg.managed {
@@ -487,12 +562,16 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         None
     };
     let ctx = Ctx {
-        shared: Arc::new(Shared::new(cfg.score_threshold, cfg.cusum_threshold)),
+        shared: Arc::new(Shared::new(
+            cfg.cameras.iter().map(|c| !c.advisory).collect(),
+            cfg.score_threshold,
+            cfg.cusum_threshold,
+        )),
         node: Arc::new(Mutex::new(node)),
         cfg,
         logger,
         node_name,
-        ood,
+        pubs,
         loaded: Arc::new(Mutex::new(None)),
     };
     // A set that cannot take effect is refused with the reason. The parameter services answer
@@ -503,7 +582,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
             let l = loaded.lock().expect("loaded lock");
             match (name, l.as_ref()) {
                 ("cusum_threshold", None) => Err("cusum_threshold cannot change before the node is configured (whether it applies depends on the bundle's calibration)".into()),
-                ("cusum_threshold", Some(l)) if l.several => Err("cusum_threshold cannot change with several detectors: each decides with its own bundle's threshold (recalibrate a bundle to change it)".into()),
+                ("cusum_threshold", Some(l)) if l.several => Err("cusum_threshold cannot change with several detectors or cameras: each decides with its own bundle's threshold (recalibrate a bundle to change it)".into()),
                 ("cusum_threshold", Some(l)) if l.bundle_cusum.is_none() => Err("cusum_threshold cannot change: the bundle is not calibrated, so it decides per frame with score_threshold".into()),
                 _ => Ok(()),
             }
@@ -540,11 +619,11 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
                 Ok(s) => s,
                 Err(e) => {
                     // Stop the executor too, or the runtime would wait for it forever.
-                    ctx.shared.stop(&ctx.ood);
+                    ctx.shared.stop(&ctx.pubs);
                     return Err(e);
                 }
             };
-            ctx.shared.set_active(true, &ctx.ood);
+            ctx.shared.set_active(true, &ctx.pubs);
             wait_for_shutdown().await;
             Some(session)
         }
@@ -555,14 +634,14 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
         &ctx.logger,
         "shutting down: publishing OOD (monitor not running)"
     );
-    ctx.shared.stop(&ctx.ood);
+    ctx.shared.stop(&ctx.pubs);
     // A hung inference thread cannot be joined: wait for it a bounded time, then leave without
     // it (the process exits; the final verdict is published either way).
     let joined = match &session {
         Some(s) => join_within(&s.worker, JOIN_TIMEOUT).await,
         None => true,
     };
-    let _ = ctx.ood.publish(&Bool { data: true });
+    ctx.shared.stop(&ctx.pubs);
     // Give DDS a moment to deliver the final verdict before the participant goes away.
     tokio::time::sleep(Duration::from_millis(200)).await;
     if !joined {
@@ -612,11 +691,11 @@ async fn managed(
                 .map(|s| session = Some(s))
                 .map_err(|e| (Outcome::Failure, e)),
             Action::Activate => {
-                ctx.shared.set_active(true, &ctx.ood);
+                ctx.shared.set_active(true, &ctx.pubs);
                 Ok(())
             }
             Action::Deactivate => {
-                ctx.shared.set_active(false, &ctx.ood);
+                ctx.shared.set_active(false, &ctx.pubs);
                 Ok(())
             }
             Action::Cleanup | Action::Shutdown => match session.take() {
@@ -742,18 +821,18 @@ fn spawn_resets(
 /// becomes silence, which the gate's watchdog turns into a stop.
 fn spawn_heartbeat(ctx: &Ctx) {
     let shared = ctx.shared.clone();
-    let ood = ctx.ood.clone();
+    let pubs = ctx.pubs.clone();
     let (period, max_busy) = (ctx.cfg.heartbeat_period, ctx.cfg.max_busy);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            shared.heartbeat(&ood, max_busy);
+            shared.heartbeat(&pubs, max_busy);
         }
     });
 }
 
-/// `/diagnostics`: the node's health once per `diagnostics_period`.
+/// `/diagnostics`: each camera's health once per `diagnostics_period` (one status per camera).
 fn spawn_diagnostics(
     ctx: &Ctx,
     pub_diag: r2r::Publisher<DiagnosticArray>,
@@ -766,73 +845,87 @@ fn spawn_diagnostics(
     let cfg = &ctx.cfg;
     let (period, max_busy, expected_rate) =
         (cfg.diagnostics_period, cfg.max_busy, cfg.expected_rate);
-    let topic = image_topic(cfg);
+    let cameras: Vec<(String, String)> = cfg
+        .cameras
+        .iter()
+        .map(|c| (c.name.clone(), c.topic.clone()))
+        .collect();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut last_received, mut last_faults, mut last_dropped, mut last_lost) =
-            (0u64, 0u64, 0u64, 0u64);
+        // Per camera: received, faults, dropped and lost at the last tick.
+        let mut last = vec![(0u64, 0u64, 0u64, 0u64); cameras.len()];
         loop {
             tick.tick().await;
-            let (state, counters, detectors, mut lat) = {
+            let statuses: Vec<CameraStatus> = {
                 let mut s = shared.status.lock().expect("status lock");
-                (
-                    s.state,
-                    s.counters.clone(),
-                    s.detectors.clone(),
-                    std::mem::take(&mut s.latencies),
-                )
+                s.cameras
+                    .iter_mut()
+                    .map(|c| CameraStatus {
+                        latencies: std::mem::take(&mut c.latencies),
+                        ..c.clone()
+                    })
+                    .collect()
             };
-            lat.sort();
             let l = loaded.lock().expect("loaded lock").clone();
-            let unconfigured = Loaded {
-                model_id: "(not configured)".into(),
-                backend: "",
-                device: String::new(),
-                trained: true,
-                bundle_cusum: None,
-                several: false,
-            };
-            let l = l.unwrap_or(unconfigured);
             let lifecycle = lifecycle_state
                 .as_ref()
                 .map(|s| lifecycle::state_msg(*s.lock().expect("lifecycle state")).label);
-            // Both kinds of drop: for a newer frame, and in r2r's subscription queue.
-            let lost_in_queue = shared.lost_in_queue.load(Ordering::Relaxed);
-            let dropped = shared.dropped.load(Ordering::Relaxed);
-            let received = shared.received.load(Ordering::Relaxed);
-            let health = Health {
-                node_name: &node_name,
-                model_id: &l.model_id,
-                backend: l.backend,
-                device: &l.device,
-                trained: l.trained,
-                state,
-                counters: &counters,
-                received,
-                dropped,
-                lost_in_queue,
-                period,
-                recent_frames: received - last_received,
-                recent_dropped: dropped + lost_in_queue - last_dropped,
-                recent_faults: counters.total_faults() - last_faults,
-                recent_lost_in_queue: lost_in_queue - last_lost,
-                latency_p50: lat.get(lat.len() / 2).copied(),
-                latency_max: lat.last().copied(),
-                topic,
-                stalled: shared.stalled(max_busy).map(|busy| (busy, max_busy)),
-                expected_rate,
-                detectors: &detectors,
-                lifecycle: lifecycle.as_deref(),
-                active: shared.is_active(),
-            };
-            let _ = pub_diag.publish(&health_array(&health, now_stamp(&clock)));
-            (last_received, last_faults, last_dropped, last_lost) = (
-                received,
-                counters.total_faults(),
-                dropped + lost_in_queue,
-                lost_in_queue,
-            );
+            let stalled = shared.stalled(max_busy).map(|busy| (busy, max_busy));
+            let stamp = now_stamp(&clock);
+            let mut array = DiagnosticArray::default();
+            for (c, ((camera, topic), st)) in cameras.iter().zip(statuses).enumerate() {
+                let mut lat = st.latencies;
+                lat.sort();
+                let counts = &shared.counts[c];
+                // Both kinds of drop: for a newer frame, and in r2r's subscription queue.
+                let lost_in_queue = counts.lost_in_queue.load(Ordering::Relaxed);
+                let dropped = counts.dropped.load(Ordering::Relaxed);
+                let received = counts.received.load(Ordering::Relaxed);
+                let (last_received, last_faults, last_dropped, last_lost) = last[c];
+                let health = Health {
+                    node_name: &node_name,
+                    camera,
+                    model_id: l
+                        .as_ref()
+                        .map_or("(not configured)", |l| l.model_ids[c].as_str()),
+                    backend: l.as_ref().map_or("", |l| l.backend),
+                    device: l.as_ref().map_or("", |l| l.device.as_str()),
+                    trained: l.as_ref().is_none_or(|l| l.trained),
+                    state: st.state,
+                    counters: &st.counters,
+                    received,
+                    dropped,
+                    lost_in_queue,
+                    period,
+                    recent_frames: received - last_received,
+                    recent_dropped: dropped + lost_in_queue - last_dropped,
+                    recent_faults: st.counters.total_faults() - last_faults,
+                    recent_lost_in_queue: lost_in_queue - last_lost,
+                    latency_p50: lat.get(lat.len() / 2).copied(),
+                    latency_max: lat.last().copied(),
+                    topic,
+                    stalled,
+                    expected_rate,
+                    detectors: &st.detectors,
+                    lifecycle: lifecycle.as_deref(),
+                    active: shared.is_active(),
+                };
+                array.header = Header {
+                    stamp: stamp.clone(),
+                    frame_id: String::new(),
+                };
+                array
+                    .status
+                    .extend(health_array(&health, stamp.clone()).status);
+                last[c] = (
+                    received,
+                    st.counters.total_faults(),
+                    dropped + lost_in_queue,
+                    lost_in_queue,
+                );
+            }
+            let _ = pub_diag.publish(&array);
         }
     });
 }
@@ -848,5 +941,19 @@ async fn wait_for_shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_two_named_and_different_cameras_warn() {
+        use super::camera_mismatch as m;
+        assert!(m(Some("rear"), Some("front"))
+            .unwrap()
+            .contains("--camera front"));
+        assert_eq!(m(Some("front"), Some("front")), None);
+        assert_eq!(m(None, Some("front")), None);
+        assert_eq!(m(Some("rear"), None), None);
     }
 }

@@ -109,9 +109,35 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked.", range: Some(Range::Double(0.0, 10_000.0)), constraints: "0 (not checked) or 0.1 to 10000 Hz"),
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
+    decl!("cameras", StrArray(&[]), "Several cameras on one node: their names (e.g. [front, rear]), each configured by <name>.image_topic, <name>.transport, <name>.model_bundles and the optional overrides <name>.score_threshold and <name>.max_frame_age, with its outputs under ~/<name>/ and one /diagnostics status; ~/ood is true when any camera that gates is not OK. Empty: one camera on 'image' (or 'image/compressed') with its outputs at ~/."),
+    decl!("advisory_cameras", StrArray(&[]), "Cameras (of 'cameras') that are reported but do not gate: their ~/<name>/ood and diagnostics say what they see, the node's ~/ood ignores them."),
     decl!("camera", Str(""), "The name of the camera this node watches (e.g. front), for the bundles' calibration.camera: a bundle calibrated on another camera's drives is used with a warning (its false-alarm guarantee is about that camera's view). Empty: not checked."),
     decl!("managed", Bool(false), "A ROS 2 lifecycle (managed) node: it starts unconfigured and waits for a lifecycle manager (~/change_state): configure loads and checks the bundles, activate starts scoring, deactivate stops it, cleanup unloads them. ~/ood is true in every state but active. false: configured and active at start-up."),
 ];
+
+/// Per-camera parameters, `<camera>.<name>`, with several cameras (`cameras`). Their defaults
+/// are the node's own parameters; the node shows the values in force.
+pub const CAMERA_PARAMS: &[ParamDecl] = &[
+    decl!("image_topic", Str(""), "This camera's image topic (relative names are remappable). Default: <camera>/image, or <camera>/image/compressed with the compressed transport."),
+    decl!("transport", Str(""), "This camera's transport: raw or compressed. Default: the node's transport."),
+    decl!("model_bundles", StrArray(&[]), "The detectors on this camera. Default: the node's model_bundles. Cameras listing the same bundle share one loaded detector (their frames are batched where that pays: on a GPU)."),
+    decl!("score_threshold", Double(0.0), "This camera's per-frame threshold (uncalibrated bundles). Default: the node's score_threshold."),
+    decl!("max_frame_age", Double(0.0), "This camera's stale-frame limit in seconds (0 disables). Default: the node's max_frame_age."),
+];
+
+/// One camera's configuration: the node's parameters with the camera's own overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraConfig {
+    /// Empty for the single camera of a node without `cameras` (outputs at `~/`).
+    pub name: String,
+    pub topic: String,
+    pub compressed: bool,
+    pub model_bundles: Vec<String>,
+    pub score_threshold: f64,
+    pub max_frame_age: Option<Duration>,
+    /// Reported, not gating (`advisory_cameras`).
+    pub advisory: bool,
+}
 
 /// The typed, validated configuration read from the declared parameters.
 #[derive(Debug, Clone)]
@@ -140,6 +166,172 @@ pub struct NodeConfig {
     pub managed: bool,
     /// The camera's name, checked against each bundle's `calibration.camera`.
     pub camera: Option<String>,
+    /// The cameras: one unnamed camera, or those `cameras` names.
+    pub cameras: Vec<CameraConfig>,
+}
+
+impl NodeConfig {
+    /// Several named cameras (`cameras`), each with outputs under `~/<name>/`.
+    pub fn several_cameras(&self) -> bool {
+        self.cameras.iter().any(|c| !c.name.is_empty())
+    }
+}
+
+/// A ROS 2 name token: a letter, then letters, digits and underscores.
+fn is_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The cameras from `cameras` and their `<camera>.*` overrides, or the node's single camera.
+fn cameras(
+    r: &Reader,
+    node_bundles: &[String],
+    compressed: bool,
+    score_threshold: f64,
+    max_frame_age: Option<Duration>,
+) -> Result<Vec<CameraConfig>, ParamError> {
+    let topic = |compressed: bool, base: &str| match compressed {
+        true => format!("{base}/compressed"),
+        false => base.to_string(),
+    };
+    let names = r.string_array("cameras")?;
+    let advisory = r.string_array("advisory_cameras")?;
+    if names.is_empty() {
+        if !advisory.is_empty() {
+            return Err(ParamError(format!(
+                "parameter 'advisory_cameras' is {advisory:?} but 'cameras' is empty: name the cameras first"
+            )));
+        }
+        return Ok(vec![CameraConfig {
+            name: String::new(),
+            topic: topic(compressed, "image"),
+            compressed,
+            model_bundles: node_bundles.to_vec(),
+            score_threshold,
+            max_frame_age,
+            advisory: false,
+        }]);
+    }
+    for (i, n) in names.iter().enumerate() {
+        if !is_name(n) {
+            return Err(ParamError(format!(
+                "parameter 'cameras': '{n}' is not a valid name (a letter, then letters, digits and underscores): it names the camera's outputs ~/{n}/"
+            )));
+        }
+        if names[..i].contains(n) {
+            return Err(ParamError(format!("parameter 'cameras' lists '{n}' twice")));
+        }
+    }
+    if let Some(a) = advisory.iter().find(|a| !names.contains(a)) {
+        return Err(ParamError(format!(
+            "parameter 'advisory_cameras' names '{a}', which is not in 'cameras' ({names:?})"
+        )));
+    }
+    if names.iter().all(|n| advisory.contains(n)) {
+        return Err(ParamError(
+            "every camera is advisory: the node's ~/ood would gate on none; leave at least one camera out of 'advisory_cameras'".into(),
+        ));
+    }
+    names
+        .iter()
+        .map(|name| {
+            let key = |k: &str| format!("{name}.{k}");
+            let set = |k: &str| !matches!(r.get(&key(k)), ParameterValue::NotSet);
+            let compressed = match set("transport") {
+                false => compressed,
+                true => match r.string(&key("transport"))?.as_str() {
+                    "raw" => false,
+                    "compressed" => true,
+                    other => {
+                        return Err(ParamError(format!(
+                            "parameter '{}' is '{other}'; expected 'raw' or 'compressed'",
+                            key("transport")
+                        )))
+                    }
+                },
+            };
+            let image_topic = match set("image_topic") {
+                true => r.string(&key("image_topic"))?,
+                false => topic(compressed, &format!("{name}/image")),
+            };
+            if image_topic.trim().is_empty() {
+                return Err(ParamError(format!(
+                    "parameter '{}' is empty",
+                    key("image_topic")
+                )));
+            }
+            let model_bundles = match set("model_bundles") {
+                true => bundles(
+                    DEFAULT_BUNDLE.into(),
+                    r.string_array(&key("model_bundles"))?,
+                )
+                .map_err(|e| ParamError(format!("camera '{name}': {e}")))?,
+                false => node_bundles.to_vec(),
+            };
+            let number = |k: &str| -> Result<Option<f64>, ParamError> {
+                match r.get(&key(k)) {
+                    ParameterValue::NotSet => Ok(None),
+                    ParameterValue::Integer(i) => Ok(Some(i as f64)),
+                    _ => r.double(&key(k)).map(Some),
+                }
+            };
+            let score_threshold = match number("score_threshold")? {
+                None => score_threshold,
+                Some(t) if valid_score_threshold(t) => t,
+                Some(t) => {
+                    return Err(ParamError(format!(
+                        "parameter '{}' is {t}; expected >= 0 (scores are distances)",
+                        key("score_threshold")
+                    )))
+                }
+            };
+            let max_frame_age = match number("max_frame_age")? {
+                None => max_frame_age,
+                Some(a) => Some(seconds(&key("max_frame_age"), a)?).filter(|d| !d.is_zero()),
+            };
+            Ok(CameraConfig {
+                name: name.clone(),
+                topic: image_topic,
+                compressed,
+                model_bundles,
+                score_threshold,
+                max_frame_age,
+                advisory: advisory.contains(name),
+            })
+        })
+        .collect()
+}
+
+/// Shows each camera's parameters (`<camera>.*`) with the values in force, read-only.
+pub fn declare_cameras(node: &mut r2r::Node, cfg: &NodeConfig) {
+    if !cfg.several_cameras() {
+        return;
+    }
+    let mut params = node.params.lock().expect("parameter lock");
+    let mut constraints = node.param_constraints.lock().expect("parameter lock");
+    for c in &cfg.cameras {
+        for d in CAMERA_PARAMS {
+            let value = match d.name {
+                "image_topic" => ParameterValue::String(c.topic.clone()),
+                "transport" => {
+                    ParameterValue::String(if c.compressed { "compressed" } else { "raw" }.into())
+                }
+                "model_bundles" => ParameterValue::StringArray(c.model_bundles.clone()),
+                "score_threshold" => ParameterValue::Double(c.score_threshold),
+                _ => ParameterValue::Double(c.max_frame_age.map_or(0.0, |d| d.as_secs_f64())),
+            };
+            let name = format!("{}.{}", c.name, d.name);
+            params.insert(
+                name.clone(),
+                r2r::Parameter {
+                    value,
+                    description: d.description,
+                },
+            );
+            constraints.insert(name, d.ros_constraints());
+        }
+    }
 }
 
 fn to_value(d: &DefaultValue) -> ParameterValue {
@@ -336,6 +528,26 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
             model_bundles.len()
         )));
     }
+    let max_frame_age = (age > 0.0)
+        .then(|| seconds("max_frame_age", age))
+        .transpose()?;
+    let cameras = cameras(
+        r,
+        &model_bundles,
+        compressed,
+        score_threshold,
+        max_frame_age,
+    )?;
+    if let Some(c) = cameras
+        .iter()
+        .find(|c| c.model_bundles.len() > 1 && cusum > 0.0)
+    {
+        return Err(ParamError(format!(
+            "parameter 'cusum_threshold' is {cusum} with {} detectors on camera '{}': each detector's threshold is its own bundle's; leave it 0",
+            c.model_bundles.len(),
+            c.name
+        )));
+    }
     Ok(NodeConfig {
         model_bundles,
         backend,
@@ -344,9 +556,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         reliable_images,
         image_qos_depth: depth as usize,
         score_threshold,
-        max_frame_age: (age > 0.0)
-            .then(|| seconds("max_frame_age", age))
-            .transpose()?,
+        max_frame_age,
         input_timeout: (timeout > 0.0)
             .then(|| seconds("input_timeout", timeout))
             .transpose()?,
@@ -359,6 +569,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         max_repeated_frames,
         managed: r.bool("managed")?,
         camera: Some(string("camera")?).filter(|c| !c.is_empty()),
+        cameras,
     })
 }
 
