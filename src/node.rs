@@ -45,6 +45,10 @@ pub fn main_with(hook: Option<DetectorHook>) -> Result<()> {
         println!("{}", params::describe_json(params::PARAMS));
         return Ok(());
     }
+    if std::env::args().any(|a| a == "--describe-camera-parameters") {
+        println!("{}", params::describe_json(params::CAMERA_PARAMS));
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -127,3 +127,22 @@ def test_a_bad_camera_list_stops_the_node_with_the_reason(ros, params, needle):
     finally:
         node.stop()
     assert node.proc.returncode != 0 and needle in node.output(), node.output()
+
+
+def test_the_example_cameras_config_runs(ros):
+    """config/monitor_cameras.yaml as launch/monitor_cameras.launch.py loads it (over
+    monitor.yaml): both cameras subscribed, each on its own topic and transport."""
+    from conftest import ROOT
+
+    name = f"cameras_example_{UID}"
+    node = NodeProcess(name, extra_args=["--params-file", str(ROOT / "config" / "monitor_cameras.yaml")])
+    probe = rclpy.create_node(f"cameras_probe_{UID}")
+    try:
+        wait_for(lambda: probe.count_subscribers("/front_camera/image_raw") >= 1
+                 and probe.count_subscribers("/rear_camera/image_raw/compressed") >= 1, 60,
+                 lambda: rclpy.spin_once(probe, timeout_sec=0.05), "both cameras' subscriptions")
+        assert probe.count_publishers(f"/{name}/front/ood") == 1 and probe.count_publishers(f"/{name}/rear/ood") == 1
+    finally:
+        probe.destroy_node()
+        rc = node.stop()
+    assert rc == 0, node.output()[-3000:]

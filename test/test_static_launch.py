@@ -124,3 +124,29 @@ def test_package_xml():
     assert root.find("license").text == "Apache-2.0"
     deps = {d.text for d in root.iter("depend")}
     assert {"rcl", "std_msgs", "sensor_msgs", "diagnostic_msgs"} <= deps
+
+
+def flatten(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_cameras_config_and_launch_file():
+    """config/monitor_cameras.yaml sets only declared parameters and per-camera parameters of
+    the cameras it lists; the launch file loads it over monitor.yaml."""
+    params = declared()
+    out = subprocess.run([str(NODE), "--describe-camera-parameters"], capture_output=True, text=True, check=True).stdout
+    per_camera = {p["name"] for p in json.loads(out)}
+    values = dict(flatten(yaml.safe_load((ROOT / "config" / "monitor_cameras.yaml").read_text())["/**"]["ros__parameters"]))
+    cameras = values["cameras"]
+    assert len(cameras) >= 2 and set(values["advisory_cameras"]) < set(cameras)
+    for k in values:
+        cam, _, rest = k.partition(".")
+        assert k in params or (cam in cameras and rest in per_camera), k
+    assert {f"{c}.image_topic" for c in cameras} <= set(values)
+    tree = ast.parse((ROOT / "launch" / "monitor_cameras.launch.py").read_text())
+    text = ast.unparse(tree)
+    assert "monitor_cameras.yaml" in text and "monitor.yaml" in text and "vae_ood_monitor" in text
