@@ -7,6 +7,7 @@
 //! updated, so the heartbeat (node.rs) can never republish an older verdict over a newer one.
 
 use crate::messages::{time_to_nanos, verdict_array, CameraMsg, VerdictRecord};
+use crate::params::Batching;
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::std_msgs::msg::{Bool, Float32, Header};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -354,6 +355,7 @@ pub struct LoopCtx {
     pub clock: Arc<Mutex<r2r::Clock>>,
     /// Camera names (empty for the single unnamed camera), for logs.
     pub cameras: Vec<String>,
+    pub batching: Batching,
 }
 
 enum Event {
@@ -514,7 +516,7 @@ pub fn run(
                     last_input[*c] = f.received;
                     seq[*c] += 1;
                 }
-                let verdicts = score_frames(&mut cameras, &frames);
+                let verdicts = score_frames(&mut cameras, &frames, ctx.batching);
                 frames
                     .iter()
                     .zip(verdicts)
@@ -589,6 +591,7 @@ pub fn run(
 fn score_frames(
     cameras: &mut [CameraPipelines],
     frames: &[(usize, Incoming)],
+    batching: Batching,
 ) -> Vec<Vec<FrameVerdict>> {
     let data: Vec<FrameData<'_>> = frames.iter().map(|(_, f)| f.msg.frame()).collect();
     let mut out: Vec<Vec<Option<FrameVerdict>>> = frames
@@ -621,7 +624,14 @@ fn score_frames(
                     }
                 })
                 .collect();
-            Monitor::process_together(&mut batch)
+            match batching {
+                Batching::Auto => Monitor::process_together(&mut batch),
+                Batching::Always => Monitor::process_batched(&mut batch),
+                Batching::Never => batch
+                    .iter_mut()
+                    .map(|i| i.monitor.process_at(i.frame, i.age, i.stamp_ns))
+                    .collect(),
+            }
         };
         for ((fi, pi, _), v) in group.iter().zip(verdicts) {
             out[*fi][*pi] = Some(v);

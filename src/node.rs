@@ -440,6 +440,7 @@ impl Ctx {
                 input_timeout: cfg.input_timeout,
                 clock,
                 cameras: cfg.cameras.iter().map(|c| c.name.clone()).collect(),
+                batching: cfg.batching,
             };
             let pubs = self.pubs.clone();
             std::thread::Builder::new()

@@ -110,6 +110,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
     decl!("cameras", StrArray(&[]), "Several cameras on one node: their names (e.g. [front, rear]), each configured by <name>.image_topic, <name>.transport, <name>.model_bundles and the optional overrides <name>.score_threshold and <name>.max_frame_age, with its outputs under ~/<name>/ and one /diagnostics status; ~/ood is true when any camera that gates is not OK. Empty: one camera on 'image' (or 'image/compressed') with its outputs at ~/."),
+    decl!("batching", Str("auto"), "Frames of several cameras on one detector: 'auto' scores them in one batched call where that is faster (the cuda backends; on the CPU tract's batches are slower), 'always' batches, 'never' does not (for measuring).", constraints: "auto | always | never"),
     decl!("advisory_cameras", StrArray(&[]), "Cameras (of 'cameras') that are reported but do not gate: their ~/<name>/ood and diagnostics say what they see, the node's ~/ood ignores them."),
     decl!("camera", Str(""), "The name of the camera this node watches (e.g. front), for the bundles' calibration.camera: a bundle calibrated on another camera's drives is used with a warning (its false-alarm guarantee is about that camera's view). Empty: not checked."),
     decl!("managed", Bool(false), "A ROS 2 lifecycle (managed) node: it starts unconfigured and waits for a lifecycle manager (~/change_state): configure loads and checks the bundles, activate starts scoring, deactivate stops it, cleanup unloads them. ~/ood is true in every state but active. false: configured and active at start-up."),
@@ -168,6 +169,17 @@ pub struct NodeConfig {
     pub camera: Option<String>,
     /// The cameras: one unnamed camera, or those `cameras` names.
     pub cameras: Vec<CameraConfig>,
+    /// How frames of several cameras on one detector are scored.
+    pub batching: Batching,
+}
+
+/// How the frames of several cameras that share a detector are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Batched where the backend gains from it (`vae_ood_core::monitor::batching_pays`).
+    Auto,
+    Always,
+    Never,
 }
 
 impl NodeConfig {
@@ -570,6 +582,16 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         managed: r.bool("managed")?,
         camera: Some(string("camera")?).filter(|c| !c.is_empty()),
         cameras,
+        batching: match string("batching")?.as_str() {
+            "auto" => Batching::Auto,
+            "always" => Batching::Always,
+            "never" => Batching::Never,
+            other => {
+                return Err(ParamError(format!(
+                    "parameter 'batching' is '{other}'; expected 'auto', 'always' or 'never'"
+                )))
+            }
+        },
     })
 }
 
