@@ -1,5 +1,6 @@
 //! The inference thread: takes the newest frame of each camera from its slot, runs the core
-//! monitors (the frames of cameras sharing a detector together) and publishes every output. Runs on its own OS thread so a slow model never blocks the
+//! monitors (the frames of cameras that share a detector together) and publishes every
+//! output. Runs on its own OS thread so a slow model never blocks the
 //! executor; faults for a silent camera (`input_timeout`) and operator resets happen here too,
 //! so every change of the monitor's state goes through one place.
 //!
@@ -75,7 +76,8 @@ pub struct Publishers {
 }
 
 impl Publishers {
-    /// `true` on every verdict output (not trusted).
+    /// `true` on the node's and every camera's verdict (not trusted). Each detector's own
+    /// `ood` is the worker's: it publishes `true` on them when it restarts or stops.
     fn all_ood(&self) {
         let _ = self.ood.publish(&Bool { data: true });
         for p in self.cameras.iter().flatten() {
@@ -192,7 +194,9 @@ impl Shared {
         latencies: &[(usize, Duration)],
     ) {
         let mut s = self.status.lock().expect("status lock");
-        let active = self.is_active();
+        // A verdict decided before a pending restart (a quick deactivate and activate) is not
+        // trusted either.
+        let active = self.is_active() && !self.restart.load(Ordering::Relaxed);
         for (c, cam) in cameras.iter().enumerate() {
             let st = &mut s.cameras[c];
             st.state = combined(&cam.pipelines);
@@ -216,6 +220,14 @@ impl Shared {
         s.busy_since = None;
         if !s.closed {
             publish_verdicts(pubs, &s, active);
+            // Each detector's own `ood` (several detectors on a camera).
+            for p in cameras.iter().flat_map(|c| &c.pipelines) {
+                if let Some(ood) = &p.pubs.ood {
+                    let _ = ood.publish(&Bool {
+                        data: p.monitor.state().is_ood() || !active,
+                    });
+                }
+            }
         }
     }
 
@@ -424,8 +436,9 @@ pub fn run(
 ) -> Vec<CameraPipelines> {
     let n = cameras.len();
     let mut seq = vec![0u64; n];
-    let mut last_log: Option<Instant> = None;
-    let mut suppressed = 0u64;
+    // Fault logs are rate-limited per camera: one camera's faults never hide another's.
+    let mut last_log: Vec<Option<Instant>> = vec![None; n];
+    let mut suppressed = vec![0u64; n];
     // Run-time threshold changes apply to a single detector on a single camera only
     // (the parameter validator refuses them otherwise: each bundle's scale is its own).
     let single = n == 1 && cameras[0].pipelines.len() == 1;
@@ -439,13 +452,23 @@ pub fn run(
             .and_then(|t| last_input.iter().min().map(|&l| l + t));
         let event = next_event(shared, deadline);
         shared.mark_busy();
-        let results: Vec<CameraVerdicts> = match event {
-            Event::Shutdown => return cameras,
+        let mut results: Vec<CameraVerdicts> = match event {
+            Event::Shutdown => {
+                // Each detector's latched `ood` must not stay false after the worker is gone.
+                for p in cameras.iter().flat_map(|c| &c.pipelines) {
+                    if let Some(ood) = &p.pubs.ood {
+                        let _ = ood.publish(&Bool { data: true });
+                    }
+                }
+                return cameras;
+            }
             Event::Restart => {
                 for p in cameras.iter_mut().flat_map(|c| &mut c.pipelines) {
                     if let Err(e) = p.monitor.restart() {
-                        // Cannot happen for a bundle that loaded; the monitor stays as it was.
+                        // Cannot happen for a bundle that loaded; if it did, fail safe.
                         r2r::log_error!(&ctx.logger, "restarting detector {}: {e}", p.model_id);
+                        p.monitor
+                            .reject(Fault::Inference(format!("restart failed: {e}")));
                     }
                 }
                 // No input while paused: the silent-camera timers start again on activation.
@@ -480,27 +503,8 @@ pub fn run(
                 }
                 continue;
             }
-            Event::Timeout => {
-                let now = Instant::now();
-                let t = ctx.input_timeout.expect("timeouts only with input_timeout");
-                let mut silent = vec![];
-                for (c, cam) in cameras.iter_mut().enumerate() {
-                    if last_input[c] + t <= now {
-                        last_input[c] = now;
-                        silent.push(CameraVerdicts {
-                            camera: c,
-                            verdicts: cam
-                                .pipelines
-                                .iter_mut()
-                                .map(|p| p.monitor.reject(Fault::InputTimeout(t)))
-                                .collect(),
-                            header: now_header(&ctx.clock),
-                            received: None,
-                        });
-                    }
-                }
-                silent
-            }
+            // Handled below, with the silent cameras of every event.
+            Event::Timeout => vec![],
             Event::Frames(frames) => {
                 if single {
                     let m = &mut cameras[0].pipelines[0].monitor;
@@ -530,6 +534,26 @@ pub fn run(
             }
         };
 
+        // A camera is silent `input_timeout` after its last frame, also while the others keep
+        // the worker busy (a frames event can then come before the timeout).
+        if let Some(t) = ctx.input_timeout.filter(|_| shared.is_active()) {
+            let now = Instant::now();
+            for (c, cam) in cameras.iter_mut().enumerate() {
+                if last_input[c] + t <= now {
+                    last_input[c] = now;
+                    results.push(CameraVerdicts {
+                        camera: c,
+                        verdicts: cam
+                            .pipelines
+                            .iter_mut()
+                            .map(|p| p.monitor.reject(Fault::InputTimeout(t)))
+                            .collect(),
+                        header: now_header(&ctx.clock),
+                        received: None,
+                    });
+                }
+            }
+        }
         let t_pub = Instant::now();
         for r in &results {
             for (p, v) in cameras[r.camera].pipelines.iter().zip(&r.verdicts) {
@@ -553,11 +577,11 @@ pub fn run(
             });
             if let Some((fault, p)) = fault {
                 // Rate-limited: a broken camera must not flood the log.
-                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    let extra = if suppressed > 0 {
-                        format!(" ({suppressed} similar messages suppressed)")
-                    } else {
-                        String::new()
+                let c = r.camera;
+                if last_log[c].is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    let extra = match suppressed[c] {
+                        0 => String::new(),
+                        k => format!(" ({k} similar messages suppressed)"),
                     };
                     let mut who = vec![];
                     if !ctx.cameras[r.camera].is_empty() {
@@ -575,10 +599,10 @@ pub fn run(
                         "frame {}: {fault}{who}; verdict OOD{extra}",
                         seq[r.camera]
                     );
-                    last_log = Some(Instant::now());
-                    suppressed = 0;
+                    last_log[c] = Some(Instant::now());
+                    suppressed[c] = 0;
                 } else {
-                    suppressed += 1;
+                    suppressed[c] += 1;
                 }
             }
         }
@@ -710,11 +734,8 @@ fn combined(pipelines: &[Pipeline]) -> MonitorState {
     MonitorState::combine(pipelines.iter().map(|p| p.monitor.state()))
 }
 
-/// Score, p-value, log M and CUSUM (the verdict itself goes through `publish_state`).
+/// Score, p-value, log M and CUSUM (the verdicts go through `publish_state`).
 fn publish_values(pubs: &PipelinePublishers, v: &FrameVerdict) {
-    if let Some(ood) = &pubs.ood {
-        let _ = ood.publish(&Bool { data: v.is_ood() });
-    }
     if let Some(score) = v.score {
         let _ = pubs.score.publish(&Float32 { data: score as f32 });
     }

@@ -86,7 +86,7 @@ pub enum Outcome {
     Success,
     /// Refused (nothing changed): back to the start state.
     Failure,
-    /// Went wrong midway: error processing, which (with nothing to recover) ends unconfigured.
+    /// Went wrong midway: error processing, which cannot recover it and ends finalized.
     Error,
 }
 
@@ -263,14 +263,15 @@ impl Server {
     }
 
     /// Ends a transition with the outcome of its work; returns the new primary state. An error
-    /// goes through error processing, which has nothing to recover here: it ends unconfigured.
+    /// (the work failed midway: the node's state is unknown) goes through error processing,
+    /// which cannot recover it here: it ends finalized, fail-safe, for an operator to restart.
     pub fn finish(&self, step: Step, outcome: Outcome) -> u8 {
         let mut state = self.state.lock().expect("lifecycle state");
         let t = ending(step.intermediate, outcome);
         self.publish(t);
         *state = t.3;
         if t.3 == ERROR_PROCESSING {
-            let t = ending(ERROR_PROCESSING, Outcome::Success);
+            let t = ending(ERROR_PROCESSING, Outcome::Failure);
             self.publish(t);
             *state = t.3;
         }

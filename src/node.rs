@@ -313,119 +313,137 @@ impl Ctx {
 
         let mut node = self.node();
         let mut cameras = vec![];
-        for (cam, monitors) in cfg.cameras.iter().zip(per_camera) {
-            let several = monitors.len() > 1;
-            let cam_prefix = match cam.name.is_empty() {
-                true => "~/".to_string(),
-                false => format!("~/{}/", cam.name),
-            };
-            let mut pipelines = vec![];
-            for Loading {
-                name,
-                model_id,
-                monitor,
-            } in monitors
-            {
-                let prefix = match several {
-                    true => format!("{cam_prefix}{name}/"),
-                    false => cam_prefix.clone(),
-                };
-                let topic = |t: &str| format!("{prefix}{t}");
-                let pubs = PipelinePublishers {
-                    ood: if several {
-                        Some(node.create_publisher::<Bool>(&topic("ood"), ood_qos())?)
-                    } else {
-                        None
-                    },
-                    score: float_pub(&mut node, &topic("score"))?,
-                    p_value: float_pub(&mut node, &topic("p_value"))?,
-                    martingale: float_pub(&mut node, &topic("martingale"))?,
-                    cusum: float_pub(&mut node, &topic("cusum"))?,
-                    verdict: node
-                        .create_publisher::<DiagnosticArray>(&topic("verdict"), verdict_qos())?,
-                };
-                pipelines.push(Pipeline {
-                    name: if several { name } else { String::new() },
-                    model_id,
-                    monitor,
-                    pubs,
-                });
-            }
-            let verdict = match several {
-                true => Some(node.create_publisher::<DiagnosticArray>(
-                    &format!("{cam_prefix}verdict"),
-                    verdict_qos(),
-                )?),
-                false => None,
-            };
-            let model_id = pipelines
-                .iter()
-                .map(|p| p.model_id.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            loaded.model_ids.push(model_id.clone());
-            cameras.push(CameraPipelines {
-                pipelines,
-                verdict,
-                model_id,
-            });
-        }
-        // `ros2 param get cusum_threshold` shows the threshold in force, not the 0 that asks
-        // for the bundle's.
-        if let (Some(own), None) = (loaded.bundle_cusum, cfg.cusum_threshold) {
-            if let Some(p) = node
-                .params
-                .lock()
-                .expect("parameter lock")
-                .get_mut("cusum_threshold")
-            {
-                p.value = ParameterValue::Double(own);
-            }
-        }
-
-        // Camera subscriptions: relative, image_transport-style names, remappable.
-        let qos = if cfg.reliable_images {
-            QosProfile::default().reliable()
-        } else {
-            QosProfile::sensor_data()
-        }
-        .keep_last(cfg.image_qos_depth);
         let clock = node.get_ros_clock();
         let mut frames = vec![];
-        for (c, cam) in cfg.cameras.iter().enumerate() {
-            let lost = self.shared.counts[c].lost_in_queue.clone();
-            let stream: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> =
-                if cam.compressed {
-                    Box::pin(
-                        node.subscribe_counting_drops::<CompressedImage>(
-                            &cam.topic,
-                            qos.clone(),
-                            lost,
-                        )?
-                        .map(CameraMsg::Compressed),
-                    )
-                } else {
-                    Box::pin(
-                        node.subscribe_counting_drops::<Image>(&cam.topic, qos.clone(), lost)?
-                            .map(CameraMsg::Raw),
-                    )
+        // Publishers, then subscriptions; on an error, what was made is removed again, so that
+        // a failed configure leaves nothing behind for the next one to duplicate.
+        let made = (|| -> Result<()> {
+            for (cam, monitors) in cfg.cameras.iter().zip(per_camera) {
+                let several = monitors.len() > 1;
+                let cam_prefix = match cam.name.is_empty() {
+                    true => "~/".to_string(),
+                    false => format!("~/{}/", cam.name),
                 };
-            // Newest frame wins; nothing is taken while inactive.
-            frames.push(tokio::spawn({
-                let (shared, clock) = (self.shared.clone(), clock.clone());
-                let mut stream = stream;
-                async move {
-                    while let Some(msg) = stream.next().await {
-                        if !shared.is_active() {
-                            continue;
-                        }
-                        let received = Instant::now();
-                        let now = clock.lock().ok().and_then(|mut c| c.get_now().ok());
-                        let age = now.and_then(|now| frame_age(&msg.header().stamp, now));
-                        shared.offer(c, Incoming { msg, age, received });
-                    }
+                let mut pipelines = vec![];
+                for Loading {
+                    name,
+                    model_id,
+                    monitor,
+                } in monitors
+                {
+                    let prefix = match several {
+                        true => format!("{cam_prefix}{name}/"),
+                        false => cam_prefix.clone(),
+                    };
+                    let topic = |t: &str| format!("{prefix}{t}");
+                    let pubs = PipelinePublishers {
+                        ood: if several {
+                            Some(node.create_publisher::<Bool>(&topic("ood"), ood_qos())?)
+                        } else {
+                            None
+                        },
+                        score: float_pub(&mut node, &topic("score"))?,
+                        p_value: float_pub(&mut node, &topic("p_value"))?,
+                        martingale: float_pub(&mut node, &topic("martingale"))?,
+                        cusum: float_pub(&mut node, &topic("cusum"))?,
+                        verdict: node.create_publisher::<DiagnosticArray>(
+                            &topic("verdict"),
+                            verdict_qos(),
+                        )?,
+                    };
+                    pipelines.push(Pipeline {
+                        name: if several { name } else { String::new() },
+                        model_id,
+                        monitor,
+                        pubs,
+                    });
                 }
-            }));
+                let verdict = match several {
+                    true => Some(node.create_publisher::<DiagnosticArray>(
+                        &format!("{cam_prefix}verdict"),
+                        verdict_qos(),
+                    )?),
+                    false => None,
+                };
+                let model_id = pipelines
+                    .iter()
+                    .map(|p| p.model_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                loaded.model_ids.push(model_id.clone());
+                cameras.push(CameraPipelines {
+                    pipelines,
+                    verdict,
+                    model_id,
+                });
+            }
+            // `ros2 param get cusum_threshold` shows the threshold in force, not the 0 that asks
+            // for the bundle's.
+            // A threshold set at run time (kept across a cleanup, as every parameter is) stays.
+            let set_at_run_time = self.shared.cusum_threshold.load(Ordering::Relaxed) != 0;
+            if let (Some(own), None, false) =
+                (loaded.bundle_cusum, cfg.cusum_threshold, set_at_run_time)
+            {
+                if let Some(p) = node
+                    .params
+                    .lock()
+                    .expect("parameter lock")
+                    .get_mut("cusum_threshold")
+                {
+                    p.value = ParameterValue::Double(own);
+                }
+            }
+
+            // Camera subscriptions: relative, image_transport-style names, remappable.
+            let qos = if cfg.reliable_images {
+                QosProfile::default().reliable()
+            } else {
+                QosProfile::sensor_data()
+            }
+            .keep_last(cfg.image_qos_depth);
+            for (c, cam) in cfg.cameras.iter().enumerate() {
+                let lost = self.shared.counts[c].lost_in_queue.clone();
+                let stream: std::pin::Pin<Box<dyn futures::Stream<Item = CameraMsg> + Send>> =
+                    if cam.compressed {
+                        Box::pin(
+                            node.subscribe_counting_drops::<CompressedImage>(
+                                &cam.topic,
+                                qos.clone(),
+                                lost,
+                            )?
+                            .map(CameraMsg::Compressed),
+                        )
+                    } else {
+                        Box::pin(
+                            node.subscribe_counting_drops::<Image>(&cam.topic, qos.clone(), lost)?
+                                .map(CameraMsg::Raw),
+                        )
+                    };
+                // Newest frame wins; nothing is taken while inactive.
+                frames.push(tokio::spawn({
+                    let (shared, clock) = (self.shared.clone(), clock.clone());
+                    let mut stream = stream;
+                    async move {
+                        while let Some(msg) = stream.next().await {
+                            if !shared.is_active() {
+                                continue;
+                            }
+                            let received = Instant::now();
+                            let now = clock.lock().ok().and_then(|mut c| c.get_now().ok());
+                            let age = now.and_then(|now| frame_age(&msg.header().stamp, now));
+                            shared.offer(c, Incoming { msg, age, received });
+                        }
+                    }
+                }));
+            }
+            Ok(())
+        })();
+        if let Err(e) = made {
+            frames
+                .iter()
+                .for_each(|f: &tokio::task::JoinHandle<()>| f.abort());
+            destroy_outputs(&mut node, cameras);
+            return Err(e);
         }
         drop(node);
 
@@ -468,27 +486,30 @@ impl Ctx {
             .worker
             .join()
             .map_err(|_| anyhow!("the inference thread panicked"))?;
-        let mut node = self.node();
-        for cam in cameras {
-            for p in cam.pipelines {
-                let pubs = p.pubs;
-                if let Some(o) = pubs.ood {
-                    node.destroy_publisher(o);
-                }
-                node.destroy_publisher(pubs.score);
-                node.destroy_publisher(pubs.p_value);
-                node.destroy_publisher(pubs.martingale);
-                node.destroy_publisher(pubs.cusum);
-                node.destroy_publisher(pubs.verdict);
-            }
-            if let Some(v) = cam.verdict {
-                node.destroy_publisher(v);
-            }
-        }
-        drop(node);
+        destroy_outputs(&mut self.node(), cameras);
         self.shared.clear();
         *self.loaded.lock().expect("loaded lock") = None;
         Ok(())
+    }
+}
+
+/// Removes the detectors' publishers from the node.
+fn destroy_outputs(node: &mut r2r::Node, cameras: Vec<CameraPipelines>) {
+    for cam in cameras {
+        for p in cam.pipelines {
+            let pubs = p.pubs;
+            if let Some(o) = pubs.ood {
+                node.destroy_publisher(o);
+            }
+            node.destroy_publisher(pubs.score);
+            node.destroy_publisher(pubs.p_value);
+            node.destroy_publisher(pubs.martingale);
+            node.destroy_publisher(pubs.cusum);
+            node.destroy_publisher(pubs.verdict);
+        }
+        if let Some(v) = cam.verdict {
+            node.destroy_publisher(v);
+        }
     }
 }
 
@@ -520,10 +541,13 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     params::declare(&mut node, params::PARAMS).map_err(|e| anyhow!(e))?;
     let (param_handler, param_events) = node.make_parameter_handler()?;
     let cfg: NodeConfig = params::read(&node).map_err(|e| anyhow!(e))?;
+    // `<camera>.<name>` of a listed camera and a per-camera parameter; any other is a typo.
     let camera_param = |p: &str| {
-        cfg.cameras
-            .iter()
-            .any(|c| !c.name.is_empty() && p.starts_with(&format!("{}.", c.name)))
+        cfg.cameras.iter().any(|c| {
+            !c.name.is_empty()
+                && p.strip_prefix(&format!("{}.", c.name))
+                    .is_some_and(|rest| params::CAMERA_PARAMS.iter().any(|d| d.name == rest))
+        })
     };
     for unknown in params::unknown(&node, params::PARAMS)
         .into_iter()
@@ -588,6 +612,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
             match (name, l.as_ref()) {
                 ("cusum_threshold", None) => Err("cusum_threshold cannot change before the node is configured (whether it applies depends on the bundle's calibration)".into()),
                 ("cusum_threshold", Some(l)) if l.several => Err("cusum_threshold cannot change with several detectors or cameras: each decides with its own bundle's threshold (recalibrate a bundle to change it)".into()),
+                ("score_threshold", Some(l)) if l.several => Err("score_threshold cannot change at run time with several detectors or cameras (each camera may override it: <camera>.score_threshold)".into()),
                 ("cusum_threshold", Some(l)) if l.bundle_cusum.is_none() => Err("cusum_threshold cannot change: the bundle is not calibrated, so it decides per frame with score_threshold".into()),
                 _ => Ok(()),
             }
@@ -903,10 +928,11 @@ fn spawn_diagnostics(
                     dropped,
                     lost_in_queue,
                     period,
-                    recent_frames: received - last_received,
-                    recent_dropped: dropped + lost_in_queue - last_dropped,
-                    recent_faults: st.counters.total_faults() - last_faults,
-                    recent_lost_in_queue: lost_in_queue - last_lost,
+                    // Saturating: a lifecycle cleanup starts the fault counts again.
+                    recent_frames: received.saturating_sub(last_received),
+                    recent_dropped: (dropped + lost_in_queue).saturating_sub(last_dropped),
+                    recent_faults: st.counters.total_faults().saturating_sub(last_faults),
+                    recent_lost_in_queue: lost_in_queue.saturating_sub(last_lost),
                     latency_p50: lat.get(lat.len() / 2).copied(),
                     latency_max: lat.last().copied(),
                     topic,

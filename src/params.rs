@@ -195,6 +195,20 @@ fn is_name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A ROS 2 topic name as rcl accepts it (absolute, relative or `~/`-private).
+fn is_topic(t: &str) -> bool {
+    let rest = t
+        .strip_prefix("~/")
+        .or_else(|| t.strip_prefix('/'))
+        .unwrap_or(t);
+    !rest.is_empty()
+        && rest.split('/').all(|tok| {
+            !tok.is_empty()
+                && !tok.starts_with(|c: char| c.is_ascii_digit())
+                && tok.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
 /// The cameras from `cameras` and their `<camera>.*` overrides, or the node's single camera.
 fn cameras(
     r: &Reader,
@@ -267,9 +281,9 @@ fn cameras(
                 true => r.string(&key("image_topic"))?,
                 false => topic(compressed, &format!("{name}/image")),
             };
-            if image_topic.trim().is_empty() {
+            if !is_topic(&image_topic) {
                 return Err(ParamError(format!(
-                    "parameter '{}' is empty",
+                    "parameter '{}' is '{image_topic}': not a valid ROS topic name (letters, digits, '_' and '/', ~ only first, no token starting with a digit)",
                     key("image_topic")
                 )));
             }
@@ -864,6 +878,48 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.0.contains("cusum_threshold"), "{e}");
+    }
+
+    #[test]
+    fn cameras_take_the_node_defaults_and_their_own_overrides() {
+        let list =
+            |v: &[&str]| ParameterValue::StringArray(v.iter().map(|s| s.to_string()).collect());
+        let c = node(&[
+            ("cameras", list(&["front", "rear"])),
+            ("advisory_cameras", list(&["rear"])),
+            ("transport", Str("compressed".into())),
+            ("rear.transport", Str("raw".into())),
+            ("rear.score_threshold", Integer(7)),
+            ("front.max_frame_age", Double(0.0)),
+        ])
+        .unwrap();
+        let (f, r) = (&c.cameras[0], &c.cameras[1]);
+        assert!(c.several_cameras());
+        assert_eq!(
+            (f.name.as_str(), f.topic.as_str()),
+            ("front", "front/image/compressed")
+        );
+        assert_eq!(
+            (r.topic.as_str(), r.compressed, r.advisory),
+            ("rear/image", false, true)
+        );
+        assert_eq!((f.score_threshold, r.score_threshold), (100.0, 7.0));
+        assert_eq!((f.max_frame_age, r.max_frame_age), (None, c.max_frame_age));
+        assert_eq!(f.model_bundles, c.model_bundles);
+        // Without `cameras`: one unnamed camera on the node's own topic.
+        let one = node(&[]).unwrap();
+        assert!(!one.several_cameras() && one.cameras[0].topic == "image");
+        for bad in ["", "/", "a//b", "1cam/image", "cam image", "~", "a/~/b"] {
+            let e = node(&[
+                ("cameras", list(&["front"])),
+                ("front.image_topic", Str(bad.into())),
+            ])
+            .unwrap_err();
+            assert!(e.0.contains("front.image_topic"), "{bad:?}: {e}");
+        }
+        for good in ["/front/image_raw", "front/image", "~/image"] {
+            assert!(is_topic(good), "{good}");
+        }
     }
 
     /// Mostly values inside every double parameter's range (so that about a quarter of the

@@ -33,6 +33,26 @@ fn monitor(threshold: f64) -> Monitor {
     .unwrap()
 }
 
+/// A 32x24 rgb8 frame over `d`.
+fn raw(d: &[u8]) -> FrameData<'_> {
+    FrameData::Raw(RawImage {
+        width: 32,
+        height: 24,
+        encoding: "rgb8",
+        is_bigendian: false,
+        step: 96,
+        data: d,
+    })
+}
+
+/// The committed default detector as shipped, calibration included.
+fn calibrated_default() -> Box<dyn Detector> {
+    let bundle =
+        Bundle::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")).unwrap();
+    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+    Box::new(ImageDetector::with_encoder(bundle, enc).unwrap())
+}
+
 fn rgb(w: u32, h: u32) -> Vec<u8> {
     (0..w * h * 3).map(|i| ((i * 7) % 251) as u8).collect()
 }
@@ -268,13 +288,7 @@ fn a_frozen_camera_faults_after_max_repeated_frames_and_recovers_on_a_new_frame(
 #[test]
 fn a_restarted_monitor_decides_as_a_new_one_and_keeps_a_run_time_threshold() {
     // The calibrated bundle: warm-up, CUSUM and the latched verdict are what restart clears.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
-    let load = || {
-        let bundle = Bundle::load(&dir).unwrap();
-        let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
-        let det = ImageDetector::with_encoder(bundle, enc).unwrap();
-        Monitor::new(Box::new(det), MonitorConfig::default()).unwrap()
-    };
+    let load = || Monitor::new(calibrated_default(), MonitorConfig::default()).unwrap();
     let frames: Vec<Vec<u8>> = (0..12u32)
         .map(|k| {
             (0..32 * 24 * 3)
@@ -286,17 +300,7 @@ fn a_restarted_monitor_decides_as_a_new_one_and_keeps_a_run_time_threshold() {
         frames
             .iter()
             .map(|d| {
-                let v = m.process(
-                    &FrameData::Raw(RawImage {
-                        width: 32,
-                        height: 24,
-                        encoding: "rgb8",
-                        is_bigendian: false,
-                        step: 96,
-                        data: d,
-                    }),
-                    None,
-                );
+                let v = m.process(&raw(d), None);
                 (v.state, v.step.map(|s| s.cusum))
             })
             .collect()
@@ -319,12 +323,7 @@ fn a_restarted_monitor_decides_as_a_new_one_and_keeps_a_run_time_threshold() {
 fn frames_of_several_cameras_scored_together_get_the_verdicts_of_one_by_one() {
     // Two cameras on one (calibrated) detector, scored in one batched call, against two
     // monitors with a detector each; one camera sends a truncated frame and a stale one.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
-    let load = || {
-        let bundle = Bundle::load(&dir).unwrap();
-        let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
-        Box::new(ImageDetector::with_encoder(bundle, enc).unwrap()) as Box<dyn Detector>
-    };
+    let load = calibrated_default;
     let cfg = MonitorConfig {
         max_frame_age: Some(Duration::from_millis(500)),
         ..Default::default()
@@ -346,16 +345,6 @@ fn frames_of_several_cameras_scored_together_get_the_verdicts_of_one_by_one() {
         })
         .collect();
     for (k, pair) in frames.iter().enumerate() {
-        fn raw(d: &[u8]) -> FrameData<'_> {
-            FrameData::Raw(RawImage {
-                width: 32,
-                height: 24,
-                encoding: "rgb8",
-                is_bigendian: false,
-                step: 96,
-                data: d,
-            })
-        }
         let rear_data = if k == 3 {
             &pair[1][..100]
         } else {

@@ -146,3 +146,35 @@ def test_the_example_cameras_config_runs(ros):
         probe.destroy_node()
         rc = node.stop()
     assert rc == 0, node.output()[-3000:]
+
+
+def test_a_silent_camera_times_out_while_the_other_streams(ros):
+    """Each camera has its own silent-camera timer: rear silent while front streams at 20 Hz
+    faults rear (input_timeout) and makes the node OOD (rear gates), front stays OK."""
+    name = f"cameras_silent_{UID}"
+    params = {"cameras": "[front, rear]", "max_frame_age": "0.0", "input_timeout": "0.5",
+              "score_threshold": "1e30",
+              "front.image_topic": f"/{name}/front_camera", "rear.image_topic": f"/{name}/rear_camera"}
+    node = NodeProcess(name, params)
+    rig = Rig(name)
+    # Different frames: one frame repeated is a frozen camera.
+    frames = [raw_image(f) for f in make_frames(8, seed=9)]
+    try:
+        wait_for(lambda: all(p.get_subscription_count() > 0 for p in rig.pubs.values()), 60, rig.spin,
+                 "both camera subscriptions")
+        rig.spin(0.5)
+        t_end, i = time.monotonic() + 2.5, 0
+        while time.monotonic() < t_end:
+            msg = frames[i % len(frames)]
+            msg.header.stamp = rig.node.get_clock().now().to_msg()
+            rig.pubs["front"].publish(msg)
+            rig.spin(0.05)
+            i += 1
+        assert rig.verdicts["front"] and all(v["state"] == "OK" for v in rig.verdicts["front"][-10:]), [(i, v["state"], v.get("fault")) for i, v in enumerate(rig.verdicts["front"]) if v["state"] != "OK"] + [len(rig.verdicts["front"])]
+        assert any(v["state"] == "FAULT" and "input_timeout" in v.get("fault", "") for v in rig.verdicts["rear"]), \
+            rig.verdicts["rear"]
+        assert rig.heartbeat("node") is True and rig.heartbeat("rear") is True
+    finally:
+        rig.node.destroy_node()
+        rc = node.stop()
+    assert rc == 0, node.output()[-3000:]

@@ -179,8 +179,7 @@ impl EncoderIo {
     }
 }
 
-/// The plan of the last batch size other than 1: (size, (state, its [`EncoderIo`])).
-/// Plans for batches, by size.
+/// Plans for batches, by size: (size, (state, its [`EncoderIo`])), most recently used first.
 pub(crate) type BatchSlot<S> = Vec<(usize, (S, EncoderIo))>;
 
 /// The most batch sizes planned at once: a node batches at most one frame per camera, so sizes
