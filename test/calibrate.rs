@@ -42,6 +42,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         },
         epsilon_grid: vae_ood_core::detection::default_grid(),
         false_alarm_rate: 0.001,
+        camera: None,
         quiet: true,
     }
 }
