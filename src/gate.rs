@@ -117,9 +117,25 @@ struct Verdict {
     confirmed: bool,
 }
 
-fn passing(v: &Option<Verdict>, timeout: Duration, active: &AtomicBool) -> bool {
-    active.load(Ordering::Relaxed)
-        && matches!(v, Some(Verdict { ood: false, at, closed: false, confirmed: true }) if at.elapsed() < timeout)
+/// What decides whether a command passes, shared by the gate's tasks.
+#[derive(Clone)]
+struct Gate {
+    verdict: Arc<Mutex<Option<Verdict>>>,
+    /// Commands pass only while active: from the start when unmanaged, else when a lifecycle
+    /// manager activates the gate.
+    active: Arc<AtomicBool>,
+    timeout: Duration,
+}
+
+impl Gate {
+    fn verdict(&self) -> std::sync::MutexGuard<'_, Option<Verdict>> {
+        self.verdict.lock().expect("verdict lock")
+    }
+
+    fn passing(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+            && matches!(*self.verdict(), Some(Verdict { ood: false, at, closed: false, confirmed: true }) if at.elapsed() < self.timeout)
+    }
 }
 
 pub fn main() -> Result<()> {
@@ -173,10 +189,11 @@ async fn run() -> Result<()> {
             .transient_local(),
     )?;
     let clock = node.get_ros_clock();
-    let verdict: Arc<Mutex<Option<Verdict>>> = Arc::new(Mutex::new(None));
-    // Commands pass only while active: from the start when unmanaged, else when a lifecycle
-    // manager activates the gate.
-    let active = Arc::new(AtomicBool::new(!managed));
+    let gate = Gate {
+        verdict: Arc::new(Mutex::new(None)),
+        active: Arc::new(AtomicBool::new(!managed)),
+        timeout,
+    };
     let lifecycle = if managed {
         Some(lifecycle::Server::new(&mut node)?)
     } else {
@@ -191,18 +208,12 @@ async fn run() -> Result<()> {
 
     tokio::spawn(param_handler);
     tokio::spawn({
-        let (verdict, out, clock, logger, active) = (
-            verdict.clone(),
-            out.clone(),
-            clock.clone(),
-            logger.clone(),
-            active.clone(),
-        );
+        let (gate, out, clock, logger) = (gate.clone(), out.clone(), clock.clone(), logger.clone());
         async move {
             while let Some(m) = verdicts.next().await {
-                let was = passing(&verdict.lock().expect("verdict lock"), timeout, &active);
+                let was = gate.passing();
                 {
-                    let mut v = verdict.lock().expect("verdict lock");
+                    let mut v = gate.verdict();
                     if v.as_ref().is_some_and(|v| v.closed) {
                         continue;
                     }
@@ -229,12 +240,11 @@ async fn run() -> Result<()> {
         }
     });
     tokio::spawn({
-        let (verdict, out, clock, active) =
-            (verdict.clone(), out.clone(), clock.clone(), active.clone());
+        let (gate, out, clock) = (gate.clone(), out.clone(), clock.clone());
         let mut commands = commands;
         async move {
             while let Some(cmd) = commands.next().await {
-                if passing(&verdict.lock().expect("verdict lock"), timeout, &active) {
+                if gate.passing() {
                     out.pass(&cmd);
                 } else {
                     out.stop(&clock);
@@ -243,19 +253,13 @@ async fn run() -> Result<()> {
         }
     });
     tokio::spawn({
-        let (verdict, out, clock, logger, active) = (
-            verdict.clone(),
-            out.clone(),
-            clock.clone(),
-            logger.clone(),
-            active.clone(),
-        );
+        let (gate, out, clock, logger) = (gate.clone(), out.clone(), clock.clone(), logger.clone());
         async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             let mut blocked = true;
             loop {
                 tick.tick().await;
-                let pass = passing(&verdict.lock().expect("verdict lock"), timeout, &active);
+                let pass = gate.passing();
                 if !pass {
                     out.stop(&clock);
                     if !blocked {
@@ -297,9 +301,9 @@ async fn run() -> Result<()> {
                 };
                 // Nothing to load: configure and cleanup only move the state.
                 match step.action {
-                    lifecycle::Action::Activate => active.store(true, Ordering::Relaxed),
+                    lifecycle::Action::Activate => gate.active.store(true, Ordering::Relaxed),
                     lifecycle::Action::Deactivate | lifecycle::Action::Shutdown => {
-                        active.store(false, Ordering::Relaxed);
+                        gate.active.store(false, Ordering::Relaxed);
                         out.stop(&clock);
                     }
                     lifecycle::Action::Configure | lifecycle::Action::Cleanup => {}
@@ -310,7 +314,7 @@ async fn run() -> Result<()> {
     }
     r2r::log_info!(&logger, "shutting down: publishing zero velocity");
     // Block first, so no task can pass a command after the final zero.
-    *verdict.lock().expect("verdict lock") = Some(Verdict {
+    *gate.verdict() = Some(Verdict {
         ood: true,
         at: Instant::now(),
         closed: true,

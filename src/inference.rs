@@ -477,8 +477,10 @@ pub fn run(
                 continue;
             }
             Event::Reset(waiters) => {
-                let all = || cameras.iter().flat_map(|c| &c.pipelines);
-                let calibrated = all().any(|p| p.monitor.is_calibrated());
+                let calibrated = cameras
+                    .iter()
+                    .flat_map(|c| &c.pipelines)
+                    .any(|p| p.monitor.is_calibrated());
                 for p in cameras.iter_mut().flat_map(|c| &mut c.pipelines) {
                     if p.monitor.is_calibrated() {
                         p.monitor.reset();
@@ -651,10 +653,7 @@ fn score_frames(
             match batching {
                 Batching::Auto => Monitor::process_together(&mut batch),
                 Batching::Always => Monitor::process_batched(&mut batch),
-                Batching::Never => batch
-                    .iter_mut()
-                    .map(|i| i.monitor.process_at(i.frame, i.age, i.stamp_ns))
-                    .collect(),
+                Batching::Never => Monitor::process_one_by_one(&mut batch),
             }
         };
         for ((fi, pi, _), v) in group.iter().zip(verdicts) {

@@ -252,9 +252,6 @@ impl Ctx {
                         d.device(),
                     )
                 };
-                if !loaded.several {
-                    loaded.bundle_cusum = monitor.pipeline().map(|p| p.cusum_threshold);
-                }
                 loaded.trained &= is_trained;
                 (loaded.backend, loaded.device) = (backend, device);
                 let decision = match monitor.pipeline() {
@@ -307,8 +304,11 @@ impl Ctx {
             }
             per_camera.push(monitors);
         }
-        if loaded.several {
-            loaded.bundle_cusum = None;
+        // One detector on one camera: its bundle's own threshold, which run-time changes revert to.
+        if let [cam] = per_camera.as_slice() {
+            if let [only] = cam.as_slice() {
+                loaded.bundle_cusum = only.monitor.pipeline().map(|p| p.cusum_threshold);
+            }
         }
 
         let mut node = self.node();

@@ -503,11 +503,16 @@ impl Monitor {
         if pays {
             Self::process_batched(items)
         } else {
-            items
-                .iter_mut()
-                .map(|i| i.monitor.process_at(i.frame, i.age, i.stamp_ns))
-                .collect()
+            Self::process_one_by_one(items)
         }
+    }
+
+    /// Each item through [`Monitor::process_at`], one call per frame.
+    pub fn process_one_by_one(items: &mut [BatchItem<'_, '_>]) -> Vec<FrameVerdict> {
+        items
+            .iter_mut()
+            .map(|i| i.monitor.process_at(i.frame, i.age, i.stamp_ns))
+            .collect()
     }
 
     /// [`Monitor::process_together`], always in one batched call when the monitors share a
@@ -523,10 +528,7 @@ impl Monitor {
                 })
         });
         let Some(detector) = shared.filter(|_| together) else {
-            return items
-                .iter_mut()
-                .map(|i| i.monitor.process_at(i.frame, i.age, i.stamp_ns))
-                .collect();
+            return Self::process_one_by_one(items);
         };
         let mut timings = vec![StageTimes::default(); items.len()];
         let mut decoded: Vec<Option<RgbImage>> = (0..items.len()).map(|_| None).collect();

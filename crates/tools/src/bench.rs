@@ -157,12 +157,13 @@ pub fn cameras_latency(
                 })
             })
             .collect();
+        let (batch, alone) = (Monitor::process_batched, Monitor::process_one_by_one);
         let (b, s) = if i % 2 == 0 {
-            let b = together(&mut monitors, &frames);
-            (b, one_by_one(&mut monitors, &frames))
+            let b = tick(&mut monitors, &frames, batch);
+            (b, tick(&mut monitors, &frames, alone))
         } else {
-            let s = one_by_one(&mut monitors, &frames);
-            (together(&mut monitors, &frames), s)
+            let s = tick(&mut monitors, &frames, alone);
+            (tick(&mut monitors, &frames, batch), s)
         };
         if i >= WARM_UP {
             batched.push(b.as_secs_f64() * 1e3);
@@ -177,7 +178,13 @@ pub fn cameras_latency(
     })
 }
 
-fn together(monitors: &mut [Monitor], frames: &[FrameData<'_>]) -> Duration {
+/// One tick through `process`: [`Monitor::process_batched`] or
+/// [`Monitor::process_one_by_one`], built the same way so that only the scoring differs.
+fn tick(
+    monitors: &mut [Monitor],
+    frames: &[FrameData<'_>],
+    process: fn(&mut [BatchItem<'_, '_>]) -> Vec<vae_ood_core::monitor::FrameVerdict>,
+) -> Duration {
     let t = Instant::now();
     let mut items: Vec<BatchItem<'_, '_>> = monitors
         .iter_mut()
@@ -189,14 +196,6 @@ fn together(monitors: &mut [Monitor], frames: &[FrameData<'_>]) -> Duration {
             stamp_ns: None,
         })
         .collect();
-    std::hint::black_box(Monitor::process_batched(&mut items));
-    t.elapsed()
-}
-
-fn one_by_one(monitors: &mut [Monitor], frames: &[FrameData<'_>]) -> Duration {
-    let t = Instant::now();
-    for (m, f) in monitors.iter_mut().zip(frames) {
-        std::hint::black_box(m.process(f, None));
-    }
+    std::hint::black_box(process(&mut items));
     t.elapsed()
 }
