@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data flow-validation-data flow-testset-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data tuning2-data flow-validation-data flow-testset-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -98,3 +98,9 @@ flow-testset-data: $(DATA_VENV)/.ok
 TUNING_OUT ?= out/tuning
 tuning-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set tuning --out $(TUNING_OUT) --frames 600
+
+# 78 fresh clear drives (600 frames each, seeds 700-777) for the alarm threshold of a reference
+# fitted on heldout-data and tuning-data (docs/detector-experiments.md, session 15).
+TUNING2_OUT ?= out/tuning2
+tuning2-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set tuning2 --out $(TUNING2_OUT) --frames 600

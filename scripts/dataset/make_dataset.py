@@ -97,6 +97,15 @@ TUNING = [
     (f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
     for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(400, 460))
 ]
+# Fresh threshold drives (`make tuning2-data`, issue 14, session 15), fixed before any figure on
+# them: the study "A reference fitted on more clear drives" (docs/detector-experiments.md) fits
+# the score's reference on the 78 drives of heldout-data and tuning-data, so the threshold needs
+# clear drives of the same kind that the reference never saw. 78 drives of 600 frames on the
+# three training maps, seeds 700-777, never used before.
+TUNING2 = [
+    (f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
+    for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(700, 778))
+]
 # A second false-alarm set (`make falsealarm2-data`, issue 14, session 11), fixed before any
 # figure on it: the first set was looked at when the mixture reference was judged, so a
 # decision that weighs the false-alarm floor again needs drives nobody has seen. 52 drives of
@@ -139,7 +148,8 @@ FLOW_TESTSET = [
     for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=630)
 ]
 SETS = {"sample": SAMPLE, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
-        "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "testset": TESTSET, "tuning": TUNING}
+        "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "testset": TESTSET, "tuning": TUNING,
+        "tuning2": TUNING2}
 
 
 def ood_mask(n, sequence, condition):
@@ -321,6 +331,7 @@ def main():
                          "falsealarm2: 52 fresh clear drives on four maps (seeds 500-551); "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
                          "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
+                         "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
                          "flow_validation: 9 motion OOD drives (seeds 600-608); "
                          "flow_testset: 23 drives (seeds 610-637), the flow detector's test set")
     args = ap.parse_args()
