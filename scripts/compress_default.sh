@@ -25,13 +25,14 @@ source scripts/roles.sh
 [ -f "$VAL/ood_noise_udem1_s185/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
 [ -f out/heldout/id_udem1_s177/meta.json ] || make heldout-data HELDOUT_OUT=out/heldout
 [ -f out/tuning/id_udem1_s458/meta.json ] || make tuning-data TUNING_OUT=out/tuning
+[ -f out/tuning2/id_udem1_s776/meta.json ] || make tuning2-data TUNING2_OUT=out/tuning2
 [ -f out/testset/id_4way_s328/meta.json ] || make testset-data TESTSET_OUT=out/testset
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 cargo build --locked -p vae_ood_cli
 # Sessions 7 and 9 ran this with --only conv0-75+ft,conv0-62.5+ft,conv0-50+ft; the full plan
 # takes hours now. The teacher's detail channel (score.detail) is refitted with every candidate.
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick --auroc-drop 0.02 \
-  $(calibration_args "$V" "$VAL" out/heldout out/tuning) --select $(eval_inputs "$VAL") \
+  $(calibration_args "$V" "$VAL" out/heldout out/tuning out/tuning2) --select $(eval_inputs "$VAL") \
   --test $(eval_inputs out/testset) | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
 if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then

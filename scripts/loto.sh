@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 for t in brightness rain fog snow motion_blur noise occlusion; do
   mkdir -p "$OUT/$t"
   SKIP_TYPE=$t "$VAE" calibrate --bundle "$BUNDLE" --out "$OUT/$t/bundle" --quiet --score mahalanobis \
-    $(SKIP_TYPE=$t recalibration_args out/train out/validation out/heldout out/tuning) > "$OUT/$t/calibrate.txt"
+    $(SKIP_TYPE=$t recalibration_args out/train out/validation out/heldout out/tuning out/tuning2) > "$OUT/$t/calibrate.txt"
   "$VAE" eval --bundle "$OUT/$t/bundle" --out "$OUT/$t/eval" --quiet --label-topic /ood_label \
     --input $(eval_inputs out/testset | grep -E "=$t\$|^[^=]*$") > /dev/null
 done

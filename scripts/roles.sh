@@ -18,19 +18,21 @@ for m in sorted(pathlib.Path(sys.argv[1]).glob("*/meta.json")):
         print(f"{m.parent}/bag:{ood[0]}")' "$1"
 }
 # The default detector's `vae-ood calibrate` roles on generated sets (also passed to `vae-ood
-# compress`): `calibration_args TRAIN_DIR VALIDATION_DIR HELDOUT_DIR TUNING_DIR` (make
-# train-data, validation-data, heldout-data, tuning-data): fit drives for the score's reference,
-# the calibration drives (conformal scores), 78 clear drives as tuning drives (the alarm
-# threshold is a quantile of their largest S, one value per drive: 78 drives of 600 frames
-# certify 1e-4 false alarms per frame with the 4th largest) and the validation OOD drives of
-# every generated type.
+# compress`): `calibration_args TRAIN_DIR VALIDATION_DIR HELDOUT_DIR TUNING_DIR TUNING2_DIR`
+# (make train-data, validation-data, heldout-data, tuning-data, tuning2-data): the score's
+# reference is fitted on 100 clear drives (the training drives, heldout-data and tuning-data;
+# session 15, docs/detector-experiments.md "A reference fitted on more clear drives"), the
+# calibration drives give the conformal scores, the 78 clear drives of tuning2-data are the
+# tuning drives (the alarm threshold is a quantile of their largest S, one value per drive: 78
+# drives of 600 frames certify 1e-4 false alarms per frame with the 4th largest), and the
+# validation OOD drives of every generated type choose window and decay.
 # `recalibration_args` gives the same roles without --fit (the bundle keeps its reference).
 # SKIP_TYPE=fog (say) leaves that OOD type's validation drives out: leave-one-type-out.
 calibration_args() {
-  echo --fit $(split train "$1") $(recalibration_args "$@")
+  echo --fit $(split train "$1") $(split heldout "$3") $(split tuning "$4") $(recalibration_args "$@")
 }
 recalibration_args() {
-  echo --cal $(split calibration "$1") $(split train_val "$1") --tune-id $(split heldout "$3") $(split tuning "$4") \
+  echo --cal $(split calibration "$1") $(split train_val "$1") --tune-id $(split tuning "$5") \
     --val-ood $( { printf '%s\n' "${VAL_OOD[@]}"; onsets "$2"; } | grep -v "ood_${SKIP_TYPE:-none}_")
 }
 # A generated set (make testset-data, make validation-data) as `vae-ood eval --input` arguments:

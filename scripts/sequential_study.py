@@ -38,9 +38,10 @@ def roles():
             "fa": sorted(glob.glob(f"{W}/falsealarm/*/bag"))}
 
 
-def features(encoder, out, detail=None):
-    """(mu, logvar) of every frame of every role's drives, with labels; with `detail` (a
-    function of the frame's uint8 RGB array), its value per frame too, as "D"."""
+def features(encoder, out, detail=None, role_bags=None):
+    """(mu, logvar) of every frame of every role's drives (`role_bags`, default `roles()`), with
+    labels; with `detail` (a function of the frame's uint8 RGB array), its value per frame too,
+    as "D"."""
     import onnxruntime as ort
     from PIL import Image
     from rosbags.highlevel import AnyReader
@@ -48,7 +49,7 @@ def features(encoder, out, detail=None):
     sess = ort.InferenceSession(str(encoder))
     name = sess.get_inputs()[0].name
     data = {}
-    for role, bags in roles().items():
+    for role, bags in (role_bags or roles()).items():
         data[role] = []
         for bag in bags:
             x, d = [], []

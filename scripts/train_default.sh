@@ -3,9 +3,9 @@
 # (Duckietown simulator, fixed seeds): make train-data (clear), make train-var-data (the same
 # drives with brightness and rain varied in [0, 0.3]) and make validation-data (15 OOD drives);
 # trains the `small` preset on the varied drives with `vae-ood train`; calibrates it with
-# `vae-ood calibrate --score mahalanobis` (reference fitted on the clear training drives,
+# `vae-ood calibrate --score mahalanobis --components 16` (reference fitted on 100 clear drives,
 # conformal scores from the clear calibration and early-stopping drives, window and decay chosen
-# on the validation drives); copies the full VAE and the training record beside the bundle and
+# on the validation drives, threshold from make tuning2-data); copies the full VAE and the training record beside the bundle and
 # refreshes MODEL_CARD.md's figures. About 40 minutes on a 2-core CPU.
 # Usage: scripts/train_default.sh [OUT]
 set -euo pipefail
@@ -21,6 +21,7 @@ S=data/sample
 [ -f "$VAL/ood_noise_udem1_s185/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
 [ -f out/heldout/id_udem1_s177/meta.json ] || make heldout-data HELDOUT_OUT=out/heldout
 [ -f out/tuning/id_udem1_s458/meta.json ] || make tuning-data TUNING_OUT=out/tuning
+[ -f out/tuning2/id_udem1_s776/meta.json ] || make tuning2-data TUNING2_OUT=out/tuning2
 cargo build --locked -p vae_ood_cli
 VAE=target/debug/vae-ood
 source scripts/roles.sh
@@ -30,8 +31,8 @@ source scripts/roles.sh
 
 BUNDLE=models/default
 rm -rf "$BUNDLE.new"
-"$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis --detail 160x120 \
-  $(calibration_args "$DATA" "$VAL" out/heldout out/tuning)
+"$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis --detail 160x120 --components 16 \
+  $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2)
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"
