@@ -44,12 +44,6 @@ def reference(F, k):
     return lambda X: -g.score_samples(X)
 
 
-def delay(S, t, ood):
-    on = np.flatnonzero(ood)[0]
-    hit = np.flatnonzero(S[on:] > t)
-    return int(hit[0]) if len(hit) else None
-
-
 def choose(sc, ref, val):
     """`vae-ood calibrate`'s rule: the grid point with the least mean delay (misses count their
     OOD length), ties to fewer misses, then the shorter window. Returns its line."""
@@ -58,7 +52,7 @@ def choose(sc, ref, val):
         for dec in DECAYS:
             tune = [sq.pipeline(s, ref, w, dec) for s in sc["tune"]]
             t = max(sq.threshold(tune, RANK), np.log(1e4))
-            dl = [delay(sq.pipeline(s, ref, w, dec), t, d["ood"]) for s, d in zip(sc["val"], val)]
+            dl = [sq.first_alarm([sq.pipeline(s, ref, w, dec)], [t], d["ood"]) for s, d in zip(sc["val"], val)]
             mean = np.mean([x if x is not None else int(d["ood"].sum()) for x, d in zip(dl, val)])
             key = (mean, sum(x is None for x in dl), w, dec)
             if best is None or key < best[0]:
@@ -83,8 +77,8 @@ def main():
     if a.what == "features":
         bags = {r: b for r, b in role_bags().items() if not a.roles or r in a.roles}
         old = np.load(a.data, allow_pickle=True).item() if a.roles and a.data.exists() else {}
-        sq.features(a.encoder, a.data, detail=ds.detail, role_bags=bags)
-        return np.save(a.data, {**old, **np.load(a.data, allow_pickle=True).item()}, allow_pickle=True)
+        new = sq.features(a.encoder, a.data, detail=ds.detail, role_bags=bags)
+        return np.save(a.data, {**old, **new}, allow_pickle=True)
     data = np.load(a.data, allow_pickle=True).item()
     print(f"fit {len(data['fit'])} + {len(data['more'])} drives, {len(data['tune'])} tuning drives, "
           f"{len(data['val'])} validation drives", flush=True)

@@ -40,8 +40,8 @@ def roles():
 
 def features(encoder, out, detail=None, role_bags=None):
     """(mu, logvar) of every frame of every role's drives (`role_bags`, default `roles()`), with
-    labels; with `detail` (a function of the frame's uint8 RGB array), its value per frame too,
-    as "D"."""
+    labels, saved to `out` and returned; with `detail` (a function of the frame's uint8 RGB
+    array), its value per frame too, as "D"."""
     import onnxruntime as ort
     from PIL import Image
     from rosbags.highlevel import AnyReader
@@ -70,6 +70,7 @@ def features(encoder, out, detail=None, role_bags=None):
                 data[role][-1]["D"] = np.array(d)
         print(role, len(data[role]), flush=True)
     np.save(out, data, allow_pickle=True)
+    return data
 
 
 def p_values(s, ref):
