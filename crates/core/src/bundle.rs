@@ -371,6 +371,20 @@ impl Manifest {
             .score
             .validate(l.count)
             .map_err(|e| bad(format!("score: {e}")))?;
+        // Each detector kind measures its own extra features: the image detector its detail
+        // channel, the flow detector its motion residual; a score asking for the other kind's
+        // would fault on every frame.
+        let flow = matches!(manifest.detector, DetectorSpec::Flow(_));
+        if flow && manifest.score.detail().is_some() {
+            return Err(bad(
+                "score.detail describes an image; a flow detector's reference cannot use it".into(),
+            ));
+        }
+        if !flow && manifest.score.motion_residual() {
+            return Err(bad(
+                "score.motion_residual needs a flow detector (detector.kind: flow)".into(),
+            ));
+        }
         if let Some(c) = &manifest.calibration {
             c.pipeline
                 .validate()

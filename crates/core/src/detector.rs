@@ -117,6 +117,13 @@ pub trait Detector: Send {
     /// unchanged. `None` goes back to the score's own.
     fn measure_detail(&mut self, spec: Option<DetailSpec>);
 
+    /// Flow detectors: measures the motion residual ([`crate::flow::motion_residual`]) for the
+    /// caller, as [`Scored::detail`]'s only value, whatever the score uses (calibration fits a
+    /// reference on it). Returns false for a detector that has no motion (the image detector).
+    fn measure_motion_residual(&mut self, _on: bool) -> bool {
+        false
+    }
+
     /// Scores the next frame of each listed stream (at most one frame per stream), in order,
     /// in one call where the backend can batch.
     fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>>;

@@ -176,6 +176,9 @@ pub struct Stacked {
     pub height: usize,
     pub dx: Vec<f32>,
     pub dy: Vec<f32>,
+    /// The mean over the stack's frame pairs of [`motion_residual`]: how much of the change
+    /// between frames the flow does not explain.
+    pub residual: f64,
 }
 
 /// One stream's motion history: the last prepared frame and the last `depth` flow fields. Flow
@@ -188,7 +191,8 @@ pub struct FlowStack {
     pub depth: usize,
     pub max_gap_ns: i64,
     prev: Option<(Gray, Option<i64>)>,
-    flows: std::collections::VecDeque<Flow>,
+    /// The last `depth` fields, each with its pair's [`motion_residual`].
+    flows: std::collections::VecDeque<(Flow, f64)>,
 }
 
 impl FlowStack {
@@ -233,28 +237,31 @@ impl FlowStack {
         }
         if let Some((prev, _)) = &self.prev {
             let f = farneback(prev, &frame, &self.params)?;
+            let r = motion_residual(prev, &frame, &f);
             if self.flows.len() == self.depth {
                 self.flows.pop_front();
             }
-            self.flows.push_back(f);
+            self.flows.push_back((f, r));
         }
         self.prev = Some((frame, stamp_ns));
         if self.flows.len() < self.depth {
             return Ok(None);
         }
-        let (w, h) = (self.flows[0].width, self.flows[0].height);
+        let (w, h) = (self.flows[0].0.width, self.flows[0].0.height);
         let mut dx = Vec::with_capacity(self.depth * w * h);
         let mut dy = Vec::with_capacity(self.depth * w * h);
-        for f in &self.flows {
+        for (f, _) in &self.flows {
             dx.extend(f.data.iter().step_by(2));
             dy.extend(f.data.iter().skip(1).step_by(2));
         }
+        let residual = self.flows.iter().map(|(_, r)| r).sum::<f64>() / self.depth as f64;
         Ok(Some(Stacked {
             depth: self.depth,
             width: w,
             height: h,
             dx,
             dy,
+            residual,
         }))
     }
 }
@@ -376,6 +383,41 @@ impl FlowSpec {
     pub fn branch_latents(count: usize) -> [std::ops::Range<usize>; 2] {
         [0..count / 2, count / 2..count]
     }
+}
+
+/// Floor of [`motion_residual`]'s mean before the logarithm (identical frames).
+const RESIDUAL_FLOOR: f64 = 1e-6;
+
+/// The motion residual of a frame pair: ln of the mean absolute difference, in [0, 1] grey
+/// levels, between `prev` and `next` sampled where `flow` says each pixel went (bilinear), over
+/// the pixels whose target lies inside the frame. Motion the flow explains (driving, a shaking
+/// camera) leaves little; what appears or changes from one frame to the next (raindrops,
+/// snowflakes, sensor noise, flicker) is left over, and a dense flow field smooths it away, so
+/// the flow detector's score reads it beside the posterior (docs/detector-experiments.md,
+/// "The motion residual").
+pub fn motion_residual(prev: &Gray, next: &Gray, flow: &Flow) -> f64 {
+    let (w, h) = (prev.width, prev.height);
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let tx = x as f32 + flow.data[2 * i];
+            let ty = y as f32 + flow.data[2 * i + 1];
+            if !(tx >= 0.0 && ty >= 0.0 && tx <= (w - 1) as f32 && ty <= (h - 1) as f32) {
+                continue;
+            }
+            let (x0, y0) = (tx.floor() as usize, ty.floor() as usize);
+            let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+            let (fx, fy) = (tx - x0 as f32, ty - y0 as f32);
+            let at = |xx: usize, yy: usize| next.data[yy * w + xx];
+            let v = (at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx) * (1.0 - fy)
+                + (at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx) * fy;
+            sum += (prev.data[i] - v).abs() as f64;
+            n += 1;
+        }
+    }
+    let mean = if n == 0 { 0.0 } else { sum / n as f64 / 255.0 };
+    (mean + RESIDUAL_FLOOR).ln()
 }
 
 /// OpenCV's `cvRound`: nearest integer, ties to even.

@@ -2,7 +2,8 @@
 //! design). Each stream keeps its motion history ([`crate::flow::FlowStack`]); once it holds
 //! `depth` fields, the horizontal and vertical stacks go to the encoder's two branches and
 //! the posterior is scored as the bundle says (by default the KL of the selected latents,
-//! which may come from both branches). Until then, and again after a gap in a stream, frames
+//! which may come from both branches; a Mahalanobis reference may add the stack's motion
+//! residual, [`crate::flow::motion_residual`]). Until then, and again after a gap in a stream, frames
 //! give [`Fault::WarmingUp`] (state STARTING) instead of a score.
 
 use crate::bundle::{Bundle, DetectorSpec};
@@ -19,6 +20,8 @@ pub struct FlowDetector {
     spec: FlowSpec,
     encoder: Box<dyn Encoder>,
     streams: Vec<FlowStack>,
+    /// The motion residual is measured for the caller ([`Detector::measure_motion_residual`]).
+    measure_residual: bool,
 }
 
 impl FlowDetector {
@@ -35,6 +38,7 @@ impl FlowDetector {
             spec,
             encoder,
             streams: vec![],
+            measure_residual: false,
         }
     }
 
@@ -72,11 +76,17 @@ impl Detector for FlowDetector {
     /// Detail features describe a single image; the flow detector's score has none.
     fn measure_detail(&mut self, _spec: Option<DetailSpec>) {}
 
+    fn measure_motion_residual(&mut self, on: bool) -> bool {
+        self.measure_residual = on;
+        true
+    }
+
     fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>> {
         let t0 = Instant::now();
         // Each frame advances its stream's history; warm stacks go to the encoder together.
         let mut results: Vec<Option<Result<Scored, Fault>>> = Vec::with_capacity(frames.len());
         let mut inputs = vec![];
+        let mut residuals = vec![];
         for f in frames {
             let step = match (zero_size(&f.pixels), self.streams.get_mut(f.stream)) {
                 (Some(e), _) => Err(Fault::from(e)),
@@ -85,7 +95,7 @@ impl Detector for FlowDetector {
                     f.stream
                 ))),
                 (None, Some(stack)) => match stack.push(f.pixels, f.stamp_ns) {
-                    Ok(Some(s)) => Ok(self.spec.encoder_input(&s)),
+                    Ok(Some(s)) => Ok((self.spec.encoder_input(&s), s.residual)),
                     Ok(None) => Err(Fault::WarmingUp {
                         needed: stack.warming_up(),
                     }),
@@ -93,22 +103,32 @@ impl Detector for FlowDetector {
                 },
             };
             match step {
-                Ok(x) => {
+                Ok((x, residual)) => {
                     inputs.push(x);
+                    residuals.push(residual);
                     results.push(None);
                 }
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let mut encoded = encode_all(self.encoder.as_mut(), &inputs, t0.elapsed()).into_iter();
+        let mut encoded = encode_all(self.encoder.as_mut(), &inputs, t0.elapsed())
+            .into_iter()
+            .zip(residuals);
         let manifest = &self.bundle.manifest;
+        let own = manifest.score.motion_residual();
+        let measure = self.measure_residual;
         results
             .into_iter()
             .map(|r| match r {
                 Some(r) => r,
                 None => {
-                    let (p, pre, inf) = encoded.next().expect("one result per encoded input")?;
-                    scored(manifest, p.mu, p.logvar, (vec![], None)).map(|mut s| {
+                    let (r, residual) = encoded.next().expect("one result per encoded input");
+                    let (p, pre, inf) = r?;
+                    let detail = (
+                        if own { vec![residual] } else { vec![] },
+                        measure.then(|| vec![residual]),
+                    );
+                    scored(manifest, p.mu, p.logvar, detail).map(|mut s| {
                         s.preprocess = pre;
                         s.inference = inf;
                         s

@@ -76,6 +76,12 @@ impl ScoreSpec {
         }
     }
 
+    /// Whether the score's features end with the flow detector's motion residual
+    /// ([`crate::flow::motion_residual`], the mean over the stack).
+    pub fn motion_residual(&self) -> bool {
+        matches!(self, Self::Mahalanobis(r) if r.motion_residual)
+    }
+
     /// A fresh extractor of [`Self::detail`], if the score uses the detail channel.
     pub fn detail_extractor(&self) -> Option<DetailExtractor> {
         self.detail().copied().map(DetailExtractor::new)
@@ -89,7 +95,11 @@ impl ScoreSpec {
                 if let Some(d) = &r.detail {
                     d.validate()?;
                 }
-                r.validate(2 * latents + r.detail.map_or(0, |d| d.octaves as usize))
+                r.validate(
+                    2 * latents
+                        + r.detail.map_or(0, |d| d.octaves as usize)
+                        + usize::from(r.motion_residual),
+                )
             }
         }
     }
@@ -99,9 +109,12 @@ impl ScoreSpec {
         match self {
             Self::Kl => "KL to the prior, summed over the selected latents".into(),
             Self::Mahalanobis(r) => {
-                let detail = r.detail.map_or(String::new(), |d| {
+                let mut detail = r.detail.map_or(String::new(), |d| {
                     format!(", {} detail octaves at {}x{}", d.octaves, d.width, d.height)
                 });
+                if r.motion_residual {
+                    detail.push_str(", motion residual");
+                }
                 let (what, reference) = match r.components() {
                     1 => ("Mahalanobis distance", "from a Gaussian".to_string()),
                     k => ("-2 ln density", format!("under a mixture of {k} Gaussians")),
@@ -124,7 +137,7 @@ pub enum ScoreError {
     RaggedFitFrames,
     #[error("the covariance of the fit frames is not positive definite (constant or duplicated features?)")]
     NotPositiveDefinite,
-    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent, then any detail octaves)", dim * dim)]
+    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent, then any detail octaves, then the motion residual if any)", dim * dim)]
     ReferenceShape {
         mean: usize,
         precision: usize,
@@ -163,6 +176,10 @@ pub struct Reference {
     /// The detail channel, when the features include it (absent: the posterior alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<DetailSpec>,
+    /// Flow detectors: the features end with the stack's motion residual
+    /// ([`crate::flow::motion_residual`]). Absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub motion_residual: bool,
     /// Mean feature vector (mu of every latent, then logvar, then any detail octaves). Empty
     /// when the reference is a mixture.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -224,6 +241,7 @@ impl Reference {
             fitted_on,
             frames: n,
             detail,
+            motion_residual: false,
             mean,
             precision,
             components: vec![],
@@ -247,6 +265,7 @@ impl Reference {
             fitted_on,
             frames: features.len(),
             detail,
+            motion_residual: false,
             mean: vec![],
             precision: vec![],
             components,

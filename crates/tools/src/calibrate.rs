@@ -92,6 +92,8 @@ pub struct Options {
     pub fit: Vec<DriveArg>,
     /// The detail channel of a reference fitted on `fit` (none: the posterior alone).
     pub detail: Option<DetailSpec>,
+    /// Flow detectors: a reference fitted on `fit` adds the stack's motion residual.
+    pub motion_residual: bool,
     /// Gaussians in a reference fitted on `fit`: 1, or a mixture of that many.
     pub components: usize,
     pub cal: Vec<DriveArg>,
@@ -127,6 +129,7 @@ impl Options {
             score: ScoreKind::Kl,
             fit: vec![],
             detail: None,
+            motion_residual: false,
             components: 1,
             cal,
             tune_id,
@@ -248,12 +251,22 @@ pub fn calibrate(
             opts.components
         ));
     }
-    // A reference being fitted takes the detail it is told to; one kept, what it has.
+    if opts.motion_residual && opts.fit.is_empty() {
+        return input("--motion-residual adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
+    }
+    // A reference being fitted takes the extra features it is told to; one kept, what it has.
     let with_detail = if opts.fit.is_empty() {
-        det.bundle().manifest.score.detail().is_some()
+        let s = &det.bundle().manifest.score;
+        s.detail().is_some() || s.motion_residual()
     } else {
         det.measure_detail(opts.detail);
-        opts.detail.is_some()
+        if opts.motion_residual && !det.measure_motion_residual(true) {
+            return input("--motion-residual needs a flow bundle (detector.kind: flow): an image has no motion".into());
+        }
+        if opts.detail.is_some() && opts.motion_residual {
+            return input("--detail describes an image and --motion-residual a flow stack: give one".into());
+        }
+        opts.detail.is_some() || opts.motion_residual
     };
     // Every drive in role order: fit, calibration, tuning, validation.
     let args: Vec<&DriveArg> = opts
@@ -312,12 +325,9 @@ pub fn calibrate(
                 .into_iter()
                 .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
                 .collect();
-            ScoreSpec::Mahalanobis(Reference::fit_mixture(
-                &features,
-                opts.components,
-                opts.detail,
-                ids,
-            )?)
+            let mut r = Reference::fit_mixture(&features, opts.components, opts.detail, ids)?;
+            r.motion_residual = opts.motion_residual;
+            ScoreSpec::Mahalanobis(r)
         }
     };
     let mut drives: Vec<Drive> = scored

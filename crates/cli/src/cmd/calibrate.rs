@@ -28,6 +28,11 @@ pub struct Args {
     /// noise and blur, which the encoder's small input averages away, move the score.
     #[arg(long, value_parser = crate::common::parse_size, value_name = "WIDTHxHEIGHT")]
     detail: Option<(usize, usize)>,
+    /// Flow bundles: add the stack's motion residual to the fitted reference (--fit): how much
+    /// of the change between consecutive frames the flow does not explain (raindrops,
+    /// snowflakes, sensor noise), which the dense flow field smooths away.
+    #[arg(long)]
+    motion_residual: bool,
     /// Gaussians in the fitted reference (--fit): 1, or a mixture of that many fitted by EM
     /// (seeded), so that scene kinds the clear drives hold each get a component; the score is
     /// then twice the mixture's negative log-likelihood, shifted to be >= 0.
@@ -82,6 +87,7 @@ pub fn run(a: Args) -> Result<()> {
             .detail
             .map(|(w, h)| -> Result<_> { Ok(DetailSpec::at(w.try_into()?, h.try_into()?)) })
             .transpose()?,
+        motion_residual: a.motion_residual,
         components: a.components,
         cal: a.cal,
         tune_id: a.tune_id,

@@ -650,6 +650,8 @@ struct CalibrationPlan {
     mahalanobis: bool,
     /// The teacher's detail channel, refitted with each candidate's reference.
     detail: Option<DetailSpec>,
+    /// The teacher's motion residual (flow detectors), likewise.
+    motion_residual: bool,
     /// The teacher reference's Gaussians (1, or a mixture's components), refitted likewise.
     components: usize,
     latents: Option<Vec<usize>>,
@@ -667,6 +669,7 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
     CalibrationPlan {
         mahalanobis,
         detail: t.manifest.score.detail().copied(),
+        motion_residual: t.manifest.score.motion_residual(),
         components: match &t.manifest.score {
             ScoreSpec::Mahalanobis(r) => r.components(),
             ScoreSpec::Kl => 1,
@@ -695,6 +698,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         args.extend(opts.fit.iter().cloned());
         if let Some(d) = plan.detail {
             args.extend(["--detail".into(), format!("{}x{}", d.width, d.height)]);
+        }
+        if plan.motion_residual {
+            args.push("--motion-residual".into());
         }
         if plan.components != 1 {
             args.extend(["--components".into(), plan.components.to_string()]);
@@ -732,6 +738,7 @@ fn calibration_options(opts: &Options, plan: &CalibrationPlan) -> Result<calibra
         c.score = ScoreKind::Mahalanobis;
         c.fit = drives(&opts.fit)?;
         c.detail = plan.detail;
+        c.motion_residual = plan.motion_residual;
         c.components = plan.components;
     }
     c.latents = plan.latents.clone();
