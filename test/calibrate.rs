@@ -29,6 +29,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         score,
         fit,
         detail: None,
+        motion_residual: false,
         components: 1,
         cal: vec![drive("id_small_loop_s2")],
         tune_id: vec![drive("id_udem1_s3")],
@@ -191,6 +192,89 @@ fn misused_score_options_are_clear_errors() {
     let mut o = options(ScoreKind::Kl, vec![]);
     o.latents = Some(vec![3, 3]);
     assert!(run(o).contains("distinct latent indices"));
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.motion_residual = true;
+    let err = run(o);
+    assert!(
+        err.contains("--motion-residual needs a flow bundle"),
+        "{err}"
+    );
+    let mut o = options(ScoreKind::Mahalanobis, vec![]);
+    o.motion_residual = true;
+    let err = run(o);
+    assert!(
+        err.contains("--motion-residual adds to a reference being fitted"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_flow_reference_with_the_motion_residual_fits_it_and_scores_with_it() {
+    let out = tempfile::tempdir().unwrap();
+    let flow = root().join("models/flow");
+    let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
+    let fit = vec![drive("id_loop_empty_s1")];
+    let mut o = options(ScoreKind::Mahalanobis, fit.clone());
+    o.motion_residual = true;
+    let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
+    let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
+        panic!("calibrated with the wrong score")
+    };
+    assert!(r.motion_residual && r.detail.is_none());
+    // 24 latents' mu and logvar, then the residual: its mean is the fit stacks' mean residual.
+    assert_eq!(r.mean.len(), 49);
+    let residuals = map_drive(det.as_mut(), &fit[0].path, &|| {}, |s| s.detail)
+        .unwrap()
+        .frames;
+    assert!(residuals.iter().all(|d| d.len() == 1 && d[0].is_finite()));
+    let want = residuals.iter().map(|d| d[0]).sum::<f64>() / residuals.len() as f64;
+    assert!((r.mean[48] - want).abs() < 1e-9, "{} {want}", r.mean[48]);
+    // The written bundle measures the residual itself and scores with it.
+    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+    let scored = map_drive(
+        cal.as_mut(),
+        &drive("ood_rain_udem1_s6").path,
+        &|| {},
+        |s| (s.score, features(&s.mu, &s.logvar, &s.detail)),
+    )
+    .unwrap()
+    .frames;
+    assert_eq!(
+        scored.len(),
+        300 - 6,
+        "every frame after the stack's warm-up"
+    );
+    for (score, x) in &scored {
+        assert_eq!(x.len(), 49);
+        assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
+    }
+    // An image bundle cannot ask for it, nor a flow bundle for the image's detail channel.
+    let text = std::fs::read_to_string(out.path().join("manifest.yaml")).unwrap();
+    let path = out.path().join("manifest.yaml");
+    let e = vae_ood_core::bundle::Manifest::parse(
+        &text.replace(
+            "  motion_residual: true\n",
+            "  detail: {width: 160, height: 120, octaves: 3}\n  motion_residual: true\n",
+        ),
+        &path,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("cannot use it"), "{e}");
+    let default = root().join("models/default/manifest.yaml");
+    let text = std::fs::read_to_string(&default).unwrap();
+    let e = vae_ood_core::bundle::Manifest::parse(
+        &text.replace(
+            "  kind: mahalanobis\n",
+            "  kind: mahalanobis\n  motion_residual: true\n",
+        ),
+        &default,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("needs a flow detector"), "{e}");
 }
 
 #[test]

@@ -367,10 +367,6 @@ impl Manifest {
             return Err(bad("latents.selected lists a latent twice".into()));
         }
 
-        manifest
-            .score
-            .validate(l.count)
-            .map_err(|e| bad(format!("score: {e}")))?;
         // Each detector kind measures its own extra features: the image detector its detail
         // channel, the flow detector its motion residual; a score asking for the other kind's
         // would fault on every frame.
@@ -385,6 +381,10 @@ impl Manifest {
                 "score.motion_residual needs a flow detector (detector.kind: flow)".into(),
             ));
         }
+        manifest
+            .score
+            .validate(l.count)
+            .map_err(|e| bad(format!("score: {e}")))?;
         if let Some(c) = &manifest.calibration {
             c.pipeline
                 .validate()

@@ -1019,4 +1019,43 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_motion_residual_is_what_the_flow_does_not_explain() {
+        let (a, b) = (pattern(152, 113, 0.0, 0.0), pattern(152, 113, 1.5, -0.75));
+        let p = FarnebackParams::REFERENCE;
+        // The same frame twice: nothing moves, nothing is left (the floor, ln 1e-6).
+        let still = motion_residual(&a, &a, &Flow::zeros(152, 113));
+        assert!((still - RESIDUAL_FLOOR.ln()).abs() < 1e-9, "{still}");
+        // A shift the flow recovers leaves far less than the same pair taken as still.
+        let moved = motion_residual(&a, &b, &farneback(&a, &b, &p).unwrap());
+        let unexplained = motion_residual(&a, &b, &Flow::zeros(152, 113));
+        assert!(moved < unexplained - 1.0, "{moved} {unexplained}");
+        // Specks that appear in the second frame only (snowflakes) are left over.
+        let mut c = b.clone();
+        for i in (0..c.data.len()).step_by(37) {
+            c.data[i] = 255.0;
+        }
+        let specks = motion_residual(&a, &c, &farneback(&a, &c, &p).unwrap());
+        assert!(specks > moved + 0.5, "{specks} {moved}");
+    }
+
+    #[test]
+    fn the_stack_residual_is_the_mean_over_its_pairs() {
+        let mut s = FlowStack::new(
+            FlowInput::REFERENCE,
+            FarnebackParams::REFERENCE,
+            2,
+            i64::MAX,
+        );
+        // Still frames then a moving one: the stack's residual rises with the moving pair.
+        for _ in 0..2 {
+            assert!(s.push((&rgb(0.0)).into(), None).unwrap().is_none());
+        }
+        let still = s.push((&rgb(0.0)).into(), None).unwrap().unwrap().residual;
+        let moving = s.push((&rgb(2.0)).into(), None).unwrap().unwrap().residual;
+        // Equal frames leave almost nothing (Farnebäck's last row and column are not quite 0).
+        assert!(still < (1e-4f64).ln(), "{still}");
+        assert!(moving > still + 1.0, "{moving} {still}");
+    }
 }

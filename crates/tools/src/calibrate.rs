@@ -264,7 +264,9 @@ pub fn calibrate(
             return input("--motion-residual needs a flow bundle (detector.kind: flow): an image has no motion".into());
         }
         if opts.detail.is_some() && opts.motion_residual {
-            return input("--detail describes an image and --motion-residual a flow stack: give one".into());
+            return input(
+                "--detail describes an image and --motion-residual a flow stack: give one".into(),
+            );
         }
         opts.detail.is_some() || opts.motion_residual
     };
