@@ -38,6 +38,7 @@ pub mod monitor;
 pub mod preprocess;
 pub mod score;
 pub mod stats;
+pub mod tail;
 
 /// The types most users of the core need.
 pub mod prelude {

@@ -16,6 +16,7 @@
 
 use crate::detail::{DetailError, DetailExtractor, DetailSpec};
 use crate::mixture::Component;
+use crate::tail::{Tail, TailError};
 use serde::{Deserialize, Serialize};
 
 /// KL(N(mu, sigma^2) || N(0, 1)) per latent: 0.5 * (mu^2 + exp(logvar) - logvar - 1).
@@ -115,6 +116,17 @@ impl ScoreSpec {
                 if r.motion_residual {
                     detail.push_str(", motion residual");
                 }
+                if r.separate.is_some() {
+                    return format!(
+                        "the larger tail score of the posterior's {} and of the{} apart, fitted on {} in-distribution frames",
+                        match r.components() {
+                            1 => "Mahalanobis distance".to_string(),
+                            k => format!("-2 ln density under a mixture of {k} Gaussians"),
+                        },
+                        detail.trim_start_matches(','),
+                        r.frames
+                    );
+                }
                 let (what, reference) = match r.components() {
                     1 => ("Mahalanobis distance", "from a Gaussian".to_string()),
                     k => ("-2 ln density", format!("under a mixture of {k} Gaussians")),
@@ -149,6 +161,10 @@ pub enum ScoreError {
     Detail(#[from] DetailError),
     #[error("Gaussian mixture reference: {0}")]
     Components(String),
+    #[error("score.separate: {0}")]
+    Separate(String),
+    #[error("score.separate: {0}")]
+    Tail(#[from] TailError),
 }
 
 /// (mu, logvar) of one posterior as one feature vector: mu of every latent, then logvar.
@@ -191,6 +207,29 @@ pub struct Reference {
     /// is then the mixture's (the squared Mahalanobis distance for one component).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<Component>,
+    /// The extra features (detail or motion residual) scored apart from the posterior: then
+    /// `mean`, `precision` and `components` cover the posterior only, and the score is the
+    /// larger of the two parts' tail scores ([`Separate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separate: Option<Separate>,
+}
+
+/// The extra features' own Gaussian, and both parts' in-distribution tails: a frame's score is
+/// max(-ln P(posterior distance >= its own), -ln P(extra distance >= its own)), each
+/// probability over the fit frames ([`crate::tail`]). One distance over both parts lets the
+/// posterior's many features drown a few extra ones (docs/detector-experiments.md, "The motion
+/// residual"); the larger tail score sees a frame that is extreme in either.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Separate {
+    /// Mean and inverse covariance (row-major) of the extra features.
+    pub mean: Vec<f64>,
+    pub precision: Vec<f64>,
+    /// The posterior part's distance (squared Mahalanobis, or the mixture's score) over the
+    /// fit frames.
+    pub posterior_tail: Tail,
+    /// The extra part's squared Mahalanobis distance over the fit frames.
+    pub extra_tail: Tail,
 }
 
 /// Ridge added to the covariance's diagonal before inversion: collapsed latents have a
@@ -245,6 +284,7 @@ impl Reference {
             mean,
             precision,
             components: vec![],
+            separate: None,
         };
         r.validate(d)?;
         Ok(r)
@@ -269,9 +309,62 @@ impl Reference {
             mean: vec![],
             precision: vec![],
             components,
+            separate: None,
         };
         r.validate(features[0].len())?;
         Ok(r)
+    }
+
+    /// Fits the posterior part (the first `posterior` features) as [`Self::fit_mixture`] does,
+    /// the rest by a Gaussian of its own, and both parts' tails on the same frames
+    /// ([`Separate`]).
+    pub fn fit_separate(
+        features: &[Vec<f64>],
+        posterior: usize,
+        k: usize,
+        detail: Option<DetailSpec>,
+        fitted_on: Vec<String>,
+    ) -> Result<Self, ScoreError> {
+        let d = features.first().map_or(0, Vec::len);
+        if posterior == 0 || posterior >= d {
+            return Err(ScoreError::Separate(format!(
+                "{d} features leave no extra features after the posterior's {posterior}"
+            )));
+        }
+        let (post, extra): (Vec<Vec<f64>>, Vec<Vec<f64>>) = features
+            .iter()
+            .map(|f| (f[..posterior].to_vec(), f[posterior..].to_vec()))
+            .unzip();
+        let mut r = Self::fit_mixture(&post, k, detail, fitted_on)?;
+        let e = Self::fit(&extra, None, vec![])?;
+        let part = |x: &[f64]| r.part_distance(x);
+        let posterior_tail = Tail::measure(&post.iter().map(|x| part(x)).collect::<Vec<_>>())?;
+        let extra_tail = Tail::measure(
+            &extra
+                .iter()
+                .map(|x| crate::mixture::mahalanobis2(x, &e.mean, &e.precision))
+                .collect::<Vec<_>>(),
+        )?;
+        r.separate = Some(Separate {
+            mean: e.mean,
+            precision: e.precision,
+            posterior_tail,
+            extra_tail,
+        });
+        r.validate(d)?;
+        Ok(r)
+    }
+
+    /// The distance of the part `mean`, `precision` or `components` cover (all features, or
+    /// the posterior's when separate).
+    fn part_distance(&self, x: &[f64]) -> f64 {
+        if !self.components.is_empty() {
+            return crate::mixture::score(&self.components, x);
+        }
+        if x.len() != self.mean.len() {
+            return f64::NAN;
+        }
+        crate::mixture::mahalanobis2(x, &self.mean, &self.precision)
     }
 
     /// Gaussians in the reference: 1, or the mixture's components.
@@ -282,17 +375,50 @@ impl Reference {
     /// Squared Mahalanobis distance (x - mean)^T precision (x - mean); NaN (a fault, not a
     /// score) when `x` has the wrong number of features.
     /// With a mixture, its score ([`crate::mixture::score`]).
+    /// With a separate extra part, the larger of the two tail scores ([`Separate`]).
     pub fn distance(&self, x: &[f64]) -> f64 {
-        if !self.components.is_empty() {
-            return crate::mixture::score(&self.components, x);
-        }
-        if x.len() != self.mean.len() {
+        let Some(s) = &self.separate else {
+            return self.part_distance(x);
+        };
+        let Some(split) = x.len().checked_sub(s.mean.len()) else {
+            return f64::NAN;
+        };
+        let (post, extra) = x.split_at(split);
+        if extra.len() != s.mean.len() {
             return f64::NAN;
         }
-        crate::mixture::mahalanobis2(x, &self.mean, &self.precision)
+        let a = s.posterior_tail.score(self.part_distance(post));
+        let b = s
+            .extra_tail
+            .score(crate::mixture::mahalanobis2(extra, &s.mean, &s.precision));
+        // NaN in either part is a fault, never hidden by the other's value.
+        if a.is_nan() || b.is_nan() {
+            f64::NAN
+        } else {
+            a.max(b)
+        }
     }
 
     fn validate(&self, dim: usize) -> Result<(), ScoreError> {
+        let dim = match &self.separate {
+            None => dim,
+            Some(s) => {
+                let e = s.mean.len();
+                if e == 0 || e >= dim || s.precision.len() != e * e {
+                    return Err(ScoreError::Separate(format!(
+                        "mean has {e} and precision {} values; the extra features need between 1 and {} and their square",
+                        s.precision.len(),
+                        dim.saturating_sub(1)
+                    )));
+                }
+                if s.mean.iter().chain(&s.precision).any(|v| !v.is_finite()) {
+                    return Err(ScoreError::NonFiniteReference);
+                }
+                s.posterior_tail.validate()?;
+                s.extra_tail.validate()?;
+                dim - e
+            }
+        };
         if !self.components.is_empty() {
             return self.validate_mixture(dim);
         }

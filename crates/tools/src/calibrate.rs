@@ -94,6 +94,9 @@ pub struct Options {
     pub detail: Option<DetailSpec>,
     /// Flow detectors: a reference fitted on `fit` adds the stack's motion residual.
     pub motion_residual: bool,
+    /// The extra features (`detail` or `motion_residual`) get a Gaussian of their own, and the
+    /// score is the larger of the two parts' tail scores ([`vae_ood_core::score::Separate`]).
+    pub separate: bool,
     /// Gaussians in a reference fitted on `fit`: 1, or a mixture of that many.
     pub components: usize,
     pub cal: Vec<DriveArg>,
@@ -130,6 +133,7 @@ impl Options {
             fit: vec![],
             detail: None,
             motion_residual: false,
+            separate: false,
             components: 1,
             cal,
             tune_id,
@@ -251,6 +255,9 @@ pub fn calibrate(
             opts.components
         ));
     }
+    if opts.separate && !(opts.detail.is_some() || opts.motion_residual) {
+        return input("--separate scores the extra features apart: give --detail or --motion-residual (and --fit drives)".into());
+    }
     if opts.motion_residual && opts.fit.is_empty() {
         return input("--motion-residual adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
     }
@@ -327,7 +334,12 @@ pub fn calibrate(
                 .into_iter()
                 .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
                 .collect();
-            let mut r = Reference::fit_mixture(&features, opts.components, opts.detail, ids)?;
+            let posterior = 2 * n_latents;
+            let mut r = if opts.separate {
+                Reference::fit_separate(&features, posterior, opts.components, opts.detail, ids)?
+            } else {
+                Reference::fit_mixture(&features, opts.components, opts.detail, ids)?
+            };
             r.motion_residual = opts.motion_residual;
             ScoreSpec::Mahalanobis(r)
         }

@@ -33,6 +33,11 @@ pub struct Args {
     /// snowflakes, sensor noise), which the dense flow field smooths away.
     #[arg(long)]
     motion_residual: bool,
+    /// Score the extra features (--detail or --motion-residual) by a Gaussian of their own and
+    /// take the larger of the two parts' tail scores over the fit frames, instead of one
+    /// distance over all features (where the posterior's many features dilute a few extra ones).
+    #[arg(long)]
+    separate: bool,
     /// Gaussians in the fitted reference (--fit): 1, or a mixture of that many fitted by EM
     /// (seeded), so that scene kinds the clear drives hold each get a component; the score is
     /// then twice the mixture's negative log-likelihood, shifted to be >= 0.
@@ -88,6 +93,7 @@ pub fn run(a: Args) -> Result<()> {
             .map(|(w, h)| -> Result<_> { Ok(DetailSpec::at(w.try_into()?, h.try_into()?)) })
             .transpose()?,
         motion_residual: a.motion_residual,
+        separate: a.separate,
         components: a.components,
         cal: a.cal,
         tune_id: a.tune_id,

@@ -652,6 +652,8 @@ struct CalibrationPlan {
     detail: Option<DetailSpec>,
     /// The teacher's motion residual (flow detectors), likewise.
     motion_residual: bool,
+    /// The teacher scores those extra features apart (`--separate`).
+    separate: bool,
     /// The teacher reference's Gaussians (1, or a mixture's components), refitted likewise.
     components: usize,
     latents: Option<Vec<usize>>,
@@ -670,6 +672,7 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
         mahalanobis,
         detail: t.manifest.score.detail().copied(),
         motion_residual: t.manifest.score.motion_residual(),
+        separate: matches!(&t.manifest.score, ScoreSpec::Mahalanobis(r) if r.separate.is_some()),
         components: match &t.manifest.score {
             ScoreSpec::Mahalanobis(r) => r.components(),
             ScoreSpec::Kl => 1,
@@ -701,6 +704,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         }
         if plan.motion_residual {
             args.push("--motion-residual".into());
+        }
+        if plan.separate {
+            args.push("--separate".into());
         }
         if plan.components != 1 {
             args.extend(["--components".into(), plan.components.to_string()]);
@@ -739,6 +745,7 @@ fn calibration_options(opts: &Options, plan: &CalibrationPlan) -> Result<calibra
         c.fit = drives(&opts.fit)?;
         c.detail = plan.detail;
         c.motion_residual = plan.motion_residual;
+        c.separate = plan.separate;
         c.components = plan.components;
     }
     c.latents = plan.latents.clone();
