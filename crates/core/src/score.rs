@@ -591,6 +591,51 @@ mod tests {
     }
 
     #[test]
+    fn a_separate_extra_part_is_not_drowned_by_the_posterior() {
+        // Posterior part: the correlated 2-D frames; extra part: one feature, its own scale.
+        let frames: Vec<Vec<f64>> = correlated_frames()
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut f)| {
+                f.push(10.0 + ((i * 7919) % 1000) as f64 / 1000.0);
+                f
+            })
+            .collect();
+        let mut r = Reference::fit_separate(&frames, 2, 1, None, vec![]).unwrap();
+        r.motion_residual = true;
+        let s = r.separate.as_ref().unwrap();
+        assert_eq!((r.mean.len(), s.mean.len()), (2, 1));
+        assert!(ScoreSpec::Mahalanobis(r.clone()).validate(1).is_ok());
+        let typical = r.distance(&[1.0, -2.0, 10.5]);
+        let odd_extra = r.distance(&[1.0, -2.0, 12.0]);
+        let odd_posterior = r.distance(&[1.0, 0.0, 10.5]);
+        assert!(typical < 1.0, "{typical}");
+        // Either part alone makes the frame extreme: beyond every fit frame (ln 20,000 = 9.9).
+        assert!(
+            odd_extra > 9.9 && odd_posterior > 9.9,
+            "{odd_extra} {odd_posterior}"
+        );
+        // The score is the larger part's tail score, and a wrong length is a fault.
+        assert!((r.distance(&[1.0, 0.0, 12.0]) - odd_extra.max(odd_posterior)).abs() < 1e-12);
+        assert!(r.distance(&[1.0, -2.0]).is_nan());
+        // Written and read back, it scores the same; a broken tail is refused at load.
+        let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(r.clone())).unwrap();
+        let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, ScoreSpec::Mahalanobis(r.clone()));
+        let mut bad = r.clone();
+        bad.separate
+            .as_mut()
+            .unwrap()
+            .extra_tail
+            .quantiles
+            .reverse();
+        assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
+        let mut bad = r;
+        bad.separate.as_mut().unwrap().mean.push(0.0);
+        assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
+    }
+
+    #[test]
     fn the_fitted_reference_recovers_a_known_gaussian() {
         let r = Reference::fit(&correlated_frames(), None, vec!["synthetic".into()]).unwrap();
         assert!((r.mean[0] - 1.0).abs() < 0.05 && (r.mean[1] + 2.0).abs() < 0.02);

@@ -98,9 +98,10 @@ mod tests {
         let t = Tail::measure(&d).unwrap();
         assert_eq!(t.quantiles.len(), 81);
         assert_eq!(t.score(0.5), 0.0);
-        for (x, want) in [(9000.0, 0.1f64), (9900.0, 0.01), (9990.0, 0.001)] {
+        for x in [5000.0, 9000.0, 9900.0, 9990.0] {
+            let want = d.iter().filter(|&&v| v >= x).count() as f64 / d.len() as f64;
             let s = t.score(x);
-            assert!((s - -want.ln()).abs() < 0.02, "{x}: {s} vs {}", -want.ln());
+            assert!((s - -want.ln()).abs() < 0.06, "{x}: {s} vs {}", -want.ln());
         }
         // Monotone, and beyond the largest distance still increasing.
         let xs = [100.0, 5000.0, 9999.0, 10_000.0, 10_001.0, 20_000.0];
