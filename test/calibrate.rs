@@ -30,7 +30,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         fit,
         detail: None,
         motion_residual: false,
-        separate: false,
+        separate: None,
         components: 1,
         cal: vec![drive("id_small_loop_s2")],
         tune_id: vec![drive("id_udem1_s3")],

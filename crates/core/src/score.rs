@@ -228,8 +228,24 @@ pub struct Separate {
     /// The posterior part's distance (squared Mahalanobis, or the mixture's score) over the
     /// fit frames.
     pub posterior_tail: Tail,
-    /// The extra part's squared Mahalanobis distance over the fit frames.
+    /// The extra part's distance over the fit frames.
     pub extra_tail: Tail,
+    /// One extra feature counted above its mean only: its distance is max(0, z)^2, z its
+    /// standardised value (the motion residual: more change left over than usual is a shift,
+    /// less is not one this feature can vouch for).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upper_only: bool,
+}
+
+impl Separate {
+    /// The extra part's distance: squared Mahalanobis, or its upper half ([`Self::upper_only`]).
+    fn distance(&self, extra: &[f64]) -> f64 {
+        if self.upper_only {
+            let z = (extra[0] - self.mean[0]) * self.precision[0].sqrt();
+            return z.max(0.0).powi(2);
+        }
+        crate::mixture::mahalanobis2(extra, &self.mean, &self.precision)
+    }
 }
 
 /// Ridge added to the covariance's diagonal before inversion: collapsed latents have a
@@ -321,6 +337,7 @@ impl Reference {
     pub fn fit_separate(
         features: &[Vec<f64>],
         posterior: usize,
+        upper_only: bool,
         k: usize,
         detail: Option<DetailSpec>,
         fitted_on: Vec<String>,
@@ -335,22 +352,28 @@ impl Reference {
             .iter()
             .map(|f| (f[..posterior].to_vec(), f[posterior..].to_vec()))
             .unzip();
+        if upper_only && d - posterior != 1 {
+            return Err(ScoreError::Separate(format!(
+                "an upper-tail-only extra part is one feature, not {}",
+                d - posterior
+            )));
+        }
         let mut r = Self::fit_mixture(&post, k, detail, fitted_on)?;
         let e = Self::fit(&extra, None, vec![])?;
         let part = |x: &[f64]| r.part_distance(x);
         let posterior_tail = Tail::measure(&post.iter().map(|x| part(x)).collect::<Vec<_>>())?;
-        let extra_tail = Tail::measure(
-            &extra
-                .iter()
-                .map(|x| crate::mixture::mahalanobis2(x, &e.mean, &e.precision))
-                .collect::<Vec<_>>(),
-        )?;
-        r.separate = Some(Separate {
+        let mut s = Separate {
             mean: e.mean,
             precision: e.precision,
             posterior_tail,
-            extra_tail,
-        });
+            // Replaced below, once the part's distance can be measured.
+            extra_tail: Tail {
+                quantiles: vec![0.0, 0.0],
+            },
+            upper_only,
+        };
+        s.extra_tail = Tail::measure(&extra.iter().map(|x| s.distance(x)).collect::<Vec<_>>())?;
+        r.separate = Some(s);
         r.validate(d)?;
         Ok(r)
     }
@@ -388,9 +411,7 @@ impl Reference {
             return f64::NAN;
         }
         let a = s.posterior_tail.score(self.part_distance(post));
-        let b = s
-            .extra_tail
-            .score(crate::mixture::mahalanobis2(extra, &s.mean, &s.precision));
+        let b = s.extra_tail.score(s.distance(extra));
         // NaN in either part is a fault, never hidden by the other's value.
         if a.is_nan() || b.is_nan() {
             f64::NAN
@@ -404,9 +425,9 @@ impl Reference {
             None => dim,
             Some(s) => {
                 let e = s.mean.len();
-                if e == 0 || e >= dim || s.precision.len() != e * e {
+                if e == 0 || e >= dim || s.precision.len() != e * e || (s.upper_only && e != 1) {
                     return Err(ScoreError::Separate(format!(
-                        "mean has {e} and precision {} values; the extra features need between 1 and {} and their square",
+                        "mean has {e} and precision {} values; the extra features need between 1 and {} (1 with upper_only) and their square",
                         s.precision.len(),
                         dim.saturating_sub(1)
                     )));
@@ -601,7 +622,7 @@ mod tests {
                 f
             })
             .collect();
-        let mut r = Reference::fit_separate(&frames, 2, 1, None, vec![]).unwrap();
+        let mut r = Reference::fit_separate(&frames, 2, false, 1, None, vec![]).unwrap();
         r.motion_residual = true;
         let s = r.separate.as_ref().unwrap();
         assert_eq!((r.mean.len(), s.mean.len()), (2, 1));
@@ -633,6 +654,15 @@ mod tests {
         let mut bad = r;
         bad.separate.as_mut().unwrap().mean.push(0.0);
         assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
+        // Upper tail only: less than the mean scores as the mean, more as before.
+        let r = Reference::fit_separate(&frames, 2, true, 1, None, vec![]).unwrap();
+        assert!(r.distance(&[1.0, -2.0, 8.0]) < 1.0);
+        assert!(r.distance(&[1.0, -2.0, 12.0]) > 9.9);
+        let two = vec![vec![0.0; 4]; 20];
+        assert!(Reference::fit_separate(&two, 2, true, 1, None, vec![])
+            .unwrap_err()
+            .to_string()
+            .contains("one feature"));
     }
 
     #[test]

@@ -86,6 +86,38 @@ impl ScoreKind {
     }
 }
 
+/// Which tail of a separate extra part counts (`--separate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tails {
+    /// Both: a Gaussian's squared Mahalanobis distance.
+    Both,
+    /// Above the mean only (one feature: the motion residual).
+    Upper,
+}
+
+impl std::str::FromStr for Tails {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "both" => Ok(Self::Both),
+            "upper" => Ok(Self::Upper),
+            _ => Err(Error::Input(format!(
+                "unknown tails '{s}' (expected both or upper)"
+            ))),
+        }
+    }
+}
+
+impl Tails {
+    /// The command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Upper => "upper",
+        }
+    }
+}
+
 pub struct Options {
     pub score: ScoreKind,
     /// In-distribution drives the Mahalanobis reference is fitted on.
@@ -96,7 +128,7 @@ pub struct Options {
     pub motion_residual: bool,
     /// The extra features (`detail` or `motion_residual`) get a Gaussian of their own, and the
     /// score is the larger of the two parts' tail scores ([`vae_ood_core::score::Separate`]).
-    pub separate: bool,
+    pub separate: Option<Tails>,
     /// Gaussians in a reference fitted on `fit`: 1, or a mixture of that many.
     pub components: usize,
     pub cal: Vec<DriveArg>,
@@ -133,7 +165,7 @@ impl Options {
             fit: vec![],
             detail: None,
             motion_residual: false,
-            separate: false,
+            separate: None,
             components: 1,
             cal,
             tune_id,
@@ -255,7 +287,7 @@ pub fn calibrate(
             opts.components
         ));
     }
-    if opts.separate && !(opts.detail.is_some() || opts.motion_residual) {
+    if opts.separate.is_some() && !(opts.detail.is_some() || opts.motion_residual) {
         return input("--separate scores the extra features apart: give --detail or --motion-residual (and --fit drives)".into());
     }
     if opts.motion_residual && opts.fit.is_empty() {
@@ -335,8 +367,16 @@ pub fn calibrate(
                 .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
                 .collect();
             let posterior = 2 * n_latents;
-            let mut r = if opts.separate {
-                Reference::fit_separate(&features, posterior, opts.components, opts.detail, ids)?
+            let mut r = if let Some(tails) = opts.separate {
+                let upper = tails == Tails::Upper;
+                Reference::fit_separate(
+                    &features,
+                    posterior,
+                    upper,
+                    opts.components,
+                    opts.detail,
+                    ids,
+                )?
             } else {
                 Reference::fit_mixture(&features, opts.components, opts.detail, ids)?
             };

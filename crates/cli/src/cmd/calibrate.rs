@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::selection::Rank;
 use vae_ood_core::detection::tuning::Grid;
-use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, ScoreKind};
+use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, ScoreKind, Tails};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,8 +36,10 @@ pub struct Args {
     /// Score the extra features (--detail or --motion-residual) by a Gaussian of their own and
     /// take the larger of the two parts' tail scores over the fit frames, instead of one
     /// distance over all features (where the posterior's many features dilute a few extra ones).
-    #[arg(long)]
-    separate: bool,
+    /// `--separate upper` counts only the upper tail of a one-feature extra part (the motion
+    /// residual: more change left over than usual is a shift, less is not).
+    #[arg(long, value_name = "TAILS", num_args = 0..=1, default_missing_value = "both")]
+    separate: Option<Tails>,
     /// Gaussians in the fitted reference (--fit): 1, or a mixture of that many fitted by EM
     /// (seeded), so that scene kinds the clear drives hold each get a component; the score is
     /// then twice the mixture's negative log-likelihood, shifted to be >= 0.

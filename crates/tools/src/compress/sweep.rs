@@ -652,8 +652,8 @@ struct CalibrationPlan {
     detail: Option<DetailSpec>,
     /// The teacher's motion residual (flow detectors), likewise.
     motion_residual: bool,
-    /// The teacher scores those extra features apart (`--separate`).
-    separate: bool,
+    /// The teacher scores those extra features apart (`--separate`), with these tails.
+    separate: Option<calibrate::Tails>,
     /// The teacher reference's Gaussians (1, or a mixture's components), refitted likewise.
     components: usize,
     latents: Option<Vec<usize>>,
@@ -672,7 +672,13 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
         mahalanobis,
         detail: t.manifest.score.detail().copied(),
         motion_residual: t.manifest.score.motion_residual(),
-        separate: matches!(&t.manifest.score, ScoreSpec::Mahalanobis(r) if r.separate.is_some()),
+        separate: match &t.manifest.score {
+            ScoreSpec::Mahalanobis(r) => r.separate.as_ref().map(|s| match s.upper_only {
+                true => calibrate::Tails::Upper,
+                false => calibrate::Tails::Both,
+            }),
+            ScoreSpec::Kl => None,
+        },
         components: match &t.manifest.score {
             ScoreSpec::Mahalanobis(r) => r.components(),
             ScoreSpec::Kl => 1,
@@ -705,8 +711,8 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         if plan.motion_residual {
             args.push("--motion-residual".into());
         }
-        if plan.separate {
-            args.push("--separate".into());
+        if let Some(t) = plan.separate {
+            args.extend(["--separate".into(), t.as_str().into()]);
         }
         if plan.components != 1 {
             args.extend(["--components".into(), plan.components.to_string()]);
