@@ -211,7 +211,7 @@ pub struct Reference {
     /// `mean`, `precision` and `components` cover the posterior only, and the score is the
     /// larger of the two parts' tail scores ([`Separate`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub separate: Option<Separate>,
+    pub separate: Option<Box<Separate>>,
 }
 
 /// The extra features' own Gaussian, and both parts' in-distribution tails: a frame's score is
@@ -373,7 +373,7 @@ impl Reference {
             upper_only,
         };
         s.extra_tail = Tail::measure(&extra.iter().map(|x| s.distance(x)).collect::<Vec<_>>())?;
-        r.separate = Some(s);
+        r.separate = Some(Box::new(s));
         r.validate(d)?;
         Ok(r)
     }
