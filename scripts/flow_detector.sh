@@ -25,14 +25,17 @@ source scripts/roles.sh
 flow_val_ood() { { onsets out/flow_validation; onsets out/validation | grep -E "ood_(rain|snow)_"; }; }
 case "${1:-}" in
   calibrate)
-    # The Mahalanobis distance of the posterior (not the KL of selected latents): chosen on
-    # the validation drives (models/flow/MODEL_CARD.md, "How it was chosen").
+    # The Mahalanobis distance of the posterior (not the KL of selected latents), and beside
+    # it the stack's motion residual, scored apart, upper tail only (session 16): both chosen
+    # on the validation drives (models/flow/MODEL_CARD.md, "How it was chosen").
     "$VAE" calibrate --bundle "$TEACHER" --out models/flow.new --score mahalanobis \
+      --motion-residual --separate upper \
       --fit $(split train out/train) \
       --cal $(split calibration out/train) $(split train_val out/train) \
       --tune-id $(split heldout out/heldout) $(split tuning out/tuning) \
       --val-ood $(flow_val_ood)
     # The full VAE and training record travel with the bundle (compression starts from them).
+    # (TEACHER=models/flow recalibrates the shipped encoder in place.)
     cp "$TEACHER"/{vae.bpk,training.json,metrics.csv,loss.png} models/flow.new/
     [ -f models/flow/MODEL_CARD.md ] && cp models/flow/MODEL_CARD.md models/flow.new/
     rm -rf models/flow && mv models/flow.new models/flow
