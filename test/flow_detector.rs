@@ -221,3 +221,44 @@ fn a_trained_flow_detector_exports_independent_branches_and_scores_drives() {
     .to_string();
     assert!(e.contains("--detector flow"), "{e}");
 }
+
+/// The shipped flow detector reads the motion residual beside the posterior (session 16):
+/// specks that appear anew on every frame (snow-like) leave change the flow cannot explain,
+/// which raises the residual and the score.
+#[test]
+fn the_shipped_flow_detector_scores_unexplained_change() {
+    let flow = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/flow"));
+    let mut det = vae_ood_core::detector::load(flow, BackendOptions::default()).unwrap();
+    assert!(det.bundle().manifest.score.motion_residual());
+    let clean = frames("id_loop_empty_s1", 8);
+    let specked: Vec<image::RgbImage> = clean
+        .iter()
+        .enumerate()
+        .map(|(k, img)| {
+            let mut img = img.clone();
+            // A different scatter of white specks on every frame.
+            for i in (k * 13..(img.width() * img.height()) as usize).step_by(53) {
+                let (x, y) = ((i as u32) % img.width(), (i as u32) / img.width());
+                img.put_pixel(x, y, image::Rgb([255, 255, 255]));
+            }
+            img
+        })
+        .collect();
+    let mut last = |imgs: &[image::RgbImage]| {
+        let s = det.open_stream();
+        let mut out = None;
+        for img in imgs {
+            out = det.score(s, img.into()).ok();
+        }
+        out.expect("a score once the stack is warm")
+    };
+    let (a, b) = (last(&clean), last(&specked));
+    assert_eq!((a.detail.len(), b.detail.len()), (1, 1));
+    assert!(
+        b.detail[0] > a.detail[0] + 0.5,
+        "{:?} {:?}",
+        a.detail,
+        b.detail
+    );
+    assert!(b.score > a.score, "{} {}", a.score, b.score);
+}
