@@ -57,6 +57,16 @@ case "${1:-}" in
     python3 scripts/combined_eval.py "$OUT/$img/test" "$OUT/flow/test" --json "$OUT/combined_test.json"
     echo "== combined ($img + flow), fresh false-alarm set"
     python3 scripts/combined_eval.py "$OUT/$img/falsealarm2" "$OUT/flow/falsealarm2" --json "$OUT/combined_fa.json"
+    # The image detector's test set (make testset-data), when generated: what the flow detector
+    # adds to, or costs, the image detector on the shifts it was built for.
+    if [ -d out/testset ]; then
+      for b in models/flow "$IMAGE"; do
+        "$VAE" eval --bundle "$b" --out "$OUT/$(basename "$b")/image_test" --quiet \
+          --label-topic /ood_label --input $(eval_inputs out/testset) >/dev/null
+      done
+      echo "== combined ($img + flow), the image detector's test set"
+      python3 scripts/combined_eval.py "$OUT/$img/image_test" "$OUT/flow/image_test" --json "$OUT/combined_image_test.json"
+    fi
     ;;
   *)
     echo "usage: $0 calibrate|evaluate" >&2
