@@ -8,7 +8,7 @@ use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::BackendOptions;
 use vae_ood_core::score::{features, posterior_features, ScoreSpec};
-use vae_ood_tools::calibrate::{calibrate, DriveArg, Options, ScoreKind};
+use vae_ood_tools::calibrate::{calibrate, DriveArg, Options, ScoreKind, Tails};
 use vae_ood_tools::drives::map_drive;
 
 fn root() -> PathBuf {
@@ -207,6 +207,10 @@ fn misused_score_options_are_clear_errors() {
         err.contains("--motion-residual adds to a reference being fitted"),
         "{err}"
     );
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.separate = Some(Tails::Both);
+    let err = run(o);
+    assert!(err.contains("give --detail or --motion-residual"), "{err}");
 }
 
 #[test]
@@ -343,4 +347,55 @@ fn recalibrating_without_fit_drives_keeps_the_bundles_reference_and_records_the_
     .expect("refused")
     .to_string();
     assert!(err.contains("--fit"), "{err}");
+}
+
+#[test]
+fn a_flow_reference_scores_the_motion_residual_apart_by_its_upper_tail() {
+    let out = tempfile::tempdir().unwrap();
+    let flow = root().join("models/flow");
+    let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.motion_residual = true;
+    o.separate = Some(Tails::Upper);
+    let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
+    let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
+        panic!("calibrated with the wrong score")
+    };
+    // The posterior's Gaussian covers its 48 features; the residual has its own, upper tail.
+    let s = r.separate.as_ref().expect("a separate part");
+    assert!(r.motion_residual && s.upper_only);
+    assert_eq!((r.mean.len(), s.mean.len()), (48, 1));
+    assert!(done
+        .bundle
+        .manifest
+        .calibration
+        .as_ref()
+        .unwrap()
+        .selection
+        .contains("apart"));
+    // The written bundle scores every frame as the reference says, rain above clear.
+    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+    let mut scores = |name: &str| {
+        map_drive(cal.as_mut(), &drive(name).path, &|| {}, |s| {
+            (s.score, features(&s.mu, &s.logvar, &s.detail))
+        })
+        .unwrap()
+        .frames
+    };
+    let (clear, rain) = (scores("id_small_loop_s2"), scores("ood_rain_udem1_s6"));
+    for (score, x) in clear.iter().chain(&rain) {
+        assert_eq!(x.len(), 49);
+        assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
+    }
+    let median = |v: &[(f64, Vec<f64>)]| {
+        let mut s: Vec<f64> = v.iter().map(|(s, _)| *s).collect();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    assert!(
+        median(&rain) > median(&clear),
+        "{} {}",
+        median(&rain),
+        median(&clear)
+    );
 }
