@@ -3,8 +3,8 @@
 //! `depth` fields, the horizontal and vertical stacks go to the encoder's two branches and
 //! the posterior is scored as the bundle says (by default the KL of the selected latents,
 //! which may come from both branches; a Mahalanobis reference may add the stack's motion
-//! residual, [`crate::flow::motion_residual`]). Until then, and again after a gap in a stream, frames
-//! give [`Fault::WarmingUp`] (state STARTING) instead of a score.
+//! residual, [`crate::flow::motion_residual`]). Until then, and again after a gap in a
+//! stream, frames give [`Fault::WarmingUp`] (state STARTING) instead of a score.
 
 use crate::bundle::{Bundle, DetectorSpec};
 use crate::detail::DetailSpec;

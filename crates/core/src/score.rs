@@ -238,14 +238,20 @@ pub struct Separate {
 }
 
 impl Separate {
-    /// The extra part's distance: squared Mahalanobis, or its upper half ([`Self::upper_only`]).
+    /// The extra part's distance ([`extra_distance`]).
     fn distance(&self, extra: &[f64]) -> f64 {
-        if self.upper_only {
-            let z = (extra[0] - self.mean[0]) * self.precision[0].sqrt();
-            return z.max(0.0).powi(2);
-        }
-        crate::mixture::mahalanobis2(extra, &self.mean, &self.precision)
+        extra_distance(extra, &self.mean, &self.precision, self.upper_only)
     }
+}
+
+/// An extra part's distance from its Gaussian: squared Mahalanobis, or with `upper_only` (one
+/// feature) its upper half, max(0, z)^2.
+fn extra_distance(x: &[f64], mean: &[f64], precision: &[f64], upper_only: bool) -> f64 {
+    if upper_only {
+        let z = (x[0] - mean[0]) * precision[0].sqrt();
+        return z.max(0.0).powi(2);
+    }
+    crate::mixture::mahalanobis2(x, mean, precision)
 }
 
 /// Ridge added to the covariance's diagonal before inversion: collapsed latents have a
@@ -362,18 +368,19 @@ impl Reference {
         let e = Self::fit(&extra, None, vec![])?;
         let part = |x: &[f64]| r.part_distance(x);
         let posterior_tail = Tail::measure(&post.iter().map(|x| part(x)).collect::<Vec<_>>())?;
-        let mut s = Separate {
+        let extra_tail = Tail::measure(
+            &extra
+                .iter()
+                .map(|x| extra_distance(x, &e.mean, &e.precision, upper_only))
+                .collect::<Vec<_>>(),
+        )?;
+        r.separate = Some(Box::new(Separate {
             mean: e.mean,
             precision: e.precision,
             posterior_tail,
-            // Replaced below, once the part's distance can be measured.
-            extra_tail: Tail {
-                quantiles: vec![0.0, 0.0],
-            },
+            extra_tail,
             upper_only,
-        };
-        s.extra_tail = Tail::measure(&extra.iter().map(|x| s.distance(x)).collect::<Vec<_>>())?;
-        r.separate = Some(Box::new(s));
+        }));
         r.validate(d)?;
         Ok(r)
     }

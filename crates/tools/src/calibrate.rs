@@ -294,7 +294,7 @@ pub fn calibrate(
         return input("--motion-residual adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
     }
     // A reference being fitted takes the extra features it is told to; one kept, what it has.
-    let with_detail = if opts.fit.is_empty() {
+    let with_extra = if opts.fit.is_empty() {
         let s = &det.bundle().manifest.score;
         s.detail().is_some() || s.motion_residual()
     } else {
@@ -345,7 +345,7 @@ pub fn calibrate(
     let mut scored = vec![];
     for d in args {
         let drive = map_drive(det, &d.path, &|| bar.inc(1), |s| {
-            let detail: &[f64] = if with_detail { &s.detail } else { &[] };
+            let detail: &[f64] = if with_extra { &s.detail } else { &[] };
             (s.kl, features(&s.mu, &s.logvar, detail))
         })?;
         let frames = drive.frames;
