@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data tuning2-data flow-validation-data flow-testset-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data tuning2-data flow-validation-data flow-testset-data heldout-var-data tuning-var-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -46,6 +46,16 @@ train-data: $(DATA_VENV)/.ok
 TRAIN_VAR_OUT ?= out/train_var
 train-var-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set train --out $(TRAIN_VAR_OUT) --frames 600 --id-variation 0.3
+
+# The varied versions (brightness and rain drifting in [0, 0.3], as train-var-data) of
+# heldout-data's 18 and tuning-data's 60 clear drives: with train-var-data, the 100 drives the
+# score's reference is fitted on, as training data for an encoder (session 17's study, E100).
+HELDOUT_VAR_OUT ?= out/heldout_var
+heldout-var-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set heldout --out $(HELDOUT_VAR_OUT) --frames 600 --id-variation 0.3
+TUNING_VAR_OUT ?= out/tuning_var
+tuning-var-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set tuning --out $(TUNING_VAR_OUT) --frames 600 --id-variation 0.3
 
 # OOD validation drives (every generated OOD type, one drive per map: 21 drives, 300 frames
 # each) for choosing the default detector (see models/default/MODEL_CARD.md).

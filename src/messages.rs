@@ -468,6 +468,8 @@ mod tests {
             fault: None,
             timing: StageTimes::default(),
             step: None,
+            branch_kl: None,
+            branch_ood: None,
         };
         let rec = VerdictRecord {
             header: header.clone(),
@@ -507,6 +509,8 @@ mod tests {
             fault: Some(Fault::NonFinite),
             timing: StageTimes::default(),
             step: None,
+            branch_kl: None,
+            branch_ood: None,
         };
         let a = verdict_array(&VerdictRecord {
             verdict: &bad,

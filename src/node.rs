@@ -203,6 +203,7 @@ impl Ctx {
                 recovery: cfg.recovery,
                 cusum_threshold: cfg.cusum_threshold,
                 max_repeated_frames: cfg.max_repeated_frames,
+                branch_rule: cfg.branch_rule,
             };
             let mut monitors = vec![];
             for (bundle, name) in cam.model_bundles.iter().zip(&names) {

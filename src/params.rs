@@ -108,6 +108,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status.", range: Some(Range::Double(0.01, 86_400.0))),
     decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked.", range: Some(Range::Double(0.0, 10_000.0)), constraints: "0 (not checked) or 0.1 to 10000 Hz"),
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
+    decl!("branch_rule", Bool(false), "Flow detectors: also apply the reference design's per-branch rule (the bundle's calibration.branch_thresholds): a frame whose KL in either branch exceeds its threshold is OOD whatever the sequential test says. Off by default: the rule has no false-alarm guarantee (SAFETY.md). A flow bundle without the thresholds is a start-up error."),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
     decl!("cameras", StrArray(&[]), "Several cameras on one node: their names (e.g. [front, rear]), each configured by <name>.image_topic, <name>.transport, <name>.model_bundles and the optional overrides <name>.score_threshold and <name>.max_frame_age, with its outputs under ~/<name>/ and one /diagnostics status; ~/ood is true when any camera that gates is not OK. Empty: one camera on 'image' (or 'image/compressed') with its outputs at ~/."),
     decl!("batching", Str("auto"), "Frames of several cameras on one detector: 'auto' scores them in one batched call where that is faster (the cuda backends; on the CPU tract's batches are slower), 'always' batches, 'never' does not (for measuring).", constraints: "auto | always | never"),
@@ -165,6 +166,8 @@ pub struct NodeConfig {
     pub max_repeated_frames: Option<u32>,
     /// A lifecycle node: nothing loads or scores until a manager says so.
     pub managed: bool,
+    /// Flow detectors also alarm by the reference design's per-branch rule.
+    pub branch_rule: bool,
     /// The camera's name, checked against each bundle's `calibration.camera`.
     pub camera: Option<String>,
     /// The cameras: one unnamed camera, or those `cameras` names.
@@ -594,6 +597,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         expected_rate,
         max_repeated_frames,
         managed: r.bool("managed")?,
+        branch_rule: r.bool("branch_rule")?,
         camera: Some(string("camera")?).filter(|c| !c.is_empty()),
         cameras,
         batching: match string("batching")?.as_str() {

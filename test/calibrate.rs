@@ -103,6 +103,8 @@ fn the_mahalanobis_reference_is_fitted_on_the_fit_drives_and_scores_every_frame(
     let c = m.calibration.as_ref().unwrap();
     assert_eq!(c.scores.len(), 300);
     assert!(c.selection.starts_with("Mahalanobis"), "{}", c.selection);
+    // An image detector has no branches, so no per-branch thresholds.
+    assert_eq!(c.branch_thresholds, None);
 }
 
 #[test]
@@ -234,6 +236,25 @@ fn a_flow_reference_with_the_motion_residual_fits_it_and_scores_with_it() {
     assert!(residuals.iter().all(|d| d.len() == 1 && d[0].is_finite()));
     let want = residuals.iter().map(|d| d[0]).sum::<f64>() / residuals.len() as f64;
     assert!((r.mean[48] - want).abs() < 1e-9, "{} {want}", r.mean[48]);
+    // The reference design's per-branch thresholds: each branch's largest KL over the
+    // calibration frames.
+    let branch_kl = map_drive(det.as_mut(), &o.cal[0].path, &|| {}, |s| {
+        vae_ood_core::flow_detector::FlowDetector::branch_kl(&s.kl)
+    })
+    .unwrap()
+    .frames;
+    let largest = |b: usize| branch_kl.iter().map(|k| k[b]).fold(f64::MIN, f64::max);
+    let t = done
+        .bundle
+        .manifest
+        .calibration
+        .as_ref()
+        .unwrap()
+        .branch_thresholds;
+    assert_eq!(
+        t.map(|t| (t.horizontal, t.vertical)),
+        Some((largest(0), largest(1)))
+    );
     // The written bundle measures the residual itself and scores with it.
     let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
     let scored = map_drive(

@@ -262,3 +262,129 @@ fn the_shipped_flow_detector_scores_unexplained_change() {
     );
     assert!(b.score > a.score, "{} {}", a.score, b.score);
 }
+
+/// The shipped flow bundle with its per-branch thresholds replaced, written to `dir`.
+fn with_branch_thresholds(
+    dir: &Path,
+    t: Option<vae_ood_core::bundle::BranchThresholds>,
+) -> PathBuf {
+    let flow = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/flow"));
+    let b = Bundle::load(flow).unwrap();
+    let encoder = std::fs::read(flow.join(&b.manifest.encoder.path)).unwrap();
+    let mut m = b.manifest.clone();
+    m.calibration.as_mut().unwrap().branch_thresholds = t;
+    Bundle::write(dir, m, &encoder).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn the_reference_designs_branch_rule_alarms_on_single_frames_only_when_asked() {
+    use vae_ood_core::bundle::BranchThresholds;
+    let imgs = frames("id_loop_empty_s1", 14);
+    let run = |dir: &Path, branch_rule: bool| {
+        let det = vae_ood_core::detector::load(dir, BackendOptions::default()).unwrap();
+        let mut m = Monitor::new(
+            det,
+            MonitorConfig {
+                branch_rule,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        imgs.iter()
+            .map(|img| m.process_image(img))
+            .collect::<Vec<_>>()
+    };
+    // Without thresholds: the branches' KL on every scored frame, no rule.
+    let bare = tempfile::tempdir().unwrap();
+    let plain = run(&with_branch_thresholds(bare.path(), None), false);
+    assert!(plain[..6].iter().all(|v| v.branch_kl.is_none()));
+    assert!(plain[6..]
+        .iter()
+        .all(|v| v.branch_kl.is_some() && v.branch_ood.is_none()));
+    let lowest_h = plain[6..]
+        .iter()
+        .map(|v| v.branch_kl.unwrap()[0])
+        .fold(f64::INFINITY, f64::min);
+    // The horizontal threshold under every frame's KL, the vertical far above.
+    let low = tempfile::tempdir().unwrap();
+    let low = with_branch_thresholds(
+        low.path(),
+        Some(BranchThresholds {
+            horizontal: lowest_h / 2.0,
+            vertical: 1e300,
+        }),
+    );
+    // Reported, but the state stays the sequential test's unless the rule is on.
+    let reported = run(&low, false);
+    for (a, b) in plain.iter().zip(&reported) {
+        assert_eq!(a.state, b.state);
+        assert_eq!(b.branch_ood, b.branch_kl.map(|_| true));
+    }
+    let ruled = run(&low, true);
+    assert!(ruled[6..].iter().all(|v| v.state == MonitorState::Ood));
+    assert_eq!(
+        &ruled[..6].iter().map(|v| v.state).collect::<Vec<_>>(),
+        &[MonitorState::Starting; 6]
+    );
+    // Thresholds above every frame: the rule never fires, the verdicts are the plain ones.
+    let high = tempfile::tempdir().unwrap();
+    let high = with_branch_thresholds(
+        high.path(),
+        Some(BranchThresholds {
+            horizontal: 1e300,
+            vertical: 1e300,
+        }),
+    );
+    for (a, b) in plain.iter().zip(run(&high, true)) {
+        assert_eq!(
+            (a.state, b.branch_ood),
+            (b.state, b.branch_kl.map(|_| false))
+        );
+    }
+    // Asking for the rule on a bundle without thresholds fails at start-up, by name.
+    let det = vae_ood_core::detector::load(bare.path(), BackendOptions::default()).unwrap();
+    let e = Monitor::new(
+        det,
+        MonitorConfig {
+            branch_rule: true,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("branch_rule") && e.contains("branch_thresholds"),
+        "{e}"
+    );
+}
+
+#[test]
+fn branch_thresholds_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = with_branch_thresholds(
+        dir.path(),
+        Some(vae_ood_core::bundle::BranchThresholds {
+            horizontal: 40.0,
+            vertical: 30.0,
+        }),
+    );
+    let text = std::fs::read_to_string(path.join("manifest.yaml")).unwrap();
+    let parse = |t: &str| Manifest::parse(t, &path).err().map(|e| e.to_string());
+    assert_eq!(parse(&text), None);
+    let e = parse(&text.replace("horizontal: 40.0", "horizontal: -1.0")).unwrap();
+    assert!(
+        e.contains("branch_thresholds") && e.contains("positive"),
+        "{e}"
+    );
+    // An image detector has no branches.
+    let default = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default"));
+    let image = std::fs::read_to_string(default.join("manifest.yaml")).unwrap();
+    let image = image.replace(
+        "\n  scores:",
+        "\n  branch_thresholds:\n    horizontal: 40.0\n    vertical: 30.0\n  scores:",
+    );
+    let e = parse(&image).unwrap();
+    assert!(e.contains("needs a flow detector"), "{e}");
+}

@@ -70,6 +70,66 @@ pub struct CalibrationSection {
     pub data: CalibrationData,
     /// Nonconformity scores (selected latents) of the calibration frames.
     pub scores: Vec<f64>,
+    /// Flow detectors: the reference design's per-branch rule ([`BranchThresholds`]), an
+    /// alarm path beside the calibrated pipeline that a node uses only when told to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_thresholds: Option<BranchThresholds>,
+}
+
+/// The reference design's verdict for the flow detector (the paper authors' RTCSA 2022 code):
+/// a frame is OOD when the KL of either branch (horizontal or vertical flow) exceeds that
+/// branch's threshold. The reference never configured its thresholds; `vae-ood calibrate`
+/// sets each to the largest KL of that branch over the calibration frames, so that no
+/// calibration frame alarms. Uncalibrated in the sense that matters: one frame decides, with
+/// no false-alarm rate behind it (SAFETY.md). Kept to compare with the reference and for users
+/// who want an alarm on a single extreme stack.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BranchThresholds {
+    pub horizontal: f64,
+    pub vertical: f64,
+}
+
+impl BranchThresholds {
+    /// The largest KL of each branch over `branch_kl` (horizontal, vertical); `None` when empty.
+    pub fn largest(branch_kl: impl IntoIterator<Item = [f64; 2]>) -> Option<Self> {
+        branch_kl.into_iter().fold(None, |t, [h, v]| {
+            let t = t.unwrap_or(Self {
+                horizontal: h,
+                vertical: v,
+            });
+            Some(Self {
+                horizontal: t.horizontal.max(h),
+                vertical: t.vertical.max(v),
+            })
+        })
+    }
+
+    /// Whether either branch's KL is over its threshold.
+    pub fn exceeded(&self, [h, v]: [f64; 2]) -> bool {
+        h > self.horizontal || v > self.vertical
+    }
+
+    /// How far over its threshold the nearer-to-alarm branch is: max(h / horizontal,
+    /// v / vertical), above 1 exactly when [`Self::exceeded`]. The rule as one score, for AUROC.
+    pub fn ratio(&self, [h, v]: [f64; 2]) -> f64 {
+        (h / self.horizontal).max(v / self.vertical)
+    }
+
+    /// Both thresholds finite and positive (as a bundle must hold them).
+    pub fn validate(&self) -> Result<(), String> {
+        if [self.horizontal, self.vertical]
+            .iter()
+            .all(|t| t.is_finite() && *t > 0.0)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "horizontal {} and vertical {} must be finite and positive (a KL)",
+                self.horizontal, self.vertical
+            ))
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -391,6 +451,13 @@ impl Manifest {
                 .map_err(|e| bad(format!("calibration.pipeline: {e}")))?;
             crate::detection::Calibration::new(c.scores.clone())
                 .map_err(|e| bad(format!("calibration.scores: {e}")))?;
+            if let Some(t) = &c.branch_thresholds {
+                if !flow {
+                    return Err(bad("calibration.branch_thresholds needs a flow detector (detector.kind: flow): an image detector has no branches".into()));
+                }
+                t.validate()
+                    .map_err(|e| bad(format!("calibration.branch_thresholds: {e}")))?;
+            }
         }
         Ok(manifest)
     }

@@ -64,6 +64,12 @@ impl MonitorState {
     }
 }
 
+/// A scored frame as the monitor judged it: its score, and its branches' KL (flow).
+struct Judged {
+    score: f64,
+    branch_kl: Option<[f64; 2]>,
+}
+
 /// Decision parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct MonitorConfig {
@@ -81,6 +87,11 @@ pub struct MonitorConfig {
     /// frame arrives. A real sensor's noise makes exact repeats of the model input
     /// practically impossible. `None` disables the check.
     pub max_repeated_frames: Option<u32>,
+    /// Flow detectors: also apply the reference design's per-branch rule (the bundle's
+    /// `calibration.branch_thresholds`): a frame whose KL in either branch is over its
+    /// threshold is OOD, whatever the sequential test says. Off by default: the rule has no
+    /// false-alarm guarantee (SAFETY.md).
+    pub branch_rule: bool,
 }
 
 /// The node's default for [`MonitorConfig::max_repeated_frames`]: half a second at 30 Hz.
@@ -94,6 +105,7 @@ impl Default for MonitorConfig {
             recovery: Recovery::Auto { frames: 10 },
             cusum_threshold: None,
             max_repeated_frames: Some(DEFAULT_MAX_REPEATED_FRAMES),
+            branch_rule: false,
         }
     }
 }
@@ -243,6 +255,13 @@ pub struct FrameVerdict {
     pub timing: StageTimes,
     /// p-value, log M and S, for calibrated monitors and scored frames.
     pub step: Option<Step>,
+    /// Flow detectors' scored frames: the KL of each branch (horizontal, vertical), the
+    /// reference design's per-branch scores.
+    pub branch_kl: Option<[f64; 2]>,
+    /// Whether the reference design's per-branch rule fires on this frame (flow bundles with
+    /// `calibration.branch_thresholds`); it decides the state only with
+    /// [`MonitorConfig::branch_rule`].
+    pub branch_ood: Option<bool>,
 }
 
 impl FrameVerdict {
@@ -290,6 +309,9 @@ pub struct Monitor {
     counters: Counters,
     sequential: Option<Sequential>,
     repeats: Repeats,
+    /// The detector has two branches (flow): verdicts carry their KL.
+    branches: bool,
+    branch_thresholds: Option<crate::bundle::BranchThresholds>,
 }
 
 impl Monitor {
@@ -304,9 +326,23 @@ impl Monitor {
         detector: SharedDetector,
         config: MonitorConfig,
     ) -> Result<Self, DetectionError> {
-        let (stream, sequential) = {
+        let (stream, sequential, branches, branch_thresholds) = {
             let mut d = lock(&detector);
-            (d.open_stream(), Sequential::fresh(d.as_ref(), &config)?)
+            let m = &d.bundle().manifest;
+            let branches = matches!(m.detector, crate::bundle::DetectorSpec::Flow(_));
+            let thresholds = m.calibration.as_ref().and_then(|c| c.branch_thresholds);
+            if config.branch_rule && thresholds.is_none() {
+                return Err(DetectionError::InvalidParam {
+                    param: "branch_rule",
+                    reason: "needs a flow bundle with calibration.branch_thresholds: calibrate it again with this version's `vae-ood calibrate`, or turn the rule off".into(),
+                });
+            }
+            (
+                d.open_stream(),
+                Sequential::fresh(d.as_ref(), &config)?,
+                branches,
+                thresholds,
+            )
         };
         Ok(Self {
             detector,
@@ -316,6 +352,8 @@ impl Monitor {
             counters: Counters::default(),
             sequential,
             repeats: Repeats::default(),
+            branches,
+            branch_thresholds,
         })
     }
 
@@ -337,6 +375,11 @@ impl Monitor {
         self.repeats = Repeats::default();
         self.state = MonitorState::Starting;
         Ok(self.state)
+    }
+
+    /// The flow bundle's per-branch thresholds (the reference design's rule), if it has them.
+    pub fn branch_thresholds(&self) -> Option<crate::bundle::BranchThresholds> {
+        self.branch_thresholds
     }
 
     /// True when verdicts come from the calibrated sequential pipeline.
@@ -434,7 +477,7 @@ impl Monitor {
         age: Option<FrameAge>,
         stamp_ns: Option<i64>,
         timing: &mut StageTimes,
-    ) -> Result<f64, Fault> {
+    ) -> Result<Judged, Fault> {
         let mut decoded = None;
         let pixels = self.admit(frame, age, &mut decoded, timing)?;
         self.score_pixels(pixels, stamp_ns, timing)
@@ -471,7 +514,7 @@ impl Monitor {
         pixels: Pixels<'_>,
         stamp_ns: Option<i64>,
         timing: &mut StageTimes,
-    ) -> Result<f64, Fault> {
+    ) -> Result<Judged, Fault> {
         let s = lock(&self.detector).score_at(self.stream, pixels, stamp_ns);
         self.judge_posterior(s, timing)
     }
@@ -481,14 +524,19 @@ impl Monitor {
         &mut self,
         scored: Result<Scored, Fault>,
         timing: &mut StageTimes,
-    ) -> Result<f64, Fault> {
+    ) -> Result<Judged, Fault> {
         let s = scored?;
         timing.preprocess = s.preprocess;
         timing.inference = s.inference;
         let repeats = self.repeats.observe(&s.mu, &s.logvar);
         match self.config.max_repeated_frames {
             Some(max) if repeats > max => Err(Fault::Frozen { repeats, max }),
-            _ => Ok(s.score),
+            _ => Ok(Judged {
+                score: s.score,
+                branch_kl: self
+                    .branches
+                    .then(|| crate::flow_detector::FlowDetector::branch_kl(&s.kl)),
+            }),
         }
     }
 
@@ -574,12 +622,12 @@ impl Monitor {
             .collect()
     }
 
-    fn record(&mut self, result: Result<f64, Fault>, timing: StageTimes) -> FrameVerdict {
+    fn record(&mut self, result: Result<Judged, Fault>, timing: StageTimes) -> FrameVerdict {
         self.counters.frames += 1;
         let verdict = match result {
-            Ok(score) => {
+            Ok(Judged { score, branch_kl }) => {
                 self.counters.scored += 1;
-                let (state, step) = match &mut self.sequential {
+                let (mut state, step) = match &mut self.sequential {
                     Some(seq) => {
                         let step = seq.detector.step(score);
                         (seq.next(&step, self.config.recovery), Some(step))
@@ -587,12 +635,22 @@ impl Monitor {
                     None if score > self.config.score_threshold => (MonitorState::Ood, None),
                     None => (MonitorState::Ok, None),
                 };
+                let branch_ood = branch_kl
+                    .zip(self.branch_thresholds)
+                    .map(|(kl, t)| t.exceeded(kl));
+                // The reference's rule adds alarms on single frames; it never clears the
+                // sequential test's (its latch and S are left as they are).
+                if self.config.branch_rule && branch_ood == Some(true) {
+                    state = MonitorState::Ood;
+                }
                 FrameVerdict {
                     state,
                     score: Some(score),
                     fault: None,
                     timing,
                     step,
+                    branch_kl,
+                    branch_ood,
                 }
             }
             Err(fault @ Fault::WarmingUp { .. }) => {
@@ -605,6 +663,8 @@ impl Monitor {
                     fault: Some(fault),
                     timing,
                     step: None,
+                    branch_kl: None,
+                    branch_ood: None,
                 }
             }
             Err(fault) => {
@@ -616,6 +676,8 @@ impl Monitor {
                     fault: Some(fault),
                     timing,
                     step: None,
+                    branch_kl: None,
+                    branch_ood: None,
                 }
             }
         };

@@ -20,12 +20,15 @@ use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use vae_ood_core::bundle::{Bundle, CalibrationData, CalibrationSection};
+use vae_ood_core::bundle::{
+    BranchThresholds, Bundle, CalibrationData, CalibrationSection, DetectorSpec,
+};
 use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::selection::{top_k, Rank};
 use vae_ood_core::detection::tuning::{search, Candidate, Drive, Grid};
 use vae_ood_core::detection::PipelineParams;
 use vae_ood_core::detector::Detector;
+use vae_ood_core::flow_detector::FlowDetector;
 use vae_ood_core::score::{features, Reference, ScoreError, ScoreSpec};
 
 /// A drive argument: a folder, and for OOD drives the first OOD frame (`DIR:ONSET`, default 0).
@@ -355,6 +358,18 @@ pub fn calibrate(
     }
     bar.finish_and_clear();
     let fit: Vec<_> = scored.drain(..opts.fit.len()).collect();
+    // Flow detectors: the reference design's per-branch thresholds, the largest KL of each
+    // branch over the calibration frames (no calibration frame alarms by the rule).
+    let branch_thresholds = matches!(det.bundle().manifest.detector, DetectorSpec::Flow(_))
+        .then(|| {
+            BranchThresholds::largest(
+                scored[..opts.cal.len()]
+                    .iter()
+                    .flat_map(|(_, _, f)| f.iter().map(|(kl, _)| FlowDetector::branch_kl(kl))),
+            )
+        })
+        .flatten()
+        .filter(|t| t.validate().is_ok());
     let score = match opts.score {
         ScoreKind::Kl => ScoreSpec::Kl,
         // Recalibrating a bundle that has a fitted reference keeps it (the fit drives are not
@@ -494,6 +509,7 @@ pub fn calibrate(
                 .collect(),
         },
         scores: cal.iter().flat_map(|d| d.scores(&selected)).collect(),
+        branch_thresholds,
     });
     let encoder_path = bundle_dir.join(&manifest.encoder.path);
     let encoder = std::fs::read(&encoder_path).map_err(Error::read(encoder_path))?;

@@ -49,6 +49,11 @@ pub struct Args {
     /// frozen (a fault), as the node's parameter; 0 disables.
     #[arg(long, default_value_t = vae_ood_core::monitor::DEFAULT_MAX_REPEATED_FRAMES)]
     max_repeated_frames: u32,
+    /// Flow bundles: verdicts also alarm by the reference design's per-branch rule (the
+    /// bundle's calibration.branch_thresholds), as the node's `branch_rule` parameter. The
+    /// rule's own figures are reported either way.
+    #[arg(long)]
+    branch_rule: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -72,6 +77,7 @@ pub fn run(a: &Args) -> Result<()> {
             },
             cusum_threshold: a.cusum_threshold,
             max_repeated_frames: (a.max_repeated_frames > 0).then_some(a.max_repeated_frames),
+            branch_rule: a.branch_rule,
         },
         topic: a.topic.clone(),
         folder_fps: a.fps,

@@ -19,17 +19,23 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
         ))
     };
     let mut lines = text.lines();
-    const HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms";
-    if lines.next() != Some(HEADER) {
-        return Err(bad(1, "unexpected header"));
-    }
+    // Before session 17 the file ended at inference_ms (no branch columns).
+    let fields = match lines.next() {
+        Some(report::CSV_HEADER) => 17,
+        Some(h)
+            if report::CSV_HEADER.starts_with(&format!("{h},")) && h.ends_with("inference_ms") =>
+        {
+            14
+        }
+        _ => return Err(bad(1, "unexpected header")),
+    };
     lines
         .enumerate()
         .map(|(k, line)| {
             let n = k + 2;
             let f: Vec<&str> = line.split(',').collect();
-            if f.len() != 14 {
-                return Err(bad(n, "expected 14 fields"));
+            if f.len() != fields {
+                return Err(bad(n, &format!("expected {fields} fields")));
             }
             let num = |i: usize| -> Result<f64> {
                 f[i].parse::<f64>()
@@ -67,6 +73,9 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
                 decode_ms: num(11)?,
                 preprocess_ms: num(12)?,
                 inference_ms: num(13)?,
+                kl_horizontal: if fields > 14 { opt(14)? } else { None },
+                kl_vertical: if fields > 14 { opt(15)? } else { None },
+                branch_ratio: if fields > 14 { opt(16)? } else { None },
             })
         })
         .collect()
@@ -141,4 +150,55 @@ pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
     r.cusum_threshold = threshold;
     r.shards = summaries;
     Ok((r, frames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_csv_round_trips_with_branches_and_reads_the_old_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frames.csv");
+        let f = FrameRecord {
+            input: 0,
+            index: 7,
+            stamp_ns: 700,
+            ood: true,
+            ood_type: "snow".into(),
+            score: Some(3.5),
+            p_value: Some(0.25),
+            log_martingale: Some(0.0),
+            cusum: Some(1.5),
+            state: MonitorState::Ood,
+            fault: None,
+            decode_ms: 0.0,
+            preprocess_ms: 1.0,
+            inference_ms: 2.0,
+            kl_horizontal: Some(12.5),
+            kl_vertical: Some(4.0),
+            branch_ratio: Some(1.25),
+        };
+        report::write_csv(&path, std::slice::from_ref(&f)).unwrap();
+        let back = read_csv(&path).unwrap();
+        assert_eq!(
+            (
+                back[0].kl_horizontal,
+                back[0].kl_vertical,
+                back[0].branch_ratio
+            ),
+            (Some(12.5), Some(4.0), Some(1.25))
+        );
+        // A frames.csv written before the branch columns.
+        std::fs::write(&path, "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0.0000,1.0000,2.0000\n").unwrap();
+        let old = read_csv(&path).unwrap();
+        assert_eq!((old[0].score, old[0].kl_horizontal), (Some(3.5), None));
+        // A row with the old field count under the new header is an error, not a guess.
+        let text = format!(
+            "{}\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0,1,2\n",
+            report::CSV_HEADER
+        );
+        std::fs::write(&path, text).unwrap();
+        assert!(read_csv(&path).is_err());
+    }
 }

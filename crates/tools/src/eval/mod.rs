@@ -60,6 +60,13 @@ pub struct FrameRecord {
     pub decode_ms: f64,
     pub preprocess_ms: f64,
     pub inference_ms: f64,
+    /// Flow detectors' scored frames: each branch's KL (the reference design's scores).
+    pub kl_horizontal: Option<f64>,
+    pub kl_vertical: Option<f64>,
+    /// The reference design's per-branch rule as one number, max over the branches of KL /
+    /// threshold (`BranchThresholds::ratio`): above 1, the rule alarms. Flow bundles with
+    /// `calibration.branch_thresholds`.
+    pub branch_ratio: Option<f64>,
 }
 
 /// What happened to one input.
@@ -313,6 +320,7 @@ fn record(
     stamp_ns: i64,
     (ood, ood_type): (bool, String),
     v: &vae_ood_core::monitor::FrameVerdict,
+    thresholds: Option<vae_ood_core::bundle::BranchThresholds>,
 ) -> FrameRecord {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     FrameRecord {
@@ -330,6 +338,9 @@ fn record(
         decode_ms: ms(v.timing.decode),
         preprocess_ms: ms(v.timing.preprocess),
         inference_ms: ms(v.timing.inference),
+        kl_horizontal: v.branch_kl.map(|k| k[0]),
+        kl_vertical: v.branch_kl.map(|k| k[1]),
+        branch_ratio: v.branch_kl.zip(thresholds).map(|(k, t)| t.ratio(k)),
     }
 }
 
@@ -369,6 +380,7 @@ fn eval_input(
                 stamp,
                 label_at(&input.label, stamp, None, ""),
                 &v,
+                monitor.branch_thresholds(),
             ));
             progress(1);
         }
@@ -421,6 +433,7 @@ fn eval_input(
                         label_topic.as_deref().unwrap_or(""),
                     ),
                     &v,
+                    monitor.branch_thresholds(),
                 ));
             }
             Err(e) => {
@@ -435,7 +448,14 @@ fn eval_input(
                     current_label,
                     label_topic.as_deref().unwrap_or(""),
                 );
-                out.push(record(i, k, m.log_time_ns, label, &v));
+                out.push(record(
+                    i,
+                    k,
+                    m.log_time_ns,
+                    label,
+                    &v,
+                    monitor.branch_thresholds(),
+                ));
                 decode_error.get_or_insert_with(|| {
                     format!("{}: message {k} on {topic}: {e}", path.display())
                 });

@@ -77,6 +77,44 @@ pub struct Report {
     /// every frame of every shard.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardSummary>,
+    /// Flow detectors: the reference design's per-branch scores and rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Branches>,
+}
+
+/// The reference design's view of a flow detector (the paper authors' RTCSA 2022 code): each
+/// branch's KL as a per-frame score, and its rule (OOD when either branch's KL exceeds its
+/// threshold) as a verdict of its own, beside the calibrated pipeline's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Branches {
+    /// Per OOD type, on the horizontal branch's KL.
+    pub horizontal: BTreeMap<String, Outcome>,
+    /// Per OOD type, on the vertical branch's KL.
+    pub vertical: BTreeMap<String, Outcome>,
+    /// Per OOD type, on max over the branches of KL / threshold (bundles with
+    /// `calibration.branch_thresholds`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rule_metrics: BTreeMap<String, Outcome>,
+    /// The rule's detections and false alarms, as `sequential` counts the verdict's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Sequential>,
+}
+
+fn branches(frames: &[FrameRecord]) -> Option<Branches> {
+    if frames.iter().all(|f| f.kl_horizontal.is_none()) {
+        return None;
+    }
+    let ruled = frames.iter().any(|f| f.branch_ratio.is_some());
+    Some(Branches {
+        horizontal: per_type(frames, |f| f.kl_horizontal),
+        vertical: per_type(frames, |f| f.kl_vertical),
+        rule_metrics: if ruled {
+            per_type(frames, |f| f.branch_ratio)
+        } else {
+            BTreeMap::new()
+        },
+        rule: ruled.then(|| sequential(frames, |f| f.branch_ratio.is_some_and(|r| r > 1.0))),
+    })
 }
 
 /// One shard of a merged report, as its own `report.json` gave it.
@@ -119,7 +157,8 @@ fn per_type(
     out
 }
 
-fn sequential(frames: &[FrameRecord]) -> Sequential {
+/// Detections and false alarms of a verdict: `alarm` says whether it is OOD on a frame.
+fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> Sequential {
     let mut segments = vec![];
     let (mut false_alarms, mut id_frames, mut id_seconds) = (0, 0, 0.0);
     let inputs: Vec<usize> = {
@@ -142,8 +181,7 @@ fn sequential(frames: &[FrameRecord]) -> Sequential {
             if !f.ood {
                 id_frames += 1;
                 id_seconds += dt;
-                let entered = f.state == MonitorState::Ood
-                    && (k == 0 || fs[k - 1].state != MonitorState::Ood);
+                let entered = alarm(f) && (k == 0 || !alarm(fs[k - 1]));
                 false_alarms += usize::from(entered);
                 k += 1;
                 continue;
@@ -152,7 +190,7 @@ fn sequential(frames: &[FrameRecord]) -> Sequential {
             while k < fs.len() && fs[k].ood {
                 k += 1;
             }
-            let hit = (start..k).find(|&j| fs[j].state == MonitorState::Ood);
+            let hit = (start..k).find(|&j| alarm(fs[j]));
             segments.push(Segment {
                 input,
                 ood_type: f.ood_type.clone(),
@@ -238,7 +276,7 @@ pub fn build(
         } else {
             BTreeMap::new()
         },
-        sequential: calibrated.then(|| sequential(frames)),
+        sequential: calibrated.then(|| sequential(frames, |f| f.state == MonitorState::Ood)),
         latency_ms: latency,
         throughput_fps: if wall_s > 0.0 {
             frames.len() as f64 / wall_s
@@ -250,18 +288,22 @@ pub fn build(
         plot_error: None,
         cusum_threshold: None,
         shards: vec![],
+        branches: branches(frames),
     }
 }
+
+/// The columns of `frames.csv` (the last three: flow detectors' branches, empty otherwise).
+pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio";
 
 pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Result<()> {
     use std::io::Write;
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(w, "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms")?;
+    writeln!(w, "{CSV_HEADER}")?;
     let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x}"));
     for f in frames {
         writeln!(
             w,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{}",
             f.input,
             f.index,
             f.stamp_ns,
@@ -275,7 +317,10 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
             f.fault.as_deref().unwrap_or(""),
             f.decode_ms,
             f.preprocess_ms,
-            f.inference_ms
+            f.inference_ms,
+            o(f.kl_horizontal),
+            o(f.kl_vertical),
+            o(f.branch_ratio)
         )?;
     }
     w.flush()
@@ -301,6 +346,9 @@ mod tests {
             decode_ms: 0.0,
             preprocess_ms: 0.0,
             inference_ms: 0.0,
+            kl_horizontal: None,
+            kl_vertical: None,
+            branch_ratio: None,
         }
     }
 
@@ -316,11 +364,53 @@ mod tests {
             .enumerate()
             .map(|(i, (s, l))| fr(i, l, *s))
             .collect();
-        let s = sequential(&frames);
+        let s = sequential(&frames, |f| f.state == Ood);
         assert_eq!(s.segments.len(), 1);
         assert_eq!(s.segments[0].delay_frames, Some(2));
         assert!((s.segments[0].delay_s.unwrap() - 0.2).abs() < 1e-9);
         assert_eq!((s.false_alarms, s.id_frames), (1, 4));
         assert_eq!(s.false_alarms_per_1000_id_frames, 250.0);
+    }
+
+    #[test]
+    fn the_branch_rule_is_a_verdict_of_its_own() {
+        // The rule alarms where KL / threshold > 1: once on a clear frame (1), and one frame
+        // into the OOD segment (3), whatever the monitor's state says.
+        let labels = [false, false, false, true, true, false];
+        let ratios = [0.5, 1.2, 0.9, 0.8, 1.5, 0.7];
+        let frames: Vec<_> = labels
+            .iter()
+            .zip(ratios)
+            .enumerate()
+            .map(|(i, (&l, r))| FrameRecord {
+                kl_horizontal: Some(10.0 * r),
+                kl_vertical: Some(1.0),
+                branch_ratio: Some(r),
+                ..fr(i, l, MonitorState::Ok)
+            })
+            .collect();
+        let b = branches(&frames).expect("flow frames have branches");
+        let rule = b.rule.expect("thresholds given");
+        assert_eq!((rule.false_alarms, rule.id_frames), (1, 4));
+        assert_eq!(rule.segments[0].delay_frames, Some(1));
+        assert!(matches!(b.horizontal["rain"], Outcome::Ok(_)));
+        assert!(matches!(b.rule_metrics["rain"], Outcome::Ok(_)));
+        // Without thresholds: the branches' scores, no rule.
+        let bare: Vec<_> = frames
+            .iter()
+            .map(|f| FrameRecord {
+                branch_ratio: None,
+                ..f.clone()
+            })
+            .collect();
+        let b = branches(&bare).unwrap();
+        assert!(b.rule.is_none() && b.rule_metrics.is_empty());
+        // An image detector's frames: no branches section.
+        let image: Vec<_> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| fr(i, l, MonitorState::Ok))
+            .collect();
+        assert!(branches(&image).is_none());
     }
 }
