@@ -31,6 +31,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         detail: None,
         motion_residual: false,
         separate: None,
+        parts: None,
         components: 1,
         cal: vec![drive("id_small_loop_s2")],
         tune_id: vec![drive("id_udem1_s3")],
@@ -419,4 +420,63 @@ fn a_flow_reference_scores_the_motion_residual_apart_by_its_upper_tail() {
         median(&rain),
         median(&clear)
     );
+}
+
+#[test]
+fn a_flow_reference_in_branch_parts_scores_each_branch_and_the_residual_apart() {
+    use vae_ood_tools::calibrate::Parts;
+    let out = tempfile::tempdir().unwrap();
+    let flow = root().join("models/flow");
+    let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.motion_residual = true;
+    o.separate = Some(Tails::Upper);
+    o.parts = Some(Parts::Branches);
+    let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
+    let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
+        panic!("calibrated with the wrong score")
+    };
+    // Three parts: each branch's mu and logvar (12 latents each), then the residual.
+    let names: Vec<&str> = r.parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["horizontal", "vertical", "motion_residual"]);
+    let h: Vec<usize> = (0..12).chain(24..36).collect();
+    let v: Vec<usize> = (12..24).chain(36..48).collect();
+    assert_eq!((&r.parts[0].features, &r.parts[1].features), (&h, &v));
+    assert_eq!(r.parts[2].features, [48]);
+    assert!(r.parts[2].upper_only && !r.parts[0].upper_only);
+    assert!(r.mean.is_empty() && r.separate.is_none() && r.motion_residual);
+    // The written bundle scores every frame as the reference says, rain above clear.
+    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+    let mut scores = |name: &str| {
+        let mut s: Vec<f64> = map_drive(cal.as_mut(), &drive(name).path, &|| {}, |s| {
+            let x = features(&s.mu, &s.logvar, &s.detail);
+            assert!((s.score - r.distance(&x)).abs() < 1e-9 * s.score.max(1.0));
+            s.score
+        })
+        .unwrap()
+        .frames;
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    let (clear, rain) = (scores("id_small_loop_s2"), scores("ood_rain_udem1_s6"));
+    assert!(rain > clear, "{rain} {clear}");
+    // Misuse is a clear error: an image bundle, a mixture, no fit drives.
+    let mut image = detector();
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.parts = Some(Parts::Branches);
+    let err = |d: &mut dyn Detector, b: &std::path::Path, o: &Options| {
+        calibrate(b, out.path(), d, o)
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    let e = err(image.as_mut(), &root().join("models/default"), &o);
+    assert!(e.contains("needs a flow bundle"), "{e}");
+    o.components = 2;
+    let e = err(det.as_mut(), &flow, &o);
+    assert!(e.contains("--components"), "{e}");
+    o.components = 1;
+    o.fit.clear();
+    let e = err(det.as_mut(), &flow, &o);
+    assert!(e.contains("--fit"), "{e}");
 }

@@ -13,6 +13,7 @@ use crate::detector::{
 };
 use crate::encoder::Encoder;
 use crate::flow::{FlowSpec, FlowStack};
+use crate::score::PartSpec;
 use std::time::Instant;
 
 pub struct FlowDetector {
@@ -40,6 +41,34 @@ impl FlowDetector {
             streams: vec![],
             measure_residual: false,
         }
+    }
+
+    /// The parts of a per-branch score ([`crate::score::Reference::fit_parts`]) over `count`
+    /// latents' features (mu of every latent, then logvar): `horizontal` and `vertical`, each
+    /// its branch's mu and logvar, then `motion_residual` (counted above its mean only with
+    /// `residual_upper_only`) when the features end with it.
+    pub fn branch_parts(
+        count: usize,
+        motion_residual: bool,
+        residual_upper_only: bool,
+    ) -> Vec<PartSpec> {
+        let [h, v] = FlowSpec::branch_latents(count);
+        let mut parts: Vec<PartSpec> = [("horizontal", h), ("vertical", v)]
+            .into_iter()
+            .map(|(name, r)| PartSpec {
+                name: name.into(),
+                features: r.clone().chain(r.map(|i| count + i)).collect(),
+                upper_only: false,
+            })
+            .collect();
+        if motion_residual {
+            parts.push(PartSpec {
+                name: "motion_residual".into(),
+                features: vec![2 * count],
+                upper_only: residual_upper_only,
+            });
+        }
+        parts
     }
 
     /// The KL of each branch (horizontal, vertical) from a frame's per-latent KL: the

@@ -116,6 +116,27 @@ impl ScoreSpec {
                 if r.motion_residual {
                     detail.push_str(", motion residual");
                 }
+                if !r.parts.is_empty() {
+                    let parts: Vec<String> = r
+                        .parts
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{} ({} feature{}{})",
+                                p.name,
+                                p.features.len(),
+                                if p.features.len() == 1 { "" } else { "s" },
+                                if p.upper_only { ", upper tail" } else { "" }
+                            )
+                        })
+                        .collect();
+                    return format!(
+                        "the largest tail score of {} parts, each a Gaussian fitted on {} in-distribution frames: {}",
+                        r.parts.len(),
+                        r.frames,
+                        parts.join(", ")
+                    );
+                }
                 if r.separate.is_some() {
                     return format!(
                         "the larger tail score of the posterior's {} and of the{} apart, fitted on {} in-distribution frames",
@@ -165,6 +186,8 @@ pub enum ScoreError {
     Separate(String),
     #[error("score.separate: {0}")]
     Tail(#[from] TailError),
+    #[error("score.parts: {0}")]
+    Parts(String),
 }
 
 /// (mu, logvar) of one posterior as one feature vector: mu of every latent, then logvar.
@@ -212,6 +235,57 @@ pub struct Reference {
     /// larger of the two parts' tail scores ([`Separate`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub separate: Option<Box<Separate>>,
+    /// The features scored in named parts ([`Part`]), each a Gaussian of its own put on one
+    /// scale by its tail over the fit frames; the score is the largest part's tail score. Then
+    /// `mean`, `precision`, `components` and `separate` are empty: the parts cover every
+    /// feature once. The flow detector's per-branch score (horizontal posterior, vertical
+    /// posterior, motion residual), `vae-ood calibrate --parts branches`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// One part of a [`Reference`] scored in parts: a Gaussian over some of the features, and the
+/// tail of its distance over the fit frames. One score over several parts keeps one
+/// sequential test and one false-alarm guarantee: a pipeline per part would split the budget
+/// between them (docs/detector-experiments.md, "Two scores, two pipelines, one verdict").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Part {
+    /// What the part is (e.g. `horizontal`, `vertical`, `motion_residual`).
+    pub name: String,
+    /// Its features' indices in the score's feature vector (mu of every latent, then logvar,
+    /// then the extra features).
+    pub features: Vec<usize>,
+    /// Mean and inverse covariance (row-major) of those features.
+    pub mean: Vec<f64>,
+    pub precision: Vec<f64>,
+    /// Its distance over the fit frames.
+    pub tail: Tail,
+    /// One feature counted above its mean only ([`Separate::upper_only`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upper_only: bool,
+}
+
+impl Part {
+    /// The part's tail score of a frame's full feature vector.
+    fn score(&self, x: &[f64]) -> f64 {
+        let sub: Vec<f64> = self.features.iter().map(|&i| x[i]).collect();
+        self.tail.score(extra_distance(
+            &sub,
+            &self.mean,
+            &self.precision,
+            self.upper_only,
+        ))
+    }
+}
+
+/// One part to fit ([`Reference::fit_parts`]): its name, feature indices, and whether only its
+/// upper tail counts (one feature).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartSpec {
+    pub name: String,
+    pub features: Vec<usize>,
+    pub upper_only: bool,
 }
 
 /// The extra features' own Gaussian, and both parts' in-distribution tails: a frame's score is
@@ -307,6 +381,7 @@ impl Reference {
             precision,
             components: vec![],
             separate: None,
+            parts: vec![],
         };
         r.validate(d)?;
         Ok(r)
@@ -332,6 +407,7 @@ impl Reference {
             precision: vec![],
             components,
             separate: None,
+            parts: vec![],
         };
         r.validate(features[0].len())?;
         Ok(r)
@@ -385,6 +461,57 @@ impl Reference {
         Ok(r)
     }
 
+    /// Fits one Gaussian per part of `parts`, which must cover every feature once, and each
+    /// part's tail on the same frames ([`Part`]).
+    pub fn fit_parts(
+        features: &[Vec<f64>],
+        parts: &[PartSpec],
+        detail: Option<DetailSpec>,
+        fitted_on: Vec<String>,
+    ) -> Result<Self, ScoreError> {
+        let d = features.first().map_or(0, Vec::len);
+        let mut fitted = vec![];
+        for p in parts {
+            if p.features.iter().any(|&i| i >= d) {
+                return Err(ScoreError::Parts(format!(
+                    "part {} names a feature beyond the {d} the frames have",
+                    p.name
+                )));
+            }
+            let sub: Vec<Vec<f64>> = features
+                .iter()
+                .map(|x| p.features.iter().map(|&i| x[i]).collect())
+                .collect();
+            let g = Self::fit(&sub, None, vec![])?;
+            let tail = Tail::measure(
+                &sub.iter()
+                    .map(|x| extra_distance(x, &g.mean, &g.precision, p.upper_only))
+                    .collect::<Vec<_>>(),
+            )?;
+            fitted.push(Part {
+                name: p.name.clone(),
+                features: p.features.clone(),
+                mean: g.mean,
+                precision: g.precision,
+                tail,
+                upper_only: p.upper_only,
+            });
+        }
+        let r = Self {
+            fitted_on,
+            frames: features.len(),
+            detail,
+            motion_residual: false,
+            mean: vec![],
+            precision: vec![],
+            components: vec![],
+            separate: None,
+            parts: fitted,
+        };
+        r.validate(d)?;
+        Ok(r)
+    }
+
     /// The distance of the part `mean`, `precision` or `components` cover (all features, or
     /// the posterior's when separate).
     fn part_distance(&self, x: &[f64]) -> f64 {
@@ -407,6 +534,25 @@ impl Reference {
     /// With a mixture, its score ([`crate::mixture::score`]).
     /// With a separate extra part, the larger of the two tail scores ([`Separate`]).
     pub fn distance(&self, x: &[f64]) -> f64 {
+        if !self.parts.is_empty() {
+            // validate() made the parts cover 0..n once: n features, no more, no fewer.
+            let n: usize = self.parts.iter().map(|p| p.features.len()).sum();
+            if x.len() != n {
+                return f64::NAN;
+            }
+            // NaN in any part is a fault, never hidden by another's value.
+            return self
+                .parts
+                .iter()
+                .map(|p| p.score(x))
+                .fold(f64::NEG_INFINITY, |a, b| {
+                    if a.is_nan() || b.is_nan() {
+                        f64::NAN
+                    } else {
+                        a.max(b)
+                    }
+                });
+        }
         let Some(s) = &self.separate else {
             return self.part_distance(x);
         };
@@ -428,6 +574,9 @@ impl Reference {
     }
 
     fn validate(&self, dim: usize) -> Result<(), ScoreError> {
+        if !self.parts.is_empty() {
+            return self.validate_parts(dim);
+        }
         let dim = match &self.separate {
             None => dim,
             Some(s) => {
@@ -464,6 +613,55 @@ impl Reference {
             .any(|v| !v.is_finite())
         {
             return Err(ScoreError::NonFiniteReference);
+        }
+        Ok(())
+    }
+
+    fn validate_parts(&self, dim: usize) -> Result<(), ScoreError> {
+        let bad = |m: String| Err(ScoreError::Parts(m));
+        if !self.mean.is_empty()
+            || !self.precision.is_empty()
+            || !self.components.is_empty()
+            || self.separate.is_some()
+        {
+            return bad(
+                "a reference in parts holds no mean, precision, components or separate of its own"
+                    .into(),
+            );
+        }
+        let mut seen = vec![0u32; dim];
+        for p in &self.parts {
+            let e = p.features.len();
+            if e == 0 || p.mean.len() != e || p.precision.len() != e * e || (p.upper_only && e != 1)
+            {
+                return bad(format!(
+                    "part {}: {e} features, mean {} and precision {} values (need as many, their square, and one feature with upper_only)",
+                    p.name,
+                    p.mean.len(),
+                    p.precision.len()
+                ));
+            }
+            for &i in &p.features {
+                match seen.get_mut(i) {
+                    Some(c) => *c += 1,
+                    None => {
+                        return bad(format!(
+                            "part {}: feature {i}, but the score has {dim}",
+                            p.name
+                        ))
+                    }
+                }
+            }
+            if p.mean.iter().chain(&p.precision).any(|v| !v.is_finite()) {
+                return Err(ScoreError::NonFiniteReference);
+            }
+            p.tail.validate()?;
+        }
+        if let Some(i) = seen.iter().position(|&c| c != 1) {
+            return bad(format!(
+                "the parts must hold each of the {dim} features once; feature {i} is in {}",
+                seen[i]
+            ));
         }
         Ok(())
     }
@@ -670,6 +868,74 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("one feature"));
+    }
+
+    #[test]
+    fn a_reference_in_parts_scores_the_largest_parts_tail() {
+        // Features: the correlated 2-D frames split as [x0] and [x1] (non-contiguous parts are
+        // allowed: the part order and the feature order differ), then one extra feature.
+        let frames: Vec<Vec<f64>> = correlated_frames()
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut f)| {
+                f.push(10.0 + ((i * 7919) % 1000) as f64 / 1000.0);
+                f
+            })
+            .collect();
+        let spec = |name: &str, features: Vec<usize>, upper_only| PartSpec {
+            name: name.into(),
+            features,
+            upper_only,
+        };
+        let parts = [
+            spec("b", vec![1], false),
+            spec("a", vec![0], false),
+            spec("extra", vec![2], true),
+        ];
+        let mut r = Reference::fit_parts(&frames, &parts, None, vec![]).unwrap();
+        r.motion_residual = true;
+        assert!(ScoreSpec::Mahalanobis(r.clone()).validate(1).is_ok());
+        assert!((r.parts[1].mean[0] - 1.0).abs() < 0.05 && (r.parts[0].mean[0] + 2.0).abs() < 0.02);
+        let typical = r.distance(&[1.0, -2.0, 10.5]);
+        assert!(typical < 1.0, "{typical}");
+        // Each part alone makes a frame extreme; the score is the largest part's tail score.
+        let odd: Vec<f64> = [[9.0, -2.0, 10.5], [1.0, 0.0, 10.5], [1.0, -2.0, 12.0]]
+            .iter()
+            .map(|x| r.distance(x))
+            .collect();
+        assert!(odd.iter().all(|&d| d > 9.9), "{odd:?}");
+        let all = r.distance(&[9.0, 0.0, 12.0]);
+        assert!((all - odd.iter().copied().fold(0.0, f64::max)).abs() < 1e-12);
+        // Upper tail only on the extra part; wrong length and NaN are faults.
+        assert!(r.distance(&[1.0, -2.0, 8.0]) < 1.0);
+        assert!(r.distance(&[1.0, -2.0]).is_nan());
+        assert!(r.distance(&[f64::NAN, -2.0, 10.5]).is_nan());
+        // Written and read back, it scores the same.
+        let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(r.clone())).unwrap();
+        let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, ScoreSpec::Mahalanobis(r.clone()));
+        // Parts must cover every feature once, and hold nothing else beside them.
+        let refused = |f: &dyn Fn(&mut Reference)| {
+            let mut bad = r.clone();
+            f(&mut bad);
+            ScoreSpec::Mahalanobis(bad)
+                .validate(1)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(&|b| b.parts[0].features = vec![0]).contains("once"));
+        assert!(refused(&|b| {
+            b.parts.pop();
+        })
+        .contains("once"));
+        assert!(refused(&|b| b.mean = vec![0.0; 3]).contains("no mean"));
+        assert!(refused(&|b| b.parts[2].tail.quantiles.reverse()).contains("non-decreasing"));
+        assert!(refused(&|b| b.parts[1].precision.push(1.0)).contains("part a"));
+        let beyond = [spec("a", vec![0, 1, 2, 3], false)];
+        assert!(Reference::fit_parts(&frames, &beyond, None, vec![])
+            .unwrap_err()
+            .to_string()
+            .contains("beyond"));
     }
 
     #[test]

@@ -121,6 +121,35 @@ impl Tails {
     }
 }
 
+/// How a fitted reference is split into parts (`--parts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// Flow detectors: the horizontal branch's posterior, the vertical branch's, and the
+    /// motion residual if the reference has it ([`FlowDetector::branch_parts`]).
+    Branches,
+}
+
+impl std::str::FromStr for Parts {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "branches" => Ok(Self::Branches),
+            _ => Err(Error::Input(format!(
+                "unknown parts '{s}' (expected branches)"
+            ))),
+        }
+    }
+}
+
+impl Parts {
+    /// The command-line spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Branches => "branches",
+        }
+    }
+}
+
 pub struct Options {
     pub score: ScoreKind,
     /// In-distribution drives the Mahalanobis reference is fitted on.
@@ -132,6 +161,9 @@ pub struct Options {
     /// The extra features (`detail` or `motion_residual`) get a Gaussian of their own, and the
     /// score is the larger of the two parts' tail scores ([`vae_ood_core::score::Separate`]).
     pub separate: Option<Tails>,
+    /// The reference is fitted in parts, each scored by its own tail; `separate` then gives
+    /// the extra features' tails ([`vae_ood_core::score::Part`]).
+    pub parts: Option<Parts>,
     /// Gaussians in a reference fitted on `fit`: 1, or a mixture of that many.
     pub components: usize,
     pub cal: Vec<DriveArg>,
@@ -169,6 +201,7 @@ impl Options {
             detail: None,
             motion_residual: false,
             separate: None,
+            parts: None,
             components: 1,
             cal,
             tune_id,
@@ -293,6 +326,17 @@ pub fn calibrate(
     if opts.separate.is_some() && !(opts.detail.is_some() || opts.motion_residual) {
         return input("--separate scores the extra features apart: give --detail or --motion-residual (and --fit drives)".into());
     }
+    if opts.parts.is_some() {
+        if opts.fit.is_empty() {
+            return input("--parts splits a reference being fitted: give --score mahalanobis and --fit drives".into());
+        }
+        if opts.components != 1 || opts.detail.is_some() {
+            return input("--parts branches fits one Gaussian per flow branch: it takes neither --components nor --detail".into());
+        }
+        if !matches!(det.bundle().manifest.detector, DetectorSpec::Flow(_)) {
+            return input("--parts branches needs a flow bundle (detector.kind: flow): an image detector has no branches".into());
+        }
+    }
     if opts.motion_residual && opts.fit.is_empty() {
         return input("--motion-residual adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
     }
@@ -382,7 +426,14 @@ pub fn calibrate(
                 .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
                 .collect();
             let posterior = 2 * n_latents;
-            let mut r = if let Some(tails) = opts.separate {
+            let mut r = if let Some(Parts::Branches) = opts.parts {
+                let parts = FlowDetector::branch_parts(
+                    n_latents,
+                    opts.motion_residual,
+                    opts.separate == Some(Tails::Upper),
+                );
+                Reference::fit_parts(&features, &parts, None, ids)?
+            } else if let Some(tails) = opts.separate {
                 let upper = tails == Tails::Upper;
                 Reference::fit_separate(
                     &features,

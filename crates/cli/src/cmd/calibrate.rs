@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::selection::Rank;
 use vae_ood_core::detection::tuning::Grid;
-use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, ScoreKind, Tails};
+use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, Parts, ScoreKind, Tails};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,6 +40,12 @@ pub struct Args {
     /// residual: more change left over than usual is a shift, less is not).
     #[arg(long, value_name = "TAILS", num_args = 0..=1, default_missing_value = "both")]
     separate: Option<Tails>,
+    /// Flow bundles: fit the reference in parts, `branches`: the horizontal branch's posterior,
+    /// the vertical branch's and the motion residual (with --motion-residual; its tails as
+    /// --separate says) each get a Gaussian, and the score is the largest part's tail score:
+    /// a per-branch score under one sequential test.
+    #[arg(long, value_name = "PARTS")]
+    parts: Option<Parts>,
     /// Gaussians in the fitted reference (--fit): 1, or a mixture of that many fitted by EM
     /// (seeded), so that scene kinds the clear drives hold each get a component; the score is
     /// then twice the mixture's negative log-likelihood, shifted to be >= 0.
@@ -96,6 +102,7 @@ pub fn run(a: Args) -> Result<()> {
             .transpose()?,
         motion_residual: a.motion_residual,
         separate: a.separate,
+        parts: a.parts,
         components: a.components,
         cal: a.cal,
         tune_id: a.tune_id,

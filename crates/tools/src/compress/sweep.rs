@@ -654,6 +654,8 @@ struct CalibrationPlan {
     motion_residual: bool,
     /// The teacher scores those extra features apart (`--separate`), with these tails.
     separate: Option<calibrate::Tails>,
+    /// The teacher's reference is in parts (`--parts`).
+    parts: Option<calibrate::Parts>,
     /// The teacher reference's Gaussians (1, or a mixture's components), refitted likewise.
     components: usize,
     latents: Option<Vec<usize>>,
@@ -673,11 +675,22 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
         detail: t.manifest.score.detail().copied(),
         motion_residual: t.manifest.score.motion_residual(),
         separate: match &t.manifest.score {
-            ScoreSpec::Mahalanobis(r) => r.separate.as_ref().map(|s| match s.upper_only {
-                true => calibrate::Tails::Upper,
-                false => calibrate::Tails::Both,
-            }),
+            ScoreSpec::Mahalanobis(r) => {
+                let residual = r.parts.iter().find(|p| p.name == "motion_residual");
+                r.separate
+                    .as_ref()
+                    .map(|s| s.upper_only)
+                    .or(residual.map(|p| p.upper_only))
+                    .map(|upper| match upper {
+                        true => calibrate::Tails::Upper,
+                        false => calibrate::Tails::Both,
+                    })
+            }
             ScoreSpec::Kl => None,
+        },
+        parts: match &t.manifest.score {
+            ScoreSpec::Mahalanobis(r) if !r.parts.is_empty() => Some(calibrate::Parts::Branches),
+            _ => None,
         },
         components: match &t.manifest.score {
             ScoreSpec::Mahalanobis(r) => r.components(),
@@ -713,6 +726,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         }
         if let Some(t) = plan.separate {
             args.extend(["--separate".into(), t.as_str().into()]);
+        }
+        if let Some(p) = plan.parts {
+            args.extend(["--parts".into(), p.as_str().into()]);
         }
         if plan.components != 1 {
             args.extend(["--components".into(), plan.components.to_string()]);
@@ -752,6 +768,7 @@ fn calibration_options(opts: &Options, plan: &CalibrationPlan) -> Result<calibra
         c.detail = plan.detail;
         c.motion_residual = plan.motion_residual;
         c.separate = plan.separate;
+        c.parts = plan.parts;
         c.components = plan.components;
     }
     c.latents = plan.latents.clone();
