@@ -38,6 +38,8 @@ case "${1:-}" in
     # (TEACHER=models/flow recalibrates the shipped encoder in place.)
     cp "$TEACHER"/{vae.bpk,training.json,metrics.csv,loss.png} models/flow.new/
     [ -f models/flow/MODEL_CARD.md ] && cp models/flow/MODEL_CARD.md models/flow.new/
+    # The compression sweep's report stays with the encoder it compressed.
+    [ -f "$TEACHER/compress_report.json" ] && cp "$TEACHER/compress_report.json" models/flow.new/
     rm -rf models/flow && mv models/flow.new models/flow
     ;;
   evaluate)
