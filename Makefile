@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data tuning2-data flow-validation-data flow-testset-data heldout-var-data tuning-var-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data tuning2-data flow-validation-data flow-testset-data heldout-var-data tuning-var-data unseen-map-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -56,6 +56,12 @@ heldout-var-data: $(DATA_VENV)/.ok
 TUNING_VAR_OUT ?= out/tuning_var
 tuning-var-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set tuning --out $(TUNING_VAR_OUT) --frames 600 --id-variation 0.3
+
+# 12 clear drives on 4way (seeds 900-911), the map outside every fit and threshold set: for
+# exploring a detector's false alarms on a new map without touching the gating sets.
+UNSEEN_MAP_OUT ?= out/unseen_map
+unseen-map-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set unseen_map --out $(UNSEEN_MAP_OUT) --frames 600
 
 # OOD validation drives (every generated OOD type, one drive per map: 21 drives, 300 frames
 # each) for choosing the default detector (see models/default/MODEL_CARD.md).

@@ -371,15 +371,25 @@ fn recalibrating_without_fit_drives_keeps_the_bundles_reference_and_records_the_
     assert!(err.contains("--fit"), "{err}");
 }
 
-#[test]
-fn a_flow_reference_scores_the_motion_residual_apart_by_its_upper_tail() {
+/// `models/flow` calibrated with the motion residual's upper tail apart, in `parts` if given:
+/// the output directory and the outcome.
+fn flow_with_upper_residual(
+    parts: Option<vae_ood_tools::calibrate::Parts>,
+) -> (tempfile::TempDir, vae_ood_tools::calibrate::Outcome) {
     let out = tempfile::tempdir().unwrap();
     let flow = root().join("models/flow");
     let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
     let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
     o.motion_residual = true;
     o.separate = Some(Tails::Upper);
+    o.parts = parts;
     let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
+    (out, done)
+}
+
+#[test]
+fn a_flow_reference_scores_the_motion_residual_apart_by_its_upper_tail() {
+    let (out, done) = flow_with_upper_residual(None);
     let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
         panic!("calibrated with the wrong score")
     };
@@ -425,14 +435,9 @@ fn a_flow_reference_scores_the_motion_residual_apart_by_its_upper_tail() {
 #[test]
 fn a_flow_reference_in_branch_parts_scores_each_branch_and_the_residual_apart() {
     use vae_ood_tools::calibrate::Parts;
-    let out = tempfile::tempdir().unwrap();
+    let (out, done) = flow_with_upper_residual(Some(Parts::Branches));
     let flow = root().join("models/flow");
     let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
-    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
-    o.motion_residual = true;
-    o.separate = Some(Tails::Upper);
-    o.parts = Some(Parts::Branches);
-    let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
     let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
         panic!("calibrated with the wrong score")
     };

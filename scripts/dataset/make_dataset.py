@@ -147,7 +147,11 @@ FLOW_TESTSET = [
     (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
     for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=630)
 ]
-SETS = {"sample": SAMPLE, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
+# Clear drives on 4way, the map outside every fit, tuning and threshold set (`make
+# unseen-map-data`, session 17), seeds 900-911 never used before: for exploring how a detector
+# generalises to a new map without looking at the false-alarm sets that gate shipping.
+UNSEEN_MAP = [(f"id_4way_s{seed}", "4way", seed, "explore", "clear", "whole") for seed in range(900, 912)]
+SETS = {"sample": SAMPLE, "unseen_map": UNSEEN_MAP, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "testset": TESTSET, "tuning": TUNING,
         "tuning2": TUNING2}
 
@@ -333,7 +337,8 @@ def main():
                          "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
                          "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
                          "flow_validation: 9 motion OOD drives (seeds 600-608); "
-                         "flow_testset: 23 drives (seeds 610-637), the flow detector's test set")
+                         "flow_testset: 23 drives (seeds 610-637), the flow detector's test set; "
+                         "unseen_map: 12 clear drives on 4way (seeds 900-911) for exploration")
     args = ap.parse_args()
     specs = [spec for spec in SETS[args.set] if not args.only or spec[0] in args.only]
     # One process per drive: the simulator's OpenGL context leaks, and a long set otherwise

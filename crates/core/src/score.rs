@@ -816,17 +816,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_separate_extra_part_is_not_drowned_by_the_posterior() {
-        // Posterior part: the correlated 2-D frames; extra part: one feature, its own scale.
-        let frames: Vec<Vec<f64>> = correlated_frames()
+    /// [`correlated_frames`] with a third feature on its own scale, spread over [10, 11).
+    fn frames_with_an_extra_feature() -> Vec<Vec<f64>> {
+        correlated_frames()
             .into_iter()
             .enumerate()
             .map(|(i, mut f)| {
                 f.push(10.0 + ((i * 7919) % 1000) as f64 / 1000.0);
                 f
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_separate_extra_part_is_not_drowned_by_the_posterior() {
+        // Posterior part: the correlated 2-D frames; extra part: one feature, its own scale.
+        let frames = frames_with_an_extra_feature();
         let mut r = Reference::fit_separate(&frames, 2, false, 1, None, vec![]).unwrap();
         r.motion_residual = true;
         let s = r.separate.as_ref().unwrap();
@@ -874,14 +879,7 @@ mod tests {
     fn a_reference_in_parts_scores_the_largest_parts_tail() {
         // Features: the correlated 2-D frames split as [x0] and [x1] (non-contiguous parts are
         // allowed: the part order and the feature order differ), then one extra feature.
-        let frames: Vec<Vec<f64>> = correlated_frames()
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut f)| {
-                f.push(10.0 + ((i * 7919) % 1000) as f64 / 1000.0);
-                f
-            })
-            .collect();
+        let frames = frames_with_an_extra_feature();
         let spec = |name: &str, features: Vec<usize>, upper_only| PartSpec {
             name: name.into(),
             features,
