@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data tuning2-data flow-validation-data flow-testset-data heldout-var-data tuning-var-data unseen-map-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data testset-data tuning-data tuning2-data flow-validation-data flow-testset-data heldout-var-data tuning-var-data unseen-map-data more-maps-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -62,6 +62,14 @@ tuning-var-data: $(DATA_VENV)/.ok
 UNSEEN_MAP_OUT ?= out/unseen_map
 unseen-map-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set unseen_map --out $(UNSEEN_MAP_OUT) --frames 600
+
+# 30 clear drives on three maps beyond the training maps (ETH_small_intersect, TTIC_ripltown,
+# Montreal_loop; seeds 950-979), and their varied versions: session 17's exploration of training
+# and fitting on more scene layouts (docs/detector-experiments.md).
+MORE_MAPS_OUT ?= out/more_maps
+more-maps-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set more_maps --out $(MORE_MAPS_OUT) --frames 600
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set more_maps --out $(MORE_MAPS_OUT)_var --frames 600 --id-variation 0.3
 
 # OOD validation drives (every generated OOD type, one drive per map: 21 drives, 300 frames
 # each) for choosing the default detector (see models/default/MODEL_CARD.md).

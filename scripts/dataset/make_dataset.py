@@ -151,7 +151,12 @@ FLOW_TESTSET = [
 # unseen-map-data`, session 17), seeds 900-911 never used before: for exploring how a detector
 # generalises to a new map without looking at the false-alarm sets that gate shipping.
 UNSEEN_MAP = [(f"id_4way_s{seed}", "4way", seed, "explore", "clear", "whole") for seed in range(900, 912)]
-SETS = {"sample": SAMPLE, "unseen_map": UNSEEN_MAP, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
+# Clear drives on three maps beyond the training maps (`make more-maps-data`, session 17),
+# seeds 950-979 never used before, 10 per map: for exploring whether training and fitting on more
+# scene layouts lets a detector generalise to an unseen map. None is 4way or a variant of it.
+MORE_MAPS = [(f"id_{m}_s{seed}", m, seed, "train", "clear", "whole")
+             for seed, m in ((s, ("ETH_small_intersect", "TTIC_ripltown", "Montreal_loop")[s % 3]) for s in range(950, 980))]
+SETS = {"sample": SAMPLE, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "testset": TESTSET, "tuning": TUNING,
         "tuning2": TUNING2}
 
@@ -338,7 +343,8 @@ def main():
                          "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
                          "flow_validation: 9 motion OOD drives (seeds 600-608); "
                          "flow_testset: 23 drives (seeds 610-637), the flow detector's test set; "
-                         "unseen_map: 12 clear drives on 4way (seeds 900-911) for exploration")
+                         "unseen_map: 12 clear drives on 4way (seeds 900-911) for exploration; "
+                         "more_maps: 30 clear drives on three more maps (seeds 950-979) for exploration")
     args = ap.parse_args()
     specs = [spec for spec in SETS[args.set] if not args.only or spec[0] in args.only]
     # One process per drive: the simulator's OpenGL context leaks, and a long set otherwise
