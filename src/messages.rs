@@ -147,6 +147,15 @@ pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
         values.push(kv("window_full", st.window_full));
         values.push(kv("alarm", st.alarm));
     }
+    // Flow detectors: each branch's KL, and the reference design's per-branch rule where the
+    // bundle has its thresholds (it decides the state only with `branch_rule`).
+    if let Some([h, vert]) = v.branch_kl {
+        values.push(kv("kl_horizontal", format!("{h:e}")));
+        values.push(kv("kl_vertical", format!("{vert:e}")));
+    }
+    if let Some(b) = v.branch_ood {
+        values.push(kv("branch_ood", b));
+    }
     if let Some(f) = &v.fault {
         values.push(kv("fault", f.kind()));
         values.push(kv("fault_detail", f));

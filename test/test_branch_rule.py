@@ -2,7 +2,8 @@
 KL in either branch exceeds the bundle's `calibration.branch_thresholds` is OOD), live over real
 DDS (loopback), rclpy as the client, on copies of the shipped `models/flow`:
 
-- off by default: the verdict is the calibrated sequential test's;
+- off by default: the verdict is the calibrated sequential test's, and ~/verdict reports each
+  branch's KL and whether the rule fires;
 - with `branch_rule: true` a frame over a threshold is OOD on its own;
 - asking for the rule with a bundle that has no thresholds is refused at start-up, by name.
 """
@@ -45,7 +46,13 @@ def states(name, bundle, branch_rule):
         client.wait_matched()
         t0 = client.stamp()
         frames = make_frames(9, seed=5)
-        return [client.send(raw_image(f), stamp_ns=t0 + k * PERIOD_NS)["state"] for k, f in enumerate(frames)]
+        verdicts = [client.send(raw_image(f), stamp_ns=t0 + k * PERIOD_NS) for k, f in enumerate(frames)]
+        # ~/verdict carries each branch's KL and the rule's own say on every scored frame.
+        for v in verdicts[6:]:
+            assert float(v["kl_horizontal"]) >= 0 and float(v["kl_vertical"]) >= 0, v
+            assert v["branch_ood"] == "true", v
+        assert all("kl_horizontal" not in v for v in verdicts[:6])
+        return [v["state"] for v in verdicts]
     finally:
         client.close()
         assert node.stop() == 0, node.output()
