@@ -117,20 +117,22 @@ impl BranchThresholds {
     }
 
     /// Both thresholds finite and positive (as a bundle must hold them).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadBranchThresholds> {
         if [self.horizontal, self.vertical]
             .iter()
             .all(|t| t.is_finite() && *t > 0.0)
         {
             Ok(())
         } else {
-            Err(format!(
-                "horizontal {} and vertical {} must be finite and positive (a KL)",
-                self.horizontal, self.vertical
-            ))
+            Err(BadBranchThresholds(*self))
         }
     }
 }
+
+/// Per-branch thresholds that no KL could be compared with.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("horizontal {} and vertical {} must be finite and positive (a KL): calibrate the bundle again with `vae-ood calibrate`, or remove the section", .0.horizontal, .0.vertical)]
+pub struct BadBranchThresholds(pub BranchThresholds);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -333,6 +333,22 @@ fn extra_distance(x: &[f64], mean: &[f64], precision: &[f64], upper_only: bool) 
 const RIDGE: f64 = 1e-6;
 
 impl Reference {
+    /// The record of a fit (drives, frame count, detail channel) with no Gaussian yet: each
+    /// `fit_*` fills in the part it fits.
+    fn unfitted(fitted_on: Vec<String>, frames: usize, detail: Option<DetailSpec>) -> Self {
+        Self {
+            fitted_on,
+            frames,
+            detail,
+            motion_residual: false,
+            mean: vec![],
+            precision: vec![],
+            components: vec![],
+            separate: None,
+            parts: vec![],
+        }
+    }
+
     /// Fits the mean and the inverse covariance (plus [`RIDGE`]) of `features`.
     pub fn fit(
         features: &[Vec<f64>],
@@ -373,15 +389,9 @@ impl Reference {
         }
         let precision = spd_inverse(&cov, d)?;
         let r = Self {
-            fitted_on,
-            frames: n,
-            detail,
-            motion_residual: false,
             mean,
             precision,
-            components: vec![],
-            separate: None,
-            parts: vec![],
+            ..Self::unfitted(fitted_on, n, detail)
         };
         r.validate(d)?;
         Ok(r)
@@ -399,15 +409,8 @@ impl Reference {
         }
         let components = crate::mixture::fit(features, k, 0)?;
         let r = Self {
-            fitted_on,
-            frames: features.len(),
-            detail,
-            motion_residual: false,
-            mean: vec![],
-            precision: vec![],
             components,
-            separate: None,
-            parts: vec![],
+            ..Self::unfitted(fitted_on, features.len(), detail)
         };
         r.validate(features[0].len())?;
         Ok(r)
@@ -498,15 +501,8 @@ impl Reference {
             });
         }
         let r = Self {
-            fitted_on,
-            frames: features.len(),
-            detail,
-            motion_residual: false,
-            mean: vec![],
-            precision: vec![],
-            components: vec![],
-            separate: None,
             parts: fitted,
+            ..Self::unfitted(fitted_on, features.len(), detail)
         };
         r.validate(d)?;
         Ok(r)

@@ -326,6 +326,7 @@ pub fn calibrate(
     if opts.separate.is_some() && !(opts.detail.is_some() || opts.motion_residual) {
         return input("--separate scores the extra features apart: give --detail or --motion-residual (and --fit drives)".into());
     }
+    let flow = matches!(det.bundle().manifest.detector, DetectorSpec::Flow(_));
     if opts.parts.is_some() {
         if opts.fit.is_empty() {
             return input("--parts splits a reference being fitted: give --score mahalanobis and --fit drives".into());
@@ -333,7 +334,7 @@ pub fn calibrate(
         if opts.components != 1 || opts.detail.is_some() {
             return input("--parts branches fits one Gaussian per flow branch: it takes neither --components nor --detail".into());
         }
-        if !matches!(det.bundle().manifest.detector, DetectorSpec::Flow(_)) {
+        if !flow {
             return input("--parts branches needs a flow bundle (detector.kind: flow): an image detector has no branches".into());
         }
     }
@@ -404,7 +405,7 @@ pub fn calibrate(
     let fit: Vec<_> = scored.drain(..opts.fit.len()).collect();
     // Flow detectors: the reference design's per-branch thresholds, the largest KL of each
     // branch over the calibration frames (no calibration frame alarms by the rule).
-    let branch_thresholds = matches!(det.bundle().manifest.detector, DetectorSpec::Flow(_))
+    let branch_thresholds = flow
         .then(|| {
             BranchThresholds::largest(
                 scored[..opts.cal.len()]

@@ -22,11 +22,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
     // Before session 17 the file ended at inference_ms (no branch columns).
     let fields = match lines.next() {
         Some(report::CSV_HEADER) => 17,
-        Some(h)
-            if report::CSV_HEADER.starts_with(&format!("{h},")) && h.ends_with("inference_ms") =>
-        {
-            14
-        }
+        Some(h) if report::CSV_HEADER.strip_suffix(report::CSV_BRANCH_COLUMNS) == Some(h) => 14,
         _ => return Err(bad(1, "unexpected header")),
     };
     lines

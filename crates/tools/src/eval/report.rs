@@ -292,8 +292,12 @@ pub fn build(
     }
 }
 
-/// The columns of `frames.csv` (the last three: flow detectors' branches, empty otherwise).
+/// The columns of `frames.csv` (the last three, [`CSV_BRANCH_COLUMNS`]: flow detectors'
+/// branches, empty otherwise).
 pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio";
+
+/// The columns session 17 appended to `frames.csv`; files written before end without them.
+pub const CSV_BRANCH_COLUMNS: &str = ",kl_horizontal,kl_vertical,branch_ratio";
 
 pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Result<()> {
     use std::io::Write;
