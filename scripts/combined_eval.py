@@ -44,9 +44,11 @@ def combine(evals):
 
 def summarise(frames):
     segments, false_alarms, id_frames = [], 0, 0
+    drives_alarming = 0  # drives with at least one false alarm: what the threshold bounds
     inputs = sorted({f["input"] for f in frames}, key=int)
     for i in inputs:
         fs = [f for f in frames if f["input"] == i]
+        before = false_alarms
         k = 0
         while k < len(fs):
             if not fs[k]["ood"]:
@@ -59,6 +61,7 @@ def summarise(frames):
                 k += 1
             hit = next((j - start for j in range(start, k) if fs[j]["state"] == "OOD"), None)
             segments.append({"input": int(i), "type": fs[start]["type"], "delay": hit})
+        drives_alarming += false_alarms > before
     types = {}
     for s in segments:
         t = types.setdefault(s["type"], {"drives": 0, "detected": 0, "delays": []})
@@ -69,7 +72,8 @@ def summarise(frames):
     for t in types.values():
         t["median_delay"] = statistics.median(t["delays"]) if t["delays"] else None
         t["max_delay"] = max(t["delays"]) if t["delays"] else None
-    return {"types": types, "id_frames": id_frames, "false_alarms": false_alarms,
+    return {"types": types, "id_frames": id_frames, "false_alarms": false_alarms, "drives": len(inputs),
+            "drives_alarming": drives_alarming,
             "false_alarms_per_1000": 1000 * false_alarms / id_frames if id_frames else None,
             "false_alarms_per_1000_upper95": 1000 * poisson_upper(false_alarms) / id_frames if id_frames else None}
 
@@ -84,7 +88,7 @@ def main():
         print(f"{name:<14} detected {t['detected']}/{t['drives']}  median delay {t['median_delay']}  largest {t['max_delay']}")
     if s["id_frames"]:
         print(f"false alarms {s['false_alarms']} in {s['id_frames']} ID frames: {s['false_alarms_per_1000']:.3f} per 1000 "
-              f"(95 % upper bound {s['false_alarms_per_1000_upper95']:.3f})")
+              f"(95 % upper bound {s['false_alarms_per_1000_upper95']:.3f}), on {s['drives_alarming']} of {s['drives']} drives")
     if args.json:
         args.json.write_text(json.dumps(s, indent=1))
 

@@ -1,11 +1,11 @@
 """The model cards' test-set figures (issue 14): evaluates a bundle on the test set of
-`make testset-data` and its false alarms on the clear drives of `make falsealarm2-data` (fresh
-in session 11) and `make falsealarm-data`, and prints (or writes into a model card) the figures block.
+`make testset-data` and its false alarms on the clear drives of `make falsealarm3-data` (fresh
+in session 18), `make falsealarm2-data` (session 11) and `make falsealarm-data`, and prints (or writes into a model card) the figures block.
 
   python3 scripts/testset_card.py --bundle models/default [--update models/default/MODEL_CARD.md]
 
 Needs target/debug/vae-ood (cargo build -p vae_ood_cli), out/testset (checked against
-data/testset.sha256 when generated), out/falsealarm2 and out/falsealarm. The card's block sits between
+data/testset.sha256 when generated), out/falsealarm3, out/falsealarm2 and out/falsealarm. The card's block sits between
 `<!-- testset:begin -->` and `<!-- testset:end -->`. The JSON summary goes to OUT/summary.json.
 """
 
@@ -56,6 +56,8 @@ def fa_summary(name, fa):
     fs = fa["sequential"]
     k, n = fs["false_alarms"], fs["id_frames"]
     return {"set": name, "false_alarms": k, "frames": n, "drives": len(fa["inputs"]),
+            # Drives with at least one alarm: what the drive-level threshold bounds (SAFETY.md).
+            "drives_alarming": fs.get("inputs_with_false_alarm"),
             "per_1000": 1000.0 * k / n if n else None,
             "per_1000_upper95": 1000.0 * poisson_upper(k) / n if n else None}
 
@@ -115,7 +117,8 @@ def block(s):
     for fa in s["falsealarm_sets"]:
         out.append(f"- False alarms on {fa['drives']} held-out clear drives (`make {fa['set']}-data`): "
                    f"{fa['false_alarms']} in {fa['frames']} frames, {fa['per_1000']:.3f} per 1000 frames "
-                   f"(95 % upper bound {fa['per_1000_upper95']:.3f}).")
+                   f"(95 % upper bound {fa['per_1000_upper95']:.3f})"
+                   + ("." if fa.get("drives_alarming") is None else f", on {fa['drives_alarming']} of its drives."))
     return "\n".join(out)
 
 
@@ -125,8 +128,8 @@ def main():
     ap.add_argument("--vae", type=pathlib.Path, default=ROOT / "target/debug/vae-ood")
     ap.add_argument("--testset", type=pathlib.Path, default=ROOT / "out/testset")
     ap.add_argument("--falsealarm", type=pathlib.Path, nargs="+",
-                    default=[ROOT / "out/falsealarm2", ROOT / "out/falsealarm"],
-                    help="false-alarm sets (make falsealarm2-data, make falsealarm-data), each reported; "
+                    default=[ROOT / "out/falsealarm3", ROOT / "out/falsealarm2", ROOT / "out/falsealarm"],
+                    help="false-alarm sets (make falsealarm3-data, falsealarm2-data, falsealarm-data), each reported; "
                          "the first is the card's headline figure")
     ap.add_argument("--types", nargs="+", default=list(TYPES),
                     help="OOD types of the test set, in the card's order (the flow detector's: rain snow "

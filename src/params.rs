@@ -99,8 +99,9 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped.", range: Some(Range::Int(1, 100))),
     decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (the bundle's: KL summed over the selected latents, or Mahalanobis distance) exceeds this is out of distribution.", runtime: true, range: Some(Range::Double(0.0, MAX))),
     decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it). 0 uses the threshold tuned into the bundle, and the node then shows that threshold here (the value in force); setting 0 at run time goes back to it.", runtime: true, range: Some(Range::Double(0.0, MAX)), constraints: "0 = the bundle's own threshold; the node then shows the threshold in force. Settable at run time with one calibrated bundle only"),
-    decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S back under the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service).", constraints: "auto | manual"),
-    decl!("recovery_frames", Int(10), "Consecutive frames with S under the threshold before an automatic recovery from OOD.", range: Some(Range::Int(1, 100_000))),
+    decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S at or under recovery_level x the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service).", constraints: "auto | manual"),
+    decl!("recovery_frames", Int(10), "Consecutive frames with S at or under recovery_level x the threshold before an automatic recovery from OOD.", range: Some(Range::Int(1, 100_000))),
+    decl!("recovery_level", Double(0.5), "Hysteresis of automatic recovery: S must fall to this share of the CUSUM threshold, so that S hovering at the threshold does not leave OOD and alarm again. 1 = no hysteresis. Never delays an alarm.", range: Some(Range::Double(0.01, 1.0))),
     decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale, and frames stamped more than this ahead of the node's clock as ahead_of_clock (the clocks disagree); both fail safe. 0 disables the check.", range: Some(Range::Double(0.0, 86_400.0)), constraints: "0 disables the check"),
     decl!("max_repeated_frames", Int(15), "A frozen camera: a frame whose encoder posterior repeats the previous frame's bit for bit is a repeat (a real sensor's noise never gives one); more than this many repeats in a row fault (verdict OOD) until a different frame arrives. 0 disables.", range: Some(Range::Int(0, 100_000)), constraints: "0 disables the check"),
     decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables.", range: Some(Range::Double(0.0, 86_400.0)), constraints: "0 disables the check"),
@@ -496,9 +497,16 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
             "parameter 'recovery_frames' is {recovery_frames}; expected 1..=100000"
         )));
     }
+    let recovery_level = double("recovery_level")?;
+    if !vae_ood_core::monitor::valid_recovery_level(recovery_level) {
+        return Err(ParamError(format!(
+            "parameter 'recovery_level' is {recovery_level}; expected 0.01..=1 (1 = no hysteresis)"
+        )));
+    }
     let recovery = match string("recovery")?.as_str() {
         "auto" => Recovery::Auto {
             frames: recovery_frames as u32,
+            level: recovery_level,
         },
         "manual" => Recovery::Manual,
         other => {
@@ -824,6 +832,8 @@ mod tests {
             ("cusum_threshold", Double(f64::NAN)), // not a number
             ("diagnostics_period", Double(f64::INFINITY)),
             ("recovery_frames", Integer(0)),
+            ("recovery_level", Double(0.0)), // no level to fall to
+            ("recovery_level", Double(1.5)), // over the threshold: never under it while alarming
             ("max_repeated_frames", Integer(-1)),
             ("transport", Str("udp".into())), // unknown choice
             ("image_qos", Str("fast".into())),

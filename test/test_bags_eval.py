@@ -82,6 +82,9 @@ def test_eval_reports_metrics_delay_and_false_alarms(tmp_path):
     seq = report["sequential"]
     assert len(seq["segments"]) == 1 and seq["detected"] == 1 and seq["segments"][0]["delay_frames"] <= 10, seq
     assert seq["id_frames"] == 50
+    # Both inputs have clear frames (the mixed drive's first 20); the drive-level count is one
+    # per input that alarmed, never more than its entries.
+    assert seq["id_inputs"] == 2 and seq["inputs_with_false_alarm"] <= min(2, seq["false_alarms"]), seq
     assert abs(seq["segments"][0]["delay_s"] - seq["segments"][0]["delay_frames"] * 0.066) < 1e-6
     assert set(report["latency_ms"]) == {"decode", "preprocess", "inference", "total"}
     lines = (out / "frames.csv").read_text().splitlines()

@@ -31,6 +31,8 @@ def test_the_union_detects_earlier_and_false_alarms_add_up(tmp_path):
     s = combined_eval.summarise(combined_eval.combine([tmp_path / "image", tmp_path / "flow"]))
     # Combined: OOD at 1 (image), STARTING..., OOD at 3 (flow): two entries on ID frames.
     assert s["false_alarms"] == 2 and s["id_frames"] == 6
+    # Both entries are on the one drive: the drive-level count is 1.
+    assert (s["drives_alarming"], s["drives"]) == (1, 1)
     # The segment (frames 4-7) is first OOD at frame 5 (flow): delay 1.
     assert s["types"]["rain"] == {"drives": 1, "detected": 1, "delays": [1], "median_delay": 1, "max_delay": 1}
     assert abs(combined_eval.poisson_upper(0) - 2.9957) < 1e-3

@@ -102,7 +102,10 @@ impl Default for MonitorConfig {
         Self {
             score_threshold: f64::INFINITY,
             max_frame_age: None,
-            recovery: Recovery::Auto { frames: 10 },
+            recovery: Recovery::Auto {
+                frames: 10,
+                level: DEFAULT_RECOVERY_LEVEL,
+            },
             cusum_threshold: None,
             max_repeated_frames: Some(DEFAULT_MAX_REPEATED_FRAMES),
             branch_rule: false,
@@ -139,12 +142,30 @@ impl Repeats {
     }
 }
 
-/// Leaving OOD (calibrated bundles): automatically once S is back under the threshold for
-/// `frames` consecutive scored frames, or only by an explicit [`Monitor::reset`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Leaving OOD (calibrated bundles): automatically once S is at or under `level` times the
+/// threshold for `frames` consecutive scored frames, or only by an explicit [`Monitor::reset`].
+///
+/// `level` below 1 is hysteresis: S that hovers at the threshold would otherwise leave OOD and
+/// enter it again, each entry a new alarm for whatever the verdict gates (seen on clear drives,
+/// docs/detector-experiments.md "E130 under a fresh gate"). Entering OOD does not depend on
+/// `level`, so a lower level never delays an alarm and never adds one: it only keeps OOD
+/// longer once entered (the fail-safe direction; SAFETY.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Recovery {
-    Auto { frames: u32 },
+    Auto { frames: u32, level: f64 },
     Manual,
+}
+
+/// The node's default for [`Recovery::Auto`]'s `level`: S must fall to half the threshold.
+pub const DEFAULT_RECOVERY_LEVEL: f64 = 0.5;
+
+/// The range of [`Recovery::Auto`]'s `level`: 1 is no hysteresis; the lower bound keeps a
+/// level S can reach (with no decay, S may never return to exactly 0).
+pub const RECOVERY_LEVEL_RANGE: std::ops::RangeInclusive<f64> = 0.01..=1.0;
+
+/// Whether `level` is in [`RECOVERY_LEVEL_RANGE`].
+pub fn valid_recovery_level(level: f64) -> bool {
+    RECOVERY_LEVEL_RANGE.contains(&level)
 }
 
 /// The sequential part of a calibrated monitor: the detector and the latched verdict that
@@ -207,8 +228,11 @@ impl Sequential {
             }
             MonitorState::Ood => match recovery {
                 Recovery::Manual => MonitorState::Ood,
-                Recovery::Auto { frames } => {
-                    self.good_streak = if step.alarm { 0 } else { self.good_streak + 1 };
+                Recovery::Auto { frames, level } => {
+                    // The threshold in force (it may be set at run time).
+                    let threshold = self.detector.params().cusum_threshold;
+                    let calm = !step.alarm && step.cusum <= level * threshold;
+                    self.good_streak = if calm { self.good_streak + 1 } else { 0 };
                     if self.good_streak >= frames {
                         self.good_streak = 0;
                         MonitorState::Ok
@@ -718,7 +742,10 @@ mod tests {
     fn seq() -> Sequential {
         let det = SequentialDetector::new(
             Calibration::new(vec![1.0]).unwrap(),
-            PipelineParams::default(),
+            PipelineParams {
+                cusum_threshold: 5.0,
+                ..PipelineParams::default()
+            },
         )
         .unwrap();
         Sequential {
@@ -730,7 +757,10 @@ mod tests {
 
     #[test]
     fn documented_transitions() {
-        let auto = Recovery::Auto { frames: 3 };
+        let auto = Recovery::Auto {
+            frames: 3,
+            level: 1.0,
+        };
         let mut s = seq();
         assert_eq!(s.next(&step(false, false), auto), MonitorState::Starting);
         assert_eq!(s.next(&step(true, false), auto), MonitorState::Ok);
@@ -759,7 +789,7 @@ mod tests {
         /// before the window is full, and manual recovery keeps OOD once entered.
         #[test]
         fn invariants(events in prop::collection::vec((any::<bool>(), any::<bool>()), 1..200), manual in any::<bool>()) {
-            let recovery = if manual { Recovery::Manual } else { Recovery::Auto { frames: 5 } };
+            let recovery = if manual { Recovery::Manual } else { Recovery::Auto { frames: 5, level: 1.0 } };
             let mut s = seq();
             let mut full = false;
             let mut entered_ood = false;
@@ -778,5 +808,55 @@ mod tests {
                 entered_ood |= state == MonitorState::Ood;
             }
         }
+
+        /// Hysteresis only lengthens OOD: over any path of S, a monitor with a lower recovery
+        /// level is OOD on every frame the level-1 monitor is, so it alarms no later and
+        /// enters OOD no more often.
+        #[test]
+        fn a_lower_recovery_level_never_delays_or_adds_an_alarm(
+            path in prop::collection::vec(0.0f64..10.0, 1..300),
+            level in 0.01f64..=1.0,
+            frames in 1u32..8,
+        ) {
+            let (mut plain, mut hyst) = (seq(), seq());
+            let (mut entries_plain, mut entries_hyst) = (0, 0);
+            let (mut last_plain, mut last_hyst) = (MonitorState::Starting, MonitorState::Starting);
+            for cusum in path {
+                let st = Step { p_value: 0.5, log_martingale: 0.0, cusum, window_full: true, alarm: cusum > 5.0 };
+                let a = plain.next(&st, Recovery::Auto { frames, level: 1.0 });
+                let b = hyst.next(&st, Recovery::Auto { frames, level });
+                if a == MonitorState::Ood {
+                    prop_assert_eq!(b, MonitorState::Ood);
+                }
+                entries_plain += usize::from(a == MonitorState::Ood && last_plain != MonitorState::Ood);
+                entries_hyst += usize::from(b == MonitorState::Ood && last_hyst != MonitorState::Ood);
+                (last_plain, last_hyst) = (a, b);
+            }
+            prop_assert!(entries_hyst <= entries_plain);
+        }
+    }
+
+    #[test]
+    fn hysteresis_holds_ood_until_s_falls_to_the_level() {
+        let auto = Recovery::Auto {
+            frames: 2,
+            level: 0.5,
+        };
+        let mut s = seq(); // threshold 5
+        let at = |cusum: f64| Step {
+            p_value: 0.5,
+            log_martingale: 0.0,
+            cusum,
+            window_full: true,
+            alarm: cusum > 5.0,
+        };
+        assert_eq!(s.next(&at(1.0), auto), MonitorState::Ok);
+        assert_eq!(s.next(&at(6.0), auto), MonitorState::Ood);
+        // Under the threshold but over 2.5: no recovery however long.
+        for _ in 0..20 {
+            assert_eq!(s.next(&at(4.0), auto), MonitorState::Ood);
+        }
+        assert_eq!(s.next(&at(2.5), auto), MonitorState::Ood);
+        assert_eq!(s.next(&at(2.0), auto), MonitorState::Ok);
     }
 }

@@ -45,6 +45,10 @@ pub struct Args {
     /// Consecutive frames under the threshold before an automatic recovery (1..=100000).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     recovery_frames: u32,
+    /// Hysteresis of automatic recovery: S must fall to this share of the threshold, as the
+    /// node's `recovery_level` (0.01..=1; 1 = none).
+    #[arg(long, default_value_t = vae_ood_core::monitor::DEFAULT_RECOVERY_LEVEL, value_parser = parse_recovery_level)]
+    recovery_level: f64,
     /// Exact repeats of the previous frame's posterior in a row before the camera counts as
     /// frozen (a fault), as the node's parameter; 0 disables.
     #[arg(long, default_value_t = vae_ood_core::monitor::DEFAULT_MAX_REPEATED_FRAMES)]
@@ -56,6 +60,15 @@ pub struct Args {
     branch_rule: bool,
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_recovery_level(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if vae_ood_core::monitor::valid_recovery_level(v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in 0.01..=1 (1 = no hysteresis)"))
+    }
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -74,6 +87,7 @@ pub fn run(a: &Args) -> Result<()> {
             max_frame_age: None,
             recovery: Recovery::Auto {
                 frames: a.recovery_frames,
+                level: a.recovery_level,
             },
             cusum_threshold: a.cusum_threshold,
             max_repeated_frames: (a.max_repeated_frames > 0).then_some(a.max_repeated_frames),
@@ -171,12 +185,13 @@ fn print_report(r: &Report, out: &std::path::Path) {
     }
     if let Some(s) = &r.sequential {
         println!(
-            "  sequential: {} OOD segment(s), {} detected, {} missed, mean delay {} frames ({} s); {} false alarm(s) in {} ID frames = {:.2} per 1000 frames{}",
+            "  sequential: {} OOD segment(s), {} detected, {} missed, mean delay {} frames ({} s); {} false alarm(s) in {} ID frames = {:.2} per 1000 frames{}, on {} of {} inputs with ID frames",
             s.segments.len(), s.detected, s.missed,
             s.mean_delay_frames.map_or("n/a".into(), |d| format!("{d:.1}")),
             s.mean_delay_s.map_or("n/a".into(), |d| format!("{d:.2}")),
             s.false_alarms, s.id_frames, s.false_alarms_per_1000_id_frames,
-            s.false_alarms_per_hour.map_or(String::new(), |h| format!(", {h:.1} per hour"))
+            s.false_alarms_per_hour.map_or(String::new(), |h| format!(", {h:.1} per hour")),
+            s.inputs_with_false_alarm, s.id_inputs
         );
     }
     for (stage, p) in &r.latency_ms {

@@ -37,7 +37,14 @@ pub struct Sequential {
     pub mean_delay_s: Option<f64>,
     /// Entries into the OOD state on in-distribution frames.
     pub false_alarms: usize,
+    /// Inputs with at least one false alarm, of the inputs with in-distribution frames: what a
+    /// drive-level threshold bounds (SAFETY.md), where `false_alarms` also counts re-entries.
+    pub inputs_with_false_alarm: usize,
+    pub id_inputs: usize,
     pub id_frames: usize,
+    /// In-distribution frames the verdict spent OOD: what false alarms cost in availability
+    /// (recovery's hysteresis trades re-entries for time spent OOD).
+    pub id_frames_alarmed: usize,
     pub id_hours: f64,
     pub false_alarms_per_1000_id_frames: f64,
     pub false_alarms_per_hour: Option<f64>,
@@ -161,6 +168,7 @@ fn per_type(
 fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> Sequential {
     let mut segments = vec![];
     let (mut false_alarms, mut id_frames, mut id_seconds) = (0, 0, 0.0);
+    let (mut inputs_with_false_alarm, mut id_inputs, mut id_frames_alarmed) = (0, 0, 0);
     let inputs: Vec<usize> = {
         let mut v: Vec<usize> = frames.iter().map(|f| f.input).collect();
         v.dedup();
@@ -175,12 +183,14 @@ fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> S
             .collect();
         dts.sort_unstable();
         let dt = dts.get(dts.len() / 2).copied().unwrap_or(0) as f64 / 1e9;
+        let (alarms_before, id_before) = (false_alarms, id_frames);
         let mut k = 0;
         while k < fs.len() {
             let f = fs[k];
             if !f.ood {
                 id_frames += 1;
                 id_seconds += dt;
+                id_frames_alarmed += usize::from(alarm(f));
                 let entered = alarm(f) && (k == 0 || !alarm(fs[k - 1]));
                 false_alarms += usize::from(entered);
                 k += 1;
@@ -200,6 +210,8 @@ fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> S
                 delay_s: hit.map(|j| (fs[j].stamp_ns - f.stamp_ns) as f64 / 1e9),
             });
         }
+        id_inputs += usize::from(id_frames > id_before);
+        inputs_with_false_alarm += usize::from(false_alarms > alarms_before);
     }
     let delays: Vec<&Segment> = segments
         .iter()
@@ -215,7 +227,10 @@ fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> S
         mean_delay_frames: mean(&|s| s.delay_frames.unwrap_or(0) as f64),
         mean_delay_s: mean(&|s| s.delay_s.unwrap_or(0.0)),
         false_alarms,
+        inputs_with_false_alarm,
+        id_inputs,
         id_frames,
+        id_frames_alarmed,
         id_hours,
         false_alarms_per_1000_id_frames: if id_frames > 0 {
             false_alarms as f64 * 1000.0 / id_frames as f64
@@ -374,6 +389,26 @@ mod tests {
         assert!((s.segments[0].delay_s.unwrap() - 0.2).abs() < 1e-9);
         assert_eq!((s.false_alarms, s.id_frames), (1, 4));
         assert_eq!(s.false_alarms_per_1000_id_frames, 250.0);
+        assert_eq!((s.inputs_with_false_alarm, s.id_inputs), (1, 1));
+    }
+
+    #[test]
+    fn re_entries_count_as_alarms_but_once_per_input() {
+        use MonitorState::*;
+        // Input 0 enters OOD twice on clear frames, input 1 never, input 2 is OOD only.
+        let states = [Ood, Ok, Ood, Ok, Ok, Ok, Ood, Ood];
+        let inputs = [0, 0, 0, 1, 1, 1, 2, 2];
+        let labels = [false, false, false, false, false, false, true, true];
+        let frames: Vec<_> = (0..8)
+            .map(|i| FrameRecord {
+                input: inputs[i],
+                ..fr(i, labels[i], states[i])
+            })
+            .collect();
+        let s = sequential(&frames, |f| f.state == Ood);
+        assert_eq!(s.false_alarms, 2);
+        assert_eq!((s.inputs_with_false_alarm, s.id_inputs), (1, 2));
+        assert_eq!(s.id_frames_alarmed, 2);
     }
 
     #[test]
