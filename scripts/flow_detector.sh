@@ -7,7 +7,7 @@
 #   scripts/flow_detector.sh evaluate    # figures into out/flow_card/
 #
 # Data: make train-data heldout-data tuning-data validation-data flow-validation-data
-# flow-testset-data falsealarm3-data falsealarm2-data. Training (about 35 min on 2 cores):
+# flow-testset-data falsealarm4-data falsealarm3-data falsealarm2-data. Training (about 35 min on 2 cores):
 #   vae-ood train --detector flow --train $(split train out/train) --val $(split train_val out/train) \
 #     --out out/flow_train --frame-stride 3 --epochs 10 --name flow-v1
 set -euo pipefail
@@ -52,12 +52,12 @@ case "${1:-}" in
       [ "$b" = models/flow ] && [ -f models/flow/MODEL_CARD.md ] && update=(--update models/flow/MODEL_CARD.md)
       echo "== $b"
       python3 scripts/testset_card.py --bundle "$b" --vae "$VAE" --testset out/flow_testset \
-        --types rain snow camera_shake fast frame_drops --falsealarm out/falsealarm3 out/falsealarm2 \
+        --types rain snow camera_shake fast frame_drops --falsealarm out/falsealarm4 out/falsealarm3 out/falsealarm2 \
         --out "$OUT/$(basename "$b")" "${update[@]}"
     done
     echo "== combined ($img + flow), flow test set"
     python3 scripts/combined_eval.py "$OUT/$img/test" "$OUT/flow/test" --json "$OUT/combined_test.json"
-    for fa in falsealarm3 falsealarm2; do
+    for fa in falsealarm4 falsealarm3 falsealarm2; do
       echo "== combined ($img + flow), false-alarm set $fa"
       python3 scripts/combined_eval.py "$OUT/$img/$fa" "$OUT/flow/$fa" --json "$OUT/combined_$fa.json"
     done

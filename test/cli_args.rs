@@ -42,14 +42,9 @@ fn out_of_range_arguments_are_refused_by_name() {
         "--recovery-frames",
     );
     // A recovery level S cannot fall to while alarming (over 1), or none at all (0).
-    refused(
-        &["eval", "--recovery-level=1.5", "--id", frames],
-        "--recovery-level",
-    );
-    refused(
-        &["eval", "--recovery-level=0", "--id", frames],
-        "--recovery-level",
-    );
+    for level in ["--recovery-level=1.5", "--recovery-level=0"] {
+        refused(&["eval", level, "--id", frames], "--recovery-level");
+    }
     // Frame sizes whose byte counts overflow.
     refused(&["bench", "--width=100000"], "--width");
     refused(&["bench", "--height=0"], "--height");
