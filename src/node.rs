@@ -202,6 +202,7 @@ impl Ctx {
                 max_frame_age: cam.max_frame_age,
                 recovery: cfg.recovery,
                 cusum_threshold: cfg.cusum_threshold,
+                threshold_scale: cfg.threshold_scale,
                 max_repeated_frames: cfg.max_repeated_frames,
                 branch_rule: cfg.branch_rule,
             };

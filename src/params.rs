@@ -99,6 +99,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("image_qos_depth", Int(5), "Camera subscription queue depth. The monitor always scores the newest frame and counts older ones as dropped.", range: Some(Range::Int(1, 100))),
     decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (the bundle's: KL summed over the selected latents, or Mahalanobis distance) exceeds this is out of distribution.", runtime: true, range: Some(Range::Double(0.0, MAX))),
     decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it). 0 uses the threshold tuned into the bundle, and the node then shows that threshold here (the value in force); setting 0 at run time goes back to it.", runtime: true, range: Some(Range::Double(0.0, MAX)), constraints: "0 = the bundle's own threshold; the node then shows the threshold in force. Settable at run time with one calibrated bundle only"),
+    decl!("threshold_scale", Double(1.0), "Multiplies every calibrated bundle's own cusum_threshold (not an explicit cusum_threshold). With several detectors set it to their joint scale (scripts/joint_threshold.py; for models/compressed with models/flow: 1.18), so that the combined verdict keeps the drive-level false-alarm promise each threshold makes alone instead of their sum.", range: Some(Range::Double(1.0, 100.0))),
     decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S at or under recovery_level x the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service).", constraints: "auto | manual"),
     decl!("recovery_frames", Int(10), "Consecutive frames with S at or under recovery_level x the threshold before an automatic recovery from OOD.", range: Some(Range::Int(1, 100_000))),
     decl!("recovery_level", Double(0.5), "Hysteresis of automatic recovery: S must fall to this share of the CUSUM threshold, so that S hovering at the threshold does not leave OOD and alarm again. 1 = no hysteresis. Never delays an alarm.", range: Some(Range::Double(0.01, 1.0))),
@@ -156,6 +157,7 @@ pub struct NodeConfig {
     pub max_frame_age: Option<Duration>,
     pub input_timeout: Option<Duration>,
     pub cusum_threshold: Option<f64>,
+    pub threshold_scale: f64,
     pub recovery: Recovery,
     pub heartbeat_period: Duration,
     pub diagnostics_period: Duration,
@@ -491,6 +493,12 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
             "cusum_threshold must be >= 0 (0 = the bundle's)".into(),
         ));
     }
+    let threshold_scale = double("threshold_scale")?;
+    if !vae_ood_core::monitor::THRESHOLD_SCALE_RANGE.contains(&threshold_scale) {
+        return Err(ParamError(format!(
+            "parameter 'threshold_scale' is {threshold_scale}; expected 1..=100 (under 1 would loosen a threshold below what its tuning drives certify)"
+        )));
+    }
     let recovery_frames = int("recovery_frames")?;
     if !(1..=100_000).contains(&recovery_frames) {
         return Err(ParamError(format!(
@@ -598,6 +606,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
             .then(|| seconds("input_timeout", timeout))
             .transpose()?,
         cusum_threshold: (cusum > 0.0).then_some(cusum),
+        threshold_scale,
         recovery,
         heartbeat_period: seconds("heartbeat_period", heartbeat)?,
         diagnostics_period: seconds("diagnostics_period", period)?,
@@ -832,8 +841,9 @@ mod tests {
             ("cusum_threshold", Double(f64::NAN)), // not a number
             ("diagnostics_period", Double(f64::INFINITY)),
             ("recovery_frames", Integer(0)),
-            ("recovery_level", Double(0.0)), // no level to fall to
-            ("recovery_level", Double(1.5)), // over the threshold: never under it while alarming
+            ("threshold_scale", Double(0.9)), // looser than the tuning drives certify
+            ("recovery_level", Double(0.0)),  // no level to fall to
+            ("recovery_level", Double(1.5)),  // over the threshold: never under it while alarming
             ("max_repeated_frames", Integer(-1)),
             ("transport", Str("udp".into())), // unknown choice
             ("image_qos", Str("fast".into())),

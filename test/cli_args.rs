@@ -45,6 +45,11 @@ fn out_of_range_arguments_are_refused_by_name() {
     for level in ["--recovery-level=1.5", "--recovery-level=0"] {
         refused(&["eval", level, "--id", frames], "--recovery-level");
     }
+    // A threshold scale under 1 loosens the threshold below what its tuning drives certify.
+    refused(
+        &["eval", "--threshold-scale=0.5", "--id", frames],
+        "--threshold-scale",
+    );
     // Frame sizes whose byte counts overflow.
     refused(&["bench", "--width=100000"], "--width");
     refused(&["bench", "--height=0"], "--height");

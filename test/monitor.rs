@@ -391,3 +391,35 @@ fn frames_of_several_cameras_scored_together_get_the_verdicts_of_one_by_one() {
     assert_eq!(rear.counters().faults.len(), 2, "{:?}", rear.counters());
     assert_eq!(front.counters().scored, 14);
 }
+
+/// `threshold_scale` multiplies the bundle's own threshold (what a joint threshold for several
+/// detectors sets), survives a restart, and never applies over an explicit `cusum_threshold`.
+#[test]
+fn the_threshold_scale_multiplies_the_bundles_own_threshold() {
+    let own = Bundle::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default"))
+        .unwrap()
+        .manifest
+        .calibration
+        .unwrap()
+        .pipeline
+        .cusum_threshold;
+    let threshold = |cfg: MonitorConfig| {
+        let mut m = Monitor::new(calibrated_default(), cfg).unwrap();
+        let before = m.pipeline().unwrap().cusum_threshold;
+        m.restart().unwrap();
+        assert_eq!(m.pipeline().unwrap().cusum_threshold, before);
+        before
+    };
+    assert_eq!(threshold(MonitorConfig::default()), own);
+    let scaled = MonitorConfig {
+        threshold_scale: 1.18,
+        ..Default::default()
+    };
+    assert_eq!(threshold(scaled), own * 1.18);
+    let explicit = MonitorConfig {
+        threshold_scale: 1.18,
+        cusum_threshold: Some(20.0),
+        ..Default::default()
+    };
+    assert_eq!(threshold(explicit), 20.0);
+}

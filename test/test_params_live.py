@@ -141,3 +141,27 @@ def test_cusum_threshold_of_an_uncalibrated_bundle_is_refused(ros):
         if p:
             p.close()
         node.stop()
+
+
+def test_threshold_scale_multiplies_the_threshold_in_force(ros):
+    """threshold_scale (the joint scale of detectors run together) multiplies the bundle's own
+    threshold; the node shows the product as the threshold in force, and 0 goes back to it."""
+    own = yaml.safe_load((CALIBRATED / "manifest.yaml").read_text())["calibration"]["pipeline"]["cusum_threshold"]
+    name = f"vae_ood_params_scale_{UID}"
+    node = NodeProcess(name, bundle=str(CALIBRATED), params={"threshold_scale": "1.18"})
+    p = None
+    try:
+        p = Params(name)
+        wait_for(lambda: p.get("cusum_threshold") == pytest.approx(own * 1.18), 60, lambda: time.sleep(0.1),
+                 "the scaled threshold in force")
+        d = p.describe("threshold_scale")
+        assert d.read_only and d.floating_point_range[0].from_value == 1.0, d
+        [r] = p.set(cusum_threshold=0.0)
+        assert r.successful, r
+        wait_for(lambda: p.get("cusum_threshold") == pytest.approx(own * 1.18), 5, lambda: time.sleep(0.1),
+                 "back to the scaled threshold")
+        assert node.proc.poll() is None, node.output()
+    finally:
+        if p:
+            p.close()
+        node.stop()

@@ -82,6 +82,10 @@ pub struct MonitorConfig {
     pub recovery: Recovery,
     /// Overrides the bundle's tuned `cusum_threshold` (calibrated bundles only).
     pub cusum_threshold: Option<f64>,
+    /// Multiplies the bundle's tuned `cusum_threshold` (not an override): the joint scale of
+    /// several detectors run together (`scripts/joint_threshold.py`), so that their combined
+    /// verdict keeps the one drive-level promise each threshold makes alone (SAFETY.md).
+    pub threshold_scale: f64,
     /// A frozen camera: a frame whose posterior equals the previous frame's bit for bit is a
     /// repeat; more than this many repeats in a row fault (`Fault::Frozen`) until a different
     /// frame arrives. A real sensor's noise makes exact repeats of the model input
@@ -107,6 +111,7 @@ impl Default for MonitorConfig {
                 level: DEFAULT_RECOVERY_LEVEL,
             },
             cusum_threshold: None,
+            threshold_scale: 1.0,
             max_repeated_frames: Some(DEFAULT_MAX_REPEATED_FRAMES),
             branch_rule: false,
         }
@@ -156,6 +161,10 @@ pub enum Recovery {
     Manual,
 }
 
+/// The range of [`MonitorConfig::threshold_scale`]: a scale under 1 would loosen the
+/// threshold below what its tuning drives certify.
+pub const THRESHOLD_SCALE_RANGE: std::ops::RangeInclusive<f64> = 1.0..=100.0;
+
 /// The node's default for [`Recovery::Auto`]'s `level`: S must fall to half the threshold.
 pub const DEFAULT_RECOVERY_LEVEL: f64 = 0.5;
 
@@ -200,8 +209,9 @@ impl Sequential {
             return Ok(None);
         };
         let mut params = c.pipeline.clone();
-        if let Some(t) = config.cusum_threshold {
-            params.cusum_threshold = t;
+        match config.cusum_threshold {
+            Some(t) => params.cusum_threshold = t,
+            None => params.cusum_threshold *= config.threshold_scale,
         }
         let detector = SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
         Ok(Some(Sequential {

@@ -42,6 +42,10 @@ pub struct Args {
     /// Override the bundle's CUSUM threshold (>= 0; inf: never).
     #[arg(long, value_parser = crate::common::parse_score_threshold)]
     cusum_threshold: Option<f64>,
+    /// Multiply the bundle's own CUSUM threshold (1..=100), as the node's `threshold_scale`:
+    /// the joint scale of detectors run together (scripts/joint_threshold.py).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_threshold_scale)]
+    threshold_scale: f64,
     /// Consecutive frames under the threshold before an automatic recovery (1..=100000).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     recovery_frames: u32,
@@ -60,6 +64,17 @@ pub struct Args {
     branch_rule: bool,
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_threshold_scale(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if vae_ood_core::monitor::THRESHOLD_SCALE_RANGE.contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{v} is not in 1..=100 (under 1 would loosen the certified threshold)"
+        ))
+    }
 }
 
 fn parse_recovery_level(s: &str) -> std::result::Result<f64, String> {
@@ -90,6 +105,7 @@ pub fn run(a: &Args) -> Result<()> {
                 level: a.recovery_level,
             },
             cusum_threshold: a.cusum_threshold,
+            threshold_scale: a.threshold_scale,
             max_repeated_frames: (a.max_repeated_frames > 0).then_some(a.max_repeated_frames),
             branch_rule: a.branch_rule,
         },
