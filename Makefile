@@ -89,25 +89,13 @@ FALSEALARM_OUT ?= out/falsealarm
 falsealarm-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set falsealarm --out $(FALSEALARM_OUT) --frames 600
 
-# 52 fresh clear drives on four maps (seeds 500-551), for a false-alarm figure nobody has seen.
-FALSEALARM2_OUT ?= out/falsealarm2
-falsealarm2-data: $(DATA_VENV)/.ok
-	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set falsealarm2 --out $(FALSEALARM2_OUT) --frames 600 --check data/falsealarm2.sha256
-
-# 52 more fresh clear drives on four maps (seeds 1000-1051), for the gate of session 18's candidate.
-FALSEALARM3_OUT ?= out/falsealarm3
-falsealarm3-data: $(DATA_VENV)/.ok
-	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set falsealarm3 --out $(FALSEALARM3_OUT) --frames 600 --check data/falsealarm3.sha256
-
-# 52 more (seeds 1100-1151): the figures of the recovery hysteresis designed after falsealarm3.
-FALSEALARM4_OUT ?= out/falsealarm4
-falsealarm4-data: $(DATA_VENV)/.ok
-	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set falsealarm4 --out $(FALSEALARM4_OUT) --frames 600 --check data/falsealarm4.sha256
-
-# 52 more (seeds 1200-1251): the figures of the two detectors' joint threshold (session 18).
-FALSEALARM5_OUT ?= out/falsealarm5
-falsealarm5-data: $(DATA_VENV)/.ok
-	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set falsealarm5 --out $(FALSEALARM5_OUT) --frames 600 --check data/falsealarm5.sha256
+# Fresh clear drives on four maps, 52 per set (13 on each training map and on 4way), each fixed
+# before any figure on it and checked against data/falsealarmN.sha256: falsealarm2 (seeds
+# 500-551, session 11), falsealarm3 (1000-1051: the gate of session 18's candidate encoder),
+# falsealarm4 (1100-1151: the recovery hysteresis) and falsealarm5 (1200-1251: the joint
+# threshold). `make falsealarmN-data FALSEALARM_SET_OUT=DIR` writes elsewhere.
+falsealarm2-data falsealarm3-data falsealarm4-data falsealarm5-data: falsealarm%-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set falsealarm$* --out $(or $(FALSEALARM_SET_OUT),out/falsealarm$*) --frames 600 --check data/falsealarm$*.sha256
 
 # Regenerates the committed sample in data/sample (300 frames per drive, 160x120 JPEG).
 sample-data: $(DATA_VENV)/.ok

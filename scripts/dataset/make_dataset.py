@@ -106,38 +106,33 @@ TUNING2 = [
     (f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
     for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(700, 778))
 ]
+def four_map_clear(seeds):
+    """Clear drives for counting false alarms, each seed on one of the three training maps or
+    4way in turn (seed % 4)."""
+    return [(f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
+            for seed, m in ((s, ("loop_empty", "small_loop", "udem1", "4way")[s % 4]) for s in seeds)]
+
+
 # A second false-alarm set (`make falsealarm2-data`, issue 14, session 11), fixed before any
 # figure on it: the first set was looked at when the mixture reference was judged, so a
 # decision that weighs the false-alarm floor again needs drives nobody has seen. 52 drives of
 # 600 frames (31,200 frames), 13 on each of the three training maps and on 4way (the floor asks
 # for clear frames on all maps), seeds 500-551, never used before.
-FALSEALARM2 = [
-    (f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
-    for seed, m in ((s, ("loop_empty", "small_loop", "udem1", "4way")[s % 4]) for s in range(500, 552))
-]
+FALSEALARM2 = four_map_clear(range(500, 552))
 # A third false-alarm set (`make falsealarm3-data`, issue 14, session 18), fixed before any
 # figure on it: both earlier sets were looked at by session 17's encoder study, so the gate of
 # the next candidate needs drives nobody has seen. As falsealarm2: 52 drives of 600 frames
 # (31,200 frames), 13 on each training map and on 4way, seeds 1000-1051, never used before.
-FALSEALARM3 = [
-    (f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
-    for seed, m in ((s, ("loop_empty", "small_loop", "udem1", "4way")[s % 4]) for s in range(1000, 1052))
-]
+FALSEALARM3 = four_map_clear(range(1000, 1052))
 # A fourth false-alarm set (`make falsealarm4-data`, session 18), fixed before any figure on it:
 # the recovery hysteresis (`recovery_level`) was designed after falsealarm3 showed a drive
 # alarming again and again, so its figures need drives that played no part in that. As
 # falsealarm3: 52 drives of 600 frames, 13 per map on four maps, seeds 1100-1151, never used.
-FALSEALARM4 = [
-    (f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
-    for seed, m in ((s, ("loop_empty", "small_loop", "udem1", "4way")[s % 4]) for s in range(1100, 1152))
-]
+FALSEALARM4 = four_map_clear(range(1100, 1152))
 # A fifth (`make falsealarm5-data`, session 18), fixed before any figure on it: the figures of
 # the joint threshold of the node's two detectors, designed after falsealarm3 and falsealarm4
 # showed their combined alarms. As falsealarm3: seeds 1200-1251, never used.
-FALSEALARM5 = [
-    (f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
-    for seed, m in ((s, ("loop_empty", "small_loop", "udem1", "4way")[s % 4]) for s in range(1200, 1252))
-]
+FALSEALARM5 = four_map_clear(range(1200, 1252))
 # The test set of the model cards (`make testset-data`, issue 14), fixed in session 7 before any
 # figure on it was looked at, with seeds 300-328 never used before: per OOD type and map one
 # drive, OOD in its middle half at the default severity; two clear drives per map, and two on
