@@ -106,6 +106,8 @@ TUNING2 = [
     (f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
     for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(700, 778))
 ]
+
+
 def four_map_clear(seeds):
     """Clear drives for counting false alarms, each seed on one of the three training maps or
     4way in turn (seed % 4)."""
