@@ -506,7 +506,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         )));
     }
     let recovery_level = double("recovery_level")?;
-    if !vae_ood_core::monitor::valid_recovery_level(recovery_level) {
+    if !vae_ood_core::monitor::RECOVERY_LEVEL_RANGE.contains(&recovery_level) {
         return Err(ParamError(format!(
             "parameter 'recovery_level' is {recovery_level}; expected 0.01..=1 (1 = no hysteresis)"
         )));

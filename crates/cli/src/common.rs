@@ -1,6 +1,7 @@
 //! Arguments several subcommands share.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::{BackendKind, BackendOptions};
@@ -45,6 +46,18 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
             .ok_or_else(|| anyhow!("'{s}': sizes must be positive integers"))
     };
     Ok((p(w)?, p(h)?))
+}
+
+/// A number in `range` (NaN never is); `why` says what the bounds mean.
+pub fn parse_in_range(s: &str, range: &RangeInclusive<f64>, why: &str) -> Result<f64> {
+    let v: f64 = s.parse().map_err(|e| anyhow!("'{s}': {e}"))?;
+    ensure!(
+        range.contains(&v),
+        "{v} is not in {}..={} ({why})",
+        range.start(),
+        range.end()
+    );
+    Ok(v)
 }
 
 /// A threshold on a nonconformity score: a number >= 0, `inf` allowed (never), NaN refused

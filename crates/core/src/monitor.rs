@@ -172,11 +172,6 @@ pub const DEFAULT_RECOVERY_LEVEL: f64 = 0.5;
 /// level S can reach (with no decay, S may never return to exactly 0).
 pub const RECOVERY_LEVEL_RANGE: std::ops::RangeInclusive<f64> = 0.01..=1.0;
 
-/// Whether `level` is in [`RECOVERY_LEVEL_RANGE`].
-pub fn valid_recovery_level(level: f64) -> bool {
-    RECOVERY_LEVEL_RANGE.contains(&level)
-}
-
 /// The sequential part of a calibrated monitor: the detector and the latched verdict that
 /// faults do not change.
 struct Sequential {
@@ -739,6 +734,20 @@ mod tests {
         assert_eq!(MonitorState::combine([]), Starting);
     }
 
+    /// The threshold of [`seq`]'s pipeline.
+    const THRESHOLD: f64 = 5.0;
+
+    /// A step with a full window and S = `cusum`, alarming over [`THRESHOLD`].
+    fn at(cusum: f64) -> Step {
+        Step {
+            p_value: 0.5,
+            log_martingale: 0.0,
+            cusum,
+            window_full: true,
+            alarm: cusum > THRESHOLD,
+        }
+    }
+
     fn step(window_full: bool, alarm: bool) -> Step {
         Step {
             p_value: 0.5,
@@ -753,7 +762,7 @@ mod tests {
         let det = SequentialDetector::new(
             Calibration::new(vec![1.0]).unwrap(),
             PipelineParams {
-                cusum_threshold: 5.0,
+                cusum_threshold: THRESHOLD,
                 ..PipelineParams::default()
             },
         )
@@ -832,7 +841,7 @@ mod tests {
             let (mut entries_plain, mut entries_hyst) = (0, 0);
             let (mut last_plain, mut last_hyst) = (MonitorState::Starting, MonitorState::Starting);
             for cusum in path {
-                let st = Step { p_value: 0.5, log_martingale: 0.0, cusum, window_full: true, alarm: cusum > 5.0 };
+                let st = at(cusum);
                 let a = plain.next(&st, Recovery::Auto { frames, level: 1.0 });
                 let b = hyst.next(&st, Recovery::Auto { frames, level });
                 if a == MonitorState::Ood {
@@ -853,13 +862,6 @@ mod tests {
             level: 0.5,
         };
         let mut s = seq(); // threshold 5
-        let at = |cusum: f64| Step {
-            p_value: 0.5,
-            log_martingale: 0.0,
-            cusum,
-            window_full: true,
-            alarm: cusum > 5.0,
-        };
         assert_eq!(s.next(&at(1.0), auto), MonitorState::Ok);
         assert_eq!(s.next(&at(6.0), auto), MonitorState::Ood);
         // Under the threshold but over 2.5: no recovery however long.

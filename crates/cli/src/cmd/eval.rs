@@ -3,7 +3,7 @@
 use crate::common::DetectorArgs;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
-use vae_ood_core::monitor::{MonitorConfig, Recovery};
+use vae_ood_core::monitor::{self, MonitorConfig, Recovery};
 use vae_ood_tools::eval::report::{Outcome, Report};
 use vae_ood_tools::eval::{self, Options};
 
@@ -51,7 +51,7 @@ pub struct Args {
     recovery_frames: u32,
     /// Hysteresis of automatic recovery: S must fall to this share of the threshold, as the
     /// node's `recovery_level` (0.01..=1; 1 = none).
-    #[arg(long, default_value_t = vae_ood_core::monitor::DEFAULT_RECOVERY_LEVEL, value_parser = parse_recovery_level)]
+    #[arg(long, default_value_t = monitor::DEFAULT_RECOVERY_LEVEL, value_parser = parse_recovery_level)]
     recovery_level: f64,
     /// Exact repeats of the previous frame's posterior in a row before the camera counts as
     /// frozen (a fault), as the node's parameter; 0 disables.
@@ -66,24 +66,13 @@ pub struct Args {
     quiet: bool,
 }
 
-fn parse_threshold_scale(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if vae_ood_core::monitor::THRESHOLD_SCALE_RANGE.contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{v} is not in 1..=100 (under 1 would loosen the certified threshold)"
-        ))
-    }
+fn parse_threshold_scale(s: &str) -> Result<f64> {
+    let why = "under 1 would loosen the certified threshold";
+    crate::common::parse_in_range(s, &monitor::THRESHOLD_SCALE_RANGE, why)
 }
 
-fn parse_recovery_level(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if vae_ood_core::monitor::valid_recovery_level(v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not in 0.01..=1 (1 = no hysteresis)"))
-    }
+fn parse_recovery_level(s: &str) -> Result<f64> {
+    crate::common::parse_in_range(s, &monitor::RECOVERY_LEVEL_RANGE, "1 = no hysteresis")
 }
 
 pub fn run(a: &Args) -> Result<()> {

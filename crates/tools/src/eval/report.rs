@@ -190,8 +190,9 @@ fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> S
             if !f.ood {
                 id_frames += 1;
                 id_seconds += dt;
-                id_frames_alarmed += usize::from(alarm(f));
-                let entered = alarm(f) && (k == 0 || !alarm(fs[k - 1]));
+                let alarmed = alarm(f);
+                id_frames_alarmed += usize::from(alarmed);
+                let entered = alarmed && (k == 0 || !alarm(fs[k - 1]));
                 false_alarms += usize::from(entered);
                 k += 1;
                 continue;
