@@ -37,6 +37,10 @@ enum Cmd {
     /// delay and false alarms, latency per stage. Writes report.json and frames.csv to --out.
     /// Exit code 0: complete; 2: partial result (a damaged input); 1: error.
     Eval(cmd::eval::Args),
+    /// One scale for the thresholds of several calibrated detectors run together (the node's
+    /// `threshold_scale`), from their largest statistic on the same clear tuning drives, so
+    /// that the combined verdict keeps the drive-level false-alarm promise of one threshold.
+    JointThreshold(cmd::joint::Args),
     /// Inspect a rosbag2 bag (sqlite3 or MCAP): its topics, or (with --dump TOPIC) one JSON
     /// line per decoded camera frame: stamp, frame id, size, encoding, step, SHA-256 of the data.
     Bag(cmd::bag::Args),
@@ -93,6 +97,7 @@ fn main() -> Result<()> {
         Cmd::Encode(a) => cmd::encode::run(&a),
         Cmd::Calibrate(a) => cmd::calibrate::run(a),
         Cmd::Eval(a) => cmd::eval::run(&a),
+        Cmd::JointThreshold(a) => cmd::joint::run(&a),
         Cmd::Bag(a) => cmd::bag::run(&a),
         Cmd::Replay(a) => cmd::replay::run(&a),
         Cmd::Metrics(a) => cmd::metrics::metrics(&a),

@@ -83,7 +83,7 @@ pub struct MonitorConfig {
     /// Overrides the bundle's tuned `cusum_threshold` (calibrated bundles only).
     pub cusum_threshold: Option<f64>,
     /// Multiplies the bundle's tuned `cusum_threshold` (not an override): the joint scale of
-    /// several detectors run together (`scripts/joint_threshold.py`), so that their combined
+    /// several detectors run together (`vae-ood joint-threshold`), so that their combined
     /// verdict keeps the one drive-level promise each threshold makes alone (SAFETY.md).
     pub threshold_scale: f64,
     /// A frozen camera: a frame whose posterior equals the previous frame's bit for bit is a

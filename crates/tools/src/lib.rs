@@ -7,6 +7,7 @@
 //! - [`eval`]: metrics and reports of a detector on labelled drives (`vae-ood eval`).
 //! - [`calibrate`]: conformal scores, thresholds and latents from drives (`vae-ood calibrate`).
 //! - [`train`] (feature `train`): a β-VAE with burn (`vae-ood train`).
+//! - [`joint`]: one threshold scale for detectors run together (`vae-ood joint-threshold`).
 //! - [`compress`]: the paper's methodology: pruning, distillation, quantisation, selection.
 //! - [`onnx_gen`]: encoders of the paper's family written as ONNX; [`plots`]: PNG charts.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod eval;
 pub mod import;
 pub mod inspect;
+pub mod joint;
 pub mod onnx_gen;
 pub mod plots;
 pub mod score;

@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, value_parser = crate::common::parse_score_threshold)]
     cusum_threshold: Option<f64>,
     /// Multiply the bundle's own CUSUM threshold (1..=100), as the node's `threshold_scale`:
-    /// the joint scale of detectors run together (scripts/joint_threshold.py).
+    /// the joint scale of detectors run together (`vae-ood joint-threshold`).
     #[arg(long, default_value_t = 1.0, value_parser = parse_threshold_scale)]
     threshold_scale: f64,
     /// Consecutive frames under the threshold before an automatic recovery (1..=100000).

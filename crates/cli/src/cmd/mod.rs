@@ -10,6 +10,7 @@ pub mod eval;
 pub mod flow;
 pub mod import;
 pub mod info;
+pub mod joint;
 pub mod metrics;
 pub mod prune;
 pub mod replay;

@@ -30,6 +30,8 @@ pub enum DetectionError {
     Selection(String),
     #[error("no tuning frame filled the window of {0}; use longer in-distribution tuning drives")]
     NoTuningFrames(usize),
+    #[error("joint threshold: {0}")]
+    Joint(String),
     #[error("every validation OOD drive needs an onset frame")]
     MissingOnset,
     #[error("unknown ranking '{0}' (expected quiet or variance)")]

@@ -86,18 +86,25 @@ pub fn drive_threshold(
     if per_drive.is_empty() {
         return Err(DetectionError::NoTuningFrames(params.window));
     }
-    let k = per_drive.len();
     let frames = per_drive.iter().map(|&(_, n)| n).min().unwrap_or(1);
-    let mut maxima: Vec<f64> = per_drive.iter().map(|&(m, _)| m).collect();
-    maxima.sort_by(f64::total_cmp);
+    let maxima: Vec<f64> = per_drive.iter().map(|&(m, _)| m).collect();
+    let (largest, guarantee) = certified_quantile(maxima, frames, rate);
+    Ok((largest.max((1.0 / rate.max(1e-6)).ln()), guarantee))
+}
+
+/// The conformal quantile of one value per tuning drive (each drive's largest statistic) that
+/// a fresh drive exceeds with probability at most `rate` x `frames`, where enough drives
+/// certify it (else their largest), and what it promises. `values` must not be empty.
+fn certified_quantile(mut values: Vec<f64>, frames: usize, rate: f64) -> (f64, ThresholdGuarantee) {
+    let k = values.len();
+    values.sort_by(f64::total_cmp);
     let alpha = (rate.max(0.0) * frames as f64).min(1.0);
     // The r-th smallest (1-based) of K: a fresh drive exceeds it with probability <= (K+1-r)/(K+1).
     let wanted = ((1.0 - alpha) * (k + 1) as f64).ceil() as usize;
     let r = wanted.clamp(1, k);
     let per_drive_false_alarm = (k + 1 - r) as f64 / (k + 1) as f64;
-    let t = maxima[r - 1].max((1.0 / rate.max(1e-6)).ln());
-    Ok((
-        t,
+    (
+        values[r - 1],
         ThresholdGuarantee {
             drives: k,
             frames_per_drive: frames,
@@ -105,7 +112,49 @@ pub fn drive_threshold(
             per_frame_false_alarm: per_drive_false_alarm / frames as f64,
             target_met: wanted <= k,
         },
-    ))
+    )
+}
+
+/// One scale `c` for several detectors run together, whose combined verdict alarms when any
+/// detector's S exceeds its own threshold times `c`: the certified quantile (as
+/// [`drive_threshold`]'s) of V_i = max over detectors d of M_id / t_d, where M_id is tuning
+/// drive i's largest S under detector d and t_d that detector's threshold. A fresh drive
+/// exchangeable with the tuning drives then raises any alarm of any detector with the
+/// probability one threshold promises alone, not the sum of them. Never below 1: a detector's
+/// own threshold is already certified, and the scale only tightens.
+///
+/// `largest[d][i]` is M_id (every detector over the same drives, in the same order);
+/// `frames` the shortest drive's frames with a statistic.
+pub fn joint_scale(
+    largest: &[Vec<f64>],
+    thresholds: &[f64],
+    frames: usize,
+    rate: f64,
+) -> Result<(f64, ThresholdGuarantee), DetectionError> {
+    let k = largest.first().map_or(0, Vec::len);
+    let joint = |why: String| Err(DetectionError::Joint(why));
+    if k == 0 {
+        return joint("no tuning drive gave a statistic".into());
+    }
+    if largest.len() != thresholds.len() || largest.iter().any(|m| m.len() != k) {
+        return joint("every detector needs a threshold and a value for each tuning drive".into());
+    }
+    if let Some(t) = thresholds.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+        return joint(format!(
+            "a detector's threshold is {t}: each must be finite and positive"
+        ));
+    }
+    let v: Vec<f64> = (0..k)
+        .map(|i| {
+            largest
+                .iter()
+                .zip(thresholds)
+                .map(|(m, t)| m[i] / t)
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let (c, guarantee) = certified_quantile(v, frames.max(1), rate);
+    Ok((c.max(1.0), guarantee))
 }
 
 /// Tuning drives needed to certify `rate` on stretches of `frames` frames: the smallest K with
@@ -287,6 +336,51 @@ mod tests {
             10,
         );
         assert!(e.unwrap_err().to_string().contains("window"));
+    }
+
+    #[test]
+    fn the_joint_scale_is_the_certified_quantile_of_each_drives_largest_ratio() {
+        // 19 drives of 200 frames at 1/4000 per frame: r = 19 of 19 (the largest V_i).
+        // Detector a (threshold 10) has ratios 0.1..1.9; detector b (threshold 20) is quiet
+        // but on drive 0, where its ratio is 2.5: the largest V_i comes from either detector.
+        let a: Vec<f64> = (1..=19).map(f64::from).collect();
+        let mut b = vec![1.0; 19];
+        b[0] = 50.0;
+        let (c, g) =
+            joint_scale(&[a.clone(), b.clone()], &[10.0, 20.0], 200, 1.0 / 4000.0).unwrap();
+        assert!((c - 2.5).abs() < 1e-12, "{c}");
+        assert!(
+            g.target_met && (g.per_drive_false_alarm - 0.05).abs() < 1e-12,
+            "{g:?}"
+        );
+        // A looser rate takes a lower rank: 1/2000 per frame over 200 frames, 2 of 20 above.
+        let (c, g) = joint_scale(&[a, b], &[10.0, 20.0], 200, 1.0 / 2000.0).unwrap();
+        assert!(
+            (c - 1.9).abs() < 1e-12 && (g.per_drive_false_alarm - 0.1).abs() < 1e-12,
+            "{c} {g:?}"
+        );
+        // Drives quiet under both thresholds never loosen them: the scale is at least 1.
+        let (c, _) = joint_scale(&[vec![1.0; 19]], &[10.0], 200, 1.0 / 4000.0).unwrap();
+        assert_eq!(c, 1.0);
+    }
+
+    #[test]
+    fn a_joint_scale_without_matching_inputs_is_an_error() {
+        for (largest, thresholds, what) in [
+            (vec![], vec![], "no tuning drive"),
+            (
+                vec![vec![1.0, 2.0], vec![1.0]],
+                vec![1.0, 1.0],
+                "each tuning drive",
+            ),
+            (vec![vec![1.0]], vec![1.0, 1.0], "each tuning drive"),
+            (vec![vec![1.0]], vec![0.0], "finite and positive"),
+        ] {
+            let e = joint_scale(&largest, &thresholds, 10, 1e-4)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{e}");
+        }
     }
 
     /// Drives of strongly correlated in-distribution scores: an AR(1) process (coefficient

@@ -1,0 +1,179 @@
+//! `vae-ood joint-threshold`: one threshold scale for several detectors run together.
+//!
+//! Each calibrated bundle's threshold promises, alone, that a fresh in-distribution drive
+//! alarms with probability at most (K + 1 - r) / (K + 1) (SAFETY.md). The node's verdict is
+//! OOD when any of its detectors is, and detectors alarm on different drives, so run together
+//! their promises add up. Multiplying every threshold by the joint scale of
+//! [`vae_ood_core::detection::tuning::joint_scale`], measured on the same clear tuning drives
+//! for every detector, restores one promise for the combined verdict: the node's
+//! `threshold_scale` parameter and `vae-ood eval --threshold-scale` take it.
+
+use crate::eval::{self, Input, Label};
+use crate::{Error, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use vae_ood_core::bundle::Bundle;
+use vae_ood_core::detection::tuning::{joint_scale, ThresholdGuarantee};
+use vae_ood_core::encoder::BackendOptions;
+use vae_ood_core::monitor::MonitorConfig;
+
+pub struct Options {
+    /// Calibrated bundles, as the node runs them together.
+    pub bundles: Vec<PathBuf>,
+    pub backend: BackendOptions,
+    /// Clear in-distribution tuning drives (image folders or bags), disjoint from every
+    /// bundle's calibration drives; one value per drive, so give many.
+    pub drives: Vec<PathBuf>,
+    /// Image topic in bags (found automatically when a bag has one).
+    pub topic: Option<String>,
+    /// Frame rate assumed for image folders.
+    pub folder_fps: f64,
+    /// Target false alarms per in-distribution frame, as `vae-ood calibrate --false-alarm-rate`.
+    pub false_alarm_rate: f64,
+}
+
+/// One detector over the tuning drives.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detector {
+    pub bundle: String,
+    pub model_id: String,
+    /// The bundle's own `cusum_threshold`.
+    pub threshold: f64,
+    /// Per tuning drive, its largest S (the sequential statistic), in drive order.
+    pub largest: Vec<f64>,
+    /// Tuning drives whose largest S exceeds the bundle's own threshold.
+    pub drives_over: usize,
+    /// `threshold` x the joint scale: what the node enforces with `threshold_scale`.
+    pub joint_threshold: f64,
+}
+
+/// The joint scale and what it promises.
+#[derive(Debug, Clone, Serialize)]
+pub struct JointThreshold {
+    pub drives: Vec<String>,
+    pub detectors: Vec<Detector>,
+    /// Tuning drives on which some detector exceeds its own threshold: what running them
+    /// together at scale 1 would alarm on.
+    pub drives_over_any: usize,
+    /// The node's `threshold_scale` for these detectors together.
+    pub scale: f64,
+    /// The combined verdict's drive-level promise at that scale.
+    pub guarantee: ThresholdGuarantee,
+}
+
+/// Runs every bundle over every tuning drive (a fresh monitor per drive, alarms off) and
+/// computes the joint scale. `progress` is told of each frame processed.
+pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<JointThreshold> {
+    if opts.bundles.len() < 2 {
+        return Err(Error::Input(
+            "give two or more --bundle: one detector's own threshold already keeps its promise"
+                .into(),
+        ));
+    }
+    if opts.drives.is_empty() {
+        return Err(Error::Input(
+            "give the clear tuning drives (image folders or bags)".into(),
+        ));
+    }
+    if !(opts.false_alarm_rate > 0.0 && opts.false_alarm_rate < 1.0) {
+        return Err(Error::Input(format!(
+            "--false-alarm-rate {} must be in (0, 1)",
+            opts.false_alarm_rate
+        )));
+    }
+    let inputs: Vec<Input> = opts
+        .drives
+        .iter()
+        .map(|p| Input {
+            path: p.clone(),
+            label: Label::Id,
+        })
+        .collect();
+    // Every bundle is checked before any drive is scored.
+    let mut own = vec![];
+    for path in &opts.bundles {
+        let bundle = Bundle::load(path)?;
+        let threshold = bundle
+            .manifest
+            .calibration
+            .as_ref()
+            .map(|c| c.pipeline.cusum_threshold)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "{} is not calibrated, so it has no threshold to scale: run vae-ood calibrate first",
+                    path.display()
+                ))
+            })?;
+        own.push((path, bundle.model_id, threshold));
+    }
+    let mut detectors = vec![];
+    let mut frames = usize::MAX;
+    for (path, model_id, threshold) in own {
+        let eval_opts = eval::Options {
+            bundle: path.clone(),
+            backend: opts.backend,
+            // Alarms off: the largest S of a drive does not depend on them, and no explicit
+            // threshold or scale may stand in for the bundle's own.
+            monitor: MonitorConfig {
+                cusum_threshold: Some(f64::MAX),
+                ..MonitorConfig::default()
+            },
+            topic: opts.topic.clone(),
+            folder_fps: opts.folder_fps,
+        };
+        let (records, results) = eval::run(&inputs, &eval_opts, progress)?;
+        // A tuning drive stands for a whole drive: one that is damaged cannot.
+        if let Some((r, e)) = results
+            .iter()
+            .find_map(|r| r.error.as_ref().map(|e| (r, e)))
+        {
+            return Err(Error::Drive(format!(
+                "tuning drive {}: {e}; remove or repair it",
+                r.path
+            )));
+        }
+        let mut largest = vec![f64::NAN; inputs.len()];
+        let mut counted = vec![0usize; inputs.len()];
+        for (f, s) in records.iter().filter_map(|f| f.cusum.map(|s| (f, s))) {
+            let m = &mut largest[f.input];
+            *m = if m.is_nan() { s } else { m.max(s) };
+            counted[f.input] += 1;
+        }
+        if let Some(i) = counted.iter().position(|&n| n == 0) {
+            return Err(Error::Drive(format!(
+                "tuning drive {}: no frame gave {} a statistic (too short, or every frame faulted)",
+                inputs[i].path.display(),
+                path.display()
+            )));
+        }
+        frames = frames.min(counted.into_iter().min().unwrap_or(0));
+        detectors.push(Detector {
+            bundle: path.display().to_string(),
+            model_id,
+            threshold,
+            drives_over: largest.iter().filter(|&&m| m > threshold).count(),
+            largest,
+            joint_threshold: f64::NAN,
+        });
+    }
+    let largest: Vec<Vec<f64>> = detectors.iter().map(|d| d.largest.clone()).collect();
+    let thresholds: Vec<f64> = detectors.iter().map(|d| d.threshold).collect();
+    let (scale, guarantee) = joint_scale(&largest, &thresholds, frames, opts.false_alarm_rate)?;
+    for d in &mut detectors {
+        d.joint_threshold = d.threshold * scale;
+    }
+    let drives_over_any = (0..inputs.len())
+        .filter(|&i| detectors.iter().any(|d| d.largest[i] > d.threshold))
+        .count();
+    Ok(JointThreshold {
+        drives: opts
+            .drives
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        detectors,
+        drives_over_any,
+        scale,
+        guarantee,
+    })
+}
