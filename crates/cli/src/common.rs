@@ -62,10 +62,7 @@ pub fn parse_in_range(s: &str, range: &RangeInclusive<f64>, why: &str) -> Result
 
 /// A threshold on a nonconformity score: a number >= 0, `inf` allowed (never), NaN refused
 /// (every comparison with it is false, so it would silently decide nothing).
-pub fn parse_score_threshold(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
-    if v.is_nan() || v < 0.0 {
-        return Err(format!("{s}: expected a score threshold >= 0 (inf: never)"));
-    }
-    Ok(v)
+pub fn parse_score_threshold(s: &str) -> Result<f64> {
+    let why = "a score threshold; inf: never";
+    parse_in_range(s, &(0.0..=f64::INFINITY), why)
 }
