@@ -304,6 +304,18 @@ impl Ctx {
                     monitor,
                 });
             }
+            let calibrated: Vec<&str> = monitors
+                .iter()
+                .filter(|m| m.monitor.pipeline().is_some())
+                .map(|m| m.name.as_str())
+                .collect();
+            if let Some(w) = joint_scale_warning(&calibrated, cfg.threshold_scale) {
+                let on = match cam.name.is_empty() {
+                    true => String::new(),
+                    false => format!("camera {}: ", cam.name),
+                };
+                r2r::log_warn!(logger, "{on}{w}");
+            }
             per_camera.push(monitors);
         }
         // One detector on one camera: its bundle's own threshold, which run-time changes revert to.
@@ -523,6 +535,18 @@ fn camera_mismatch(calibrated_for: Option<&str>, camera: Option<&str>) -> Option
         )),
         _ => None,
     }
+}
+
+/// The warning for several calibrated detectors on one camera at their own thresholds: each
+/// promises its drive-level false-alarm rate alone, and they alarm on different drives, so the
+/// combined verdict's promise is up to the sum until `threshold_scale` is their joint scale.
+fn joint_scale_warning(calibrated: &[&str], threshold_scale: f64) -> Option<String> {
+    (calibrated.len() > 1 && threshold_scale == 1.0).then(|| format!(
+        "{} calibrated detectors ({}) run at their own thresholds (threshold_scale 1): each keeps its false-alarm promise alone, so the combined verdict's is up to {} times one threshold's; compute their joint scale with `vae-ood joint-threshold --bundle <each bundle> --tune-id <clear drives>` and set threshold_scale (SAFETY.md)",
+        calibrated.len(),
+        calibrated.join(", "),
+        calibrated.len()
+    ))
 }
 
 /// Waits up to `limit` for a thread to finish.
@@ -979,6 +1003,17 @@ async fn wait_for_shutdown() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn several_calibrated_detectors_at_their_own_thresholds_warn() {
+        use super::joint_scale_warning as w;
+        assert!(w(&["compressed", "flow"], 1.0)
+            .unwrap()
+            .contains("vae-ood joint-threshold"));
+        assert_eq!(w(&["compressed", "flow"], 1.18), None);
+        assert_eq!(w(&["compressed"], 1.0), None);
+        assert_eq!(w(&[], 1.0), None);
+    }
+
     #[test]
     fn only_two_named_and_different_cameras_warn() {
         use super::camera_mismatch as m;

@@ -96,3 +96,24 @@ def test_two_bundles_with_one_name_are_refused_at_start_up(tmp_path):
     code = node.stop()
     assert code not in (0, None), node.output()
     assert "both named 'det'" in node.output(), node.output()
+
+
+def test_calibrated_detectors_at_their_own_thresholds_are_warned_about(ros):
+    """Two calibrated detectors promise up to twice one threshold's false-alarm rate together:
+    at threshold_scale 1 the node says so and names the tool that computes their joint scale;
+    at their joint scale it does not."""
+    outputs = {}
+    for scale in ("1.0", "1.18"):
+        name = f"joint_{scale.replace('.', '_')}_{UID}"
+        node = NodeProcess(name, bundle="models/compressed", params={
+            "model_bundles": "[models/compressed,models/flow]", "threshold_scale": scale})
+        try:
+            wait_for(lambda: node.output().count("loaded detector") >= 2 or node.proc.poll() is not None, 60,
+                     lambda: time.sleep(0.1), "both detectors loaded")
+            time.sleep(0.5)  # the warning follows the second detector's line
+            assert node.proc.poll() is None, node.output()
+        finally:
+            node.stop()
+        outputs[scale] = node.output()
+    assert "2 calibrated detectors" in outputs["1.0"] and "vae-ood joint-threshold" in outputs["1.0"], outputs["1.0"]
+    assert "joint-threshold" not in outputs["1.18"], outputs["1.18"]
