@@ -29,14 +29,23 @@ def halve(g):
     return 0.25 * (g[0::2, 0::2] + g[1::2, 0::2] + g[0::2, 1::2] + g[1::2, 1::2])
 
 
-def detail(rgb):
-    """(ln E0, ln E1, ln E2) of a uint8 HxWx3 frame."""
+def detail(rgb, grid=1):
+    """(ln E0, ln E1, ln E2) of a uint8 HxWx3 frame, then with grid > 1 ln E0 of each cell of a
+    grid x grid split (row by row; a pixel belongs to cell (y * grid // h, x * grid // w))."""
     g = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255  # BT.601 luma
     out = []
+    if grid > 1:
+        h, w = g.shape
+        lap = np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
+        cy = (np.arange(1, h - 1) * grid // h)[:, None]
+        cx = (np.arange(1, w - 1) * grid // w)[None, :]
+        cell = (cy * grid + cx).ravel()
+        sums = np.bincount(cell, lap.ravel(), grid * grid)
+        cells = np.log(np.maximum(sums / np.bincount(cell, minlength=grid * grid), 1e-6))
     for _ in range(3):
         out.append(np.log(laplacian_energy(g)))
         g = halve(g)
-    return np.array(out)
+    return np.array(out + (list(cells) if grid > 1 else []))
 
 
 def fit_mahalanobis(F):

@@ -26,6 +26,20 @@ pub struct DetailSpec {
     /// Number of octaves: the finest is the frame at `width` x `height`, each next one a 2x2
     /// halving of the previous.
     pub octaves: u32,
+    /// The finest octave is also measured on each cell of a `grid` x `grid` split of the frame
+    /// (row by row), after the octaves: a local loss of detail (a smudged or wet lens, a
+    /// partial occlusion) barely moves the whole frame's mean. 1: the whole frame only (every
+    /// bundle before session 19).
+    #[serde(default = "whole_frame", skip_serializing_if = "is_whole_frame")]
+    pub grid: u32,
+}
+
+fn whole_frame() -> u32 {
+    1
+}
+
+fn is_whole_frame(g: &u32) -> bool {
+    *g == 1
 }
 
 /// Smallest octave side the Laplacian is taken on (it needs an interior).
@@ -33,11 +47,12 @@ const MIN_SIDE: u32 = 3;
 
 /// A detail spec whose coarsest octave has no interior.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("score.detail: {octaves} octaves of {width}x{height} leave an octave smaller than {MIN_SIDE}x{MIN_SIDE}: use fewer octaves or a larger size")]
+#[error("score.detail: {octaves} octaves of {width}x{height} in a {grid}x{grid} grid leave an octave or a cell smaller than {MIN_SIDE}x{MIN_SIDE}: use fewer octaves, a coarser grid or a larger size")]
 pub struct DetailError {
     pub octaves: u32,
     pub width: u32,
     pub height: u32,
+    pub grid: u32,
 }
 /// Energy floor before the logarithm: a flat frame gives a large negative, finite feature.
 const FLOOR: f64 = 1e-6;
@@ -49,7 +64,18 @@ impl DetailSpec {
             width,
             height,
             octaves: 3,
+            grid: 1,
         }
+    }
+
+    /// How many features it gives: one per octave, then one per grid cell (grid > 1).
+    pub fn len(&self) -> usize {
+        let cells = if self.grid > 1 {
+            self.grid * self.grid
+        } else {
+            0
+        };
+        (self.octaves + cells) as usize
     }
 
     /// Checks that every octave keeps an interior.
@@ -61,11 +87,15 @@ impl DetailSpec {
             || shrink == 0
             || self.width / shrink < MIN_SIDE
             || self.height / shrink < MIN_SIDE
+            || self.grid == 0
+            || self.width / self.grid < MIN_SIDE
+            || self.height / self.grid < MIN_SIDE
         {
             return Err(DetailError {
                 octaves: self.octaves,
                 width: self.width,
                 height: self.height,
+                grid: self.grid,
             });
         }
         Ok(())
@@ -105,19 +135,22 @@ impl DetailExtractor {
     }
 
     /// `ln E_k` for each octave k, `E_k` the mean absolute 4-neighbour Laplacian of the luma
-    /// (in [0, 1]) over the octave's interior.
+    /// (in [0, 1]) over the octave's interior; then, with a grid, the same at the finest octave
+    /// over each cell's interior pixels.
     pub fn features(&mut self, px: Pixels<'_>) -> Vec<f64> {
         let (mut w, mut h) = (self.spec.width as usize, self.spec.height as usize);
         self.buf.resize(w * h, 0.0);
         self.luma.run_into(px, &mut self.buf);
         let mut g: Vec<f64> = self.buf.iter().map(|&v| f64::from(v)).collect();
-        let mut out = Vec::with_capacity(self.spec.octaves as usize);
+        let mut out = Vec::with_capacity(self.spec.len());
+        let cells = (self.spec.grid > 1).then(|| cell_energy(&g, w, h, self.spec.grid as usize));
         for k in 0..self.spec.octaves {
             if k > 0 {
                 (g, w, h) = halve(&g, w, h);
             }
             out.push(laplacian_energy(&g, w, h).max(FLOOR).ln());
         }
+        out.extend(cells.into_iter().flatten().map(|e| e.max(FLOOR).ln()));
         out
     }
 }
@@ -139,6 +172,30 @@ fn laplacian_energy(g: &[f64], w: usize, h: usize) -> f64 {
         }
     }
     sum / ((w - 2) * (h - 2)) as f64
+}
+
+/// Mean absolute 4-neighbour Laplacian of the interior pixels in each cell of a `grid` x
+/// `grid` split of a `w` x `h` image, row by row (cells at least 3x3, so each has interior).
+fn cell_energy(g: &[f64], w: usize, h: usize, grid: usize) -> Vec<f64> {
+    let mut sum = vec![0.0; grid * grid];
+    let mut n = vec![0usize; grid * grid];
+    for y in 1..h - 1 {
+        let (up, row, down) = (
+            &g[(y - 1) * w..y * w],
+            &g[y * w..(y + 1) * w],
+            &g[(y + 1) * w..(y + 2) * w],
+        );
+        let cy = y * grid / h;
+        for x in 1..w - 1 {
+            let c = cy * grid + x * grid / w;
+            sum[c] += (4.0 * row[x] - up[x] - down[x] - row[x - 1] - row[x + 1]).abs();
+            n[c] += 1;
+        }
+    }
+    sum.iter()
+        .zip(n)
+        .map(|(s, n)| s / n.max(1) as f64)
+        .collect()
 }
 
 /// 2x2 area halving (an odd last row or column is dropped).
@@ -207,6 +264,38 @@ mod tests {
             "{} against {want}",
             features(&img)[0]
         );
+    }
+
+    #[test]
+    fn a_local_blur_shows_in_its_cell_and_hardly_in_the_whole_frame() {
+        let spec = DetailSpec {
+            grid: 3,
+            ..DetailSpec::at(160, 120)
+        };
+        assert_eq!(spec.len(), 12);
+        let clean = scene();
+        // Blur the top-left cell only (a smudge on the lens there).
+        let blurred_patch = image::imageops::blur(
+            &image::imageops::crop_imm(&clean, 0, 0, 53, 40).to_image(),
+            3.0,
+        );
+        let mut smudged = clean.clone();
+        image::imageops::replace(&mut smudged, &blurred_patch, 0, 0);
+        let mut x = DetailExtractor::new(spec);
+        let (c, s) = (x.features((&clean).into()), x.features((&smudged).into()));
+        assert_eq!((c.len(), s.len()), (12, 12));
+        // Octaves first, as without a grid; the smudged cell loses far more than the frame.
+        assert_eq!(c[..3], features(&clean)[..]);
+        let (cell, whole) = (c[3] - s[3], c[0] - s[0]);
+        assert!(
+            cell > 0.5 && cell > 3.0 * whole,
+            "cell {cell}, whole frame {whole}"
+        );
+        // Cells away from the smudge keep their detail.
+        assert!((c[11] - s[11]).abs() < 1e-9, "{} {}", c[11], s[11]);
+        assert!(DetailSpec { grid: 0, ..spec }.validate().is_err());
+        assert!(DetailSpec { grid: 50, ..spec }.validate().is_err());
+        assert!(spec.validate().is_ok());
     }
 
     #[test]

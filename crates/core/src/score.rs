@@ -97,9 +97,7 @@ impl ScoreSpec {
                     d.validate()?;
                 }
                 r.validate(
-                    2 * latents
-                        + r.detail.map_or(0, |d| d.octaves as usize)
-                        + usize::from(r.motion_residual),
+                    2 * latents + r.detail.map_or(0, |d| d.len()) + usize::from(r.motion_residual),
                 )
             }
         }
@@ -111,7 +109,14 @@ impl ScoreSpec {
             Self::Kl => "KL to the prior, summed over the selected latents".into(),
             Self::Mahalanobis(r) => {
                 let mut detail = r.detail.map_or(String::new(), |d| {
-                    format!(", {} detail octaves at {}x{}", d.octaves, d.width, d.height)
+                    let grid = match d.grid {
+                        1 => String::new(),
+                        g => format!(" and a {g}x{g} grid"),
+                    };
+                    format!(
+                        ", {} detail octaves at {}x{}{grid}",
+                        d.octaves, d.width, d.height
+                    )
                 });
                 if r.motion_residual {
                     detail.push_str(", motion residual");
@@ -170,7 +175,7 @@ pub enum ScoreError {
     RaggedFitFrames,
     #[error("the covariance of the fit frames is not positive definite (constant or duplicated features?)")]
     NotPositiveDefinite,
-    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent, then any detail octaves, then the motion residual if any)", dim * dim)]
+    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent, then any detail features, then the motion residual if any)", dim * dim)]
     ReferenceShape {
         mean: usize,
         precision: usize,

@@ -28,6 +28,11 @@ pub struct Args {
     /// noise and blur, which the encoder's small input averages away, move the score.
     #[arg(long, value_parser = crate::common::parse_size, value_name = "WIDTHxHEIGHT")]
     detail: Option<(usize, usize)>,
+    /// With --detail: also measure the finest octave on each cell of an NxN grid of the frame
+    /// (N x N more features), so that a local loss of detail (a smudged or wet lens, a partial
+    /// occlusion) moves the score as well as a global one. 1: the whole frame only.
+    #[arg(long, default_value_t = 1, requires = "detail", value_parser = clap::value_parser!(u32).range(1..=16))]
+    detail_grid: u32,
     /// Flow bundles: add the stack's motion residual to the fitted reference (--fit): how much
     /// of the change between consecutive frames the flow does not explain (raindrops,
     /// snowflakes, sensor noise), which the dense flow field smooths away.
@@ -98,7 +103,14 @@ pub fn run(a: Args) -> Result<()> {
         fit: a.fit,
         detail: a
             .detail
-            .map(|(w, h)| -> Result<_> { Ok(DetailSpec::at(w.try_into()?, h.try_into()?)) })
+            .map(|(w, h)| -> Result<_> {
+                let spec = DetailSpec {
+                    grid: a.detail_grid,
+                    ..DetailSpec::at(w.try_into()?, h.try_into()?)
+                };
+                spec.validate()?;
+                Ok(spec)
+            })
             .transpose()?,
         motion_residual: a.motion_residual,
         separate: a.separate,

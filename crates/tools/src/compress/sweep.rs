@@ -720,6 +720,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         args.extend(opts.fit.iter().cloned());
         if let Some(d) = plan.detail {
             args.extend(["--detail".into(), format!("{}x{}", d.width, d.height)]);
+            if d.grid > 1 {
+                args.extend(["--detail-grid".into(), d.grid.to_string()]);
+            }
         }
         if plan.motion_residual {
             args.push("--motion-residual".into());
