@@ -69,7 +69,7 @@ impl DetailSpec {
     }
 
     /// How many features it gives: one per octave, then one per grid cell (grid > 1).
-    pub fn len(&self) -> usize {
+    pub fn features(&self) -> usize {
         let cells = if self.grid > 1 {
             self.grid * self.grid
         } else {
@@ -142,7 +142,7 @@ impl DetailExtractor {
         self.buf.resize(w * h, 0.0);
         self.luma.run_into(px, &mut self.buf);
         let mut g: Vec<f64> = self.buf.iter().map(|&v| f64::from(v)).collect();
-        let mut out = Vec::with_capacity(self.spec.len());
+        let mut out = Vec::with_capacity(self.spec.features());
         let cells = (self.spec.grid > 1).then(|| cell_energy(&g, w, h, self.spec.grid as usize));
         for k in 0..self.spec.octaves {
             if k > 0 {
@@ -272,7 +272,7 @@ mod tests {
             grid: 3,
             ..DetailSpec::at(160, 120)
         };
-        assert_eq!(spec.len(), 12);
+        assert_eq!(spec.features(), 12);
         let clean = scene();
         // Blur the top-left cell only (a smudge on the lens there).
         let blurred_patch = image::imageops::blur(

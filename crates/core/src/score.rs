@@ -97,7 +97,7 @@ impl ScoreSpec {
                     d.validate()?;
                 }
                 r.validate(
-                    2 * latents + r.detail.map_or(0, |d| d.len()) + usize::from(r.motion_residual),
+                    2 * latents + r.detail.map_or(0, |d| d.features()) + usize::from(r.motion_residual),
                 )
             }
         }

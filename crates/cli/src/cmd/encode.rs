@@ -36,7 +36,7 @@ pub fn run(a: &Args) -> Result<()> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let want_detail = bundle.manifest.score.detail().map_or(0, |d| d.len());
+    let want_detail = bundle.manifest.score.detail().map_or(0, |d| d.features());
     if a.detail.len() != want_detail {
         bail!(
             "the bundle's score needs {want_detail} detail features (--detail), got {}",
