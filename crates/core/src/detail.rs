@@ -32,6 +32,11 @@ pub struct DetailSpec {
     /// bundle before session 19).
     #[serde(default = "whole_frame", skip_serializing_if = "is_whole_frame")]
     pub grid: u32,
+    /// The cells' features in increasing order rather than by position: how uneven the detail
+    /// is across the frame, not where it lies, so that another layout (a new map's
+    /// intersections) does not look new where a local loss still does (session 19).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sorted_cells: bool,
 }
 
 fn whole_frame() -> u32 {
@@ -65,6 +70,7 @@ impl DetailSpec {
             height,
             octaves: 3,
             grid: 1,
+            sorted_cells: false,
         }
     }
 
@@ -143,7 +149,13 @@ impl DetailExtractor {
         self.luma.run_into(px, &mut self.buf);
         let mut g: Vec<f64> = self.buf.iter().map(|&v| f64::from(v)).collect();
         let mut out = Vec::with_capacity(self.spec.features());
-        let cells = (self.spec.grid > 1).then(|| cell_energy(&g, w, h, self.spec.grid as usize));
+        let cells = (self.spec.grid > 1).then(|| {
+            let mut e = cell_energy(&g, w, h, self.spec.grid as usize);
+            if self.spec.sorted_cells {
+                e.sort_by(f64::total_cmp);
+            }
+            e
+        });
         for k in 0..self.spec.octaves {
             if k > 0 {
                 (g, w, h) = halve(&g, w, h);
@@ -293,6 +305,20 @@ mod tests {
         );
         // Cells away from the smudge keep their detail.
         assert!((c[11] - s[11]).abs() < 1e-9, "{} {}", c[11], s[11]);
+        // Sorted, the same values in increasing order: the smudged cell is now the least.
+        let mut sorted = DetailExtractor::new(DetailSpec {
+            sorted_cells: true,
+            ..spec
+        });
+        let (cs, ss) = (
+            sorted.features((&clean).into()),
+            sorted.features((&smudged).into()),
+        );
+        let mut want = s[3..].to_vec();
+        want.sort_by(f64::total_cmp);
+        assert_eq!(ss[3..], want[..]);
+        assert!(cs[3..].windows(2).all(|p| p[0] <= p[1]));
+        assert!(ss[3] < cs[3] - 0.5, "{} {}", ss[3], cs[3]);
         assert!(DetailSpec { grid: 0, ..spec }.validate().is_err());
         assert!(DetailSpec { grid: 50, ..spec }.validate().is_err());
         assert!(spec.validate().is_ok());

@@ -97,7 +97,9 @@ impl ScoreSpec {
                     d.validate()?;
                 }
                 r.validate(
-                    2 * latents + r.detail.map_or(0, |d| d.features()) + usize::from(r.motion_residual),
+                    2 * latents
+                        + r.detail.map_or(0, |d| d.features())
+                        + usize::from(r.motion_residual),
                 )
             }
         }
@@ -111,6 +113,7 @@ impl ScoreSpec {
                 let mut detail = r.detail.map_or(String::new(), |d| {
                     let grid = match d.grid {
                         1 => String::new(),
+                        g if d.sorted_cells => format!(" and a {g}x{g} grid, sorted"),
                         g => format!(" and a {g}x{g} grid"),
                     };
                     format!(

@@ -33,6 +33,10 @@ pub struct Args {
     /// occlusion) moves the score as well as a global one. 1: the whole frame only.
     #[arg(long, default_value_t = 1, requires = "detail", value_parser = clap::value_parser!(u32).range(1..=16))]
     detail_grid: u32,
+    /// With --detail-grid: give the cells' features in increasing order instead of by position
+    /// (how uneven the detail is, not where), so that a new scene layout does not look new.
+    #[arg(long, requires = "detail_grid")]
+    detail_sorted_cells: bool,
     /// Flow bundles: add the stack's motion residual to the fitted reference (--fit): how much
     /// of the change between consecutive frames the flow does not explain (raindrops,
     /// snowflakes, sensor noise), which the dense flow field smooths away.
@@ -106,6 +110,7 @@ pub fn run(a: Args) -> Result<()> {
             .map(|(w, h)| -> Result<_> {
                 let spec = DetailSpec {
                     grid: a.detail_grid,
+                    sorted_cells: a.detail_sorted_cells,
                     ..DetailSpec::at(w.try_into()?, h.try_into()?)
                 };
                 spec.validate()?;

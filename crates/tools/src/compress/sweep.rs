@@ -722,6 +722,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
             args.extend(["--detail".into(), format!("{}x{}", d.width, d.height)]);
             if d.grid > 1 {
                 args.extend(["--detail-grid".into(), d.grid.to_string()]);
+                if d.sorted_cells {
+                    args.push("--detail-sorted-cells".into());
+                }
             }
         }
         if plan.motion_residual {
