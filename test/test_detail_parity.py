@@ -38,11 +38,11 @@ def sample_pngs(tmp_path, every=60):
 def test_the_default_detector_scores_the_detail_channel():
     m = yaml.safe_load((DEFAULT_BUNDLE / "manifest.yaml").read_text())
     d = m["score"]["detail"]
-    assert (d["width"], d["height"], d["octaves"]) == (160, 120, 3)
+    assert (d["width"], d["height"], d["octaves"], d.get("grid", 1)) == (160, 120, 3, 3)
     # One Gaussian (mean) or a mixture (each component's mean): the features are the posterior's
-    # mu and logvar, then the three detail octaves.
+    # mu and logvar, then the three detail octaves, then the 3x3 grid's cells (session 19).
     means = [c["mean"] for c in m["score"]["components"]] if "components" in m["score"] else [m["score"]["mean"]]
-    assert all(len(mean) == 2 * m["latents"]["count"] + 3 for mean in means)
+    assert all(len(mean) == 2 * m["latents"]["count"] + 3 + 9 for mean in means)
 
 
 def test_detail_features_match_numpy_on_sample_frames(tmp_path):
@@ -54,7 +54,7 @@ def test_detail_features_match_numpy_on_sample_frames(tmp_path):
     assert len(records) == len(files)
     worst = 0.0
     for f, rec in zip(files, records):
-        want = detail_study.detail(np.asarray(Image.open(f).convert("RGB")))
+        want = detail_study.detail(np.asarray(Image.open(f).convert("RGB")), grid=3)
         got = np.asarray(rec["detail"])
         worst = max(worst, float(np.abs(got - want).max()))
     # The Rust side computes luma in f32 before the f64 Laplacian: 1e-4 in log energy is a
