@@ -182,7 +182,7 @@ fn misused_score_options_are_clear_errors() {
     let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
     o.detail = Some(DetailSpec::at(4, 4));
     let err = run(o);
-    assert!(err.contains("octave smaller"), "{err}");
+    assert!(err.contains("smaller than 3x3"), "{err}");
     let mut o = options(ScoreKind::Mahalanobis, vec![]);
     o.components = 4;
     let err = run(o);
