@@ -25,7 +25,8 @@ def run_both(bundle, tmp_path, seed):
     detail = manifest.get("score", {}).get("detail")
     extra = []
     if detail:
-        d = rng.uniform(-6, -2, size=detail["octaves"])
+        grid = detail.get("grid", 1)  # the cells of a grid follow the octaves (session 19)
+        d = rng.uniform(-6, -2, size=detail["octaves"] + (grid * grid if grid > 1 else 0))
         extra = ["--detail", ",".join(repr(float(v)) for v in d)]
     rust = json.loads(cli("encode", "--bundle", bundle, f, *extra).stdout)
     rust["detail_in"] = [float(v) for v in extra[1].split(",")] if extra else []
