@@ -149,48 +149,37 @@ impl DetailExtractor {
         self.luma.run_into(px, &mut self.buf);
         let mut g: Vec<f64> = self.buf.iter().map(|&v| f64::from(v)).collect();
         let mut out = Vec::with_capacity(self.spec.features());
-        let cells = (self.spec.grid > 1).then(|| {
-            let mut e = cell_energy(&g, w, h, self.spec.grid as usize);
-            if self.spec.sorted_cells {
-                e.sort_by(f64::total_cmp);
-            }
-            e
-        });
+        let mut cells = vec![];
         for k in 0..self.spec.octaves {
             if k > 0 {
                 (g, w, h) = halve(&g, w, h);
             }
-            out.push(laplacian_energy(&g, w, h).max(FLOOR).ln());
+            // The grid's cells come from the same pass as the finest octave.
+            let grid = if k == 0 { self.spec.grid as usize } else { 1 };
+            let (whole, c) = laplacian_energy(&g, w, h, grid);
+            if k == 0 {
+                cells = c;
+            }
+            out.push(whole.max(FLOOR).ln());
         }
-        out.extend(cells.into_iter().flatten().map(|e| e.max(FLOOR).ln()));
+        if self.spec.sorted_cells {
+            cells.sort_by(f64::total_cmp);
+        }
+        out.extend(cells.iter().map(|e| e.max(FLOOR).ln()));
         out
     }
 }
 
-/// Mean absolute 4-neighbour Laplacian over the interior of a `w` x `h` image.
-fn laplacian_energy(g: &[f64], w: usize, h: usize) -> f64 {
+/// Mean absolute 4-neighbour Laplacian over the interior of a `w` x `h` image and, with
+/// `grid` > 1, over the interior pixels of each cell of a `grid` x `grid` split, row by row
+/// (cells at least 3x3, so each has interior; no cells for `grid` 1).
+fn laplacian_energy(g: &[f64], w: usize, h: usize, grid: usize) -> (f64, Vec<f64>) {
+    let cells = if grid > 1 { grid * grid } else { 0 };
     if w < 3 || h < 3 {
-        return 0.0;
+        return (0.0, vec![0.0; cells]);
     }
     let mut sum = 0.0;
-    for y in 1..h - 1 {
-        let (up, row, down) = (
-            &g[(y - 1) * w..y * w],
-            &g[y * w..(y + 1) * w],
-            &g[(y + 1) * w..(y + 2) * w],
-        );
-        for x in 1..w - 1 {
-            sum += (4.0 * row[x] - up[x] - down[x] - row[x - 1] - row[x + 1]).abs();
-        }
-    }
-    sum / ((w - 2) * (h - 2)) as f64
-}
-
-/// Mean absolute 4-neighbour Laplacian of the interior pixels in each cell of a `grid` x
-/// `grid` split of a `w` x `h` image, row by row (cells at least 3x3, so each has interior).
-fn cell_energy(g: &[f64], w: usize, h: usize, grid: usize) -> Vec<f64> {
-    let mut sum = vec![0.0; grid * grid];
-    let mut n = vec![0usize; grid * grid];
+    let (mut cell_sum, mut cell_n) = (vec![0.0; cells], vec![0usize; cells]);
     for y in 1..h - 1 {
         let (up, row, down) = (
             &g[(y - 1) * w..y * w],
@@ -199,15 +188,21 @@ fn cell_energy(g: &[f64], w: usize, h: usize, grid: usize) -> Vec<f64> {
         );
         let cy = y * grid / h;
         for x in 1..w - 1 {
-            let c = cy * grid + x * grid / w;
-            sum[c] += (4.0 * row[x] - up[x] - down[x] - row[x - 1] - row[x + 1]).abs();
-            n[c] += 1;
+            let a = (4.0 * row[x] - up[x] - down[x] - row[x - 1] - row[x + 1]).abs();
+            sum += a;
+            if cells > 0 {
+                let c = cy * grid + x * grid / w;
+                cell_sum[c] += a;
+                cell_n[c] += 1;
+            }
         }
     }
-    sum.iter()
-        .zip(n)
+    let per_cell = cell_sum
+        .iter()
+        .zip(cell_n)
         .map(|(s, n)| s / n.max(1) as f64)
-        .collect()
+        .collect();
+    (sum / ((w - 2) * (h - 2)) as f64, per_cell)
 }
 
 /// 2x2 area halving (an odd last row or column is dropped).
@@ -270,7 +265,7 @@ mod tests {
                     / 255.0
             })
             .collect();
-        let want = laplacian_energy(&luma, 160, 120).ln();
+        let want = laplacian_energy(&luma, 160, 120, 1).0.ln();
         assert!(
             (features(&img)[0] - want).abs() < 1e-4,
             "{} against {want}",
