@@ -18,9 +18,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import sequential_study as sq  # noqa: E402
 
 
+def abs_laplacian(g):
+    """|4-neighbour Laplacian| over the interior of g."""
+    return np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
+
+
 def laplacian_energy(g):
-    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
-    return max(float(np.abs(lap).mean()), 1e-6)
+    return max(float(abs_laplacian(g).mean()), 1e-6)
 
 
 def halve(g):
@@ -36,7 +40,7 @@ def detail(rgb, grid=1):
     out = []
     if grid > 1:
         h, w = g.shape
-        lap = np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
+        lap = abs_laplacian(g)
         cy = (np.arange(1, h - 1) * grid // h)[:, None]
         cx = (np.arange(1, w - 1) * grid // w)[None, :]
         cell = (cy * grid + cx).ravel()
