@@ -231,6 +231,18 @@ where
         .collect()
 }
 
+/// A target rate of false alarms per frame that tuning drives can certify (`vae-ood calibrate`
+/// and `vae-ood joint-threshold`): zero would need infinitely many drives, and 1 or more
+/// certifies nothing.
+pub(crate) fn check_false_alarm_rate(rate: f64) -> Result<()> {
+    if !(rate > 0.0 && rate < 1.0) {
+        return Err(Error::Input(format!(
+            "--false-alarm-rate must be in (0, 1) false alarms per frame, got {rate}"
+        )));
+    }
+    Ok(())
+}
+
 /// Fails, before any frame is scored, on roles the drives' lengths make impossible: an OOD
 /// onset past a validation drive's end, or a martingale window no tuning drive can fill.
 fn check_lengths(args: &[&DriveArg], lengths: &[usize], opts: &Options) -> Result<()> {
@@ -267,13 +279,7 @@ pub fn calibrate(
     opts: &Options,
 ) -> Result<Outcome> {
     let input = |m: String| Err(Error::Input(m));
-    // Zero would need infinitely many tuning drives to certify; 1 or more certifies nothing.
-    if !(opts.false_alarm_rate > 0.0 && opts.false_alarm_rate < 1.0) {
-        return input(format!(
-            "--false-alarm-rate must be in (0, 1) false alarms per frame, got {}",
-            opts.false_alarm_rate
-        ));
-    }
+    check_false_alarm_rate(opts.false_alarm_rate)?;
     if opts.cal.is_empty() || opts.tune_id.is_empty() {
         return input(
             "calibration needs --cal and --tune-id drives (in-distribution, disjoint)".into(),

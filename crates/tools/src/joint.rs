@@ -75,12 +75,7 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
             "give the clear tuning drives (image folders or bags)".into(),
         ));
     }
-    if !(opts.false_alarm_rate > 0.0 && opts.false_alarm_rate < 1.0) {
-        return Err(Error::Input(format!(
-            "--false-alarm-rate {} must be in (0, 1)",
-            opts.false_alarm_rate
-        )));
-    }
+    crate::calibrate::check_false_alarm_rate(opts.false_alarm_rate)?;
     let inputs: Vec<Input> = opts
         .drives
         .iter()
@@ -132,11 +127,11 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
                 r.path
             )));
         }
+        // NaN until a drive's first statistic (f64::max keeps the number).
         let mut largest = vec![f64::NAN; inputs.len()];
         let mut counted = vec![0usize; inputs.len()];
         for (f, s) in records.iter().filter_map(|f| f.cusum.map(|s| (f, s))) {
-            let m = &mut largest[f.input];
-            *m = if m.is_nan() { s } else { m.max(s) };
+            largest[f.input] = largest[f.input].max(s);
             counted[f.input] += 1;
         }
         if let Some(i) = counted.iter().position(|&n| n == 0) {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use vae_ood_core::detection::tuning::drives_needed;
 use vae_ood_core::encoder::{BackendKind, BackendOptions};
 use vae_ood_tools::calibrate::defaults;
+use vae_ood_tools::drives::count_frames;
 use vae_ood_tools::eval;
 use vae_ood_tools::joint::{joint_threshold, Options};
 
@@ -52,15 +53,8 @@ pub fn run(a: &Args) -> Result<()> {
     let bar = if a.quiet {
         indicatif::ProgressBar::hidden()
     } else {
-        let inputs: Vec<eval::Input> = a
-            .tune_id
-            .iter()
-            .map(|p| eval::Input {
-                path: p.clone(),
-                label: eval::Label::Id,
-            })
-            .collect();
-        let frames = eval::count_frames(&inputs, a.topic.as_deref()) * a.bundles.len();
+        let drives: Vec<&std::path::Path> = a.tune_id.iter().map(PathBuf::as_path).collect();
+        let frames = count_frames(&drives, a.topic.as_deref()) * a.bundles.len();
         indicatif::ProgressBar::new(frames as u64)
     };
     bar.set_style(
