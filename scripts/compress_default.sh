@@ -7,14 +7,16 @@
 # models/compressed with the sweep's report.
 # Each candidate now takes 4-8 minutes on a 2-core CPU (78 tuning drives, 21 selection drives, the
 # test set): the quick plan about 3 hours. Rerunning resumes an interrupted sweep.
-# Every candidate refits the teacher's Mahalanobis reference on the clear training drives.
-# Usage: scripts/compress_default.sh [OUT]   (generates what it needs of `make train-data`,
-# `make train-var-data`, `make validation-data`, `make heldout-data` and `make testset-data`;
-# builds target/debug/vae-ood)
+# Every candidate refits on the teacher's fit drives, the 30 of `make more-maps-data` among them
+# (session 19's reference, session 20's student).
+# Usage: scripts/compress_default.sh [OUT [COMPRESS_FLAGS...]], e.g. `--only conv0-75+ft`
+# (generates what it needs of `make train-data`, `make train-var-data`, `make validation-data`,
+# `make heldout-data`, `make more-maps-data` and `make testset-data`; builds target/debug/vae-ood)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="${1:-out/compress}"
+shift || true
 mkdir -p "$OUT"
 S=data/sample
 V=out/train
@@ -27,13 +29,14 @@ source scripts/roles.sh
 [ -f out/tuning/id_udem1_s458/meta.json ] || make tuning-data TUNING_OUT=out/tuning
 [ -f out/tuning2/id_udem1_s776/meta.json ] || make tuning2-data TUNING2_OUT=out/tuning2
 [ -f out/testset/id_4way_s328/meta.json ] || make testset-data TESTSET_OUT=out/testset
+[ -f out/more_maps/id_TTIC_ripltown_s979/meta.json ] || make more-maps-data
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 cargo build --locked -p vae_ood_cli
 # Sessions 7 and 9 ran this with --only conv0-75+ft,conv0-62.5+ft,conv0-50+ft; the full plan
 # takes hours now. The teacher's detail channel (score.detail) is refitted with every candidate.
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick --auroc-drop 0.02 \
-  $(calibration_args "$V" "$VAL" out/heldout out/tuning out/tuning2) --select $(eval_inputs "$VAL") \
-  --test $(eval_inputs out/testset) | tee "$OUT/summary.txt"
+  --fit $(ls -d out/more_maps/*/bag) $(calibration_args "$V" "$VAL" out/heldout out/tuning out/tuning2) \
+  --select $(eval_inputs "$VAL") --test $(eval_inputs out/testset) "$@" | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
 if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
   rm -rf models/compressed.new
