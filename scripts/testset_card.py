@@ -1,14 +1,14 @@
 """The model cards' test-set figures (issue 14): evaluates a bundle on the test set of
-`make testset-data` and its false alarms on the clear drives of `make falsealarm7-data` down to
-`make falsealarm-data` (seven sets, the most recent first: falsealarm7 and falsealarm6 are
-session 19's, 3-5 session 18's, falsealarm2 session 11's), and prints (or writes into a model
-card) the figures block.
+`make testset-data` and its false alarms on the clear drives of `make falsealarm8-data` down to
+`make falsealarm-data` (eight sets, the most recent first: falsealarm8 is session 20's,
+falsealarm7 and falsealarm6 session 19's, 3-5 session 18's, falsealarm2 session 11's), and
+prints (or writes into a model card) the figures block.
 
   python3 scripts/testset_card.py --bundle models/default [--update models/default/MODEL_CARD.md]
 
 Needs target/debug/vae-ood (cargo build -p vae_ood_cli), out/testset (checked against
-data/testset.sha256 when generated) and the seven false-alarm sets in out/. The card's block sits between
-`<!-- testset:begin -->` and `<!-- testset:end -->`. The JSON summary goes to OUT/summary.json.
+data/testset.sha256 when generated) and the eight false-alarm sets in out/. The card's block sits
+between `<!-- testset:begin -->` and `<!-- testset:end -->`. The JSON summary goes to OUT/summary.json.
 """
 
 import argparse
@@ -130,8 +130,8 @@ def main():
     ap.add_argument("--vae", type=pathlib.Path, default=ROOT / "target/debug/vae-ood")
     ap.add_argument("--testset", type=pathlib.Path, default=ROOT / "out/testset")
     ap.add_argument("--falsealarm", type=pathlib.Path, nargs="+",
-                    default=[ROOT / f"out/falsealarm{n}" for n in ("7", "6", "5", "4", "3", "2", "")],
-                    help="false-alarm sets (make falsealarm7-data down to falsealarm-data), each reported; "
+                    default=[ROOT / f"out/falsealarm{n}" for n in ("8", "7", "6", "5", "4", "3", "2", "")],
+                    help="false-alarm sets (make falsealarm8-data down to falsealarm-data), each reported; "
                          "the first is the card's headline figure")
     ap.add_argument("--types", nargs="+", default=list(TYPES),
                     help="OOD types of the test set, in the card's order (the flow detector's: rain snow "
