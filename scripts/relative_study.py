@@ -8,7 +8,11 @@ largest of the tuning drives' largest S), then adds:
             until t > g + w): the score against the same drive's own recent past, at least g
             frames old; p' against the calibration drives' own s' (each drive against itself);
   union     both statistics with their own thresholds, scaled by their joint scale c on the
-            tuning drives (as `vae-ood joint-threshold` does for two detectors).
+            tuning drives (as `vae-ood joint-threshold` does for two detectors);
+  split     the pooled branch at c_a times its threshold, the relative branch at the least scale
+            that keeps at most 3 tuning drives alarming on either.
+Each is also run on the validation drives from their onset on ("starting OOD"): a robot that
+starts in the shift, which the relative branch alone cannot see.
 
 Never run it on the test set or the false-alarm sets: it is for choosing what to build.
 
@@ -17,7 +21,7 @@ Never run it on the test set or the false-alarm sets: it is for choosing what to
   $V eval --bundle models/default --out out/rel/tune2 --quiet --id $(ls -d out/tuning2/*/bag)
   $V eval --bundle models/default --out out/rel/unseen --quiet --id $(ls -d out/unseen_map/*/bag)
   $V eval --bundle models/default --out out/rel/val --quiet --label-topic /ood_label --input $(eval_inputs out/validation)
-  .venv-data/bin/python scripts/relative_study.py out/rel/cal out/rel/tune2 out/rel/val out/rel/unseen
+  .venv-data/bin/python scripts/relative_study.py out/rel/cal out/rel/tune2 out/rel/val out/rel/unseen [--decay D]
 """
 import collections
 import csv
@@ -28,6 +32,7 @@ import sys
 import numpy as np
 
 EPS = (np.arange(100) + 0.5) / 100
+DECAY = 1.0  # the bundle's CUSUM decay (models/default 1, models/flow 0): --decay D
 LN_EPS = np.log(EPS)
 
 
@@ -52,20 +57,25 @@ def read(d):
 
 
 def pvals(cal_sorted, s):
-    # (1 + #{cal >= s}) / (N + 1)
+    """(1 + #{cal >= s}) / (N + 1); NaN where the frame has no score."""
     n = len(cal_sorted)
     ge = n - np.searchsorted(cal_sorted, s, side="left")
-    return (1 + ge) / (n + 1)
+    return np.where(np.isfinite(s), (1 + ge) / (n + 1), np.nan)
 
 
-def cusum(p, decay=1.0):
+def cusum(p):
+    """S = max(0, S + log M - decay); a frame without a score (NaN: a flow detector's STARTING
+    frames) leaves S as it is."""
     lnp = np.log(np.clip(p, 1e-300, 1))
     S, out = 0.0, np.empty(len(p))
     for i, l in enumerate(lnp):
+        if not np.isfinite(l):
+            out[i] = S
+            continue
         t = LN_EPS + (EPS - 1) * l
         m = t.max()
         logm = m + math.log(np.exp(t - m).sum()) - math.log(len(EPS))
-        S = max(0.0, S + logm - decay)
+        S = max(0.0, S + logm - DECAY)
         out[i] = S
     return out
 
@@ -89,6 +99,10 @@ def show(label, thr, res):
     print(f"{label} thr {thr}  detected {len(found)}/{len(delays)} mean {np.mean(found):.1f} median {np.median(found):.0f} "
           f"largest {max(found)}  alarmed before onset {sum(r[3] for r in val)}/21  unseen_map alarmed "
           f"{sum(r[3] for r in res['unseen_map'])}/12")
+    start = [r[2] for r in res["from_onset"]]
+    hit = [x for x in start if x is not None]
+    print(f"    starting OOD: detected {len(hit)}/{len(start)}, median delay {np.median(hit) if hit else None}, "
+          f"largest {max(hit) if hit else None}")
     print("   ", " ".join(f"{r[1][:5]}={r[2]}" for r in val if r[1] != "clear"))
 
 
@@ -102,16 +116,25 @@ def alarms(stat_over, d):
 
 
 def main():
+    global DECAY
+    if "--decay" in sys.argv:
+        i = sys.argv.index("--decay")
+        DECAY = float(sys.argv[i + 1])
+        del sys.argv[i:i + 2]
     cal, tune = read(sys.argv[1]), read(sys.argv[2])
     evalsets = {"validation": read(sys.argv[3]), "unseen_map": read(sys.argv[4])}
+    # The case the relative branch cannot see: a drive that starts out of distribution (the
+    # validation drives from their onset on, so the baseline is the shift itself).
+    evalsets["from_onset"] = [dict(d, s=d["s"][np.argmax(d["ood"]):], ood=d["ood"][np.argmax(d["ood"]):])
+                              for d in evalsets["validation"] if d["ood"].any()]
     cal_abs = np.sort(np.concatenate([d["s"][np.isfinite(d["s"])] for d in cal]))
-    pooled = lambda d: cusum(pvals(cal_abs, np.nan_to_num(d["s"], nan=np.inf)))  # noqa: E731
+    pooled = lambda d: cusum(pvals(cal_abs, d["s"]))  # noqa: E731
     ta = sorted((pooled(d).max() for d in tune), reverse=True)[3]
     res = {n: [alarms(pooled(d) > ta, d) for d in ds] for n, ds in evalsets.items()}
     show("pooled (shipped)", round(ta, 2), res)
     for w, g in [(60, 150), (60, 300)]:
         cal_rel = np.sort(np.concatenate([rolling(d["s"], w, g)[np.isfinite(d["s"])] for d in cal]))
-        relative = lambda d: cusum(pvals(cal_rel, np.nan_to_num(rolling(d["s"], w, g), nan=np.inf)))  # noqa: E731
+        relative = lambda d: cusum(pvals(cal_rel, rolling(d["s"], w, g)))  # noqa: E731
         tr = sorted((relative(d).max() for d in tune), reverse=True)[3]
         res = {n: [alarms(relative(d) > tr, d) for d in ds] for n, ds in evalsets.items()}
         show(f"relative alone (w={w}, g={g})", round(tr, 2), res)
@@ -119,6 +142,19 @@ def main():
         c = sorted((max(a.max() / ta, r.max() / tr) for a, r in tst), reverse=True)[3]
         res = {n: [alarms((pooled(d) > c * ta) | (relative(d) > c * tr), d) for d in ds] for n, ds in evalsets.items()}
         show(f"union (w={w}, g={g}), c = {c:.2f}", (round(ta, 2), round(tr, 2)), res)
+        # Unequal splits: the pooled branch at c_a times its threshold, the relative branch at
+        # the least c_r that keeps at most 3 of the tuning drives alarming (as one threshold does).
+        ra = np.array([a.max() / ta for a, _ in tst])
+        rr = np.array([r.max() / tr for _, r in tst])
+        for c_a in (1.25, 1.5, 2.0, 3.0):
+            k = int((ra > c_a).sum())
+            if k > 3:
+                continue
+            rest = np.sort(rr[ra <= c_a])[::-1]
+            c_r = rest[3 - k]
+            res = {n: [alarms((pooled(d) > c_a * ta) | (relative(d) > c_r * tr), d) for d in ds]
+                   for n, ds in evalsets.items()}
+            show(f"  split (w={w}, g={g}): pooled x{c_a}, relative x{c_r:.2f}", (round(ta, 2), round(tr, 2)), res)
 
 
 if __name__ == "__main__":
