@@ -205,6 +205,7 @@ impl Ctx {
                 threshold_scale: cfg.threshold_scale,
                 max_repeated_frames: cfg.max_repeated_frames,
                 branch_rule: cfg.branch_rule,
+                relative_branch: cfg.relative_branch,
             };
             let mut monitors = vec![];
             for (bundle, name) in cam.model_bundles.iter().zip(&names) {

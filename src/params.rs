@@ -110,6 +110,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status.", range: Some(Range::Double(0.01, 86_400.0))),
     decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked.", range: Some(Range::Double(0.0, 10_000.0)), constraints: "0 (not checked) or 0.1 to 10000 Hz"),
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
+    decl!("relative_branch", Bool(true), "Bundles calibrated with a drive-relative branch (calibration.relative): run it beside the pooled statistic, the two sharing the false-alarm budget as the bundle's split says (the pooled threshold is raised by its pooled_scale once a baseline exists). false: the pooled statistic alone at its own threshold. Ignored for bundles without the branch."),
     decl!("branch_rule", Bool(false), "Flow detectors: also apply the reference design's per-branch rule (the bundle's calibration.branch_thresholds): a frame whose KL in either branch exceeds its threshold is OOD whatever the sequential test says. Off by default: the rule has no false-alarm guarantee (SAFETY.md). A flow bundle without the thresholds is a start-up error."),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
     decl!("cameras", StrArray(&[]), "Several cameras on one node: their names (e.g. [front, rear]), each configured by <name>.image_topic, <name>.transport, <name>.model_bundles and the optional overrides <name>.score_threshold and <name>.max_frame_age, with its outputs under ~/<name>/ and one /diagnostics status; ~/ood is true when any camera that gates is not OK. Empty: one camera on 'image' (or 'image/compressed') with its outputs at ~/."),
@@ -171,6 +172,7 @@ pub struct NodeConfig {
     pub managed: bool,
     /// Flow detectors also alarm by the reference design's per-branch rule.
     pub branch_rule: bool,
+    pub relative_branch: bool,
     /// The camera's name, checked against each bundle's `calibration.camera`.
     pub camera: Option<String>,
     /// The cameras: one unnamed camera, or those `cameras` names.
@@ -615,6 +617,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         max_repeated_frames,
         managed: r.bool("managed")?,
         branch_rule: r.bool("branch_rule")?,
+        relative_branch: r.bool("relative_branch")?,
         camera: Some(string("camera")?).filter(|c| !c.is_empty()),
         cameras,
         batching: match string("batching")?.as_str() {

@@ -46,6 +46,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         epsilon_grid: vae_ood_core::detection::default_grid(),
         false_alarm_rate: 0.001,
         camera: None,
+        relative: None,
         quiet: true,
     }
 }
@@ -369,6 +370,107 @@ fn recalibrating_without_fit_drives_keeps_the_bundles_reference_and_records_the_
     .expect("refused")
     .to_string();
     assert!(err.contains("--fit"), "{err}");
+}
+
+#[test]
+fn the_relative_branch_is_calibrated_split_and_run_by_the_monitor() {
+    use vae_ood_core::detection::relative::BaselineParams;
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let baseline = BaselineParams {
+        window: 20,
+        gap: 50,
+    };
+    let plain = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &options(ScoreKind::Mahalanobis, vec![]),
+    )
+    .unwrap();
+    let pooled_threshold = plain
+        .bundle
+        .manifest
+        .calibration
+        .unwrap()
+        .pipeline
+        .cusum_threshold;
+    let o = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &Options {
+            relative: Some(baseline),
+            ..options(ScoreKind::Mahalanobis, vec![])
+        },
+    )
+    .unwrap();
+    let m = &o.bundle.manifest;
+    assert_eq!(
+        m.format_version,
+        vae_ood_core::bundle::RELATIVE_FORMAT_VERSION
+    );
+    let c = m.calibration.as_ref().unwrap();
+    // The pooled branch is the one calibrated without the branch.
+    assert_eq!(c.pipeline.cusum_threshold, pooled_threshold);
+    let r = c.relative.as_ref().expect("relative section");
+    assert_eq!(r.baseline, baseline);
+    // One 300-frame calibration drive: no relative score for its first 20 frames.
+    assert_eq!(r.scores.len(), 300 - 20);
+    // One tuning drive allows none to alarm (its guarantee is 1/2 per drive), and none does.
+    assert_eq!((r.tuning_drives_allowed, r.tuning_drives_alarmed), (0, 0));
+    assert!(r.pooled_scale >= 1.0 && r.cusum_threshold > 0.0);
+    // The section needs version 3, and a scale under 1 is refused.
+    let path = out.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let parse = |t: &str| {
+        vae_ood_core::bundle::Manifest::parse(t, &path)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let old = parse(&text.replace("format_version: 3", "format_version: 2")).expect("refused");
+    assert!(
+        old.contains("calibration.relative needs format_version 3"),
+        "{old}"
+    );
+    let low: String = text
+        .lines()
+        .map(|l| match l.split_once("pooled_scale:") {
+            Some((indent, _)) => format!("{indent}pooled_scale: 0.5\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(low, text);
+    let low = parse(&low).expect("refused");
+    assert!(low.contains("relative.pooled_scale"), "{low}");
+    // The written bundle reloads, and its monitor runs the branch once a baseline exists; off,
+    // the pooled statistic runs alone at its own threshold.
+    let drive = root().join("data/sample/id_loop_empty_s4/bag");
+    for on in [true, false] {
+        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+        let mut mon = vae_ood_core::Monitor::new(
+            det,
+            vae_ood_core::MonitorConfig {
+                relative_branch: on,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut steps = vec![];
+        vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
+            let v = mon.process_image(f);
+            steps.push((v.relative.is_some(), v.alarm_ratio.unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        let with: Vec<bool> = steps.iter().map(|s| s.0).collect();
+        let expected: Vec<bool> = (0..with.len()).map(|t| on && t >= 20).collect();
+        assert_eq!(with, expected);
+        assert_eq!(
+            mon.pipeline().unwrap().cusum_threshold,
+            pooled_threshold * if on { r.pooled_scale } else { 1.0 }
+        );
+    }
 }
 
 /// `models/flow` calibrated with the motion residual's upper tail apart, in `parts` if given:

@@ -12,8 +12,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The newest manifest format this build reads. Version 2 added `detector` (the optical-flow
-/// detector); image bundles are still written as version 1, so that older releases read them.
-pub const FORMAT_VERSION: u32 = 2;
+/// detector), version 3 `calibration.relative` (the drive-relative branch); a bundle is written
+/// with the oldest version that holds what it has, so that older releases read it.
+pub const FORMAT_VERSION: u32 = 3;
+/// The version a bundle with a drive-relative branch needs.
+pub const RELATIVE_FORMAT_VERSION: u32 = 3;
 /// The oldest manifest format this build reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// The version image bundles are written with.
@@ -74,6 +77,52 @@ pub struct CalibrationSection {
     /// alarm path beside the calibrated pipeline that a node uses only when told to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch_thresholds: Option<BranchThresholds>,
+    /// The drive-relative branch ([`crate::detection::relative`]), a second sequential
+    /// statistic beside the pooled one (format version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative: Option<RelativeSection>,
+}
+
+/// The drive-relative branch of a calibrated bundle: its baseline, its conformal scores, its
+/// threshold, and how it shares the false-alarm budget with the pooled branch
+/// ([`crate::detection::relative::split`]). It runs with the pipeline's window, epsilon grid
+/// and decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelativeSection {
+    pub baseline: crate::detection::relative::BaselineParams,
+    /// The relative branch's alarm threshold on its S (its tuned one times its share).
+    pub cusum_threshold: f64,
+    /// Multiplies `pipeline.cusum_threshold` once the stream has a baseline (the pooled branch
+    /// runs at its own threshold before that: the start-up hold).
+    pub pooled_scale: f64,
+    /// Tuning drives on which either branch alarms under this split, and how many one
+    /// threshold's promise allows (`guarantee`).
+    pub tuning_drives_alarmed: usize,
+    pub tuning_drives_allowed: usize,
+    /// Relative scores of the calibration frames (each drive against its own past).
+    pub scores: Vec<f64>,
+}
+
+impl RelativeSection {
+    pub fn validate(&self) -> Result<(), crate::detection::DetectionError> {
+        self.baseline.validate()?;
+        let bad = |param, v: f64, range: &str| crate::detection::DetectionError::InvalidParam {
+            param,
+            reason: format!("must be {range}, got {v}"),
+        };
+        if !self.cusum_threshold.is_finite() || self.cusum_threshold <= 0.0 {
+            return Err(bad(
+                "relative.cusum_threshold",
+                self.cusum_threshold,
+                "finite and > 0",
+            ));
+        }
+        if !(1.0..=100.0).contains(&self.pooled_scale) {
+            return Err(bad("relative.pooled_scale", self.pooled_scale, "1..=100"));
+        }
+        crate::detection::Calibration::new(self.scores.clone()).map(|_| ())
+    }
 }
 
 /// The reference design's verdict for the flow detector (the paper authors' RTCSA 2022 code):
@@ -453,6 +502,13 @@ impl Manifest {
                 .map_err(|e| bad(format!("calibration.pipeline: {e}")))?;
             crate::detection::Calibration::new(c.scores.clone())
                 .map_err(|e| bad(format!("calibration.scores: {e}")))?;
+            if let Some(r) = &c.relative {
+                if manifest.format_version < RELATIVE_FORMAT_VERSION {
+                    return Err(bad(format!("calibration.relative needs format_version {RELATIVE_FORMAT_VERSION} (older versions knew only the pooled statistic)")));
+                }
+                r.validate()
+                    .map_err(|e| bad(format!("calibration.relative: {e}")))?;
+            }
             if let Some(t) = &c.branch_thresholds {
                 if !flow {
                     return Err(bad("calibration.branch_thresholds needs a flow detector (detector.kind: flow): an image detector has no branches".into()));

@@ -5,6 +5,7 @@
 //! anything that goes wrong with a frame (rejected, stale, non-finite output, model error)
 //! puts the monitor in `Fault` for that frame.
 
+use crate::detection::relative::Baseline;
 use crate::detection::{Calibration, DetectionError, PipelineParams, SequentialDetector, Step};
 use crate::detector::{Detector, StreamFrame, StreamId};
 use crate::frame::{self, FrameData, Pixels};
@@ -96,6 +97,11 @@ pub struct MonitorConfig {
     /// threshold is OOD, whatever the sequential test says. Off by default: the rule has no
     /// false-alarm guarantee (SAFETY.md).
     pub branch_rule: bool,
+    /// Calibrated bundles with a drive-relative branch (`calibration.relative`): run it beside
+    /// the pooled statistic, the two sharing the false-alarm budget as the bundle's split says.
+    /// Off: the pooled statistic alone, at its own threshold (the verdict of bundles without
+    /// the branch).
+    pub relative_branch: bool,
 }
 
 /// The node's default for [`MonitorConfig::max_repeated_frames`]: half a second at 30 Hz.
@@ -114,6 +120,7 @@ impl Default for MonitorConfig {
             threshold_scale: 1.0,
             max_repeated_frames: Some(DEFAULT_MAX_REPEATED_FRAMES),
             branch_rule: false,
+            relative_branch: true,
         }
     }
 }
@@ -172,13 +179,35 @@ pub const DEFAULT_RECOVERY_LEVEL: f64 = 0.5;
 /// level S can reach (with no decay, S may never return to exactly 0).
 pub const RECOVERY_LEVEL_RANGE: std::ops::RangeInclusive<f64> = 0.01..=1.0;
 
-/// The sequential part of a calibrated monitor: the detector and the latched verdict that
-/// faults do not change.
+/// The sequential part of a calibrated monitor: the pooled statistic, the drive-relative one
+/// when the bundle has it, and the latched verdict that faults do not change.
 struct Sequential {
     detector: SequentialDetector,
+    /// The pooled branch's threshold before the relative branch's share is taken from it (the
+    /// bundle's, scaled or overridden; set at run time by [`Monitor::set_cusum_threshold`]).
+    pooled_threshold: f64,
+    relative: Option<RelativeBranch>,
     /// The state before any fault: STARTING, OK or OOD.
     latched: MonitorState,
     good_streak: u32,
+}
+
+/// The drive-relative branch of a stream ([`crate::detection::relative`]).
+struct RelativeBranch {
+    baseline: Baseline,
+    detector: SequentialDetector,
+    /// The pooled threshold's multiplier once the baseline exists.
+    pooled_scale: f64,
+}
+
+/// One scored frame through the sequential part: the pooled step, the relative one (once the
+/// stream has a baseline), and how near the verdict is to alarm.
+struct Judgement {
+    pooled: Step,
+    relative: Option<Step>,
+    /// max over the running branches of S / its threshold in force: above 1 exactly when one
+    /// alarms (once the pooled window is full).
+    ratio: f64,
 }
 
 /// Whether scoring several frames in one call beats scoring them one by one on a backend, as
@@ -208,15 +237,77 @@ impl Sequential {
             Some(t) => params.cusum_threshold = t,
             None => params.cusum_threshold *= config.threshold_scale,
         }
+        let relative = match (&c.relative, config.relative_branch) {
+            (Some(r), true) => {
+                let mut p = c.pipeline.clone();
+                p.cusum_threshold = r.cusum_threshold * config.threshold_scale;
+                Some(RelativeBranch {
+                    baseline: Baseline::new(r.baseline),
+                    detector: SequentialDetector::new(Calibration::new(r.scores.clone())?, p)?,
+                    pooled_scale: r.pooled_scale,
+                })
+            }
+            _ => None,
+        };
+        let pooled_threshold = params.cusum_threshold;
         let detector = SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
         Ok(Some(Sequential {
             detector,
+            pooled_threshold,
+            relative,
             latched: MonitorState::Starting,
             good_streak: 0,
         }))
     }
 
-    fn next(&mut self, step: &Step, recovery: Recovery) -> MonitorState {
+    /// The pooled threshold in force: its share once the relative branch runs, its own
+    /// threshold before (the start-up hold) and without one.
+    fn pooled_in_force(&self) -> f64 {
+        match &self.relative {
+            Some(r) if r.baseline.is_ready() => self.pooled_threshold * r.pooled_scale,
+            _ => self.pooled_threshold,
+        }
+    }
+
+    fn set_pooled_threshold(&mut self, t: f64) {
+        self.pooled_threshold = t;
+        let in_force = self.pooled_in_force();
+        self.detector.set_cusum_threshold(in_force);
+    }
+
+    /// Feeds one finite score to every branch.
+    fn step(&mut self, score: f64) -> Judgement {
+        // The hold covers exactly the frames with no relative score (as `relative::split`
+        // simulates it): the threshold is chosen before this frame joins the baseline.
+        let in_force = self.pooled_in_force();
+        self.detector.set_cusum_threshold(in_force);
+        let relative = self.relative.as_mut().and_then(|r| {
+            let x = r.baseline.push(score)?;
+            Some((r.detector.step(x), r.detector.params().cusum_threshold))
+        });
+        let pooled = self.detector.step(score);
+        let ratio = relative
+            .map_or(0.0, |(st, t)| st.cusum / t)
+            .max(pooled.cusum / in_force);
+        Judgement {
+            pooled: Step {
+                alarm: pooled.alarm || relative.is_some_and(|(st, _)| st.alarm),
+                ..pooled
+            },
+            relative: relative.map(|(st, _)| st),
+            ratio,
+        }
+    }
+
+    fn reset_cusum(&mut self) {
+        self.detector.reset_cusum();
+        if let Some(r) = &mut self.relative {
+            r.detector.reset_cusum();
+        }
+    }
+
+    fn next(&mut self, j: &Judgement, recovery: Recovery) -> MonitorState {
+        let step = &j.pooled;
         self.latched = match self.latched {
             MonitorState::Starting | MonitorState::Ok | MonitorState::Fault
                 if !step.window_full =>
@@ -234,9 +325,8 @@ impl Sequential {
             MonitorState::Ood => match recovery {
                 Recovery::Manual => MonitorState::Ood,
                 Recovery::Auto { frames, level } => {
-                    // The threshold in force (it may be set at run time).
-                    let threshold = self.detector.params().cusum_threshold;
-                    let calm = !step.alarm && step.cusum <= level * threshold;
+                    // Against the thresholds in force (they may be set at run time).
+                    let calm = !step.alarm && j.ratio <= level;
                     self.good_streak = if calm { self.good_streak + 1 } else { 0 };
                     if self.good_streak >= frames {
                         self.good_streak = 0;
@@ -282,8 +372,15 @@ pub struct FrameVerdict {
     pub score: Option<f64>,
     pub fault: Option<Fault>,
     pub timing: StageTimes,
-    /// p-value, log M and S, for calibrated monitors and scored frames.
+    /// p-value, log M and S of the pooled statistic, for calibrated monitors and scored frames.
+    /// Its `alarm` is the sequential verdict's: either branch over its threshold.
     pub step: Option<Step>,
+    /// The drive-relative branch's step, once the stream has a baseline (bundles with
+    /// `calibration.relative`).
+    pub relative: Option<Step>,
+    /// max over the running branches of S / its threshold in force (calibrated monitors): the
+    /// sequential verdict as one number, above 1 exactly when it alarms.
+    pub alarm_ratio: Option<f64>,
     /// Flow detectors' scored frames: the KL of each branch (horizontal, vertical), the
     /// reference design's per-branch scores.
     pub branch_kl: Option<[f64; 2]>,
@@ -392,7 +489,7 @@ impl Monitor {
     /// carry over, and neither may a latched verdict.
     pub fn restart(&mut self) -> Result<MonitorState, DetectionError> {
         // A threshold set at run time survives the restart.
-        let threshold = self.pipeline().map(|p| p.cusum_threshold);
+        let threshold = self.sequential.as_ref().map(|s| s.pooled_threshold);
         {
             let mut d = lock(&self.detector);
             self.sequential = Sequential::fresh(d.as_ref(), &self.config)?;
@@ -421,17 +518,25 @@ impl Monitor {
         self.sequential.as_ref().map(|s| s.detector.params())
     }
 
+    /// Sets the pooled statistic's threshold (its own, before any share the relative branch
+    /// takes of the budget).
     pub fn set_cusum_threshold(&mut self, t: f64) {
         if let Some(s) = &mut self.sequential {
-            s.detector.set_cusum_threshold(t);
+            s.set_pooled_threshold(t);
         }
+    }
+
+    /// The relative branch's threshold and the pooled scale while it runs, when it does.
+    pub fn relative_split(&self) -> Option<(f64, f64)> {
+        let r = self.sequential.as_ref()?.relative.as_ref()?;
+        Some((r.detector.params().cusum_threshold, r.pooled_scale))
     }
 
     /// The operator's reset: zeroes S and leaves OOD (to OK, or STARTING while the window is
     /// still filling). Returns the new state. A per-frame monitor has nothing to reset.
     pub fn reset(&mut self) -> MonitorState {
         if let Some(s) = &mut self.sequential {
-            s.detector.reset_cusum();
+            s.reset_cusum();
             s.good_streak = 0;
             if s.latched == MonitorState::Ood {
                 s.latched = MonitorState::Ok;
@@ -656,10 +761,10 @@ impl Monitor {
         let verdict = match result {
             Ok(Judged { score, branch_kl }) => {
                 self.counters.scored += 1;
-                let (mut state, step) = match &mut self.sequential {
+                let (mut state, judgement) = match &mut self.sequential {
                     Some(seq) => {
-                        let step = seq.detector.step(score);
-                        (seq.next(&step, self.config.recovery), Some(step))
+                        let j = seq.step(score);
+                        (seq.next(&j, self.config.recovery), Some(j))
                     }
                     None if score > self.config.score_threshold => (MonitorState::Ood, None),
                     None => (MonitorState::Ok, None),
@@ -677,7 +782,9 @@ impl Monitor {
                     score: Some(score),
                     fault: None,
                     timing,
-                    step,
+                    step: judgement.as_ref().map(|j| j.pooled),
+                    relative: judgement.as_ref().and_then(|j| j.relative),
+                    alarm_ratio: judgement.map(|j| j.ratio),
                     branch_kl,
                     branch_ood,
                 }
@@ -692,6 +799,8 @@ impl Monitor {
                     fault: Some(fault),
                     timing,
                     step: None,
+                    relative: None,
+                    alarm_ratio: None,
                     branch_kl: None,
                     branch_ood: None,
                 }
@@ -705,6 +814,8 @@ impl Monitor {
                     fault: Some(fault),
                     timing,
                     step: None,
+                    relative: None,
+                    alarm_ratio: None,
                     branch_kl: None,
                     branch_ood: None,
                 }
@@ -738,24 +849,33 @@ mod tests {
     const THRESHOLD: f64 = 5.0;
 
     /// A step with a full window and S = `cusum`, alarming over [`THRESHOLD`].
-    fn at(cusum: f64) -> Step {
-        Step {
+    /// A pooled step alone, as a monitor without a relative branch judges it.
+    fn judged(pooled: Step) -> Judgement {
+        Judgement {
+            ratio: pooled.cusum / THRESHOLD,
+            pooled,
+            relative: None,
+        }
+    }
+
+    fn at(cusum: f64) -> Judgement {
+        judged(Step {
             p_value: 0.5,
             log_martingale: 0.0,
             cusum,
             window_full: true,
             alarm: cusum > THRESHOLD,
-        }
+        })
     }
 
-    fn step(window_full: bool, alarm: bool) -> Step {
-        Step {
+    fn step(window_full: bool, alarm: bool) -> Judgement {
+        judged(Step {
             p_value: 0.5,
             log_martingale: 0.0,
             cusum: if alarm { 10.0 } else { 0.0 },
             window_full,
             alarm,
-        }
+        })
     }
 
     fn seq() -> Sequential {
@@ -769,6 +889,8 @@ mod tests {
         .unwrap();
         Sequential {
             detector: det,
+            pooled_threshold: THRESHOLD,
+            relative: None,
             latched: MonitorState::Starting,
             good_streak: 0,
         }
@@ -818,7 +940,7 @@ mod tests {
                 let state = s.next(&st, recovery);
                 prop_assert!(state != MonitorState::Fault);
                 if state == MonitorState::Ok {
-                    prop_assert!(full && !st.alarm);
+                    prop_assert!(full && !st.pooled.alarm);
                     prop_assert!(!(manual && entered_ood));
                 }
                 if !full {
@@ -853,6 +975,68 @@ mod tests {
             }
             prop_assert!(entries_hyst <= entries_plain);
         }
+    }
+
+    /// A stream whose clear frames score low against the pooled calibration: a shift that lifts
+    /// them to an ordinary pooled level alarms on the relative branch only; the pooled branch
+    /// runs at its own threshold until the baseline exists, then at its share.
+    #[test]
+    fn the_relative_branch_sees_a_shift_against_the_streams_own_past() {
+        use crate::detection::relative::BaselineParams;
+        let params = PipelineParams {
+            window: 1,
+            epsilon_grid: 100,
+            decay: 1.0,
+            cusum_threshold: THRESHOLD,
+        };
+        let pooled = Calibration::new((0..100).map(f64::from).collect()).unwrap();
+        let relative =
+            Calibration::new((0..100).map(|x| f64::from(x) / 10.0 - 5.0).collect()).unwrap();
+        let mut s = Sequential {
+            detector: SequentialDetector::new(pooled, params.clone()).unwrap(),
+            pooled_threshold: THRESHOLD,
+            relative: Some(RelativeBranch {
+                baseline: Baseline::new(BaselineParams {
+                    window: 10,
+                    gap: 50,
+                }),
+                detector: SequentialDetector::new(relative, params).unwrap(),
+                pooled_scale: 2.0,
+            }),
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        };
+        let auto = Recovery::Auto {
+            frames: 3,
+            level: 0.5,
+        };
+        for t in 0..40 {
+            let j = s.step(10.0);
+            assert_eq!(j.relative.is_some(), t >= 10, "frame {t}");
+            assert_eq!(
+                s.detector.params().cusum_threshold,
+                if t >= 10 { 10.0 } else { 5.0 }
+            );
+            assert_eq!(s.next(&j, auto), MonitorState::Ok, "frame {t}");
+        }
+        // 50 is the pooled calibration's median (p about 0.5, no evidence), but 40 over the
+        // stream's own baseline: every relative p-value is the least.
+        let mut alarmed = None;
+        for t in 0..20 {
+            let j = s.step(50.0);
+            assert!(!j.pooled.alarm || j.relative.unwrap().alarm);
+            assert_eq!(j.ratio > 1.0, j.pooled.alarm, "frame {t}: {:?}", j.pooled);
+            if s.next(&j, auto) == MonitorState::Ood {
+                alarmed.get_or_insert(t);
+            }
+        }
+        // Within 20 frames, on the relative branch alone (the pooled S never left 0).
+        assert!(alarmed.is_some(), "{alarmed:?}");
+        assert_eq!(s.detector.cusum(), 0.0);
+        // The operator's reset clears both statistics.
+        s.reset_cusum();
+        assert_eq!(s.detector.cusum(), 0.0);
+        assert_eq!(s.relative.as_ref().unwrap().detector.cusum(), 0.0);
     }
 
     #[test]

@@ -21,12 +21,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{
-    BranchThresholds, Bundle, CalibrationData, CalibrationSection, DetectorSpec,
+    BranchThresholds, Bundle, CalibrationData, CalibrationSection, DetectorSpec, RelativeSection,
+    RELATIVE_FORMAT_VERSION,
 };
 use vae_ood_core::detail::DetailSpec;
+use vae_ood_core::detection::relative::{self, BaselineParams};
 use vae_ood_core::detection::selection::{top_k, Rank};
-use vae_ood_core::detection::tuning::{search, Candidate, Drive, Grid};
-use vae_ood_core::detection::PipelineParams;
+use vae_ood_core::detection::tuning::{self, search, Candidate, Drive, Grid};
+use vae_ood_core::detection::{Calibration, PipelineParams};
 use vae_ood_core::detector::Detector;
 use vae_ood_core::flow_detector::FlowDetector;
 use vae_ood_core::score::{features, Reference, ScoreError, ScoreSpec};
@@ -178,6 +180,8 @@ pub struct Options {
     pub false_alarm_rate: f64,
     /// The camera the drives come from, recorded in the bundle (`calibration.camera`).
     pub camera: Option<String>,
+    /// Adds the drive-relative branch with this baseline (`calibration.relative`).
+    pub relative: Option<BaselineParams>,
     pub quiet: bool,
 }
 
@@ -216,6 +220,7 @@ impl Options {
             epsilon_grid: vae_ood_core::detection::default_grid(),
             false_alarm_rate: defaults::FALSE_ALARM_RATE,
             camera: None,
+            relative: None,
             quiet: true,
         }
     }
@@ -264,6 +269,50 @@ fn check_lengths(args: &[&DriveArg], lengths: &[usize], opts: &Options) -> Resul
         )));
     }
     Ok(())
+}
+
+/// The drive-relative branch for the chosen pipeline: conformal scores from the calibration
+/// drives (each against its own past), a threshold from whole tuning drives as the pooled
+/// one's, and the split of the false-alarm budget ([`relative::split`]).
+fn relative_section(
+    baseline: BaselineParams,
+    pipeline: &PipelineParams,
+    chosen: &Candidate,
+    cal: &[Drive],
+    tune: &[Drive],
+    selected: &[usize],
+    opts: &Options,
+) -> Result<RelativeSection> {
+    let pooled = Calibration::new(cal.iter().flat_map(|d| d.scores(selected)).collect())?;
+    let scores: Vec<f64> = cal
+        .iter()
+        .flat_map(|d| relative::relative_scores(&d.scores(selected), baseline))
+        .collect();
+    let rel_cal = Calibration::new(scores.clone())?;
+    let tuning: Vec<Vec<f64>> = tune.iter().map(|d| d.scores(selected)).collect();
+    let rel_tuning: Vec<Vec<f64>> = tuning
+        .iter()
+        .map(|s| relative::relative_scores(s, baseline))
+        .collect();
+    let (threshold, _) =
+        tuning::drive_threshold(&rel_cal, pipeline, &rel_tuning, opts.false_alarm_rate)?;
+    let split = relative::split(
+        &pooled,
+        pipeline,
+        &chosen.guarantee,
+        &rel_cal,
+        threshold,
+        baseline,
+        &tuning,
+    );
+    Ok(RelativeSection {
+        baseline,
+        cusum_threshold: threshold * split.relative_scale,
+        pooled_scale: split.pooled_scale,
+        tuning_drives_alarmed: split.drives_alarmed,
+        tuning_drives_allowed: split.drives_allowed,
+        scores,
+    })
 }
 
 pub struct Outcome {
@@ -541,19 +590,27 @@ pub fn calibrate(
     let chosen = candidates[0].clone();
     let selected = top_k(&ranked, chosen.k);
 
+    let pipeline = PipelineParams {
+        window: chosen.window,
+        epsilon_grid: opts.epsilon_grid,
+        decay: chosen.decay,
+        cusum_threshold: chosen.cusum_threshold,
+    };
+    let relative = opts
+        .relative
+        .map(|b| relative_section(b, &pipeline, &chosen, &cal, &tune, &selected, opts))
+        .transpose()?;
     let mut manifest = det.bundle().manifest.clone();
+    if relative.is_some() {
+        manifest.format_version = manifest.format_version.max(RELATIVE_FORMAT_VERSION);
+    }
     manifest.latents.selected = match score {
         ScoreSpec::Kl => selected.clone(),
         ScoreSpec::Mahalanobis(_) => (0..n_latents).collect(),
     };
     manifest.score = score;
     manifest.calibration = Some(CalibrationSection {
-        pipeline: PipelineParams {
-            window: chosen.window,
-            epsilon_grid: opts.epsilon_grid,
-            decay: chosen.decay,
-            cusum_threshold: chosen.cusum_threshold,
-        },
+        pipeline,
         target_false_alarm_rate: opts.false_alarm_rate,
         guarantee: Some(chosen.guarantee.clone()),
         camera: opts.camera.clone(),
@@ -568,6 +625,7 @@ pub fn calibrate(
         },
         scores: cal.iter().flat_map(|d| d.scores(&selected)).collect(),
         branch_thresholds,
+        relative,
     });
     let encoder_path = bundle_dir.join(&manifest.encoder.path);
     let encoder = std::fs::read(&encoder_path).map_err(Error::read(encoder_path))?;

@@ -107,12 +107,9 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
         let eval_opts = eval::Options {
             bundle: path.clone(),
             backend: opts.backend,
-            // Alarms off: the largest S of a drive does not depend on them, and no explicit
-            // threshold or scale may stand in for the bundle's own.
-            monitor: MonitorConfig {
-                cusum_threshold: Some(f64::MAX),
-                ..MonitorConfig::default()
-            },
+            // The bundle's own thresholds (no explicit threshold or scale may stand in for
+            // them); alarms change no statistic.
+            monitor: MonitorConfig::default(),
             topic: opts.topic.clone(),
             folder_fps: opts.folder_fps,
         };
@@ -130,7 +127,14 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
         // NaN until a drive's first statistic (f64::max keeps the number).
         let mut largest = vec![f64::NAN; inputs.len()];
         let mut counted = vec![0usize; inputs.len()];
-        for (f, s) in records.iter().filter_map(|f| f.cusum.map(|s| (f, s))) {
+        // S in units of the pooled threshold: the alarm ratio times it, which for a bundle
+        // with a drive-relative branch also counts that branch against its own threshold.
+        // Frames without a relative S (none in the branch, or before its baseline) run the
+        // pooled branch at its own threshold: S itself.
+        for (f, s) in records.iter().filter_map(|f| match f.relative_cusum {
+            Some(_) => f.alarm_ratio.map(|r| (f, r * threshold)),
+            None => f.cusum.map(|s| (f, s)),
+        }) {
             largest[f.input] = largest[f.input].max(s);
             counted[f.input] += 1;
         }

@@ -4,6 +4,7 @@ use crate::common::DetectorArgs;
 use anyhow::Result;
 use std::path::PathBuf;
 use vae_ood_core::detail::DetailSpec;
+use vae_ood_core::detection::relative::BaselineParams;
 use vae_ood_core::detection::selection::Rank;
 use vae_ood_core::detection::tuning::Grid;
 use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, Parts, ScoreKind, Tails};
@@ -96,8 +97,24 @@ pub struct Args {
     /// another camera (its `camera` parameter) warns that the guarantee does not carry over.
     #[arg(long, value_name = "NAME")]
     camera: Option<String>,
+    /// Adds the drive-relative branch: each frame's score against the median of the same
+    /// drive's scores over WINDOW frames at least GAP frames old, with its own p-values and
+    /// threshold, sharing the false-alarm budget with the pooled statistic (docs/calibration.md).
+    #[arg(long, value_name = "WINDOW,GAP", value_parser = parse_baseline)]
+    relative: Option<BaselineParams>,
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_baseline(s: &str) -> std::result::Result<BaselineParams, String> {
+    let bad = || format!("expected WINDOW,GAP in frames (e.g. 60,300), got '{s}'");
+    let (w, g) = s.split_once(',').ok_or_else(bad)?;
+    let p = BaselineParams {
+        window: w.trim().parse().map_err(|_| bad())?,
+        gap: g.trim().parse().map_err(|_| bad())?,
+    };
+    p.validate().map_err(|e| e.to_string())?;
+    Ok(p)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -134,6 +151,7 @@ pub fn run(a: Args) -> Result<()> {
         epsilon_grid: a.epsilon_grid,
         false_alarm_rate: a.false_alarm_rate,
         camera: a.camera,
+        relative: a.relative,
         quiet: a.quiet,
     };
     let o = calibrate(&a.detector.bundle, &a.out, det.as_mut(), &opts)?;
@@ -166,6 +184,18 @@ pub fn run(a: Args) -> Result<()> {
             c.target_false_alarm_rate,
             g.frames_per_drive,
             vae_ood_core::detection::tuning::drives_needed(c.target_false_alarm_rate, g.frames_per_drive)
+        );
+    }
+    if let Some(r) = &c.relative {
+        println!(
+            "relative branch   baseline {} frames, {} old; threshold {:.4}; pooled threshold x{} once a baseline exists ({} of {} tuning drives alarm, {} allowed)",
+            r.baseline.window,
+            r.baseline.gap,
+            r.cusum_threshold,
+            r.pooled_scale,
+            r.tuning_drives_alarmed,
+            g.drives,
+            r.tuning_drives_allowed
         );
     }
     println!(

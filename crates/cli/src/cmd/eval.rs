@@ -62,6 +62,10 @@ pub struct Args {
     /// rule's own figures are reported either way.
     #[arg(long)]
     branch_rule: bool,
+    /// Bundles with a drive-relative branch: run the pooled statistic alone at its own
+    /// threshold, as the node's `relative_branch: false`.
+    #[arg(long)]
+    no_relative: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -97,6 +101,7 @@ pub fn run(a: &Args) -> Result<()> {
             threshold_scale: a.threshold_scale,
             max_repeated_frames: (a.max_repeated_frames > 0).then_some(a.max_repeated_frames),
             branch_rule: a.branch_rule,
+            relative_branch: !a.no_relative,
         },
         topic: a.topic.clone(),
         folder_fps: a.fps,

@@ -10,6 +10,7 @@
 pub mod conformal;
 pub mod cusum;
 pub mod martingale;
+pub mod relative;
 pub mod selection;
 pub mod tuning;
 

@@ -19,10 +19,18 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
         ))
     };
     let mut lines = text.lines();
-    // Before session 17 the file ended at inference_ms (no branch columns).
+    // Before session 17 the file ended at inference_ms (no branch columns), before session 21
+    // at branch_ratio (no relative-branch columns).
+    let before_relative = report::CSV_HEADER.strip_suffix(report::CSV_RELATIVE_COLUMNS);
     let fields = match lines.next() {
-        Some(report::CSV_HEADER) => 17,
-        Some(h) if report::CSV_HEADER.strip_suffix(report::CSV_BRANCH_COLUMNS) == Some(h) => 14,
+        Some(report::CSV_HEADER) => 19,
+        Some(h) if before_relative == Some(h) => 17,
+        Some(h)
+            if before_relative.and_then(|b| b.strip_suffix(report::CSV_BRANCH_COLUMNS))
+                == Some(h) =>
+        {
+            14
+        }
         _ => return Err(bad(1, "unexpected header")),
     };
     lines
@@ -72,6 +80,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
                 kl_horizontal: if fields > 14 { opt(14)? } else { None },
                 kl_vertical: if fields > 14 { opt(15)? } else { None },
                 branch_ratio: if fields > 14 { opt(16)? } else { None },
+                relative_cusum: if fields > 17 { opt(17)? } else { None },
+                alarm_ratio: if fields > 17 { opt(18)? } else { None },
             })
         })
         .collect()
@@ -174,6 +184,8 @@ mod tests {
             kl_horizontal: Some(12.5),
             kl_vertical: Some(4.0),
             branch_ratio: Some(1.25),
+            relative_cusum: Some(2.5),
+            alarm_ratio: Some(0.75),
         };
         report::write_csv(&path, std::slice::from_ref(&f)).unwrap();
         let back = read_csv(&path).unwrap();
@@ -181,9 +193,11 @@ mod tests {
             (
                 back[0].kl_horizontal,
                 back[0].kl_vertical,
-                back[0].branch_ratio
+                back[0].branch_ratio,
+                back[0].relative_cusum,
+                back[0].alarm_ratio
             ),
-            (Some(12.5), Some(4.0), Some(1.25))
+            (Some(12.5), Some(4.0), Some(1.25), Some(2.5), Some(0.75))
         );
         // A frames.csv written before the branch columns.
         std::fs::write(&path, "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0.0000,1.0000,2.0000\n").unwrap();

@@ -67,6 +67,11 @@ pub struct FrameRecord {
     /// threshold (`BranchThresholds::ratio`): above 1, the rule alarms. Flow bundles with
     /// `calibration.branch_thresholds`.
     pub branch_ratio: Option<f64>,
+    /// Bundles with a drive-relative branch: its S, once the drive has a baseline.
+    pub relative_cusum: Option<f64>,
+    /// Calibrated bundles: the sequential verdict as one number, max over the running
+    /// branches of S / its threshold in force (above 1 exactly when it alarms).
+    pub alarm_ratio: Option<f64>,
 }
 
 /// What happened to one input.
@@ -341,6 +346,8 @@ fn record(
         kl_horizontal: v.branch_kl.map(|k| k[0]),
         kl_vertical: v.branch_kl.map(|k| k[1]),
         branch_ratio: v.branch_kl.zip(thresholds).map(|(k, t)| t.ratio(k)),
+        relative_cusum: v.relative.map(|s| s.cusum),
+        alarm_ratio: v.alarm_ratio,
     }
 }
 

@@ -288,7 +288,13 @@ pub fn build(
         warming_up,
         score_metrics: per_type(frames, |f| f.score),
         cusum_metrics: if calibrated {
-            per_type(frames, |f| f.cusum)
+            // With a drive-relative branch the sequential statistic is the two branches' alarm
+            // ratio; alone, S (the same ranking as S / threshold).
+            if frames.iter().any(|f| f.relative_cusum.is_some()) {
+                per_type(frames, |f| f.alarm_ratio)
+            } else {
+                per_type(frames, |f| f.cusum)
+            }
         } else {
             BTreeMap::new()
         },
@@ -310,10 +316,14 @@ pub fn build(
 
 /// The columns of `frames.csv` (the last three, [`CSV_BRANCH_COLUMNS`]: flow detectors'
 /// branches, empty otherwise).
-pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio";
+pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio";
 
 /// The columns session 17 appended to `frames.csv`; files written before end without them.
 pub const CSV_BRANCH_COLUMNS: &str = ",kl_horizontal,kl_vertical,branch_ratio";
+
+/// The columns session 21 appended (the drive-relative branch); files written before end
+/// without them.
+pub const CSV_RELATIVE_COLUMNS: &str = ",relative_cusum,alarm_ratio";
 
 pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Result<()> {
     use std::io::Write;
@@ -323,7 +333,7 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
     for f in frames {
         writeln!(
             w,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{}",
             f.input,
             f.index,
             f.stamp_ns,
@@ -340,7 +350,9 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
             f.inference_ms,
             o(f.kl_horizontal),
             o(f.kl_vertical),
-            o(f.branch_ratio)
+            o(f.branch_ratio),
+            o(f.relative_cusum),
+            o(f.alarm_ratio)
         )?;
     }
     w.flush()
@@ -369,6 +381,8 @@ mod tests {
             kl_horizontal: None,
             kl_vertical: None,
             branch_ratio: None,
+            relative_cusum: None,
+            alarm_ratio: None,
         }
     }
 
@@ -426,6 +440,8 @@ mod tests {
                 kl_horizontal: Some(10.0 * r),
                 kl_vertical: Some(1.0),
                 branch_ratio: Some(r),
+                relative_cusum: None,
+                alarm_ratio: None,
                 ..fr(i, l, MonitorState::Ok)
             })
             .collect();
@@ -440,6 +456,8 @@ mod tests {
             .iter()
             .map(|f| FrameRecord {
                 branch_ratio: None,
+                relative_cusum: None,
+                alarm_ratio: None,
                 ..f.clone()
             })
             .collect();
