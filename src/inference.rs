@@ -713,6 +713,8 @@ fn publish_records(
             fault: r.verdicts.iter().find_map(|v| v.fault.clone()),
             timing: r.verdicts[0].timing,
             step: None,
+            relative: None,
+            alarm_ratio: None,
             branch_kl: None,
             branch_ood: None,
         };

@@ -147,6 +147,14 @@ pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
         values.push(kv("window_full", st.window_full));
         values.push(kv("alarm", st.alarm));
     }
+    // A drive-relative branch (once the stream has a baseline), and the verdict as one number.
+    if let Some(st) = &v.relative {
+        values.push(kv("p_value_relative", format!("{:e}", st.p_value)));
+        values.push(kv("cusum_relative", format!("{:e}", st.cusum)));
+    }
+    if let Some(r) = v.alarm_ratio {
+        values.push(kv("alarm_ratio", format!("{r:e}")));
+    }
     // Flow detectors: each branch's KL, and the reference design's per-branch rule where the
     // bundle has its thresholds (it decides the state only with `branch_rule`).
     if let Some([h, vert]) = v.branch_kl {
@@ -477,6 +485,8 @@ mod tests {
             fault: None,
             timing: StageTimes::default(),
             step: None,
+            relative: None,
+            alarm_ratio: None,
             branch_kl: None,
             branch_ood: None,
         };
@@ -518,6 +528,8 @@ mod tests {
             fault: Some(Fault::NonFinite),
             timing: StageTimes::default(),
             step: None,
+            relative: None,
+            alarm_ratio: None,
             branch_kl: None,
             branch_ood: None,
         };
