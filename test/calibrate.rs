@@ -377,10 +377,7 @@ fn the_relative_branch_is_calibrated_split_and_run_by_the_monitor() {
     use vae_ood_core::detection::relative::BaselineParams;
     let out = tempfile::tempdir().unwrap();
     let mut det = detector();
-    let baseline = BaselineParams {
-        window: 20,
-        gap: 50,
-    };
+    let baseline = BaselineParams::new(20, 50);
     let plain = calibrate(
         &root().join("models/default"),
         out.path(),

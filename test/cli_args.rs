@@ -96,6 +96,9 @@ fn out_of_range_arguments_are_refused_by_name() {
         "past its last frame",
     );
     refused(&calibrate(&["--windows", "5000"]), "--windows 5000");
+    refused(&calibrate(&["--relative", "60"]), "WINDOW,GAP[,HOLD]");
+    refused(&calibrate(&["--relative", "60,300,30"]), "relative.hold");
+    refused(&calibrate(&["--relative", "0,300"]), "relative.window");
     // Evaluation labels that would label nothing, silently.
     let dir = std::env::temp_dir().join(format!("cli_args_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -260,11 +260,11 @@ impl Sequential {
         }))
     }
 
-    /// The pooled threshold in force: its share once the relative branch runs, its own
-    /// threshold before (the start-up hold) and without one.
+    /// The pooled threshold in force: its own during the start-up hold and without a relative
+    /// branch, its share after the hold.
     fn pooled_in_force(&self) -> f64 {
         match &self.relative {
-            Some(r) if r.baseline.is_ready() => self.pooled_threshold * r.pooled_scale,
+            Some(r) if !r.baseline.holding() => self.pooled_threshold * r.pooled_scale,
             _ => self.pooled_threshold,
         }
     }
@@ -996,10 +996,7 @@ mod tests {
             detector: SequentialDetector::new(pooled, params.clone()).unwrap(),
             pooled_threshold: THRESHOLD,
             relative: Some(RelativeBranch {
-                baseline: Baseline::new(BaselineParams {
-                    window: 10,
-                    gap: 50,
-                }),
+                baseline: Baseline::new(BaselineParams::new(10, 50)),
                 detector: SequentialDetector::new(relative, params).unwrap(),
                 pooled_scale: 2.0,
             }),

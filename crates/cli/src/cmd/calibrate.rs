@@ -99,19 +99,28 @@ pub struct Args {
     camera: Option<String>,
     /// Adds the drive-relative branch: each frame's score against the median of the same
     /// drive's scores over WINDOW frames at least GAP frames old, with its own p-values and
-    /// threshold, sharing the false-alarm budget with the pooled statistic (docs/calibration.md).
-    #[arg(long, value_name = "WINDOW,GAP", value_parser = parse_baseline)]
+    /// threshold, sharing the false-alarm budget with the pooled statistic (docs/bundle.md,
+    /// `calibration.relative`). HOLD (default WINDOW): the stream's first frames during which the
+    /// pooled statistic keeps its own threshold.
+    #[arg(long, value_name = "WINDOW,GAP[,HOLD]", value_parser = parse_baseline)]
     relative: Option<BaselineParams>,
     #[arg(long)]
     quiet: bool,
 }
 
 fn parse_baseline(s: &str) -> std::result::Result<BaselineParams, String> {
-    let bad = || format!("expected WINDOW,GAP in frames (e.g. 60,300), got '{s}'");
-    let (w, g) = s.split_once(',').ok_or_else(bad)?;
-    let p = BaselineParams {
-        window: w.trim().parse().map_err(|_| bad())?,
-        gap: g.trim().parse().map_err(|_| bad())?,
+    let bad = || format!("expected WINDOW,GAP[,HOLD] in frames (e.g. 60,300), got '{s}'");
+    let n: Vec<usize> = s
+        .split(',')
+        .map(|v| v.trim().parse().map_err(|_| bad()))
+        .collect::<std::result::Result<_, _>>()?;
+    let p = match n[..] {
+        [window, gap] => BaselineParams::new(window, gap),
+        [window, gap, hold] => BaselineParams {
+            hold: Some(hold),
+            ..BaselineParams::new(window, gap)
+        },
+        _ => return Err(bad()),
     };
     p.validate().map_err(|e| e.to_string())?;
     Ok(p)

@@ -29,12 +29,32 @@ pub struct BaselineParams {
     /// How old the newest baseline frame is: an onset is compared with the scene before it for
     /// this many frames; a change slower than this becomes the baseline.
     pub gap: usize,
+    /// The start-up hold: the pooled branch keeps its own threshold for the stream's first this
+    /// many scored frames (at least `window`; absent: `window`, until the first baseline). A
+    /// longer hold keeps a shift present from the start in the pooled branch's full view for
+    /// longer, at the cost of a share of the false-alarm budget ([`split`] simulates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<usize>,
 }
 
 /// The longest baseline window or gap (frames): both size the stream's score history.
 pub const MAX_BASELINE: usize = 100_000;
 
 impl BaselineParams {
+    /// A baseline of `window` frames at least `gap` old, held for `window` frames.
+    pub fn new(window: usize, gap: usize) -> Self {
+        Self {
+            window,
+            gap,
+            hold: None,
+        }
+    }
+
+    /// Scored frames the pooled branch keeps its own threshold for.
+    pub fn hold(&self) -> usize {
+        self.hold.unwrap_or(self.window)
+    }
+
     pub fn validate(&self) -> Result<(), DetectionError> {
         for (param, v) in [("relative.window", self.window), ("relative.gap", self.gap)] {
             if !(1..=MAX_BASELINE).contains(&v) {
@@ -43,6 +63,17 @@ impl BaselineParams {
                     reason: format!("must be 1..={MAX_BASELINE}, got {v}"),
                 });
             }
+        }
+        let hold = self.hold();
+        if !(self.window..=2 * MAX_BASELINE).contains(&hold) {
+            return Err(DetectionError::InvalidParam {
+                param: "relative.hold",
+                reason: format!(
+                    "must be at least the window ({}) and at most {}, got {hold}",
+                    self.window,
+                    2 * MAX_BASELINE
+                ),
+            });
         }
         Ok(())
     }
@@ -56,6 +87,8 @@ pub struct Baseline {
     /// (until the stream has more, the stream's first `window` frames).
     history: VecDeque<f64>,
     scratch: Vec<f64>,
+    /// Scores pushed so far (saturating).
+    seen: usize,
 }
 
 impl Baseline {
@@ -64,7 +97,14 @@ impl Baseline {
             params,
             history: VecDeque::with_capacity(params.window + params.gap),
             scratch: Vec::with_capacity(params.window),
+            seen: 0,
         }
+    }
+
+    /// True while the start-up hold lasts: the next frame is within the stream's first
+    /// `hold` scored frames.
+    pub fn holding(&self) -> bool {
+        self.seen < self.params.hold()
     }
 
     /// True once a baseline exists (the stream's first `window` frames have been seen).
@@ -80,6 +120,7 @@ impl Baseline {
             self.history.pop_front();
         }
         self.history.push_back(score);
+        self.seen = self.seen.saturating_add(1);
         relative
     }
 
@@ -130,7 +171,7 @@ pub const POOLED_SCALES: [f64; 9] = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.
 /// one drive-level promise ([`ThresholdGuarantee`]) on drives exchangeable with the tuning drives.
 ///
 /// Each tuning drive is run as the monitor runs a stream: the pooled branch at its own
-/// threshold until the baseline exists (the first `baseline.window` frames), then at the scale.
+/// threshold during the start-up hold (the first `baseline.hold()` frames), then at the scale.
 #[allow(clippy::too_many_arguments)]
 pub fn split(
     pooled_cal: &Calibration,
@@ -157,7 +198,7 @@ pub fn split(
                     .filter(|st| st.window_full)
                     .fold(0.0f64, |m, st| m.max(st.cusum))
             };
-            let hold = baseline.window.min(s.len());
+            let hold = baseline.hold().min(s.len());
             let rel = run(relative_cal, params, &relative_scores(scores, baseline));
             (largest(&s[..hold]), largest(&s[hold..]), largest(&rel))
         })
@@ -238,14 +279,14 @@ mod tests {
     proptest! {
         #[test]
         fn matches_the_offline_study(s in prop::collection::vec(-100.0f64..100.0, 0..120), w in 1usize..12, g in 1usize..40) {
-            let got = relative_scores(&s, BaselineParams { window: w, gap: g });
+            let got = relative_scores(&s, BaselineParams::new(w, g));
             prop_assert_eq!(got, study(&s, w, g));
         }
     }
 
     #[test]
     fn a_shift_counts_against_the_drives_own_past_until_it_becomes_the_baseline() {
-        let p = BaselineParams { window: 4, gap: 6 };
+        let p = BaselineParams::new(4, 6);
         let mut scores = vec![1.0; 20];
         scores.extend(vec![5.0; 30]);
         let r = relative_scores(&scores, p);
@@ -275,7 +316,7 @@ mod tests {
         };
         // Ten quiet drives: no branch alarms at any scale, so the least pooled scale is 1.
         let quiet: Vec<Vec<f64>> = (0..10).map(|_| vec![10.0; 60]).collect();
-        let b = BaselineParams { window: 5, gap: 5 };
+        let b = BaselineParams::new(5, 5);
         let s = split(&cal, &params, &g, &rel, 5.0, b, &quiet);
         assert_eq!(
             (
@@ -286,5 +327,55 @@ mod tests {
             ),
             (1.0, 1.0, 0, 1)
         );
+        // Two drives whose pooled S climbs past the threshold early (scores at the top of the
+        // calibration): with the hold covering them, both alarm at any scale, over the one
+        // allowed, so no split fits and the relative branch is shut out; with the default hold,
+        // a pooled scale that keeps their S under it is found.
+        let mut drives = quiet.clone();
+        for d in drives.iter_mut().take(2) {
+            d[20..40].fill(99.5);
+        }
+        let short = split(&cal, &params, &g, &rel, 5.0, b, &drives);
+        assert!(
+            short.pooled_scale > 1.0 && short.drives_alarmed <= 1,
+            "{short:?}"
+        );
+        let long = BaselineParams {
+            hold: Some(40),
+            ..b
+        };
+        let held = split(&cal, &params, &g, &rel, 5.0, long, &drives);
+        assert_eq!(
+            (held.pooled_scale, held.drives_alarmed),
+            (1.0, 2),
+            "{held:?}"
+        );
+        assert!(held.relative_scale > 1e100, "{held:?}");
+    }
+
+    #[test]
+    fn the_hold_lasts_its_frames_and_is_at_least_the_window() {
+        let p = BaselineParams {
+            hold: Some(7),
+            ..BaselineParams::new(3, 2)
+        };
+        let mut b = Baseline::new(p);
+        let holding: Vec<bool> = (0..9)
+            .map(|_| {
+                let h = b.holding();
+                b.push(1.0);
+                h
+            })
+            .collect();
+        assert_eq!(
+            holding,
+            [true, true, true, true, true, true, true, false, false]
+        );
+        assert!(p.validate().is_ok());
+        let short = BaselineParams {
+            hold: Some(2),
+            ..BaselineParams::new(3, 2)
+        };
+        assert!(short.validate().is_err());
     }
 }
