@@ -154,6 +154,10 @@ FALSEALARM9 = four_map_clear(range(1600, 1652))
 # drive-relative branch's second candidate, after the first failed on falsealarm9. As
 # falsealarm3: seeds 1700-1751, never used.
 FALSEALARM10 = four_map_clear(range(1700, 1752))
+# An eleventh (`make falsealarm11-data`, session 21), fixed before any figure on it: the gate of
+# the drive-relative branch's third candidate (the long start-up hold). As falsealarm3: seeds
+# 1800-1851, never used.
+FALSEALARM11 = four_map_clear(range(1800, 1852))
 # The test set of the model cards (`make testset-data`, issue 14), fixed in session 7 before any
 # figure on it was looked at, with seeds 300-328 never used before: per OOD type and map one
 # drive, OOD in its middle half at the default severity; two clear drives per map, and two on
@@ -196,7 +200,7 @@ UNSEEN_MAP = [(f"id_4way_s{seed}", "4way", seed, "explore", "clear", "whole") fo
 MORE_MAPS = [(f"id_{m}_s{seed}", m, seed, "train", "clear", "whole")
              for seed, m in ((s, ("ETH_small_intersect", "TTIC_ripltown", "Montreal_loop")[s % 3]) for s in range(950, 980))]
 SETS = {"sample": SAMPLE, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
-        "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "testset": TESTSET, "tuning": TUNING,
+        "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
         "tuning2": TUNING2}
 
 
@@ -385,6 +389,7 @@ def main():
                          "falsealarm8: 52 fresh clear drives on four maps (seeds 1500-1551); "
                          "falsealarm9: 52 fresh clear drives on four maps (seeds 1600-1651); "
                          "falsealarm10: 52 fresh clear drives on four maps (seeds 1700-1751); "
+                         "falsealarm11: 52 fresh clear drives on four maps (seeds 1800-1851); "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
                          "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
                          "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
