@@ -197,11 +197,12 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(r) = &c.relative {
         println!(
-            "relative branch   baseline {} frames, {} old; threshold {:.4}; pooled threshold x{} once a baseline exists ({} of {} tuning drives alarm, {} allowed)",
+            "relative branch   baseline {} frames, {} old; threshold {:.4}; pooled threshold x{} after the first {} frames ({} of {} tuning drives alarm, {} allowed)",
             r.baseline.window,
             r.baseline.gap,
             r.cusum_threshold,
             r.pooled_scale,
+            r.baseline.hold(),
             r.tuning_drives_alarmed,
             g.drives,
             r.tuning_drives_allowed

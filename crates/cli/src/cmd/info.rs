@@ -42,6 +42,26 @@ pub fn run(a: &Args) -> Result<()> {
         l.selected
     );
     println!("score       {}", m.score.describe());
+    match &m.calibration {
+        None => println!("calibration none: per-frame score_threshold"),
+        Some(c) => {
+            let p = &c.pipeline;
+            println!(
+                "calibration window {}, decay {}, cusum_threshold {:.4} (target {} false alarms per frame)",
+                p.window, p.decay, p.cusum_threshold, c.target_false_alarm_rate
+            );
+            if let Some(r) = &c.relative {
+                println!(
+                    "relative    baseline {} frames {} old, threshold {:.4}; pooled threshold x{} after the first {} frames",
+                    r.baseline.window,
+                    r.baseline.gap,
+                    r.cusum_threshold,
+                    r.pooled_scale,
+                    r.baseline.hold()
+                );
+            }
+        }
+    }
     println!("created by  {}", m.provenance.created_by);
     if !m.provenance.trained {
         println!("WARNING     untrained placeholder detector: its verdicts are not meaningful");
