@@ -257,9 +257,15 @@ impl Ctx {
                 };
                 loaded.trained &= is_trained;
                 (loaded.backend, loaded.device) = (backend, device);
+                let relative = match monitor.relative_split() {
+                    Some((t, scale)) => format!(
+                        "; drive-relative branch: threshold {t}, pooled threshold x{scale} after the start-up hold"
+                    ),
+                    None => String::new(),
+                };
                 let decision = match monitor.pipeline() {
                     Some(p) => format!(
-                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}",
+                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}{relative}",
                         p.window, p.decay, p.cusum_threshold, cfg.recovery
                     ),
                     None => format!(

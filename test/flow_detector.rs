@@ -159,9 +159,12 @@ fn flow_manifests_are_checked() {
     assert!(e.contains("winsize 14"), "{e}");
     let e = parse(&text.replace("channel_order: gray", "channel_order: rgb")).unwrap();
     assert!(e.contains("prepared frame"), "{e}");
-    // Version 1 image manifests still load (the shipped default is one).
-    let default = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default"));
-    let m = Bundle::load(default).unwrap().manifest;
+    // Version 1 image manifests still load (the shipped student is one).
+    let student = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/compressed"
+    ));
+    let m = Bundle::load(student).unwrap().manifest;
     assert!(m.detector.is_image() && m.format_version == 1);
 }
 

@@ -23,6 +23,7 @@ from rcl_interfaces.srv import (  # noqa: E402
 
 UID = f"{os.getpid()}"
 CALIBRATED = ROOT / "models" / "compressed"
+DEFAULT = ROOT / "models" / "default"
 
 
 def value(v):
@@ -164,4 +165,30 @@ def test_threshold_scale_multiplies_the_threshold_in_force(ros):
     finally:
         if p:
             p.close()
+        node.stop()
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_relative_branch_runs_unless_turned_off(ros, on):
+    """models/default has a drive-relative branch (calibration.relative): the node runs it by
+    default and says so at start-up with its threshold and pooled scale; relative_branch: false
+    runs the pooled statistic alone, at the bundle's own threshold. (Read from the start-up log:
+    no parameter client, so this adds no DDS traffic.)"""
+    c = yaml.safe_load((DEFAULT / "manifest.yaml").read_text())["calibration"]
+    rel = c["relative"]
+
+    def rust(x):  # Rust's Display of an f64: no ".0" on whole numbers
+        return repr(float(x)).removesuffix(".0")
+
+    name = f"vae_ood_params_relative_{int(on)}_{UID}"
+    params = {} if on else {"relative_branch": "false"}
+    node = NodeProcess(name, bundle=str(DEFAULT), params=params)
+    try:
+        wait_for(lambda: "calibrated: window" in node.output(), 60, lambda: time.sleep(0.1), "the start-up log")
+        line = next(x for x in node.output().splitlines() if "calibrated: window" in x)
+        assert f"cusum_threshold {rust(c['pipeline']['cusum_threshold'])}" in line, line
+        said = f"drive-relative branch: threshold {rust(rel['cusum_threshold'])}, pooled threshold x{rust(rel['pooled_scale'])}"
+        assert (said in line) is on, line
+        assert node.proc.poll() is None, node.output()
+    finally:
         node.stop()

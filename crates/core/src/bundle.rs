@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 pub const FORMAT_VERSION: u32 = 3;
 /// The version a bundle with a drive-relative branch needs.
 pub const RELATIVE_FORMAT_VERSION: u32 = 3;
+/// The version flow bundles are written with (without a drive-relative branch).
+pub const FLOW_FORMAT_VERSION: u32 = 2;
 /// The oldest manifest format this build reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// The version image bundles are written with.
@@ -387,7 +389,7 @@ impl Manifest {
             filter: crate::preprocess::Filter::Bilinear,
         };
         let mut m = Self::for_encoder(arch, input, name, description, outputs, provenance);
-        m.format_version = FORMAT_VERSION;
+        m.format_version = FLOW_FORMAT_VERSION;
         m.detector = DetectorSpec::Flow(flow);
         m
     }

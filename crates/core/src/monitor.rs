@@ -299,11 +299,17 @@ impl Sequential {
         }
     }
 
+    /// The operator's reset: zeroes both statistics, and the relative branch starts a new
+    /// baseline from the next frame (with its start-up hold): the operator has accepted the
+    /// scene as it is now, which a baseline from before may not describe.
     fn reset_cusum(&mut self) {
         self.detector.reset_cusum();
         if let Some(r) = &mut self.relative {
             r.detector.reset_cusum();
+            r.baseline = Baseline::new(*r.baseline.params());
         }
+        let in_force = self.pooled_in_force();
+        self.detector.set_cusum_threshold(in_force);
     }
 
     fn next(&mut self, j: &Judgement, recovery: Recovery) -> MonitorState {
@@ -533,7 +539,8 @@ impl Monitor {
     }
 
     /// The operator's reset: zeroes S and leaves OOD (to OK, or STARTING while the window is
-    /// still filling). Returns the new state. A per-frame monitor has nothing to reset.
+    /// still filling); a drive-relative branch starts a new baseline. Returns the new state. A
+    /// per-frame monitor has nothing to reset.
     pub fn reset(&mut self) -> MonitorState {
         if let Some(s) = &mut self.sequential {
             s.reset_cusum();
@@ -1030,10 +1037,16 @@ mod tests {
         // Within 20 frames, on the relative branch alone (the pooled S never left 0).
         assert!(alarmed.is_some(), "{alarmed:?}");
         assert_eq!(s.detector.cusum(), 0.0);
-        // The operator's reset clears both statistics.
+        // The operator's reset clears both statistics and starts a new baseline, held again.
         s.reset_cusum();
         assert_eq!(s.detector.cusum(), 0.0);
         assert_eq!(s.relative.as_ref().unwrap().detector.cusum(), 0.0);
+        assert_eq!(s.detector.params().cusum_threshold, 5.0);
+        for t in 0..10 {
+            let j = s.step(50.0);
+            assert!(j.relative.is_none(), "frame {t} after the reset");
+        }
+        assert!(s.step(50.0).relative.is_some_and(|r| r.cusum == 0.0));
     }
 
     #[test]

@@ -107,6 +107,10 @@ impl Baseline {
         self.seen < self.params.hold()
     }
 
+    pub fn params(&self) -> &BaselineParams {
+        &self.params
+    }
+
     /// True once a baseline exists (the stream's first `window` frames have been seen).
     pub fn is_ready(&self) -> bool {
         self.history.len() >= self.params.window
