@@ -120,10 +120,25 @@ impl RelativeSection {
                 "finite and > 0",
             ));
         }
-        if !(1.0..=100.0).contains(&self.pooled_scale) {
+        // A scale of a certified threshold, as the node's threshold_scale: under 1 it would
+        // loosen it.
+        if !crate::monitor::THRESHOLD_SCALE_RANGE.contains(&self.pooled_scale) {
             return Err(bad("relative.pooled_scale", self.pooled_scale, "1..=100"));
         }
         crate::detection::Calibration::new(self.scores.clone()).map(|_| ())
+    }
+
+    /// One line for tools' summaries: the baseline, the threshold and the split.
+    pub fn describe(&self) -> String {
+        let b = &self.baseline;
+        format!(
+            "baseline {} frames, {} old; threshold {:.4}; pooled threshold x{} after the first {} frames",
+            b.window,
+            b.gap,
+            self.cusum_threshold,
+            self.pooled_scale,
+            b.hold()
+        )
     }
 }
 

@@ -269,18 +269,23 @@ impl Sequential {
         }
     }
 
-    fn set_pooled_threshold(&mut self, t: f64) {
-        self.pooled_threshold = t;
+    /// Puts the pooled threshold in force into the pooled detector, and returns it.
+    fn apply_pooled_threshold(&mut self) -> f64 {
         let in_force = self.pooled_in_force();
         self.detector.set_cusum_threshold(in_force);
+        in_force
+    }
+
+    fn set_pooled_threshold(&mut self, t: f64) {
+        self.pooled_threshold = t;
+        self.apply_pooled_threshold();
     }
 
     /// Feeds one finite score to every branch.
     fn step(&mut self, score: f64) -> Judgement {
         // The hold covers exactly the frames with no relative score (as `relative::split`
         // simulates it): the threshold is chosen before this frame joins the baseline.
-        let in_force = self.pooled_in_force();
-        self.detector.set_cusum_threshold(in_force);
+        let in_force = self.apply_pooled_threshold();
         let relative = self.relative.as_mut().and_then(|r| {
             let x = r.baseline.push(score)?;
             Some((r.detector.step(x), r.detector.params().cusum_threshold))
@@ -308,8 +313,7 @@ impl Sequential {
             r.detector.reset_cusum();
             r.baseline = Baseline::new(*r.baseline.params());
         }
-        let in_force = self.pooled_in_force();
-        self.detector.set_cusum_threshold(in_force);
+        self.apply_pooled_threshold();
     }
 
     fn next(&mut self, j: &Judgement, recovery: Recovery) -> MonitorState {

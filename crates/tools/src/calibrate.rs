@@ -283,17 +283,19 @@ fn relative_section(
     selected: &[usize],
     opts: &Options,
 ) -> Result<RelativeSection> {
-    let pooled = Calibration::new(cal.iter().flat_map(|d| d.scores(selected)).collect())?;
-    let scores: Vec<f64> = cal
-        .iter()
-        .flat_map(|d| relative::relative_scores(&d.scores(selected), baseline))
-        .collect();
+    let scores_of =
+        |drives: &[Drive]| -> Vec<Vec<f64>> { drives.iter().map(|d| d.scores(selected)).collect() };
+    let relative_of = |scores: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        scores
+            .iter()
+            .map(|s| relative::relative_scores(s, baseline))
+            .collect()
+    };
+    let (cal_scores, tuning) = (scores_of(cal), scores_of(tune));
+    let (rel_cal_scores, rel_tuning) = (relative_of(&cal_scores), relative_of(&tuning));
+    let pooled = Calibration::new(cal_scores.concat())?;
+    let scores = rel_cal_scores.concat();
     let rel_cal = Calibration::new(scores.clone())?;
-    let tuning: Vec<Vec<f64>> = tune.iter().map(|d| d.scores(selected)).collect();
-    let rel_tuning: Vec<Vec<f64>> = tuning
-        .iter()
-        .map(|s| relative::relative_scores(s, baseline))
-        .collect();
     let (threshold, _) =
         tuning::drive_threshold(&rel_cal, pipeline, &rel_tuning, opts.false_alarm_rate)?;
     let split = relative::split(
@@ -302,8 +304,9 @@ fn relative_section(
         &chosen.guarantee,
         &rel_cal,
         threshold,
-        baseline,
+        baseline.hold(),
         &tuning,
+        &rel_tuning,
     );
     Ok(RelativeSection {
         baseline,

@@ -197,12 +197,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(r) = &c.relative {
         println!(
-            "relative branch   baseline {} frames, {} old; threshold {:.4}; pooled threshold x{} after the first {} frames ({} of {} tuning drives alarm, {} allowed)",
-            r.baseline.window,
-            r.baseline.gap,
-            r.cusum_threshold,
-            r.pooled_scale,
-            r.baseline.hold(),
+            "relative branch   {} ({} of {} tuning drives alarm, {} allowed)",
+            r.describe(),
             r.tuning_drives_alarmed,
             g.drives,
             r.tuning_drives_allowed

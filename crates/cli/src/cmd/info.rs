@@ -51,14 +51,7 @@ pub fn run(a: &Args) -> Result<()> {
                 p.window, p.decay, p.cusum_threshold, c.target_false_alarm_rate
             );
             if let Some(r) = &c.relative {
-                println!(
-                    "relative    baseline {} frames {} old, threshold {:.4}; pooled threshold x{} after the first {} frames",
-                    r.baseline.window,
-                    r.baseline.gap,
-                    r.cusum_threshold,
-                    r.pooled_scale,
-                    r.baseline.hold()
-                );
+                println!("relative    {}", r.describe());
             }
         }
     }

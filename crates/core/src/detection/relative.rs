@@ -15,7 +15,7 @@
 //! [`split`]), and alone at its own threshold until the first baseline exists (the start-up
 //! hold: a robot switched on in the shift is judged by the pooled branch as before).
 
-use super::tuning::{run, ThresholdGuarantee};
+use super::tuning::{largest_s, run, ThresholdGuarantee};
 use super::{Calibration, DetectionError, PipelineParams};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -175,7 +175,9 @@ pub const POOLED_SCALES: [f64; 9] = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.
 /// one drive-level promise ([`ThresholdGuarantee`]) on drives exchangeable with the tuning drives.
 ///
 /// Each tuning drive is run as the monitor runs a stream: the pooled branch at its own
-/// threshold during the start-up hold (the first `baseline.hold()` frames), then at the scale.
+/// threshold during the start-up hold (its first `hold` frames), then at the scale.
+/// `tuning[i]` are drive i's scores, `relative_tuning[i]` its relative scores
+/// ([`relative_scores`]).
 #[allow(clippy::too_many_arguments)]
 pub fn split(
     pooled_cal: &Calibration,
@@ -183,27 +185,21 @@ pub fn split(
     guarantee: &ThresholdGuarantee,
     relative_cal: &Calibration,
     relative_threshold: f64,
-    baseline: BaselineParams,
+    hold: usize,
     tuning: &[Vec<f64>],
+    relative_tuning: &[Vec<f64>],
 ) -> Split {
-    // The guarantee's bound is (K + 1 - r) / (K + 1): K - r tuning drives are over the threshold.
-    let allowed = ((guarantee.per_drive_false_alarm * (guarantee.drives + 1) as f64).round()
-        as usize)
-        .saturating_sub(1);
+    let allowed = guarantee.drives_over();
     let pooled_threshold = params.cusum_threshold;
     // Per drive: the pooled S before and after the hold ends, and the relative branch's largest.
+    let largest = |steps: &[super::Step]| largest_s(steps).0;
     let per_drive: Vec<(f64, f64, f64)> = tuning
         .iter()
-        .map(|scores| {
+        .zip(relative_tuning)
+        .map(|(scores, relative)| {
             let s = run(pooled_cal, params, scores);
-            let largest = |steps: &[super::Step]| {
-                steps
-                    .iter()
-                    .filter(|st| st.window_full)
-                    .fold(0.0f64, |m, st| m.max(st.cusum))
-            };
-            let hold = baseline.hold().min(s.len());
-            let rel = run(relative_cal, params, &relative_scores(scores, baseline));
+            let hold = hold.min(s.len());
+            let rel = run(relative_cal, params, relative);
             (largest(&s[..hold]), largest(&s[hold..]), largest(&rel))
         })
         .collect();
@@ -321,7 +317,11 @@ mod tests {
         // Ten quiet drives: no branch alarms at any scale, so the least pooled scale is 1.
         let quiet: Vec<Vec<f64>> = (0..10).map(|_| vec![10.0; 60]).collect();
         let b = BaselineParams::new(5, 5);
-        let s = split(&cal, &params, &g, &rel, 5.0, b, &quiet);
+        let run_split = |b: BaselineParams, drives: &[Vec<f64>]| {
+            let relative: Vec<Vec<f64>> = drives.iter().map(|d| relative_scores(d, b)).collect();
+            split(&cal, &params, &g, &rel, 5.0, b.hold(), drives, &relative)
+        };
+        let s = run_split(b, &quiet);
         assert_eq!(
             (
                 s.pooled_scale,
@@ -339,7 +339,7 @@ mod tests {
         for d in drives.iter_mut().take(2) {
             d[20..40].fill(99.5);
         }
-        let short = split(&cal, &params, &g, &rel, 5.0, b, &drives);
+        let short = run_split(b, &drives);
         assert!(
             short.pooled_scale > 1.0 && short.drives_alarmed <= 1,
             "{short:?}"
@@ -348,7 +348,7 @@ mod tests {
             hold: Some(40),
             ..b
         };
-        let held = split(&cal, &params, &g, &rel, 5.0, long, &drives);
+        let held = run_split(long, &drives);
         assert_eq!(
             (held.pooled_scale, held.drives_alarmed),
             (1.0, 2),

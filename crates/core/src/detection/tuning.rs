@@ -61,6 +61,14 @@ pub struct ThresholdGuarantee {
     pub target_met: bool,
 }
 
+impl ThresholdGuarantee {
+    /// Tuning drives whose largest S is over the threshold (K - r for the r-th smallest of K),
+    /// from the bound (K + 1 - r) / (K + 1).
+    pub fn drives_over(&self) -> usize {
+        ((self.per_drive_false_alarm * (self.drives + 1) as f64).round() as usize).saturating_sub(1)
+    }
+}
+
 /// The alarm threshold for a target rate of false alarms per in-distribution frame, set on
 /// whole tuning drives (see [`ThresholdGuarantee`]) and never below ln(1/rate), the level that
 /// one window's log M exceeds with probability at most `rate` if the p-values are
@@ -75,12 +83,7 @@ pub fn drive_threshold(
     // Per drive: its largest S and how many frames filled the window.
     let per_drive: Vec<(f64, usize)> = id_scores
         .iter()
-        .map(|d| {
-            run(cal, params, d)
-                .iter()
-                .filter(|st| st.window_full)
-                .fold((0.0f64, 0), |(m, n), st| (m.max(st.cusum), n + 1))
-        })
+        .map(|d| largest_s(&run(cal, params, d)))
         .filter(|&(_, n)| n > 0)
         .collect();
     if per_drive.is_empty() {
@@ -90,6 +93,15 @@ pub fn drive_threshold(
     let maxima: Vec<f64> = per_drive.iter().map(|&(m, _)| m).collect();
     let (largest, guarantee) = certified_quantile(maxima, frames, rate);
     Ok((largest.max((1.0 / rate.max(1e-6)).ln()), guarantee))
+}
+
+/// The largest S over the steps with a full window (0 without one), and how many there are:
+/// what a threshold set on whole drives takes of each.
+pub fn largest_s(steps: &[Step]) -> (f64, usize) {
+    steps
+        .iter()
+        .filter(|st| st.window_full)
+        .fold((0.0f64, 0), |(m, n), st| (m.max(st.cusum), n + 1))
 }
 
 /// The conformal quantile of one value per tuning drive (each drive's largest statistic) that
