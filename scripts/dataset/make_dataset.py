@@ -158,6 +158,10 @@ FALSEALARM10 = four_map_clear(range(1700, 1752))
 # the drive-relative branch's third candidate (the long start-up hold). As falsealarm3: seeds
 # 1800-1851, never used.
 FALSEALARM11 = four_map_clear(range(1800, 1852))
+# A twelfth (`make falsealarm12-data`, session 22), fixed before any figure on it: the gate of
+# the student with the drive-relative branch tuned on six maps. As falsealarm3: seeds 1900-1951,
+# never used.
+FALSEALARM12 = four_map_clear(range(1900, 1952))
 # The test set of the model cards (`make testset-data`, issue 14), fixed in session 7 before any
 # figure on it was looked at, with seeds 300-328 never used before: per OOD type and map one
 # drive, OOD in its middle half at the default severity; two clear drives per map, and two on
@@ -199,9 +203,14 @@ UNSEEN_MAP = [(f"id_4way_s{seed}", "4way", seed, "explore", "clear", "whole") fo
 # scene layouts lets a detector generalise to an unseen map. None is 4way or a variant of it.
 MORE_MAPS = [(f"id_{m}_s{seed}", m, seed, "train", "clear", "whole")
              for seed, m in ((s, ("ETH_small_intersect", "TTIC_ripltown", "Montreal_loop")[s % 3]) for s in range(950, 980))]
+# Clear drives on those three more maps for setting thresholds (`make tuning3-data`, session 22),
+# seeds 2000-2038 never used before, 13 per map: with tuning2, tuning drives whose scenes change
+# within a drive (intersections), as a robot's do, for the drive-relative branch. None is 4way.
+TUNING3 = [(f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
+           for seed, m in ((s, ("ETH_small_intersect", "TTIC_ripltown", "Montreal_loop")[s % 3]) for s in range(2000, 2039))]
 SETS = {"sample": SAMPLE, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
-        "tuning2": TUNING2}
+        "falsealarm12": FALSEALARM12, "tuning2": TUNING2, "tuning3": TUNING3}
 
 
 def ood_mask(n, sequence, condition):
@@ -390,9 +399,11 @@ def main():
                          "falsealarm9: 52 fresh clear drives on four maps (seeds 1600-1651); "
                          "falsealarm10: 52 fresh clear drives on four maps (seeds 1700-1751); "
                          "falsealarm11: 52 fresh clear drives on four maps (seeds 1800-1851); "
+                         "falsealarm12: 52 fresh clear drives on four maps (seeds 1900-1951); "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
                          "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
                          "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
+                         "tuning3: 39 clear drives on three more maps (seeds 2000-2038) for the alarm threshold; "
                          "flow_validation: 9 motion OOD drives (seeds 600-608); "
                          "flow_testset: 23 drives (seeds 610-637), the flow detector's test set; "
                          "unseen_map: 12 clear drives on 4way (seeds 900-911) for exploration; "
