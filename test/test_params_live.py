@@ -52,7 +52,9 @@ class Params:
 
     def call(self, kind, request):
         fut = self.clients[kind].call_async(request)
-        wait_for(fut.done, 10, lambda: rclpy.spin_once(self.node, timeout_sec=0.05), kind)
+        # 30 s, not 10: under a loaded 2-core CI run a first service response over DDS once took
+        # longer than 10 s (session 21); the wait only bounds a hang, it measures nothing.
+        wait_for(fut.done, 30, lambda: rclpy.spin_once(self.node, timeout_sec=0.05), kind)
         return fut.result()
 
     def set(self, **values):
