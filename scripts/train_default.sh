@@ -6,7 +6,10 @@
 # `vae-ood calibrate --score mahalanobis --detail-grid 3 --components 16` (reference fitted on
 # 130 clear drives: 100 on the three training maps and 30 on three more, session 19;
 # conformal scores from the clear calibration and early-stopping drives, window and decay chosen
-# on the validation drives, threshold from make tuning2-data); copies the full VAE and the training record beside the bundle and
+# on the validation drives; thresholds from make tuning2-data and make tuning3-data, at half the
+# rate, with the drive-relative branch of session 22: `--relative 60,120,360 --false-alarm-rate
+# 5e-5`, its baseline chosen by a grid on the validation drives, docs/detector-experiments.md);
+# copies the full VAE and the training record beside the bundle and
 # refreshes MODEL_CARD.md's figures. About 40 minutes on a 2-core CPU.
 # Usage: scripts/train_default.sh [OUT]
 set -euo pipefail
@@ -23,6 +26,7 @@ S=data/sample
 [ -f out/heldout/id_udem1_s177/meta.json ] || make heldout-data HELDOUT_OUT=out/heldout
 [ -f out/tuning/id_udem1_s458/meta.json ] || make tuning-data TUNING_OUT=out/tuning
 [ -f out/tuning2/id_udem1_s776/meta.json ] || make tuning2-data TUNING2_OUT=out/tuning2
+[ -f out/tuning3/id_TTIC_ripltown_s2038/meta.json ] || make tuning3-data TUNING3_OUT=out/tuning3
 [ -f out/more_maps/id_TTIC_ripltown_s979/meta.json ] || make more-maps-data
 cargo build --locked -p vae_ood_cli
 VAE=target/debug/vae-ood
@@ -36,7 +40,9 @@ rm -rf "$BUNDLE.new"
 # The regional detail and three more maps' layouts in the fit (docs/detector-experiments.md,
 # "Regional detail with more layouts in the fit").
 "$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis --detail 160x120 --detail-grid 3 \
-  --components 16 --fit $(ls -d out/more_maps/*/bag) $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2)
+  --components 16 --relative 60,120,360 --false-alarm-rate 5e-5 \
+  --fit $(ls -d out/more_maps/*/bag) $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2) \
+  --tune-id $(split tuning out/tuning3)
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"
