@@ -122,8 +122,10 @@ impl RelativeSection {
         }
         // A scale of a certified threshold, as the node's threshold_scale: under 1 it would
         // loosen it.
-        if !crate::monitor::THRESHOLD_SCALE_RANGE.contains(&self.pooled_scale) {
-            return Err(bad("relative.pooled_scale", self.pooled_scale, "1..=100"));
+        let range = crate::monitor::THRESHOLD_SCALE_RANGE;
+        if !range.contains(&self.pooled_scale) {
+            let within = format!("{}..={}", range.start(), range.end());
+            return Err(bad("relative.pooled_scale", self.pooled_scale, &within));
         }
         crate::detection::Calibration::new(self.scores.clone()).map(|_| ())
     }
