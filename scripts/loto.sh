@@ -8,9 +8,9 @@
 # The bundle's other calibration flags come from the environment: CALIBRATE_FLAGS (added to
 # every type's calibration) and RELATIVE (W,G,H of the drive-relative branch), or RELATIVE_<type>
 # where leaving that type out changes the branch's choice. models/default since session 22
-# (its card, "Leave one type out"):
-#   CALIBRATE_FLAGS="--false-alarm-rate 5e-5 --tune-id $(ls -d out/tuning3/*/bag)" \
-#   RELATIVE=60,120,360 RELATIVE_motion_blur=30,60,360 scripts/loto.sh
+# (its card, "Leave one type out"; with S=data/sample and scripts/roles.sh sourced):
+#   CALIBRATE_FLAGS="$(default_threshold_args out/tuning3)" RELATIVE=$DEFAULT_RELATIVE \
+#   RELATIVE_motion_blur=30,60,360 scripts/loto.sh
 # Usage: scripts/loto.sh [BUNDLE] [OUT]   (needs make train-data validation-data heldout-data
 # tuning-data tuning2-data testset-data, and target/debug/vae-ood); prints a markdown table,
 # OUT/loto.json.

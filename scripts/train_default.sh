@@ -7,8 +7,8 @@
 # 130 clear drives: 100 on the three training maps and 30 on three more, session 19;
 # conformal scores from the clear calibration and early-stopping drives, window and decay chosen
 # on the validation drives; thresholds from make tuning2-data and make tuning3-data, at half the
-# rate, with the drive-relative branch of session 22: `--relative 60,120,360 --false-alarm-rate
-# 5e-5`, its baseline chosen by a grid on the validation drives, docs/detector-experiments.md);
+# rate, with the drive-relative branch of session 22: DEFAULT_RELATIVE and default_threshold_args
+# in scripts/roles.sh, its baseline chosen by a grid on the validation drives);
 # copies the full VAE and the training record beside the bundle and
 # refreshes MODEL_CARD.md's figures. About 40 minutes on a 2-core CPU.
 # Usage: scripts/train_default.sh [OUT]
@@ -40,9 +40,9 @@ rm -rf "$BUNDLE.new"
 # The regional detail and three more maps' layouts in the fit (docs/detector-experiments.md,
 # "Regional detail with more layouts in the fit").
 "$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis --detail 160x120 --detail-grid 3 \
-  --components 16 --relative 60,120,360 --false-alarm-rate 5e-5 \
+  --components 16 --relative "$DEFAULT_RELATIVE" \
   --fit $(ls -d out/more_maps/*/bag) $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2) \
-  --tune-id $(split tuning out/tuning3)
+  $(default_threshold_args out/tuning3)
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"

@@ -48,6 +48,18 @@ SAMPLE = [
 # drives, one held out for early stopping (train_val) and one for conformal calibration.
 # udem1 (intersections, buildings, duckies) varies most from scene to scene and gets more.
 TRAIN_MAPS = [("loop_empty", 104, 8), ("small_loop", 112, 8), ("udem1", 120, 12)]
+# The three training maps, in the order every set cycles through them.
+MAPS = tuple(m for m, _, _ in TRAIN_MAPS)
+# Three maps beyond the training maps, with intersections and towns (none is 4way or a variant).
+MORE_MAP_NAMES = ("ETH_small_intersect", "TTIC_ripltown", "Montreal_loop")
+
+
+def clear_drives(maps, seeds, split):
+    """Whole clear drives, each seed on one of `maps` in turn (seed % len(maps))."""
+    return [(f"id_{m}_s{seed}", m, seed, split, "clear", "whole")
+            for seed, m in ((s, maps[s % len(maps)]) for s in seeds)]
+
+
 TRAIN = [
     (f"id_{m}_s{seed}", m, seed,
      "train_val" if seed == first + n - 2 else "calibration" if seed == first + n - 1 else "train", "clear", "whole")
@@ -62,57 +74,47 @@ TRAIN = [
 VALIDATION = [
     (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "second_half")
     for seed, (m, c) in enumerate(
-        [(m, c) for c in ("snow", "motion_blur", "occlusion") for m in ("loop_empty", "small_loop", "udem1")],
+        [(m, c) for c in ("snow", "motion_blur", "occlusion") for m in MAPS],
         start=140)
 ] + [
     (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "middle")
     for seed, (m, c) in enumerate(
-        [(m, c) for c in ("brightness", "rain") for m in ("loop_empty", "small_loop", "udem1")], start=150)
+        [(m, c) for c in ("brightness", "rain") for m in MAPS], start=150)
 ] + [
     # Added in session 7 so that every generated OOD type has validation drives (fog and noise
     # had none): seeds 180-185, never used before.
     (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "second_half")
     for seed, (m, c) in enumerate(
-        [(m, c) for c in ("fog", "noise") for m in ("loop_empty", "small_loop", "udem1")], start=180)
+        [(m, c) for c in ("fog", "noise") for m in MAPS], start=180)
 ]
 # Extra clear drives held out from everything (`make heldout-data`): 6 per map, for studies of
 # scores that are fitted to in-distribution data (docs/detector-experiments.md).
 HELDOUT = [
     (f"id_{m}_s{seed}", m, seed, "heldout", "clear", "whole")
-    for i, m in enumerate(("loop_empty", "small_loop", "udem1"))
+    for i, m in enumerate(MAPS)
     for seed in range(160 + 6 * i, 166 + 6 * i)
 ]
 # Clear drives for measuring false alarms (`make falsealarm-data`): 50 drives of 600 frames
 # (30,000 frames) over the three maps, seeds 200-249, disjoint from every other set and never
 # used to choose anything: the sequential test's false-alarm rate is measured on them.
-FALSEALARM = [
-    (f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
-    for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(200, 250))
-]
+FALSEALARM = clear_drives(MAPS, range(200, 250), "falsealarm")
 # Clear drives for setting the alarm threshold (`make tuning-data`): 60 drives of 600 frames,
 # seeds 400-459 over the three maps, never used before. The threshold is a quantile of their
 # largest CUSUM statistic, one value per drive, so the more drives, the less a rare drive
 # decides it: 60 drives certify 0.1 false alarms per 1000 frames with the 4th largest of them.
-TUNING = [
-    (f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
-    for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(400, 460))
-]
+TUNING = clear_drives(MAPS, range(400, 460), "tuning")
 # Fresh threshold drives (`make tuning2-data`, issue 14, session 15), fixed before any figure on
 # them: the study "A reference fitted on more clear drives" (docs/detector-experiments.md) fits
 # the score's reference on the 78 drives of heldout-data and tuning-data, so the threshold needs
 # clear drives of the same kind that the reference never saw. 78 drives of 600 frames on the
 # three training maps, seeds 700-777, never used before.
-TUNING2 = [
-    (f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
-    for seed, m in ((s, ("loop_empty", "small_loop", "udem1")[s % 3]) for s in range(700, 778))
-]
+TUNING2 = clear_drives(MAPS, range(700, 778), "tuning")
 
 
 def four_map_clear(seeds):
     """Clear drives for counting false alarms, each seed on one of the three training maps or
     4way in turn (seed % 4)."""
-    return [(f"id_{m}_s{seed}", m, seed, "falsealarm", "clear", "whole")
-            for seed, m in ((s, ("loop_empty", "small_loop", "udem1", "4way")[s % 4]) for s in seeds)]
+    return clear_drives(MAPS + ("4way",), seeds, "falsealarm")
 
 
 # A second false-alarm set (`make falsealarm2-data`, issue 14, session 11), fixed before any
@@ -168,7 +170,6 @@ FALSEALARM12 = four_map_clear(range(1900, 1952))
 # 4way, a map no detector has seen (chosen for having only the training maps' textures, so that
 # it tests generalisation to new scenes rather than new objects). Hashes: data/testset.sha256.
 OOD_TYPES = ("brightness", "rain", "fog", "snow", "motion_blur", "noise", "occlusion")
-MAPS = ("loop_empty", "small_loop", "udem1")
 TESTSET = [
     (f"ood_{c}_{m}_s{seed}", m, seed, "test", c, "middle")
     for seed, (m, c) in enumerate([(m, c) for c in OOD_TYPES for m in MAPS], start=300)
@@ -201,13 +202,11 @@ UNSEEN_MAP = [(f"id_4way_s{seed}", "4way", seed, "explore", "clear", "whole") fo
 # Clear drives on three maps beyond the training maps (`make more-maps-data`, session 17),
 # seeds 950-979 never used before, 10 per map: for exploring whether training and fitting on more
 # scene layouts lets a detector generalise to an unseen map. None is 4way or a variant of it.
-MORE_MAPS = [(f"id_{m}_s{seed}", m, seed, "train", "clear", "whole")
-             for seed, m in ((s, ("ETH_small_intersect", "TTIC_ripltown", "Montreal_loop")[s % 3]) for s in range(950, 980))]
+MORE_MAPS = clear_drives(MORE_MAP_NAMES, range(950, 980), "train")
 # Clear drives on those three more maps for setting thresholds (`make tuning3-data`, session 22),
 # seeds 2000-2038 never used before, 13 per map: with tuning2, tuning drives whose scenes change
 # within a drive (intersections), as a robot's do, for the drive-relative branch. None is 4way.
-TUNING3 = [(f"id_{m}_s{seed}", m, seed, "tuning", "clear", "whole")
-           for seed, m in ((s, ("ETH_small_intersect", "TTIC_ripltown", "Montreal_loop")[s % 3]) for s in range(2000, 2039))]
+TUNING3 = clear_drives(MORE_MAP_NAMES, range(2000, 2039), "tuning")
 SETS = {"sample": SAMPLE, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
         "falsealarm12": FALSEALARM12, "tuning2": TUNING2, "tuning3": TUNING3}
