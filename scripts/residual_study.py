@@ -27,10 +27,15 @@ STATS = ("mean", "p99", "fine")
 def frames(bag):
     ts = get_typestore(Stores.ROS2_JAZZY)
     with Reader(bag) as r:
-        conns = [c for c in r.connections if c.msgtype.endswith("/Image")]
+        conns = [c for c in r.connections if "Image" in c.msgtype]
+        assert conns, f"{bag}: no image topic"
         for c, _, raw in r.messages(connections=conns):
             m = ts.deserialize_cdr(raw, c.msgtype)
-            yield np.frombuffer(m.data, np.uint8).reshape(m.height, m.width, 3)
+            if "Compressed" in c.msgtype:
+                bgr = cv2.imdecode(np.frombuffer(m.data, np.uint8), cv2.IMREAD_COLOR)
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            else:
+                yield np.frombuffer(m.data, np.uint8).reshape(m.height, m.width, 3)
 
 
 def prepare(rgb, clahe):
