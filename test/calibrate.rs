@@ -30,6 +30,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         fit,
         detail: None,
         motion_residual: false,
+        residual_statistic: None,
         separate: None,
         parts: None,
         components: 1,

@@ -117,10 +117,14 @@ pub trait Detector: Send {
     /// unchanged. `None` goes back to the score's own.
     fn measure_detail(&mut self, spec: Option<DetailSpec>);
 
-    /// Flow detectors: measures the motion residual ([`crate::flow::motion_residual`]) for the
-    /// caller, as [`Scored::detail`]'s only value, whatever the score uses (calibration fits a
-    /// reference on it). Returns false for a detector that has no motion (the image detector).
-    fn measure_motion_residual(&mut self, _on: bool) -> bool {
+    /// Flow detectors: measures the motion residual, summarised by `statistic`
+    /// ([`crate::flow::residual_statistic`]), for the caller, as [`Scored::detail`]'s only
+    /// value, whatever the score uses (calibration fits a reference on it); `None` stops. Returns
+    /// false for a detector that has no motion (the image detector).
+    fn measure_motion_residual(
+        &mut self,
+        _statistic: Option<crate::flow::ResidualStatistic>,
+    ) -> bool {
         false
     }
 

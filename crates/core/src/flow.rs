@@ -176,8 +176,8 @@ pub struct Stacked {
     pub height: usize,
     pub dx: Vec<f32>,
     pub dy: Vec<f32>,
-    /// The mean over the stack's frame pairs of [`motion_residual`]: how much of the change
-    /// between frames the flow does not explain.
+    /// The mean over the stack's frame pairs of [`residual_statistic`] (by default
+    /// [`motion_residual`]): how much of the change between frames the flow does not explain.
     pub residual: f64,
 }
 
@@ -190,8 +190,10 @@ pub struct FlowStack {
     pub params: FarnebackParams,
     pub depth: usize,
     pub max_gap_ns: i64,
+    /// How each frame pair's residual map is summarised.
+    pub residual: ResidualStatistic,
     prev: Option<(Gray, Option<i64>)>,
-    /// The last `depth` fields, each with its pair's [`motion_residual`].
+    /// The last `depth` fields, each with its pair's residual ([`residual_statistic`]).
     flows: std::collections::VecDeque<(Flow, f64)>,
 }
 
@@ -205,9 +207,16 @@ impl FlowStack {
             params,
             depth: depth.max(1),
             max_gap_ns,
+            residual: ResidualStatistic::Mean,
             prev: None,
             flows: Default::default(),
         }
+    }
+
+    /// The same history, summarising each pair's residual by `residual`.
+    pub fn with_residual(mut self, residual: ResidualStatistic) -> Self {
+        self.residual = residual;
+        self
     }
 
     /// Forgets the history (a reset, or a gap).
@@ -237,7 +246,7 @@ impl FlowStack {
         }
         if let Some((prev, _)) = &self.prev {
             let f = farneback(prev, &frame, &self.params)?;
-            let r = motion_residual(prev, &frame, &f);
+            let r = residual_statistic(prev, &frame, &f, self.residual);
             if self.flows.len() == self.depth {
                 self.flows.pop_front();
             }
@@ -287,6 +296,9 @@ pub struct FlowSpec {
     /// BCE reconstruction needs targets in [0, 1], and Farnebäck with one pyramid level does
     /// not resolve motion much beyond its window anyway.
     pub flow_range: f64,
+    /// How a frame pair's motion residual is summarised (absent: `mean`, as before session 23).
+    #[serde(default, skip_serializing_if = "ResidualStatistic::is_mean")]
+    pub residual: ResidualStatistic,
 }
 
 /// The flow detector's two branches, in channel and latent order.
@@ -301,6 +313,7 @@ impl FlowSpec {
         depth: FlowStack::REFERENCE_DEPTH,
         max_gap_ms: 250.0,
         flow_range: 8.0,
+        residual: ResidualStatistic::Mean,
     };
 
     /// Checks the spec is usable; the error names the field and its range.
@@ -367,6 +380,7 @@ impl FlowSpec {
             self.depth,
             (self.max_gap_ms * 1e6) as i64,
         )
+        .with_residual(self.residual)
     }
 
     /// The encoder's input for one stack: the horizontal fields, then the vertical ones,
@@ -385,19 +399,53 @@ impl FlowSpec {
     }
 }
 
-/// Floor of [`motion_residual`]'s mean before the logarithm (identical frames).
+/// Floor of a residual statistic before the logarithm (identical frames).
 const RESIDUAL_FLOOR: f64 = 1e-6;
 
-/// The motion residual of a frame pair: ln of the mean absolute difference, in [0, 1] grey
-/// levels, between `prev` and `next` sampled where `flow` says each pixel went (bilinear), over
-/// the pixels whose target lies inside the frame. Motion the flow explains (driving, a shaking
-/// camera) leaves little; what appears or changes from one frame to the next (raindrops,
-/// snowflakes, sensor noise, flicker) is left over, and a dense flow field smooths it away, so
-/// the flow detector's score reads it beside the posterior (docs/detector-experiments.md,
-/// "The motion residual").
-pub fn motion_residual(prev: &Gray, next: &Gray, flow: &Flow) -> f64 {
+/// How a frame pair's residual map (the absolute difference between a frame and the next one
+/// sampled where the flow says each pixel went) becomes one number (docs/detector-experiments.md,
+/// "Fine unexplained change").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResidualStatistic {
+    /// The map's mean ([`motion_residual`]; session 16).
+    #[default]
+    Mean,
+    /// Its 99th percentile: the few pixels the flow explains worst.
+    P99,
+    /// The mean of the map minus its own 3x3 median, clipped at zero: change narrower than three
+    /// pixels (snowflakes, raindrops, dead pixels, sensor noise), which no motion a dense flow
+    /// window describes can explain, while a clear scene's misregistered edges are wider and
+    /// cancel. A whitened, low-contrast scene lowers the mean; it does not hide the specks here.
+    Fine,
+}
+
+impl ResidualStatistic {
+    pub fn is_mean(&self) -> bool {
+        *self == Self::Mean
+    }
+}
+
+impl std::str::FromStr for ResidualStatistic {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mean" => Ok(Self::Mean),
+            "p99" => Ok(Self::P99),
+            "fine" => Ok(Self::Fine),
+            _ => Err(format!(
+                "unknown residual statistic {s:?}: expected mean, p99 or fine"
+            )),
+        }
+    }
+}
+
+/// The residual map of a frame pair in grey levels, and which pixels count: those whose
+/// target (where `flow` says the pixel went, sampled bilinearly in `next`) lies inside the frame.
+fn residual_map(prev: &Gray, next: &Gray, flow: &Flow) -> (Vec<f32>, Vec<bool>) {
     let (w, h) = (prev.width, prev.height);
-    let (mut sum, mut n) = (0.0f64, 0usize);
+    let mut map = vec![0.0f32; w * h];
+    let mut inside = vec![false; w * h];
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
@@ -412,12 +460,95 @@ pub fn motion_residual(prev: &Gray, next: &Gray, flow: &Flow) -> f64 {
             let at = |xx: usize, yy: usize| next.data[yy * w + xx];
             let v = (at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx) * (1.0 - fy)
                 + (at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx) * fy;
-            sum += (prev.data[i] - v).abs() as f64;
-            n += 1;
+            map[i] = (prev.data[i] - v).abs();
+            inside[i] = true;
         }
     }
-    let mean = if n == 0 { 0.0 } else { sum / n as f64 / 255.0 };
-    (mean + RESIDUAL_FLOOR).ln()
+    (map, inside)
+}
+
+/// The motion residual of a frame pair: ln of the mean absolute difference, in [0, 1] grey
+/// levels, between `prev` and `next` sampled where `flow` says each pixel went (bilinear), over
+/// the pixels whose target lies inside the frame. Motion the flow explains (driving, a shaking
+/// camera) leaves little; what appears or changes from one frame to the next (raindrops,
+/// snowflakes, sensor noise, flicker) is left over, and a dense flow field smooths it away, so
+/// the flow detector's score reads it beside the posterior (docs/detector-experiments.md,
+/// "The motion residual").
+pub fn motion_residual(prev: &Gray, next: &Gray, flow: &Flow) -> f64 {
+    residual_statistic(prev, next, flow, ResidualStatistic::Mean)
+}
+
+/// ln of `statistic` over a frame pair's residual map in [0, 1] grey levels (pixels whose target
+/// is inside only).
+pub fn residual_statistic(
+    prev: &Gray,
+    next: &Gray,
+    flow: &Flow,
+    statistic: ResidualStatistic,
+) -> f64 {
+    let (map, inside) = residual_map(prev, next, flow);
+    let counted = || map.iter().zip(&inside).filter(|(_, &i)| i).map(|(&v, _)| v);
+    let n = inside.iter().filter(|&&i| i).count();
+    let value = if n == 0 {
+        0.0
+    } else {
+        match statistic {
+            ResidualStatistic::Mean => counted().map(f64::from).sum::<f64>() / n as f64 / 255.0,
+            ResidualStatistic::P99 => {
+                let mut v: Vec<f32> = counted().collect();
+                percentile(&mut v, 0.99) / 255.0
+            }
+            ResidualStatistic::Fine => {
+                let med = median3x3(&map, prev.width, prev.height);
+                map.iter()
+                    .zip(&med)
+                    .zip(&inside)
+                    .filter(|(_, &i)| i)
+                    .map(|((&v, &m), _)| f64::from((v - m).max(0.0)))
+                    .sum::<f64>()
+                    / n as f64
+                    / 255.0
+            }
+        }
+    };
+    (value + RESIDUAL_FLOOR).ln()
+}
+
+/// The `q` quantile of `v` (linear between order statistics, as NumPy's default); `v` is
+/// reordered.
+fn percentile(v: &mut [f32], q: f64) -> f64 {
+    let pos = q * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let (_, &mut a, above) = v.select_nth_unstable_by(lo, f32::total_cmp);
+    let b = above.iter().copied().fold(f32::INFINITY, f32::min);
+    let frac = pos - lo as f64;
+    if frac == 0.0 || above.is_empty() {
+        f64::from(a)
+    } else {
+        f64::from(a) + frac * (f64::from(b) - f64::from(a))
+    }
+}
+
+/// The 3x3 median of a map, its border replicated (OpenCV's `medianBlur` with ksize 3).
+fn median3x3(map: &[f32], w: usize, h: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let mut n = [0.0f32; 9];
+            let mut k = 0;
+            for dy in [-1isize, 0, 1] {
+                for dx in [-1isize, 0, 1] {
+                    let yy = (y as isize + dy).clamp(0, h as isize - 1) as usize;
+                    let xx = (x as isize + dx).clamp(0, w as isize - 1) as usize;
+                    n[k] = map[yy * w + xx];
+                    k += 1;
+                }
+            }
+            let (_, &mut m, _) = n.select_nth_unstable_by(4, f32::total_cmp);
+            out[y * w + x] = m;
+        }
+    }
+    out
 }
 
 /// OpenCV's `cvRound`: nearest integer, ties to even.
@@ -1038,6 +1169,57 @@ mod tests {
         }
         let specks = motion_residual(&a, &c, &farneback(&a, &c, &p).unwrap());
         assert!(specks > moved + 0.5, "{specks} {moved}");
+    }
+
+    #[test]
+    fn the_fine_residual_sees_specks_on_a_whitened_scene() {
+        let (a, b) = (pattern(152, 113, 0.0, 0.0), pattern(152, 113, 1.5, -0.75));
+        let p = FarnebackParams::REFERENCE;
+        let stat =
+            |x: &Gray, y: &Gray, s| residual_statistic(x, y, &farneback(x, y, &p).unwrap(), s);
+        // `mean` is the shipped motion residual, bit for bit.
+        let f = farneback(&a, &b, &p).unwrap();
+        assert_eq!(
+            residual_statistic(&a, &b, &f, ResidualStatistic::Mean),
+            motion_residual(&a, &b, &f)
+        );
+        // Snow as generated: the scene whitened (less contrast), isolated pixels white.
+        let whiten = |g: &Gray| Gray {
+            data: g.data.iter().map(|v| v * 0.7 + 0.3 * 255.0).collect(),
+            ..g.clone()
+        };
+        let (wa, mut wb) = (whiten(&a), whiten(&b));
+        for i in (0..wb.data.len()).step_by(67) {
+            wb.data[i] = 255.0;
+        }
+        let clear = stat(&a, &b, ResidualStatistic::Fine);
+        let snow = stat(&wa, &wb, ResidualStatistic::Fine);
+        assert!(snow > clear + 0.5, "fine: snow {snow}, clear {clear}");
+        // Every statistic is ordered as its definition says: fine <= mean <= ... for one pair.
+        let mean = stat(&wa, &wb, ResidualStatistic::Mean);
+        let p99 = stat(&wa, &wb, ResidualStatistic::P99);
+        assert!(snow <= mean && mean <= p99, "{snow} {mean} {p99}");
+    }
+
+    #[test]
+    fn percentile_and_median_follow_numpy_and_opencv() {
+        let mut v: Vec<f32> = (0..101).rev().map(|i| i as f32).collect();
+        assert!((percentile(&mut v, 0.99) - 99.0).abs() < 1e-9);
+        let mut v = vec![0.0f32, 10.0];
+        assert!((percentile(&mut v, 0.25) - 2.5).abs() < 1e-9);
+        // One bright pixel is removed by the 3x3 median; a 3-pixel-wide bar is kept.
+        let mut m = vec![0.0f32; 7 * 7];
+        m[3 * 7 + 3] = 9.0;
+        assert!(median3x3(&m, 7, 7).iter().all(|&v| v == 0.0));
+        let bar: Vec<f32> = (0..49)
+            .map(|i| if (2..5).contains(&(i % 7)) { 1.0 } else { 0.0 })
+            .collect();
+        assert_eq!(median3x3(&bar, 7, 7), bar);
+        assert_eq!(
+            "fine".parse::<ResidualStatistic>(),
+            Ok(ResidualStatistic::Fine)
+        );
+        assert!("median".parse::<ResidualStatistic>().is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::detector::{
     encode_all, scored, zero_size, Detector, Fault, Scored, StreamFrame, StreamId,
 };
 use crate::encoder::Encoder;
-use crate::flow::{FlowSpec, FlowStack};
+use crate::flow::{FlowSpec, FlowStack, ResidualStatistic};
 use crate::score::PartSpec;
 use std::time::Instant;
 
@@ -105,8 +105,15 @@ impl Detector for FlowDetector {
     /// Detail features describe a single image; the flow detector's score has none.
     fn measure_detail(&mut self, _spec: Option<DetailSpec>) {}
 
-    fn measure_motion_residual(&mut self, on: bool) -> bool {
-        self.measure_residual = on;
+    fn measure_motion_residual(&mut self, statistic: Option<ResidualStatistic>) -> bool {
+        self.measure_residual = statistic.is_some();
+        if let Some(s) = statistic {
+            // Every stream's history summarises its pairs the new way from its next pair on.
+            self.spec.residual = s;
+            for stack in &mut self.streams {
+                stack.residual = s;
+            }
+        }
         true
     }
 

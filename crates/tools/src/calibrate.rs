@@ -30,6 +30,7 @@ use vae_ood_core::detection::selection::{top_k, Rank};
 use vae_ood_core::detection::tuning::{self, search, Candidate, Drive, Grid};
 use vae_ood_core::detection::{Calibration, PipelineParams};
 use vae_ood_core::detector::Detector;
+use vae_ood_core::flow::ResidualStatistic;
 use vae_ood_core::flow_detector::FlowDetector;
 use vae_ood_core::score::{features, Reference, ScoreError, ScoreSpec};
 
@@ -160,6 +161,9 @@ pub struct Options {
     pub detail: Option<DetailSpec>,
     /// Flow detectors: a reference fitted on `fit` adds the stack's motion residual.
     pub motion_residual: bool,
+    /// How the motion residual is summarised (`None`: the bundle's own; `mean` before it had
+    /// one).
+    pub residual_statistic: Option<ResidualStatistic>,
     /// The extra features (`detail` or `motion_residual`) get a Gaussian of their own, and the
     /// score is the larger of the two parts' tail scores ([`vae_ood_core::score::Separate`]).
     pub separate: Option<Tails>,
@@ -204,6 +208,7 @@ impl Options {
             fit: vec![],
             detail: None,
             motion_residual: false,
+            residual_statistic: None,
             separate: None,
             parts: None,
             components: 1,
@@ -399,13 +404,22 @@ pub fn calibrate(
     if opts.motion_residual && opts.fit.is_empty() {
         return input("--motion-residual adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
     }
+    if opts.residual_statistic.is_some() && !opts.motion_residual {
+        return input("--residual-statistic says how the motion residual is measured: give --motion-residual too".into());
+    }
+    // The residual's statistic: as told, else the bundle's own.
+    let residual = match (&opts.residual_statistic, &det.bundle().manifest.detector) {
+        (Some(s), _) => *s,
+        (None, DetectorSpec::Flow(f)) => f.residual,
+        (None, _) => ResidualStatistic::Mean,
+    };
     // A reference being fitted takes the extra features it is told to; one kept, what it has.
     let with_extra = if opts.fit.is_empty() {
         let s = &det.bundle().manifest.score;
         s.detail().is_some() || s.motion_residual()
     } else {
         det.measure_detail(opts.detail);
-        if opts.motion_residual && !det.measure_motion_residual(true) {
+        if opts.motion_residual && !det.measure_motion_residual(Some(residual)) {
             return input("--motion-residual needs a flow bundle (detector.kind: flow): an image has no motion".into());
         }
         if opts.detail.is_some() && opts.motion_residual {
@@ -612,6 +626,9 @@ pub fn calibrate(
         ScoreSpec::Mahalanobis(_) => (0..n_latents).collect(),
     };
     manifest.score = score;
+    if let (true, DetectorSpec::Flow(f)) = (opts.motion_residual, &mut manifest.detector) {
+        f.residual = residual;
+    }
     manifest.calibration = Some(CalibrationSection {
         pipeline,
         target_false_alarm_rate: opts.false_alarm_rate,

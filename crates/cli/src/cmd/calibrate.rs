@@ -7,6 +7,7 @@ use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::relative::BaselineParams;
 use vae_ood_core::detection::selection::Rank;
 use vae_ood_core::detection::tuning::Grid;
+use vae_ood_core::flow::ResidualStatistic;
 use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, Parts, ScoreKind, Tails};
 
 #[derive(clap::Args)]
@@ -43,6 +44,11 @@ pub struct Args {
     /// snowflakes, sensor noise), which the dense flow field smooths away.
     #[arg(long)]
     motion_residual: bool,
+    /// With --motion-residual: how each frame pair's residual map is summarised: mean, p99 (its
+    /// 99th percentile) or fine (the mean of the map minus its 3x3 median: change narrower than
+    /// three pixels, which no motion explains). Default: the bundle's own (mean before session 23).
+    #[arg(long, requires = "motion_residual", value_name = "STATISTIC")]
+    residual_statistic: Option<ResidualStatistic>,
     /// Score the extra features (--detail or --motion-residual) by a Gaussian of their own and
     /// take the larger of the two parts' tail scores over the fit frames, instead of one
     /// distance over all features (where the posterior's many features dilute a few extra ones).
@@ -144,6 +150,7 @@ pub fn run(a: Args) -> Result<()> {
             })
             .transpose()?,
         motion_residual: a.motion_residual,
+        residual_statistic: a.residual_statistic,
         separate: a.separate,
         parts: a.parts,
         components: a.components,
