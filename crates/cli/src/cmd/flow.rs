@@ -32,6 +32,10 @@ pub struct Args {
     /// thread (after 5 untimed ones) and print p50 and p99 of each (1..=100000).
     #[arg(long, value_name = "RUNS", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     bench: Option<u32>,
+    /// Also print the pair's motion residual by each statistic (ln; `mean`, `p99`, `fine`) as
+    /// one JSON line.
+    #[arg(long)]
+    residual: bool,
     #[arg(long, default_value_t = FarnebackParams::REFERENCE.pyr_scale)]
     pyr_scale: f64,
     #[arg(long, default_value_t = FarnebackParams::REFERENCE.levels)]
@@ -80,6 +84,15 @@ pub fn run(a: &Args) -> Result<()> {
         }
     }
     let flow = farneback(&prev, &next, &params)?;
+    if a.residual {
+        let r = |s| residual_statistic(&prev, &next, &flow, s);
+        println!(
+            "{{\"mean\": {}, \"p99\": {}, \"fine\": {}}}",
+            r(ResidualStatistic::Mean),
+            r(ResidualStatistic::P99),
+            r(ResidualStatistic::Fine)
+        );
+    }
     if let Some(runs) = a.bench {
         bench(a, &prev, &next, &params, runs as usize)?;
     }
