@@ -103,7 +103,7 @@ def test_calibrated_detectors_at_their_own_thresholds_are_warned_about(ros):
     at threshold_scale 1 the node says so and names the tool that computes their joint scale;
     at their joint scale it does not."""
     outputs = {}
-    for scale in ("1.0", "1.254"):
+    for scale in ("1.0", "1.51"):
         name = f"joint_{scale.replace('.', '_')}_{UID}"
         node = NodeProcess(name, bundle="models/compressed", params={
             "model_bundles": "[models/compressed,models/flow]", "threshold_scale": scale})
@@ -116,4 +116,4 @@ def test_calibrated_detectors_at_their_own_thresholds_are_warned_about(ros):
             node.stop()
         outputs[scale] = node.output()
     assert "2 calibrated detectors" in outputs["1.0"] and "vae-ood joint-threshold" in outputs["1.0"], outputs["1.0"]
-    assert "joint-threshold" not in outputs["1.254"], outputs["1.254"]
+    assert "joint-threshold" not in outputs["1.51"], outputs["1.51"]
