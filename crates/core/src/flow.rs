@@ -421,22 +421,34 @@ pub enum ResidualStatistic {
 }
 
 impl ResidualStatistic {
+    /// Every statistic, in the order tools report them.
+    pub const ALL: [Self; 3] = [Self::Mean, Self::P99, Self::Fine];
+
+    /// The name in bundles and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mean => "mean",
+            Self::P99 => "p99",
+            Self::Fine => "fine",
+        }
+    }
+
     pub fn is_mean(&self) -> bool {
         *self == Self::Mean
     }
 }
 
 impl std::str::FromStr for ResidualStatistic {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "mean" => Ok(Self::Mean),
-            "p99" => Ok(Self::P99),
-            "fine" => Ok(Self::Fine),
-            _ => Err(format!(
-                "unknown residual statistic {s:?}: expected mean, p99 or fine"
-            )),
-        }
+    type Err = FlowError;
+    fn from_str(s: &str) -> Result<Self, FlowError> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                FlowError::Param(format!(
+                    "unknown residual statistic {s:?}: expected mean, p99 or fine"
+                ))
+            })
     }
 }
 

@@ -85,13 +85,16 @@ pub fn run(a: &Args) -> Result<()> {
     }
     let flow = farneback(&prev, &next, &params)?;
     if a.residual {
-        let r = |s| residual_statistic(&prev, &next, &flow, s);
-        println!(
-            "{{\"mean\": {}, \"p99\": {}, \"fine\": {}}}",
-            r(ResidualStatistic::Mean),
-            r(ResidualStatistic::P99),
-            r(ResidualStatistic::Fine)
-        );
+        let by_statistic: serde_json::Map<_, _> = ResidualStatistic::ALL
+            .into_iter()
+            .map(|s| {
+                (
+                    s.name().into(),
+                    residual_statistic(&prev, &next, &flow, s).into(),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(by_statistic));
     }
     if let Some(runs) = a.bench {
         bench(a, &prev, &next, &params, runs as usize)?;
@@ -125,17 +128,14 @@ fn bench(a: &Args, prev: &Gray, next: &Gray, params: &FarnebackParams, runs: usi
     // The motion residual the flow detector's score reads, each statistic, against the flow it
     // follows.
     let f = farneback(prev, next, params)?;
-    for s in [
-        ResidualStatistic::Mean,
-        ResidualStatistic::P99,
-        ResidualStatistic::Fine,
-    ] {
+    for s in ResidualStatistic::ALL {
         let r = time_ms(runs, || {
             std::hint::black_box(residual_statistic(prev, next, &f, s));
             Ok(())
         })?;
         println!(
-            "motion residual ({s:?}) {}x{}: p50 {:.3} ms  p99 {:.3} ms ({:.1} % of the flow's p50)",
+            "motion residual ({}) {}x{}: p50 {:.3} ms  p99 {:.3} ms ({:.1} % of the flow's p50)",
+            s.name(),
             next.width,
             next.height,
             r.p50,
