@@ -30,6 +30,8 @@ def main():
                     help="the ROS package's replay executable (what `vae-ood replay` runs)")
     ap.add_argument("--rate", type=float, default=1.0, help="replay speed (1 = recorded 15 fps)")
     ap.add_argument("--json", type=pathlib.Path, help="also write per-drive verdicts and labels here")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="publish each frame only after the previous one's verdict (lossless under any load)")
     args = ap.parse_args()
 
     rclpy.init()
@@ -42,11 +44,20 @@ def main():
         with lock:
             verdicts[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = rec
 
-    node.create_subscription(DiagnosticArray, f"/{args.monitor}/verdict", on_verdict, 100)
+    sub = node.create_subscription(DiagnosticArray, f"/{args.monitor}/verdict", on_verdict, 100)
     reset = node.create_client(Trigger, f"/{args.monitor}/reset")
     stop = threading.Event()
     spinner = threading.Thread(target=lambda: [rclpy.spin_once(node, timeout_sec=0.05) for _ in iter(stop.is_set, True)])
     spinner.start()
+
+    # The first frames' verdicts are lost unless this reader has matched the node's writer, and
+    # the writer this reader (verdicts are volatile): wait for the one, then let the other settle.
+    deadline = time.monotonic() + 30.0
+    while sub.get_publisher_count() == 0:
+        if time.monotonic() > deadline:
+            sys.exit(f"no monitor publishes /{args.monitor}/verdict (30 s)")
+        time.sleep(0.05)
+    time.sleep(1.0)
 
     summary = []
     results = []
@@ -69,8 +80,10 @@ def main():
             seen = set()
             with lock:
                 before = set(verdicts)
-            proc = subprocess.Popen([args.replay, str(ROOT / "data" / "sample" / drive / "bag"), "--rate", str(args.rate)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            cmd = [args.replay, str(ROOT / "data" / "sample" / drive / "bag"), "--rate", str(args.rate)]
+            if args.lockstep:
+                cmd += ["--lockstep", f"/{args.monitor}/verdict"]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             t0 = None
             while proc.poll() is None or len(seen) < meta["frames"]:
                 with lock:
@@ -95,6 +108,8 @@ def main():
                 sys.exit(f"replay of {drive} failed: {proc.stderr.read()}")
             with lock:
                 rows = [verdicts[s] for s in sorted(seen)]
+            if len(rows) != meta["frames"]:
+                print(f"{drive}: {len(rows)} verdicts for {meta['frames']} frames", file=sys.stderr)
             flags = [r["state"] == "OOD" for r in rows]
             idx = sorted(ood)
             delay = next((k - idx[0] for k in range(idx[0], len(flags)) if flags[k] and k in ood), None) if idx else None

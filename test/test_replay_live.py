@@ -91,3 +91,26 @@ def test_replay_refuses_a_speed_factor_out_of_range_before_waiting(tmp_path, rat
     r = subprocess.run([str(VAE_OOD), "replay", str(tmp_path / "bag"), "--rate", rate], capture_output=True, text=True, timeout=20)
     assert r.returncode != 0 and "--rate" in r.stderr, r.stderr
     assert time.monotonic() - t0 < 10, "refused only after waiting"
+
+
+def test_lockstep_replay_fails_by_name_when_no_verdict_comes(ros, tmp_path):
+    """--lockstep waits for each frame's verdict: with a camera subscriber but no monitor the
+    replay stops after its timeout and says which frame and topic, instead of hanging or
+    carrying on silently."""
+    require(VAE_OOD, "vae-ood")
+    from sensor_msgs.msg import Image
+    name = f"lockstep_{UID}"
+    write_bag(tmp_path / "bag", "mcap", make_frames(3, seed=2), topic=f"/{name}/cam")
+    listener = rclpy.create_node(f"lockstep_listener_{UID}")
+    got = []
+    listener.create_subscription(Image, f"/{name}/cam", got.append, 10)
+    try:
+        rep = subprocess.Popen([str(VAE_OOD), "replay", str(tmp_path / "bag"), "--lockstep", f"/{name}/verdict",
+                                "--lockstep-timeout", "1"], stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: rep.poll() is not None, 30, lambda: rclpy.spin_once(listener, timeout_sec=0.02), "the replay to stop")
+        err = rep.stderr.read()
+        assert rep.returncode != 0 and "--lockstep: no verdict" in err and f"/{name}/verdict" in err, err
+        # Only the first frame went out: the replay waited for its verdict before the next.
+        assert len(got) <= 1, len(got)
+    finally:
+        listener.destroy_node()

@@ -3,7 +3,8 @@
 #[cfg(feature = "replay")]
 fn main() -> anyhow::Result<()> {
     use clap::Parser;
-    use vae_ood_monitor::replay::{replay, ReplayOptions};
+    use std::time::Duration;
+    use vae_ood_monitor::replay::{replay, Lockstep, ReplayOptions};
 
     /// Publish a bag's camera topic (and --label-topic) at the recorded rate over ROS 2.
     #[derive(Parser)]
@@ -26,9 +27,32 @@ fn main() -> anyhow::Result<()> {
         /// Seconds to wait for a subscriber.
         #[arg(long, default_value_t = 30.0)]
         wait: f64,
+        /// Lossless replay: after each camera frame, wait for the monitor's verdict on it (this
+        /// verdict topic, e.g. /vae_ood_monitor/verdict) before publishing the next.
+        #[arg(long, value_name = "VERDICT_TOPIC")]
+        lockstep: Option<String>,
+        /// Seconds one frame's verdict may take under --lockstep before the replay fails.
+        #[arg(long, default_value_t = 10.0)]
+        lockstep_timeout: f64,
     }
 
     let a = Args::parse();
+    let seconds = |name: &str, s: f64| {
+        if (0.0..=86_400.0).contains(&s) {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(anyhow::anyhow!(
+                "--{name} is {s}; expected 0..=86400 seconds"
+            ))
+        }
+    };
+    let lockstep = match a.lockstep {
+        Some(verdict_topic) => Some(Lockstep {
+            verdict_topic,
+            timeout: seconds("lockstep-timeout", a.lockstep_timeout)?,
+        }),
+        None => None,
+    };
     let n = replay(&ReplayOptions {
         bag: a.bag,
         topic: a.topic,
@@ -36,11 +60,8 @@ fn main() -> anyhow::Result<()> {
         rate: a.rate,
         repeat: a.repeat,
         clock: a.clock,
-        wait: if (0.0..=86_400.0).contains(&a.wait) {
-            std::time::Duration::from_secs_f64(a.wait)
-        } else {
-            anyhow::bail!("--wait is {}; expected 0..=86400 seconds", a.wait)
-        },
+        wait: seconds("wait", a.wait)?,
+        lockstep,
     })?;
     eprintln!("replayed {n} messages");
     Ok(())

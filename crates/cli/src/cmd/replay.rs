@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct Args {
     /// Arguments for vae_ood_replay: BAG [--topic T] [--label-topic T] [--rate R] [--loop]
-    /// [--clock] [--wait S]; `vae_ood_replay --help` lists them.
+    /// [--clock] [--wait S] [--lockstep VERDICT_TOPIC]; `vae_ood_replay --help` lists them.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     args: Vec<String>,
 }
