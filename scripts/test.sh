@@ -16,10 +16,13 @@ env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo build --locke
 echo "=== 1b/3 the cuda backend (builds without CUDA; with no GPU its GPU half prints SKIPPED) ==="
 # libnvrtc from the PyPI wheel (scripts/requirements-test.txt): our kernels compile to PTX here.
 NVRTC_LIB=$(echo "$ROOT"/.venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib)
+# The same package selection as 1/3, so its build is reused (crates/core/Cargo.toml pins the
+# features tract-cuda would change): only the CUDA crates, core and the CLI compile again. The
+# CLI is compiled with the feature too (`--bin vae-ood`: its unit tests, the cuda bench path).
 env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER \
   LD_LIBRARY_PATH="$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-  cargo test --locked -p vae_ood_core --features cuda --test cuda_backend -- --nocapture
-env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER cargo check --locked -p vae_ood_cli --features cuda
+  cargo test --locked --workspace --exclude vae_ood_monitor --features vae_ood_cli/cuda \
+  --test cuda_backend --bin vae-ood -- --nocapture
 
 echo "=== 2/3 ROS package (node, gate, replay) ==="
 source scripts/env.sh
