@@ -8,7 +8,9 @@
 //! drop frames whenever it falls behind the recorded rate, and its verdicts would then differ
 //! from an offline evaluation of the same bag.
 
+use crate::messages::time_to_nanos;
 use anyhow::{anyhow, bail, Context as _, Result};
+use r2r::builtin_interfaces::msg::Time;
 use r2r::QosProfile;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -52,7 +54,7 @@ pub fn cdr_header_stamp(cdr: &[u8]) -> Option<i64> {
         [0, 1] => (i32::from_le_bytes(word(4)?), u32::from_le_bytes(word(8)?)),
         _ => return None,
     };
-    Some(i64::from(sec) * 1_000_000_000 + i64::from(nanosec))
+    Some(time_to_nanos(&Time { sec, nanosec }))
 }
 
 /// The stamps of verdicts received and not yet waited for.
@@ -126,8 +128,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<u64> {
             // Ends when the node (and with it the subscription) is dropped by the spinner.
             Some(std::thread::spawn(move || {
                 futures::executor::block_on(stream.for_each(|v| {
-                    let t = &v.header.stamp;
-                    let stamp = i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec);
+                    let stamp = time_to_nanos(&v.header.stamp);
                     verdicts.stamps.lock().expect("verdict lock").insert(stamp);
                     verdicts.arrived.notify_all();
                     futures::future::ready(())
