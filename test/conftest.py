@@ -147,6 +147,30 @@ class NodeProcess:
         return self.proc.returncode
 
 
+def call_idempotent(client, request, step, timeout=60, what="a service answer", resend_after=5.0):
+    """Calls a service whose request may be repeated harmlessly (a get, a describe, a set to the
+    same values, a reset), sending it again every `resend_after` seconds until one answer comes.
+
+    Why: `wait_for_service` only says the server's request reader is known. Under load, Fast DDS
+    can drop the server's response when its writer has not yet matched this client's reader; the
+    future then never completes (session 24's CI lost a get_parameters this way). Resending is
+    what a real client does; a non-idempotent call (a lifecycle transition) must not use this."""
+    deadline = time.monotonic() + timeout
+    pending = []
+    while time.monotonic() < deadline:
+        pending.append(client.call_async(request))
+        resend = min(deadline, time.monotonic() + resend_after)
+        while time.monotonic() < resend:
+            step()
+            for fut in pending:
+                if fut.done():
+                    for other in pending:
+                        if other is not fut:
+                            client.remove_pending_request(other)
+                    return fut.result()
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} ({len(pending)} requests sent)")
+
+
 def wait_for(pred, timeout, step=None, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

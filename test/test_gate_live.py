@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import NodeProcess, cli, make_frames, wait_for, write_png
+from conftest import NodeProcess, call_idempotent, cli, make_frames, wait_for, write_png
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
 from geometry_msgs.msg import Twist  # noqa: E402
@@ -200,9 +200,8 @@ def test_manual_recovery_needs_reset(ros, calibrated):
         assert set(states) == {"OOD"}, states
         reset = client.node.create_client(Trigger, f"/m_manual_{UID}/reset")
         assert reset.wait_for_service(timeout_sec=10)
-        fut = reset.call_async(Trigger.Request())
-        wait_for(lambda: fut.done(), 10, client.spin, "the reset response")
-        assert fut.result().success and "OK" in fut.result().message, fut.result()
+        r = call_idempotent(reset, Trigger.Request(), client.spin, 30, "the reset response")
+        assert r.success and "OK" in r.message, r
         v = client.send(raw_image(frames[0]))
         assert v["state"] == "OK" and float(v["cusum"]) < 1.0, v
         t = time.monotonic()

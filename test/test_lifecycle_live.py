@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import NodeProcess, make_frames, wait_for
+from conftest import NodeProcess, call_idempotent, make_frames, wait_for
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
 from lifecycle_msgs.msg import Transition, TransitionEvent  # noqa: E402
@@ -45,8 +45,13 @@ class Manager:
 
     def call(self, kind, request=None, timeout=60):
         c = self.clients[kind]
-        fut = c.call_async(request if request is not None else c.srv_type.Request())
-        wait_for(fut.done, timeout, lambda: self.executor.spin_once(timeout_sec=0.02), f"{self.target} {kind}")
+        request = request if request is not None else c.srv_type.Request()
+        step = lambda: self.executor.spin_once(timeout_sec=0.02)  # noqa: E731
+        if kind != "change_state":
+            # Queries may be resent if a response is lost; a transition must not be repeated.
+            return call_idempotent(c, request, step, timeout, f"{self.target} {kind}")
+        fut = c.call_async(request)
+        wait_for(fut.done, timeout, step, f"{self.target} {kind}")
         return fut.result()
 
     def change(self, label=None, tid=0):

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from conftest import BUNDLE, ROOT, NodeProcess, wait_for
+from conftest import BUNDLE, ROOT, NodeProcess, call_idempotent, wait_for
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
@@ -51,11 +51,10 @@ class Params:
             assert c.wait_for_service(timeout_sec=20), c.srv_name
 
     def call(self, kind, request):
-        fut = self.clients[kind].call_async(request)
-        # 30 s, not 10: under a loaded 2-core CI run a first service response over DDS once took
-        # longer than 10 s (session 21); the wait only bounds a hang, it measures nothing.
-        wait_for(fut.done, 30, lambda: rclpy.spin_once(self.node, timeout_sec=0.05), kind)
-        return fut.result()
+        # Every call here is idempotent, so a lost response is resent, not waited on for ever
+        # (session 24's CI). The wait only bounds a hang; it measures nothing.
+        return call_idempotent(self.clients[kind], request, lambda: rclpy.spin_once(self.node, timeout_sec=0.05),
+                               60, kind)
 
     def set(self, **values):
         r = self.call("set_parameters", SetParameters.Request(
