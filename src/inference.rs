@@ -716,6 +716,7 @@ fn publish_records(
             relative: None,
             alarm_ratio: None,
             branch_kl: None,
+            tail_scores: None,
             branch_ood: None,
         };
         let rec = VerdictRecord {

@@ -164,6 +164,11 @@ pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
     if let Some(b) = v.branch_ood {
         values.push(kv("branch_ood", b));
     }
+    // A score that is the larger of two tail scores: both, so an alarm names its part.
+    if let Some([post, extra]) = v.tail_scores {
+        values.push(kv("posterior_tail", format!("{post:e}")));
+        values.push(kv("extra_tail", format!("{extra:e}")));
+    }
     if let Some(f) = &v.fault {
         values.push(kv("fault", f.kind()));
         values.push(kv("fault_detail", f));
@@ -488,6 +493,7 @@ mod tests {
             relative: None,
             alarm_ratio: None,
             branch_kl: None,
+            tail_scores: None,
             branch_ood: None,
         };
         let rec = VerdictRecord {
@@ -521,6 +527,22 @@ mod tests {
             (1.0f64 / 3.0) as f32
         );
         assert_eq!(a.status[0].level, DiagnosticStatus::OK as u8);
+        assert_eq!(get(&a, "posterior_tail"), None);
+        // A score in two parts names both.
+        let parts = FrameVerdict {
+            tail_scores: Some([2.5, 7.0]),
+            ..ok.clone()
+        };
+        let a = verdict_array(&VerdictRecord {
+            verdict: &parts,
+            header: rec.header.clone(),
+            detectors: vec![],
+            ..rec
+        });
+        assert_eq!(
+            (get(&a, "posterior_tail"), get(&a, "extra_tail")),
+            (Some("2.5e0".into()), Some("7e0".into()))
+        );
 
         let bad = FrameVerdict {
             state: MonitorState::Fault,
@@ -531,6 +553,7 @@ mod tests {
             relative: None,
             alarm_ratio: None,
             branch_kl: None,
+            tail_scores: None,
             branch_ood: None,
         };
         let a = verdict_array(&VerdictRecord {

@@ -88,16 +88,16 @@ impl Detector for ReferencePath {
                 let x = reference::preprocess(&px.to_rgb(), &self.bundle.manifest.input);
                 let p = self.encoder.encode(&x).unwrap();
                 let detail = self.detail.as_mut().map_or(vec![], |d| d.features(*px));
-                let (kl, score) = self
-                    .bundle
-                    .manifest
-                    .score_posterior(&p.mu, &p.logvar, &detail);
+                let manifest = &self.bundle.manifest;
+                let (kl, score) = manifest.score_posterior(&p.mu, &p.logvar, &detail);
+                let tail_scores = manifest.score.tail_scores(&p.mu, &p.logvar, &detail);
                 Ok(Scored {
                     score,
                     kl,
                     mu: p.mu,
                     logvar: p.logvar,
                     detail,
+                    tail_scores,
                     preprocess: Default::default(),
                     inference: Default::default(),
                 })

@@ -40,6 +40,10 @@ pub struct Scored {
     /// The frame's detail features ([`crate::detail`]): those the score uses, or those asked
     /// for by [`Detector::measure_detail`]; empty when neither.
     pub detail: Vec<f64>,
+    /// The posterior's and the extra features' tail scores, when the score is their larger
+    /// ([`crate::score::Separate`], the flow detector's motion residual): which part a high
+    /// score came from.
+    pub tail_scores: Option<[f64; 2]>,
     pub preprocess: Duration,
     pub inference: Duration,
 }
@@ -225,6 +229,7 @@ pub(crate) fn scored(
         return Err(Fault::NonFinite);
     }
     let (kl, score) = manifest.score_posterior(&mu, &logvar, &own);
+    let tail_scores = manifest.score.tail_scores(&mu, &logvar, &own);
     let detail = extra.unwrap_or(own);
     if !score.is_finite() {
         return Err(Fault::NonFinite);
@@ -235,6 +240,7 @@ pub(crate) fn scored(
         mu,
         logvar,
         detail,
+        tail_scores,
         preprocess: Duration::ZERO,
         inference: Duration::ZERO,
     })

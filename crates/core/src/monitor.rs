@@ -69,6 +69,7 @@ impl MonitorState {
 struct Judged {
     score: f64,
     branch_kl: Option<[f64; 2]>,
+    tail_scores: Option<[f64; 2]>,
 }
 
 /// Decision parameters.
@@ -394,6 +395,9 @@ pub struct FrameVerdict {
     /// Flow detectors' scored frames: the KL of each branch (horizontal, vertical), the
     /// reference design's per-branch scores.
     pub branch_kl: Option<[f64; 2]>,
+    /// The score's two parts as tail scores (posterior, extra features), when it is their
+    /// larger ([`crate::detector::Scored::tail_scores`]).
+    pub tail_scores: Option<[f64; 2]>,
     /// Whether the reference design's per-branch rule fires on this frame (flow bundles with
     /// `calibration.branch_thresholds`); it decides the state only with
     /// [`MonitorConfig::branch_rule`].
@@ -681,6 +685,7 @@ impl Monitor {
                 branch_kl: self
                     .branches
                     .then(|| crate::flow_detector::FlowDetector::branch_kl(&s.kl)),
+                tail_scores: s.tail_scores,
             }),
         }
     }
@@ -770,7 +775,11 @@ impl Monitor {
     fn record(&mut self, result: Result<Judged, Fault>, timing: StageTimes) -> FrameVerdict {
         self.counters.frames += 1;
         let verdict = match result {
-            Ok(Judged { score, branch_kl }) => {
+            Ok(Judged {
+                score,
+                branch_kl,
+                tail_scores,
+            }) => {
                 self.counters.scored += 1;
                 let (mut state, judgement) = match &mut self.sequential {
                     Some(seq) => {
@@ -797,6 +806,7 @@ impl Monitor {
                     relative: judgement.as_ref().and_then(|j| j.relative),
                     alarm_ratio: judgement.map(|j| j.ratio),
                     branch_kl,
+                    tail_scores,
                     branch_ood,
                 }
             }
@@ -813,6 +823,7 @@ impl Monitor {
                     relative: None,
                     alarm_ratio: None,
                     branch_kl: None,
+                    tail_scores: None,
                     branch_ood: None,
                 }
             }
@@ -828,6 +839,7 @@ impl Monitor {
                     relative: None,
                     alarm_ratio: None,
                     branch_kl: None,
+                    tail_scores: None,
                     branch_ood: None,
                 }
             }

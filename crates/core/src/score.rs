@@ -69,6 +69,15 @@ impl ScoreSpec {
         }
     }
 
+    /// The posterior's and the extra features' tail scores, when the score is their larger
+    /// ([`Reference::tail_scores`]); `None` for other scores.
+    pub fn tail_scores(&self, mu: &[f32], logvar: &[f32], detail: &[f64]) -> Option<[f64; 2]> {
+        match self {
+            Self::Kl => None,
+            Self::Mahalanobis(r) => r.tail_scores(&features(mu, logvar, detail)),
+        }
+    }
+
     /// The detail features the score needs, if any.
     pub fn detail(&self) -> Option<&DetailSpec> {
         match self {
@@ -557,24 +566,28 @@ impl Reference {
                     }
                 });
         }
-        let Some(s) = &self.separate else {
+        if self.separate.is_none() {
             return self.part_distance(x);
-        };
-        let Some(split) = x.len().checked_sub(s.mean.len()) else {
-            return f64::NAN;
-        };
+        }
+        match self.tail_scores(x) {
+            // NaN in either part is a fault, never hidden by the other's value.
+            Some([a, b]) if !a.is_nan() && !b.is_nan() => a.max(b),
+            _ => f64::NAN,
+        }
+    }
+
+    /// With a separate extra part ([`Separate`]): both parts' tail scores, (posterior, extra
+    /// features), whose larger is [`Self::distance`]. They say which part a high score came
+    /// from (`vae-ood eval`'s frames.csv). `None` for other references, or when `x` is shorter
+    /// than the extra part.
+    pub fn tail_scores(&self, x: &[f64]) -> Option<[f64; 2]> {
+        let s = self.separate.as_ref().filter(|_| self.parts.is_empty())?;
+        let split = x.len().checked_sub(s.mean.len())?;
         let (post, extra) = x.split_at(split);
-        if extra.len() != s.mean.len() {
-            return f64::NAN;
-        }
-        let a = s.posterior_tail.score(self.part_distance(post));
-        let b = s.extra_tail.score(s.distance(extra));
-        // NaN in either part is a fault, never hidden by the other's value.
-        if a.is_nan() || b.is_nan() {
-            f64::NAN
-        } else {
-            a.max(b)
-        }
+        Some([
+            s.posterior_tail.score(self.part_distance(post)),
+            s.extra_tail.score(s.distance(extra)),
+        ])
     }
 
     fn validate(&self, dim: usize) -> Result<(), ScoreError> {
@@ -853,6 +866,15 @@ mod tests {
         // The score is the larger part's tail score, and a wrong length is a fault.
         assert!((r.distance(&[1.0, 0.0, 12.0]) - odd_extra.max(odd_posterior)).abs() < 1e-12);
         assert!(r.distance(&[1.0, -2.0]).is_nan());
+        // Both parts' tail scores, each the one its part alone would give.
+        let [post, extra] = r.tail_scores(&[1.0, 0.0, 10.5]).unwrap();
+        assert!(
+            (post - odd_posterior).abs() < 1e-12 && extra < 1.0,
+            "{post} {extra}"
+        );
+        let [post, extra] = r.tail_scores(&[1.0, -2.0, 12.0]).unwrap();
+        assert!(post < 1.0 && (extra - odd_extra).abs() < 1e-12);
+        assert!(r.tail_scores(&[]).is_none());
         // Written and read back, it scores the same; a broken tail is refused at load.
         let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(r.clone())).unwrap();
         let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();

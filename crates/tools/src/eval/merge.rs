@@ -20,10 +20,13 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
     };
     let mut lines = text.lines();
     // Before session 17 the file ended at inference_ms (no branch columns), before session 21
-    // at branch_ratio (no relative-branch columns).
-    let before_relative = report::CSV_HEADER.strip_suffix(report::CSV_RELATIVE_COLUMNS);
+    // at branch_ratio (no relative-branch columns), before session 25 at alarm_ratio (no tail
+    // columns).
+    let before_tails = report::CSV_HEADER.strip_suffix(report::CSV_TAIL_COLUMNS);
+    let before_relative = before_tails.and_then(|b| b.strip_suffix(report::CSV_RELATIVE_COLUMNS));
     let fields = match lines.next() {
-        Some(report::CSV_HEADER) => 19,
+        Some(report::CSV_HEADER) => 21,
+        Some(h) if before_tails == Some(h) => 19,
         Some(h) if before_relative == Some(h) => 17,
         Some(h)
             if before_relative.and_then(|b| b.strip_suffix(report::CSV_BRANCH_COLUMNS))
@@ -82,6 +85,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
                 branch_ratio: if fields > 14 { opt(16)? } else { None },
                 relative_cusum: if fields > 17 { opt(17)? } else { None },
                 alarm_ratio: if fields > 17 { opt(18)? } else { None },
+                posterior_tail: if fields > 19 { opt(19)? } else { None },
+                extra_tail: if fields > 19 { opt(20)? } else { None },
             })
         })
         .collect()
@@ -186,6 +191,8 @@ mod tests {
             branch_ratio: Some(1.25),
             relative_cusum: Some(2.5),
             alarm_ratio: Some(0.75),
+            posterior_tail: Some(3.5),
+            extra_tail: Some(1.25),
         };
         report::write_csv(&path, std::slice::from_ref(&f)).unwrap();
         let back = read_csv(&path).unwrap();
@@ -195,9 +202,33 @@ mod tests {
                 back[0].kl_vertical,
                 back[0].branch_ratio,
                 back[0].relative_cusum,
-                back[0].alarm_ratio
+                back[0].alarm_ratio,
+                back[0].posterior_tail,
+                back[0].extra_tail
             ),
-            (Some(12.5), Some(4.0), Some(1.25), Some(2.5), Some(0.75))
+            (
+                Some(12.5),
+                Some(4.0),
+                Some(1.25),
+                Some(2.5),
+                Some(0.75),
+                Some(3.5),
+                Some(1.25)
+            )
+        );
+        // One written before the tail columns (session 24).
+        let header = report::CSV_HEADER
+            .strip_suffix(report::CSV_TAIL_COLUMNS)
+            .unwrap();
+        std::fs::write(
+            &path,
+            format!("{header}\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0,1,2,12.5,4,1.25,,0.75\n"),
+        )
+        .unwrap();
+        let s24 = read_csv(&path).unwrap();
+        assert_eq!(
+            (s24[0].alarm_ratio, s24[0].posterior_tail),
+            (Some(0.75), None)
         );
         // A frames.csv written before the branch columns.
         std::fs::write(&path, "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0.0000,1.0000,2.0000\n").unwrap();

@@ -72,6 +72,11 @@ pub struct FrameRecord {
     /// Calibrated bundles: the sequential verdict as one number, max over the running
     /// branches of S / its threshold in force (above 1 exactly when it alarms).
     pub alarm_ratio: Option<f64>,
+    /// Scores with a separate extra part (the flow detector's motion residual): the
+    /// posterior's and the extra part's tail scores, whose larger is `score`. Which part an
+    /// alarm came from.
+    pub posterior_tail: Option<f64>,
+    pub extra_tail: Option<f64>,
 }
 
 /// What happened to one input.
@@ -348,6 +353,8 @@ fn record(
         branch_ratio: v.branch_kl.zip(thresholds).map(|(k, t)| t.ratio(k)),
         relative_cusum: v.relative.map(|s| s.cusum),
         alarm_ratio: v.alarm_ratio,
+        posterior_tail: v.tail_scores.map(|t| t[0]),
+        extra_tail: v.tail_scores.map(|t| t[1]),
     }
 }
 

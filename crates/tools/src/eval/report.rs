@@ -314,9 +314,9 @@ pub fn build(
     }
 }
 
-/// The columns of `frames.csv` (the last three, [`CSV_BRANCH_COLUMNS`]: flow detectors'
-/// branches, empty otherwise).
-pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio";
+/// The columns of `frames.csv` ([`CSV_BRANCH_COLUMNS`]: flow detectors' branches, empty
+/// otherwise; [`CSV_TAIL_COLUMNS`]: the score's parts, empty unless it has two).
+pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio,posterior_tail,extra_tail";
 
 /// The columns session 17 appended to `frames.csv`; files written before end without them.
 pub const CSV_BRANCH_COLUMNS: &str = ",kl_horizontal,kl_vertical,branch_ratio";
@@ -324,6 +324,10 @@ pub const CSV_BRANCH_COLUMNS: &str = ",kl_horizontal,kl_vertical,branch_ratio";
 /// The columns session 21 appended (the drive-relative branch); files written before end
 /// without them.
 pub const CSV_RELATIVE_COLUMNS: &str = ",relative_cusum,alarm_ratio";
+
+/// The columns session 25 appended (the two tail scores of a score with a separate extra
+/// part); files written before end without them.
+pub const CSV_TAIL_COLUMNS: &str = ",posterior_tail,extra_tail";
 
 pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Result<()> {
     use std::io::Write;
@@ -333,7 +337,7 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
     for f in frames {
         writeln!(
             w,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{}",
             f.input,
             f.index,
             f.stamp_ns,
@@ -352,7 +356,9 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
             o(f.kl_vertical),
             o(f.branch_ratio),
             o(f.relative_cusum),
-            o(f.alarm_ratio)
+            o(f.alarm_ratio),
+            o(f.posterior_tail),
+            o(f.extra_tail)
         )?;
     }
     w.flush()
@@ -383,6 +389,8 @@ mod tests {
             branch_ratio: None,
             relative_cusum: None,
             alarm_ratio: None,
+            posterior_tail: None,
+            extra_tail: None,
         }
     }
 
