@@ -418,11 +418,19 @@ pub enum ResidualStatistic {
     /// window describes can explain, while a clear scene's misregistered edges are wider and
     /// cancel. A whitened, low-contrast scene lowers the mean; it does not hide the specks here.
     Fine,
+    /// `p99` over the 99th percentile of the first frame's gradient magnitude (grey levels per
+    /// pixel, at least 1): the residual in pixels of misregistration rather than grey levels.
+    /// A scene with more or stronger edges leaves more residual for the same flow error; on
+    /// clear drives `p99` sits below its fit mean on every small_loop frame and above it on
+    /// most loop_empty frames (docs/detector-experiments.md, "Which part raises the flow
+    /// detector's alarms"). This divides the scene's contrast out; specks are still far more
+    /// residual than gradient. Session 25's candidate, not yet chosen by a study.
+    P99Relative,
 }
 
 impl ResidualStatistic {
     /// Every statistic, in the order tools report them.
-    pub const ALL: [Self; 3] = [Self::Mean, Self::P99, Self::Fine];
+    pub const ALL: [Self; 4] = [Self::Mean, Self::P99, Self::Fine, Self::P99Relative];
 
     /// The name in bundles and on the command line.
     pub fn name(self) -> &'static str {
@@ -430,6 +438,7 @@ impl ResidualStatistic {
             Self::Mean => "mean",
             Self::P99 => "p99",
             Self::Fine => "fine",
+            Self::P99Relative => "p99_relative",
         }
     }
 
@@ -445,8 +454,10 @@ impl std::str::FromStr for ResidualStatistic {
             .into_iter()
             .find(|r| r.name() == s)
             .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|r| r.name()).collect();
                 FlowError::Param(format!(
-                    "unknown residual statistic {s:?}: expected mean, p99 or fine"
+                    "unknown residual statistic {s:?}: expected one of {}",
+                    names.join(", ")
                 ))
             })
     }
@@ -510,6 +521,16 @@ pub fn residual_statistic(
                 let mut v: Vec<f32> = counted().collect();
                 percentile(&mut v, 0.99) / 255.0
             }
+            ResidualStatistic::P99Relative => {
+                let mut v: Vec<f32> = counted().collect();
+                let mut g = gradient_magnitude(prev)
+                    .into_iter()
+                    .zip(&inside)
+                    .filter(|(_, &i)| i)
+                    .map(|(g, _)| g)
+                    .collect::<Vec<f32>>();
+                percentile(&mut v, 0.99) / percentile(&mut g, 0.99).max(MIN_CONTRAST)
+            }
             ResidualStatistic::Fine => {
                 let med = median3x3(&map, prev.width, prev.height);
                 map.iter()
@@ -524,6 +545,28 @@ pub fn residual_statistic(
         }
     };
     (value + RESIDUAL_FLOOR).ln()
+}
+
+/// Floor of [`ResidualStatistic::P99Relative`]'s divisor, in grey levels per pixel: a flat
+/// frame has no edges to misregister, and its residual is then counted in grey levels.
+const MIN_CONTRAST: f64 = 1.0;
+
+/// Gradient magnitude by central differences (one-sided at the border), grey levels per pixel.
+fn gradient_magnitude(g: &Gray) -> Vec<f32> {
+    let (w, h) = (g.width, g.height);
+    let at = |x: usize, y: usize| g.data[y * w + x];
+    let diff = |a: f32, b: f32, span: usize| (b - a) / span.max(1) as f32;
+    let mut out = vec![0.0f32; w * h];
+    for y in 0..h {
+        let (y0, y1) = (y.saturating_sub(1), (y + 1).min(h - 1));
+        for x in 0..w {
+            let (x0, x1) = (x.saturating_sub(1), (x + 1).min(w - 1));
+            let gx = diff(at(x0, y), at(x1, y), x1 - x0);
+            let gy = diff(at(x, y0), at(x, y1), y1 - y0);
+            out[y * w + x] = gx.hypot(gy);
+        }
+    }
+    out
 }
 
 /// The `q` quantile of `v` (linear between order statistics, as NumPy's default); `v` is
@@ -1220,6 +1263,46 @@ mod tests {
         let mean = stat(&wa, &wb, ResidualStatistic::Mean);
         let p99 = stat(&wa, &wb, ResidualStatistic::P99);
         assert!(snow <= mean && mean <= p99, "{snow} {mean} {p99}");
+    }
+
+    #[test]
+    fn the_relative_residual_divides_the_scenes_contrast_out() {
+        let (a, b) = (pattern(152, 113, 0.0, 0.0), pattern(152, 113, 1.5, -0.75));
+        let f = farneback(&a, &b, &FarnebackParams::REFERENCE).unwrap();
+        // The same scene and flow at 40 % of the contrast: `p99` falls by ln 0.4, the relative
+        // residual stays (both percentiles scale alike).
+        let dim = |g: &Gray| Gray {
+            data: g.data.iter().map(|v| 128.0 + 0.4 * (v - 128.0)).collect(),
+            ..g.clone()
+        };
+        let (da, db) = (dim(&a), dim(&b));
+        let stat = |x: &Gray, y: &Gray, s| residual_statistic(x, y, &f, s);
+        let p99 = stat(&a, &b, ResidualStatistic::P99) - stat(&da, &db, ResidualStatistic::P99);
+        assert!((p99 - -(0.4f64.ln())).abs() < 1e-3, "{p99}");
+        let rel = stat(&a, &b, ResidualStatistic::P99Relative);
+        assert!((rel - stat(&da, &db, ResidualStatistic::P99Relative)).abs() < 1e-4);
+        // Specks in the second frame: far more residual than the scene's edges explain.
+        let mut c = b.clone();
+        for i in (0..c.data.len()).step_by(37) {
+            c.data[i] = 255.0;
+        }
+        let specks = stat(&a, &c, ResidualStatistic::P99Relative);
+        assert!(specks > rel + 1.0, "{specks} {rel}");
+        // A flat frame: the divisor's floor, one grey level per pixel.
+        let flat = Gray {
+            data: vec![100.0; 152 * 113],
+            ..a.clone()
+        };
+        let zero = Flow::zeros(152, 113);
+        let mut lit = flat.clone();
+        lit.data.iter_mut().for_each(|v| *v += 10.0);
+        let r = residual_statistic(&flat, &lit, &zero, ResidualStatistic::P99Relative);
+        assert!((r - (10.0 + RESIDUAL_FLOOR).ln()).abs() < 1e-6, "{r}");
+        assert_eq!(
+            "p99_relative".parse::<ResidualStatistic>().unwrap(),
+            ResidualStatistic::P99Relative
+        );
+        assert!("p98".parse::<ResidualStatistic>().unwrap_err().to_string().contains("p99_relative"));
     }
 
     /// The median of 9 values by a 19-exchange sorting network (Paeth; Devillard's `opt_med9`):

@@ -45,8 +45,10 @@ pub struct Args {
     #[arg(long)]
     motion_residual: bool,
     /// With --motion-residual: how each frame pair's residual map is summarised: mean, p99 (its
-    /// 99th percentile) or fine (the mean of the map minus its 3x3 median: change narrower than
-    /// three pixels, which no motion explains). Default: the bundle's own (mean before session 23).
+    /// 99th percentile), fine (the mean of the map minus its 3x3 median: change narrower than
+    /// three pixels, which no motion explains) or p99_relative (p99 over the 99th percentile of
+    /// the frame's gradient magnitude: the scene's contrast divided out). Default: the bundle's
+    /// own (mean before session 23).
     #[arg(long, requires = "motion_residual", value_name = "STATISTIC")]
     residual_statistic: Option<ResidualStatistic>,
     /// Score the extra features (--detail or --motion-residual) by a Gaussian of their own and
