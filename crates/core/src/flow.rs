@@ -424,7 +424,7 @@ pub enum ResidualStatistic {
     /// clear drives `p99` sits below its fit mean on every small_loop frame and above it on
     /// most loop_empty frames (docs/detector-experiments.md, "Which part raises the flow
     /// detector's alarms"). This divides the scene's contrast out; specks are still far more
-    /// residual than gradient. Session 25's candidate, not yet chosen by a study.
+    /// residual than gradient. Studied in session 25 (fewer alarms, not adopted: see there).
     P99Relative,
 }
 
@@ -1302,7 +1302,11 @@ mod tests {
             "p99_relative".parse::<ResidualStatistic>().unwrap(),
             ResidualStatistic::P99Relative
         );
-        assert!("p98".parse::<ResidualStatistic>().unwrap_err().to_string().contains("p99_relative"));
+        assert!("p98"
+            .parse::<ResidualStatistic>()
+            .unwrap_err()
+            .to_string()
+            .contains("p99_relative"));
     }
 
     /// The median of 9 values by a 19-exchange sorting network (Paeth; Devillard's `opt_med9`):
