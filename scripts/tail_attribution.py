@@ -52,7 +52,7 @@ def runups(frames):
             seen_onset, detected = True, False
         if r["state"] == "OOD" and prev != "OOD":
             start = k
-            while start > 0 and frames[start - 1]["cusum"] not in ("", "0") and float(frames[start - 1]["cusum"]) > 0:
+            while start > 0 and frames[start - 1]["cusum"] != "" and float(frames[start - 1]["cusum"]) > 0:
                 start -= 1
             rows = [f for f in frames[start:k + 1] if f["extra_tail"] != ""]
             if r["ood"] == "true":
@@ -70,12 +70,13 @@ def summarise(rows):
         return {"frames": 0}
     post = [float(r["posterior_tail"]) for r in rows]
     extra = [float(r["extra_tail"]) for r in rows]
+    larger = sum(e > p for p, e in zip(post, extra))
     return {
         "frames": len(rows),
-        "residual_larger": round(sum(e > p for p, e in zip(post, extra)) / len(rows), 3),
+        "residual_larger": round(larger / len(rows), 3),
         "mean_posterior_tail": round(sum(post) / len(post), 2),
         "mean_extra_tail": round(sum(extra) / len(extra), 2),
-        "part": "residual" if sum(e > p for p, e in zip(post, extra)) * 2 > len(rows) else "posterior",
+        "part": "residual" if larger * 2 > len(rows) else "posterior",
     }
 
 
