@@ -88,9 +88,10 @@ impl Detector for ReferencePath {
                 let x = reference::preprocess(&px.to_rgb(), &self.bundle.manifest.input);
                 let p = self.encoder.encode(&x).unwrap();
                 let detail = self.detail.as_mut().map_or(vec![], |d| d.features(*px));
-                let manifest = &self.bundle.manifest;
-                let (kl, score) = manifest.score_posterior(&p.mu, &p.logvar, &detail);
-                let tail_scores = manifest.score.tail_scores(&p.mu, &p.logvar, &detail);
+                let (kl, score, tail_scores) = self
+                    .bundle
+                    .manifest
+                    .score_posterior_with_tails(&p.mu, &p.logvar, &detail);
                 Ok(Scored {
                     score,
                     kl,

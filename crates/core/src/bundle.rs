@@ -334,11 +334,23 @@ impl Manifest {
     /// KL per latent and the nonconformity score of one posterior, as this bundle scores it;
     /// `detail` holds the frame's detail features when the score asks for them (else empty).
     pub fn score_posterior(&self, mu: &[f32], logvar: &[f32], detail: &[f64]) -> (Vec<f64>, f64) {
-        let kl = crate::score::kl_per_latent(mu, logvar);
-        let score = self
-            .score
-            .score(&self.latents.selected, mu, logvar, &kl, detail);
+        let (kl, score, _) = self.score_posterior_with_tails(mu, logvar, detail);
         (kl, score)
+    }
+
+    /// [`Self::score_posterior`] with the score's two tail scores when it has two parts
+    /// ([`crate::score::ScoreSpec::score_with_tails`]), from the same pass.
+    pub fn score_posterior_with_tails(
+        &self,
+        mu: &[f32],
+        logvar: &[f32],
+        detail: &[f64],
+    ) -> (Vec<f64>, f64, Option<[f64; 2]>) {
+        let kl = crate::score::kl_per_latent(mu, logvar);
+        let (score, tails) =
+            self.score
+                .score_with_tails(&self.latents.selected, mu, logvar, &kl, detail);
+        (kl, score, tails)
     }
 
     /// The manifest of an encoder of the paper's family (see [`crate::arch`]) stored as

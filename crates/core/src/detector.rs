@@ -228,8 +228,7 @@ pub(crate) fn scored(
     if mu.iter().chain(&logvar).any(|v| !v.is_finite()) {
         return Err(Fault::NonFinite);
     }
-    let (kl, score) = manifest.score_posterior(&mu, &logvar, &own);
-    let tail_scores = manifest.score.tail_scores(&mu, &logvar, &own);
+    let (kl, score, tail_scores) = manifest.score_posterior_with_tails(&mu, &logvar, &own);
     let detail = extra.unwrap_or(own);
     if !score.is_finite() {
         return Err(Fault::NonFinite);

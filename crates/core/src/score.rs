@@ -63,18 +63,22 @@ impl ScoreSpec {
         kl: &[f64],
         detail: &[f64],
     ) -> f64 {
-        match self {
-            Self::Kl => nonconformity(kl, selected),
-            Self::Mahalanobis(r) => r.distance(&features(mu, logvar, detail)),
-        }
+        self.score_with_tails(selected, mu, logvar, kl, detail).0
     }
 
-    /// The posterior's and the extra features' tail scores, when the score is their larger
-    /// ([`Reference::tail_scores`]); `None` for other scores.
-    pub fn tail_scores(&self, mu: &[f32], logvar: &[f32], detail: &[f64]) -> Option<[f64; 2]> {
+    /// [`Self::score`], and in the same pass the posterior's and the extra features' tail
+    /// scores when the score is their larger ([`Reference::distance_with_tails`]).
+    pub fn score_with_tails(
+        &self,
+        selected: &[usize],
+        mu: &[f32],
+        logvar: &[f32],
+        kl: &[f64],
+        detail: &[f64],
+    ) -> (f64, Option<[f64; 2]>) {
         match self {
-            Self::Kl => None,
-            Self::Mahalanobis(r) => r.tail_scores(&features(mu, logvar, detail)),
+            Self::Kl => (nonconformity(kl, selected), None),
+            Self::Mahalanobis(r) => r.distance_with_tails(&features(mu, logvar, detail)),
         }
     }
 
@@ -547,14 +551,20 @@ impl Reference {
     /// With a mixture, its score ([`crate::mixture::score`]).
     /// With a separate extra part, the larger of the two tail scores ([`Separate`]).
     pub fn distance(&self, x: &[f64]) -> f64 {
+        self.distance_with_tails(x).0
+    }
+
+    /// [`Self::distance`], and with a separate extra part both parts' tail scores, computed
+    /// once for both ([`Self::tail_scores`]).
+    pub fn distance_with_tails(&self, x: &[f64]) -> (f64, Option<[f64; 2]>) {
         if !self.parts.is_empty() {
             // validate() made the parts cover 0..n once: n features, no more, no fewer.
             let n: usize = self.parts.iter().map(|p| p.features.len()).sum();
             if x.len() != n {
-                return f64::NAN;
+                return (f64::NAN, None);
             }
             // NaN in any part is a fault, never hidden by another's value.
-            return self
+            let d = self
                 .parts
                 .iter()
                 .map(|p| p.score(x))
@@ -565,15 +575,18 @@ impl Reference {
                         a.max(b)
                     }
                 });
+            return (d, None);
         }
         if self.separate.is_none() {
-            return self.part_distance(x);
+            return (self.part_distance(x), None);
         }
-        match self.tail_scores(x) {
+        let tails = self.tail_scores(x);
+        let d = match tails {
             // NaN in either part is a fault, never hidden by the other's value.
             Some([a, b]) if !a.is_nan() && !b.is_nan() => a.max(b),
             _ => f64::NAN,
-        }
+        };
+        (d, tails)
     }
 
     /// With a separate extra part ([`Separate`]): both parts' tail scores, (posterior, extra
@@ -875,6 +888,12 @@ mod tests {
         let [post, extra] = r.tail_scores(&[1.0, -2.0, 12.0]).unwrap();
         assert!(post < 1.0 && (extra - odd_extra).abs() < 1e-12);
         assert!(r.tail_scores(&[]).is_none());
+        // One pass gives both, as the two calls do.
+        let x = [1.0, 0.0, 12.0];
+        assert_eq!(
+            r.distance_with_tails(&x),
+            (r.distance(&x), r.tail_scores(&x))
+        );
         // Written and read back, it scores the same; a broken tail is refused at load.
         let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(r.clone())).unwrap();
         let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();
