@@ -208,8 +208,15 @@ impl Ctx {
                 relative_branch: cfg.relative_branch,
             };
             let mut monitors = vec![];
+            // The largest scale of a calibrated detector on this camera: 1 means all at their own.
+            let mut largest_scale = 1.0f64;
             for (bundle, name) in cam.model_bundles.iter().zip(&names) {
                 let bundle_dir = resolve_bundle(bundle)?;
+                // This bundle's share of the budget (threshold_scales), else threshold_scale.
+                let monitor_cfg = MonitorConfig {
+                    threshold_scale: cfg.threshold_scale_of(bundle),
+                    ..monitor_cfg
+                };
                 let known = detectors.iter().find(|(d, _)| *d == bundle_dir);
                 let monitor = match known {
                     Some((_, shared)) => Monitor::on_shared(shared.clone(), monitor_cfg),
@@ -256,6 +263,9 @@ impl Ctx {
                     )
                 };
                 loaded.trained &= is_trained;
+                if monitor.pipeline().is_some() {
+                    largest_scale = largest_scale.max(monitor_cfg.threshold_scale);
+                }
                 (loaded.backend, loaded.device) = (backend, device);
                 let relative = match monitor.relative_split() {
                     Some((t, scale)) => format!(
@@ -316,7 +326,7 @@ impl Ctx {
                 .filter(|m| m.monitor.pipeline().is_some())
                 .map(|m| m.name.as_str())
                 .collect();
-            if let Some(w) = joint_scale_warning(&calibrated, cfg.threshold_scale) {
+            if let Some(w) = joint_scale_warning(&calibrated, largest_scale) {
                 let on = match cam.name.is_empty() {
                     true => String::new(),
                     false => format!("camera {}: ", cam.name),
@@ -546,10 +556,11 @@ fn camera_mismatch(calibrated_for: Option<&str>, camera: Option<&str>) -> Option
 
 /// The warning for several calibrated detectors on one camera at their own thresholds: each
 /// promises its drive-level false-alarm rate alone, and they alarm on different drives, so the
-/// combined verdict's promise is up to the sum until `threshold_scale` is their joint scale.
-fn joint_scale_warning(calibrated: &[&str], threshold_scale: f64) -> Option<String> {
-    (calibrated.len() > 1 && threshold_scale == 1.0).then(|| format!(
-        "{} calibrated detectors ({}) run at their own thresholds (threshold_scale 1): each keeps its false-alarm promise alone, so the combined verdict's is up to {} times one threshold's; compute their joint scale with `vae-ood joint-threshold --bundle <each bundle> --tune-id <clear drives>` and set threshold_scale (SAFETY.md)",
+/// combined verdict's promise is up to the sum until `threshold_scale` is their joint scale (or
+/// `threshold_scales` a split of it). `largest_scale` is the largest scale among them.
+fn joint_scale_warning(calibrated: &[&str], largest_scale: f64) -> Option<String> {
+    (calibrated.len() > 1 && largest_scale == 1.0).then(|| format!(
+        "{} calibrated detectors ({}) run at their own thresholds (threshold_scale 1): each keeps its false-alarm promise alone, so the combined verdict's is up to {} times one threshold's; compute their joint scale with `vae-ood joint-threshold --bundle <each bundle> --tune-id <clear drives>` and set threshold_scale, or threshold_scales for the split it prints (SAFETY.md)",
         calibrated.len(),
         calibrated.join(", "),
         calibrated.len()

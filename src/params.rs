@@ -17,6 +17,7 @@ pub enum DefaultValue {
     Double(f64),
     Str(&'static str),
     StrArray(&'static [&'static str]),
+    DoubleArray(&'static [f64]),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +101,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("score_threshold", Double(100.0), "Per-frame decision: a frame whose nonconformity score (the bundle's: KL summed over the selected latents, or Mahalanobis distance) exceeds this is out of distribution.", runtime: true, range: Some(Range::Double(0.0, MAX))),
     decl!("cusum_threshold", Double(0.0), "CUSUM alarm threshold for calibrated bundles (verdict OOD when S exceeds it). 0 uses the threshold tuned into the bundle, and the node then shows that threshold here (the value in force); setting 0 at run time goes back to it. With a drive-relative branch it is the pooled statistic's own threshold, multiplied by the bundle's pooled_scale after the start-up hold (~/verdict's cusum_threshold shows the one in force).", runtime: true, range: Some(Range::Double(0.0, MAX)), constraints: "0 = the bundle's own threshold; the node then shows the threshold in force. Settable at run time with one calibrated bundle only"),
     decl!("threshold_scale", Double(1.0), "Multiplies every calibrated bundle's own cusum_threshold (not an explicit cusum_threshold). With several detectors set it to their joint scale (vae-ood joint-threshold; for models/compressed with models/flow: 1.51), so that the combined verdict keeps the drive-level false-alarm promise each threshold makes alone instead of their sum.", range: Some(Range::Double(1.0, 100.0))),
+    decl!("threshold_scales", DoubleArray(&[]), "One scale per entry of model_bundles, in order, each multiplying that bundle's own cusum_threshold in place of threshold_scale (on every camera that runs the bundle): an unequal split of the detectors' false-alarm budget, one detector kept at its own threshold and the others raised further, as vae-ood joint-threshold prints it. Write each as a decimal (1.0, not 1). Empty: threshold_scale for every bundle.", constraints: "empty, or one value in 1..=100 per model_bundles entry"),
     decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S at or under recovery_level x the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service).", constraints: "auto | manual"),
     decl!("recovery_frames", Int(10), "Consecutive frames with S at or under recovery_level x the threshold before an automatic recovery from OOD.", range: Some(Range::Int(1, 100_000))),
     decl!("recovery_level", Double(0.5), "Hysteresis of automatic recovery: S must fall to this share of the CUSUM threshold, so that S hovering at the threshold does not leave OOD and alarm again. 1 = no hysteresis. Never delays an alarm.", range: Some(Range::Double(0.01, 1.0))),
@@ -159,6 +161,8 @@ pub struct NodeConfig {
     pub input_timeout: Option<Duration>,
     pub cusum_threshold: Option<f64>,
     pub threshold_scale: f64,
+    /// Per entry of `model_bundles`, its own scale (`threshold_scales`); empty: `threshold_scale`.
+    pub threshold_scales: Vec<f64>,
     pub recovery: Recovery,
     pub heartbeat_period: Duration,
     pub diagnostics_period: Duration,
@@ -191,6 +195,16 @@ pub enum Batching {
 }
 
 impl NodeConfig {
+    /// The scale of `bundle`'s own threshold: its entry of `threshold_scales` when that is set
+    /// and lists the bundle, else `threshold_scale`.
+    pub fn threshold_scale_of(&self, bundle: &str) -> f64 {
+        self.model_bundles
+            .iter()
+            .zip(&self.threshold_scales)
+            .find(|(b, _)| b.as_str() == bundle)
+            .map_or(self.threshold_scale, |(_, &s)| s)
+    }
+
     /// Several named cameras (`cameras`), each with outputs under `~/<name>/`.
     pub fn several_cameras(&self) -> bool {
         self.cameras.iter().any(|c| !c.name.is_empty())
@@ -377,6 +391,7 @@ fn to_value(d: &DefaultValue) -> ParameterValue {
         DefaultValue::StrArray(v) => {
             ParameterValue::StringArray(v.iter().map(|s| s.to_string()).collect())
         }
+        DefaultValue::DoubleArray(v) => ParameterValue::DoubleArray(v.to_vec()),
     }
 }
 
@@ -396,6 +411,8 @@ pub fn declare(node: &mut r2r::Node, table: &[ParamDecl]) -> Result<(), ParamErr
             None | Some(ParameterValue::NotSet) => default,
             // YAML `1` for a double parameter is a common slip: accept it as 1.0.
             Some(ParameterValue::Integer(i)) if matches!(default, ParameterValue::Double(_)) => ParameterValue::Double(i as f64),
+            // Likewise `[1, 2]` for a list of doubles.
+            Some(ParameterValue::IntegerArray(v)) if matches!(default, ParameterValue::DoubleArray(_)) => ParameterValue::DoubleArray(v.into_iter().map(|i| i as f64).collect()),
             Some(v) if std::mem::discriminant(&v) == std::mem::discriminant(&default) => v,
             Some(v) => return Err(ParamError(format!("parameter '{}' has the wrong type: got {v:?}, expected the type of its default {default:?}", d.name))),
         };
@@ -595,6 +612,22 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
             c.name
         )));
     }
+    let threshold_scales = r.double_array("threshold_scales")?;
+    if !threshold_scales.is_empty() && threshold_scales.len() != model_bundles.len() {
+        return Err(ParamError(format!(
+            "parameter 'threshold_scales' has {} values for {} entries of model_bundles ({model_bundles:?}): give one per bundle, in order, or none",
+            threshold_scales.len(),
+            model_bundles.len()
+        )));
+    }
+    if let Some(s) = threshold_scales
+        .iter()
+        .find(|s| !vae_ood_core::monitor::THRESHOLD_SCALE_RANGE.contains(s))
+    {
+        return Err(ParamError(format!(
+            "parameter 'threshold_scales' has {s}; expected each in 1..=100 (under 1 would loosen a threshold below what its tuning drives certify)"
+        )));
+    }
     Ok(NodeConfig {
         model_bundles,
         backend,
@@ -609,6 +642,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
             .transpose()?,
         cusum_threshold: (cusum > 0.0).then_some(cusum),
         threshold_scale,
+        threshold_scales,
         recovery,
         heartbeat_period: seconds("heartbeat_period", heartbeat)?,
         diagnostics_period: seconds("diagnostics_period", period)?,
@@ -734,6 +768,16 @@ impl Reader {
             ParameterValue::StringArray(v) => Ok(v),
             v => Err(ParamError(format!(
                 "parameter '{name}' must be a list of strings, got {v:?}"
+            ))),
+        }
+    }
+
+    pub fn double_array(&self, name: &str) -> Result<Vec<f64>, ParamError> {
+        match self.get(name) {
+            ParameterValue::DoubleArray(v) if v.iter().all(|x| x.is_finite()) => Ok(v),
+            ParameterValue::IntegerArray(v) => Ok(v.into_iter().map(|i| i as f64).collect()),
+            v => Err(ParamError(format!(
+                "parameter '{name}' must be a list of finite numbers, got {v:?}"
             ))),
         }
     }
@@ -876,6 +920,39 @@ mod tests {
         ] {
             let e = gate(name, v).expect_err(name);
             assert!(e.0.contains(name), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn threshold_scales_give_each_bundle_its_own_scale() {
+        let pair = ParameterValue::StringArray(vec!["img".into(), "flow".into()]);
+        let scales = |v: &[f64]| ParameterValue::DoubleArray(v.to_vec());
+        let c = node(&[
+            ("model_bundles", pair.clone()),
+            ("threshold_scale", Double(2.0)),
+            ("threshold_scales", scales(&[1.51, 1.0])),
+        ])
+        .unwrap();
+        assert_eq!(c.threshold_scale_of("img"), 1.51);
+        assert_eq!(c.threshold_scale_of("flow"), 1.0);
+        // A bundle the list does not name (a camera's own) keeps threshold_scale.
+        assert_eq!(c.threshold_scale_of("other"), 2.0);
+        // Unset: threshold_scale for all; whole numbers written as integers are accepted.
+        let c = node(&[("model_bundles", pair.clone())]).unwrap();
+        assert_eq!(c.threshold_scale_of("flow"), 1.0);
+        let ints = ParameterValue::IntegerArray(vec![2, 1]);
+        let c = node(&[("model_bundles", pair.clone()), ("threshold_scales", ints)]).unwrap();
+        assert_eq!(c.threshold_scale_of("img"), 2.0);
+        // One per bundle, each in the certified range.
+        for (v, what) in [
+            (scales(&[1.5]), "one per bundle"),
+            (scales(&[1.5, 0.9]), "1..=100"),
+            (scales(&[1.5, f64::NAN]), "finite"),
+            (Str("1.5".into()), "list"),
+        ] {
+            let e = node(&[("model_bundles", pair.clone()), ("threshold_scales", v)]);
+            let e = e.expect_err(what).0;
+            assert!(e.contains("threshold_scales") && e.contains(what), "{e}");
         }
     }
 

@@ -13,8 +13,9 @@ import re
 import time
 
 import pytest
+import yaml
 
-from conftest import BUNDLE, NodeProcess, cli, make_frames, wait_for
+from conftest import BUNDLE, ROOT, NodeProcess, cli, make_frames, wait_for
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
 
@@ -101,12 +102,15 @@ def test_two_bundles_with_one_name_are_refused_at_start_up(tmp_path):
 def test_calibrated_detectors_at_their_own_thresholds_are_warned_about(ros):
     """Two calibrated detectors promise up to twice one threshold's false-alarm rate together:
     at threshold_scale 1 the node says so and names the tool that computes their joint scale;
-    at their joint scale it does not."""
+    at their joint scale it does not, nor under an unequal split (threshold_scales), where each
+    detector runs at its own bundle's threshold times its own scale."""
     outputs = {}
-    for scale in ("1.0", "1.51"):
-        name = f"joint_{scale.replace('.', '_')}_{UID}"
+    cases = {"1.0": {"threshold_scale": "1.0"}, "1.51": {"threshold_scale": "1.51"},
+             "split": {"threshold_scales": "[1.51,1.0]"}}
+    for case, params in cases.items():
+        name = f"joint_{case.replace('.', '_')}_{UID}"
         node = NodeProcess(name, bundle="models/compressed", params={
-            "model_bundles": "[models/compressed,models/flow]", "threshold_scale": scale})
+            "model_bundles": "[models/compressed,models/flow]", **params})
         try:
             wait_for(lambda: node.output().count("loaded detector") >= 2 or node.proc.poll() is not None, 60,
                      lambda: time.sleep(0.1), "both detectors loaded")
@@ -114,6 +118,17 @@ def test_calibrated_detectors_at_their_own_thresholds_are_warned_about(ros):
             assert node.proc.poll() is None, node.output()
         finally:
             node.stop()
-        outputs[scale] = node.output()
+        outputs[case] = node.output()
     assert "2 calibrated detectors" in outputs["1.0"] and "vae-ood joint-threshold" in outputs["1.0"], outputs["1.0"]
     assert "joint-threshold" not in outputs["1.51"], outputs["1.51"]
+    assert "joint-threshold" not in outputs["split"], outputs["split"]
+
+    def in_force(output, bundle):
+        [line] = [ln for ln in output.splitlines() if "loaded detector" in ln and f"{bundle} on " in ln]
+        return float(re.search(r"cusum_threshold ([0-9.e+-]+)", line).group(1))
+
+    own = {b: yaml.safe_load((ROOT / b / "manifest.yaml").read_text())["calibration"]["pipeline"]["cusum_threshold"]
+           for b in ("models/compressed", "models/flow")}
+    assert in_force(outputs["split"], "models/compressed") == pytest.approx(own["models/compressed"] * 1.51)
+    assert in_force(outputs["split"], "models/flow") == pytest.approx(own["models/flow"])
+    assert in_force(outputs["1.51"], "models/flow") == pytest.approx(own["models/flow"] * 1.51)

@@ -6,14 +6,16 @@
 //! their promises add up. Multiplying every threshold by the joint scale of
 //! [`vae_ood_core::detection::tuning::joint_scale`], measured on the same clear tuning drives
 //! for every detector, restores one promise for the combined verdict: the node's
-//! `threshold_scale` parameter and `vae-ood eval --threshold-scale` take it.
+//! `threshold_scale` parameter and `vae-ood eval --threshold-scale` take it. The budget may also
+//! be split unequally, one detector kept at its own threshold and the others raised further
+//! ([`keep_own_scale`]): the node's `threshold_scales` take such a split.
 
 use crate::eval::{self, Input, Label};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 use vae_ood_core::bundle::Bundle;
-use vae_ood_core::detection::tuning::{joint_scale, ThresholdGuarantee};
+use vae_ood_core::detection::tuning::{joint_scale, keep_own_scale, ThresholdGuarantee};
 use vae_ood_core::encoder::BackendOptions;
 use vae_ood_core::monitor::MonitorConfig;
 
@@ -45,6 +47,10 @@ pub struct Detector {
     pub drives_over: usize,
     /// `threshold` x the joint scale: what the node enforces with `threshold_scale`.
     pub joint_threshold: f64,
+    /// The unequal split that keeps this detector at its own threshold: the other detectors'
+    /// common scale ([`keep_own_scale`]); `None` when this detector alone alarms on more
+    /// tuning drives than the promise allows. The node's `threshold_scales` take it.
+    pub others_scale_when_kept: Option<f64>,
 }
 
 /// The joint scale and what it promises.
@@ -153,13 +159,16 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
             drives_over: largest.iter().filter(|&&m| m > threshold).count(),
             largest,
             joint_threshold: f64::NAN,
+            others_scale_when_kept: None,
         });
     }
     let largest: Vec<Vec<f64>> = detectors.iter().map(|d| d.largest.clone()).collect();
     let thresholds: Vec<f64> = detectors.iter().map(|d| d.threshold).collect();
     let (scale, guarantee) = joint_scale(&largest, &thresholds, frames, opts.false_alarm_rate)?;
-    for d in &mut detectors {
+    for (keep, d) in detectors.iter_mut().enumerate() {
         d.joint_threshold = d.threshold * scale;
+        d.others_scale_when_kept =
+            keep_own_scale(&largest, &thresholds, keep, frames, opts.false_alarm_rate)?;
     }
     let drives_over_any = (0..inputs.len())
         .filter(|&i| detectors.iter().any(|d| d.largest[i] > d.threshold))

@@ -93,10 +93,30 @@ pub fn run(a: &Args) -> Result<()> {
         );
     }
     // Rounded up, so that the value given to the node is never looser than the scale.
-    let scale = (j.scale * 1e4).ceil() / 1e4;
+    let up = |x: f64| (x * 1e4).ceil() / 1e4;
+    let scale = up(j.scale);
     println!(
         "set the node's threshold_scale to {scale:.4} (config/monitor.yaml), or vae-ood eval --threshold-scale {scale:.4}"
     );
+    for (keep, d) in j.detectors.iter().enumerate() {
+        match d.others_scale_when_kept {
+            Some(s) => {
+                let scales: Vec<String> = (0..j.detectors.len())
+                    .map(|i| if i == keep { "1.0".into() } else { format!("{:.4}", up(s)) })
+                    .collect();
+                println!(
+                    "or split unequally, {} at its own threshold: the node's threshold_scales [{}] (the others' thresholds x {:.4}), the same promise",
+                    d.bundle,
+                    scales.join(", "),
+                    up(s)
+                );
+            }
+            None => println!(
+                "{} cannot keep its own threshold beside the others: alone it alarms on more tuning drives than the promise allows",
+                d.bundle
+            ),
+        }
+    }
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&j).expect("the result serialises");
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -143,6 +143,54 @@ pub fn joint_scale(
     frames: usize,
     rate: f64,
 ) -> Result<(f64, ThresholdGuarantee), DetectionError> {
+    let v = ratios(largest, thresholds)?
+        .into_iter()
+        .map(|r| r.into_iter().fold(0.0, f64::max))
+        .collect();
+    let (c, guarantee) = certified_quantile(v, frames.max(1), rate);
+    Ok((c.max(1.0), guarantee))
+}
+
+/// [`joint_scale`]'s budget split unequally: detector `keep` stays at its own threshold and the
+/// others share the least common scale (>= 1) at which no more tuning drives alarm, on any
+/// detector, than one threshold promises (the same certified quantile, of V_i = max over the
+/// other detectors of M_id / t_d, with every drive over `keep`'s own threshold counted as
+/// alarming whatever the others do). `None` when those drives alone spend more than the
+/// promise allows. Any such split keeps the one drive-level promise on drives exchangeable with
+/// the tuning drives; which detector to keep is a choice made on validation drives
+/// (docs/detector-experiments.md, session 26: the flow detector, the pair's only view of motion
+/// shifts, kept at its own threshold detected more validation drives than the equal split).
+pub fn keep_own_scale(
+    largest: &[Vec<f64>],
+    thresholds: &[f64],
+    keep: usize,
+    frames: usize,
+    rate: f64,
+) -> Result<Option<f64>, DetectionError> {
+    if keep >= thresholds.len() {
+        return Err(DetectionError::Joint(format!(
+            "detector {keep} kept at its own threshold, of {}",
+            thresholds.len()
+        )));
+    }
+    let v = ratios(largest, thresholds)?
+        .into_iter()
+        .map(|r| match r[keep] > 1.0 {
+            true => f64::INFINITY,
+            false => r
+                .iter()
+                .enumerate()
+                .filter(|&(d, _)| d != keep)
+                .fold(0.0f64, |m, (_, &x)| m.max(x)),
+        })
+        .collect();
+    let (c, _) = certified_quantile(v, frames.max(1), rate);
+    Ok(c.is_finite().then(|| c.max(1.0)))
+}
+
+/// Per tuning drive, every detector's M_id / t_d (checked: the same drives for every detector,
+/// a finite positive threshold each).
+fn ratios(largest: &[Vec<f64>], thresholds: &[f64]) -> Result<Vec<Vec<f64>>, DetectionError> {
     let k = largest.first().map_or(0, Vec::len);
     let joint = |why: String| Err(DetectionError::Joint(why));
     if k == 0 {
@@ -156,17 +204,15 @@ pub fn joint_scale(
             "a detector's threshold is {t}: each must be finite and positive"
         ));
     }
-    let v: Vec<f64> = (0..k)
+    Ok((0..k)
         .map(|i| {
             largest
                 .iter()
                 .zip(thresholds)
                 .map(|(m, t)| m[i] / t)
-                .fold(0.0, f64::max)
+                .collect()
         })
-        .collect();
-    let (c, guarantee) = certified_quantile(v, frames.max(1), rate);
-    Ok((c.max(1.0), guarantee))
+        .collect())
 }
 
 /// Tuning drives needed to certify `rate` on stretches of `frames` frames: the smallest K with
@@ -374,6 +420,31 @@ mod tests {
         // Drives quiet under both thresholds never loosen them: the scale is at least 1.
         let (c, _) = joint_scale(&[vec![1.0; 19]], &[10.0], 200, 1.0 / 4000.0).unwrap();
         assert_eq!(c, 1.0);
+    }
+
+    #[test]
+    fn keeping_one_detector_at_its_own_threshold_raises_only_the_others() {
+        // 19 drives of 200 frames at 1/2000 per frame: r = 18 of 19, one drive may alarm.
+        // Detector a (threshold 10) exceeds its own threshold only on drive 0, which spends
+        // that budget; detector b (threshold 20, ratios 0.1..1.9) must stay under on the rest.
+        let mut a = vec![5.0; 19];
+        a[0] = 15.0;
+        let b: Vec<f64> = (1..=19).map(|i| 2.0 * f64::from(i)).collect();
+        let (largest, t, rate) = (vec![a, b], [10.0, 20.0], 1.0 / 2000.0);
+        assert_eq!(
+            keep_own_scale(&largest, &t, 0, 200, rate).unwrap(),
+            Some(1.9)
+        );
+        // The equal split raises a too: both at the second largest max ratio, 1.8.
+        let (c, _) = joint_scale(&largest, &t, 200, rate).unwrap();
+        assert!((c - 1.8).abs() < 1e-12, "{c}");
+        // Kept the other way round: b alone is over on 9 drives, more than the one allowed.
+        assert_eq!(keep_own_scale(&largest, &t, 1, 200, rate).unwrap(), None);
+        // Never below 1; an unknown detector or mismatched drives are errors.
+        let quiet = vec![vec![1.0; 19], vec![1.0; 19]];
+        assert_eq!(keep_own_scale(&quiet, &t, 1, 200, rate).unwrap(), Some(1.0));
+        assert!(keep_own_scale(&quiet, &t, 2, 200, rate).is_err());
+        assert!(keep_own_scale(&[vec![1.0], vec![]], &t, 0, 200, rate).is_err());
     }
 
     #[test]
