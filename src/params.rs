@@ -411,6 +411,8 @@ pub fn declare(node: &mut r2r::Node, table: &[ParamDecl]) -> Result<(), ParamErr
             None | Some(ParameterValue::NotSet) => default,
             // YAML `1` for a double parameter is a common slip: accept it as 1.0.
             Some(ParameterValue::Integer(i)) if matches!(default, ParameterValue::Double(_)) => ParameterValue::Double(i as f64),
+            // An empty YAML list has no element type: take it as the declared kind's.
+            Some(v) if is_empty_array(&v) && is_empty_array(&default) => default,
             // Likewise `[1, 2]` for a list of doubles.
             Some(ParameterValue::IntegerArray(v)) if matches!(default, ParameterValue::DoubleArray(_)) => ParameterValue::DoubleArray(v.into_iter().map(|i| i as f64).collect()),
             Some(v) if std::mem::discriminant(&v) == std::mem::discriminant(&default) => v,
@@ -429,6 +431,18 @@ pub fn declare(node: &mut r2r::Node, table: &[ParamDecl]) -> Result<(), ParamErr
             .insert(d.name.to_string(), d.ros_constraints());
     }
     Ok(())
+}
+
+/// An array parameter value with no elements (of any element type).
+fn is_empty_array(v: &ParameterValue) -> bool {
+    match v {
+        ParameterValue::StringArray(a) => a.is_empty(),
+        ParameterValue::DoubleArray(a) => a.is_empty(),
+        ParameterValue::IntegerArray(a) => a.is_empty(),
+        ParameterValue::BoolArray(a) => a.is_empty(),
+        ParameterValue::ByteArray(a) => a.is_empty(),
+        _ => false,
+    }
 }
 
 /// Parameters set on the node (params file, `-p`) that are not in `table`.
