@@ -53,21 +53,10 @@ impl ScoreSpec {
         matches!(self, Self::Kl)
     }
 
-    /// The score of one posterior; `kl` is its KL per latent (see [`kl_per_latent`]),
-    /// `detail` the frame's detail features when [`Self::detail`] asks for them (else empty).
-    pub fn score(
-        &self,
-        selected: &[usize],
-        mu: &[f32],
-        logvar: &[f32],
-        kl: &[f64],
-        detail: &[f64],
-    ) -> f64 {
-        self.score_with_tails(selected, mu, logvar, kl, detail).0
-    }
-
-    /// [`Self::score`], and in the same pass the posterior's and the extra features' tail
-    /// scores when the score is their larger ([`Reference::distance_with_tails`]).
+    /// The score of one posterior, and in the same pass the posterior's and the extra features'
+    /// tail scores when the score is their larger ([`Reference::distance_with_tails`]). `kl` is
+    /// its KL per latent (see [`kl_per_latent`]), `detail` the frame's detail features when
+    /// [`Self::detail`] asks for them (else empty).
     pub fn score_with_tails(
         &self,
         selected: &[usize],
