@@ -60,6 +60,8 @@ fn the_joint_scale_is_the_largest_ratio_the_tuning_drives_certify() {
     .collect();
     let bundles = ["models/default", "models/flow"];
     let mut ratios = vec![0.0f64; drives.len()];
+    // Per detector, each drive's largest S over its own threshold.
+    let mut own: Vec<Vec<f64>> = vec![];
     for (k, b) in bundles.iter().enumerate() {
         let out = tmp.path().join(format!("eval{k}"));
         let mut args = vec![
@@ -75,13 +77,15 @@ fn the_joint_scale_is_the_largest_ratio_the_tuning_drives_certify() {
         let o = vae_ood(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let t = threshold(b);
-        for (r, m) in ratios
-            .iter_mut()
-            .zip(largest_s(&out.join("frames.csv"), drives.len()))
-        {
+        let mine: Vec<f64> = largest_s(&out.join("frames.csv"), drives.len())
+            .into_iter()
+            .map(|m| m / t)
+            .collect();
+        for (r, m) in ratios.iter_mut().zip(&mine) {
             assert!(m.is_finite(), "{b}: a drive without a statistic");
-            *r = r.max(m / t);
+            *r = r.max(*m);
         }
+        own.push(mine);
     }
     let json = tmp.path().join("joint.json");
     let mut args = vec![
@@ -126,6 +130,23 @@ fn the_joint_scale_is_the_largest_ratio_the_tuning_drives_certify() {
     }
     // At the joint scale no tuning drive is over any detector's joint threshold.
     assert!(ratios.iter().all(|&r| r <= scale));
+    // The unequal splits: with no drive allowed over, a detector can keep its own threshold
+    // only if no drive exceeds it, and the other then needs its largest ratio (at least 1).
+    for (k, d) in j["detectors"].as_array().unwrap().iter().enumerate() {
+        let kept = d["others_scale_when_kept"].as_f64();
+        let other = own[1 - k].iter().copied().fold(1.0, f64::max);
+        match own[k].iter().any(|&r| r > 1.0) {
+            true => assert_eq!(kept, None, "{}", bundles[k]),
+            false => {
+                let kept = kept.unwrap();
+                assert!(
+                    (kept - other).abs() < 1e-9 * other,
+                    "{kept} against {other}"
+                );
+                assert!(stdout.contains("or split unequally"), "{stdout}");
+            }
+        }
+    }
 }
 
 #[test]
