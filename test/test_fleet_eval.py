@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import ROOT, VAE_OOD, cli
 
@@ -16,7 +17,7 @@ SAMPLE = ROOT / "data" / "sample"
 BUNDLE = ROOT / "models" / "compressed"
 ID = [SAMPLE / "id_loop_empty_s4" / "bag", SAMPLE / "id_udem1_s3" / "bag"]
 LABELLED = [f"{SAMPLE / 'ood_rain_udem1_s6' / 'bag'}=rain", f"{SAMPLE / 'ood_brightness_small_loop_s5' / 'bag'}=brightness"]
-DETECTION = ["frames", "scored", "faulted", "warming_up", "score_metrics", "cusum_metrics", "sequential", "calibrated", "model_id", "cusum_threshold"]
+DETECTION = ["frames", "scored", "faulted", "warming_up", "score_metrics", "cusum_metrics", "sequential", "calibrated", "model_id", "cusum_threshold", "promise"]
 
 
 def single(tmp_path):
@@ -43,6 +44,10 @@ def assert_same_detection(merged_dir, single_report, single_dir):
 def test_merged_shards_give_exactly_the_single_evaluation(tmp_path):
     want, want_dir = single(tmp_path)
     assert want["sequential"]["segments"], "the sample drives hold OOD segments"
+    # The bundle's own threshold: its promise, set against these drives (pooled alike below).
+    g = yaml.safe_load((BUNDLE / "manifest.yaml").read_text())["calibration"]["guarantee"]
+    assert want["promise"]["per_drive"] == g["per_drive_false_alarm"]
+    assert want["promise"]["seen"] == want["sequential"]["inputs_with_false_alarm"]
     dirs = []
     for k, (flag, path) in enumerate([("--id", p) for p in ID] + [("--input", p) for p in LABELLED]):
         d = tmp_path / f"shard{k}"

@@ -204,6 +204,12 @@ fn print_report(r: &Report, out: &std::path::Path) {
             s.inputs_with_false_alarm, s.id_inputs
         );
     }
+    if let Some(p) = &r.promise {
+        println!(
+            "  promise: a {}-frame clear stretch alarms with probability <= {:.4}: {:.2} inputs with a false alarm expected here, {} seen; P(>= {}) under the promise {:.3}",
+            p.frames_per_drive, p.per_drive, p.expected, p.seen, p.seen, p.tail
+        );
+    }
     for (stage, p) in &r.latency_ms {
         println!(
             "  latency {stage:<10} p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3} ms",

@@ -101,6 +101,8 @@ pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
     }
     let (mut frames, mut inputs, mut summaries) = (vec![], vec![], vec![]);
     let mut first: Option<(String, bool, Option<f64>)> = None;
+    // Each shard's promise (per drive, frames per drive), pooled when every shard has the same.
+    let mut promises = vec![];
     for dir in shards {
         let json_path = dir.join("report.json");
         let json: serde_json::Value = serde_json::from_str(
@@ -120,6 +122,11 @@ pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
             }
             Some(_) => {}
         }
+        promises.push(
+            json["promise"]["per_drive"]
+                .as_f64()
+                .zip(json["promise"]["frames_per_drive"].as_u64()),
+        );
         let shard_inputs: Vec<InputResult> = json["inputs"]
             .as_array()
             .into_iter()
@@ -160,6 +167,11 @@ pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
     r.peak_memory_mib = None;
     r.cusum_threshold = threshold;
     r.shards = summaries;
+    if let (Some(Some((p, n))), Some(seq)) = (promises.first(), &r.sequential) {
+        if promises.iter().all(|q| *q == Some((*p, *n))) {
+            r.promise = Some(report::Promise::check(*p, *n as usize, seq));
+        }
+    }
     Ok((r, frames))
 }
 

@@ -248,6 +248,21 @@ pub fn evaluate(
         t0.elapsed().as_secs_f64(),
     );
     report.cusum_threshold = calibrated.then_some(cusum_threshold).flatten();
+    // The promise is the bundle's own threshold's: another threshold or a scale makes another.
+    let own_threshold =
+        opts.monitor.cusum_threshold.is_none() && opts.monitor.threshold_scale == 1.0;
+    let guarantee = bundle
+        .manifest
+        .calibration
+        .as_ref()
+        .and_then(|c| c.guarantee.as_ref());
+    if let (true, Some(g), Some(seq)) = (own_threshold, guarantee, &report.sequential) {
+        report.promise = Some(report::Promise::check(
+            g.per_drive_false_alarm,
+            g.frames_per_drive,
+            seq,
+        ));
+    }
     write_outputs(out, &mut report, &frames)?;
     Ok(Evaluation { report, frames })
 }

@@ -50,6 +50,51 @@ pub struct Sequential {
     pub false_alarms_per_hour: Option<f64>,
 }
 
+/// The bundle's drive-level false-alarm promise set against what an evaluation saw: how likely
+/// so many inputs with a false alarm are if the promise holds. One fresh set of drives decides
+/// little (SAFETY.md: at the floor's own rate, more than 3 of 52 drives alarm with probability
+/// 0.27), so read `tail`, and pool sets with `vae-ood report`, rather than a count alone.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Promise {
+    /// At most this probability that a stretch of `frames_per_drive` clear frames alarms.
+    pub per_drive: f64,
+    pub frames_per_drive: usize,
+    /// Alarmed stretches the promise allows on average over the evaluation's in-distribution
+    /// frames: `per_drive` x ID frames / `frames_per_drive`.
+    pub expected: f64,
+    /// Inputs with a false alarm (`Sequential::inputs_with_false_alarm`).
+    pub seen: usize,
+    /// P(X >= seen) for X ~ Poisson(expected): small (under 0.05, say) when these drives alarm
+    /// more often than the promise allows. Poisson, not binomial, so that inputs of any length
+    /// count by their frames; it is the more lenient tail.
+    pub tail: f64,
+}
+
+impl Promise {
+    /// The promise of `per_drive` per stretch of `frames_per_drive` frames against `seq`.
+    pub fn check(per_drive: f64, frames_per_drive: usize, seq: &Sequential) -> Self {
+        let expected = per_drive * seq.id_frames as f64 / frames_per_drive.max(1) as f64;
+        let seen = seq.inputs_with_false_alarm;
+        Self {
+            per_drive,
+            frames_per_drive,
+            expected,
+            seen,
+            tail: poisson_tail(expected, seen),
+        }
+    }
+}
+
+/// P(X >= k) for X ~ Poisson(lambda).
+fn poisson_tail(lambda: f64, k: usize) -> f64 {
+    let (mut term, mut below) = ((-lambda).exp(), 0.0);
+    for i in 0..k {
+        below += term;
+        term *= lambda / (i + 1) as f64;
+    }
+    (1.0 - below).clamp(0.0, 1.0)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -69,6 +114,10 @@ pub struct Report {
     /// Per OOD type (and "all"), on the CUSUM statistic (calibrated bundles).
     pub cusum_metrics: BTreeMap<String, Outcome>,
     pub sequential: Option<Sequential>,
+    /// The threshold's false-alarm promise against these drives: for a calibrated bundle at
+    /// its own threshold (no explicit threshold or scale), whose manifest records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promise: Option<Promise>,
     pub latency_ms: BTreeMap<String, Percentiles>,
     pub throughput_fps: f64,
     pub peak_memory_mib: Option<f64>,
@@ -299,6 +348,7 @@ pub fn build(
             BTreeMap::new()
         },
         sequential: calibrated.then(|| sequential(frames, |f| f.state == MonitorState::Ood)),
+        promise: None,
         latency_ms: latency,
         throughput_fps: if wall_s > 0.0 {
             frames.len() as f64 / wall_s
@@ -367,6 +417,39 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_promise_check_is_the_poisson_tail_of_the_alarmed_inputs() {
+        assert_eq!(poisson_tail(3.0, 0), 1.0);
+        assert!((poisson_tail(1.0, 1) - (1.0 - (-1.0f64).exp())).abs() < 1e-12);
+        // 52 drives of 600 frames at 4/79 per drive (SAFETY.md's figure): 4 or more alarmed
+        // drives with probability about 0.27.
+        let id = Sequential {
+            segments: vec![],
+            detected: 0,
+            missed: 0,
+            mean_delay_frames: None,
+            mean_delay_s: None,
+            false_alarms: 5,
+            inputs_with_false_alarm: 4,
+            id_inputs: 52,
+            id_frames: 52 * 600,
+            id_frames_alarmed: 40,
+            id_hours: 0.6,
+            false_alarms_per_1000_id_frames: 0.16,
+            false_alarms_per_hour: None,
+        };
+        let p = Promise::check(4.0 / 79.0, 600, &id);
+        assert!((p.expected - 52.0 * 4.0 / 79.0).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.seen, 4);
+        assert!((p.tail - 0.2707).abs() < 0.001, "{p:?}");
+        // Twice the frames at the same count: the count is less surprising.
+        let longer = Sequential {
+            id_frames: 2 * id.id_frames,
+            ..id
+        };
+        assert!(Promise::check(4.0 / 79.0, 600, &longer).tail > p.tail);
+    }
 
     fn fr(index: usize, ood: bool, state: MonitorState) -> FrameRecord {
         FrameRecord {
