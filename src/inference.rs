@@ -707,18 +707,11 @@ fn publish_records(
     }
     if let Some(top) = &cam.verdict {
         // The camera's verdict: the combined state, the first fault, and each detector's.
-        let node = FrameVerdict {
-            state: MonitorState::combine(r.verdicts.iter().map(|v| v.state)),
-            score: None,
-            fault: r.verdicts.iter().find_map(|v| v.fault.clone()),
-            timing: r.verdicts[0].timing,
-            step: None,
-            relative: None,
-            alarm_ratio: None,
-            branch_kl: None,
-            tail_scores: None,
-            branch_ood: None,
-        };
+        let node = FrameVerdict::unscored(
+            MonitorState::combine(r.verdicts.iter().map(|v| v.state)),
+            r.verdicts.iter().find_map(|v| v.fault.clone()),
+            r.verdicts[0].timing,
+        );
         let rec = VerdictRecord {
             verdict: &node,
             detectors: cam

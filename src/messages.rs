@@ -485,16 +485,8 @@ mod tests {
             frame_id: "cam".into(),
         };
         let ok = FrameVerdict {
-            state: MonitorState::Ok,
             score: Some(1.0 / 3.0),
-            fault: None,
-            timing: StageTimes::default(),
-            step: None,
-            relative: None,
-            alarm_ratio: None,
-            branch_kl: None,
-            tail_scores: None,
-            branch_ood: None,
+            ..FrameVerdict::unscored(MonitorState::Ok, None, StageTimes::default())
         };
         let rec = VerdictRecord {
             header: header.clone(),
@@ -544,18 +536,11 @@ mod tests {
             (Some("2.5e0".into()), Some("7e0".into()))
         );
 
-        let bad = FrameVerdict {
-            state: MonitorState::Fault,
-            score: None,
-            fault: Some(Fault::NonFinite),
-            timing: StageTimes::default(),
-            step: None,
-            relative: None,
-            alarm_ratio: None,
-            branch_kl: None,
-            tail_scores: None,
-            branch_ood: None,
-        };
+        let bad = FrameVerdict::unscored(
+            MonitorState::Fault,
+            Some(Fault::NonFinite),
+            StageTimes::default(),
+        );
         let a = verdict_array(&VerdictRecord {
             verdict: &bad,
             ..rec

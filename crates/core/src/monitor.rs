@@ -405,6 +405,22 @@ pub struct FrameVerdict {
 }
 
 impl FrameVerdict {
+    /// A verdict without a score: a fault, a warm-up, or a state combined from others.
+    pub fn unscored(state: MonitorState, fault: Option<Fault>, timing: StageTimes) -> Self {
+        Self {
+            state,
+            score: None,
+            fault,
+            timing,
+            step: None,
+            relative: None,
+            alarm_ratio: None,
+            branch_kl: None,
+            tail_scores: None,
+            branch_ood: None,
+        }
+    }
+
     pub fn is_ood(&self) -> bool {
         self.state.is_ood()
     }
@@ -814,34 +830,12 @@ impl Monitor {
                 // Not a fault of the frame: the detector's history is filling (S and the
                 // latched verdict are left alone, as for a fault).
                 self.counters.warming_up += 1;
-                FrameVerdict {
-                    state: MonitorState::Starting,
-                    score: None,
-                    fault: Some(fault),
-                    timing,
-                    step: None,
-                    relative: None,
-                    alarm_ratio: None,
-                    branch_kl: None,
-                    tail_scores: None,
-                    branch_ood: None,
-                }
+                FrameVerdict::unscored(MonitorState::Starting, Some(fault), timing)
             }
             Err(fault) => {
                 *self.counters.faults.entry(fault.kind()).or_default() += 1;
                 // S and the latched verdict are left alone: a fault says nothing about the data.
-                FrameVerdict {
-                    state: MonitorState::Fault,
-                    score: None,
-                    fault: Some(fault),
-                    timing,
-                    step: None,
-                    relative: None,
-                    alarm_ratio: None,
-                    branch_kl: None,
-                    tail_scores: None,
-                    branch_ood: None,
-                }
+                FrameVerdict::unscored(MonitorState::Fault, Some(fault), timing)
             }
         };
         if verdict.is_ood() {
