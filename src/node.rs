@@ -208,8 +208,6 @@ impl Ctx {
                 relative_branch: cfg.relative_branch,
             };
             let mut monitors = vec![];
-            // The largest scale of a calibrated detector on this camera: 1 means all at their own.
-            let mut largest_scale = 1.0f64;
             for (bundle, name) in cam.model_bundles.iter().zip(&names) {
                 let bundle_dir = resolve_bundle(bundle)?;
                 // This bundle's share of the budget (threshold_scales), else threshold_scale.
@@ -263,9 +261,6 @@ impl Ctx {
                     )
                 };
                 loaded.trained &= is_trained;
-                if monitor.pipeline().is_some() {
-                    largest_scale = largest_scale.max(monitor_cfg.threshold_scale);
-                }
                 (loaded.backend, loaded.device) = (backend, device);
                 let relative = match monitor.relative_split() {
                     Some((t, scale)) => format!(
@@ -321,12 +316,17 @@ impl Ctx {
                     monitor,
                 });
             }
-            let calibrated: Vec<&str> = monitors
+            let calibrated: Vec<&Loading> = monitors
                 .iter()
                 .filter(|m| m.monitor.pipeline().is_some())
-                .map(|m| m.name.as_str())
                 .collect();
-            if let Some(w) = joint_scale_warning(&calibrated, largest_scale) {
+            let calibrated_names: Vec<&str> = calibrated.iter().map(|m| m.name.as_str()).collect();
+            // 1 when every calibrated detector on this camera runs at its own threshold.
+            let largest_scale = calibrated
+                .iter()
+                .map(|m| m.monitor.config().threshold_scale)
+                .fold(1.0, f64::max);
+            if let Some(w) = joint_scale_warning(&calibrated_names, largest_scale) {
                 let on = match cam.name.is_empty() {
                     true => String::new(),
                     false => format!("camera {}: ", cam.name),
