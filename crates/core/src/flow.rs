@@ -510,7 +510,7 @@ pub fn residual_statistic(
     statistic: ResidualStatistic,
 ) -> f64 {
     let (map, inside) = residual_map(prev, next, flow);
-    let counted = || map.iter().zip(&inside).filter(|(_, &i)| i).map(|(&v, _)| v);
+    let counted = || at_inside(&map, &inside);
     let n = inside.iter().filter(|&&i| i).count();
     let value = if n == 0 {
         0.0
@@ -523,12 +523,7 @@ pub fn residual_statistic(
             }
             ResidualStatistic::P99Relative => {
                 let mut v: Vec<f32> = counted().collect();
-                let mut g = gradient_magnitude(prev)
-                    .into_iter()
-                    .zip(&inside)
-                    .filter(|(_, &i)| i)
-                    .map(|(g, _)| g)
-                    .collect::<Vec<f32>>();
+                let mut g: Vec<f32> = at_inside(&gradient_magnitude(prev), &inside).collect();
                 percentile(&mut v, 0.99) / percentile(&mut g, 0.99).max(MIN_CONTRAST)
             }
             ResidualStatistic::Fine => {
@@ -545,6 +540,15 @@ pub fn residual_statistic(
         }
     };
     (value + RESIDUAL_FLOOR).ln()
+}
+
+/// The values of a per-pixel map at the pixels whose flow target is inside the frame.
+fn at_inside<'a>(values: &'a [f32], inside: &'a [bool]) -> impl Iterator<Item = f32> + 'a {
+    values
+        .iter()
+        .zip(inside)
+        .filter(|(_, &i)| i)
+        .map(|(&v, _)| v)
 }
 
 /// Floor of [`ResidualStatistic::P99Relative`]'s divisor, in grey levels per pixel: a flat
