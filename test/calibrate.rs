@@ -31,6 +31,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         detail: None,
         motion_residual: false,
         residual_statistic: None,
+        residual_given_motion: false,
         separate: None,
         parts: None,
         components: 1,
@@ -216,6 +217,16 @@ fn misused_score_options_are_clear_errors() {
     o.separate = Some(Tails::Both);
     let err = run(o);
     assert!(err.contains("give --detail or --motion-residual"), "{err}");
+    // The residual given the motion is an upper tail of the residual scored apart.
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.motion_residual = true;
+    o.separate = Some(Tails::Both);
+    o.residual_given_motion = true;
+    let err = run(o);
+    assert!(
+        err.contains("give --motion-residual --separate upper"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -530,6 +541,45 @@ fn a_flow_reference_scores_the_motion_residual_apart_by_its_upper_tail() {
         median(&rain),
         median(&clear)
     );
+}
+
+#[test]
+fn a_flow_reference_judges_the_residual_given_the_motion() {
+    let out = tempfile::tempdir().unwrap();
+    let flow = root().join("models/flow");
+    let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.motion_residual = true;
+    o.separate = Some(Tails::Upper);
+    o.residual_given_motion = true;
+    let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
+    let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
+        panic!("calibrated with the wrong score")
+    };
+    // The residual's Gaussian is over the residual and the stack's two motion values.
+    let s = r.separate.as_ref().expect("a separate part");
+    assert!(r.motion_residual && r.residual_given_motion && s.upper_only);
+    assert_eq!((r.mean.len(), s.mean.len()), (48, 3));
+    // The residual grows with the motion on clear frames: the regression slope (-P0j / P00)
+    // on the horizontal motion is positive.
+    assert!(-s.precision[1] / s.precision[0] > 0.0, "{:?}", s.precision);
+    // The written bundle measures both itself and scores every frame as the reference says.
+    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+    let scored = map_drive(
+        cal.as_mut(),
+        &drive("ood_rain_udem1_s6").path,
+        &|| {},
+        |s| (s.score, features(&s.mu, &s.logvar, &s.detail)),
+    )
+    .unwrap()
+    .frames;
+    assert_eq!(scored.len(), 300 - 6);
+    for (score, x) in &scored {
+        assert_eq!(x.len(), 51);
+        // The motion: ln(0.1 px + mean absolute flow), never below the floor's.
+        assert!(x[49] >= 0.1f64.ln() && x[50] >= 0.1f64.ln(), "{x:?}");
+        assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
+    }
 }
 
 #[test]

@@ -122,12 +122,14 @@ pub trait Detector: Send {
     fn measure_detail(&mut self, spec: Option<DetailSpec>);
 
     /// Flow detectors: measures the motion residual, summarised by `statistic`
-    /// ([`crate::flow::residual_statistic`]), for the caller, as [`Scored::detail`]'s only
-    /// value, whatever the score uses (calibration fits a reference on it); `None` stops. Returns
+    /// ([`crate::flow::residual_statistic`]), for the caller, as [`Scored::detail`]'s first
+    /// value, followed with `with_motion` by the stack's motion ([`crate::flow::Stacked::motion`]),
+    /// whatever the score uses (calibration fits a reference on them); `None` stops. Returns
     /// false for a detector that has no motion (the image detector).
     fn measure_motion_residual(
         &mut self,
         _statistic: Option<crate::flow::ResidualStatistic>,
+        _with_motion: bool,
     ) -> bool {
         false
     }

@@ -179,6 +179,29 @@ pub struct Stacked {
     /// The mean over the stack's frame pairs of [`residual_statistic`] (by default
     /// [`motion_residual`]): how much of the change between frames the flow does not explain.
     pub residual: f64,
+    /// How far the scene moved: ln([`MOTION_FLOOR`] + the mean absolute horizontal flow), and
+    /// the same of the vertical flow, each over every pixel of the stack's fields. The residual
+    /// grows with the motion (one pyramid level tracks large displacements poorly, so a sharp
+    /// turn leaves more unexplained); a score can judge the residual given the motion
+    /// ([`crate::score::Reference::residual_given_motion`]).
+    pub motion: [f64; 2],
+}
+
+/// Added to the mean absolute flow, in pixels, before the logarithm of [`Stacked::motion`]:
+/// keeps a still scene finite and makes sub-pixel jitter count as no motion.
+pub const MOTION_FLOOR: f64 = 0.1;
+
+impl Flow {
+    /// The mean absolute horizontal and vertical flow over the field, in pixels.
+    pub fn mean_abs(&self) -> [f64; 2] {
+        let n = (self.data.len() / 2).max(1) as f64;
+        let (mut u, mut v) = (0.0, 0.0);
+        for d in self.data.chunks_exact(2) {
+            u += f64::from(d[0].abs());
+            v += f64::from(d[1].abs());
+        }
+        [u / n, v / n]
+    }
 }
 
 /// One stream's motion history: the last prepared frame and the last `depth` flow fields. Flow
@@ -264,6 +287,13 @@ impl FlowStack {
             dy.extend(f.data.iter().skip(1).step_by(2));
         }
         let residual = self.flows.iter().map(|(_, r)| r).sum::<f64>() / self.depth as f64;
+        let mut motion = [0.0; 2];
+        for (f, _) in &self.flows {
+            let m = f.mean_abs();
+            motion[0] += m[0];
+            motion[1] += m[1];
+        }
+        let motion = motion.map(|m| (MOTION_FLOOR + m / self.depth as f64).ln());
         Ok(Some(Stacked {
             depth: self.depth,
             width: w,
@@ -271,6 +301,7 @@ impl FlowStack {
             dx,
             dy,
             residual,
+            motion,
         }))
     }
 }
@@ -1425,10 +1456,33 @@ mod tests {
         for _ in 0..2 {
             assert!(s.push((&rgb(0.0)).into(), None).unwrap().is_none());
         }
-        let still = s.push((&rgb(0.0)).into(), None).unwrap().unwrap().residual;
-        let moving = s.push((&rgb(2.0)).into(), None).unwrap().unwrap().residual;
+        let still = s.push((&rgb(0.0)).into(), None).unwrap().unwrap();
+        let moving = s.push((&rgb(2.0)).into(), None).unwrap().unwrap();
         // Equal frames leave almost nothing (Farnebäck's last row and column are not quite 0).
-        assert!(still < (1e-4f64).ln(), "{still}");
-        assert!(moving > still + 1.0, "{moving} {still}");
+        assert!(still.residual < (1e-4f64).ln(), "{}", still.residual);
+        assert!(
+            moving.residual > still.residual + 1.0,
+            "{} {}",
+            moving.residual,
+            still.residual
+        );
+        // The motion: none while still (the floor), then horizontal only: a 2 px shift in one of
+        // the two pairs, about 1 px on average (Farnebäck recovers less near the borders).
+        for m in still.motion {
+            assert!((m - MOTION_FLOOR.ln()).abs() < 0.05, "{:?}", still.motion);
+        }
+        let [h, v] = moving.motion.map(|m| m.exp() - MOTION_FLOOR);
+        assert!((0.6..1.1).contains(&h), "{h}");
+        assert!(v < 0.1, "{v}");
+    }
+
+    #[test]
+    fn the_mean_absolute_flow_is_taken_per_component() {
+        let f = Flow {
+            width: 2,
+            height: 1,
+            data: vec![1.0, -0.5, -3.0, 0.5],
+        };
+        assert_eq!(f.mean_abs(), [2.0, 0.5]);
     }
 }

@@ -21,8 +21,10 @@ pub struct FlowDetector {
     spec: FlowSpec,
     encoder: Box<dyn Encoder>,
     streams: Vec<FlowStack>,
-    /// The motion residual is measured for the caller ([`Detector::measure_motion_residual`]).
+    /// The motion residual is measured for the caller ([`Detector::measure_motion_residual`]),
+    /// and with `measure_motion` the stack's motion after it.
     measure_residual: bool,
+    measure_motion: bool,
 }
 
 impl FlowDetector {
@@ -40,6 +42,7 @@ impl FlowDetector {
             encoder,
             streams: vec![],
             measure_residual: false,
+            measure_motion: false,
         }
     }
 
@@ -105,8 +108,13 @@ impl Detector for FlowDetector {
     /// Detail features describe a single image; the flow detector's score has none.
     fn measure_detail(&mut self, _spec: Option<DetailSpec>) {}
 
-    fn measure_motion_residual(&mut self, statistic: Option<ResidualStatistic>) -> bool {
+    fn measure_motion_residual(
+        &mut self,
+        statistic: Option<ResidualStatistic>,
+        with_motion: bool,
+    ) -> bool {
         self.measure_residual = statistic.is_some();
+        self.measure_motion = statistic.is_some() && with_motion;
         if let Some(s) = statistic {
             // Every stream's history summarises its pairs the new way from its next pair on.
             self.spec.residual = s;
@@ -131,7 +139,7 @@ impl Detector for FlowDetector {
                     f.stream
                 ))),
                 (None, Some(stack)) => match stack.push(f.pixels, f.stamp_ns) {
-                    Ok(Some(s)) => Ok((self.spec.encoder_input(&s), s.residual)),
+                    Ok(Some(s)) => Ok((self.spec.encoder_input(&s), (s.residual, s.motion))),
                     Ok(None) => Err(Fault::WarmingUp {
                         needed: stack.warming_up(),
                     }),
@@ -152,7 +160,13 @@ impl Detector for FlowDetector {
             .zip(residuals);
         let manifest = &self.bundle.manifest;
         let own = manifest.score.motion_residual();
-        let measure = self.measure_residual;
+        let own_motion = manifest.score.residual_given_motion();
+        let (measure, measure_motion) = (self.measure_residual, self.measure_motion);
+        // The residual, then the motion when asked for.
+        let extra = |(r, [h, v]): (f64, [f64; 2]), motion: bool| match motion {
+            true => vec![r, h, v],
+            false => vec![r],
+        };
         results
             .into_iter()
             .map(|r| match r {
@@ -161,8 +175,12 @@ impl Detector for FlowDetector {
                     let (r, residual) = encoded.next().expect("one result per encoded input");
                     let (p, pre, inf) = r?;
                     let detail = (
-                        if own { vec![residual] } else { vec![] },
-                        measure.then(|| vec![residual]),
+                        if own {
+                            extra(residual, own_motion)
+                        } else {
+                            vec![]
+                        },
+                        measure.then(|| extra(residual, measure_motion)),
                     );
                     scored(manifest, p.mu, p.logvar, detail).map(|mut s| {
                         s.preprocess = pre;

@@ -85,6 +85,12 @@ impl ScoreSpec {
         matches!(self, Self::Mahalanobis(r) if r.motion_residual)
     }
 
+    /// Whether the motion residual is judged given the stack's motion, whose two values then
+    /// follow it in the features ([`Reference::residual_given_motion`]).
+    pub fn residual_given_motion(&self) -> bool {
+        matches!(self, Self::Mahalanobis(r) if r.residual_given_motion)
+    }
+
     /// A fresh extractor of [`Self::detail`], if the score uses the detail channel.
     pub fn detail_extractor(&self) -> Option<DetailExtractor> {
         self.detail().copied().map(DetailExtractor::new)
@@ -98,10 +104,19 @@ impl ScoreSpec {
                 if let Some(d) = &r.detail {
                     d.validate()?;
                 }
+                if r.residual_given_motion
+                    && !(r.motion_residual && r.separate.as_ref().is_some_and(|s| s.upper_only))
+                {
+                    return Err(ScoreError::Separate(
+                        "residual_given_motion needs motion_residual scored apart, upper tail only"
+                            .into(),
+                    ));
+                }
                 r.validate(
                     2 * latents
                         + r.detail.map_or(0, |d| d.features())
-                        + usize::from(r.motion_residual),
+                        + usize::from(r.motion_residual)
+                        + 2 * usize::from(r.residual_given_motion),
                 )
             }
         }
@@ -123,7 +138,9 @@ impl ScoreSpec {
                         d.octaves, d.width, d.height
                     )
                 });
-                if r.motion_residual {
+                if r.residual_given_motion {
+                    detail.push_str(", motion residual given the motion");
+                } else if r.motion_residual {
                     detail.push_str(", motion residual");
                 }
                 if !r.parts.is_empty() {
@@ -180,7 +197,7 @@ pub enum ScoreError {
     RaggedFitFrames,
     #[error("the covariance of the fit frames is not positive definite (constant or duplicated features?)")]
     NotPositiveDefinite,
-    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent, then any detail features, then the motion residual if any)", dim * dim)]
+    #[error("score.mean has {mean} and score.precision {precision} values; the encoder needs {dim} and {} (mu and logvar of every latent, then any detail features, then the motion residual and its motion if any)", dim * dim)]
     ReferenceShape {
         mean: usize,
         precision: usize,
@@ -229,6 +246,12 @@ pub struct Reference {
     /// ([`crate::flow::motion_residual`]). Absent: false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub motion_residual: bool,
+    /// Flow detectors, with `motion_residual` scored apart upper-tail only: the features end
+    /// with the stack's motion too ([`crate::flow::Stacked::motion`], two values after the
+    /// residual), and the residual is judged given the motion: its standardised excess over
+    /// what clear frames with that motion leave ([`Separate::upper_only`]). Absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub residual_given_motion: bool,
     /// Mean feature vector (mu of every latent, then logvar, then any detail octaves). Empty
     /// when the reference is a mixture.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -314,9 +337,11 @@ pub struct Separate {
     pub posterior_tail: Tail,
     /// The extra part's distance over the fit frames.
     pub extra_tail: Tail,
-    /// One extra feature counted above its mean only: its distance is max(0, z)^2, z its
+    /// The first extra feature counted above its mean only: its distance is max(0, z)^2, z its
     /// standardised value (the motion residual: more change left over than usual is a shift,
-    /// less is not one this feature can vouch for).
+    /// less is not one this feature can vouch for). With more extra features, z is the first
+    /// one's given the others under the fitted Gaussian (the residual given the motion):
+    /// its excess over the conditional mean, in conditional standard deviations.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upper_only: bool,
 }
@@ -328,14 +353,29 @@ impl Separate {
     }
 }
 
-/// An extra part's distance from its Gaussian: squared Mahalanobis, or with `upper_only` (one
-/// feature) its upper half, max(0, z)^2.
+/// An extra part's distance from its Gaussian: squared Mahalanobis, or with `upper_only` the
+/// upper half of the first feature's, max(0, z)^2, z its standardised value given the other
+/// features ([`conditional_z`]).
 fn extra_distance(x: &[f64], mean: &[f64], precision: &[f64], upper_only: bool) -> f64 {
     if upper_only {
-        let z = (x[0] - mean[0]) * precision[0].sqrt();
-        return z.max(0.0).powi(2);
+        return conditional_z(x, mean, precision).max(0.0).powi(2);
     }
     crate::mixture::mahalanobis2(x, mean, precision)
+}
+
+/// The first feature's standardised value given the others under the Gaussian (mean,
+/// precision): (x0 - E[x0 | rest]) / sd(x0 | rest). With precision P, x0 given the rest has
+/// variance 1 / P00 and mean m0 - sum_j P0j (xj - mj) / P00, so z = sum_j P0j (xj - mj) /
+/// sqrt(P00), the linear regression's residual of x0 on the rest in its own units; for one
+/// feature it is (x0 - m0) sqrt(P00).
+pub fn conditional_z(x: &[f64], mean: &[f64], precision: &[f64]) -> f64 {
+    let p0 = &precision[..mean.len()];
+    let dot: f64 = p0
+        .iter()
+        .zip(x.iter().zip(mean))
+        .map(|(p, (x, m))| p * (x - m))
+        .sum();
+    dot / p0[0].sqrt()
 }
 
 /// Ridge added to the covariance's diagonal before inversion: collapsed latents have a
@@ -351,6 +391,7 @@ impl Reference {
             frames,
             detail,
             motion_residual: false,
+            residual_given_motion: false,
             mean: vec![],
             precision: vec![],
             components: vec![],
@@ -428,7 +469,9 @@ impl Reference {
 
     /// Fits the posterior part (the first `posterior` features) as [`Self::fit_mixture`] does,
     /// the rest by a Gaussian of its own, and both parts' tails on the same frames
-    /// ([`Separate`]).
+    /// ([`Separate`]). With `upper_only` the first extra feature is the one counted, given any
+    /// others: the motion residual given the stack's motion, the one such part a score has
+    /// ([`Self::residual_given_motion`], set here when there are others).
     pub fn fit_separate(
         features: &[Vec<f64>],
         posterior: usize,
@@ -447,12 +490,6 @@ impl Reference {
             .iter()
             .map(|f| (f[..posterior].to_vec(), f[posterior..].to_vec()))
             .unzip();
-        if upper_only && d - posterior != 1 {
-            return Err(ScoreError::Separate(format!(
-                "an upper-tail-only extra part is one feature, not {}",
-                d - posterior
-            )));
-        }
         let mut r = Self::fit_mixture(&post, k, detail, fitted_on)?;
         let e = Self::fit(&extra, None, vec![])?;
         let part = |x: &[f64]| r.part_distance(x);
@@ -470,6 +507,7 @@ impl Reference {
             extra_tail,
             upper_only,
         }));
+        r.residual_given_motion = upper_only && d - posterior > 1;
         r.validate(d)?;
         Ok(r)
     }
@@ -600,9 +638,12 @@ impl Reference {
             None => dim,
             Some(s) => {
                 let e = s.mean.len();
-                if e == 0 || e >= dim || s.precision.len() != e * e || (s.upper_only && e != 1) {
+                // Upper tail only: the residual, and with residual_given_motion its motion.
+                let upper = 1 + 2 * usize::from(self.residual_given_motion);
+                if e == 0 || e >= dim || s.precision.len() != e * e || (s.upper_only && e != upper)
+                {
                     return Err(ScoreError::Separate(format!(
-                        "mean has {e} and precision {} values; the extra features need between 1 and {} (1 with upper_only) and their square",
+                        "mean has {e} and precision {} values; the extra features need between 1 and {} ({upper} with upper_only) and their square",
                         s.precision.len(),
                         dim.saturating_sub(1)
                     )));
@@ -902,11 +943,60 @@ mod tests {
         let r = Reference::fit_separate(&frames, 2, true, 1, None, vec![]).unwrap();
         assert!(r.distance(&[1.0, -2.0, 8.0]) < 1.0);
         assert!(r.distance(&[1.0, -2.0, 12.0]) > 9.9);
-        let two = vec![vec![0.0; 4]; 20];
-        assert!(Reference::fit_separate(&two, 2, true, 1, None, vec![])
-            .unwrap_err()
-            .to_string()
-            .contains("one feature"));
+        // Upper tail only over two extra features: one (the residual), or three (with its
+        // motion), never two.
+        let two: Vec<Vec<f64>> = (0..40)
+            .map(|i| (0..4).map(|j| ((i * (j + 3) * 7919) % 97) as f64).collect())
+            .collect();
+        let e = Reference::fit_separate(&two, 2, true, 1, None, vec![]).unwrap_err();
+        assert!(e.to_string().contains("3 with upper_only"), "{e}");
+    }
+
+    #[test]
+    fn the_residual_given_the_motion_is_its_regression_residual() {
+        // Extra features: a residual that grows with the motion (r = 2 m1 - m2 + noise of sd
+        // 0.1) and the motion (m1, m2) spread widely.
+        let frames: Vec<Vec<f64>> = correlated_frames()
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut f)| {
+                let m1 = ((i * 7919) % 1000) as f64 / 100.0;
+                let m2 = ((i * 104_729) % 1000) as f64 / 200.0;
+                let noise = 0.1 * (((i * 31_337) % 1001) as f64 / 1000.0 - 0.5) * 12f64.sqrt();
+                f.extend([2.0 * m1 - m2 + noise, m1, m2]);
+                f
+            })
+            .collect();
+        let mut r = Reference::fit_separate(&frames, 2, true, 1, None, vec![]).unwrap();
+        assert!(r.residual_given_motion);
+        r.motion_residual = true;
+        assert!(ScoreSpec::Mahalanobis(r.clone()).validate(1).is_ok());
+        let s = r.separate.as_ref().unwrap();
+        // z is the residual's excess over its regression on the motion, in the noise's sd.
+        for (m1, m2, excess) in [(1.0, 4.0, 0.0), (9.0, 0.5, 0.3), (5.0, 2.0, -0.2)] {
+            let z = conditional_z(&[2.0 * m1 - m2 + excess, m1, m2], &s.mean, &s.precision);
+            assert!((z - excess / 0.1).abs() < 0.1, "{m1} {m2} {excess}: {z}");
+        }
+        // A large residual that the motion explains is typical; the same excess at little
+        // motion is extreme, beyond every fit frame.
+        let post = [1.0, -2.0];
+        let score = |extra: [f64; 3]| r.distance(&[&post[..], &extra].concat());
+        assert!(score([18.0, 9.0, 0.0]) < 1.0, "{}", score([18.0, 9.0, 0.0]));
+        assert!(score([18.0, 1.0, 0.0]) > 9.9, "{}", score([18.0, 1.0, 0.0]));
+        // Less residual than the motion leaves is no shift (upper tail only).
+        assert!(score([10.0, 9.0, 0.0]) < 1.0);
+        // The flag needs the residual scored apart, upper tail only, and all three features.
+        let mut bad = r.clone();
+        bad.motion_residual = false;
+        assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
+        let mut bad = r.clone();
+        bad.residual_given_motion = false;
+        assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
+        // Written and read back, it scores the same.
+        let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(r.clone())).unwrap();
+        assert!(text.contains("residual_given_motion: true"));
+        let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, ScoreSpec::Mahalanobis(r));
     }
 
     #[test]

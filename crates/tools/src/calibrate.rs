@@ -164,6 +164,10 @@ pub struct Options {
     /// How the motion residual is summarised (`None`: the bundle's own; `mean` before it had
     /// one).
     pub residual_statistic: Option<ResidualStatistic>,
+    /// The motion residual is judged given the stack's motion (with `separate` upper): its
+    /// excess over what clear frames with that motion leave
+    /// ([`vae_ood_core::score::Reference::residual_given_motion`]).
+    pub residual_given_motion: bool,
     /// The extra features (`detail` or `motion_residual`) get a Gaussian of their own, and the
     /// score is the larger of the two parts' tail scores ([`vae_ood_core::score::Separate`]).
     pub separate: Option<Tails>,
@@ -209,6 +213,7 @@ impl Options {
             detail: None,
             motion_residual: false,
             residual_statistic: None,
+            residual_given_motion: false,
             separate: None,
             parts: None,
             components: 1,
@@ -404,6 +409,11 @@ pub fn calibrate(
     if opts.motion_residual && opts.fit.is_empty() {
         return input("--motion-residual adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
     }
+    if opts.residual_given_motion
+        && !(opts.motion_residual && opts.separate == Some(Tails::Upper) && opts.parts.is_none())
+    {
+        return input("--residual-given-motion judges the motion residual scored apart, upper tail only: give --motion-residual --separate upper (not --parts)".into());
+    }
     if opts.residual_statistic.is_some() && !opts.motion_residual {
         return input("--residual-statistic says how the motion residual is measured: give --motion-residual too".into());
     }
@@ -419,7 +429,9 @@ pub fn calibrate(
         s.detail().is_some() || s.motion_residual()
     } else {
         det.measure_detail(opts.detail);
-        if opts.motion_residual && !det.measure_motion_residual(Some(residual)) {
+        if opts.motion_residual
+            && !det.measure_motion_residual(Some(residual), opts.residual_given_motion)
+        {
             return input("--motion-residual needs a flow bundle (detector.kind: flow): an image has no motion".into());
         }
         if opts.detail.is_some() && opts.motion_residual {

@@ -51,6 +51,12 @@ pub struct Args {
     /// own (mean before session 23).
     #[arg(long, requires = "motion_residual", value_name = "STATISTIC")]
     residual_statistic: Option<ResidualStatistic>,
+    /// With --motion-residual --separate upper: judge the residual given the stack's motion
+    /// (its mean absolute horizontal and vertical flow), as its excess over what clear fit
+    /// frames with that motion leave, so that a sharp turn's larger residual is not counted as
+    /// a shift (docs/detector-experiments.md, "The residual given the motion").
+    #[arg(long, requires = "motion_residual")]
+    residual_given_motion: bool,
     /// Score the extra features (--detail or --motion-residual) by a Gaussian of their own and
     /// take the larger of the two parts' tail scores over the fit frames, instead of one
     /// distance over all features (where the posterior's many features dilute a few extra ones).
@@ -153,6 +159,7 @@ pub fn run(a: Args) -> Result<()> {
             .transpose()?,
         motion_residual: a.motion_residual,
         residual_statistic: a.residual_statistic,
+        residual_given_motion: a.residual_given_motion,
         separate: a.separate,
         parts: a.parts,
         components: a.components,

@@ -652,6 +652,8 @@ struct CalibrationPlan {
     detail: Option<DetailSpec>,
     /// The teacher's motion residual (flow detectors), likewise.
     motion_residual: bool,
+    /// The teacher judges its motion residual given the stack's motion, likewise.
+    residual_given_motion: bool,
     /// The teacher scores those extra features apart (`--separate`), with these tails.
     separate: Option<calibrate::Tails>,
     /// The teacher's reference is in parts (`--parts`).
@@ -674,6 +676,7 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
         mahalanobis,
         detail: t.manifest.score.detail().copied(),
         motion_residual: t.manifest.score.motion_residual(),
+        residual_given_motion: t.manifest.score.residual_given_motion(),
         separate: match &t.manifest.score {
             ScoreSpec::Mahalanobis(r) => {
                 let residual = r.parts.iter().find(|p| p.name == "motion_residual");
@@ -730,6 +733,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         if plan.motion_residual {
             args.push("--motion-residual".into());
         }
+        if plan.residual_given_motion {
+            args.push("--residual-given-motion".into());
+        }
         if let Some(t) = plan.separate {
             args.extend(["--separate".into(), t.as_str().into()]);
         }
@@ -773,6 +779,7 @@ fn calibration_options(opts: &Options, plan: &CalibrationPlan) -> Result<calibra
         c.fit = drives(&opts.fit)?;
         c.detail = plan.detail;
         c.motion_residual = plan.motion_residual;
+        c.residual_given_motion = plan.residual_given_motion;
         c.separate = plan.separate;
         c.parts = plan.parts;
         c.components = plan.components;
