@@ -7,7 +7,7 @@ use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::BackendOptions;
-use vae_ood_core::score::{features, posterior_features, ScoreSpec};
+use vae_ood_core::score::{features, posterior_features, GivenMotion, ScoreSpec};
 use vae_ood_tools::calibrate::{calibrate, DriveArg, Options, ScoreKind, Tails};
 use vae_ood_tools::drives::map_drive;
 
@@ -31,7 +31,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         detail: None,
         motion_residual: false,
         residual_statistic: None,
-        residual_given_motion: false,
+        residual_given_motion: None,
         separate: None,
         parts: None,
         components: 1,
@@ -221,7 +221,7 @@ fn misused_score_options_are_clear_errors() {
     let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
     o.motion_residual = true;
     o.separate = Some(Tails::Both);
-    o.residual_given_motion = true;
+    o.residual_given_motion = Some(GivenMotion::Motion);
     let err = run(o);
     assert!(
         err.contains("give --motion-residual --separate upper"),
@@ -551,14 +551,17 @@ fn a_flow_reference_judges_the_residual_given_the_motion() {
     let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
     o.motion_residual = true;
     o.separate = Some(Tails::Upper);
-    o.residual_given_motion = true;
+    // Given the turn: the form that differs from the residual alone in most ways (two
+    // marginals of the fitted Gaussian); `motion` shares its fit and is unit-tested.
+    o.residual_given_motion = Some(GivenMotion::Turn);
     let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
     let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
         panic!("calibrated with the wrong score")
     };
     // The residual's Gaussian is over the residual and the stack's two motion values.
     let s = r.separate.as_ref().expect("a separate part");
-    assert!(r.motion_residual && r.residual_given_motion && s.upper_only);
+    assert!(r.motion_residual && s.upper_only);
+    assert_eq!(r.residual_given_motion, Some(GivenMotion::Turn));
     assert_eq!((r.mean.len(), s.mean.len()), (48, 3));
     // The residual grows with the motion on clear frames: the regression slope (-P0j / P00)
     // on the horizontal motion is positive.

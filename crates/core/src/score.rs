@@ -88,7 +88,16 @@ impl ScoreSpec {
     /// Whether the motion residual is judged given the stack's motion, whose two values then
     /// follow it in the features ([`Reference::residual_given_motion`]).
     pub fn residual_given_motion(&self) -> bool {
-        matches!(self, Self::Mahalanobis(r) if r.residual_given_motion)
+        self.given_motion().is_some()
+    }
+
+    /// How the motion residual is judged given the stack's motion, if it is
+    /// ([`Reference::residual_given_motion`]).
+    pub fn given_motion(&self) -> Option<GivenMotion> {
+        match self {
+            Self::Mahalanobis(r) => r.residual_given_motion,
+            Self::Kl => None,
+        }
     }
 
     /// A fresh extractor of [`Self::detail`], if the score uses the detail channel.
@@ -104,7 +113,7 @@ impl ScoreSpec {
                 if let Some(d) = &r.detail {
                     d.validate()?;
                 }
-                if r.residual_given_motion
+                if r.residual_given_motion.is_some()
                     && !(r.motion_residual && r.separate.as_ref().is_some_and(|s| s.upper_only))
                 {
                     return Err(ScoreError::Separate(
@@ -116,7 +125,7 @@ impl ScoreSpec {
                     2 * latents
                         + r.detail.map_or(0, |d| d.features())
                         + usize::from(r.motion_residual)
-                        + 2 * usize::from(r.residual_given_motion),
+                        + 2 * usize::from(r.residual_given_motion.is_some()),
                 )
             }
         }
@@ -138,8 +147,13 @@ impl ScoreSpec {
                         d.octaves, d.width, d.height
                     )
                 });
-                if r.residual_given_motion {
-                    detail.push_str(", motion residual given the motion");
+                if let Some(g) = r.residual_given_motion {
+                    detail.push_str(match g {
+                        GivenMotion::Motion => ", motion residual given the motion",
+                        GivenMotion::Turn => {
+                            ", motion residual and vertical motion given the horizontal"
+                        }
+                    });
                 } else if r.motion_residual {
                     detail.push_str(", motion residual");
                 }
@@ -248,10 +262,11 @@ pub struct Reference {
     pub motion_residual: bool,
     /// Flow detectors, with `motion_residual` scored apart upper-tail only: the features end
     /// with the stack's motion too ([`crate::flow::Stacked::motion`], two values after the
-    /// residual), and the residual is judged given the motion: its standardised excess over
-    /// what clear frames with that motion leave ([`Separate::upper_only`]). Absent: false.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub residual_given_motion: bool,
+    /// residual), and the residual is judged given the motion, as [`GivenMotion`] says: its
+    /// standardised excess over what clear frames with that motion leave
+    /// ([`Separate::upper_only`]). Absent: the residual alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_given_motion: Option<GivenMotion>,
     /// Mean feature vector (mu of every latent, then logvar, then any detail octaves). Empty
     /// when the reference is a mixture.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -275,6 +290,44 @@ pub struct Reference {
     /// posterior, motion residual), `vae-ood calibrate --parts branches`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Part>,
+}
+
+/// How a flow reference judges the motion residual given the stack's motion (the extra
+/// features residual, ln horizontal motion, ln vertical motion; [`crate::flow::Stacked::motion`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GivenMotion {
+    /// The residual given both motions: max(0, z)^2, z its excess over its regression on them
+    /// ([`conditional_z`]; session 27). Camera shake is motion, so this explains shake's
+    /// residual away along with a turn's.
+    Motion,
+    /// The residual and the vertical motion, each given the horizontal motion (the turn) alone:
+    /// max(0, z_r)^2 + max(0, z_v)^2 ([`turn_distance`]). A ground robot's turn moves the scene
+    /// horizontally; more residual, or more vertical motion, than the turn explains is a shift.
+    Turn,
+}
+
+impl GivenMotion {
+    /// Its name in a bundle and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Motion => "motion",
+            Self::Turn => "turn",
+        }
+    }
+}
+
+impl std::str::FromStr for GivenMotion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "motion" => Ok(Self::Motion),
+            "turn" => Ok(Self::Turn),
+            other => Err(format!(
+                "unknown motion conditioning {other:?}: motion or turn"
+            )),
+        }
+    }
 }
 
 /// One part of a [`Reference`] scored in parts: a Gaussian over some of the features, and the
@@ -308,6 +361,7 @@ impl Part {
             &self.mean,
             &self.precision,
             self.upper_only,
+            None,
         ))
     }
 }
@@ -348,19 +402,55 @@ pub struct Separate {
 
 impl Separate {
     /// The extra part's distance ([`extra_distance`]).
-    fn distance(&self, extra: &[f64]) -> f64 {
-        extra_distance(extra, &self.mean, &self.precision, self.upper_only)
+    fn distance(&self, extra: &[f64], given: Option<GivenMotion>) -> f64 {
+        extra_distance(extra, &self.mean, &self.precision, self.upper_only, given)
     }
 }
 
 /// An extra part's distance from its Gaussian: squared Mahalanobis, or with `upper_only` the
 /// upper half of the first feature's, max(0, z)^2, z its standardised value given the other
-/// features ([`conditional_z`]).
-fn extra_distance(x: &[f64], mean: &[f64], precision: &[f64], upper_only: bool) -> f64 {
-    if upper_only {
-        return conditional_z(x, mean, precision).max(0.0).powi(2);
+/// features ([`conditional_z`]), or with [`GivenMotion::Turn`] [`turn_distance`].
+fn extra_distance(
+    x: &[f64],
+    mean: &[f64],
+    precision: &[f64],
+    upper_only: bool,
+    given: Option<GivenMotion>,
+) -> f64 {
+    match (upper_only, given) {
+        (true, Some(GivenMotion::Turn)) => turn_distance(x, mean, precision),
+        (true, _) => conditional_z(x, mean, precision).max(0.0).powi(2),
+        (false, _) => crate::mixture::mahalanobis2(x, mean, precision),
     }
-    crate::mixture::mahalanobis2(x, mean, precision)
+}
+
+/// [`GivenMotion::Turn`]'s distance of (residual, ln horizontal motion, ln vertical motion):
+/// max(0, z_r)^2 + max(0, z_v)^2, z_r the residual's and z_v the vertical motion's
+/// standardised value given the horizontal motion alone, each under the Gaussian's
+/// two-feature marginal (the vertical motion is marginalised out of the residual's, and the
+/// residual out of the vertical motion's). NaN for another feature count, or a precision
+/// that is not positive definite.
+pub fn turn_distance(x: &[f64], mean: &[f64], precision: &[f64]) -> f64 {
+    if x.len() != 3 || mean.len() != 3 || precision.len() != 9 {
+        return f64::NAN;
+    }
+    let Ok(cov) = spd_inverse(precision, 3) else {
+        return f64::NAN;
+    };
+    let cov = &cov;
+    // z of feature `i` given the horizontal motion (feature 1), under the (i, 1) marginal.
+    let given_turn = |i: usize| -> f64 {
+        let idx = [i, 1];
+        let sub: Vec<f64> = idx
+            .iter()
+            .flat_map(|&a| idx.iter().map(move |&b| cov[a * 3 + b]))
+            .collect();
+        match spd_inverse(&sub, 2) {
+            Ok(p) => conditional_z(&[x[i], x[1]], &[mean[i], mean[1]], &p).max(0.0),
+            Err(_) => f64::NAN,
+        }
+    };
+    given_turn(0).powi(2) + given_turn(2).powi(2)
 }
 
 /// The first feature's standardised value given the others under the Gaussian (mean,
@@ -391,7 +481,7 @@ impl Reference {
             frames,
             detail,
             motion_residual: false,
-            residual_given_motion: false,
+            residual_given_motion: None,
             mean: vec![],
             precision: vec![],
             components: vec![],
@@ -470,12 +560,14 @@ impl Reference {
     /// Fits the posterior part (the first `posterior` features) as [`Self::fit_mixture`] does,
     /// the rest by a Gaussian of its own, and both parts' tails on the same frames
     /// ([`Separate`]). With `upper_only` the first extra feature is the one counted, given any
-    /// others: the motion residual given the stack's motion, the one such part a score has
-    /// ([`Self::residual_given_motion`], set here when there are others).
+    /// others: the motion residual given the stack's motion as `given` says, the one such part
+    /// a score has ([`Self::residual_given_motion`], set here when there are others:
+    /// [`GivenMotion::Motion`] unless `given` says otherwise).
     pub fn fit_separate(
         features: &[Vec<f64>],
         posterior: usize,
         upper_only: bool,
+        given: Option<GivenMotion>,
         k: usize,
         detail: Option<DetailSpec>,
         fitted_on: Vec<String>,
@@ -492,12 +584,13 @@ impl Reference {
             .unzip();
         let mut r = Self::fit_mixture(&post, k, detail, fitted_on)?;
         let e = Self::fit(&extra, None, vec![])?;
+        let given = (upper_only && d - posterior > 1).then(|| given.unwrap_or(GivenMotion::Motion));
         let part = |x: &[f64]| r.part_distance(x);
         let posterior_tail = Tail::measure(&post.iter().map(|x| part(x)).collect::<Vec<_>>())?;
         let extra_tail = Tail::measure(
             &extra
                 .iter()
-                .map(|x| extra_distance(x, &e.mean, &e.precision, upper_only))
+                .map(|x| extra_distance(x, &e.mean, &e.precision, upper_only, given))
                 .collect::<Vec<_>>(),
         )?;
         r.separate = Some(Box::new(Separate {
@@ -507,7 +600,7 @@ impl Reference {
             extra_tail,
             upper_only,
         }));
-        r.residual_given_motion = upper_only && d - posterior > 1;
+        r.residual_given_motion = given;
         r.validate(d)?;
         Ok(r)
     }
@@ -536,7 +629,7 @@ impl Reference {
             let g = Self::fit(&sub, None, vec![])?;
             let tail = Tail::measure(
                 &sub.iter()
-                    .map(|x| extra_distance(x, &g.mean, &g.precision, p.upper_only))
+                    .map(|x| extra_distance(x, &g.mean, &g.precision, p.upper_only, None))
                     .collect::<Vec<_>>(),
             )?;
             fitted.push(Part {
@@ -626,7 +719,8 @@ impl Reference {
         let (post, extra) = x.split_at(split);
         Some([
             s.posterior_tail.score(self.part_distance(post)),
-            s.extra_tail.score(s.distance(extra)),
+            s.extra_tail
+                .score(s.distance(extra, self.residual_given_motion)),
         ])
     }
 
@@ -639,7 +733,7 @@ impl Reference {
             Some(s) => {
                 let e = s.mean.len();
                 // Upper tail only: the residual, and with residual_given_motion its motion.
-                let upper = 1 + 2 * usize::from(self.residual_given_motion);
+                let upper = 1 + 2 * usize::from(self.residual_given_motion.is_some());
                 if e == 0 || e >= dim || s.precision.len() != e * e || (s.upper_only && e != upper)
                 {
                     return Err(ScoreError::Separate(format!(
@@ -892,7 +986,7 @@ mod tests {
     fn a_separate_extra_part_is_not_drowned_by_the_posterior() {
         // Posterior part: the correlated 2-D frames; extra part: one feature, its own scale.
         let frames = frames_with_an_extra_feature();
-        let mut r = Reference::fit_separate(&frames, 2, false, 1, None, vec![]).unwrap();
+        let mut r = Reference::fit_separate(&frames, 2, false, None, 1, None, vec![]).unwrap();
         r.motion_residual = true;
         let s = r.separate.as_ref().unwrap();
         assert_eq!((r.mean.len(), s.mean.len()), (2, 1));
@@ -940,7 +1034,7 @@ mod tests {
         bad.separate.as_mut().unwrap().mean.push(0.0);
         assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
         // Upper tail only: less than the mean scores as the mean, more as before.
-        let r = Reference::fit_separate(&frames, 2, true, 1, None, vec![]).unwrap();
+        let r = Reference::fit_separate(&frames, 2, true, None, 1, None, vec![]).unwrap();
         assert!(r.distance(&[1.0, -2.0, 8.0]) < 1.0);
         assert!(r.distance(&[1.0, -2.0, 12.0]) > 9.9);
         // Upper tail only over two extra features: one (the residual), or three (with its
@@ -948,7 +1042,7 @@ mod tests {
         let two: Vec<Vec<f64>> = (0..40)
             .map(|i| (0..4).map(|j| ((i * (j + 3) * 7919) % 97) as f64).collect())
             .collect();
-        let e = Reference::fit_separate(&two, 2, true, 1, None, vec![]).unwrap_err();
+        let e = Reference::fit_separate(&two, 2, true, None, 1, None, vec![]).unwrap_err();
         assert!(e.to_string().contains("3 with upper_only"), "{e}");
     }
 
@@ -967,8 +1061,8 @@ mod tests {
                 f
             })
             .collect();
-        let mut r = Reference::fit_separate(&frames, 2, true, 1, None, vec![]).unwrap();
-        assert!(r.residual_given_motion);
+        let mut r = Reference::fit_separate(&frames, 2, true, None, 1, None, vec![]).unwrap();
+        assert_eq!(r.residual_given_motion, Some(GivenMotion::Motion));
         r.motion_residual = true;
         assert!(ScoreSpec::Mahalanobis(r.clone()).validate(1).is_ok());
         let s = r.separate.as_ref().unwrap();
@@ -990,13 +1084,93 @@ mod tests {
         bad.motion_residual = false;
         assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
         let mut bad = r.clone();
-        bad.residual_given_motion = false;
+        bad.residual_given_motion = None;
         assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
         // Written and read back, it scores the same.
         let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(r.clone())).unwrap();
-        assert!(text.contains("residual_given_motion: true"));
+        assert!(text.contains("residual_given_motion: motion"));
         let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();
         assert_eq!(back, ScoreSpec::Mahalanobis(r));
+    }
+
+    /// Extra features (residual, horizontal motion h, vertical motion v) where the residual
+    /// grows with both motions, r = 2 h + v + noise of sd 0.1, and h and v vary independently.
+    fn frames_with_turns_and_vertical_motion() -> Vec<Vec<f64>> {
+        correlated_frames()
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut f)| {
+                let h = ((i * 7919) % 1000) as f64 / 100.0;
+                let v = ((i * 104_729) % 1000) as f64 / 1000.0;
+                let noise = 0.1 * (((i * 31_337) % 1001) as f64 / 1000.0 - 0.5) * 12f64.sqrt();
+                f.extend([2.0 * h + v + noise, h, v]);
+                f
+            })
+            .collect()
+    }
+
+    #[test]
+    fn given_the_turn_the_residual_and_the_vertical_motion_are_judged_on_the_turn_alone() {
+        let frames = frames_with_turns_and_vertical_motion();
+        let fit = |g| {
+            let mut r =
+                Reference::fit_separate(&frames, 2, true, Some(g), 1, None, vec![]).unwrap();
+            r.motion_residual = true;
+            r
+        };
+        let (turn, motion) = (fit(GivenMotion::Turn), fit(GivenMotion::Motion));
+        assert_eq!(turn.residual_given_motion, Some(GivenMotion::Turn));
+        assert!(ScoreSpec::Mahalanobis(turn.clone()).validate(1).is_ok());
+        // The distance is the two marginal regressions' upper halves: the same as a Gaussian
+        // fitted on the (r, h) and (v, h) columns alone (a Gaussian's marginal is the fit of
+        // the marginal's columns).
+        let s = turn.separate.as_ref().unwrap();
+        let columns = |i: usize| -> Reference {
+            let sub: Vec<Vec<f64>> = frames.iter().map(|f| vec![f[2 + i], f[3]]).collect();
+            Reference::fit(&sub, None, vec![]).unwrap()
+        };
+        let (rh, vh) = (columns(0), columns(2));
+        for x in [
+            [21.0, 9.0, 2.0],
+            [1.0, 0.5, 0.0],
+            [12.0, 5.0, 0.5],
+            [3.0, 5.0, 0.1],
+        ] {
+            let z = |g: &Reference, a: f64| conditional_z(&[a, x[1]], &g.mean, &g.precision);
+            let want = z(&rh, x[0]).max(0.0).powi(2) + z(&vh, x[2]).max(0.0).powi(2);
+            let got = turn_distance(&x, &s.mean, &s.precision);
+            assert!(
+                (got - want).abs() < 1e-6 * want.max(1.0),
+                "{x:?}: {got} vs {want}"
+            );
+        }
+        // A sharp turn's large residual is typical under both.
+        let post = [1.0, -2.0];
+        let score = |r: &Reference, extra: [f64; 3]| r.distance(&[&post[..], &extra].concat());
+        let sharp_turn = [2.0 * 9.0 + 0.5, 9.0, 0.5];
+        assert!(
+            score(&turn, sharp_turn) < 1.0,
+            "{}",
+            score(&turn, sharp_turn)
+        );
+        assert!(score(&motion, sharp_turn) < 1.0);
+        // Shaking: vertical motion far beyond any fit frame's, with the residual it brings.
+        // Given both motions that residual is explained; given the turn it is not, and the
+        // vertical motion itself counts.
+        let shake = [2.0 * 3.0 + 4.0, 3.0, 4.0];
+        assert!(score(&motion, shake) < 1.0, "{}", score(&motion, shake));
+        assert!(score(&turn, shake) > 9.9, "{}", score(&turn, shake));
+        // Less of either than the turn leaves is no shift (upper tails only).
+        assert!(score(&turn, [2.0 * 3.0, 3.0, 0.0]) < 1.0);
+        // Written and read back, it scores the same; an unknown conditioning is refused.
+        let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(turn.clone())).unwrap();
+        assert!(text.contains("residual_given_motion: turn"));
+        let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back.given_motion(), Some(GivenMotion::Turn));
+        assert_eq!(back, ScoreSpec::Mahalanobis(turn.clone()));
+        let e = "sideways".parse::<GivenMotion>().unwrap_err();
+        assert!(e.contains("motion or turn"), "{e}");
+        assert!(turn_distance(&[1.0, 2.0], &s.mean, &s.precision).is_nan());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use vae_ood_core::detection::{Calibration, PipelineParams};
 use vae_ood_core::detector::Detector;
 use vae_ood_core::flow::ResidualStatistic;
 use vae_ood_core::flow_detector::FlowDetector;
-use vae_ood_core::score::{features, Reference, ScoreError, ScoreSpec};
+use vae_ood_core::score::{features, GivenMotion, Reference, ScoreError, ScoreSpec};
 
 /// A drive argument: a folder, and for OOD drives the first OOD frame (`DIR:ONSET`, default 0).
 #[derive(Debug, Clone)]
@@ -164,10 +164,10 @@ pub struct Options {
     /// How the motion residual is summarised (`None`: the bundle's own; `mean` before it had
     /// one).
     pub residual_statistic: Option<ResidualStatistic>,
-    /// The motion residual is judged given the stack's motion (with `separate` upper): its
-    /// excess over what clear frames with that motion leave
+    /// The motion residual is judged given the stack's motion (with `separate` upper), as
+    /// this says: its excess over what clear frames with that motion leave
     /// ([`vae_ood_core::score::Reference::residual_given_motion`]).
-    pub residual_given_motion: bool,
+    pub residual_given_motion: Option<GivenMotion>,
     /// The extra features (`detail` or `motion_residual`) get a Gaussian of their own, and the
     /// score is the larger of the two parts' tail scores ([`vae_ood_core::score::Separate`]).
     pub separate: Option<Tails>,
@@ -213,7 +213,7 @@ impl Options {
             detail: None,
             motion_residual: false,
             residual_statistic: None,
-            residual_given_motion: false,
+            residual_given_motion: None,
             separate: None,
             parts: None,
             components: 1,
@@ -409,7 +409,7 @@ pub fn calibrate(
     if opts.motion_residual && opts.fit.is_empty() {
         return input("--motion-residual adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
     }
-    if opts.residual_given_motion
+    if opts.residual_given_motion.is_some()
         && !(opts.motion_residual && opts.separate == Some(Tails::Upper) && opts.parts.is_none())
     {
         return input("--residual-given-motion judges the motion residual scored apart, upper tail only: give --motion-residual --separate upper (not --parts)".into());
@@ -430,7 +430,7 @@ pub fn calibrate(
     } else {
         det.measure_detail(opts.detail);
         if opts.motion_residual
-            && !det.measure_motion_residual(Some(residual), opts.residual_given_motion)
+            && !det.measure_motion_residual(Some(residual), opts.residual_given_motion.is_some())
         {
             return input("--motion-residual needs a flow bundle (detector.kind: flow): an image has no motion".into());
         }
@@ -524,6 +524,7 @@ pub fn calibrate(
                     &features,
                     posterior,
                     upper,
+                    opts.residual_given_motion,
                     opts.components,
                     opts.detail,
                     ids,

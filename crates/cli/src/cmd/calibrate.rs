@@ -8,6 +8,7 @@ use vae_ood_core::detection::relative::BaselineParams;
 use vae_ood_core::detection::selection::Rank;
 use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::flow::ResidualStatistic;
+use vae_ood_core::score::GivenMotion;
 use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, Parts, ScoreKind, Tails};
 
 #[derive(clap::Args)]
@@ -54,9 +55,11 @@ pub struct Args {
     /// With --motion-residual --separate upper: judge the residual given the stack's motion
     /// (its mean absolute horizontal and vertical flow), as its excess over what clear fit
     /// frames with that motion leave, so that a sharp turn's larger residual is not counted as
-    /// a shift (docs/detector-experiments.md, "The residual given the motion").
-    #[arg(long, requires = "motion_residual")]
-    residual_given_motion: bool,
+    /// a shift. `motion` (the default): given both motions; `turn`: the residual and the
+    /// vertical motion, each given the horizontal motion alone, so that shaking is not
+    /// explained away (docs/detector-experiments.md, "The residual given the motion").
+    #[arg(long, requires = "motion_residual", value_name = "GIVEN", num_args = 0..=1, default_missing_value = "motion")]
+    residual_given_motion: Option<GivenMotion>,
     /// Score the extra features (--detail or --motion-residual) by a Gaussian of their own and
     /// take the larger of the two parts' tail scores over the fit frames, instead of one
     /// distance over all features (where the posterior's many features dilute a few extra ones).

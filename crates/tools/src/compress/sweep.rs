@@ -33,7 +33,7 @@ use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::encoder::{BackendKind, BackendOptions};
 use vae_ood_core::fsutil::write_atomic;
 use vae_ood_core::monitor::MonitorConfig;
-use vae_ood_core::score::ScoreSpec;
+use vae_ood_core::score::{GivenMotion, ScoreSpec};
 
 /// How much of the design space to sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -653,7 +653,7 @@ struct CalibrationPlan {
     /// The teacher's motion residual (flow detectors), likewise.
     motion_residual: bool,
     /// The teacher judges its motion residual given the stack's motion, likewise.
-    residual_given_motion: bool,
+    residual_given_motion: Option<GivenMotion>,
     /// The teacher scores those extra features apart (`--separate`), with these tails.
     separate: Option<calibrate::Tails>,
     /// The teacher's reference is in parts (`--parts`).
@@ -676,7 +676,7 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
         mahalanobis,
         detail: t.manifest.score.detail().copied(),
         motion_residual: t.manifest.score.motion_residual(),
-        residual_given_motion: t.manifest.score.residual_given_motion(),
+        residual_given_motion: t.manifest.score.given_motion(),
         separate: match &t.manifest.score {
             ScoreSpec::Mahalanobis(r) => {
                 let residual = r.parts.iter().find(|p| p.name == "motion_residual");
@@ -733,8 +733,8 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         if plan.motion_residual {
             args.push("--motion-residual".into());
         }
-        if plan.residual_given_motion {
-            args.push("--residual-given-motion".into());
+        if let Some(g) = plan.residual_given_motion {
+            args.extend(["--residual-given-motion".into(), g.as_str().into()]);
         }
         if let Some(t) = plan.separate {
             args.extend(["--separate".into(), t.as_str().into()]);
