@@ -2,7 +2,7 @@
 //! drives: the reference is fitted on the fit drives only, written into the bundle, and used for
 //! every score; misused options are clear errors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use vae_ood_core::detail::DetailSpec;
 use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::detector::Detector;
@@ -51,6 +51,17 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         relative: None,
         quiet: true,
     }
+}
+
+/// Every scored frame of a sample drive under the bundle written to `bundle`: its score and the
+/// features it was computed from (the written bundle measures its extra features itself).
+fn scored_by(bundle: &Path, drive_name: &str) -> Vec<(f64, Vec<f64>)> {
+    let mut cal = vae_ood_core::detector::load(bundle, BackendOptions::default()).unwrap();
+    map_drive(cal.as_mut(), &drive(drive_name).path, &|| {}, |s| {
+        (s.score, features(&s.mu, &s.logvar, &s.detail))
+    })
+    .unwrap()
+    .frames
 }
 
 fn detector() -> Box<dyn Detector> {
@@ -134,15 +145,7 @@ fn a_reference_with_the_detail_channel_fits_the_frames_detail_and_scores_with_it
         assert!((r.mean[60 + k] - want).abs() < 1e-9, "octave {k}");
     }
     // The written bundle measures the detail itself and scores with it.
-    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-    let scored = map_drive(
-        cal.as_mut(),
-        &drive("ood_noise_small_loop_s8").path,
-        &|| {},
-        |s| (s.score, features(&s.mu, &s.logvar, &s.detail)),
-    )
-    .unwrap()
-    .frames;
+    let scored = scored_by(out.path(), "ood_noise_small_loop_s8");
     for (score, x) in &scored {
         assert_eq!(x.len(), 63);
         assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
@@ -270,15 +273,7 @@ fn a_flow_reference_with_the_motion_residual_fits_it_and_scores_with_it() {
         Some((largest(0), largest(1)))
     );
     // The written bundle measures the residual itself and scores with it.
-    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-    let scored = map_drive(
-        cal.as_mut(),
-        &drive("ood_rain_udem1_s6").path,
-        &|| {},
-        |s| (s.score, features(&s.mu, &s.logvar, &s.detail)),
-    )
-    .unwrap()
-    .frames;
+    let scored = scored_by(out.path(), "ood_rain_udem1_s6");
     assert_eq!(
         scored.len(),
         300 - 6,
@@ -567,15 +562,7 @@ fn a_flow_reference_judges_the_residual_given_the_motion() {
     // on the horizontal motion is positive.
     assert!(-s.precision[1] / s.precision[0] > 0.0, "{:?}", s.precision);
     // The written bundle measures both itself and scores every frame as the reference says.
-    let mut cal = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-    let scored = map_drive(
-        cal.as_mut(),
-        &drive("ood_rain_udem1_s6").path,
-        &|| {},
-        |s| (s.score, features(&s.mu, &s.logvar, &s.detail)),
-    )
-    .unwrap()
-    .frames;
+    let scored = scored_by(out.path(), "ood_rain_udem1_s6");
     assert_eq!(scored.len(), 300 - 6);
     for (score, x) in &scored {
         assert_eq!(x.len(), 51);
