@@ -546,9 +546,9 @@ fn a_flow_reference_judges_the_residual_given_the_motion() {
     let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
     o.motion_residual = true;
     o.separate = Some(Tails::Upper);
-    // Given the turn: the form that differs from the residual alone in most ways (two
-    // marginals of the fitted Gaussian); `motion` shares its fit and is unit-tested.
-    o.residual_given_motion = Some(GivenMotion::Turn);
+    // Apart: the form that differs from the residual alone in most ways (a third tail, over a
+    // marginal of the fitted Gaussian); `motion` and `turn` share its fit and are unit-tested.
+    o.residual_given_motion = Some(GivenMotion::Apart);
     let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
     let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
         panic!("calibrated with the wrong score")
@@ -556,7 +556,8 @@ fn a_flow_reference_judges_the_residual_given_the_motion() {
     // The residual's Gaussian is over the residual and the stack's two motion values.
     let s = r.separate.as_ref().expect("a separate part");
     assert!(r.motion_residual && s.upper_only);
-    assert_eq!(r.residual_given_motion, Some(GivenMotion::Turn));
+    assert_eq!(r.residual_given_motion, Some(GivenMotion::Apart));
+    assert!(s.vertical_tail.is_some());
     assert_eq!((r.mean.len(), s.mean.len()), (48, 3));
     // The residual grows with the motion on clear frames: the regression slope (-P0j / P00)
     // on the horizontal motion is positive.

@@ -153,6 +153,9 @@ impl ScoreSpec {
                         GivenMotion::Turn => {
                             ", motion residual and vertical motion given the horizontal"
                         }
+                        GivenMotion::Apart => {
+                            ", motion residual given the motion and, apart, vertical motion given the horizontal"
+                        }
                     });
                 } else if r.motion_residual {
                     detail.push_str(", motion residual");
@@ -305,6 +308,11 @@ pub enum GivenMotion {
     /// max(0, z_r)^2 + max(0, z_v)^2 ([`turn_distance`]). A ground robot's turn moves the scene
     /// horizontally; more residual, or more vertical motion, than the turn explains is a shift.
     Turn,
+    /// The residual given both motions (as [`Self::Motion`]), and beside it, with a tail of
+    /// its own, the vertical motion given the horizontal motion (as in [`Self::Turn`]): the
+    /// extra part's tail score is the larger of the two ([`Separate::vertical_tail`]). Neither
+    /// explains the other's shift away, and nothing is summed.
+    Apart,
 }
 
 impl GivenMotion {
@@ -313,6 +321,7 @@ impl GivenMotion {
         match self {
             Self::Motion => "motion",
             Self::Turn => "turn",
+            Self::Apart => "apart",
         }
     }
 }
@@ -323,8 +332,9 @@ impl std::str::FromStr for GivenMotion {
         match s {
             "motion" => Ok(Self::Motion),
             "turn" => Ok(Self::Turn),
+            "apart" => Ok(Self::Apart),
             other => Err(format!(
-                "unknown motion conditioning {other:?}: motion or turn"
+                "unknown motion conditioning {other:?}: motion, turn or apart"
             )),
         }
     }
@@ -398,12 +408,36 @@ pub struct Separate {
     /// its excess over the conditional mean, in conditional standard deviations.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upper_only: bool,
+    /// With [`GivenMotion::Apart`]: the tail over the fit frames of the vertical motion's
+    /// distance given the horizontal motion ([`vertical_given_turn`]), scored beside the
+    /// residual's; the extra part's tail score is the larger of the two. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertical_tail: Option<Tail>,
 }
 
 impl Separate {
-    /// The extra part's distance ([`extra_distance`]).
-    fn distance(&self, extra: &[f64], given: Option<GivenMotion>) -> f64 {
-        extra_distance(extra, &self.mean, &self.precision, self.upper_only, given)
+    /// The extra part's tail score: its distance's ([`extra_distance`]) under `extra_tail`,
+    /// and with a vertical tail the larger of that and the vertical motion's.
+    fn tail_score(&self, extra: &[f64], given: Option<GivenMotion>) -> f64 {
+        let own = self.extra_tail.score(extra_distance(
+            extra,
+            &self.mean,
+            &self.precision,
+            self.upper_only,
+            given,
+        ));
+        match &self.vertical_tail {
+            None => own,
+            Some(t) => {
+                let v = t.score(vertical_given_turn(extra, &self.mean, &self.precision));
+                // NaN in either is a fault, never hidden by the other's value.
+                if own.is_nan() || v.is_nan() {
+                    f64::NAN
+                } else {
+                    own.max(v)
+                }
+            }
+        }
     }
 }
 
@@ -419,7 +453,8 @@ fn extra_distance(
 ) -> f64 {
     match (upper_only, given) {
         (true, Some(GivenMotion::Turn)) => turn_distance(x, mean, precision),
-        (true, _) => conditional_z(x, mean, precision).max(0.0).powi(2),
+        // Apart's residual part is Motion's; its vertical part is Separate::vertical_tail's.
+        (true, _) => upper_square(conditional_z(x, mean, precision)),
         (false, _) => crate::mixture::mahalanobis2(x, mean, precision),
     }
 }
@@ -431,26 +466,45 @@ fn extra_distance(
 /// residual out of the vertical motion's). NaN for another feature count, or a precision
 /// that is not positive definite.
 pub fn turn_distance(x: &[f64], mean: &[f64], precision: &[f64]) -> f64 {
+    upper_square(given_turn_z(x, mean, precision, 0))
+        + upper_square(given_turn_z(x, mean, precision, 2))
+}
+
+/// max(0, z)^2, the upper-only distance of a standardised value; NaN stays NaN (`f64::max`
+/// would turn it into 0 and hide the fault).
+fn upper_square(z: f64) -> f64 {
+    if z.is_nan() {
+        f64::NAN
+    } else {
+        z.max(0.0).powi(2)
+    }
+}
+
+/// [`GivenMotion::Apart`]'s vertical part: max(0, z_v)^2, z_v the vertical motion's
+/// standardised value given the horizontal motion alone, as in [`turn_distance`].
+pub fn vertical_given_turn(x: &[f64], mean: &[f64], precision: &[f64]) -> f64 {
+    upper_square(given_turn_z(x, mean, precision, 2))
+}
+
+/// The standardised value of feature `i` of (residual, ln horizontal motion, ln vertical
+/// motion) given the horizontal motion (feature 1), under the Gaussian's (i, 1) marginal. NaN
+/// for another feature count, or a precision that is not positive definite.
+fn given_turn_z(x: &[f64], mean: &[f64], precision: &[f64], i: usize) -> f64 {
     if x.len() != 3 || mean.len() != 3 || precision.len() != 9 {
         return f64::NAN;
     }
     let Ok(cov) = spd_inverse(precision, 3) else {
         return f64::NAN;
     };
-    let cov = &cov;
-    // z of feature `i` given the horizontal motion (feature 1), under the (i, 1) marginal.
-    let given_turn = |i: usize| -> f64 {
-        let idx = [i, 1];
-        let sub: Vec<f64> = idx
-            .iter()
-            .flat_map(|&a| idx.iter().map(move |&b| cov[a * 3 + b]))
-            .collect();
-        match spd_inverse(&sub, 2) {
-            Ok(p) => conditional_z(&[x[i], x[1]], &[mean[i], mean[1]], &p).max(0.0),
-            Err(_) => f64::NAN,
-        }
-    };
-    given_turn(0).powi(2) + given_turn(2).powi(2)
+    let (cov, idx) = (&cov, [i, 1]);
+    let sub: Vec<f64> = idx
+        .iter()
+        .flat_map(|&a| idx.iter().map(move |&b| cov[a * 3 + b]))
+        .collect();
+    match spd_inverse(&sub, 2) {
+        Ok(p) => conditional_z(&[x[i], x[1]], &[mean[i], mean[1]], &p),
+        Err(_) => f64::NAN,
+    }
 }
 
 /// The first feature's standardised value given the others under the Gaussian (mean,
@@ -593,12 +647,22 @@ impl Reference {
                 .map(|x| extra_distance(x, &e.mean, &e.precision, upper_only, given))
                 .collect::<Vec<_>>(),
         )?;
+        let vertical_tail = match given {
+            Some(GivenMotion::Apart) => Some(Tail::measure(
+                &extra
+                    .iter()
+                    .map(|x| vertical_given_turn(x, &e.mean, &e.precision))
+                    .collect::<Vec<_>>(),
+            )?),
+            _ => None,
+        };
         r.separate = Some(Box::new(Separate {
             mean: e.mean,
             precision: e.precision,
             posterior_tail,
             extra_tail,
             upper_only,
+            vertical_tail,
         }));
         r.residual_given_motion = given;
         r.validate(d)?;
@@ -719,8 +783,7 @@ impl Reference {
         let (post, extra) = x.split_at(split);
         Some([
             s.posterior_tail.score(self.part_distance(post)),
-            s.extra_tail
-                .score(s.distance(extra, self.residual_given_motion)),
+            s.tail_score(extra, self.residual_given_motion),
         ])
     }
 
@@ -747,6 +810,15 @@ impl Reference {
                 }
                 s.posterior_tail.validate()?;
                 s.extra_tail.validate()?;
+                let apart = self.residual_given_motion == Some(GivenMotion::Apart);
+                match &s.vertical_tail {
+                    Some(t) if apart => t.validate()?,
+                    None if !apart => {}
+                    _ => return Err(ScoreError::Separate(
+                        "vertical_tail goes with residual_given_motion: apart, and only with it"
+                            .into(),
+                    )),
+                }
                 dim - e
             }
         };
@@ -1169,8 +1241,84 @@ mod tests {
         assert_eq!(back.given_motion(), Some(GivenMotion::Turn));
         assert_eq!(back, ScoreSpec::Mahalanobis(turn.clone()));
         let e = "sideways".parse::<GivenMotion>().unwrap_err();
-        assert!(e.contains("motion or turn"), "{e}");
+        assert!(e.contains("motion, turn or apart"), "{e}");
         assert!(turn_distance(&[1.0, 2.0], &s.mean, &s.precision).is_nan());
+    }
+
+    #[test]
+    fn apart_the_residual_is_judged_given_the_motion_and_the_vertical_motion_given_the_turn() {
+        let frames = frames_with_turns_and_vertical_motion();
+        let fit = |g| {
+            let mut r =
+                Reference::fit_separate(&frames, 2, true, Some(g), 1, None, vec![]).unwrap();
+            r.motion_residual = true;
+            r
+        };
+        let (apart, motion) = (fit(GivenMotion::Apart), fit(GivenMotion::Motion));
+        assert!(ScoreSpec::Mahalanobis(apart.clone()).validate(1).is_ok());
+        let (sa, sm) = (
+            apart.separate.as_ref().unwrap(),
+            motion.separate.as_ref().unwrap(),
+        );
+        // The residual part is Motion's, fitted on the same frames; the vertical part has a
+        // tail of its own, over vertical_given_turn of the fit frames.
+        assert_eq!((&sa.mean, &sa.extra_tail), (&sm.mean, &sm.extra_tail));
+        assert!(sm.vertical_tail.is_none());
+        let vt = sa.vertical_tail.as_ref().unwrap();
+        assert!(vertical_given_turn(&[1.0, 2.0], &sa.mean, &sa.precision).is_nan());
+        let post = [1.0, -2.0];
+        let tails =
+            |r: &Reference, extra: [f64; 3]| r.tail_scores(&[&post[..], &extra].concat()).unwrap();
+        for x in [
+            [21.0, 9.0, 2.0],
+            [1.0, 0.5, 0.0],
+            [2.0 * 3.0 + 4.0, 3.0, 4.0],
+            [3.0, 5.0, 0.1],
+        ] {
+            let want = tails(&motion, x)[1].max(vt.score(vertical_given_turn(
+                &x,
+                &sa.mean,
+                &sa.precision,
+            )));
+            assert_eq!(tails(&apart, x)[1], want, "{x:?}");
+            assert_eq!(tails(&apart, x)[0], tails(&motion, x)[0], "{x:?}");
+        }
+        // The vertical part is the vertical half of Turn's distance.
+        let turn = fit(GivenMotion::Turn);
+        let st = turn.separate.as_ref().unwrap();
+        let v = [1.0, 3.0, 4.0];
+        assert!(
+            (vertical_given_turn(&v, &st.mean, &st.precision)
+                - turn_distance(&v, &st.mean, &st.precision))
+            .abs()
+                < 1e-9
+        );
+        // A sharp turn is typical; shaking, explained away given both motions, is not, by
+        // its vertical motion alone.
+        let score = |r: &Reference, extra: [f64; 3]| r.distance(&[&post[..], &extra].concat());
+        let (sharp_turn, shake) = ([2.0 * 9.0 + 0.5, 9.0, 0.5], [2.0 * 3.0 + 4.0, 3.0, 4.0]);
+        assert!(
+            score(&apart, sharp_turn) < 1.0,
+            "{}",
+            score(&apart, sharp_turn)
+        );
+        assert!(score(&motion, shake) < 1.0);
+        assert!(score(&apart, shake) > 9.9, "{}", score(&apart, shake));
+        // Round trip; a vertical tail without Apart, or Apart without one, is refused.
+        let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(apart.clone())).unwrap();
+        assert!(text.contains("residual_given_motion: apart") && text.contains("vertical_tail"));
+        let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, ScoreSpec::Mahalanobis(apart.clone()));
+        let mut bad = apart.clone();
+        bad.residual_given_motion = Some(GivenMotion::Motion);
+        let e = ScoreSpec::Mahalanobis(bad)
+            .validate(1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vertical_tail"), "{e}");
+        let mut bad = apart;
+        bad.separate.as_mut().unwrap().vertical_tail = None;
+        assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
     }
 
     #[test]

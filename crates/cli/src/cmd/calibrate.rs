@@ -57,7 +57,9 @@ pub struct Args {
     /// frames with that motion leave, so that a sharp turn's larger residual is not counted as
     /// a shift. `motion` (the default): given both motions; `turn`: the residual and the
     /// vertical motion, each given the horizontal motion alone, so that shaking is not
-    /// explained away (docs/detector-experiments.md, "The residual given the motion").
+    /// explained away; `apart`: the residual given both motions and, with a tail of its own,
+    /// the vertical motion given the horizontal (docs/detector-experiments.md, "The residual
+    /// given the motion" and the sections after it).
     #[arg(long, requires = "motion_residual", value_name = "GIVEN", num_args = 0..=1, default_missing_value = "motion")]
     residual_given_motion: Option<GivenMotion>,
     /// Score the extra features (--detail or --motion-residual) by a Gaussian of their own and
