@@ -19,7 +19,7 @@ env -u ROS_DISTRO -u AMENT_PREFIX_PATH -u IDL_PACKAGE_FILTER \
   cargo test --locked --workspace --exclude vae_ood_monitor
 test -x target/debug/vae-ood || { echo "cargo test left no target/debug/vae-ood" >&2; exit 1; }
 
-stage "1b/3 the cuda backend (builds without CUDA; with no GPU its GPU half prints SKIPPED)"
+stage "1b/3 the cuda backend (builds without CUDA; with no GPU its GPU half is skipped, saying why)"
 # libnvrtc from the PyPI wheel (scripts/requirements-test.txt): our kernels compile to PTX here.
 NVRTC_LIB=$(echo "$ROOT"/.venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib)
 # The same package selection as 1/3, so its build is reused (crates/core/Cargo.toml pins the
