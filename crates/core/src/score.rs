@@ -428,15 +428,10 @@ impl Separate {
         ));
         match &self.vertical_tail {
             None => own,
-            Some(t) => {
-                let v = t.score(vertical_given_turn(extra, &self.mean, &self.precision));
-                // NaN in either is a fault, never hidden by the other's value.
-                if own.is_nan() || v.is_nan() {
-                    f64::NAN
-                } else {
-                    own.max(v)
-                }
-            }
+            Some(t) => fault_max(
+                own,
+                t.score(vertical_given_turn(extra, &self.mean, &self.precision)),
+            ),
         }
     }
 }
@@ -470,14 +465,20 @@ pub fn turn_distance(x: &[f64], mean: &[f64], precision: &[f64]) -> f64 {
         + upper_square(given_turn_z(x, mean, precision, 2))
 }
 
+/// The larger of two scores; NaN in either is a fault, never hidden by the other's value
+/// (`f64::max` returns the number and drops the NaN).
+fn fault_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 /// max(0, z)^2, the upper-only distance of a standardised value; NaN stays NaN (`f64::max`
 /// would turn it into 0 and hide the fault).
 fn upper_square(z: f64) -> f64 {
-    if z.is_nan() {
-        f64::NAN
-    } else {
-        z.max(0.0).powi(2)
-    }
+    fault_max(z, 0.0).powi(2)
 }
 
 /// [`GivenMotion::Apart`]'s vertical part: max(0, z_v)^2, z_v the vertical motion's
@@ -747,29 +748,18 @@ impl Reference {
             if x.len() != n {
                 return (f64::NAN, None);
             }
-            // NaN in any part is a fault, never hidden by another's value.
             let d = self
                 .parts
                 .iter()
                 .map(|p| p.score(x))
-                .fold(f64::NEG_INFINITY, |a, b| {
-                    if a.is_nan() || b.is_nan() {
-                        f64::NAN
-                    } else {
-                        a.max(b)
-                    }
-                });
+                .fold(f64::NEG_INFINITY, fault_max);
             return (d, None);
         }
         if self.separate.is_none() {
             return (self.part_distance(x), None);
         }
         let tails = self.tail_scores(x);
-        let d = match tails {
-            // NaN in either part is a fault, never hidden by the other's value.
-            Some([a, b]) if !a.is_nan() && !b.is_nan() => a.max(b),
-            _ => f64::NAN,
-        };
+        let d = tails.map_or(f64::NAN, |[a, b]| fault_max(a, b));
         (d, tails)
     }
 
