@@ -32,6 +32,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         motion_residual: false,
         residual_statistic: None,
         residual_given_motion: None,
+        detail_lost: false,
         separate: None,
         parts: None,
         components: 1,
@@ -571,6 +572,52 @@ fn a_flow_reference_judges_the_residual_given_the_motion() {
         assert!(x[49] >= 0.1f64.ln() && x[50] >= 0.1f64.ln(), "{x:?}");
         assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
     }
+}
+
+#[test]
+fn a_flow_reference_scores_the_detail_lost_beside_the_residual() {
+    let out = tempfile::tempdir().unwrap();
+    let flow = root().join("models/flow");
+    let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
+    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    o.motion_residual = true;
+    o.separate = Some(Tails::Upper);
+    o.detail_lost = true;
+    let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
+    let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
+        panic!("calibrated with the wrong score")
+    };
+    // The residual keeps its one-feature Gaussian; the detail lost has its own after it.
+    let s = r.separate.as_ref().expect("a separate part");
+    let lost = s.detail_lost.as_ref().expect("the detail lost is scored");
+    assert!(r.motion_residual && s.upper_only && lost.sd > 0.0);
+    assert_eq!((r.mean.len(), s.mean.len()), (48, 1));
+    assert!(done
+        .bundle
+        .manifest
+        .score
+        .describe()
+        .contains("detail lost"));
+    // The written bundle measures it itself: 0 until 80 frames of the stream are there
+    // (60 old plus 20 of baseline), then measured, and every score is the reference's.
+    let scored = scored_by(out.path(), "ood_fog_loop_empty_s7");
+    assert_eq!(scored.len(), 300 - 6);
+    for (k, (score, x)) in scored.iter().enumerate() {
+        assert_eq!(x.len(), 50);
+        if k + 6 < 79 {
+            assert_eq!(x[49], 0.0, "frame {}", k + 6);
+        }
+        assert!((score - r.distance(x)).abs() < 1e-9 * score.max(1.0));
+    }
+    assert!(scored[80..].iter().all(|(_, x)| x[49] != 0.0));
+    // Without --motion-residual --separate upper it is refused, with the reason.
+    let mut bad = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
+    bad.motion_residual = true;
+    bad.detail_lost = true;
+    let Err(e) = calibrate(&flow, out.path(), det.as_mut(), &bad) else {
+        panic!("--detail-lost without --separate upper was accepted")
+    };
+    assert!(e.to_string().contains("--detail-lost"), "{e}");
 }
 
 #[test]

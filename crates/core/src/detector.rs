@@ -134,6 +134,13 @@ pub trait Detector: Send {
         false
     }
 
+    /// Flow detectors, while measuring the motion residual: the frame's detail lost against
+    /// the stream's past ([`crate::detail_lost`]) follows the residual (and any motion) in
+    /// [`Scored::detail`]. Returns false for a detector that cannot measure it.
+    fn measure_detail_lost(&mut self, _on: bool) -> bool {
+        false
+    }
+
     /// Scores the next frame of each listed stream (at most one frame per stream), in order,
     /// in one call where the backend can batch.
     fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>>;

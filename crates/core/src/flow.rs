@@ -185,6 +185,9 @@ pub struct Stacked {
     /// turn leaves more unexplained); a score can judge the residual given the motion
     /// ([`crate::score::Reference::residual_given_motion`]).
     pub motion: [f64; 2],
+    /// The newest frame's detail lost against the stream's own past
+    /// ([`crate::detail_lost::DetailHistory`]): blur the flow cannot show.
+    pub detail_lost: f64,
 }
 
 /// Added to the mean absolute flow, in pixels, before the logarithm of [`Stacked::motion`]:
@@ -218,6 +221,8 @@ pub struct FlowStack {
     prev: Option<(Gray, Option<i64>)>,
     /// The last `depth` fields, each with its pair's residual ([`residual_statistic`]).
     flows: std::collections::VecDeque<(Flow, f64)>,
+    /// The prepared frames' detail since the last reset.
+    detail: crate::detail_lost::DetailHistory,
 }
 
 impl FlowStack {
@@ -233,6 +238,7 @@ impl FlowStack {
             residual: ResidualStatistic::Mean,
             prev: None,
             flows: Default::default(),
+            detail: Default::default(),
         }
     }
 
@@ -246,6 +252,7 @@ impl FlowStack {
     pub fn reset(&mut self) {
         self.prev = None;
         self.flows.clear();
+        self.detail.reset();
     }
 
     /// Fields still needed before [`Self::push`] returns a stack.
@@ -267,6 +274,7 @@ impl FlowStack {
                 self.reset();
             }
         }
+        let detail_lost = self.detail.push(&frame);
         if let Some((prev, _)) = &self.prev {
             let f = farneback(prev, &frame, &self.params)?;
             let r = residual_statistic(prev, &frame, &f, self.residual);
@@ -302,6 +310,7 @@ impl FlowStack {
             dy,
             residual,
             motion,
+            detail_lost,
         }))
     }
 }

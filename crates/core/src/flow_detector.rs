@@ -25,6 +25,8 @@ pub struct FlowDetector {
     /// and with `measure_motion` the stack's motion after it.
     measure_residual: bool,
     measure_motion: bool,
+    /// And the detail lost after them ([`Detector::measure_detail_lost`]).
+    measure_lost: bool,
 }
 
 impl FlowDetector {
@@ -43,6 +45,7 @@ impl FlowDetector {
             streams: vec![],
             measure_residual: false,
             measure_motion: false,
+            measure_lost: false,
         }
     }
 
@@ -125,6 +128,11 @@ impl Detector for FlowDetector {
         true
     }
 
+    fn measure_detail_lost(&mut self, on: bool) -> bool {
+        self.measure_lost = on;
+        true
+    }
+
     fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>> {
         let t0 = Instant::now();
         // Each frame advances its stream's history; warm stacks go to the encoder together.
@@ -139,7 +147,10 @@ impl Detector for FlowDetector {
                     f.stream
                 ))),
                 (None, Some(stack)) => match stack.push(f.pixels, f.stamp_ns) {
-                    Ok(Some(s)) => Ok((self.spec.encoder_input(&s), (s.residual, s.motion))),
+                    Ok(Some(s)) => Ok((
+                        self.spec.encoder_input(&s),
+                        (s.residual, s.motion, s.detail_lost),
+                    )),
                     Ok(None) => Err(Fault::WarmingUp {
                         needed: stack.warming_up(),
                     }),
@@ -160,12 +171,22 @@ impl Detector for FlowDetector {
             .zip(residuals);
         let manifest = &self.bundle.manifest;
         let own = manifest.score.motion_residual();
-        let own_motion = manifest.score.residual_given_motion();
+        let (own_motion, own_lost) = (
+            manifest.score.residual_given_motion(),
+            manifest.score.detail_lost(),
+        );
         let (measure, measure_motion) = (self.measure_residual, self.measure_motion);
-        // The residual, then the motion when asked for.
-        let extra = |(r, [h, v]): (f64, [f64; 2]), motion: bool| match motion {
-            true => vec![r, h, v],
-            false => vec![r],
+        let measure_lost = measure && self.measure_lost;
+        // The residual, then the motion and the detail lost when asked for.
+        let extra = |(r, [h, v], lost): (f64, [f64; 2], f64), motion: bool, with_lost: bool| {
+            let mut e = vec![r];
+            if motion {
+                e.extend([h, v]);
+            }
+            if with_lost {
+                e.push(lost);
+            }
+            e
         };
         results
             .into_iter()
@@ -176,11 +197,11 @@ impl Detector for FlowDetector {
                     let (p, pre, inf) = r?;
                     let detail = (
                         if own {
-                            extra(residual, own_motion)
+                            extra(residual, own_motion, own_lost)
                         } else {
                             vec![]
                         },
-                        measure.then(|| extra(residual, measure_motion)),
+                        measure.then(|| extra(residual, measure_motion, measure_lost)),
                     );
                     scored(manifest, p.mu, p.logvar, detail).map(|mut s| {
                         s.preprocess = pre;

@@ -25,6 +25,7 @@ pub mod arch;
 pub mod bundle;
 pub mod clahe;
 pub mod detail;
+pub mod detail_lost;
 pub mod detection;
 pub mod detector;
 pub mod device_preprocess;

@@ -100,6 +100,13 @@ impl ScoreSpec {
         }
     }
 
+    /// Whether the score's features end with the flow detector's detail lost against the
+    /// stream's past ([`crate::detail_lost`], after the residual and any motion), scored
+    /// beside the residual ([`Separate::detail_lost`]).
+    pub fn detail_lost(&self) -> bool {
+        matches!(self, Self::Mahalanobis(r) if r.detail_lost())
+    }
+
     /// A fresh extractor of [`Self::detail`], if the score uses the detail channel.
     pub fn detail_extractor(&self) -> Option<DetailExtractor> {
         self.detail().copied().map(DetailExtractor::new)
@@ -125,7 +132,8 @@ impl ScoreSpec {
                     2 * latents
                         + r.detail.map_or(0, |d| d.features())
                         + usize::from(r.motion_residual)
-                        + 2 * usize::from(r.residual_given_motion.is_some()),
+                        + 2 * usize::from(r.residual_given_motion.is_some())
+                        + usize::from(r.detail_lost()),
                 )
             }
         }
@@ -159,6 +167,9 @@ impl ScoreSpec {
                     });
                 } else if r.motion_residual {
                     detail.push_str(", motion residual");
+                }
+                if r.detail_lost() {
+                    detail.push_str(" and, apart, detail lost against the drive's past");
                 }
                 if !r.parts.is_empty() {
                     let parts: Vec<String> = r
@@ -413,12 +424,72 @@ pub struct Separate {
     /// residual's; the extra part's tail score is the larger of the two. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertical_tail: Option<Tail>,
+    /// Flow detectors: the features end with the detail the frame lost against the stream's
+    /// past ([`crate::detail_lost`]), scored beside the residual with a Gaussian and a tail of
+    /// its own (upper tail only: losing detail is the shift, gaining it is not); `mean` and
+    /// `precision` then cover the extra features before it. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail_lost: Option<LostPart>,
+}
+
+/// [`Separate::detail_lost`]'s Gaussian and tail over the fit frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LostPart {
+    pub mean: f64,
+    /// Standard deviation (positive).
+    pub sd: f64,
+    /// Its distance max(0, z)^2 over the fit frames.
+    pub tail: Tail,
+}
+
+impl LostPart {
+    /// Fits the Gaussian and the tail on the fit frames' values.
+    pub fn fit(values: &[f64]) -> Result<Self, ScoreError> {
+        let n = values.len() as f64;
+        if values.len() < 10 || values.iter().any(|v| !v.is_finite()) {
+            return Err(ScoreError::Separate(format!(
+                "detail lost: needs at least 10 finite fit values, got {}",
+                values.len()
+            )));
+        }
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let sd = (var + RIDGE).sqrt();
+        let tail = Tail::measure(
+            &values
+                .iter()
+                .map(|v| upper_square((v - mean) / sd))
+                .collect::<Vec<_>>(),
+        )?;
+        Ok(Self { mean, sd, tail })
+    }
+
+    fn score(&self, v: f64) -> f64 {
+        self.tail.score(upper_square((v - self.mean) / self.sd))
+    }
+
+    fn validate(&self) -> Result<(), ScoreError> {
+        if !(self.mean.is_finite() && self.sd.is_finite() && self.sd > 0.0) {
+            return Err(ScoreError::Separate(
+                "detail_lost needs a finite mean and a positive standard deviation".into(),
+            ));
+        }
+        Ok(self.tail.validate()?)
+    }
 }
 
 impl Separate {
     /// The extra part's tail score: its distance's ([`extra_distance`]) under `extra_tail`,
     /// and with a vertical tail the larger of that and the vertical motion's.
     fn tail_score(&self, extra: &[f64], given: Option<GivenMotion>) -> f64 {
+        let (extra, lost) = match &self.detail_lost {
+            Some(l) => match extra.split_last() {
+                Some((&v, rest)) => (rest, l.score(v)),
+                None => return f64::NAN,
+            },
+            None => (extra, f64::NEG_INFINITY),
+        };
         let own = self.extra_tail.score(extra_distance(
             extra,
             &self.mean,
@@ -426,13 +497,19 @@ impl Separate {
             self.upper_only,
             given,
         ));
-        match &self.vertical_tail {
+        let own = match &self.vertical_tail {
             None => own,
             Some(t) => fault_max(
                 own,
                 t.score(vertical_given_turn(extra, &self.mean, &self.precision)),
             ),
-        }
+        };
+        fault_max(own, lost)
+    }
+
+    /// Extra features this part reads: its Gaussian's, and the detail lost.
+    fn len(&self) -> usize {
+        self.mean.len() + usize::from(self.detail_lost.is_some())
     }
 }
 
@@ -664,10 +741,32 @@ impl Reference {
             extra_tail,
             upper_only,
             vertical_tail,
+            detail_lost: None,
         }));
         r.residual_given_motion = given;
         r.validate(d)?;
         Ok(r)
+    }
+
+    /// Adds the detail lost against the stream's past as one more feature scored apart
+    /// ([`Separate::detail_lost`]), fitted on its values over the same fit frames as the rest.
+    /// Needs a separate extra part, upper tail only (the motion residual's).
+    pub fn add_detail_lost(&mut self, values: &[f64]) -> Result<(), ScoreError> {
+        let s = self.separate.as_mut().filter(|s| s.upper_only).ok_or_else(|| {
+            ScoreError::Separate(
+                "the detail lost is scored beside the motion residual: fit it apart, upper tail only first"
+                    .into(),
+            )
+        })?;
+        s.detail_lost = Some(LostPart::fit(values)?);
+        Ok(())
+    }
+
+    /// Whether the features end with the detail lost ([`Separate::detail_lost`]).
+    pub fn detail_lost(&self) -> bool {
+        self.separate
+            .as_ref()
+            .is_some_and(|s| s.detail_lost.is_some())
     }
 
     /// Fits one Gaussian per part of `parts`, which must cover every feature once, and each
@@ -769,7 +868,7 @@ impl Reference {
     /// than the extra part.
     pub fn tail_scores(&self, x: &[f64]) -> Option<[f64; 2]> {
         let s = self.separate.as_ref().filter(|_| self.parts.is_empty())?;
-        let split = x.len().checked_sub(s.mean.len())?;
+        let split = x.len().checked_sub(s.len())?;
         let (post, extra) = x.split_at(split);
         Some([
             s.posterior_tail.score(self.part_distance(post)),
@@ -809,7 +908,24 @@ impl Reference {
                             .into(),
                     )),
                 }
-                dim - e
+                if let Some(l) = &s.detail_lost {
+                    if !(self.motion_residual && s.upper_only) {
+                        return Err(ScoreError::Separate(
+                            "detail_lost goes with motion_residual scored apart, upper tail only"
+                                .into(),
+                        ));
+                    }
+                    l.validate()?;
+                }
+                match dim.checked_sub(s.len()) {
+                    Some(p) if p > 0 => p,
+                    _ => {
+                        return Err(ScoreError::Separate(format!(
+                            "{dim} features leave no posterior after {} extra ones",
+                            s.len()
+                        )))
+                    }
+                }
             }
         };
         if !self.components.is_empty() {
@@ -1309,6 +1425,42 @@ mod tests {
         let mut bad = apart;
         bad.separate.as_mut().unwrap().vertical_tail = None;
         assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
+    }
+
+    #[test]
+    fn the_detail_lost_is_a_third_tail_beside_the_residual() {
+        let frames = frames_with_an_extra_feature();
+        let mut r = Reference::fit_separate(&frames, 2, true, None, 1, None, vec![]).unwrap();
+        r.motion_residual = true;
+        let plain = r.clone();
+        // The fit frames' detail lost: small, around 0.1.
+        let lost: Vec<f64> = (0..frames.len())
+            .map(|i| 0.1 + ((i * 104_729) % 1000) as f64 / 5000.0)
+            .collect();
+        r.add_detail_lost(&lost).unwrap();
+        assert!(r.detail_lost() && ScoreSpec::Mahalanobis(r.clone()).detail_lost());
+        assert!(ScoreSpec::Mahalanobis(r.clone()).validate(1).is_ok());
+        let l = r.separate.as_ref().unwrap().detail_lost.clone().unwrap();
+        let x = |lost: f64| [frames[0].clone(), vec![lost]].concat();
+        // Below its mean the loss adds nothing: the residual's tail decides, as without it.
+        assert_eq!(r.tail_scores(&x(-1.0)), plain.tail_scores(&frames[0]));
+        // Far above it, its tail does; the score is the largest of the three.
+        let t = r.tail_scores(&x(3.0)).unwrap();
+        assert!(t[1] > plain.tail_scores(&frames[0]).unwrap()[1]);
+        assert_eq!(t[1], l.score(3.0));
+        assert_eq!(r.distance(&x(3.0)), t[0].max(t[1]));
+        // One feature short is a fault, not a score.
+        assert!(r.distance(&frames[0][..2]).is_nan());
+        // Round trip; without the residual scored apart upper-tail only it is refused.
+        let text = serde_yaml::to_string(&ScoreSpec::Mahalanobis(r.clone())).unwrap();
+        assert!(text.contains("detail_lost"));
+        let back: ScoreSpec = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, ScoreSpec::Mahalanobis(r.clone()));
+        let mut bad = r;
+        bad.motion_residual = false;
+        assert!(ScoreSpec::Mahalanobis(bad).validate(1).is_err());
+        let mut both = Reference::fit_separate(&frames, 2, false, None, 1, None, vec![]).unwrap();
+        assert!(both.add_detail_lost(&lost).is_err());
     }
 
     #[test]

@@ -168,6 +168,10 @@ pub struct Options {
     /// this says: its excess over what clear frames with that motion leave
     /// ([`vae_ood_core::score::Reference::residual_given_motion`]).
     pub residual_given_motion: Option<GivenMotion>,
+    /// Flow detectors: beside the motion residual (with `separate` upper), the detail each
+    /// frame lost against the stream's past ([`vae_ood_core::detail_lost`]), scored apart
+    /// ([`vae_ood_core::score::Separate::detail_lost`]).
+    pub detail_lost: bool,
     /// The extra features (`detail` or `motion_residual`) get a Gaussian of their own, and the
     /// score is the larger of the two parts' tail scores ([`vae_ood_core::score::Separate`]).
     pub separate: Option<Tails>,
@@ -214,6 +218,7 @@ impl Options {
             motion_residual: false,
             residual_statistic: None,
             residual_given_motion: None,
+            detail_lost: false,
             separate: None,
             parts: None,
             components: 1,
@@ -414,6 +419,11 @@ pub fn calibrate(
     {
         return input("--residual-given-motion judges the motion residual scored apart, upper tail only: give --motion-residual --separate upper (not --parts)".into());
     }
+    if opts.detail_lost
+        && !(opts.motion_residual && opts.separate == Some(Tails::Upper) && opts.parts.is_none())
+    {
+        return input("--detail-lost is scored beside the motion residual: give --motion-residual --separate upper (not --parts)".into());
+    }
     if opts.residual_statistic.is_some() && !opts.motion_residual {
         return input("--residual-statistic says how the motion residual is measured: give --motion-residual too".into());
     }
@@ -430,7 +440,8 @@ pub fn calibrate(
     } else {
         det.measure_detail(opts.detail);
         if opts.motion_residual
-            && !det.measure_motion_residual(Some(residual), opts.residual_given_motion.is_some())
+            && !(det.measure_motion_residual(Some(residual), opts.residual_given_motion.is_some())
+                && det.measure_detail_lost(opts.detail_lost))
         {
             return input("--motion-residual needs a flow bundle (detector.kind: flow): an image has no motion".into());
         }
@@ -506,11 +517,18 @@ pub fn calibrate(
         ScoreKind::Mahalanobis if fit.is_empty() => det.bundle().manifest.score.clone(),
         ScoreKind::Mahalanobis => {
             let ids = fit.iter().map(|(id, _, _)| id.clone()).collect();
-            let features: Vec<Vec<f64>> = fit
+            let mut features: Vec<Vec<f64>> = fit
                 .into_iter()
                 .flat_map(|(_, _, f)| f.into_iter().map(|(_, x)| x))
                 .collect();
             let posterior = 2 * n_latents;
+            // The detail lost, the last feature, gets its own Gaussian after the rest are fitted.
+            let lost: Option<Vec<f64>> = opts.detail_lost.then(|| {
+                features
+                    .iter_mut()
+                    .map(|x| x.pop().expect("the detail lost was measured"))
+                    .collect()
+            });
             let mut r = if let Some(Parts::Branches) = opts.parts {
                 let parts = FlowDetector::branch_parts(
                     n_latents,
@@ -532,6 +550,9 @@ pub fn calibrate(
             } else {
                 Reference::fit_mixture(&features, opts.components, opts.detail, ids)?
             };
+            if let Some(lost) = lost {
+                r.add_detail_lost(&lost)?;
+            }
             r.motion_residual = opts.motion_residual;
             ScoreSpec::Mahalanobis(r)
         }

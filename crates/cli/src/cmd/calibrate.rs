@@ -62,6 +62,12 @@ pub struct Args {
     /// given the motion" and the sections after it).
     #[arg(long, requires = "motion_residual", value_name = "GIVEN", num_args = 0..=1, default_missing_value = "motion")]
     residual_given_motion: Option<GivenMotion>,
+    /// Flow bundles, with --motion-residual --separate upper: score beside the residual the
+    /// detail each frame lost against the same drive's frames 60 to 119 frames earlier (blur,
+    /// defocus, a smeared lens), upper tail only (docs/detector-experiments.md, "The detail a
+    /// stream has lost").
+    #[arg(long, requires = "motion_residual")]
+    detail_lost: bool,
     /// Score the extra features (--detail or --motion-residual) by a Gaussian of their own and
     /// take the larger of the two parts' tail scores over the fit frames, instead of one
     /// distance over all features (where the posterior's many features dilute a few extra ones).
@@ -165,6 +171,7 @@ pub fn run(a: Args) -> Result<()> {
         motion_residual: a.motion_residual,
         residual_statistic: a.residual_statistic,
         residual_given_motion: a.residual_given_motion,
+        detail_lost: a.detail_lost,
         separate: a.separate,
         parts: a.parts,
         components: a.components,

@@ -654,6 +654,8 @@ struct CalibrationPlan {
     motion_residual: bool,
     /// The teacher judges its motion residual given the stack's motion, likewise.
     residual_given_motion: Option<GivenMotion>,
+    /// The teacher scores the detail lost beside the residual, likewise.
+    detail_lost: bool,
     /// The teacher scores those extra features apart (`--separate`), with these tails.
     separate: Option<calibrate::Tails>,
     /// The teacher's reference is in parts (`--parts`).
@@ -677,6 +679,7 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
         detail: t.manifest.score.detail().copied(),
         motion_residual: t.manifest.score.motion_residual(),
         residual_given_motion: t.manifest.score.given_motion(),
+        detail_lost: t.manifest.score.detail_lost(),
         separate: match &t.manifest.score {
             ScoreSpec::Mahalanobis(r) => {
                 let residual = r.parts.iter().find(|p| p.name == "motion_residual");
@@ -736,6 +739,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
         if let Some(g) = plan.residual_given_motion {
             args.extend(["--residual-given-motion".into(), g.as_str().into()]);
         }
+        if plan.detail_lost {
+            args.push("--detail-lost".into());
+        }
         if let Some(t) = plan.separate {
             args.extend(["--separate".into(), t.as_str().into()]);
         }
@@ -780,6 +786,7 @@ fn calibration_options(opts: &Options, plan: &CalibrationPlan) -> Result<calibra
         c.detail = plan.detail;
         c.motion_residual = plan.motion_residual;
         c.residual_given_motion = plan.residual_given_motion;
+        c.detail_lost = plan.detail_lost;
         c.separate = plan.separate;
         c.parts = plan.parts;
         c.components = plan.components;
