@@ -186,7 +186,8 @@ pub struct Stacked {
     /// ([`crate::score::Reference::residual_given_motion`]).
     pub motion: [f64; 2],
     /// The newest frame's detail lost against the stream's own past
-    /// ([`crate::detail_lost::DetailHistory`]): blur the flow cannot show.
+    /// ([`crate::detail_lost::DetailHistory`]): blur the flow cannot show. 0 unless the
+    /// stack measures it ([`FlowStack::measure_detail_lost`]).
     pub detail_lost: f64,
 }
 
@@ -221,8 +222,9 @@ pub struct FlowStack {
     prev: Option<(Gray, Option<i64>)>,
     /// The last `depth` fields, each with its pair's residual ([`residual_statistic`]).
     flows: std::collections::VecDeque<(Flow, f64)>,
-    /// The prepared frames' detail since the last reset.
-    detail: crate::detail_lost::DetailHistory,
+    /// The prepared frames' detail since the last reset, when measured
+    /// ([`Self::measure_detail_lost`]).
+    detail: Option<crate::detail_lost::DetailHistory>,
 }
 
 impl FlowStack {
@@ -238,7 +240,7 @@ impl FlowStack {
             residual: ResidualStatistic::Mean,
             prev: None,
             flows: Default::default(),
-            detail: Default::default(),
+            detail: None,
         }
     }
 
@@ -248,11 +250,20 @@ impl FlowStack {
         self
     }
 
+    /// Measures [`Stacked::detail_lost`] from the next frame on (else it stays 0).
+    pub fn measure_detail_lost(&mut self, on: bool) {
+        if on != self.detail.is_some() {
+            self.detail = on.then(Default::default);
+        }
+    }
+
     /// Forgets the history (a reset, or a gap).
     pub fn reset(&mut self) {
         self.prev = None;
         self.flows.clear();
-        self.detail.reset();
+        if let Some(d) = &mut self.detail {
+            d.reset();
+        }
     }
 
     /// Fields still needed before [`Self::push`] returns a stack.
@@ -274,7 +285,7 @@ impl FlowStack {
                 self.reset();
             }
         }
-        let detail_lost = self.detail.push(&frame);
+        let detail_lost = self.detail.as_mut().map_or(0.0, |d| d.push(&frame));
         if let Some((prev, _)) = &self.prev {
             let f = farneback(prev, &frame, &self.params)?;
             let r = residual_statistic(prev, &frame, &f, self.residual);

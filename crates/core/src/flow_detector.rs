@@ -77,6 +77,11 @@ impl FlowDetector {
         parts
     }
 
+    /// Whether the streams measure the detail lost: the score uses it, or the caller asked.
+    fn detail_lost(&self) -> bool {
+        self.measure_lost || self.bundle.manifest.score.detail_lost()
+    }
+
     /// The KL of each branch (horizontal, vertical) from a frame's per-latent KL: the
     /// reference design's per-branch scores.
     pub fn branch_kl(kl: &[f64]) -> [f64; 2] {
@@ -98,7 +103,9 @@ impl Detector for FlowDetector {
     }
 
     fn open_stream(&mut self) -> StreamId {
-        self.streams.push(self.spec.stack());
+        let mut stack = self.spec.stack();
+        stack.measure_detail_lost(self.detail_lost());
+        self.streams.push(stack);
         self.streams.len() - 1
     }
 
@@ -130,6 +137,10 @@ impl Detector for FlowDetector {
 
     fn measure_detail_lost(&mut self, on: bool) -> bool {
         self.measure_lost = on;
+        let measure = self.detail_lost();
+        for stack in &mut self.streams {
+            stack.measure_detail_lost(measure);
+        }
         true
     }
 
