@@ -480,8 +480,10 @@ fn the_relative_branch_is_calibrated_split_and_run_by_the_monitor() {
 
 /// `models/flow` calibrated with the motion residual's upper tail apart, in `parts` if given:
 /// the output directory and the outcome.
+/// The shipped flow encoder recalibrated with its motion residual apart, upper tail only, on
+/// one fit drive, and whatever `adjust` adds.
 fn flow_with_upper_residual(
-    parts: Option<vae_ood_tools::calibrate::Parts>,
+    adjust: impl FnOnce(&mut Options),
 ) -> (tempfile::TempDir, vae_ood_tools::calibrate::Outcome) {
     let out = tempfile::tempdir().unwrap();
     let flow = root().join("models/flow");
@@ -489,14 +491,14 @@ fn flow_with_upper_residual(
     let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
     o.motion_residual = true;
     o.separate = Some(Tails::Upper);
-    o.parts = parts;
+    adjust(&mut o);
     let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
     (out, done)
 }
 
 #[test]
 fn a_flow_reference_scores_the_motion_residual_apart_by_its_upper_tail() {
-    let (out, done) = flow_with_upper_residual(None);
+    let (out, done) = flow_with_upper_residual(|_| {});
     let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
         panic!("calibrated with the wrong score")
     };
@@ -541,16 +543,10 @@ fn a_flow_reference_scores_the_motion_residual_apart_by_its_upper_tail() {
 
 #[test]
 fn a_flow_reference_judges_the_residual_given_the_motion() {
-    let out = tempfile::tempdir().unwrap();
-    let flow = root().join("models/flow");
-    let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
-    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
-    o.motion_residual = true;
-    o.separate = Some(Tails::Upper);
     // Apart: the form that differs from the residual alone in most ways (a third tail, over a
     // marginal of the fitted Gaussian); `motion` and `turn` share its fit and are unit-tested.
-    o.residual_given_motion = Some(GivenMotion::Apart);
-    let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
+    let (out, done) =
+        flow_with_upper_residual(|o| o.residual_given_motion = Some(GivenMotion::Apart));
     let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
         panic!("calibrated with the wrong score")
     };
@@ -576,14 +572,7 @@ fn a_flow_reference_judges_the_residual_given_the_motion() {
 
 #[test]
 fn a_flow_reference_scores_the_detail_lost_beside_the_residual() {
-    let out = tempfile::tempdir().unwrap();
-    let flow = root().join("models/flow");
-    let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
-    let mut o = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
-    o.motion_residual = true;
-    o.separate = Some(Tails::Upper);
-    o.detail_lost = true;
-    let done = calibrate(&flow, out.path(), det.as_mut(), &o).unwrap();
+    let (out, done) = flow_with_upper_residual(|o| o.detail_lost = true);
     let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
         panic!("calibrated with the wrong score")
     };
@@ -611,6 +600,8 @@ fn a_flow_reference_scores_the_detail_lost_beside_the_residual() {
     }
     assert!(scored[80..].iter().all(|(_, x)| x[49] != 0.0));
     // Without --motion-residual --separate upper it is refused, with the reason.
+    let flow = root().join("models/flow");
+    let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
     let mut bad = options(ScoreKind::Mahalanobis, vec![drive("id_loop_empty_s1")]);
     bad.motion_residual = true;
     bad.detail_lost = true;
@@ -623,7 +614,7 @@ fn a_flow_reference_scores_the_detail_lost_beside_the_residual() {
 #[test]
 fn a_flow_reference_in_branch_parts_scores_each_branch_and_the_residual_apart() {
     use vae_ood_tools::calibrate::Parts;
-    let (out, done) = flow_with_upper_residual(Some(Parts::Branches));
+    let (out, done) = flow_with_upper_residual(|o| o.parts = Some(Parts::Branches));
     let flow = root().join("models/flow");
     let mut det = vae_ood_core::detector::load(&flow, BackendOptions::default()).unwrap();
     let ScoreSpec::Mahalanobis(r) = &done.bundle.manifest.score else {
