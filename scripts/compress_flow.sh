@@ -3,9 +3,10 @@
 # `vae-ood compress`: the paper's methodology on the second detector. A two-branch encoder gets
 # students distilled from scratch (docs/compress.md); each candidate is recalibrated on the
 # teacher's drives, checked against the AUROC budget on the flow validation drives (--select)
-# and reported on the flow test set (--test). Session 12 ran the all-halved student only
-# (ONLY=student-8-16-16-16, about 40 minutes on 2 cores); the selected candidate goes to
-# models/flow_compressed with the sweep's report.
+# and reported on the flow test set (--test). Sessions 12, 16 and 31 ran the all-halved student
+# only (ONLY=student-8-16-16-16; 64 minutes on 2 cores in session 31); a selected candidate goes
+# to models/flow_compressed with the sweep's report (none has been selected: the card's
+# "Compressed version").
 # Usage: scripts/compress_flow.sh [OUT]   (data as scripts/flow_detector.sh says)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
