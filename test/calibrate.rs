@@ -579,7 +579,7 @@ fn a_flow_reference_scores_the_detail_lost_beside_the_residual() {
     // The residual keeps its one-feature Gaussian; the detail lost has its own after it.
     let s = r.separate.as_ref().expect("a separate part");
     let lost = s.detail_lost.as_ref().expect("the detail lost is scored");
-    assert!(r.motion_residual && s.upper_only && lost.sd > 0.0);
+    assert!(r.motion_residual && s.upper_only && lost.precision > 0.0);
     assert_eq!((r.mean.len(), s.mean.len()), (48, 1));
     assert!(done
         .bundle

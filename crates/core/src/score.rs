@@ -436,43 +436,40 @@ pub struct Separate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LostPart {
+    /// Mean and inverse variance of the detail lost over the fit frames.
     pub mean: f64,
-    /// Standard deviation (positive).
-    pub sd: f64,
+    pub precision: f64,
     /// Its distance max(0, z)^2 over the fit frames.
     pub tail: Tail,
 }
 
 impl LostPart {
-    /// Fits the Gaussian and the tail on the fit frames' values.
+    /// Fits the Gaussian and the tail on the fit frames' values, as any extra part
+    /// ([`Reference::fit_extra`], upper tail only).
     pub fn fit(values: &[f64]) -> Result<Self, ScoreError> {
-        let n = values.len() as f64;
-        if values.len() < 10 || values.iter().any(|v| !v.is_finite()) {
-            return Err(ScoreError::Separate(format!(
-                "detail lost: needs at least 10 finite fit values, got {}",
-                values.len()
-            )));
-        }
-        let mean = values.iter().sum::<f64>() / n;
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        let sd = (var + RIDGE).sqrt();
-        let tail = Tail::measure(
-            &values
-                .iter()
-                .map(|v| upper_square((v - mean) / sd))
-                .collect::<Vec<_>>(),
-        )?;
-        Ok(Self { mean, sd, tail })
+        let one: Vec<Vec<f64>> = values.iter().map(|&v| vec![v]).collect();
+        let (g, tail) = Reference::fit_extra(&one, true, None)?;
+        Ok(Self {
+            mean: g.mean[0],
+            precision: g.precision[0],
+            tail,
+        })
     }
 
     fn score(&self, v: f64) -> f64 {
-        self.tail.score(upper_square((v - self.mean) / self.sd))
+        self.tail.score(extra_distance(
+            &[v],
+            &[self.mean],
+            &[self.precision],
+            true,
+            None,
+        ))
     }
 
     fn validate(&self) -> Result<(), ScoreError> {
-        if !(self.mean.is_finite() && self.sd.is_finite() && self.sd > 0.0) {
+        if !(self.mean.is_finite() && self.precision.is_finite() && self.precision > 0.0) {
             return Err(ScoreError::Separate(
-                "detail_lost needs a finite mean and a positive standard deviation".into(),
+                "detail_lost needs a finite mean and a positive precision".into(),
             ));
         }
         Ok(self.tail.validate()?)
@@ -715,16 +712,10 @@ impl Reference {
             .map(|f| (f[..posterior].to_vec(), f[posterior..].to_vec()))
             .unzip();
         let mut r = Self::fit_mixture(&post, k, detail, fitted_on)?;
-        let e = Self::fit(&extra, None, vec![])?;
         let given = (upper_only && d - posterior > 1).then(|| given.unwrap_or(GivenMotion::Motion));
+        let (e, extra_tail) = Self::fit_extra(&extra, upper_only, given)?;
         let part = |x: &[f64]| r.part_distance(x);
         let posterior_tail = Tail::measure(&post.iter().map(|x| part(x)).collect::<Vec<_>>())?;
-        let extra_tail = Tail::measure(
-            &extra
-                .iter()
-                .map(|x| extra_distance(x, &e.mean, &e.precision, upper_only, given))
-                .collect::<Vec<_>>(),
-        )?;
         let vertical_tail = match given {
             Some(GivenMotion::Apart) => Some(Tail::measure(
                 &extra
@@ -746,6 +737,23 @@ impl Reference {
         r.residual_given_motion = given;
         r.validate(d)?;
         Ok(r)
+    }
+
+    /// An extra part's fit: a Gaussian over `features` ([`Self::fit`]) and the tail of its
+    /// [`extra_distance`] over the same frames.
+    fn fit_extra(
+        features: &[Vec<f64>],
+        upper_only: bool,
+        given: Option<GivenMotion>,
+    ) -> Result<(Self, Tail), ScoreError> {
+        let g = Self::fit(features, None, vec![])?;
+        let tail = Tail::measure(
+            &features
+                .iter()
+                .map(|x| extra_distance(x, &g.mean, &g.precision, upper_only, given))
+                .collect::<Vec<_>>(),
+        )?;
+        Ok((g, tail))
     }
 
     /// Adds the detail lost against the stream's past as one more feature scored apart
@@ -790,12 +798,7 @@ impl Reference {
                 .iter()
                 .map(|x| p.features.iter().map(|&i| x[i]).collect())
                 .collect();
-            let g = Self::fit(&sub, None, vec![])?;
-            let tail = Tail::measure(
-                &sub.iter()
-                    .map(|x| extra_distance(x, &g.mean, &g.precision, p.upper_only, None))
-                    .collect::<Vec<_>>(),
-            )?;
+            let (g, tail) = Self::fit_extra(&sub, p.upper_only, None)?;
             fitted.push(Part {
                 name: p.name.clone(),
                 features: p.features.clone(),
