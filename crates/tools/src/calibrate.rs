@@ -414,15 +414,24 @@ pub fn calibrate(
     if opts.motion_residual && opts.fit.is_empty() {
         return input("--motion-residual adds to a reference being fitted: give --score mahalanobis and --fit drives".into());
     }
-    if opts.residual_given_motion.is_some()
-        && !(opts.motion_residual && opts.separate == Some(Tails::Upper) && opts.parts.is_none())
-    {
-        return input("--residual-given-motion judges the motion residual scored apart, upper tail only: give --motion-residual --separate upper (not --parts)".into());
-    }
-    if opts.detail_lost
-        && !(opts.motion_residual && opts.separate == Some(Tails::Upper) && opts.parts.is_none())
-    {
-        return input("--detail-lost is scored beside the motion residual: give --motion-residual --separate upper (not --parts)".into());
+    // Both extend the motion residual scored apart, upper tail only.
+    let residual_apart =
+        opts.motion_residual && opts.separate == Some(Tails::Upper) && opts.parts.is_none();
+    for (asked, what) in [
+        (
+            opts.residual_given_motion.is_some(),
+            "--residual-given-motion judges the motion residual scored apart, upper tail only",
+        ),
+        (
+            opts.detail_lost,
+            "--detail-lost is scored beside the motion residual",
+        ),
+    ] {
+        if asked && !residual_apart {
+            return input(format!(
+                "{what}: give --motion-residual --separate upper (not --parts)"
+            ));
+        }
     }
     if opts.residual_statistic.is_some() && !opts.motion_residual {
         return input("--residual-statistic says how the motion residual is measured: give --motion-residual too".into());
