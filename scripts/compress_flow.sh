@@ -7,12 +7,15 @@
 # only (ONLY=student-8-16-16-16; 64 minutes on 2 cores in session 31); a selected candidate goes
 # to models/flow_compressed with the sweep's report (none has been selected: the card's
 # "Compressed version").
+# STUDENT_PIPELINE=teacher calibrates students as drop-ins (the teacher's window and decay;
+# session 32); the default, own, is how sessions 12 to 31 ran.
 # Usage: scripts/compress_flow.sh [OUT]   (data as scripts/flow_detector.sh says)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="${1:-out/compress_flow}"
 ONLY="${ONLY:-student-8-16-16-16}"
+STUDENT_PIPELINE="${STUDENT_PIPELINE:-own}"
 mkdir -p "$OUT"
 S=data/sample
 source scripts/roles.sh
@@ -20,6 +23,7 @@ source scripts/roles.sh
 only=()
 [ -n "$ONLY" ] && only=(--only ${ONLY//,/ })
 target/debug/vae-ood compress --teacher models/flow --out "$OUT" --budget quick --auroc-drop 0.02 \
+  --student-pipeline "$STUDENT_PIPELINE" \
   --fit $(split train out/train) --cal $(split calibration out/train) $(split train_val out/train) \
   --tune-id $(split heldout out/heldout) $(split tuning out/tuning) \
   --val-ood $(onsets out/flow_validation) $(onsets out/validation | grep -E "ood_(rain|snow)_") \

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use vae_ood_tools::compress::finetune::FinetuneOptions;
-use vae_ood_tools::compress::sweep::{self, Budget, Options};
+use vae_ood_tools::compress::sweep::{self, Budget, Options, StudentPipeline};
 
 #[derive(Debug, Args)]
 pub struct CompressArgs {
@@ -63,6 +63,11 @@ pub struct CompressArgs {
     pub finetune_epochs: Option<usize>,
     #[arg(long, default_value_t = 1e-3)]
     pub finetune_lr: f64,
+    /// Students distilled from scratch: own (their calibration chooses their window and decay)
+    /// or teacher (they keep the teacher's, as pruned candidates do, and only the threshold is
+    /// derived again: a drop-in replacement)
+    #[arg(long, default_value = "own")]
+    pub student_pipeline: StudentPipeline,
     /// Backend every candidate is scored and timed on: tract (CPU), cuda (NVIDIA GPU; a build
     /// with the `cuda` feature) or auto
     #[arg(long, default_value = "tract")]
@@ -88,6 +93,7 @@ impl CompressArgs {
                 ..Default::default()
             },
             finetune_drives: self.finetune_drives.clone(),
+            student_pipeline: self.student_pipeline,
             fit: self.fit.clone(),
             cal: self.cal.clone(),
             tune_id: self.tune_id.clone(),

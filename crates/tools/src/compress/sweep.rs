@@ -59,6 +59,31 @@ impl std::str::FromStr for Budget {
     }
 }
 
+/// How a student distilled from scratch gets its sequential test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StudentPipeline {
+    /// Its own window and decay, chosen by the calibration grid (its latent space is its own).
+    Own,
+    /// The teacher's window and decay, as pruned candidates get: a drop-in whose threshold is
+    /// derived again. Meaningful when the score refits its reference per candidate
+    /// (Mahalanobis), so the score is a distance in each encoder's own latent space.
+    Teacher,
+}
+
+impl std::str::FromStr for StudentPipeline {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "own" => Ok(Self::Own),
+            "teacher" => Ok(Self::Teacher),
+            _ => Err(Error::Input(format!(
+                "unknown student pipeline '{s}' (expected own or teacher)"
+            ))),
+        }
+    }
+}
+
 /// What a candidate is made of. Steps apply in order: structured pruning (layer, fraction),
 /// unstructured sparsity, fine-tuning, quantisation; or a student distilled from scratch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +296,8 @@ pub struct Options {
     pub finetune: FinetuneOptions,
     /// Frames for fine-tuning; the teacher's training drives when None.
     pub finetune_drives: Option<Vec<PathBuf>>,
+    /// Whether students distilled from scratch keep the teacher's window and decay.
+    pub student_pipeline: StudentPipeline,
     /// Arguments for `vae-ood calibrate`: --fit (Mahalanobis teachers), --cal, --tune-id,
     /// --val-ood (DIR[:ONSET]).
     pub fit: Vec<String>,
@@ -498,7 +525,7 @@ pub fn run(opts: &Options) -> Result<Report, crate::Error> {
         let dir = opts.out.join("candidates").join(&spec.name);
         let done = dir.join(RESULT_FILE);
         let finetune = spec.finetune.then(|| ft_opts.clone());
-        let plan = calibration_plan(&tbundle, spec);
+        let plan = calibration_plan(&tbundle, spec, opts.student_pipeline);
         let calibration = calibration_args(opts, &plan);
         let before = std::fs::read_to_string(&done)
             .ok()
@@ -643,7 +670,9 @@ impl From<CandidateResult> for Built {
 /// Calibration of a candidate. Candidates derived from a calibrated teacher keep its latents,
 /// martingale window and CUSUM decay: only the conformal scores and the CUSUM threshold are
 /// derived again, so the compressed detector is a drop-in replacement of the teacher. A
-/// student trained from scratch has its own latent space and is calibrated from scratch. A
+/// student trained from scratch has its own latent space and is calibrated from scratch, unless
+/// the sweep asks for drop-ins ([`StudentPipeline::Teacher`]): then it keeps the teacher's
+/// window and decay (never its selected latents, which index another latent space). A
 /// teacher with the Mahalanobis score passes it on: each candidate refits the reference on the
 /// fit drives, since its posteriors are its own.
 struct CalibrationPlan {
@@ -668,11 +697,15 @@ struct CalibrationPlan {
     camera: Option<String>,
 }
 
-fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
+fn calibration_plan(t: &Bundle, spec: &Spec, students: StudentPipeline) -> CalibrationPlan {
     let mahalanobis = !t.manifest.score.is_kl();
     let inherited = match (&t.manifest.calibration, &spec.student_conv) {
         (Some(c), None) => Some(c),
         _ => None,
+    };
+    let pipeline = match (&t.manifest.calibration, students) {
+        (Some(c), StudentPipeline::Teacher) => Some(c),
+        _ => inherited,
     };
     CalibrationPlan {
         mahalanobis,
@@ -705,7 +738,7 @@ fn calibration_plan(t: &Bundle, spec: &Spec) -> CalibrationPlan {
         latents: inherited
             .filter(|_| !mahalanobis)
             .map(|_| t.manifest.latents.selected.clone()),
-        window_decay: inherited.map(|c| (c.pipeline.window, c.pipeline.decay)),
+        window_decay: pipeline.map(|c| (c.pipeline.window, c.pipeline.decay)),
         camera: t
             .manifest
             .calibration
@@ -1059,5 +1092,29 @@ mod tests {
         assert!(!plan(&EncoderArch::small(), Budget::Quick)[1]
             .structured
             .is_empty());
+    }
+
+    #[test]
+    fn a_drop_in_student_keeps_the_teachers_window_and_decay_only_when_asked() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/flow");
+        let t = Bundle::load(&dir).unwrap();
+        let c = t.manifest.calibration.as_ref().unwrap();
+        let teachers = Some((c.pipeline.window, c.pipeline.decay));
+        let arch = EncoderArch::flow(6);
+        let specs = plan(&arch, Budget::Quick);
+        let student = specs.iter().find(|s| s.student_conv.is_some()).unwrap();
+        let own = calibration_plan(&t, student, StudentPipeline::Own);
+        let drop_in = calibration_plan(&t, student, StudentPipeline::Teacher);
+        assert_eq!(own.window_decay, None);
+        assert_eq!(drop_in.window_decay, teachers);
+        // The teacher's selected latents index its own latent space: never passed on.
+        assert!(drop_in.latents.is_none());
+        // Candidates derived from the teacher keep its pipeline either way.
+        for students in [StudentPipeline::Own, StudentPipeline::Teacher] {
+            assert_eq!(
+                calibration_plan(&t, &specs[0], students).window_decay,
+                teachers
+            );
+        }
     }
 }
