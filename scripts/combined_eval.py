@@ -3,7 +3,7 @@ each detector on the same inputs (in the same order), merged frame by frame the 
 merges them (crates/core/src/monitor.rs, MonitorState::combine: OK only when every detector is
 OK, else the most severe of FAULT, OOD, STARTING). Reports what `vae-ood eval` reports for one
 detector: per OOD segment the detection delay (frames from onset to the first combined OOD
-frame), and false alarms (entries into OOD on in-distribution frames) per 1000 ID frames with
+or FAULT frame: ~/ood true), and false alarms (entries into it on in-distribution frames) per 1000 ID frames with
 the exact Poisson 95 % upper bound.
 
     python3 scripts/combined_eval.py out/eval_image out/eval_flow [--json summary.json]
@@ -18,6 +18,12 @@ import statistics
 from testset_card import poisson_upper
 
 RANK = {"OK": 0, "STARTING": 1, "OOD": 2, "FAULT": 3}
+
+
+def alarm(frame):
+    """The verdict the node publishes: ~/ood is true on OOD and on a fault (an input check such
+    as a slow stream), as `vae-ood eval` counts it; STARTING (a detector warming up) is apart."""
+    return frame["state"] in ("OOD", "FAULT")
 
 
 def read(path):
@@ -53,13 +59,13 @@ def summarise(frames):
         while k < len(fs):
             if not fs[k]["ood"]:
                 id_frames += 1
-                false_alarms += fs[k]["state"] == "OOD" and (k == 0 or fs[k - 1]["state"] != "OOD")
+                false_alarms += alarm(fs[k]) and (k == 0 or not alarm(fs[k - 1]))
                 k += 1
                 continue
             start = k
             while k < len(fs) and fs[k]["ood"]:
                 k += 1
-            hit = next((j - start for j in range(start, k) if fs[j]["state"] == "OOD"), None)
+            hit = next((j - start for j in range(start, k) if alarm(fs[j])), None)
             segments.append({"input": int(i), "type": fs[start]["type"], "delay": hit})
         drives_alarming += false_alarms > before
     types = {}

@@ -204,6 +204,7 @@ impl Ctx {
                 cusum_threshold: cfg.cusum_threshold,
                 threshold_scale: cfg.threshold_scale,
                 max_repeated_frames: cfg.max_repeated_frames,
+                min_rate: cfg.min_rate,
                 branch_rule: cfg.branch_rule,
                 relative_branch: cfg.relative_branch,
             };

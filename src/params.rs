@@ -111,6 +111,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("heartbeat_period", Double(0.1), "~/ood is republished at this period (seconds) while the inference pipeline is alive, so listeners see a dead or hung monitor as silence.", range: Some(Range::Double(0.001, 86_400.0))),
     decl!("diagnostics_period", Double(1.0), "Period in seconds of the /diagnostics status.", range: Some(Range::Double(0.01, 86_400.0))),
     decl!("expected_rate", Double(0.0), "The camera's frame rate (Hz), if known: /diagnostics warns when frames arrive at less than 90 % of it (frames lost before the node, e.g. large images over DDS; see README). 0 = not checked.", range: Some(Range::Double(0.0, 10_000.0)), constraints: "0 (not checked) or 0.1 to 10000 Hz"),
+    decl!("min_rate", Double(0.0), "A slow stream: fewer frames than this (Hz) stamped in the last second fault (verdict OOD) until the rate returns; judged by the camera's stamps once they span a second. For a safety gate, e.g. two thirds of the camera's rate (10 for a 15 Hz camera). 0 disables.", range: Some(Range::Double(0.0, 10_000.0)), constraints: "0 disables the check"),
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
     decl!("relative_branch", Bool(true), "Bundles calibrated with a drive-relative branch (calibration.relative): run it beside the pooled statistic, the two sharing the false-alarm budget as the bundle's split says (the pooled threshold is raised by its pooled_scale once a baseline exists). false: the pooled statistic alone at its own threshold. Ignored for bundles without the branch."),
     decl!("branch_rule", Bool(false), "Flow detectors: also apply the reference design's per-branch rule (the bundle's calibration.branch_thresholds): a frame whose KL in either branch exceeds its threshold is OOD whatever the sequential test says. Off by default: the rule has no false-alarm guarantee (SAFETY.md). A flow bundle without the thresholds is a start-up error."),
@@ -172,6 +173,8 @@ pub struct NodeConfig {
     pub expected_rate: Option<f64>,
     /// Exact repeats in a row accepted before the camera counts as frozen.
     pub max_repeated_frames: Option<u32>,
+    /// Frames a second, by the stamps, under which the stream faults.
+    pub min_rate: Option<f64>,
     /// A lifecycle node: nothing loads or scores until a manager says so.
     pub managed: bool,
     /// Flow detectors also alarm by the reference design's per-branch rule.
@@ -576,6 +579,15 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
             )))
         }
     };
+    let min_rate = match double("min_rate")? {
+        0.0 => None,
+        r if vae_ood_core::monitor::MIN_RATE_RANGE.contains(&r) => Some(r),
+        r => {
+            return Err(ParamError(format!(
+                "parameter 'min_rate' is {r}; expected 0 (not checked) or up to 10000 Hz"
+            )))
+        }
+    };
     let max_repeated_frames = match int("max_repeated_frames")? {
         0 => None,
         n if (1..=100_000).contains(&n) => Some(n as u32),
@@ -663,6 +675,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         max_busy,
         expected_rate,
         max_repeated_frames,
+        min_rate,
         managed: r.bool("managed")?,
         branch_rule: r.bool("branch_rule")?,
         relative_branch: r.bool("relative_branch")?,
@@ -898,6 +911,7 @@ mod tests {
             ("heartbeat_period", Double(0.0)),     // a period of zero
             ("max_busy", Double(0.001)),           // in the gap between 0 (auto) and its range
             ("expected_rate", Double(-30.0)),      // a negative rate
+            ("min_rate", Double(f64::NAN)),        // not a number
             ("score_threshold", Double(-1.0)),     // scores are distances
             ("cusum_threshold", Double(f64::NAN)), // not a number
             ("diagnostics_period", Double(f64::INFINITY)),

@@ -286,6 +286,51 @@ fn a_frozen_camera_faults_after_max_repeated_frames_and_recovers_on_a_new_frame(
 }
 
 #[test]
+fn a_slow_stream_faults_below_min_rate_and_recovers_when_the_rate_does() {
+    let bundle = default_bundle();
+    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+    let det = ImageDetector::with_encoder(bundle, enc).unwrap();
+    let mut m = Monitor::new(
+        Box::new(det),
+        MonitorConfig {
+            min_rate: Some(10.0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let frames: Vec<Vec<u8>> = (0..4u32)
+        .map(|k| {
+            (0..32 * 24 * 3)
+                .map(|i| ((i * 7 + k * 13) % 251) as u8)
+                .collect()
+        })
+        .collect();
+    let period = 1_000_000_000 / 15;
+    let mut t = 0i64;
+    let mut run = |m: &mut Monitor, n: usize, step: i64| -> Vec<MonitorState> {
+        (0..n)
+            .map(|k| {
+                t += step;
+                m.process_at(&raw(&frames[k % frames.len()]), None, Some(t))
+                    .state
+            })
+            .collect()
+    };
+    // 15 Hz for two seconds: never slow.
+    assert!(run(&mut m, 30, period)
+        .iter()
+        .all(|s| *s == MonitorState::Ok));
+    // Every third frame lost (5 Hz): slow within a second, and counted.
+    let slow = run(&mut m, 10, 3 * period);
+    assert_eq!(slow.last(), Some(&MonitorState::Fault), "{slow:?}");
+    let faults = m.counters().faults["slow_stream"];
+    assert!((1..=10).contains(&faults), "{faults}");
+    // Back at 15 Hz: scored again within a second.
+    let back = run(&mut m, 20, period);
+    assert_eq!(back[15..], [MonitorState::Ok; 5], "{back:?}");
+}
+
+#[test]
 fn a_restarted_monitor_decides_as_a_new_one_and_keeps_a_run_time_threshold() {
     // The calibrated bundle: warm-up, CUSUM and the latched verdict are what restart clears.
     let load = || Monitor::new(calibrated_default(), MonitorConfig::default()).unwrap();

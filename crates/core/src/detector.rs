@@ -78,6 +78,11 @@ pub enum Fault {
     /// or a stuck republisher), which tells nothing about the scene now.
     #[error("{repeats} consecutive frames repeated the previous one exactly (max_repeated_frames {max}): camera frozen")]
     Frozen { repeats: u32, max: u32 },
+    /// Fewer frames were stamped in the last second than `min_rate` asks: frames are lost
+    /// before the monitor (an overloaded camera or driver, a congested transport), so the
+    /// verdict rests on a thinner view of the scene than the detector was calibrated for.
+    #[error("{frames} frames stamped in the last second, below min_rate {min} Hz: frames are lost before the monitor (camera, driver or transport)")]
+    SlowStream { frames: usize, min: f64 },
 }
 
 impl Fault {
@@ -92,6 +97,7 @@ impl Fault {
             Self::WarmingUp { .. } => "warming_up".into(),
             Self::InputTimeout(_) => "input_timeout".into(),
             Self::Frozen { .. } => "frozen".into(),
+            Self::SlowStream { .. } => "slow_stream".into(),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::detector::{Detector, StreamFrame, StreamId};
 use crate::frame::{self, FrameData, Pixels};
 use image::RgbImage;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,11 @@ pub struct MonitorConfig {
     /// frame arrives. A real sensor's noise makes exact repeats of the model input
     /// practically impossible. `None` disables the check.
     pub max_repeated_frames: Option<u32>,
+    /// A slow stream: fewer frames than this (Hz) stamped in the last second fault
+    /// (`Fault::SlowStream`), judged once the stream's stamps span a second. By the camera's
+    /// stamps, so arrival jitter does not count; frames without a stamp are not judged.
+    /// `None` disables the check.
+    pub min_rate: Option<f64>,
     /// Flow detectors: also apply the reference design's per-branch rule (the bundle's
     /// `calibration.branch_thresholds`): a frame whose KL in either branch is over its
     /// threshold is OOD, whatever the sequential test says. Off by default: the rule has no
@@ -120,6 +125,7 @@ impl Default for MonitorConfig {
             cusum_threshold: None,
             threshold_scale: 1.0,
             max_repeated_frames: Some(DEFAULT_MAX_REPEATED_FRAMES),
+            min_rate: None,
             branch_rule: false,
             relative_branch: true,
         }
@@ -155,6 +161,38 @@ impl Repeats {
     }
 }
 
+/// The stream's recent stamps, for its frame rate: how many frames were stamped in the last
+/// second. A stamp that goes back (a restarted camera or bag) starts the count again.
+#[derive(Debug, Default)]
+struct StreamRate {
+    stamps: VecDeque<i64>,
+    first: Option<i64>,
+}
+
+impl StreamRate {
+    const WINDOW_NS: i64 = 1_000_000_000;
+
+    /// Records one frame's stamp; returns the frames stamped in the second up to it, once the
+    /// stream's stamps span a whole second (None before, and for a frame without a stamp).
+    fn observe(&mut self, stamp_ns: Option<i64>) -> Option<usize> {
+        let t = stamp_ns?;
+        if self.stamps.back().is_some_and(|&last| t < last) {
+            self.stamps.clear();
+            self.first = None;
+        }
+        let first = *self.first.get_or_insert(t);
+        self.stamps.push_back(t);
+        while self
+            .stamps
+            .front()
+            .is_some_and(|&s| s <= t - Self::WINDOW_NS)
+        {
+            self.stamps.pop_front();
+        }
+        (t - first >= Self::WINDOW_NS).then_some(self.stamps.len())
+    }
+}
+
 /// Leaving OOD (calibrated bundles): automatically once S is at or under `level` times the
 /// threshold for `frames` consecutive scored frames, or only by an explicit [`Monitor::reset`].
 ///
@@ -168,6 +206,9 @@ pub enum Recovery {
     Auto { frames: u32, level: f64 },
     Manual,
 }
+
+/// The range of [`MonitorConfig::min_rate`] as a parameter (Hz): 0 disables the check.
+pub const MIN_RATE_RANGE: std::ops::RangeInclusive<f64> = 0.0..=10_000.0;
 
 /// The range of [`MonitorConfig::threshold_scale`]: a scale under 1 would loosen the
 /// threshold below what its tuning drives certify.
@@ -465,6 +506,7 @@ pub struct Monitor {
     counters: Counters,
     sequential: Option<Sequential>,
     repeats: Repeats,
+    rate: StreamRate,
     /// The detector has two branches (flow): verdicts carry their KL.
     branches: bool,
     branch_thresholds: Option<crate::bundle::BranchThresholds>,
@@ -508,6 +550,7 @@ impl Monitor {
             counters: Counters::default(),
             sequential,
             repeats: Repeats::default(),
+            rate: StreamRate::default(),
             branches,
             branch_thresholds,
         })
@@ -681,21 +724,29 @@ impl Monitor {
         timing: &mut StageTimes,
     ) -> Result<Judged, Fault> {
         let s = lock(&self.detector).score_at(self.stream, pixels, stamp_ns);
-        self.judge_posterior(s, timing)
+        self.judge_posterior(s, stamp_ns, timing)
     }
 
-    /// After scoring: the stage times, and the frozen-camera check on the posterior.
+    /// After scoring: the stage times, the stream's rate and the frozen-camera check on the
+    /// posterior. A frame is scored before either check, so a detector with history (flow)
+    /// keeps its stack through them.
     fn judge_posterior(
         &mut self,
         scored: Result<Scored, Fault>,
+        stamp_ns: Option<i64>,
         timing: &mut StageTimes,
     ) -> Result<Judged, Fault> {
+        let frames = self.rate.observe(stamp_ns);
         let s = scored?;
         timing.preprocess = s.preprocess;
         timing.inference = s.inference;
         let repeats = self.repeats.observe(&s.mu, &s.logvar);
-        match self.config.max_repeated_frames {
-            Some(max) if repeats > max => Err(Fault::Frozen { repeats, max }),
+        let slow = frames
+            .zip(self.config.min_rate)
+            .filter(|&(n, min)| (n as f64) < min);
+        match (slow, self.config.max_repeated_frames) {
+            (Some((frames, min)), _) => Err(Fault::SlowStream { frames, min }),
+            (None, Some(max)) if repeats > max => Err(Fault::Frozen { repeats, max }),
             _ => Ok(Judged {
                 score: s.score,
                 branch_kl: self
@@ -780,7 +831,7 @@ impl Monitor {
                         let s = scored.next().unwrap_or(Err(Fault::Inference(
                             "the detector returned fewer results than frames".into(),
                         )));
-                        i.monitor.judge_posterior(s, &mut timing)
+                        i.monitor.judge_posterior(s, i.stamp_ns, &mut timing)
                     }
                 };
                 i.monitor.record(result, timing)
@@ -851,6 +902,30 @@ mod tests {
     use super::*;
     use crate::detection::Step;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_stream_rate_counts_the_last_seconds_stamps_once_a_second_has_passed() {
+        const MS: i64 = 1_000_000;
+        let mut r = StreamRate::default();
+        // 15 Hz: judged from the first stamp a second after the stream's first.
+        let at_15hz: Vec<Option<usize>> =
+            (0..30).map(|k| r.observe(Some(k * 200 * MS / 3))).collect();
+        assert!(at_15hz[..15].iter().all(Option::is_none), "{at_15hz:?}");
+        assert!(at_15hz[15..].iter().all(|&n| n == Some(15)), "{at_15hz:?}");
+        // One frame in three kept: the count falls to 5 within a second.
+        let start = 30 * 200 * MS / 3;
+        let thinned: Vec<usize> = (0..10)
+            .map(|k| r.observe(Some(start + k * 200 * MS)).unwrap())
+            .collect();
+        assert!(thinned.windows(2).all(|w| w[1] <= w[0]), "{thinned:?}");
+        assert_eq!(*thinned.last().unwrap(), 5);
+        // No stamp: not judged. A stamp that goes back starts the count again; the second is
+        // the one up to the newest stamp, its start left out.
+        assert_eq!(r.observe(None), None);
+        assert_eq!(r.observe(Some(0)), None);
+        assert_eq!(r.observe(Some(500 * MS)), None);
+        assert_eq!(r.observe(Some(1_000 * MS)), Some(2));
+    }
 
     #[test]
     fn several_detectors_are_ok_only_when_all_are() {

@@ -57,6 +57,10 @@ pub struct Args {
     /// frozen (a fault), as the node's parameter; 0 disables.
     #[arg(long, default_value_t = vae_ood_core::monitor::DEFAULT_MAX_REPEATED_FRAMES)]
     max_repeated_frames: u32,
+    /// Fewer frames than this (Hz) stamped in the last second fault the verdict (a slow
+    /// stream: frames lost before the monitor), as the node's `min_rate`; 0 disables
+    #[arg(long, default_value_t = 0.0, value_parser = parse_min_rate)]
+    min_rate: f64,
     /// Flow bundles: verdicts also alarm by the reference design's per-branch rule (the
     /// bundle's calibration.branch_thresholds), as the node's `branch_rule` parameter. The
     /// rule's own figures are reported either way.
@@ -73,6 +77,10 @@ pub struct Args {
 fn parse_threshold_scale(s: &str) -> Result<f64> {
     let why = "under 1 would loosen the certified threshold";
     crate::common::parse_in_range(s, &monitor::THRESHOLD_SCALE_RANGE, why)
+}
+
+fn parse_min_rate(s: &str) -> Result<f64> {
+    crate::common::parse_in_range(s, &monitor::MIN_RATE_RANGE, "0 disables the check")
 }
 
 fn parse_recovery_level(s: &str) -> Result<f64> {
@@ -100,6 +108,7 @@ pub fn run(a: &Args) -> Result<()> {
             cusum_threshold: a.cusum_threshold,
             threshold_scale: a.threshold_scale,
             max_repeated_frames: (a.max_repeated_frames > 0).then_some(a.max_repeated_frames),
+            min_rate: (a.min_rate > 0.0).then_some(a.min_rate),
             branch_rule: a.branch_rule,
             relative_branch: !a.no_relative,
         },

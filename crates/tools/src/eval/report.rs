@@ -347,7 +347,13 @@ pub fn build(
         } else {
             BTreeMap::new()
         },
-        sequential: calibrated.then(|| sequential(frames, |f| f.state == MonitorState::Ood)),
+        // The verdict the node publishes: ~/ood is true on OOD and on a fault (an input check,
+        // e.g. a slow stream), not while a detector warms up.
+        sequential: calibrated.then(|| {
+            sequential(frames, |f| {
+                matches!(f.state, MonitorState::Ood | MonitorState::Fault)
+            })
+        }),
         promise: None,
         latency_ms: latency,
         throughput_fps: if wall_s > 0.0 {
