@@ -5,8 +5,8 @@
 # teacher's drives, checked against the AUROC budget on the flow validation drives (--select)
 # and reported on the flow test set (--test). Sessions 12, 16 and 31 ran the all-halved student
 # only (ONLY=student-8-16-16-16; 64 minutes on 2 cores in session 31); a selected candidate goes
-# to models/flow_compressed with the sweep's report (none has been selected: the card's
-# "Compressed version").
+# to models/flow_compressed with the sweep's report, keeping its model card (session 32 shipped
+# the student calibrated as a drop-in, STUDENT_PIPELINE=teacher: models/flow_compressed's card).
 # STUDENT_PIPELINE=teacher calibrates students as drop-ins (the teacher's window and decay;
 # session 32); the default, own, is how sessions 12 to 31 ran.
 # Usage: scripts/compress_flow.sh [OUT]   (data as scripts/flow_detector.sh says)
@@ -31,8 +31,10 @@ target/debug/vae-ood compress --teacher models/flow --out "$OUT" --budget quick 
   --test $(eval_inputs out/flow_testset) "${only[@]}" | tee "$OUT/summary.txt"
 SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
 if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
-  rm -rf models/flow_compressed
-  cp -r "$OUT/candidates/$SEL/calibrated" models/flow_compressed
-  cp "$OUT/report.json" models/flow_compressed/compress_report.json
+  rm -rf models/flow_compressed.new
+  cp -r "$OUT/candidates/$SEL/calibrated" models/flow_compressed.new
+  cp "$OUT/report.json" models/flow_compressed.new/compress_report.json
+  [ -f models/flow_compressed/MODEL_CARD.md ] && cp models/flow_compressed/MODEL_CARD.md models/flow_compressed.new/
+  rm -rf models/flow_compressed && mv models/flow_compressed.new models/flow_compressed
   echo "shipped $SEL as models/flow_compressed"
 fi

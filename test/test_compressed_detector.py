@@ -1,8 +1,9 @@
-"""The shipped compressed detector (models/compressed): its model card's figures are exactly
-those of its sweep report (scripts/compress_card.py), and its claims hold against the teacher.
-It was calibrated with the report's drive roles, and re-evaluated on the report's test inputs
-(the generated test set, `make testset-data`) it gives the report's AUROC exactly.
-(The Rust test `compress_sweep` checks the bundle's structure against the same report.)"""
+"""The shipped compressed detectors (models/compressed, and models/flow_compressed since session
+32): each model card's figures are exactly those of its sweep report (scripts/compress_card.py),
+and its claims hold against its teacher. Each was calibrated with the report's drive roles, and
+re-evaluated on the report's test inputs (the generated test sets, `make testset-data` and `make
+flow-testset-data`) it gives the report's AUROC exactly. (The Rust test `compress_sweep` checks
+the bundles' structure against the same reports.)"""
 
 import json
 import re
@@ -17,19 +18,26 @@ from conftest import DEFAULT_BUNDLE, ROOT, VAE_OOD, require
 sys.path.insert(0, str(ROOT / "scripts"))
 import compress_card  # noqa: E402
 
-BUNDLE = ROOT / "models" / "compressed"
+# Each shipped student, its teacher, and the make target of its report's test drives.
+SHIPPED = [(ROOT / "models" / "compressed", DEFAULT_BUNDLE, "make testset-data"),
+           (ROOT / "models" / "flow_compressed", ROOT / "models" / "flow", "make flow-testset-data")]
+shipped = pytest.mark.parametrize("student", SHIPPED, ids=lambda s: s[0].name)
 
 
-def test_compressed_card_figures_come_from_its_sweep_report():
-    report = json.loads((BUNDLE / "compress_report.json").read_text())
-    card = (BUNDLE / "MODEL_CARD.md").read_text()
+@shipped
+def test_compressed_card_figures_come_from_its_sweep_report(student):
+    bundle = student[0]
+    report = json.loads((bundle / "compress_report.json").read_text())
+    card = (bundle / "MODEL_CARD.md").read_text()
     block = re.search(re.escape(compress_card.BEGIN) + ".*?" + re.escape(compress_card.END), card, re.S).group(0)
     assert block == compress_card.block(report), \
-        "MODEL_CARD.md differs from its report: run scripts/compress_card.py models/compressed/compress_report.json --update models/compressed/MODEL_CARD.md"
+        f"MODEL_CARD.md differs from its report: run scripts/compress_card.py {bundle}/compress_report.json --update {bundle}/MODEL_CARD.md"
 
 
-def test_compressed_detector_meets_the_budget_against_its_teacher():
-    report = json.loads((BUNDLE / "compress_report.json").read_text())
+@shipped
+def test_compressed_detector_meets_the_budget_against_its_teacher(student):
+    bundle, teacher_dir, _ = student
+    report = json.loads((bundle / "compress_report.json").read_text())
     rows = {r["spec"]["name"]: r for r in report["rows"]}
     teacher, sel = rows["teacher"], rows[report["selected"]]
     assert report["selected"] != "teacher"
@@ -39,29 +47,33 @@ def test_compressed_detector_meets_the_budget_against_its_teacher():
     assert teacher[key], key
     for p, a in teacher[key].items():
         assert a - sel[key][p] <= report["auroc_drop"] + 1e-12, p
-    m = yaml.safe_load((BUNDLE / "manifest.yaml").read_text())
-    t = yaml.safe_load((DEFAULT_BUNDLE / "manifest.yaml").read_text())
+    m = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    t = yaml.safe_load((teacher_dir / "manifest.yaml").read_text())
     assert m["provenance"]["trained"] and m["calibration"] is not None
     assert m["latents"]["selected"] == t["latents"]["selected"]
     assert m.get("score", {}).get("kind", "kl") == t.get("score", {}).get("kind", "kl")
 
 
-def test_the_shipped_bundle_was_calibrated_with_the_reports_roles():
-    report = json.loads((BUNDLE / "compress_report.json").read_text())
-    data = yaml.safe_load((BUNDLE / "manifest.yaml").read_text())["calibration"]["data"]
+@shipped
+def test_the_shipped_bundle_was_calibrated_with_the_reports_roles(student):
+    bundle = student[0]
+    report = json.loads((bundle / "compress_report.json").read_text())
+    data = yaml.safe_load((bundle / "manifest.yaml").read_text())["calibration"]["data"]
     strip = lambda ids: [i.split(" (")[0] for i in ids]  # noqa: E731  ("PATH (N frames)")
     assert strip(data["calibration"]) == report["cal"]
     assert strip(data["tuning_id"]) == report["tune_id"]
 
 
-def test_the_shipped_bundle_reproduces_its_reports_test_figures(tmp_path):
-    report = json.loads((BUNDLE / "compress_report.json").read_text())
+@shipped
+def test_the_shipped_bundle_reproduces_its_reports_test_figures(student, tmp_path):
+    bundle, _, make = student
+    report = json.loads((bundle / "compress_report.json").read_text())
     paths = [ROOT / t.split("=")[0] for t in report["test"]]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        pytest.skip(f"the report's test set is not generated here ({len(missing)} of {len(paths)} drives missing): make testset-data")
+        pytest.skip(f"the report's test set is not generated here ({len(missing)} of {len(paths)} drives missing): {make}")
     require(VAE_OOD, "vae-ood CLI")
-    r = subprocess.run([str(VAE_OOD), "eval", "--bundle", str(BUNDLE), "--quiet", "--label-topic", report["label_topic"],
+    r = subprocess.run([str(VAE_OOD), "eval", "--bundle", str(bundle), "--quiet", "--label-topic", report["label_topic"],
                         "--out", str(tmp_path), "--input", *report["test"]], capture_output=True, text=True, cwd=ROOT,
                        timeout=1200)
     assert r.returncode == 0, r.stderr
