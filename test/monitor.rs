@@ -19,18 +19,30 @@ fn default_bundle() -> Bundle {
 }
 
 fn monitor(threshold: f64) -> Monitor {
+    monitor_with(MonitorConfig {
+        score_threshold: threshold,
+        max_frame_age: Some(Duration::from_millis(500)),
+        ..Default::default()
+    })
+}
+
+/// The default bundle without its calibration, under `config`.
+fn monitor_with(config: MonitorConfig) -> Monitor {
     let bundle = default_bundle();
     let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
     let det = ImageDetector::with_encoder(bundle, enc).unwrap();
-    Monitor::new(
-        Box::new(det),
-        MonitorConfig {
-            score_threshold: threshold,
-            max_frame_age: Some(Duration::from_millis(500)),
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Monitor::new(Box::new(det), config).unwrap()
+}
+
+/// `n` different 32x24 rgb8 frames' pixels (each differs from the next: no frozen camera).
+fn distinct_frames(n: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|k| {
+            (0..32 * 24 * 3)
+                .map(|i| ((i * 7 + k * 13) % 251) as u8)
+                .collect()
+        })
+        .collect()
 }
 
 /// A 32x24 rgb8 frame over `d`.
@@ -269,17 +281,10 @@ fn a_frozen_camera_faults_after_max_repeated_frames_and_recovers_on_a_new_frame(
     assert_eq!(m.counters().faults["frozen"], 3);
 
     // Disabled: repeats are scored for ever.
-    let bundle = default_bundle();
-    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
-    let det = ImageDetector::with_encoder(bundle, enc).unwrap();
-    let mut m = Monitor::new(
-        Box::new(det),
-        MonitorConfig {
-            max_repeated_frames: None,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut m = monitor_with(MonitorConfig {
+        max_repeated_frames: None,
+        ..Default::default()
+    });
     for _ in 0..3 * max {
         assert_eq!(m.process(&frame(&a), None).state, MonitorState::Ok);
     }
@@ -287,24 +292,11 @@ fn a_frozen_camera_faults_after_max_repeated_frames_and_recovers_on_a_new_frame(
 
 #[test]
 fn a_slow_stream_faults_below_min_rate_and_recovers_when_the_rate_does() {
-    let bundle = default_bundle();
-    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
-    let det = ImageDetector::with_encoder(bundle, enc).unwrap();
-    let mut m = Monitor::new(
-        Box::new(det),
-        MonitorConfig {
-            min_rate: Some(10.0),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let frames: Vec<Vec<u8>> = (0..4u32)
-        .map(|k| {
-            (0..32 * 24 * 3)
-                .map(|i| ((i * 7 + k * 13) % 251) as u8)
-                .collect()
-        })
-        .collect();
+    let mut m = monitor_with(MonitorConfig {
+        min_rate: Some(10.0),
+        ..Default::default()
+    });
+    let frames = distinct_frames(4);
     let period = 1_000_000_000 / 15;
     let mut t = 0i64;
     let mut run = |m: &mut Monitor, n: usize, step: i64| -> Vec<MonitorState> {
@@ -334,13 +326,7 @@ fn a_slow_stream_faults_below_min_rate_and_recovers_when_the_rate_does() {
 fn a_restarted_monitor_decides_as_a_new_one_and_keeps_a_run_time_threshold() {
     // The calibrated bundle: warm-up, CUSUM and the latched verdict are what restart clears.
     let load = || Monitor::new(calibrated_default(), MonitorConfig::default()).unwrap();
-    let frames: Vec<Vec<u8>> = (0..12u32)
-        .map(|k| {
-            (0..32 * 24 * 3)
-                .map(|i| ((i * 7 + k * 13) % 251) as u8)
-                .collect()
-        })
-        .collect();
+    let frames = distinct_frames(12);
     let run = |m: &mut Monitor| -> Vec<(MonitorState, Option<f64>)> {
         frames
             .iter()

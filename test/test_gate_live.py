@@ -120,6 +120,18 @@ def start_pair(name, bundle, params=None, exe=None, env=None):
     return monitor, gate, client, ctl
 
 
+def stops_on_fault(client, ctl, t_fault, kind, count):
+    """The gate commands zero within SLACK of the monitor's first FAULT verdict (received at
+    `t_fault`), and /diagnostics counts at least `count` faults of `kind`; returns the zero
+    command's time."""
+    wait_for(lambda: ctl.first_zero_after(t_fault - 0.05) is not None, SLACK + 1, client.spin, "a zero command")
+    zero = ctl.first_zero_after(t_fault - 0.05)
+    assert zero - t_fault <= SLACK, f"zero command {zero - t_fault} s after the fault"
+    wait_for(lambda: any(int(d.get(f"faults.{kind}", 0)) >= count for d in client.diagnostics), 3, client.spin,
+             f"faults.{kind} in /diagnostics")
+    return zero
+
+
 def spin_for(client, seconds):
     end = time.monotonic() + seconds
     while time.monotonic() < end:
