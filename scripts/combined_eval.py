@@ -21,8 +21,9 @@ RANK = {"OK": 0, "STARTING": 1, "OOD": 2, "FAULT": 3}
 
 
 def alarm(frame):
-    """The verdict the node publishes: ~/ood is true on OOD and on a fault (an input check such
-    as a slow stream), as `vae-ood eval` counts it; STARTING (a detector warming up) is apart."""
+    """An alarm: OOD or FAULT (an input check such as a slow stream), as on the node's ~/ood and
+    as `vae-ood eval` counts it. STARTING, also true on ~/ood, is left out on purpose: a detector
+    warming up is not a verdict on the scene."""
     return frame["state"] in ("OOD", "FAULT")
 
 

@@ -36,5 +36,7 @@ if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
   cp "$OUT/report.json" models/flow_compressed.new/compress_report.json
   [ -f models/flow_compressed/MODEL_CARD.md ] && cp models/flow_compressed/MODEL_CARD.md models/flow_compressed.new/
   rm -rf models/flow_compressed && mv models/flow_compressed.new models/flow_compressed
+  [ -f models/flow_compressed/MODEL_CARD.md ] && python3 scripts/compress_card.py \
+    models/flow_compressed/compress_report.json --update models/flow_compressed/MODEL_CARD.md >/dev/null
   echo "shipped $SEL as models/flow_compressed"
 fi

@@ -391,3 +391,47 @@ fn branch_thresholds_are_checked_at_load() {
     let e = parse(&image).unwrap();
     assert!(e.contains("needs a flow detector"), "{e}");
 }
+
+/// A stream so slow that every gap restarts the flow stack would keep the flow detector
+/// STARTING for ever; with `min_rate` the verdict names the cause (a slow stream, a fault)
+/// once a second of stamps has passed.
+#[test]
+fn a_slow_stream_is_named_when_it_keeps_the_flow_detector_warming_up() {
+    use vae_ood_core::frame::{FrameData, RawImage};
+    let flow = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/flow"));
+    let imgs = frames("id_loop_empty_s1", 8);
+    let run = |min_rate: Option<f64>| {
+        let det = vae_ood_core::detector::load(flow, BackendOptions::default()).unwrap();
+        let mut m = Monitor::new(
+            det,
+            MonitorConfig {
+                min_rate,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // 3 Hz: each gap (333 ms) is longer than the bundle's max_gap_ms (250).
+        imgs.iter()
+            .enumerate()
+            .map(|(k, img)| {
+                let raw = FrameData::Raw(RawImage {
+                    width: img.width(),
+                    height: img.height(),
+                    encoding: "rgb8",
+                    is_bigendian: false,
+                    step: img.width() * 3,
+                    data: img.as_raw(),
+                });
+                let v = m.process_at(&raw, None, Some(k as i64 * 1_000_000_000 / 3));
+                (v.state, v.fault.map(|f| f.kind()))
+            })
+            .collect::<Vec<_>>()
+    };
+    let starting = (MonitorState::Starting, Some("warming_up".to_string()));
+    assert!(run(None).iter().all(|v| *v == starting), "{:?}", run(None));
+    let named = run(Some(10.0));
+    // Judged from the first stamp a second after the first (the 4th frame).
+    assert!(named[..3].iter().all(|v| *v == starting), "{named:?}");
+    let slow = (MonitorState::Fault, Some("slow_stream".to_string()));
+    assert!(named[3..].iter().all(|v| *v == slow), "{named:?}");
+}

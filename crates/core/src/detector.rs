@@ -79,9 +79,10 @@ pub enum Fault {
     #[error("{repeats} consecutive frames repeated the previous one exactly (max_repeated_frames {max}): camera frozen")]
     Frozen { repeats: u32, max: u32 },
     /// Fewer frames were stamped in the last second than `min_rate` asks: frames are lost
-    /// before the monitor (an overloaded camera or driver, a congested transport), so the
-    /// verdict rests on a thinner view of the scene than the detector was calibrated for.
-    #[error("{frames} frames stamped in the last second, below min_rate {min} Hz: frames are lost before the monitor (camera, driver or transport)")]
+    /// before they are scored (an overloaded camera or driver, a congested transport, or this
+    /// node dropping frames it cannot keep up with), so the verdict rests on a thinner view of
+    /// the scene than the detector was calibrated for.
+    #[error("{frames} frames stamped in the last second reached scoring, below min_rate {min} Hz: frames are lost before scoring (camera, driver, transport, or this node falling behind: see frames_dropped in /diagnostics)")]
     SlowStream { frames: usize, min: f64 },
 }
 

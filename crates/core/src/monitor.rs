@@ -162,7 +162,9 @@ impl Repeats {
 }
 
 /// The stream's recent stamps, for its frame rate: how many frames were stamped in the last
-/// second. A stamp that goes back (a restarted camera or bag) starts the count again.
+/// second. A stamp more than a second back (a restarted camera or bag) starts the count
+/// again; a repeated or slightly out-of-order stamp is not counted (a resent frame is not a
+/// second frame).
 #[derive(Debug, Default)]
 struct StreamRate {
     stamps: VecDeque<i64>,
@@ -172,15 +174,20 @@ struct StreamRate {
 impl StreamRate {
     const WINDOW_NS: i64 = 1_000_000_000;
 
-    /// Records one frame's stamp; returns the frames stamped in the second up to it, once the
-    /// stream's stamps span a whole second (None before, and for a frame without a stamp).
+    /// Records one frame's stamp; returns the frames stamped in the second up to the newest
+    /// stamp, once the stream's stamps span a whole second (None before, and for a frame
+    /// without a stamp).
     fn observe(&mut self, stamp_ns: Option<i64>) -> Option<usize> {
         let t = stamp_ns?;
-        if self.stamps.back().is_some_and(|&last| t < last) {
-            self.stamps.clear();
-            self.first = None;
+        match self.stamps.back() {
+            Some(&last) if t < last - Self::WINDOW_NS => {
+                self.stamps.clear();
+                self.first = None;
+            }
+            Some(&last) if t <= last => return self.judged(last),
+            _ => {}
         }
-        let first = *self.first.get_or_insert(t);
+        self.first.get_or_insert(t);
         self.stamps.push_back(t);
         while self
             .stamps
@@ -189,7 +196,12 @@ impl StreamRate {
         {
             self.stamps.pop_front();
         }
-        (t - first >= Self::WINDOW_NS).then_some(self.stamps.len())
+        self.judged(t)
+    }
+
+    fn judged(&self, newest: i64) -> Option<usize> {
+        let first = self.first?;
+        (newest - first >= Self::WINDOW_NS).then_some(self.stamps.len())
     }
 }
 
@@ -572,6 +584,7 @@ impl Monitor {
             self.set_cusum_threshold(t);
         }
         self.repeats = Repeats::default();
+        self.rate = StreamRate::default();
         self.state = MonitorState::Starting;
         Ok(self.state)
     }
@@ -737,13 +750,20 @@ impl Monitor {
         timing: &mut StageTimes,
     ) -> Result<Judged, Fault> {
         let frames = self.rate.observe(stamp_ns);
-        let s = scored?;
-        timing.preprocess = s.preprocess;
-        timing.inference = s.inference;
-        let repeats = self.repeats.observe(&s.mu, &s.logvar);
         let slow = frames
             .zip(self.config.min_rate)
             .filter(|&(n, min)| (n as f64) < min);
+        let s = match (scored, slow) {
+            // A slow stream is the cause when a detector with history keeps restarting its
+            // stack (gaps between the few frames): say so, rather than STARTING for ever.
+            (Err(Fault::WarmingUp { .. }), Some((frames, min))) => {
+                return Err(Fault::SlowStream { frames, min })
+            }
+            (scored, _) => scored?,
+        };
+        timing.preprocess = s.preprocess;
+        timing.inference = s.inference;
+        let repeats = self.repeats.observe(&s.mu, &s.logvar);
         match (slow, self.config.max_repeated_frames) {
             (Some((frames, min)), _) => Err(Fault::SlowStream { frames, min }),
             (None, Some(max)) if repeats > max => Err(Fault::Frozen { repeats, max }),
@@ -919,8 +939,12 @@ mod tests {
             .collect();
         assert!(thinned.windows(2).all(|w| w[1] <= w[0]), "{thinned:?}");
         assert_eq!(*thinned.last().unwrap(), 5);
-        // No stamp: not judged. A stamp that goes back starts the count again; the second is
-        // the one up to the newest stamp, its start left out.
+        // A repeated or slightly older stamp is not counted.
+        let newest = start + 9 * 200 * MS;
+        assert_eq!(r.observe(Some(newest)), Some(5));
+        assert_eq!(r.observe(Some(newest - 300 * MS)), Some(5));
+        // No stamp: not judged. A stamp more than a second back starts the count again; the
+        // second is the one up to the newest stamp, its start left out.
         assert_eq!(r.observe(None), None);
         assert_eq!(r.observe(Some(0)), None);
         assert_eq!(r.observe(Some(500 * MS)), None);

@@ -347,8 +347,9 @@ pub fn build(
         } else {
             BTreeMap::new()
         },
-        // The verdict the node publishes: ~/ood is true on OOD and on a fault (an input check,
-        // e.g. a slow stream), not while a detector warms up.
+        // The alarm is OOD or a fault (an input check, e.g. a slow stream), as on the node's
+        // ~/ood; STARTING, also true there, is left out on purpose: a detector warming up is
+        // not a verdict on the scene.
         sequential: calibrated.then(|| {
             sequential(frames, |f| {
                 matches!(f.state, MonitorState::Ood | MonitorState::Fault)
