@@ -22,6 +22,7 @@ S=data/sample
 V=out/train
 VAL=out/validation
 source scripts/roles.sh
+source scripts/ship_selected.sh
 [ -f "$V/id_udem1_s131/meta.json" ] || make train-data TRAIN_OUT="$V"
 [ -f out/train_var/id_udem1_s131/meta.json ] || make train-var-data TRAIN_VAR_OUT=out/train_var
 [ -f "$VAL/ood_noise_udem1_s185/meta.json" ] || make validation-data VALIDATION_OUT="$VAL"
@@ -37,14 +38,4 @@ cargo build --locked -p vae_ood_cli
 target/debug/vae-ood compress --teacher models/default --out "$OUT" --budget quick --auroc-drop 0.02 \
   --fit $(ls -d out/more_maps/*/bag) $(calibration_args "$V" "$VAL" out/heldout out/tuning out/tuning2) \
   --select $(eval_inputs "$VAL") --test $(eval_inputs out/testset) "$@" | tee "$OUT/summary.txt"
-SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
-if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
-  rm -rf models/compressed.new
-  cp -r "$OUT/candidates/$SEL/calibrated" models/compressed.new
-  cp "$OUT/report.json" models/compressed.new/compress_report.json
-  [ -f models/compressed/MODEL_CARD.md ] && cp models/compressed/MODEL_CARD.md models/compressed.new/
-  rm -rf models/compressed && mv models/compressed.new models/compressed
-  [ -f models/compressed/MODEL_CARD.md ] && python3 scripts/compress_card.py \
-    models/compressed/compress_report.json --update models/compressed/MODEL_CARD.md >/dev/null
-  echo "shipped $SEL as models/compressed"
-fi
+ship_selected "$OUT" models/compressed

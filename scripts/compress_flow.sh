@@ -19,6 +19,7 @@ STUDENT_PIPELINE="${STUDENT_PIPELINE:-own}"
 mkdir -p "$OUT"
 S=data/sample
 source scripts/roles.sh
+source scripts/ship_selected.sh
 [ -f scripts/env.sh ] && source scripts/env.sh >/dev/null 2>&1 || true
 only=()
 [ -n "$ONLY" ] && only=(--only ${ONLY//,/ })
@@ -29,14 +30,4 @@ target/debug/vae-ood compress --teacher models/flow --out "$OUT" --budget quick 
   --val-ood $(onsets out/flow_validation) $(onsets out/validation | grep -E "ood_(rain|snow)_") \
   --select $(eval_inputs out/flow_validation) $(eval_inputs out/validation | grep -E "ood_(rain|snow)_") \
   --test $(eval_inputs out/flow_testset) "${only[@]}" | tee "$OUT/summary.txt"
-SEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["selected"] or "")' "$OUT/report.json")
-if [ -n "$SEL" ] && [ "$SEL" != teacher ]; then
-  rm -rf models/flow_compressed.new
-  cp -r "$OUT/candidates/$SEL/calibrated" models/flow_compressed.new
-  cp "$OUT/report.json" models/flow_compressed.new/compress_report.json
-  [ -f models/flow_compressed/MODEL_CARD.md ] && cp models/flow_compressed/MODEL_CARD.md models/flow_compressed.new/
-  rm -rf models/flow_compressed && mv models/flow_compressed.new models/flow_compressed
-  [ -f models/flow_compressed/MODEL_CARD.md ] && python3 scripts/compress_card.py \
-    models/flow_compressed/compress_report.json --update models/flow_compressed/MODEL_CARD.md >/dev/null
-  echo "shipped $SEL as models/flow_compressed"
-fi
+ship_selected "$OUT" models/flow_compressed
