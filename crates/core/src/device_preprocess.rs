@@ -198,13 +198,16 @@ pub fn reference(px: Pixels<'_>, spec: &InputSpec) -> Vec<f32> {
 }
 
 #[cfg(feature = "gpu")]
-pub use self::gpu::{DevicePreprocessError, DevicePreprocessor, DeviceTiming};
+pub use self::gpu::{
+    compare_with_cpu, DeviceComparison, DevicePreprocessError, DevicePreprocessor, DeviceTiming,
+};
 
 #[cfg(feature = "gpu")]
 mod gpu {
     use super::{FlatTaps, KernelParams, KERNEL, KERNEL_NAME};
     use crate::frame::Pixels;
-    use crate::preprocess::InputSpec;
+    use crate::preprocess::{InputSpec, Preprocessor};
+    use crate::stats::{percentiles, Percentiles};
     use cudarc::driver::{
         CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
     };
@@ -382,6 +385,65 @@ mod gpu {
                 kernel_and_download: t1.elapsed(),
             })
         }
+    }
+
+    /// The device path against the CPU path on the same frames in the same run (`vae-ood
+    /// bench --backend cuda`), latencies in ms. Lives here rather than in the CLI so that every
+    /// build of the core with the `gpu` feature (CI's cuda stage, with no GPU) compiles it.
+    #[derive(Debug, Clone)]
+    pub struct DeviceComparison {
+        pub upload: Percentiles,
+        pub kernel_and_download: Percentiles,
+        pub device_total: Percentiles,
+        pub cpu_total: Percentiles,
+        /// The largest absolute difference of any input value between the two paths.
+        pub largest_difference: f32,
+    }
+
+    /// Runs both paths `runs` times over `frames` in turn, after 10 warm-up runs.
+    pub fn compare_with_cpu(
+        spec: &InputSpec,
+        frames: &[Pixels<'_>],
+        runs: usize,
+    ) -> Result<DeviceComparison, DevicePreprocessError> {
+        assert!(
+            !frames.is_empty() && runs >= 1,
+            "frames and runs must not be empty"
+        );
+        let mut dev = DevicePreprocessor::new(spec.clone())?;
+        let mut cpu = Preprocessor::new(spec.clone());
+        let n: usize = spec.shape().iter().product();
+        let (mut on_gpu, mut on_cpu) = (vec![0f32; n], vec![0f32; n]);
+        let (mut up, mut kern, mut dev_total, mut cpu_total) = (vec![], vec![], vec![], vec![]);
+        let mut worst = 0f32;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        for i in 0..runs + 10 {
+            let px = frames[i % frames.len()];
+            let t = Instant::now();
+            let timing = dev.run_into(px, &mut on_gpu)?;
+            let d = t.elapsed();
+            let t = Instant::now();
+            cpu.run_into(px, &mut on_cpu);
+            let c = t.elapsed();
+            worst = on_gpu
+                .iter()
+                .zip(&on_cpu)
+                .fold(worst, |w, (x, y)| w.max((x - y).abs()));
+            if i >= 10 {
+                up.push(ms(timing.upload));
+                kern.push(ms(timing.kernel_and_download));
+                dev_total.push(ms(d));
+                cpu_total.push(ms(c));
+            }
+        }
+        let p = |v: Vec<f64>| percentiles(v).expect("runs >= 1");
+        Ok(DeviceComparison {
+            upload: p(up),
+            kernel_and_download: p(kern),
+            device_total: p(dev_total),
+            cpu_total: p(cpu_total),
+            largest_difference: worst,
+        })
     }
 }
 

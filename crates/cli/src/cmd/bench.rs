@@ -106,63 +106,41 @@ fn device_preprocess(
     spec: &vae_ood_core::preprocess::InputSpec,
     total_p50: f64,
 ) -> Result<()> {
-    use std::time::Instant;
-    use vae_ood_core::device_preprocess::DevicePreprocessor;
     use vae_ood_core::frame::{Encoding, Pixels, RawImage};
-    use vae_ood_core::preprocess::Preprocessor;
     let bpp = Encoding::parse(encoding)?.bytes_per_pixel();
     let step = a.width as usize * bpp;
-    let frames: Vec<Vec<u8>> = (0..8)
+    let data: Vec<Vec<u8>> = (0..8)
         .map(|i| {
             (0..a.height as usize * step)
                 .map(|k| ((k / step + (k % step) / bpp + 7 * i) % 256) as u8)
                 .collect()
         })
         .collect();
-    let mut dev = DevicePreprocessor::new(spec.clone())?;
-    let mut cpu = Preprocessor::new(spec.clone());
-    let n: usize = spec.shape().iter().product();
-    let (mut on_gpu, mut on_cpu) = (vec![0f32; n], vec![0f32; n]);
-    let (mut up, mut kern, mut dev_total, mut cpu_total) = (vec![], vec![], vec![], vec![]);
-    let mut worst = 0f32;
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    for i in 0..a.frames + 10 {
-        let raw = RawImage {
+    let raws: Vec<RawImage> = data
+        .iter()
+        .map(|d| RawImage {
             width: a.width,
             height: a.height,
             encoding,
             is_bigendian: false,
             step: step as u32,
-            data: &frames[i % frames.len()],
-        };
-        let px = Pixels::from_raw(&raw)?;
-        let t = Instant::now();
-        let timing = dev.run_into(px, &mut on_gpu)?;
-        let d = t.elapsed();
-        let t = Instant::now();
-        cpu.run_into(px, &mut on_cpu);
-        let c = t.elapsed();
-        worst = on_gpu
-            .iter()
-            .zip(&on_cpu)
-            .fold(worst, |w, (x, y)| w.max((x - y).abs()));
-        if i >= 10 {
-            up.push(ms(timing.upload));
-            kern.push(ms(timing.kernel_and_download));
-            dev_total.push(ms(d));
-            cpu_total.push(ms(c));
-        }
-    }
-    let p = |v: Vec<f64>| vae_ood_core::stats::percentiles(v).expect("frames >= 1");
-    let (up, kern, dev_total, cpu_total) = (p(up), p(kern), p(dev_total), p(cpu_total));
+            data: d,
+        })
+        .collect();
+    let frames = raws
+        .iter()
+        .map(Pixels::from_raw)
+        .collect::<Result<Vec<_>, _>>()?;
+    let c = vae_ood_core::device_preprocess::compare_with_cpu(spec, &frames, a.frames)?;
     println!("  device preprocess (our CUDA kernel), same frames, same run:");
-    println!("    upload            {}", line(&up));
-    println!("    kernel + download {}", line(&kern));
-    println!("    device total      {}", line(&dev_total));
-    println!("    CPU preprocess    {}", line(&cpu_total));
-    let saved = cpu_total.p50 - dev_total.p50;
+    println!("    upload            {}", line(&c.upload));
+    println!("    kernel + download {}", line(&c.kernel_and_download));
+    println!("    device total      {}", line(&c.device_total));
+    println!("    CPU preprocess    {}", line(&c.cpu_total));
+    let saved = c.cpu_total.p50 - c.device_total.p50;
     println!(
-        "    largest difference from the CPU path {worst:.2e}; saves {saved:.3} ms p50 per frame = {:.1} % of the frame's total p50 {total_p50:.3} ms (kept at >= 10 %)",
+        "    largest difference from the CPU path {:.2e}; saves {saved:.3} ms p50 per frame = {:.1} % of the frame's total p50 {total_p50:.3} ms (kept at >= 10 %)",
+        c.largest_difference,
         100.0 * saved / total_p50
     );
     Ok(())
