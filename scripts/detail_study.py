@@ -33,10 +33,21 @@ def halve(g):
     return 0.25 * (g[0::2, 0::2] + g[1::2, 0::2] + g[0::2, 1::2] + g[1::2, 1::2])
 
 
-def detail(rgb, grid=1):
+def direction_balance(g):
+    """ln D - mean ln D for 0, 45 and 90 degrees, D the mean absolute neighbour difference
+    along each of four directions (the diagonals' divided by sqrt 2)."""
+    d = np.array([np.abs(np.diff(g, axis=1)).mean(), np.abs(g[1:, 1:] - g[:-1, :-1]).mean() / np.sqrt(2),
+                  np.abs(np.diff(g, axis=0)).mean(), np.abs(g[1:, :-1] - g[:-1, 1:]).mean() / np.sqrt(2)])
+    ln = np.log(np.maximum(d, 1e-6))
+    return list((ln - ln.mean())[:3])
+
+
+def detail(rgb, grid=1, directions=False):
     """(ln E0, ln E1, ln E2) of a uint8 HxWx3 frame, then with grid > 1 ln E0 of each cell of a
-    grid x grid split (row by row; a pixel belongs to cell (y * grid // h, x * grid // w))."""
+    grid x grid split (row by row; a pixel belongs to cell (y * grid // h, x * grid // w)), then
+    with directions the finest octave's direction balance (session 34)."""
     g = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255  # BT.601 luma
+    balance = direction_balance(g) if directions else []
     out = []
     if grid > 1:
         h, w = g.shape
@@ -49,7 +60,7 @@ def detail(rgb, grid=1):
     for _ in range(3):
         out.append(np.log(laplacian_energy(g)))
         g = halve(g)
-    return np.array(out + (list(cells) if grid > 1 else []))
+    return np.array(out + (list(cells) if grid > 1 else []) + balance)
 
 
 def fit_mahalanobis(F):

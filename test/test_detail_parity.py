@@ -63,25 +63,27 @@ def test_detail_features_match_numpy_on_sample_frames(tmp_path):
     print(f"largest difference in ln E over {len(files)} frames: {worst:.2e}")
 
 
-def test_the_detail_grid_matches_numpy_on_sample_frames(tmp_path):
-    """`vae-ood calibrate --detail-grid 3`: the bundle measures the finest octave on each cell of
-    a 3x3 grid after the three octaves, as the numpy definition does."""
+def test_the_detail_grid_and_directions_match_numpy_on_sample_frames(tmp_path):
+    """`vae-ood calibrate --detail-grid 3 --detail-directions`: the bundle measures the finest
+    octave on each cell of a 3x3 grid after the three octaves, then its balance over four
+    directions (session 34), as the numpy definition does."""
     from PIL import Image
 
     bags = {d: str(ROOT / "data/sample" / d / "bag") for d in ("id_loop_empty_s1", "id_small_loop_s2", "id_udem1_s3", "id_loop_empty_s4")}
     bundle = tmp_path / "grid"
     cli("calibrate", "--bundle", DEFAULT_BUNDLE, "--out", bundle, "--quiet", "--score", "mahalanobis",
         "--fit", bags["id_loop_empty_s1"], bags["id_udem1_s3"], "--detail", "160x120", "--detail-grid", "3",
+        "--detail-directions",
         "--cal", bags["id_small_loop_s2"], "--tune-id", bags["id_loop_empty_s4"])
     m = yaml.safe_load((bundle / "manifest.yaml").read_text())
-    assert m["score"]["detail"]["grid"] == 3
-    assert len(m["score"]["mean"]) == 2 * m["latents"]["count"] + 3 + 9
+    assert m["score"]["detail"]["grid"] == 3 and m["score"]["detail"]["directions"] is True
+    assert len(m["score"]["mean"]) == 2 * m["latents"]["count"] + 3 + 9 + 3
     files = sample_pngs(tmp_path, every=100)
     records = [json.loads(line) for line in cli("score", "--bundle", bundle, "--kl", *files).stdout.splitlines()]
     worst = 0.0
     for f, rec in zip(files, records):
-        want = detail_study.detail(np.asarray(Image.open(f).convert("RGB")), grid=3)
+        want = detail_study.detail(np.asarray(Image.open(f).convert("RGB")), grid=3, directions=True)
         got = np.asarray(rec["detail"])
-        assert got.shape == (12,), got
+        assert got.shape == (15,), got
         worst = max(worst, float(np.abs(got - want).max()))
     assert worst < 1e-4, worst

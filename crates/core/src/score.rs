@@ -150,8 +150,13 @@ impl ScoreSpec {
                         g if d.sorted_cells => format!(" and a {g}x{g} grid, sorted"),
                         g => format!(" and a {g}x{g} grid"),
                     };
+                    let directions = if d.directions {
+                        " and its directions"
+                    } else {
+                        ""
+                    };
                     format!(
-                        ", {} detail octaves at {}x{}{grid}",
+                        ", {} detail octaves at {}x{}{grid}{directions}",
                         d.octaves, d.width, d.height
                     )
                 });

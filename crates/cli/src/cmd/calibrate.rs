@@ -40,6 +40,11 @@ pub struct Args {
     /// (how uneven the detail is, not where), so that a new scene layout does not look new.
     #[arg(long, requires = "detail_grid")]
     detail_sorted_cells: bool,
+    /// With --detail: also measure how the finest octave's detail is spread over four
+    /// directions (3 more features), so that a motion blur, which removes detail along its own
+    /// direction only, moves the score even where the frame's total detail stays in range.
+    #[arg(long, requires = "detail")]
+    detail_directions: bool,
     /// Flow bundles: add the stack's motion residual to the fitted reference (--fit): how much
     /// of the change between consecutive frames the flow does not explain (raindrops,
     /// snowflakes, sensor noise), which the dense flow field smooths away.
@@ -162,6 +167,7 @@ pub fn run(a: Args) -> Result<()> {
                 let spec = DetailSpec {
                     grid: a.detail_grid,
                     sorted_cells: a.detail_sorted_cells,
+                    directions: a.detail_directions,
                     ..DetailSpec::at(w.try_into()?, h.try_into()?)
                 };
                 spec.validate()?;

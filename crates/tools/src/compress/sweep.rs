@@ -765,6 +765,9 @@ fn calibration_args(opts: &Options, plan: &CalibrationPlan) -> Vec<String> {
                     args.push("--detail-sorted-cells".into());
                 }
             }
+            if d.directions {
+                args.push("--detail-directions".into());
+            }
         }
         if plan.motion_residual {
             args.push("--motion-residual".into());
