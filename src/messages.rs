@@ -152,6 +152,11 @@ pub fn verdict_array(r: &VerdictRecord<'_>) -> DiagnosticArray {
         values.push(kv("p_value_relative", format!("{:e}", st.p_value)));
         values.push(kv("cusum_relative", format!("{:e}", st.cusum)));
     }
+    // A direction branch (the frame's weakest direction, a motion blur's mark).
+    if let Some(st) = &v.direction {
+        values.push(kv("p_value_direction", format!("{:e}", st.p_value)));
+        values.push(kv("cusum_direction", format!("{:e}", st.cusum)));
+    }
     if let Some(r) = v.alarm_ratio {
         values.push(kv("alarm_ratio", format!("{r:e}")));
     }

@@ -50,6 +50,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         false_alarm_rate: 0.001,
         camera: None,
         relative: None,
+        direction: None,
         quiet: true,
     }
 }
@@ -663,4 +664,122 @@ fn a_flow_reference_in_branch_parts_scores_each_branch_and_the_residual_apart() 
     o.fit.clear();
     let e = err(det.as_mut(), &flow, &o);
     assert!(e.contains("--fit"), "{e}");
+}
+
+/// A horizontal motion blur: each pixel the mean of `len` neighbours along its row.
+fn blur_rows(img: &image::RgbImage, len: u32) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let (lo, hi) = (x.saturating_sub(len / 2), (x + len / 2).min(w - 1));
+        let mut sum = [0u32; 3];
+        for i in lo..=hi {
+            for (s, v) in sum.iter_mut().zip(img.get_pixel(i, y).0) {
+                *s += u32::from(v);
+            }
+        }
+        let n = hi - lo + 1;
+        image::Rgb(sum.map(|s| (s / n) as u8))
+    })
+}
+
+#[test]
+fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let tune = ["id_udem1_s3", "id_loop_empty_s1", "id_loop_empty_s4"];
+    // Three tuning drives at 2 alarms per 1000 frames of 300: the pooled threshold is the
+    // second smallest drive's largest S, so one drive is over it and its share can move.
+    let with_tuning = |direction| Options {
+        tune_id: tune.iter().map(|d| drive(d)).collect(),
+        false_alarm_rate: 0.002,
+        direction,
+        ..options(ScoreKind::Mahalanobis, vec![])
+    };
+    let plain = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &with_tuning(None),
+    )
+    .unwrap();
+    let alone = plain.bundle.manifest.calibration.unwrap().pipeline;
+    let o = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &with_tuning(Some((160, 120))),
+    )
+    .unwrap();
+    let m = &o.bundle.manifest;
+    assert_eq!(
+        m.format_version,
+        vae_ood_core::bundle::DIRECTION_FORMAT_VERSION
+    );
+    let c = m.calibration.as_ref().unwrap();
+    let d = c.direction.as_ref().expect("direction section");
+    assert_eq!((d.width, d.height, d.tuning_drives), (160, 120, 3));
+    assert_eq!(d.pooled_threshold_alone, alone.cusum_threshold);
+    // The pooled threshold moved past one tuning drive: none is over it now.
+    assert!(c.pipeline.cusum_threshold > alone.cusum_threshold);
+    assert_eq!(d.scores.len(), 300);
+    assert!(d.scores.iter().all(|&x| (0.0..3.0).contains(&x)));
+    assert!(d.pipeline.cusum_threshold >= (1.0f64 / 0.002).ln());
+    // The section needs version 4.
+    let path = out.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let Err(old) = vae_ood_core::bundle::Manifest::parse(
+        &text.replace("format_version: 4", "format_version: 3"),
+        &path,
+    ) else {
+        panic!("a direction section below version 4 was accepted")
+    };
+    let old = old.to_string();
+    assert!(
+        old.contains("calibration.direction needs format_version 4"),
+        "{old}"
+    );
+    // The written bundle's monitor runs the branch on every frame: a tuning drive stays under
+    // its threshold (it is their largest S); the same drive blurred along its rows alarms
+    // through the branch, the pooled statistic or not.
+    let run = |blur: bool| -> (f64, Option<usize>) {
+        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+        let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
+        let (mut largest, mut first, mut t) = (0.0f64, None, 0);
+        let drive = root().join("data/sample/id_loop_empty_s1/bag");
+        vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
+            let f = if blur { blur_rows(f, 9) } else { f.clone() };
+            let v = mon.process_image(&f);
+            let st = v.direction.expect("a direction step on every scored frame");
+            largest = largest.max(st.cusum);
+            if st.alarm && first.is_none() {
+                assert!(v.is_ood() && v.alarm_ratio.unwrap() > 1.0);
+                first = Some(t);
+            }
+            t += 1;
+            Ok(())
+        })
+        .unwrap();
+        (largest, first)
+    };
+    let (clear, none) = run(false);
+    assert!(
+        clear <= d.pipeline.cusum_threshold && none.is_none(),
+        "{clear}"
+    );
+    let (_, blurred) = run(true);
+    assert!(blurred.is_some_and(|t| t < 30), "{blurred:?}");
+    // One tuning drive leaves the pooled threshold no budget to share: a clear error.
+    let Err(err) = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &Options {
+            direction: Some((160, 120)),
+            ..options(ScoreKind::Mahalanobis, vec![])
+        },
+    ) else {
+        panic!("a split with no budget was accepted")
+    };
+    let err = err.to_string();
+    assert!(err.contains("more tuning drives"), "{err}");
 }

@@ -99,6 +99,7 @@ impl Detector for ReferencePath {
                     logvar: p.logvar,
                     detail,
                     tail_scores,
+                    direction: None,
                     preprocess: Default::default(),
                     inference: Default::default(),
                 })

@@ -12,9 +12,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The newest manifest format this build reads. Version 2 added `detector` (the optical-flow
-/// detector), version 3 `calibration.relative` (the drive-relative branch); a bundle is written
-/// with the oldest version that holds what it has, so that older releases read it.
-pub const FORMAT_VERSION: u32 = 3;
+/// detector), version 3 `calibration.relative` (the drive-relative branch), version 4
+/// `calibration.direction` (the direction branch); a bundle is written with the oldest version
+/// that holds what it has, so that older releases read it.
+pub const FORMAT_VERSION: u32 = 4;
+/// The version a bundle with a direction branch needs.
+pub const DIRECTION_FORMAT_VERSION: u32 = 4;
 /// The version a bundle with a drive-relative branch needs.
 pub const RELATIVE_FORMAT_VERSION: u32 = 3;
 /// The version flow bundles are written with (without a drive-relative branch).
@@ -83,6 +86,10 @@ pub struct CalibrationSection {
     /// statistic beside the pooled one (format version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relative: Option<RelativeSection>,
+    /// The direction branch ([`crate::detection::direction`]), a sequential statistic of the
+    /// frame's weakest direction beside the score (image detectors, format version 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<crate::detection::direction::DirectionSection>,
 }
 
 /// The drive-relative branch of a calibrated bundle: its baseline, its conformal scores, its
@@ -539,6 +546,16 @@ impl Manifest {
                 }
                 r.validate()
                     .map_err(|e| bad(format!("calibration.relative: {e}")))?;
+            }
+            if let Some(d) = &c.direction {
+                if manifest.format_version < DIRECTION_FORMAT_VERSION {
+                    return Err(bad(format!("calibration.direction needs format_version {DIRECTION_FORMAT_VERSION} (older versions knew no direction branch)")));
+                }
+                if flow {
+                    return Err(bad("calibration.direction needs an image detector: the flow detector's input is motion, not a frame's detail".into()));
+                }
+                d.validate()
+                    .map_err(|e| bad(format!("calibration.direction: {e}")))?;
             }
             if let Some(t) = &c.branch_thresholds {
                 if !flow {

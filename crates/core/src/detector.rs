@@ -9,6 +9,7 @@
 
 use crate::bundle::{Bundle, BundleError, DetectorSpec};
 use crate::detail::{DetailExtractor, DetailSpec};
+use crate::detection::direction::DirectionMeter;
 use crate::encoder::{self, BackendOptions, Encoder};
 use crate::frame::{FrameError, Pixels};
 use crate::preprocess::Preprocessor;
@@ -44,6 +45,9 @@ pub struct Scored {
     /// ([`crate::score::Separate`], the flow detector's motion residual): which part a high
     /// score came from.
     pub tail_scores: Option<[f64; 2]>,
+    /// The frame's weakest direction ([`crate::detection::direction`]): image detectors whose
+    /// bundle has a direction branch, or told to by [`Detector::measure_direction`].
+    pub direction: Option<f64>,
     pub preprocess: Duration,
     pub inference: Duration,
 }
@@ -148,6 +152,14 @@ pub trait Detector: Send {
         false
     }
 
+    /// Image detectors: measures the frame's weakest direction at `width` x `height`
+    /// ([`Scored::direction`]) whether or not the bundle has a direction branch (calibration
+    /// builds one from it); `None` goes back to the bundle's own. Returns false for a detector
+    /// that cannot (the flow detector).
+    fn measure_direction(&mut self, _size: Option<(u32, u32)>) -> bool {
+        false
+    }
+
     /// Scores the next frame of each listed stream (at most one frame per stream), in order,
     /// in one call where the backend can batch.
     fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>>;
@@ -199,6 +211,8 @@ pub struct ImageDetector {
     /// The detail channel the bundle's score uses, and one measured for the caller.
     detail: Option<DetailExtractor>,
     extra_detail: Option<DetailExtractor>,
+    /// The direction branch's meter (the bundle's, or one asked for).
+    direction: Option<DirectionMeter>,
     streams: StreamId,
 }
 
@@ -226,6 +240,7 @@ impl ImageDetector {
             preprocessor: Preprocessor::new(bundle.manifest.input.clone()),
             detail: bundle.manifest.score.detail_extractor(),
             extra_detail: None,
+            direction: own_direction(&bundle),
             bundle,
             encoder,
             streams: 0,
@@ -256,6 +271,7 @@ pub(crate) fn scored(
         logvar,
         detail,
         tail_scores,
+        direction: None,
         preprocess: Duration::ZERO,
         inference: Duration::ZERO,
     })
@@ -285,6 +301,14 @@ impl Detector for ImageDetector {
         self.extra_detail = spec.map(DetailExtractor::new);
     }
 
+    fn measure_direction(&mut self, size: Option<(u32, u32)>) -> bool {
+        self.direction = match size {
+            Some((w, h)) => Some(DirectionMeter::new(w, h)),
+            None => own_direction(&self.bundle),
+        };
+        true
+    }
+
     fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>> {
         if frames.is_empty() {
             return vec![];
@@ -296,6 +320,10 @@ impl Detector for ImageDetector {
         let inputs: Vec<Vec<f32>> = frames
             .iter()
             .map(|f| self.preprocessor.run(f.pixels))
+            .collect();
+        let mut directions: Vec<Option<f64>> = frames
+            .iter()
+            .map(|f| self.direction.as_mut().map(|m| m.weakest(f.pixels)))
             .collect();
         let (own, extra) = (&mut self.detail, &mut self.extra_detail);
         let mut details: Vec<(Vec<f64>, Option<Vec<f64>>)> = frames
@@ -311,9 +339,11 @@ impl Detector for ImageDetector {
         encode_all(self.encoder.as_mut(), &inputs, pre)
             .into_iter()
             .zip(details.drain(..))
-            .map(|(r, detail)| {
+            .zip(directions.drain(..))
+            .map(|((r, detail), direction)| {
                 let (p, pre, inf) = r?;
                 scored(&self.bundle.manifest, p.mu, p.logvar, detail).map(|mut s| {
+                    s.direction = direction;
                     s.preprocess = pre;
                     s.inference = inf;
                     s
@@ -321,6 +351,12 @@ impl Detector for ImageDetector {
             })
             .collect()
     }
+}
+
+/// The direction meter a bundle's direction branch needs.
+fn own_direction(bundle: &Bundle) -> Option<DirectionMeter> {
+    let d = bundle.manifest.calibration.as_ref()?.direction.as_ref()?;
+    Some(DirectionMeter::new(d.width, d.height))
 }
 
 /// The image detector cannot run another kind's bundle.

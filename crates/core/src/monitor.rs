@@ -68,6 +68,8 @@ impl MonitorState {
 /// A scored frame as the monitor judged it: its score, and its branches' KL (flow).
 struct Judged {
     score: f64,
+    /// The frame's weakest direction, for a direction branch.
+    direction: Option<f64>,
     branch_kl: Option<[f64; 2]>,
     tail_scores: Option<[f64; 2]>,
 }
@@ -241,6 +243,8 @@ struct Sequential {
     /// bundle's, scaled or overridden; set at run time by [`Monitor::set_cusum_threshold`]).
     pooled_threshold: f64,
     relative: Option<RelativeBranch>,
+    /// The direction branch ([`crate::detection::direction`]), when the bundle has one.
+    direction: Option<SequentialDetector>,
     /// The state before any fault: STARTING, OK or OOD.
     latched: MonitorState,
     good_streak: u32,
@@ -259,6 +263,7 @@ struct RelativeBranch {
 struct Judgement {
     pooled: Step,
     relative: Option<Step>,
+    direction: Option<Step>,
     /// max over the running branches of S / its threshold in force: above 1 exactly when one
     /// alarms (once the pooled window is full).
     ratio: f64,
@@ -303,12 +308,26 @@ impl Sequential {
             }
             _ => None,
         };
+        // Its threshold scales with the pooled one's scale (a joint scale tightens both); an
+        // absolute pooled threshold set by the operator leaves it as calibrated.
+        let direction = match &c.direction {
+            Some(d) => {
+                let mut p = d.pipeline.clone();
+                p.cusum_threshold *= config.threshold_scale;
+                Some(SequentialDetector::new(
+                    Calibration::new(d.scores.clone())?,
+                    p,
+                )?)
+            }
+            None => None,
+        };
         let pooled_threshold = params.cusum_threshold;
         let detector = SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
         Ok(Some(Sequential {
             detector,
             pooled_threshold,
             relative,
+            direction,
             latched: MonitorState::Starting,
             good_streak: 0,
         }))
@@ -335,8 +354,9 @@ impl Sequential {
         self.apply_pooled_threshold();
     }
 
-    /// Feeds one finite score to every branch.
-    fn step(&mut self, score: f64) -> Judgement {
+    /// Feeds one finite score (and the frame's weakest direction, when measured) to every
+    /// branch.
+    fn step(&mut self, score: f64, weakest: Option<f64>) -> Judgement {
         // The hold covers exactly the frames with no relative score (as `relative::split`
         // simulates it): the threshold is chosen before this frame joins the baseline.
         let in_force = self.apply_pooled_threshold();
@@ -344,16 +364,24 @@ impl Sequential {
             let x = r.baseline.push(score)?;
             Some((r.detector.step(x), r.detector.params().cusum_threshold))
         });
+        let direction = self.direction.as_mut().and_then(|d| {
+            let x = weakest.filter(|x| x.is_finite())?;
+            Some((d.step(x), d.params().cusum_threshold))
+        });
         let pooled = self.detector.step(score);
-        let ratio = relative
-            .map_or(0.0, |(st, t)| st.cusum / t)
-            .max(pooled.cusum / in_force);
+        let ratio = [relative, direction]
+            .iter()
+            .flatten()
+            .map(|(st, t)| st.cusum / t)
+            .fold(pooled.cusum / in_force, f64::max);
+        let alarm = |b: Option<(Step, f64)>| b.is_some_and(|(st, _)| st.alarm);
         Judgement {
             pooled: Step {
-                alarm: pooled.alarm || relative.is_some_and(|(st, _)| st.alarm),
+                alarm: pooled.alarm || alarm(relative) || alarm(direction),
                 ..pooled
             },
             relative: relative.map(|(st, _)| st),
+            direction: direction.map(|(st, _)| st),
             ratio,
         }
     }
@@ -366,6 +394,9 @@ impl Sequential {
         if let Some(r) = &mut self.relative {
             r.detector.reset_cusum();
             r.baseline = Baseline::new(*r.baseline.params());
+        }
+        if let Some(d) = &mut self.direction {
+            d.reset_cusum();
         }
         self.apply_pooled_threshold();
     }
@@ -442,6 +473,8 @@ pub struct FrameVerdict {
     /// The drive-relative branch's step, once the stream has a baseline (bundles with
     /// `calibration.relative`).
     pub relative: Option<Step>,
+    /// The direction branch's step (bundles with `calibration.direction`).
+    pub direction: Option<Step>,
     /// max over the running branches of S / its threshold in force (calibrated monitors): the
     /// sequential verdict as one number, above 1 exactly when it alarms.
     pub alarm_ratio: Option<f64>,
@@ -467,6 +500,7 @@ impl FrameVerdict {
             timing,
             step: None,
             relative: None,
+            direction: None,
             alarm_ratio: None,
             branch_kl: None,
             tail_scores: None,
@@ -769,6 +803,7 @@ impl Monitor {
             (None, Some(max)) if repeats > max => Err(Fault::Frozen { repeats, max }),
             _ => Ok(Judged {
                 score: s.score,
+                direction: s.direction,
                 branch_kl: self
                     .branches
                     .then(|| crate::flow_detector::FlowDetector::branch_kl(&s.kl)),
@@ -864,13 +899,14 @@ impl Monitor {
         let verdict = match result {
             Ok(Judged {
                 score,
+                direction,
                 branch_kl,
                 tail_scores,
             }) => {
                 self.counters.scored += 1;
                 let (mut state, judgement) = match &mut self.sequential {
                     Some(seq) => {
-                        let j = seq.step(score);
+                        let j = seq.step(score, direction);
                         (seq.next(&j, self.config.recovery), Some(j))
                     }
                     None if score > self.config.score_threshold => (MonitorState::Ood, None),
@@ -891,6 +927,7 @@ impl Monitor {
                     timing,
                     step: judgement.as_ref().map(|j| j.pooled),
                     relative: judgement.as_ref().and_then(|j| j.relative),
+                    direction: judgement.as_ref().and_then(|j| j.direction),
                     alarm_ratio: judgement.map(|j| j.ratio),
                     branch_kl,
                     tail_scores,
@@ -971,6 +1008,7 @@ mod tests {
             ratio: pooled.cusum / THRESHOLD,
             pooled,
             relative: None,
+            direction: None,
         }
     }
 
@@ -1007,6 +1045,7 @@ mod tests {
             detector: det,
             pooled_threshold: THRESHOLD,
             relative: None,
+            direction: None,
             latched: MonitorState::Starting,
             good_streak: 0,
         }
@@ -1093,6 +1132,61 @@ mod tests {
         }
     }
 
+    /// A frame whose weakest direction is extreme alarms through the direction branch while
+    /// the pooled branch stays quiet; the ratio counts the branch against its own threshold,
+    /// and the operator's reset zeroes it.
+    #[test]
+    fn the_direction_branch_alarms_on_its_own() {
+        let params = |t: f64| PipelineParams {
+            window: 1,
+            epsilon_grid: 20,
+            decay: 1.0,
+            cusum_threshold: t,
+        };
+        let cal = |xs: Vec<f64>| Calibration::new(xs).unwrap();
+        let mut s = Sequential {
+            detector: SequentialDetector::new(cal((0..100).map(f64::from).collect()), params(5.0))
+                .unwrap(),
+            pooled_threshold: 5.0,
+            relative: None,
+            direction: Some(
+                SequentialDetector::new(
+                    cal((0..100).map(|i| f64::from(i) / 400.0).collect()),
+                    params(8.0),
+                )
+                .unwrap(),
+            ),
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        };
+        // Ordinary frames: neither branch moves.
+        for _ in 0..20 {
+            let j = s.step(50.0, Some(0.1));
+            assert!(
+                !j.pooled.alarm && j.direction.is_some_and(|d| d.cusum < 1.0),
+                "{:?}",
+                j.pooled
+            );
+        }
+        // A frame without a measured direction leaves the branch as it was.
+        assert!(s.step(50.0, None).direction.is_none());
+        // Every frame's direction beyond every calibration frame's: S grows by ln(bet) - 1
+        // a frame until the branch alarms, with the pooled statistic still at 0.
+        let mut alarmed = None;
+        for t in 0..30 {
+            let j = s.step(50.0, Some(0.9));
+            assert_eq!(j.pooled.cusum, 0.0);
+            if j.pooled.alarm {
+                assert!(j.ratio > 1.0 && j.direction.unwrap().alarm);
+                alarmed = Some(t);
+                break;
+            }
+        }
+        assert!(alarmed.is_some_and(|t| t > 0), "{alarmed:?}");
+        s.reset_cusum();
+        assert_eq!(s.direction.as_ref().unwrap().cusum(), 0.0);
+    }
+
     /// A stream whose clear frames score low against the pooled calibration: a shift that lifts
     /// them to an ordinary pooled level alarms on the relative branch only; the pooled branch
     /// runs at its own threshold until the baseline exists, then at its share.
@@ -1116,6 +1210,7 @@ mod tests {
                 detector: SequentialDetector::new(relative, params).unwrap(),
                 pooled_scale: 2.0,
             }),
+            direction: None,
             latched: MonitorState::Starting,
             good_streak: 0,
         };
@@ -1124,7 +1219,7 @@ mod tests {
             level: 0.5,
         };
         for t in 0..40 {
-            let j = s.step(10.0);
+            let j = s.step(10.0, None);
             assert_eq!(j.relative.is_some(), t >= 10, "frame {t}");
             assert_eq!(
                 s.detector.params().cusum_threshold,
@@ -1136,7 +1231,7 @@ mod tests {
         // stream's own baseline: every relative p-value is the least.
         let mut alarmed = None;
         for t in 0..20 {
-            let j = s.step(50.0);
+            let j = s.step(50.0, None);
             assert!(!j.pooled.alarm || j.relative.unwrap().alarm);
             assert_eq!(j.ratio > 1.0, j.pooled.alarm, "frame {t}: {:?}", j.pooled);
             if s.next(&j, auto) == MonitorState::Ood {
@@ -1152,10 +1247,10 @@ mod tests {
         assert_eq!(s.relative.as_ref().unwrap().detector.cusum(), 0.0);
         assert_eq!(s.detector.params().cusum_threshold, 5.0);
         for t in 0..10 {
-            let j = s.step(50.0);
+            let j = s.step(50.0, None);
             assert!(j.relative.is_none(), "frame {t} after the reset");
         }
-        assert!(s.step(50.0).relative.is_some_and(|r| r.cusum == 0.0));
+        assert!(s.step(50.0, None).relative.is_some_and(|r| r.cusum == 0.0));
     }
 
     #[test]

@@ -22,9 +22,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{
     BranchThresholds, Bundle, CalibrationData, CalibrationSection, DetectorSpec, RelativeSection,
-    RELATIVE_FORMAT_VERSION,
+    DIRECTION_FORMAT_VERSION, RELATIVE_FORMAT_VERSION,
 };
 use vae_ood_core::detail::DetailSpec;
+use vae_ood_core::detection::direction::{self, DirectionSection};
 use vae_ood_core::detection::relative::{self, BaselineParams};
 use vae_ood_core::detection::selection::{top_k, Rank};
 use vae_ood_core::detection::tuning::{self, search, Candidate, Drive, Grid};
@@ -194,6 +195,8 @@ pub struct Options {
     pub camera: Option<String>,
     /// Adds the drive-relative branch with this baseline (`calibration.relative`).
     pub relative: Option<BaselineParams>,
+    /// Adds the direction branch, measured at this size (`calibration.direction`).
+    pub direction: Option<(u32, u32)>,
     pub quiet: bool,
 }
 
@@ -236,6 +239,7 @@ impl Options {
             false_alarm_rate: defaults::FALSE_ALARM_RATE,
             camera: None,
             relative: None,
+            direction: None,
             quiet: true,
         }
     }
@@ -329,6 +333,57 @@ fn relative_section(
         pooled_scale: split.pooled_scale,
         tuning_drives_alarmed: split.drives_alarmed,
         tuning_drives_allowed: split.drives_allowed,
+        scores,
+    })
+}
+
+/// The direction branch ([`direction`]): conformal scores from the calibration drives'
+/// weakest directions, the branch's threshold and the pooled one's after the split, both from
+/// whole tuning drives. `pipeline` takes the pooled threshold after the split.
+fn direction_section(
+    (width, height): (u32, u32),
+    pipeline: &mut PipelineParams,
+    (cal, cal_weakest): (&[Drive], &[Vec<Option<f64>>]),
+    (tune, tune_weakest): (&[Drive], &[Vec<Option<f64>>]),
+    selected: &[usize],
+    opts: &Options,
+) -> Result<DirectionSection> {
+    let measured = |drives: &[Vec<Option<f64>>]| -> Result<Vec<Vec<f64>>> {
+        drives
+            .iter()
+            .map(|d| d.iter().copied().collect::<Option<Vec<f64>>>())
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Input("a frame's weakest direction was not measured".into()))
+    };
+    let (cal_d, tune_d) = (measured(cal_weakest)?, measured(tune_weakest)?);
+    let scores_of =
+        |drives: &[Drive]| -> Vec<Vec<f64>> { drives.iter().map(|d| d.scores(selected)).collect() };
+    let pooled = Calibration::new(scores_of(cal).concat())?;
+    let scores = cal_d.concat();
+    let own = Calibration::new(scores.clone())?;
+    let mut params = PipelineParams {
+        window: direction::WINDOW,
+        epsilon_grid: pipeline.epsilon_grid,
+        decay: direction::DECAY,
+        cusum_threshold: 1.0,
+    };
+    let floor = (1.0 / opts.false_alarm_rate.max(1e-6)).ln();
+    let split = direction::split(
+        (&pooled, pipeline),
+        &scores_of(tune),
+        (&own, &params),
+        &tune_d,
+        floor,
+    )?;
+    params.cusum_threshold = split.direction;
+    let alone = pipeline.cusum_threshold;
+    pipeline.cusum_threshold = split.pooled;
+    Ok(DirectionSection {
+        width,
+        height,
+        pipeline: params,
+        pooled_threshold_alone: alone,
+        tuning_drives: tune.len(),
         scores,
     })
 }
@@ -461,6 +516,15 @@ pub fn calibrate(
         }
         opts.detail.is_some() || opts.motion_residual
     };
+    if let Some((w, h)) = opts.direction {
+        if opts.relative.is_some() {
+            return input("--direction-branch and --relative each take a share of the pooled threshold's budget by their own rule: give one".into());
+        }
+        direction::spec(w, h).validate().map_err(ScoreError::from)?;
+        if !det.measure_direction(Some((w, h))) {
+            return input("--direction-branch needs an image bundle: the flow detector's input is motion, not a frame's detail".into());
+        }
+    }
     // Every drive in role order: fit, calibration, tuning, validation.
     let args: Vec<&DriveArg> = opts
         .fit
@@ -493,14 +557,16 @@ pub fn calibrate(
             .expect("template")
             .progress_chars("=> "),
     );
-    // Per drive (id, onset) and frame: KL per latent, and the posterior's features.
-    let mut scored = vec![];
+    // Per drive (id, onset) and frame: KL per latent, and the posterior's features; apart, the
+    // frame's weakest direction when measured.
+    let (mut scored, mut directions) = (vec![], vec![]);
     for d in args {
         let drive = map_drive(det, &d.path, &|| bar.inc(1), |s| {
             let detail: &[f64] = if with_extra { &s.detail } else { &[] };
-            (s.kl, features(&s.mu, &s.logvar, detail))
+            ((s.kl, features(&s.mu, &s.logvar, detail)), s.direction)
         })?;
-        let frames = drive.frames;
+        let (frames, weakest): (Vec<_>, Vec<_>) = drive.frames.into_iter().unzip();
+        directions.push(weakest);
         let id = format!("{} ({} frames)", d.path.display(), frames.len());
         // The onset counts the drive's frames; scores start after any warm-up frames.
         scored.push((id, d.onset.saturating_sub(drive.first), frames));
@@ -660,9 +726,28 @@ pub fn calibrate(
         .relative
         .map(|b| relative_section(b, &pipeline, &chosen, &cal, &tune, &selected, opts))
         .transpose()?;
+    let mut pipeline = pipeline;
+    let direction = match opts.direction {
+        Some(size) => {
+            // The fit drives' directions are not used; calibration's and tuning's follow.
+            let roles = directions.split_off(opts.fit.len());
+            Some(direction_section(
+                size,
+                &mut pipeline,
+                (&cal, &roles[..cal.len()]),
+                (&tune, &roles[cal.len()..cal.len() + tune.len()]),
+                &selected,
+                opts,
+            )?)
+        }
+        None => None,
+    };
     let mut manifest = det.bundle().manifest.clone();
     if relative.is_some() {
         manifest.format_version = manifest.format_version.max(RELATIVE_FORMAT_VERSION);
+    }
+    if direction.is_some() {
+        manifest.format_version = manifest.format_version.max(DIRECTION_FORMAT_VERSION);
     }
     manifest.latents.selected = match score {
         ScoreSpec::Kl => selected.clone(),
@@ -689,6 +774,7 @@ pub fn calibrate(
         scores: cal.iter().flat_map(|d| d.scores(&selected)).collect(),
         branch_thresholds,
         relative,
+        direction,
     });
     let encoder_path = bundle_dir.join(&manifest.encoder.path);
     let encoder = std::fs::read(&encoder_path).map_err(Error::read(encoder_path))?;

@@ -134,13 +134,16 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
         let mut largest = vec![f64::NAN; inputs.len()];
         let mut counted = vec![0usize; inputs.len()];
         // S in units of the pooled threshold: the alarm ratio times it, which for a bundle
-        // with a drive-relative branch also counts that branch against its own threshold.
-        // Frames without a relative S (none in the branch, or before its baseline) run the
-        // pooled branch at its own threshold: S itself.
-        for (f, s) in records.iter().filter_map(|f| match f.relative_cusum {
-            Some(_) => f.alarm_ratio.map(|r| (f, r * threshold)),
-            None => f.cusum.map(|s| (f, s)),
-        }) {
+        // with a drive-relative or direction branch also counts that branch against its own
+        // threshold. Frames without either (none in the bundle, or before the relative
+        // baseline) run the pooled branch at its own threshold: S itself.
+        for (f, s) in records
+            .iter()
+            .filter_map(|f| match f.relative_cusum.or(f.direction_cusum) {
+                Some(_) => f.alarm_ratio.map(|r| (f, r * threshold)),
+                None => f.cusum.map(|s| (f, s)),
+            })
+        {
             largest[f.input] = largest[f.input].max(s);
             counted[f.input] += 1;
         }

@@ -134,6 +134,12 @@ pub struct Args {
     /// pooled statistic keeps its own threshold.
     #[arg(long, value_name = "WINDOW,GAP[,HOLD]", value_parser = parse_baseline)]
     relative: Option<BaselineParams>,
+    /// Adds the direction branch (image bundles): each frame's weakest direction, how far the
+    /// least detailed of four neighbour directions falls below their mean at WIDTHxHEIGHT (a
+    /// motion blur's mark), with its own p-values, CUSUM and threshold; it takes one tuning
+    /// drive's share of the pooled threshold's budget (docs/bundle.md, `calibration.direction`).
+    #[arg(long, value_parser = crate::common::parse_size, value_name = "WIDTHxHEIGHT")]
+    direction_branch: Option<(usize, usize)>,
     #[arg(long)]
     quiet: bool,
 }
@@ -195,6 +201,10 @@ pub fn run(a: Args) -> Result<()> {
         false_alarm_rate: a.false_alarm_rate,
         camera: a.camera,
         relative: a.relative,
+        direction: a
+            .direction_branch
+            .map(|(w, h)| -> Result<_> { Ok((w.try_into()?, h.try_into()?)) })
+            .transpose()?,
         quiet: a.quiet,
     };
     let o = calibrate(&a.detector.bundle, &a.out, det.as_mut(), &opts)?;
@@ -228,6 +238,9 @@ pub fn run(a: Args) -> Result<()> {
             g.frames_per_drive,
             vae_ood_core::detection::tuning::drives_needed(c.target_false_alarm_rate, g.frames_per_drive)
         );
+    }
+    if let Some(d) = &c.direction {
+        println!("direction branch  {}", d.describe());
     }
     if let Some(r) = &c.relative {
         println!(

@@ -9,6 +9,7 @@
 
 pub mod conformal;
 pub mod cusum;
+pub mod direction;
 pub mod martingale;
 pub mod relative;
 pub mod selection;

@@ -21,11 +21,13 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
     let mut lines = text.lines();
     // Before session 17 the file ended at inference_ms (no branch columns), before session 21
     // at branch_ratio (no relative-branch columns), before session 25 at alarm_ratio (no tail
-    // columns).
-    let before_tails = report::CSV_HEADER.strip_suffix(report::CSV_TAIL_COLUMNS);
+    // columns), before session 35 at extra_tail (no direction column).
+    let before_direction = report::CSV_HEADER.strip_suffix(report::CSV_DIRECTION_COLUMNS);
+    let before_tails = before_direction.and_then(|b| b.strip_suffix(report::CSV_TAIL_COLUMNS));
     let before_relative = before_tails.and_then(|b| b.strip_suffix(report::CSV_RELATIVE_COLUMNS));
     let fields = match lines.next() {
-        Some(report::CSV_HEADER) => 21,
+        Some(report::CSV_HEADER) => 22,
+        Some(h) if before_direction == Some(h) => 21,
         Some(h) if before_tails == Some(h) => 19,
         Some(h) if before_relative == Some(h) => 17,
         Some(h)
@@ -87,6 +89,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
                 alarm_ratio: if fields > 17 { opt(18)? } else { None },
                 posterior_tail: if fields > 19 { opt(19)? } else { None },
                 extra_tail: if fields > 19 { opt(20)? } else { None },
+                direction_cusum: if fields > 21 { opt(21)? } else { None },
             })
         })
         .collect()
@@ -205,6 +208,7 @@ mod tests {
             alarm_ratio: Some(0.75),
             posterior_tail: Some(3.5),
             extra_tail: Some(1.25),
+            direction_cusum: Some(6.5),
         };
         report::write_csv(&path, std::slice::from_ref(&f)).unwrap();
         let back = read_csv(&path).unwrap();
@@ -216,7 +220,8 @@ mod tests {
                 back[0].relative_cusum,
                 back[0].alarm_ratio,
                 back[0].posterior_tail,
-                back[0].extra_tail
+                back[0].extra_tail,
+                back[0].direction_cusum
             ),
             (
                 Some(12.5),
@@ -225,13 +230,26 @@ mod tests {
                 Some(2.5),
                 Some(0.75),
                 Some(3.5),
-                Some(1.25)
+                Some(1.25),
+                Some(6.5)
             )
         );
-        // One written before the tail columns (session 24).
-        let header = report::CSV_HEADER
-            .strip_suffix(report::CSV_TAIL_COLUMNS)
+        // One written before the direction column (session 34).
+        let s34_header = report::CSV_HEADER
+            .strip_suffix(report::CSV_DIRECTION_COLUMNS)
             .unwrap();
+        std::fs::write(
+            &path,
+            format!("{s34_header}\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0,1,2,12.5,4,1.25,,0.75,3.5,1.25\n"),
+        )
+        .unwrap();
+        let s34 = read_csv(&path).unwrap();
+        assert_eq!(
+            (s34[0].extra_tail, s34[0].direction_cusum),
+            (Some(1.25), None)
+        );
+        // One written before the tail columns (session 24).
+        let header = s34_header.strip_suffix(report::CSV_TAIL_COLUMNS).unwrap();
         std::fs::write(
             &path,
             format!("{header}\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0,1,2,12.5,4,1.25,,0.75\n"),

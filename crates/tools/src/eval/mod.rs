@@ -77,6 +77,8 @@ pub struct FrameRecord {
     /// alarm came from.
     pub posterior_tail: Option<f64>,
     pub extra_tail: Option<f64>,
+    /// Bundles with a direction branch: its S.
+    pub direction_cusum: Option<f64>,
 }
 
 /// What happened to one input.
@@ -370,6 +372,7 @@ fn record(
         alarm_ratio: v.alarm_ratio,
         posterior_tail: v.tail_scores.map(|t| t[0]),
         extra_tail: v.tail_scores.map(|t| t[1]),
+        direction_cusum: v.direction.map(|s| s.cusum),
     }
 }
 

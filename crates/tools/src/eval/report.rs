@@ -337,9 +337,12 @@ pub fn build(
         warming_up,
         score_metrics: per_type(frames, |f| f.score),
         cusum_metrics: if calibrated {
-            // With a drive-relative branch the sequential statistic is the two branches' alarm
-            // ratio; alone, S (the same ranking as S / threshold).
-            if frames.iter().any(|f| f.relative_cusum.is_some()) {
+            // With a drive-relative or direction branch the sequential statistic is the
+            // branches' alarm ratio; alone, S (the same ranking as S / threshold).
+            if frames
+                .iter()
+                .any(|f| f.relative_cusum.is_some() || f.direction_cusum.is_some())
+            {
                 per_type(frames, |f| f.alarm_ratio)
             } else {
                 per_type(frames, |f| f.cusum)
@@ -373,7 +376,7 @@ pub fn build(
 
 /// The columns of `frames.csv` ([`CSV_BRANCH_COLUMNS`]: flow detectors' branches, empty
 /// otherwise; [`CSV_TAIL_COLUMNS`]: the score's parts, empty unless it has two).
-pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio,posterior_tail,extra_tail";
+pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio,posterior_tail,extra_tail,direction_cusum";
 
 /// The columns session 17 appended to `frames.csv`; files written before end without them.
 pub const CSV_BRANCH_COLUMNS: &str = ",kl_horizontal,kl_vertical,branch_ratio";
@@ -386,6 +389,10 @@ pub const CSV_RELATIVE_COLUMNS: &str = ",relative_cusum,alarm_ratio";
 /// part); files written before end without them.
 pub const CSV_TAIL_COLUMNS: &str = ",posterior_tail,extra_tail";
 
+/// The column session 35 appended (the direction branch); files written before end without
+/// it.
+pub const CSV_DIRECTION_COLUMNS: &str = ",direction_cusum";
+
 pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Result<()> {
     use std::io::Write;
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -394,7 +401,7 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
     for f in frames {
         writeln!(
             w,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{}",
             f.input,
             f.index,
             f.stamp_ns,
@@ -415,7 +422,8 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
             o(f.relative_cusum),
             o(f.alarm_ratio),
             o(f.posterior_tail),
-            o(f.extra_tail)
+            o(f.extra_tail),
+            o(f.direction_cusum)
         )?;
     }
     w.flush()
@@ -479,6 +487,7 @@ mod tests {
             branch_ratio: None,
             relative_cusum: None,
             alarm_ratio: None,
+            direction_cusum: None,
             posterior_tail: None,
             extra_tail: None,
         }
@@ -540,6 +549,7 @@ mod tests {
                 branch_ratio: Some(r),
                 relative_cusum: None,
                 alarm_ratio: None,
+                direction_cusum: None,
                 ..fr(i, l, MonitorState::Ok)
             })
             .collect();
@@ -556,6 +566,7 @@ mod tests {
                 branch_ratio: None,
                 relative_cusum: None,
                 alarm_ratio: None,
+                direction_cusum: None,
                 ..f.clone()
             })
             .collect();

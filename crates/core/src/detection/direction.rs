@@ -1,0 +1,216 @@
+//! The direction branch: how unevenly a frame's finest detail is spread over directions, as a
+//! sequential statistic of its own beside the score.
+//!
+//! A motion blur removes the differences between neighbours along its own direction only. The
+//! score (the posterior and the detail's octaves, in one mixture) takes a blurred frame for a
+//! plain scene, and a directional feature mixed into it is diluted among the others (session
+//! 34, docs/detector-experiments.md). Scored apart it is not: the frame's *weakest direction*,
+//! how far the least detailed of four directions falls below their mean
+//! ([`weakest_direction`]), gets its own conformal p-values from the calibration drives, its
+//! own martingale, CUSUM and threshold, and the verdict alarms when either branch does.
+//!
+//! The two share one false-alarm budget ([`split`]): the branch's threshold is the largest S
+//! any tuning drive reached, and the pooled threshold moves up past one more tuning drive. A
+//! fresh drive exchangeable with the tuning drives (K of them) then exceeds the first with
+//! probability at most 1 / (K + 1) and the second with at most (K - r) / (K + 1), where the
+//! pooled threshold alone, the r-th smallest, promised (K + 1 - r) / (K + 1): together, by the
+//! union bound, the same promise.
+
+use super::tuning::{largest_s, run};
+use super::{Calibration, DetectionError, PipelineParams};
+use crate::detail::{DetailExtractor, DetailSpec};
+use crate::frame::Pixels;
+use serde::{Deserialize, Serialize};
+
+/// The branch's sequential pipeline, as session 34's exploration ran it: a one-frame window (an
+/// onset counts from its first frame) and CUSUM's drift of 1 (a frame adds to S only when its
+/// bet pays more than e).
+pub const WINDOW: usize = 1;
+pub const DECAY: f64 = 1.0;
+
+/// The direction branch of a calibrated bundle (`calibration.direction`, format version 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectionSection {
+    /// Frames are area-resized to this size (luma) before the neighbours are compared.
+    pub width: u32,
+    pub height: u32,
+    /// The branch's own pipeline: window, epsilon grid, decay and threshold.
+    pub pipeline: PipelineParams,
+    /// The pooled threshold before the branch took its share (`calibration.pipeline` holds the
+    /// one after).
+    pub pooled_threshold_alone: f64,
+    /// Tuning drives the budget was split on.
+    pub tuning_drives: usize,
+    /// The weakest direction of every calibration frame: the branch's conformal scores.
+    pub scores: Vec<f64>,
+}
+
+impl DirectionSection {
+    pub fn validate(&self) -> Result<(), DetectionError> {
+        self.pipeline.validate()?;
+        self.spec()
+            .validate()
+            .map_err(|e| DetectionError::InvalidParam {
+                param: "direction.width/height",
+                reason: e.to_string(),
+            })?;
+        Calibration::new(self.scores.clone()).map(|_| ())
+    }
+
+    pub fn spec(&self) -> DetailSpec {
+        spec(self.width, self.height)
+    }
+
+    /// One line for tools' summaries.
+    pub fn describe(&self) -> String {
+        format!(
+            "direction branch at {}x{}: window {}, decay {}, threshold {:.4} (the pooled one {:.4} before its share; {} tuning drives)",
+            self.width,
+            self.height,
+            self.pipeline.window,
+            self.pipeline.decay,
+            self.pipeline.cusum_threshold,
+            self.pooled_threshold_alone,
+            self.tuning_drives
+        )
+    }
+}
+
+/// How far the least detailed of the four directions falls below their mean, in ln units
+/// (>= 0): `-min(b0, b45, b90, b135)` of the balance `ln D_theta - mean ln D`, whose fourth
+/// member is minus the sum of the three given ([`crate::detail::DetailSpec::directions`]).
+/// A clear scene's is about 0.2; a motion blur's near 1 (session 34).
+pub fn weakest_direction(balance: &[f64]) -> f64 {
+    let fourth = -balance.iter().sum::<f64>();
+    -balance.iter().copied().fold(fourth, f64::min)
+}
+
+/// The detail channel that measures the balance at a size: the finest octave only, no cells.
+pub fn spec(width: u32, height: u32) -> DetailSpec {
+    DetailSpec {
+        octaves: 1,
+        directions: true,
+        ..DetailSpec::at(width, height)
+    }
+}
+
+/// Measures [`weakest_direction`] frame after frame.
+pub struct DirectionMeter {
+    detail: DetailExtractor,
+}
+
+impl DirectionMeter {
+    pub fn new(width: u32, height: u32) -> Self {
+        Self {
+            detail: DetailExtractor::new(spec(width, height)),
+        }
+    }
+
+    pub fn weakest(&mut self, px: Pixels<'_>) -> f64 {
+        let f = self.detail.features(px);
+        // After the one octave come the three directional features.
+        weakest_direction(&f[1..])
+    }
+}
+
+/// The two thresholds that share one budget ([`split`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Split {
+    /// The pooled branch's threshold, one tuning drive further up.
+    pub pooled: f64,
+    /// The direction branch's: the largest S of the tuning drives (and at least `floor`).
+    pub direction: f64,
+}
+
+/// Splits the pooled threshold's false-alarm budget with the direction branch (the module's
+/// doc): the direction threshold is the largest S over the tuning drives' direction scores
+/// (and at least `floor`, the Ville level), the pooled one the smallest tuning drive's largest
+/// pooled S above `pooled_threshold`. An error when no tuning drive is above it: the pooled
+/// threshold then spends no budget the branch could take (give more tuning drives).
+pub fn split(
+    pooled: (&Calibration, &PipelineParams),
+    pooled_tuning: &[Vec<f64>],
+    direction: (&Calibration, &PipelineParams),
+    direction_tuning: &[Vec<f64>],
+    floor: f64,
+) -> Result<Split, DetectionError> {
+    let maxima = |cal: &Calibration, p: &PipelineParams, drives: &[Vec<f64>]| -> Vec<f64> {
+        drives
+            .iter()
+            .map(|d| largest_s(&run(cal, p, d)).0)
+            .collect()
+    };
+    let alone = pooled.1.cusum_threshold;
+    let next = maxima(pooled.0, pooled.1, pooled_tuning)
+        .into_iter()
+        .filter(|&m| m > alone)
+        .min_by(f64::total_cmp)
+        .ok_or_else(|| {
+            DetectionError::InvalidParam {
+                param: "direction",
+                reason: format!("no tuning drive's S exceeds the pooled threshold {alone}, so it has no budget to share with the direction branch: give more tuning drives"),
+            }
+        })?;
+    let largest = maxima(direction.0, direction.1, direction_tuning)
+        .into_iter()
+        .fold(0.0f64, f64::max);
+    Ok(Split {
+        pooled: next,
+        direction: largest.max(floor),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weakest_direction_is_the_deepest_fall_below_the_mean() {
+        assert_eq!(weakest_direction(&[0.0, 0.0, 0.0]), 0.0);
+        // The fourth direction (minus the sum) is the weakest here.
+        assert!((weakest_direction(&[0.3, 0.2, 0.1]) - 0.6).abs() < 1e-12);
+        assert!((weakest_direction(&[-0.9, 0.3, 0.3]) - 0.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_split_keeps_one_promise() {
+        let cal = Calibration::new((0..100).map(f64::from).collect()).unwrap();
+        let p = PipelineParams {
+            window: 1,
+            epsilon_grid: 20,
+            decay: 1.0,
+            cusum_threshold: 1.0,
+        };
+        // Ten tuning drives: drive i holds i frames scored above every calibration score.
+        let drives: Vec<Vec<f64>> = (0..10)
+            .map(|i| {
+                let mut d = vec![50.0; 30];
+                d[10..10 + i].fill(1000.0);
+                d
+            })
+            .collect();
+        let m: Vec<f64> = drives
+            .iter()
+            .map(|d| largest_s(&run(&cal, &p, d)).0)
+            .collect();
+        let mut sorted = m.clone();
+        sorted.sort_by(f64::total_cmp);
+        // The pooled threshold alone at the 8th smallest: 2 drives over it.
+        let pooled = PipelineParams {
+            cusum_threshold: sorted[7],
+            ..p.clone()
+        };
+        let s = split((&cal, &pooled), &drives, (&cal, &p), &drives, 0.5).unwrap();
+        assert_eq!(s.pooled, sorted[8]);
+        assert_eq!(m.iter().filter(|&&x| x > s.pooled).count(), 1);
+        assert_eq!(s.direction, sorted[9]);
+        assert_eq!(m.iter().filter(|&&x| x > s.direction).count(), 0);
+        // No drive over the pooled threshold: nothing to share.
+        let top = PipelineParams {
+            cusum_threshold: sorted[9],
+            ..p.clone()
+        };
+        assert!(split((&cal, &top), &drives, (&cal, &p), &drives, 0.5).is_err());
+    }
+}
