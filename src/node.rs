@@ -207,6 +207,7 @@ impl Ctx {
                 min_rate: cfg.min_rate,
                 branch_rule: cfg.branch_rule,
                 relative_branch: cfg.relative_branch,
+                direction_branch: cfg.direction_branch,
             };
             let mut monitors = vec![];
             for (bundle, name) in cam.model_bundles.iter().zip(&names) {

@@ -768,6 +768,22 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
     );
     let (_, blurred) = run(true);
     assert!(blurred.is_some_and(|t| t < 30), "{blurred:?}");
+    // Turned off (the node's direction_branch: false), the pooled statistic runs alone at its
+    // threshold before the split.
+    let mut off = vae_ood_core::Monitor::new(
+        vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap(),
+        vae_ood_core::MonitorConfig {
+            direction_branch: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        off.pipeline().unwrap().cusum_threshold,
+        d.pooled_threshold_alone
+    );
+    let frame = image::RgbImage::new(160, 120);
+    assert!(off.process_image(&frame).direction.is_none());
     // One tuning drive leaves the pooled threshold no budget to share: a clear error.
     let Err(err) = calibrate(
         &root().join("models/default"),

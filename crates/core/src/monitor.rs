@@ -110,6 +110,10 @@ pub struct MonitorConfig {
     /// Off: the pooled statistic alone, at its own threshold (the verdict of bundles without
     /// the branch).
     pub relative_branch: bool,
+    /// Calibrated bundles with a direction branch (`calibration.direction`): run it beside the
+    /// pooled statistic, the pooled threshold at its share. Off: the pooled statistic alone, at
+    /// its threshold before the split (`pooled_threshold_alone`).
+    pub direction_branch: bool,
 }
 
 /// The node's default for [`MonitorConfig::max_repeated_frames`]: half a second at 30 Hz.
@@ -130,6 +134,7 @@ impl Default for MonitorConfig {
             min_rate: None,
             branch_rule: false,
             relative_branch: true,
+            direction_branch: true,
         }
     }
 }
@@ -292,6 +297,10 @@ impl Sequential {
             return Ok(None);
         };
         let mut params = c.pipeline.clone();
+        // Without its direction branch the pooled statistic has the whole budget back.
+        if let (Some(d), false) = (&c.direction, config.direction_branch) {
+            params.cusum_threshold = d.pooled_threshold_alone;
+        }
         match config.cusum_threshold {
             Some(t) => params.cusum_threshold = t,
             None => params.cusum_threshold *= config.threshold_scale,
@@ -310,8 +319,8 @@ impl Sequential {
         };
         // Its threshold scales with the pooled one's scale (a joint scale tightens both); an
         // absolute pooled threshold set by the operator leaves it as calibrated.
-        let direction = match &c.direction {
-            Some(d) => {
+        let direction = match (&c.direction, config.direction_branch) {
+            (Some(d), true) => {
                 let mut p = d.pipeline.clone();
                 p.cusum_threshold *= config.threshold_scale;
                 Some(SequentialDetector::new(
@@ -319,7 +328,7 @@ impl Sequential {
                     p,
                 )?)
             }
-            None => None,
+            _ => None,
         };
         let pooled_threshold = params.cusum_threshold;
         let detector = SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;

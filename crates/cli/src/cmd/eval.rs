@@ -70,6 +70,10 @@ pub struct Args {
     /// threshold, as the node's `relative_branch: false`.
     #[arg(long)]
     no_relative: bool,
+    /// Bundles with a direction branch: run the pooled statistic alone at its threshold before
+    /// the split, as the node's `direction_branch: false`.
+    #[arg(long)]
+    no_direction: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -111,6 +115,7 @@ pub fn run(a: &Args) -> Result<()> {
             min_rate: (a.min_rate > 0.0).then_some(a.min_rate),
             branch_rule: a.branch_rule,
             relative_branch: !a.no_relative,
+            direction_branch: !a.no_direction,
         },
         topic: a.topic.clone(),
         folder_fps: a.fps,
