@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use vae_ood_core::detail::DetailSpec;
+use vae_ood_core::detection::direction::GREY_LEVEL;
+use vae_ood_core::detection::relative::BaselineParams;
 use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::BackendOptions;
 use vae_ood_core::score::{features, posterior_features, GivenMotion, ScoreSpec};
-use vae_ood_tools::calibrate::{calibrate, DriveArg, Options, ScoreKind, Tails};
+use vae_ood_tools::calibrate::{calibrate, DirectionOptions, DriveArg, Options, ScoreKind, Tails};
 use vae_ood_tools::drives::map_drive;
 
 fn root() -> PathBuf {
@@ -383,7 +385,6 @@ fn recalibrating_without_fit_drives_keeps_the_bundles_reference_and_records_the_
 
 #[test]
 fn the_relative_branch_is_calibrated_split_and_run_by_the_monitor() {
-    use vae_ood_core::detection::relative::BaselineParams;
     let out = tempfile::tempdir().unwrap();
     let mut det = detector();
     let baseline = BaselineParams::new(20, 50);
@@ -707,7 +708,7 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
         &root().join("models/default"),
         out.path(),
         det.as_mut(),
-        &with_tuning(Some((160, 120))),
+        &with_tuning(Some(DirectionOptions::at(160, 120))),
     )
     .unwrap();
     let m = &o.bundle.manifest;
@@ -718,11 +719,17 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
     let c = m.calibration.as_ref().unwrap();
     let d = c.direction.as_ref().expect("direction section");
     assert_eq!((d.width, d.height, d.tuning_drives), (160, 120, 3));
+    assert_eq!(
+        (d.floor, d.baseline),
+        (GREY_LEVEL, Some(BaselineParams::new(60, 60)))
+    );
     assert_eq!(d.pooled_threshold_alone, alone.cusum_threshold);
     // The pooled threshold moved past one tuning drive: none is over it now.
     assert!(c.pipeline.cusum_threshold > alone.cusum_threshold);
-    assert_eq!(d.scores.len(), 300);
-    assert!(d.scores.iter().all(|&x| (0.0..3.0).contains(&x)));
+    // One 300-frame calibration drive, each frame against the median of its own earlier 60:
+    // none for its first 60.
+    assert_eq!(d.scores.len(), 300 - 60);
+    assert!(d.scores.iter().all(|&x| (-1.0..1.0).contains(&x)));
     assert!(d.pipeline.cusum_threshold >= (1.0f64 / 0.002).ln());
     // The section needs version 4.
     let path = out.path().join("manifest.yaml");
@@ -738,18 +745,26 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
         old.contains("calibration.direction needs format_version 4"),
         "{old}"
     );
-    // The written bundle's monitor runs the branch on every frame: a tuning drive stays under
-    // its threshold (it is their largest S); the same drive blurred along its rows alarms
-    // through the branch, the pooled statistic or not.
+    // The written bundle's monitor runs the branch once the drive has a baseline: a tuning
+    // drive stays under its threshold (it is their largest S); the same drive blurred along its
+    // rows from frame 150 on alarms through the branch, the pooled statistic or not.
     let run = |blur: bool| -> (f64, Option<usize>) {
         let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
         let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
         let (mut largest, mut first, mut t) = (0.0f64, None, 0);
         let drive = root().join("data/sample/id_loop_empty_s1/bag");
         vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
-            let f = if blur { blur_rows(f, 9) } else { f.clone() };
+            let f = if blur && t >= 150 {
+                blur_rows(f, 9)
+            } else {
+                f.clone()
+            };
             let v = mon.process_image(&f);
-            let st = v.direction.expect("a direction step on every scored frame");
+            assert_eq!(v.direction.is_some(), t >= 60, "{t}");
+            let Some(st) = v.direction else {
+                t += 1;
+                return Ok(());
+            };
             largest = largest.max(st.cusum);
             if st.alarm && first.is_none() {
                 assert!(v.is_ood() && v.alarm_ratio.unwrap() > 1.0);
@@ -767,7 +782,10 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
         "{clear}"
     );
     let (_, blurred) = run(true);
-    assert!(blurred.is_some_and(|t| t < 30), "{blurred:?}");
+    assert!(
+        blurred.is_some_and(|t| (150..180).contains(&t)),
+        "{blurred:?}"
+    );
     // Turned off (the node's direction_branch: false), the pooled statistic runs alone at its
     // threshold before the split.
     let mut off = vae_ood_core::Monitor::new(
@@ -790,7 +808,7 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
         out.path(),
         det.as_mut(),
         &Options {
-            direction: Some((160, 120)),
+            direction: Some(DirectionOptions::at(160, 120)),
             ..options(ScoreKind::Mahalanobis, vec![])
         },
     ) else {

@@ -158,6 +158,16 @@ impl DetailExtractor {
         &self.spec
     }
 
+    /// The frame's `D_theta` at the spec's size (the finest octave), for 0, 45, 90 and 135
+    /// degrees ([`crate::detection::direction`] scores them).
+    pub fn direction_means(&mut self, px: Pixels<'_>) -> [f64; 4] {
+        let (w, h) = (self.spec.width as usize, self.spec.height as usize);
+        self.buf.resize(w * h, 0.0);
+        self.luma.run_into(px, &mut self.buf);
+        let g: Vec<f64> = self.buf.iter().map(|&v| f64::from(v)).collect();
+        direction_means(&g, w, h)
+    }
+
     /// `ln E_k` for each octave k, `E_k` the mean absolute 4-neighbour Laplacian of the luma
     /// (in [0, 1]) over the octave's interior; then, with a grid, the same at the finest octave
     /// over each cell's interior pixels; then, with `directions`, the finest octave's
@@ -198,6 +208,18 @@ fn direction_balance(g: &[f64], w: usize, h: usize) -> [f64; DIRECTION_FEATURES]
     if w < 2 || h < 2 {
         return [0.0; DIRECTION_FEATURES];
     }
+    let l = direction_means(g, w, h).map(|d| d.max(FLOOR).ln());
+    let mean = l.iter().sum::<f64>() / 4.0;
+    [l[0] - mean, l[1] - mean, l[2] - mean]
+}
+
+/// `D_theta` for theta = 0, 45, 90 and 135 degrees: the mean absolute difference between a
+/// pixel and its neighbour along theta, the diagonals' divided by sqrt 2. Zero for an image
+/// narrower or lower than 2 pixels.
+fn direction_means(g: &[f64], w: usize, h: usize) -> [f64; 4] {
+    if w < 2 || h < 2 {
+        return [0.0; 4];
+    }
     let mut d = [0.0f64; 4];
     for y in 0..h {
         let row = &g[y * w..(y + 1) * w];
@@ -216,14 +238,12 @@ fn direction_balance(g: &[f64], w: usize, h: usize) -> [f64; DIRECTION_FEATURES]
         }
     }
     let diag = ((w - 1) * (h - 1)) as f64 * std::f64::consts::SQRT_2;
-    let l = [
-        (d[0] / ((w - 1) * h) as f64).max(FLOOR).ln(),
-        (d[1] / diag).max(FLOOR).ln(),
-        (d[2] / (w * (h - 1)) as f64).max(FLOOR).ln(),
-        (d[3] / diag).max(FLOOR).ln(),
-    ];
-    let mean = l.iter().sum::<f64>() / 4.0;
-    [l[0] - mean, l[1] - mean, l[2] - mean]
+    [
+        d[0] / ((w - 1) * h) as f64,
+        d[1] / diag,
+        d[2] / (w * (h - 1)) as f64,
+        d[3] / diag,
+    ]
 }
 
 /// Mean absolute 4-neighbour Laplacian over the interior of a `w` x `h` image and, with

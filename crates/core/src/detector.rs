@@ -152,11 +152,11 @@ pub trait Detector: Send {
         false
     }
 
-    /// Image detectors: measures the frame's weakest direction at `width` x `height`
+    /// Image detectors: measures each frame's weakest direction with `meter`
     /// ([`Scored::direction`]) whether or not the bundle has a direction branch (calibration
     /// builds one from it); `None` goes back to the bundle's own. Returns false for a detector
     /// that cannot (the flow detector).
-    fn measure_direction(&mut self, _size: Option<(u32, u32)>) -> bool {
+    fn measure_direction(&mut self, _meter: Option<DirectionMeter>) -> bool {
         false
     }
 
@@ -301,11 +301,8 @@ impl Detector for ImageDetector {
         self.extra_detail = spec.map(DetailExtractor::new);
     }
 
-    fn measure_direction(&mut self, size: Option<(u32, u32)>) -> bool {
-        self.direction = match size {
-            Some((w, h)) => Some(DirectionMeter::new(w, h)),
-            None => own_direction(&self.bundle),
-        };
+    fn measure_direction(&mut self, meter: Option<DirectionMeter>) -> bool {
+        self.direction = meter.or_else(|| own_direction(&self.bundle));
         true
     }
 
@@ -356,7 +353,7 @@ impl Detector for ImageDetector {
 /// The direction meter a bundle's direction branch needs.
 fn own_direction(bundle: &Bundle) -> Option<DirectionMeter> {
     let d = bundle.manifest.calibration.as_ref()?.direction.as_ref()?;
-    Some(DirectionMeter::new(d.width, d.height))
+    Some(d.meter())
 }
 
 /// The image detector cannot run another kind's bundle.

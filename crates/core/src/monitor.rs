@@ -249,7 +249,7 @@ struct Sequential {
     pooled_threshold: f64,
     relative: Option<RelativeBranch>,
     /// The direction branch ([`crate::detection::direction`]), when the bundle has one.
-    direction: Option<SequentialDetector>,
+    direction: Option<DirectionBranch>,
     /// The state before any fault: STARTING, OK or OOD.
     latched: MonitorState,
     good_streak: u32,
@@ -261,6 +261,27 @@ struct RelativeBranch {
     detector: SequentialDetector,
     /// The pooled threshold's multiplier once the baseline exists.
     pooled_scale: f64,
+}
+
+/// The direction branch of a stream: its pipeline, and the stream's own past when the branch
+/// scores against it.
+struct DirectionBranch {
+    detector: SequentialDetector,
+    baseline: Option<Baseline>,
+}
+
+impl DirectionBranch {
+    /// The branch's step for a frame's weakest direction; `None` while its baseline fills.
+    fn step(&mut self, weakest: f64) -> Option<(Step, f64)> {
+        let x = match &mut self.baseline {
+            Some(b) => b.push(weakest)?,
+            None => weakest,
+        };
+        Some((
+            self.detector.step(x),
+            self.detector.params().cusum_threshold,
+        ))
+    }
 }
 
 /// One scored frame through the sequential part: the pooled step, the relative one (once the
@@ -323,10 +344,10 @@ impl Sequential {
             (Some(d), true) => {
                 let mut p = d.pipeline.clone();
                 p.cusum_threshold *= config.threshold_scale;
-                Some(SequentialDetector::new(
-                    Calibration::new(d.scores.clone())?,
-                    p,
-                )?)
+                Some(DirectionBranch {
+                    detector: SequentialDetector::new(Calibration::new(d.scores.clone())?, p)?,
+                    baseline: d.baseline.map(Baseline::new),
+                })
             }
             _ => None,
         };
@@ -373,10 +394,11 @@ impl Sequential {
             let x = r.baseline.push(score)?;
             Some((r.detector.step(x), r.detector.params().cusum_threshold))
         });
-        let direction = self.direction.as_mut().and_then(|d| {
-            let x = weakest.filter(|x| x.is_finite())?;
-            Some((d.step(x), d.params().cusum_threshold))
-        });
+        let direction = self
+            .direction
+            .as_mut()
+            .zip(weakest.filter(|x| x.is_finite()))
+            .and_then(|(d, x)| d.step(x));
         let pooled = self.detector.step(score);
         let ratio = [relative, direction]
             .iter()
@@ -395,9 +417,10 @@ impl Sequential {
         }
     }
 
-    /// The operator's reset: zeroes both statistics, and the relative branch starts a new
-    /// baseline from the next frame (with its start-up hold): the operator has accepted the
-    /// scene as it is now, which a baseline from before may not describe.
+    /// The operator's reset: zeroes every statistic, and the relative and direction branches
+    /// start new baselines from the next frame (with the relative one's start-up hold): the
+    /// operator has accepted the scene as it is now, which a baseline from before may not
+    /// describe.
     fn reset_cusum(&mut self) {
         self.detector.reset_cusum();
         if let Some(r) = &mut self.relative {
@@ -405,7 +428,10 @@ impl Sequential {
             r.baseline = Baseline::new(*r.baseline.params());
         }
         if let Some(d) = &mut self.direction {
-            d.reset_cusum();
+            d.detector.reset_cusum();
+            if let Some(b) = &mut d.baseline {
+                *b = Baseline::new(*b.params());
+            }
         }
         self.apply_pooled_threshold();
     }
@@ -1141,6 +1167,50 @@ mod tests {
         }
     }
 
+    /// Against the stream's own past, a direction that was always extreme is the stream's
+    /// baseline and never alarms; a jump to it alarms once the baseline exists.
+    #[test]
+    fn the_direction_branch_against_its_baseline_sees_a_change_only() {
+        use crate::detection::relative::BaselineParams;
+        let params = |t: f64| PipelineParams {
+            window: 1,
+            epsilon_grid: 20,
+            decay: 1.0,
+            cusum_threshold: t,
+        };
+        let cal = |xs: Vec<f64>| Calibration::new(xs).unwrap();
+        let fresh = || Sequential {
+            detector: SequentialDetector::new(cal((0..100).map(f64::from).collect()), params(5.0))
+                .unwrap(),
+            pooled_threshold: 5.0,
+            relative: None,
+            direction: Some(DirectionBranch {
+                detector: SequentialDetector::new(
+                    cal((0..100).map(|i| f64::from(i - 50) / 500.0).collect()),
+                    params(2.0),
+                )
+                .unwrap(),
+                baseline: Some(Baseline::new(BaselineParams::new(5, 5))),
+            }),
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        };
+        let mut always = fresh();
+        for t in 0..60 {
+            let j = always.step(50.0, Some(0.9));
+            // No step until the baseline's first window is in.
+            assert_eq!(j.direction.is_some(), t >= 5, "{t}");
+            assert!(!j.pooled.alarm, "{t}");
+        }
+        let mut jump = fresh();
+        let first = (0..60).find(|&t| {
+            jump.step(50.0, Some(if t < 20 { 0.2 } else { 0.9 }))
+                .pooled
+                .alarm
+        });
+        assert!(first.is_some_and(|t| (20..30).contains(&t)), "{first:?}");
+    }
+
     /// A frame whose weakest direction is extreme alarms through the direction branch while
     /// the pooled branch stays quiet; the ratio counts the branch against its own threshold,
     /// and the operator's reset zeroes it.
@@ -1158,13 +1228,14 @@ mod tests {
                 .unwrap(),
             pooled_threshold: 5.0,
             relative: None,
-            direction: Some(
-                SequentialDetector::new(
+            direction: Some(DirectionBranch {
+                detector: SequentialDetector::new(
                     cal((0..100).map(|i| f64::from(i) / 400.0).collect()),
                     params(8.0),
                 )
                 .unwrap(),
-            ),
+                baseline: None,
+            }),
             latched: MonitorState::Starting,
             good_streak: 0,
         };
@@ -1193,7 +1264,7 @@ mod tests {
         }
         assert!(alarmed.is_some_and(|t| t > 0), "{alarmed:?}");
         s.reset_cusum();
-        assert_eq!(s.direction.as_ref().unwrap().cusum(), 0.0);
+        assert_eq!(s.direction.as_ref().unwrap().detector.cusum(), 0.0);
     }
 
     /// A stream whose clear frames score low against the pooled calibration: a shift that lifts

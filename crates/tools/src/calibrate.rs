@@ -25,7 +25,7 @@ use vae_ood_core::bundle::{
     DIRECTION_FORMAT_VERSION, RELATIVE_FORMAT_VERSION,
 };
 use vae_ood_core::detail::DetailSpec;
-use vae_ood_core::detection::direction::{self, DirectionSection};
+use vae_ood_core::detection::direction::{self, DirectionMeter, DirectionSection};
 use vae_ood_core::detection::relative::{self, BaselineParams};
 use vae_ood_core::detection::selection::{top_k, Rank};
 use vae_ood_core::detection::tuning::{self, search, Candidate, Drive, Grid};
@@ -195,9 +195,34 @@ pub struct Options {
     pub camera: Option<String>,
     /// Adds the drive-relative branch with this baseline (`calibration.relative`).
     pub relative: Option<BaselineParams>,
-    /// Adds the direction branch, measured at this size (`calibration.direction`).
-    pub direction: Option<(u32, u32)>,
+    /// Adds the direction branch (`calibration.direction`).
+    pub direction: Option<DirectionOptions>,
     pub quiet: bool,
+}
+
+/// How the direction branch measures its statistic (`calibration.direction`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DirectionOptions {
+    /// Frames are measured at this size (luma).
+    pub width: u32,
+    pub height: u32,
+    /// Added to every `D_theta` before the logarithm.
+    pub floor: f64,
+    /// Scores the statistic against the stream's own past.
+    pub baseline: Option<BaselineParams>,
+}
+
+impl DirectionOptions {
+    /// Session 35's second form at a size: floored at one grey level, against the median of 60
+    /// frames at least 60 old.
+    pub fn at(width: u32, height: u32) -> Self {
+        Self {
+            width,
+            height,
+            floor: direction::GREY_LEVEL,
+            baseline: Some(BaselineParams::new(60, 60)),
+        }
+    }
 }
 
 /// The defaults of `vae-ood calibrate`, as its flags spell them (also what the compression
@@ -341,7 +366,7 @@ fn relative_section(
 /// weakest directions, the branch's threshold and the pooled one's after the split, both from
 /// whole tuning drives. `pipeline` takes the pooled threshold after the split.
 fn direction_section(
-    (width, height): (u32, u32),
+    o: DirectionOptions,
     pipeline: &mut PipelineParams,
     (cal, cal_weakest): (&[Drive], &[Vec<Option<f64>>]),
     (tune, tune_weakest): (&[Drive], &[Vec<Option<f64>>]),
@@ -355,7 +380,20 @@ fn direction_section(
             .collect::<Option<_>>()
             .ok_or_else(|| Error::Input("a frame's weakest direction was not measured".into()))
     };
-    let (cal_d, tune_d) = (measured(cal_weakest)?, measured(tune_weakest)?);
+    // Against each drive's own past, as a stream sees it, when the branch has a baseline.
+    let statistic = |drives: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+        match o.baseline {
+            Some(b) => drives
+                .iter()
+                .map(|d| relative::relative_scores(d, b))
+                .collect(),
+            None => drives,
+        }
+    };
+    let (cal_d, tune_d) = (
+        statistic(measured(cal_weakest)?),
+        statistic(measured(tune_weakest)?),
+    );
     let scores_of =
         |drives: &[Drive]| -> Vec<Vec<f64>> { drives.iter().map(|d| d.scores(selected)).collect() };
     let pooled = Calibration::new(scores_of(cal).concat())?;
@@ -379,8 +417,10 @@ fn direction_section(
     let alone = pipeline.cusum_threshold;
     pipeline.cusum_threshold = split.pooled;
     Ok(DirectionSection {
-        width,
-        height,
+        width: o.width,
+        height: o.height,
+        floor: o.floor,
+        baseline: o.baseline,
         pipeline: params,
         pooled_threshold_alone: alone,
         tuning_drives: tune.len(),
@@ -516,12 +556,23 @@ pub fn calibrate(
         }
         opts.detail.is_some() || opts.motion_residual
     };
-    if let Some((w, h)) = opts.direction {
+    if let Some(o) = opts.direction {
         if opts.relative.is_some() {
             return input("--direction-branch and --relative each take a share of the pooled threshold's budget by their own rule: give one".into());
         }
-        direction::spec(w, h).validate().map_err(ScoreError::from)?;
-        if !det.measure_direction(Some((w, h))) {
+        direction::spec(o.width, o.height)
+            .validate()
+            .map_err(ScoreError::from)?;
+        if !(0.0..=1.0).contains(&o.floor) {
+            return input(format!(
+                "--direction-floor {}: give a level of luma in [0, 1] (1/255 is one grey level)",
+                o.floor
+            ));
+        }
+        if let Some(b) = &o.baseline {
+            b.validate()?;
+        }
+        if !det.measure_direction(Some(DirectionMeter::new(o.width, o.height, o.floor))) {
             return input("--direction-branch needs an image bundle: the flow detector's input is motion, not a frame's detail".into());
         }
     }
@@ -728,11 +779,11 @@ pub fn calibrate(
         .transpose()?;
     let mut pipeline = pipeline;
     let direction = match opts.direction {
-        Some(size) => {
+        Some(o) => {
             // The fit drives' directions are not used; calibration's and tuning's follow.
             let roles = directions.split_off(opts.fit.len());
             Some(direction_section(
-                size,
+                o,
                 &mut pipeline,
                 (&cal, &roles[..cal.len()]),
                 (&tune, &roles[cal.len()..cal.len() + tune.len()]),

@@ -9,7 +9,9 @@ use vae_ood_core::detection::selection::Rank;
 use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::flow::ResidualStatistic;
 use vae_ood_core::score::GivenMotion;
-use vae_ood_tools::calibrate::{calibrate, defaults, DriveArg, Options, Parts, ScoreKind, Tails};
+use vae_ood_tools::calibrate::{
+    calibrate, defaults, DirectionOptions, DriveArg, Options, Parts, ScoreKind, Tails,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -136,10 +138,20 @@ pub struct Args {
     relative: Option<BaselineParams>,
     /// Adds the direction branch (image bundles): each frame's weakest direction, how far the
     /// least detailed of four neighbour directions falls below their mean at WIDTHxHEIGHT (a
-    /// motion blur's mark), with its own p-values, CUSUM and threshold; it takes one tuning
-    /// drive's share of the pooled threshold's budget (docs/bundle.md, `calibration.direction`).
+    /// motion blur's mark), against the stream's own past (--direction-baseline), with its own
+    /// p-values, CUSUM and threshold; it takes one tuning drive's share of the pooled
+    /// threshold's budget (docs/bundle.md, `calibration.direction`).
     #[arg(long, value_parser = crate::common::parse_size, value_name = "WIDTHxHEIGHT")]
     direction_branch: Option<(usize, usize)>,
+    /// With --direction-branch: added to each direction's detail (luma in [0, 1]) before the
+    /// logarithm, so that a view with almost no detail is not read as a blur. Default: one grey
+    /// level, 1/255.
+    #[arg(long, requires = "direction_branch", value_name = "LUMA")]
+    direction_floor: Option<f64>,
+    /// With --direction-branch: the statistic against the median of the stream's WINDOW values
+    /// at least GAP frames old (a place's own anisotropy is its baseline; a blur is a change).
+    #[arg(long, requires = "direction_branch", value_name = "WINDOW,GAP", value_parser = parse_baseline, default_value = "60,60")]
+    direction_baseline: BaselineParams,
     #[arg(long)]
     quiet: bool,
 }
@@ -203,7 +215,14 @@ pub fn run(a: Args) -> Result<()> {
         relative: a.relative,
         direction: a
             .direction_branch
-            .map(|(w, h)| -> Result<_> { Ok((w.try_into()?, h.try_into()?)) })
+            .map(|(w, h)| -> Result<_> {
+                let o = DirectionOptions::at(w.try_into()?, h.try_into()?);
+                Ok(DirectionOptions {
+                    floor: a.direction_floor.unwrap_or(o.floor),
+                    baseline: Some(a.direction_baseline),
+                    ..o
+                })
+            })
             .transpose()?,
         quiet: a.quiet,
     };

@@ -9,6 +9,12 @@
 //! ([`weakest_direction`]), gets its own conformal p-values from the calibration drives, its
 //! own martingale, CUSUM and threshold, and the verdict alarms when either branch does.
 //!
+//! A clear scene's own balance depends on where the robot is (session 35: another map's clear
+//! frames reach into motion blur's range, and an empty view's empty direction has no measurable
+//! detail at all). So the detail is floored at one grey level (`floor`), and the statistic may
+//! be taken against the stream's own recent past (`baseline`, the drive-relative branch's
+//! [`Baseline`]): a place's anisotropy is then its own baseline, a blur a sudden change.
+//!
 //! The two share one false-alarm budget ([`split`]): the branch's threshold is the largest S
 //! any tuning drive reached, and the pooled threshold moves up past one more tuning drive. A
 //! fresh drive exchangeable with the tuning drives (K of them) then exceeds the first with
@@ -16,6 +22,7 @@
 //! pooled threshold alone, the r-th smallest, promised (K + 1 - r) / (K + 1): together, by the
 //! union bound, the same promise.
 
+use super::relative::BaselineParams;
 use super::tuning::{largest_s, run};
 use super::{Calibration, DetectionError, PipelineParams};
 use crate::detail::{DetailExtractor, DetailSpec};
@@ -35,6 +42,14 @@ pub struct DirectionSection {
     /// Frames are area-resized to this size (luma) before the neighbours are compared.
     pub width: u32,
     pub height: u32,
+    /// Added to every `D_theta` before the logarithm (luma in [0, 1]; absent: none, the first
+    /// form of session 35).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub floor: f64,
+    /// Scores the weakest direction against the median of the stream's own earlier values
+    /// (absent: as measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineParams>,
     /// The branch's own pipeline: window, epsilon grid, decay and threshold.
     pub pipeline: PipelineParams,
     /// The pooled threshold before the branch took its share (`calibration.pipeline` holds the
@@ -42,13 +57,30 @@ pub struct DirectionSection {
     pub pooled_threshold_alone: f64,
     /// Tuning drives the budget was split on.
     pub tuning_drives: usize,
-    /// The weakest direction of every calibration frame: the branch's conformal scores.
+    /// The branch's statistic on every calibration frame (with a baseline, each drive against
+    /// its own past): its conformal scores.
     pub scores: Vec<f64>,
 }
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// The one grey level of 8-bit frames: the default detail floor.
+pub const GREY_LEVEL: f64 = 1.0 / 255.0;
 
 impl DirectionSection {
     pub fn validate(&self) -> Result<(), DetectionError> {
         self.pipeline.validate()?;
+        if !(0.0..=1.0).contains(&self.floor) {
+            return Err(DetectionError::InvalidParam {
+                param: "direction.floor",
+                reason: format!("must be 0..=1 (luma in [0, 1]), got {}", self.floor),
+            });
+        }
+        if let Some(b) = &self.baseline {
+            b.validate()?;
+        }
         self.spec()
             .validate()
             .map_err(|e| DetectionError::InvalidParam {
@@ -62,12 +94,25 @@ impl DirectionSection {
         spec(self.width, self.height)
     }
 
+    /// A meter for the section's statistic before any baseline.
+    pub fn meter(&self) -> DirectionMeter {
+        DirectionMeter::new(self.width, self.height, self.floor)
+    }
+
     /// One line for tools' summaries.
     pub fn describe(&self) -> String {
+        let against = match &self.baseline {
+            Some(b) => format!(
+                ", against the median of {} frames at least {} old",
+                b.window, b.gap
+            ),
+            None => String::new(),
+        };
         format!(
-            "direction branch at {}x{}: window {}, decay {}, threshold {:.4} (the pooled one {:.4} before its share; {} tuning drives)",
+            "at {}x{}, floor {:.4}{against}: window {}, decay {}, threshold {:.4} (the pooled one {:.4} before its share; {} tuning drives)",
             self.width,
             self.height,
+            self.floor,
             self.pipeline.window,
             self.pipeline.decay,
             self.pipeline.cusum_threshold,
@@ -78,12 +123,12 @@ impl DirectionSection {
 }
 
 /// How far the least detailed of the four directions falls below their mean, in ln units
-/// (>= 0): `-min(b0, b45, b90, b135)` of the balance `ln D_theta - mean ln D`, whose fourth
-/// member is minus the sum of the three given ([`crate::detail::DetailSpec::directions`]).
-/// A clear scene's is about 0.2; a motion blur's near 1 (session 34).
-pub fn weakest_direction(balance: &[f64]) -> f64 {
-    let fourth = -balance.iter().sum::<f64>();
-    -balance.iter().copied().fold(fourth, f64::min)
+/// (>= 0): mean ln(D + floor) - min ln(D + floor) over the four `D_theta`
+/// ([`crate::detail::DetailExtractor::direction_means`]). A clear scene's is about 0.2 on the
+/// training maps; a motion blur's near 1 (session 34).
+pub fn weakest_direction(means: [f64; 4], floor: f64) -> f64 {
+    let l = means.map(|d| (d + floor).max(1e-6).ln());
+    l.iter().sum::<f64>() / 4.0 - l.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 /// The detail channel that measures the balance at a size: the finest octave only, no cells.
@@ -98,19 +143,19 @@ pub fn spec(width: u32, height: u32) -> DetailSpec {
 /// Measures [`weakest_direction`] frame after frame.
 pub struct DirectionMeter {
     detail: DetailExtractor,
+    floor: f64,
 }
 
 impl DirectionMeter {
-    pub fn new(width: u32, height: u32) -> Self {
+    pub fn new(width: u32, height: u32, floor: f64) -> Self {
         Self {
             detail: DetailExtractor::new(spec(width, height)),
+            floor,
         }
     }
 
     pub fn weakest(&mut self, px: Pixels<'_>) -> f64 {
-        let f = self.detail.features(px);
-        // After the one octave come the three directional features.
-        weakest_direction(&f[1..])
+        weakest_direction(self.detail.direction_means(px), self.floor)
     }
 }
 
@@ -167,10 +212,16 @@ mod tests {
 
     #[test]
     fn the_weakest_direction_is_the_deepest_fall_below_the_mean() {
-        assert_eq!(weakest_direction(&[0.0, 0.0, 0.0]), 0.0);
-        // The fourth direction (minus the sum) is the weakest here.
-        assert!((weakest_direction(&[0.3, 0.2, 0.1]) - 0.6).abs() < 1e-12);
-        assert!((weakest_direction(&[-0.9, 0.3, 0.3]) - 0.9).abs() < 1e-12);
+        let e = std::f64::consts::E;
+        assert_eq!(weakest_direction([0.1; 4], 0.0), 0.0);
+        // ln D = (1, 0, 0, -1) (mean 0): the fourth direction is the weakest, 1 below.
+        let d = [e, 1.0, 1.0, 1.0 / e];
+        assert!((weakest_direction(d, 0.0) - 1.0).abs() < 1e-12);
+        // An empty view: one direction holds a little detail, the others none. Unfloored it is
+        // extreme; floored at one grey level it is nearly balanced.
+        let empty = [0.0, 0.002, 0.002, 0.002];
+        assert!(weakest_direction(empty, 0.0) > 5.0);
+        assert!(weakest_direction(empty, GREY_LEVEL) < 0.5);
     }
 
     #[test]
