@@ -73,9 +73,12 @@ def test_the_shipped_bundle_reproduces_its_reports_test_figures(student, tmp_pat
     if missing:
         pytest.skip(f"the report's test set is not generated here ({len(missing)} of {len(paths)} drives missing): {make}")
     require(VAE_OOD, "vae-ood CLI")
+    # The report's sequential figures are the pooled statistic's, as the sweep calibrated the
+    # student; a direction branch added since (session 35) is turned off to reproduce them (its
+    # own figures are in the model card and docs/detector-experiments.md).
     r = subprocess.run([str(VAE_OOD), "eval", "--bundle", str(bundle), "--quiet", "--label-topic", report["label_topic"],
-                        "--out", str(tmp_path), "--input", *report["test"]], capture_output=True, text=True, cwd=ROOT,
-                       timeout=1200)
+                        "--no-direction", "--out", str(tmp_path), "--input", *report["test"]], capture_output=True,
+                       text=True, cwd=ROOT, timeout=1200)
     assert r.returncode == 0, r.stderr
     got = json.loads((tmp_path / "report.json").read_text())["cusum_metrics"]
     row = next(r for r in report["rows"] if r["spec"]["name"] == report["selected"])
