@@ -65,6 +65,9 @@ struct ReferencePath {
     bundle: Bundle,
     encoder: TractEncoder,
     detail: Option<DetailExtractor>,
+    /// The bundle's direction branch measures as in the fast path (it does not touch the
+    /// encoder's input).
+    direction: Option<vae_ood_core::detection::direction::DirectionMeter>,
 }
 
 impl Detector for ReferencePath {
@@ -99,7 +102,7 @@ impl Detector for ReferencePath {
                     logvar: p.logvar,
                     detail,
                     tail_scores,
-                    direction: None,
+                    direction: self.direction.as_mut().map(|m| m.weakest(*px)),
                     preprocess: Default::default(),
                     inference: Default::default(),
                 })
@@ -120,6 +123,12 @@ fn the_fast_path_keeps_every_verdict_of_the_sample_drives() {
             let reference = ReferencePath {
                 encoder: TractEncoder::load_unpatched(&bundle, 1).unwrap(),
                 detail: bundle.manifest.score.detail_extractor(),
+                direction: bundle
+                    .manifest
+                    .calibration
+                    .as_ref()
+                    .and_then(|c| c.direction.as_ref())
+                    .map(|d| d.meter()),
                 bundle: bundle.clone(),
             };
             let mut a = Monitor::new(fast, MonitorConfig::default()).unwrap();

@@ -159,13 +159,19 @@ fn flow_manifests_are_checked() {
     assert!(e.contains("winsize 14"), "{e}");
     let e = parse(&text.replace("channel_order: gray", "channel_order: rgb")).unwrap();
     assert!(e.contains("prepared frame"), "{e}");
-    // Version 1 image manifests still load (the shipped student is one).
+    // Version 1 image manifests still load: the shipped student as it was before its direction
+    // branch (session 35; it is version 4 since).
     let student = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../models/compressed"
     ));
-    let m = Bundle::load(student).unwrap().manifest;
-    assert!(m.detector.is_image() && m.format_version == 1);
+    let mut m = Bundle::load(student).unwrap().manifest;
+    assert!(m.detector.is_image() && m.format_version == 4);
+    m.format_version = 1;
+    m.calibration.as_mut().unwrap().direction = None;
+    let v1 = serde_yaml::to_string(&m).unwrap();
+    assert!(v1.contains("format_version: 1") && !v1.contains("detector:"));
+    assert_eq!(parse(&v1), None);
 }
 
 #[cfg(feature = "train")]

@@ -1167,11 +1167,9 @@ mod tests {
         }
     }
 
-    /// Against the stream's own past, a direction that was always extreme is the stream's
-    /// baseline and never alarms; a jump to it alarms once the baseline exists.
-    #[test]
-    fn the_direction_branch_against_its_baseline_sees_a_change_only() {
-        use crate::detection::relative::BaselineParams;
+    /// A pooled statistic at threshold 5 over calibration scores 0..100, and a direction branch
+    /// (window 1, decay 1) over `scores` at `threshold`, with `baseline` if given.
+    fn with_direction(scores: Vec<f64>, threshold: f64, baseline: Option<Baseline>) -> Sequential {
         let params = |t: f64| PipelineParams {
             window: 1,
             epsilon_grid: 20,
@@ -1179,21 +1177,31 @@ mod tests {
             cusum_threshold: t,
         };
         let cal = |xs: Vec<f64>| Calibration::new(xs).unwrap();
-        let fresh = || Sequential {
+        Sequential {
             detector: SequentialDetector::new(cal((0..100).map(f64::from).collect()), params(5.0))
                 .unwrap(),
             pooled_threshold: 5.0,
             relative: None,
             direction: Some(DirectionBranch {
-                detector: SequentialDetector::new(
-                    cal((0..100).map(|i| f64::from(i - 50) / 500.0).collect()),
-                    params(2.0),
-                )
-                .unwrap(),
-                baseline: Some(Baseline::new(BaselineParams::new(5, 5))),
+                detector: SequentialDetector::new(cal(scores), params(threshold)).unwrap(),
+                baseline,
             }),
             latched: MonitorState::Starting,
             good_streak: 0,
+        }
+    }
+
+    /// Against the stream's own past, a direction that was always extreme is the stream's
+    /// baseline and never alarms; a jump to it alarms once the baseline exists.
+    #[test]
+    fn the_direction_branch_against_its_baseline_sees_a_change_only() {
+        use crate::detection::relative::BaselineParams;
+        let fresh = || {
+            with_direction(
+                (0..100).map(|i| f64::from(i - 50) / 500.0).collect(),
+                2.0,
+                Some(Baseline::new(BaselineParams::new(5, 5))),
+            )
         };
         let mut always = fresh();
         for t in 0..60 {
@@ -1216,29 +1224,7 @@ mod tests {
     /// and the operator's reset zeroes it.
     #[test]
     fn the_direction_branch_alarms_on_its_own() {
-        let params = |t: f64| PipelineParams {
-            window: 1,
-            epsilon_grid: 20,
-            decay: 1.0,
-            cusum_threshold: t,
-        };
-        let cal = |xs: Vec<f64>| Calibration::new(xs).unwrap();
-        let mut s = Sequential {
-            detector: SequentialDetector::new(cal((0..100).map(f64::from).collect()), params(5.0))
-                .unwrap(),
-            pooled_threshold: 5.0,
-            relative: None,
-            direction: Some(DirectionBranch {
-                detector: SequentialDetector::new(
-                    cal((0..100).map(|i| f64::from(i) / 400.0).collect()),
-                    params(8.0),
-                )
-                .unwrap(),
-                baseline: None,
-            }),
-            latched: MonitorState::Starting,
-            good_streak: 0,
-        };
+        let mut s = with_direction((0..100).map(|i| f64::from(i) / 400.0).collect(), 8.0, None);
         // Ordinary frames: neither branch moves.
         for _ in 0..20 {
             let j = s.step(50.0, Some(0.1));
