@@ -270,9 +270,13 @@ impl Ctx {
                     ),
                     None => String::new(),
                 };
+                let direction = match monitor.direction_threshold() {
+                    Some(t) => format!("; direction branch: threshold {t}"),
+                    None => String::new(),
+                };
                 let decision = match monitor.pipeline() {
                     Some(p) => format!(
-                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}{relative}",
+                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}{relative}{direction}",
                         p.window, p.decay, p.cusum_threshold, cfg.recovery
                     ),
                     None => format!(

@@ -687,6 +687,12 @@ impl Monitor {
         Some((r.detector.params().cusum_threshold, r.pooled_scale))
     }
 
+    /// The direction branch's threshold in force, when it runs.
+    pub fn direction_threshold(&self) -> Option<f64> {
+        let d = self.sequential.as_ref()?.direction.as_ref()?;
+        Some(d.detector.params().cusum_threshold)
+    }
+
     /// The operator's reset: zeroes S and leaves OOD (to OK, or STARTING while the window is
     /// still filling); a drive-relative branch starts a new baseline. Returns the new state. A
     /// per-frame monitor has nothing to reset.
