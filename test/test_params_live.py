@@ -169,54 +169,48 @@ def test_threshold_scale_multiplies_the_threshold_in_force(ros):
         node.stop()
 
 
+def rust(x):
+    """Rust's Display of an f64: no ".0" on whole numbers."""
+    return repr(float(x)).removesuffix(".0")
+
+
+def start_up_line(name, bundle, params):
+    """The node's start-up line that states its sequential test (read from its log: no parameter
+    client, so this adds no DDS traffic)."""
+    node = NodeProcess(name, bundle=str(bundle), params=params)
+    try:
+        wait_for(lambda: "calibrated: window" in node.output(), 60, lambda: time.sleep(0.1), "the start-up log")
+        assert node.proc.poll() is None, node.output()
+        return next(x for x in node.output().splitlines() if "calibrated: window" in x)
+    finally:
+        node.stop()
+
+
 @pytest.mark.parametrize("on", [True, False])
 def test_direction_branch_runs_unless_turned_off(ros, on):
     """models/compressed has a direction branch (calibration.direction, session 35): the node runs
     it by default and says so at start-up with its threshold, the pooled statistic at its share;
-    direction_branch: false runs the pooled statistic alone, at its threshold before the split.
-    (Read from the start-up log, as the relative branch's test below.)"""
-    c = yaml.safe_load((ROOT / "models" / "compressed" / "manifest.yaml").read_text())["calibration"]
+    direction_branch: false runs the pooled statistic alone, at its threshold before the split."""
+    bundle = ROOT / "models" / "compressed"
+    c = yaml.safe_load((bundle / "manifest.yaml").read_text())["calibration"]
     d = c["direction"]
-
-    def rust(x):  # Rust's Display of an f64: no ".0" on whole numbers
-        return repr(float(x)).removesuffix(".0")
-
-    name = f"vae_ood_params_direction_{int(on)}_{UID}"
-    params = {} if on else {"direction_branch": "false"}
-    node = NodeProcess(name, bundle=str(ROOT / "models" / "compressed"), params=params)
-    try:
-        wait_for(lambda: "calibrated: window" in node.output(), 60, lambda: time.sleep(0.1), "the start-up log")
-        line = next(x for x in node.output().splitlines() if "calibrated: window" in x)
-        pooled = c["pipeline"]["cusum_threshold"] if on else d["pooled_threshold_alone"]
-        assert f"cusum_threshold {rust(pooled)}" in line, line
-        said = f"direction branch: threshold {rust(d['pipeline']['cusum_threshold'])}"
-        assert (said in line) is on, line
-        assert node.proc.poll() is None, node.output()
-    finally:
-        node.stop()
+    line = start_up_line(f"vae_ood_params_direction_{int(on)}_{UID}", bundle,
+                         {} if on else {"direction_branch": "false"})
+    pooled = c["pipeline"]["cusum_threshold"] if on else d["pooled_threshold_alone"]
+    assert f"cusum_threshold {rust(pooled)}" in line, line
+    said = f"direction branch: threshold {rust(d['pipeline']['cusum_threshold'])}"
+    assert (said in line) is on, line
 
 
 @pytest.mark.parametrize("on", [True, False])
 def test_relative_branch_runs_unless_turned_off(ros, on):
     """models/default has a drive-relative branch (calibration.relative): the node runs it by
     default and says so at start-up with its threshold and pooled scale; relative_branch: false
-    runs the pooled statistic alone, at the bundle's own threshold. (Read from the start-up log:
-    no parameter client, so this adds no DDS traffic.)"""
+    runs the pooled statistic alone, at the bundle's own threshold."""
     c = yaml.safe_load((DEFAULT / "manifest.yaml").read_text())["calibration"]
     rel = c["relative"]
-
-    def rust(x):  # Rust's Display of an f64: no ".0" on whole numbers
-        return repr(float(x)).removesuffix(".0")
-
-    name = f"vae_ood_params_relative_{int(on)}_{UID}"
-    params = {} if on else {"relative_branch": "false"}
-    node = NodeProcess(name, bundle=str(DEFAULT), params=params)
-    try:
-        wait_for(lambda: "calibrated: window" in node.output(), 60, lambda: time.sleep(0.1), "the start-up log")
-        line = next(x for x in node.output().splitlines() if "calibrated: window" in x)
-        assert f"cusum_threshold {rust(c['pipeline']['cusum_threshold'])}" in line, line
-        said = f"drive-relative branch: threshold {rust(rel['cusum_threshold'])}, pooled threshold x{rust(rel['pooled_scale'])}"
-        assert (said in line) is on, line
-        assert node.proc.poll() is None, node.output()
-    finally:
-        node.stop()
+    line = start_up_line(f"vae_ood_params_relative_{int(on)}_{UID}", DEFAULT,
+                         {} if on else {"relative_branch": "false"})
+    assert f"cusum_threshold {rust(c['pipeline']['cusum_threshold'])}" in line, line
+    said = f"drive-relative branch: threshold {rust(rel['cusum_threshold'])}, pooled threshold x{rust(rel['pooled_scale'])}"
+    assert (said in line) is on, line
