@@ -161,11 +161,25 @@ impl DetailExtractor {
     /// The frame's `D_theta` at the spec's size (the finest octave), for 0, 45, 90 and 135
     /// degrees ([`crate::detection::direction`] scores them).
     pub fn direction_means(&mut self, px: Pixels<'_>) -> [f64; 4] {
+        let g = self.luma(px);
+        direction_means(&g, self.spec.width as usize, self.spec.height as usize)
+    }
+
+    /// [`Self::features`] and [`Self::direction_means`] from one conversion to luma: the
+    /// direction branch measures at the detail channel's size, and the conversion (an area
+    /// filter from the camera's resolution) is most of either's cost.
+    pub fn features_and_direction_means(&mut self, px: Pixels<'_>) -> (Vec<f64>, [f64; 4]) {
+        let g = self.luma(px);
+        let means = direction_means(&g, self.spec.width as usize, self.spec.height as usize);
+        (self.features_of(g), means)
+    }
+
+    /// The frame as luma in [0, 1] at the spec's size, row by row.
+    fn luma(&mut self, px: Pixels<'_>) -> Vec<f64> {
         let (w, h) = (self.spec.width as usize, self.spec.height as usize);
         self.buf.resize(w * h, 0.0);
         self.luma.run_into(px, &mut self.buf);
-        let g: Vec<f64> = self.buf.iter().map(|&v| f64::from(v)).collect();
-        direction_means(&g, w, h)
+        self.buf.iter().map(|&v| f64::from(v)).collect()
     }
 
     /// `ln E_k` for each octave k, `E_k` the mean absolute 4-neighbour Laplacian of the luma
@@ -173,10 +187,13 @@ impl DetailExtractor {
     /// over each cell's interior pixels; then, with `directions`, the finest octave's
     /// [`direction_balance`].
     pub fn features(&mut self, px: Pixels<'_>) -> Vec<f64> {
+        let g = self.luma(px);
+        self.features_of(g)
+    }
+
+    /// [`Self::features`] of a frame already converted by [`Self::luma`].
+    fn features_of(&self, mut g: Vec<f64>) -> Vec<f64> {
         let (mut w, mut h) = (self.spec.width as usize, self.spec.height as usize);
-        self.buf.resize(w * h, 0.0);
-        self.luma.run_into(px, &mut self.buf);
-        let mut g: Vec<f64> = self.buf.iter().map(|&v| f64::from(v)).collect();
         let mut out = Vec::with_capacity(self.spec.features());
         let directions = self.spec.directions.then(|| direction_balance(&g, w, h));
         let mut cells = vec![];
@@ -440,6 +457,29 @@ mod tests {
             "horizontal blur: {hz:?}"
         );
         assert!(vt[2] < -0.5 && vt[2] < vt[0] - 1.0, "vertical blur: {vt:?}");
+    }
+
+    #[test]
+    fn one_luma_pass_gives_what_two_give() {
+        // The score's detail channel (3x3 grid) and the direction branch at its size, from a
+        // frame larger than both, so the area filter does real work.
+        let frame = RgbImage::from_fn(640, 480, |x, y| {
+            let v = ((x * 7 + y * 13) % 251) as u8;
+            Rgb([v, v.wrapping_mul(3), 255 - v])
+        });
+        let spec = DetailSpec {
+            grid: 3,
+            ..DetailSpec::at(160, 120)
+        };
+        let mut x = DetailExtractor::new(spec);
+        let (features, means) = x.features_and_direction_means((&frame).into());
+        assert_eq!(
+            features,
+            DetailExtractor::new(spec).features((&frame).into())
+        );
+        let alone = DetailExtractor::new(DetailSpec::at(160, 120)).direction_means((&frame).into());
+        assert_eq!(means, alone);
+        assert!(means.iter().all(|d| *d > 0.0), "{means:?}");
     }
 
     #[test]

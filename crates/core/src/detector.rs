@@ -318,20 +318,33 @@ impl Detector for ImageDetector {
             .iter()
             .map(|f| self.preprocessor.run(f.pixels))
             .collect();
-        let mut directions: Vec<Option<f64>> = frames
-            .iter()
-            .map(|f| self.direction.as_mut().map(|m| m.weakest(f.pixels)))
-            .collect();
-        let (own, extra) = (&mut self.detail, &mut self.extra_detail);
-        let mut details: Vec<(Vec<f64>, Option<Vec<f64>>)> = frames
+        let (own, extra, meter) = (
+            &mut self.detail,
+            &mut self.extra_detail,
+            &mut self.direction,
+        );
+        // The direction branch shares the score's luma pass where both measure at one size.
+        let shared = matches!((&own, &meter), (Some(d), Some(m))
+            if (d.spec().width, d.spec().height) == m.size());
+        let (mut details, mut directions): (Vec<_>, Vec<_>) = frames
             .iter()
             .map(|StreamFrame { pixels: px, .. }| {
+                let (features, direction) = match (own.as_mut(), meter.as_mut()) {
+                    (Some(d), Some(m)) if shared => {
+                        let (f, means) = d.features_and_direction_means(*px);
+                        (f, Some(m.weakest_of(means)))
+                    }
+                    (d, m) => (
+                        d.map_or(vec![], |d| d.features(*px)),
+                        m.map(|m| m.weakest(*px)),
+                    ),
+                };
                 (
-                    own.as_mut().map_or(vec![], |d| d.features(*px)),
-                    extra.as_mut().map(|d| d.features(*px)),
+                    (features, extra.as_mut().map(|d| d.features(*px))),
+                    direction,
                 )
             })
-            .collect();
+            .unzip();
         let pre = t0.elapsed();
         encode_all(self.encoder.as_mut(), &inputs, pre)
             .into_iter()

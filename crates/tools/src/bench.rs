@@ -199,3 +199,63 @@ fn tick(
     std::hint::black_box(process(&mut items));
     t.elapsed()
 }
+
+/// The score's detail channel and the direction branch on the same frames, p50 milliseconds
+/// per frame: from one luma pass (the detector's path), and each converting the frame itself
+/// (the baseline, as before session 36), interleaved in one run.
+#[derive(Debug, Clone)]
+pub struct DirectionLatency {
+    pub shared: Percentiles,
+    pub separate: Percentiles,
+}
+
+/// [`DirectionLatency`] of a bundle with a detail channel and a direction branch at the same
+/// size; `None` for any other bundle.
+pub fn direction_latency(
+    bundle: &vae_ood_core::bundle::Bundle,
+    width: u32,
+    height: u32,
+    frames: usize,
+) -> Result<Option<DirectionLatency>> {
+    use vae_ood_core::frame::Pixels;
+    let m = &bundle.manifest;
+    let (Some(mut detail), Some(d)) = (
+        m.score.detail_extractor(),
+        m.calibration.as_ref().and_then(|c| c.direction.as_ref()),
+    ) else {
+        return Ok(None);
+    };
+    let mut meter = d.meter();
+    if (detail.spec().width, detail.spec().height) != meter.size() {
+        return Ok(None);
+    }
+    let data = frames_of(width, height, 3);
+    let (mut shared, mut separate) = (vec![], vec![]);
+    for i in 0..frames.max(1) + WARM_UP {
+        let px = Pixels::from_raw(&RawImage {
+            width,
+            height,
+            encoding: "rgb8",
+            is_bigendian: false,
+            step: width * 3,
+            data: &data[i % data.len()],
+        })
+        .map_err(|e| Error::Input(e.to_string()))?;
+        let t = Instant::now();
+        let (f, means) = detail.features_and_direction_means(px);
+        std::hint::black_box((f, meter.weakest_of(means)));
+        let one = t.elapsed();
+        let t = Instant::now();
+        std::hint::black_box((detail.features(px), meter.weakest(px)));
+        let two = t.elapsed();
+        if i >= WARM_UP {
+            shared.push(one.as_secs_f64() * 1e3);
+            separate.push(two.as_secs_f64() * 1e3);
+        }
+    }
+    let p = |v: Vec<f64>| percentiles(v).expect("at least one timed frame");
+    Ok(Some(DirectionLatency {
+        shared: p(shared),
+        separate: p(separate),
+    }))
+}

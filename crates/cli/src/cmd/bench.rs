@@ -57,6 +57,25 @@ pub fn run(a: &Args) -> Result<()> {
         );
     }
     let mut det = Some(a.detector.load()?);
+    if let Some(d) = &det {
+        let bundle = d.bundle();
+        if let Some(l) =
+            vae_ood_tools::bench::direction_latency(bundle, a.width, a.height, a.frames)?
+        {
+            println!(
+                "bench: detail channel + direction branch, {} frames {}x{} rgb8",
+                a.frames, a.width, a.height
+            );
+            println!("  one luma pass  {}", line(&l.shared));
+            println!("  two passes     {}", line(&l.separate));
+            println!(
+                "  sharing the luma: p50 {:.3} ms against {:.3} ms: {:.2}x faster",
+                l.shared.p50,
+                l.separate.p50,
+                l.separate.p50 / l.shared.p50
+            );
+        }
+    }
     for encoding in &a.encoding {
         let d = match det.take() {
             Some(d) => d,

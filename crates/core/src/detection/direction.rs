@@ -155,7 +155,20 @@ impl DirectionMeter {
     }
 
     pub fn weakest(&mut self, px: Pixels<'_>) -> f64 {
-        weakest_direction(self.detail.direction_means(px), self.floor)
+        let means = self.detail.direction_means(px);
+        self.weakest_of(means)
+    }
+
+    /// [`weakest_direction`] of means measured elsewhere at [`Self::size`] (the detail
+    /// channel's pass over the same luma).
+    pub fn weakest_of(&self, means: [f64; 4]) -> f64 {
+        weakest_direction(means, self.floor)
+    }
+
+    /// The luma size it measures at.
+    pub fn size(&self) -> (u32, u32) {
+        let s = self.detail.spec();
+        (s.width, s.height)
     }
 }
 
