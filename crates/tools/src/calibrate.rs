@@ -327,15 +327,13 @@ fn relative_section(
     selected: &[usize],
     opts: &Options,
 ) -> Result<RelativeSection> {
-    let scores_of =
-        |drives: &[Drive]| -> Vec<Vec<f64>> { drives.iter().map(|d| d.scores(selected)).collect() };
     let relative_of = |scores: &[Vec<f64>]| -> Vec<Vec<f64>> {
         scores
             .iter()
             .map(|s| relative::relative_scores(s, baseline))
             .collect()
     };
-    let (cal_scores, tuning) = (scores_of(cal), scores_of(tune));
+    let (cal_scores, tuning) = (scores_of(cal, selected), scores_of(tune, selected));
     let (rel_cal_scores, rel_tuning) = (relative_of(&cal_scores), relative_of(&tuning));
     let pooled = Calibration::new(cal_scores.concat())?;
     let scores = rel_cal_scores.concat();
@@ -394,9 +392,7 @@ fn direction_section(
         statistic(measured(cal_weakest)?),
         statistic(measured(tune_weakest)?),
     );
-    let scores_of =
-        |drives: &[Drive]| -> Vec<Vec<f64>> { drives.iter().map(|d| d.scores(selected)).collect() };
-    let pooled = Calibration::new(scores_of(cal).concat())?;
+    let pooled = Calibration::new(scores_of(cal, selected).concat())?;
     let scores = cal_d.concat();
     let own = Calibration::new(scores.clone())?;
     let mut params = PipelineParams {
@@ -408,7 +404,7 @@ fn direction_section(
     let floor = (1.0 / opts.false_alarm_rate.max(1e-6)).ln();
     let split = direction::split(
         (&pooled, pipeline),
-        &scores_of(tune),
+        &scores_of(tune, selected),
         (&own, &params),
         &tune_d,
         floor,
@@ -835,4 +831,9 @@ pub fn calibrate(
         chosen,
         candidates,
     })
+}
+
+/// Each drive's pooled scores over the selected latents, one vector per drive.
+fn scores_of(drives: &[Drive], selected: &[usize]) -> Vec<Vec<f64>> {
+    drives.iter().map(|d| d.scores(selected)).collect()
 }
