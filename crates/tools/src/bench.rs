@@ -259,3 +259,29 @@ pub fn direction_latency(
         separate: p(separate),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vae_ood_core::bundle::Bundle;
+
+    fn bundle(name: &str) -> Bundle {
+        Bundle::load(format!(
+            "{}/../../models/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    /// Times only bundles that have both parts at one size; says nothing about speed.
+    #[test]
+    fn the_luma_comparison_runs_where_the_bundle_has_both_parts() {
+        let l = direction_latency(&bundle("compressed"), 64, 48, 3)
+            .unwrap()
+            .expect("models/compressed has a detail channel and a direction branch at 160x120");
+        assert!(l.shared.p50 > 0.0 && l.separate.p50 > 0.0);
+        assert!(direction_latency(&bundle("default"), 64, 48, 3)
+            .unwrap()
+            .is_none());
+    }
+}
