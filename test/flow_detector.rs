@@ -441,3 +441,38 @@ fn a_slow_stream_is_named_when_it_keeps_the_flow_detector_warming_up() {
     let slow = (MonitorState::Fault, Some("slow_stream".to_string()));
     assert!(named[3..].iter().all(|v| *v == slow), "{named:?}");
 }
+
+/// The operator's reset clears an alarm, never a warm-up: a calibrated flow monitor that
+/// restarts its stack after a gap in the stamps stays STARTING through a reset, since it has
+/// not scored the scene since the gap.
+#[test]
+fn a_reset_during_warm_up_after_a_gap_stays_starting() {
+    use vae_ood_core::frame::{FrameData, RawImage};
+    let flow = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/flow_compressed"
+    ));
+    let det = vae_ood_core::detector::load(flow, BackendOptions::default()).unwrap();
+    let mut m = Monitor::new(det, MonitorConfig::default()).unwrap();
+    let imgs = frames("id_loop_empty_s1", 12);
+    let dt = 66_666_667;
+    let mut at = |k: usize, stamp: i64| {
+        let img = &imgs[k];
+        let frame = FrameData::Raw(RawImage {
+            width: img.width(),
+            height: img.height(),
+            encoding: "rgb8",
+            is_bigendian: false,
+            step: img.width() * 3,
+            data: img.as_raw(),
+        });
+        m.process_at(&frame, None, Some(stamp)).state
+    };
+    let states: Vec<_> = (0..10).map(|k| at(k, k as i64 * dt)).collect();
+    assert_eq!(states[9], MonitorState::Ok, "{states:?}");
+    // One second later: a gap, the stack restarts.
+    assert_eq!(at(10, 9 * dt + 1_000_000_000), MonitorState::Starting);
+    drop(at);
+    assert_eq!(m.reset(), MonitorState::Starting);
+    assert_eq!(m.state(), MonitorState::Starting);
+}

@@ -423,14 +423,19 @@ impl Sequential {
     /// describe.
     fn reset_cusum(&mut self) {
         self.detector.reset_cusum();
+        // A branch measured against a baseline forgets its p-values too: they were taken
+        // against the baseline it drops.
         if let Some(r) = &mut self.relative {
-            r.detector.reset_cusum();
+            r.detector.restart();
             r.baseline = Baseline::new(*r.baseline.params());
         }
         if let Some(d) = &mut self.direction {
-            d.detector.reset_cusum();
-            if let Some(b) = &mut d.baseline {
-                *b = Baseline::new(*b.params());
+            match &mut d.baseline {
+                Some(b) => {
+                    d.detector.restart();
+                    *b = Baseline::new(*b.params());
+                }
+                None => d.detector.reset_cusum(),
             }
         }
         self.apply_pooled_threshold();
@@ -703,7 +708,9 @@ impl Monitor {
             if s.latched == MonitorState::Ood {
                 s.latched = MonitorState::Ok;
             }
-            if self.state != MonitorState::Fault {
+            // Only an alarm is cleared: FAULT stays, and so does STARTING (a window still
+            // filling, or a detector warming up again after a gap, has not scored this scene).
+            if self.state == MonitorState::Ood {
                 self.state = s.latched;
             }
         }
@@ -1170,6 +1177,58 @@ mod tests {
                 (last_plain, last_hyst) = (a, b);
             }
             prop_assert!(entries_hyst <= entries_plain);
+        }
+    }
+
+    /// The operator's reset starts the relative branch afresh, p-value window included: after
+    /// an alarm on a shift, a reset accepts the shifted scene, and with a window of 3 the
+    /// branch stays quiet on it (p-values taken against the dropped baseline would alarm again
+    /// as soon as the new baseline exists).
+    #[test]
+    fn a_reset_empties_the_relative_branchs_window() {
+        use crate::detection::relative::BaselineParams;
+        let params = |t: f64| PipelineParams {
+            window: 3,
+            epsilon_grid: 20,
+            decay: 1.0,
+            cusum_threshold: t,
+        };
+        let cal = |xs: Vec<f64>| Calibration::new(xs).unwrap();
+        let mut s = Sequential {
+            detector: SequentialDetector::new(
+                cal((0..10_000).map(f64::from).collect()),
+                params(5.0),
+            )
+            .unwrap(),
+            pooled_threshold: 5.0,
+            relative: Some(RelativeBranch {
+                baseline: Baseline::new(BaselineParams::new(5, 5)),
+                detector: SequentialDetector::new(
+                    cal((-50..50).map(f64::from).collect()),
+                    params(1.0),
+                )
+                .unwrap(),
+                pooled_scale: 1.0,
+            }),
+            direction: None,
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        };
+        for _ in 0..20 {
+            assert!(!s.step(50.0, None).pooled.alarm);
+        }
+        assert!(
+            (0..10).any(|_| s.step(1000.0, None).pooled.alarm),
+            "the shift alarms"
+        );
+        s.reset_cusum();
+        for t in 0..40 {
+            let j = s.step(1000.0, None);
+            assert!(
+                !j.pooled.alarm,
+                "frame {t} after the reset: {:?}",
+                j.relative
+            );
         }
     }
 

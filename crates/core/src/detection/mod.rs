@@ -181,6 +181,12 @@ impl SequentialDetector {
         self.cusum.reset();
     }
 
+    /// Zeroes S and empties the p-value window, as a new detector would start.
+    pub fn restart(&mut self) {
+        self.cusum.reset();
+        self.martingale = PowerMartingale::new(self.params.window, self.params.epsilon_grid);
+    }
+
     pub fn cusum(&self) -> f64 {
         self.cusum.value()
     }
