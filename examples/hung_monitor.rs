@@ -1,5 +1,6 @@
 //! The monitor node with a detector that hangs: it scores `VAE_OOD_HANG_AFTER` frames (default
-//! 5), then blocks forever inside the next one, as a wedged inference runtime would. Built only
+//! 5), then blocks inside the next one, as a wedged inference runtime would: forever, or for
+//! `VAE_OOD_HANG_FOR` seconds when set (a stall that ends), after which it scores on. Built only
 //! for the live test of the hung-inference path (test/test_hung_monitor.py:
 //! `cargo build -p vae_ood_monitor --example hung_monitor`); an example, so neither colcon nor
 //! `cargo build --bins` ever builds or installs it.
@@ -12,6 +13,8 @@ mod hang {
     pub struct HangAfter {
         pub inner: Box<dyn Detector>,
         pub left: u64,
+        /// How long the one stall lasts; `None`: forever.
+        pub stall: Option<std::time::Duration>,
     }
 
     impl Detector for HangAfter {
@@ -36,9 +39,14 @@ mod hang {
         fn score_batch(&mut self, frames: &[StreamFrame<'_>]) -> Vec<Result<Scored, Fault>> {
             if self.left == 0 {
                 eprintln!("hung_monitor: blocking inside inference now");
-                loop {
-                    std::thread::park();
-                }
+                let Some(stall) = self.stall else {
+                    loop {
+                        std::thread::park();
+                    }
+                };
+                std::thread::sleep(stall);
+                eprintln!("hung_monitor: inference resumes");
+                self.left = u64::MAX;
             }
             self.left -= 1;
             self.inner.score_batch(frames)
@@ -52,8 +60,12 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    let stall = std::env::var("VAE_OOD_HANG_FOR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs_f64);
     vae_ood_monitor::node::main_with(Some(Box::new(move |inner| {
-        Box::new(hang::HangAfter { inner, left })
+        Box::new(hang::HangAfter { inner, left, stall })
     })))
 }
 

@@ -123,7 +123,12 @@ impl Shared {
         self.active.store(active, Ordering::Relaxed);
         {
             let mut slots = self.slots.lock().expect("slot lock");
-            slots.iter_mut().for_each(|s| *s = None);
+            // A waiting frame was counted as received: it is dropped, and counted so.
+            for (c, s) in slots.iter_mut().enumerate() {
+                if s.take().is_some() {
+                    self.counts[c].dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             self.restart.store(true, Ordering::Relaxed);
             self.wake.notify_one();
         }
@@ -217,7 +222,6 @@ impl Shared {
             s.cameras[c].latencies.push(l);
         }
         s.state = self.node_state(&s.cameras);
-        s.busy_since = None;
         if !s.closed {
             publish_verdicts(pubs, &s, active);
             // Each detector's own `ood` (several detectors on a camera).
@@ -249,12 +253,18 @@ impl Shared {
         if s.closed || s.stalled(max_busy).is_some() {
             return;
         }
-        publish_verdicts(pubs, &s, self.is_active());
+        // As publish_state: a verdict from before a pending restart is not trusted.
+        let active = self.is_active() && !self.restart.load(Ordering::Relaxed);
+        publish_verdicts(pubs, &s, active);
     }
 
     /// How long the worker has been on one event, if that is longer than `max_busy` (hung).
     pub fn stalled(&self, max_busy: Duration) -> Option<Duration> {
         self.status.lock().expect("status lock").stalled(max_busy)
+    }
+
+    fn mark_idle(&self) {
+        self.status.lock().expect("status lock").busy_since = None;
     }
 
     fn mark_busy(&self) {
@@ -450,6 +460,8 @@ pub fn run(
             .input_timeout
             .filter(|_| shared.is_active())
             .and_then(|t| last_input.iter().min().map(|&l| l + t));
+        // Busy until the worker waits again: publishing and logging are watched too.
+        shared.mark_idle();
         let event = next_event(shared, deadline);
         shared.mark_busy();
         let mut results: Vec<CameraVerdicts> = match event {
@@ -477,6 +489,16 @@ pub fn run(
                 continue;
             }
             Event::Reset(waiters) => {
+                // A request whose caller has given up (told "nothing was reset" after
+                // RESET_TIMEOUT) must not reset later, unannounced.
+                let waiters: Vec<_> = waiters.into_iter().filter(|w| !w.is_closed()).collect();
+                if waiters.is_empty() {
+                    r2r::log_warn!(
+                        &ctx.logger,
+                        "reset requested, but the caller had given up waiting: nothing reset"
+                    );
+                    continue;
+                }
                 let calibrated = cameras
                     .iter()
                     .flat_map(|c| &c.pipelines)

@@ -643,7 +643,10 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
     let ctx = Ctx {
         shared: Arc::new(Shared::new(
             cfg.cameras.iter().map(|c| !c.advisory).collect(),
-            cfg.score_threshold,
+            // What a single camera decides with: its own override, if it has one.
+            cfg.cameras
+                .first()
+                .map_or(cfg.score_threshold, |c| c.score_threshold),
             cfg.cusum_threshold,
         )),
         node: Arc::new(Mutex::new(node)),
@@ -661,6 +664,7 @@ async fn run(hook: Option<DetectorHook>) -> Result<()> {
             let l = loaded.lock().expect("loaded lock");
             match (name, l.as_ref()) {
                 ("cusum_threshold", None) => Err("cusum_threshold cannot change before the node is configured (whether it applies depends on the bundle's calibration)".into()),
+                ("score_threshold", None) => Err("score_threshold cannot change at run time before the node is configured (whether it applies depends on its detectors and cameras); set it in the params file".into()),
                 ("cusum_threshold", Some(l)) if l.several => Err("cusum_threshold cannot change with several detectors or cameras: each decides with its own bundle's threshold (recalibrate a bundle to change it)".into()),
                 ("score_threshold", Some(l)) if l.several => Err("score_threshold cannot change at run time with several detectors or cameras (each camera may override it: <camera>.score_threshold)".into()),
                 ("cusum_threshold", Some(l)) if l.bundle_cusum.is_none() => Err("cusum_threshold cannot change: the bundle is not calibrated, so it decides per frame with score_threshold".into()),

@@ -178,3 +178,24 @@ def test_a_silent_camera_times_out_while_the_other_streams(ros):
         rig.node.destroy_node()
         rc = node.stop()
     assert rc == 0, node.output()[-3000:]
+
+
+def test_a_single_named_cameras_own_threshold_is_the_one_in_force(ros):
+    """One named camera with its own score_threshold override (uncalibrated bundle, per-frame
+    decision): the camera's threshold decides, not the node's (0 flags every frame, where the
+    node's 1e30 would pass them all)."""
+    name = f"onecam_{UID}"
+    params = {"cameras": "[front]", "max_frame_age": "0.0", "input_timeout": "0.0",
+              "score_threshold": "1e30", "front.score_threshold": "0.0",
+              "front.image_topic": f"/{name}/front_camera"}
+    node = NodeProcess(name, params)
+    rig = Rig(name)
+    try:
+        wait_for(lambda: rig.pubs["front"].get_subscription_count() > 0, 60, rig.spin, "the camera subscription")
+        rig.spin(0.5)
+        for f in make_frames(2, seed=9):
+            v = rig.send("front", raw_image(f))
+            assert v["state"] == "OOD", v
+    finally:
+        rig.node.destroy_node()
+        node.stop()

@@ -4,7 +4,8 @@ SIGSTOP, over real DDS (loopback).
 
 Functional deadlines, each with its stated slack:
 - /diagnostics reports ERROR ("inference stalled") within max_busy + diagnostics_period + 0.5 s;
-- ~/reset answers failure within 1 s + 0.5 s;
+- ~/reset answers failure within 1 s + 0.5 s, and a reset answered so is not carried out when
+  a stall ends;
 - the gate, started before the hang, commands zero within max_busy + watchdog_timeout + one
   command period + 0.3 s; a gate started after the hang never passes a command;
 - SIGINT: the process exits within 2 s, and the last ~/ood it published is true;
@@ -23,7 +24,7 @@ from conftest import BUNDLE, HUNG_MONITOR, NodeProcess, make_frames, require, wa
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros_helpers import raw_image  # noqa: E402
+from ros_helpers import Client, raw_image  # noqa: E402
 from test_gate_live import CMD_PERIOD, WATCHDOG, Controller, spin_for, start_pair  # noqa: E402
 
 UID = f"{os.getpid()}"
@@ -108,6 +109,40 @@ def test_a_hung_inference_thread_is_reported_stops_the_robot_and_does_not_block_
         gate.stop()
         if late_gate:
             late_gate.stop()
+
+
+def test_a_reset_refused_during_a_stall_is_not_carried_out_when_it_ends(ros):
+    """The inference thread stalls for 3 s inside a frame; ~/reset called meanwhile answers
+    failure ("nothing was reset"), and when the stall ends the node drops the request instead of
+    resetting behind the operator's back (its log says so)."""
+    require(HUNG_MONITOR, "examples/hung_monitor (cargo build -p vae_ood_monitor --example hung_monitor)")
+    name = f"m_stall_{UID}"
+    monitor = NodeProcess(name, {"max_frame_age": "0.0", "input_timeout": "0.0", "score_threshold": "1e9"},
+                          exe=HUNG_MONITOR, env={"VAE_OOD_HANG_AFTER": "2", "VAE_OOD_HANG_FOR": "3"})
+    client = Client(name, compressed=False)
+    try:
+        client.wait_matched()
+        frames = make_frames(4, seed=62)
+        for f in frames[:2]:
+            assert client.send(raw_image(f))["state"] == "OK"
+        msg = raw_image(frames[2])
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(client.stamp(), 1_000_000_000)
+        client.pub.publish(msg)
+        wait_for(lambda: "blocking inside inference" in monitor.output(), 10, client.spin, "the stall")
+        reset = client.node.create_client(Trigger, f"/{name}/reset")
+        assert reset.wait_for_service(timeout_sec=10)
+        fut = reset.call_async(Trigger.Request())
+        wait_for(lambda: fut.done(), 1.5, client.spin, "the reset answer")
+        assert not fut.result().success and "nothing was reset" in fut.result().message, fut.result()
+        # The stall ends; the next frame is scored, after the stalled one and the dropped request.
+        wait_for(lambda: "inference resumes" in monitor.output(), 10, client.spin, "the end of the stall")
+        assert client.send(raw_image(frames[3]))["state"] == "OK"
+        out = monitor.output()
+        assert "caller had given up waiting: nothing reset" in out, out[-2000:]
+        assert "reset requested, but the bundle is uncalibrated" not in out, out[-2000:]
+    finally:
+        client.close()
+        monitor.stop()
 
 
 def test_a_stopped_monitor_never_lets_a_command_through(ros):

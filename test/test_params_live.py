@@ -145,6 +145,26 @@ def test_cusum_threshold_of_an_uncalibrated_bundle_is_refused(ros):
         node.stop()
 
 
+def test_thresholds_are_refused_at_run_time_before_a_managed_node_is_configured(ros):
+    """Unconfigured, whether a threshold set would apply is unknown (it depends on the
+    detectors and cameras configure loads): both are refused with the reason, and keep the
+    value the node started with."""
+    name = f"vae_ood_params_unconf_{UID}"
+    node = NodeProcess(name, {"managed": "true", "score_threshold": "40.0"})
+    p = None
+    try:
+        p = Params(name)
+        [r] = p.set(score_threshold=55.0)
+        assert not r.successful and "before the node is configured" in r.reason, r
+        [r] = p.set(cusum_threshold=10.0)
+        assert not r.successful and "before the node is configured" in r.reason, r
+        assert p.get("score_threshold") == 40.0
+    finally:
+        if p:
+            p.close()
+        node.stop()
+
+
 def test_threshold_scale_multiplies_the_threshold_in_force(ros):
     """threshold_scale (the joint scale of detectors run together) multiplies the bundle's own
     threshold; the node shows the product as the threshold in force, and 0 goes back to it."""
