@@ -224,3 +224,93 @@ fn unknown_fields_and_cuda_backend_are_clear_errors() {
     .to_string();
     assert!(e.contains("cuda") && e.contains("tract"), "{e}");
 }
+
+/// A calibration with both a drive-relative and a direction branch is refused: each split
+/// takes its share from the pooled threshold alone, so together they would spend the
+/// false-alarm budget twice. Built from the shipped bundles' own sections.
+#[test]
+fn both_side_branches_in_one_calibration_are_refused() {
+    let models = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"));
+    let relative = Bundle::load(models.join("default"))
+        .unwrap()
+        .manifest
+        .calibration
+        .unwrap()
+        .relative
+        .expect("models/default has a drive-relative branch");
+    let student = models.join("compressed");
+    let mut m = Bundle::load(&student).unwrap().manifest;
+    m.calibration.as_mut().unwrap().relative = Some(relative);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        student.join("encoder.onnx"),
+        dir.path().join("encoder.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("manifest.yaml"),
+        serde_yaml::to_string(&m).unwrap(),
+    )
+    .unwrap();
+    let e = load_err(dir.path());
+    assert!(
+        e.contains("both a drive-relative and a direction branch"),
+        "{e}"
+    );
+}
+
+/// The monitor refuses a configuration the node's parameters would refuse, by name.
+#[test]
+fn a_monitor_configuration_outside_the_parameters_ranges_is_refused() {
+    use vae_ood_core::monitor::Recovery;
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), |_| {});
+    let cases: [(&str, MonitorConfig); 5] = [
+        (
+            "threshold_scale",
+            MonitorConfig {
+                threshold_scale: 0.5,
+                ..Default::default()
+            },
+        ),
+        (
+            "recovery_frames",
+            MonitorConfig {
+                recovery: Recovery::Auto {
+                    frames: 0,
+                    level: 0.5,
+                },
+                ..Default::default()
+            },
+        ),
+        (
+            "recovery_level",
+            MonitorConfig {
+                recovery: Recovery::Auto {
+                    frames: 3,
+                    level: 2.0,
+                },
+                ..Default::default()
+            },
+        ),
+        (
+            "score_threshold",
+            MonitorConfig {
+                score_threshold: f64::NAN,
+                ..Default::default()
+            },
+        ),
+        (
+            "min_rate",
+            MonitorConfig {
+                min_rate: Some(0.0),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (param, config) in cases {
+        let det = vae_ood_core::detector::load(dir.path(), BackendOptions::default()).unwrap();
+        let e = Monitor::new(det, config).err().expect(param).to_string();
+        assert!(e.contains(param), "{param}: {e}");
+    }
+}

@@ -139,6 +139,51 @@ impl Default for MonitorConfig {
     }
 }
 
+impl MonitorConfig {
+    /// The checks the node's and the CLI's parameters make, for every other caller of the
+    /// library: a value outside them would weaken the verdict silently (a scale under 1, a
+    /// recovery after 0 frames, a NaN threshold that no score exceeds).
+    pub fn validate(&self) -> Result<(), DetectionError> {
+        let invalid = |param, reason: String| Err(DetectionError::InvalidParam { param, reason });
+        if self.score_threshold.is_nan() || self.score_threshold < 0.0 {
+            return invalid(
+                "score_threshold",
+                format!("must be >= 0, got {}", self.score_threshold),
+            );
+        }
+        if let Some(t) = self.cusum_threshold.filter(|t| t.is_nan() || *t < 0.0) {
+            return invalid("cusum_threshold", format!("must be >= 0, got {t}"));
+        }
+        if !THRESHOLD_SCALE_RANGE.contains(&self.threshold_scale) {
+            return invalid(
+                "threshold_scale",
+                format!(
+                    "must be in {THRESHOLD_SCALE_RANGE:?}, got {}",
+                    self.threshold_scale
+                ),
+            );
+        }
+        if let Recovery::Auto { frames, level } = self.recovery {
+            if frames == 0 {
+                return invalid("recovery_frames", "must be at least 1".into());
+            }
+            if !RECOVERY_LEVEL_RANGE.contains(&level) {
+                return invalid(
+                    "recovery_level",
+                    format!("must be in {RECOVERY_LEVEL_RANGE:?}, got {level}"),
+                );
+            }
+        }
+        if let Some(r) = self.min_rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
+            return invalid(
+                "min_rate",
+                format!("must be finite and > 0 (None: off), got {r}"),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Counts consecutive frames whose posterior repeats the previous frame's exactly.
 #[derive(Debug, Default)]
 struct Repeats {
@@ -610,6 +655,7 @@ impl Monitor {
         detector: SharedDetector,
         config: MonitorConfig,
     ) -> Result<Self, DetectionError> {
+        config.validate()?;
         let (stream, sequential, branches, branch_thresholds) = {
             let mut d = lock(&detector);
             let m = &d.bundle().manifest;
