@@ -9,6 +9,7 @@ use vae_ood_core::detector::{Fault, ImageDetector};
 use vae_ood_core::encoder::{self, BackendOptions};
 use vae_ood_core::flow::FlowSpec;
 use vae_ood_core::flow_detector::FlowDetector;
+use vae_ood_core::frame::{FrameData, RawImage};
 use vae_ood_core::monitor::{Monitor, MonitorConfig, MonitorState};
 use vae_ood_tools::drives::for_each_frame;
 use vae_ood_tools::onnx_gen::write_seeded_bundle;
@@ -31,6 +32,18 @@ fn frames(drive: &str, n: usize) -> Vec<image::RgbImage> {
     })
     .unwrap();
     out
+}
+
+/// A frame as a camera driver's raw rgb8 message carries it.
+fn rgb8(img: &image::RgbImage) -> FrameData<'_> {
+    FrameData::Raw(RawImage {
+        width: img.width(),
+        height: img.height(),
+        encoding: "rgb8",
+        is_bigendian: false,
+        step: img.width() * 3,
+        data: img.as_raw(),
+    })
 }
 
 fn seeded(dir: &Path) -> Bundle {
@@ -403,7 +416,6 @@ fn branch_thresholds_are_checked_at_load() {
 /// once a second of stamps has passed.
 #[test]
 fn a_slow_stream_is_named_when_it_keeps_the_flow_detector_warming_up() {
-    use vae_ood_core::frame::{FrameData, RawImage};
     let flow = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/flow"));
     let imgs = frames("id_loop_empty_s1", 8);
     let run = |min_rate: Option<f64>| {
@@ -420,15 +432,7 @@ fn a_slow_stream_is_named_when_it_keeps_the_flow_detector_warming_up() {
         imgs.iter()
             .enumerate()
             .map(|(k, img)| {
-                let raw = FrameData::Raw(RawImage {
-                    width: img.width(),
-                    height: img.height(),
-                    encoding: "rgb8",
-                    is_bigendian: false,
-                    step: img.width() * 3,
-                    data: img.as_raw(),
-                });
-                let v = m.process_at(&raw, None, Some(k as i64 * 1_000_000_000 / 3));
+                let v = m.process_at(&rgb8(img), None, Some(k as i64 * 1_000_000_000 / 3));
                 (v.state, v.fault.map(|f| f.kind()))
             })
             .collect::<Vec<_>>()
@@ -447,7 +451,6 @@ fn a_slow_stream_is_named_when_it_keeps_the_flow_detector_warming_up() {
 /// not scored the scene since the gap.
 #[test]
 fn a_reset_during_warm_up_after_a_gap_stays_starting() {
-    use vae_ood_core::frame::{FrameData, RawImage};
     let flow = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../models/flow_compressed"
@@ -456,18 +459,7 @@ fn a_reset_during_warm_up_after_a_gap_stays_starting() {
     let mut m = Monitor::new(det, MonitorConfig::default()).unwrap();
     let imgs = frames("id_loop_empty_s1", 12);
     let dt = 66_666_667;
-    let mut at = |k: usize, stamp: i64| {
-        let img = &imgs[k];
-        let frame = FrameData::Raw(RawImage {
-            width: img.width(),
-            height: img.height(),
-            encoding: "rgb8",
-            is_bigendian: false,
-            step: img.width() * 3,
-            data: img.as_raw(),
-        });
-        m.process_at(&frame, None, Some(stamp)).state
-    };
+    let mut at = |k: usize, stamp: i64| m.process_at(&rgb8(&imgs[k]), None, Some(stamp)).state;
     let states: Vec<_> = (0..10).map(|k| at(k, k as i64 * dt)).collect();
     assert_eq!(states[9], MonitorState::Ok, "{states:?}");
     // One second later: a gap, the stack restarts.

@@ -34,6 +34,18 @@ fn line(p: &Percentiles) -> String {
     )
 }
 
+/// A way and its baseline, timed in the same run, and the ratio of their p50s.
+fn compare(new: (&str, &Percentiles), base: (&str, &Percentiles), what: &str, per: &str) {
+    println!("  {} {}", new.0, line(new.1));
+    println!("  {} {}", base.0, line(base.1));
+    println!(
+        "  {what}: p50 {:.3} ms against {:.3} ms{per}: {:.2}x faster",
+        new.1.p50,
+        base.1.p50,
+        base.1.p50 / new.1.p50
+    );
+}
+
 pub fn run(a: &Args) -> Result<()> {
     if let Some(n) = a.cameras {
         let l = vae_ood_tools::bench::cameras_latency(
@@ -47,13 +59,11 @@ pub fn run(a: &Args) -> Result<()> {
             "bench: {n} cameras, {} ticks of one {}x{} rgb8 frame each, {} thread(s)",
             a.frames, a.width, a.height, a.detector.threads
         );
-        println!("  batched     {}", line(&l.batched));
-        println!("  one by one  {}", line(&l.one_by_one));
-        println!(
-            "  batching: p50 {:.3} ms against {:.3} ms per tick: {:.2}x faster",
-            l.batched.p50,
-            l.one_by_one.p50,
-            l.one_by_one.p50 / l.batched.p50
+        compare(
+            ("batched    ", &l.batched),
+            ("one by one ", &l.one_by_one),
+            "batching",
+            " per tick",
         );
     }
     let mut det = Some(a.detector.load()?);
@@ -66,13 +76,11 @@ pub fn run(a: &Args) -> Result<()> {
                 "bench: detail channel + direction branch, {} frames {}x{} rgb8",
                 a.frames, a.width, a.height
             );
-            println!("  one luma pass  {}", line(&l.shared));
-            println!("  two passes     {}", line(&l.separate));
-            println!(
-                "  sharing the luma: p50 {:.3} ms against {:.3} ms: {:.2}x faster",
-                l.shared.p50,
-                l.separate.p50,
-                l.separate.p50 / l.shared.p50
+            compare(
+                ("one luma pass", &l.shared),
+                ("two passes   ", &l.separate),
+                "sharing the luma",
+                "",
             );
         }
     }
