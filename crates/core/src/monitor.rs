@@ -1226,6 +1226,17 @@ mod tests {
         }
     }
 
+    /// A branch's pipeline over calibration scores `cal`: `window`, decay 1, a 20-point grid.
+    fn pipeline(cal: Vec<f64>, window: usize, threshold: f64) -> SequentialDetector {
+        let params = PipelineParams {
+            window,
+            epsilon_grid: 20,
+            decay: 1.0,
+            cusum_threshold: threshold,
+        };
+        SequentialDetector::new(Calibration::new(cal).unwrap(), params).unwrap()
+    }
+
     /// The operator's reset starts the relative branch afresh, p-value window included: after
     /// an alarm on a shift, a reset accepts the shifted scene, and with a window of 3 the
     /// branch stays quiet on it (p-values taken against the dropped baseline would alarm again
@@ -1233,27 +1244,12 @@ mod tests {
     #[test]
     fn a_reset_empties_the_relative_branchs_window() {
         use crate::detection::relative::BaselineParams;
-        let params = |t: f64| PipelineParams {
-            window: 3,
-            epsilon_grid: 20,
-            decay: 1.0,
-            cusum_threshold: t,
-        };
-        let cal = |xs: Vec<f64>| Calibration::new(xs).unwrap();
         let mut s = Sequential {
-            detector: SequentialDetector::new(
-                cal((0..10_000).map(f64::from).collect()),
-                params(5.0),
-            )
-            .unwrap(),
+            detector: pipeline((0..10_000).map(f64::from).collect(), 3, 5.0),
             pooled_threshold: 5.0,
             relative: Some(RelativeBranch {
                 baseline: Baseline::new(BaselineParams::new(5, 5)),
-                detector: SequentialDetector::new(
-                    cal((-50..50).map(f64::from).collect()),
-                    params(1.0),
-                )
-                .unwrap(),
+                detector: pipeline((-50..50).map(f64::from).collect(), 3, 1.0),
                 pooled_scale: 1.0,
             }),
             direction: None,
@@ -1281,20 +1277,12 @@ mod tests {
     /// A pooled statistic at threshold 5 over calibration scores 0..100, and a direction branch
     /// (window 1, decay 1) over `scores` at `threshold`, with `baseline` if given.
     fn with_direction(scores: Vec<f64>, threshold: f64, baseline: Option<Baseline>) -> Sequential {
-        let params = |t: f64| PipelineParams {
-            window: 1,
-            epsilon_grid: 20,
-            decay: 1.0,
-            cusum_threshold: t,
-        };
-        let cal = |xs: Vec<f64>| Calibration::new(xs).unwrap();
         Sequential {
-            detector: SequentialDetector::new(cal((0..100).map(f64::from).collect()), params(5.0))
-                .unwrap(),
+            detector: pipeline((0..100).map(f64::from).collect(), 1, 5.0),
             pooled_threshold: 5.0,
             relative: None,
             direction: Some(DirectionBranch {
-                detector: SequentialDetector::new(cal(scores), params(threshold)).unwrap(),
+                detector: pipeline(scores, 1, threshold),
                 baseline,
             }),
             latched: MonitorState::Starting,
