@@ -179,3 +179,35 @@ def test_damaged_bags_give_partial_results_and_clear_errors(tmp_path):
     meta.write_text(meta.read_text().replace("storage_identifier: mcap", "storage_identifier: rocks"))
     r = cli("bag", tmp_path / "m", check=False)
     assert r.returncode != 0 and "unknown storage 'rocks'" in r.stderr
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_undecodable_frames_and_labels_are_counted_and_reported(tmp_path, storage):
+    """Damage that costs no frame is still reported: an undecodable image message is a fault
+    of its frame (as in the node) and an undecodable label message leaves the label as it
+    was; the input's error counts both and names the first of each, and the result is partial."""
+    from bag_helpers import STORAGE, TS, raw_msg
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys.stores.ros2_jazzy import sensor_msgs__msg__Image as Image
+    from rosbags.typesys.stores.ros2_jazzy import std_msgs__msg__Bool as Bool
+
+    frames = make_frames(6, width=64, height=48, seed=11)
+    bag = tmp_path / "b"
+    with Writer(bag, version=9, storage_plugin=STORAGE[storage]) as w:
+        cam = w.add_connection("/camera/image_raw", Image.__msgtype__, typestore=TS)
+        lab = w.add_connection("/ood_label", Bool.__msgtype__, typestore=TS)
+        for i, f in enumerate(frames):
+            ns = T0 + i * 66_000_000
+            label = b"\x00\x01" if i == 3 else TS.serialize_cdr(Bool(data=False), Bool.__msgtype__)
+            w.write(lab, ns - 1, label)
+            image = b"\x00\x01\x00\x00\x07" if i == 4 else TS.serialize_cdr(raw_msg(f, ns, "rgb8", 0), Image.__msgtype__)
+            w.write(cam, ns + 1000, image)
+    require(VAE_OOD, "vae-ood CLI")
+    r = subprocess.run([str(VAE_OOD), "eval", "--out", tmp_path / "r", "--input", bag, "--label-topic", "/ood_label",
+                        "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    error = rep["inputs"][0]["error"]
+    assert rep["partial"] and rep["frames"] == 6 and rep["faulted"] == 1, rep
+    assert "1 undecodable frame(s)" in error and "message 4 on /camera/image_raw" in error, error
+    assert "1 undecodable label message(s)" in error and "label message 3 on /ood_label" in error, error

@@ -309,7 +309,15 @@ pub fn visit(path: &Path, topics: &[&str], f: &mut dyn FnMut(BagMessage)) -> Res
     let mut file = open(path)?;
     let mut delivered = 0u64;
     let mut channels = Channels::default();
-    stream(&mut file, &mut |record| {
+    // Messages on a channel no earlier record declared: their topic is unknown, so they are
+    // damage to report, not messages to skip unseen.
+    let mut orphans: Option<(u16, u64)> = None;
+    let result = stream(&mut file, &mut |record| {
+        if let Record::Message { header, .. } = &record {
+            if !channels.channels.contains_key(&header.channel_id) {
+                orphans.get_or_insert((header.channel_id, 0)).1 += 1;
+            }
+        }
         if let Some((topic, msg_type, data, log_time)) = channels.message(&record) {
             if topics.contains(&topic) {
                 f(BagMessage {
@@ -321,8 +329,16 @@ pub fn visit(path: &Path, topics: &[&str], f: &mut dyn FnMut(BagMessage)) -> Res
                 delivered += 1;
             }
         }
-    })
-    .map_err(|e| damaged(path, delivered, e))
+    });
+    result.map_err(|e| damaged(path, delivered, e))?;
+    match orphans {
+        Some((channel, n)) => Err(damaged(
+            path,
+            delivered,
+            format!("{n} message(s) on channel {channel}, which no channel record declares"),
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -358,5 +374,43 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 8);
+    }
+
+    /// A message on a channel no record declared is damage, reported with the count, not a
+    /// message skipped unseen. The file is written record by record (MCAP spec): magic, header,
+    /// one message on channel 7, data end, footer, magic.
+    #[test]
+    fn a_message_on_an_undeclared_channel_is_reported() {
+        fn record(out: &mut Vec<u8>, opcode: u8, body: &[u8]) {
+            out.push(opcode);
+            out.extend((body.len() as u64).to_le_bytes());
+            out.extend(body);
+        }
+        const MAGIC: &[u8] = b"\x89MCAP0\r\n";
+        let mut f = MAGIC.to_vec();
+        let mut header = vec![];
+        for s in ["ros2", "hand"] {
+            header.extend((s.len() as u32).to_le_bytes());
+            header.extend(s.as_bytes());
+        }
+        record(&mut f, op::HEADER, &header);
+        let mut message = 7u16.to_le_bytes().to_vec();
+        message.extend(0u32.to_le_bytes());
+        message.extend(1u64.to_le_bytes());
+        message.extend(1u64.to_le_bytes());
+        message.extend(b"data");
+        record(&mut f, op::MESSAGE, &message);
+        record(&mut f, op::DATA_END, &0u32.to_le_bytes());
+        record(&mut f, op::FOOTER, &[0u8; 20]);
+        f.extend(MAGIC);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orphan.mcap");
+        std::fs::write(&path, f).unwrap();
+        let mut seen = 0;
+        let e = visit(&path, &["/camera/image_raw"], &mut |_| seen += 1)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(seen, 0);
+        assert!(e.contains("1 message(s) on channel 7"), "{e}");
     }
 }

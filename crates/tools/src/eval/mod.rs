@@ -134,7 +134,7 @@ pub fn labelled_inputs(
         };
         inputs.push(Input {
             path,
-            label: Label::Ood(ty),
+            label: Label::Ood(type_name(ty)?),
         });
     }
     if input.is_empty() {
@@ -158,13 +158,23 @@ pub fn labelled_inputs(
             (Some(r), _) => Label::Ranges(r.clone()),
             (None, Some(t)) => Label::Topic {
                 topic: t.to_string(),
-                ood_type: ty,
+                ood_type: type_name(ty)?,
             },
             (None, None) => unreachable!("checked above"),
         };
         inputs.push(Input { path, label });
     }
     Ok(inputs)
+}
+
+/// An OOD type name as frames.csv can carry it (one unquoted field).
+fn type_name(t: String) -> Result<String> {
+    match t.contains([',', '"', '\n', '\r']) {
+        true => Err(Error::Input(format!(
+            "OOD type `{t}` has a comma, quote or line break, which frames.csv cannot hold: name the type with `PATH=TYPE`"
+        ))),
+        false => Ok(t),
+    }
 }
 
 /// Reads a labels file: header `start,end,type`, then header-stamp ranges in seconds.
@@ -433,12 +443,23 @@ fn eval_input(
     }
     let mut current_label: Option<bool> = None;
     let mut k = 0usize;
-    let mut decode_error: Option<String> = None;
+    // Damage that costs no frame (each undecodable frame is a fault, as in the node) is
+    // still the input's error: counted, with the first message's detail.
+    let (mut decode_errors, mut decode_error) = (0usize, None::<String>);
+    let (mut label_errors, mut label_error) = (0usize, None::<String>);
+    let mut labels_seen = 0usize;
     let result = bag.visit(&topics, &mut |m| {
         if Some(&m.topic) == label_topic.as_ref() {
-            if let Ok(b) = cdr::decode_bool(&m.data) {
-                current_label = Some(b);
+            match cdr::decode_bool(&m.data) {
+                Ok(b) => current_label = Some(b),
+                Err(e) => {
+                    label_errors += 1;
+                    label_error.get_or_insert_with(|| {
+                        format!("label message {labels_seen} on {}: {e}", m.topic)
+                    });
+                }
             }
+            labels_seen += 1;
             return;
         }
         let decoded = cdr::decode_camera(&msg_type, &m.data);
@@ -488,9 +509,8 @@ fn eval_input(
                     &v,
                     monitor.branch_thresholds(),
                 ));
-                decode_error.get_or_insert_with(|| {
-                    format!("{}: message {k} on {topic}: {e}", path.display())
-                });
+                decode_errors += 1;
+                decode_error.get_or_insert_with(|| format!("message {k} on {topic}: {e}"));
             }
         }
         k += 1;
@@ -501,7 +521,27 @@ fn eval_input(
             "{}: topic {topic} has no messages",
             path.display()
         ))),
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            let mut damage = vec![];
+            if let Some(e) = decode_error {
+                damage.push(format!(
+                    "{decode_errors} undecodable frame(s), each counted as a fault (first: {e})"
+                ));
+            }
+            if let Some(e) = label_error {
+                damage.push(format!(
+                    "{label_errors} undecodable label message(s), after which frames kept the label before (first: {e})"
+                ));
+            }
+            match damage.is_empty() {
+                true => Ok(()),
+                false => Err(Error::Drive(format!(
+                    "{}: {}",
+                    path.display(),
+                    damage.join("; ")
+                ))),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -578,4 +618,26 @@ pub fn peak_memory_mib() -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// frames.csv carries the OOD type as one unquoted field: a type with a comma, quote or
+    /// line break is refused up front, by name, whichever way it was given.
+    #[test]
+    fn an_ood_type_frames_csv_cannot_hold_is_refused() {
+        let refused = |ood: &[&str], input: &[&str]| {
+            let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+            labelled_inputs(&[], &s(ood), &s(input), None, Some("/ood_label"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(&["d/x=heavy,rain"], &[]).contains("heavy,rain"));
+        assert!(refused(&["d/fog,night"], &[]).contains("fog,night"));
+        assert!(refused(&[], &["d/x=a\"b"]).contains("a\"b"));
+        let ok = labelled_inputs(&[], &["d/x=heavy rain".into()], &[], None, None).unwrap();
+        assert!(matches!(&ok[0].label, Label::Ood(t) if t == "heavy rain"));
+    }
 }

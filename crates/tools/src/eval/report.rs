@@ -220,6 +220,8 @@ fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> S
     let (mut inputs_with_false_alarm, mut id_inputs, mut id_frames_alarmed) = (0, 0, 0);
     let inputs: Vec<usize> = {
         let mut v: Vec<usize> = frames.iter().map(|f| f.input).collect();
+        // Each input once, however a merged or hand-made frames.csv orders its rows.
+        v.sort_unstable();
         v.dedup();
         v
     };
@@ -227,7 +229,8 @@ fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> S
         let fs: Vec<&FrameRecord> = frames.iter().filter(|f| f.input == input).collect();
         let mut dts: Vec<i64> = fs
             .windows(2)
-            .map(|w| w[1].stamp_ns - w[0].stamp_ns)
+            // Stamps come from the bag (any i64 where a header stamp is unset): no overflow.
+            .filter_map(|w| w[1].stamp_ns.checked_sub(w[0].stamp_ns))
             .filter(|d| *d > 0)
             .collect();
         dts.sort_unstable();
@@ -257,7 +260,8 @@ fn sequential(frames: &[FrameRecord], alarm: impl Fn(&FrameRecord) -> bool) -> S
                 onset_index: f.index,
                 frames: k - start,
                 delay_frames: hit.map(|j| j - start),
-                delay_s: hit.map(|j| (fs[j].stamp_ns - f.stamp_ns) as f64 / 1e9),
+                delay_s: hit
+                    .map(|j| (i128::from(fs[j].stamp_ns) - i128::from(f.stamp_ns)) as f64 / 1e9),
             });
         }
         id_inputs += usize::from(id_frames > id_before);
@@ -305,6 +309,11 @@ pub fn build(
         .iter()
         .filter(|f| f.fault.as_deref() == Some("warming_up"))
         .count();
+    // Counted, not subtracted: a hand-made frames.csv may hold a score beside a fault.
+    let faulted = frames
+        .iter()
+        .filter(|f| f.score.is_none() && f.fault.as_deref() != Some("warming_up"))
+        .count();
     for (name, get) in [
         (
             "decode",
@@ -333,7 +342,7 @@ pub fn build(
         inputs,
         frames: frames.len(),
         scored: scored.len(),
-        faulted: frames.len() - scored.len() - warming_up,
+        faulted,
         warming_up,
         score_metrics: per_type(frames, |f| f.score),
         cusum_metrics: if calibrated {
@@ -491,6 +500,28 @@ mod tests {
             posterior_tail: None,
             extra_tail: None,
         }
+    }
+
+    /// Whatever a bag or a hand-made frames.csv holds: stamps a full i64 range apart, one
+    /// input's rows split by another's, a score beside a warm-up fault. No panic, each input
+    /// counted once, and faults counted rather than subtracted.
+    #[test]
+    fn extreme_stamps_split_inputs_and_odd_rows_are_counted_not_panicked_on() {
+        use MonitorState::*;
+        let mut frames = vec![fr(0, true, Ok), fr(1, true, Ood), fr(0, false, Ok)];
+        frames[0].stamp_ns = i64::MIN + 1;
+        frames[1].stamp_ns = i64::MAX - 1;
+        frames[2].input = 1;
+        let mut again = fr(2, false, Ood);
+        again.fault = Some("warming_up".into());
+        frames.push(again);
+        let s = sequential(&frames, |f| f.state == Ood);
+        assert_eq!(s.segments.len(), 1);
+        assert_eq!(s.segments[0].delay_frames, Some(1));
+        assert!(s.segments[0].delay_s.unwrap() > 1e10, "{:?}", s.segments[0]);
+        assert_eq!((s.id_inputs, s.id_frames, s.false_alarms), (2, 2, 0));
+        let r = build("m", true, &frames, vec![], 1.0);
+        assert_eq!((r.frames, r.scored, r.warming_up, r.faulted), (4, 4, 1, 0));
     }
 
     #[test]
