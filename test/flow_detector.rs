@@ -467,3 +467,39 @@ fn a_reset_during_warm_up_after_a_gap_stays_starting() {
     assert_eq!(m.reset(), MonitorState::Starting);
     assert_eq!(m.state(), MonitorState::Starting);
 }
+
+/// An unstamped frame between stamped ones hides no gap: the next stamped frame is checked
+/// against the last stamp seen, and a minute later the stack restarts.
+#[test]
+fn an_unstamped_frame_does_not_hide_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    seeded(dir.path());
+    let mut det = vae_ood_core::detector::load(dir.path(), BackendOptions::default()).unwrap();
+    let s = det.open_stream();
+    let imgs = frames("id_loop_empty_s1", 10);
+    let dt = 66_666_667;
+    for (k, img) in imgs[..7].iter().enumerate() {
+        let _ = det.score_at(s, img.into(), Some(k as i64 * dt));
+    }
+    assert!(
+        det.score_at(s, (&imgs[7]).into(), None).is_ok(),
+        "unstamped: the next frame"
+    );
+    // The last stamp seen was frame 6's; one frame interval after it is no gap...
+    assert!(det.score_at(s, (&imgs[8]).into(), Some(8 * dt)).is_ok());
+    // ...a minute after it is.
+    assert!(matches!(
+        det.score_at(s, (&imgs[9]).into(), Some(8 * dt + 60_000_000_000)),
+        Err(Fault::WarmingUp { needed: 6 })
+    ));
+    // Unstamped then a minute on: the same.
+    let t = det.open_stream();
+    for (k, img) in imgs[..7].iter().enumerate() {
+        let _ = det.score_at(t, img.into(), Some(k as i64 * dt));
+    }
+    assert!(det.score_at(t, (&imgs[7]).into(), None).is_ok());
+    assert!(matches!(
+        det.score_at(t, (&imgs[8]).into(), Some(60_000_000_000)),
+        Err(Fault::WarmingUp { needed: 6 })
+    ));
+}

@@ -272,15 +272,17 @@ impl FlowStack {
     }
 
     /// Adds a frame stamped `stamp_ns`; the stack once `depth` fields are there. Unstamped
-    /// frames (an image folder) are taken as consecutive.
+    /// frames (an image folder) are taken as consecutive; the next stamped frame is checked
+    /// against the last stamp seen, so an unstamped frame never hides a gap.
     pub fn push(
         &mut self,
         px: Pixels<'_>,
         stamp_ns: Option<i64>,
     ) -> Result<Option<Stacked>, FlowError> {
         let frame = self.input.prepare(px);
-        if let (Some((_, Some(last))), Some(now)) = (&self.prev, stamp_ns) {
-            let step = now.saturating_sub(*last);
+        let last = self.prev.as_ref().and_then(|(_, stamp)| *stamp);
+        if let (Some(last), Some(now)) = (last, stamp_ns) {
+            let step = now.saturating_sub(last);
             if step <= 0 || step > self.max_gap_ns {
                 self.reset();
             }
@@ -294,7 +296,7 @@ impl FlowStack {
             }
             self.flows.push_back((f, r));
         }
-        self.prev = Some((frame, stamp_ns));
+        self.prev = Some((frame, stamp_ns.or(last)));
         if self.flows.len() < self.depth {
             return Ok(None);
         }

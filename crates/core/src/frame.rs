@@ -179,7 +179,7 @@ impl<'a> Pixels<'a> {
         let expected = (raw.height as usize - 1) * raw.step as usize + row_bytes;
         if raw.data.len() < expected {
             return Err(FrameError::Truncated {
-                expected: u64::from(raw.height) * u64::from(raw.step),
+                expected: expected as u64,
                 got: raw.data.len(),
             });
         }
