@@ -324,8 +324,7 @@ impl Detector for ImageDetector {
             &mut self.direction,
         );
         // The direction branch shares the score's luma pass where both measure at one size.
-        let shared = matches!((&own, &meter), (Some(d), Some(m))
-            if (d.spec().width, d.spec().height) == m.size());
+        let shared = matches!((&own, &meter), (Some(d), Some(m)) if m.shares_luma_with(d));
         let (mut details, mut directions): (Vec<_>, Vec<_>) = frames
             .iter()
             .map(|StreamFrame { pixels: px, .. }| {

@@ -226,7 +226,7 @@ pub fn direction_latency(
         return Ok(None);
     };
     let mut meter = d.meter();
-    if (detail.spec().width, detail.spec().height) != meter.size() {
+    if !meter.shares_luma_with(&detail) {
         return Ok(None);
     }
     let data = frames_of(width, height, 3);

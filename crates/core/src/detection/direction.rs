@@ -159,16 +159,17 @@ impl DirectionMeter {
         self.weakest_of(means)
     }
 
-    /// [`weakest_direction`] of means measured elsewhere at [`Self::size`] (the detail
+    /// [`weakest_direction`] of means measured elsewhere at its size (the detail
     /// channel's pass over the same luma).
     pub fn weakest_of(&self, means: [f64; 4]) -> f64 {
         weakest_direction(means, self.floor)
     }
 
-    /// The luma size it measures at.
-    pub fn size(&self) -> (u32, u32) {
-        let s = self.detail.spec();
-        (s.width, s.height)
+    /// Whether it measures at `detail`'s size, so that one luma pass serves both
+    /// ([`crate::detail::DetailExtractor::features_and_direction_means`]).
+    pub fn shares_luma_with(&self, detail: &DetailExtractor) -> bool {
+        let (a, b) = (self.detail.spec(), detail.spec());
+        (a.width, a.height) == (b.width, b.height)
     }
 }
 
