@@ -199,9 +199,7 @@ impl Shared {
         latencies: &[(usize, Duration)],
     ) {
         let mut s = self.status.lock().expect("status lock");
-        // A verdict decided before a pending restart (a quick deactivate and activate) is not
-        // trusted either.
-        let active = self.is_active() && !self.restart.load(Ordering::Relaxed);
+        let active = self.verdicts_trusted();
         for (c, cam) in cameras.iter().enumerate() {
             let st = &mut s.cameras[c];
             st.state = combined(&cam.pipelines);
@@ -253,14 +251,19 @@ impl Shared {
         if s.closed || s.stalled(max_busy).is_some() {
             return;
         }
-        // As publish_state: a verdict from before a pending restart is not trusted.
-        let active = self.is_active() && !self.restart.load(Ordering::Relaxed);
-        publish_verdicts(pubs, &s, active);
+        publish_verdicts(pubs, &s, self.verdicts_trusted());
     }
 
     /// How long the worker has been on one event, if that is longer than `max_busy` (hung).
     pub fn stalled(&self, max_busy: Duration) -> Option<Duration> {
         self.status.lock().expect("status lock").stalled(max_busy)
+    }
+
+    /// Whether the current verdicts may be published as they are: only while active, and
+    /// not while a restart is pending (a verdict decided before a quick deactivate and
+    /// activate is not trusted either).
+    fn verdicts_trusted(&self) -> bool {
+        self.is_active() && !self.restart.load(Ordering::Relaxed)
     }
 
     fn mark_idle(&self) {
