@@ -96,9 +96,17 @@ struct Channels {
     channels: HashMap<u16, (String, u16)>,
 }
 
+/// A message on a channel no earlier record declared (its id).
+struct Undeclared(u16);
+
 impl Channels {
-    /// Records a schema or channel; for a message, its topic and type.
-    fn message<'r>(&mut self, record: &'r Record<'_>) -> Option<(&str, &str, &'r [u8], u64)> {
+    /// Records a schema or channel; for a message, its topic and type, or the id of its
+    /// channel when no earlier record declared it.
+    #[allow(clippy::type_complexity)]
+    fn message<'r>(
+        &mut self,
+        record: &'r Record<'_>,
+    ) -> Option<Result<(&str, &str, &'r [u8], u64), Undeclared>> {
         match record {
             Record::Schema { header, .. } => {
                 self.schemas.insert(header.id, header.name.clone());
@@ -109,9 +117,11 @@ impl Channels {
                 None
             }
             Record::Message { header, data } => {
-                let (topic, schema) = self.channels.get(&header.channel_id)?;
+                let Some((topic, schema)) = self.channels.get(&header.channel_id) else {
+                    return Some(Err(Undeclared(header.channel_id)));
+                };
                 let msg_type = self.schemas.get(schema).map_or("", String::as_str);
-                Some((topic, msg_type, data, header.log_time))
+                Some(Ok((topic, msg_type, data, header.log_time)))
             }
             _ => None,
         }
@@ -267,7 +277,7 @@ fn topics_from_pass(file: &mut File) -> (Vec<TopicInfo>, Result<(), StreamError>
     let mut out: BTreeMap<String, TopicInfo> = BTreeMap::new();
     let mut channels = Channels::default();
     let ended = stream(file, &mut |record| {
-        if let Some((topic, msg_type, _, _)) = channels.message(&record) {
+        if let Some(Ok((topic, msg_type, _, _))) = channels.message(&record) {
             out.entry(topic.to_string())
                 .or_insert_with(|| TopicInfo {
                     name: topic.to_string(),
@@ -312,23 +322,18 @@ pub fn visit(path: &Path, topics: &[&str], f: &mut dyn FnMut(BagMessage)) -> Res
     // Messages on a channel no earlier record declared: their topic is unknown, so they are
     // damage to report, not messages to skip unseen.
     let mut orphans: Option<(u16, u64)> = None;
-    let result = stream(&mut file, &mut |record| {
-        if let Record::Message { header, .. } = &record {
-            if !channels.channels.contains_key(&header.channel_id) {
-                orphans.get_or_insert((header.channel_id, 0)).1 += 1;
-            }
+    let result = stream(&mut file, &mut |record| match channels.message(&record) {
+        Some(Err(Undeclared(channel))) => orphans.get_or_insert((channel, 0)).1 += 1,
+        Some(Ok((topic, msg_type, data, log_time))) if topics.contains(&topic) => {
+            f(BagMessage {
+                topic: topic.to_string(),
+                msg_type: msg_type.to_string(),
+                log_time_ns: log_time as i64,
+                data: data.to_vec(),
+            });
+            delivered += 1;
         }
-        if let Some((topic, msg_type, data, log_time)) = channels.message(&record) {
-            if topics.contains(&topic) {
-                f(BagMessage {
-                    topic: topic.to_string(),
-                    msg_type: msg_type.to_string(),
-                    log_time_ns: log_time as i64,
-                    data: data.to_vec(),
-                });
-                delivered += 1;
-            }
-        }
+        Some(Ok(_)) | None => {}
     });
     result.map_err(|e| damaged(path, delivered, e))?;
     match orphans {

@@ -165,11 +165,10 @@ mod tests {
         let mut ids: Vec<i64> = got
             .iter()
             .map(|m| {
-                let id = (1..=n)
+                (1..=n)
                     .filter(|id| (n - id) / 3 == m.log_time_ns && id % 5 != 0)
                     .find(|id| m.data == vec![(id % 251) as u8; (id % 17) as usize])
-                    .expect("data matches a message of its stamp");
-                id
+                    .expect("data matches a message of its stamp")
             })
             .collect();
         let order = ids.clone();

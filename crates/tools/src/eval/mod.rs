@@ -445,18 +445,14 @@ fn eval_input(
     let mut k = 0usize;
     // Damage that costs no frame (each undecodable frame is a fault, as in the node) is
     // still the input's error: counted, with the first message's detail.
-    let (mut decode_errors, mut decode_error) = (0usize, None::<String>);
-    let (mut label_errors, mut label_error) = (0usize, None::<String>);
+    let (mut bad_frames, mut bad_labels) = (Damage::default(), Damage::default());
     let mut labels_seen = 0usize;
     let result = bag.visit(&topics, &mut |m| {
         if Some(&m.topic) == label_topic.as_ref() {
             match cdr::decode_bool(&m.data) {
                 Ok(b) => current_label = Some(b),
                 Err(e) => {
-                    label_errors += 1;
-                    label_error.get_or_insert_with(|| {
-                        format!("label message {labels_seen} on {}: {e}", m.topic)
-                    });
+                    bad_labels.note(|| format!("label message {labels_seen} on {}: {e}", m.topic))
                 }
             }
             labels_seen += 1;
@@ -509,8 +505,7 @@ fn eval_input(
                     &v,
                     monitor.branch_thresholds(),
                 ));
-                decode_errors += 1;
-                decode_error.get_or_insert_with(|| format!("message {k} on {topic}: {e}"));
+                bad_frames.note(|| format!("message {k} on {topic}: {e}"));
             }
         }
         k += 1;
@@ -522,17 +517,15 @@ fn eval_input(
             path.display()
         ))),
         Ok(_) => {
-            let mut damage = vec![];
-            if let Some(e) = decode_error {
-                damage.push(format!(
-                    "{decode_errors} undecodable frame(s), each counted as a fault (first: {e})"
-                ));
-            }
-            if let Some(e) = label_error {
-                damage.push(format!(
-                    "{label_errors} undecodable label message(s), after which frames kept the label before (first: {e})"
-                ));
-            }
+            let damage: Vec<String> = [
+                bad_frames.describe("undecodable frame(s), each counted as a fault"),
+                bad_labels.describe(
+                    "undecodable label message(s), after which frames kept the label before",
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             match damage.is_empty() {
                 true => Ok(()),
                 false => Err(Error::Drive(format!(
@@ -543,6 +536,26 @@ fn eval_input(
             }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Damage of one kind that costs no frame: how often, and the first occurrence's detail.
+#[derive(Default)]
+struct Damage {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Damage {
+    fn note(&mut self, detail: impl FnOnce() -> String) {
+        self.count += 1;
+        self.first.get_or_insert_with(detail);
+    }
+
+    /// "N <what> (first: detail)", or nothing when none was noted.
+    fn describe(&self, what: &str) -> Option<String> {
+        let first = self.first.as_ref()?;
+        Some(format!("{} {what} (first: {first})", self.count))
     }
 }
 
