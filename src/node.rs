@@ -498,9 +498,31 @@ impl Ctx {
                 batching: cfg.batching,
             };
             let pubs = self.pubs.clone();
-            std::thread::Builder::new()
-                .name("inference".into())
-                .spawn(move || inference::run(cameras, &shared, &ctx, &pubs))?
+            // The pipelines wait in a slot the thread empties, so that a failed spawn
+            // (resource exhaustion) hands them back to be removed from the node.
+            let slot = Arc::new(Mutex::new(Some(cameras)));
+            let spawned = std::thread::Builder::new().name("inference".into()).spawn({
+                let slot = slot.clone();
+                move || {
+                    let cameras = slot.lock().expect("pipeline slot").take();
+                    inference::run(
+                        cameras.expect("pipelines handed over once"),
+                        &shared,
+                        &ctx,
+                        &pubs,
+                    )
+                }
+            });
+            match spawned {
+                Ok(worker) => worker,
+                Err(e) => {
+                    frames.iter().for_each(|f| f.abort());
+                    if let Some(cameras) = slot.lock().expect("pipeline slot").take() {
+                        destroy_outputs(&mut self.node(), cameras);
+                    }
+                    return Err(anyhow!("could not start the inference thread: {e}"));
+                }
+            }
         };
         *self.loaded.lock().expect("loaded lock") = Some(loaded);
         Ok(Session { worker, frames })
