@@ -414,23 +414,6 @@ impl Ctx {
                     model_id,
                 });
             }
-            // `ros2 param get cusum_threshold` shows the threshold in force, not the 0 that asks
-            // for the bundle's.
-            // A threshold set at run time (kept across a cleanup, as every parameter is) stays.
-            let set_at_run_time = self.shared.cusum_threshold.load(Ordering::Relaxed) != 0;
-            if let (Some(own), None, false) =
-                (loaded.bundle_cusum, cfg.cusum_threshold, set_at_run_time)
-            {
-                if let Some(p) = node
-                    .params
-                    .lock()
-                    .expect("parameter lock")
-                    .get_mut("cusum_threshold")
-                {
-                    p.value = ParameterValue::Double(own);
-                }
-            }
-
             // Camera subscriptions: relative, image_transport-style names, remappable.
             let qos = if cfg.reliable_images {
                 QosProfile::default().reliable()
@@ -524,6 +507,24 @@ impl Ctx {
                 }
             }
         };
+        // `ros2 param get cusum_threshold` shows the threshold in force, not the 0 that asks
+        // for the bundle's; set only once configuring has succeeded, so a failed configure
+        // leaves the parameter as it was. A threshold set at run time (kept across a cleanup,
+        // as every parameter is) stays.
+        let set_at_run_time = self.shared.cusum_threshold.load(Ordering::Relaxed) != 0;
+        if let (Some(own), None, false) =
+            (loaded.bundle_cusum, cfg.cusum_threshold, set_at_run_time)
+        {
+            if let Some(p) = self
+                .node()
+                .params
+                .lock()
+                .expect("parameter lock")
+                .get_mut("cusum_threshold")
+            {
+                p.value = ParameterValue::Double(own);
+            }
+        }
         *self.loaded.lock().expect("loaded lock") = Some(loaded);
         Ok(Session { worker, frames })
     }

@@ -3,7 +3,8 @@
 //! metadata lists them).
 //!
 //! Reading is a visit ([`Bag::visit`]): each message of the wanted topics is handed to a
-//! callback in file order. A damaged file stops the visit with an error that names the file,
+//! callback, in file order for MCAP and in (receive stamp, row id) order for sqlite3, which
+//! is the order rosbag2's own reader plays a `.db3` back in. A damaged file stops the visit with an error that names the file,
 //! after every message before the damage was delivered, so callers can report partial results.
 
 pub mod cdr;

@@ -321,9 +321,9 @@ pub fn visit(path: &Path, topics: &[&str], f: &mut dyn FnMut(BagMessage)) -> Res
     let mut channels = Channels::default();
     // Messages on a channel no earlier record declared: their topic is unknown, so they are
     // damage to report, not messages to skip unseen.
-    let mut orphans: Option<(u16, u64)> = None;
+    let mut orphans: BTreeMap<u16, u64> = BTreeMap::new();
     let result = stream(&mut file, &mut |record| match channels.message(&record) {
-        Some(Err(Undeclared(channel))) => orphans.get_or_insert((channel, 0)).1 += 1,
+        Some(Err(Undeclared(channel))) => *orphans.entry(channel).or_default() += 1,
         Some(Ok((topic, msg_type, data, log_time))) if topics.contains(&topic) => {
             f(BagMessage {
                 topic: topic.to_string(),
@@ -336,14 +336,21 @@ pub fn visit(path: &Path, topics: &[&str], f: &mut dyn FnMut(BagMessage)) -> Res
         Some(Ok(_)) | None => {}
     });
     result.map_err(|e| damaged(path, delivered, e))?;
-    match orphans {
-        Some((channel, n)) => Err(damaged(
-            path,
-            delivered,
-            format!("{n} message(s) on channel {channel}, which no channel record declares"),
-        )),
-        None => Ok(()),
+    if orphans.is_empty() {
+        return Ok(());
     }
+    let n: u64 = orphans.values().sum();
+    let channels = orphans
+        .iter()
+        .map(|(channel, k)| format!("{channel} ({k})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let s = if orphans.len() == 1 { "" } else { "s" };
+    Err(damaged(
+        path,
+        delivered,
+        format!("{n} message(s) on channel{s} {channels}, which no channel record declares"),
+    ))
 }
 
 #[cfg(test)]
@@ -383,7 +390,7 @@ mod tests {
 
     /// A message on a channel no record declared is damage, reported with the count, not a
     /// message skipped unseen. The file is written record by record (MCAP spec): magic, header,
-    /// one message on channel 7, data end, footer, magic.
+    /// messages on channels 7, 9 and 7, data end, footer, magic.
     #[test]
     fn a_message_on_an_undeclared_channel_is_reported() {
         fn record(out: &mut Vec<u8>, opcode: u8, body: &[u8]) {
@@ -399,12 +406,14 @@ mod tests {
             header.extend(s.as_bytes());
         }
         record(&mut f, op::HEADER, &header);
-        let mut message = 7u16.to_le_bytes().to_vec();
-        message.extend(0u32.to_le_bytes());
-        message.extend(1u64.to_le_bytes());
-        message.extend(1u64.to_le_bytes());
-        message.extend(b"data");
-        record(&mut f, op::MESSAGE, &message);
+        for channel in [7u16, 9, 7] {
+            let mut message = channel.to_le_bytes().to_vec();
+            message.extend(0u32.to_le_bytes());
+            message.extend(1u64.to_le_bytes());
+            message.extend(1u64.to_le_bytes());
+            message.extend(b"data");
+            record(&mut f, op::MESSAGE, &message);
+        }
         record(&mut f, op::DATA_END, &0u32.to_le_bytes());
         record(&mut f, op::FOOTER, &[0u8; 20]);
         f.extend(MAGIC);
@@ -416,6 +425,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(seen, 0);
-        assert!(e.contains("1 message(s) on channel 7"), "{e}");
+        assert!(e.contains("3 message(s) on channels 7 (2), 9 (1)"), "{e}");
     }
 }
