@@ -10,7 +10,9 @@ use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::BackendOptions;
 use vae_ood_core::score::{features, posterior_features, GivenMotion, ScoreSpec};
-use vae_ood_tools::calibrate::{calibrate, DirectionOptions, DriveArg, Options, ScoreKind, Tails};
+use vae_ood_tools::calibrate::{
+    calibrate, DirectionOptions, DriveArg, MscnOptions, Options, ScoreKind, Tails,
+};
 use vae_ood_tools::drives::map_drive;
 
 fn root() -> PathBuf {
@@ -816,4 +818,123 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
     };
     let err = err.to_string();
     assert!(err.contains("more tuning drives"), "{err}");
+}
+
+/// Uniform sensor noise of +-`amp` grey levels, from a fixed seed per frame.
+fn add_noise(img: &image::RgbImage, amp: i32, seed: u64) -> image::RgbImage {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = img.clone();
+    for v in out.iter_mut() {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let n = ((state >> 33) % (2 * amp as u64 + 1)) as i32 - amp;
+        *v = (i32::from(*v) + n).clamp(0, 255) as u8;
+    }
+    out
+}
+
+#[test]
+fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let mscn = |fit: Vec<PathBuf>| DirectionOptions {
+        baseline: None,
+        mscn: Some(MscnOptions { fit, components: 2 }),
+        ..DirectionOptions::at(160, 120)
+    };
+    let fit = vec![drive("id_loop_empty_s4").path];
+    let with = |direction| Options {
+        tune_id: ["id_udem1_s3", "id_loop_empty_s1"]
+            .iter()
+            .map(|d| drive(d))
+            .collect(),
+        false_alarm_rate: 0.004,
+        direction,
+        ..options(ScoreKind::Mahalanobis, vec![])
+    };
+    let o = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &with(Some(mscn(fit.clone()))),
+    )
+    .unwrap();
+    let m = &o.bundle.manifest;
+    assert_eq!(m.format_version, vae_ood_core::bundle::MSCN_FORMAT_VERSION);
+    let d = m.calibration.as_ref().unwrap().direction.as_ref().unwrap();
+    let components = &d.mscn.as_ref().expect("the MSCN reference").components;
+    assert_eq!(components.len(), 2);
+    assert!(components
+        .iter()
+        .all(|c| c.mean.len() == vae_ood_core::mscn::FEATURES));
+    // Scored as measured: every frame of the 300-frame calibration drive has a score.
+    assert_eq!((d.baseline, d.scores.len()), (None, 300));
+    assert!(d
+        .describe()
+        .contains("MSCN statistics (2 mixture components)"));
+    // The section needs version 5.
+    let path = out.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let Err(old) = vae_ood_core::bundle::Manifest::parse(
+        &text.replace("format_version: 5", "format_version: 4"),
+        &path,
+    ) else {
+        panic!("an MSCN branch below version 5 was accepted")
+    };
+    assert!(
+        old.to_string()
+            .contains("calibration.direction.mscn needs format_version 5"),
+        "{old}"
+    );
+    // A tuning drive stays under the branch's threshold (the largest S of the tuning drives);
+    // the same drive with sensor noise from frame 150 on alarms through the branch within
+    // 30 frames.
+    let run = |noise: bool| -> (f64, Option<usize>) {
+        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+        let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
+        let (mut largest, mut first, mut t) = (0.0f64, None, 0);
+        let drive = root().join("data/sample/id_loop_empty_s1/bag");
+        vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
+            let f = if noise && t >= 150 {
+                add_noise(f, 12, t as u64)
+            } else {
+                f.clone()
+            };
+            let v = mon.process_image(&f);
+            let st = v
+                .direction
+                .expect("scored as measured, from the first frame");
+            largest = largest.max(st.cusum);
+            if st.alarm && first.is_none() {
+                first = Some(t);
+            }
+            t += 1;
+            Ok(())
+        })
+        .unwrap();
+        (largest, first)
+    };
+    let (clear, none) = run(false);
+    assert!(
+        clear <= d.pipeline.cusum_threshold && none.is_none(),
+        "{clear}"
+    );
+    let (_, noisy) = run(true);
+    assert!(noisy.is_some_and(|t| (150..180).contains(&t)), "{noisy:?}");
+    // Clear errors: no fit drives; a fit drive that is also a tuning drive.
+    for (fit, says) in [
+        (vec![], "--mscn-fit"),
+        (vec![drive("id_udem1_s3").path], "used twice"),
+    ] {
+        let Err(e) = calibrate(
+            &root().join("models/default"),
+            out.path(),
+            det.as_mut(),
+            &with(Some(mscn(fit))),
+        ) else {
+            panic!("accepted")
+        };
+        assert!(e.to_string().contains(says), "{e}");
+    }
 }

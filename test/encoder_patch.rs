@@ -102,7 +102,7 @@ impl Detector for ReferencePath {
                     logvar: p.logvar,
                     detail,
                     tail_scores,
-                    direction: self.direction.as_mut().map(|m| m.weakest(*px)),
+                    direction: self.direction.as_mut().map(|m| m.measure(*px)),
                     preprocess: Default::default(),
                     inference: Default::default(),
                 })

@@ -13,11 +13,14 @@ use std::path::{Path, PathBuf};
 
 /// The newest manifest format this build reads. Version 2 added `detector` (the optical-flow
 /// detector), version 3 `calibration.relative` (the drive-relative branch), version 4
-/// `calibration.direction` (the direction branch); a bundle is written with the oldest version
-/// that holds what it has, so that older releases read it.
-pub const FORMAT_VERSION: u32 = 4;
+/// `calibration.direction` (the direction branch), version 5 `calibration.direction.mscn` (the
+/// branch on natural-scene statistics); a bundle is written with the oldest version that holds
+/// what it has, so that older releases read it.
+pub const FORMAT_VERSION: u32 = 5;
 /// The version a bundle with a direction branch needs.
 pub const DIRECTION_FORMAT_VERSION: u32 = 4;
+/// The version a bundle whose direction branch measures the MSCN statistics needs.
+pub const MSCN_FORMAT_VERSION: u32 = 5;
 /// The version a bundle with a drive-relative branch needs.
 pub const RELATIVE_FORMAT_VERSION: u32 = 3;
 /// The version flow bundles are written with (without a drive-relative branch).
@@ -550,6 +553,9 @@ impl Manifest {
             if let Some(d) = &c.direction {
                 if manifest.format_version < DIRECTION_FORMAT_VERSION {
                     return Err(bad(format!("calibration.direction needs format_version {DIRECTION_FORMAT_VERSION} (older versions knew no direction branch)")));
+                }
+                if d.mscn.is_some() && manifest.format_version < MSCN_FORMAT_VERSION {
+                    return Err(bad(format!("calibration.direction.mscn needs format_version {MSCN_FORMAT_VERSION} (older versions knew only the weakest direction)")));
                 }
                 if flow {
                     return Err(bad("calibration.direction needs an image detector: the flow detector's input is motion, not a frame's detail".into()));

@@ -126,6 +126,22 @@ impl DetailSpec {
     }
 }
 
+/// A preprocessor to BT.601 luma in [0, 1], area-resized to `width` x `height`.
+pub(crate) fn luma_at(width: u32, height: u32) -> Preprocessor {
+    Preprocessor::new(InputSpec {
+        width,
+        height,
+        channel_order: ChannelOrder::Gray,
+        layout: Layout::Nchw,
+        normalize: Normalize {
+            mean: vec![0.0],
+            std: vec![1.0],
+        },
+        resize: ResizeMode::Stretch,
+        filter: Filter::Area,
+    })
+}
+
 /// Computes [`DetailSpec`] features frame after frame, reusing its buffers.
 pub struct DetailExtractor {
     spec: DetailSpec,
@@ -135,21 +151,9 @@ pub struct DetailExtractor {
 
 impl DetailExtractor {
     pub fn new(spec: DetailSpec) -> Self {
-        let luma = Preprocessor::new(InputSpec {
-            width: spec.width,
-            height: spec.height,
-            channel_order: ChannelOrder::Gray,
-            layout: Layout::Nchw,
-            normalize: Normalize {
-                mean: vec![0.0],
-                std: vec![1.0],
-            },
-            resize: ResizeMode::Stretch,
-            filter: Filter::Area,
-        });
         Self {
+            luma: luma_at(spec.width, spec.height),
             spec,
-            luma,
             buf: vec![],
         }
     }
@@ -299,7 +303,7 @@ fn laplacian_energy(g: &[f64], w: usize, h: usize, grid: usize) -> (f64, Vec<f64
 }
 
 /// 2x2 area halving (an odd last row or column is dropped).
-fn halve(g: &[f64], w: usize, h: usize) -> (Vec<f64>, usize, usize) {
+pub(crate) fn halve(g: &[f64], w: usize, h: usize) -> (Vec<f64>, usize, usize) {
     let (hw, hh) = (w / 2, h / 2);
     let mut out = Vec::with_capacity(hw * hh);
     for y in 0..hh {

@@ -331,11 +331,11 @@ impl Detector for ImageDetector {
                 let (features, direction) = match (own.as_mut(), meter.as_mut()) {
                     (Some(d), Some(m)) if shared => {
                         let (f, means) = d.features_and_direction_means(*px);
-                        (f, Some(m.weakest_of(means)))
+                        (f, m.from_means(means))
                     }
                     (d, m) => (
                         d.map_or(vec![], |d| d.features(*px)),
-                        m.map(|m| m.weakest(*px)),
+                        m.map(|m| m.measure(*px)),
                     ),
                 };
                 (

@@ -36,6 +36,7 @@ pub mod frame;
 pub mod fsutil;
 pub mod mixture;
 pub mod monitor;
+pub mod mscn;
 pub mod preprocess;
 pub mod score;
 pub mod stats;

@@ -243,10 +243,10 @@ pub fn direction_latency(
         .map_err(|e| Error::Input(e.to_string()))?;
         let t = Instant::now();
         let (f, means) = detail.features_and_direction_means(px);
-        std::hint::black_box((f, meter.weakest_of(means)));
+        std::hint::black_box((f, meter.from_means(means)));
         let one = t.elapsed();
         let t = Instant::now();
-        std::hint::black_box((detail.features(px), meter.weakest(px)));
+        std::hint::black_box((detail.features(px), meter.measure(px)));
         let two = t.elapsed();
         if i >= WARM_UP {
             shared.push(one.as_secs_f64() * 1e3);

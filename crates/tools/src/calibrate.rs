@@ -15,17 +15,17 @@
 //! certifying r false alarms per frame on drives of L frames takes at least 1/(r L) - 1 of them;
 //! with fewer, the threshold is their largest S and the bundle records the weaker bound.
 
-use crate::drives::{frames_in, map_drive};
+use crate::drives::{for_each_frame, frames_in, map_drive};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{
     BranchThresholds, Bundle, CalibrationData, CalibrationSection, DetectorSpec, RelativeSection,
-    DIRECTION_FORMAT_VERSION, RELATIVE_FORMAT_VERSION,
+    DIRECTION_FORMAT_VERSION, MSCN_FORMAT_VERSION, RELATIVE_FORMAT_VERSION,
 };
 use vae_ood_core::detail::DetailSpec;
-use vae_ood_core::detection::direction::{self, DirectionMeter, DirectionSection};
+use vae_ood_core::detection::direction::{self, DirectionMeter, DirectionSection, MscnReference};
 use vae_ood_core::detection::relative::{self, BaselineParams};
 use vae_ood_core::detection::selection::{top_k, Rank};
 use vae_ood_core::detection::tuning::{self, search, Candidate, Drive, Grid};
@@ -33,6 +33,8 @@ use vae_ood_core::detection::{Calibration, PipelineParams};
 use vae_ood_core::detector::Detector;
 use vae_ood_core::flow::ResidualStatistic;
 use vae_ood_core::flow_detector::FlowDetector;
+use vae_ood_core::mixture::{self, Component};
+use vae_ood_core::mscn::MscnExtractor;
 use vae_ood_core::score::{features, GivenMotion, Reference, ScoreError, ScoreSpec};
 
 /// A drive argument: a folder, and for OOD drives the first OOD frame (`DIR:ONSET`, default 0).
@@ -201,7 +203,7 @@ pub struct Options {
 }
 
 /// How the direction branch measures its statistic (`calibration.direction`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DirectionOptions {
     /// Frames are measured at this size (luma).
     pub width: u32,
@@ -210,6 +212,18 @@ pub struct DirectionOptions {
     pub floor: f64,
     /// Scores the statistic against the stream's own past.
     pub baseline: Option<BaselineParams>,
+    /// Measures the MSCN statistics instead of the weakest direction (`floor` and `baseline`
+    /// then do not apply).
+    pub mscn: Option<MscnOptions>,
+}
+
+/// The branch on natural-scene statistics (`calibration.direction.mscn`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MscnOptions {
+    /// Clear drives the statistics' mixture is fitted on (disjoint from every other role).
+    pub fit: Vec<PathBuf>,
+    /// The mixture's components.
+    pub components: usize,
 }
 
 impl DirectionOptions {
@@ -221,6 +235,7 @@ impl DirectionOptions {
             height,
             floor: direction::GREY_LEVEL,
             baseline: Some(BaselineParams::new(60, 60)),
+            mscn: None,
         }
     }
 }
@@ -364,7 +379,8 @@ fn relative_section(
 /// weakest directions, the branch's threshold and the pooled one's after the split, both from
 /// whole tuning drives. `pipeline` takes the pooled threshold after the split.
 fn direction_section(
-    o: DirectionOptions,
+    o: &DirectionOptions,
+    mscn: Option<MscnReference>,
     pipeline: &mut PipelineParams,
     (cal, cal_weakest): (&[Drive], &[Vec<Option<f64>>]),
     (tune, tune_weakest): (&[Drive], &[Vec<Option<f64>>]),
@@ -415,13 +431,41 @@ fn direction_section(
     Ok(DirectionSection {
         width: o.width,
         height: o.height,
-        floor: o.floor,
+        floor: if mscn.is_some() { 0.0 } else { o.floor },
         baseline: o.baseline,
+        mscn,
         pipeline: params,
         pooled_threshold_alone: alone,
         tuning_drives: tune.len(),
         scores,
     })
+}
+
+/// The MSCN statistics' mixture, fitted on every frame of the clear drives `m.fit` with the
+/// score's seeded EM ([`mixture::fit`]).
+fn fit_mscn(m: &MscnOptions, width: u32, height: u32, quiet: bool) -> Result<Vec<Component>> {
+    if m.fit.is_empty() {
+        return Err(Error::Input(
+            "the MSCN statistic needs clear drives to fit its mixture on (--mscn-fit)".into(),
+        ));
+    }
+    let mut extractor =
+        MscnExtractor::new(width, height).map_err(|e| Error::Input(e.to_string()))?;
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    let mut x = vec![];
+    for path in &m.fit {
+        for_each_frame(path, &mut |img| {
+            x.push(extractor.features(img.into()));
+            bar.inc(1);
+            Ok(())
+        })?;
+    }
+    bar.finish_and_clear();
+    Ok(mixture::fit(&x, m.components, 0)?)
 }
 
 pub struct Outcome {
@@ -552,7 +596,8 @@ pub fn calibrate(
         }
         opts.detail.is_some() || opts.motion_residual
     };
-    if let Some(o) = opts.direction {
+    let mut mscn = None;
+    if let Some(o) = &opts.direction {
         if opts.relative.is_some() {
             return input("--direction-branch and --relative each take a share of the pooled threshold's budget by their own rule: give one".into());
         }
@@ -568,7 +613,23 @@ pub fn calibrate(
         if let Some(b) = &o.baseline {
             b.validate()?;
         }
-        if !det.measure_direction(Some(DirectionMeter::new(o.width, o.height, o.floor))) {
+        let meter = match &o.mscn {
+            Some(m) => {
+                if o.baseline.is_some() {
+                    return input(
+                        "the MSCN statistic is scored as measured: give no baseline with it".into(),
+                    );
+                }
+                let components = fit_mscn(m, o.width, o.height, opts.quiet)?;
+                mscn = Some(MscnReference {
+                    components: components.clone(),
+                });
+                DirectionMeter::mscn(o.width, o.height, components)
+                    .map_err(|e| Error::Input(e.to_string()))?
+            }
+            None => DirectionMeter::new(o.width, o.height, o.floor),
+        };
+        if !det.measure_direction(Some(meter)) {
             return input("--direction-branch needs an image bundle: the flow detector's input is motion, not a frame's detail".into());
         }
     }
@@ -580,11 +641,16 @@ pub fn calibrate(
         .chain(&opts.tune_id)
         .chain(&opts.val_ood)
         .collect();
+    let mscn_fit = opts
+        .direction
+        .as_ref()
+        .and_then(|o| o.mscn.as_ref())
+        .map_or(&[][..], |m| &m.fit[..]);
     let mut seen = HashSet::new();
-    for d in &args {
-        let canon = d.path.canonicalize().map_err(Error::read(&d.path))?;
+    for path in args.iter().map(|d| &d.path).chain(mscn_fit) {
+        let canon = path.canonicalize().map_err(Error::read(path))?;
         if !seen.insert(canon) {
-            return input(format!("drive {} is used twice: fit, calibration, tuning and validation drives must be disjoint", d.path.display()));
+            return input(format!("drive {} is used twice: fit, calibration, tuning, validation and MSCN fit drives must be disjoint", path.display()));
         }
     }
     // Lengths from the drives' indexes, so that impossible roles fail before any scoring.
@@ -774,12 +840,13 @@ pub fn calibrate(
         .map(|b| relative_section(b, &pipeline, &chosen, &cal, &tune, &selected, opts))
         .transpose()?;
     let mut pipeline = pipeline;
-    let direction = match opts.direction {
+    let direction = match &opts.direction {
         Some(o) => {
             // The fit drives' directions are not used; calibration's and tuning's follow.
             let roles = directions.split_off(opts.fit.len());
             Some(direction_section(
                 o,
+                mscn,
                 &mut pipeline,
                 (&cal, &roles[..cal.len()]),
                 (&tune, &roles[cal.len()..cal.len() + tune.len()]),
@@ -793,8 +860,12 @@ pub fn calibrate(
     if relative.is_some() {
         manifest.format_version = manifest.format_version.max(RELATIVE_FORMAT_VERSION);
     }
-    if direction.is_some() {
-        manifest.format_version = manifest.format_version.max(DIRECTION_FORMAT_VERSION);
+    if let Some(d) = &direction {
+        let needs = match d.mscn {
+            Some(_) => MSCN_FORMAT_VERSION,
+            None => DIRECTION_FORMAT_VERSION,
+        };
+        manifest.format_version = manifest.format_version.max(needs);
     }
     manifest.latents.selected = match score {
         ScoreSpec::Kl => selected.clone(),

@@ -10,7 +10,7 @@ use vae_ood_core::detection::tuning::Grid;
 use vae_ood_core::flow::ResidualStatistic;
 use vae_ood_core::score::GivenMotion;
 use vae_ood_tools::calibrate::{
-    calibrate, defaults, DirectionOptions, DriveArg, Options, Parts, ScoreKind, Tails,
+    calibrate, defaults, DirectionOptions, DriveArg, MscnOptions, Options, Parts, ScoreKind, Tails,
 };
 
 #[derive(clap::Args)]
@@ -152,8 +152,34 @@ pub struct Args {
     /// at least GAP frames old (a place's own anisotropy is its baseline; a blur is a change).
     #[arg(long, requires = "direction_branch", value_name = "WINDOW,GAP", value_parser = parse_baseline, default_value = "60,60")]
     direction_baseline: BaselineParams,
+    /// With --direction-branch: the branch's per-frame statistic. `weakest`: the weakest
+    /// direction (above). `mscn`: 30 natural-scene statistics of the frame's mean-subtracted
+    /// contrast-normalised luma (BRISQUE's), scored by a Gaussian mixture fitted on the clear
+    /// --mscn-fit drives; they see noise, rain, snow and blur whatever the scene shows
+    /// (docs/detector-experiments.md, session 38). --direction-floor and --direction-baseline do
+    /// not apply to it.
+    #[arg(
+        long,
+        requires = "direction_branch",
+        value_enum,
+        default_value = "weakest"
+    )]
+    direction_statistic: Statistic,
+    /// With --direction-statistic mscn: clear drives (bags or image folders) the statistics'
+    /// mixture is fitted on, disjoint from every other role.
+    #[arg(long = "mscn-fit", num_args = 1.., value_name = "DRIVE")]
+    mscn_fit: Vec<PathBuf>,
+    /// With --direction-statistic mscn: the mixture's components.
+    #[arg(long, default_value_t = 16, value_name = "K")]
+    mscn_components: usize,
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Statistic {
+    Weakest,
+    Mscn,
 }
 
 fn parse_baseline(s: &str) -> std::result::Result<BaselineParams, String> {
@@ -217,10 +243,20 @@ pub fn run(a: Args) -> Result<()> {
             .direction_branch
             .map(|(w, h)| -> Result<_> {
                 let o = DirectionOptions::at(w.try_into()?, h.try_into()?);
-                Ok(DirectionOptions {
-                    floor: a.direction_floor.unwrap_or(o.floor),
-                    baseline: Some(a.direction_baseline),
-                    ..o
+                Ok(match a.direction_statistic {
+                    Statistic::Weakest => DirectionOptions {
+                        floor: a.direction_floor.unwrap_or(o.floor),
+                        baseline: Some(a.direction_baseline),
+                        ..o
+                    },
+                    Statistic::Mscn => DirectionOptions {
+                        baseline: None,
+                        mscn: Some(MscnOptions {
+                            fit: a.mscn_fit.clone(),
+                            components: a.mscn_components,
+                        }),
+                        ..o
+                    },
                 })
             })
             .transpose()?,

@@ -15,6 +15,11 @@
 //! be taken against the stream's own recent past (`baseline`, the drive-relative branch's
 //! [`Baseline`]): a place's anisotropy is then its own baseline, a blur a sudden change.
 //!
+//! The branch may measure another per-frame statistic instead (`mscn`, format version 5): the
+//! natural-scene statistics of [`crate::mscn`], scored by a Gaussian mixture fitted on clear
+//! drives. They see noise, rain, snow and motion blur whatever the scene shows (session 38);
+//! everything after the statistic (p-values, CUSUM, threshold, split) is the same.
+//!
 //! The two share one false-alarm budget ([`split`]): the branch's threshold is the largest S
 //! any tuning drive reached, and the pooled threshold moves up past one more tuning drive. A
 //! fresh drive exchangeable with the tuning drives (K of them) then exceeds the first with
@@ -27,6 +32,8 @@ use super::tuning::{largest_s, run};
 use super::{Calibration, DetectionError, PipelineParams};
 use crate::detail::{DetailExtractor, DetailSpec};
 use crate::frame::Pixels;
+use crate::mixture::{self, Component};
+use crate::mscn::{MscnExtractor, FEATURES as MSCN_FEATURES};
 use serde::{Deserialize, Serialize};
 
 /// The branch's sequential pipeline, as session 34's exploration ran it: a one-frame window (an
@@ -50,6 +57,10 @@ pub struct DirectionSection {
     /// (absent: as measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineParams>,
+    /// The branch's statistic, when not the weakest direction: the MSCN statistics' mixture
+    /// score (format version 5; `floor` and `baseline` do not apply to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mscn: Option<MscnReference>,
     /// The branch's own pipeline: window, epsilon grid, decay and threshold.
     pub pipeline: PipelineParams,
     /// The pooled threshold before the branch took its share (`calibration.pipeline` holds the
@@ -60,6 +71,48 @@ pub struct DirectionSection {
     /// The branch's statistic on every calibration frame (with a baseline, each drive against
     /// its own past): its conformal scores.
     pub scores: Vec<f64>,
+}
+
+/// The reference of the MSCN statistic (`calibration.direction.mscn`): a Gaussian mixture over
+/// [`crate::mscn`]'s statistics of clear fit drives' frames; a frame's statistic is its
+/// [`mixture::score`] (twice its negative log-likelihood, up to a constant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MscnReference {
+    pub components: Vec<Component>,
+}
+
+impl MscnReference {
+    fn validate(&self) -> Result<(), DetectionError> {
+        let bad = |reason: String| DetectionError::InvalidParam {
+            param: "direction.mscn",
+            reason,
+        };
+        if self.components.is_empty() {
+            return Err(bad("needs at least one component".into()));
+        }
+        for (i, c) in self.components.iter().enumerate() {
+            if c.mean.len() != MSCN_FEATURES || c.precision.len() != MSCN_FEATURES * MSCN_FEATURES {
+                return Err(bad(format!(
+                    "component {i} has a mean of {} and a precision of {} values; the MSCN statistics need {MSCN_FEATURES} and {}",
+                    c.mean.len(),
+                    c.precision.len(),
+                    MSCN_FEATURES * MSCN_FEATURES
+                )));
+            }
+            let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+            if !(c.weight > 0.0
+                && finite(&c.mean)
+                && finite(&c.precision)
+                && c.log_det_precision.is_finite())
+            {
+                return Err(bad(format!(
+                    "component {i} has a non-positive weight or a non-finite value"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -81,6 +134,21 @@ impl DirectionSection {
         if let Some(b) = &self.baseline {
             b.validate()?;
         }
+        if let Some(m) = &self.mscn {
+            if self.baseline.is_some() {
+                return Err(DetectionError::InvalidParam {
+                    param: "direction.mscn",
+                    reason: "the MSCN statistic is scored as measured: remove `baseline`".into(),
+                });
+            }
+            m.validate()?;
+            MscnExtractor::new(self.width, self.height).map_err(|e| {
+                DetectionError::InvalidParam {
+                    param: "direction.width/height",
+                    reason: e.to_string(),
+                }
+            })?;
+        }
         self.spec()
             .validate()
             .map_err(|e| DetectionError::InvalidParam {
@@ -94,9 +162,13 @@ impl DirectionSection {
         spec(self.width, self.height)
     }
 
-    /// A meter for the section's statistic before any baseline.
+    /// A meter for the section's statistic before any baseline (of a validated section).
     pub fn meter(&self) -> DirectionMeter {
-        DirectionMeter::new(self.width, self.height, self.floor)
+        match &self.mscn {
+            Some(m) => DirectionMeter::mscn(self.width, self.height, m.components.clone())
+                .expect("a validated section's size"),
+            None => DirectionMeter::new(self.width, self.height, self.floor),
+        }
     }
 
     /// One line for tools' summaries.
@@ -108,11 +180,17 @@ impl DirectionSection {
             ),
             None => String::new(),
         };
+        let statistic = match &self.mscn {
+            Some(m) => format!(
+                "MSCN statistics ({} mixture components)",
+                m.components.len()
+            ),
+            None => format!("weakest direction, floor {:.4}", self.floor),
+        };
         format!(
-            "at {}x{}, floor {:.4}{against}: window {}, decay {}, threshold {:.4} (the pooled one {:.4} before its share; {} tuning drives)",
+            "{statistic} at {}x{}{against}: window {}, decay {}, threshold {:.4} (the pooled one {:.4} before its share; {} tuning drives)",
             self.width,
             self.height,
-            self.floor,
             self.pipeline.window,
             self.pipeline.decay,
             self.pipeline.cusum_threshold,
@@ -140,36 +218,72 @@ pub fn spec(width: u32, height: u32) -> DetailSpec {
     }
 }
 
-/// Measures [`weakest_direction`] frame after frame.
-pub struct DirectionMeter {
-    detail: DetailExtractor,
-    floor: f64,
+/// Measures the branch's statistic frame after frame: [`weakest_direction`], or the MSCN
+/// statistics' mixture score.
+pub enum DirectionMeter {
+    Weakest {
+        detail: DetailExtractor,
+        floor: f64,
+    },
+    Mscn {
+        extractor: MscnExtractor,
+        components: Vec<Component>,
+    },
 }
 
 impl DirectionMeter {
+    /// The weakest direction at a size.
     pub fn new(width: u32, height: u32, floor: f64) -> Self {
-        Self {
+        Self::Weakest {
             detail: DetailExtractor::new(spec(width, height)),
             floor,
         }
     }
 
-    pub fn weakest(&mut self, px: Pixels<'_>) -> f64 {
-        let means = self.detail.direction_means(px);
-        self.weakest_of(means)
+    /// The MSCN statistics at a size, scored against a mixture over them.
+    pub fn mscn(
+        width: u32,
+        height: u32,
+        components: Vec<Component>,
+    ) -> Result<Self, crate::mscn::MscnSizeError> {
+        Ok(Self::Mscn {
+            extractor: MscnExtractor::new(width, height)?,
+            components,
+        })
     }
 
-    /// [`weakest_direction`] of means measured elsewhere at its size (the detail
-    /// channel's pass over the same luma).
-    pub fn weakest_of(&self, means: [f64; 4]) -> f64 {
-        weakest_direction(means, self.floor)
+    /// The frame's statistic.
+    pub fn measure(&mut self, px: Pixels<'_>) -> f64 {
+        match self {
+            Self::Weakest { detail, floor } => {
+                weakest_direction(detail.direction_means(px), *floor)
+            }
+            Self::Mscn {
+                extractor,
+                components,
+            } => mixture::score(components, &extractor.features(px)),
+        }
     }
 
-    /// Whether it measures at `detail`'s size, so that one luma pass serves both
-    /// ([`crate::detail::DetailExtractor::features_and_direction_means`]).
-    pub fn shares_luma_with(&self, detail: &DetailExtractor) -> bool {
-        let (a, b) = (self.detail.spec(), detail.spec());
-        (a.width, a.height) == (b.width, b.height)
+    /// The statistic from direction means measured elsewhere at its size (the detail channel's
+    /// pass over the same luma); `None` for a statistic that needs more than the means.
+    pub fn from_means(&self, means: [f64; 4]) -> Option<f64> {
+        match self {
+            Self::Weakest { floor, .. } => Some(weakest_direction(means, *floor)),
+            Self::Mscn { .. } => None,
+        }
+    }
+
+    /// Whether the direction means at `detail`'s size are all it needs, so that one luma pass
+    /// serves both ([`crate::detail::DetailExtractor::features_and_direction_means`]).
+    pub fn shares_luma_with(&self, other: &DetailExtractor) -> bool {
+        match self {
+            Self::Weakest { detail, .. } => {
+                let (a, b) = (detail.spec(), other.spec());
+                (a.width, a.height) == (b.width, b.height)
+            }
+            Self::Mscn { .. } => false,
+        }
     }
 }
 
