@@ -937,4 +937,20 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
         };
         assert!(e.to_string().contains(says), "{e}");
     }
+    // Too many components for the fit frames: the error names the MSCN flags.
+    let Err(e) = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &with(Some(DirectionOptions {
+            mscn: Some(MscnOptions {
+                fit,
+                components: 20,
+            }),
+            ..mscn(vec![])
+        })),
+    ) else {
+        panic!("20 components on 300 frames were accepted")
+    };
+    assert!(e.to_string().contains("--mscn-components"), "{e}");
 }

@@ -465,7 +465,11 @@ fn fit_mscn(m: &MscnOptions, width: u32, height: u32, quiet: bool) -> Result<Vec
         })?;
     }
     bar.finish_and_clear();
-    Ok(mixture::fit(&x, m.components, 0)?)
+    mixture::fit(&x, m.components, 0).map_err(|e| {
+        Error::Input(format!(
+            "the MSCN statistics' mixture: {e} (for this mixture: --mscn-components, --mscn-fit)"
+        ))
+    })
 }
 
 pub struct Outcome {
