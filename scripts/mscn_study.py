@@ -40,6 +40,7 @@ from detail_study import auroc, halve  # noqa: E402
 W = sq.W
 TYPES = ["brightness", "fog", "noise", "rain", "snow", "occlusion", "motion_blur"]
 SIGMA, RADIUS = 7 / 6, 4  # BRISQUE's local window; scipy's radius int(3 sigma + 0.5)
+TEXTURE_SPREAD, MIN_TEXTURED = 4.0, 0.15  # a frame with too little texture carries no evidence
 
 
 def gaussian(g):
@@ -53,11 +54,13 @@ def gaussian(g):
     return g
 
 
-def mscn(y):
-    """(y - mu) / (sigma + 1): luma y in 0..255, mu and sigma its local Gaussian mean and spread."""
+def mscn(y, share=False):
+    """(y - mu) / (sigma + 1): luma y in 0..255, mu and sigma its local Gaussian mean and spread;
+    with `share`, also the share of pixels whose spread is at least TEXTURE_SPREAD."""
     mu = gaussian(y)
     sigma = np.sqrt(np.abs(gaussian(y * y) - mu * mu))
-    return (y - mu) / (sigma + 1.0)
+    x = (y - mu) / (sigma + 1.0)
+    return (x, float(np.mean(sigma >= TEXTURE_SPREAD))) if share else x
 
 
 def statistics(x):
@@ -77,9 +80,12 @@ def statistics(x):
 
 
 def features(rgb):
-    """30 MSCN statistics of a uint8 HxWx3 frame: its BT.601 luma, then its 2x2 area halving."""
+    """30 MSCN statistics of a uint8 HxWx3 frame (its BT.601 luma, then its 2x2 area halving),
+    then the share of its textured pixels (crates/core/src/mscn.rs leaves frames with a share
+    under MIN_TEXTURED unmeasured: score 0, p-value 1, not in the fit)."""
     y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    return np.array(statistics(mscn(y)) + statistics(mscn(halve(y))))
+    x, share = mscn(y, share=True)
+    return np.array(statistics(x) + statistics(mscn(halve(y))) + [share])
 
 
 def one(bag):
@@ -132,10 +138,13 @@ def compare(a):
     from sklearn.mixture import GaussianMixture
 
     data = np.load(a.data, allow_pickle=True).item()
-    F = np.concatenate([d["D"] for d in data["fit"]])
+    textured = lambda D: D[:, 30] >= MIN_TEXTURED if D.shape[1] > 30 else np.ones(len(D), bool)  # noqa: E731
+    F = np.concatenate([d["D"][textured(d["D"]), :30] for d in data["fit"]])
     mean, sd = F.mean(0), F.std(0) + 1e-9
     g = GaussianMixture(a.components, covariance_type="full", reg_covar=1e-4, random_state=a.seed, max_iter=300).fit((F - mean) / sd)
-    S = {r: [-g.score_samples((d["D"] - mean) / sd) for d in data[r]] for r in data}
+    base = -g.score_samples((F - mean) / sd).min()
+    S = {r: [np.where(textured(d["D"]), -g.score_samples((d["D"][:, :30] - mean) / sd) + base, 0.0) for d in data[r]]
+         for r in data}
     val, clear_val = data["val"], np.concatenate([s[~d["ood"]] for s, d in zip(S["val"], data["val"])])
     print(f"{a.components} components (seed {a.seed}); per type: per-frame AUROC, the median OOD score, the share of "
           "clear tuning frames above it, the 5 longest runs of them")

@@ -11,6 +11,12 @@
 //! scales; session 38's exploration found them separating noise, rain, snow and motion blur
 //! from every clear tuning frame ("Natural-scene statistics", docs/detector-experiments.md).
 //! `scripts/mscn_study.py` is the independent NumPy definition these must match.
+//!
+//! A frame with almost no texture (a view of flat sky over untextured road, a blank wall, a
+//! covered lens) has no MSCN law to measure: its statistics are extreme whatever the weather.
+//! Such a frame carries no evidence here ([`MscnExtractor::features`] gives `None` when under
+//! [`MIN_TEXTURED`] of its pixels have a local spread of [`TEXTURE_SPREAD`] grey levels); the
+//! score, which reads content and level, still judges it.
 
 use crate::detail::{halve, luma_at};
 use crate::frame::Pixels;
@@ -30,6 +36,13 @@ const STABILISER: f64 = 1.0;
 
 /// The ln spread of an empty side of the neighbour products (no product of that sign).
 const EMPTY_SIDE: f64 = -14.0;
+
+/// A pixel is textured when its local spread is at least this many grey levels (0..255).
+pub const TEXTURE_SPREAD: f64 = 4.0;
+/// The share of textured pixels (at the frame's full size) below which a frame carries no
+/// evidence. The clear fit drives' 0.1th percentile is 0.196 and flat views sit at 0.067
+/// (session 38).
+pub const MIN_TEXTURED: f64 = 0.15;
 
 /// The smallest frame side: its halving must still have neighbours.
 pub const MIN_SIDE: u32 = 4;
@@ -64,8 +77,9 @@ impl MscnExtractor {
         })
     }
 
-    /// The frame's statistics: [`statistics`] of its MSCN field, then of its 2x2 halving's.
-    pub fn features(&mut self, px: Pixels<'_>) -> Vec<f64> {
+    /// The frame's statistics: [`statistics`] of its MSCN field, then of its 2x2 halving's;
+    /// `None` for a frame with too little texture to measure (the module's doc).
+    pub fn features(&mut self, px: Pixels<'_>) -> Option<Vec<f64>> {
         let (w, h) = (self.width, self.height);
         self.buf.resize(w * h, 0.0);
         self.luma.run_into(px, &mut self.buf);
@@ -75,21 +89,33 @@ impl MscnExtractor {
 }
 
 /// [`MscnExtractor::features`] of a luma image in 0..255, row by row.
-pub fn features_of_luma(y: &[f64], w: usize, h: usize) -> Vec<f64> {
-    let mut out = statistics(&mscn(y, w, h), w, h).to_vec();
+pub fn features_of_luma(y: &[f64], w: usize, h: usize) -> Option<Vec<f64>> {
+    let (field, textured) = mscn(y, w, h);
+    if textured < MIN_TEXTURED {
+        return None;
+    }
+    let mut out = statistics(&field, w, h).to_vec();
     let (half, hw, hh) = halve(y, w, h);
-    out.extend(statistics(&mscn(&half, hw, hh), hw, hh));
-    out
+    out.extend(statistics(&mscn(&half, hw, hh).0, hw, hh));
+    Some(out)
 }
 
-/// The MSCN field (y - mu) / (sigma + 1), mu and sigma the local Gaussian mean and spread.
-fn mscn(y: &[f64], w: usize, h: usize) -> Vec<f64> {
+/// The MSCN field (y - mu) / (sigma + 1), mu and sigma the local Gaussian mean and spread, and
+/// the share of its pixels whose spread is at least [`TEXTURE_SPREAD`].
+fn mscn(y: &[f64], w: usize, h: usize) -> (Vec<f64>, f64) {
     let squares: Vec<f64> = y.iter().map(|v| v * v).collect();
     let (mu, mu2) = (blur(y, w, h), blur(&squares, w, h));
-    y.iter()
+    let mut textured = 0usize;
+    let field = y
+        .iter()
         .zip(mu.iter().zip(&mu2))
-        .map(|(v, (m, m2))| (v - m) / ((m2 - m * m).abs().sqrt() + STABILISER))
-        .collect()
+        .map(|(v, (m, m2))| {
+            let sigma = (m2 - m * m).abs().sqrt();
+            textured += usize::from(sigma >= TEXTURE_SPREAD);
+            (v - m) / (sigma + STABILISER)
+        })
+        .collect();
+    (field, textured as f64 / y.len() as f64)
 }
 
 /// Separable Gaussian blur with edges replicated (scipy's mode `nearest`).
@@ -199,7 +225,7 @@ mod tests {
     /// `features` of the same luma, float64 both sides).
     #[test]
     fn matches_the_numpy_definition() {
-        let got = features_of_luma(&luma(160, 120), 160, 120);
+        let got = features_of_luma(&luma(160, 120), 160, 120).expect("a textured image");
         let want = NUMPY;
         assert_eq!(got.len(), FEATURES);
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -242,11 +268,8 @@ mod tests {
             .map(|(v, n)| v + n)
             .collect();
         let blurred = blur(&noisy, w, h);
-        let (c, n, b) = (
-            features_of_luma(&clean, w, h),
-            features_of_luma(&noisy, w, h),
-            features_of_luma(&blurred, w, h),
-        );
+        let f = |y: &[f64]| features_of_luma(y, w, h).expect("textured");
+        let (c, n, b) = (f(&clean), f(&noisy), f(&blurred));
         // The mean of horizontal neighbour products: a correlation.
         assert!(n[3] < c[3], "noise decorrelates: {} vs {}", n[3], c[3]);
         assert!(b[3] > n[3] + 0.05, "blur correlates: {} vs {}", b[3], n[3]);
@@ -270,13 +293,31 @@ mod tests {
             .zip(noise(w * h, 6.0))
             .map(|(v, n)| v + n)
             .collect();
-        let f = |y: &[f64]| features_of_luma(y, w, h);
+        let f = |y: &[f64]| features_of_luma(y, w, h).expect("textured");
         let by_contrast = distance(&f(&textured), &f(&darker));
         let by_noise = distance(&f(&blurred), &f(&noisy));
         assert!(
             by_contrast < 0.5 * by_noise,
             "contrast {by_contrast} against noise {by_noise}"
         );
+    }
+
+    /// Flat sky over flat road with one sharp horizon: too little texture to measure; the
+    /// same view with the formula image's ripple on the road is measured.
+    #[test]
+    fn a_view_without_texture_carries_no_evidence() {
+        let (w, h) = (160, 120);
+        let flat: Vec<f64> = (0..w * h)
+            .map(|i| if i / w < h / 3 { 200.0 } else { 40.0 })
+            .collect();
+        assert_eq!(features_of_luma(&flat, w, h), None);
+        let road: Vec<f64> = flat
+            .iter()
+            .zip(luma(w, h))
+            .enumerate()
+            .map(|(i, (f, r))| if i / w < h / 3 { *f } else { r })
+            .collect();
+        assert!(features_of_luma(&road, w, h).is_some());
     }
 
     #[test]

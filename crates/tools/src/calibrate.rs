@@ -459,7 +459,8 @@ fn fit_mscn(m: &MscnOptions, width: u32, height: u32, quiet: bool) -> Result<Vec
     let mut x = vec![];
     for path in &m.fit {
         for_each_frame(path, &mut |img| {
-            x.push(extractor.features(img.into()));
+            // Frames without texture carry no evidence and are left out of the fit.
+            x.extend(extractor.features(img.into()));
             bar.inc(1);
             Ok(())
         })?;

@@ -261,7 +261,10 @@ impl DirectionMeter {
             Self::Mscn {
                 extractor,
                 components,
-            } => mixture::score(components, &extractor.features(px)),
+            } => extractor
+                .features(px)
+                // A frame without texture: no evidence, the least unusual score (p = 1).
+                .map_or(0.0, |f| mixture::score(components, &f)),
         }
     }
 
