@@ -669,6 +669,41 @@ fn a_flow_reference_in_branch_parts_scores_each_branch_and_the_residual_apart() 
     assert!(e.contains("--fit"), "{e}");
 }
 
+/// A change applied to a frame (its index given).
+type Shift<'a> = &'a dyn Fn(&image::RgbImage, usize) -> image::RgbImage;
+
+/// Runs the clear sample drive id_loop_empty_s1 through a monitor of the bundle at `dir`, with
+/// `shift` applied to every frame from 150 on when given, and checks each verdict with `check`
+/// (frame index, verdict). Returns the direction branch's largest S and the frame of its first
+/// alarm.
+fn run_branch(
+    dir: &Path,
+    shift: Option<Shift<'_>>,
+    check: &dyn Fn(usize, &vae_ood_core::monitor::FrameVerdict),
+) -> (f64, Option<usize>) {
+    let det = vae_ood_core::detector::load(dir, BackendOptions::default()).unwrap();
+    let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
+    let (mut largest, mut first, mut t) = (0.0f64, None, 0);
+    let drive = root().join("data/sample/id_loop_empty_s1/bag");
+    vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
+        let v = match shift {
+            Some(shift) if t >= 150 => mon.process_image(&shift(f, t)),
+            _ => mon.process_image(f),
+        };
+        check(t, &v);
+        if let Some(st) = v.direction {
+            largest = largest.max(st.cusum);
+            if st.alarm && first.is_none() {
+                first = Some(t);
+            }
+        }
+        t += 1;
+        Ok(())
+    })
+    .unwrap();
+    (largest, first)
+}
+
 /// A horizontal motion blur: each pixel the mean of `len` neighbours along its row.
 fn blur_rows(img: &image::RgbImage, len: u32) -> image::RgbImage {
     let (w, h) = img.dimensions();
@@ -750,34 +785,14 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
     // The written bundle's monitor runs the branch once the drive has a baseline: a tuning
     // drive stays under its threshold (it is their largest S); the same drive blurred along its
     // rows from frame 150 on alarms through the branch, the pooled statistic or not.
-    let run = |blur: bool| -> (f64, Option<usize>) {
-        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-        let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
-        let (mut largest, mut first, mut t) = (0.0f64, None, 0);
-        let drive = root().join("data/sample/id_loop_empty_s1/bag");
-        vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
-            let f = if blur && t >= 150 {
-                blur_rows(f, 9)
-            } else {
-                f.clone()
-            };
-            let v = mon.process_image(&f);
-            assert_eq!(v.direction.is_some(), t >= 60, "{t}");
-            let Some(st) = v.direction else {
-                t += 1;
-                return Ok(());
-            };
-            largest = largest.max(st.cusum);
-            if st.alarm && first.is_none() {
-                assert!(v.is_ood() && v.alarm_ratio.unwrap() > 1.0);
-                first = Some(t);
-            }
-            t += 1;
-            Ok(())
-        })
-        .unwrap();
-        (largest, first)
+    let check = |t: usize, v: &vae_ood_core::monitor::FrameVerdict| {
+        assert_eq!(v.direction.is_some(), t >= 60, "{t}");
+        if v.direction.is_some_and(|st| st.alarm) {
+            assert!(v.is_ood() && v.alarm_ratio.unwrap() > 1.0);
+        }
     };
+    let blur = |f: &image::RgbImage, _: usize| blur_rows(f, 9);
+    let run = |blurred: bool| run_branch(out.path(), blurred.then_some(&blur as _), &check);
     let (clear, none) = run(false);
     assert!(
         clear <= d.pipeline.cusum_threshold && none.is_none(),
@@ -890,31 +905,14 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
     // A tuning drive stays under the branch's threshold (the largest S of the tuning drives);
     // the same drive with sensor noise from frame 150 on alarms through the branch within
     // 30 frames.
-    let run = |noise: bool| -> (f64, Option<usize>) {
-        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-        let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
-        let (mut largest, mut first, mut t) = (0.0f64, None, 0);
-        let drive = root().join("data/sample/id_loop_empty_s1/bag");
-        vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
-            let f = if noise && t >= 150 {
-                add_noise(f, 12, t as u64)
-            } else {
-                f.clone()
-            };
-            let v = mon.process_image(&f);
-            let st = v
-                .direction
-                .expect("scored as measured, from the first frame");
-            largest = largest.max(st.cusum);
-            if st.alarm && first.is_none() {
-                first = Some(t);
-            }
-            t += 1;
-            Ok(())
-        })
-        .unwrap();
-        (largest, first)
+    let check = |_: usize, v: &vae_ood_core::monitor::FrameVerdict| {
+        assert!(
+            v.direction.is_some(),
+            "scored as measured, from the first frame"
+        );
     };
+    let noise = |f: &image::RgbImage, t: usize| add_noise(f, 12, t as u64);
+    let run = |noisy: bool| run_branch(out.path(), noisy.then_some(&noise as _), &check);
     let (clear, none) = run(false);
     assert!(
         clear <= d.pipeline.cusum_threshold && none.is_none(),
