@@ -208,6 +208,7 @@ impl Ctx {
                 branch_rule: cfg.branch_rule,
                 relative_branch: cfg.relative_branch,
                 direction_branch: cfg.direction_branch,
+                cusum_ceiling: cfg.cusum_ceiling,
             };
             let mut monitors = vec![];
             for (bundle, name) in cam.model_bundles.iter().zip(&names) {

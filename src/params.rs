@@ -105,6 +105,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S at or under recovery_level x the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service).", constraints: "auto | manual"),
     decl!("recovery_frames", Int(10), "Consecutive frames with S at or under recovery_level x the threshold before an automatic recovery from OOD.", range: Some(Range::Int(1, 100_000))),
     decl!("recovery_level", Double(0.5), "Hysteresis of automatic recovery: S must fall to this share of the CUSUM threshold, so that S hovering at the threshold does not leave OOD and alarm again. 1 = no hysteresis. Never delays an alarm.", range: Some(Range::Double(0.01, 1.0))),
+    decl!("cusum_ceiling", Double(2.0), "Every calibrated branch's CUSUM statistic S is held at or under this many times its threshold in force, so that after a shift OOD outlasts the evidence by a bounded time (from the ceiling to recovery_level x the threshold at CUSUM's drift of at least 1 a frame: at most (cusum_ceiling - recovery_level) x the threshold frames, then recovery_frames). At 1 or more it changes no first alarm and no false-alarm promise (S is under the threshold until the first alarm). 0: unbounded (S keeps every frame's evidence; after a long shift recovery may take hundreds of frames).", range: Some(Range::Double(0.0, 1000.0)), constraints: "0 (unbounded) or 1 to 1000 thresholds"),
     decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale, and frames stamped more than this ahead of the node's clock as ahead_of_clock (the clocks disagree); both fail safe. 0 disables the check.", range: Some(Range::Double(0.0, 86_400.0)), constraints: "0 disables the check"),
     decl!("max_repeated_frames", Int(15), "A frozen camera: a frame whose encoder posterior repeats the previous frame's bit for bit is a repeat (a real sensor's noise never gives one); more than this many repeats in a row fault (verdict OOD) until a different frame arrives. 0 disables.", range: Some(Range::Int(0, 100_000)), constraints: "0 disables the check"),
     decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables.", range: Some(Range::Double(0.0, 86_400.0)), constraints: "0 disables the check"),
@@ -166,6 +167,8 @@ pub struct NodeConfig {
     /// Per entry of `model_bundles`, its own scale (`threshold_scales`); empty: `threshold_scale`.
     pub threshold_scales: Vec<f64>,
     pub recovery: Recovery,
+    /// `cusum_ceiling`: S's bound in thresholds; `None`: unbounded.
+    pub cusum_ceiling: Option<f64>,
     pub heartbeat_period: Duration,
     pub diagnostics_period: Duration,
     /// How long one event may take before the inference thread counts as hung.
@@ -561,6 +564,15 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
             )))
         }
     };
+    let cusum_ceiling = match double("cusum_ceiling")? {
+        0.0 => None,
+        c if vae_ood_core::detection::CEILING_RANGE.contains(&c) => Some(c),
+        c => {
+            return Err(ParamError(format!(
+                "parameter 'cusum_ceiling' is {c}; expected 0 (unbounded) or 1..=1000 thresholds (under 1 S could not reach the threshold it alarms over)"
+            )))
+        }
+    };
     let max_busy = match double("max_busy")? {
         // Bounded like every duration: five heartbeats of a day-long period would not be.
         0.0 => (seconds("heartbeat_period", heartbeat)? * 5)
@@ -672,6 +684,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         threshold_scale,
         threshold_scales,
         recovery,
+        cusum_ceiling,
         heartbeat_period: seconds("heartbeat_period", heartbeat)?,
         diagnostics_period: seconds("diagnostics_period", period)?,
         max_busy,
@@ -922,6 +935,7 @@ mod tests {
             ("threshold_scale", Double(0.9)), // looser than the tuning drives certify
             ("recovery_level", Double(0.0)),  // no level to fall to
             ("recovery_level", Double(1.5)),  // over the threshold: never under it while alarming
+            ("cusum_ceiling", Double(0.5)),   // under the threshold: S could never alarm
             ("max_repeated_frames", Integer(-1)),
             ("transport", Str("udp".into())), // unknown choice
             ("image_qos", Str("fast".into())),

@@ -920,7 +920,8 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
     );
     let (_, noisy) = run(true);
     assert!(noisy.is_some_and(|t| (150..180).contains(&t)), "{noisy:?}");
-    // Clear errors: no fit drives; a fit drive that is also a tuning drive.
+    // Clear errors: no fit drives; a fit drive that is also a tuning drive, found before the
+    // fit runs (20 components would not fit; the input error comes first).
     for (fit, says) in [
         (vec![], "--mscn-fit"),
         (vec![drive("id_udem1_s3").path], "used twice"),
@@ -929,7 +930,13 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
             &root().join("models/default"),
             out.path(),
             det.as_mut(),
-            &with(Some(mscn(fit))),
+            &with(Some(DirectionOptions {
+                mscn: Some(MscnOptions {
+                    fit,
+                    components: 20,
+                }),
+                ..mscn(vec![])
+            })),
         ) else {
             panic!("accepted")
         };
@@ -950,5 +957,9 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
     ) else {
         panic!("20 components on 300 frames were accepted")
     };
-    assert!(e.to_string().contains("--mscn-components"), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("fewer --mscn-components or more --mscn-fit") && !e.contains(" --components"),
+        "{e}"
+    );
 }

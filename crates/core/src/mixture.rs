@@ -99,9 +99,29 @@ fn log_sum_exp(t: &[f64]) -> f64 {
     m + t.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
 }
 
+/// The command-line options a fit's errors tell the user to change: the component count and
+/// the drives fitted on.
+#[derive(Debug, Clone, Copy)]
+pub struct FitFlags {
+    pub components: &'static str,
+    pub fit: &'static str,
+}
+
+/// The score's mixture reference (`vae-ood calibrate --components K --fit DRIVES`).
+pub const SCORE_FLAGS: FitFlags = FitFlags {
+    components: "--components",
+    fit: "--fit",
+};
+
 /// Fits `k` components to `x` (every row the same length, more rows per component than
-/// features). Errors name what to change: fewer components or more fit frames.
-pub fn fit(x: &[Vec<f64>], k: usize, seed: u64) -> Result<Vec<Component>, ScoreError> {
+/// features). Errors name what to change, in `flags`' words: fewer components or more fit
+/// frames.
+pub fn fit(
+    x: &[Vec<f64>],
+    k: usize,
+    seed: u64,
+    flags: FitFlags,
+) -> Result<Vec<Component>, ScoreError> {
     let n = x.len();
     let d = x.first().map_or(0, Vec::len);
     if k == 0 {
@@ -109,10 +129,18 @@ pub fn fit(x: &[Vec<f64>], k: usize, seed: u64) -> Result<Vec<Component>, ScoreE
             "a mixture needs at least one component".into(),
         ));
     }
-    if d == 0 || n <= k * (d + 1) {
+    if n == 0 || d == 0 {
         return Err(ScoreError::Components(format!(
-            "{k} components of {d} features need more than {} fit frames, got {n}: use fewer --components or more --fit drives",
-            k * (d + 1)
+            "no fit frame has features to fit on ({n} frames): give more {} drives",
+            flags.fit
+        )));
+    }
+    if n <= k * (d + 1) {
+        return Err(ScoreError::Components(format!(
+            "{k} components of {d} features need more than {} fit frames, got {n}: use fewer {} or more {} drives",
+            k * (d + 1),
+            flags.components,
+            flags.fit
         )));
     }
     if x.iter().any(|r| r.len() != d) {
@@ -124,11 +152,11 @@ pub fn fit(x: &[Vec<f64>], k: usize, seed: u64) -> Result<Vec<Component>, ScoreE
     for (i, &l) in labels.iter().enumerate() {
         resp[i * k + l] = 1.0;
     }
-    let mut comps = m_step(x, &resp, k)?;
+    let mut comps = m_step(x, &resp, k, flags)?;
     let mut last = f64::NEG_INFINITY;
     for _ in 0..MAX_ITER {
         let ll = e_step(x, &comps, &mut resp);
-        comps = m_step(x, &resp, k)?;
+        comps = m_step(x, &resp, k, flags)?;
         if ll - last < TOL {
             break;
         }
@@ -159,15 +187,22 @@ fn e_step(x: &[Vec<f64>], comps: &[Component], resp: &mut [f64]) -> f64 {
     total / x.len() as f64
 }
 
-fn m_step(x: &[Vec<f64>], resp: &[f64], k: usize) -> Result<Vec<Component>, ScoreError> {
+fn m_step(
+    x: &[Vec<f64>],
+    resp: &[f64],
+    k: usize,
+    flags: FitFlags,
+) -> Result<Vec<Component>, ScoreError> {
     let (n, d) = (x.len(), x[0].len());
     (0..k)
         .map(|j| {
             let nj: f64 = (0..n).map(|i| resp[i * k + j]).sum();
             if nj < (d + 1) as f64 {
                 return Err(ScoreError::Components(format!(
-                    "component {j} of {k} holds {nj:.0} frames, fewer than the {} its {d} features need: use fewer --components or more --fit drives",
-                    d + 1
+                    "component {j} of {k} holds {nj:.0} frames, fewer than the {} its {d} features need: use fewer {} or more {} drives",
+                    d + 1,
+                    flags.components,
+                    flags.fit
                 )));
             }
             let mut mean = vec![0.0; d];
@@ -209,6 +244,50 @@ fn m_step(x: &[Vec<f64>], resp: &[f64], k: usize) -> Result<Vec<Component>, Scor
             })
         })
         .collect()
+}
+
+/// Checks a stored mixture over `dim` features: shapes, finite values, positive-definite
+/// precisions whose stored ln det is their own (the score trusts it, it is not recomputed per
+/// frame: a hand-edited precision with a stale ln det would shift every score without a word),
+/// and positive weights that sum to 1.
+pub fn validate(components: &[Component], dim: usize) -> Result<(), ScoreError> {
+    if components.is_empty() {
+        return Err(ScoreError::Components(
+            "a mixture needs at least one component".into(),
+        ));
+    }
+    for c in components {
+        if c.mean.len() != dim || c.precision.len() != dim * dim {
+            return Err(ScoreError::ReferenceShape {
+                mean: c.mean.len(),
+                precision: c.precision.len(),
+                dim,
+            });
+        }
+        if c.mean
+            .iter()
+            .chain(&c.precision)
+            .chain([&c.weight, &c.log_det_precision])
+            .any(|v| !v.is_finite())
+        {
+            return Err(ScoreError::NonFiniteReference);
+        }
+        let l = cholesky(&c.precision, dim)?;
+        let log_det = 2.0 * (0..dim).map(|i| l[i * dim + i].ln()).sum::<f64>();
+        if (log_det - c.log_det_precision).abs() > 1e-6 * (1.0 + log_det.abs()) {
+            return Err(ScoreError::Components(format!(
+                "log_det_precision is {} but the precision's ln det is {log_det}",
+                c.log_det_precision
+            )));
+        }
+    }
+    let total: f64 = components.iter().map(|c| c.weight).sum();
+    if components.iter().any(|c| c.weight <= 0.0) || (total - 1.0).abs() > 1e-6 {
+        return Err(ScoreError::Components(format!(
+            "weights must be positive and sum to 1 (they sum to {total})"
+        )));
+    }
+    Ok(())
 }
 
 /// k-means++ seeding and Lloyd iterations on features standardised per column (the features
@@ -305,7 +384,7 @@ mod tests {
     #[test]
     fn em_recovers_two_clusters_and_scores_both_as_near() {
         let x = two_clusters();
-        let comps = fit(&x, 2, 0).unwrap();
+        let comps = fit(&x, 2, 0, SCORE_FLAGS).unwrap();
         let mut w: Vec<f64> = comps.iter().map(|c| c.weight).collect();
         w.sort_by(f64::total_cmp);
         assert!(
@@ -327,13 +406,13 @@ mod tests {
         let one = crate::score::Reference::fit(&x, None, vec![]).unwrap();
         assert!(one.distance(&[5.0, -2.5]) < one.distance(&[10.0, -5.0]));
         // Reproducible: the same seed gives the same mixture.
-        assert_eq!(fit(&x, 2, 0).unwrap(), comps);
+        assert_eq!(fit(&x, 2, 0, SCORE_FLAGS).unwrap(), comps);
     }
 
     #[test]
     fn one_component_is_the_squared_mahalanobis_distance() {
         let x = two_clusters();
-        let comps = fit(&x, 1, 0).unwrap();
+        let comps = fit(&x, 1, 0, SCORE_FLAGS).unwrap();
         let one = crate::score::Reference::fit(&x, None, vec![]).unwrap();
         for p in [[0.0, 0.0], [3.0, -1.0], [12.0, 4.0]] {
             let (m, s) = (one.distance(&p), score(&comps, &p));
@@ -342,7 +421,7 @@ mod tests {
         }
         assert!(score(&comps, &[1.0]).is_nan());
         // A precision that overflows gives NaN terms: the score is NaN (a fault), never 0.
-        let mut broken = fit(&x, 2, 0).unwrap();
+        let mut broken = fit(&x, 2, 0, SCORE_FLAGS).unwrap();
         broken[0].precision = vec![f64::MAX, f64::MAX, f64::MAX, f64::MAX];
         broken[0].mean = vec![1e200, -1e200];
         assert!(
@@ -355,9 +434,9 @@ mod tests {
     #[test]
     fn too_many_components_for_the_frames_is_a_clear_error() {
         let x = two_clusters();
-        let e = fit(&x[..20], 8, 0).unwrap_err().to_string();
+        let e = fit(&x[..20], 8, 0, SCORE_FLAGS).unwrap_err().to_string();
         assert!(e.contains("fewer --components"), "{e}");
-        assert!(fit(&x, 0, 0)
+        assert!(fit(&x, 0, 0, SCORE_FLAGS)
             .unwrap_err()
             .to_string()
             .contains("at least one"));

@@ -114,7 +114,20 @@ pub struct MonitorConfig {
     /// pooled statistic, the pooled threshold at its share. Off: the pooled statistic alone, at
     /// its threshold before the split (`pooled_threshold_alone`).
     pub direction_branch: bool,
+    /// Every branch's S is held at or under this many times its threshold in force
+    /// ([`SequentialDetector::set_ceiling`], [`crate::detection::CEILING_RANGE`]): it changes
+    /// no first alarm, and bounds how long OOD outlasts the evidence. `None` (the library's
+    /// default, and what threshold tuning assumes): unbounded. The node's default is
+    /// [`DEFAULT_CUSUM_CEILING`].
+    pub cusum_ceiling: Option<f64>,
 }
+
+/// The node's and `vae-ood eval`'s default [`MonitorConfig::cusum_ceiling`]: S at most twice
+/// its threshold, so that after a shift it is back under the threshold within one threshold's
+/// worth of clear frames (a threshold of 14 to 17 at a drift of at least 1 a frame: at most
+/// 17 frames) and under the recovery level within 1.5 (docs/detector-experiments.md, session
+/// 39).
+pub const DEFAULT_CUSUM_CEILING: f64 = 2.0;
 
 /// The node's default for [`MonitorConfig::max_repeated_frames`]: half a second at 30 Hz.
 pub const DEFAULT_MAX_REPEATED_FRAMES: u32 = 15;
@@ -135,6 +148,7 @@ impl Default for MonitorConfig {
             branch_rule: false,
             relative_branch: true,
             direction_branch: true,
+            cusum_ceiling: None,
         }
     }
 }
@@ -173,6 +187,18 @@ impl MonitorConfig {
                     format!("must be in {RECOVERY_LEVEL_RANGE:?}, got {level}"),
                 );
             }
+        }
+        if let Some(c) = self
+            .cusum_ceiling
+            .filter(|c| !crate::detection::CEILING_RANGE.contains(c))
+        {
+            return invalid(
+                "cusum_ceiling",
+                format!(
+                    "must be in {:?} thresholds (None: off), got {c}",
+                    crate::detection::CEILING_RANGE
+                ),
+            );
         }
         if let Some(r) = self.min_rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
             return invalid(
@@ -353,6 +379,15 @@ fn lock(d: &SharedDetector) -> MutexGuard<'_, Box<dyn Detector>> {
     d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A branch's detector with the configured ceiling on its S.
+fn ceiled(
+    mut d: SequentialDetector,
+    config: &MonitorConfig,
+) -> Result<SequentialDetector, DetectionError> {
+    d.set_ceiling(config.cusum_ceiling)?;
+    Ok(d)
+}
+
 impl Sequential {
     /// The calibrated pipeline of a bundle, from S = 0; `None` for an uncalibrated bundle.
     fn fresh(
@@ -377,7 +412,10 @@ impl Sequential {
                 p.cusum_threshold = r.cusum_threshold * config.threshold_scale;
                 Some(RelativeBranch {
                     baseline: Baseline::new(r.baseline),
-                    detector: SequentialDetector::new(Calibration::new(r.scores.clone())?, p)?,
+                    detector: ceiled(
+                        SequentialDetector::new(Calibration::new(r.scores.clone())?, p)?,
+                        config,
+                    )?,
                     pooled_scale: r.pooled_scale,
                 })
             }
@@ -390,14 +428,20 @@ impl Sequential {
                 let mut p = d.pipeline.clone();
                 p.cusum_threshold *= config.threshold_scale;
                 Some(DirectionBranch {
-                    detector: SequentialDetector::new(Calibration::new(d.scores.clone())?, p)?,
+                    detector: ceiled(
+                        SequentialDetector::new(Calibration::new(d.scores.clone())?, p)?,
+                        config,
+                    )?,
                     baseline: d.baseline.map(Baseline::new),
                 })
             }
             _ => None,
         };
         let pooled_threshold = params.cusum_threshold;
-        let detector = SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?;
+        let detector = ceiled(
+            SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?,
+            config,
+        )?;
         Ok(Some(Sequential {
             detector,
             pooled_threshold,

@@ -682,7 +682,7 @@ impl Reference {
         if k == 1 {
             return Self::fit(features, detail, fitted_on);
         }
-        let components = crate::mixture::fit(features, k, 0)?;
+        let components = crate::mixture::fit(features, k, 0, crate::mixture::SCORE_FLAGS)?;
         let r = Self {
             components,
             ..Self::unfitted(fitted_on, features.len(), detail)
@@ -1012,40 +1012,7 @@ impl Reference {
                 "give either mean and precision (one Gaussian) or components, not both".into(),
             ));
         }
-        for c in &self.components {
-            if c.mean.len() != dim || c.precision.len() != dim * dim {
-                return Err(ScoreError::ReferenceShape {
-                    mean: c.mean.len(),
-                    precision: c.precision.len(),
-                    dim,
-                });
-            }
-            if c.mean
-                .iter()
-                .chain(&c.precision)
-                .chain([&c.weight, &c.log_det_precision])
-                .any(|v| !v.is_finite())
-            {
-                return Err(ScoreError::NonFiniteReference);
-            }
-            // The score trusts the stored ln det (it is not recomputed per frame): a hand-edited
-            // precision with a stale ln det would shift every score without a word.
-            let l = cholesky(&c.precision, dim)?;
-            let log_det = 2.0 * (0..dim).map(|i| l[i * dim + i].ln()).sum::<f64>();
-            if (log_det - c.log_det_precision).abs() > 1e-6 * (1.0 + log_det.abs()) {
-                return Err(ScoreError::Components(format!(
-                    "log_det_precision is {} but the precision's ln det is {log_det}",
-                    c.log_det_precision
-                )));
-            }
-        }
-        let total: f64 = self.components.iter().map(|c| c.weight).sum();
-        if self.components.iter().any(|c| c.weight <= 0.0) || (total - 1.0).abs() > 1e-6 {
-            return Err(ScoreError::Components(format!(
-                "weights must be positive and sum to 1 (they sum to {total})"
-            )));
-        }
-        Ok(())
+        crate::mixture::validate(&self.components, dim)
     }
 }
 

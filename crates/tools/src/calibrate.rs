@@ -392,7 +392,7 @@ fn direction_section(
             .iter()
             .map(|d| d.iter().copied().collect::<Option<Vec<f64>>>())
             .collect::<Option<_>>()
-            .ok_or_else(|| Error::Input("a frame's weakest direction was not measured".into()))
+            .ok_or_else(|| Error::Input("the direction branch's statistic was not measured on a frame (an internal error: please report it)".into()))
     };
     // Against each drive's own past, as a stream sees it, when the branch has a baseline.
     let statistic = |drives: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
@@ -444,11 +444,6 @@ fn direction_section(
 /// The MSCN statistics' mixture, fitted on every frame of the clear drives `m.fit` with the
 /// score's seeded EM ([`mixture::fit`]).
 fn fit_mscn(m: &MscnOptions, width: u32, height: u32, quiet: bool) -> Result<Vec<Component>> {
-    if m.fit.is_empty() {
-        return Err(Error::Input(
-            "the MSCN statistic needs clear drives to fit its mixture on (--mscn-fit)".into(),
-        ));
-    }
     let mut extractor =
         MscnExtractor::new(width, height).map_err(|e| Error::Input(e.to_string()))?;
     let bar = if quiet {
@@ -456,21 +451,28 @@ fn fit_mscn(m: &MscnOptions, width: u32, height: u32, quiet: bool) -> Result<Vec
     } else {
         ProgressBar::new_spinner()
     };
-    let mut x = vec![];
+    let (mut x, mut frames) = (vec![], 0usize);
     for path in &m.fit {
         for_each_frame(path, &mut |img| {
             // Frames without texture carry no evidence and are left out of the fit.
             x.extend(extractor.features(img.into()));
+            frames += 1;
             bar.inc(1);
             Ok(())
         })?;
     }
     bar.finish_and_clear();
-    mixture::fit(&x, m.components, 0).map_err(|e| {
-        Error::Input(format!(
-            "the MSCN statistics' mixture: {e} (for this mixture: --mscn-components, --mscn-fit)"
-        ))
-    })
+    if x.is_empty() {
+        return Err(Error::Input(format!(
+            "the MSCN statistics' mixture: none of the {frames} frames of the --mscn-fit drives has texture enough to measure (flat views carry no evidence); give drives with textured scenes"
+        )));
+    }
+    let flags = mixture::FitFlags {
+        components: "--mscn-components",
+        fit: "--mscn-fit",
+    };
+    mixture::fit(&x, m.components, 0, flags)
+        .map_err(|e| Error::Input(format!("the MSCN statistics' mixture: {e}")))
 }
 
 pub struct Outcome {
@@ -618,23 +620,20 @@ pub fn calibrate(
         if let Some(b) = &o.baseline {
             b.validate()?;
         }
-        let meter = match &o.mscn {
-            Some(m) => {
-                if o.baseline.is_some() {
-                    return input(
-                        "the MSCN statistic is scored as measured: give no baseline with it".into(),
-                    );
-                }
-                let components = fit_mscn(m, o.width, o.height, opts.quiet)?;
-                mscn = Some(MscnReference {
-                    components: components.clone(),
-                });
-                DirectionMeter::mscn(o.width, o.height, components)
-                    .map_err(|e| Error::Input(e.to_string()))?
+        if let Some(m) = &o.mscn {
+            if o.baseline.is_some() {
+                return input(
+                    "the MSCN statistic is scored as measured: give no baseline with it".into(),
+                );
             }
-            None => DirectionMeter::new(o.width, o.height, o.floor),
-        };
-        if !det.measure_direction(Some(meter)) {
+            if m.fit.is_empty() {
+                return input(
+                    "the MSCN statistic needs clear drives to fit its mixture on (--mscn-fit)"
+                        .into(),
+                );
+            }
+        }
+        if flow {
             return input("--direction-branch needs an image bundle: the flow detector's input is motion, not a frame's detail".into());
         }
     }
@@ -664,6 +663,24 @@ pub fn calibrate(
         .map(|d| frames_in(&d.path, None))
         .collect::<Result<Vec<usize>>>()?;
     check_lengths(&args, &lengths, opts)?;
+    // The direction branch's meter, once every input is known good (the MSCN fit reads its
+    // drives whole).
+    if let Some(o) = &opts.direction {
+        let meter = match &o.mscn {
+            Some(m) => {
+                let components = fit_mscn(m, o.width, o.height, opts.quiet)?;
+                mscn = Some(MscnReference {
+                    components: components.clone(),
+                });
+                DirectionMeter::mscn(o.width, o.height, components)
+                    .map_err(|e| Error::Input(e.to_string()))?
+            }
+            None => DirectionMeter::new(o.width, o.height, o.floor),
+        };
+        if !det.measure_direction(Some(meter)) {
+            return input("--direction-branch needs an image bundle: this detector measures no frame's detail".into());
+        }
+    }
     let total = lengths.iter().sum::<usize>();
     let bar = if opts.quiet {
         ProgressBar::hidden()

@@ -114,7 +114,8 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
             bundle: path.clone(),
             backend: opts.backend,
             // The bundle's own thresholds (no explicit threshold or scale may stand in for
-            // them); alarms change no statistic.
+            // them); alarms change no statistic, and S is unbounded (no ceiling), as the
+            // thresholds were tuned.
             monitor: MonitorConfig::default(),
             topic: opts.topic.clone(),
             folder_fps: opts.folder_fps,

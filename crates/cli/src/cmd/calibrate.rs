@@ -167,10 +167,10 @@ pub struct Args {
     direction_statistic: Statistic,
     /// With --direction-statistic mscn: clear drives (bags or image folders) the statistics'
     /// mixture is fitted on, disjoint from every other role.
-    #[arg(long = "mscn-fit", num_args = 1.., value_name = "DRIVE")]
+    #[arg(long = "mscn-fit", num_args = 1.., value_name = "DRIVE", requires = "direction_branch")]
     mscn_fit: Vec<PathBuf>,
     /// With --direction-statistic mscn: the mixture's components.
-    #[arg(long, default_value_t = 16, value_name = "K")]
+    #[arg(long, default_value_t = 16, value_name = "K", requires = "direction_branch")]
     mscn_components: usize,
     #[arg(long)]
     quiet: bool,
@@ -244,6 +244,12 @@ pub fn run(a: Args) -> Result<()> {
             .map(|(w, h)| -> Result<_> {
                 let o = DirectionOptions::at(w.try_into()?, h.try_into()?);
                 Ok(match a.direction_statistic {
+                    Statistic::Weakest if !a.mscn_fit.is_empty() => {
+                        anyhow::bail!("--mscn-fit applies to --direction-statistic mscn")
+                    }
+                    Statistic::Mscn if a.direction_floor.is_some() => {
+                        anyhow::bail!("--direction-floor applies to the weakest direction, not to --direction-statistic mscn")
+                    }
                     Statistic::Weakest => DirectionOptions {
                         floor: a.direction_floor.unwrap_or(o.floor),
                         baseline: Some(a.direction_baseline),

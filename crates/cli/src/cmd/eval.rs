@@ -53,6 +53,11 @@ pub struct Args {
     /// node's `recovery_level` (0.01..=1; 1 = none).
     #[arg(long, default_value_t = monitor::DEFAULT_RECOVERY_LEVEL, value_parser = parse_recovery_level)]
     recovery_level: f64,
+    /// Every branch's S is held at or under this many of its thresholds, as the node's
+    /// `cusum_ceiling` (1..=1000; 0: unbounded). It changes no first alarm; it bounds how long
+    /// OOD outlasts the evidence.
+    #[arg(long, default_value_t = monitor::DEFAULT_CUSUM_CEILING, value_parser = parse_ceiling)]
+    cusum_ceiling: f64,
     /// Exact repeats of the previous frame's posterior in a row before the camera counts as
     /// frozen (a fault), as the node's parameter; 0 disables.
     #[arg(long, default_value_t = vae_ood_core::monitor::DEFAULT_MAX_REPEATED_FRAMES)]
@@ -87,6 +92,15 @@ fn parse_min_rate(s: &str) -> Result<f64> {
     crate::common::parse_in_range(s, &monitor::MIN_RATE_RANGE, "0 disables the check")
 }
 
+fn parse_ceiling(s: &str) -> Result<f64> {
+    let v: f64 = s.parse()?;
+    if v == 0.0 {
+        return Ok(0.0);
+    }
+    let why = "in thresholds; 0: unbounded";
+    crate::common::parse_in_range(s, &vae_ood_core::detection::CEILING_RANGE, why)
+}
+
 fn parse_recovery_level(s: &str) -> Result<f64> {
     crate::common::parse_in_range(s, &monitor::RECOVERY_LEVEL_RANGE, "1 = no hysteresis")
 }
@@ -116,6 +130,7 @@ pub fn run(a: &Args) -> Result<()> {
             branch_rule: a.branch_rule,
             relative_branch: !a.no_relative,
             direction_branch: !a.no_direction,
+            cusum_ceiling: (a.cusum_ceiling > 0.0).then_some(a.cusum_ceiling),
         },
         topic: a.topic.clone(),
         folder_fps: a.fps,

@@ -20,6 +20,13 @@ impl Cusum {
         self.s
     }
 
+    /// Holds S at or under `ceiling` (a bound on the evidence it keeps, so that it falls back
+    /// within a bounded number of steps once the evidence stops).
+    pub fn clamp_to(&mut self, ceiling: f64) -> f64 {
+        self.s = self.s.min(ceiling);
+        self.s
+    }
+
     pub fn reset(&mut self) {
         self.s = 0.0;
     }

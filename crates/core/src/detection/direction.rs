@@ -83,35 +83,15 @@ pub struct MscnReference {
 }
 
 impl MscnReference {
+    /// The checks of the score's mixture reference ([`mixture::validate`]) over the
+    /// [`MSCN_FEATURES`] statistics.
     fn validate(&self) -> Result<(), DetectionError> {
-        let bad = |reason: String| DetectionError::InvalidParam {
-            param: "direction.mscn",
-            reason,
-        };
-        if self.components.is_empty() {
-            return Err(bad("needs at least one component".into()));
-        }
-        for (i, c) in self.components.iter().enumerate() {
-            if c.mean.len() != MSCN_FEATURES || c.precision.len() != MSCN_FEATURES * MSCN_FEATURES {
-                return Err(bad(format!(
-                    "component {i} has a mean of {} and a precision of {} values; the MSCN statistics need {MSCN_FEATURES} and {}",
-                    c.mean.len(),
-                    c.precision.len(),
-                    MSCN_FEATURES * MSCN_FEATURES
-                )));
+        mixture::validate(&self.components, MSCN_FEATURES).map_err(|e| {
+            DetectionError::InvalidParam {
+                param: "direction.mscn",
+                reason: e.to_string(),
             }
-            let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
-            if !(c.weight > 0.0
-                && finite(&c.mean)
-                && finite(&c.precision)
-                && c.log_det_precision.is_finite())
-            {
-                return Err(bad(format!(
-                    "component {i} has a non-positive weight or a non-finite value"
-                )));
-            }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -353,6 +333,34 @@ mod tests {
         let empty = [0.0, 0.002, 0.002, 0.002];
         assert!(weakest_direction(empty, 0.0) > 5.0);
         assert!(weakest_direction(empty, GREY_LEVEL) < 0.5);
+    }
+
+    /// The MSCN reference is checked as the score's mixture is: a fitted one passes; a stale ln
+    /// det, weights that do not sum to 1 or a precision that is not positive-definite do not.
+    #[test]
+    fn an_mscn_reference_is_checked_as_the_scores_mixture_is() {
+        // Deterministic, spread features: row i's feature j is a smooth function of (i, j).
+        let x: Vec<Vec<f64>> = (0..400)
+            .map(|i| {
+                (0..MSCN_FEATURES)
+                    .map(|j| ((i * 7 + j * 13) as f64 * 0.37).sin() + (i % 2) as f64 * 3.0)
+                    .collect()
+            })
+            .collect();
+        let fitted = MscnReference {
+            components: mixture::fit(&x, 2, 0, mixture::SCORE_FLAGS).unwrap(),
+        };
+        fitted.validate().unwrap();
+        let broken = |edit: &dyn Fn(&mut Vec<Component>)| {
+            let mut m = fitted.clone();
+            edit(&mut m.components);
+            m.validate().unwrap_err().to_string()
+        };
+        let e = broken(&|c| c[0].log_det_precision += 1.0);
+        assert!(e.contains("direction.mscn") && e.contains("ln det"), "{e}");
+        assert!(broken(&|c| c[0].weight *= 0.5).contains("sum to 1"));
+        assert!(broken(&|c| c[1].precision[0] = -1.0).contains("direction.mscn"));
+        assert!(broken(&|c| c.clear()).contains("at least one component"));
     }
 
     #[test]

@@ -134,7 +134,15 @@ pub struct SequentialDetector {
     martingale: PowerMartingale,
     cusum: Cusum,
     params: PipelineParams,
+    /// S is held at or under this many times the threshold in force ([`Self::set_ceiling`]);
+    /// `None`: unbounded.
+    ceiling: Option<f64>,
 }
+
+/// The range of a [`SequentialDetector`]'s ceiling, in thresholds: at 1 or more it never
+/// touches S before the first alarm (S is then at most the threshold), so it changes no first
+/// alarm and no false-alarm promise, only how long S stays high after one.
+pub const CEILING_RANGE: std::ops::RangeInclusive<f64> = 1.0..=1000.0;
 
 impl SequentialDetector {
     pub fn new(calibration: Calibration, params: PipelineParams) -> Result<Self, DetectionError> {
@@ -144,7 +152,24 @@ impl SequentialDetector {
             cusum: Cusum::new(params.decay),
             calibration,
             params,
+            ceiling: None,
         })
+    }
+
+    /// Holds S at or under `ceiling` times the threshold in force from the next step on
+    /// (`None`: unbounded). Without a ceiling, S keeps every frame's evidence: after a long
+    /// shift it may stand hundreds over the threshold and take hundreds of clear frames to
+    /// fall back (docs/detector-experiments.md, session 39). With one, it falls from the
+    /// ceiling to the threshold within (ceiling - 1) x threshold / decay clear steps.
+    pub fn set_ceiling(&mut self, ceiling: Option<f64>) -> Result<(), DetectionError> {
+        if let Some(c) = ceiling.filter(|c| !CEILING_RANGE.contains(c)) {
+            return Err(invalid(
+                "cusum_ceiling",
+                format!("must be in {CEILING_RANGE:?} thresholds (None: off), got {c}"),
+            ));
+        }
+        self.ceiling = ceiling;
+        Ok(())
     }
 
     pub fn params(&self) -> &PipelineParams {
@@ -163,7 +188,11 @@ impl SequentialDetector {
         // S only accumulates once the window is full: a partial window is not the statistic
         // the threshold was tuned for.
         let cusum = if window_full {
-            self.cusum.update(log_martingale)
+            self.cusum.update(log_martingale);
+            match self.ceiling {
+                Some(c) => self.cusum.clamp_to(c * self.params.cusum_threshold),
+                None => self.cusum.value(),
+            }
         } else {
             self.cusum.value()
         };
@@ -196,6 +225,61 @@ impl SequentialDetector {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn detector(threshold: f64) -> SequentialDetector {
+        let cal = Calibration::new((0..200).map(f64::from).collect()).unwrap();
+        let params = PipelineParams {
+            window: 1,
+            epsilon_grid: 20,
+            decay: 1.0,
+            cusum_threshold: threshold,
+        };
+        SequentialDetector::new(cal, params).unwrap()
+    }
+
+    proptest! {
+        /// A ceiling of at least one threshold never changes S up to and including the first
+        /// alarm (so no first alarm moves); afterwards S stays at or under it, and once the
+        /// evidence stops S is back at or under the threshold within (ceiling - 1) x threshold
+        /// / decay steps.
+        #[test]
+        fn a_ceiling_changes_nothing_before_the_first_alarm_and_bounds_the_recovery(
+            ceiling in 1.0f64..5.0,
+            threshold in 1.0f64..50.0,
+            scores in proptest::collection::vec(prop_oneof![0.0f64..200.0, Just(1000.0)], 1..300),
+        ) {
+            let (mut free, mut held) = (detector(threshold), detector(threshold));
+            held.set_ceiling(Some(ceiling)).unwrap();
+            let mut alarmed = false;
+            for &s in &scores {
+                let (a, b) = (free.step(s), held.step(s));
+                if !alarmed {
+                    prop_assert_eq!(a.alarm, b.alarm);
+                    if !a.alarm {
+                        prop_assert_eq!(a, b);
+                    }
+                }
+                alarmed |= a.alarm;
+                prop_assert!(b.cusum <= ceiling * threshold + 1e-9);
+            }
+            // Clear frames from here on (the least unusual score: p-value 1, S falls by more
+            // than the decay).
+            let steps = ((ceiling - 1.0) * threshold).ceil() as usize;
+            let last = (0..steps).map(|_| held.step(0.0)).last();
+            let s = last.map_or(held.cusum(), |st| st.cusum);
+            prop_assert!(s <= threshold, "S {s} after {steps} clear steps");
+        }
+    }
+
+    #[test]
+    fn a_ceiling_outside_its_range_is_refused() {
+        let mut d = detector(10.0);
+        for bad in [0.5, f64::NAN, f64::INFINITY, 0.0] {
+            let e = d.set_ceiling(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("cusum_ceiling"), "{e}");
+        }
+        d.set_ceiling(None).unwrap();
+    }
 
     proptest! {
         /// Any operator-given parameters are either refused with an error or give a pipeline
