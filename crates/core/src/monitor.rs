@@ -1462,6 +1462,62 @@ mod tests {
         assert!(s.step(50.0, None).relative.is_some_and(|r| r.cusum == 0.0));
     }
 
+    /// The ceiling as the monitor applies it (`MonitorConfig::cusum_ceiling`): after 100
+    /// frames of the strongest evidence, the monitor with a ceiling of 2 is back to OK within
+    /// (2 - level) x threshold frames plus `frames`, its ratio never over 2; the unbounded one
+    /// is still OOD then. Both alarm on the same frame.
+    #[test]
+    fn a_ceiling_bounds_how_long_ood_outlasts_the_evidence() {
+        let run = |ceiling: Option<f64>| {
+            let config = MonitorConfig {
+                cusum_ceiling: ceiling,
+                ..Default::default()
+            };
+            let detector = ceiled(
+                pipeline((0..10_000).map(f64::from).collect(), 1, 10.0),
+                &config,
+            )
+            .unwrap();
+            let mut s = Sequential {
+                detector,
+                pooled_threshold: 10.0,
+                relative: None,
+                direction: None,
+                latched: MonitorState::Starting,
+                good_streak: 0,
+            };
+            let auto = Recovery::Auto {
+                frames: 3,
+                level: 0.5,
+            };
+            let (mut first, mut ok_at, mut top) = (None, None, 0.0f64);
+            for t in 0..200 {
+                let score = if t < 100 { 1e9 } else { 0.0 };
+                let j = s.step(score, None);
+                top = top.max(j.ratio);
+                let state = s.next(&j, auto);
+                if state == MonitorState::Ood {
+                    first.get_or_insert(t);
+                } else if t >= 100 && ok_at.is_none() {
+                    ok_at = Some(t - 100);
+                }
+            }
+            (first, ok_at, top)
+        };
+        let (first_held, back, top) = run(Some(2.0));
+        let (first_free, never, _) = run(None);
+        assert_eq!(first_held, first_free);
+        assert!(top <= 2.0 + 1e-12, "{top}");
+        assert!(back.is_some_and(|t| t <= 15 + 3), "{back:?}");
+        assert_eq!(never, None);
+        assert!(MonitorConfig {
+            cusum_ceiling: Some(0.5),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+    }
+
     #[test]
     fn hysteresis_holds_ood_until_s_falls_to_the_level() {
         let auto = Recovery::Auto {

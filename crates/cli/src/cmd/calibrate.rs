@@ -170,7 +170,12 @@ pub struct Args {
     #[arg(long = "mscn-fit", num_args = 1.., value_name = "DRIVE", requires = "direction_branch")]
     mscn_fit: Vec<PathBuf>,
     /// With --direction-statistic mscn: the mixture's components.
-    #[arg(long, default_value_t = 16, value_name = "K", requires = "direction_branch")]
+    #[arg(
+        long,
+        default_value_t = 16,
+        value_name = "K",
+        requires = "direction_branch"
+    )]
     mscn_components: usize,
     #[arg(long)]
     quiet: bool,
