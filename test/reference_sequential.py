@@ -28,16 +28,17 @@ def log_power_martingale(p, window, grid):
     return out
 
 
-def cusum(log_m, window, decay):
+def cusum(log_m, window, decay, cap=np.inf):
+    """S = max(0, S + log M - decay), held at or under `cap` (the ceiling times the threshold)."""
     s, out = 0.0, np.empty(len(log_m))
     for t, lm in enumerate(log_m):
         if t + 1 >= window:
-            s = max(0.0, s + lm - decay)
+            s = min(max(0.0, s + lm - decay), cap)
         out[t] = s
     return out
 
 
-def pipeline(cal, scores, window, grid, decay):
+def pipeline(cal, scores, window, grid, decay, cap=np.inf):
     p = p_values(cal, scores)
     lm = log_power_martingale(p, window, grid)
-    return p, lm, cusum(lm, window, decay)
+    return p, lm, cusum(lm, window, decay, cap)

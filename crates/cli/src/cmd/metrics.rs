@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
-use vae_ood_core::detection::{tuning, Calibration, PipelineParams, Step};
+use vae_ood_core::detection::{tuning, Calibration, PipelineParams, SequentialDetector, Step};
 
 #[derive(clap::Args)]
 pub struct MetricsArgs {
@@ -41,6 +41,12 @@ pub fn sequential(a: &SequentialArgs) -> Result<()> {
         window: usize,
         epsilon_grid: usize,
         decay: f64,
+        /// With `threshold`: S held at or under `ceiling` x `threshold` (the node's
+        /// `cusum_ceiling`); absent, S is unbounded.
+        #[serde(default)]
+        ceiling: Option<f64>,
+        #[serde(default)]
+        threshold: Option<f64>,
     }
     let inp: In = read_json(&a.input)?;
     let cal = Calibration::new(inp.calibration)?;
@@ -48,10 +54,20 @@ pub fn sequential(a: &SequentialArgs) -> Result<()> {
         window: inp.window,
         epsilon_grid: inp.epsilon_grid,
         decay: inp.decay,
-        cusum_threshold: f64::MAX,
+        cusum_threshold: inp.threshold.unwrap_or(f64::MAX),
     };
     params.validate()?;
-    let steps = tuning::run(&cal, &params, &inp.scores);
+    let steps = match inp.ceiling {
+        None => tuning::run(&cal, &params, &inp.scores),
+        Some(_) if inp.threshold.is_none() => {
+            anyhow::bail!("a ceiling is a multiple of the threshold: give \"threshold\" too")
+        }
+        Some(c) => {
+            let mut det = SequentialDetector::new(cal, params)?;
+            det.set_ceiling(Some(c))?;
+            inp.scores.iter().map(|&s| det.step(s)).collect()
+        }
+    };
     let col = |f: fn(&Step) -> f64| steps.iter().map(f).collect::<Vec<_>>();
     println!(
         "{}",
