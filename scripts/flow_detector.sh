@@ -59,6 +59,7 @@ case "${1:-}" in
       echo "== $b"
       python3 scripts/testset_card.py --bundle "$b" --vae "$VAE" --testset out/flow_testset \
         --types rain snow camera_shake fast frame_drops --falsealarm "${FALSEALARM[@]}" \
+        ${CUSUM_CEILING:+--cusum-ceiling "$CUSUM_CEILING"} \
         --out "$OUT/$(basename "$b")" "${update[@]}"
     done
     echo "== combined ($img + flow), flow test set"

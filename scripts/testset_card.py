@@ -136,13 +136,18 @@ def main():
     ap.add_argument("--types", nargs="+", default=list(TYPES),
                     help="OOD types of the test set, in the card's order (the flow detector's: rain snow "
                          "camera_shake fast frame_drops)")
+    ap.add_argument("--cusum-ceiling", default=None,
+                    help="passed to vae-ood eval (default: eval's, 2 since session 39; 0: S unbounded, as "
+                         "every card block before session 39 was measured)")
     ap.add_argument("--out", type=pathlib.Path)
     ap.add_argument("--update", type=pathlib.Path, help="model card whose testset block to rewrite")
     args = ap.parse_args()
     out = args.out or ROOT / "out" / f"testset_{args.bundle.name}"
-    test = evaluate(args.vae, args.bundle, out / "test", ["--label-topic", "/ood_label", "--input", *inputs_of(args.testset)])
+    ceiling = [] if args.cusum_ceiling is None else ["--cusum-ceiling", str(args.cusum_ceiling)]
+    test = evaluate(args.vae, args.bundle, out / "test",
+                    [*ceiling, "--label-topic", "/ood_label", "--input", *inputs_of(args.testset)])
     fas = [(d.name, evaluate(args.vae, args.bundle, out / d.name,
-                             ["--id", *[str(p) for p in sorted(d.glob("*/bag"))]]))
+                             [*ceiling, "--id", *[str(p) for p in sorted(d.glob("*/bag"))]]))
            for d in args.falsealarm]
     s = summarise(test, fas, args.types)
     (out / "summary.json").write_text(json.dumps(s, indent=1))

@@ -819,6 +819,31 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
     );
     let frame = image::RgbImage::new(160, 120);
     assert!(off.process_image(&frame).direction.is_none());
+    // ... and its detector stops measuring the branch's statistic (nothing would read it).
+    let shared: vae_ood_core::monitor::SharedDetector = std::sync::Arc::new(std::sync::Mutex::new(
+        vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap(),
+    ));
+    let measured = |d: &vae_ood_core::monitor::SharedDetector| {
+        let mut d = d.lock().unwrap();
+        let stream = d.open_stream();
+        let px = vae_ood_core::frame::Pixels::from(&frame);
+        let scored = d.score_batch(&[vae_ood_core::detector::StreamFrame {
+            stream,
+            pixels: px,
+            stamp_ns: None,
+        }]);
+        scored[0].as_ref().unwrap().direction.is_some()
+    };
+    assert!(measured(&shared), "a bundle with the branch measures it");
+    let _off = vae_ood_core::Monitor::on_shared(
+        shared.clone(),
+        vae_ood_core::MonitorConfig {
+            direction_branch: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!measured(&shared), "measured with the branch off");
     // One tuning drive leaves the pooled threshold no budget to share: a clear error.
     let Err(err) = calibrate(
         &root().join("models/default"),

@@ -711,6 +711,11 @@ impl Monitor {
                     reason: "needs a flow bundle with calibration.branch_thresholds: calibrate it again with this version's `vae-ood calibrate`, or turn the rule off".into(),
                 });
             }
+            // Nothing reads the branch's statistic without the branch (a detector's monitors
+            // share one setting: the node's `direction_branch`).
+            if !config.direction_branch {
+                d.measure_no_direction();
+            }
             (
                 d.open_stream(),
                 Sequential::fresh(d.as_ref(), &config)?,
