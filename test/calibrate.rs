@@ -967,6 +967,21 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
         };
         assert!(e.to_string().contains(says), "{e}");
     }
+    // The score's --fit drives may also fit the MSCN mixture (two models, no p-value between
+    // them): the overlap passes the role check and the run stops at the next one (a window no
+    // tuning drive fills), before any frame is scored.
+    let mut both = with(Some(mscn(vec![drive("id_loop_empty_s4").path])));
+    both.fit = vec![drive("id_loop_empty_s4")];
+    both.grid.window = vec![1000];
+    let Err(e) = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &both,
+    ) else {
+        panic!("a window of 1000 on 300-frame tuning drives was accepted")
+    };
+    assert!(e.to_string().contains("--windows 1000"), "{e}");
     // Too many components for the fit frames: the error names the MSCN flags.
     let Err(e) = calibrate(
         &root().join("models/default"),

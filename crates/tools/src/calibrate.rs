@@ -220,7 +220,8 @@ pub struct DirectionOptions {
 /// The branch on natural-scene statistics (`calibration.direction.mscn`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MscnOptions {
-    /// Clear drives the statistics' mixture is fitted on (disjoint from every other role).
+    /// Clear drives the statistics' mixture is fitted on (disjoint from the calibration, tuning
+    /// and validation drives; the score's fit drives may repeat).
     pub fit: Vec<PathBuf>,
     /// The mixture's components.
     pub components: usize,
@@ -650,11 +651,26 @@ pub fn calibrate(
         .as_ref()
         .and_then(|o| o.mscn.as_ref())
         .map_or(&[][..], |m| &m.fit[..]);
+    // Each drive has one role. The two fits may share drives (the score's reference and the
+    // MSCN mixture are different models, and neither sets a p-value or a threshold), but
+    // neither may share one with the calibration, tuning or validation drives.
     let mut seen = HashSet::new();
-    for path in args.iter().map(|d| &d.path).chain(mscn_fit) {
-        let canon = path.canonicalize().map_err(Error::read(path))?;
-        if !seen.insert(canon) {
-            return input(format!("drive {} is used twice: fit, calibration, tuning, validation and MSCN fit drives must be disjoint", path.display()));
+    let canon = |path: &PathBuf| path.canonicalize().map_err(Error::read(path));
+    for path in args.iter().map(|d| &d.path) {
+        if !seen.insert(canon(path)?) {
+            return input(format!("drive {} is used twice: fit, calibration, tuning and validation drives must be disjoint", path.display()));
+        }
+    }
+    let score_fit: HashSet<PathBuf> = opts
+        .fit
+        .iter()
+        .map(|d| canon(&d.path))
+        .collect::<Result<_>>()?;
+    let mut mscn_seen = HashSet::new();
+    for path in mscn_fit {
+        let c = canon(path)?;
+        if !mscn_seen.insert(c.clone()) || (seen.contains(&c) && !score_fit.contains(&c)) {
+            return input(format!("drive {} is used twice: the MSCN fit drives must be distinct and disjoint from the calibration, tuning and validation drives (the score's --fit drives may repeat)", path.display()));
         }
     }
     // Lengths from the drives' indexes, so that impossible roles fail before any scoring.

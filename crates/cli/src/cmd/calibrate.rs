@@ -166,7 +166,8 @@ pub struct Args {
     )]
     direction_statistic: Statistic,
     /// With --direction-statistic mscn: clear drives (bags or image folders) the statistics'
-    /// mixture is fitted on, disjoint from every other role.
+    /// mixture is fitted on, disjoint from the calibration, tuning and validation drives (the
+    /// score's --fit drives may repeat).
     #[arg(long = "mscn-fit", num_args = 1.., value_name = "DRIVE", requires = "direction_branch")]
     mscn_fit: Vec<PathBuf>,
     /// With --direction-statistic mscn: the mixture's components.
