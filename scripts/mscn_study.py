@@ -142,8 +142,11 @@ def compare(a):
     F = np.concatenate([d["D"][textured(d["D"]), :30] for d in data["fit"]])
     mean, sd = F.mean(0), F.std(0) + 1e-9
     g = GaussianMixture(a.components, covariance_type="full", reg_covar=1e-4, random_state=a.seed, max_iter=300).fit((F - mean) / sd)
-    base = -g.score_samples((F - mean) / sd).min()
-    S = {r: [np.where(textured(d["D"]), -g.score_samples((d["D"][:, :30] - mean) / sd) + base, 0.0) for d in data[r]]
+    # The fit's most likely frame scores 0, so a textured frame scores >= 0 there and the flat
+    # ones' 0 is the least unusual, as in the Rust score (which is twice this, on a mixture
+    # fitted by its own EM on unstandardised features: figures agree in rank, not in value).
+    base = g.score_samples((F - mean) / sd).max()
+    S = {r: [np.where(textured(d["D"]), np.maximum(base - g.score_samples((d["D"][:, :30] - mean) / sd), 0.0), 0.0) for d in data[r]]
          for r in data}
     val, clear_val = data["val"], np.concatenate([s[~d["ood"]] for s, d in zip(S["val"], data["val"])])
     print(f"{a.components} components (seed {a.seed}); per type: per-frame AUROC, the median OOD score, the share of "
