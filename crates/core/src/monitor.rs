@@ -1184,9 +1184,14 @@ mod tests {
             },
         )
         .unwrap();
+        pooled_only(det)
+    }
+
+    /// The pooled statistic alone, at its detector's threshold, from STARTING.
+    fn pooled_only(detector: SequentialDetector) -> Sequential {
         Sequential {
-            detector: det,
-            pooled_threshold: THRESHOLD,
+            pooled_threshold: detector.params().cusum_threshold,
+            detector,
             relative: None,
             direction: None,
             latched: MonitorState::Starting,
@@ -1483,14 +1488,7 @@ mod tests {
                 &config,
             )
             .unwrap();
-            let mut s = Sequential {
-                detector,
-                pooled_threshold: 10.0,
-                relative: None,
-                direction: None,
-                latched: MonitorState::Starting,
-                good_streak: 0,
-            };
+            let mut s = pooled_only(detector);
             let auto = Recovery::Auto {
                 frames: 3,
                 level: 0.5,
