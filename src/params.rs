@@ -105,7 +105,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("recovery", Str("auto"), "How a calibrated monitor leaves OOD: 'auto' (S at or under recovery_level x the threshold for recovery_frames consecutive frames) or 'manual' (only the ~/reset service).", constraints: "auto | manual"),
     decl!("recovery_frames", Int(10), "Consecutive frames with S at or under recovery_level x the threshold before an automatic recovery from OOD.", range: Some(Range::Int(1, 100_000))),
     decl!("recovery_level", Double(0.5), "Hysteresis of automatic recovery: S must fall to this share of the CUSUM threshold, so that S hovering at the threshold does not leave OOD and alarm again. 1 = no hysteresis. Never delays an alarm.", range: Some(Range::Double(0.01, 1.0))),
-    decl!("cusum_ceiling", Double(2.0), "Every calibrated branch's CUSUM statistic S is held at or under this many times its threshold in force, so that after a shift OOD outlasts the evidence by a bounded time (from the ceiling to recovery_level x the threshold at CUSUM's drift of at least 1 a frame: at most (cusum_ceiling - recovery_level) x the threshold frames, then recovery_frames). At 1 or more it changes no first alarm and no false-alarm promise (S is under the threshold until the first alarm). 0: unbounded (S keeps every frame's evidence; after a long shift recovery may take hundreds of frames).", range: Some(Range::Double(0.0, 1000.0)), constraints: "0 (unbounded) or 1 to 1000 thresholds"),
+    decl!("cusum_ceiling", Double(2.0), "Every calibrated branch's CUSUM statistic S is held at or under this many times its threshold in force, so that OOD outlasts a shift by a bounded time: S falls from the ceiling by about the drift (1 for the shipped bundles) or a little more on each ordinary clear frame, so recovery takes roughly (cusum_ceiling - recovery_level) x the threshold in force frames, then recovery_frames (20 to 50 frames for models/compressed on its test drives; with a drive-relative branch the pooled threshold in force is raised after the start-up hold, and the time with it). Over 1 it changes no first alarm and no false-alarm promise (S is at most the threshold until the first alarm). 0: unbounded (S keeps every frame's evidence; after a long shift recovery may take hundreds of frames).", range: Some(Range::Double(0.0, 1000.0)), constraints: "0 (unbounded) or over 1 and at most 1000 thresholds"),
     decl!("max_frame_age", Double(0.5), "Frames whose header stamp is older than this many seconds on arrival are rejected as stale, and frames stamped more than this ahead of the node's clock as ahead_of_clock (the clocks disagree); both fail safe. 0 disables the check.", range: Some(Range::Double(0.0, 86_400.0)), constraints: "0 disables the check"),
     decl!("max_repeated_frames", Int(15), "A frozen camera: a frame whose encoder posterior repeats the previous frame's bit for bit is a repeat (a real sensor's noise never gives one); more than this many repeats in a row fault (verdict OOD) until a different frame arrives. 0 disables.", range: Some(Range::Int(0, 100_000)), constraints: "0 disables the check"),
     decl!("input_timeout", Double(0.5), "If no frame arrives for this many seconds the monitor faults (verdict OOD) and repeats that verdict every input_timeout until frames return. 0 disables.", range: Some(Range::Double(0.0, 86_400.0)), constraints: "0 disables the check"),
@@ -566,10 +566,10 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
     };
     let cusum_ceiling = match double("cusum_ceiling")? {
         0.0 => None,
-        c if vae_ood_core::detection::CEILING_RANGE.contains(&c) => Some(c),
+        c if vae_ood_core::detection::ceiling_is_valid(c) => Some(c),
         c => {
             return Err(ParamError(format!(
-                "parameter 'cusum_ceiling' is {c}; expected 0 (unbounded) or 1..=1000 thresholds (under 1 S could not reach the threshold it alarms over)"
+                "parameter 'cusum_ceiling' is {c}; expected 0 (unbounded) or over 1 and at most 1000 thresholds (at 1 or under S could never exceed the threshold it alarms over)"
             )))
         }
     };
@@ -936,6 +936,7 @@ mod tests {
             ("recovery_level", Double(0.0)),  // no level to fall to
             ("recovery_level", Double(1.5)),  // over the threshold: never under it while alarming
             ("cusum_ceiling", Double(0.5)),   // under the threshold: S could never alarm
+            ("cusum_ceiling", Double(1.0)),   // at the threshold: S could never exceed it
             ("max_repeated_frames", Integer(-1)),
             ("transport", Str("udp".into())), // unknown choice
             ("image_qos", Str("fast".into())),

@@ -844,6 +844,11 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
     )
     .unwrap();
     assert!(!measured(&shared), "measured with the branch off");
+    // A monitor opened with the branch on turns the shared meter back on.
+    let _on =
+        vae_ood_core::Monitor::on_shared(shared.clone(), vae_ood_core::MonitorConfig::default())
+            .unwrap();
+    assert!(measured(&shared), "not measured with the branch on again");
     // One tuning drive leaves the pooled threshold no budget to share: a clear error.
     let Err(err) = calibrate(
         &root().join("models/default"),

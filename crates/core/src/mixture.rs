@@ -251,18 +251,18 @@ fn m_step(
 /// frame: a hand-edited precision with a stale ln det would shift every score without a word),
 /// and positive weights that sum to 1.
 pub fn validate(components: &[Component], dim: usize) -> Result<(), ScoreError> {
+    let bad = |m: String| Err(ScoreError::Components(m));
     if components.is_empty() {
-        return Err(ScoreError::Components(
-            "a mixture needs at least one component".into(),
-        ));
+        return bad("a mixture needs at least one component".into());
     }
-    for c in components {
+    for (i, c) in components.iter().enumerate() {
         if c.mean.len() != dim || c.precision.len() != dim * dim {
-            return Err(ScoreError::ReferenceShape {
-                mean: c.mean.len(),
-                precision: c.precision.len(),
-                dim,
-            });
+            return bad(format!(
+                "component {i} has a mean of {} and a precision of {} values; {dim} features need {dim} and {}",
+                c.mean.len(),
+                c.precision.len(),
+                dim * dim
+            ));
         }
         if c.mean
             .iter()
@@ -270,22 +270,26 @@ pub fn validate(components: &[Component], dim: usize) -> Result<(), ScoreError> 
             .chain([&c.weight, &c.log_det_precision])
             .any(|v| !v.is_finite())
         {
-            return Err(ScoreError::NonFiniteReference);
+            return bad(format!("component {i} holds a NaN or an infinite value"));
         }
-        let l = cholesky(&c.precision, dim)?;
+        let Ok(l) = cholesky(&c.precision, dim) else {
+            return bad(format!(
+                "component {i}'s precision is not positive-definite"
+            ));
+        };
         let log_det = 2.0 * (0..dim).map(|i| l[i * dim + i].ln()).sum::<f64>();
         if (log_det - c.log_det_precision).abs() > 1e-6 * (1.0 + log_det.abs()) {
-            return Err(ScoreError::Components(format!(
-                "log_det_precision is {} but the precision's ln det is {log_det}",
+            return bad(format!(
+                "component {i}'s log_det_precision is {} but its precision's ln det is {log_det}",
                 c.log_det_precision
-            )));
+            ));
         }
     }
     let total: f64 = components.iter().map(|c| c.weight).sum();
     if components.iter().any(|c| c.weight <= 0.0) || (total - 1.0).abs() > 1e-6 {
-        return Err(ScoreError::Components(format!(
+        return bad(format!(
             "weights must be positive and sum to 1 (they sum to {total})"
-        )));
+        ));
     }
     Ok(())
 }

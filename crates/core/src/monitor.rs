@@ -115,7 +115,7 @@ pub struct MonitorConfig {
     /// its threshold before the split (`pooled_threshold_alone`).
     pub direction_branch: bool,
     /// Every branch's S is held at or under this many times its threshold in force
-    /// ([`SequentialDetector::set_ceiling`], [`crate::detection::CEILING_RANGE`]): it changes
+    /// ([`SequentialDetector::set_ceiling`], [`crate::detection::ceiling_is_valid`]): it changes
     /// no first alarm, and bounds how long OOD outlasts the evidence. `None` (the library's
     /// default, and what threshold tuning assumes): unbounded. The node's default is
     /// [`DEFAULT_CUSUM_CEILING`].
@@ -123,10 +123,10 @@ pub struct MonitorConfig {
 }
 
 /// The node's and `vae-ood eval`'s default [`MonitorConfig::cusum_ceiling`]: S at most twice
-/// its threshold, so that after a shift it is back under the threshold within one threshold's
-/// worth of clear frames (a threshold of 14 to 17 at a drift of at least 1 a frame: at most
-/// 17 frames) and under the recovery level within 1.5 (docs/detector-experiments.md, session
-/// 39).
+/// its threshold, so that after a shift it falls back under the threshold after about one
+/// threshold's worth of clear frames at the shipped drift of 1 (thresholds of 14 to 23 in force;
+/// a drive-relative branch's raised pooled threshold after its hold is larger) and under the
+/// recovery level after about 1.5 (docs/detector-experiments.md, session 39).
 pub const DEFAULT_CUSUM_CEILING: f64 = 2.0;
 
 /// The node's default for [`MonitorConfig::max_repeated_frames`]: half a second at 30 Hz.
@@ -190,13 +190,13 @@ impl MonitorConfig {
         }
         if let Some(c) = self
             .cusum_ceiling
-            .filter(|c| !crate::detection::CEILING_RANGE.contains(c))
+            .filter(|&c| !crate::detection::ceiling_is_valid(c))
         {
             return invalid(
                 "cusum_ceiling",
                 format!(
-                    "must be in {:?} thresholds (None: off), got {c}",
-                    crate::detection::CEILING_RANGE
+                    "must be over 1 and at most {} thresholds (None: off), got {c}",
+                    crate::detection::MAX_CEILING
                 ),
             );
         }
@@ -711,10 +711,17 @@ impl Monitor {
                     reason: "needs a flow bundle with calibration.branch_thresholds: calibrate it again with this version's `vae-ood calibrate`, or turn the rule off".into(),
                 });
             }
-            // Nothing reads the branch's statistic without the branch (a detector's monitors
-            // share one setting: the node's `direction_branch`).
+            // Nothing reads the branch's statistic without the branch. A detector's monitors
+            // share the meter: the last one opened sets it (the node's monitors all have the
+            // node's `direction_branch`).
+            let has_branch = m
+                .calibration
+                .as_ref()
+                .is_some_and(|c| c.direction.is_some());
             if !config.direction_branch {
                 d.measure_no_direction();
+            } else if has_branch {
+                d.measure_direction(None);
             }
             (
                 d.open_stream(),

@@ -170,14 +170,9 @@ pub struct Args {
     /// score's --fit drives may repeat).
     #[arg(long = "mscn-fit", num_args = 1.., value_name = "DRIVE", requires = "direction_branch")]
     mscn_fit: Vec<PathBuf>,
-    /// With --direction-statistic mscn: the mixture's components.
-    #[arg(
-        long,
-        default_value_t = 16,
-        value_name = "K",
-        requires = "direction_branch"
-    )]
-    mscn_components: usize,
+    /// With --direction-statistic mscn: the mixture's components (default 16).
+    #[arg(long, value_name = "K", requires = "direction_branch")]
+    mscn_components: Option<usize>,
     #[arg(long)]
     quiet: bool,
 }
@@ -250,8 +245,8 @@ pub fn run(a: Args) -> Result<()> {
             .map(|(w, h)| -> Result<_> {
                 let o = DirectionOptions::at(w.try_into()?, h.try_into()?);
                 Ok(match a.direction_statistic {
-                    Statistic::Weakest if !a.mscn_fit.is_empty() => {
-                        anyhow::bail!("--mscn-fit applies to --direction-statistic mscn")
+                    Statistic::Weakest if !a.mscn_fit.is_empty() || a.mscn_components.is_some() => {
+                        anyhow::bail!("--mscn-fit and --mscn-components apply to --direction-statistic mscn")
                     }
                     Statistic::Mscn if a.direction_floor.is_some() => {
                         anyhow::bail!("--direction-floor applies to the weakest direction, not to --direction-statistic mscn")
@@ -265,7 +260,7 @@ pub fn run(a: Args) -> Result<()> {
                         baseline: None,
                         mscn: Some(MscnOptions {
                             fit: a.mscn_fit.clone(),
-                            components: a.mscn_components,
+                            components: a.mscn_components.unwrap_or(16),
                         }),
                         ..o
                     },

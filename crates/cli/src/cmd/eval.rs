@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, default_value_t = monitor::DEFAULT_RECOVERY_LEVEL, value_parser = parse_recovery_level)]
     recovery_level: f64,
     /// Every branch's S is held at or under this many of its thresholds, as the node's
-    /// `cusum_ceiling` (1..=1000; 0: unbounded). It changes no first alarm; it bounds how long
+    /// `cusum_ceiling` (over 1, at most 1000; 0: unbounded). It changes no first alarm; it bounds how long
     /// OOD outlasts the evidence.
     #[arg(long, default_value_t = monitor::DEFAULT_CUSUM_CEILING, value_parser = parse_ceiling)]
     cusum_ceiling: f64,
@@ -93,12 +93,13 @@ fn parse_min_rate(s: &str) -> Result<f64> {
 }
 
 fn parse_ceiling(s: &str) -> Result<f64> {
-    let v: f64 = s.parse()?;
-    if v == 0.0 {
-        return Ok(0.0);
-    }
-    let why = "in thresholds; 0: unbounded";
-    crate::common::parse_in_range(s, &vae_ood_core::detection::CEILING_RANGE, why)
+    let v: f64 = s.parse().map_err(|e| anyhow::anyhow!("'{s}': {e}"))?;
+    anyhow::ensure!(
+        v == 0.0 || vae_ood_core::detection::ceiling_is_valid(v),
+        "{v} is not 0 (unbounded) or over 1 and at most {} thresholds (exactly 1 would hold S at the threshold: no alarm)",
+        vae_ood_core::detection::MAX_CEILING
+    );
+    Ok(v)
 }
 
 fn parse_recovery_level(s: &str) -> Result<f64> {

@@ -42,7 +42,7 @@ pub fn sequential(a: &SequentialArgs) -> Result<()> {
         epsilon_grid: usize,
         decay: f64,
         /// With `threshold`: S held at or under `ceiling` x `threshold` (the node's
-        /// `cusum_ceiling`); absent, S is unbounded.
+        /// `cusum_ceiling`); absent or 0, S is unbounded.
         #[serde(default)]
         ceiling: Option<f64>,
         #[serde(default)]
@@ -57,7 +57,8 @@ pub fn sequential(a: &SequentialArgs) -> Result<()> {
         cusum_threshold: inp.threshold.unwrap_or(f64::MAX),
     };
     params.validate()?;
-    let steps = match inp.ceiling {
+    // 0 is unbounded, as the node's `cusum_ceiling` and `vae-ood eval --cusum-ceiling` read it.
+    let steps = match inp.ceiling.filter(|&c| c != 0.0) {
         None => tuning::run(&cal, &params, &inp.scores),
         Some(_) if inp.threshold.is_none() => {
             anyhow::bail!("a ceiling is a multiple of the threshold: give \"threshold\" too")

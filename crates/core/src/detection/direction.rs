@@ -359,7 +359,11 @@ mod tests {
         let e = broken(&|c| c[0].log_det_precision += 1.0);
         assert!(e.contains("direction.mscn") && e.contains("ln det"), "{e}");
         assert!(broken(&|c| c[0].weight *= 0.5).contains("sum to 1"));
-        assert!(broken(&|c| c[1].precision[0] = -1.0).contains("direction.mscn"));
+        let e = broken(&|c| c[1].precision[0] = -1.0);
+        assert!(
+            e.contains("component 1's precision is not positive-definite"),
+            "{e}"
+        );
         assert!(broken(&|c| c.clear()).contains("at least one component"));
     }
 

@@ -139,10 +139,17 @@ pub struct SequentialDetector {
     ceiling: Option<f64>,
 }
 
-/// The range of a [`SequentialDetector`]'s ceiling, in thresholds: at 1 or more it never
-/// touches S before the first alarm (S is then at most the threshold), so it changes no first
-/// alarm and no false-alarm promise, only how long S stays high after one.
-pub const CEILING_RANGE: std::ops::RangeInclusive<f64> = 1.0..=1000.0;
+/// The largest ceiling a [`SequentialDetector`] takes, in thresholds.
+pub const MAX_CEILING: f64 = 1000.0;
+
+/// Whether `c` (in thresholds) is a ceiling a [`SequentialDetector`] takes: over 1 and at most
+/// [`MAX_CEILING`]. Over 1, it never touches S before the first alarm (S is at most the
+/// threshold until then), so it changes no first alarm and no false-alarm promise, only how
+/// long S stays high after one. Exactly 1 would hold S at the threshold, never over it: no
+/// alarm at all.
+pub fn ceiling_is_valid(c: f64) -> bool {
+    c > 1.0 && c <= MAX_CEILING
+}
 
 impl SequentialDetector {
     pub fn new(calibration: Calibration, params: PipelineParams) -> Result<Self, DetectionError> {
@@ -160,12 +167,14 @@ impl SequentialDetector {
     /// (`None`: unbounded). Without a ceiling, S keeps every frame's evidence: after a long
     /// shift it may stand hundreds over the threshold and take hundreds of clear frames to
     /// fall back (docs/detector-experiments.md, session 39). With one, it falls from the
-    /// ceiling to the threshold within (ceiling - 1) x threshold / decay clear steps.
+    /// ceiling to the threshold within (ceiling - 1) x threshold / decay steps of p-value 1
+    /// (a typical clear frame lowers S by a little more than the decay; one with a small
+    /// p-value may raise it).
     pub fn set_ceiling(&mut self, ceiling: Option<f64>) -> Result<(), DetectionError> {
-        if let Some(c) = ceiling.filter(|c| !CEILING_RANGE.contains(c)) {
+        if let Some(c) = ceiling.filter(|&c| !ceiling_is_valid(c)) {
             return Err(invalid(
                 "cusum_ceiling",
-                format!("must be in {CEILING_RANGE:?} thresholds (None: off), got {c}"),
+                format!("must be over 1 and at most {MAX_CEILING} thresholds (None: off), got {c}"),
             ));
         }
         self.ceiling = ceiling;
@@ -238,13 +247,13 @@ mod tests {
     }
 
     proptest! {
-        /// A ceiling of at least one threshold never changes S up to and including the first
+        /// A ceiling over one threshold never changes S up to and including the first
         /// alarm (so no first alarm moves); afterwards S stays at or under it, and once the
         /// evidence stops S is back at or under the threshold within (ceiling - 1) x threshold
         /// / decay steps.
         #[test]
         fn a_ceiling_changes_nothing_before_the_first_alarm_and_bounds_the_recovery(
-            ceiling in 1.0f64..5.0,
+            ceiling in prop_oneof![Just(1.0 + f64::EPSILON), 1.0f64..5.0],
             threshold in 1.0f64..50.0,
             scores in proptest::collection::vec(prop_oneof![0.0f64..200.0, Just(1000.0)], 1..300),
         ) {
@@ -274,7 +283,7 @@ mod tests {
     #[test]
     fn a_ceiling_outside_its_range_is_refused() {
         let mut d = detector(10.0);
-        for bad in [0.5, f64::NAN, f64::INFINITY, 0.0] {
+        for bad in [0.5, 1.0, f64::NAN, f64::INFINITY, 0.0, 1000.5] {
             let e = d.set_ceiling(Some(bad)).unwrap_err().to_string();
             assert!(e.contains("cusum_ceiling"), "{e}");
         }

@@ -103,7 +103,7 @@ pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
         ));
     }
     let (mut frames, mut inputs, mut summaries) = (vec![], vec![], vec![]);
-    let mut first: Option<(String, bool, Option<f64>)> = None;
+    let mut first: Option<(String, bool, Option<f64>, Option<f64>)> = None;
     // Each shard's promise (per drive, frames per drive), pooled when every shard has the same.
     let mut promises = vec![];
     for dir in shards {
@@ -115,11 +115,12 @@ pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
         let model_id = json["model_id"].as_str().unwrap_or_default().to_string();
         let calibrated = json["calibrated"].as_bool().unwrap_or(false);
         let threshold = json["cusum_threshold"].as_f64();
+        let ceiling = json["cusum_ceiling"].as_f64();
         match &first {
-            None => first = Some((model_id.clone(), calibrated, threshold)),
-            Some((m, c, t)) if (m, *c, *t) != (&model_id, calibrated, threshold) => {
+            None => first = Some((model_id.clone(), calibrated, threshold, ceiling)),
+            Some((m, c, t, k)) if (m, *c, *t, *k) != (&model_id, calibrated, threshold, ceiling) => {
                 return Err(Error::Input(format!(
-                    "{} was evaluated with detector {model_id} (threshold {threshold:?}), the first shard with {m} (threshold {t:?}): merge shards of one detector and one threshold",
+                    "{} was evaluated with detector {model_id} (threshold {threshold:?}, ceiling {ceiling:?}), the first shard with {m} (threshold {t:?}, ceiling {k:?}): merge shards of one detector, one threshold and one ceiling",
                     dir.display()
                 )))
             }
@@ -161,7 +162,7 @@ pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
         }));
         inputs.extend(shard_inputs);
     }
-    let (model_id, calibrated, threshold) = first.expect("at least one shard");
+    let (model_id, calibrated, threshold, ceiling) = first.expect("at least one shard");
     let mut r = report::build(&model_id, calibrated, &frames, inputs, 0.0);
     // Latency and memory are each machine's own (in `shards`); shards run side by side, so
     // their rates add up.
@@ -169,6 +170,7 @@ pub fn merge(shards: &[PathBuf]) -> Result<(Report, Vec<FrameRecord>)> {
     r.throughput_fps = summaries.iter().map(|s| s.throughput_fps).sum();
     r.peak_memory_mib = None;
     r.cusum_threshold = threshold;
+    r.cusum_ceiling = ceiling;
     r.shards = summaries;
     if let (Some(Some((p, n))), Some(seq)) = (promises.first(), &r.sequential) {
         if promises.iter().all(|q| *q == Some((*p, *n))) {

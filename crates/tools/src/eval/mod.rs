@@ -260,6 +260,7 @@ pub fn evaluate(
         t0.elapsed().as_secs_f64(),
     );
     report.cusum_threshold = calibrated.then_some(cusum_threshold).flatten();
+    report.cusum_ceiling = calibrated.then_some(opts.monitor.cusum_ceiling).flatten();
     // The promise is the bundle's own threshold's: another threshold or a scale makes another.
     let own_threshold =
         opts.monitor.cusum_threshold.is_none() && opts.monitor.threshold_scale == 1.0;

@@ -128,6 +128,10 @@ pub struct Report {
     /// The CUSUM threshold the verdicts used (calibrated bundles).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cusum_threshold: Option<f64>,
+    /// The ceiling on every branch's S, in thresholds (`--cusum-ceiling`; calibrated bundles;
+    /// absent: unbounded). It moves no first alarm but shapes the CUSUM metrics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cusum_ceiling: Option<f64>,
     /// A merged report (`vae-ood report`): each shard's own figures. Latency, throughput and
     /// memory belong to the machine a shard ran on; the detection figures above are over
     /// every frame of every shard.
@@ -378,6 +382,7 @@ pub fn build(
         plots: vec![],
         plot_error: None,
         cusum_threshold: None,
+        cusum_ceiling: None,
         shards: vec![],
         branches: branches(frames),
     }
