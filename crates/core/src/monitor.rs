@@ -188,18 +188,7 @@ impl MonitorConfig {
                 );
             }
         }
-        if let Some(c) = self
-            .cusum_ceiling
-            .filter(|&c| !crate::detection::ceiling_is_valid(c))
-        {
-            return invalid(
-                "cusum_ceiling",
-                format!(
-                    "must be over 1 and at most {} thresholds (None: off), got {c}",
-                    crate::detection::MAX_CEILING
-                ),
-            );
-        }
+        crate::detection::check_ceiling(self.cusum_ceiling)?;
         if let Some(r) = self.min_rate.filter(|r| !(r.is_finite() && *r > 0.0)) {
             return invalid(
                 "min_rate",
@@ -379,11 +368,13 @@ fn lock(d: &SharedDetector) -> MutexGuard<'_, Box<dyn Detector>> {
     d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A branch's detector with the configured ceiling on its S.
-fn ceiled(
-    mut d: SequentialDetector,
+/// A branch's detector over its conformal `scores`, with the configured ceiling on its S.
+fn branch_detector(
+    scores: &[f64],
+    params: PipelineParams,
     config: &MonitorConfig,
 ) -> Result<SequentialDetector, DetectionError> {
+    let mut d = SequentialDetector::new(Calibration::new(scores.to_vec())?, params)?;
     d.set_ceiling(config.cusum_ceiling)?;
     Ok(d)
 }
@@ -412,10 +403,7 @@ impl Sequential {
                 p.cusum_threshold = r.cusum_threshold * config.threshold_scale;
                 Some(RelativeBranch {
                     baseline: Baseline::new(r.baseline),
-                    detector: ceiled(
-                        SequentialDetector::new(Calibration::new(r.scores.clone())?, p)?,
-                        config,
-                    )?,
+                    detector: branch_detector(&r.scores, p, config)?,
                     pooled_scale: r.pooled_scale,
                 })
             }
@@ -428,20 +416,14 @@ impl Sequential {
                 let mut p = d.pipeline.clone();
                 p.cusum_threshold *= config.threshold_scale;
                 Some(DirectionBranch {
-                    detector: ceiled(
-                        SequentialDetector::new(Calibration::new(d.scores.clone())?, p)?,
-                        config,
-                    )?,
+                    detector: branch_detector(&d.scores, p, config)?,
                     baseline: d.baseline.map(Baseline::new),
                 })
             }
             _ => None,
         };
         let pooled_threshold = params.cusum_threshold;
-        let detector = ceiled(
-            SequentialDetector::new(Calibration::new(c.scores.clone())?, params)?,
-            config,
-        )?;
+        let detector = branch_detector(&c.scores, params, config)?;
         Ok(Some(Sequential {
             detector,
             pooled_threshold,
@@ -1490,11 +1472,14 @@ mod tests {
                 cusum_ceiling: ceiling,
                 ..Default::default()
             };
-            let detector = ceiled(
-                pipeline((0..10_000).map(f64::from).collect(), 1, 10.0),
-                &config,
-            )
-            .unwrap();
+            let params = PipelineParams {
+                window: 1,
+                epsilon_grid: 20,
+                decay: 1.0,
+                cusum_threshold: 10.0,
+            };
+            let cal: Vec<f64> = (0..10_000).map(f64::from).collect();
+            let detector = branch_detector(&cal, params, &config).unwrap();
             let mut s = pooled_only(detector);
             let auto = Recovery::Auto {
                 frames: 3,

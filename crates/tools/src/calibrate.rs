@@ -654,18 +654,19 @@ pub fn calibrate(
     // Each drive has one role. The two fits may share drives (the score's reference and the
     // MSCN mixture are different models, and neither sets a p-value or a threshold), but
     // neither may share one with the calibration, tuning or validation drives.
-    let mut seen = HashSet::new();
     let canon = |path: &PathBuf| path.canonicalize().map_err(Error::read(path));
-    for path in args.iter().map(|d| &d.path) {
-        if !seen.insert(canon(path)?) {
-            return input(format!("drive {} is used twice: fit, calibration, tuning and validation drives must be disjoint", path.display()));
-        }
-    }
-    let score_fit: HashSet<PathBuf> = opts
-        .fit
+    let canonical = args
         .iter()
         .map(|d| canon(&d.path))
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<_>>>()?;
+    let mut seen = HashSet::new();
+    for (d, c) in args.iter().zip(&canonical) {
+        if !seen.insert(c) {
+            return input(format!("drive {} is used twice: fit, calibration, tuning and validation drives must be disjoint", d.path.display()));
+        }
+    }
+    // `args` starts with the score's fit drives.
+    let score_fit: HashSet<&PathBuf> = canonical[..opts.fit.len()].iter().collect();
     let mut mscn_seen = HashSet::new();
     for path in mscn_fit {
         let c = canon(path)?;

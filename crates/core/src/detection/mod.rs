@@ -151,6 +151,17 @@ pub fn ceiling_is_valid(c: f64) -> bool {
     c > 1.0 && c <= MAX_CEILING
 }
 
+/// [`ceiling_is_valid`] as the library's parameter check (`None`: unbounded, always valid).
+pub fn check_ceiling(ceiling: Option<f64>) -> Result<(), DetectionError> {
+    match ceiling.filter(|&c| !ceiling_is_valid(c)) {
+        Some(c) => Err(invalid(
+            "cusum_ceiling",
+            format!("must be over 1 and at most {MAX_CEILING} thresholds (None: off), got {c}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl SequentialDetector {
     pub fn new(calibration: Calibration, params: PipelineParams) -> Result<Self, DetectionError> {
         params.validate()?;
@@ -171,12 +182,7 @@ impl SequentialDetector {
     /// (a typical clear frame lowers S by a little more than the decay; one with a small
     /// p-value may raise it).
     pub fn set_ceiling(&mut self, ceiling: Option<f64>) -> Result<(), DetectionError> {
-        if let Some(c) = ceiling.filter(|&c| !ceiling_is_valid(c)) {
-            return Err(invalid(
-                "cusum_ceiling",
-                format!("must be over 1 and at most {MAX_CEILING} thresholds (None: off), got {c}"),
-            ));
-        }
+        check_ceiling(ceiling)?;
         self.ceiling = ceiling;
         Ok(())
     }
