@@ -225,11 +225,11 @@ fn unknown_fields_and_cuda_backend_are_clear_errors() {
     assert!(e.contains("cuda") && e.contains("tract"), "{e}");
 }
 
-/// A calibration with both a drive-relative and a direction branch is refused: each split
-/// takes its share from the pooled threshold alone, so together they would spend the
-/// false-alarm budget twice. Built from the shipped bundles' own sections.
+/// A calibration may hold both a drive-relative and a direction branch (`vae-ood calibrate`
+/// splits one budget three ways): such a bundle, built from the shipped bundles' own sections,
+/// loads and its monitor runs both.
 #[test]
-fn both_side_branches_in_one_calibration_are_refused() {
+fn both_side_branches_in_one_calibration_load() {
     let models = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"));
     let relative = Bundle::load(models.join("default"))
         .unwrap()
@@ -252,11 +252,18 @@ fn both_side_branches_in_one_calibration_are_refused() {
         serde_yaml::to_string(&m).unwrap(),
     )
     .unwrap();
-    let e = load_err(dir.path());
-    assert!(
-        e.contains("both a drive-relative and a direction branch"),
-        "{e}"
-    );
+    let det = vae_ood_core::detector::load(dir.path(), BackendOptions::default()).unwrap();
+    let mut mon = Monitor::new(det, MonitorConfig::default()).unwrap();
+    assert!(mon.relative_split().is_some() && mon.direction_threshold().is_some());
+    let frame = image::RgbImage::from_fn(160, 120, |x, y| {
+        image::Rgb([
+            (x * 7 % 256) as u8,
+            (y * 11 % 256) as u8,
+            ((x + y) % 256) as u8,
+        ])
+    });
+    let v = mon.process_image(&frame);
+    assert!(v.direction.is_some() && v.relative.is_none(), "{v:?}");
 }
 
 /// The monitor refuses a configuration the node's parameters would refuse, by name.

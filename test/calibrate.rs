@@ -885,7 +885,11 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
     let mut det = detector();
     let mscn = |fit: Vec<PathBuf>| DirectionOptions {
         baseline: None,
-        mscn: Some(MscnOptions { fit, components: 2 }),
+        mscn: Some(MscnOptions {
+            fit,
+            components: 2,
+            reuse: None,
+        }),
         ..DirectionOptions::at(160, 120)
     };
     let fit = vec![drive("id_loop_empty_s4").path];
@@ -964,6 +968,7 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
                 mscn: Some(MscnOptions {
                     fit,
                     components: 20,
+                    reuse: None,
                 }),
                 ..mscn(vec![])
             })),
@@ -996,6 +1001,7 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
             mscn: Some(MscnOptions {
                 fit,
                 components: 20,
+                reuse: None,
             }),
             ..mscn(vec![])
         })),
@@ -1007,4 +1013,81 @@ fn the_mscn_branch_is_fitted_calibrated_and_alarms_on_sensor_noise() {
         e.contains("fewer --mscn-components or more --mscn-fit") && !e.contains(" --components"),
         "{e}"
     );
+}
+
+/// A drive-relative and an MSCN branch together: the direction branch takes one tuning drive's
+/// share by raising the pooled threshold one drive, as alone; the relative branch splits what
+/// is left with one drive fewer allowed; the monitor runs all three. A mixture taken from the
+/// written bundle (`--mscn-from`) gives the same branch as the fit did.
+#[test]
+fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let fit = vec![drive("id_loop_empty_s4").path];
+    let mscn = |fit: Vec<PathBuf>, reuse| DirectionOptions {
+        baseline: None,
+        mscn: Some(MscnOptions {
+            fit,
+            components: 2,
+            reuse,
+        }),
+        ..DirectionOptions::at(160, 120)
+    };
+    let with = |relative, direction| Options {
+        tune_id: ["id_udem1_s3", "id_loop_empty_s1"]
+            .iter()
+            .map(|d| drive(d))
+            .collect(),
+        false_alarm_rate: 0.004,
+        relative,
+        direction,
+        ..options(ScoreKind::Mahalanobis, vec![])
+    };
+    let baseline = BaselineParams::new(20, 50);
+    let mut run = |o: &Options| {
+        let c = calibrate(&root().join("models/default"), out.path(), det.as_mut(), o).unwrap();
+        (c.chosen, c.bundle.manifest)
+    };
+    let (_, alone) = run(&with(None, Some(mscn(fit.clone(), None))));
+    let (chosen, m) = run(&with(Some(baseline), Some(mscn(fit.clone(), None))));
+    assert_eq!(m.format_version, vae_ood_core::bundle::MSCN_FORMAT_VERSION);
+    let (a, c) = (alone.calibration.unwrap(), m.calibration.unwrap());
+    // The pooled threshold and the direction branch are those of the direction branch alone.
+    assert_eq!(c.pipeline.cusum_threshold, a.pipeline.cusum_threshold);
+    let (ad, d) = (a.direction.unwrap(), c.direction.unwrap());
+    assert_eq!(d.pipeline, ad.pipeline);
+    assert!(d.pooled_threshold_alone < c.pipeline.cusum_threshold);
+    // The relative branch keeps to one drive fewer than the pooled threshold alone allows.
+    let r = c.relative.as_ref().expect("relative section");
+    let allowed = chosen.guarantee.drives_over();
+    assert!(allowed >= 1, "the test needs a budget to split: {allowed}");
+    assert_eq!(r.tuning_drives_allowed, allowed - 1);
+    assert!(r.tuning_drives_alarmed < allowed);
+    // The written bundle runs all three branches.
+    let det2 = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+    let mut mon = vae_ood_core::Monitor::new(det2, Default::default()).unwrap();
+    let mut seen = (0, 0);
+    vae_ood_tools::drives::for_each_frame(&drive("id_loop_empty_s4").path, &mut |f| {
+        let v = mon.process_image(f);
+        seen.0 += usize::from(v.relative.is_some());
+        seen.1 += usize::from(v.direction.is_some());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, (300 - 20, 300));
+    // The same mixture taken as fitted: the same branch. With fit drives too: refused.
+    let reuse = d.mscn.clone();
+    let (_, again) = run(&with(Some(baseline), Some(mscn(vec![], reuse.clone()))));
+    let again = again.calibration.unwrap();
+    assert_eq!(again.direction.unwrap(), d);
+    assert_eq!(again.relative.as_ref(), Some(r));
+    let Err(e) = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &with(None, Some(mscn(fit, reuse))),
+    ) else {
+        panic!("a fit and a fitted mixture together were accepted")
+    };
+    assert!(e.to_string().contains("--mscn-from"), "{e}");
 }

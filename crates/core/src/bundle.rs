@@ -560,11 +560,6 @@ impl Manifest {
                 if flow {
                     return Err(bad("calibration.direction needs an image detector: the flow detector's input is motion, not a frame's detail".into()));
                 }
-                if c.relative.is_some() {
-                    // Each split takes its share from the pooled threshold alone; together
-                    // they would spend the budget twice (`vae-ood calibrate` refuses both).
-                    return Err(bad("calibration holds both a drive-relative and a direction branch, whose false-alarm budget splits do not combine: recalibrate with one of them".into()));
-                }
                 d.validate()
                     .map_err(|e| bad(format!("calibration.direction: {e}")))?;
             }

@@ -225,6 +225,10 @@ pub struct MscnOptions {
     pub fit: Vec<PathBuf>,
     /// The mixture's components.
     pub components: usize,
+    /// A mixture fitted before (another bundle's `calibration.direction.mscn`), taken as it is
+    /// instead of fitting one: the statistics read the frame, not the encoder, so detectors on
+    /// the same camera can share it. `fit` is then empty.
+    pub reuse: Option<MscnReference>,
 }
 
 impl DirectionOptions {
@@ -333,11 +337,12 @@ fn check_lengths(args: &[&DriveArg], lengths: &[usize], opts: &Options) -> Resul
 
 /// The drive-relative branch for the chosen pipeline: conformal scores from the calibration
 /// drives (each against its own past), a threshold from whole tuning drives as the pooled
-/// one's, and the split of the false-alarm budget ([`relative::split`]).
+/// one's, and the split of the false-alarm budget ([`relative::split`]) between it and the
+/// pooled threshold in `pipeline`, with at most `allowed` tuning drives alarmed.
 fn relative_section(
     baseline: BaselineParams,
     pipeline: &PipelineParams,
-    chosen: &Candidate,
+    allowed: usize,
     cal: &[Drive],
     tune: &[Drive],
     selected: &[usize],
@@ -359,7 +364,7 @@ fn relative_section(
     let split = relative::split(
         &pooled,
         pipeline,
-        &chosen.guarantee,
+        allowed,
         &rel_cal,
         threshold,
         baseline.hold(),
@@ -606,9 +611,6 @@ pub fn calibrate(
     };
     let mut mscn = None;
     if let Some(o) = &opts.direction {
-        if opts.relative.is_some() {
-            return input("--direction-branch and --relative each take a share of the pooled threshold's budget by their own rule: give one".into());
-        }
         direction::spec(o.width, o.height)
             .validate()
             .map_err(ScoreError::from)?;
@@ -627,11 +629,18 @@ pub fn calibrate(
                     "the MSCN statistic is scored as measured: give no baseline with it".into(),
                 );
             }
-            if m.fit.is_empty() {
-                return input(
-                    "the MSCN statistic needs clear drives to fit its mixture on (--mscn-fit)"
-                        .into(),
-                );
+            match (&m.reuse, m.fit.is_empty()) {
+                (None, true) => {
+                    return input(
+                        "the MSCN statistic needs clear drives to fit its mixture on (--mscn-fit), or a bundle's mixture (--mscn-from)"
+                            .into(),
+                    )
+                }
+                (Some(_), false) => {
+                    return input("--mscn-fit fits the MSCN mixture and --mscn-from takes a fitted one: give one".into())
+                }
+                (Some(r), true) => r.validate()?,
+                (None, false) => {}
             }
         }
         if flow {
@@ -685,7 +694,10 @@ pub fn calibrate(
     if let Some(o) = &opts.direction {
         let meter = match &o.mscn {
             Some(m) => {
-                let components = fit_mscn(m, o.width, o.height, opts.quiet)?;
+                let components = match &m.reuse {
+                    Some(r) => r.components.clone(),
+                    None => fit_mscn(m, o.width, o.height, opts.quiet)?,
+                };
                 mscn = Some(MscnReference {
                     components: components.clone(),
                 });
@@ -874,11 +886,10 @@ pub fn calibrate(
         decay: chosen.decay,
         cusum_threshold: chosen.cusum_threshold,
     };
-    let relative = opts
-        .relative
-        .map(|b| relative_section(b, &pipeline, &chosen, &cal, &tune, &selected, opts))
-        .transpose()?;
     let mut pipeline = pipeline;
+    // The direction branch first: it takes one tuning drive's share of the pooled threshold's
+    // budget by raising that threshold one drive, and the relative branch then splits what the
+    // pooled one keeps, with one drive fewer allowed (so all three keep one promise).
     let direction = match &opts.direction {
         Some(o) => {
             // The fit drives' directions are not used; calibration's and tuning's follow.
@@ -895,6 +906,14 @@ pub fn calibrate(
         }
         None => None,
     };
+    let allowed = chosen
+        .guarantee
+        .drives_over()
+        .saturating_sub(usize::from(direction.is_some()));
+    let relative = opts
+        .relative
+        .map(|b| relative_section(b, &pipeline, allowed, &cal, &tune, &selected, opts))
+        .transpose()?;
     let mut manifest = det.bundle().manifest.clone();
     if relative.is_some() {
         manifest.format_version = manifest.format_version.max(RELATIVE_FORMAT_VERSION);

@@ -1,9 +1,10 @@
 //! `vae-ood calibrate`: a calibrated bundle from drives, and the choice it made.
 
 use crate::common::DetectorArgs;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use vae_ood_core::detail::DetailSpec;
+use vae_ood_core::detection::direction::MscnReference;
 use vae_ood_core::detection::relative::BaselineParams;
 use vae_ood_core::detection::selection::Rank;
 use vae_ood_core::detection::tuning::Grid;
@@ -173,6 +174,11 @@ pub struct Args {
     /// With --direction-statistic mscn: the mixture's components (default 16).
     #[arg(long, value_name = "K", requires = "direction_branch")]
     mscn_components: Option<usize>,
+    /// With --direction-statistic mscn: take the fitted MSCN mixture of this bundle's direction
+    /// branch (at the same WIDTHxHEIGHT) instead of fitting one. The statistics read the frame,
+    /// not the encoder, so a teacher and its student on one camera can share one mixture.
+    #[arg(long = "mscn-from", value_name = "BUNDLE", requires = "direction_branch", conflicts_with_all = ["mscn_fit", "mscn_components"])]
+    mscn_from: Option<PathBuf>,
     #[arg(long)]
     quiet: bool,
 }
@@ -245,8 +251,12 @@ pub fn run(a: Args) -> Result<()> {
             .map(|(w, h)| -> Result<_> {
                 let o = DirectionOptions::at(w.try_into()?, h.try_into()?);
                 Ok(match a.direction_statistic {
-                    Statistic::Weakest if !a.mscn_fit.is_empty() || a.mscn_components.is_some() => {
-                        anyhow::bail!("--mscn-fit and --mscn-components apply to --direction-statistic mscn")
+                    Statistic::Weakest
+                        if !a.mscn_fit.is_empty()
+                            || a.mscn_components.is_some()
+                            || a.mscn_from.is_some() =>
+                    {
+                        anyhow::bail!("--mscn-fit, --mscn-components and --mscn-from apply to --direction-statistic mscn")
                     }
                     Statistic::Mscn if a.direction_floor.is_some() => {
                         anyhow::bail!("--direction-floor applies to the weakest direction, not to --direction-statistic mscn")
@@ -261,6 +271,11 @@ pub fn run(a: Args) -> Result<()> {
                         mscn: Some(MscnOptions {
                             fit: a.mscn_fit.clone(),
                             components: a.mscn_components.unwrap_or(16),
+                            reuse: a
+                                .mscn_from
+                                .as_deref()
+                                .map(|b| mscn_of(b, (w, h)))
+                                .transpose()?,
                         }),
                         ..o
                     },
@@ -332,4 +347,33 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The MSCN mixture of `bundle`'s direction branch, which must measure frames at `size`.
+fn mscn_of(bundle: &std::path::Path, size: (usize, usize)) -> Result<MscnReference> {
+    let b = vae_ood_core::bundle::Bundle::load(bundle)?;
+    let d = b
+        .manifest
+        .calibration
+        .and_then(|c| c.direction)
+        .with_context(|| {
+            format!(
+                "--mscn-from {}: the bundle has no direction branch (calibration.direction)",
+                bundle.display()
+            )
+        })?;
+    let mscn = d.mscn.with_context(|| {
+        format!("--mscn-from {}: its direction branch measures the weakest direction, not the MSCN statistics", bundle.display())
+    })?;
+    if (d.width as usize, d.height as usize) != size {
+        anyhow::bail!(
+            "--mscn-from {}: its MSCN mixture was fitted at {}x{}, not the --direction-branch {}x{}",
+            bundle.display(),
+            d.width,
+            d.height,
+            size.0,
+            size.1
+        );
+    }
+    Ok(mscn)
 }

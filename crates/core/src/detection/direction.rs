@@ -85,7 +85,7 @@ pub struct MscnReference {
 impl MscnReference {
     /// The checks of the score's mixture reference ([`mixture::validate`]) over the
     /// [`MSCN_FEATURES`] statistics.
-    fn validate(&self) -> Result<(), DetectionError> {
+    pub fn validate(&self) -> Result<(), DetectionError> {
         mixture::validate(&self.components, MSCN_FEATURES).map_err(|e| {
             DetectionError::InvalidParam {
                 param: "direction.mscn",

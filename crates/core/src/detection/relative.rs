@@ -15,7 +15,7 @@
 //! [`split`]), and alone at its own threshold until the first baseline exists (the start-up
 //! hold: a robot switched on in the shift is judged by the pooled branch as before).
 
-use super::tuning::{largest_s, run, ThresholdGuarantee};
+use super::tuning::{largest_s, run};
 use super::{Calibration, DetectionError, PipelineParams};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -169,10 +169,12 @@ pub struct Split {
 pub const POOLED_SCALES: [f64; 9] = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0];
 
 /// Splits the budget: the least pooled scale (of [`POOLED_SCALES`]) at which the relative
-/// branch keeps its own threshold while at most as many tuning drives alarm, on either branch,
-/// as the pooled threshold alone allows (its guarantee's K + 1 - r of K); failing every scale,
-/// the largest, with the relative threshold raised to fit. The combined verdict then keeps the
-/// one drive-level promise ([`ThresholdGuarantee`]) on drives exchangeable with the tuning drives.
+/// branch keeps its own threshold while at most `allowed` tuning drives alarm, on either
+/// branch; failing every scale, the largest, with the relative threshold raised to fit.
+/// `allowed` is what the pooled threshold alone allows (its guarantee's K + 1 - r of K, less
+/// one: [`ThresholdGuarantee::drives_over`](super::tuning::ThresholdGuarantee::drives_over)), less any share a third branch took (a direction
+/// branch takes one drive's). The combined verdict then keeps the one drive-level promise
+/// ([`ThresholdGuarantee`](super::tuning::ThresholdGuarantee)) on drives exchangeable with the tuning drives.
 ///
 /// Each tuning drive is run as the monitor runs a stream: the pooled branch at its own
 /// threshold during the start-up hold (its first `hold` frames), then at the scale.
@@ -182,14 +184,13 @@ pub const POOLED_SCALES: [f64; 9] = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.
 pub fn split(
     pooled_cal: &Calibration,
     params: &PipelineParams,
-    guarantee: &ThresholdGuarantee,
+    allowed: usize,
     relative_cal: &Calibration,
     relative_threshold: f64,
     hold: usize,
     tuning: &[Vec<f64>],
     relative_tuning: &[Vec<f64>],
 ) -> Split {
-    let allowed = guarantee.drives_over();
     let pooled_threshold = params.cusum_threshold;
     // Per drive: the pooled S before and after the hold ends, and the relative branch's largest.
     let largest = |steps: &[super::Step]| largest_s(steps).0;
@@ -256,6 +257,7 @@ pub fn split(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detection::tuning::ThresholdGuarantee;
     use proptest::prelude::*;
 
     /// The study's definition (scripts/relative_study.py `rolling`), frame by frame, for frames
@@ -319,7 +321,16 @@ mod tests {
         let b = BaselineParams::new(5, 5);
         let run_split = |b: BaselineParams, drives: &[Vec<f64>]| {
             let relative: Vec<Vec<f64>> = drives.iter().map(|d| relative_scores(d, b)).collect();
-            split(&cal, &params, &g, &rel, 5.0, b.hold(), drives, &relative)
+            split(
+                &cal,
+                &params,
+                g.drives_over(),
+                &rel,
+                5.0,
+                b.hold(),
+                drives,
+                &relative,
+            )
         };
         let s = run_split(b, &quiet);
         assert_eq!(
