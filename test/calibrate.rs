@@ -769,10 +769,9 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
     // The section needs version 4.
     let path = out.path().join("manifest.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let Err(old) = vae_ood_core::bundle::Manifest::parse(
-        &text.replace(&written, "format_version: 3"),
-        &path,
-    ) else {
+    let Err(old) =
+        vae_ood_core::bundle::Manifest::parse(&text.replace(&written, "format_version: 3"), &path)
+    else {
         panic!("a direction section below version 4 was accepted")
     };
     let old = old.to_string();
@@ -1060,6 +1059,7 @@ fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
     let allowed = chosen.guarantee.drives_over();
     assert!(allowed >= 1, "the test needs a budget to split: {allowed}");
     assert_eq!(r.tuning_drives_allowed, allowed - 1);
+    // An invariant of the split (it never reports more than it allows).
     assert!(r.tuning_drives_alarmed < allowed);
     // The written bundle runs all three branches.
     let det2 = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
@@ -1073,6 +1073,26 @@ fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
     })
     .unwrap();
     assert_eq!(seen, (300 - 20, 300));
+    // The direction branch off: its share returns to the pooled threshold only when the
+    // relative branch is off too (the relative split was made against the raised threshold).
+    for (relative_branch, pooled) in [
+        (true, c.pipeline.cusum_threshold),
+        (false, d.pooled_threshold_alone),
+    ] {
+        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+        let mon = vae_ood_core::Monitor::new(
+            det,
+            vae_ood_core::MonitorConfig {
+                direction_branch: false,
+                relative_branch,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(mon.pipeline().unwrap().cusum_threshold, pooled);
+        assert_eq!(mon.relative_split().is_some(), relative_branch);
+        assert!(mon.direction_threshold().is_none());
+    }
     // The same mixture taken as fitted: the same branch. With fit drives too: refused.
     let reuse = d.mscn.clone();
     let (_, again) = run(&with(Some(baseline), Some(mscn(vec![], reuse.clone()))));

@@ -99,6 +99,31 @@ fn out_of_range_arguments_are_refused_by_name() {
     refused(&calibrate(&["--relative", "60"]), "WINDOW,GAP[,HOLD]");
     refused(&calibrate(&["--relative", "60,300,30"]), "relative.hold");
     refused(&calibrate(&["--relative", "0,300"]), "relative.window");
+    // A reused MSCN mixture: from a bundle without one, at another size, or beside a fit.
+    let mscn = |from: &str, size: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "--direction-branch",
+            size,
+            "--direction-statistic",
+            "mscn",
+            "--mscn-from",
+            from,
+        ];
+        a.extend_from_slice(extra);
+        calibrate(&a)
+    };
+    refused(
+        &mscn("models/flow", "160x120", &[]),
+        "has no direction branch (calibration.direction): give a bundle calibrated with --direction-statistic mscn",
+    );
+    refused(
+        &mscn("models/compressed", "80x60", &[]),
+        "fitted at 160x120, not the --direction-branch 80x60",
+    );
+    refused(
+        &mscn("models/compressed", "160x120", &["--mscn-fit", tune]),
+        "--mscn-fit",
+    );
     // Evaluation labels that would label nothing, silently.
     let dir = std::env::temp_dir().join(format!("cli_args_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

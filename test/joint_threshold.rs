@@ -28,19 +28,27 @@ fn threshold(bundle: &str) -> f64 {
         .unwrap()
 }
 
-/// Each input's largest S in a `vae-ood eval` frames.csv.
-fn largest_s(frames_csv: &Path, inputs: usize) -> Vec<f64> {
+/// Each input's largest S over its threshold `t` in a `vae-ood eval` frames.csv: the alarm
+/// ratio where a side branch (drive-relative or direction) ran, which counts each branch against
+/// its own threshold as `vae-ood joint-threshold` does; else the pooled S over `t`.
+fn largest_ratio(frames_csv: &Path, inputs: usize, t: f64) -> Vec<f64> {
     let text = std::fs::read_to_string(frames_csv).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (input, cusum) = (col("input"), col("cusum"));
+    let (input, cusum, ratio) = (col("input"), col("cusum"), col("alarm_ratio"));
+    let side = [col("relative_cusum"), col("direction_cusum")];
     let mut m = vec![f64::NAN; inputs];
     for l in lines {
         let f: Vec<&str> = l.split(',').collect();
-        if let Ok(s) = f[cusum].parse::<f64>() {
+        let r = if side.iter().any(|&c| !f[c].is_empty()) {
+            f[ratio].parse::<f64>().ok()
+        } else {
+            f[cusum].parse::<f64>().ok().map(|s| s / t)
+        };
+        if let Some(r) = r {
             let i: usize = f[input].parse().unwrap();
-            m[i] = if m[i].is_nan() { s } else { m[i].max(s) };
+            m[i] = if m[i].is_nan() { r } else { m[i].max(r) };
         }
     }
     m
@@ -76,11 +84,7 @@ fn the_joint_scale_is_the_largest_ratio_the_tuning_drives_certify() {
         args.extend(drives.iter().map(String::as_str));
         let o = vae_ood(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let t = threshold(b);
-        let mine: Vec<f64> = largest_s(&out.join("frames.csv"), drives.len())
-            .into_iter()
-            .map(|m| m / t)
-            .collect();
+        let mine = largest_ratio(&out.join("frames.csv"), drives.len(), threshold(b));
         for (r, m) in ratios.iter_mut().zip(&mine) {
             assert!(m.is_finite(), "{b}: a drive without a statistic");
             *r = r.max(*m);

@@ -226,7 +226,8 @@ def test_direction_branch_runs_unless_turned_off(ros, on):
 def test_relative_branch_runs_unless_turned_off(ros, on):
     """models/default has a drive-relative branch (calibration.relative): the node runs it by
     default and says so at start-up with its threshold and pooled scale; relative_branch: false
-    runs the pooled statistic alone, at the bundle's own threshold."""
+    runs without it, the pooled statistic at the bundle's own threshold (beside its MSCN branch,
+    session 40)."""
     c = yaml.safe_load((DEFAULT / "manifest.yaml").read_text())["calibration"]
     rel = c["relative"]
     line = start_up_line(f"vae_ood_params_relative_{int(on)}_{UID}", DEFAULT,

@@ -107,12 +107,13 @@ pub struct MonitorConfig {
     pub branch_rule: bool,
     /// Calibrated bundles with a drive-relative branch (`calibration.relative`): run it beside
     /// the pooled statistic, the two sharing the false-alarm budget as the bundle's split says.
-    /// Off: the pooled statistic alone, at its own threshold (the verdict of bundles without
-    /// the branch).
+    /// Off: without it (the pooled statistic at its own threshold, beside any direction
+    /// branch).
     pub relative_branch: bool,
     /// Calibrated bundles with a direction branch (`calibration.direction`): run it beside the
-    /// pooled statistic, the pooled threshold at its share. Off: the pooled statistic alone, at
-    /// its threshold before the split (`pooled_threshold_alone`).
+    /// pooled statistic, the pooled threshold at its share. Off: without it, the pooled
+    /// threshold back at its value before the split (`pooled_threshold_alone`) unless a
+    /// drive-relative branch runs (whose split was made against the raised one).
     pub direction_branch: bool,
     /// Every branch's S is held at or under this many times its threshold in force
     /// ([`SequentialDetector::set_ceiling`], [`crate::detection::ceiling_is_valid`]): it changes
@@ -124,7 +125,7 @@ pub struct MonitorConfig {
 
 /// The node's and `vae-ood eval`'s default [`MonitorConfig::cusum_ceiling`]: S at most twice
 /// its threshold, so that after a shift it falls back under the threshold after about one
-/// threshold's worth of clear frames at the shipped drift of 1 (thresholds of 14 to 23 in force;
+/// threshold's worth of clear frames at the shipped drift of 1 (thresholds of 14 to 27 in force;
 /// a drive-relative branch's raised pooled threshold after its hold is larger) and under the
 /// recovery level after about 1.5 (docs/detector-experiments.md, session 39).
 pub const DEFAULT_CUSUM_CEILING: f64 = 2.0;
@@ -389,8 +390,11 @@ impl Sequential {
             return Ok(None);
         };
         let mut params = c.pipeline.clone();
-        // Without its direction branch the pooled statistic has the whole budget back.
-        if let (Some(d), false) = (&c.direction, config.direction_branch) {
+        // Without its direction branch the pooled statistic has the branch's share back, unless
+        // a drive-relative branch runs: its split was made against the raised threshold (with
+        // one drive fewer allowed), and nothing was tuned for it beside the lower one.
+        let relative_runs = c.relative.is_some() && config.relative_branch;
+        if let (Some(d), false, false) = (&c.direction, config.direction_branch, relative_runs) {
             params.cusum_threshold = d.pooled_threshold_alone;
         }
         match config.cusum_threshold {

@@ -227,7 +227,9 @@ pub struct MscnOptions {
     pub components: usize,
     /// A mixture fitted before (another bundle's `calibration.direction.mscn`), taken as it is
     /// instead of fitting one: the statistics read the frame, not the encoder, so detectors on
-    /// the same camera can share it. `fit` is then empty.
+    /// the same camera can share it. `fit` is then empty. The caller checks that it was fitted
+    /// at this branch's size (`vae-ood calibrate --mscn-from` does), and its fit drives are the
+    /// other bundle's, which the role checks here cannot see.
     pub reuse: Option<MscnReference>,
 }
 

@@ -358,12 +358,12 @@ fn mscn_of(bundle: &std::path::Path, size: (usize, usize)) -> Result<MscnReferen
         .and_then(|c| c.direction)
         .with_context(|| {
             format!(
-                "--mscn-from {}: the bundle has no direction branch (calibration.direction)",
+                "--mscn-from {}: the bundle has no direction branch (calibration.direction): give a bundle calibrated with --direction-statistic mscn, or fit a mixture with --mscn-fit",
                 bundle.display()
             )
         })?;
     let mscn = d.mscn.with_context(|| {
-        format!("--mscn-from {}: its direction branch measures the weakest direction, not the MSCN statistics", bundle.display())
+        format!("--mscn-from {}: its direction branch measures the weakest direction, not the MSCN statistics: give a bundle calibrated with --direction-statistic mscn, or fit a mixture with --mscn-fit", bundle.display())
     })?;
     if (d.width as usize, d.height as usize) != size {
         anyhow::bail!(

@@ -71,12 +71,13 @@ pub struct Args {
     /// rule's own figures are reported either way.
     #[arg(long)]
     branch_rule: bool,
-    /// Bundles with a drive-relative branch: run the pooled statistic alone at its own
-    /// threshold, as the node's `relative_branch: false`.
+    /// Bundles with a drive-relative branch: run without it (the pooled statistic at its own
+    /// threshold), as the node's `relative_branch: false`.
     #[arg(long)]
     no_relative: bool,
-    /// Bundles with a direction branch: run the pooled statistic alone at its threshold before
-    /// the split, as the node's `direction_branch: false`.
+    /// Bundles with a direction branch: run without it (the pooled threshold back at its value
+    /// before the split, unless a drive-relative branch runs), as the node's
+    /// `direction_branch: false`.
     #[arg(long)]
     no_direction: bool,
     #[arg(long)]

@@ -172,9 +172,12 @@ pub const POOLED_SCALES: [f64; 9] = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.
 /// branch keeps its own threshold while at most `allowed` tuning drives alarm, on either
 /// branch; failing every scale, the largest, with the relative threshold raised to fit.
 /// `allowed` is what the pooled threshold alone allows (its guarantee's K + 1 - r of K, less
-/// one: [`ThresholdGuarantee::drives_over`](super::tuning::ThresholdGuarantee::drives_over)), less any share a third branch took (a direction
-/// branch takes one drive's). The combined verdict then keeps the one drive-level promise
-/// ([`ThresholdGuarantee`](super::tuning::ThresholdGuarantee)) on drives exchangeable with the tuning drives.
+/// one: [`drives_over`]), less any share a third branch took (a direction branch takes one
+/// drive's). The combined verdict then keeps the one drive-level promise
+/// ([`ThresholdGuarantee`]) on drives exchangeable with the tuning drives.
+///
+/// [`drives_over`]: super::tuning::ThresholdGuarantee::drives_over
+/// [`ThresholdGuarantee`]: super::tuning::ThresholdGuarantee
 ///
 /// Each tuning drive is run as the monitor runs a stream: the pooled branch at its own
 /// threshold during the start-up hold (its first `hold` frames), then at the scale.
