@@ -91,3 +91,54 @@ fn an_fp16_candidate_is_known_by_its_weights() {
     let mut full = TractEncoder::load(&b, 1).unwrap();
     assert!(largest_difference(&enc.encode(x).unwrap().mu, &full.encode(x).unwrap().mu) < 2e-2);
 }
+
+#[test]
+fn a_frame_without_pixels_fails_alone_in_its_batch() {
+    use vae_ood_core::detector::{self, Fault, StreamFrame};
+    use vae_ood_core::encoder::BackendOptions;
+    use vae_ood_core::frame::{FrameError, Pixels};
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default"));
+    let mut d = detector::load(dir, BackendOptions::default()).unwrap();
+    let (a, b) = (d.open_stream(), d.open_stream());
+    let frame = image::RgbImage::from_fn(160, 120, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let empty = image::RgbImage::new(0, 0);
+    let alone = d.score_batch(&[StreamFrame {
+        stream: a,
+        pixels: Pixels::from(&frame),
+        stamp_ns: None,
+    }]);
+    let alone = alone[0].as_ref().unwrap().score;
+    // Two cameras in one batch, one of them sending an empty frame.
+    let batch = d.score_batch(&[
+        StreamFrame {
+            stream: a,
+            pixels: Pixels::from(&frame),
+            stamp_ns: None,
+        },
+        StreamFrame {
+            stream: b,
+            pixels: Pixels::from(&empty),
+            stamp_ns: None,
+        },
+        StreamFrame {
+            stream: a,
+            pixels: Pixels::from(&frame),
+            stamp_ns: None,
+        },
+    ]);
+    assert_eq!(batch.len(), 3);
+    assert!(matches!(
+        batch[1],
+        Err(Fault::Rejected(FrameError::ZeroSize {
+            width: 0,
+            height: 0
+        }))
+    ));
+    for r in [&batch[0], &batch[2]] {
+        let s = r.as_ref().expect("a frame with pixels is scored").score;
+        assert!(
+            (s - alone).abs() <= 1e-6 * alone.abs().max(1.0),
+            "{s} vs {alone}"
+        );
+    }
+}

@@ -469,6 +469,42 @@ fn a_reset_during_warm_up_after_a_gap_stays_starting() {
     assert_eq!(m.state(), MonitorState::Starting);
 }
 
+/// A frame stamped the same as the last is that frame sent again: it keeps the history and gets
+/// the score of the frame it repeats, whatever its pixels. A stamp that goes back restarts.
+#[test]
+fn a_repeated_stamp_is_the_same_instant_and_a_backward_one_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    seeded(dir.path());
+    let mut det = vae_ood_core::detector::load(dir.path(), BackendOptions::default()).unwrap();
+    let s = det.open_stream();
+    let imgs = frames("id_loop_empty_s1", 10);
+    let dt = 66_666_667;
+    // A resend while warming up is still warming up, and does not count as a frame.
+    let _ = det.score_at(s, (&imgs[0]).into(), Some(0));
+    assert!(matches!(
+        det.score_at(s, (&imgs[0]).into(), Some(0)),
+        Err(Fault::WarmingUp { needed: 6 })
+    ));
+    let mut last = None;
+    for (k, img) in imgs.iter().enumerate().take(8).skip(1) {
+        last = det.score_at(s, img.into(), Some(k as i64 * dt)).ok();
+    }
+    let last = last.expect("warm after 7 frames").score;
+    // Frame 7 again, and another image under frame 7's stamp: both are frame 7.
+    for img in [&imgs[7], &imgs[2]] {
+        let again = det.score_at(s, img.into(), Some(7 * dt)).unwrap().score;
+        assert_eq!(again, last);
+    }
+    // The history went on: the next frame is scored, not warming up.
+    let next = det.score_at(s, (&imgs[8]).into(), Some(8 * dt)).unwrap();
+    assert_ne!(next.score, last);
+    // A stamp that goes back (a replay looped) restarts the stack.
+    assert!(matches!(
+        det.score_at(s, (&imgs[9]).into(), Some(3 * dt)),
+        Err(Fault::WarmingUp { needed: 6 })
+    ));
+}
+
 /// An unstamped frame between stamped ones hides no gap: the next stamped frame is checked
 /// against the last stamp seen, and a minute later the stack restarts.
 #[test]

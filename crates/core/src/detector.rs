@@ -319,8 +319,24 @@ impl Detector for ImageDetector {
         if frames.is_empty() {
             return vec![];
         }
-        if let Some(e) = frames.iter().find_map(|f| zero_size(&f.pixels)) {
-            return frames.iter().map(|_| Err(e.clone().into())).collect();
+        // A frame with no pixels is that frame's fault alone: the batch's other frames (other
+        // cameras) are scored as if it had not come.
+        let empty: Vec<Option<FrameError>> = frames.iter().map(|f| zero_size(&f.pixels)).collect();
+        if empty.iter().any(Option::is_some) {
+            let rest: Vec<StreamFrame<'_>> = frames
+                .iter()
+                .zip(&empty)
+                .filter(|(_, e)| e.is_none())
+                .map(|(f, _)| *f)
+                .collect();
+            let mut scored = self.score_batch(&rest).into_iter();
+            return empty
+                .into_iter()
+                .map(|e| match e {
+                    Some(e) => Err(e.into()),
+                    None => scored.next().expect("one result per frame with pixels"),
+                })
+                .collect();
         }
         let t0 = Instant::now();
         let inputs: Vec<Vec<f32>> = frames

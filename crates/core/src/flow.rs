@@ -209,8 +209,10 @@ impl Flow {
 }
 
 /// One stream's motion history: the last prepared frame and the last `depth` flow fields. Flow
-/// is never computed across a gap: a stamp that does not advance, or advances by more than
-/// `max_gap_ns`, restarts the history (the detector warms up again over `depth` + 1 frames).
+/// is never computed across a gap: a stamp that goes back, or advances by more than
+/// `max_gap_ns`, restarts the history (the detector warms up again over `depth` + 1 frames). A
+/// frame stamped the same as the last is that frame sent again (a republished message): it adds
+/// no motion and gets the stack of the frame it repeats, as the frame-rate count ignores it.
 #[derive(Debug, Clone)]
 pub struct FlowStack {
     pub input: FlowInput,
@@ -225,6 +227,8 @@ pub struct FlowStack {
     /// The prepared frames' detail since the last reset, when measured
     /// ([`Self::measure_detail_lost`]).
     detail: Option<crate::detail_lost::DetailHistory>,
+    /// The last stack's [`Stacked::detail_lost`], for a repeated frame.
+    last_detail_lost: f64,
 }
 
 impl FlowStack {
@@ -241,6 +245,7 @@ impl FlowStack {
             prev: None,
             flows: Default::default(),
             detail: None,
+            last_detail_lost: 0.0,
         }
     }
 
@@ -261,6 +266,7 @@ impl FlowStack {
     pub fn reset(&mut self) {
         self.prev = None;
         self.flows.clear();
+        self.last_detail_lost = 0.0;
         if let Some(d) = &mut self.detail {
             d.reset();
         }
@@ -279,15 +285,19 @@ impl FlowStack {
         px: Pixels<'_>,
         stamp_ns: Option<i64>,
     ) -> Result<Option<Stacked>, FlowError> {
-        let frame = self.input.prepare(px);
         let last = self.prev.as_ref().and_then(|(_, stamp)| *stamp);
         if let (Some(last), Some(now)) = (last, stamp_ns) {
             let step = now.saturating_sub(last);
-            if step <= 0 || step > self.max_gap_ns {
+            if step == 0 {
+                return Ok(self.stack(self.last_detail_lost));
+            }
+            if step < 0 || step > self.max_gap_ns {
                 self.reset();
             }
         }
+        let frame = self.input.prepare(px);
         let detail_lost = self.detail.as_mut().map_or(0.0, |d| d.push(&frame));
+        self.last_detail_lost = detail_lost;
         if let Some((prev, _)) = &self.prev {
             let f = farneback(prev, &frame, &self.params)?;
             let r = residual_statistic(prev, &frame, &f, self.residual);
@@ -297,8 +307,13 @@ impl FlowStack {
             self.flows.push_back((f, r));
         }
         self.prev = Some((frame, stamp_ns.or(last)));
+        Ok(self.stack(detail_lost))
+    }
+
+    /// The stack of the last `depth` fields; None while warming up.
+    fn stack(&self, detail_lost: f64) -> Option<Stacked> {
         if self.flows.len() < self.depth {
-            return Ok(None);
+            return None;
         }
         let (w, h) = (self.flows[0].0.width, self.flows[0].0.height);
         let mut dx = Vec::with_capacity(self.depth * w * h);
@@ -315,7 +330,7 @@ impl FlowStack {
             motion[1] += m[1];
         }
         let motion = motion.map(|m| (MOTION_FLOOR + m / self.depth as f64).ln());
-        Ok(Some(Stacked {
+        Some(Stacked {
             depth: self.depth,
             width: w,
             height: h,
@@ -324,7 +339,7 @@ impl FlowStack {
             residual,
             motion,
             detail_lost,
-        }))
+        })
     }
 }
 
@@ -342,8 +357,8 @@ pub struct FlowSpec {
     /// Flow fields in the stack: the encoder reads `depth` horizontal then `depth` vertical
     /// channels.
     pub depth: usize,
-    /// A stamp step longer than this (or one that does not advance) restarts the stack, so
-    /// flow is never computed across a gap in the stream.
+    /// A stamp step longer than this (or one that goes back) restarts the stack, so flow is
+    /// never computed across a gap in the stream; a repeated stamp is the same frame again.
     pub max_gap_ms: f64,
     /// Flow in pixels maps to the encoder's [0, 1] as 0.5 + flow / (2 * flow_range), clamped:
     /// BCE reconstruction needs targets in [0, 1], and Farnebäck with one pyramid level does
