@@ -199,6 +199,10 @@ FALSEALARM20 = four_map_clear(range(2800, 2852))
 # gate of the teacher with an MSCN branch beside its drive-relative one (falsealarm18 to 20 have
 # been looked at by the shipped detectors' choices). As falsealarm3: seeds 2900-2951, never used.
 FALSEALARM21 = four_map_clear(range(2900, 2952))
+# A twenty-second (`make falsealarm22-data`, session 41), generated before any figure of the
+# candidate it gates (a score fitted on drives that start over, docs/detector-experiments.md).
+# As falsealarm3: seeds 3100-3151, never used.
+FALSEALARM22 = four_map_clear(range(3100, 3152))
 # The test set of the model cards (`make testset-data`, issue 14), fixed in session 7 before any
 # figure on it was looked at, with seeds 300-328 never used before: per OOD type and map one
 # drive, OOD in its middle half at the default severity; two clear drives per map, and two on
@@ -242,9 +246,17 @@ MORE_MAPS = clear_drives(MORE_MAP_NAMES, range(950, 980), "train")
 # seeds 2000-2038 never used before, 13 per map: with tuning2, tuning drives whose scenes change
 # within a drive (intersections), as a robot's do, for the drive-relative branch. None is 4way.
 TUNING3 = clear_drives(MORE_MAP_NAMES, range(2000, 2039), "tuning")
-SETS = {"sample": SAMPLE, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
+# Clear drives that start over every RESTART_EVERY frames (`make starts-data`, session 41), seeds
+# 3000-3029 never used before, 5 on each training map and each of the three more maps: 300 starts
+# from the simulator's random poses. The clear scenes that score like a shift (the map's edge, a
+# building or bus close up) come mostly in a drive's first 70 frames (session 36); these drives
+# give a score's fit more of them. For fitting only (split "fit").
+RESTART_EVERY = 60
+STARTS = [(f"id_{m}_s{seed}", m, seed, "fit", "clear", "restarts")
+          for seed, m in ((s, (MAPS + MORE_MAP_NAMES)[s % 6]) for s in range(3000, 3030))]
+SETS = {"sample": SAMPLE, "starts": STARTS, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
-        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "tuning2": TUNING2, "tuning3": TUNING3}
+        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "tuning2": TUNING2, "tuning3": TUNING3}
 
 
 def ood_mask(n, sequence, condition):
@@ -306,16 +318,20 @@ def pure_pursuit(env):
 DRIVE_CONDITIONS = ("fast", "frame_drops")
 
 
-def drive(map_name, seed, n_frames, width, height, condition="clear", mask=None):
+def drive(map_name, seed, n_frames, width, height, condition="clear", mask=None, restart_every=0):
     """`n_frames` recorded frames and each one's simulator step (15 steps a second). Clear and
     per-frame conditions record every step, so their drives are unchanged by the drive-level
-    conditions' code."""
+    conditions' code. With `restart_every`, the robot is put down at a new random pose every
+    that many frames."""
     env = make_env(map_name, seed, width, height)
     rng = np.random.default_rng(seed * 7907 + 3)
     frames, steps = [], []
     obs = env.render_obs()
     step = 0
     while len(frames) < n_frames:
+        if restart_every and frames and len(frames) % restart_every == 0:
+            env.reset()
+            obs = env.render_obs()
         ood = mask is not None and bool(mask[len(frames)])
         skip = int(rng.integers(1, 3)) if ood and condition == "frame_drops" else 0
         for _ in range(skip + 1):
@@ -363,7 +379,8 @@ def write_drive(out, drive_id, map_name, seed, split, condition, sequence, n_fra
     CompressedImage, Bool = ts.types["sensor_msgs/msg/CompressedImage"], ts.types["std_msgs/msg/Bool"]
     Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
     mask = ood_mask(n_frames, sequence, condition)
-    clean, steps = drive(map_name, seed, n_frames, width, height, condition, mask)
+    clean, steps = drive(map_name, seed, n_frames, width, height, condition, mask,
+                         RESTART_EVERY if sequence == "restarts" else 0)
     d = out / drive_id
     if (d / "bag").exists():  # regenerating: rosbags refuses to write over an existing bag
         shutil.rmtree(d / "bag")
@@ -443,6 +460,7 @@ def main():
                          "falsealarm19: 52 fresh clear drives on four maps (seeds 2700-2751); "
                          "falsealarm20: 52 fresh clear drives on four maps (seeds 2800-2851); "
                          "falsealarm21: 52 fresh clear drives on four maps (seeds 2900-2951); "
+                         "falsealarm22: 52 fresh clear drives on four maps (seeds 3100-3151); "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
                          "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
                          "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
@@ -450,7 +468,8 @@ def main():
                          "flow_validation: 9 motion OOD drives (seeds 600-608); "
                          "flow_testset: 23 drives (seeds 610-637), the flow detector's test set; "
                          "unseen_map: 12 clear drives on 4way (seeds 900-911) for exploration; "
-                         "more_maps: 30 clear drives on three more maps (seeds 950-979) for exploration")
+                         "more_maps: 30 clear drives on three more maps (seeds 950-979) for exploration; "
+                         "starts: 30 clear drives on six maps that start over every 60 frames (seeds 3000-3029), for fitting")
     args = ap.parse_args()
     specs = [spec for spec in SETS[args.set] if not args.only or spec[0] in args.only]
     # One process per drive: the simulator's OpenGL context leaks, and a long set otherwise
