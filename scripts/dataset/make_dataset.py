@@ -87,6 +87,15 @@ VALIDATION = [
     for seed, (m, c) in enumerate(
         [(m, c) for c in ("fog", "noise") for m in MAPS], start=180)
 ]
+# A second validation set (`make validation2-data`, session 41): the same 21 drives' design (7
+# types x 3 maps, brightness and rain in the middle half, the others from mid-drive) on seeds
+# 3200-3220, never used, to judge a candidate designed after the first set's figures.
+VALIDATION2 = [
+    (f"ood_{c}_{m}_s{seed}", m, seed, "validation", c, "middle" if c in ("brightness", "rain") else "second_half")
+    for seed, (m, c) in enumerate(
+        [(m, c) for c in ("brightness", "rain", "fog", "snow", "motion_blur", "noise", "occlusion") for m in MAPS],
+        start=3200)
+]
 # Extra clear drives held out from everything (`make heldout-data`): 6 per map, for studies of
 # scores that are fitted to in-distribution data (docs/detector-experiments.md).
 HELDOUT = [
@@ -254,7 +263,7 @@ TUNING3 = clear_drives(MORE_MAP_NAMES, range(2000, 2039), "tuning")
 RESTART_EVERY = 60
 STARTS = [(f"id_{m}_s{seed}", m, seed, "fit", "clear", "restarts")
           for seed, m in ((s, (MAPS + MORE_MAP_NAMES)[s % 6]) for s in range(3000, 3030))]
-SETS = {"sample": SAMPLE, "starts": STARTS, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
+SETS = {"sample": SAMPLE, "starts": STARTS, "validation2": VALIDATION2, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
         "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "tuning2": TUNING2, "tuning3": TUNING3}
 
@@ -469,6 +478,7 @@ def main():
                          "flow_testset: 23 drives (seeds 610-637), the flow detector's test set; "
                          "unseen_map: 12 clear drives on 4way (seeds 900-911) for exploration; "
                          "more_maps: 30 clear drives on three more maps (seeds 950-979) for exploration; "
+                         "validation2: 21 OOD drives (seeds 3200-3220), a second validation set; "
                          "starts: 30 clear drives on six maps that start over every 60 frames (seeds 3000-3029), for fitting")
     args = ap.parse_args()
     specs = [spec for spec in SETS[args.set] if not args.only or spec[0] in args.only]
