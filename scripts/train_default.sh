@@ -4,11 +4,13 @@
 # drives with brightness and rain varied in [0, 0.3]) and make validation-data (15 OOD drives);
 # trains the `small` preset on the varied drives with `vae-ood train`; calibrates it with
 # `vae-ood calibrate --score mahalanobis --detail-grid 3 --components 16` (reference fitted on
-# 130 clear drives: 100 on the three training maps and 30 on three more, session 19;
+# 160 clear drives: 100 on the three training maps, 30 on three more (session 19) and the 30
+# drives of make starts-data, which start over every 60 frames (session 41);
 # conformal scores from the clear calibration and early-stopping drives, window and decay chosen
 # on the validation drives; thresholds from make tuning2-data and make tuning3-data, at half the
 # rate, with the drive-relative branch of session 22: DEFAULT_RELATIVE and default_threshold_args
-# in scripts/roles.sh, its baseline chosen by a grid on the validation drives);
+# in scripts/roles.sh, its baseline chosen by a grid on the validation drives; the MSCN branch
+# of session 40 with models/compressed's mixture, the budget split three ways);
 # copies the full VAE and the training record beside the bundle and
 # refreshes MODEL_CARD.md's figures. About 40 minutes on a 2-core CPU.
 # Usage: scripts/train_default.sh [OUT]
@@ -27,6 +29,7 @@ S=data/sample
 [ -f out/tuning/id_udem1_s458/meta.json ] || make tuning-data TUNING_OUT=out/tuning
 [ -f out/tuning2/id_udem1_s776/meta.json ] || make tuning2-data TUNING2_OUT=out/tuning2
 [ -f out/tuning3/id_TTIC_ripltown_s2038/meta.json ] || make tuning3-data TUNING3_OUT=out/tuning3
+[ -f out/starts/id_Montreal_loop_s3029/meta.json ] || make starts-data STARTS_OUT=out/starts
 [ -f out/more_maps/id_TTIC_ripltown_s979/meta.json ] || make more-maps-data
 cargo build --locked -p vae_ood_cli
 VAE=target/debug/vae-ood
@@ -38,11 +41,12 @@ source scripts/roles.sh
 BUNDLE=models/default
 rm -rf "$BUNDLE.new"
 # The regional detail and three more maps' layouts in the fit (docs/detector-experiments.md,
-# "Regional detail with more layouts in the fit").
+# "Regional detail with more layouts in the fit"), the starts drives (session 41, "A score
+# fitted on drives that start over") and the MSCN branch (session 40).
 "$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis --detail 160x120 --detail-grid 3 \
   --components 16 --relative "$DEFAULT_RELATIVE" \
-  --fit $(ls -d out/more_maps/*/bag) $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2) \
-  $(default_threshold_args out/tuning3)
+  --fit $(ls -d out/more_maps/*/bag out/starts/*/bag) $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2) \
+  $(default_threshold_args out/tuning3) --direction-branch 160x120 --direction-statistic mscn --mscn-from models/compressed
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"
