@@ -139,13 +139,15 @@ tuning3-data: $(DATA_VENV)/.ok
 
 # 30 clear drives (600 frames, seeds 3000-3029, 5 on each training map and each of the three more
 # maps) that start over at a new random pose every 60 frames: more of the rare clear views a
-# drive's start gives, for a score's fit (docs/detector-experiments.md, session 41).
+# drive's start gives, for a score's fit (docs/detector-experiments.md, session 41); hashes
+# checked against data/starts.sha256.
 STARTS_OUT ?= out/starts
 starts-data: $(DATA_VENV)/.ok
-	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set starts --out $(STARTS_OUT) --frames 600
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set starts --out $(STARTS_OUT) --frames 600 --check data/starts.sha256
 
 # A second validation set (session 41): 21 OOD drives as make validation-data's (7 types x 3
-# maps, 300 frames) on seeds 3200-3220, for a candidate designed after the first set's figures.
+# maps, 300 frames) on seeds 3200-3220, for a candidate designed after the first set's figures;
+# hashes checked against data/validation2.sha256.
 VALIDATION2_OUT ?= out/validation2
 validation2-data: $(DATA_VENV)/.ok
-	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set validation2 --out $(VALIDATION2_OUT) --frames 300
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set validation2 --out $(VALIDATION2_OUT) --frames 300 --check data/validation2.sha256

@@ -45,8 +45,8 @@ rm -rf "$BUNDLE.new"
 # fitted on drives that start over") and the MSCN branch (session 40).
 "$VAE" calibrate --bundle "$OUT" --out "$BUNDLE.new" --quiet --score mahalanobis --detail 160x120 --detail-grid 3 \
   --components 16 --relative "$DEFAULT_RELATIVE" \
-  --fit $(ls -d out/more_maps/*/bag out/starts/*/bag) $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2) \
-  $(default_threshold_args out/tuning3) --direction-branch 160x120 --direction-statistic mscn --mscn-from models/compressed
+  --fit $(ls -d out/more_maps/*/bag) $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2) \
+  --fit $(ls -d out/starts/*/bag) $(default_threshold_args out/tuning3) --direction-branch 160x120 --direction-statistic mscn --mscn-from models/compressed
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"

@@ -469,8 +469,9 @@ fn a_reset_during_warm_up_after_a_gap_stays_starting() {
     assert_eq!(m.state(), MonitorState::Starting);
 }
 
-/// A frame stamped the same as the last is that frame sent again: it keeps the history and gets
-/// the score of the frame it repeats, whatever its pixels. A stamp that goes back restarts.
+/// A frame stamped the same as the last with the same picture is that frame sent again: it keeps
+/// the history and gets the score of the frame it repeats. Another picture under that stamp (a
+/// stamp source that stopped) restarts, as a stamp that goes back does.
 #[test]
 fn a_repeated_stamp_is_the_same_instant_and_a_backward_one_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -490,17 +491,29 @@ fn a_repeated_stamp_is_the_same_instant_and_a_backward_one_restarts() {
         last = det.score_at(s, img.into(), Some(k as i64 * dt)).ok();
     }
     let last = last.expect("warm after 7 frames").score;
-    // Frame 7 again, and another image under frame 7's stamp: both are frame 7.
-    for img in [&imgs[7], &imgs[2]] {
-        let again = det.score_at(s, img.into(), Some(7 * dt)).unwrap().score;
+    // Frame 7 again, twice: frame 7's score.
+    for _ in 0..2 {
+        let again = det
+            .score_at(s, (&imgs[7]).into(), Some(7 * dt))
+            .unwrap()
+            .score;
         assert_eq!(again, last);
     }
     // The history went on: the next frame is scored, not warming up.
     let next = det.score_at(s, (&imgs[8]).into(), Some(8 * dt)).unwrap();
     assert_ne!(next.score, last);
-    // A stamp that goes back (a replay looped) restarts the stack.
+    // Another picture under frame 8's stamp restarts the stack...
     assert!(matches!(
-        det.score_at(s, (&imgs[9]).into(), Some(3 * dt)),
+        det.score_at(s, (&imgs[2]).into(), Some(8 * dt)),
+        Err(Fault::WarmingUp { needed: 6 })
+    ));
+    // ...and so does a stamp that goes back (a replay looped).
+    let t = det.open_stream();
+    for (k, img) in imgs.iter().enumerate().take(8) {
+        let _ = det.score_at(t, img.into(), Some(k as i64 * dt));
+    }
+    assert!(matches!(
+        det.score_at(t, (&imgs[9]).into(), Some(3 * dt)),
         Err(Fault::WarmingUp { needed: 6 })
     ));
 }

@@ -211,8 +211,10 @@ impl Flow {
 /// One stream's motion history: the last prepared frame and the last `depth` flow fields. Flow
 /// is never computed across a gap: a stamp that goes back, or advances by more than
 /// `max_gap_ns`, restarts the history (the detector warms up again over `depth` + 1 frames). A
-/// frame stamped the same as the last is that frame sent again (a republished message): it adds
-/// no motion and gets the stack of the frame it repeats, as the frame-rate count ignores it.
+/// frame stamped the same as the last and showing the same picture is that frame sent again (a
+/// republished message): it adds no motion and gets the stack of the frame it repeats, so it is
+/// scored again as an image detector scores a resend. Another picture under the same stamp
+/// restarts the history, as a gap does.
 #[derive(Debug, Clone)]
 pub struct FlowStack {
     pub input: FlowInput,
@@ -286,16 +288,19 @@ impl FlowStack {
         stamp_ns: Option<i64>,
     ) -> Result<Option<Stacked>, FlowError> {
         let last = self.prev.as_ref().and_then(|(_, stamp)| *stamp);
+        let frame = self.input.prepare(px);
         if let (Some(last), Some(now)) = (last, stamp_ns) {
             let step = now.saturating_sub(last);
-            if step == 0 {
+            let resent = step == 0 && self.prev.as_ref().is_some_and(|(g, _)| *g == frame);
+            if resent {
                 return Ok(self.stack(self.last_detail_lost));
             }
-            if step < 0 || step > self.max_gap_ns {
+            // Another picture under the last stamp is a stamp source that stopped, not a
+            // resend: no motion can be measured across it.
+            if step <= 0 || step > self.max_gap_ns {
                 self.reset();
             }
         }
-        let frame = self.input.prepare(px);
         let detail_lost = self.detail.as_mut().map_or(0.0, |d| d.push(&frame));
         self.last_detail_lost = detail_lost;
         if let Some((prev, _)) = &self.prev {
@@ -358,7 +363,8 @@ pub struct FlowSpec {
     /// channels.
     pub depth: usize,
     /// A stamp step longer than this (or one that goes back) restarts the stack, so flow is
-    /// never computed across a gap in the stream; a repeated stamp is the same frame again.
+    /// never computed across a gap in the stream; a repeated stamp with the same picture is the
+    /// same frame again, with another picture a restart.
     pub max_gap_ms: f64,
     /// Flow in pixels maps to the encoder's [0, 1] as 0.5 + flow / (2 * flow_range), clamped:
     /// BCE reconstruction needs targets in [0, 1], and Farnebäck with one pyramid level does

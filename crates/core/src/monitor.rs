@@ -125,7 +125,7 @@ pub struct MonitorConfig {
 
 /// The node's and `vae-ood eval`'s default [`MonitorConfig::cusum_ceiling`]: S at most twice
 /// its threshold, so that after a shift it falls back under the threshold after about one
-/// threshold's worth of clear frames at the shipped drift of 1 (thresholds of 14 to 27 in force;
+/// threshold's worth of clear frames at the shipped drift of 1 (thresholds of 14 to 36 in force;
 /// a drive-relative branch's raised pooled threshold after its hold is larger) and under the
 /// recovery level after about 1.5 (docs/detector-experiments.md, session 39).
 pub const DEFAULT_CUSUM_CEILING: f64 = 2.0;
