@@ -31,12 +31,13 @@ def test_default_detector_is_trained_and_calibrated():
     m = yaml.safe_load((DEFAULT_BUNDLE / "manifest.yaml").read_text())
     assert m["provenance"]["trained"] is True
     assert m["calibration"] is not None
-    # Its score's reference was fitted on 130 clear drives (training, heldout-data, tuning-data
-    # and, since session 19, more-maps-data), none of them a calibration, tuning or test drive.
+    # Its score's reference was fitted on 160 clear drives (training, heldout-data, tuning-data,
+    # since session 19 more-maps-data and since session 41 starts-data), none of them a
+    # calibration, tuning or test drive.
     assert m["score"]["kind"] == "mahalanobis"
     fitted = {f.split(" ")[0] for f in m["score"]["fitted_on"]}
     used = {f.split(" ")[0] for role in m["calibration"]["data"].values() for f in role}
-    assert len(fitted) == 130 and not fitted & used
+    assert len(fitted) == 160 and not fitted & used
     assert (DEFAULT_BUNDLE / "MODEL_CARD.md").is_file()
     # The full VAE ships beside the encoder: compression distils and fine-tunes from it.
     assert (DEFAULT_BUNDLE / "vae.bpk").is_file() and (DEFAULT_BUNDLE / "training.json").is_file()
