@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{Bundle, DetectorSpec, Manifest};
-use vae_ood_core::detector::{Fault, ImageDetector};
+use vae_ood_core::detector::{Detector, Fault, ImageDetector, Scored};
 use vae_ood_core::encoder::{self, BackendOptions};
 use vae_ood_core::flow::FlowSpec;
 use vae_ood_core::flow_detector::FlowDetector;
@@ -48,6 +48,26 @@ fn rgb8(img: &image::RgbImage) -> FrameData<'_> {
 
 fn seeded(dir: &Path) -> Bundle {
     write_seeded_bundle(dir, "flow", 5, "seeded-flow", false).unwrap()
+}
+
+/// The seeded flow bundle written to `dir`, loaded as a detector, and 10 frames of one drive
+/// with the interval of their stamps (15 Hz).
+fn seeded_stream(dir: &Path) -> (Box<dyn Detector>, Vec<image::RgbImage>, i64) {
+    seeded(dir);
+    let det = vae_ood_core::detector::load(dir, BackendOptions::default()).unwrap();
+    (det, frames("id_loop_empty_s1", 10), 66_666_667)
+}
+
+/// Scores frames `ks` of `imgs` on `stream`, frame k stamped k * `dt`; the last one's result.
+fn feed(
+    det: &mut dyn Detector,
+    stream: usize,
+    imgs: &[image::RgbImage],
+    ks: std::ops::Range<usize>,
+    dt: i64,
+) -> Option<Result<Scored, Fault>> {
+    ks.map(|k| det.score_at(stream, (&imgs[k]).into(), Some(k as i64 * dt)))
+        .last()
 }
 
 #[test]
@@ -475,22 +495,18 @@ fn a_reset_during_warm_up_after_a_gap_stays_starting() {
 #[test]
 fn a_repeated_stamp_is_the_same_instant_and_a_backward_one_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    seeded(dir.path());
-    let mut det = vae_ood_core::detector::load(dir.path(), BackendOptions::default()).unwrap();
+    let (mut det, imgs, dt) = seeded_stream(dir.path());
     let s = det.open_stream();
-    let imgs = frames("id_loop_empty_s1", 10);
-    let dt = 66_666_667;
     // A resend while warming up is still warming up, and does not count as a frame.
     let _ = det.score_at(s, (&imgs[0]).into(), Some(0));
     assert!(matches!(
         det.score_at(s, (&imgs[0]).into(), Some(0)),
         Err(Fault::WarmingUp { needed: 6 })
     ));
-    let mut last = None;
-    for (k, img) in imgs.iter().enumerate().take(8).skip(1) {
-        last = det.score_at(s, img.into(), Some(k as i64 * dt)).ok();
-    }
-    let last = last.expect("warm after 7 frames").score;
+    let last = feed(det.as_mut(), s, &imgs, 1..8, dt)
+        .unwrap()
+        .expect("warm after 7 frames")
+        .score;
     // Frame 7 again, twice: frame 7's score.
     for _ in 0..2 {
         let again = det
@@ -509,9 +525,7 @@ fn a_repeated_stamp_is_the_same_instant_and_a_backward_one_restarts() {
     ));
     // ...and so does a stamp that goes back (a replay looped).
     let t = det.open_stream();
-    for (k, img) in imgs.iter().enumerate().take(8) {
-        let _ = det.score_at(t, img.into(), Some(k as i64 * dt));
-    }
+    feed(det.as_mut(), t, &imgs, 0..8, dt);
     assert!(matches!(
         det.score_at(t, (&imgs[9]).into(), Some(3 * dt)),
         Err(Fault::WarmingUp { needed: 6 })
@@ -523,14 +537,9 @@ fn a_repeated_stamp_is_the_same_instant_and_a_backward_one_restarts() {
 #[test]
 fn an_unstamped_frame_does_not_hide_a_gap() {
     let dir = tempfile::tempdir().unwrap();
-    seeded(dir.path());
-    let mut det = vae_ood_core::detector::load(dir.path(), BackendOptions::default()).unwrap();
+    let (mut det, imgs, dt) = seeded_stream(dir.path());
     let s = det.open_stream();
-    let imgs = frames("id_loop_empty_s1", 10);
-    let dt = 66_666_667;
-    for (k, img) in imgs[..7].iter().enumerate() {
-        let _ = det.score_at(s, img.into(), Some(k as i64 * dt));
-    }
+    feed(det.as_mut(), s, &imgs, 0..7, dt);
     assert!(
         det.score_at(s, (&imgs[7]).into(), None).is_ok(),
         "unstamped: the next frame"
@@ -544,9 +553,7 @@ fn an_unstamped_frame_does_not_hide_a_gap() {
     ));
     // Unstamped then a minute on: the same.
     let t = det.open_stream();
-    for (k, img) in imgs[..7].iter().enumerate() {
-        let _ = det.score_at(t, img.into(), Some(k as i64 * dt));
-    }
+    feed(det.as_mut(), t, &imgs, 0..7, dt);
     assert!(det.score_at(t, (&imgs[7]).into(), None).is_ok());
     assert!(matches!(
         det.score_at(t, (&imgs[8]).into(), Some(60_000_000_000)),
