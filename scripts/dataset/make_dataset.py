@@ -212,6 +212,10 @@ FALSEALARM21 = four_map_clear(range(2900, 2952))
 # candidate it gates (a score fitted on drives that start over, docs/detector-experiments.md).
 # As falsealarm3: seeds 3100-3151, never used.
 FALSEALARM22 = four_map_clear(range(3100, 3152))
+# A twenty-third (`make falsealarm23-data`, session 42), generated before any figure of the
+# candidate it gates (the student's score fitted with the starts drives). As falsealarm3: seeds
+# 3300-3351, never used.
+FALSEALARM23 = four_map_clear(range(3300, 3352))
 # The test set of the model cards (`make testset-data`, issue 14), fixed in session 7 before any
 # figure on it was looked at, with seeds 300-328 never used before: per OOD type and map one
 # drive, OOD in its middle half at the default severity; two clear drives per map, and two on
@@ -265,7 +269,7 @@ STARTS = [(f"id_{m}_s{seed}", m, seed, "fit", "clear", "restarts")
           for seed, m in ((s, (MAPS + MORE_MAP_NAMES)[s % 6]) for s in range(3000, 3030))]
 SETS = {"sample": SAMPLE, "starts": STARTS, "validation2": VALIDATION2, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
-        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "tuning2": TUNING2, "tuning3": TUNING3}
+        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "tuning2": TUNING2, "tuning3": TUNING3}
 
 
 def ood_mask(n, sequence, condition):
@@ -470,6 +474,7 @@ def main():
                          "falsealarm20: 52 fresh clear drives on four maps (seeds 2800-2851); "
                          "falsealarm21: 52 fresh clear drives on four maps (seeds 2900-2951); "
                          "falsealarm22: 52 fresh clear drives on four maps (seeds 3100-3151); "
+                         "falsealarm23: 52 fresh clear drives on four maps (seeds 3300-3351); "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
                          "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
                          "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
