@@ -208,6 +208,7 @@ impl Ctx {
                 branch_rule: cfg.branch_rule,
                 relative_branch: cfg.relative_branch,
                 direction_branch: cfg.direction_branch,
+                startup_phase: cfg.startup_phase,
                 cusum_ceiling: cfg.cusum_ceiling,
             };
             let mut monitors = vec![];

@@ -1109,3 +1109,102 @@ fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
     };
     assert!(e.to_string().contains("--mscn-from"), "{e}");
 }
+
+/// `vae-ood calibrate --startup-frames`: the phase is measured on the tuning drives by the
+/// bundle's own monitor, written into the bundle (format 6), and the node's monitor then puts
+/// exactly the certified thresholds in force: on the tuning drives it alarms on no more drives
+/// than the section counts.
+#[test]
+fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
+    use vae_ood_core::detection::startup::floor;
+    use vae_ood_tools::eval::{self, Input, Label};
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let tune = ["id_udem1_s3", "id_loop_empty_s1", "id_loop_empty_s4"];
+    let tuning: Vec<PathBuf> = tune.iter().map(|d| drive(d).path).collect();
+    let o = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &Options {
+            tune_id: tune.iter().map(|d| drive(d)).collect(),
+            false_alarm_rate: 0.002,
+            grid: Grid {
+                k: vec![5],
+                window: vec![1],
+                decay: vec![1.0],
+            },
+            ..options(ScoreKind::Mahalanobis, vec![])
+        },
+    )
+    .unwrap();
+    let calibrated = o.bundle.manifest.calibration.unwrap();
+    let s = vae_ood_tools::startup::add_startup(
+        out.path(),
+        &tuning,
+        100,
+        BackendOptions::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let allowed = calibrated.guarantee.as_ref().unwrap().drives_over();
+    assert_eq!((s.frames, s.tuning_drives_allowed), (100, allowed));
+    assert!(s.cruise_scale > 0.0 && s.cruise_scale <= 1.0, "{s:?}");
+    assert!(s.tuning_drives_alarmed <= allowed, "{s:?}");
+    assert_eq!(s.floor, floor(1, 0.002));
+    let b = vae_ood_core::Bundle::load(out.path()).unwrap();
+    assert_eq!(b.manifest.calibration.as_ref().unwrap().startup, Some(s));
+    assert!(b.manifest.format_version >= vae_ood_core::bundle::STARTUP_FORMAT_VERSION);
+
+    // The node's monitor: the threshold in force (S over the alarm ratio) is the calibrated
+    // one for 100 frames and the cruise share after them; drives alarm no more than counted.
+    let inputs: Vec<Input> = tuning
+        .iter()
+        .map(|p| Input {
+            path: p.clone(),
+            label: Label::Id,
+        })
+        .collect();
+    let opts = eval::Options {
+        bundle: out.path().to_path_buf(),
+        backend: BackendOptions::default(),
+        monitor: vae_ood_core::monitor::MonitorConfig::default(),
+        topic: None,
+        folder_fps: eval::DEFAULT_FOLDER_FPS,
+    };
+    let (records, _) = eval::run(&inputs, &opts, &|_| {}).unwrap();
+    let t = calibrated.pipeline.cusum_threshold;
+    let cruise = (t * s.cruise_scale).max(s.floor);
+    let mut checked = 0;
+    for f in records.iter().filter(|f| f.cusum.is_some_and(|c| c > 0.1)) {
+        let in_force = f.cusum.unwrap() / f.alarm_ratio.unwrap();
+        let expected = if f.index < 100 { t } else { cruise };
+        assert!((in_force - expected).abs() < 1e-9 * expected, "{f:?}");
+        checked += 1;
+    }
+    assert!(checked > 50, "{checked} frames with evidence");
+    let alarmed = (0..inputs.len())
+        .filter(|&i| {
+            records
+                .iter()
+                .any(|f| f.input == i && f.alarm_ratio.unwrap() > 1.0)
+        })
+        .count();
+    assert!(
+        alarmed <= s.tuning_drives_alarmed,
+        "{alarmed} drives alarmed"
+    );
+
+    // Older versions cannot hold the section.
+    let path = out.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let written = format!("format_version: {}", b.manifest.format_version);
+    let old =
+        vae_ood_core::bundle::Manifest::parse(&text.replace(&written, "format_version: 5"), &path)
+            .expect_err("refused")
+            .to_string();
+    assert!(
+        old.contains("calibration.startup needs format_version 6"),
+        "{old}"
+    );
+}

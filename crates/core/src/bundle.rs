@@ -14,13 +14,15 @@ use std::path::{Path, PathBuf};
 /// The newest manifest format this build reads. Version 2 added `detector` (the optical-flow
 /// detector), version 3 `calibration.relative` (the drive-relative branch), version 4
 /// `calibration.direction` (the direction branch), version 5 `calibration.direction.mscn` (the
-/// branch on natural-scene statistics); a bundle is written with the oldest version that holds
+/// branch on natural-scene statistics), version 6 `calibration.startup` (the start-up phase); a bundle is written with the oldest version that holds
 /// what it has, so that older releases read it.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// The version a bundle with a direction branch needs.
 pub const DIRECTION_FORMAT_VERSION: u32 = 4;
 /// The version a bundle whose direction branch measures the MSCN statistics needs.
 pub const MSCN_FORMAT_VERSION: u32 = 5;
+/// The version a bundle with a start-up phase needs.
+pub const STARTUP_FORMAT_VERSION: u32 = 6;
 /// The version a bundle with a drive-relative branch needs.
 pub const RELATIVE_FORMAT_VERSION: u32 = 3;
 /// The version flow bundles are written with (without a drive-relative branch).
@@ -93,6 +95,10 @@ pub struct CalibrationSection {
     /// frame's weakest direction beside the score (image detectors, format version 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<crate::detection::direction::DirectionSection>,
+    /// The start-up phase ([`crate::detection::startup`]): every threshold as calibrated for a
+    /// stream's first frames, a lower share of it after them (format version 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<crate::detection::startup::StartupSection>,
 }
 
 /// The drive-relative branch of a calibrated bundle: its baseline, its conformal scores, its
@@ -562,6 +568,12 @@ impl Manifest {
                 }
                 d.validate()
                     .map_err(|e| bad(format!("calibration.direction: {e}")))?;
+            }
+            if let Some(st) = &c.startup {
+                if manifest.format_version < STARTUP_FORMAT_VERSION {
+                    return Err(bad(format!("calibration.startup needs format_version {STARTUP_FORMAT_VERSION} (older versions held every threshold for the whole stream)")));
+                }
+                st.validate().map_err(bad)?;
             }
             if let Some(t) = &c.branch_thresholds {
                 if !flow {

@@ -6,6 +6,7 @@
 //! puts the monitor in `Fault` for that frame.
 
 use crate::detection::relative::Baseline;
+use crate::detection::startup::StartupSection;
 use crate::detection::{Calibration, DetectionError, PipelineParams, SequentialDetector, Step};
 use crate::detector::{Detector, StreamFrame, StreamId};
 use crate::frame::{self, FrameData, Pixels};
@@ -115,6 +116,11 @@ pub struct MonitorConfig {
     /// threshold back at its value before the split (`pooled_threshold_alone`) unless a
     /// drive-relative branch runs (whose split was made against the raised one).
     pub direction_branch: bool,
+    /// Calibrated bundles with a start-up phase (`calibration.startup`): after a stream's first
+    /// frames, every threshold at its lower cruise share. Off: every threshold as calibrated for
+    /// the whole stream (slower after the start-up, never more alarms). An absolute
+    /// `cusum_threshold` turns it off too: the operator's number is the one in force.
+    pub startup_phase: bool,
     /// Every branch's S is held at or under this many times its threshold in force
     /// ([`SequentialDetector::set_ceiling`], [`crate::detection::ceiling_is_valid`]): it changes
     /// no first alarm, and bounds how long OOD outlasts the evidence. `None` (the library's
@@ -149,6 +155,7 @@ impl Default for MonitorConfig {
             branch_rule: false,
             relative_branch: true,
             direction_branch: true,
+            startup_phase: true,
             cusum_ceiling: None,
         }
     }
@@ -311,6 +318,11 @@ struct Sequential {
     relative: Option<RelativeBranch>,
     /// The direction branch ([`crate::detection::direction`]), when the bundle has one.
     direction: Option<DirectionBranch>,
+    /// The start-up phase, when the bundle has one and it runs (its floor scaled as the
+    /// thresholds are).
+    startup: Option<StartupSection>,
+    /// Scored frames since the stream (re)started: where it is in the start-up phase.
+    scored: u64,
     /// The state before any fault: STARTING, OK or OOD.
     latched: MonitorState,
     good_streak: u32,
@@ -320,6 +332,8 @@ struct Sequential {
 struct RelativeBranch {
     baseline: Baseline,
     detector: SequentialDetector,
+    /// Its threshold before the start-up phase lowers it.
+    threshold: f64,
     /// The pooled threshold's multiplier once the baseline exists.
     pooled_scale: f64,
 }
@@ -328,6 +342,8 @@ struct RelativeBranch {
 /// scores against it.
 struct DirectionBranch {
     detector: SequentialDetector,
+    /// Its threshold before the start-up phase lowers it.
+    threshold: f64,
     baseline: Option<Baseline>,
 }
 
@@ -406,6 +422,7 @@ impl Sequential {
                 let mut p = c.pipeline.clone();
                 p.cusum_threshold = r.cusum_threshold * config.threshold_scale;
                 Some(RelativeBranch {
+                    threshold: p.cusum_threshold,
                     baseline: Baseline::new(r.baseline),
                     detector: branch_detector(&r.scores, p, config)?,
                     pooled_scale: r.pooled_scale,
@@ -420,12 +437,20 @@ impl Sequential {
                 let mut p = d.pipeline.clone();
                 p.cusum_threshold *= config.threshold_scale;
                 Some(DirectionBranch {
+                    threshold: p.cusum_threshold,
                     detector: branch_detector(&d.scores, p, config)?,
                     baseline: d.baseline.map(Baseline::new),
                 })
             }
             _ => None,
         };
+        let startup = c
+            .startup
+            .filter(|_| config.startup_phase && config.cusum_threshold.is_none())
+            .map(|s| StartupSection {
+                floor: s.floor * config.threshold_scale,
+                ..s
+            });
         let pooled_threshold = params.cusum_threshold;
         let detector = branch_detector(&c.scores, params, config)?;
         Ok(Some(Sequential {
@@ -433,17 +458,40 @@ impl Sequential {
             pooled_threshold,
             relative,
             direction,
+            startup,
+            scored: 0,
             latched: MonitorState::Starting,
             good_streak: 0,
         }))
     }
 
-    /// The pooled threshold in force: its own during the start-up hold and without a relative
-    /// branch, its share after the hold.
+    /// The pooled threshold in force: its own during the relative branch's hold and without a
+    /// relative branch, its share after the hold; lowered after the start-up phase.
     fn pooled_in_force(&self) -> f64 {
-        match &self.relative {
+        let t = match &self.relative {
             Some(r) if !r.baseline.holding() => self.pooled_threshold * r.pooled_scale,
             _ => self.pooled_threshold,
+        };
+        self.phase(t)
+    }
+
+    /// A calibrated threshold as the start-up phase puts it in force at this frame.
+    fn phase(&self, calibrated: f64) -> f64 {
+        self.startup
+            .map_or(calibrated, |s| s.threshold(calibrated, self.scored))
+    }
+
+    /// Puts the relative and direction branches' thresholds in force for this frame.
+    fn apply_branch_thresholds(&mut self) {
+        if let Some(t) = self.relative.as_ref().map(|r| self.phase(r.threshold)) {
+            if let Some(r) = &mut self.relative {
+                r.detector.set_cusum_threshold(t);
+            }
+        }
+        if let Some(t) = self.direction.as_ref().map(|d| self.phase(d.threshold)) {
+            if let Some(d) = &mut self.direction {
+                d.detector.set_cusum_threshold(t);
+            }
         }
     }
 
@@ -465,6 +513,8 @@ impl Sequential {
         // The hold covers exactly the frames with no relative score (as `relative::split`
         // simulates it): the threshold is chosen before this frame joins the baseline.
         let in_force = self.apply_pooled_threshold();
+        self.apply_branch_thresholds();
+        self.scored += 1;
         let relative = self.relative.as_mut().and_then(|r| {
             let x = r.baseline.push(score)?;
             Some((r.detector.step(x), r.detector.params().cusum_threshold))
@@ -496,6 +546,7 @@ impl Sequential {
     /// start new baselines from the next frame (with the relative one's start-up hold): the
     /// operator has accepted the scene as it is now, which a baseline from before may not
     /// describe.
+    /// The start-up phase does not start again: the stream has not.
     fn reset_cusum(&mut self) {
         self.detector.reset_cusum();
         // A branch measured against a baseline forgets its p-values too: they were taken
@@ -1187,6 +1238,8 @@ mod tests {
             detector,
             relative: None,
             direction: None,
+            startup: None,
+            scored: 0,
             latched: MonitorState::Starting,
             good_streak: 0,
         }
@@ -1297,9 +1350,12 @@ mod tests {
             relative: Some(RelativeBranch {
                 baseline: Baseline::new(BaselineParams::new(5, 5)),
                 detector: pipeline((-50..50).map(f64::from).collect(), 3, 1.0),
+                threshold: 1.0,
                 pooled_scale: 1.0,
             }),
             direction: None,
+            startup: None,
+            scored: 0,
             latched: MonitorState::Starting,
             good_streak: 0,
         };
@@ -1329,12 +1385,76 @@ mod tests {
             pooled_threshold: 5.0,
             relative: None,
             direction: Some(DirectionBranch {
+                threshold,
                 detector: pipeline(scores, 1, threshold),
                 baseline,
             }),
+            startup: None,
+            scored: 0,
             latched: MonitorState::Starting,
             good_streak: 0,
         }
+    }
+
+    /// The start-up phase: the first 4 frames at the calibrated thresholds (pooled 5, direction
+    /// 8), later ones at half of them but never under the floor of 3. A shift that gives the
+    /// pooled statistic the same evidence every frame alarms at the lower threshold after the
+    /// start-up, and not before.
+    #[test]
+    fn after_the_start_up_every_threshold_falls_to_its_cruise_share() {
+        let mut s = with_direction((0..100).map(f64::from).collect(), 8.0, None);
+        s.startup = Some(StartupSection {
+            frames: 4,
+            cruise_scale: 0.5,
+            floor: 3.0,
+            tuning_drives_alarmed: 0,
+            tuning_drives_allowed: 1,
+        });
+        let in_force = |s: &Sequential| {
+            (
+                s.detector.params().cusum_threshold,
+                s.direction
+                    .as_ref()
+                    .unwrap()
+                    .detector
+                    .params()
+                    .cusum_threshold,
+            )
+        };
+        for t in 0..4 {
+            s.step(50.0, Some(50.0));
+            assert_eq!(in_force(&s), (5.0, 8.0), "frame {t}");
+        }
+        s.step(50.0, Some(50.0));
+        assert_eq!(in_force(&s), (3.0, 4.0), "the pooled 2.5 held at the floor");
+        // The same run with and without a start-up phase: 40 frames of the pooled calibration's
+        // largest score (S grows by about 0.09 a frame after the drift of 1) take S over the
+        // cruise threshold of 2.5 and not over the calibrated 5.
+        let cusum_after = |startup: bool| {
+            let mut s = with_direction((0..100).map(f64::from).collect(), 8.0, None);
+            if startup {
+                s.startup = Some(StartupSection {
+                    frames: 2,
+                    cruise_scale: 0.5,
+                    floor: 0.0,
+                    tuning_drives_alarmed: 0,
+                    tuning_drives_allowed: 1,
+                });
+            }
+            (0..40).map(|_| s.step(99.0, None)).last().unwrap()
+        };
+        let (held, lowered) = (cusum_after(false), cusum_after(true));
+        assert_eq!(
+            held.pooled.cusum, lowered.pooled.cusum,
+            "S does not depend on the phase"
+        );
+        assert!(
+            held.pooled.cusum > 2.5 && held.pooled.cusum < 5.0,
+            "{:?}",
+            held.pooled
+        );
+        assert!(!held.pooled.alarm && lowered.pooled.alarm);
+        assert!(lowered.ratio > 1.0 && held.ratio < 1.0);
     }
 
     /// Against the stream's own past, a direction that was always extreme is the stream's
@@ -1419,10 +1539,13 @@ mod tests {
             pooled_threshold: THRESHOLD,
             relative: Some(RelativeBranch {
                 baseline: Baseline::new(BaselineParams::new(10, 50)),
+                threshold: params.cusum_threshold,
                 detector: SequentialDetector::new(relative, params).unwrap(),
                 pooled_scale: 2.0,
             }),
             direction: None,
+            startup: None,
+            scored: 0,
             latched: MonitorState::Starting,
             good_streak: 0,
         };

@@ -953,6 +953,9 @@ pub fn calibrate(
         branch_thresholds,
         relative,
         direction,
+        // `vae-ood calibrate --startup-frames` adds it once the bundle exists (it runs the
+        // bundle's monitor over the tuning drives: [`crate::startup`]).
+        startup: None,
     });
     let encoder_path = bundle_dir.join(&manifest.encoder.path);
     let encoder = std::fs::read(&encoder_path).map_err(Error::read(encoder_path))?;

@@ -23,6 +23,7 @@ pub mod joint;
 pub mod onnx_gen;
 pub mod plots;
 pub mod score;
+pub mod startup;
 #[cfg(feature = "train")]
 pub mod train;
 

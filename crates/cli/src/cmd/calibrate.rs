@@ -13,6 +13,7 @@ use vae_ood_core::score::GivenMotion;
 use vae_ood_tools::calibrate::{
     calibrate, defaults, DirectionOptions, DriveArg, MscnOptions, Options, Parts, ScoreKind, Tails,
 };
+use vae_ood_tools::startup::add_startup;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -179,6 +180,12 @@ pub struct Args {
     /// not the encoder, so a teacher and its student on one camera can share one mixture.
     #[arg(long = "mscn-from", value_name = "BUNDLE", requires = "direction_branch", conflicts_with_all = ["mscn_fit", "mscn_components"])]
     mscn_from: Option<PathBuf>,
+    /// Adds a start-up phase: a stream's first N scored frames judged at the calibrated
+    /// thresholds, later ones at a lower share of them, chosen on the tuning drives so that
+    /// both phases together keep the thresholds' promise (docs/bundle.md, `calibration.startup`).
+    /// Runs the calibrated bundle over the tuning drives once more.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    startup_frames: Option<u64>,
     #[arg(long)]
     quiet: bool,
 }
@@ -209,6 +216,8 @@ fn parse_baseline(s: &str) -> std::result::Result<BaselineParams, String> {
 
 pub fn run(a: Args) -> Result<()> {
     let mut det = a.detector.load()?;
+    let tuning: Vec<PathBuf> = a.tune_id.iter().map(|d| d.path.clone()).collect();
+    let backend = a.detector.backend_options();
     let opts = Options {
         score: a.score,
         fit: a.fit,
@@ -284,7 +293,17 @@ pub fn run(a: Args) -> Result<()> {
             .transpose()?,
         quiet: a.quiet,
     };
-    let o = calibrate(&a.detector.bundle, &a.out, det.as_mut(), &opts)?;
+    let mut o = calibrate(&a.detector.bundle, &a.out, det.as_mut(), &opts)?;
+    if let Some(n) = a.startup_frames {
+        let bar = if a.quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        add_startup(&a.out, &tuning, n, backend, &|k| bar.inc(k as u64))?;
+        bar.finish_and_clear();
+        o.bundle = vae_ood_core::bundle::Bundle::load(&a.out)?;
+    }
     let m = &o.bundle.manifest;
     let c = m.calibration.as_ref().expect("written");
     println!("wrote {} (model id {})", a.out.display(), o.bundle.model_id);
@@ -326,6 +345,12 @@ pub fn run(a: Args) -> Result<()> {
             r.tuning_drives_alarmed,
             g.drives,
             r.tuning_drives_allowed
+        );
+    }
+    if let Some(st) = &c.startup {
+        println!(
+            "start-up phase    {} frames at these thresholds, then x{:.4} (never under {:.2}); {} of {} tuning drives alarm, {} allowed",
+            st.frames, st.cruise_scale, st.floor, st.tuning_drives_alarmed, g.drives, st.tuning_drives_allowed
         );
     }
     println!(

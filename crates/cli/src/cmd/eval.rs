@@ -80,6 +80,10 @@ pub struct Args {
     /// `direction_branch: false`.
     #[arg(long)]
     no_direction: bool,
+    /// Bundles with a start-up phase: hold every threshold as calibrated for the whole drive,
+    /// as the node's `startup_phase: false`.
+    #[arg(long)]
+    no_startup_phase: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -132,6 +136,7 @@ pub fn run(a: &Args) -> Result<()> {
             branch_rule: a.branch_rule,
             relative_branch: !a.no_relative,
             direction_branch: !a.no_direction,
+            startup_phase: !a.no_startup_phase,
             cusum_ceiling: (a.cusum_ceiling > 0.0).then_some(a.cusum_ceiling),
         },
         topic: a.topic.clone(),

@@ -13,6 +13,7 @@ pub mod direction;
 pub mod martingale;
 pub mod relative;
 pub mod selection;
+pub mod startup;
 pub mod tuning;
 
 use serde::{Deserialize, Serialize};
