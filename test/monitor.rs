@@ -454,3 +454,40 @@ fn the_threshold_scale_multiplies_the_bundles_own_threshold() {
     };
     assert_eq!(threshold(explicit), 20.0);
 }
+
+/// The start-up phase in the node's monitor: the pooled threshold in force is the calibrated
+/// one for the stream's first 3 frames and half of it after them; a restart starts the phase
+/// again; a threshold the operator sets at run time is the one in force from then on, through
+/// restarts, with the phase off.
+#[test]
+fn the_start_up_phase_lowers_thresholds_after_its_frames_until_the_operator_sets_one() {
+    use vae_ood_core::detection::startup::StartupSection;
+    let mut bundle =
+        Bundle::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")).unwrap();
+    let c = bundle.manifest.calibration.as_mut().unwrap();
+    c.startup = Some(StartupSection {
+        frames: 3,
+        cruise_scale: 0.5,
+        floor: 0.0,
+        tuning_drives_alarmed: 0,
+        tuning_drives_allowed: 1,
+    });
+    let calibrated = c.pipeline.cusum_threshold;
+    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+    let det = ImageDetector::with_encoder(bundle, enc).unwrap();
+    let mut m = Monitor::new(Box::new(det), MonitorConfig::default()).unwrap();
+    let frames = distinct_frames(8);
+    let mut in_force = |m: &mut Monitor, k: usize| {
+        m.process(&raw(&frames[k]), None);
+        m.pipeline().unwrap().cusum_threshold
+    };
+    let run: Vec<f64> = (0..5).map(|k| in_force(&mut m, k)).collect();
+    let half = calibrated * 0.5;
+    assert_eq!(run, [calibrated, calibrated, calibrated, half, half]);
+    m.restart().unwrap();
+    assert_eq!(in_force(&mut m, 5), calibrated, "the phase starts again");
+    m.set_cusum_threshold(20.0);
+    m.restart().unwrap();
+    let run: Vec<f64> = (0..8).map(|k| in_force(&mut m, k)).collect();
+    assert!(run.iter().all(|&t| t == 20.0), "{run:?}");
+}

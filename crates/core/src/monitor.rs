@@ -786,15 +786,22 @@ impl Monitor {
     /// after a pause (a lifecycle node reactivated): evidence from before the pause must not
     /// carry over, and neither may a latched verdict.
     pub fn restart(&mut self) -> Result<MonitorState, DetectionError> {
-        // A threshold set at run time survives the restart.
-        let threshold = self.sequential.as_ref().map(|s| s.pooled_threshold);
+        // A threshold set at run time survives the restart, and so does the start-up phase
+        // it turned off; the phase itself starts again with the stream.
+        let kept = self
+            .sequential
+            .as_ref()
+            .map(|s| (s.pooled_threshold, s.startup.is_none()));
         {
             let mut d = lock(&self.detector);
             self.sequential = Sequential::fresh(d.as_ref(), &self.config)?;
             d.reset_stream(self.stream);
         }
-        if let Some(t) = threshold {
-            self.set_cusum_threshold(t);
+        if let (Some((t, off)), Some(s)) = (kept, &mut self.sequential) {
+            if off {
+                s.startup = None;
+            }
+            s.set_pooled_threshold(t);
         }
         self.repeats = Repeats::default();
         self.rate = StreamRate::default();
@@ -818,9 +825,11 @@ impl Monitor {
     }
 
     /// Sets the pooled statistic's threshold (its own, before any share the relative branch
-    /// takes of the budget).
+    /// takes of the budget). The operator's number is the one in force: it turns the start-up
+    /// phase off, as `MonitorConfig::cusum_threshold` does.
     pub fn set_cusum_threshold(&mut self, t: f64) {
         if let Some(s) = &mut self.sequential {
+            s.startup = None;
             s.set_pooled_threshold(t);
         }
     }
