@@ -84,7 +84,7 @@ def summarise(test, fas, types=TYPES):
     found = [d for d in all_delays if d is not None]
     sets = [fa_summary(name, fa) for name, fa in fas]
     # Without false-alarm sets (the test-set part alone, as test_compressed_detector checks it).
-    first = sets[0] if sets else {"false_alarms": None, "frames": None, "drives": None}
+    first = sets[0] if sets else dict.fromkeys(("false_alarms", "frames", "drives", "per_1000", "per_1000_upper95"))
     return {
         "bundle_model_id": test["model_id"],
         "types": rows,
