@@ -1118,7 +1118,7 @@ fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
 #[test]
 fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
     use vae_ood_core::detection::startup::floor;
-    use vae_ood_tools::eval::{self, Input, Label};
+    use vae_ood_tools::eval;
     let out = tempfile::tempdir().unwrap();
     let mut det = detector();
     let tune = ["id_udem1_s3", "id_loop_empty_s1", "id_loop_empty_s4"];
@@ -1159,13 +1159,6 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
 
     // The node's monitor: the threshold in force (S over the alarm ratio) is the calibrated
     // one for 100 frames and the cruise share after them; drives alarm no more than counted.
-    let inputs: Vec<Input> = tuning
-        .iter()
-        .map(|p| Input {
-            path: p.clone(),
-            label: Label::Id,
-        })
-        .collect();
     let opts = eval::Options {
         bundle: out.path().to_path_buf(),
         backend: BackendOptions::default(),
@@ -1173,7 +1166,7 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
         topic: None,
         folder_fps: eval::DEFAULT_FOLDER_FPS,
     };
-    let (records, _) = eval::run(&inputs, &opts, &|_| {}).unwrap();
+    let records = eval::run_tuning_drives(&tuning, &opts, &|_| {}).unwrap();
     let t = calibrated.pipeline.cusum_threshold;
     let cruise = (t * s.cruise_scale).max(s.floor);
     let mut checked = 0;
@@ -1184,7 +1177,7 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
         checked += 1;
     }
     assert!(checked > 50, "{checked} frames with evidence");
-    let alarmed = (0..inputs.len())
+    let alarmed = (0..tuning.len())
         .filter(|&i| {
             records
                 .iter()

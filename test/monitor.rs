@@ -477,7 +477,7 @@ fn the_start_up_phase_lowers_thresholds_after_its_frames_until_the_operator_sets
     let det = ImageDetector::with_encoder(bundle, enc).unwrap();
     let mut m = Monitor::new(Box::new(det), MonitorConfig::default()).unwrap();
     let frames = distinct_frames(8);
-    let mut in_force = |m: &mut Monitor, k: usize| {
+    let in_force = |m: &mut Monitor, k: usize| {
         m.process(&raw(&frames[k]), None);
         m.pipeline().unwrap().cusum_threshold
     };

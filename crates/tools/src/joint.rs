@@ -10,7 +10,7 @@
 //! be split unequally, one detector kept at its own threshold and the others raised further
 //! ([`keep_own_scale`]): the node's `threshold_scales` take such a split.
 
-use crate::eval::{self, Input, Label};
+use crate::eval;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -82,14 +82,6 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
         ));
     }
     crate::calibrate::check_false_alarm_rate(opts.false_alarm_rate)?;
-    let inputs: Vec<Input> = opts
-        .drives
-        .iter()
-        .map(|p| Input {
-            path: p.clone(),
-            label: Label::Id,
-        })
-        .collect();
     // Every bundle is checked before any drive is scored.
     let mut own = vec![];
     for path in &opts.bundles {
@@ -120,20 +112,10 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
             topic: opts.topic.clone(),
             folder_fps: opts.folder_fps,
         };
-        let (records, results) = eval::run(&inputs, &eval_opts, progress)?;
-        // A tuning drive stands for a whole drive: one that is damaged cannot.
-        if let Some((r, e)) = results
-            .iter()
-            .find_map(|r| r.error.as_ref().map(|e| (r, e)))
-        {
-            return Err(Error::Drive(format!(
-                "tuning drive {}: {e}; remove or repair it",
-                r.path
-            )));
-        }
+        let records = eval::run_tuning_drives(&opts.drives, &eval_opts, progress)?;
         // NaN until a drive's first statistic (f64::max keeps the number).
-        let mut largest = vec![f64::NAN; inputs.len()];
-        let mut counted = vec![0usize; inputs.len()];
+        let mut largest = vec![f64::NAN; opts.drives.len()];
+        let mut counted = vec![0usize; opts.drives.len()];
         // S in units of the pooled threshold: the alarm ratio times it, which for a bundle
         // with a drive-relative or direction branch also counts that branch against its own
         // threshold. Frames without either (none in the bundle, or before the relative
@@ -151,7 +133,7 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
         if let Some(i) = counted.iter().position(|&n| n == 0) {
             return Err(Error::Drive(format!(
                 "tuning drive {}: no frame gave {} a statistic (too short, or every frame faulted)",
-                inputs[i].path.display(),
+                opts.drives[i].display(),
                 path.display()
             )));
         }
@@ -174,7 +156,7 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
         d.others_scale_when_kept =
             keep_own_scale(&largest, &thresholds, keep, frames, opts.false_alarm_rate)?;
     }
-    let drives_over_any = (0..inputs.len())
+    let drives_over_any = (0..opts.drives.len())
         .filter(|&i| detectors.iter().any(|d| d.largest[i] > d.threshold))
         .count();
     Ok(JointThreshold {

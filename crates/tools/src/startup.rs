@@ -3,7 +3,7 @@
 //! branch, S unbounded, the phase off) over the tuning drives, so that the phase is certified
 //! on exactly what the node computes.
 
-use crate::eval::{self, Input, Label};
+use crate::eval;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{Bundle, STARTUP_FORMAT_VERSION};
@@ -39,13 +39,6 @@ pub fn add_startup(
             dir.display()
         ))
     })?;
-    let inputs: Vec<Input> = drives
-        .iter()
-        .map(|p| Input {
-            path: p.clone(),
-            label: Label::Id,
-        })
-        .collect();
     let opts = eval::Options {
         bundle: dir.to_path_buf(),
         backend,
@@ -57,18 +50,9 @@ pub fn add_startup(
         topic: None,
         folder_fps: eval::DEFAULT_FOLDER_FPS,
     };
-    let (records, results) = eval::run(&inputs, &opts, progress)?;
-    if let Some((r, e)) = results
-        .iter()
-        .find_map(|r| r.error.as_ref().map(|e| (r, e)))
-    {
-        return Err(Error::Drive(format!(
-            "tuning drive {}: {e}; remove or repair it",
-            r.path
-        )));
-    }
+    let records = eval::run_tuning_drives(drives, &opts, progress)?;
     // Per drive, the alarm ratio of each scored frame, in order: what the phase counts.
-    let mut ratios = vec![vec![]; inputs.len()];
+    let mut ratios = vec![vec![]; drives.len()];
     for f in &records {
         if let Some(r) = f.alarm_ratio {
             ratios[f.input].push(r);

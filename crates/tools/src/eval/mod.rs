@@ -325,6 +325,35 @@ pub fn run(
     Ok((frames, results))
 }
 
+/// Every frame of clear tuning drives (each labelled in distribution) under `opts.bundle`, a
+/// fresh monitor per drive: what the tools that certify thresholds on whole drives read
+/// (`vae-ood joint-threshold`, `vae-ood calibrate --startup-frames`). A tuning drive stands for
+/// a whole drive, so one that fails to read is an error, not a shorter drive.
+pub fn run_tuning_drives(
+    drives: &[PathBuf],
+    opts: &Options,
+    progress: &dyn Fn(usize),
+) -> Result<Vec<FrameRecord>, crate::Error> {
+    let inputs: Vec<Input> = drives
+        .iter()
+        .map(|p| Input {
+            path: p.clone(),
+            label: Label::Id,
+        })
+        .collect();
+    let (records, results) = run(&inputs, opts, progress)?;
+    if let Some((r, e)) = results
+        .iter()
+        .find_map(|r| r.error.as_ref().map(|e| (r, e)))
+    {
+        return Err(Error::Drive(format!(
+            "tuning drive {}: {e}; remove or repair it",
+            r.path
+        )));
+    }
+    Ok(records)
+}
+
 fn label_at(
     label: &Label,
     stamp_ns: i64,
