@@ -276,9 +276,16 @@ impl Ctx {
                     Some(t) => format!("; direction branch: threshold {t}"),
                     None => String::new(),
                 };
+                let startup = match monitor.startup() {
+                    Some(s) => format!(
+                        "; start-up phase: {} frames, then every threshold x{} (never under {})",
+                        s.frames, s.cruise_scale, s.floor
+                    ),
+                    None => String::new(),
+                };
                 let decision = match monitor.pipeline() {
                     Some(p) => format!(
-                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}{relative}{direction}",
+                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}{relative}{direction}{startup}",
                         p.window, p.decay, p.cusum_threshold, cfg.recovery
                     ),
                     None => format!(

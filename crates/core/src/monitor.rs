@@ -840,6 +840,11 @@ impl Monitor {
         Some((r.detector.params().cusum_threshold, r.pooled_scale))
     }
 
+    /// The start-up phase in force (its floor scaled as the thresholds are), when it runs.
+    pub fn startup(&self) -> Option<StartupSection> {
+        self.sequential.as_ref()?.startup
+    }
+
     /// The direction branch's threshold in force, when it runs.
     pub fn direction_threshold(&self) -> Option<f64> {
         let d = self.sequential.as_ref()?.direction.as_ref()?;
