@@ -456,9 +456,9 @@ fn the_threshold_scale_multiplies_the_bundles_own_threshold() {
 }
 
 /// The start-up phase in the node's monitor: the pooled threshold in force is the calibrated
-/// one for the stream's first 3 frames and half of it after them; a restart starts the phase
-/// again; a threshold the operator sets at run time is the one in force from then on, through
-/// restarts, with the phase off.
+/// one for the stream's first 3 frames and half of it after them; a restart and the operator's
+/// reset start the phase again; a branch turned off turns the phase off; a threshold the operator sets at run time is
+/// the one in force from then on, through restarts, with the phase off.
 #[test]
 fn the_start_up_phase_lowers_thresholds_after_its_frames_until_the_operator_sets_one() {
     use vae_ood_core::detection::startup::StartupSection;
@@ -473,9 +473,12 @@ fn the_start_up_phase_lowers_thresholds_after_its_frames_until_the_operator_sets
         tuning_drives_allowed: 1,
     });
     let calibrated = c.pipeline.cusum_threshold;
-    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
-    let det = ImageDetector::with_encoder(bundle, enc).unwrap();
-    let mut m = Monitor::new(Box::new(det), MonitorConfig::default()).unwrap();
+    let monitor = |config: MonitorConfig| {
+        let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+        let det = ImageDetector::with_encoder(bundle.clone(), enc).unwrap();
+        Monitor::new(Box::new(det), config).unwrap()
+    };
+    let mut m = monitor(MonitorConfig::default());
     let frames = distinct_frames(8);
     let in_force = |m: &mut Monitor, k: usize| {
         m.process(&raw(&frames[k]), None);
@@ -486,6 +489,21 @@ fn the_start_up_phase_lowers_thresholds_after_its_frames_until_the_operator_sets
     assert_eq!(run, [calibrated, calibrated, calibrated, half, half]);
     m.restart().unwrap();
     assert_eq!(in_force(&mut m, 5), calibrated, "the phase starts again");
+    let run: Vec<f64> = (0..4).map(|k| in_force(&mut m, k)).collect();
+    assert_eq!(run, [calibrated, calibrated, half, half]);
+    m.reset();
+    assert_eq!(
+        in_force(&mut m, 4),
+        calibrated,
+        "and after the operator's reset"
+    );
+    // Certified with every branch running: a branch turned off turns the phase off.
+    let mut without = monitor(MonitorConfig {
+        direction_branch: false,
+        ..MonitorConfig::default()
+    });
+    let run: Vec<f64> = (0..5).map(|k| in_force(&mut without, k)).collect();
+    assert!(run.iter().all(|&t| t == calibrated), "{run:?}");
     m.set_cusum_threshold(20.0);
     m.restart().unwrap();
     let run: Vec<f64> = (0..8).map(|k| in_force(&mut m, k)).collect();

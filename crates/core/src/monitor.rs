@@ -118,8 +118,10 @@ pub struct MonitorConfig {
     pub direction_branch: bool,
     /// Calibrated bundles with a start-up phase (`calibration.startup`): after a stream's first
     /// frames, every threshold at its lower cruise share. Off: every threshold as calibrated for
-    /// the whole stream (slower after the start-up, never more alarms). An absolute
-    /// `cusum_threshold` turns it off too: the operator's number is the one in force.
+    /// the whole stream (slower first alarms after the start-up, never earlier ones). An
+    /// absolute `cusum_threshold` turns it off too (the operator's number is the one in force),
+    /// and so does turning off a branch the bundle has (`relative_branch`, `direction_branch`):
+    /// the phase was certified with every branch running.
     pub startup_phase: bool,
     /// Every branch's S is held at or under this many times its threshold in force
     /// ([`SequentialDetector::set_ceiling`], [`crate::detection::ceiling_is_valid`]): it changes
@@ -444,9 +446,14 @@ impl Sequential {
             }
             _ => None,
         };
+        // The phase was certified with every branch of the bundle running at its calibrated
+        // threshold: with a branch turned off (or the operator's threshold) it is not.
+        let as_certified = relative.is_some() == c.relative.is_some()
+            && direction.is_some() == c.direction.is_some()
+            && config.cusum_threshold.is_none();
         let startup = c
             .startup
-            .filter(|_| config.startup_phase && config.cusum_threshold.is_none())
+            .filter(|_| config.startup_phase && as_certified)
             .map(|s| StartupSection {
                 floor: s.floor * config.threshold_scale,
                 ..s
@@ -545,9 +552,11 @@ impl Sequential {
     /// The operator's reset: zeroes every statistic, and the relative and direction branches
     /// start new baselines from the next frame (with the relative one's start-up hold): the
     /// operator has accepted the scene as it is now, which a baseline from before may not
-    /// describe.
-    /// The start-up phase does not start again: the stream has not.
+    /// describe. The start-up phase starts again too, as the relative branch's hold does: the
+    /// statistics start from zero as at a stream's start, and what follows a reset (a robot
+    /// put down again, the next drive of a replay) is judged as a start was certified.
     fn reset_cusum(&mut self) {
+        self.scored = 0;
         self.detector.reset_cusum();
         // A branch measured against a baseline forgets its p-values too: they were taken
         // against the baseline it drops.
@@ -831,6 +840,7 @@ impl Monitor {
         if let Some(s) = &mut self.sequential {
             s.startup = None;
             s.set_pooled_threshold(t);
+            s.apply_branch_thresholds();
         }
     }
 

@@ -116,17 +116,15 @@ pub fn joint_threshold(opts: &Options, progress: &dyn Fn(usize)) -> Result<Joint
         // NaN until a drive's first statistic (f64::max keeps the number).
         let mut largest = vec![f64::NAN; opts.drives.len()];
         let mut counted = vec![0usize; opts.drives.len()];
-        // S in units of the pooled threshold: the alarm ratio times it, which for a bundle
-        // with a drive-relative or direction branch also counts that branch against its own
-        // threshold. Frames without either (none in the bundle, or before the relative
-        // baseline) run the pooled branch at its own threshold: S itself.
-        for (f, s) in records
-            .iter()
-            .filter_map(|f| match f.relative_cusum.or(f.direction_cusum) {
-                Some(_) => f.alarm_ratio.map(|r| (f, r * threshold)),
-                None => f.cusum.map(|s| (f, s)),
-            })
-        {
+        // S in units of the pooled threshold: the alarm ratio (every branch against its
+        // threshold in force, a start-up phase's cruise share included) times it; S itself for
+        // a bundle with one statistic at its own threshold.
+        for (f, s) in records.iter().filter_map(|f| {
+            f.alarm_ratio
+                .map(|r| r * threshold)
+                .or(f.cusum)
+                .map(|s| (f, s))
+        }) {
             largest[f.input] = largest[f.input].max(s);
             counted[f.input] += 1;
         }
