@@ -573,7 +573,7 @@ impl Manifest {
                 if manifest.format_version < STARTUP_FORMAT_VERSION {
                     return Err(bad(format!("calibration.startup needs format_version {STARTUP_FORMAT_VERSION} (older versions held every threshold for the whole stream)")));
                 }
-                st.validate().map_err(bad)?;
+                st.validate().map_err(|e| bad(e.to_string()))?;
             }
             if let Some(t) = &c.branch_thresholds {
                 if !flow {

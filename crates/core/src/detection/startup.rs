@@ -12,6 +12,7 @@
 //! phases alarm on no more of them than the calibrated thresholds' promise allows
 //! ([`cruise_scale`]).
 
+use super::DetectionError;
 use serde::{Deserialize, Serialize};
 
 /// The start-up phase of a calibrated bundle.
@@ -47,21 +48,25 @@ impl StartupSection {
     }
 
     /// The section's own consistency: what a hand-edited bundle could break.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), DetectionError> {
+        let invalid = |param, reason: String| Err(DetectionError::InvalidParam { param, reason });
         if self.frames == 0 {
-            return Err("calibration.startup.frames must be at least 1".into());
+            return invalid("calibration.startup.frames", "must be at least 1".into());
         }
         if !(self.cruise_scale > 0.0 && self.cruise_scale <= 1.0) {
-            return Err(format!(
-                "calibration.startup.cruise_scale must be in (0, 1], got {}: a start-up phase only lowers thresholds after it",
-                self.cruise_scale
-            ));
+            return invalid(
+                "calibration.startup.cruise_scale",
+                format!(
+                    "must be in (0, 1], got {}: a start-up phase only lowers thresholds after it",
+                    self.cruise_scale
+                ),
+            );
         }
         if !(self.floor.is_finite() && self.floor >= 0.0) {
-            return Err(format!(
-                "calibration.startup.floor must be finite and >= 0, got {}",
-                self.floor
-            ));
+            return invalid(
+                "calibration.startup.floor",
+                format!("must be finite and >= 0, got {}", self.floor),
+            );
         }
         Ok(())
     }
@@ -134,10 +139,12 @@ mod tests {
         assert!(section(0, 0.5, 1.0)
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("frames"));
         assert!(section(3, 1.5, 1.0)
             .validate()
             .unwrap_err()
+            .to_string()
             .contains("(0, 1]"));
         assert!(section(3, 0.0, 1.0).validate().is_err());
         assert!(section(3, 0.5, f64::NAN).validate().is_err());
