@@ -1143,11 +1143,12 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
     let s = vae_ood_tools::startup::add_startup(
         out.path(),
         &tuning,
-        100,
+        vae_ood_tools::startup::StartupFrames::Fixed(100),
         BackendOptions::default(),
         &|_| {},
     )
-    .unwrap();
+    .unwrap()
+    .section;
     let allowed = calibrated.guarantee.as_ref().unwrap().drives_over();
     assert_eq!((s.frames, s.tuning_drives_allowed), (100, allowed));
     assert!(s.cruise_scale > 0.0 && s.cruise_scale <= 1.0, "{s:?}");
@@ -1193,6 +1194,32 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
         alarmed <= s.tuning_drives_alarmed,
         "{alarmed} drives alarmed"
     );
+
+    // `auto` weighs 15, 30, ..., 300 frames and keeps the shortest whose cruise thresholds are
+    // those of the longest.
+    let auto = vae_ood_tools::startup::add_startup(
+        out.path(),
+        &tuning,
+        vae_ood_tools::startup::StartupFrames::Auto,
+        BackendOptions::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let in_force = |scale: f64| (t * scale).max(auto.section.floor);
+    let weighed: Vec<usize> = auto.weighed.iter().map(|w| w.frames).collect();
+    assert_eq!(weighed, (1..=20).map(|k| k * 15).collect::<Vec<_>>());
+    let last = in_force(auto.weighed[19].cruise_scale);
+    let first = auto
+        .weighed
+        .iter()
+        .find(|w| (in_force(w.cruise_scale) - last).abs() <= 1e-12 * last)
+        .unwrap();
+    assert_eq!(
+        auto.section.frames, first.frames as u64,
+        "{:?}",
+        auto.weighed
+    );
+    assert_eq!(auto.section.cruise_scale, first.cruise_scale);
 
     // Older versions cannot hold the section.
     let path = out.path().join("manifest.yaml");

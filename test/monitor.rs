@@ -509,3 +509,40 @@ fn the_start_up_phase_lowers_thresholds_after_its_frames_until_the_operator_sets
     let run: Vec<f64> = (0..8).map(|k| in_force(&mut m, k)).collect();
     assert!(run.iter().all(|&t| t == 20.0), "{run:?}");
 }
+
+/// The start-up phase's gentle end: at the stream's first frame after the phase, each branch's
+/// S falls as its threshold does before the frame's evidence is added, so a start's evidence
+/// keeps its alarm ratio instead of alarming by the fall alone.
+#[test]
+fn s_falls_with_the_thresholds_as_the_start_up_ends() {
+    use vae_ood_core::detection::startup::StartupSection;
+    let mut bundle =
+        Bundle::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")).unwrap();
+    let c = bundle.manifest.calibration.as_mut().unwrap();
+    c.startup = Some(StartupSection {
+        frames: 3,
+        cruise_scale: 0.25,
+        floor: 0.0,
+        tuning_drives_alarmed: 0,
+        tuning_drives_allowed: 1,
+    });
+    let decay = c.pipeline.decay;
+    let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
+    let det = ImageDetector::with_encoder(bundle.clone(), enc).unwrap();
+    let mut m = Monitor::new(Box::new(det), MonitorConfig::default()).unwrap();
+    // Synthetic frames are far from the drives: every one adds evidence.
+    let frames = distinct_frames(5);
+    let steps: Vec<_> = frames
+        .iter()
+        .map(|f| m.process(&raw(f), None).step.unwrap())
+        .collect();
+    let grows = |k: usize| (steps[k - 1].cusum + steps[k].log_martingale - decay).max(0.0);
+    assert!(steps[2].cusum > 0.0, "{steps:?}");
+    // Through the start-up and after its end, S takes each frame's increment ...
+    assert!((steps[1].cusum - grows(1)).abs() < 1e-9, "{steps:?}");
+    assert!((steps[4].cusum - grows(4)).abs() < 1e-9, "{steps:?}");
+    // ... and as the phase ends, it first falls to a quarter, as the thresholds do.
+    let carried = (0.25 * steps[2].cusum + steps[3].log_martingale - decay).max(0.0);
+    assert!((steps[3].cusum - carried).abs() < 1e-9, "{steps:?}");
+    assert!(steps[3].cusum < grows(3), "{steps:?}");
+}

@@ -14,15 +14,21 @@ use std::path::{Path, PathBuf};
 /// The newest manifest format this build reads. Version 2 added `detector` (the optical-flow
 /// detector), version 3 `calibration.relative` (the drive-relative branch), version 4
 /// `calibration.direction` (the direction branch), version 5 `calibration.direction.mscn` (the
-/// branch on natural-scene statistics), version 6 `calibration.startup` (the start-up phase); a bundle is written with the oldest version that holds
+/// branch on natural-scene statistics), version 6 `calibration.startup` (the start-up phase), version 7 the same certified with its
+/// gentle end; a bundle is written with the oldest version that holds
 /// what it has, so that older releases read it.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 /// The version a bundle with a direction branch needs.
 pub const DIRECTION_FORMAT_VERSION: u32 = 4;
 /// The version a bundle whose direction branch measures the MSCN statistics needs.
 pub const MSCN_FORMAT_VERSION: u32 = 5;
 /// The version a bundle with a start-up phase needs.
 pub const STARTUP_FORMAT_VERSION: u32 = 6;
+/// The version a start-up phase certified with its gentle end needs (session 43: S falls with
+/// the thresholds as the phase ends). Version 6's phase was certified with a plain fall; this
+/// build ends it gently too, which only removes alarms, but a version-6 build would add
+/// alarms to a phase certified gently.
+pub const GENTLE_STARTUP_FORMAT_VERSION: u32 = 7;
 /// The version a bundle with a drive-relative branch needs.
 pub const RELATIVE_FORMAT_VERSION: u32 = 3;
 /// The version flow bundles are written with (without a drive-relative branch).

@@ -472,14 +472,35 @@ impl Sequential {
         }))
     }
 
-    /// The pooled threshold in force: its own during the relative branch's hold and without a
-    /// relative branch, its share after the hold; lowered after the start-up phase.
+    /// The pooled threshold in force: [`Self::pooled_calibrated`] as the start-up phase puts it.
     fn pooled_in_force(&self) -> f64 {
-        let t = match &self.relative {
+        self.phase(self.pooled_calibrated())
+    }
+
+    /// The pooled threshold before the start-up phase: its own during the relative branch's
+    /// hold and without a relative branch, its share after the hold.
+    fn pooled_calibrated(&self) -> f64 {
+        match &self.relative {
             Some(r) if !r.baseline.holding() => self.pooled_threshold * r.pooled_scale,
             _ => self.pooled_threshold,
+        }
+    }
+
+    /// The start-up phase's gentle end, at the stream's first frame after it: every branch's S
+    /// falls as its threshold does ([`StartupSection::end_ratio`]), so that a start's evidence
+    /// keeps its alarm ratio and cannot alarm by the fall alone (as certified).
+    fn end_startup(&mut self) {
+        let Some(s) = self.startup.filter(|s| s.frames == self.scored) else {
+            return;
         };
-        self.phase(t)
+        let pooled = s.end_ratio(self.pooled_calibrated());
+        self.detector.scale_cusum(pooled);
+        if let Some(r) = &mut self.relative {
+            r.detector.scale_cusum(s.end_ratio(r.threshold));
+        }
+        if let Some(d) = &mut self.direction {
+            d.detector.scale_cusum(s.end_ratio(d.threshold));
+        }
     }
 
     /// A calibrated threshold as the start-up phase puts it in force at this frame.
@@ -521,6 +542,7 @@ impl Sequential {
         // simulates it): the threshold is chosen before this frame joins the baseline.
         let in_force = self.apply_pooled_threshold();
         self.apply_branch_thresholds();
+        self.end_startup();
         self.scored += 1;
         let relative = self.relative.as_mut().and_then(|r| {
             let x = r.baseline.push(score)?;

@@ -13,7 +13,7 @@ use vae_ood_core::score::GivenMotion;
 use vae_ood_tools::calibrate::{
     calibrate, defaults, DirectionOptions, DriveArg, MscnOptions, Options, Parts, ScoreKind, Tails,
 };
-use vae_ood_tools::startup::add_startup;
+use vae_ood_tools::startup::{add_startup, StartupFrames};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -183,9 +183,10 @@ pub struct Args {
     /// Adds a start-up phase: a stream's first N scored frames judged at the calibrated
     /// thresholds, later ones at a lower share of them, chosen on the tuning drives so that
     /// both phases together keep the thresholds' promise (docs/bundle.md, `calibration.startup`).
-    /// Runs the calibrated bundle over the tuning drives once more.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    startup_frames: Option<u64>,
+    /// `auto` weighs 15, 30, ..., 300 frames and takes the shortest whose cruise thresholds are
+    /// those of 300. Runs the calibrated bundle over the tuning drives once more.
+    #[arg(long, value_name = "N|auto")]
+    startup_frames: Option<StartupFrames>,
     #[arg(long)]
     quiet: bool,
 }
@@ -300,8 +301,14 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             indicatif::ProgressBar::new_spinner()
         };
-        add_startup(&a.out, &tuning, n, backend, &|k| bar.inc(k as u64))?;
+        let certified = add_startup(&a.out, &tuning, n, backend, &|k| bar.inc(k as u64))?;
         bar.finish_and_clear();
+        for w in &certified.weighed {
+            println!(
+                "start-up {:>3} frames: cruise scale {:.4}, {} tuning drives alarm",
+                w.frames, w.cruise_scale, w.tuning_drives_alarmed
+            );
+        }
         o.bundle = vae_ood_core::bundle::Bundle::load(&a.out)?;
     }
     let m = &o.bundle.manifest;

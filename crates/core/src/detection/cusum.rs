@@ -30,6 +30,11 @@ impl Cusum {
     pub fn reset(&mut self) {
         self.s = 0.0;
     }
+
+    /// Multiplies S by `factor` (in [0, 1]): the start-up phase's gentle end.
+    pub fn scale(&mut self, factor: f64) {
+        self.s *= factor.clamp(0.0, 1.0);
+    }
 }
 
 #[cfg(test)]

@@ -221,6 +221,12 @@ impl SequentialDetector {
         }
     }
 
+    /// Multiplies S by `factor` (in [0, 1]; the start-up phase's gentle end, as a branch's
+    /// threshold falls by it).
+    pub fn scale_cusum(&mut self, factor: f64) {
+        self.cusum.scale(factor);
+    }
+
     /// Zeroes S (the operator's reset); the p-value window is kept.
     pub fn reset_cusum(&mut self) {
         self.cusum.reset();

@@ -10,7 +10,8 @@
 //! scored frames of a stream, and after them each is `cruise_scale` times its calibrated value
 //! (never under `floor`). Both are chosen on the same tuning drives, so that together the
 //! phases alarm on no more of them than the calibrated thresholds' promise allows
-//! ([`cruise_scale`]).
+//! ([`certify`]). As a stream leaves the start-up, every branch's S falls with its threshold
+//! (the gentle end, [`StartupSection::end_ratio`]).
 
 use super::DetectionError;
 use serde::{Deserialize, Serialize};
@@ -29,8 +30,9 @@ pub struct StartupSection {
     /// (Ville's inequality, once per start of the CUSUM). Video frames are not exchangeable,
     /// so this is a floor, not the guarantee: the tuning drives are.
     pub floor: f64,
-    /// Tuning drives on which some branch exceeds its threshold in force, counted at
-    /// `cruise_scale` before the floor (so at most this many at the thresholds in force).
+    /// Tuning drives on which some branch exceeds its threshold in force at the certified scale
+    /// (format 7: with the gentle end; format 6: with a plain fall, and counted before the
+    /// floor).
     pub tuning_drives_alarmed: usize,
     /// How many the calibrated thresholds' promise allows (`guarantee.drives_over`).
     pub tuning_drives_allowed: usize,
@@ -43,8 +45,17 @@ impl StartupSection {
         if scored < self.frames {
             calibrated
         } else {
-            (calibrated * self.cruise_scale).max(self.floor)
+            cruising(calibrated, self.cruise_scale, self.floor)
         }
+    }
+
+    /// The gentle end: as a stream leaves the start-up, each branch's S is multiplied by this
+    /// (its threshold's fall, at most 1), so that its alarm ratio carries over unchanged.
+    /// Evidence gathered under the start-up's thresholds (a start still settling) then cannot
+    /// alarm by the fall alone; only evidence after it can take the ratio over 1. It only
+    /// lowers S, so it never adds an alarm to what a plain fall would give.
+    pub fn end_ratio(&self, calibrated: f64) -> f64 {
+        fall(calibrated, self.cruise_scale, self.floor)
     }
 
     /// The section's own consistency: what a hand-edited bundle could break.
@@ -77,37 +88,157 @@ pub fn floor(branches: usize, rate: f64) -> f64 {
     (branches.max(1) as f64 / rate).ln()
 }
 
-/// The cruise scale and the tuning drives it alarms on, from each tuning drive's alarm ratio
-/// per frame (max over its branches of S / its calibrated threshold in force, S unbounded):
-/// drives whose ratio exceeds 1 in their first `frames` frames alarm in the start-up; of the
-/// others, at most `allowed` minus those may exceed the scale afterwards, so the scale is the
-/// next such drive's largest ratio after the start-up (never above 1). Drives too short to
-/// leave the start-up count only there.
-pub fn cruise_scale(ratios: &[Vec<f64>], frames: usize, allowed: usize) -> (f64, usize) {
-    let largest = |r: &[f64]| r.iter().copied().fold(0.0f64, f64::max);
-    let (started, cruising): (Vec<&Vec<f64>>, Vec<&Vec<f64>>) = ratios
+/// A branch's threshold in force after the start-up, from its calibrated one.
+fn cruising(calibrated: f64, scale: f64, floor: f64) -> f64 {
+    (calibrated * scale).max(floor)
+}
+
+/// The share of S a branch carries out of the start-up: its threshold's fall, at most 1.
+fn fall(calibrated: f64, scale: f64, floor: f64) -> f64 {
+    if calibrated > 0.0 {
+        (cruising(calibrated, scale, floor) / calibrated).min(1.0)
+    } else {
+        1.0
+    }
+}
+
+/// One tuning drive as the phase sees it: per scored frame, each branch's S (unbounded) and its
+/// calibrated threshold in force at that frame (before the phase), or `None` where the branch
+/// gave no step (a baseline filling, a frame without texture). Branches keep their order.
+pub type Trace = Vec<Vec<Option<(f64, f64)>>>;
+
+/// Whether a drive alarms after its first `frames` frames at the cruise thresholds of `scale`
+/// and `floor`, with the phase's gentle end ([`StartupSection::end_ratio`]): as the stream
+/// leaves the start-up, each branch's S is multiplied by its threshold's fall. Rebuilt from
+/// the unscaled S: a CUSUM started lower takes the same increments (S's differences while S is
+/// over 0) and is 0 wherever the unscaled one is.
+fn alarms_in_cruise(trace: &Trace, frames: usize, scale: f64, floor: f64) -> bool {
+    let branches = trace.iter().map(Vec::len).max().unwrap_or(0);
+    (0..branches).any(|b| {
+        // S as computed, S with the gentle end, and the branch's last calibrated threshold.
+        let (mut s, mut gentle, mut calibrated) = (0.0, 0.0, f64::NAN);
+        for (t, frame) in trace.iter().enumerate() {
+            let step = frame.get(b).copied().flatten();
+            if let Some((_, c)) = step {
+                calibrated = c;
+            }
+            if t == frames && calibrated.is_finite() {
+                gentle = s * fall(calibrated, scale, floor);
+            }
+            let Some((now, _)) = step else { continue };
+            gentle = if now > 0.0 {
+                (gentle + now - s).max(0.0)
+            } else {
+                0.0
+            };
+            s = now;
+            if t >= frames && gentle > cruising(calibrated, scale, floor) {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+/// Whether a drive exceeds a calibrated threshold in its first `frames` frames.
+fn alarms_in_start_up(trace: &Trace, frames: usize) -> bool {
+    trace
         .iter()
-        .partition(|r| largest(&r[..frames.min(r.len())]) > 1.0);
-    let mut after: Vec<f64> = cruising
+        .take(frames)
+        .any(|f| f.iter().flatten().any(|&(s, t)| s > t))
+}
+
+/// The smallest scale at which a drive that kept quiet through the start-up stays quiet after
+/// it: infinite when it alarms even at the calibrated thresholds, 0 when not even at the floor.
+fn critical_scale(trace: &Trace, frames: usize, floor: f64) -> f64 {
+    let alarms = |scale| alarms_in_cruise(trace, frames, scale, floor);
+    if alarms(1.0) {
+        return f64::INFINITY;
+    }
+    if !alarms(f64::MIN_POSITIVE) {
+        return 0.0;
+    }
+    // Alarms fall as the scale rises (the thresholds and the carried S's share rise together).
+    let (mut lo, mut hi) = (f64::MIN_POSITIVE, 1.0);
+    for _ in 0..60 {
+        let mid = 0.5 * (lo + hi);
+        if alarms(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+/// The cruise scale of a `frames`-frame start-up, and the tuning drives it alarms on: drives
+/// over a calibrated threshold in their first `frames` frames alarm in the start-up; of the
+/// others, at most `allowed` minus those may alarm afterwards, so the scale is the next one's
+/// critical scale (never above 1). Drives too short to leave the start-up count only there.
+pub fn certify(traces: &[Trace], frames: usize, allowed: usize, floor: f64) -> (f64, usize) {
+    let (started, cruising): (Vec<&Trace>, Vec<&Trace>) =
+        traces.iter().partition(|t| alarms_in_start_up(t, frames));
+    let mut critical: Vec<f64> = cruising
         .iter()
-        .map(|r| largest(&r[frames.min(r.len())..]))
+        .map(|t| critical_scale(t, frames, floor))
         .collect();
-    after.sort_by(|a, b| b.total_cmp(a));
+    critical.sort_by(|a, b| b.total_cmp(a));
     let Some(room) = allowed.checked_sub(started.len()) else {
         // The start-up alone spends the budget: no lower threshold is certified after it.
         return (
             1.0,
-            started.len() + after.iter().filter(|&&m| m > 1.0).count(),
+            started.len() + critical.iter().filter(|&&c| c > 1.0).count(),
         );
     };
-    // A scale no drive's ratio reaches leaves every threshold at the floor.
-    let scale = after
+    // A scale no drive needs leaves every threshold at the floor.
+    let scale = critical
         .get(room)
         .copied()
         .unwrap_or(0.0)
         .clamp(f64::MIN_POSITIVE, 1.0);
-    let over = after.iter().filter(|&&m| m > scale).count();
+    let over = critical.iter().filter(|&&c| c > scale).count();
     (scale, started.len() + over)
+}
+
+/// One start-up length as [`certify`] weighed it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weighed {
+    pub frames: usize,
+    pub cruise_scale: f64,
+    pub tuning_drives_alarmed: usize,
+}
+
+/// The start-up's length by session 43's rule (docs/detector-experiments.md): of `candidates`
+/// (frames, ascending), the shortest whose cruise thresholds (each of `calibrated` as
+/// [`certify`] puts it in force) are those of the longest, where the tuning drives' starts no
+/// longer set them. Returns it and every candidate as weighed.
+pub fn shortest(
+    traces: &[Trace],
+    candidates: &[usize],
+    allowed: usize,
+    floor: f64,
+    calibrated: &[f64],
+) -> Option<(usize, Vec<Weighed>)> {
+    let table: Vec<Weighed> = candidates
+        .iter()
+        .map(|&frames| {
+            let (cruise_scale, tuning_drives_alarmed) = certify(traces, frames, allowed, floor);
+            Weighed {
+                frames,
+                cruise_scale,
+                tuning_drives_alarmed,
+            }
+        })
+        .collect();
+    let in_force = |scale| calibrated.iter().map(move |&c| cruising(c, scale, floor));
+    let last = table.last()?.cruise_scale;
+    let same = |scale| {
+        in_force(scale)
+            .zip(in_force(last))
+            .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs())
+    };
+    let n = table.iter().find(|w| same(w.cruise_scale))?.frames;
+    Some((n, table))
 }
 
 #[cfg(test)]
@@ -156,32 +287,110 @@ mod tests {
         assert!((floor(3, 5e-5) - 60_000f64.ln()).abs() < 1e-12);
     }
 
-    /// Four drives, a start-up of 2 frames: one alarms at its start (ratio 1.5), the others'
-    /// largest ratios after it are 0.9, 0.4 and 0.2. With 2 drives allowed, one more may alarm
-    /// after the start-up: the scale is the next drive's 0.4, and 2 drives alarm.
+    /// One branch at a calibrated threshold of 10 (no floor to speak of).
+    fn one_branch(s: &[f64]) -> Trace {
+        s.iter().map(|&x| vec![Some((x, 10.0))]).collect()
+    }
+
+    fn near(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    /// Four drives, a start-up of 2 frames: one alarms in it (15 > 10). The others carry S into
+    /// the cruise as the share of their threshold's fall, then take their increments: [9, 1, 9]
+    /// carries 1 x scale and gains 8, over 10 x scale below a scale of 8/9; [1, 1, 2] gains 1,
+    /// over below 1/9; [10, 8, 4] falls from 8 x scale by 4 and never alarms (with a plain fall
+    /// to the cruise thresholds it would, below 0.4). With 2 drives allowed, one more may alarm
+    /// after the start-up: the scale is the next drive's 1/9, and 2 drives alarm.
     #[test]
     fn the_scale_spends_what_the_start_up_leaves_of_the_budget() {
-        let ratios = vec![
-            vec![1.5, 0.1, 0.1],
-            vec![0.9, 0.1, 0.9],
-            vec![1.0, 0.8, 0.4],
-            vec![0.1, 0.1, 0.2],
-        ];
-        assert_eq!(cruise_scale(&ratios, 2, 2), (0.4, 2));
-        // With one drive allowed, the start-up spent it: the largest after it, 0.9.
-        assert_eq!(cruise_scale(&ratios, 2, 1), (0.9, 1));
+        let traces: Vec<Trace> = [
+            &[15.0, 1.0, 1.0][..],
+            &[9.0, 1.0, 9.0],
+            &[10.0, 8.0, 4.0],
+            &[1.0, 1.0, 2.0],
+        ]
+        .iter()
+        .map(|s| one_branch(s))
+        .collect();
+        let (scale, alarmed) = certify(&traces, 2, 2, 0.0);
+        assert!(near(scale, 1.0 / 9.0) && alarmed == 2, "{scale} {alarmed}");
+        // With one drive allowed, the start-up spent it: the largest after it, 8/9.
+        let (scale, alarmed) = certify(&traces, 2, 1, 0.0);
+        assert!(near(scale, 8.0 / 9.0) && alarmed == 1, "{scale} {alarmed}");
         // None allowed: the start-up's drive is already over, so nothing is lowered.
-        assert_eq!(cruise_scale(&ratios, 2, 0), (1.0, 1));
+        assert_eq!(certify(&traces, 2, 0, 0.0), (1.0, 1));
         // A start-up that covers the whole drive: no frame after it, every threshold at its floor.
-        let (scale, alarmed) = cruise_scale(&ratios, 3, 1);
+        let (scale, alarmed) = certify(&traces, 3, 1, 0.0);
         assert!(scale > 0.0 && scale < 1e-300);
         assert_eq!(alarmed, 1);
+    }
+
+    /// The cruise scale found is exactly where the drive stops alarming, as the monitor would
+    /// judge it: just under it the drive alarms, at it it does not.
+    #[test]
+    fn the_critical_scale_is_the_edge_of_an_alarm() {
+        let t = one_branch(&[3.0, 6.0, 2.0, 7.0, 0.0, 5.0]);
+        let c = critical_scale(&t, 2, 0.5);
+        assert!(c > 0.0 && c < 1.0, "{c}");
+        assert!(!alarms_in_cruise(&t, 2, c, 0.5));
+        assert!(alarms_in_cruise(&t, 2, c * (1.0 - 1e-9), 0.5));
+        // The floor holds the thresholds up: at a floor of 10 nothing after the start-up alarms.
+        assert_eq!(critical_scale(&t, 2, 10.0), 0.0);
+    }
+
+    /// A branch with no step at some frames (a baseline filling) carries its S through them;
+    /// branches are judged each against its own threshold.
+    #[test]
+    fn branches_without_a_step_keep_their_s_and_each_has_its_threshold() {
+        let t: Trace = vec![
+            vec![Some((1.0, 10.0)), None],
+            vec![Some((2.0, 10.0)), Some((3.0, 4.0))],
+            vec![Some((0.0, 10.0)), None],
+            vec![Some((0.0, 10.0)), Some((4.5, 4.0))],
+        ];
+        // The first branch falls to 0. The second carries 3 x scale through frame 2 (no step
+        // there) and gains 1.5 at frame 3: over its own 4 x scale at every scale.
+        assert!(alarms_in_cruise(&t, 2, 0.5, 0.0));
+        assert!(alarms_in_cruise(&t, 2, 0.95, 0.0));
+        // Even at its calibrated threshold (4.5 > 4): no scale keeps it quiet.
+        assert!(critical_scale(&t, 2, 0.0).is_infinite());
+        assert!(!alarms_in_start_up(&t, 2));
+        assert!(alarms_in_start_up(&t, 4));
+    }
+
+    /// The rule for the length: a start that is still rising at frame 1 sets the scale there
+    /// (5 carried as 5 x scale, +3: over 10 x scale below 0.6); from frame 2 on it has settled
+    /// and every threshold is at the floor, as at the longest candidate.
+    #[test]
+    fn the_shortest_start_up_whose_thresholds_are_the_longest_ones() {
+        let traces = vec![one_branch(&[5.0, 8.0, 0.0, 0.0])];
+        let (n, table) = shortest(&traces, &[1, 2, 3], 0, 1.0, &[10.0]).unwrap();
+        assert_eq!(n, 2);
+        assert!(near(table[0].cruise_scale, 0.6), "{table:?}");
+        assert!(
+            table[1..].iter().all(|w| w.cruise_scale < 1e-300),
+            "{table:?}"
+        );
+        assert!(shortest(&traces, &[], 0, 1.0, &[10.0]).is_none());
     }
 
     /// A ratio of exactly 1 does not alarm (S equal to the threshold), as in tuning.
     #[test]
     fn a_ratio_at_the_threshold_is_not_an_alarm() {
-        let ratios = vec![vec![1.0, 0.5], vec![0.3, 0.6]];
-        assert_eq!(cruise_scale(&ratios, 1, 0), (0.6, 0));
+        let traces = vec![one_branch(&[10.0, 5.0]), one_branch(&[3.0, 6.0])];
+        // Neither alarms in a 1-frame start-up; the second carries 3 x scale and gains 3: at 1
+        // it stands at 6, under 10.
+        let (scale, alarmed) = certify(&traces, 1, 0, 0.0);
+        assert!(near(scale, 3.0 / 7.0), "{scale}");
+        assert_eq!(alarmed, 0);
+    }
+
+    #[test]
+    fn the_end_ratio_is_the_thresholds_fall_and_never_raises_s() {
+        let s = section(3, 0.25, 5.0);
+        assert_eq!(s.end_ratio(40.0), 0.25);
+        assert_eq!(s.end_ratio(12.0), 5.0 / 12.0);
+        assert_eq!(s.end_ratio(4.0), 1.0);
     }
 }
