@@ -220,6 +220,11 @@ FALSEALARM23 = four_map_clear(range(3300, 3352))
 # candidates it gates (a gentle end to the start-up phase). As falsealarm3: seeds 3400-3451,
 # never used.
 FALSEALARM24 = four_map_clear(range(3400, 3452))
+# Long drives (`make long-data`, session 43): 12 clear drives of 3000 frames (200 s) on four
+# maps, seeds 3500-3511, never used; hashes recorded before any figure. They measure what a
+# stream's first 600 frames do not: the cruise thresholds over a long run (SAFETY.md, the
+# start-up phase's per-stretch estimate).
+LONG = four_map_clear(range(3500, 3512))
 # The test set of the model cards (`make testset-data`, issue 14), fixed in session 7 before any
 # figure on it was looked at, with seeds 300-328 never used before: per OOD type and map one
 # drive, OOD in its middle half at the default severity; two clear drives per map, and two on
@@ -273,7 +278,7 @@ STARTS = [(f"id_{m}_s{seed}", m, seed, "fit", "clear", "restarts")
           for seed, m in ((s, (MAPS + MORE_MAP_NAMES)[s % 6]) for s in range(3000, 3030))]
 SETS = {"sample": SAMPLE, "starts": STARTS, "validation2": VALIDATION2, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
-        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "falsealarm24": FALSEALARM24, "tuning2": TUNING2, "tuning3": TUNING3}
+        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "falsealarm24": FALSEALARM24, "long": LONG, "tuning2": TUNING2, "tuning3": TUNING3}
 
 
 def ood_mask(n, sequence, condition):
@@ -480,6 +485,7 @@ def main():
                          "falsealarm22: 52 fresh clear drives on four maps (seeds 3100-3151); "
                          "falsealarm23: 52 fresh clear drives on four maps (seeds 3300-3351); "
                          "falsealarm24: 52 fresh clear drives on four maps (seeds 3400-3451); "
+                         "long: 12 clear drives on four maps (seeds 3500-3511), 3000 frames each; "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
                          "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
                          "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
