@@ -11,7 +11,8 @@
 # rate, with the drive-relative branch of session 22: DEFAULT_RELATIVE and default_threshold_args
 # in scripts/roles.sh, its baseline chosen by a grid on the validation drives; the MSCN branch
 # of session 40 with models/compressed's mixture, the budget split three ways; the start-up
-# phase of session 42, 120 frames: scripts/startup_frames.py's rule on the tuning drives);
+# phase of session 42 with session 43's gentle end, its length by session 43's rule on the
+# tuning drives: --startup-frames auto, 90 frames);
 # copies the full VAE and the training record beside the bundle and
 # refreshes MODEL_CARD.md's figures. About 40 minutes on a 2-core CPU.
 # Usage: scripts/train_default.sh [OUT]
@@ -48,7 +49,7 @@ rm -rf "$BUNDLE.new"
   --components 16 --relative "$DEFAULT_RELATIVE" \
   --fit $(ls -d out/more_maps/*/bag) $(calibration_args "$DATA" "$VAL" out/heldout out/tuning out/tuning2) \
   --fit $(ls -d out/starts/*/bag) $(default_threshold_args out/tuning3) --direction-branch 160x120 --direction-statistic mscn --mscn-from models/compressed \
-  --startup-frames 120
+  --startup-frames auto
 cp "$OUT"/vae.bpk "$OUT"/training.json "$OUT"/metrics.csv "$OUT"/loss.png "$BUNDLE.new/"
 [ -f "$BUNDLE/MODEL_CARD.md" ] && cp "$BUNDLE/MODEL_CARD.md" "$BUNDLE.new/"
 rm -rf "$BUNDLE" && mv "$BUNDLE.new" "$BUNDLE"

@@ -278,7 +278,7 @@ impl Ctx {
                 };
                 let startup = match monitor.startup() {
                     Some(s) => format!(
-                        "; start-up phase: {} frames, then every threshold x{} (never under {})",
+                        "; start-up phase: {} frames, then every threshold x{:.4} (never under {:.2}; S falls with it)",
                         s.frames, s.cruise_scale, s.floor
                     ),
                     None => String::new(),

@@ -224,14 +224,14 @@ def test_direction_branch_runs_unless_turned_off(ros, on):
 
 @pytest.mark.parametrize("on", [True, False])
 def test_start_up_phase_runs_unless_turned_off(ros, on):
-    """models/compressed has a start-up phase (calibration.startup, session 42): the node runs it
-    by default and says so at start-up with its length, cruise scale and floor; startup_phase:
+    """models/compressed has a start-up phase (calibration.startup, sessions 42 and 43): the node
+    runs it by default and says so at start-up with its length, cruise scale and floor; startup_phase:
     false holds the calibrated thresholds for the whole stream and says nothing of it."""
     bundle = ROOT / "models" / "compressed"
     st = yaml.safe_load((bundle / "manifest.yaml").read_text())["calibration"]["startup"]
     line = start_up_line(f"vae_ood_params_startup_{int(on)}_{UID}", bundle,
                          {} if on else {"startup_phase": "false"})
-    said = f"start-up phase: {st['frames']} frames, then every threshold x{rust(st['cruise_scale'])} (never under {rust(st['floor'])})"
+    said = f"start-up phase: {st['frames']} frames, then every threshold x{st['cruise_scale']:.4f} (never under {st['floor']:.2f}; S falls with it)"
     assert (said in line) is on, line
     assert ("start-up phase" in line) is on, line
 
