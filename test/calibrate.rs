@@ -1112,7 +1112,7 @@ fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
 }
 
 /// `vae-ood calibrate --startup-frames`: the phase is measured on the tuning drives by the
-/// bundle's own monitor, written into the bundle (format 6), and the node's monitor then puts
+/// bundle's own monitor, written into the bundle (format 7, with its gentle end), and the node's monitor then puts
 /// exactly the certified thresholds in force: on the tuning drives it alarms on no more drives
 /// than the section counts.
 #[test]
@@ -1232,5 +1232,77 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
     assert!(
         old.contains("calibration.startup needs format_version 6"),
         "{old}"
+    );
+}
+
+/// With a drive-relative branch whose hold outlasts the start-up (as `models/default`'s 360
+/// frames outlast its 90), the phase is certified against the thresholds the monitor runs at:
+/// the pooled one keeps its own value until the hold ends. The node's monitor, phase on,
+/// alarms on no more tuning drives than the section counts.
+#[test]
+fn a_start_up_phase_beside_a_relative_branch_is_certified_as_the_monitor_runs() {
+    use vae_ood_tools::eval;
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let tune = ["id_udem1_s3", "id_loop_empty_s1", "id_loop_empty_s4"];
+    // The phase is certified (and the monitor run) on these and a drive noisy from its first
+    // frame, which alarms inside the start-up: the section must count it. (Which threshold the
+    // replay holds the pooled branch to, frame by frame, is `tools::startup`'s unit test.)
+    let tuning: Vec<PathBuf> = tune
+        .iter()
+        .chain(&["ood_noise_small_loop_s8"])
+        .map(|d| drive(d).path)
+        .collect();
+    let baseline = BaselineParams {
+        window: 20,
+        gap: 30,
+        hold: Some(150),
+    };
+    calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &Options {
+            tune_id: tune.iter().map(|d| drive(d)).collect(),
+            false_alarm_rate: 0.002,
+            relative: Some(baseline),
+            grid: Grid {
+                k: vec![5],
+                window: vec![1],
+                decay: vec![1.0],
+            },
+            ..options(ScoreKind::Mahalanobis, vec![])
+        },
+    )
+    .unwrap();
+    let s = vae_ood_tools::startup::add_startup(
+        out.path(),
+        &tuning,
+        vae_ood_tools::startup::StartupFrames::Fixed(60),
+        BackendOptions::default(),
+        &|_| {},
+    )
+    .unwrap()
+    .section;
+    // The noisy drive alarms inside the start-up, and the section counts it.
+    assert!(s.tuning_drives_alarmed >= 1, "{s:?}");
+    let opts = eval::Options {
+        bundle: out.path().to_path_buf(),
+        backend: BackendOptions::default(),
+        monitor: vae_ood_core::monitor::MonitorConfig::default(),
+        topic: None,
+        folder_fps: eval::DEFAULT_FOLDER_FPS,
+    };
+    let records = eval::run_tuning_drives(&tuning, &opts, &|_| {}).unwrap();
+    let alarmed = (0..tuning.len())
+        .filter(|&i| {
+            records
+                .iter()
+                .any(|f| f.input == i && f.alarm_ratio.is_some_and(|r| r > 1.0))
+        })
+        .count();
+    assert!(
+        alarmed <= s.tuning_drives_alarmed,
+        "{alarmed} drives alarmed: {s:?}"
     );
 }

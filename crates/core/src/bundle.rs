@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 /// The newest manifest format this build reads. Version 2 added `detector` (the optical-flow
 /// detector), version 3 `calibration.relative` (the drive-relative branch), version 4
 /// `calibration.direction` (the direction branch), version 5 `calibration.direction.mscn` (the
-/// branch on natural-scene statistics), version 6 `calibration.startup` (the start-up phase), version 7 the same certified with its
-/// gentle end; a bundle is written with the oldest version that holds
-/// what it has, so that older releases read it.
+/// branch on natural-scene statistics), version 6 `calibration.startup` (the start-up phase),
+/// version 7 the same certified with its gentle end; a bundle is written with the oldest
+/// version that holds what it has, so that older releases read it.
 pub const FORMAT_VERSION: u32 = 7;
 /// The version a bundle with a direction branch needs.
 pub const DIRECTION_FORMAT_VERSION: u32 = 4;
@@ -26,8 +26,8 @@ pub const MSCN_FORMAT_VERSION: u32 = 5;
 pub const STARTUP_FORMAT_VERSION: u32 = 6;
 /// The version a start-up phase certified with its gentle end needs (session 43: S falls with
 /// the thresholds as the phase ends). Version 6's phase was certified with a plain fall; this
-/// build ends it gently too, which only removes alarms, but a version-6 build would add
-/// alarms to a phase certified gently.
+/// build ends it gently too, which only lowers S (no earlier first alarm), but a version-6
+/// build would add alarms to a phase certified gently.
 pub const GENTLE_STARTUP_FORMAT_VERSION: u32 = 7;
 /// The version a bundle with a drive-relative branch needs.
 pub const RELATIVE_FORMAT_VERSION: u32 = 3;
@@ -102,7 +102,8 @@ pub struct CalibrationSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<crate::detection::direction::DirectionSection>,
     /// The start-up phase ([`crate::detection::startup`]): every threshold as calibrated for a
-    /// stream's first frames, a lower share of it after them (format version 6).
+    /// stream's first frames, a lower share of it after them (format version 6; 7 when
+    /// certified with its gentle end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup: Option<crate::detection::startup::StartupSection>,
 }

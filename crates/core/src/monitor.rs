@@ -1475,8 +1475,9 @@ mod tests {
         assert_eq!(in_force(&s), (3.0, 4.0), "the pooled 2.5 held at the floor");
         // The same run with and without a start-up phase: 40 frames of the pooled calibration's
         // largest score (S grows by about 0.09 a frame after the drift of 1) take S over the
-        // cruise threshold of 2.5 and not over the calibrated 5.
-        let cusum_after = |startup: bool| {
+        // cruise threshold of 2.5 and not over the calibrated 5. As the phase ends (after 2
+        // frames) S falls by half with the threshold (the gentle end), then grows as before.
+        let run = |startup: bool| {
             let mut s = with_direction((0..100).map(f64::from).collect(), 8.0, None);
             if startup {
                 s.startup = Some(StartupSection {
@@ -1487,12 +1488,17 @@ mod tests {
                     tuning_drives_allowed: 1,
                 });
             }
-            (0..40).map(|_| s.step(99.0, None)).last().unwrap()
+            (0..40).map(|_| s.step(99.0, None)).collect::<Vec<_>>()
         };
-        let (held, lowered) = (cusum_after(false), cusum_after(true));
-        assert_eq!(
-            held.pooled.cusum, lowered.pooled.cusum,
-            "S does not depend on the phase"
+        let (held_run, lowered_run) = (run(false), run(true));
+        let (held, lowered) = (&held_run[39], &lowered_run[39]);
+        let carried = held_run[1].pooled.cusum;
+        assert!(carried > 0.0);
+        assert!(
+            (lowered.pooled.cusum - (held.pooled.cusum - 0.5 * carried)).abs() < 1e-9,
+            "{} {} {carried}",
+            lowered.pooled.cusum,
+            held.pooled.cusum
         );
         assert!(
             held.pooled.cusum > 2.5 && held.pooled.cusum < 5.0,

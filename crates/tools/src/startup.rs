@@ -47,6 +47,78 @@ pub struct Certified {
     pub weighed: Vec<Weighed>,
 }
 
+/// A bundle's calibrated thresholds as the monitor puts them in force before the start-up phase
+/// lowers them, branch by branch (pooled, relative, direction, those the bundle has).
+#[derive(Debug, Clone, Copy)]
+struct Calibrated {
+    pooled: f64,
+    /// Threshold, the pooled threshold's multiplier after the hold, and the hold in frames.
+    relative: Option<(f64, f64, usize)>,
+    direction: Option<f64>,
+}
+
+impl Calibrated {
+    fn of(c: &vae_ood_core::bundle::CalibrationSection) -> Self {
+        Self {
+            pooled: c.pipeline.cusum_threshold,
+            relative: c
+                .relative
+                .as_ref()
+                .map(|r| (r.cusum_threshold, r.pooled_scale, r.baseline.hold())),
+            direction: c.direction.as_ref().map(|d| d.pipeline.cusum_threshold),
+        }
+    }
+
+    /// The pooled threshold at a stream's scored frame `t` (from 0): its share once the relative
+    /// branch's hold is over (`relative::Baseline::holding`, judged before the frame joins the
+    /// baseline), its own before. The relative branch's steps start earlier, with its first
+    /// baseline: they do not mark the hold's end.
+    fn pooled_at(&self, t: usize) -> f64 {
+        match self.relative {
+            Some((_, share, hold)) if t >= hold => self.pooled * share,
+            _ => self.pooled,
+        }
+    }
+
+    /// Scored frame `t`'s branches: each one's S and calibrated threshold, `None` without a
+    /// step.
+    fn frame(
+        &self,
+        t: usize,
+        pooled: Option<f64>,
+        relative: Option<f64>,
+        direction: Option<f64>,
+    ) -> Vec<Option<(f64, f64)>> {
+        let mut branches = vec![pooled.map(|s| (s, self.pooled_at(t)))];
+        if let Some((threshold, _, _)) = self.relative {
+            branches.push(relative.map(|s| (s, threshold)));
+        }
+        if let Some(threshold) = self.direction {
+            branches.push(direction.map(|s| (s, threshold)));
+        }
+        branches
+    }
+
+    /// Every calibrated threshold the start-up phase scales, the pooled one both before and
+    /// after the hold: what `auto` compares between lengths.
+    fn thresholds(&self) -> Vec<f64> {
+        [
+            Some(self.pooled),
+            self.relative.map(|(_, share, _)| self.pooled * share),
+            self.relative.map(|r| r.0),
+            self.direction,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The branches that run: the floor's count.
+    fn branches(&self) -> usize {
+        1 + usize::from(self.relative.is_some()) + usize::from(self.direction.is_some())
+    }
+}
+
 /// Adds a start-up phase to the calibrated bundle in `dir` (written again in place) from its
 /// clear tuning `drives`, and returns it. `progress` is told of each frame processed.
 pub fn add_startup(
@@ -86,43 +158,28 @@ pub fn add_startup(
         folder_fps: eval::DEFAULT_FOLDER_FPS,
     };
     let records = eval::run_tuning_drives(drives, &opts, progress)?;
-    // Per drive, each scored frame's branches as the phase counts them: S and the calibrated
-    // threshold in force (the pooled one takes its share once the relative branch's hold ends,
-    // the frames where that branch has a step).
-    let relative = c
-        .relative
-        .as_ref()
-        .map(|r| (r.cusum_threshold, r.pooled_scale));
-    let direction = c.direction.as_ref().map(|d| d.pipeline.cusum_threshold);
-    let pooled = c.pipeline.cusum_threshold;
+    // Per drive, each scored frame's branches as the phase counts them.
+    let calibrated = Calibrated::of(&c);
     let mut traces: Vec<Trace> = vec![vec![]; drives.len()];
     for f in records.iter().filter(|f| f.alarm_ratio.is_some()) {
-        let share = match (relative, f.relative_cusum) {
-            (Some((_, scale)), Some(_)) => scale,
-            _ => 1.0,
-        };
-        let mut branches = vec![f.cusum.map(|s| (s, pooled * share))];
-        if let Some((t, _)) = relative {
-            branches.push(f.relative_cusum.map(|s| (s, t)));
-        }
-        if let Some(t) = direction {
-            branches.push(f.direction_cusum.map(|s| (s, t)));
-        }
-        traces[f.input].push(branches);
+        let t = traces[f.input].len();
+        traces[f.input].push(calibrated.frame(t, f.cusum, f.relative_cusum, f.direction_cusum));
     }
     let allowed = guarantee.drives_over();
-    let branches = 1 + usize::from(relative.is_some()) + usize::from(direction.is_some());
+    let branches = calibrated.branches();
     let floor = startup::floor(branches, c.target_false_alarm_rate);
     let (frames, weighed) = match frames {
         StartupFrames::Fixed(n) => (n as usize, vec![]),
         StartupFrames::Auto => {
             let candidates: Vec<usize> = AUTO_CANDIDATES.map(|k| k * AUTO_STEP).collect();
-            let calibrated: Vec<f64> = [Some(pooled), relative.map(|r| r.0), direction]
-                .into_iter()
-                .flatten()
-                .collect();
-            startup::shortest(&traces, &candidates, allowed, floor, &calibrated)
-                .ok_or_else(|| Error::Input("no start-up length to weigh".into()))?
+            startup::shortest(
+                &traces,
+                &candidates,
+                allowed,
+                floor,
+                &calibrated.thresholds(),
+            )
+            .ok_or_else(|| Error::Input("no start-up length to weigh".into()))?
         }
     };
     let (cruise_scale, alarmed) = startup::certify(&traces, frames, allowed, floor);
@@ -143,4 +200,52 @@ pub fn add_startup(
     let encoder = std::fs::read(&encoder_path).map_err(Error::read(encoder_path))?;
     Bundle::write(dir, manifest, &encoder)?;
     Ok(Certified { section, weighed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vae_ood_core::detection::relative::{Baseline, BaselineParams};
+
+    /// The pooled threshold takes its share exactly where the monitor's does: once the
+    /// relative branch's hold is over, not when that branch's first step comes (with its first
+    /// baseline, after `window` frames). Session 43's first certification took the latter and
+    /// certified the teacher's phase against thresholds it never runs at.
+    #[test]
+    fn the_pooled_share_starts_where_the_monitors_does() {
+        let params = BaselineParams {
+            window: 3,
+            gap: 2,
+            hold: Some(8),
+        };
+        let c = Calibrated {
+            pooled: 10.0,
+            relative: Some((20.0, 4.0, params.hold())),
+            direction: Some(5.0),
+        };
+        let mut baseline = Baseline::new(params);
+        let mut first_step = None;
+        for t in 0..12 {
+            let shared = !baseline.holding();
+            assert_eq!(
+                c.pooled_at(t),
+                if shared { 40.0 } else { 10.0 },
+                "frame {t}"
+            );
+            if baseline.push(t as f64).is_some() {
+                first_step.get_or_insert(t);
+            }
+        }
+        assert_eq!(
+            first_step,
+            Some(3),
+            "the relative branch steps long before the hold ends"
+        );
+        assert_eq!(
+            c.frame(9, Some(1.0), None, Some(2.0)),
+            vec![Some((1.0, 40.0)), None, Some((2.0, 5.0))]
+        );
+        assert_eq!(c.thresholds(), vec![10.0, 40.0, 20.0, 5.0]);
+        assert_eq!(c.branches(), 3);
+    }
 }

@@ -53,7 +53,8 @@ impl StartupSection {
     /// (its threshold's fall, at most 1), so that its alarm ratio carries over unchanged.
     /// Evidence gathered under the start-up's thresholds (a start still settling) then cannot
     /// alarm by the fall alone; only evidence after it can take the ratio over 1. It only
-    /// lowers S, so it never adds an alarm to what a plain fall would give.
+    /// lowers S, so no drive alarms first with it that would not with a plain fall (with
+    /// automatic recovery a lower S may leave OOD sooner, and so enter it again).
     pub fn end_ratio(&self, calibrated: f64) -> f64 {
         fall(calibrated, self.cruise_scale, self.floor)
     }
@@ -158,7 +159,10 @@ fn critical_scale(trace: &Trace, frames: usize, floor: f64) -> f64 {
     if !alarms(f64::MIN_POSITIVE) {
         return 0.0;
     }
-    // Alarms fall as the scale rises (the thresholds and the carried S's share rise together).
+    // Alarms fall as the scale rises: the thresholds and the carried S's share rise together.
+    // That needs two things the monitor gives: a drive quiet through the start-up carries S
+    // at most its threshold, and no threshold in force falls later in the stream (the pooled
+    // one's share after the relative branch's hold is at least 1).
     let (mut lo, mut hi) = (f64::MIN_POSITIVE, 1.0);
     for _ in 0..60 {
         let mid = 0.5 * (lo + hi);
@@ -190,12 +194,11 @@ pub fn certify(traces: &[Trace], frames: usize, allowed: usize, floor: f64) -> (
             started.len() + critical.iter().filter(|&&c| c > 1.0).count(),
         );
     };
-    // A scale no drive needs leaves every threshold at the floor.
-    let scale = critical
-        .get(room)
-        .copied()
-        .unwrap_or(0.0)
-        .clamp(f64::MIN_POSITIVE, 1.0);
+    // A scale no drive needs leaves every threshold at the floor. The next drive's critical
+    // scale sits on the edge of its alarm: a margin of 1e-9 keeps the monitor's own rounding
+    // of S on the quiet side.
+    let scale =
+        (critical.get(room).copied().unwrap_or(0.0) * (1.0 + 1e-9)).clamp(f64::MIN_POSITIVE, 1.0);
     let over = critical.iter().filter(|&&c| c > scale).count();
     (scale, started.len() + over)
 }
@@ -292,8 +295,9 @@ mod tests {
         s.iter().map(|&x| vec![Some((x, 10.0))]).collect()
     }
 
+    /// Equal but for the certification's margin of 1e-9.
     fn near(a: f64, b: f64) -> bool {
-        (a - b).abs() < 1e-12
+        (a - b).abs() < 1e-8 * b.abs().max(1e-300)
     }
 
     /// Four drives, a start-up of 2 frames: one alarms in it (15 > 10). The others carry S into
