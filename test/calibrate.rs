@@ -1111,25 +1111,30 @@ fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
     assert!(e.to_string().contains("--mscn-from"), "{e}");
 }
 
-/// `vae-ood calibrate --startup-frames`: the phase is measured on the tuning drives by the
-/// bundle's own monitor, written into the bundle (format 7, with its gentle end), and the node's monitor then puts
-/// exactly the certified thresholds in force: on the tuning drives it alarms on no more drives
-/// than the section counts.
-#[test]
-fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
-    use vae_ood_core::detection::startup::floor;
-    use vae_ood_tools::eval;
-    let out = tempfile::tempdir().unwrap();
+/// The sample drives the start-up tests tune on.
+const STARTUP_TUNE: [&str; 3] = ["id_udem1_s3", "id_loop_empty_s1", "id_loop_empty_s4"];
+
+/// `models/default` calibrated into `out` on [`STARTUP_TUNE`] (one pipeline, rate 0.002), with a
+/// drive-relative branch when given one, then a start-up phase of `frames` certified on
+/// `drives`: the calibration section before the phase, and the phase.
+fn with_startup(
+    out: &Path,
+    relative: Option<BaselineParams>,
+    frames: vae_ood_tools::startup::StartupFrames,
+    drives: &[PathBuf],
+) -> (
+    vae_ood_core::bundle::CalibrationSection,
+    vae_ood_tools::startup::Certified,
+) {
     let mut det = detector();
-    let tune = ["id_udem1_s3", "id_loop_empty_s1", "id_loop_empty_s4"];
-    let tuning: Vec<PathBuf> = tune.iter().map(|d| drive(d).path).collect();
     let o = calibrate(
         &root().join("models/default"),
-        out.path(),
+        out,
         det.as_mut(),
         &Options {
-            tune_id: tune.iter().map(|d| drive(d)).collect(),
+            tune_id: STARTUP_TUNE.iter().map(|d| drive(d)).collect(),
             false_alarm_rate: 0.002,
+            relative,
             grid: Grid {
                 k: vec![5],
                 window: vec![1],
@@ -1139,16 +1144,55 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
         },
     )
     .unwrap();
-    let calibrated = o.bundle.manifest.calibration.unwrap();
-    let s = vae_ood_tools::startup::add_startup(
-        out.path(),
-        &tuning,
-        vae_ood_tools::startup::StartupFrames::Fixed(100),
+    let certified = vae_ood_tools::startup::add_startup(
+        out,
+        drives,
+        frames,
         BackendOptions::default(),
         &|_| {},
     )
-    .unwrap()
-    .section;
+    .unwrap();
+    (o.bundle.manifest.calibration.unwrap(), certified)
+}
+
+/// The node's monitor (its defaults, the phase on) over `drives` with the bundle in `dir`: each
+/// frame's record.
+fn run_monitor(dir: &Path, drives: &[PathBuf]) -> Vec<vae_ood_tools::eval::FrameRecord> {
+    use vae_ood_tools::eval;
+    let opts = eval::Options {
+        bundle: dir.to_path_buf(),
+        backend: BackendOptions::default(),
+        monitor: vae_ood_core::monitor::MonitorConfig::default(),
+        topic: None,
+        folder_fps: eval::DEFAULT_FOLDER_FPS,
+    };
+    eval::run_tuning_drives(drives, &opts, &|_| {}).unwrap()
+}
+
+/// How many of `drives` alarm (some frame's alarm ratio over 1).
+fn drives_alarmed(records: &[vae_ood_tools::eval::FrameRecord], drives: usize) -> usize {
+    (0..drives)
+        .filter(|&i| {
+            records
+                .iter()
+                .any(|f| f.input == i && f.alarm_ratio.is_some_and(|r| r > 1.0))
+        })
+        .count()
+}
+
+/// `vae-ood calibrate --startup-frames`: the phase is measured on the tuning drives by the
+/// bundle's own monitor, written into the bundle (format 7, with its gentle end), and the node's monitor then puts
+/// exactly the certified thresholds in force: on the tuning drives it alarms on no more drives
+/// than the section counts.
+#[test]
+fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
+    use vae_ood_core::detection::startup::floor;
+    use vae_ood_tools::startup::StartupFrames;
+    let out = tempfile::tempdir().unwrap();
+    let tuning: Vec<PathBuf> = STARTUP_TUNE.iter().map(|d| drive(d).path).collect();
+    let (calibrated, certified) =
+        with_startup(out.path(), None, StartupFrames::Fixed(100), &tuning);
+    let s = certified.section;
     let allowed = calibrated.guarantee.as_ref().unwrap().drives_over();
     assert_eq!((s.frames, s.tuning_drives_allowed), (100, allowed));
     assert!(s.cruise_scale > 0.0 && s.cruise_scale <= 1.0, "{s:?}");
@@ -1156,18 +1200,14 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
     assert_eq!(s.floor, floor(1, 0.002));
     let b = vae_ood_core::Bundle::load(out.path()).unwrap();
     assert_eq!(b.manifest.calibration.as_ref().unwrap().startup, Some(s));
-    assert!(b.manifest.format_version >= vae_ood_core::bundle::STARTUP_FORMAT_VERSION);
+    assert_eq!(
+        b.manifest.format_version,
+        vae_ood_core::bundle::GENTLE_STARTUP_FORMAT_VERSION
+    );
 
     // The node's monitor: the threshold in force (S over the alarm ratio) is the calibrated
     // one for 100 frames and the cruise share after them; drives alarm no more than counted.
-    let opts = eval::Options {
-        bundle: out.path().to_path_buf(),
-        backend: BackendOptions::default(),
-        monitor: vae_ood_core::monitor::MonitorConfig::default(),
-        topic: None,
-        folder_fps: eval::DEFAULT_FOLDER_FPS,
-    };
-    let records = eval::run_tuning_drives(&tuning, &opts, &|_| {}).unwrap();
+    let records = run_monitor(out.path(), &tuning);
     let t = calibrated.pipeline.cusum_threshold;
     let cruise = (t * s.cruise_scale).max(s.floor);
     // Where each frame is in the phase: the scored frames of its drive before it.
@@ -1183,13 +1223,7 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
         }
     }
     assert!(checked > 50, "{checked} frames with evidence");
-    let alarmed = (0..tuning.len())
-        .filter(|&i| {
-            records
-                .iter()
-                .any(|f| f.input == i && f.alarm_ratio.unwrap() > 1.0)
-        })
-        .count();
+    let alarmed = drives_alarmed(&records, tuning.len());
     assert!(
         alarmed <= s.tuning_drives_alarmed,
         "{alarmed} drives alarmed"
@@ -1241,14 +1275,12 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
 /// alarms on no more tuning drives than the section counts.
 #[test]
 fn a_start_up_phase_beside_a_relative_branch_is_certified_as_the_monitor_runs() {
-    use vae_ood_tools::eval;
     let out = tempfile::tempdir().unwrap();
-    let mut det = detector();
-    let tune = ["id_udem1_s3", "id_loop_empty_s1", "id_loop_empty_s4"];
-    // The phase is certified (and the monitor run) on these and a drive noisy from its first
-    // frame, which alarms inside the start-up: the section must count it. (Which threshold the
-    // replay holds the pooled branch to, frame by frame, is `tools::startup`'s unit test.)
-    let tuning: Vec<PathBuf> = tune
+    // The phase is certified (and the monitor run) on the tuning drives and a drive noisy from
+    // its first frame, which alarms inside the start-up: the section must count it. (Which
+    // threshold the replay holds the pooled branch to, frame by frame, is `tools::startup`'s
+    // unit test.)
+    let drives: Vec<PathBuf> = STARTUP_TUNE
         .iter()
         .chain(&["ood_noise_small_loop_s8"])
         .map(|d| drive(d).path)
@@ -1258,49 +1290,16 @@ fn a_start_up_phase_beside_a_relative_branch_is_certified_as_the_monitor_runs() 
         gap: 30,
         hold: Some(150),
     };
-    calibrate(
-        &root().join("models/default"),
+    let s = with_startup(
         out.path(),
-        det.as_mut(),
-        &Options {
-            tune_id: tune.iter().map(|d| drive(d)).collect(),
-            false_alarm_rate: 0.002,
-            relative: Some(baseline),
-            grid: Grid {
-                k: vec![5],
-                window: vec![1],
-                decay: vec![1.0],
-            },
-            ..options(ScoreKind::Mahalanobis, vec![])
-        },
-    )
-    .unwrap();
-    let s = vae_ood_tools::startup::add_startup(
-        out.path(),
-        &tuning,
+        Some(baseline),
         vae_ood_tools::startup::StartupFrames::Fixed(60),
-        BackendOptions::default(),
-        &|_| {},
+        &drives,
     )
-    .unwrap()
+    .1
     .section;
-    // The noisy drive alarms inside the start-up, and the section counts it.
     assert!(s.tuning_drives_alarmed >= 1, "{s:?}");
-    let opts = eval::Options {
-        bundle: out.path().to_path_buf(),
-        backend: BackendOptions::default(),
-        monitor: vae_ood_core::monitor::MonitorConfig::default(),
-        topic: None,
-        folder_fps: eval::DEFAULT_FOLDER_FPS,
-    };
-    let records = eval::run_tuning_drives(&tuning, &opts, &|_| {}).unwrap();
-    let alarmed = (0..tuning.len())
-        .filter(|&i| {
-            records
-                .iter()
-                .any(|f| f.input == i && f.alarm_ratio.is_some_and(|r| r > 1.0))
-        })
-        .count();
+    let alarmed = drives_alarmed(&run_monitor(out.path(), &drives), drives.len());
     assert!(
         alarmed <= s.tuning_drives_alarmed,
         "{alarmed} drives alarmed: {s:?}"

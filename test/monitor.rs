@@ -455,23 +455,30 @@ fn the_threshold_scale_multiplies_the_bundles_own_threshold() {
     assert_eq!(threshold(explicit), 20.0);
 }
 
+/// The committed default detector with a start-up phase of `frames` frames at `cruise_scale`
+/// (no floor).
+fn default_with_startup(frames: u64, cruise_scale: f64) -> Bundle {
+    let mut bundle =
+        Bundle::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")).unwrap();
+    bundle.manifest.calibration.as_mut().unwrap().startup =
+        Some(vae_ood_core::detection::startup::StartupSection {
+            frames,
+            cruise_scale,
+            floor: 0.0,
+            tuning_drives_alarmed: 0,
+            tuning_drives_allowed: 1,
+        });
+    bundle
+}
+
 /// The start-up phase in the node's monitor: the pooled threshold in force is the calibrated
 /// one for the stream's first 3 frames and half of it after them; a restart and the operator's
 /// reset start the phase again; a branch turned off turns the phase off; a threshold the operator sets at run time is
 /// the one in force from then on, through restarts, with the phase off.
 #[test]
 fn the_start_up_phase_lowers_thresholds_after_its_frames_until_the_operator_sets_one() {
-    use vae_ood_core::detection::startup::StartupSection;
-    let mut bundle =
-        Bundle::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")).unwrap();
+    let mut bundle = default_with_startup(3, 0.5);
     let c = bundle.manifest.calibration.as_mut().unwrap();
-    c.startup = Some(StartupSection {
-        frames: 3,
-        cruise_scale: 0.5,
-        floor: 0.0,
-        tuning_drives_alarmed: 0,
-        tuning_drives_allowed: 1,
-    });
     let calibrated = c.pipeline.cusum_threshold;
     let monitor = |config: MonitorConfig| {
         let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
@@ -515,17 +522,8 @@ fn the_start_up_phase_lowers_thresholds_after_its_frames_until_the_operator_sets
 /// keeps its alarm ratio instead of alarming by the fall alone.
 #[test]
 fn s_falls_with_the_thresholds_as_the_start_up_ends() {
-    use vae_ood_core::detection::startup::StartupSection;
-    let mut bundle =
-        Bundle::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default")).unwrap();
+    let mut bundle = default_with_startup(3, 0.25);
     let c = bundle.manifest.calibration.as_mut().unwrap();
-    c.startup = Some(StartupSection {
-        frames: 3,
-        cruise_scale: 0.25,
-        floor: 0.0,
-        tuning_drives_alarmed: 0,
-        tuning_drives_allowed: 1,
-    });
     let decay = c.pipeline.decay;
     let enc = encoder::load(&bundle, BackendOptions::default()).unwrap();
     let det = ImageDetector::with_encoder(bundle.clone(), enc).unwrap();
