@@ -25,16 +25,16 @@ pub const AUTO_CANDIDATES: std::ops::RangeInclusive<usize> = 1..=20;
 const AUTO_STEP: usize = 15;
 
 impl std::str::FromStr for StartupFrames {
-    type Err = String;
+    type Err = Error;
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self> {
         match s {
             "auto" => Ok(Self::Auto),
             n => match n.parse::<u64>() {
                 Ok(n) if n >= 1 => Ok(Self::Fixed(n)),
-                _ => Err(format!(
+                _ => Err(Error::Input(format!(
                     "expected a number of frames (at least 1) or 'auto', got '{s}'"
-                )),
+                ))),
             },
         }
     }
@@ -168,8 +168,18 @@ pub fn add_startup(
     let allowed = guarantee.drives_over();
     let branches = calibrated.branches();
     let floor = startup::floor(branches, c.target_false_alarm_rate);
-    let (frames, weighed) = match frames {
-        StartupFrames::Fixed(n) => (n as usize, vec![]),
+    // The length's certification: `auto` has it from weighing every length.
+    let (chosen, weighed) = match frames {
+        StartupFrames::Fixed(n) => {
+            let (cruise_scale, tuning_drives_alarmed) =
+                startup::certify(&traces, n as usize, allowed, floor);
+            let chosen = Weighed {
+                frames: n as usize,
+                cruise_scale,
+                tuning_drives_alarmed,
+            };
+            (chosen, vec![])
+        }
         StartupFrames::Auto => {
             let candidates: Vec<usize> = AUTO_CANDIDATES.map(|k| k * AUTO_STEP).collect();
             startup::shortest(
@@ -182,12 +192,11 @@ pub fn add_startup(
             .ok_or_else(|| Error::Input("no start-up length to weigh".into()))?
         }
     };
-    let (cruise_scale, alarmed) = startup::certify(&traces, frames, allowed, floor);
     let section = StartupSection {
-        frames: frames as u64,
-        cruise_scale,
+        frames: chosen.frames as u64,
+        cruise_scale: chosen.cruise_scale,
         floor,
-        tuning_drives_alarmed: alarmed,
+        tuning_drives_alarmed: chosen.tuning_drives_alarmed,
         tuning_drives_allowed: allowed,
     };
     let mut manifest = bundle.manifest.clone();

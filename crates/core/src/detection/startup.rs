@@ -214,14 +214,14 @@ pub struct Weighed {
 /// The start-up's length by session 43's rule (docs/detector-experiments.md): of `candidates`
 /// (frames, ascending), the shortest whose cruise thresholds (each of `calibrated` as
 /// [`certify`] puts it in force) are those of the longest, where the tuning drives' starts no
-/// longer set them. Returns it and every candidate as weighed.
+/// longer set them. Returns it as weighed, and every candidate.
 pub fn shortest(
     traces: &[Trace],
     candidates: &[usize],
     allowed: usize,
     floor: f64,
     calibrated: &[f64],
-) -> Option<(usize, Vec<Weighed>)> {
+) -> Option<(Weighed, Vec<Weighed>)> {
     let table: Vec<Weighed> = candidates
         .iter()
         .map(|&frames| {
@@ -240,8 +240,8 @@ pub fn shortest(
             .zip(in_force(last))
             .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs())
     };
-    let n = table.iter().find(|w| same(w.cruise_scale))?.frames;
-    Some((n, table))
+    let chosen = *table.iter().find(|w| same(w.cruise_scale))?;
+    Some((chosen, table))
 }
 
 #[cfg(test)]
@@ -369,8 +369,9 @@ mod tests {
     #[test]
     fn the_shortest_start_up_whose_thresholds_are_the_longest_ones() {
         let traces = vec![one_branch(&[5.0, 8.0, 0.0, 0.0])];
-        let (n, table) = shortest(&traces, &[1, 2, 3], 0, 1.0, &[10.0]).unwrap();
-        assert_eq!(n, 2);
+        let (chosen, table) = shortest(&traces, &[1, 2, 3], 0, 1.0, &[10.0]).unwrap();
+        assert_eq!(chosen, table[1]);
+        assert_eq!(chosen.frames, 2);
         assert!(near(table[0].cruise_scale, 0.6), "{table:?}");
         assert!(
             table[1..].iter().all(|w| w.cruise_scale < 1e-300),
