@@ -1,7 +1,7 @@
 # Two entry points, each doing all the set-up it needs (see README.md):
 #   make demo   run the monitor node on the bundled detector against a replayed camera stream
 #   make test   run every test: offline core, live ROS 2 (real DDS, loopback only), colcon build
-.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data falsealarm3-data falsealarm4-data falsealarm5-data falsealarm6-data falsealarm7-data falsealarm8-data falsealarm9-data falsealarm10-data falsealarm11-data falsealarm12-data falsealarm13-data falsealarm14-data falsealarm15-data falsealarm16-data falsealarm17-data falsealarm18-data falsealarm19-data falsealarm20-data falsealarm21-data falsealarm22-data falsealarm23-data falsealarm24-data long-data testset-data tuning-data tuning2-data tuning3-data starts-data validation2-data flow-validation-data flow-testset-data heldout-var-data tuning-var-data unseen-map-data more-maps-data compress
+.PHONY: demo test setup build clean-venv data sample-data train-data train-var-data validation-data heldout-data falsealarm-data falsealarm2-data falsealarm3-data falsealarm4-data falsealarm5-data falsealarm6-data falsealarm7-data falsealarm8-data falsealarm9-data falsealarm10-data falsealarm11-data falsealarm12-data falsealarm13-data falsealarm14-data falsealarm15-data falsealarm16-data falsealarm17-data falsealarm18-data falsealarm19-data falsealarm20-data falsealarm21-data falsealarm22-data falsealarm23-data falsealarm24-data falsealarm25-data long-data testset-data testset2-data tuning-data tuning2-data tuning3-data starts-data validation2-data flow-validation-data flow-testset-data heldout-var-data tuning-var-data unseen-map-data more-maps-data compress
 
 setup:
 	bash scripts/bootstrap.sh
@@ -94,8 +94,8 @@ falsealarm-data: $(DATA_VENV)/.ok
 # 500-551, session 11), falsealarm3 (1000-1051: the gate of session 18's candidate encoder),
 # falsealarm4 (1100-1151: the recovery hysteresis) and falsealarm5 (1200-1251: the joint
 # threshold), falsealarm6 and 7 (1300-1351, 1400-1451: session 19's detail grid) and falsealarm8
-# (1500-1551: session 20's student), falsealarm9 to 11 (1600-1651, 1700-1751, 1800-1851: session 21's drive-relative branch), falsealarm12 (1900-1951: session 22), falsealarm13 (2100-2151: session 23's fine residual), falsealarm14 (2200-2251: session 25, for the residual's next change), falsealarm15 (2300-2351: session 26, the pair's unequal split) falsealarm16 (2400-2451: session 27, the residual given the motion) falsealarm17 (2500-2551: session 33, the compressed pair) falsealarm18 (2600-2651: session 34, the detail's direction) falsealarm19 (2700-2751: session 35, the direction branch's next form) falsealarm20 (2800-2851: session 37, an encoder trained on the 130 fit drives) falsealarm21 (2900-2951: session 40, the teacher with an MSCN branch) falsealarm22 (3100-3151: session 41, a score fitted on drives that start over) falsealarm23 (3300-3351: session 42, the student's score fitted with the starts drives) and falsealarm24 (3400-3451: session 43, a gentle end to the start-up phase). `make falsealarmN-data FALSEALARM_SET_OUT=DIR` writes elsewhere.
-falsealarm2-data falsealarm3-data falsealarm4-data falsealarm5-data falsealarm6-data falsealarm7-data falsealarm8-data falsealarm9-data falsealarm10-data falsealarm11-data falsealarm12-data falsealarm13-data falsealarm14-data falsealarm15-data falsealarm16-data falsealarm17-data falsealarm18-data falsealarm19-data falsealarm20-data falsealarm21-data falsealarm22-data falsealarm23-data falsealarm24-data: falsealarm%-data: $(DATA_VENV)/.ok
+# (1500-1551: session 20's student), falsealarm9 to 11 (1600-1651, 1700-1751, 1800-1851: session 21's drive-relative branch), falsealarm12 (1900-1951: session 22), falsealarm13 (2100-2151: session 23's fine residual), falsealarm14 (2200-2251: session 25, for the residual's next change), falsealarm15 (2300-2351: session 26, the pair's unequal split) falsealarm16 (2400-2451: session 27, the residual given the motion) falsealarm17 (2500-2551: session 33, the compressed pair) falsealarm18 (2600-2651: session 34, the detail's direction) falsealarm19 (2700-2751: session 35, the direction branch's next form) falsealarm20 (2800-2851: session 37, an encoder trained on the 130 fit drives) falsealarm21 (2900-2951: session 40, the teacher with an MSCN branch) falsealarm22 (3100-3151: session 41, a score fitted on drives that start over) falsealarm23 (3300-3351: session 42, the student's score fitted with the starts drives) falsealarm24 (3400-3451: session 43, a gentle end to the start-up phase) and falsealarm25 (3600-3651: session 44, the pooled statistic's decay). `make falsealarmN-data FALSEALARM_SET_OUT=DIR` writes elsewhere.
+falsealarm2-data falsealarm3-data falsealarm4-data falsealarm5-data falsealarm6-data falsealarm7-data falsealarm8-data falsealarm9-data falsealarm10-data falsealarm11-data falsealarm12-data falsealarm13-data falsealarm14-data falsealarm15-data falsealarm16-data falsealarm17-data falsealarm18-data falsealarm19-data falsealarm20-data falsealarm21-data falsealarm22-data falsealarm23-data falsealarm24-data falsealarm25-data: falsealarm%-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set falsealarm$* --out $(or $(FALSEALARM_SET_OUT),out/falsealarm$*) --frames 600 --check data/falsealarm$*.sha256
 
 # Regenerates the committed sample in data/sample (300 frames per drive, 160x120 JPEG).
@@ -109,6 +109,12 @@ sample-data: $(DATA_VENV)/.ok
 TESTSET_OUT ?= out/testset
 testset-data: $(DATA_VENV)/.ok
 	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set testset --out $(TESTSET_OUT) --frames 400 --check data/testset.sha256
+
+# A second test set laid out as the first (session 44): seeds 3700-3728, never used, hashes in
+# data/testset2.sha256 recorded before any figure on it.
+TESTSET2_OUT ?= out/testset2
+testset2-data: $(DATA_VENV)/.ok
+	$(DATA_VENV)/bin/python scripts/dataset/make_dataset.py --set testset2 --out $(TESTSET2_OUT) --frames 400 --check data/testset2.sha256
 
 # The optical-flow detector's drives (issue 18): 9 motion OOD validation drives (camera shake,
 # abnormal speed, frame drops; seeds 600-608, 300 frames) and its test set: rain, snow and the

@@ -220,6 +220,9 @@ FALSEALARM23 = four_map_clear(range(3300, 3352))
 # candidates it gates (a gentle end to the start-up phase). As falsealarm3: seeds 3400-3451,
 # never used.
 FALSEALARM24 = four_map_clear(range(3400, 3452))
+# A twenty-fifth (`make falsealarm25-data`, session 44), generated before any figure of the
+# candidates it gates (the pooled statistic's decay). As falsealarm3: seeds 3600-3651, never used.
+FALSEALARM25 = four_map_clear(range(3600, 3652))
 # Long drives (`make long-data`, session 43): 12 clear drives of 3000 frames (200 s) on four
 # maps, seeds 3500-3511, never used; hashes recorded before any figure. They measure what a
 # stream's first 600 frames do not: the cruise thresholds over a long run (SAFETY.md, the
@@ -237,6 +240,17 @@ TESTSET = [
 ] + [
     (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
     for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=321)
+]
+# A second test set (`make testset2-data`, session 44), laid out as the first (one drive per OOD
+# type and map in its middle half, two clear drives per map and on 4way), seeds 3700-3728 never
+# used, hashes recorded before any figure: the first test set has been read by every session
+# since 7, so a change is also reported on drives nobody has looked at.
+TESTSET2 = [
+    (f"ood_{c}_{m}_s{seed}", m, seed, "test", c, "middle")
+    for seed, (m, c) in enumerate([(m, c) for c in OOD_TYPES for m in MAPS], start=3700)
+] + [
+    (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
+    for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=3721)
 ]
 # The optical-flow detector's drives (issue 18, session 12), seeds 600-651 never used before,
 # fixed before any figure on them: OOD types whose signal is motion. Validation (`make
@@ -278,7 +292,7 @@ STARTS = [(f"id_{m}_s{seed}", m, seed, "fit", "clear", "restarts")
           for seed, m in ((s, (MAPS + MORE_MAP_NAMES)[s % 6]) for s in range(3000, 3030))]
 SETS = {"sample": SAMPLE, "starts": STARTS, "validation2": VALIDATION2, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
-        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "falsealarm24": FALSEALARM24, "long": LONG, "tuning2": TUNING2, "tuning3": TUNING3}
+        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "falsealarm24": FALSEALARM24, "falsealarm25": FALSEALARM25, "testset2": TESTSET2, "long": LONG, "tuning2": TUNING2, "tuning3": TUNING3}
 
 
 def ood_mask(n, sequence, condition):
@@ -485,8 +499,10 @@ def main():
                          "falsealarm22: 52 fresh clear drives on four maps (seeds 3100-3151); "
                          "falsealarm23: 52 fresh clear drives on four maps (seeds 3300-3351); "
                          "falsealarm24: 52 fresh clear drives on four maps (seeds 3400-3451); "
+                         "falsealarm25: 52 fresh clear drives on four maps (seeds 3600-3651); "
                          "long: 12 clear drives on four maps (seeds 3500-3511), 3000 frames each; "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
+                         "testset2: 29 drives (seeds 3700-3728), a second test set laid out as the first; "
                          "tuning: 60 clear drives (seeds 400-459) for the alarm threshold; "
                          "tuning2: 78 fresh clear drives (seeds 700-777) for the alarm threshold; "
                          "tuning3: 39 clear drives on three more maps (seeds 2000-2038) for the alarm threshold; "

@@ -351,15 +351,12 @@ struct DirectionBranch {
 
 impl DirectionBranch {
     /// The branch's step for a frame's weakest direction; `None` while its baseline fills.
-    fn step(&mut self, weakest: f64) -> Option<(Step, f64)> {
+    fn step(&mut self, weakest: f64) -> Option<Step> {
         let x = match &mut self.baseline {
             Some(b) => b.push(weakest)?,
             None => weakest,
         };
-        Some((
-            self.detector.step(x),
-            self.detector.params().cusum_threshold,
-        ))
+        Some(self.detector.step(x))
     }
 }
 
@@ -523,11 +520,10 @@ impl Sequential {
         }
     }
 
-    /// Puts the pooled threshold in force into the pooled detector, and returns it.
-    fn apply_pooled_threshold(&mut self) -> f64 {
+    /// Puts the pooled threshold in force into the pooled detector.
+    fn apply_pooled_threshold(&mut self) {
         let in_force = self.pooled_in_force();
         self.detector.set_cusum_threshold(in_force);
-        in_force
     }
 
     fn set_pooled_threshold(&mut self, t: f64) {
@@ -540,13 +536,13 @@ impl Sequential {
     fn step(&mut self, score: f64, weakest: Option<f64>) -> Judgement {
         // The hold covers exactly the frames with no relative score (as `relative::split`
         // simulates it): the threshold is chosen before this frame joins the baseline.
-        let in_force = self.apply_pooled_threshold();
+        self.apply_pooled_threshold();
         self.apply_branch_thresholds();
         self.end_startup();
         self.scored += 1;
         let relative = self.relative.as_mut().and_then(|r| {
             let x = r.baseline.push(score)?;
-            Some((r.detector.step(x), r.detector.params().cusum_threshold))
+            Some(r.detector.step(x))
         });
         let direction = self
             .direction
@@ -557,16 +553,16 @@ impl Sequential {
         let ratio = [relative, direction]
             .iter()
             .flatten()
-            .map(|(st, t)| st.cusum / t)
-            .fold(pooled.cusum / in_force, f64::max);
-        let alarm = |b: Option<(Step, f64)>| b.is_some_and(|(st, _)| st.alarm);
+            .map(|st| st.cusum / st.threshold)
+            .fold(pooled.cusum / pooled.threshold, f64::max);
+        let alarm = |b: Option<Step>| b.is_some_and(|st| st.alarm);
         Judgement {
             pooled: Step {
                 alarm: pooled.alarm || alarm(relative) || alarm(direction),
                 ..pooled
             },
-            relative: relative.map(|(st, _)| st),
-            direction: direction.map(|(st, _)| st),
+            relative,
+            direction,
             ratio,
         }
     }
@@ -1252,6 +1248,7 @@ mod tests {
             cusum,
             window_full: true,
             alarm: cusum > THRESHOLD,
+            threshold: THRESHOLD,
         })
     }
 
@@ -1262,6 +1259,7 @@ mod tests {
             cusum: if alarm { 10.0 } else { 0.0 },
             window_full,
             alarm,
+            threshold: THRESHOLD,
         })
     }
 

@@ -47,76 +47,57 @@ pub struct Certified {
     pub weighed: Vec<Weighed>,
 }
 
-/// A bundle's calibrated thresholds as the monitor puts them in force before the start-up phase
-/// lowers them, branch by branch (pooled, relative, direction, those the bundle has).
+/// Which branches a calibrated bundle runs beside the pooled one: the layout of each frame in a
+/// [`Trace`], and the floor's count.
 #[derive(Debug, Clone, Copy)]
-struct Calibrated {
-    pooled: f64,
-    /// Threshold, the pooled threshold's multiplier after the hold, and the hold in frames.
-    relative: Option<(f64, f64, usize)>,
-    direction: Option<f64>,
+struct Branches {
+    relative: bool,
+    direction: bool,
 }
 
-impl Calibrated {
+impl Branches {
     fn of(c: &vae_ood_core::bundle::CalibrationSection) -> Self {
         Self {
-            pooled: c.pipeline.cusum_threshold,
-            relative: c
-                .relative
-                .as_ref()
-                .map(|r| (r.cusum_threshold, r.pooled_scale, r.baseline.hold())),
-            direction: c.direction.as_ref().map(|d| d.pipeline.cusum_threshold),
+            relative: c.relative.is_some(),
+            direction: c.direction.is_some(),
         }
     }
 
-    /// The pooled threshold at a stream's scored frame `t` (from 0): its share once the relative
-    /// branch's hold is over (`relative::Baseline::holding`, judged before the frame joins the
-    /// baseline), its own before. The relative branch's steps start earlier, with its first
-    /// baseline: they do not mark the hold's end.
-    fn pooled_at(&self, t: usize) -> f64 {
-        match self.relative {
-            Some((_, share, hold)) if t >= hold => self.pooled * share,
-            _ => self.pooled,
+    /// A scored frame's branches as the monitor ran them: each one's S and the threshold it
+    /// had in force (the phase off: the calibrated one, the pooled one's share after the
+    /// relative branch's hold), `None` without a step. Read from the record, never rebuilt:
+    /// session 43's first certification rebuilt when the pooled share starts, got it wrong,
+    /// and certified the teacher's phase against thresholds the monitor never runs at.
+    fn frame(&self, f: &eval::FrameRecord) -> Vec<Option<(f64, f64)>> {
+        let mut branches = vec![f.cusum.zip(f.threshold)];
+        if self.relative {
+            branches.push(f.relative_cusum.zip(f.relative_threshold));
         }
-    }
-
-    /// Scored frame `t`'s branches: each one's S and calibrated threshold, `None` without a
-    /// step.
-    fn frame(
-        &self,
-        t: usize,
-        pooled: Option<f64>,
-        relative: Option<f64>,
-        direction: Option<f64>,
-    ) -> Vec<Option<(f64, f64)>> {
-        let mut branches = vec![pooled.map(|s| (s, self.pooled_at(t)))];
-        if let Some((threshold, _, _)) = self.relative {
-            branches.push(relative.map(|s| (s, threshold)));
-        }
-        if let Some(threshold) = self.direction {
-            branches.push(direction.map(|s| (s, threshold)));
+        if self.direction {
+            branches.push(f.direction_cusum.zip(f.direction_threshold));
         }
         branches
     }
 
-    /// Every calibrated threshold the start-up phase scales, the pooled one both before and
-    /// after the hold: what `auto` compares between lengths.
-    fn thresholds(&self) -> Vec<f64> {
-        [
-            Some(self.pooled),
-            self.relative.map(|(_, share, _)| self.pooled * share),
-            self.relative.map(|r| r.0),
-            self.direction,
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-
     /// The branches that run: the floor's count.
-    fn branches(&self) -> usize {
-        1 + usize::from(self.relative.is_some()) + usize::from(self.direction.is_some())
+    fn count(&self) -> usize {
+        1 + usize::from(self.relative) + usize::from(self.direction)
     }
+}
+
+/// Every calibrated threshold the traces hold, each once (the pooled one both before and
+/// after the relative branch's hold): what `auto` compares between lengths.
+fn thresholds(traces: &[Trace]) -> Vec<f64> {
+    let mut all: Vec<f64> = traces
+        .iter()
+        .flatten()
+        .flatten()
+        .flatten()
+        .map(|&(_, t)| t)
+        .collect();
+    all.sort_by(f64::total_cmp);
+    all.dedup();
+    all
 }
 
 /// Adds a start-up phase to the calibrated bundle in `dir` (written again in place) from its
@@ -159,15 +140,13 @@ pub fn add_startup(
     };
     let records = eval::run_tuning_drives(drives, &opts, progress)?;
     // Per drive, each scored frame's branches as the phase counts them.
-    let calibrated = Calibrated::of(&c);
+    let branches = Branches::of(&c);
     let mut traces: Vec<Trace> = vec![vec![]; drives.len()];
     for f in records.iter().filter(|f| f.alarm_ratio.is_some()) {
-        let t = traces[f.input].len();
-        traces[f.input].push(calibrated.frame(t, f.cusum, f.relative_cusum, f.direction_cusum));
+        traces[f.input].push(branches.frame(f));
     }
     let allowed = guarantee.drives_over();
-    let branches = calibrated.branches();
-    let floor = startup::floor(branches, c.target_false_alarm_rate);
+    let floor = startup::floor(branches.count(), c.target_false_alarm_rate);
     // The length's certification: `auto` has it from weighing every length.
     let (chosen, weighed) = match frames {
         StartupFrames::Fixed(n) => {
@@ -182,14 +161,8 @@ pub fn add_startup(
         }
         StartupFrames::Auto => {
             let candidates: Vec<usize> = AUTO_CANDIDATES.map(|k| k * AUTO_STEP).collect();
-            startup::shortest(
-                &traces,
-                &candidates,
-                allowed,
-                floor,
-                &calibrated.thresholds(),
-            )
-            .ok_or_else(|| Error::Input("no start-up length to weigh".into()))?
+            startup::shortest(&traces, &candidates, allowed, floor, &thresholds(&traces))
+                .ok_or_else(|| Error::Input("no start-up length to weigh".into()))?
         }
     };
     let section = StartupSection {
@@ -214,47 +187,59 @@ pub fn add_startup(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vae_ood_core::detection::relative::{Baseline, BaselineParams};
 
-    /// The pooled threshold takes its share exactly where the monitor's does: once the
-    /// relative branch's hold is over, not when that branch's first step comes (with its first
-    /// baseline, after `window` frames). Session 43's first certification took the latter and
-    /// certified the teacher's phase against thresholds it never runs at.
+    /// Each frame's branches come from the record's own thresholds, in the bundle's layout,
+    /// and `auto` compares every threshold the traces hold once.
     #[test]
-    fn the_pooled_share_starts_where_the_monitors_does() {
-        let params = BaselineParams {
-            window: 3,
-            gap: 2,
-            hold: Some(8),
+    fn frames_read_the_thresholds_the_monitor_had_in_force() {
+        let record = |cusum: f64, threshold: f64| eval::FrameRecord {
+            input: 0,
+            index: 0,
+            stamp_ns: 0,
+            ood: false,
+            ood_type: String::new(),
+            score: Some(1.0),
+            p_value: Some(0.5),
+            log_martingale: Some(0.0),
+            cusum: Some(cusum),
+            state: vae_ood_core::monitor::MonitorState::Ok,
+            fault: None,
+            decode_ms: 0.0,
+            preprocess_ms: 0.0,
+            inference_ms: 0.0,
+            kl_horizontal: None,
+            kl_vertical: None,
+            branch_ratio: None,
+            relative_cusum: None,
+            alarm_ratio: Some(0.1),
+            posterior_tail: None,
+            extra_tail: None,
+            direction_cusum: Some(2.0),
+            threshold: Some(threshold),
+            relative_threshold: None,
+            direction_threshold: Some(5.0),
         };
-        let c = Calibrated {
-            pooled: 10.0,
-            relative: Some((20.0, 4.0, params.hold())),
-            direction: Some(5.0),
+        let b = Branches {
+            relative: true,
+            direction: true,
         };
-        let mut baseline = Baseline::new(params);
-        let mut first_step = None;
-        for t in 0..12 {
-            let shared = !baseline.holding();
-            assert_eq!(
-                c.pooled_at(t),
-                if shared { 40.0 } else { 10.0 },
-                "frame {t}"
-            );
-            if baseline.push(t as f64).is_some() {
-                first_step.get_or_insert(t);
-            }
-        }
         assert_eq!(
-            first_step,
-            Some(3),
-            "the relative branch steps long before the hold ends"
-        );
-        assert_eq!(
-            c.frame(9, Some(1.0), None, Some(2.0)),
+            b.frame(&record(1.0, 40.0)),
             vec![Some((1.0, 40.0)), None, Some((2.0, 5.0))]
         );
-        assert_eq!(c.thresholds(), vec![10.0, 40.0, 20.0, 5.0]);
-        assert_eq!(c.branches(), 3);
+        assert_eq!(b.count(), 3);
+        let only_pooled = Branches {
+            relative: false,
+            direction: false,
+        };
+        assert_eq!(
+            only_pooled.frame(&record(1.0, 10.0)),
+            vec![Some((1.0, 10.0))]
+        );
+        let traces = vec![
+            vec![b.frame(&record(1.0, 10.0)), b.frame(&record(3.0, 40.0))],
+            vec![b.frame(&record(0.5, 10.0))],
+        ];
+        assert_eq!(thresholds(&traces), vec![5.0, 10.0, 40.0]);
     }
 }

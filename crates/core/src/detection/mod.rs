@@ -124,8 +124,12 @@ pub struct Step {
     pub cusum: f64,
     /// True once the window holds `window` p-values.
     pub window_full: bool,
-    /// `cusum > cusum_threshold` (only once the window is full).
+    /// `cusum > threshold` (only once the window is full).
     pub alarm: bool,
+    /// The threshold in force at this step: what a reader of the step (the monitor's alarm
+    /// ratio, the start-up phase's certification) compares S with, so that none of them has to
+    /// rebuild when which threshold applies.
+    pub threshold: f64,
 }
 
 /// Score -> p-value -> log M -> S, one frame at a time.
@@ -218,6 +222,7 @@ impl SequentialDetector {
             cusum,
             window_full,
             alarm: window_full && cusum > self.params.cusum_threshold,
+            threshold: self.params.cusum_threshold,
         }
     }
 

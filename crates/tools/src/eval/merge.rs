@@ -21,12 +21,16 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
     let mut lines = text.lines();
     // Before session 17 the file ended at inference_ms (no branch columns), before session 21
     // at branch_ratio (no relative-branch columns), before session 25 at alarm_ratio (no tail
-    // columns), before session 35 at extra_tail (no direction column).
-    let before_direction = report::CSV_HEADER.strip_suffix(report::CSV_DIRECTION_COLUMNS);
+    // columns), before session 35 at extra_tail (no direction column), before session 44 at
+    // direction_cusum (no threshold columns).
+    let before_thresholds = report::CSV_HEADER.strip_suffix(report::CSV_THRESHOLD_COLUMNS);
+    let before_direction =
+        before_thresholds.and_then(|b| b.strip_suffix(report::CSV_DIRECTION_COLUMNS));
     let before_tails = before_direction.and_then(|b| b.strip_suffix(report::CSV_TAIL_COLUMNS));
     let before_relative = before_tails.and_then(|b| b.strip_suffix(report::CSV_RELATIVE_COLUMNS));
     let fields = match lines.next() {
-        Some(report::CSV_HEADER) => 22,
+        Some(report::CSV_HEADER) => 25,
+        Some(h) if before_thresholds == Some(h) => 22,
         Some(h) if before_direction == Some(h) => 21,
         Some(h) if before_tails == Some(h) => 19,
         Some(h) if before_relative == Some(h) => 17,
@@ -90,6 +94,9 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
                 posterior_tail: if fields > 19 { opt(19)? } else { None },
                 extra_tail: if fields > 19 { opt(20)? } else { None },
                 direction_cusum: if fields > 21 { opt(21)? } else { None },
+                threshold: if fields > 22 { opt(22)? } else { None },
+                relative_threshold: if fields > 22 { opt(23)? } else { None },
+                direction_threshold: if fields > 22 { opt(24)? } else { None },
             })
         })
         .collect()
@@ -211,6 +218,9 @@ mod tests {
             posterior_tail: Some(3.5),
             extra_tail: Some(1.25),
             direction_cusum: Some(6.5),
+            threshold: Some(11.5),
+            relative_threshold: None,
+            direction_threshold: Some(9.25),
         };
         report::write_csv(&path, std::slice::from_ref(&f)).unwrap();
         let back = read_csv(&path).unwrap();
@@ -236,8 +246,30 @@ mod tests {
                 Some(6.5)
             )
         );
+        assert_eq!(
+            (
+                back[0].threshold,
+                back[0].relative_threshold,
+                back[0].direction_threshold
+            ),
+            (Some(11.5), None, Some(9.25))
+        );
+        // One written before the threshold columns (session 43).
+        let s43_header = report::CSV_HEADER
+            .strip_suffix(report::CSV_THRESHOLD_COLUMNS)
+            .unwrap();
+        std::fs::write(
+            &path,
+            format!("{s43_header}\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0,1,2,12.5,4,1.25,,0.75,3.5,1.25,6.5\n"),
+        )
+        .unwrap();
+        let s43 = read_csv(&path).unwrap();
+        assert_eq!(
+            (s43[0].direction_cusum, s43[0].threshold),
+            (Some(6.5), None)
+        );
         // One written before the direction column (session 34).
-        let s34_header = report::CSV_HEADER
+        let s34_header = s43_header
             .strip_suffix(report::CSV_DIRECTION_COLUMNS)
             .unwrap();
         std::fs::write(

@@ -79,6 +79,12 @@ pub struct FrameRecord {
     pub extra_tail: Option<f64>,
     /// Bundles with a direction branch: its S.
     pub direction_cusum: Option<f64>,
+    /// Each branch's threshold in force at this frame (pooled, relative, direction), beside
+    /// its S: what the start-up phase's certification reads, so that it never rebuilds when
+    /// the monitor applies which threshold.
+    pub threshold: Option<f64>,
+    pub relative_threshold: Option<f64>,
+    pub direction_threshold: Option<f64>,
 }
 
 /// What happened to one input.
@@ -413,6 +419,9 @@ fn record(
         posterior_tail: v.tail_scores.map(|t| t[0]),
         extra_tail: v.tail_scores.map(|t| t[1]),
         direction_cusum: v.direction.map(|s| s.cusum),
+        threshold: v.step.map(|s| s.threshold),
+        relative_threshold: v.relative.map(|s| s.threshold),
+        direction_threshold: v.direction.map(|s| s.threshold),
     }
 }
 

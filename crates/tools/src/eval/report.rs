@@ -390,7 +390,7 @@ pub fn build(
 
 /// The columns of `frames.csv` ([`CSV_BRANCH_COLUMNS`]: flow detectors' branches, empty
 /// otherwise; [`CSV_TAIL_COLUMNS`]: the score's parts, empty unless it has two).
-pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio,posterior_tail,extra_tail,direction_cusum";
+pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio,posterior_tail,extra_tail,direction_cusum,threshold,relative_threshold,direction_threshold";
 
 /// The columns session 17 appended to `frames.csv`; files written before end without them.
 pub const CSV_BRANCH_COLUMNS: &str = ",kl_horizontal,kl_vertical,branch_ratio";
@@ -407,6 +407,10 @@ pub const CSV_TAIL_COLUMNS: &str = ",posterior_tail,extra_tail";
 /// it.
 pub const CSV_DIRECTION_COLUMNS: &str = ",direction_cusum";
 
+/// The columns session 44 appended (each branch's threshold in force); files written before
+/// end without them.
+pub const CSV_THRESHOLD_COLUMNS: &str = ",threshold,relative_threshold,direction_threshold";
+
 pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Result<()> {
     use std::io::Write;
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -415,7 +419,7 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
     for f in frames {
         writeln!(
             w,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{},{}",
             f.input,
             f.index,
             f.stamp_ns,
@@ -437,7 +441,10 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
             o(f.alarm_ratio),
             o(f.posterior_tail),
             o(f.extra_tail),
-            o(f.direction_cusum)
+            o(f.direction_cusum),
+            o(f.threshold),
+            o(f.relative_threshold),
+            o(f.direction_threshold)
         )?;
     }
     w.flush()
@@ -504,6 +511,9 @@ mod tests {
             direction_cusum: None,
             posterior_tail: None,
             extra_tail: None,
+            threshold: None,
+            relative_threshold: None,
+            direction_threshold: None,
         }
     }
 
