@@ -7,7 +7,7 @@ use crate::eval;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{Bundle, GENTLE_STARTUP_FORMAT_VERSION};
-use vae_ood_core::detection::startup::{self, StartupSection, Trace, Weighed};
+use vae_ood_core::detection::startup::{self, BranchStep, StartupSection, Trace, Weighed};
 use vae_ood_core::encoder::BackendOptions;
 use vae_ood_core::monitor::MonitorConfig;
 
@@ -68,13 +68,16 @@ impl Branches {
     /// relative branch's hold), `None` without a step. Read from the record, never rebuilt:
     /// session 43's first certification rebuilt when the pooled share starts, got it wrong,
     /// and certified the teacher's phase against thresholds the monitor never runs at.
-    fn frame(&self, f: &eval::FrameRecord) -> Vec<Option<(f64, f64)>> {
-        let mut branches = vec![f.cusum.zip(f.threshold)];
+    fn frame(&self, f: &eval::FrameRecord) -> Vec<Option<BranchStep>> {
+        let step = |s: Option<f64>, t: Option<f64>| {
+            s.zip(t).map(|(s, threshold)| BranchStep { s, threshold })
+        };
+        let mut branches = vec![step(f.cusum, f.threshold)];
         if self.relative {
-            branches.push(f.relative_cusum.zip(f.relative_threshold));
+            branches.push(step(f.relative_cusum, f.relative_threshold));
         }
         if self.direction {
-            branches.push(f.direction_cusum.zip(f.direction_threshold));
+            branches.push(step(f.direction_cusum, f.direction_threshold));
         }
         branches
     }
@@ -93,7 +96,7 @@ fn thresholds(traces: &[Trace]) -> Vec<f64> {
         .flatten()
         .flatten()
         .flatten()
-        .map(|&(_, t)| t)
+        .map(|st| st.threshold)
         .collect();
     all.sort_by(f64::total_cmp);
     all.dedup();
@@ -223,19 +226,17 @@ mod tests {
             relative: true,
             direction: true,
         };
+        let step = |s, threshold| Some(BranchStep { s, threshold });
         assert_eq!(
             b.frame(&record(1.0, 40.0)),
-            vec![Some((1.0, 40.0)), None, Some((2.0, 5.0))]
+            vec![step(1.0, 40.0), None, step(2.0, 5.0)]
         );
         assert_eq!(b.count(), 3);
         let only_pooled = Branches {
             relative: false,
             direction: false,
         };
-        assert_eq!(
-            only_pooled.frame(&record(1.0, 10.0)),
-            vec![Some((1.0, 10.0))]
-        );
+        assert_eq!(only_pooled.frame(&record(1.0, 10.0)), vec![step(1.0, 10.0)]);
         let traces = vec![
             vec![b.frame(&record(1.0, 10.0)), b.frame(&record(3.0, 40.0))],
             vec![b.frame(&record(0.5, 10.0))],

@@ -103,10 +103,19 @@ fn fall(calibrated: f64, scale: f64, floor: f64) -> f64 {
     }
 }
 
-/// One tuning drive as the phase sees it: per scored frame, each branch's S (unbounded) and its
-/// calibrated threshold in force at that frame (before the phase), or `None` where the branch
-/// gave no step (a baseline filling, a frame without texture). Branches keep their order.
-pub type Trace = Vec<Vec<Option<(f64, f64)>>>;
+/// One branch's step on one frame, as the phase reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BranchStep {
+    /// S, unbounded (no ceiling).
+    pub s: f64,
+    /// The calibrated threshold in force at that frame (before the phase lowers it).
+    pub threshold: f64,
+}
+
+/// One tuning drive as the phase sees it: per scored frame, each branch's step, or `None` where
+/// the branch gave no step (a baseline filling, a frame without texture). Branches keep their
+/// order.
+pub type Trace = Vec<Vec<Option<BranchStep>>>;
 
 /// Whether a drive alarms after its first `frames` frames at the cruise thresholds of `scale`
 /// and `floor`, with the phase's gentle end ([`StartupSection::end_ratio`]): as the stream
@@ -120,13 +129,15 @@ fn alarms_in_cruise(trace: &Trace, frames: usize, scale: f64, floor: f64) -> boo
         let (mut s, mut gentle, mut calibrated) = (0.0, 0.0, f64::NAN);
         for (t, frame) in trace.iter().enumerate() {
             let step = frame.get(b).copied().flatten();
-            if let Some((_, c)) = step {
-                calibrated = c;
+            if let Some(st) = step {
+                calibrated = st.threshold;
             }
             if t == frames && calibrated.is_finite() {
                 gentle = s * fall(calibrated, scale, floor);
             }
-            let Some((now, _)) = step else { continue };
+            let Some(BranchStep { s: now, .. }) = step else {
+                continue;
+            };
             gentle = if now > 0.0 {
                 (gentle + now - s).max(0.0)
             } else {
@@ -146,7 +157,7 @@ fn alarms_in_start_up(trace: &Trace, frames: usize) -> bool {
     trace
         .iter()
         .take(frames)
-        .any(|f| f.iter().flatten().any(|&(s, t)| s > t))
+        .any(|f| f.iter().flatten().any(|st| st.s > st.threshold))
 }
 
 /// The smallest scale at which a drive that kept quiet through the start-up stays quiet after
@@ -248,6 +259,10 @@ pub fn shortest(
 mod tests {
     use super::*;
 
+    fn step(s: f64, threshold: f64) -> Option<BranchStep> {
+        Some(BranchStep { s, threshold })
+    }
+
     fn section(frames: u64, cruise_scale: f64, floor: f64) -> StartupSection {
         StartupSection {
             frames,
@@ -292,7 +307,7 @@ mod tests {
 
     /// One branch at a calibrated threshold of 10 (no floor to speak of).
     fn one_branch(s: &[f64]) -> Trace {
-        s.iter().map(|&x| vec![Some((x, 10.0))]).collect()
+        s.iter().map(|&x| vec![step(x, 10.0)]).collect()
     }
 
     /// Equal but for the certification's margin of 1e-9.
@@ -348,10 +363,10 @@ mod tests {
     #[test]
     fn branches_without_a_step_keep_their_s_and_each_has_its_threshold() {
         let t: Trace = vec![
-            vec![Some((1.0, 10.0)), None],
-            vec![Some((2.0, 10.0)), Some((3.0, 4.0))],
-            vec![Some((0.0, 10.0)), None],
-            vec![Some((0.0, 10.0)), Some((4.5, 4.0))],
+            vec![step(1.0, 10.0), None],
+            vec![step(2.0, 10.0), step(3.0, 4.0)],
+            vec![step(0.0, 10.0), None],
+            vec![step(0.0, 10.0), step(4.5, 4.0)],
         ];
         // The first branch falls to 0. The second carries 3 x scale through frame 2 (no step
         // there) and gains 1.5 at frame 3: over its own 4 x scale at every scale.
