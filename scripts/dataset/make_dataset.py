@@ -238,24 +238,25 @@ LONG = four_map_clear(range(3500, 3512))
 # 4way, a map no detector has seen (chosen for having only the training maps' textures, so that
 # it tests generalisation to new scenes rather than new objects). Hashes: data/testset.sha256.
 OOD_TYPES = ("brightness", "rain", "fog", "snow", "motion_blur", "noise", "occlusion")
-TESTSET = [
-    (f"ood_{c}_{m}_s{seed}", m, seed, "test", c, "middle")
-    for seed, (m, c) in enumerate([(m, c) for c in OOD_TYPES for m in MAPS], start=300)
-] + [
-    (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
-    for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=321)
-]
+
+
+def testset_layout(first_seed):
+    """A test set's drives from `first_seed` on: one per OOD type and map (OOD in the middle
+    half), then two clear drives per map and two on 4way (29 seeds)."""
+    ood = [(m, c) for c in OOD_TYPES for m in MAPS]
+    clear = [m for m in MAPS + ("4way",) for _ in range(2)]
+    return [(f"ood_{c}_{m}_s{seed}", m, seed, "test", c, "middle")
+            for seed, (m, c) in enumerate(ood, start=first_seed)] + [
+        (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
+        for seed, m in enumerate(clear, start=first_seed + len(ood))]
+
+
+TESTSET = testset_layout(300)
 # A second test set (`make testset2-data`, session 44), laid out as the first (one drive per OOD
 # type and map in its middle half, two clear drives per map and on 4way), seeds 3700-3728 never
 # used, hashes recorded before any figure: the first test set has been read by every session
 # since 7, so a change is also reported on drives nobody has looked at.
-TESTSET2 = [
-    (f"ood_{c}_{m}_s{seed}", m, seed, "test", c, "middle")
-    for seed, (m, c) in enumerate([(m, c) for c in OOD_TYPES for m in MAPS], start=3700)
-] + [
-    (f"id_{m}_s{seed}", m, seed, "test", "clear", "whole")
-    for seed, m in enumerate([m for m in MAPS + ("4way",) for _ in range(2)], start=3721)
-]
+TESTSET2 = testset_layout(3700)
 # The optical-flow detector's drives (issue 18, session 12), seeds 600-651 never used before,
 # fixed before any figure on them: OOD types whose signal is motion. Validation (`make
 # flow-validation-data`, 300 frames, OOD from mid-drive): camera shake, abnormal speed and

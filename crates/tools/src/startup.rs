@@ -196,31 +196,12 @@ mod tests {
     #[test]
     fn frames_read_the_thresholds_the_monitor_had_in_force() {
         let record = |cusum: f64, threshold: f64| eval::FrameRecord {
-            input: 0,
-            index: 0,
-            stamp_ns: 0,
-            ood: false,
-            ood_type: String::new(),
-            score: Some(1.0),
-            p_value: Some(0.5),
-            log_martingale: Some(0.0),
             cusum: Some(cusum),
-            state: vae_ood_core::monitor::MonitorState::Ok,
-            fault: None,
-            decode_ms: 0.0,
-            preprocess_ms: 0.0,
-            inference_ms: 0.0,
-            kl_horizontal: None,
-            kl_vertical: None,
-            branch_ratio: None,
-            relative_cusum: None,
-            alarm_ratio: Some(0.1),
-            posterior_tail: None,
-            extra_tail: None,
-            direction_cusum: Some(2.0),
             threshold: Some(threshold),
-            relative_threshold: None,
+            alarm_ratio: Some(0.1),
+            direction_cusum: Some(2.0),
             direction_threshold: Some(5.0),
+            ..eval::report::tests::fr(0, false, vae_ood_core::monitor::MonitorState::Ok)
         };
         let b = Branches {
             relative: true,

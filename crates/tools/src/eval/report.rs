@@ -451,7 +451,7 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -487,7 +487,8 @@ mod tests {
         assert!(Promise::check(4.0 / 79.0, 600, &longer).tail > p.tail);
     }
 
-    fn fr(index: usize, ood: bool, state: MonitorState) -> FrameRecord {
+    /// A frame record with every optional column empty: tests set what they need.
+    pub(crate) fn fr(index: usize, ood: bool, state: MonitorState) -> FrameRecord {
         FrameRecord {
             input: 0,
             index,
