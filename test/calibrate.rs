@@ -1278,8 +1278,8 @@ fn a_start_up_phase_beside_a_relative_branch_is_certified_as_the_monitor_runs() 
     let out = tempfile::tempdir().unwrap();
     // The phase is certified (and the monitor run) on the tuning drives and a drive noisy from
     // its first frame, which alarms inside the start-up: the section must count it. (Which
-    // threshold the replay holds the pooled branch to, frame by frame, is `tools::startup`'s
-    // unit test.)
+    // threshold each step records, frame by frame, is the monitor's unit test
+    // `each_step_records_the_threshold_in_force`; the certification reads those.)
     let drives: Vec<PathBuf> = STARTUP_TUNE
         .iter()
         .chain(&["ood_noise_small_loop_s8"])

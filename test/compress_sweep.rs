@@ -247,8 +247,8 @@ fn an_encoder_only_teacher_is_a_clear_error() {
 /// does at most half the teacher's arithmetic.
 #[test]
 fn the_shipped_compressed_detectors_are_what_their_sweep_reports_say() {
-    // models/compressed was recalibrated after its sweep (scripts/calibrate_compressed.sh;
-    // since session 44 with its own decay).
+    // models/compressed was recalibrated after its sweep by scripts/calibrate_compressed.sh,
+    // which may give it a decay of its own (session 44 tried one and did not ship it).
     shipped_student_is_its_reports(
         "models/compressed",
         "models/default",

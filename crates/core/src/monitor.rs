@@ -1572,6 +1572,82 @@ mod tests {
     /// A stream whose clear frames score low against the pooled calibration: a shift that lifts
     /// them to an ordinary pooled level alarms on the relative branch only; the pooled branch
     /// runs at its own threshold until the baseline exists, then at its share.
+    /// Each step records the threshold it was judged at, frame by frame, with a start-up phase
+    /// and a relative hold that outlasts the relative branch's first baseline (as
+    /// `models/default`'s 360 frames against its 60): the pooled share starts where
+    /// `Baseline::holding` ends, not at that first step. The start-up certification reads these
+    /// thresholds (session 43's first certification rebuilt them and took the wrong frame).
+    #[test]
+    fn each_step_records_the_threshold_in_force() {
+        use crate::detection::relative::BaselineParams;
+        let params = PipelineParams {
+            window: 1,
+            epsilon_grid: 100,
+            decay: 1.0,
+            cusum_threshold: THRESHOLD,
+        };
+        let cal = Calibration::new((0..100).map(f64::from).collect()).unwrap();
+        let baseline = BaselineParams {
+            window: 5,
+            gap: 5,
+            hold: Some(20),
+        };
+        let startup = StartupSection {
+            frames: 8,
+            cruise_scale: 0.5,
+            floor: 1.0,
+            tuning_drives_alarmed: 0,
+            tuning_drives_allowed: 1,
+        };
+        let mut s = Sequential {
+            detector: SequentialDetector::new(cal.clone(), params.clone()).unwrap(),
+            pooled_threshold: THRESHOLD,
+            relative: Some(RelativeBranch {
+                baseline: Baseline::new(baseline),
+                threshold: 8.0,
+                detector: SequentialDetector::new(
+                    cal,
+                    PipelineParams {
+                        cusum_threshold: 8.0,
+                        ..params
+                    },
+                )
+                .unwrap(),
+                pooled_scale: 4.0,
+            }),
+            direction: None,
+            startup: Some(startup),
+            scored: 0,
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        };
+        let mut reference = Baseline::new(baseline);
+        let (mut first_relative, mut first_shared) = (None, None);
+        for t in 0..30u64 {
+            let shared = !reference.holding();
+            reference.push(50.0);
+            let j = s.step(50.0, None);
+            let pooled = if shared { THRESHOLD * 4.0 } else { THRESHOLD };
+            assert_eq!(
+                j.pooled.threshold,
+                startup.threshold(pooled, t),
+                "frame {t}"
+            );
+            if let Some(r) = j.relative {
+                assert_eq!(r.threshold, startup.threshold(8.0, t), "frame {t}");
+                first_relative.get_or_insert(t);
+            }
+            if shared {
+                first_shared.get_or_insert(t);
+            }
+        }
+        // The case that matters: the relative branch steps well before the share starts.
+        assert!(
+            first_relative.unwrap() + 5 < first_shared.unwrap(),
+            "{first_relative:?} {first_shared:?}"
+        );
+    }
+
     #[test]
     fn the_relative_branch_sees_a_shift_against_the_streams_own_past() {
         use crate::detection::relative::BaselineParams;

@@ -88,15 +88,33 @@ impl Branches {
     }
 }
 
-/// Every calibrated threshold the traces hold, each once (the pooled one both before and
-/// after the relative branch's hold): what `auto` compares between lengths.
-fn thresholds(traces: &[Trace]) -> Vec<f64> {
+/// A bundle's own calibrated thresholds: the pooled one before and after the relative branch's
+/// share, the relative and direction ones (values only; when each applies is read from the
+/// traces).
+fn own_thresholds(c: &vae_ood_core::bundle::CalibrationSection) -> Vec<f64> {
+    let pooled = c.pipeline.cusum_threshold;
+    [
+        Some(pooled),
+        c.relative.as_ref().map(|r| pooled * r.pooled_scale),
+        c.relative.as_ref().map(|r| r.cusum_threshold),
+        c.direction.as_ref().map(|d| d.pipeline.cusum_threshold),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Every calibrated threshold, each once: those the traces hold and the bundle's `own`, so that
+/// one no tuning drive reached (a hold longer than every drive, a branch that never stepped) is
+/// still compared. What `auto` compares between lengths.
+fn thresholds(traces: &[Trace], own: &[f64]) -> Vec<f64> {
     let mut all: Vec<f64> = traces
         .iter()
         .flatten()
         .flatten()
         .flatten()
         .map(|st| st.threshold)
+        .chain(own.iter().copied())
         .collect();
     all.sort_by(f64::total_cmp);
     all.dedup();
@@ -164,8 +182,14 @@ pub fn add_startup(
         }
         StartupFrames::Auto => {
             let candidates: Vec<usize> = AUTO_CANDIDATES.map(|k| k * AUTO_STEP).collect();
-            startup::shortest(&traces, &candidates, allowed, floor, &thresholds(&traces))
-                .ok_or_else(|| Error::Input("no start-up length to weigh".into()))?
+            startup::shortest(
+                &traces,
+                &candidates,
+                allowed,
+                floor,
+                &thresholds(&traces, &own_thresholds(&c)),
+            )
+            .ok_or_else(|| Error::Input("no start-up length to weigh".into()))?
         }
     };
     let section = StartupSection {
@@ -192,7 +216,7 @@ mod tests {
     use super::*;
 
     /// Each frame's branches come from the record's own thresholds, in the bundle's layout,
-    /// and `auto` compares every threshold the traces hold once.
+    /// and `auto` compares every threshold once, the traces' and the bundle's.
     #[test]
     fn frames_read_the_thresholds_the_monitor_had_in_force() {
         let record = |cusum: f64, threshold: f64| eval::FrameRecord {
@@ -222,6 +246,11 @@ mod tests {
             vec![b.frame(&record(1.0, 10.0)), b.frame(&record(3.0, 40.0))],
             vec![b.frame(&record(0.5, 10.0))],
         ];
-        assert_eq!(thresholds(&traces), vec![5.0, 10.0, 40.0]);
+        assert_eq!(thresholds(&traces, &[10.0, 40.0]), vec![5.0, 10.0, 40.0]);
+        // A share no tuning drive reached (its hold outlasts them) is compared all the same.
+        assert_eq!(
+            thresholds(&traces[1..], &[10.0, 40.0, 5.0]),
+            vec![5.0, 10.0, 40.0]
+        );
     }
 }
