@@ -277,10 +277,25 @@ impl Ctx {
                     None => String::new(),
                 };
                 let startup = match monitor.startup() {
-                    Some(s) => format!(
-                        "; start-up phase: {} frames, then every threshold x{:.4} (never under {:.2}; S falls with it)",
-                        s.frames, s.cruise_scale, s.floor
-                    ),
+                    Some(s) => {
+                        // Every threshold the phase lowers, as loaded (the phase has not begun).
+                        let mut calibrated: Vec<f64> = monitor
+                            .pipeline()
+                            .map(|p| p.cusum_threshold)
+                            .into_iter()
+                            .collect();
+                        if let Some((t, scale)) = monitor.relative_split() {
+                            let shared = calibrated.first().map(|p| p * scale);
+                            calibrated.extend(shared);
+                            calibrated.push(t);
+                        }
+                        calibrated.extend(monitor.direction_threshold());
+                        format!(
+                            "; start-up phase: {} frames, then {} (S falls with it)",
+                            s.frames,
+                            s.describe_cruise(&calibrated)
+                        )
+                    }
                     None => String::new(),
                 };
                 let decision = match monitor.pipeline() {

@@ -231,7 +231,15 @@ def test_start_up_phase_runs_unless_turned_off(ros, on):
     st = yaml.safe_load((bundle / "manifest.yaml").read_text())["calibration"]["startup"]
     line = start_up_line(f"vae_ood_params_startup_{int(on)}_{UID}", bundle,
                          {} if on else {"startup_phase": "false"})
-    said = f"start-up phase: {st['frames']} frames, then every threshold x{st['cruise_scale']:.4f} (never under {st['floor']:.2f}; S falls with it)"
+    c = yaml.safe_load((bundle / "manifest.yaml").read_text())["calibration"]
+    pooled = c["pipeline"]["cusum_threshold"]
+    calibrated = [pooled] + ([pooled * c["relative"]["pooled_scale"], c["relative"]["cusum_threshold"]] if c.get("relative") else []) \
+        + ([c["direction"]["pipeline"]["cusum_threshold"]] if c.get("direction") else [])
+    if all(max(t * st["cruise_scale"], st["floor"]) == st["floor"] for t in calibrated):
+        cruise = f"every threshold at the floor of {st['floor']:.2f}"  # the student's (scale 2.2e-308)
+    else:
+        cruise = f"every threshold x{st['cruise_scale']:.4f}, never under {st['floor']:.2f}"
+    said = f"start-up phase: {st['frames']} frames, then {cruise} (S falls with it)"
     assert (said in line) is on, line
     assert ("start-up phase" in line) is on, line
 

@@ -355,28 +355,25 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if let Some(st) = &c.startup {
-        // Every calibrated threshold the phase lowers: when the scale takes all of them under
-        // the floor, "x0.0000" would hide that the floor is what runs.
-        let calibrated = [
+        // Every calibrated threshold the phase lowers.
+        let calibrated: Vec<f64> = [
             Some(c.pipeline.cusum_threshold),
             c.relative
                 .as_ref()
                 .map(|r| c.pipeline.cusum_threshold * r.pooled_scale),
             c.relative.as_ref().map(|r| r.cusum_threshold),
             c.direction.as_ref().map(|d| d.pipeline.cusum_threshold),
-        ];
-        let cruise = if calibrated
-            .iter()
-            .flatten()
-            .all(|&t| st.threshold(t, st.frames) == st.floor)
-        {
-            format!("every threshold at the floor of {:.2}", st.floor)
-        } else {
-            format!("x{:.4} (never under {:.2})", st.cruise_scale, st.floor)
-        };
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         println!(
-            "start-up phase    {} frames at these thresholds, then {cruise}; {} of {} tuning drives alarm, {} allowed",
-            st.frames, st.tuning_drives_alarmed, g.drives, st.tuning_drives_allowed
+            "start-up phase    {} frames at these thresholds, then {}; {} of {} tuning drives alarm, {} allowed",
+            st.frames,
+            st.describe_cruise(&calibrated),
+            st.tuning_drives_alarmed,
+            g.drives,
+            st.tuning_drives_allowed
         );
     }
     println!(

@@ -49,6 +49,24 @@ impl StartupSection {
         }
     }
 
+    /// The cruise thresholds in words, given every calibrated threshold the phase lowers: the
+    /// scale, or the floor where the scale takes all of them under it (the student's scale of
+    /// 2.2e-308 printed as "x0.0000" hid that the floor is what runs).
+    pub fn describe_cruise(&self, calibrated: &[f64]) -> String {
+        let at_floor = !calibrated.is_empty()
+            && calibrated
+                .iter()
+                .all(|&t| cruising(t, self.cruise_scale, self.floor) == self.floor);
+        if at_floor {
+            format!("every threshold at the floor of {:.2}", self.floor)
+        } else {
+            format!(
+                "every threshold x{:.4}, never under {:.2}",
+                self.cruise_scale, self.floor
+            )
+        }
+    }
+
     /// The gentle end: as a stream leaves the start-up, each branch's S is multiplied by this
     /// (its threshold's fall, at most 1), so that its alarm ratio carries over unchanged.
     /// Evidence gathered under the start-up's thresholds (a start still settling) then cannot
@@ -271,6 +289,23 @@ mod tests {
             tuning_drives_alarmed: 0,
             tuning_drives_allowed: 1,
         }
+    }
+
+    #[test]
+    fn the_cruise_is_described_by_its_floor_where_the_scale_takes_every_threshold_under_it() {
+        let s = section(3, 0.25, 5.0);
+        assert_eq!(
+            s.describe_cruise(&[40.0, 12.0]),
+            "every threshold x0.2500, never under 5.00"
+        );
+        assert_eq!(
+            s.describe_cruise(&[20.0, 12.0]),
+            "every threshold at the floor of 5.00"
+        );
+        assert_eq!(
+            section(3, 2.2e-308, 9.9).describe_cruise(&[21.4]),
+            "every threshold at the floor of 9.90"
+        );
     }
 
     #[test]
