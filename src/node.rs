@@ -276,27 +276,12 @@ impl Ctx {
                     Some(t) => format!("; direction branch: threshold {t}"),
                     None => String::new(),
                 };
-                let startup = match monitor.startup() {
-                    Some(s) => {
-                        // Every threshold the phase lowers, as loaded (the phase has not begun).
-                        let mut calibrated: Vec<f64> = monitor
-                            .pipeline()
-                            .map(|p| p.cusum_threshold)
-                            .into_iter()
-                            .collect();
-                        if let Some((t, scale)) = monitor.relative_split() {
-                            let shared = calibrated.first().map(|p| p * scale);
-                            calibrated.extend(shared);
-                            calibrated.push(t);
-                        }
-                        calibrated.extend(monitor.direction_threshold());
-                        format!(
-                            "; start-up phase: {} frames, then {} (S falls with it)",
-                            s.frames,
-                            s.describe_cruise(&calibrated)
-                        )
-                    }
-                    None => String::new(),
+                let startup = match (monitor.startup(), monitor.describe_cruise()) {
+                    (Some(s), Some(cruise)) => format!(
+                        "; start-up phase: {} frames, then {cruise} (S falls with it)",
+                        s.frames
+                    ),
+                    _ => String::new(),
                 };
                 let decision = match monitor.pipeline() {
                     Some(p) => format!(

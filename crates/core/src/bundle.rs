@@ -129,6 +129,20 @@ pub struct RelativeSection {
     pub scores: Vec<f64>,
 }
 
+impl CalibrationSection {
+    /// Every calibrated threshold the start-up phase lowers
+    /// ([`crate::detection::startup::calibrated_thresholds`]).
+    pub fn startup_thresholds(&self) -> Vec<f64> {
+        crate::detection::startup::calibrated_thresholds(
+            self.pipeline.cusum_threshold,
+            self.relative
+                .as_ref()
+                .map(|r| (r.cusum_threshold, r.pooled_scale)),
+            self.direction.as_ref().map(|d| d.pipeline.cusum_threshold),
+        )
+    }
+}
+
 impl RelativeSection {
     pub fn validate(&self) -> Result<(), crate::detection::DetectionError> {
         self.baseline.validate()?;

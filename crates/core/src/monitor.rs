@@ -873,6 +873,19 @@ impl Monitor {
         self.sequential.as_ref()?.startup
     }
 
+    /// The start-up phase's cruise thresholds in words ([`StartupSection::describe_cruise`]),
+    /// judged on the thresholds as this monitor runs them (scaled as its floor is), when it
+    /// runs one.
+    pub fn describe_cruise(&self) -> Option<String> {
+        let s = self.sequential.as_ref()?;
+        let calibrated = crate::detection::startup::calibrated_thresholds(
+            s.pooled_threshold,
+            s.relative.as_ref().map(|r| (r.threshold, r.pooled_scale)),
+            s.direction.as_ref().map(|d| d.threshold),
+        );
+        Some(s.startup?.describe_cruise(&calibrated))
+    }
+
     /// The direction branch's threshold in force, when it runs.
     pub fn direction_threshold(&self) -> Option<f64> {
         let d = self.sequential.as_ref()?.direction.as_ref()?;
@@ -1569,9 +1582,6 @@ mod tests {
         assert_eq!(s.direction.as_ref().unwrap().detector.cusum(), 0.0);
     }
 
-    /// A stream whose clear frames score low against the pooled calibration: a shift that lifts
-    /// them to an ordinary pooled level alarms on the relative branch only; the pooled branch
-    /// runs at its own threshold until the baseline exists, then at its share.
     /// Each step records the threshold it was judged at, frame by frame, with a start-up phase
     /// and a relative hold that outlasts the relative branch's first baseline (as
     /// `models/default`'s 360 frames against its 60): the pooled share starts where
@@ -1580,13 +1590,7 @@ mod tests {
     #[test]
     fn each_step_records_the_threshold_in_force() {
         use crate::detection::relative::BaselineParams;
-        let params = PipelineParams {
-            window: 1,
-            epsilon_grid: 100,
-            decay: 1.0,
-            cusum_threshold: THRESHOLD,
-        };
-        let cal = Calibration::new((0..100).map(f64::from).collect()).unwrap();
+        let cal: Vec<f64> = (0..100).map(f64::from).collect();
         let baseline = BaselineParams {
             window: 5,
             gap: 5,
@@ -1600,19 +1604,12 @@ mod tests {
             tuning_drives_allowed: 1,
         };
         let mut s = Sequential {
-            detector: SequentialDetector::new(cal.clone(), params.clone()).unwrap(),
+            detector: pipeline(cal.clone(), 1, THRESHOLD),
             pooled_threshold: THRESHOLD,
             relative: Some(RelativeBranch {
                 baseline: Baseline::new(baseline),
                 threshold: 8.0,
-                detector: SequentialDetector::new(
-                    cal,
-                    PipelineParams {
-                        cusum_threshold: 8.0,
-                        ..params
-                    },
-                )
-                .unwrap(),
+                detector: pipeline(cal, 1, 8.0),
                 pooled_scale: 4.0,
             }),
             direction: None,
@@ -1648,6 +1645,9 @@ mod tests {
         );
     }
 
+    /// A stream whose clear frames score low against the pooled calibration: a shift that lifts
+    /// them to an ordinary pooled level alarms on the relative branch only; the pooled branch
+    /// runs at its own threshold until the baseline exists, then at its share.
     #[test]
     fn the_relative_branch_sees_a_shift_against_the_streams_own_past() {
         use crate::detection::relative::BaselineParams;

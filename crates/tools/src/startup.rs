@@ -88,22 +88,6 @@ impl Branches {
     }
 }
 
-/// A bundle's own calibrated thresholds: the pooled one before and after the relative branch's
-/// share, the relative and direction ones (values only; when each applies is read from the
-/// traces).
-fn own_thresholds(c: &vae_ood_core::bundle::CalibrationSection) -> Vec<f64> {
-    let pooled = c.pipeline.cusum_threshold;
-    [
-        Some(pooled),
-        c.relative.as_ref().map(|r| pooled * r.pooled_scale),
-        c.relative.as_ref().map(|r| r.cusum_threshold),
-        c.direction.as_ref().map(|d| d.pipeline.cusum_threshold),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
-}
-
 /// Every calibrated threshold, each once: those the traces hold and the bundle's `own`, so that
 /// one no tuning drive reached (a hold longer than every drive, a branch that never stepped) is
 /// still compared. What `auto` compares between lengths.
@@ -187,7 +171,7 @@ pub fn add_startup(
                 &candidates,
                 allowed,
                 floor,
-                &thresholds(&traces, &own_thresholds(&c)),
+                &thresholds(&traces, &c.startup_thresholds()),
             )
             .ok_or_else(|| Error::Input("no start-up length to weigh".into()))?
         }

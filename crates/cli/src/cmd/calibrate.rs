@@ -355,22 +355,10 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if let Some(st) = &c.startup {
-        // Every calibrated threshold the phase lowers.
-        let calibrated: Vec<f64> = [
-            Some(c.pipeline.cusum_threshold),
-            c.relative
-                .as_ref()
-                .map(|r| c.pipeline.cusum_threshold * r.pooled_scale),
-            c.relative.as_ref().map(|r| r.cusum_threshold),
-            c.direction.as_ref().map(|d| d.pipeline.cusum_threshold),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
         println!(
             "start-up phase    {} frames at these thresholds, then {}; {} of {} tuning drives alarm, {} allowed",
             st.frames,
-            st.describe_cruise(&calibrated),
+            st.describe_cruise(&c.startup_thresholds()),
             st.tuning_drives_alarmed,
             g.drives,
             st.tuning_drives_allowed

@@ -121,6 +121,25 @@ fn fall(calibrated: f64, scale: f64, floor: f64) -> f64 {
     }
 }
 
+/// Every calibrated threshold a start-up phase lowers, from the pooled one, the relative
+/// branch's (its threshold and the pooled threshold's multiplier after its hold) and the
+/// direction branch's: the pooled one before and after its share, then the others.
+pub fn calibrated_thresholds(
+    pooled: f64,
+    relative: Option<(f64, f64)>,
+    direction: Option<f64>,
+) -> Vec<f64> {
+    [
+        Some(pooled),
+        relative.map(|(_, share)| pooled * share),
+        relative.map(|(t, _)| t),
+        direction,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// One branch's step on one frame, as the phase reads it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BranchStep {
