@@ -147,17 +147,30 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def call_idempotent(client, request, step, timeout=60, what="a service answer", resend_after=5.0):
+def call_idempotent(client, request, step, timeout=60, what="a service answer", resend_after=5.0,
+                    renew=None, renew_after=20.0):
     """Calls a service whose request may be repeated harmlessly (a get, a describe, a set to the
     same values, a reset), sending it again every `resend_after` seconds until one answer comes.
 
     Why: `wait_for_service` only says the server's request reader is known. Under load, Fast DDS
     can drop the server's response when its writer has not yet matched this client's reader; the
     future then never completes (session 24's CI lost a get_parameters this way). Resending is
-    what a real client does; a non-idempotent call (a lifecycle transition) must not use this."""
+    what a real client does; a non-idempotent call (a lifecycle transition) must not use this.
+
+    `renew`, where given, returns a fresh client (new DDS reader and writer); it replaces the
+    client every `renew_after` seconds without an answer. Session 44's CI lost every one of 12
+    resends over 60 s on one client while the node ran on: a client whose response reader never
+    matched stays deaf however often it asks."""
     deadline = time.monotonic() + timeout
+    renew_at = time.monotonic() + renew_after
     pending = []
     while time.monotonic() < deadline:
+        if renew is not None and time.monotonic() >= renew_at:
+            for fut in pending:
+                client.remove_pending_request(fut)
+            pending = []
+            client = renew()
+            renew_at = time.monotonic() + renew_after
         pending.append(client.call_async(request))
         resend = min(deadline, time.monotonic() + resend_after)
         while time.monotonic() < resend:

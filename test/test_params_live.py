@@ -41,20 +41,26 @@ class Params:
 
     def __init__(self, node_name):
         self.node = rclpy.create_node(f"param_client_{node_name}")
-        self.clients = {
-            kind: self.node.create_client(srv, f"/{node_name}/{kind}")
-            for kind, srv in [("set_parameters", SetParameters), ("get_parameters", GetParameters),
-                              ("describe_parameters", DescribeParameters),
-                              ("set_parameters_atomically", SetParametersAtomically)]
-        }
+        self.name = node_name
+        self.types = {"set_parameters": SetParameters, "get_parameters": GetParameters,
+                      "describe_parameters": DescribeParameters,
+                      "set_parameters_atomically": SetParametersAtomically}
+        self.clients = {kind: self.node.create_client(srv, f"/{node_name}/{kind}") for kind, srv in self.types.items()}
         for c in self.clients.values():
             assert c.wait_for_service(timeout_sec=20), c.srv_name
 
+    def renew(self, kind):
+        """A fresh client for `kind` in place of one that gets no answers (conftest.call_idempotent)."""
+        self.node.destroy_client(self.clients[kind])
+        self.clients[kind] = self.node.create_client(self.types[kind], f"/{self.name}/{kind}")
+        self.clients[kind].wait_for_service(timeout_sec=5)
+        return self.clients[kind]
+
     def call(self, kind, request):
-        # Every call here is idempotent, so a lost response is resent, not waited on for ever
-        # (session 24's CI). The wait only bounds a hang; it measures nothing.
+        # Every call here is idempotent, so a lost response is resent, and a deaf client renewed,
+        # not waited on for ever (sessions 24 and 44's CI). The wait only bounds a hang.
         return call_idempotent(self.clients[kind], request, lambda: rclpy.spin_once(self.node, timeout_sec=0.05),
-                               60, kind)
+                               60, kind, renew=lambda: self.renew(kind))
 
     def set(self, **values):
         r = self.call("set_parameters", SetParameters.Request(
@@ -257,3 +263,23 @@ def test_relative_branch_runs_unless_turned_off(ros, on):
     assert f"cusum_threshold {rust(c['pipeline']['cusum_threshold'])}" in line, line
     said = f"drive-relative branch: threshold {rust(rel['cusum_threshold'])}, pooled threshold x{rust(rel['pooled_scale'])}"
     assert (said in line) is on, line
+
+
+def test_a_client_that_gets_no_answer_is_renewed(ros):
+    """conftest.call_idempotent's renewal, which the other tests lean on when DDS loses a
+    client's responses: a client on a service nobody serves stands for a deaf one; the renewed
+    client, on the node's own service, gets the answer."""
+    name = f"vae_ood_params_renew_{UID}"
+    node = NodeProcess(name, bundle=str(CALIBRATED))
+    p = None
+    try:
+        p = Params(name)
+        deaf = p.node.create_client(GetParameters, f"/nobody_{UID}/get_parameters")
+        r = call_idempotent(deaf, GetParameters.Request(names=["threshold_scale"]),
+                            lambda: rclpy.spin_once(p.node, timeout_sec=0.05), 30, "an answer after renewal",
+                            resend_after=0.5, renew=lambda: p.renew("get_parameters"), renew_after=1.0)
+        assert r.values[0].type == ParameterType.PARAMETER_DOUBLE, r
+    finally:
+        if p:
+            p.close()
+        node.stop()
