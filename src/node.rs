@@ -208,6 +208,7 @@ impl Ctx {
                 branch_rule: cfg.branch_rule,
                 relative_branch: cfg.relative_branch,
                 direction_branch: cfg.direction_branch,
+                change_branch: cfg.change_branch,
                 startup_phase: cfg.startup_phase,
                 cusum_ceiling: cfg.cusum_ceiling,
             };
@@ -276,6 +277,12 @@ impl Ctx {
                     Some(t) => format!("; direction branch: threshold {t}"),
                     None => String::new(),
                 };
+                let change = match monitor.change_threshold() {
+                    Some(t) => {
+                        format!("; change branch: threshold {t}, not lowered by the start-up phase")
+                    }
+                    None => String::new(),
+                };
                 let startup = match (monitor.startup(), monitor.describe_cruise()) {
                     (Some(s), Some(cruise)) => format!(
                         "; start-up phase: {} frames, then {cruise} (S falls with it)",
@@ -285,7 +292,7 @@ impl Ctx {
                 };
                 let decision = match monitor.pipeline() {
                     Some(p) => format!(
-                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}{relative}{direction}{startup}",
+                        "calibrated: window {}, decay {}, cusum_threshold {}, recovery {:?}{relative}{direction}{startup}{change}",
                         p.window, p.decay, p.cusum_threshold, cfg.recovery
                     ),
                     None => format!(

@@ -116,6 +116,7 @@ pub const PARAMS: &[ParamDecl] = &[
     decl!("max_busy", Double(0.0), "Seconds one frame or reset may take before the inference thread counts as hung: the ~/ood heartbeat stops (listeners see silence, the gate stops) and /diagnostics goes to ERROR. 0 = max(5 x heartbeat_period, 0.5 s).", range: Some(Range::Double(0.0, 3600.0)), constraints: "0 (automatic) or 0.01 to 3600 s"),
     decl!("relative_branch", Bool(true), "Bundles calibrated with a drive-relative branch (calibration.relative): run it beside the pooled statistic, the two sharing the false-alarm budget as the bundle's split says (the pooled threshold is raised by its pooled_scale once a baseline exists). false: without it, the pooled statistic at its own threshold (beside any direction branch). Ignored for bundles without the branch."),
     decl!("direction_branch", Bool(true), "Image bundles calibrated with a direction branch (calibration.direction): run it beside the pooled statistic (each frame's weakest direction, a motion blur's mark, or with calibration.direction.mscn its natural-scene statistics, which see noise, rain, snow and blur; with its own threshold), the pooled threshold at its share of the false-alarm budget. false: without it, the pooled threshold back at its value before the split (kept raised while a drive-relative branch runs, whose split was made against it). Ignored for bundles without the branch."),
+    decl!("change_branch", Bool(true), "Image bundles calibrated with a change branch (calibration.change): run it beside the pooled statistic (how far the posterior moved since the frame before, each step taken over about the calibrated frame interval by the stamps; it sees what changes between frames, such as flickering dirt, drops or interference, not a steady change), with its own threshold, which the start-up phase does not lower. false: without it (the pooled threshold keeps the share it gave the branch: fewer alarms, never more). Ignored for bundles without the branch."),
     decl!("startup_phase", Bool(true), "Calibrated bundles with a start-up phase (calibration.startup): judge a stream's first frames (calibration.startup.frames) at the calibrated thresholds and later ones at their lower cruise share (calibration.startup.cruise_scale, never under its floor; each branch's S falls with its threshold as the phase ends), both certified together on the tuning drives. false: every threshold as calibrated for the whole stream (first alarms after the start-up slower, never sooner). An explicit cusum_threshold turns it off, and so does relative_branch or direction_branch false on a bundle with that branch (the phase was certified with every branch running). Ignored for bundles without one."),
     decl!("branch_rule", Bool(false), "Flow detectors: also apply the reference design's per-branch rule (the bundle's calibration.branch_thresholds): a frame whose KL in either branch exceeds its threshold is OOD whatever the sequential test says. Off by default: the rule has no false-alarm guarantee (SAFETY.md). A flow bundle without the thresholds is a start-up error."),
     decl!("use_sim_time", Bool(false), "Use /clock (e.g. from a replayed bag) for frame ages."),
@@ -186,6 +187,7 @@ pub struct NodeConfig {
     pub branch_rule: bool,
     pub relative_branch: bool,
     pub direction_branch: bool,
+    pub change_branch: bool,
     pub startup_phase: bool,
     /// The camera's name, checked against each bundle's `calibration.camera`.
     pub camera: Option<String>,
@@ -697,6 +699,7 @@ pub fn config(r: &Reader) -> Result<NodeConfig, ParamError> {
         branch_rule: r.bool("branch_rule")?,
         relative_branch: r.bool("relative_branch")?,
         direction_branch: r.bool("direction_branch")?,
+        change_branch: r.bool("change_branch")?,
         startup_phase: r.bool("startup_phase")?,
         camera: Some(string("camera")?).filter(|c| !c.is_empty()),
         cameras,

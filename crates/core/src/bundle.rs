@@ -15,9 +15,12 @@ use std::path::{Path, PathBuf};
 /// detector), version 3 `calibration.relative` (the drive-relative branch), version 4
 /// `calibration.direction` (the direction branch), version 5 `calibration.direction.mscn` (the
 /// branch on natural-scene statistics), version 6 `calibration.startup` (the start-up phase),
-/// version 7 the same certified with its gentle end; a bundle is written with the oldest
-/// version that holds what it has, so that older releases read it.
-pub const FORMAT_VERSION: u32 = 7;
+/// version 7 the same certified with its gentle end, version 8 `calibration.change` (the change
+/// branch); a bundle is written with the oldest version that holds what it has, so that older
+/// releases read it.
+pub const FORMAT_VERSION: u32 = 8;
+/// The version a bundle with a change branch needs.
+pub const CHANGE_FORMAT_VERSION: u32 = 8;
 /// The version a bundle with a direction branch needs.
 pub const DIRECTION_FORMAT_VERSION: u32 = 4;
 /// The version a bundle whose direction branch measures the MSCN statistics needs.
@@ -101,6 +104,11 @@ pub struct CalibrationSection {
     /// frame's weakest direction beside the score (image detectors, format version 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<crate::detection::direction::DirectionSection>,
+    /// The change branch ([`crate::detection::change`]), a sequential statistic of how far the
+    /// posterior moved since the frame before (image detectors, format version 8). The
+    /// start-up phase does not lower its threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<crate::detection::change::ChangeSection>,
     /// The start-up phase ([`crate::detection::startup`]): every threshold as calibrated for a
     /// stream's first frames, a lower share of it after them (format version 6; 7 when
     /// certified with its gentle end).
@@ -589,6 +597,16 @@ impl Manifest {
                 }
                 d.validate()
                     .map_err(|e| bad(format!("calibration.direction: {e}")))?;
+            }
+            if let Some(ch) = &c.change {
+                if manifest.format_version < CHANGE_FORMAT_VERSION {
+                    return Err(bad(format!("calibration.change needs format_version {CHANGE_FORMAT_VERSION} (older versions knew no change branch)")));
+                }
+                if flow {
+                    return Err(bad("calibration.change needs an image detector: the flow detector's posterior describes motion already".into()));
+                }
+                ch.validate(l.count)
+                    .map_err(|e| bad(format!("calibration.change: {e}")))?;
             }
             if let Some(st) = &c.startup {
                 if manifest.format_version < STARTUP_FORMAT_VERSION {

@@ -71,6 +71,8 @@ struct Judged {
     score: f64,
     /// The frame's weakest direction, for a direction branch.
     direction: Option<f64>,
+    /// The posterior's step into this frame, for a change branch (`None`: not measured).
+    change: Option<f64>,
     branch_kl: Option<[f64; 2]>,
     tail_scores: Option<[f64; 2]>,
 }
@@ -116,6 +118,11 @@ pub struct MonitorConfig {
     /// threshold back at its value before the split (`pooled_threshold_alone`) unless a
     /// drive-relative branch runs (whose split was made against the raised one).
     pub direction_branch: bool,
+    /// Calibrated bundles with a change branch (`calibration.change`): run it beside the
+    /// pooled statistic. Off: without it, every other threshold as it is (the pooled one keeps
+    /// the share it gave up: fewer alarms, never more). The start-up phase does not lower the
+    /// change branch's threshold, so turning it off leaves the phase as certified.
+    pub change_branch: bool,
     /// Calibrated bundles with a start-up phase (`calibration.startup`): after a stream's first
     /// frames, every threshold at its lower cruise share. Off: every threshold as calibrated for
     /// the whole stream (slower first alarms after the start-up, never earlier ones). An
@@ -157,6 +164,7 @@ impl Default for MonitorConfig {
             branch_rule: false,
             relative_branch: true,
             direction_branch: true,
+            change_branch: true,
             startup_phase: true,
             cusum_ceiling: None,
         }
@@ -320,6 +328,8 @@ struct Sequential {
     relative: Option<RelativeBranch>,
     /// The direction branch ([`crate::detection::direction`]), when the bundle has one.
     direction: Option<DirectionBranch>,
+    /// The change branch ([`crate::detection::change`]), when the bundle has one.
+    change: Option<ChangeBranch>,
     /// The start-up phase, when the bundle has one and it runs (its floor scaled as the
     /// thresholds are).
     startup: Option<StartupSection>,
@@ -360,12 +370,20 @@ impl DirectionBranch {
     }
 }
 
+/// The change branch of a stream: where its steps start from, and its pipeline at its one
+/// threshold (the start-up phase does not lower it).
+struct ChangeBranch {
+    meter: crate::detection::change::ChangeMeter,
+    detector: SequentialDetector,
+}
+
 /// One scored frame through the sequential part: the pooled step, the relative one (once the
 /// stream has a baseline), and how near the verdict is to alarm.
 struct Judgement {
     pooled: Step,
     relative: Option<Step>,
     direction: Option<Step>,
+    change: Option<Step>,
     /// max over the running branches of S / its threshold in force: above 1 exactly when one
     /// alarms (once the pooled window is full).
     ratio: f64,
@@ -443,6 +461,17 @@ impl Sequential {
             }
             _ => None,
         };
+        let change = match (&c.change, config.change_branch) {
+            (Some(ch), true) => {
+                let mut p = ch.pipeline.clone();
+                p.cusum_threshold *= config.threshold_scale;
+                Some(ChangeBranch {
+                    meter: ch.meter(),
+                    detector: branch_detector(&ch.scores, p, config)?,
+                })
+            }
+            _ => None,
+        };
         // The phase was certified with every branch of the bundle running at its calibrated
         // threshold: with a branch turned off (or the operator's threshold) it is not.
         let as_certified = relative.is_some() == c.relative.is_some()
@@ -462,6 +491,7 @@ impl Sequential {
             pooled_threshold,
             relative,
             direction,
+            change,
             startup,
             scored: 0,
             latched: MonitorState::Starting,
@@ -531,9 +561,9 @@ impl Sequential {
         self.apply_pooled_threshold();
     }
 
-    /// Feeds one finite score (and the frame's weakest direction, when measured) to every
-    /// branch.
-    fn step(&mut self, score: f64, weakest: Option<f64>) -> Judgement {
+    /// Feeds one finite score (and the frame's weakest direction and posterior step, when
+    /// measured) to every branch.
+    fn step(&mut self, score: f64, weakest: Option<f64>, change: Option<f64>) -> Judgement {
         // The hold covers exactly the frames with no relative score (as `relative::split`
         // simulates it): the threshold is chosen before this frame joins the baseline.
         self.apply_pooled_threshold();
@@ -549,8 +579,13 @@ impl Sequential {
             .as_mut()
             .zip(weakest.filter(|x| x.is_finite()))
             .and_then(|(d, x)| d.step(x));
+        let change = self
+            .change
+            .as_mut()
+            .zip(change.filter(|x| x.is_finite()))
+            .map(|(c, x)| c.detector.step(x));
         let pooled = self.detector.step(score);
-        let ratio = [relative, direction]
+        let ratio = [relative, direction, change]
             .iter()
             .flatten()
             .map(|st| st.cusum / st.threshold)
@@ -558,11 +593,12 @@ impl Sequential {
         let alarm = |b: Option<Step>| b.is_some_and(|st| st.alarm);
         Judgement {
             pooled: Step {
-                alarm: pooled.alarm || alarm(relative) || alarm(direction),
+                alarm: pooled.alarm || alarm(relative) || alarm(direction) || alarm(change),
                 ..pooled
             },
             relative,
             direction,
+            change,
             ratio,
         }
     }
@@ -590,6 +626,9 @@ impl Sequential {
                 }
                 None => d.detector.reset_cusum(),
             }
+        }
+        if let Some(c) = &mut self.change {
+            c.detector.reset_cusum();
         }
         self.apply_pooled_threshold();
     }
@@ -668,6 +707,8 @@ pub struct FrameVerdict {
     pub relative: Option<Step>,
     /// The direction branch's step (bundles with `calibration.direction`).
     pub direction: Option<Step>,
+    /// The change branch's step, for frames it measured (bundles with `calibration.change`).
+    pub change: Option<Step>,
     /// max over the running branches of S / its threshold in force (calibrated monitors): the
     /// sequential verdict as one number, above 1 exactly when it alarms.
     pub alarm_ratio: Option<f64>,
@@ -694,6 +735,7 @@ impl FrameVerdict {
             step: None,
             relative: None,
             direction: None,
+            change: None,
             alarm_ratio: None,
             branch_kl: None,
             tail_scores: None,
@@ -886,6 +928,12 @@ impl Monitor {
         Some(s.startup?.describe_cruise(&calibrated))
     }
 
+    /// The change branch's threshold in force, when it runs.
+    pub fn change_threshold(&self) -> Option<f64> {
+        let c = self.sequential.as_ref()?.change.as_ref()?;
+        Some(c.detector.params().cusum_threshold)
+    }
+
     /// The direction branch's threshold in force, when it runs.
     pub fn direction_threshold(&self) -> Option<f64> {
         let d = self.sequential.as_ref()?.direction.as_ref()?;
@@ -1046,6 +1094,13 @@ impl Monitor {
             _ => Ok(Judged {
                 score: s.score,
                 direction: s.direction,
+                // Measured on frames that reach the sequential test only: a faulted frame
+                // neither starts nor ends a step.
+                change: self
+                    .sequential
+                    .as_mut()
+                    .and_then(|q| q.change.as_mut())
+                    .and_then(|c| c.meter.measure(&s.mu, stamp_ns)),
                 branch_kl: self
                     .branches
                     .then(|| crate::flow_detector::FlowDetector::branch_kl(&s.kl)),
@@ -1142,13 +1197,14 @@ impl Monitor {
             Ok(Judged {
                 score,
                 direction,
+                change,
                 branch_kl,
                 tail_scores,
             }) => {
                 self.counters.scored += 1;
                 let (mut state, judgement) = match &mut self.sequential {
                     Some(seq) => {
-                        let j = seq.step(score, direction);
+                        let j = seq.step(score, direction, change);
                         (seq.next(&j, self.config.recovery), Some(j))
                     }
                     None if score > self.config.score_threshold => (MonitorState::Ood, None),
@@ -1170,6 +1226,7 @@ impl Monitor {
                     step: judgement.as_ref().map(|j| j.pooled),
                     relative: judgement.as_ref().and_then(|j| j.relative),
                     direction: judgement.as_ref().and_then(|j| j.direction),
+                    change: judgement.as_ref().and_then(|j| j.change),
                     alarm_ratio: judgement.map(|j| j.ratio),
                     branch_kl,
                     tail_scores,
@@ -1251,6 +1308,7 @@ mod tests {
             pooled,
             relative: None,
             direction: None,
+            change: None,
         }
     }
 
@@ -1295,6 +1353,7 @@ mod tests {
             detector,
             relative: None,
             direction: None,
+            change: None,
             startup: None,
             scored: 0,
             latched: MonitorState::Starting,
@@ -1411,21 +1470,22 @@ mod tests {
                 pooled_scale: 1.0,
             }),
             direction: None,
+            change: None,
             startup: None,
             scored: 0,
             latched: MonitorState::Starting,
             good_streak: 0,
         };
         for _ in 0..20 {
-            assert!(!s.step(50.0, None).pooled.alarm);
+            assert!(!s.step(50.0, None, None).pooled.alarm);
         }
         assert!(
-            (0..10).any(|_| s.step(1000.0, None).pooled.alarm),
+            (0..10).any(|_| s.step(1000.0, None, None).pooled.alarm),
             "the shift alarms"
         );
         s.reset_cusum();
         for t in 0..40 {
-            let j = s.step(1000.0, None);
+            let j = s.step(1000.0, None, None);
             assert!(
                 !j.pooled.alarm,
                 "frame {t} after the reset: {:?}",
@@ -1446,11 +1506,84 @@ mod tests {
                 detector: pipeline(scores, 1, threshold),
                 baseline,
             }),
+            change: None,
             startup: None,
             scored: 0,
             latched: MonitorState::Starting,
             good_streak: 0,
         }
+    }
+
+    /// The change branch (threshold 8 over calibration steps 0..100) alarms the verdict on
+    /// its own, at its one threshold through and after a start-up phase that halves the others;
+    /// a frame it did not measure (a gap) leaves its S as it was, and a reset zeroes it.
+    #[test]
+    fn the_change_branch_alarms_at_its_one_threshold() {
+        use crate::detection::change::ChangeSection;
+        use crate::mixture::Component;
+        let section = ChangeSection {
+            interval_ns: 100,
+            components: vec![Component {
+                weight: 1.0,
+                mean: vec![0.0],
+                precision: vec![1.0],
+                log_det_precision: 0.0,
+            }],
+            pipeline: PipelineParams {
+                window: 1,
+                epsilon_grid: 100,
+                decay: 1.0,
+                cusum_threshold: 8.0,
+            },
+            pooled_threshold_before: 5.0,
+            tuning_drives: 1,
+            scores: (0..100).map(f64::from).collect(),
+        };
+        let mut s = Sequential {
+            detector: pipeline((0..100).map(f64::from).collect(), 1, 5.0),
+            pooled_threshold: 5.0,
+            relative: None,
+            direction: None,
+            change: Some(ChangeBranch {
+                meter: section.meter(),
+                detector: pipeline(section.scores.clone(), 1, 8.0),
+            }),
+            startup: Some(StartupSection {
+                frames: 2,
+                cruise_scale: 0.5,
+                floor: 1.0,
+                tuning_drives_alarmed: 0,
+                tuning_drives_allowed: 1,
+            }),
+            scored: 0,
+            latched: MonitorState::Starting,
+            good_streak: 0,
+        };
+        // The pooled score ordinary, every step beyond the calibration's: the change branch's
+        // S grows by ln of the mixture's bet at p = 1/101, less the drift, each frame.
+        let mut first = None;
+        for t in 0..60 {
+            let j = s.step(50.0, None, Some(1000.0));
+            let c = j.change.expect("measured");
+            assert_eq!(c.threshold, 8.0, "frame {t}: the phase does not lower it");
+            assert!(j.pooled.cusum == 0.0 || j.pooled.cusum < j.pooled.threshold);
+            assert_eq!(c.alarm, c.cusum > 8.0, "frame {t}");
+            if c.alarm {
+                assert!(j.pooled.alarm, "the branch's alarm is the verdict's");
+                first.get_or_insert(t);
+            }
+        }
+        let first = first.expect("the change branch alarms");
+        assert!(
+            first >= 2,
+            "not on the first frames: S needs more than one step"
+        );
+        let before = s.step(50.0, None, Some(1000.0)).change.unwrap().cusum;
+        let gap = s.step(50.0, None, None);
+        assert!(gap.change.is_none());
+        assert_eq!(s.change.as_ref().unwrap().detector.cusum(), before);
+        s.reset_cusum();
+        assert_eq!(s.change.as_ref().unwrap().detector.cusum(), 0.0);
     }
 
     /// The start-up phase: the first 4 frames at the calibrated thresholds (pooled 5, direction
@@ -1479,10 +1612,10 @@ mod tests {
             )
         };
         for t in 0..4 {
-            s.step(50.0, Some(50.0));
+            s.step(50.0, Some(50.0), None);
             assert_eq!(in_force(&s), (5.0, 8.0), "frame {t}");
         }
-        s.step(50.0, Some(50.0));
+        s.step(50.0, Some(50.0), None);
         assert_eq!(in_force(&s), (3.0, 4.0), "the pooled 2.5 held at the floor");
         // The same run with and without a start-up phase: 40 frames of the pooled calibration's
         // largest score (S grows by about 0.09 a frame after the drift of 1) take S over the
@@ -1499,7 +1632,9 @@ mod tests {
                     tuning_drives_allowed: 1,
                 });
             }
-            (0..40).map(|_| s.step(99.0, None)).collect::<Vec<_>>()
+            (0..40)
+                .map(|_| s.step(99.0, None, None))
+                .collect::<Vec<_>>()
         };
         let (held_run, lowered_run) = (run(false), run(true));
         let (held, lowered) = (&held_run[39], &lowered_run[39]);
@@ -1534,14 +1669,14 @@ mod tests {
         };
         let mut always = fresh();
         for t in 0..60 {
-            let j = always.step(50.0, Some(0.9));
+            let j = always.step(50.0, Some(0.9), None);
             // No step until the baseline's first window is in.
             assert_eq!(j.direction.is_some(), t >= 5, "{t}");
             assert!(!j.pooled.alarm, "{t}");
         }
         let mut jump = fresh();
         let first = (0..60).find(|&t| {
-            jump.step(50.0, Some(if t < 20 { 0.2 } else { 0.9 }))
+            jump.step(50.0, Some(if t < 20 { 0.2 } else { 0.9 }), None)
                 .pooled
                 .alarm
         });
@@ -1556,7 +1691,7 @@ mod tests {
         let mut s = with_direction((0..100).map(|i| f64::from(i) / 400.0).collect(), 8.0, None);
         // Ordinary frames: neither branch moves.
         for _ in 0..20 {
-            let j = s.step(50.0, Some(0.1));
+            let j = s.step(50.0, Some(0.1), None);
             assert!(
                 !j.pooled.alarm && j.direction.is_some_and(|d| d.cusum < 1.0),
                 "{:?}",
@@ -1564,12 +1699,12 @@ mod tests {
             );
         }
         // A frame without a measured direction leaves the branch as it was.
-        assert!(s.step(50.0, None).direction.is_none());
+        assert!(s.step(50.0, None, None).direction.is_none());
         // Every frame's direction beyond every calibration frame's: S grows by ln(bet) - 1
         // a frame until the branch alarms, with the pooled statistic still at 0.
         let mut alarmed = None;
         for t in 0..30 {
-            let j = s.step(50.0, Some(0.9));
+            let j = s.step(50.0, Some(0.9), None);
             assert_eq!(j.pooled.cusum, 0.0);
             if j.pooled.alarm {
                 assert!(j.ratio > 1.0 && j.direction.unwrap().alarm);
@@ -1613,6 +1748,7 @@ mod tests {
                 pooled_scale: 4.0,
             }),
             direction: None,
+            change: None,
             startup: Some(startup),
             scored: 0,
             latched: MonitorState::Starting,
@@ -1623,7 +1759,7 @@ mod tests {
         for t in 0..30u64 {
             let shared = !reference.holding();
             reference.push(50.0);
-            let j = s.step(50.0, None);
+            let j = s.step(50.0, None, None);
             let pooled = if shared { THRESHOLD * 4.0 } else { THRESHOLD };
             assert_eq!(
                 j.pooled.threshold,
@@ -1670,6 +1806,7 @@ mod tests {
                 pooled_scale: 2.0,
             }),
             direction: None,
+            change: None,
             startup: None,
             scored: 0,
             latched: MonitorState::Starting,
@@ -1680,7 +1817,7 @@ mod tests {
             level: 0.5,
         };
         for t in 0..40 {
-            let j = s.step(10.0, None);
+            let j = s.step(10.0, None, None);
             assert_eq!(j.relative.is_some(), t >= 10, "frame {t}");
             assert_eq!(
                 s.detector.params().cusum_threshold,
@@ -1692,7 +1829,7 @@ mod tests {
         // stream's own baseline: every relative p-value is the least.
         let mut alarmed = None;
         for t in 0..20 {
-            let j = s.step(50.0, None);
+            let j = s.step(50.0, None, None);
             assert!(!j.pooled.alarm || j.relative.unwrap().alarm);
             assert_eq!(j.ratio > 1.0, j.pooled.alarm, "frame {t}: {:?}", j.pooled);
             if s.next(&j, auto) == MonitorState::Ood {
@@ -1708,10 +1845,13 @@ mod tests {
         assert_eq!(s.relative.as_ref().unwrap().detector.cusum(), 0.0);
         assert_eq!(s.detector.params().cusum_threshold, 5.0);
         for t in 0..10 {
-            let j = s.step(50.0, None);
+            let j = s.step(50.0, None, None);
             assert!(j.relative.is_none(), "frame {t} after the reset");
         }
-        assert!(s.step(50.0, None).relative.is_some_and(|r| r.cusum == 0.0));
+        assert!(s
+            .step(50.0, None, None)
+            .relative
+            .is_some_and(|r| r.cusum == 0.0));
     }
 
     /// The ceiling as the monitor applies it (`MonitorConfig::cusum_ceiling`): after 100
@@ -1741,7 +1881,7 @@ mod tests {
             let (mut first, mut ok_at, mut top) = (None, None, 0.0f64);
             for t in 0..200 {
                 let score = if t < 100 { 1e9 } else { 0.0 };
-                let j = s.step(score, None);
+                let j = s.step(score, None, None);
                 top = top.max(j.ratio);
                 let state = s.next(&j, auto);
                 if state == MonitorState::Ood {

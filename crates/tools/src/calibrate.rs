@@ -15,16 +15,17 @@
 //! certifying r false alarms per frame on drives of L frames takes at least 1/(r L) - 1 of them;
 //! with fewer, the threshold is their largest S and the bundle records the weaker bound.
 
-use crate::drives::{for_each_frame, frames_in, map_drive};
+use crate::drives::{for_each_frame, frame_interval_ns, frames_in, map_drive};
 use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{
     BranchThresholds, Bundle, CalibrationData, CalibrationSection, DetectorSpec, RelativeSection,
-    DIRECTION_FORMAT_VERSION, MSCN_FORMAT_VERSION, RELATIVE_FORMAT_VERSION,
+    CHANGE_FORMAT_VERSION, DIRECTION_FORMAT_VERSION, MSCN_FORMAT_VERSION, RELATIVE_FORMAT_VERSION,
 };
 use vae_ood_core::detail::DetailSpec;
+use vae_ood_core::detection::change::{self, ChangeSection};
 use vae_ood_core::detection::direction::{self, DirectionMeter, DirectionSection, MscnReference};
 use vae_ood_core::detection::relative::{self, BaselineParams};
 use vae_ood_core::detection::selection::{top_k, Rank};
@@ -199,6 +200,9 @@ pub struct Options {
     pub relative: Option<BaselineParams>,
     /// Adds the direction branch (`calibration.direction`).
     pub direction: Option<DirectionOptions>,
+    /// Adds the change branch (`calibration.change`), its steps' Gaussian fitted on these clear
+    /// drives (empty: the score's `fit` drives).
+    pub change: Option<Vec<PathBuf>>,
     pub quiet: bool,
 }
 
@@ -287,6 +291,7 @@ impl Options {
             camera: None,
             relative: None,
             direction: None,
+            change: None,
             quiet: true,
         }
     }
@@ -432,6 +437,7 @@ fn direction_section(
         (&own, &params),
         &tune_d,
         floor,
+        "direction",
     )?;
     params.cusum_threshold = split.direction;
     let alone = pipeline.cusum_threshold;
@@ -444,6 +450,83 @@ fn direction_section(
         mscn,
         pipeline: params,
         pooled_threshold_alone: alone,
+        tuning_drives: tune.len(),
+        scores,
+    })
+}
+
+/// The change branch ([`change`]): one Gaussian over the fit drives' steps, conformal scores
+/// from the calibration drives' steps, the branch's threshold and the pooled one's after the
+/// split from whole tuning drives (as the direction branch's: [`direction::split`]), and the
+/// frame interval of the calibration drives. `pipeline` takes the pooled threshold after the
+/// split.
+fn change_section(
+    fit: &[Vec<Vec<f32>>],
+    pipeline: &mut PipelineParams,
+    (cal, cal_mu): (&[Drive], &[Vec<Vec<f32>>]),
+    (tune, tune_mu): (&[Drive], &[Vec<Vec<f32>>]),
+    selected: &[usize],
+    opts: &Options,
+) -> Result<ChangeSection> {
+    let steps: Vec<Vec<f64>> = fit
+        .iter()
+        .flat_map(|d| {
+            d.windows(2).map(|w| {
+                w[1].iter()
+                    .zip(&w[0])
+                    .map(|(&b, &a)| f64::from(b) - f64::from(a))
+                    .collect()
+            })
+        })
+        .collect();
+    let flags = mixture::FitFlags {
+        components: "--change-branch (one Gaussian)",
+        fit: "--change-fit",
+    };
+    let components = mixture::fit(&steps, 1, 0, flags)?;
+    let of = |drives: &[Vec<Vec<f32>>]| -> Vec<Vec<f64>> {
+        drives
+            .iter()
+            .map(|d| change::drive_scores(&components, d))
+            .collect()
+    };
+    let (cal_c, tune_c) = (of(cal_mu), of(tune_mu));
+    let scores = cal_c.concat();
+    let own = Calibration::new(scores.clone())?;
+    let pooled = Calibration::new(scores_of(cal, selected).concat())?;
+    let mut params = PipelineParams {
+        window: change::WINDOW,
+        epsilon_grid: pipeline.epsilon_grid,
+        decay: change::DECAY,
+        cusum_threshold: 1.0,
+    };
+    let floor = (1.0 / opts.false_alarm_rate.max(1e-6)).ln();
+    let split = direction::split(
+        (&pooled, pipeline),
+        &scores_of(tune, selected),
+        (&own, &params),
+        &tune_c,
+        floor,
+        "change",
+    )?;
+    params.cusum_threshold = split.direction;
+    let before = pipeline.cusum_threshold;
+    pipeline.cusum_threshold = split.pooled;
+    // The calibration drives' frame interval: the steps' scale.
+    let mut intervals = opts
+        .cal
+        .iter()
+        .filter_map(|d| frame_interval_ns(&d.path, crate::eval::DEFAULT_FOLDER_FPS).transpose())
+        .collect::<Result<Vec<i64>>>()?;
+    intervals.sort_unstable();
+    let interval_ns = *intervals.get(intervals.len() / 2).ok_or_else(|| {
+        Error::Input("--change-branch: no calibration drive's stamps advance, so the frame interval its steps are measured at is unknown".into())
+    })?;
+    Ok(ChangeSection {
+        interval_ns,
+        components,
+        pipeline: params,
+        pooled_threshold_before: before,
         tuning_drives: tune.len(),
         scores,
     })
@@ -685,6 +768,21 @@ pub fn calibrate(
             return input(format!("drive {} is used twice: the MSCN fit drives must be distinct and disjoint from the calibration, tuning and validation drives (the score's --fit drives may repeat)", path.display()));
         }
     }
+    if let Some(change_fit) = &opts.change {
+        if flow {
+            return input("--change-branch needs an image bundle: the flow detector's posterior describes motion already".into());
+        }
+        if change_fit.is_empty() && opts.fit.is_empty() {
+            return input("--change-branch needs clear drives to fit the posterior's steps on: give --change-fit drives, or the score's --fit drives".into());
+        }
+        let mut change_seen = HashSet::new();
+        for path in change_fit {
+            let c = canon(path)?;
+            if !change_seen.insert(c.clone()) || (seen.contains(&c) && !score_fit.contains(&c)) {
+                return input(format!("drive {} is used twice: the --change-fit drives must be distinct and disjoint from the calibration, tuning and validation drives (the score's --fit drives may repeat)", path.display()));
+            }
+        }
+    }
     // Lengths from the drives' indexes, so that impossible roles fail before any scoring.
     let lengths = args
         .iter()
@@ -724,15 +822,22 @@ pub fn calibrate(
             .progress_chars("=> "),
     );
     // Per drive (id, onset) and frame: KL per latent, and the posterior's features; apart, the
-    // frame's weakest direction when measured.
-    let (mut scored, mut directions) = (vec![], vec![]);
+    // frame's weakest direction when measured, and its mu for a change branch.
+    let (mut scored, mut directions, mut mus) = (vec![], vec![], vec![]);
     for d in args {
         let drive = map_drive(det, &d.path, &|| bar.inc(1), |s| {
             let detail: &[f64] = if with_extra { &s.detail } else { &[] };
-            ((s.kl, features(&s.mu, &s.logvar, detail)), s.direction)
+            (
+                (s.kl, features(&s.mu, &s.logvar, detail)),
+                (s.direction, s.mu),
+            )
         })?;
-        let (frames, weakest): (Vec<_>, Vec<_>) = drive.frames.into_iter().unzip();
+        let (frames, apart): (Vec<_>, Vec<_>) = drive.frames.into_iter().unzip();
+        let (weakest, mu): (Vec<_>, Vec<_>) = apart.into_iter().unzip();
         directions.push(weakest);
+        if opts.change.is_some() {
+            mus.push(mu);
+        }
         let id = format!("{} ({} frames)", d.path.display(), frames.len());
         // The onset counts the drive's frames; scores start after any warm-up frames.
         scored.push((id, d.onset.saturating_sub(drive.first), frames));
@@ -908,10 +1013,33 @@ pub fn calibrate(
         }
         None => None,
     };
+    // The change branch next, one more tuning drive's share, as the direction branch takes it.
+    let change = match &opts.change {
+        Some(change_fit) => {
+            let fit_mus = if change_fit.is_empty() {
+                mus[..opts.fit.len()].to_vec()
+            } else {
+                change_fit
+                    .iter()
+                    .map(|p| Ok(map_drive(det, p, &|| {}, |s| s.mu)?.frames))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            let roles = &mus[opts.fit.len()..];
+            Some(change_section(
+                &fit_mus,
+                &mut pipeline,
+                (&cal, &roles[..cal.len()]),
+                (&tune, &roles[cal.len()..cal.len() + tune.len()]),
+                &selected,
+                opts,
+            )?)
+        }
+        None => None,
+    };
     let allowed = chosen
         .guarantee
         .drives_over()
-        .saturating_sub(usize::from(direction.is_some()));
+        .saturating_sub(usize::from(direction.is_some()) + usize::from(change.is_some()));
     let relative = opts
         .relative
         .map(|b| relative_section(b, &pipeline, allowed, &cal, &tune, &selected, opts))
@@ -926,6 +1054,9 @@ pub fn calibrate(
             None => DIRECTION_FORMAT_VERSION,
         };
         manifest.format_version = manifest.format_version.max(needs);
+    }
+    if change.is_some() {
+        manifest.format_version = manifest.format_version.max(CHANGE_FORMAT_VERSION);
     }
     manifest.latents.selected = match score {
         ScoreSpec::Kl => selected.clone(),
@@ -953,6 +1084,7 @@ pub fn calibrate(
         branch_thresholds,
         relative,
         direction,
+        change,
         // `vae-ood calibrate --startup-frames` adds it once the bundle exists (it runs the
         // bundle's monitor over the tuning drives: [`crate::startup`]).
         startup: None,

@@ -44,6 +44,30 @@ pub fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The median interval between a drive's frames (ns), from a bag's header stamps; an image
+/// folder's frames carry none, so it is that of `folder_fps`. `None` for a bag whose stamps
+/// never advance.
+pub fn frame_interval_ns(path: &Path, folder_fps: f64) -> Result<Option<i64>> {
+    if !is_bag(path) {
+        return Ok(Some((1e9 / folder_fps).round() as i64));
+    }
+    let bag = Bag::open(path)?;
+    let (topic, msg_type) = bag.camera_topic(None)?;
+    let mut stamps = vec![];
+    bag.visit(&[topic.as_str()], &mut |m| {
+        if let Ok(c) = cdr::decode_camera(&msg_type, &m.data) {
+            stamps.push(c.stamp_ns);
+        }
+    })?;
+    let mut steps: Vec<i64> = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|&d| d > 0)
+        .collect();
+    steps.sort_unstable();
+    Ok(steps.get(steps.len() / 2).copied())
+}
+
 /// Decodes every frame of a drive, an image folder or a rosbag2 bag (its one image topic), with
 /// the node's decoders, in order, and hands each to `f`. Returns the number of frames. Any
 /// undecodable frame, or an error from `f`, stops the walk with an error naming the frame:

@@ -180,6 +180,17 @@ pub struct Args {
     /// not the encoder, so a teacher and its student on one camera can share one mixture.
     #[arg(long = "mscn-from", value_name = "BUNDLE", requires = "direction_branch", conflicts_with_all = ["mscn_fit", "mscn_components"])]
     mscn_from: Option<PathBuf>,
+    /// Adds the change branch (image bundles): how far the posterior's mean moved since the
+    /// frame before, scored by one Gaussian over clear drives' steps, with its own conformal
+    /// p-values, CUSUM and threshold and one tuning drive's share of the pooled threshold's
+    /// budget; it sees what changes between frames (flickering dirt, drops, interference), not
+    /// a steady change (docs/bundle.md, `calibration.change`).
+    #[arg(long)]
+    change_branch: bool,
+    /// With --change-branch: clear drives the steps' Gaussian is fitted on (default: the
+    /// score's --fit drives).
+    #[arg(long = "change-fit", num_args = 1.., value_name = "DRIVE", requires = "change_branch")]
+    change_fit: Vec<PathBuf>,
     /// Adds a start-up phase: a stream's first N scored frames judged at the calibrated
     /// thresholds, later ones at a lower share of them, chosen on the tuning drives so that
     /// both phases together keep the thresholds' promise (docs/bundle.md, `calibration.startup`).
@@ -292,6 +303,7 @@ pub fn run(a: Args) -> Result<()> {
                 })
             })
             .transpose()?,
+        change: a.change_branch.then(|| a.change_fit.clone()),
         quiet: a.quiet,
     };
     let mut o = calibrate(&a.detector.bundle, &a.out, det.as_mut(), &opts)?;

@@ -80,6 +80,9 @@ pub struct Args {
     /// `direction_branch: false`.
     #[arg(long)]
     no_direction: bool,
+    /// Bundles with a change branch: run without it (the node's `change_branch: false`).
+    #[arg(long)]
+    no_change: bool,
     /// Bundles with a start-up phase: hold every threshold as calibrated for the whole drive,
     /// as the node's `startup_phase: false`.
     #[arg(long)]
@@ -136,6 +139,7 @@ pub fn run(a: &Args) -> Result<()> {
             branch_rule: a.branch_rule,
             relative_branch: !a.no_relative,
             direction_branch: !a.no_direction,
+            change_branch: !a.no_change,
             startup_phase: !a.no_startup_phase,
             cusum_ceiling: (a.cusum_ceiling > 0.0).then_some(a.cusum_ceiling),
         },

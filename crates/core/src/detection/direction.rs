@@ -280,7 +280,8 @@ pub struct Split {
 }
 
 /// Splits the pooled threshold's false-alarm budget with the direction branch (the module's
-/// doc): the direction threshold is the largest S over the tuning drives' direction scores
+/// doc), or another branch that takes its share alike (`branch`, as errors name it: the change
+/// branch, [`super::change`]): the direction threshold is the largest S over the tuning drives' direction scores
 /// (and at least `floor`, the Ville level), the pooled one the smallest tuning drive's largest
 /// pooled S above `pooled_threshold`. An error when no tuning drive is above it: the pooled
 /// threshold then spends no budget the branch could take (give more tuning drives).
@@ -290,6 +291,7 @@ pub fn split(
     direction: (&Calibration, &PipelineParams),
     direction_tuning: &[Vec<f64>],
     floor: f64,
+    branch: &'static str,
 ) -> Result<Split, DetectionError> {
     let maxima = |cal: &Calibration, p: &PipelineParams, drives: &[Vec<f64>]| -> Vec<f64> {
         drives
@@ -304,8 +306,8 @@ pub fn split(
         .min_by(f64::total_cmp)
         .ok_or_else(|| {
             DetectionError::InvalidParam {
-                param: "direction",
-                reason: format!("no tuning drive's S exceeds the pooled threshold {alone}, so it has no budget to share with the direction branch: give more tuning drives"),
+                param: branch,
+                reason: format!("no tuning drive's S exceeds the pooled threshold {alone}, so it has no budget to share with the {branch} branch: give more tuning drives"),
             }
         })?;
     let largest = maxima(direction.0, direction.1, direction_tuning)
@@ -395,7 +397,15 @@ mod tests {
             cusum_threshold: sorted[7],
             ..p.clone()
         };
-        let s = split((&cal, &pooled), &drives, (&cal, &p), &drives, 0.5).unwrap();
+        let s = split(
+            (&cal, &pooled),
+            &drives,
+            (&cal, &p),
+            &drives,
+            0.5,
+            "direction",
+        )
+        .unwrap();
         assert_eq!(s.pooled, sorted[8]);
         assert_eq!(m.iter().filter(|&&x| x > s.pooled).count(), 1);
         assert_eq!(s.direction, sorted[9]);
@@ -405,6 +415,11 @@ mod tests {
             cusum_threshold: sorted[9],
             ..p.clone()
         };
-        assert!(split((&cal, &top), &drives, (&cal, &p), &drives, 0.5).is_err());
+        assert!(
+            split((&cal, &top), &drives, (&cal, &p), &drives, 0.5, "change")
+                .unwrap_err()
+                .to_string()
+                .contains("the change branch")
+        );
     }
 }

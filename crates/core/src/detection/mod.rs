@@ -7,6 +7,7 @@
 //! Everything is f64 and in log space where products appear, so nothing overflows or
 //! underflows however long a drive runs.
 
+pub mod change;
 pub mod conformal;
 pub mod cusum;
 pub mod direction;
