@@ -48,11 +48,13 @@ pub struct Certified {
 }
 
 /// Which branches a calibrated bundle runs beside the pooled one: the layout of each frame in a
-/// [`Trace`], and the floor's count.
+/// [`Trace`], and the floor's count. A change branch is not in the traces (the phase does not
+/// lower its threshold) but counts for the floor and the budget.
 #[derive(Debug, Clone, Copy)]
 struct Branches {
     relative: bool,
     direction: bool,
+    change: bool,
 }
 
 impl Branches {
@@ -60,6 +62,7 @@ impl Branches {
         Self {
             relative: c.relative.is_some(),
             direction: c.direction.is_some(),
+            change: c.change.is_some(),
         }
     }
 
@@ -84,7 +87,7 @@ impl Branches {
 
     /// The branches that run: the floor's count.
     fn count(&self) -> usize {
-        1 + usize::from(self.relative) + usize::from(self.direction)
+        1 + usize::from(self.relative) + usize::from(self.direction) + usize::from(self.change)
     }
 }
 
@@ -150,7 +153,12 @@ pub fn add_startup(
     for f in records.iter().filter(|f| f.alarm_ratio.is_some()) {
         traces[f.input].push(branches.frame(f));
     }
-    let allowed = guarantee.drives_over();
+    // A change branch's threshold, the largest S of the tuning drives, alarms on none of them
+    // and is not lowered by the phase, so its share, one drive, is not in the traces: the phase
+    // may spend one drive fewer.
+    let allowed = guarantee
+        .drives_over()
+        .saturating_sub(usize::from(branches.change));
     let floor = startup::floor(branches.count(), c.target_false_alarm_rate);
     // The length's certification: `auto` has it from weighing every length.
     let (chosen, weighed) = match frames {
@@ -214,6 +222,7 @@ mod tests {
         let b = Branches {
             relative: true,
             direction: true,
+            change: false,
         };
         let step = |s, threshold| Some(BranchStep { s, threshold });
         assert_eq!(
@@ -221,9 +230,14 @@ mod tests {
             vec![step(1.0, 40.0), None, step(2.0, 5.0)]
         );
         assert_eq!(b.count(), 3);
+        // A change branch counts for the floor, not in a frame's layout.
+        let with_change = Branches { change: true, ..b };
+        assert_eq!(with_change.count(), 4);
+        assert_eq!(with_change.frame(&record(1.0, 40.0)).len(), 3);
         let only_pooled = Branches {
             relative: false,
             direction: false,
+            change: false,
         };
         assert_eq!(only_pooled.frame(&record(1.0, 10.0)), vec![step(1.0, 10.0)]);
         let traces = vec![

@@ -34,7 +34,8 @@ pub struct StartupSection {
     /// (format 7: with the gentle end; format 6: with a plain fall, and counted before the
     /// floor).
     pub tuning_drives_alarmed: usize,
-    /// How many the calibrated thresholds' promise allows (`guarantee.drives_over`).
+    /// How many the calibrated thresholds' promise allows (`guarantee.drives_over`; one fewer
+    /// beside a change branch, whose share the traces do not hold).
     pub tuning_drives_allowed: usize,
 }
 
