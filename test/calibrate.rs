@@ -55,6 +55,7 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         camera: None,
         relative: None,
         direction: None,
+        change: None,
         quiet: true,
     }
 }
@@ -1304,4 +1305,144 @@ fn a_start_up_phase_beside_a_relative_branch_is_certified_as_the_monitor_runs() 
         alarmed <= s.tuning_drives_alarmed,
         "{alarmed} drives alarmed: {s:?}"
     );
+}
+
+/// Dark blotches that land somewhere else on every frame (lens dirt in the rain, as the
+/// generator's occlusion): four discs of radius 15 at positions drawn from `t`.
+fn flickering_dirt(img: &image::RgbImage, t: usize) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let mut state = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = |n: u32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % u64::from(n)) as i64
+    };
+    let discs: Vec<(i64, i64)> = (0..4).map(|_| (next(w), next(h))).collect();
+    let mut out = img.clone();
+    for (x, y, p) in out.enumerate_pixels_mut() {
+        if discs
+            .iter()
+            .any(|&(cx, cy)| (i64::from(x) - cx).pow(2) + (i64::from(y) - cy).pow(2) < 225)
+        {
+            p.0 = p.0.map(|v| (f32::from(v) * 0.15 + 20.0) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_change_branch_is_fitted_calibrated_and_alarms_on_flickering_dirt() {
+    let out = tempfile::tempdir().unwrap();
+    let mut det = detector();
+    let with = |change: Option<Vec<PathBuf>>| Options {
+        tune_id: ["id_udem1_s3", "id_loop_empty_s1"]
+            .iter()
+            .map(|d| drive(d))
+            .collect(),
+        false_alarm_rate: 0.004,
+        change,
+        ..options(ScoreKind::Mahalanobis, vec![])
+    };
+    let fit = vec![drive("id_loop_empty_s4").path];
+    let o = calibrate(
+        &root().join("models/default"),
+        out.path(),
+        det.as_mut(),
+        &with(Some(fit)),
+    )
+    .unwrap();
+    let m = &o.bundle.manifest;
+    assert!(m.format_version >= vae_ood_core::bundle::CHANGE_FORMAT_VERSION);
+    let c = m.calibration.as_ref().unwrap();
+    let ch = c.change.as_ref().expect("the change section");
+    // The sample drives run at 15 frames a second: the steps' interval from their stamps.
+    assert!(
+        (60_000_000..70_000_000).contains(&ch.interval_ns),
+        "{}",
+        ch.interval_ns
+    );
+    // One Gaussian over every latent's step; a score for every calibration step.
+    assert_eq!(ch.components.len(), 1);
+    assert_eq!(ch.components[0].mean.len(), m.latents.count);
+    assert_eq!(ch.scores.len(), 299);
+    // The branch took one tuning drive's share: the pooled threshold moved up past it.
+    assert!(ch.pooled_threshold_before < c.pipeline.cusum_threshold);
+    assert!(ch.describe().contains("the posterior's step over 66.7 ms"));
+    // The section needs version 8.
+    let path = out.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let written = format!("format_version: {}", m.format_version);
+    let Err(old) =
+        vae_ood_core::bundle::Manifest::parse(&text.replace(&written, "format_version: 7"), &path)
+    else {
+        panic!("a change branch below version 8 was accepted")
+    };
+    assert!(
+        old.to_string()
+            .contains("calibration.change needs format_version 8"),
+        "{old}"
+    );
+    // A tuning drive stays under the branch's threshold (the largest S of the tuning drives);
+    // the same drive with dirt that flickers from frame 150 on alarms through the branch
+    // within 30 frames. Its first frame starts no step.
+    let run = |dirt: bool| {
+        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+        let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
+        assert_eq!(mon.change_threshold(), Some(ch.pipeline.cusum_threshold));
+        let (mut largest, mut first, mut t) = (0.0f64, None, 0);
+        vae_ood_tools::drives::for_each_frame(
+            &root().join("data/sample/id_loop_empty_s1/bag"),
+            &mut |f| {
+                let v = match dirt && t >= 150 {
+                    true => mon.process_image(&flickering_dirt(f, t)),
+                    false => mon.process_image(f),
+                };
+                assert_eq!(v.change.is_some(), t > 0, "frame {t}");
+                if let Some(st) = v.change {
+                    largest = largest.max(st.cusum);
+                    if st.alarm && first.is_none() {
+                        first = Some(t);
+                    }
+                }
+                t += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        (largest, first)
+    };
+    let (clear, none) = run(false);
+    assert!(
+        clear <= ch.pipeline.cusum_threshold && none.is_none(),
+        "{clear}"
+    );
+    let (_, dirty) = run(true);
+    assert!(dirty.is_some_and(|t| (150..180).contains(&t)), "{dirty:?}");
+    // Turned off, the monitor runs without it.
+    let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
+    let off = vae_ood_core::Monitor::new(
+        det,
+        vae_ood_core::MonitorConfig {
+            change_branch: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(off.change_threshold().is_none());
+    // Clear errors: no drives to fit the steps on; a fit drive that is also a tuning drive.
+    for (fit, says) in [
+        (vec![], "--change-fit"),
+        (vec![drive("id_udem1_s3").path], "used twice"),
+    ] {
+        let Err(e) = calibrate(
+            &root().join("models/default"),
+            tempfile::tempdir().unwrap().path(),
+            detector().as_mut(),
+            &with(Some(fit)),
+        ) else {
+            panic!("{says}: accepted")
+        };
+        assert!(e.to_string().contains(says), "{e}");
+    }
 }

@@ -22,14 +22,18 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
     // Before session 17 the file ended at inference_ms (no branch columns), before session 21
     // at branch_ratio (no relative-branch columns), before session 25 at alarm_ratio (no tail
     // columns), before session 35 at extra_tail (no direction column), before session 44 at
-    // direction_cusum (no threshold columns).
-    let before_thresholds = report::CSV_HEADER.strip_suffix(report::CSV_THRESHOLD_COLUMNS);
+    // direction_cusum (no threshold columns), before session 45 at direction_threshold (no
+    // change-branch columns).
+    let before_change = report::CSV_HEADER.strip_suffix(report::CSV_CHANGE_COLUMNS);
+    let before_thresholds =
+        before_change.and_then(|b| b.strip_suffix(report::CSV_THRESHOLD_COLUMNS));
     let before_direction =
         before_thresholds.and_then(|b| b.strip_suffix(report::CSV_DIRECTION_COLUMNS));
     let before_tails = before_direction.and_then(|b| b.strip_suffix(report::CSV_TAIL_COLUMNS));
     let before_relative = before_tails.and_then(|b| b.strip_suffix(report::CSV_RELATIVE_COLUMNS));
     let fields = match lines.next() {
-        Some(report::CSV_HEADER) => 25,
+        Some(report::CSV_HEADER) => 27,
+        Some(h) if before_change == Some(h) => 25,
         Some(h) if before_thresholds == Some(h) => 22,
         Some(h) if before_direction == Some(h) => 21,
         Some(h) if before_tails == Some(h) => 19,
@@ -97,6 +101,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<FrameRecord>> {
                 threshold: if fields > 22 { opt(22)? } else { None },
                 relative_threshold: if fields > 22 { opt(23)? } else { None },
                 direction_threshold: if fields > 22 { opt(24)? } else { None },
+                change_cusum: if fields > 25 { opt(25)? } else { None },
+                change_threshold: if fields > 25 { opt(26)? } else { None },
             })
         })
         .collect()
@@ -221,6 +227,8 @@ mod tests {
             threshold: Some(11.5),
             relative_threshold: None,
             direction_threshold: Some(9.25),
+            change_cusum: Some(4.5),
+            change_threshold: Some(30.5),
         };
         report::write_csv(&path, std::slice::from_ref(&f)).unwrap();
         let back = read_csv(&path).unwrap();
@@ -254,8 +262,26 @@ mod tests {
             ),
             (Some(11.5), None, Some(9.25))
         );
+        assert_eq!(
+            (back[0].change_cusum, back[0].change_threshold),
+            (Some(4.5), Some(30.5))
+        );
+        // One written before the change-branch columns (session 44).
+        let s44_header = report::CSV_HEADER
+            .strip_suffix(report::CSV_CHANGE_COLUMNS)
+            .unwrap();
+        std::fs::write(
+            &path,
+            format!("{s44_header}\n0,7,700,true,snow,3.5,0.25,0,1.5,OOD,,0,1,2,12.5,4,1.25,,0.75,3.5,1.25,6.5,11.5,,9.25\n"),
+        )
+        .unwrap();
+        let s44 = read_csv(&path).unwrap();
+        assert_eq!(
+            (s44[0].direction_threshold, s44[0].change_cusum),
+            (Some(9.25), None)
+        );
         // One written before the threshold columns (session 43).
-        let s43_header = report::CSV_HEADER
+        let s43_header = s44_header
             .strip_suffix(report::CSV_THRESHOLD_COLUMNS)
             .unwrap();
         std::fs::write(

@@ -85,6 +85,9 @@ pub struct FrameRecord {
     pub threshold: Option<f64>,
     pub relative_threshold: Option<f64>,
     pub direction_threshold: Option<f64>,
+    /// Bundles with a change branch, on frames it measured: its S and threshold.
+    pub change_cusum: Option<f64>,
+    pub change_threshold: Option<f64>,
 }
 
 /// What happened to one input.
@@ -422,6 +425,8 @@ fn record(
         threshold: v.step.map(|s| s.threshold),
         relative_threshold: v.relative.map(|s| s.threshold),
         direction_threshold: v.direction.map(|s| s.threshold),
+        change_cusum: v.change.map(|s| s.cusum),
+        change_threshold: v.change.map(|s| s.threshold),
     }
 }
 

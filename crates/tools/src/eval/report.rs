@@ -390,7 +390,7 @@ pub fn build(
 
 /// The columns of `frames.csv` ([`CSV_BRANCH_COLUMNS`]: flow detectors' branches, empty
 /// otherwise; [`CSV_TAIL_COLUMNS`]: the score's parts, empty unless it has two).
-pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio,posterior_tail,extra_tail,direction_cusum,threshold,relative_threshold,direction_threshold";
+pub const CSV_HEADER: &str = "input,index,stamp_ns,ood,ood_type,score,p_value,log_martingale,cusum,state,fault,decode_ms,preprocess_ms,inference_ms,kl_horizontal,kl_vertical,branch_ratio,relative_cusum,alarm_ratio,posterior_tail,extra_tail,direction_cusum,threshold,relative_threshold,direction_threshold,change_cusum,change_threshold";
 
 /// The columns session 17 appended to `frames.csv`; files written before end without them.
 pub const CSV_BRANCH_COLUMNS: &str = ",kl_horizontal,kl_vertical,branch_ratio";
@@ -411,6 +411,10 @@ pub const CSV_DIRECTION_COLUMNS: &str = ",direction_cusum";
 /// end without them.
 pub const CSV_THRESHOLD_COLUMNS: &str = ",threshold,relative_threshold,direction_threshold";
 
+/// The columns session 45 appended (the change branch's S and threshold, on frames it
+/// measured); files written before end without them.
+pub const CSV_CHANGE_COLUMNS: &str = ",change_cusum,change_threshold";
+
 pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Result<()> {
     use std::io::Write;
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -419,7 +423,7 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
     for f in frames {
         writeln!(
             w,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             f.input,
             f.index,
             f.stamp_ns,
@@ -444,7 +448,9 @@ pub fn write_csv(path: &std::path::Path, frames: &[FrameRecord]) -> std::io::Res
             o(f.direction_cusum),
             o(f.threshold),
             o(f.relative_threshold),
-            o(f.direction_threshold)
+            o(f.direction_threshold),
+            o(f.change_cusum),
+            o(f.change_threshold)
         )?;
     }
     w.flush()
@@ -515,6 +521,8 @@ pub(crate) mod tests {
             threshold: None,
             relative_threshold: None,
             direction_threshold: None,
+            change_cusum: None,
+            change_threshold: None,
         }
     }
 
