@@ -421,27 +421,16 @@ fn direction_section(
         statistic(measured(cal_weakest)?),
         statistic(measured(tune_weakest)?),
     );
-    let pooled = Calibration::new(scores_of(cal, selected).concat())?;
     let scores = cal_d.concat();
-    let own = Calibration::new(scores.clone())?;
-    let mut params = PipelineParams {
-        window: direction::WINDOW,
-        epsilon_grid: pipeline.epsilon_grid,
-        decay: direction::DECAY,
-        cusum_threshold: 1.0,
-    };
-    let floor = (1.0 / opts.false_alarm_rate.max(1e-6)).ln();
-    let split = direction::split(
-        (&pooled, pipeline),
-        &scores_of(tune, selected),
-        (&own, &params),
-        &tune_d,
-        floor,
+    let (params, alone) = take_share(
         "direction",
+        (direction::WINDOW, direction::DECAY),
+        (&scores, &tune_d),
+        pipeline,
+        (cal, tune),
+        selected,
+        opts,
     )?;
-    params.cusum_threshold = split.direction;
-    let alone = pipeline.cusum_threshold;
-    pipeline.cusum_threshold = split.pooled;
     Ok(DirectionSection {
         width: o.width,
         height: o.height,
@@ -453,6 +442,42 @@ fn direction_section(
         tuning_drives: tune.len(),
         scores,
     })
+}
+
+/// A branch that takes one tuning drive's share of the pooled threshold's budget
+/// ([`direction::split`]), from its calibration `scores` and its statistic on each tuning
+/// drive: its pipeline (window, decay, its threshold) and the pooled threshold before the
+/// share; `pipeline` takes the pooled threshold after it.
+fn take_share(
+    branch: &'static str,
+    (window, decay): (usize, f64),
+    (scores, tune_branch): (&[f64], &[Vec<f64>]),
+    pipeline: &mut PipelineParams,
+    (cal, tune): (&[Drive], &[Drive]),
+    selected: &[usize],
+    opts: &Options,
+) -> Result<(PipelineParams, f64)> {
+    let pooled = Calibration::new(scores_of(cal, selected).concat())?;
+    let own = Calibration::new(scores.to_vec())?;
+    let mut params = PipelineParams {
+        window,
+        epsilon_grid: pipeline.epsilon_grid,
+        decay,
+        cusum_threshold: 1.0,
+    };
+    let floor = (1.0 / opts.false_alarm_rate.max(1e-6)).ln();
+    let split = direction::split(
+        (&pooled, pipeline),
+        &scores_of(tune, selected),
+        (&own, &params),
+        tune_branch,
+        floor,
+        branch,
+    )?;
+    params.cusum_threshold = split.direction;
+    let before = pipeline.cusum_threshold;
+    pipeline.cusum_threshold = split.pooled;
+    Ok((params, before))
 }
 
 /// The change branch ([`change`]): one Gaussian over the fit drives' steps, conformal scores
@@ -490,28 +515,16 @@ fn change_section(
             .map(|d| change::drive_scores(&components, d))
             .collect()
     };
-    let (cal_c, tune_c) = (of(cal_mu), of(tune_mu));
-    let scores = cal_c.concat();
-    let own = Calibration::new(scores.clone())?;
-    let pooled = Calibration::new(scores_of(cal, selected).concat())?;
-    let mut params = PipelineParams {
-        window: change::WINDOW,
-        epsilon_grid: pipeline.epsilon_grid,
-        decay: change::DECAY,
-        cusum_threshold: 1.0,
-    };
-    let floor = (1.0 / opts.false_alarm_rate.max(1e-6)).ln();
-    let split = direction::split(
-        (&pooled, pipeline),
-        &scores_of(tune, selected),
-        (&own, &params),
-        &tune_c,
-        floor,
+    let scores = of(cal_mu).concat();
+    let (params, before) = take_share(
         "change",
+        (change::WINDOW, change::DECAY),
+        (&scores, &of(tune_mu)),
+        pipeline,
+        (cal, tune),
+        selected,
+        opts,
     )?;
-    params.cusum_threshold = split.direction;
-    let before = pipeline.cusum_threshold;
-    pipeline.cusum_threshold = split.pooled;
     // The calibration drives' frame interval: the steps' scale.
     let mut intervals = opts
         .cal
