@@ -150,7 +150,7 @@ fn unknown_version_is_refused_before_schema_checks() {
     write_bundle(t.path(), |m| m.format_version = 9);
     let e = load_err(t.path());
     assert!(
-        e.contains("format_version 9") && e.contains("reads versions 1 to 7"),
+        e.contains("format_version 9") && e.contains("reads versions 1 to 8"),
         "{e}"
     );
 }

@@ -194,7 +194,8 @@ fn flow_manifests_are_checked() {
     assert!(e.contains("prepared frame"), "{e}");
     // Version 1 image manifests still load: the shipped student as it was before its direction
     // branch (session 35; version 4 since, version 5 since that branch measures the MSCN
-    // statistics, session 38, version 6 once it has a start-up phase, session 42).
+    // statistics, session 38, version 6 once it has a start-up phase, session 42, version 8 with
+    // its change branch, session 45).
     let student = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../models/compressed"
@@ -203,7 +204,7 @@ fn flow_manifests_are_checked() {
     assert!(m.detector.is_image() && m.format_version >= 5);
     m.format_version = 1;
     let c = m.calibration.as_mut().unwrap();
-    (c.direction, c.startup) = (None, None);
+    (c.direction, c.startup, c.change) = (None, None, None);
     let v1 = serde_yaml::to_string(&m).unwrap();
     assert!(v1.contains("format_version: 1") && !v1.contains("detector:"));
     assert_eq!(parse(&v1), None);

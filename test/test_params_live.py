@@ -229,6 +229,23 @@ def test_direction_branch_runs_unless_turned_off(ros, on):
 
 
 @pytest.mark.parametrize("on", [True, False])
+def test_change_branch_runs_unless_turned_off(ros, on):
+    """A bundle with a change branch (calibration.change, session 45): the node runs it by
+    default and says so at start-up with its threshold; change_branch: false runs without it,
+    every other threshold as it was."""
+    bundle = next((b for b in (DEFAULT, CALIBRATED)
+                   if "change" in yaml.safe_load((b / "manifest.yaml").read_text())["calibration"]), None)
+    if bundle is None:
+        pytest.skip("SKIPPED: no shipped bundle has a change branch (calibration.change)")
+    c = yaml.safe_load((bundle / "manifest.yaml").read_text())["calibration"]
+    line = start_up_line(f"vae_ood_params_change_{int(on)}_{UID}", bundle,
+                         {} if on else {"change_branch": "false"})
+    assert f"cusum_threshold {rust(c['pipeline']['cusum_threshold'])}" in line, line
+    said = f"change branch: threshold {rust(c['change']['pipeline']['cusum_threshold'])}"
+    assert (said in line) is on, line
+
+
+@pytest.mark.parametrize("on", [True, False])
 def test_start_up_phase_runs_unless_turned_off(ros, on):
     """models/compressed has a start-up phase (calibration.startup, sessions 42 and 43): the node
     runs it by default and says so at start-up with its length, cruise scale and floor; startup_phase:

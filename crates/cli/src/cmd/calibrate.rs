@@ -357,6 +357,9 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(d) = &c.direction {
         println!("direction branch  {}", d.describe());
     }
+    if let Some(ch) = &c.change {
+        println!("change branch     {}", ch.describe());
+    }
     if let Some(r) = &c.relative {
         println!(
             "relative branch   {} ({} of {} tuning drives alarm, {} allowed)",
