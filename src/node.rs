@@ -279,7 +279,9 @@ impl Ctx {
                 };
                 let change = match monitor.change_threshold() {
                     Some(t) => {
-                        format!("; change branch: threshold {t}, not lowered by the start-up phase")
+                        format!(
+                            "; change branch: threshold {t}, the same from a stream's first frame"
+                        )
                     }
                     None => String::new(),
                 };
