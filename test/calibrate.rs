@@ -1430,6 +1430,40 @@ fn the_change_branch_is_fitted_calibrated_and_alarms_on_flickering_dirt() {
     )
     .unwrap();
     assert!(off.change_threshold().is_none());
+    // Beside a direction branch, whose share was taken first (the shipped student has both):
+    // with the direction branch off, the pooled threshold goes back only to its value before
+    // the change branch's split while that branch runs, and to the one before both splits when
+    // it is off too.
+    let student = root().join("models/compressed");
+    let m = vae_ood_core::bundle::Bundle::load(&student)
+        .unwrap()
+        .manifest;
+    let c = m.calibration.as_ref().unwrap();
+    let (d, ch) = (
+        c.direction
+            .as_ref()
+            .expect("the student's direction branch"),
+        c.change.as_ref().expect("the student's change branch"),
+    );
+    assert!(d.pooled_threshold_alone < ch.pooled_threshold_before);
+    assert!(ch.pooled_threshold_before < c.pipeline.cusum_threshold);
+    for (change_branch, pooled) in [
+        (true, ch.pooled_threshold_before),
+        (false, d.pooled_threshold_alone),
+    ] {
+        let det = vae_ood_core::detector::load(&student, BackendOptions::default()).unwrap();
+        let mon = vae_ood_core::Monitor::new(
+            det,
+            vae_ood_core::MonitorConfig {
+                direction_branch: false,
+                change_branch,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(mon.pipeline().unwrap().cusum_threshold, pooled);
+        assert_eq!(mon.change_threshold().is_some(), change_branch);
+    }
     // Clear errors: no drives to fit the steps on; a fit drive that is also a tuning drive.
     for (fit, says) in [
         (vec![], "--change-fit"),

@@ -116,7 +116,8 @@ pub struct MonitorConfig {
     /// Calibrated bundles with a direction branch (`calibration.direction`): run it beside the
     /// pooled statistic, the pooled threshold at its share. Off: without it, the pooled
     /// threshold back at its value before the split (`pooled_threshold_alone`) unless a
-    /// drive-relative branch runs (whose split was made against the raised one).
+    /// drive-relative branch runs (whose split was made against the raised one); beside a
+    /// running change branch, back only to its value before the change branch's split.
     pub direction_branch: bool,
     /// Calibrated bundles with a change branch (`calibration.change`): run it beside the
     /// pooled statistic. Off: without it, every other threshold as it is (the pooled one keeps
@@ -425,10 +426,16 @@ impl Sequential {
         let mut params = c.pipeline.clone();
         // Without its direction branch the pooled statistic has the branch's share back, unless
         // a drive-relative branch runs: its split was made against the raised threshold (with
-        // one drive fewer allowed), and nothing was tuned for it beside the lower one.
+        // one drive fewer allowed), and nothing was tuned for it beside the lower one. A change
+        // branch that runs keeps its own share: the pooled threshold then goes back only to its
+        // value before the change branch's split (its share was taken after the direction's).
         let relative_runs = c.relative.is_some() && config.relative_branch;
+        let change_runs = c.change.is_some() && config.change_branch;
         if let (Some(d), false, false) = (&c.direction, config.direction_branch, relative_runs) {
-            params.cusum_threshold = d.pooled_threshold_alone;
+            params.cusum_threshold = match (&c.change, change_runs) {
+                (Some(ch), true) => ch.pooled_threshold_before,
+                _ => d.pooled_threshold_alone,
+            };
         }
         match config.cusum_threshold {
             Some(t) => params.cusum_threshold = t,

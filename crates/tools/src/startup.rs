@@ -155,7 +155,19 @@ pub fn add_startup(
     }
     // A change branch's threshold, the largest S of the tuning drives, alarms on none of them
     // and is not lowered by the phase, so its share, one drive, is not in the traces: the phase
-    // may spend one drive fewer.
+    // may spend one drive fewer. That holds where the monitor measures the steps calibration
+    // did (consecutive frames at one rate); checked, not assumed.
+    if let Some(f) = records.iter().find(|f| {
+        f.change_cusum
+            .zip(f.change_threshold)
+            .is_some_and(|(s, t)| s > t)
+    }) {
+        return Err(Error::Input(format!(
+            "tuning drive {} alarms through its change branch at frame {}, though its threshold is the largest S of the tuning drives: its frames are not at one rate (stamps with gaps?); calibrate on drives recorded at the camera's rate",
+            drives[f.input].display(),
+            f.index
+        )));
+    }
     let allowed = guarantee
         .drives_over()
         .saturating_sub(usize::from(branches.change));
