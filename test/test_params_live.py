@@ -216,13 +216,17 @@ def start_up_line(name, bundle, params):
 def test_direction_branch_runs_unless_turned_off(ros, on):
     """models/compressed has a direction branch (calibration.direction, session 35): the node runs
     it by default and says so at start-up with its threshold, the pooled statistic at its share;
-    direction_branch: false runs the pooled statistic alone, at its threshold before the split."""
+    direction_branch: false runs without it, the pooled threshold at its value before the split
+    (before the change branch's, which keeps its share, where the bundle has one)."""
     bundle = ROOT / "models" / "compressed"
     c = yaml.safe_load((bundle / "manifest.yaml").read_text())["calibration"]
     d = c["direction"]
     line = start_up_line(f"vae_ood_params_direction_{int(on)}_{UID}", bundle,
                          {} if on else {"direction_branch": "false"})
-    pooled = c["pipeline"]["cusum_threshold"] if on else d["pooled_threshold_alone"]
+    # Off: the pooled threshold before the split, or beside a running change branch (session 45)
+    # before that branch's split only: the change branch keeps its share.
+    alone = c["change"]["pooled_threshold_before"] if "change" in c else d["pooled_threshold_alone"]
+    pooled = c["pipeline"]["cusum_threshold"] if on else alone
     assert f"cusum_threshold {rust(pooled)}" in line, line
     said = f"direction branch: threshold {rust(d['pipeline']['cusum_threshold'])}"
     assert (said in line) is on, line
