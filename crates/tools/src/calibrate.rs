@@ -495,14 +495,7 @@ fn change_section(
 ) -> Result<ChangeSection> {
     let steps: Vec<Vec<f64>> = fit
         .iter()
-        .flat_map(|d| {
-            d.windows(2).map(|w| {
-                w[1].iter()
-                    .zip(&w[0])
-                    .map(|(&b, &a)| f64::from(b) - f64::from(a))
-                    .collect()
-            })
-        })
+        .flat_map(|d| d.windows(2).map(|w| change::step(&w[0], &w[1])))
         .collect();
     let flags = mixture::FitFlags {
         components: "--change-branch (one Gaussian)",
@@ -758,9 +751,9 @@ pub fn calibrate(
         .as_ref()
         .and_then(|o| o.mscn.as_ref())
         .map_or(&[][..], |m| &m.fit[..]);
-    // Each drive has one role. The two fits may share drives (the score's reference and the
-    // MSCN mixture are different models, and neither sets a p-value or a threshold), but
-    // neither may share one with the calibration, tuning or validation drives.
+    // Each drive has one role. The fits may share drives (the score's reference, the MSCN
+    // mixture and the change branch's Gaussian are different models, and none sets a p-value
+    // or a threshold), but none may share one with the calibration, tuning or validation drives.
     let canon = |path: &PathBuf| path.canonicalize().map_err(Error::read(path));
     let canonical = args
         .iter()
@@ -774,13 +767,18 @@ pub fn calibrate(
     }
     // `args` starts with the score's fit drives.
     let score_fit: HashSet<&PathBuf> = canonical[..opts.fit.len()].iter().collect();
-    let mut mscn_seen = HashSet::new();
-    for path in mscn_fit {
-        let c = canon(path)?;
-        if !mscn_seen.insert(c.clone()) || (seen.contains(&c) && !score_fit.contains(&c)) {
-            return input(format!("drive {} is used twice: the MSCN fit drives must be distinct and disjoint from the calibration, tuning and validation drives (the score's --fit drives may repeat)", path.display()));
+    // Another model's fit drives: distinct, and disjoint from every role but the score's fit.
+    let check_fit = |paths: &[PathBuf], which: &str| -> Result<()> {
+        let mut own = HashSet::new();
+        for path in paths {
+            let c = canon(path)?;
+            if !own.insert(c.clone()) || (seen.contains(&c) && !score_fit.contains(&c)) {
+                return Err(Error::Input(format!("drive {} is used twice: the {which} drives must be distinct and disjoint from the calibration, tuning and validation drives (the score's --fit drives may repeat)", path.display())));
+            }
         }
-    }
+        Ok(())
+    };
+    check_fit(mscn_fit, "MSCN fit")?;
     if let Some(change_fit) = &opts.change {
         if flow {
             return input("--change-branch needs an image bundle: the flow detector's posterior describes motion already".into());
@@ -788,13 +786,7 @@ pub fn calibrate(
         if change_fit.is_empty() && opts.fit.is_empty() {
             return input("--change-branch needs clear drives to fit the posterior's steps on: give --change-fit drives, or the score's --fit drives".into());
         }
-        let mut change_seen = HashSet::new();
-        for path in change_fit {
-            let c = canon(path)?;
-            if !change_seen.insert(c.clone()) || (seen.contains(&c) && !score_fit.contains(&c)) {
-                return input(format!("drive {} is used twice: the --change-fit drives must be distinct and disjoint from the calibration, tuning and validation drives (the score's --fit drives may repeat)", path.display()));
-            }
-        }
+        check_fit(change_fit, "--change-fit")?;
     }
     // Lengths from the drives' indexes, so that impossible roles fail before any scoring.
     let lengths = args

@@ -281,9 +281,9 @@ pub struct Split {
 
 /// Splits the pooled threshold's false-alarm budget with the direction branch (the module's
 /// doc), or another branch that takes its share alike (`branch`, as errors name it: the change
-/// branch, [`super::change`]): the direction threshold is the largest S over the tuning drives' direction scores
-/// (and at least `floor`, the Ville level), the pooled one the smallest tuning drive's largest
-/// pooled S above `pooled_threshold`. An error when no tuning drive is above it: the pooled
+/// branch, [`super::change`]): the direction threshold is the largest S over the tuning
+/// drives' direction scores (and at least `floor`, the Ville level), the pooled one the
+/// smallest tuning drive's largest pooled S above `pooled_threshold`. An error when no tuning drive is above it: the pooled
 /// threshold then spends no budget the branch could take (give more tuning drives).
 pub fn split(
     pooled: (&Calibration, &PipelineParams),
