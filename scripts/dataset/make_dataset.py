@@ -230,6 +230,10 @@ FALSEALARM26 = four_map_clear(range(3800, 3852))
 # A twenty-seventh (`make falsealarm27-data`, session 45), generated before any figure of the
 # candidates it gates (a latent-step branch). As falsealarm3: seeds 3900-3951, never used.
 FALSEALARM27 = four_map_clear(range(3900, 3952))
+# A twenty-eighth (`make falsealarm28-data`, session 46), generated before any figure of the
+# candidate it gates (the teacher's change branch with its share from the start-up phase). As
+# falsealarm3: seeds 4000-4051, never used.
+FALSEALARM28 = four_map_clear(range(4000, 4052))
 # Long drives (`make long-data`, session 43): 12 clear drives of 3000 frames (200 s) on four
 # maps, seeds 3500-3511, never used; hashes recorded before any figure. They measure what a
 # stream's first 600 frames do not: the cruise thresholds over a long run (SAFETY.md, the
@@ -300,7 +304,7 @@ STARTS = [(f"id_{m}_s{seed}", m, seed, "fit", "clear", "restarts")
           for seed, m in ((s, (MAPS + MORE_MAP_NAMES)[s % 6]) for s in range(3000, 3030))]
 SETS = {"sample": SAMPLE, "starts": STARTS, "validation2": VALIDATION2, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
-        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "falsealarm24": FALSEALARM24, "falsealarm25": FALSEALARM25, "falsealarm26": FALSEALARM26, "falsealarm27": FALSEALARM27, "testset2": TESTSET2, "long": LONG, "tuning2": TUNING2, "tuning3": TUNING3}
+        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "falsealarm24": FALSEALARM24, "falsealarm25": FALSEALARM25, "falsealarm26": FALSEALARM26, "falsealarm27": FALSEALARM27, "falsealarm28": FALSEALARM28, "testset2": TESTSET2, "long": LONG, "tuning2": TUNING2, "tuning3": TUNING3}
 
 
 def ood_mask(n, sequence, condition):
@@ -510,6 +514,7 @@ def main():
                          "falsealarm25: 52 fresh clear drives on four maps (seeds 3600-3651); "
                          "falsealarm26: 52 fresh clear drives on four maps (seeds 3800-3851); "
                          "falsealarm27: 52 fresh clear drives on four maps (seeds 3900-3951); "
+                         "falsealarm28: 52 fresh clear drives on four maps (seeds 4000-4051); "
                          "long: 12 clear drives on four maps (seeds 3500-3511), 3000 frames each; "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
                          "testset2: 29 drives (seeds 3700-3728), a second test set laid out as the first; "
