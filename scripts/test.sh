@@ -37,6 +37,11 @@ stage "2/3 ROS package (node, gate, replay)"
 source scripts/env.sh
 cargo build --locked -p vae_ood_monitor --bins --example hung_monitor
 cargo test --locked -p vae_ood_monitor --lib
+# The vendored r2r's own change (vendor/r2r/FORK.md): a reply its parameter services cannot send
+# is a warning, not a panic that leaves them deaf. Its test binary cannot take build.rs's libpython
+# link (that is the node's), so with the PyPI wheels it is preloaded.
+LD_PRELOAD="${VAE_OOD_LINK_PYTHON:+$VAE_OOD_LINK_PYTHON/libpython3.11.so}" \
+  cargo test --locked -p r2r --lib services::tests
 # The node with the cuda backend (issue 17): the feature resolves to the GPU crates. The node's
 # own code has no cuda-only lines; the core's GPU code and the CLI's were compiled in 1b.
 cargo tree --locked -p vae_ood_monitor --features cuda -e normal -i cudarc >/dev/null

@@ -555,7 +555,9 @@ where
     }
 }
 
-#[cfg(test)]
+// Upstream's message tests use packages outside this project's IDL_PACKAGE_FILTER
+// (trajectory_msgs, shape_msgs, ...): kept as upstream wrote them, not compiled (FORK.md).
+#[cfg(any())]
 mod tests {
     use super::{generated_msgs::*, *};
     use r2r_rcl::*;

@@ -302,6 +302,8 @@ impl Node {
         let mut set_atomically_event_tx = set_event_tx.clone();
 
         let node_name = self.name()?;
+        // The services warn on it when a reply cannot be sent (`respond_or_warn`).
+        let logger = self.logger().to_string();
 
         // rcl_interfaces/srv/SetParameters
         let set_params_request_stream = self
@@ -314,6 +316,7 @@ impl Node {
         let constraints = self.param_constraints.clone();
         let validator = self.param_validator.clone();
         let params_struct_clone = params_struct.clone();
+        let logger_set = logger.clone();
         let set_params_future = set_params_request_stream.for_each(
             move |req: ServiceRequest<rcl_interfaces::srv::SetParameters::Service>| {
                 let mut result = rcl_interfaces::srv::SetParameters::Response::default();
@@ -370,8 +373,7 @@ impl Node {
                     }
                     result.results.push(r);
                 }
-                req.respond(result)
-                    .expect("could not send reply to set parameter request");
+                req.respond_or_warn(result, &logger_set, "set parameters");
                 future::ready(())
             },
         );
@@ -386,6 +388,7 @@ impl Node {
 
         let params = self.params.clone();
         let params_struct_clone = params_struct.clone();
+        let logger_get = logger.clone();
         let get_params_future = get_params_request_stream.for_each(
             move |req: ServiceRequest<rcl_interfaces::srv::GetParameters::Service>| {
                 let params = params.lock().unwrap();
@@ -410,8 +413,7 @@ impl Node {
                     .collect::<Vec<rcl_interfaces::msg::ParameterValue>>();
 
                 let result = rcl_interfaces::srv::GetParameters::Response { values };
-                req.respond(result)
-                    .expect("could not send reply to set parameter request");
+                req.respond_or_warn(result, &logger_get, "get parameters");
                 future::ready(())
             },
         );
@@ -426,9 +428,10 @@ impl Node {
         )?;
 
         let params = self.params.clone();
+        let logger_list = logger.clone();
         let list_params_future = list_params_request_stream.for_each(
             move |req: ServiceRequest<ListParameters::Service>| {
-                Self::handle_list_parameters(req, &params)
+                Self::handle_list_parameters(req, &params, &logger_list)
             },
         );
 
@@ -443,9 +446,10 @@ impl Node {
 
         let params = self.params.clone();
         let constraints = self.param_constraints.clone();
+        let logger_describe = logger.clone();
         let desc_params_future = desc_params_request_stream.for_each(
             move |req: ServiceRequest<DescribeParameters::Service>| {
-                Self::handle_desc_parameters(req, &params, &constraints)
+                Self::handle_desc_parameters(req, &params, &constraints, &logger_describe)
             },
         );
 
@@ -459,6 +463,7 @@ impl Node {
         )?;
 
         let params = self.params.clone();
+        let logger_types = logger.clone();
         let get_param_types_future = get_param_types_request_stream.for_each(
             move |req: ServiceRequest<GetParameterTypes::Service>| {
                 let params = params.lock().unwrap();
@@ -471,8 +476,7 @@ impl Node {
                         None => rcl_interfaces::msg::ParameterType::PARAMETER_NOT_SET as u8,
                     })
                     .collect();
-                req.respond(GetParameterTypes::Response { types })
-                    .expect("could not send reply to get parameter types request");
+                req.respond_or_warn(GetParameterTypes::Response { types }, &logger_types, "get parameter types");
                 future::ready(())
             },
         );
@@ -490,6 +494,7 @@ impl Node {
         let constraints = self.param_constraints.clone();
         let validator = self.param_validator.clone();
         let params_struct_clone = params_struct.clone();
+        let logger_atomically = logger.clone();
         let set_params_atomically_future = set_params_atomically_request_stream.for_each(
             move |req: ServiceRequest<rcl_interfaces::srv::SetParametersAtomically::Service>| {
                 let mut result = rcl_interfaces::srv::SetParametersAtomically::Response::default();
@@ -561,8 +566,7 @@ impl Node {
                         }
                     }
                 }
-                req.respond(result)
-                    .expect("could not send reply to set parameter request");
+                req.respond_or_warn(result, &logger_atomically, "set parameters atomically");
                 future::ready(())
             },
         );
@@ -597,7 +601,7 @@ impl Node {
 
     fn handle_list_parameters(
         req: ServiceRequest<rcl_interfaces::srv::ListParameters::Service>,
-        params: &Arc<Mutex<IndexMap<String, Parameter>>>,
+        params: &Arc<Mutex<IndexMap<String, Parameter>>>, logger: &str,
     ) -> future::Ready<()> {
         use rcl_interfaces::srv::ListParameters;
 
@@ -633,15 +637,14 @@ impl Node {
                 }
             }
         }
-        req.respond(ListParameters::Response { result })
-            .expect("could not send reply to list parameter request");
+        req.respond_or_warn(ListParameters::Response { result }, logger, "list parameters");
         future::ready(())
     }
 
     fn handle_desc_parameters(
         req: ServiceRequest<rcl_interfaces::srv::DescribeParameters::Service>,
         params: &Arc<Mutex<IndexMap<String, Parameter>>>,
-        constraints: &Arc<Mutex<HashMap<String, ParameterConstraints>>>,
+        constraints: &Arc<Mutex<HashMap<String, ParameterConstraints>>>, logger: &str,
     ) -> future::Ready<()> {
         use rcl_interfaces::msg::{FloatingPointRange, IntegerRange};
         use rcl_interfaces::{msg::ParameterDescriptor, srv::DescribeParameters};
@@ -679,8 +682,7 @@ impl Node {
                 ..Default::default()
             });
         }
-        req.respond(DescribeParameters::Response { descriptors })
-            .expect("could not send reply to describe parameters request");
+        req.respond_or_warn(DescribeParameters::Response { descriptors }, logger, "describe parameters");
         future::ready(())
     }
 

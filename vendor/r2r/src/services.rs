@@ -41,6 +41,24 @@ where
         let native_msg = WrappedNativeMsg::<T::Response>::from(&msg);
         service.send_response(self.request_id, Box::new(native_msg))
     }
+
+    /// [`Self::respond`] for a node's own parameter services: a reply that cannot be sent is
+    /// logged as a warning on `logger` and the service goes on (`false`). Under DDS load
+    /// `rcl_send_response` can return `RCL_RET_TIMEOUT` (the client's reader not yet matched);
+    /// upstream's `expect` then panicked the parameter services' task, and they stopped
+    /// answering for good. The client resends; the next request is answered.
+    pub(crate) fn respond_or_warn(self, msg: T::Response, logger: &str, what: &str) -> bool {
+        match self.respond(msg) {
+            Ok(()) => true,
+            Err(e) => {
+                crate::log_warn!(
+                    logger,
+                    "could not send the reply to a {what} request ({e}); the service goes on, and the client may resend"
+                );
+                false
+            }
+        }
+    }
 }
 
 pub trait Service_ {
@@ -134,5 +152,24 @@ pub fn create_service_helper(
         Ok(service_handle)
     } else {
         Err(Error::from_rcl_error(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply that cannot be sent (here: its service is gone) is an error from `respond` and a
+    /// warning from `respond_or_warn`, never a panic.
+    #[test]
+    fn a_reply_that_cannot_be_sent_is_logged_not_a_panic() {
+        type Srv = crate::rcl_interfaces::srv::GetParameters::Service;
+        let gone = || ServiceRequest::<Srv> {
+            message: Default::default(),
+            request_id: unsafe { MaybeUninit::<rmw_request_id_t>::zeroed().assume_init() },
+            service: Weak::<Mutex<TypedService<Srv>>>::new(),
+        };
+        assert!(gone().respond(Default::default()).is_err());
+        assert!(!gone().respond_or_warn(Default::default(), "r2r_test", "get parameters"));
     }
 }
