@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vae_ood_core::detection::change::ChangeShare;
 use vae_ood_core::detector::Detector;
 use vae_ood_core::encoder::BackendOptions;
 use vae_ood_core::monitor::{Monitor, MonitorConfig, SharedDetector};
@@ -251,7 +250,7 @@ impl Ctx {
                     }
                 }
                 .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
-                let (model_id, kind, is_trained, calibrated_for, backend, device, change_share) = {
+                let (model_id, kind, is_trained, calibrated_for, backend, device) = {
                     let d = monitor.detector();
                     let b = d.bundle();
                     (
@@ -264,11 +263,6 @@ impl Ctx {
                             .and_then(|c| c.camera.clone()),
                         d.backend(),
                         d.device(),
-                        b.manifest
-                            .calibration
-                            .as_ref()
-                            .and_then(|c| c.change.as_ref())
-                            .map(|ch| ch.share),
                     )
                 };
                 loaded.trained &= is_trained;
@@ -283,16 +277,13 @@ impl Ctx {
                     Some(t) => format!("; direction branch: threshold {t}"),
                     None => String::new(),
                 };
-                let change = match (monitor.change_threshold(), change_share) {
-                    (Some(t), _) => {
+                let change = match monitor.change_threshold() {
+                    Some(t) => {
                         format!(
                             "; change branch: threshold {t}, the same from a stream's first frame"
                         )
                     }
-                    (None, Some(ChangeShare::Startup)) if cfg.change_branch => {
-                        "; change branch: off, since its share of the false-alarm budget is the start-up phase's and the phase does not run".to_string()
-                    }
-                    _ => String::new(),
+                    None => String::new(),
                 };
                 let startup = match (monitor.startup(), monitor.describe_cruise()) {
                     (Some(s), Some(cruise)) => format!(

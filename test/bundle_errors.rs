@@ -147,10 +147,10 @@ fn missing_manifest_or_encoder() {
 #[test]
 fn unknown_version_is_refused_before_schema_checks() {
     let t = tempfile::tempdir().unwrap();
-    write_bundle(t.path(), |m| m.format_version = 10);
+    write_bundle(t.path(), |m| m.format_version = 9);
     let e = load_err(t.path());
     assert!(
-        e.contains("format_version 10") && e.contains("reads versions 1 to 9"),
+        e.contains("format_version 9") && e.contains("reads versions 1 to 8"),
         "{e}"
     );
 }

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use vae_ood_core::detail::DetailSpec;
-use vae_ood_core::detection::change::ChangeShare;
 use vae_ood_core::detection::direction::GREY_LEVEL;
 use vae_ood_core::detection::relative::BaselineParams;
 use vae_ood_core::detection::tuning::Grid;
@@ -57,7 +56,6 @@ fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
         relative: None,
         direction: None,
         change: None,
-        change_share: ChangeShare::Pooled,
         quiet: true,
     }
 }
@@ -1480,99 +1478,5 @@ fn the_change_branch_is_fitted_calibrated_and_alarms_on_flickering_dirt() {
             panic!("{says}: accepted")
         };
         assert!(e.to_string().contains(says), "{e}");
-    }
-}
-
-/// With its share from the start-up phase (`--change-share startup`), the change branch leaves
-/// the pooled threshold where a calibration without it puts it, needs format 9, and runs only
-/// with the phase: not before one is added (one tuning drive fewer allowed), not with the phase
-/// turned off.
-#[test]
-fn a_change_branch_whose_share_is_the_start_up_phases_runs_only_with_the_phase() {
-    use vae_ood_core::bundle::{Manifest, CHANGE_STARTUP_SHARE_FORMAT_VERSION};
-    use vae_ood_core::MonitorConfig;
-    let tune = ["id_udem1_s3", "id_loop_empty_s1"];
-    let opts = |change: Option<Vec<PathBuf>>, change_share| Options {
-        tune_id: tune.iter().map(|d| drive(d)).collect(),
-        false_alarm_rate: 0.004,
-        change,
-        change_share,
-        ..options(ScoreKind::Mahalanobis, vec![])
-    };
-    let calibrated = |dir: &Path, o: &Options| {
-        calibrate(&root().join("models/default"), dir, detector().as_mut(), o)
-            .unwrap()
-            .bundle
-            .manifest
-    };
-    let (plain, with) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let before = calibrated(plain.path(), &opts(None, ChangeShare::Pooled));
-    let fit = vec![drive("id_loop_empty_s4").path];
-    let m = calibrated(with.path(), &opts(Some(fit), ChangeShare::Startup));
-    assert_eq!(m.format_version, CHANGE_STARTUP_SHARE_FORMAT_VERSION);
-    let c = m.calibration.as_ref().unwrap();
-    let ch = c.change.as_ref().expect("the change section");
-    assert_eq!(ch.share, ChangeShare::Startup);
-    let pooled = before
-        .calibration
-        .as_ref()
-        .unwrap()
-        .pipeline
-        .cusum_threshold;
-    assert_eq!(c.pipeline.cusum_threshold, pooled);
-    assert_eq!(ch.pooled_threshold_before, pooled);
-    assert!(
-        ch.describe().contains("start-up phase"),
-        "{}",
-        ch.describe()
-    );
-    // A version-8 build would run the branch without the phase: refused below version 9.
-    let path = with.path().join("manifest.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let Err(old) = Manifest::parse(
-        &text.replace("format_version: 9", "format_version: 8"),
-        &path,
-    ) else {
-        panic!("a start-up share below version 9 was accepted")
-    };
-    assert!(
-        old.to_string()
-            .contains("calibration.change.share 'startup' needs format_version 9"),
-        "{old}"
-    );
-    let monitor = |config: MonitorConfig| {
-        let det = vae_ood_core::detector::load(with.path(), BackendOptions::default()).unwrap();
-        vae_ood_core::Monitor::new(det, config).unwrap()
-    };
-    assert!(monitor(Default::default()).change_threshold().is_none());
-    let drives: Vec<PathBuf> = tune.iter().map(|d| drive(d).path).collect();
-    let certified = vae_ood_tools::startup::add_startup(
-        with.path(),
-        &drives,
-        vae_ood_tools::startup::StartupFrames::Fixed(30),
-        BackendOptions::default(),
-        &|_| {},
-    )
-    .unwrap();
-    let drives_over = c.guarantee.as_ref().unwrap().drives_over();
-    assert!(drives_over >= 1, "the phase has a drive to give");
-    assert_eq!(
-        certified.section.tuning_drives_allowed,
-        drives_over.saturating_sub(1)
-    );
-    let on = monitor(Default::default());
-    assert_eq!(on.change_threshold(), Some(ch.pipeline.cusum_threshold));
-    assert_eq!(on.pipeline().unwrap().cusum_threshold, pooled);
-    for off in [
-        MonitorConfig {
-            startup_phase: false,
-            ..Default::default()
-        },
-        MonitorConfig {
-            change_branch: false,
-            ..Default::default()
-        },
-    ] {
-        assert!(monitor(off).change_threshold().is_none());
     }
 }

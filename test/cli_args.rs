@@ -99,15 +99,6 @@ fn out_of_range_arguments_are_refused_by_name() {
     refused(&calibrate(&["--relative", "60"]), "WINDOW,GAP[,HOLD]");
     refused(&calibrate(&["--relative", "60,300,30"]), "relative.hold");
     refused(&calibrate(&["--relative", "0,300"]), "relative.window");
-    // A change branch's share from a start-up phase that is not asked for, or from nowhere.
-    refused(
-        &calibrate(&["--change-branch", "--change-share", "startup"]),
-        "give --startup-frames too",
-    );
-    refused(
-        &calibrate(&["--change-branch", "--change-share", "both"]),
-        "--change-share",
-    );
     // A reused MSCN mixture: from a bundle without one, at another size, or beside a fit.
     let mscn = |from: &str, size: &str, extra: &[&str]| -> Vec<String> {
         let mut a = vec![

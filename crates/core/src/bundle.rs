@@ -5,7 +5,6 @@
 //! which latents make up the score, and where the detector came from. Every problem is found
 //! at load time, with a message that names the file and the fix, never mid-drive.
 
-use crate::detection::change::ChangeShare;
 use crate::preprocess::InputSpec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -17,15 +16,11 @@ use std::path::{Path, PathBuf};
 /// `calibration.direction` (the direction branch), version 5 `calibration.direction.mscn` (the
 /// branch on natural-scene statistics), version 6 `calibration.startup` (the start-up phase),
 /// version 7 the same certified with its gentle end, version 8 `calibration.change` (the change
-/// branch), version 9 `calibration.change.share: startup` (its share from the start-up phase);
-/// a bundle is written with the oldest version that holds what it has, so that older
+/// branch); a bundle is written with the oldest version that holds what it has, so that older
 /// releases read it.
-pub const FORMAT_VERSION: u32 = 9;
+pub const FORMAT_VERSION: u32 = 8;
 /// The version a bundle with a change branch needs.
 pub const CHANGE_FORMAT_VERSION: u32 = 8;
-/// The version a change branch whose share comes from the start-up phase needs: a version-8
-/// build would run it without the phase too, beyond the budget.
-pub const CHANGE_STARTUP_SHARE_FORMAT_VERSION: u32 = 9;
 /// The version a bundle with a direction branch needs.
 pub const DIRECTION_FORMAT_VERSION: u32 = 4;
 /// The version a bundle whose direction branch measures the MSCN statistics needs.
@@ -606,11 +601,6 @@ impl Manifest {
             if let Some(ch) = &c.change {
                 if manifest.format_version < CHANGE_FORMAT_VERSION {
                     return Err(bad(format!("calibration.change needs format_version {CHANGE_FORMAT_VERSION} (older versions knew no change branch)")));
-                }
-                if ch.share == ChangeShare::Startup
-                    && manifest.format_version < CHANGE_STARTUP_SHARE_FORMAT_VERSION
-                {
-                    return Err(bad(format!("calibration.change.share 'startup' needs format_version {CHANGE_STARTUP_SHARE_FORMAT_VERSION} (older versions ran the branch without the start-up phase too)")));
                 }
                 if flow {
                     return Err(bad("calibration.change needs an image detector: the flow detector's posterior describes motion already".into()));

@@ -5,7 +5,6 @@
 //! anything that goes wrong with a frame (rejected, stale, non-finite output, model error)
 //! puts the monitor in `Fault` for that frame.
 
-use crate::detection::change::ChangeShare;
 use crate::detection::relative::Baseline;
 use crate::detection::startup::StartupSection;
 use crate::detection::{Calibration, DetectionError, PipelineParams, SequentialDetector, Step};
@@ -123,9 +122,7 @@ pub struct MonitorConfig {
     /// Calibrated bundles with a change branch (`calibration.change`): run it beside the
     /// pooled statistic. Off: without it, every other threshold as it is (the pooled one keeps
     /// the share it gave up: fewer alarms, never more). The start-up phase does not lower the
-    /// change branch's threshold, so turning it off leaves the phase as certified. A branch
-    /// whose share is the start-up phase's (`calibration.change.share: startup`) runs only
-    /// while the phase does.
+    /// change branch's threshold, so turning it off leaves the phase as certified.
     pub change_branch: bool,
     /// Calibrated bundles with a start-up phase (`calibration.startup`): after a stream's first
     /// frames, every threshold at its lower cruise share. Off: every threshold as calibrated for
@@ -433,17 +430,7 @@ impl Sequential {
         // branch that runs keeps its own share: the pooled threshold then goes back only to its
         // value before the change branch's split (its share was taken after the direction's).
         let relative_runs = c.relative.is_some() && config.relative_branch;
-        // The phase was certified with every branch of the bundle running at its calibrated
-        // threshold: with a branch turned off (or the operator's threshold) it is not.
-        let phase_runs = config.startup_phase
-            && (config.relative_branch || c.relative.is_none())
-            && (config.direction_branch || c.direction.is_none())
-            && config.cusum_threshold.is_none();
-        // A change branch whose share is the start-up phase's runs only with the phase.
-        let change_runs = config.change_branch
-            && c.change.as_ref().is_some_and(|ch| {
-                ch.share == ChangeShare::Pooled || (phase_runs && c.startup.is_some())
-            });
+        let change_runs = c.change.is_some() && config.change_branch;
         if let (Some(d), false, false) = (&c.direction, config.direction_branch, relative_runs) {
             params.cusum_threshold = match (&c.change, change_runs) {
                 (Some(ch), true) => ch.pooled_threshold_before,
@@ -481,7 +468,7 @@ impl Sequential {
             }
             _ => None,
         };
-        let change = match (&c.change, change_runs) {
+        let change = match (&c.change, config.change_branch) {
             (Some(ch), true) => {
                 let mut p = ch.pipeline.clone();
                 p.cusum_threshold *= config.threshold_scale;
@@ -492,10 +479,18 @@ impl Sequential {
             }
             _ => None,
         };
-        let startup = c.startup.filter(|_| phase_runs).map(|s| StartupSection {
-            floor: s.floor * config.threshold_scale,
-            ..s
-        });
+        // The phase was certified with every branch of the bundle running at its calibrated
+        // threshold: with a branch turned off (or the operator's threshold) it is not.
+        let as_certified = relative.is_some() == c.relative.is_some()
+            && direction.is_some() == c.direction.is_some()
+            && config.cusum_threshold.is_none();
+        let startup = c
+            .startup
+            .filter(|_| config.startup_phase && as_certified)
+            .map(|s| StartupSection {
+                floor: s.floor * config.threshold_scale,
+                ..s
+            });
         let pooled_threshold = params.cusum_threshold;
         let detector = branch_detector(&c.scores, params, config)?;
         Ok(Some(Sequential {
@@ -1548,7 +1543,6 @@ mod tests {
                 cusum_threshold: 8.0,
             },
             pooled_threshold_before: 5.0,
-            share: ChangeShare::Pooled,
             tuning_drives: 1,
             scores: (0..100).map(f64::from).collect(),
         };

@@ -22,11 +22,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{
     BranchThresholds, Bundle, CalibrationData, CalibrationSection, DetectorSpec, RelativeSection,
-    CHANGE_FORMAT_VERSION, CHANGE_STARTUP_SHARE_FORMAT_VERSION, DIRECTION_FORMAT_VERSION,
-    MSCN_FORMAT_VERSION, RELATIVE_FORMAT_VERSION,
+    CHANGE_FORMAT_VERSION, DIRECTION_FORMAT_VERSION, MSCN_FORMAT_VERSION, RELATIVE_FORMAT_VERSION,
 };
 use vae_ood_core::detail::DetailSpec;
-use vae_ood_core::detection::change::{self, ChangeSection, ChangeShare};
+use vae_ood_core::detection::change::{self, ChangeSection};
 use vae_ood_core::detection::direction::{self, DirectionMeter, DirectionSection, MscnReference};
 use vae_ood_core::detection::relative::{self, BaselineParams};
 use vae_ood_core::detection::selection::{top_k, Rank};
@@ -204,9 +203,6 @@ pub struct Options {
     /// Adds the change branch (`calibration.change`), its steps' Gaussian fitted on these clear
     /// drives (empty: the score's `fit` drives).
     pub change: Option<Vec<PathBuf>>,
-    /// Where the change branch's share of the budget comes from ([`ChangeShare`]); with
-    /// `Startup` the bundle needs a start-up phase (`vae-ood calibrate --startup-frames`).
-    pub change_share: ChangeShare,
     pub quiet: bool,
 }
 
@@ -296,7 +292,6 @@ impl Options {
             relative: None,
             direction: None,
             change: None,
-            change_share: ChangeShare::Pooled,
             quiet: true,
         }
     }
@@ -464,8 +459,13 @@ fn take_share(
 ) -> Result<(PipelineParams, f64)> {
     let pooled = Calibration::new(scores_of(cal, selected).concat())?;
     let own = Calibration::new(scores.to_vec())?;
-    let mut params = branch_params((window, decay), pipeline);
-    let floor = ville_floor(opts);
+    let mut params = PipelineParams {
+        window,
+        epsilon_grid: pipeline.epsilon_grid,
+        decay,
+        cusum_threshold: 1.0,
+    };
+    let floor = (1.0 / opts.false_alarm_rate.max(1e-6)).ln();
     let split = direction::split(
         (&pooled, pipeline),
         &scores_of(tune, selected),
@@ -478,21 +478,6 @@ fn take_share(
     let before = pipeline.cusum_threshold;
     pipeline.cusum_threshold = split.pooled;
     Ok((params, before))
-}
-
-/// A branch's pipeline beside the pooled `pipeline` (its epsilon grid), before its threshold.
-fn branch_params((window, decay): (usize, f64), pipeline: &PipelineParams) -> PipelineParams {
-    PipelineParams {
-        window,
-        epsilon_grid: pipeline.epsilon_grid,
-        decay,
-        cusum_threshold: 1.0,
-    }
-}
-
-/// The Ville level ln(1 / rate): no branch's threshold is set under it.
-fn ville_floor(opts: &Options) -> f64 {
-    (1.0 / opts.false_alarm_rate.max(1e-6)).ln()
 }
 
 /// The change branch ([`change`]): one Gaussian over the fit drives' steps, conformal scores
@@ -524,27 +509,15 @@ fn change_section(
             .collect()
     };
     let scores = of(cal_mu).concat();
-    let (params, before) = match opts.change_share {
-        ChangeShare::Pooled => take_share(
-            "change",
-            (change::WINDOW, change::DECAY),
-            (&scores, &of(tune_mu)),
-            pipeline,
-            (cal, tune),
-            selected,
-            opts,
-        )?,
-        // The pooled threshold stays; the start-up phase's certification gives up the drive.
-        ChangeShare::Startup => {
-            let mut params = branch_params((change::WINDOW, change::DECAY), pipeline);
-            params.cusum_threshold = direction::own_threshold(
-                (&Calibration::new(scores.clone())?, &params),
-                &of(tune_mu),
-                ville_floor(opts),
-            );
-            (params, pipeline.cusum_threshold)
-        }
-    };
+    let (params, before) = take_share(
+        "change",
+        (change::WINDOW, change::DECAY),
+        (&scores, &of(tune_mu)),
+        pipeline,
+        (cal, tune),
+        selected,
+        opts,
+    )?;
     // The calibration drives' frame interval: the steps' scale.
     let mut intervals = opts
         .cal
@@ -560,7 +533,6 @@ fn change_section(
         components,
         pipeline: params,
         pooled_threshold_before: before,
-        share: opts.change_share,
         tuning_drives: tune.len(),
         scores,
     })
@@ -1046,8 +1018,7 @@ pub fn calibrate(
         }
         None => None,
     };
-    // The change branch next, one more tuning drive's share: as the direction branch takes it,
-    // or (`ChangeShare::Startup`) from the start-up phase's allowance, added later.
+    // The change branch next, one more tuning drive's share, as the direction branch takes it.
     let change = match &opts.change {
         Some(change_fit) => {
             let fit_mus = if change_fit.is_empty() {
@@ -1070,18 +1041,10 @@ pub fn calibrate(
         }
         None => None,
     };
-    // A change branch whose share is the start-up phase's leaves the relative branch's as is,
-    // but the phase must have a drive to give.
-    let change_took = change
-        .as_ref()
-        .is_some_and(|ch| ch.share == ChangeShare::Pooled);
-    if change.is_some() && !change_took && chosen.guarantee.drives_over() == 0 {
-        return input(format!("--change-share startup: the threshold's promise allows no tuning drive over it ({} tuning drives at rate {}), so the start-up phase has no drive to give the change branch: give more tuning drives, a higher rate, or --change-share pooled", tune.len(), opts.false_alarm_rate));
-    }
     let allowed = chosen
         .guarantee
         .drives_over()
-        .saturating_sub(usize::from(direction.is_some()) + usize::from(change_took));
+        .saturating_sub(usize::from(direction.is_some()) + usize::from(change.is_some()));
     let relative = opts
         .relative
         .map(|b| relative_section(b, &pipeline, allowed, &cal, &tune, &selected, opts))
@@ -1097,12 +1060,8 @@ pub fn calibrate(
         };
         manifest.format_version = manifest.format_version.max(needs);
     }
-    if let Some(ch) = &change {
-        let needs = match ch.share {
-            ChangeShare::Pooled => CHANGE_FORMAT_VERSION,
-            ChangeShare::Startup => CHANGE_STARTUP_SHARE_FORMAT_VERSION,
-        };
-        manifest.format_version = manifest.format_version.max(needs);
+    if change.is_some() {
+        manifest.format_version = manifest.format_version.max(CHANGE_FORMAT_VERSION);
     }
     manifest.latents.selected = match score {
         ScoreSpec::Kl => selected.clone(),

@@ -7,7 +7,6 @@ use crate::eval;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use vae_ood_core::bundle::{Bundle, GENTLE_STARTUP_FORMAT_VERSION};
-use vae_ood_core::detection::change::ChangeShare;
 use vae_ood_core::detection::startup::{self, BranchStep, StartupSection, Trace, Weighed};
 use vae_ood_core::encoder::BackendOptions;
 use vae_ood_core::monitor::MonitorConfig;
@@ -92,29 +91,6 @@ impl Branches {
     }
 }
 
-/// A copy of a bundle in the temporary folder, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn write(dir: &Path, manifest: vae_ood_core::bundle::Manifest) -> Result<Self> {
-        // One per call, so that calls in one process (tests) do not share it.
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let to = std::env::temp_dir().join(format!("vae-ood-startup-{}-{n}", std::process::id()));
-        let encoder_path = dir.join(&manifest.encoder.path);
-        let encoder = std::fs::read(&encoder_path).map_err(Error::read(encoder_path))?;
-        let scratch = Self(to);
-        Bundle::write(&scratch.0, manifest, &encoder)?;
-        Ok(scratch)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Every calibrated threshold, each once: those the traces hold and the bundle's `own`, so that
 /// one no tuning drive reached (a hold longer than every drive, a branch that never stepped) is
 /// still compared. What `auto` compares between lengths.
@@ -159,23 +135,8 @@ pub fn add_startup(
             dir.display()
         ))
     })?;
-    // A change branch whose share is the phase's runs only with the phase, which is off here:
-    // the drives run on a copy whose branch runs regardless (its share changes no threshold),
-    // so that the check below covers it too.
-    let scratch = match &c.change {
-        Some(ch) if ch.share == ChangeShare::Startup => {
-            let mut m = bundle.manifest.clone();
-            if let Some(ch) = m.calibration.as_mut().and_then(|c| c.change.as_mut()) {
-                ch.share = ChangeShare::Pooled;
-            }
-            Some(Scratch::write(dir, m)?)
-        }
-        _ => None,
-    };
     let opts = eval::Options {
-        bundle: scratch
-            .as_ref()
-            .map_or_else(|| dir.to_path_buf(), |s| s.0.clone()),
+        bundle: dir.to_path_buf(),
         backend,
         // Every branch at its calibrated threshold, S unbounded: as the thresholds were tuned.
         monitor: MonitorConfig {
@@ -186,7 +147,6 @@ pub fn add_startup(
         folder_fps: eval::DEFAULT_FOLDER_FPS,
     };
     let records = eval::run_tuning_drives(drives, &opts, progress)?;
-    drop(scratch);
     // Per drive, each scored frame's branches as the phase counts them.
     let branches = Branches::of(&c);
     let mut traces: Vec<Trace> = vec![vec![]; drives.len()];

@@ -4,7 +4,6 @@ use crate::common::DetectorArgs;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use vae_ood_core::detail::DetailSpec;
-use vae_ood_core::detection::change::ChangeShare;
 use vae_ood_core::detection::direction::MscnReference;
 use vae_ood_core::detection::relative::BaselineParams;
 use vae_ood_core::detection::selection::Rank;
@@ -192,17 +191,6 @@ pub struct Args {
     /// score's --fit drives).
     #[arg(long = "change-fit", num_args = 1.., value_name = "DRIVE", requires = "change_branch")]
     change_fit: Vec<PathBuf>,
-    /// With --change-branch: where its share of the false-alarm budget (one tuning drive) comes
-    /// from. `pooled` raises the pooled threshold one drive; `startup` leaves it and has the
-    /// start-up phase's certification allow one drive fewer (needs --startup-frames), so the
-    /// branch runs only while the phase does (docs/bundle.md, `calibration.change.share`).
-    #[arg(
-        long = "change-share",
-        value_name = "pooled|startup",
-        default_value = "pooled",
-        requires = "change_branch"
-    )]
-    change_share: ChangeShare,
     /// Adds a start-up phase: a stream's first N scored frames judged at the calibrated
     /// thresholds, later ones at a lower share of them, chosen on the tuning drives so that
     /// both phases together keep the thresholds' promise (docs/bundle.md, `calibration.startup`).
@@ -316,12 +304,8 @@ pub fn run(a: Args) -> Result<()> {
             })
             .transpose()?,
         change: a.change_branch.then(|| a.change_fit.clone()),
-        change_share: a.change_share,
         quiet: a.quiet,
     };
-    if a.change_share == ChangeShare::Startup && a.startup_frames.is_none() {
-        anyhow::bail!("--change-share startup takes the change branch's share from the start-up phase: give --startup-frames too")
-    }
     let mut o = calibrate(&a.detector.bundle, &a.out, det.as_mut(), &opts)?;
     if let Some(n) = a.startup_frames {
         let bar = if a.quiet {

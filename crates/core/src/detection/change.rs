@@ -14,8 +14,8 @@
 //! The step `mu_t - mu_(t-1)` is scored by a Gaussian fitted on clear fit drives' steps
 //! ([`mixture::score`], one component); conformal p-values come from the calibration drives'
 //! steps, and the branch has its own martingale, CUSUM and threshold, with a share of the
-//! false-alarm budget ([`ChangeShare`]): taken from the pooled threshold as the direction
-//! branch's is ([`super::direction`]'s split), or from the start-up phase's allowance.
+//! pooled threshold's false-alarm budget as the direction branch has ([`super::direction`]'s
+//! split).
 //!
 //! A step measures motion over time, so it is only comparable at the frame interval it was
 //! calibrated at (`interval_ns`): a slower stream's steps are longer (session 45: at half the
@@ -42,41 +42,6 @@ pub const SOONEST: f64 = 0.75;
 /// measured, so the margin is kept small: a camera's jitter, not a slower camera.
 pub const LATEST: f64 = 1.25;
 
-/// Where the change branch's share of the false-alarm budget, one tuning drive, comes from.
-/// Its threshold is the largest S of the tuning drives either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChangeShare {
-    /// The pooled threshold was raised one tuning drive (format 8): the share holds with or
-    /// without a start-up phase.
-    #[default]
-    Pooled,
-    /// The pooled threshold is left as it was and the start-up phase's certification allows
-    /// one tuning drive fewer (format 9). So the share holds only while the phase runs: the
-    /// monitor runs the branch only then. Why: a raised pooled threshold is what every shift
-    /// in a stream's first frames waits for (session 45's teacher lost two frames on
-    /// brightness to it), while the phase's allowance is spent on later frames.
-    Startup,
-}
-
-impl ChangeShare {
-    fn is_pooled(&self) -> bool {
-        *self == Self::Pooled
-    }
-}
-
-impl std::str::FromStr for ChangeShare {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pooled" => Ok(Self::Pooled),
-            "startup" => Ok(Self::Startup),
-            _ => Err(format!("expected 'pooled' or 'startup', got '{s}'")),
-        }
-    }
-}
-
 /// The change branch of a calibrated bundle (`calibration.change`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,12 +52,8 @@ pub struct ChangeSection {
     pub components: Vec<Component>,
     /// The branch's own pipeline: window, epsilon grid, decay and threshold.
     pub pipeline: PipelineParams,
-    /// The pooled threshold before the branch took its share (with [`ChangeShare::Startup`],
-    /// the pooled threshold itself).
+    /// The pooled threshold before the branch took its share.
     pub pooled_threshold_before: f64,
-    /// Where its share of the budget comes from (absent: [`ChangeShare::Pooled`]).
-    #[serde(default, skip_serializing_if = "ChangeShare::is_pooled")]
-    pub share: ChangeShare,
     /// Tuning drives the budget was split on.
     pub tuning_drives: usize,
     /// The step's score on every calibration step: its conformal scores.
@@ -130,22 +91,13 @@ impl ChangeSection {
 
     /// One line for tools' summaries.
     pub fn describe(&self) -> String {
-        let share = match self.share {
-            ChangeShare::Pooled => format!(
-                "the pooled one {:.4} before its share",
-                self.pooled_threshold_before
-            ),
-            ChangeShare::Startup => {
-                "its share from the start-up phase's allowance, so it runs only with the phase"
-                    .to_string()
-            }
-        };
         format!(
-            "the posterior's step over {:.1} ms: window {}, decay {}, threshold {:.4} ({share}; {} tuning drives)",
+            "the posterior's step over {:.1} ms: window {}, decay {}, threshold {:.4} (the pooled one {:.4} before its share; {} tuning drives)",
             self.interval_ns as f64 / 1e6,
             self.pipeline.window,
             self.pipeline.decay,
             self.pipeline.cusum_threshold,
+            self.pooled_threshold_before,
             self.tuning_drives
         )
     }
@@ -287,7 +239,6 @@ mod tests {
                 cusum_threshold: 20.0,
             },
             pooled_threshold_before: 15.0,
-            share: ChangeShare::Pooled,
             tuning_drives: 78,
             scores: vec![1.0, 2.0],
         };

@@ -310,25 +310,13 @@ pub fn split(
                 reason: format!("no tuning drive's S exceeds the pooled threshold {alone}, so it has no budget to share with the {branch} branch: give more tuning drives"),
             }
         })?;
+    let largest = maxima(direction.0, direction.1, direction_tuning)
+        .into_iter()
+        .fold(0.0f64, f64::max);
     Ok(Split {
         pooled: next,
-        direction: own_threshold(direction, direction_tuning, floor),
+        direction: largest.max(floor),
     })
-}
-
-/// A branch's own threshold from the tuning drives: the largest S over their scores (and at
-/// least `floor`), so that it alarms on none of them. [`split`]'s branch threshold, and a change
-/// branch's whose share comes from the start-up phase ([`super::change::ChangeShare`]).
-pub fn own_threshold(
-    branch: (&Calibration, &PipelineParams),
-    tuning: &[Vec<f64>],
-    floor: f64,
-) -> f64 {
-    tuning
-        .iter()
-        .map(|d| largest_s(&run(branch.0, branch.1, d)).0)
-        .fold(0.0f64, f64::max)
-        .max(floor)
 }
 
 #[cfg(test)]
