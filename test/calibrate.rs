@@ -28,6 +28,12 @@ fn drive(name: &str) -> DriveArg {
     .unwrap()
 }
 
+/// The monitor of the bundle in `dir` with `config`, on the default backend.
+fn monitor_of(dir: &Path, config: vae_ood_core::MonitorConfig) -> vae_ood_core::Monitor {
+    let det = vae_ood_core::detector::load(dir, BackendOptions::default()).unwrap();
+    vae_ood_core::Monitor::new(det, config).unwrap()
+}
+
 fn options(score: ScoreKind, fit: Vec<DriveArg>) -> Options {
     Options {
         score,
@@ -456,15 +462,13 @@ fn the_relative_branch_is_calibrated_split_and_run_by_the_monitor() {
     // the pooled statistic runs alone at its own threshold.
     let drive = root().join("data/sample/id_loop_empty_s4/bag");
     for on in [true, false] {
-        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-        let mut mon = vae_ood_core::Monitor::new(
-            det,
+        let mut mon = monitor_of(
+            out.path(),
             vae_ood_core::MonitorConfig {
                 relative_branch: on,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        );
         let mut steps = vec![];
         vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
             let v = mon.process_image(f);
@@ -681,8 +685,7 @@ fn run_branch(
     shift: Option<Shift<'_>>,
     check: &dyn Fn(usize, &vae_ood_core::monitor::FrameVerdict),
 ) -> (f64, Option<usize>) {
-    let det = vae_ood_core::detector::load(dir, BackendOptions::default()).unwrap();
-    let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
+    let mut mon = monitor_of(dir, Default::default());
     let (mut largest, mut first, mut t) = (0.0f64, None, 0);
     let drive = root().join("data/sample/id_loop_empty_s1/bag");
     vae_ood_tools::drives::for_each_frame(&drive, &mut |f| {
@@ -803,14 +806,13 @@ fn the_direction_branch_is_calibrated_split_and_alarms_on_a_motion_blur() {
     );
     // Turned off (the node's direction_branch: false), the pooled statistic runs alone at its
     // threshold before the split.
-    let mut off = vae_ood_core::Monitor::new(
-        vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap(),
+    let mut off = monitor_of(
+        out.path(),
         vae_ood_core::MonitorConfig {
             direction_branch: false,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     assert_eq!(
         off.pipeline().unwrap().cusum_threshold,
         d.pooled_threshold_alone
@@ -1064,8 +1066,7 @@ fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
     // An invariant of the split (it never reports more than it allows).
     assert!(r.tuning_drives_alarmed < allowed);
     // The written bundle runs all three branches.
-    let det2 = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-    let mut mon = vae_ood_core::Monitor::new(det2, Default::default()).unwrap();
+    let mut mon = monitor_of(out.path(), Default::default());
     let mut seen = (0, 0);
     vae_ood_tools::drives::for_each_frame(&drive("id_loop_empty_s4").path, &mut |f| {
         let v = mon.process_image(f);
@@ -1081,16 +1082,14 @@ fn the_relative_and_mscn_branches_split_one_budget_and_run_together() {
         (true, c.pipeline.cusum_threshold),
         (false, d.pooled_threshold_alone),
     ] {
-        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-        let mon = vae_ood_core::Monitor::new(
-            det,
+        let mon = monitor_of(
+            out.path(),
             vae_ood_core::MonitorConfig {
                 direction_branch: false,
                 relative_branch,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        );
         assert_eq!(mon.pipeline().unwrap().cusum_threshold, pooled);
         assert_eq!(mon.relative_split().is_some(), relative_branch);
         assert!(mon.direction_threshold().is_none());
@@ -1387,8 +1386,7 @@ fn the_change_branch_is_fitted_calibrated_and_alarms_on_flickering_dirt() {
     // the same drive with dirt that flickers from frame 150 on alarms through the branch
     // within 30 frames. Its first frame starts no step.
     let run = |dirt: bool| {
-        let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-        let mut mon = vae_ood_core::Monitor::new(det, Default::default()).unwrap();
+        let mut mon = monitor_of(out.path(), Default::default());
         assert_eq!(mon.change_threshold(), Some(ch.pipeline.cusum_threshold));
         let (mut largest, mut first, mut t) = (0.0f64, None, 0);
         vae_ood_tools::drives::for_each_frame(
@@ -1420,15 +1418,13 @@ fn the_change_branch_is_fitted_calibrated_and_alarms_on_flickering_dirt() {
     let (_, dirty) = run(true);
     assert!(dirty.is_some_and(|t| (150..180).contains(&t)), "{dirty:?}");
     // Turned off, the monitor runs without it.
-    let det = vae_ood_core::detector::load(out.path(), BackendOptions::default()).unwrap();
-    let off = vae_ood_core::Monitor::new(
-        det,
+    let off = monitor_of(
+        out.path(),
         vae_ood_core::MonitorConfig {
             change_branch: false,
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     assert!(off.change_threshold().is_none());
     // Beside a direction branch, whose share was taken first (the shipped student has both):
     // with the direction branch off, the pooled threshold goes back only to its value before
@@ -1451,16 +1447,14 @@ fn the_change_branch_is_fitted_calibrated_and_alarms_on_flickering_dirt() {
         (true, ch.pooled_threshold_before),
         (false, d.pooled_threshold_alone),
     ] {
-        let det = vae_ood_core::detector::load(&student, BackendOptions::default()).unwrap();
-        let mon = vae_ood_core::Monitor::new(
-            det,
+        let mon = monitor_of(
+            &student,
             vae_ood_core::MonitorConfig {
                 direction_branch: false,
                 change_branch,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        );
         assert_eq!(mon.pipeline().unwrap().cusum_threshold, pooled);
         assert_eq!(mon.change_threshold().is_some(), change_branch);
     }

@@ -283,8 +283,9 @@ pub struct Split {
 /// doc), or another branch that takes its share alike (`branch`, as errors name it: the change
 /// branch, [`super::change`]): the direction threshold is the largest S over the tuning
 /// drives' direction scores (and at least `floor`, the Ville level), the pooled one the
-/// smallest tuning drive's largest pooled S above `pooled_threshold`. An error when no tuning drive is above it: the pooled
-/// threshold then spends no budget the branch could take (give more tuning drives).
+/// smallest tuning drive's largest pooled S above the pooled threshold. An error when no
+/// tuning drive is above it: the pooled threshold then spends no budget the branch could take
+/// (give more tuning drives).
 pub fn split(
     pooled: (&Calibration, &PipelineParams),
     pooled_tuning: &[Vec<f64>],
