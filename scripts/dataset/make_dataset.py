@@ -238,6 +238,10 @@ FALSEALARM28 = four_map_clear(range(4000, 4052))
 # candidate it gates (the teacher calibrated with tuning4's drives too). As falsealarm3: seeds
 # 4200-4251, never used.
 FALSEALARM29 = four_map_clear(range(4200, 4252))
+# A thirtieth (`make falsealarm30-data`, session 47), generated before any figure of the
+# candidates it gates (the teacher with the change branch in place of its drive-relative branch).
+# As falsealarm3: seeds 4300-4351, never used.
+FALSEALARM30 = four_map_clear(range(4300, 4352))
 # Long drives (`make long-data`, session 43): 12 clear drives of 3000 frames (200 s) on four
 # maps, seeds 3500-3511, never used; hashes recorded before any figure. They measure what a
 # stream's first 600 frames do not: the cruise thresholds over a long run (SAFETY.md, the
@@ -314,7 +318,7 @@ STARTS = [(f"id_{m}_s{seed}", m, seed, "fit", "clear", "restarts")
           for seed, m in ((s, (MAPS + MORE_MAP_NAMES)[s % 6]) for s in range(3000, 3030))]
 SETS = {"sample": SAMPLE, "starts": STARTS, "validation2": VALIDATION2, "unseen_map": UNSEEN_MAP, "more_maps": MORE_MAPS, "flow_validation": FLOW_VALIDATION, "flow_testset": FLOW_TESTSET, "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT,
         "falsealarm": FALSEALARM, "falsealarm2": FALSEALARM2, "falsealarm3": FALSEALARM3, "falsealarm4": FALSEALARM4, "falsealarm5": FALSEALARM5, "falsealarm6": FALSEALARM6, "falsealarm7": FALSEALARM7, "falsealarm8": FALSEALARM8, "falsealarm9": FALSEALARM9, "falsealarm10": FALSEALARM10, "falsealarm11": FALSEALARM11, "testset": TESTSET, "tuning": TUNING,
-        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "falsealarm24": FALSEALARM24, "falsealarm25": FALSEALARM25, "falsealarm26": FALSEALARM26, "falsealarm27": FALSEALARM27, "falsealarm28": FALSEALARM28, "falsealarm29": FALSEALARM29, "testset2": TESTSET2, "long": LONG, "tuning2": TUNING2, "tuning3": TUNING3, "tuning4": TUNING4}
+        "falsealarm12": FALSEALARM12, "falsealarm13": FALSEALARM13, "falsealarm14": FALSEALARM14, "falsealarm15": FALSEALARM15, "falsealarm16": FALSEALARM16, "falsealarm17": FALSEALARM17, "falsealarm18": FALSEALARM18, "falsealarm19": FALSEALARM19, "falsealarm20": FALSEALARM20, "falsealarm21": FALSEALARM21, "falsealarm22": FALSEALARM22, "falsealarm23": FALSEALARM23, "falsealarm24": FALSEALARM24, "falsealarm25": FALSEALARM25, "falsealarm26": FALSEALARM26, "falsealarm27": FALSEALARM27, "falsealarm28": FALSEALARM28, "falsealarm29": FALSEALARM29, "falsealarm30": FALSEALARM30, "testset2": TESTSET2, "long": LONG, "tuning2": TUNING2, "tuning3": TUNING3, "tuning4": TUNING4}
 
 
 def ood_mask(n, sequence, condition):
@@ -526,6 +530,7 @@ def main():
                          "falsealarm27: 52 fresh clear drives on four maps (seeds 3900-3951); "
                          "falsealarm28: 52 fresh clear drives on four maps (seeds 4000-4051); "
                          "falsealarm29: 52 fresh clear drives on four maps (seeds 4200-4251); "
+                         "falsealarm30: 52 fresh clear drives on four maps (seeds 4300-4351); "
                          "long: 12 clear drives on four maps (seeds 3500-3511), 3000 frames each; "
                          "testset: 29 drives (seeds 300-328), the model cards' test set; "
                          "testset2: 29 drives (seeds 3700-3728), a second test set laid out as the first; "
