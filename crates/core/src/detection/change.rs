@@ -21,9 +21,11 @@
 //! calibrated at (`interval_ns`): a slower stream's steps are longer (session 45: at half the
 //! rate, 21 of 117 clear tuning drives would alarm). The meter takes each step over about the
 //! calibrated interval, from the stamps: a frame sooner than 3/4 of it is measured against the
-//! same earlier frame as the one before (a shorter step, never a false alarm's cause), and a
-//! gap of more than 5/4 of it is not measured at all (the branch then gives no evidence until
-//! the next step; the other branches go on).
+//! same earlier frame as the one before (a shorter step, never a false alarm's cause); where
+//! that frame is more than 5/4 of the interval back, but the frame just before is not (a
+//! camera's jitter: an early frame, then one on time), from the frame just before; and a gap
+//! of more than 5/4 of the interval since the frame before is not measured at all (the branch
+//! then gives no evidence until the next step; the other branches go on).
 
 use super::{Calibration, DetectionError, PipelineParams};
 use crate::mixture::{self, Component};
@@ -86,6 +88,7 @@ impl ChangeSection {
             interval_ns: self.interval_ns,
             components: self.components.clone(),
             from: None,
+            last: None,
         }
     }
 
@@ -125,13 +128,18 @@ pub fn drive_scores(components: &[Component], mus: &[Vec<f32>]) -> Vec<f64> {
         .collect()
 }
 
+/// A frame the meter may measure a step from: its mu and stamp.
+type Seen = (Vec<f32>, Option<i64>);
+
 /// Measures a stream's steps over about the calibrated interval (the module's doc).
 #[derive(Debug, Clone)]
 pub struct ChangeMeter {
     interval_ns: i64,
     components: Vec<Component>,
-    /// The frame the next step is measured from: its mu and stamp.
-    from: Option<(Vec<f32>, Option<i64>)>,
+    /// The frame the next step is measured from, while it is near enough.
+    from: Option<Seen>,
+    /// The frame just before: measured from where `from` is too far back.
+    last: Option<Seen>,
 }
 
 impl ChangeMeter {
@@ -139,32 +147,35 @@ impl ChangeMeter {
     /// Frames without stamps are taken as consecutive; a stream that switches between stamped
     /// and unstamped frames starts again (the gap between them is unknown).
     pub fn measure(&mut self, mu: &[f32], stamp_ns: Option<i64>) -> Option<f64> {
-        let Some((from, then)) = &self.from else {
-            self.from = Some((mu.to_vec(), stamp_ns));
+        let here = || Some((mu.to_vec(), stamp_ns));
+        let (Some(from), Some(last)) = (&self.from, &self.last) else {
+            (self.from, self.last) = (here(), here());
             return None;
         };
-        if then.is_some() != stamp_ns.is_some() {
-            self.from = Some((mu.to_vec(), stamp_ns));
+        if last.1.is_some() != stamp_ns.is_some() {
+            (self.from, self.last) = (here(), here());
             return None;
         }
-        let dt = then.zip(stamp_ns).map(|(a, b)| b - a);
-        let interval = self.interval_ns as f64;
-        match dt {
-            // A gap, or stamps that went back (a restarted camera or bag): start again here.
-            Some(dt) if dt <= 0 || dt as f64 > LATEST * interval => {
-                self.from = Some((mu.to_vec(), stamp_ns));
-                None
-            }
-            // Sooner than the interval: measured, but the next step starts from the same frame.
-            Some(dt) if (dt as f64) < SOONEST * interval => {
-                Some(step_score(&self.components, from, mu))
-            }
-            _ => {
-                let s = step_score(&self.components, from, mu);
-                self.from = Some((mu.to_vec(), stamp_ns));
-                Some(s)
-            }
+        let since = |seen: &Seen| seen.1.zip(stamp_ns).map(|(a, b)| b - a);
+        let latest = LATEST * self.interval_ns as f64;
+        // A gap since the frame before, or stamps that went back (a restarted camera or bag):
+        // start again here.
+        if since(last).is_some_and(|dt| dt <= 0 || dt as f64 > latest) {
+            (self.from, self.last) = (here(), here());
+            return None;
         }
+        let anchor = if since(from).is_some_and(|dt| dt as f64 > latest) {
+            last
+        } else {
+            from
+        };
+        let s = step_score(&self.components, &anchor.0, mu);
+        // Sooner than the interval: measured, but the next step starts from the same frame.
+        let sooner =
+            since(anchor).is_some_and(|dt| (dt as f64) < SOONEST * self.interval_ns as f64);
+        self.from = if sooner { Some(anchor.clone()) } else { here() };
+        self.last = here();
+        Some(s)
     }
 }
 
@@ -187,6 +198,7 @@ mod tests {
             interval_ns: 100,
             components: unit(),
             from: None,
+            last: None,
         }
     }
 
@@ -217,6 +229,14 @@ mod tests {
         assert_eq!(m.measure(&[9.0, 0.0], Some(326)), None);
         let next = m.measure(&[9.0, 0.0], Some(426)).unwrap();
         assert_eq!(next, step_score(&unit(), &[9.0, 0.0], &[9.0, 0.0]));
+        // Jitter: an early frame (60 after), then one 70 after it. The step before's frame is
+        // 130 back, past 5/4 of the interval, so the step is taken from the early frame, not
+        // dropped; a frame on time after that is measured from the frame just before.
+        assert!(m.measure(&[9.0, 0.0], Some(486)).is_some());
+        let late = m.measure(&[5.0, 0.0], Some(556)).unwrap();
+        assert_eq!(late, step_score(&unit(), &[9.0, 0.0], &[5.0, 0.0]));
+        let on_time = m.measure(&[5.0, 1.0], Some(656)).unwrap();
+        assert_eq!(on_time, step_score(&unit(), &[5.0, 0.0], &[5.0, 1.0]));
         // Stamps that go back start again.
         assert_eq!(m.measure(&[0.0, 0.0], Some(10)), None);
         assert!(m.measure(&[0.0, 0.0], Some(110)).is_some());

@@ -40,6 +40,14 @@ pub struct StartupSection {
 }
 
 impl StartupSection {
+    /// Whether the tuning drives keep the promise at the certified scale: no more alarm than
+    /// it allows. Where the start-up alone spends the budget, the scale is 1 (nothing lowered)
+    /// and this is false: the calibrated thresholds already alarm on more tuning drives than
+    /// allowed, and the bundle's stated bound does not hold for them.
+    pub fn promise_kept(&self) -> bool {
+        self.tuning_drives_alarmed <= self.tuning_drives_allowed
+    }
+
     /// A branch's threshold in force after `scored` frames of the stream, from its calibrated
     /// one.
     pub fn threshold(&self, calibrated: f64, scored: u64) -> f64 {
@@ -392,8 +400,15 @@ mod tests {
         // With one drive allowed, the start-up spent it: the largest after it, 8/9.
         let (scale, alarmed) = certify(&traces, 2, 1, 0.0);
         assert!(near(scale, 8.0 / 9.0) && alarmed == 1, "{scale} {alarmed}");
-        // None allowed: the start-up's drive is already over, so nothing is lowered.
+        // None allowed: the start-up's drive is already over, so nothing is lowered, and the
+        // section says the promise is not kept.
         assert_eq!(certify(&traces, 2, 0, 0.0), (1.0, 1));
+        let over = StartupSection {
+            tuning_drives_alarmed: 1,
+            tuning_drives_allowed: 0,
+            ..section(2, 1.0, 0.0)
+        };
+        assert!(!over.promise_kept() && section(2, 1.0 / 9.0, 0.0).promise_kept());
         // A start-up that covers the whole drive: no frame after it, every threshold at its floor.
         let (scale, alarmed) = certify(&traces, 3, 1, 0.0);
         assert!(scale > 0.0 && scale < 1e-300);
