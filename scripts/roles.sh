@@ -35,10 +35,12 @@ recalibration_args() {
   echo --cal $(split calibration "$1") $(split train_val "$1") --tune-id $(split tuning "$5") \
     --val-ood $( { printf '%s\n' "${VAL_OOD[@]}"; onsets "$2"; } | grep -v "ood_${SKIP_TYPE:-none}_")
 }
-# The default detector's thresholds since session 22 (docs/detector-experiments.md, "The relative
-# branch tuned on six maps"): the drive-relative branch's baseline DEFAULT_RELATIVE (W,G,H), and
+# The default detector's thresholds from session 22 to 46 (docs/detector-experiments.md, "The
+# relative branch tuned on six maps"; since session 47 it is calibrated as its student is, without
+# them): the drive-relative branch's baseline DEFAULT_RELATIVE (W,G,H), and
 # `default_threshold_args TUNING3_DIR` (make tuning3-data): half the rate, with that set's clear
-# drives among the tuning drives beside recalibration_args' (make tuning2-data).
+# drives among the tuning drives beside recalibration_args' (make tuning2-data). scripts/loto.sh
+# and the studies of those sessions use them.
 DEFAULT_RELATIVE=60,120,360
 default_threshold_args() { echo --false-alarm-rate 5e-5 --tune-id $(split tuning "$1"); }
 # A generated set (make testset-data, make validation-data) as `vae-ood eval --input` arguments:

@@ -225,31 +225,44 @@ fn unknown_fields_and_cuda_backend_are_clear_errors() {
     assert!(e.contains("cuda") && e.contains("tract"), "{e}");
 }
 
-/// A calibration may hold both a drive-relative and a direction branch (`vae-ood calibrate`
-/// splits one budget three ways): the shipped teacher does since session 40, and its monitor
-/// runs both (the relative one once its baseline exists).
+/// The shipped teacher's side branches load and run (since session 47 as its student's: the
+/// MSCN direction branch and the change branch, no drive-relative branch; a calibration with
+/// both a relative and a direction branch is `calibrate`'s
+/// `the_relative_and_mscn_branches_split_one_budget_and_run_together`): the direction branch
+/// steps from a stream's first frame, the change branch from its second.
 #[test]
-fn both_side_branches_in_one_calibration_load() {
+fn the_shipped_teachers_side_branches_load_and_run() {
     let models = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"));
     let c = Bundle::load(models.join("default"))
         .unwrap()
         .manifest
         .calibration
         .unwrap();
-    assert!(c.relative.is_some() && c.direction.is_some());
+    assert!(c.relative.is_none() && c.direction.is_some() && c.change.is_some());
     let det =
         vae_ood_core::detector::load(models.join("default"), BackendOptions::default()).unwrap();
     let mut mon = Monitor::new(det, MonitorConfig::default()).unwrap();
-    assert!(mon.relative_split().is_some() && mon.direction_threshold().is_some());
-    let frame = image::RgbImage::from_fn(160, 120, |x, y| {
-        image::Rgb([
-            (x * 7 % 256) as u8,
-            (y * 11 % 256) as u8,
-            ((x + y) % 256) as u8,
-        ])
-    });
-    let v = mon.process_image(&frame);
-    assert!(v.direction.is_some() && v.relative.is_none(), "{v:?}");
+    assert!(mon.relative_split().is_none() && mon.direction_threshold().is_some());
+    assert!(mon.change_threshold().is_some());
+    let frame = |k: u32| {
+        image::RgbImage::from_fn(160, 120, |x, y| {
+            image::Rgb([
+                ((x * 7 + k) % 256) as u8,
+                (y * 11 % 256) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        })
+    };
+    let first = mon.process_image(&frame(0));
+    assert!(
+        first.direction.is_some() && first.change.is_none(),
+        "{first:?}"
+    );
+    let second = mon.process_image(&frame(1));
+    assert!(
+        second.direction.is_some() && second.change.is_some(),
+        "{second:?}"
+    );
 }
 
 /// The monitor refuses a configuration the node's parameters would refuse, by name.

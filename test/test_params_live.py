@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from conftest import BUNDLE, ROOT, NodeProcess, call_idempotent, wait_for
+from conftest import BUNDLE, ROOT, NodeProcess, call_idempotent, cli, wait_for
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable: source scripts/env.sh (make test does)")
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
@@ -271,15 +271,27 @@ def test_start_up_phase_runs_unless_turned_off(ros, on):
     assert ("start-up phase" in line) is on, line
 
 
+@pytest.fixture(scope="module")
+def relative_bundle(tmp_path_factory):
+    """The student recalibrated on sample drives with a drive-relative branch (no shipped bundle
+    has one since session 47): `vae-ood calibrate --relative`, as a user would."""
+    out = tmp_path_factory.mktemp("relative") / "bundle"
+    sample = ROOT / "data" / "sample"
+    cli("calibrate", "--bundle", CALIBRATED, "--out", out, "--quiet", "--windows", "1", "--decays", "1",
+        "--cal", sample / "id_loop_empty_s1" / "bag",
+        "--tune-id", *(sample / d / "bag" for d in ("id_udem1_s3", "id_small_loop_s2", "id_loop_empty_s4")),
+        "--relative", "20,30", "--false-alarm-rate", "0.004")
+    return out
+
+
 @pytest.mark.parametrize("on", [True, False])
-def test_relative_branch_runs_unless_turned_off(ros, on):
-    """models/default has a drive-relative branch (calibration.relative): the node runs it by
-    default and says so at start-up with its threshold and pooled scale; relative_branch: false
-    runs without it, the pooled statistic at the bundle's own threshold (beside its MSCN branch,
-    session 40)."""
-    c = yaml.safe_load((DEFAULT / "manifest.yaml").read_text())["calibration"]
+def test_relative_branch_runs_unless_turned_off(ros, relative_bundle, on):
+    """A bundle with a drive-relative branch (calibration.relative): the node runs it by default
+    and says so at start-up with its threshold and pooled scale; relative_branch: false runs
+    without it, the pooled statistic at the bundle's own threshold."""
+    c = yaml.safe_load((relative_bundle / "manifest.yaml").read_text())["calibration"]
     rel = c["relative"]
-    line = start_up_line(f"vae_ood_params_relative_{int(on)}_{UID}", DEFAULT,
+    line = start_up_line(f"vae_ood_params_relative_{int(on)}_{UID}", relative_bundle,
                          {} if on else {"relative_branch": "false"})
     assert f"cusum_threshold {rust(c['pipeline']['cusum_threshold'])}" in line, line
     said = f"drive-relative branch: threshold {rust(rel['cusum_threshold'])}, pooled threshold x{rust(rel['pooled_scale'])}"
