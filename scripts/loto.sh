@@ -7,8 +7,10 @@
 # chosen again, so per-frame AUROC equals the test set's.
 # The bundle's other calibration flags come from the environment: CALIBRATE_FLAGS (added to
 # every type's calibration) and RELATIVE (W,G,H of the drive-relative branch), or RELATIVE_<type>
-# where leaving that type out changes the branch's choice. models/default since session 22
-# (its card, "Leave one type out"; with S=data/sample and scripts/roles.sh sourced):
+# where leaving that type out changes the branch's choice. models/default from session 22 to 46
+# (its card, "Leave one type out"; with S=data/sample and scripts/roles.sh sourced; session 47's
+# calibration has no grid to rerun, window 1 and decay 1 given, and its card's figures come
+# from rerunning session 47's rule without each type):
 #   CALIBRATE_FLAGS="$(default_threshold_args out/tuning3)" RELATIVE=$DEFAULT_RELATIVE \
 #   RELATIVE_motion_blur=30,60,360 scripts/loto.sh
 # Usage: scripts/loto.sh [BUNDLE] [OUT]   (needs make train-data validation-data heldout-data

@@ -250,17 +250,18 @@ impl Ctx {
                     }
                 }
                 .map_err(|e| anyhow!("bundle {}: calibration: {e}", bundle_dir.display()))?;
-                let (model_id, kind, is_trained, calibrated_for, backend, device) = {
+                let (model_id, kind, is_trained, calibrated_for, startup_section, backend, device) = {
                     let d = monitor.detector();
                     let b = d.bundle();
+                    let c = b.manifest.calibration.as_ref();
                     (
                         d.model_id().to_string(),
                         b.manifest.detector.kind(),
                         b.manifest.provenance.trained,
-                        b.manifest
-                            .calibration
-                            .as_ref()
-                            .and_then(|c| c.camera.clone()),
+                        c.and_then(|c| c.camera.clone()),
+                        // The bundle's own section: its promise is judged whether or not
+                        // the phase runs here.
+                        c.and_then(|c| c.startup),
                         d.backend(),
                         d.device(),
                     )
@@ -328,7 +329,7 @@ impl Ctx {
                 if let Some(w) = camera_mismatch(calibrated_for.as_deref(), camera) {
                     r2r::log_warn!(logger, "detector {model_id}: {w}");
                 }
-                if let Some(s) = monitor.startup().filter(|s| !s.promise_kept()) {
+                if let Some(s) = startup_section.filter(|s| !s.promise_kept()) {
                     r2r::log_warn!(
                         logger,
                         "detector {model_id}: {} of its tuning drives alarm with the start-up phase, more than the {} its promise allows: its stated false-alarm bound does not hold (recalibrate with more tuning drives)",

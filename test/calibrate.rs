@@ -1275,7 +1275,7 @@ fn a_start_up_phase_is_certified_on_the_tuning_drives_and_put_in_force() {
 }
 
 /// With a drive-relative branch whose hold outlasts the start-up (as `models/default`'s 360
-/// frames outlast its 90), the phase is certified against the thresholds the monitor runs at:
+/// frames outlasted its 90 until session 46), the phase is certified against the thresholds the monitor runs at:
 /// the pooled one keeps its own value until the hold ends. The node's monitor, phase on,
 /// alarms on no more tuning drives than the section counts.
 #[test]

@@ -22,10 +22,11 @@
 //! rate, 21 of 117 clear tuning drives would alarm). The meter takes each step over about the
 //! calibrated interval, from the stamps: a frame sooner than 3/4 of it is measured against the
 //! same earlier frame as the one before (a shorter step, never a false alarm's cause); where
-//! that frame is more than 5/4 of the interval back, but the frame just before is not (a
-//! camera's jitter: an early frame, then one on time), from the frame just before; and a gap
-//! of more than 5/4 of the interval since the frame before is not measured at all (the branch
-//! then gives no evidence until the next step; the other branches go on).
+//! that frame is by now more than 5/4 of the interval back but the frame just before is not
+//! (jitter: an early frame after a late one, or a run of early frames), from the frame just
+//! before, so the step is not lost; and a gap of more than 5/4 of the interval since the frame
+//! before is not measured at all (the branch then gives no evidence until the next step; the
+//! other branches go on).
 
 use super::{Calibration, DetectionError, PipelineParams};
 use crate::mixture::{self, Component};
@@ -232,11 +233,18 @@ mod tests {
         // Jitter: an early frame (60 after), then one 70 after it. The step before's frame is
         // 130 back, past 5/4 of the interval, so the step is taken from the early frame, not
         // dropped; a frame on time after that is measured from the frame just before.
-        assert!(m.measure(&[9.0, 0.0], Some(486)).is_some());
+        assert!(m.measure(&[7.0, 0.0], Some(486)).is_some());
         let late = m.measure(&[5.0, 0.0], Some(556)).unwrap();
-        assert_eq!(late, step_score(&unit(), &[9.0, 0.0], &[5.0, 0.0]));
+        assert_eq!(late, step_score(&unit(), &[7.0, 0.0], &[5.0, 0.0]));
         let on_time = m.measure(&[5.0, 1.0], Some(656)).unwrap();
         assert_eq!(on_time, step_score(&unit(), &[5.0, 0.0], &[5.0, 1.0]));
+        // An on-time frame after one more than a quarter early is 140 after it: a gap, lost.
+        assert!(m.measure(&[5.0, 1.0], Some(716)).is_some());
+        assert_eq!(m.measure(&[5.0, 1.0], Some(856)), None);
+        // Stamps that go back from the frame just before, though not from the anchor, start
+        // again.
+        assert!(m.measure(&[5.0, 1.0], Some(906)).is_some());
+        assert_eq!(m.measure(&[5.0, 1.0], Some(880)), None);
         // Stamps that go back start again.
         assert_eq!(m.measure(&[0.0, 0.0], Some(10)), None);
         assert!(m.measure(&[0.0, 0.0], Some(110)).is_some());
