@@ -329,13 +329,8 @@ impl Ctx {
                 if let Some(w) = camera_mismatch(calibrated_for.as_deref(), camera) {
                     r2r::log_warn!(logger, "detector {model_id}: {w}");
                 }
-                if let Some(s) = startup_section.filter(|s| !s.promise_kept()) {
-                    r2r::log_warn!(
-                        logger,
-                        "detector {model_id}: {} of its tuning drives alarm with the start-up phase, more than the {} its promise allows: its stated false-alarm bound does not hold (recalibrate with more tuning drives)",
-                        s.tuning_drives_alarmed,
-                        s.tuning_drives_allowed
-                    );
+                if let Some(w) = startup_section.and_then(|s| s.broken_promise()) {
+                    r2r::log_warn!(logger, "detector {model_id}: {w}");
                 }
                 if !is_trained {
                     r2r::log_warn!(

@@ -378,11 +378,8 @@ pub fn run(a: Args) -> Result<()> {
             g.drives,
             st.tuning_drives_allowed
         );
-        if !st.promise_kept() {
-            eprintln!(
-                "warning: {} of {} tuning drives alarm with the start-up phase, more than the {} its promise allows: the bound above does not hold for these thresholds; give more tuning drives or run fewer branches",
-                st.tuning_drives_alarmed, g.drives, st.tuning_drives_allowed
-            );
+        if let Some(w) = st.broken_promise() {
+            eprintln!("warning: {w}");
         }
     }
     println!(

@@ -88,8 +88,8 @@ impl ChangeSection {
         ChangeMeter {
             interval_ns: self.interval_ns,
             components: self.components.clone(),
-            from: None,
             last: None,
+            held: None,
         }
     }
 
@@ -137,10 +137,11 @@ type Seen = (Vec<f32>, Option<i64>);
 pub struct ChangeMeter {
     interval_ns: i64,
     components: Vec<Component>,
-    /// The frame the next step is measured from, while it is near enough.
-    from: Option<Seen>,
-    /// The frame just before: measured from where `from` is too far back.
+    /// The frame just before.
     last: Option<Seen>,
+    /// An earlier frame the next step is measured from, held while the step into the frame
+    /// just before came sooner than the interval; otherwise the step is from `last`.
+    held: Option<Seen>,
 }
 
 impl ChangeMeter {
@@ -148,34 +149,28 @@ impl ChangeMeter {
     /// Frames without stamps are taken as consecutive; a stream that switches between stamped
     /// and unstamped frames starts again (the gap between them is unknown).
     pub fn measure(&mut self, mu: &[f32], stamp_ns: Option<i64>) -> Option<f64> {
-        let here = || Some((mu.to_vec(), stamp_ns));
-        let (Some(from), Some(last)) = (&self.from, &self.last) else {
-            (self.from, self.last) = (here(), here());
-            return None;
-        };
-        if last.1.is_some() != stamp_ns.is_some() {
-            (self.from, self.last) = (here(), here());
-            return None;
-        }
         let since = |seen: &Seen| seen.1.zip(stamp_ns).map(|(a, b)| b - a);
         let latest = LATEST * self.interval_ns as f64;
-        // A gap since the frame before, or stamps that went back (a restarted camera or bag):
-        // start again here.
-        if since(last).is_some_and(|dt| dt <= 0 || dt as f64 > latest) {
-            (self.from, self.last) = (here(), here());
+        let here = (mu.to_vec(), stamp_ns);
+        // A first frame, a switch of stamping, a gap since the frame before, or stamps that
+        // went back (a restarted camera or bag): start again here.
+        let Some(last) = self.last.replace(here).filter(|last| {
+            last.1.is_some() == stamp_ns.is_some()
+                && !since(last).is_some_and(|dt| dt <= 0 || dt as f64 > latest)
+        }) else {
+            self.held = None;
             return None;
-        }
-        let anchor = if since(from).is_some_and(|dt| dt as f64 > latest) {
-            last
-        } else {
-            from
+        };
+        // The held frame while it is near enough, else the frame just before.
+        let anchor = match self.held.take() {
+            Some(h) if !since(&h).is_some_and(|dt| dt as f64 > latest) => h,
+            _ => last,
         };
         let s = step_score(&self.components, &anchor.0, mu);
         // Sooner than the interval: measured, but the next step starts from the same frame.
-        let sooner =
-            since(anchor).is_some_and(|dt| (dt as f64) < SOONEST * self.interval_ns as f64);
-        self.from = if sooner { Some(anchor.clone()) } else { here() };
-        self.last = here();
+        if since(&anchor).is_some_and(|dt| (dt as f64) < SOONEST * self.interval_ns as f64) {
+            self.held = Some(anchor);
+        }
         Some(s)
     }
 }
@@ -198,8 +193,8 @@ mod tests {
         ChangeMeter {
             interval_ns: 100,
             components: unit(),
-            from: None,
             last: None,
+            held: None,
         }
     }
 

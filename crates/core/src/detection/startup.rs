@@ -48,6 +48,17 @@ impl StartupSection {
         self.tuning_drives_alarmed <= self.tuning_drives_allowed
     }
 
+    /// What to warn of where the promise is not kept (the calibrating tool and the node say
+    /// the same), or `None`.
+    pub fn broken_promise(&self) -> Option<String> {
+        (!self.promise_kept()).then(|| {
+            format!(
+                "{} of its tuning drives alarm with the start-up phase, more than the {} its promise allows: its stated false-alarm bound does not hold; recalibrate with more tuning drives or fewer branches",
+                self.tuning_drives_alarmed, self.tuning_drives_allowed
+            )
+        })
+    }
+
     /// A branch's threshold in force after `scored` frames of the stream, from its calibrated
     /// one.
     pub fn threshold(&self, calibrated: f64, scored: u64) -> f64 {
@@ -409,6 +420,12 @@ mod tests {
             ..section(2, 1.0, 0.0)
         };
         assert!(!over.promise_kept() && section(2, 1.0 / 9.0, 0.0).promise_kept());
+        let said = over.broken_promise().expect("a warning");
+        assert!(
+            said.starts_with("1 of its tuning drives") && said.contains("the 0 its promise allows"),
+            "{said}"
+        );
+        assert_eq!(section(2, 1.0 / 9.0, 0.0).broken_promise(), None);
         // A start-up that covers the whole drive: no frame after it, every threshold at its floor.
         let (scale, alarmed) = certify(&traces, 3, 1, 0.0);
         assert!(scale > 0.0 && scale < 1e-300);
